@@ -1,0 +1,33 @@
+//! Compiles `proto/hostplane/v1/*.proto` with protox (pure Rust, no system
+//! protoc), then generates prost messages, tonic services and pbjson serde
+//! impls (proto3 JSON mapping: enum names, camelCase fields) from the same
+//! descriptor set. The descriptor set is also embedded for gRPC reflection.
+use std::path::PathBuf;
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/hostplane/v1/resources.proto",
+        "proto/hostplane/v1/admin.proto",
+        "proto/hostplane/v1/agent.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptor_path = out.join("hostplane_descriptor.bin");
+    std::fs::write(&descriptor_path, fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+
+    let descriptor_bytes = std::fs::read(&descriptor_path)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor_bytes)?
+        .build(&[".hostplane.v1"])?;
+    Ok(())
+}
