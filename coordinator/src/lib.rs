@@ -1,1 +1,6 @@
-//! placeholder
+//! hostplane coordinator: the desired-state store, the DPU state machine, the
+//! admin API and the agent stream server.
+
+pub mod fsm;
+pub mod store;
+pub mod stream;

@@ -1,0 +1,61 @@
+//! Versioned schema migrations. Each entry moves the schema from version i to
+//! i+1 and runs in its own transaction; a store newer than this binary is
+//! refused rather than guessed at.
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: resources, watch history, agent commands, per-node desired versions.
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('revision', 0);
+    CREATE TABLE resources (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        resource_version INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (kind, name)
+    );
+    CREATE TABLE events (
+        revision INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        type INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE commands (
+        id TEXT PRIMARY KEY,
+        node TEXT NOT NULL,
+        dpu TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        outcome INTEGER,
+        message TEXT,
+        finished_ms INTEGER
+    );
+    CREATE INDEX commands_open ON commands (node) WHERE outcome IS NULL;
+    CREATE INDEX commands_dpu ON commands (dpu);
+    CREATE TABLE desired (node TEXT PRIMARY KEY, version INTEGER NOT NULL);
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew { path: path.into(), found: current, supported: SCHEMA_VERSION });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), version = i + 1, "store schema migrated");
+    }
+    Ok(())
+}
