@@ -1,1 +1,214 @@
-fn main() {}
+//! `hostplane-demo`: the whole flow on one machine. Starts the DPU simulator
+//! (two BlueField DPUs behind a FUSE rshim device), a coordinator on its
+//! embedded store and an agent; creates a node, its devices, a Bfb, a Flavor
+//! and a Deployment with `node_effect: hold`; then acts as the upstream
+//! system: approves maintenance when asked, marks the node rebooted when it
+//! waits for it, and prints every phase change until both DPUs are Ready.
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hostplane_proto::v1::{self, DpuPhase, EventType, Kind, NodeEffect, RebootMethod};
+use hostplane_tests::world::{World, WorldOpts};
+use tokio_stream::StreamExt;
+
+const NODE: &str = "node-1";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let keep = std::env::args().any(|a| a == "--keep");
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("usage: hostplane-demo [--keep]   (--keep leaves the work dir and its logs in place)");
+        return ExitCode::SUCCESS;
+    }
+    if let Some(why) = hostplane_tests::fuse_unavailable() {
+        eprintln!("demo: the DPU simulator needs FUSE: {why}");
+        return ExitCode::from(69);
+    }
+    match run(keep).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(keep: bool) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("hostplane-demo-{}", std::process::id()));
+    let opts = WorldOpts {
+        dpus: 2,
+        stage_delay: "250ms".into(),
+        dir: Some(dir.clone()),
+        ..Default::default()
+    };
+    println!("== hostplane demo (work dir {})", dir.display());
+    let mut w = World::start(opts)
+        .await
+        .context("starting the simulator and the coordinator")?;
+    println!(
+        "   simulator: 2 BlueField DPUs at {}/rshim0 and rshim1",
+        w.dev_root.display()
+    );
+    println!(
+        "   coordinator: listening on {} (store {}/coordinator.db)",
+        w.coordinator_addr,
+        dir.display()
+    );
+
+    let result = drive(&mut w).await;
+    if let Err(e) = &result {
+        eprintln!("   logs are in {}/logs", dir.display());
+        eprintln!("   error: {e:#}");
+    }
+    w.shutdown().await?;
+    if keep || result.is_err() {
+        println!("== work dir kept: {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("== cleaned up");
+    }
+    result
+}
+
+async fn drive(w: &mut World) -> Result<()> {
+    w.start_agent(NODE)?;
+    println!(
+        "   agent: {NODE} started (rshim devices under {})",
+        w.dev_root.display()
+    );
+
+    println!("-> create node {NODE} with devices dpu-a (rshim0), dpu-b (rshim1)");
+    w.add_node(
+        NODE,
+        RebootMethod::External,
+        &[("dpu-a", "rshim0"), ("dpu-b", "rshim1")],
+        &[("model", "bf3")],
+    )
+    .await?;
+    let size = 64 << 20;
+    let bfb = w.add_bfb("bf-bundle-4.9.0", size, "4.9.0").await?;
+    let spec = bfb.spec.clone().unwrap_or_default();
+    println!(
+        "-> create bfb bf-bundle-4.9.0 ({} MiB, sha256 {}…, {})",
+        size >> 20,
+        &spec.sha256[..12],
+        spec.url
+    );
+    w.add_flavor(
+        "bf3-default",
+        &[("HOSTNAME", "dpu"), ("ubuntu_PASSWORD", "$1$demo$notreal")],
+    )
+    .await?;
+    println!("-> create flavor bf3-default");
+
+    let mut admin = w.admin.clone();
+    let list = admin
+        .list(v1::ListRequest {
+            kind: Kind::Dpu as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut watch = admin
+        .watch(v1::WatchRequest {
+            kinds: vec![Kind::Dpu as i32, Kind::Node as i32],
+            from_version: list.resource_version,
+            name: String::new(),
+        })
+        .await?
+        .into_inner();
+
+    w.add_deployment(
+        "bf3-fleet",
+        v1::DeploymentSpec {
+            device_selector: [("model".to_string(), "bf3".to_string())].into(),
+            bfb: "bf-bundle-4.9.0".into(),
+            flavor: "bf3-default".into(),
+            max_unavailable: 2,
+            node_effect: NodeEffect::Hold as i32,
+            ..Default::default()
+        },
+    )
+    .await?;
+    println!("-> create deployment bf3-fleet (selector model=bf3, node_effect hold, max_unavailable 2)");
+
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(300);
+    let mut phases: HashMap<String, DpuPhase> = HashMap::new();
+    let mut last_progress: HashMap<String, (String, u64)> = HashMap::new();
+    let mut approved = false;
+    let mut rebooted = false;
+    loop {
+        let ev = tokio::time::timeout_at(deadline.into(), watch.next())
+            .await
+            .context("timed out after 300 s waiting for the DPUs to become Ready")?;
+        let Some(ev) = ev else {
+            bail!("the coordinator closed the watch stream")
+        };
+        let ev = ev?;
+        if ev.r#type == EventType::Deleted as i32 {
+            continue;
+        }
+        let t = start.elapsed().as_secs_f32();
+        match ev.resource.and_then(|r| r.kind) {
+            Some(v1::resource::Kind::Dpu(d)) => {
+                let name = d.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+                let st = d.status.clone().unwrap_or_default();
+                let phase = st.phase();
+                if phases.get(&name) != Some(&phase) {
+                    phases.insert(name.clone(), phase);
+                    println!("{t:7.1}s  {name:<6} {:<20} {}", phase.display_name(), st.message);
+                    if phase == DpuPhase::Error {
+                        bail!("dpu {name} failed: {}", st.message);
+                    }
+                }
+                if let Some(p) = st.progress
+                    && phase == DpuPhase::OsInstalling
+                {
+                    let mib = p.bytes_pushed >> 20;
+                    let key = (p.stage.clone(), mib / 16);
+                    if last_progress.get(&name) != Some(&key) {
+                        last_progress.insert(name.clone(), key);
+                        let line = if p.last_log_line.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  | {}", p.last_log_line.trim())
+                        };
+                        println!(
+                            "{t:7.1}s  {name:<6}   flash: {mib}/{} MiB at {:.0} MB/s, stage {}{line}",
+                            p.bytes_total >> 20,
+                            p.rate_bytes_per_sec / 1e6,
+                            p.stage
+                        );
+                    }
+                }
+            }
+            Some(v1::resource::Kind::Node(n)) => {
+                let st = n.status.unwrap_or_default();
+                if st.waiting_for_reboot && !rebooted {
+                    rebooted = true;
+                    println!(
+                        "{t:7.1}s  upstream: {NODE} waits for a reboot -> rebooting it, then MarkRebooted"
+                    );
+                    admin.mark_rebooted(v1::NodeRef { name: NODE.into() }).await?;
+                }
+            }
+            _ => {}
+        }
+        let waiting_approval = phases.values().any(|p| *p == DpuPhase::NodeEffect);
+        if waiting_approval && !approved {
+            approved = true;
+            println!("{t:7.1}s  upstream: {NODE} drained -> ApproveMaintenance");
+            admin
+                .approve_maintenance(v1::NodeRef { name: NODE.into() })
+                .await?;
+        }
+        if phases.len() == 2 && phases.values().all(|p| *p == DpuPhase::Ready) {
+            println!("== both DPUs Ready in {:.1} s", start.elapsed().as_secs_f32());
+            break;
+        }
+    }
+    Ok(())
+}
