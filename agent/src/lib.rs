@@ -1,2 +1,3 @@
 //! placeholder
 pub mod rshim;
+pub mod bfcfg;
