@@ -1,0 +1,526 @@
+//! The command line: `hostplanectl [global flags] <noun> <verb> ...`.
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::output::Format;
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// hostplanectl: manage a hostplane coordinator (nodes, devices, BFBs, flavors, deployments, DPUs).
+#[derive(Debug, Parser)]
+#[command(name = "hostplanectl", version)]
+pub struct Cli {
+    /// Coordinator admin API address.
+    #[arg(long, global = true, env = "HOSTPLANE_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Limit for the whole command, e.g. 30s, 5m (default: 30s; none for watch and --wait).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Bearer token sent as `authorization` metadata, if set.
+    #[arg(long, global = true, env = "HOSTPLANE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hosts (a node's name is its agent's identity).
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// Physical DPUs, each on a node.
+    Device {
+        #[command(subcommand)]
+        cmd: DeviceCmd,
+    },
+    /// BFB images (immutable).
+    Bfb {
+        #[command(subcommand)]
+        cmd: BfbCmd,
+    },
+    /// DPU configurations (immutable).
+    Flavor {
+        #[command(subcommand)]
+        cmd: FlavorCmd,
+    },
+    /// Groups of devices provisioned with one bfb and flavor.
+    Deployment {
+        #[command(subcommand)]
+        cmd: DeploymentCmd,
+    },
+    /// Provisioned DPUs (generated, one per device matched by a deployment).
+    Dpu {
+        #[command(subcommand)]
+        cmd: DpuCmd,
+    },
+    /// Create the resources in a file, of any kind (in dependency order).
+    Create(FileArgs),
+    /// Create or update the resources in a file, of any kind (in dependency order).
+    Apply(FileArgs),
+    /// Update the resources in a file, of any kind.
+    Update(FileArgs),
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+impl Command {
+    /// Commands that run until the server answers a condition, with no default time limit.
+    pub fn is_streaming(&self) -> bool {
+        let common = |c: &CommonCmd| match c {
+            CommonCmd::Get(a) => a.watch,
+            CommonCmd::List(a) => a.watch,
+            CommonCmd::Watch(_) => true,
+            CommonCmd::Apply(_) | CommonCmd::Update(_) | CommonCmd::Delete(_) => false,
+        };
+        match self {
+            Command::Node {
+                cmd: NodeCmd::Common(c),
+            }
+            | Command::Device {
+                cmd: DeviceCmd::Common(c),
+            }
+            | Command::Bfb {
+                cmd: BfbCmd::Common(c),
+            }
+            | Command::Flavor {
+                cmd: FlavorCmd::Common(c),
+            }
+            | Command::Deployment {
+                cmd: DeploymentCmd::Common(c),
+            }
+            | Command::Dpu {
+                cmd: DpuCmd::Common(c),
+            } => common(c),
+            Command::Dpu {
+                cmd: DpuCmd::Ready(a),
+            } => a.wait,
+            _ => false,
+        }
+    }
+}
+
+/// Verbs every noun has.
+#[derive(Debug, Subcommand)]
+pub enum CommonCmd {
+    /// Show one object.
+    Get(GetArgs),
+    /// List objects.
+    List(ListArgs),
+    /// Stream changes: the current objects first, then each change as it happens.
+    Watch(WatchArgs),
+    /// Create or update from a file (updates carry the stored resource_version).
+    Apply(FileArgs),
+    /// Replace spec and labels from a file (its resourceVersion, if set, must match).
+    Update(FileArgs),
+    /// Delete an object (gracefully: dependents first, agent work cancelled).
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    #[command(flatten)]
+    Common(CommonCmd),
+    /// Create a node.
+    Create(NodeCreate),
+    /// Approve maintenance: Dpus held in NodeEffect on this node proceed.
+    Approve(NameArg),
+    /// Tell the coordinator the node was rebooted (reboot method `external`).
+    Rebooted(NameArg),
+    /// Is the node waiting for a reboot?
+    RebootStatus(CheckArgs),
+    /// Create a node and its devices in one call, from a file.
+    CreateWithDevices(FileArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCmd {
+    #[command(flatten)]
+    Common(CommonCmd),
+    /// Create a device.
+    Create(DeviceCreate),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BfbCmd {
+    #[command(flatten)]
+    Common(CommonCmd),
+    /// Create a bfb.
+    Create(BfbCreate),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlavorCmd {
+    #[command(flatten)]
+    Common(CommonCmd),
+    /// Create a flavor.
+    Create(FlavorCreate),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentCmd {
+    #[command(flatten)]
+    Common(CommonCmd),
+    /// Create a deployment.
+    Create(DeploymentCreate),
+    /// Point a deployment at another bfb and/or flavor (its Dpus are reprovisioned).
+    SetImage(SetImageArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DpuCmd {
+    #[command(flatten)]
+    Common(CommonCmd),
+    /// Reprovision a dpu (it walks the state machine again).
+    Reprovision(NameArg),
+    /// Is the dpu ready? With --wait, wait until it is Ready (exit 0) or in Error (exit 1).
+    Ready(ReadyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    pub name: String,
+    /// Keep watching the object after printing it.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only objects with this label (repeatable; all must match).
+    #[arg(short = 'l', long = "selector", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub selector: Vec<(String, String)>,
+    /// Only devices / dpus on this node.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Keep watching after printing the list.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only this object.
+    pub name: Option<String>,
+    /// Only objects with this label (repeatable; all must match).
+    #[arg(short = 'l', long = "selector", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub selector: Vec<(String, String)>,
+    /// Only devices / dpus on this node.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Stream the changes after this store version instead of listing first (0 = current state as ADDED).
+    #[arg(long, value_name = "VERSION")]
+    pub from_version: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct FileArgs {
+    /// File holding a Resource (or a list of them) in JSON or YAML; `-` reads stdin.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub name: String,
+    /// Remove at once with all dependents, without waiting for agents.
+    #[arg(long)]
+    pub force: bool,
+    /// Only delete if the object is still at this version.
+    #[arg(long, value_name = "VERSION")]
+    pub resource_version: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    pub name: String,
+    /// Exit 0 if waiting for reboot, 3 if not.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadyArgs {
+    pub name: String,
+    /// Wait until the dpu is Ready (exit 0) or in Error (exit 1); see --timeout (exit 124).
+    #[arg(long, conflicts_with = "check")]
+    pub wait: bool,
+    /// Exit 0 if ready, 3 if not.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SetImageArgs {
+    pub deployment: String,
+    #[arg(long, required_unless_present = "flavor")]
+    pub bfb: Option<String>,
+    #[arg(long)]
+    pub flavor: Option<String>,
+}
+
+/// `NAME` or `-f FILE`, shared by every `create`.
+#[derive(Debug, Args)]
+pub struct CreateSource {
+    /// Name of the new object (omit with -f).
+    #[arg(required_unless_present = "file")]
+    pub name: Option<String>,
+    /// Create from a file instead of flags (JSON or YAML Resource(s); `-` reads stdin).
+    #[arg(short = 'f', long = "filename", value_name = "FILE", conflicts_with = "name")]
+    pub file: Option<String>,
+    /// Label to set (repeatable).
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = parse_kv, conflicts_with = "file")]
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RebootMethodArg {
+    /// The upstream system reboots the host and calls `node rebooted`.
+    External,
+    /// The agent reboots the host itself.
+    Agent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NodeEffectArg {
+    /// Wait for `node approve` before touching a node.
+    Hold,
+    /// Proceed without approval.
+    Auto,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeCreate {
+    #[command(flatten)]
+    pub source: CreateSource,
+    #[arg(long, value_enum, conflicts_with = "file")]
+    pub reboot_method: Option<RebootMethodArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceCreate {
+    #[command(flatten)]
+    pub source: CreateSource,
+    /// Node that holds the DPU.
+    #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+    pub node: Option<String>,
+    /// rshim device name on the host, e.g. rshim0.
+    #[arg(long, conflicts_with = "file")]
+    pub rshim: Option<String>,
+    #[arg(long, conflicts_with = "file")]
+    pub serial: Option<String>,
+    /// PCI address of the DPU's PF0, e.g. 0000:04:00.0.
+    #[arg(long, value_name = "ADDRESS", conflicts_with = "file")]
+    pub pci: Option<String>,
+    /// Address of the DPU's BMC.
+    #[arg(long, value_name = "ADDRESS", conflicts_with = "file")]
+    pub bmc: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BfbCreate {
+    #[command(flatten)]
+    pub source: CreateSource,
+    /// http(s):// (or file:// in labs) URL of the image.
+    #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+    pub url: Option<String>,
+    /// Lower-case hex SHA-256 of the whole file.
+    #[arg(
+        long,
+        value_name = "HEX",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    pub sha256: Option<String>,
+    /// Image version, e.g. 4.9.0.
+    #[arg(long = "version", required_unless_present = "file", conflicts_with = "file")]
+    pub image_version: Option<String>,
+    /// Size in bytes, if known.
+    #[arg(long, value_name = "BYTES", conflicts_with = "file")]
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct FlavorCreate {
+    #[command(flatten)]
+    pub source: CreateSource,
+    /// bf.cfg parameter (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_kv, conflicts_with = "file")]
+    pub bf_cfg: Vec<(String, String)>,
+    /// NIC firmware (mlxconfig) parameter (repeatable).
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_kv, conflicts_with = "file")]
+    pub nic_fw: Vec<(String, String)>,
+    /// Number of SR-IOV VFs on PF0.
+    #[arg(long, value_name = "N", conflicts_with = "file")]
+    pub num_vfs: Option<u32>,
+    #[arg(long, conflicts_with = "file")]
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeploymentCreate {
+    #[command(flatten)]
+    pub source: CreateSource,
+    #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+    pub bfb: Option<String>,
+    #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+    pub flavor: Option<String>,
+    /// Device label to match (repeatable; empty matches every device).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_kv, conflicts_with = "file")]
+    pub selector: Vec<(String, String)>,
+    #[arg(long, value_name = "N", conflicts_with = "file")]
+    pub max_unavailable: Option<u32>,
+    #[arg(long, value_enum, conflicts_with = "file")]
+    pub node_effect: Option<NodeEffectArg>,
+    #[arg(long, value_name = "NAME", conflicts_with = "file")]
+    pub power_policy: Option<String>,
+}
+
+/// `KEY=VALUE` with a non-empty key of letters, digits and `-_./`; the value may be empty.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let Some((k, v)) = s.split_once('=') else {
+        return Err(format!("expected KEY=VALUE, got {s:?}"));
+    };
+    if k.is_empty() {
+        return Err(format!("empty key in {s:?}"));
+    }
+    if let Some(c) = k
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_./".contains(*c)))
+    {
+        return Err(format!(
+            "key {k:?} contains {c:?} (allowed: letters, digits, - _ . /)"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 30s, 5m, 1h)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hostplanectl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn kv_parser_table() {
+        let ok = [
+            ("rack=r1", ("rack", "r1")),
+            ("a=", ("a", "")),
+            ("x.io/k=a=b", ("x.io/k", "a=b")),
+        ];
+        for (input, (k, v)) in ok {
+            assert_eq!(parse_kv(input), Ok((k.to_string(), v.to_string())), "{input}");
+        }
+        for bad in ["k", "=v", "", "a b=c", "k!=v"] {
+            assert!(parse_kv(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn node_create_from_flags() {
+        let cli = parse(&[
+            "node",
+            "create",
+            "n1",
+            "--reboot-method",
+            "agent",
+            "-l",
+            "rack=r1",
+        ])
+        .unwrap();
+        let Command::Node {
+            cmd: NodeCmd::Create(c),
+        } = cli.command
+        else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(c.source.name.as_deref(), Some("n1"));
+        assert_eq!(c.reboot_method, Some(RebootMethodArg::Agent));
+        assert_eq!(c.source.labels, vec![("rack".to_string(), "r1".to_string())]);
+        assert_eq!(cli.output, Format::Table);
+        assert_eq!(cli.server, DEFAULT_SERVER);
+    }
+
+    #[test]
+    fn bad_label_is_a_usage_error() {
+        let e = parse(&["node", "list", "-l", "k"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("expected KEY=VALUE"), "{e}");
+    }
+
+    #[test]
+    fn create_needs_a_name_or_a_file_but_not_both() {
+        assert!(parse(&["node", "create"]).is_err());
+        assert!(parse(&["node", "create", "n1", "-f", "x.yaml"]).is_err());
+        assert!(parse(&["node", "create", "-f", "x.yaml", "--reboot-method", "agent"]).is_err());
+        assert!(parse(&["node", "create", "-f", "x.yaml"]).is_ok());
+        assert!(
+            parse(&["bfb", "create", "b1", "--url", "http://x"]).is_err(),
+            "sha256 and version required"
+        );
+        let cli = parse(&[
+            "bfb",
+            "create",
+            "b1",
+            "--url",
+            "u",
+            "--sha256",
+            "h",
+            "--version",
+            "4.9.0",
+        ])
+        .unwrap();
+        let Command::Bfb {
+            cmd: BfbCmd::Create(b),
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(b.image_version.as_deref(), Some("4.9.0"));
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = parse(&["dpu", "ready", "d1", "--wait", "--timeout", "2m", "-o", "json"]).unwrap();
+        assert_eq!(cli.timeout, Some(Duration::from_secs(120)));
+        assert_eq!(cli.output, Format::Json);
+        assert!(cli.command.is_streaming());
+        let cli = parse(&["--server", "http://h:1", "node", "get", "n1"]).unwrap();
+        assert_eq!(cli.server, "http://h:1");
+        assert!(!cli.command.is_streaming());
+        assert!(parse(&["node", "get", "n1", "--timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn set_image_needs_bfb_or_flavor() {
+        assert!(parse(&["deployment", "set-image", "d1"]).is_err());
+        assert!(parse(&["deployment", "set-image", "d1", "--flavor", "f2"]).is_ok());
+        assert!(parse(&["deployment", "set-image", "d1", "--bfb", "b2"]).is_ok());
+    }
+}
