@@ -1,0 +1,310 @@
+//! An in-process fake AdminService (objects in a map, just what the CLI tests
+//! call) and a runner for the real `hostplanectl` binary.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
+use hostplane_proto::v1::{
+    CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse, CreateRequest, DeleteRequest,
+    DeleteResponse, Deployment, Dpu, DpuPhase, DpuReadiness, DpuRef, EventType, GetRequest, Kind,
+    ListRequest, ListResponse, Node, NodeRebootStatus, NodeRef, Resource, SetDeploymentImageRequest,
+    UpdateRequest, WatchEvent, WatchRequest, resource,
+};
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status};
+
+#[derive(Default)]
+pub struct State {
+    pub objects: BTreeMap<(i32, String), Resource>,
+    pub version: u64,
+    /// `authorization` metadata of the last call.
+    pub last_auth: Option<String>,
+    /// Sent by Watch after the current objects.
+    pub watch_script: Vec<WatchEvent>,
+    /// Watch streams end after the script (else they stay open).
+    pub watch_ends: bool,
+}
+
+#[derive(Clone, Default)]
+pub struct Fake {
+    pub state: Arc<Mutex<State>>,
+}
+
+fn key(kind: Kind, name: &str) -> (i32, String) {
+    (kind as i32, name.to_string())
+}
+
+fn not_found(kind: Kind, name: &str) -> Status {
+    Status::not_found(format!("{} {name:?} not found", kind.noun()))
+}
+
+impl Fake {
+    fn seen<T>(&self, req: &Request<T>) -> std::sync::MutexGuard<'_, State> {
+        let mut st = self.state.lock().unwrap();
+        st.last_auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        st
+    }
+
+    pub fn insert(&self, mut r: Resource) {
+        let mut st = self.state.lock().unwrap();
+        st.version += 1;
+        let v = st.version;
+        r.metadata_mut().unwrap().resource_version = v;
+        st.objects.insert(key(r.kind(), r.name()), r);
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AdminService for Fake {
+    async fn create(&self, req: Request<CreateRequest>) -> Result<Response<Resource>, Status> {
+        let mut st = self.seen(&req);
+        let mut r = req
+            .into_inner()
+            .resource
+            .ok_or_else(|| Status::invalid_argument("resource: required"))?;
+        let (kind, name) = (r.kind(), r.name().to_string());
+        if name.is_empty() {
+            return Err(Status::invalid_argument("metadata.name: required"));
+        }
+        if r.resource_version() != 0 {
+            return Err(Status::invalid_argument(
+                "metadata.resource_version: must be 0 on create",
+            ));
+        }
+        if st.objects.contains_key(&key(kind, &name)) {
+            return Err(Status::already_exists(format!(
+                "{} {name:?} already exists",
+                kind.noun()
+            )));
+        }
+        st.version += 1;
+        let m = r.metadata_mut().unwrap();
+        m.resource_version = st.version;
+        m.created_at_ms = 1;
+        st.objects.insert(key(kind, &name), r.clone());
+        Ok(Response::new(r))
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<Resource>, Status> {
+        let st = self.seen(&req);
+        let req = req.into_inner();
+        let found = st.objects.get(&key(req.kind(), &req.name)).cloned();
+        found
+            .map(Response::new)
+            .ok_or_else(|| not_found(req.kind(), &req.name))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let st = self.seen(&req);
+        let req = req.into_inner();
+        let items = st
+            .objects
+            .values()
+            .filter(|r| r.kind() == req.kind())
+            .filter(|r| {
+                let labels = &r.metadata().unwrap().labels;
+                req.label_selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .cloned()
+            .collect();
+        Ok(Response::new(ListResponse {
+            items,
+            resource_version: st.version,
+        }))
+    }
+
+    async fn update(&self, req: Request<UpdateRequest>) -> Result<Response<Resource>, Status> {
+        let mut st = self.seen(&req);
+        let mut r = req
+            .into_inner()
+            .resource
+            .ok_or_else(|| Status::invalid_argument("resource: required"))?;
+        let k = key(r.kind(), r.name());
+        let stored = st.objects.get(&k).ok_or_else(|| not_found(r.kind(), r.name()))?;
+        if r.resource_version() != 0 && r.resource_version() != stored.resource_version() {
+            return Err(Status::aborted(
+                "metadata.resource_version: stale, re-read and retry",
+            ));
+        }
+        st.version += 1;
+        r.metadata_mut().unwrap().resource_version = st.version;
+        st.objects.insert(k, r.clone());
+        Ok(Response::new(r))
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let mut st = self.seen(&req);
+        let req = req.into_inner();
+        match st.objects.remove(&key(req.kind(), &req.name)) {
+            Some(_) => Ok(Response::new(DeleteResponse {
+                deleted: true,
+                resource: None,
+            })),
+            None => Err(not_found(req.kind(), &req.name)),
+        }
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<EventStream>, Status> {
+        let st = self.seen(&req);
+        let req = req.into_inner();
+        let wanted = |r: &Resource| {
+            (req.kinds.is_empty() || req.kinds.contains(&(r.kind() as i32)))
+                && (req.name.is_empty() || r.name() == req.name)
+        };
+        let mut events: Vec<Result<WatchEvent, Status>> = Vec::new();
+        if req.from_version == 0 {
+            for r in st.objects.values().filter(|r| wanted(r)) {
+                events.push(Ok(WatchEvent {
+                    r#type: EventType::Added as i32,
+                    resource_version: r.resource_version(),
+                    resource: Some(r.clone()),
+                }));
+            }
+        }
+        for ev in &st.watch_script {
+            if ev.resource.as_ref().is_some_and(wanted) {
+                events.push(Ok(ev.clone()));
+            }
+        }
+        let stream = futures::stream::iter(events);
+        if st.watch_ends {
+            Ok(Response::new(Box::pin(stream)))
+        } else {
+            Ok(Response::new(Box::pin(stream.chain(futures::stream::pending()))))
+        }
+    }
+
+    async fn create_node_with_devices(
+        &self,
+        _req: Request<CreateNodeWithDevicesRequest>,
+    ) -> Result<Response<CreateNodeWithDevicesResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn approve_maintenance(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
+        let mut st = self.seen(&req);
+        let name = req.into_inner().name;
+        st.version += 1;
+        let v = st.version;
+        let Some(Resource {
+            kind: Some(resource::Kind::Node(node)),
+        }) = st.objects.get_mut(&key(Kind::Node, &name))
+        else {
+            return Err(not_found(Kind::Node, &name));
+        };
+        node.status.get_or_insert_default().maintenance_approved = true;
+        node.metadata.get_or_insert_default().resource_version = v;
+        Ok(Response::new(node.clone()))
+    }
+
+    async fn mark_rebooted(&self, _req: Request<NodeRef>) -> Result<Response<Node>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn reprovision(&self, _req: Request<DpuRef>) -> Result<Response<Dpu>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_node_reboot_status(
+        &self,
+        req: Request<NodeRef>,
+    ) -> Result<Response<NodeRebootStatus>, Status> {
+        let st = self.seen(&req);
+        let name = req.into_inner().name;
+        match st.objects.get(&key(Kind::Node, &name)) {
+            Some(Resource {
+                kind: Some(resource::Kind::Node(n)),
+            }) => Ok(Response::new(NodeRebootStatus {
+                waiting_for_reboot: n.status.as_ref().is_some_and(|s| s.waiting_for_reboot),
+                dpus: vec![],
+            })),
+            _ => Err(not_found(Kind::Node, &name)),
+        }
+    }
+
+    async fn get_dpu_readiness(&self, req: Request<DpuRef>) -> Result<Response<DpuReadiness>, Status> {
+        let st = self.seen(&req);
+        let name = req.into_inner().name;
+        match st.objects.get(&key(Kind::Dpu, &name)) {
+            Some(Resource {
+                kind: Some(resource::Kind::Dpu(d)),
+            }) => {
+                let s = d.status.clone().unwrap_or_default();
+                Ok(Response::new(DpuReadiness {
+                    ready: s.phase() == DpuPhase::Ready,
+                    phase: s.phase,
+                    message: s.message,
+                }))
+            }
+            _ => Err(not_found(Kind::Dpu, &name)),
+        }
+    }
+
+    async fn set_deployment_image(
+        &self,
+        _req: Request<SetDeploymentImageRequest>,
+    ) -> Result<Response<Deployment>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+/// Serve `fake` on 127.0.0.1:0; returns the URL to pass as --server.
+pub async fn serve(fake: Fake) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AdminServiceServer::new(fake))
+            .serve_with_incoming(incoming),
+    );
+    format!("http://{addr}")
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub async fn ctl_with(server: &str, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hostplanectl"));
+    cmd.arg("--server").arg(server).args(args);
+    cmd.env_remove("HOSTPLANE_TOKEN").env_remove("HOSTPLANE_SERVER");
+    cmd.envs(env.iter().copied());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(text.as_bytes()).await.unwrap();
+    }
+    let out = child.wait_with_output().await.unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+pub async fn ctl(server: &str, args: &[&str]) -> Run {
+    ctl_with(server, args, &[], None).await
+}
