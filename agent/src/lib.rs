@@ -1,3 +1,4 @@
 //! placeholder
 pub mod rshim;
 pub mod bfcfg;
+pub mod bfb_cache;
