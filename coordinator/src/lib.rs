@@ -1,6 +1,7 @@
 //! hostplane coordinator: the desired-state store, the DPU state machine, the
 //! admin API and the agent stream server.
 
+pub mod api;
 pub mod fsm;
 pub mod store;
 pub mod stream;

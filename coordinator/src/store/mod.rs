@@ -139,7 +139,9 @@ impl Store {
         let mut txn = Txn::new(tx);
         let out = f(&mut txn)?;
         let (events, desired) = txn.commit(inner.retention)?;
-        drop(conn);
+        // Broadcast while still holding the connection, so receivers see
+        // events in commit (revision) order; watchers dedupe by revision.
+        // `send` never blocks.
         for ev in events {
             // No receivers is fine: nobody watches.
             let _ = inner.events.send(ev);
@@ -147,6 +149,7 @@ impl Store {
         for d in desired {
             let _ = inner.desired.send(d);
         }
+        drop(conn);
         Ok(out)
     }
 

@@ -1,0 +1,250 @@
+//! The admin API's errors and their one mapping to gRPC status codes.
+use tonic::{Code, Status};
+
+use crate::store::StoreError;
+
+/// Everything an admin call can fail with. The Display text is what the
+/// caller reads, so every variant names the object or field concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A request field is wrong. `field` is its path (`device.spec.node`).
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    /// The resource_version precondition failed.
+    #[error("{kind} {name} was modified (version {stored}, you sent {sent}); re-read and retry")]
+    Conflict {
+        kind: &'static str,
+        name: String,
+        stored: u64,
+        sent: u64,
+    },
+    /// Bfb and Flavor specs never change.
+    #[error("{kind} specs are immutable; create a new {title} and point the deployment at it")]
+    Immutable { kind: &'static str, title: &'static str },
+    /// Dpus are written by the system only.
+    #[error("dpu {name:?} is owned by the system; use Reprovision, or change its deployment")]
+    SystemOwned { name: String },
+    #[error(
+        "device {name}: spec.node cannot change ({from:?} -> {to:?}); delete the device and create it on the new node"
+    )]
+    DeviceMoved { name: String, from: String, to: String },
+    #[error("{kind} {name:?} is used by {user_kind} {user:?}; point the {user_kind} elsewhere first")]
+    InUse {
+        kind: &'static str,
+        name: String,
+        user_kind: &'static str,
+        user: String,
+    },
+    #[error("{kind} {name:?} is being deleted")]
+    BeingDeleted { kind: &'static str, name: String },
+    #[error("node {node} is not waiting for a reboot")]
+    NotWaitingForReboot { node: String },
+    #[error(
+        "node {node} is rebooted by its agent (reboot_method AGENT); MarkRebooted is only for external reboots"
+    )]
+    AgentReboots { node: String },
+    #[error(
+        "watch from version {requested} is ahead of the store (version {current}); list again and watch from the list's version"
+    )]
+    FromTheFuture { requested: u64, current: u64 },
+    #[error("coordinator is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ApiError {
+        ApiError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::Invalid { .. } => Code::InvalidArgument,
+            ApiError::NotFound { .. } => Code::NotFound,
+            ApiError::AlreadyExists { .. } => Code::AlreadyExists,
+            ApiError::Conflict { .. } => Code::Aborted,
+            ApiError::Immutable { .. }
+            | ApiError::SystemOwned { .. }
+            | ApiError::DeviceMoved { .. }
+            | ApiError::InUse { .. }
+            | ApiError::BeingDeleted { .. }
+            | ApiError::NotWaitingForReboot { .. }
+            | ApiError::AgentReboots { .. } => Code::FailedPrecondition,
+            ApiError::FromTheFuture { .. } => Code::OutOfRange,
+            ApiError::ShuttingDown => Code::Unavailable,
+            ApiError::Store(e) => store_code(e),
+        }
+    }
+}
+
+fn store_code(e: &StoreError) -> Code {
+    match e {
+        StoreError::TooOld { .. } => Code::OutOfRange,
+        StoreError::Open { .. } | StoreError::SchemaTooNew { .. } | StoreError::Sql(_) => Code::Unavailable,
+        StoreError::Corrupt { .. } => Code::DataLoss,
+        StoreError::Encode { .. } | StoreError::Join(_) => Code::Internal,
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_code_and_display_text() {
+        let json_err = serde_json::from_str::<u8>("x").unwrap_err();
+        let cases: Vec<(ApiError, Code, &str)> = vec![
+            (
+                ApiError::invalid("device.spec.node", "required"),
+                Code::InvalidArgument,
+                "device.spec.node: required",
+            ),
+            (
+                ApiError::NotFound {
+                    kind: "node",
+                    name: "n9".into(),
+                },
+                Code::NotFound,
+                "node \"n9\" not found",
+            ),
+            (
+                ApiError::AlreadyExists {
+                    kind: "bfb",
+                    name: "b".into(),
+                },
+                Code::AlreadyExists,
+                "bfb \"b\" already exists",
+            ),
+            (
+                ApiError::Conflict {
+                    kind: "node",
+                    name: "n1".into(),
+                    stored: 12,
+                    sent: 9,
+                },
+                Code::Aborted,
+                "node n1 was modified (version 12, you sent 9); re-read and retry",
+            ),
+            (
+                ApiError::Immutable {
+                    kind: "bfb",
+                    title: "Bfb",
+                },
+                Code::FailedPrecondition,
+                "bfb specs are immutable; create a new Bfb and point the deployment at it",
+            ),
+            (
+                ApiError::SystemOwned { name: "d".into() },
+                Code::FailedPrecondition,
+                "owned by the system",
+            ),
+            (
+                ApiError::DeviceMoved {
+                    name: "d".into(),
+                    from: "a".into(),
+                    to: "b".into(),
+                },
+                Code::FailedPrecondition,
+                "spec.node cannot change",
+            ),
+            (
+                ApiError::InUse {
+                    kind: "bfb",
+                    name: "b".into(),
+                    user_kind: "deployment",
+                    user: "dep".into(),
+                },
+                Code::FailedPrecondition,
+                "bfb \"b\" is used by deployment \"dep\"",
+            ),
+            (
+                ApiError::BeingDeleted {
+                    kind: "node",
+                    name: "n".into(),
+                },
+                Code::FailedPrecondition,
+                "being deleted",
+            ),
+            (
+                ApiError::NotWaitingForReboot { node: "n1".into() },
+                Code::FailedPrecondition,
+                "node n1 is not waiting for a reboot",
+            ),
+            (
+                ApiError::AgentReboots { node: "n1".into() },
+                Code::FailedPrecondition,
+                "reboot_method AGENT",
+            ),
+            (
+                ApiError::FromTheFuture {
+                    requested: 9,
+                    current: 3,
+                },
+                Code::OutOfRange,
+                "ahead of the store",
+            ),
+            (ApiError::ShuttingDown, Code::Unavailable, "shutting down"),
+            (
+                ApiError::Store(StoreError::TooOld {
+                    requested: 1,
+                    oldest: 5,
+                }),
+                Code::OutOfRange,
+                "watch from version 1 is too old",
+            ),
+            (
+                ApiError::Store(StoreError::Sql(rusqlite::Error::InvalidQuery)),
+                Code::Unavailable,
+                "store query failed",
+            ),
+            (
+                ApiError::Store(StoreError::SchemaTooNew {
+                    path: "/x".into(),
+                    found: 3,
+                    supported: 1,
+                }),
+                Code::Unavailable,
+                "upgrade the coordinator",
+            ),
+            (
+                ApiError::Store(StoreError::Corrupt {
+                    kind: "node",
+                    name: "n".into(),
+                    source: json_err,
+                }),
+                Code::DataLoss,
+                "stored node \"n\" is not readable",
+            ),
+            (
+                ApiError::Store(StoreError::Join("panic".into())),
+                Code::Internal,
+                "store worker failed",
+            ),
+        ];
+        for (err, code, text) in cases {
+            let shown = err.to_string();
+            let status = Status::from(err);
+            assert_eq!(status.code(), code, "{shown}");
+            assert!(
+                status.message().contains(text),
+                "{:?} does not contain {text:?}",
+                status.message()
+            );
+            assert_eq!(status.message(), shown, "the message is the Display text");
+        }
+    }
+}

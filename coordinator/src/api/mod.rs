@@ -1,0 +1,123 @@
+//! The admin API (`hostplane.v1.AdminService`): what operators, hostplanectl
+//! and upstream systems call. See docs/api.md.
+//!
+//! Each handler validates what it can from the request alone, then does its
+//! reads, checks and writes in ONE store transaction, so a refused call
+//! changes nothing. Every mutating call is logged with its kind, name and
+//! result.
+
+mod crud;
+mod delete;
+pub mod error;
+mod flows;
+mod typed;
+pub mod validate;
+mod watch;
+
+use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
+use hostplane_proto::v1::{
+    CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse, CreateRequest, DeleteRequest,
+    DeleteResponse, Deployment, Dpu, DpuReadiness, DpuRef, GetRequest, ListRequest, ListResponse, Node,
+    NodeRebootStatus, NodeRef, Resource, SetDeploymentImageRequest, UpdateRequest, WatchRequest,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+pub use error::ApiError;
+pub use watch::WatchStream;
+
+use crate::store::Store;
+
+/// The AdminService implementation.
+#[derive(Clone)]
+pub struct AdminApi {
+    store: Store,
+    /// Ends open Watch streams when the coordinator shuts down.
+    shutdown: CancellationToken,
+}
+
+impl AdminApi {
+    pub fn new(store: Store, shutdown: CancellationToken) -> AdminApi {
+        AdminApi { store, shutdown }
+    }
+
+    pub fn into_server(self) -> AdminServiceServer<AdminApi> {
+        AdminServiceServer::new(self)
+    }
+}
+
+/// Log a mutating call (an audit log proper comes later).
+fn audit(op: &'static str, kind: &str, name: &str, outcome: Result<&str, &ApiError>) {
+    match outcome {
+        Ok(result) => tracing::info!(op, kind, name, result, "admin call"),
+        Err(e) => {
+            tracing::info!(op, kind, name, result = "refused", code = ?e.code(), error = %e, "admin call")
+        }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn reply<T>(r: Result<T, ApiError>) -> Reply<T> {
+    r.map(Response::new).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    type WatchStream = WatchStream;
+
+    async fn create(&self, req: Request<CreateRequest>) -> Reply<Resource> {
+        reply(self.create_resource(req.into_inner()).await)
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Reply<Resource> {
+        reply(self.get_resource(req.into_inner()).await)
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Reply<ListResponse> {
+        reply(self.list_resources(req.into_inner()).await)
+    }
+
+    async fn update(&self, req: Request<UpdateRequest>) -> Reply<Resource> {
+        reply(self.update_resource(req.into_inner()).await)
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Reply<DeleteResponse> {
+        reply(self.delete_resource(req.into_inner()).await)
+    }
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Reply<WatchStream> {
+        reply(self.watch_resources(req.into_inner()).await)
+    }
+
+    async fn create_node_with_devices(
+        &self,
+        req: Request<CreateNodeWithDevicesRequest>,
+    ) -> Reply<CreateNodeWithDevicesResponse> {
+        reply(self.create_node_and_devices(req.into_inner()).await)
+    }
+
+    async fn approve_maintenance(&self, req: Request<NodeRef>) -> Reply<Node> {
+        reply(self.approve_node(req.into_inner()).await)
+    }
+
+    async fn mark_rebooted(&self, req: Request<NodeRef>) -> Reply<Node> {
+        reply(self.mark_node_rebooted(req.into_inner()).await)
+    }
+
+    async fn reprovision(&self, req: Request<DpuRef>) -> Reply<Dpu> {
+        reply(self.reprovision_dpu(req.into_inner()).await)
+    }
+
+    async fn get_node_reboot_status(&self, req: Request<NodeRef>) -> Reply<NodeRebootStatus> {
+        reply(self.node_reboot_status(req.into_inner()).await)
+    }
+
+    async fn get_dpu_readiness(&self, req: Request<DpuRef>) -> Reply<DpuReadiness> {
+        reply(self.dpu_readiness(req.into_inner()).await)
+    }
+
+    async fn set_deployment_image(&self, req: Request<SetDeploymentImageRequest>) -> Reply<Deployment> {
+        reply(self.change_deployment_image(req.into_inner()).await)
+    }
+}
