@@ -6,22 +6,23 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::output::Format;
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+const GLOBAL: &str = "Global options";
 
 /// hostplanectl: manage a hostplane coordinator (nodes, devices, BFBs, flavors, deployments, DPUs).
 #[derive(Debug, Parser)]
 #[command(name = "hostplanectl", version)]
 pub struct Cli {
     /// Coordinator admin API address.
-    #[arg(long, global = true, env = "HOSTPLANE_SERVER", default_value = DEFAULT_SERVER)]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "HOSTPLANE_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
     /// Output format.
-    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    #[arg(short = 'o', long = "output", global = true, help_heading = GLOBAL, value_enum, default_value_t = Format::Table)]
     pub output: Format,
     /// Limit for the whole command, e.g. 30s, 5m (default: 30s; none for watch and --wait).
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Bearer token sent as `authorization` metadata, if set.
-    #[arg(long, global = true, env = "HOSTPLANE_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "HOSTPLANE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
@@ -187,11 +188,13 @@ pub enum DpuCmd {
 
 #[derive(Debug, Args)]
 pub struct NameArg {
+    /// Object name.
     pub name: String,
 }
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
+    /// Object name.
     pub name: String,
     /// Keep watching the object after printing it.
     #[arg(short = 'w', long)]
@@ -235,6 +238,7 @@ pub struct FileArgs {
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
+    /// Object name.
     pub name: String,
     /// Remove at once with all dependents, without waiting for agents.
     #[arg(long)]
@@ -246,6 +250,7 @@ pub struct DeleteArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
+    /// Node name.
     pub name: String,
     /// Exit 0 if waiting for reboot, 3 if not.
     #[arg(long)]
@@ -254,6 +259,7 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct ReadyArgs {
+    /// Dpu name.
     pub name: String,
     /// Wait until the dpu is Ready (exit 0) or in Error (exit 1); see --timeout (exit 124).
     #[arg(long, conflicts_with = "check")]
@@ -265,9 +271,12 @@ pub struct ReadyArgs {
 
 #[derive(Debug, Args)]
 pub struct SetImageArgs {
+    /// Deployment name.
     pub deployment: String,
+    /// New bfb (name of a Bfb).
     #[arg(long, required_unless_present = "flavor")]
     pub bfb: Option<String>,
+    /// New flavor (name of a Flavor).
     #[arg(long)]
     pub flavor: Option<String>,
 }
@@ -306,6 +315,7 @@ pub enum NodeEffectArg {
 pub struct NodeCreate {
     #[command(flatten)]
     pub source: CreateSource,
+    /// Who reboots the host after a flash (default: external).
     #[arg(long, value_enum, conflicts_with = "file")]
     pub reboot_method: Option<RebootMethodArg>,
 }
@@ -320,6 +330,7 @@ pub struct DeviceCreate {
     /// rshim device name on the host, e.g. rshim0.
     #[arg(long, conflicts_with = "file")]
     pub rshim: Option<String>,
+    /// DPU serial number.
     #[arg(long, conflicts_with = "file")]
     pub serial: Option<String>,
     /// PCI address of the DPU's PF0, e.g. 0000:04:00.0.
@@ -366,6 +377,7 @@ pub struct FlavorCreate {
     /// Number of SR-IOV VFs on PF0.
     #[arg(long, value_name = "N", conflicts_with = "file")]
     pub num_vfs: Option<u32>,
+    /// MTU of the host network.
     #[arg(long, conflicts_with = "file")]
     pub mtu: Option<u32>,
 }
@@ -374,17 +386,22 @@ pub struct FlavorCreate {
 pub struct DeploymentCreate {
     #[command(flatten)]
     pub source: CreateSource,
+    /// Bfb to install (name of a Bfb).
     #[arg(long, required_unless_present = "file", conflicts_with = "file")]
     pub bfb: Option<String>,
+    /// Flavor to configure (name of a Flavor).
     #[arg(long, required_unless_present = "file", conflicts_with = "file")]
     pub flavor: Option<String>,
     /// Device label to match (repeatable; empty matches every device).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_kv, conflicts_with = "file")]
     pub selector: Vec<(String, String)>,
+    /// At most this many Dpus (re)provisioned at once (default 1).
     #[arg(long, value_name = "N", conflicts_with = "file")]
     pub max_unavailable: Option<u32>,
+    /// Whether nodes wait for `node approve` (default: hold).
     #[arg(long, value_enum, conflicts_with = "file")]
     pub node_effect: Option<NodeEffectArg>,
+    /// PowerPolicy to apply.
     #[arg(long, value_name = "NAME", conflicts_with = "file")]
     pub power_policy: Option<String>,
 }

@@ -7,6 +7,7 @@
 //! (`node approve|rebooted|reboot-status|create-with-devices`,
 //! `dpu reprovision|ready`, `deployment set-image`). See `docs/cli.md`.
 use std::ffi::OsString;
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -37,8 +38,12 @@ where
         }
     };
     if let cli::Command::Completion { shell } = cli.command {
-        clap_complete::generate(shell, &mut Cli::command(), "hostplanectl", &mut std::io::stdout());
-        return ExitCode::SUCCESS;
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "hostplanectl", &mut script);
+        return match std::io::stdout().write_all(&script) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(source) => report(Error::WriteOutput { source }),
+        };
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -53,9 +58,18 @@ where
     });
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(e.exit_code())
-        }
+        Err(e) => report(e),
     }
+}
+
+/// Print `error: <message>` and return its exit code. A closed stdout (`| head`)
+/// is a normal way to stop reading: it ends the command quietly with 0.
+fn report(e: Error) -> ExitCode {
+    if let Error::WriteOutput { source } = &e
+        && source.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("error: {e}");
+    ExitCode::from(e.exit_code())
 }

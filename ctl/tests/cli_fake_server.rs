@@ -313,3 +313,62 @@ async fn reboot_status_check_and_usage_errors() {
         "completion script"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_flows() {
+    let fake = Fake::default();
+    let server = serve(fake.clone()).await;
+
+    let req = r#"{"node": {"metadata": {"name": "n1"}},
+                  "devices": [{"metadata": {"name": "a"}, "spec": {"rshim": "rshim0"}}]}"#;
+    let r = ctl_with(
+        &server,
+        &["node", "create-with-devices", "-f", "-"],
+        &[],
+        Some(req),
+    )
+    .await;
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "node/n1 created\ndevice/a created\n"),
+        "{}",
+        r.stderr
+    );
+    let r = ctl(&server, &["device", "list", "--node", "n1", "-o", "name"]).await;
+    assert_eq!(r.stdout, "device/a\n");
+
+    let r = ctl(&server, &["node", "rebooted", "n1"]).await;
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "node/n1 marked rebooted\n"),
+        "{}",
+        r.stderr
+    );
+
+    fake.insert(dpu(DpuPhase::Ready, ""));
+    let r = ctl(&server, &["dpu", "reprovision", "d1", "-o", "json"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["dpu"]["status"]["phase"], "DPU_PHASE_INITIALIZING");
+
+    let d = r#"{"deployment": {"metadata": {"name": "d1"}, "spec": {"bfb": "b1", "flavor": "f1"}}}"#;
+    assert_eq!(
+        ctl_with(&server, &["deployment", "create", "-f", "-"], &[], Some(d))
+            .await
+            .code,
+        0
+    );
+    let r = ctl(&server, &["deployment", "set-image", "d1", "--bfb", "b2"]).await;
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "deployment/d1 image set (bfb b2, flavor f1)\n"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        ctl(&server, &["deployment", "set-image", "nope", "--flavor", "f2"])
+            .await
+            .code,
+        4
+    );
+}

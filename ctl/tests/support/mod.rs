@@ -188,9 +188,28 @@ impl AdminService for Fake {
 
     async fn create_node_with_devices(
         &self,
-        _req: Request<CreateNodeWithDevicesRequest>,
+        req: Request<CreateNodeWithDevicesRequest>,
     ) -> Result<Response<CreateNodeWithDevicesResponse>, Status> {
-        Err(Status::unimplemented("fake"))
+        drop(self.seen(&req));
+        let req = req.into_inner();
+        let node = req
+            .node
+            .ok_or_else(|| Status::invalid_argument("node: required"))?;
+        let node_name = node.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        self.insert(node.clone().into());
+        let mut devices = Vec::new();
+        for mut d in req.devices {
+            let spec = d.spec.get_or_insert_default();
+            if spec.node.is_empty() {
+                spec.node = node_name.clone();
+            }
+            self.insert(d.clone().into());
+            devices.push(d);
+        }
+        Ok(Response::new(CreateNodeWithDevicesResponse {
+            node: Some(node),
+            devices,
+        }))
     }
 
     async fn approve_maintenance(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
@@ -209,12 +228,30 @@ impl AdminService for Fake {
         Ok(Response::new(node.clone()))
     }
 
-    async fn mark_rebooted(&self, _req: Request<NodeRef>) -> Result<Response<Node>, Status> {
-        Err(Status::unimplemented("fake"))
+    async fn mark_rebooted(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
+        let mut st = self.seen(&req);
+        let name = req.into_inner().name;
+        let Some(Resource {
+            kind: Some(resource::Kind::Node(node)),
+        }) = st.objects.get_mut(&key(Kind::Node, &name))
+        else {
+            return Err(not_found(Kind::Node, &name));
+        };
+        node.status.get_or_insert_default().rebooted_at_ms = 1;
+        Ok(Response::new(node.clone()))
     }
 
-    async fn reprovision(&self, _req: Request<DpuRef>) -> Result<Response<Dpu>, Status> {
-        Err(Status::unimplemented("fake"))
+    async fn reprovision(&self, req: Request<DpuRef>) -> Result<Response<Dpu>, Status> {
+        let mut st = self.seen(&req);
+        let name = req.into_inner().name;
+        let Some(Resource {
+            kind: Some(resource::Kind::Dpu(dpu)),
+        }) = st.objects.get_mut(&key(Kind::Dpu, &name))
+        else {
+            return Err(not_found(Kind::Dpu, &name));
+        };
+        dpu.status.get_or_insert_default().phase = DpuPhase::Initializing as i32;
+        Ok(Response::new(dpu.clone()))
     }
 
     async fn get_node_reboot_status(
@@ -254,9 +291,24 @@ impl AdminService for Fake {
 
     async fn set_deployment_image(
         &self,
-        _req: Request<SetDeploymentImageRequest>,
+        req: Request<SetDeploymentImageRequest>,
     ) -> Result<Response<Deployment>, Status> {
-        Err(Status::unimplemented("fake"))
+        let mut st = self.seen(&req);
+        let req = req.into_inner();
+        let Some(Resource {
+            kind: Some(resource::Kind::Deployment(d)),
+        }) = st.objects.get_mut(&key(Kind::Deployment, &req.deployment))
+        else {
+            return Err(not_found(Kind::Deployment, &req.deployment));
+        };
+        let spec = d.spec.get_or_insert_default();
+        if !req.bfb.is_empty() {
+            spec.bfb = req.bfb;
+        }
+        if !req.flavor.is_empty() {
+            spec.flavor = req.flavor;
+        }
+        Ok(Response::new(d.clone()))
     }
 }
 
