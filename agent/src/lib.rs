@@ -1,4 +1,18 @@
-//! placeholder
+//! hostplane-agent: the per-host daemon. It keeps one stream to the
+//! coordinator ([`session`]), runs the commands it is given ([`exec`]) and
+//! remembers them across restarts ([`session::journal`]).
+//!
+//! `main.rs` only parses arguments, sets up logging and signals, loads the
+//! [`config::Config`] and calls [`run`]; tests run the agent in-process the
+//! same way with a fake [`exec::Executor`].
+pub mod config;
+pub mod exec;
+pub mod logging;
+pub mod session;
+pub mod signals;
+
+pub use session::{AgentError, run, run_with};
+
 pub mod rshim;
 pub mod bfcfg;
 pub mod bfb_cache;

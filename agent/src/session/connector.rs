@@ -1,0 +1,104 @@
+//! Opening the `Session` stream. [`Connector`] is the seam: production uses
+//! [`GrpcConnector`] (tonic over HTTP/2); tests can script the stream without
+//! a network.
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use hostplane_proto::v1::agent_service_client::AgentServiceClient;
+use hostplane_proto::v1::{AgentMessage, CoordinatorMessage};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use crate::config::SessionConfig;
+use crate::exec::BoxFuture;
+
+/// Messages from the coordinator on one stream.
+pub type Inbound = BoxStream<'static, Result<CoordinatorMessage, tonic::Status>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid coordinator url {url:?}: {detail}")]
+    Url { url: String, detail: String },
+    #[error("cannot connect to coordinator {url}: {detail}")]
+    Transport { url: String, detail: String },
+    #[error("coordinator {url} refused the session: {code:?}: {message}")]
+    Rejected {
+        url: String,
+        code: tonic::Code,
+        message: String,
+    },
+}
+
+pub trait Connector: Send + Sync + 'static {
+    /// Where this connects, for logs.
+    fn target(&self) -> &str;
+
+    /// Open one Session stream. `outbound` already holds Hello; everything the
+    /// agent sends on this connection goes through it.
+    fn open(&self, outbound: ReceiverStream<AgentMessage>) -> BoxFuture<'_, Result<Inbound, ConnectError>>;
+}
+
+/// The production connector: a fresh HTTP/2 connection per attempt, with
+/// connect timeout and keepalive from the config.
+pub struct GrpcConnector {
+    url: String,
+    endpoint: Endpoint,
+}
+
+impl GrpcConnector {
+    pub fn new(url: &str, s: &SessionConfig) -> Result<GrpcConnector, ConnectError> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| ConnectError::Url {
+                url: url.to_string(),
+                detail: error_chain(&e),
+            })?
+            .connect_timeout(s.connect_timeout)
+            .http2_keep_alive_interval(s.keepalive_interval)
+            .keep_alive_timeout(s.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        // mTLS goes here: with `https://`, `endpoint.tls_config(ClientTlsConfig)`
+        // carrying the node's client certificate and the coordinator CA (needs
+        // tonic's TLS feature). Config::validate refuses https until then.
+        Ok(GrpcConnector {
+            url: url.to_string(),
+            endpoint,
+        })
+    }
+}
+
+impl Connector for GrpcConnector {
+    fn target(&self) -> &str {
+        &self.url
+    }
+
+    fn open(&self, outbound: ReceiverStream<AgentMessage>) -> BoxFuture<'_, Result<Inbound, ConnectError>> {
+        Box::pin(async move {
+            let channel = self.endpoint.connect().await.map_err(|e| ConnectError::Transport {
+                url: self.url.clone(),
+                detail: error_chain(&e),
+            })?;
+            let mut client = AgentServiceClient::new(channel);
+            let response = client.session(outbound).await.map_err(|s| ConnectError::Rejected {
+                url: self.url.clone(),
+                code: s.code(),
+                message: s.message().to_string(),
+            })?;
+            Ok(response.into_inner().boxed())
+        })
+    }
+}
+
+/// "a: b: c" from an error and its sources (tonic's transport error alone says only "transport error").
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,108 @@
+//! The coordinator stream (agent half of docs/agent-protocol.md): connect
+//! with backoff, Hello, apply each desired state (store, start, cancel,
+//! re-send, ACK/NACK), heartbeats, progress and results; the journal that
+//! makes commands run at most once across restarts.
+mod backoff;
+mod command;
+mod connector;
+mod desired;
+pub mod journal;
+mod owner;
+pub mod persist;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+pub use backoff::Backoff;
+pub use command::PROGRESS_INTERVAL;
+pub use connector::{ConnectError, Connector, GrpcConnector, Inbound};
+pub use journal::{Journal, JournalError};
+pub use persist::StateError;
+
+use crate::config::Config;
+use crate::exec::Executor;
+use owner::{Owner, Restored};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("last applied desired state: {0}")]
+    Desired(#[from] StateError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Run the agent against the coordinator in `cfg` until `shutdown` is
+/// cancelled; running commands then get `cfg.shutdown_grace` to stop.
+pub async fn run(cfg: Config, executor: Arc<dyn Executor>, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let connector = GrpcConnector::new(&cfg.coordinator, &cfg.session)?;
+    if cfg.is_insecure() {
+        tracing::warn!(
+            coordinator = %cfg.coordinator,
+            "the coordinator connection is plain http: neither encrypted nor authenticated; \
+             use it only on a trusted network"
+        );
+    }
+    run_with(cfg, executor, Arc::new(connector), shutdown).await
+}
+
+/// [`run`] with an explicit connector (tests script the stream with one).
+pub async fn run_with(
+    cfg: Config,
+    executor: Arc<dyn Executor>,
+    connector: Arc<dyn Connector>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    tokio::fs::create_dir_all(&cfg.state_dir)
+        .await
+        .map_err(|source| AgentError::StateDir {
+            path: cfg.state_dir.clone(),
+            source,
+        })?;
+    let (journal, interrupted) = Journal::open(&cfg.state_dir, journal::DEFAULT_MAX_FINISHED).await?;
+    for id in &interrupted {
+        if let Some(r) = journal.get(id).and_then(|e| e.result.as_ref()) {
+            tracing::warn!(command = %id, message = %r.message, "command interrupted by an agent restart");
+        }
+    }
+    let applied = match persist::load_desired(&cfg.state_dir).await {
+        Ok(d) => d,
+        Err(e @ StateError::Corrupt { .. }) => {
+            tracing::warn!(error = %e, "ignoring the stored desired state; the coordinator will send it again");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let boot_id = read_boot_id(&cfg.procfs_root).await;
+    tracing::info!(
+        node = %cfg.node_name,
+        version = crate::exec::AGENT_VERSION,
+        %boot_id,
+        last_applied_version = applied.as_ref().map_or(0, |d| d.version),
+        "agent starting"
+    );
+    let restored = Restored {
+        journal,
+        applied,
+        boot_id,
+    };
+    Owner::new(cfg, executor, restored, shutdown).run(connector).await;
+    Ok(())
+}
+
+/// The host's boot id from `<procfs_root>/sys/kernel/random/boot_id`, or "" (logged) when unreadable.
+pub async fn read_boot_id(procfs_root: &Path) -> String {
+    let path = procfs_root.join("sys/kernel/random/boot_id");
+    match tokio::fs::read_to_string(&path).await {
+        Ok(s) => s.trim().to_string(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the boot id; sending none");
+            String::new()
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The session owner: one task holds all of the agent's state (journal,
+//! applied version, running commands, the current connection) and reacts to
+//! the coordinator, to command tasks and to timers. No locks: command tasks
+//! talk to it through one event channel; it talks to the coordinator through
+//! one outbound channel per connection.
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use hostplane_proto::v1::{
+    Ack, AgentMessage, Command, CommandEvent, CommandOutcome, CommandResult, CoordinatorMessage, DesiredState,
+    FlashProgress, Heartbeat, Hello, Nack, agent_message::Msg, command_event, coordinator_message,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::backoff::Backoff;
+use super::command::{self, Event};
+use super::connector::{Connector, Inbound};
+use super::journal::Journal;
+use super::{desired, persist};
+use crate::config::Config;
+use crate::exec::{AGENT_VERSION, Executor, action_name, now_ms, result};
+
+/// Messages queued for the coordinator per connection.
+const OUTBOUND_CAPACITY: usize = 256;
+const EVENTS_CAPACITY: usize = 256;
+/// A send the coordinator does not take within this long drops the connection.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the owner starts from (loaded from `state_dir` by `run`).
+pub struct Restored {
+    pub journal: Journal,
+    pub applied: Option<DesiredState>,
+    pub boot_id: String,
+}
+
+struct Running {
+    cancel: CancellationToken,
+}
+
+/// The outbound half of one connection.
+struct Link {
+    tx: mpsc::Sender<AgentMessage>,
+    /// Why the connection is no longer usable, once a send failed.
+    broken: Option<String>,
+    /// Shutting down: never wait for the network.
+    closing: bool,
+}
+
+impl Link {
+    /// Send a message that must not be dropped silently (results, ACK/NACK):
+    /// waits for room, and marks the link broken when the peer is gone or stalled.
+    async fn send(&mut self, msg: AgentMessage) {
+        if self.broken.is_some() {
+            return;
+        }
+        if self.closing {
+            self.try_send(msg);
+            return;
+        }
+        match tokio::time::timeout(SEND_TIMEOUT, self.tx.send(msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => self.broken = Some("the stream closed".into()),
+            Err(_) => self.broken = Some(format!("the coordinator took nothing for {SEND_TIMEOUT:?}")),
+        }
+    }
+
+    /// Send a message that may be dropped when the stream is backed up (progress, heartbeats).
+    fn try_send(&mut self, msg: AgentMessage) {
+        let _ = self.tx.try_send(msg);
+    }
+}
+
+enum End {
+    Shutdown(Link),
+    Lost(String),
+}
+
+pub struct Owner {
+    cfg: Config,
+    executor: Arc<dyn Executor>,
+    journal: Journal,
+    boot_id: String,
+    applied: Option<u64>,
+    lease: Duration,
+    running: HashMap<String, Running>,
+    tasks: JoinSet<()>,
+    events_tx: mpsc::Sender<Event>,
+    events_rx: mpsc::Receiver<Event>,
+    shutdown: CancellationToken,
+}
+
+impl Owner {
+    pub fn new(cfg: Config, executor: Arc<dyn Executor>, restored: Restored, shutdown: CancellationToken) -> Owner {
+        let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
+        let lease = lease_of(restored.applied.as_ref(), cfg.session.default_lease);
+        Owner {
+            executor,
+            journal: restored.journal,
+            boot_id: restored.boot_id,
+            applied: restored.applied.map(|d| d.version),
+            lease,
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+            events_tx,
+            events_rx,
+            shutdown,
+            cfg,
+        }
+    }
+
+    /// Connect, serve, reconnect with backoff, until `shutdown`; then stop
+    /// the running commands within the grace period.
+    pub async fn run(mut self, connector: Arc<dyn Connector>) {
+        let s = &self.cfg.session;
+        let mut backoff = Backoff::new(s.backoff_initial, s.backoff_max);
+        let stable_after = s.stable_after;
+        let mut last_link = None;
+        loop {
+            let executor = self.executor.clone();
+            let Some(inventory) = self.drive(async move { executor.inventory().await }).await else {
+                break;
+            };
+            let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+            let hello = self.hello(inventory);
+            let _ = tx.try_send(hello);
+            tracing::debug!(coordinator = connector.target(), "connecting");
+            let Some(opened) = self.drive(connector.open(ReceiverStream::new(rx))).await else {
+                break;
+            };
+            match opened {
+                Err(e) => tracing::warn!(error = %e, "cannot open the coordinator session"),
+                Ok(inbound) => {
+                    tracing::info!(coordinator = connector.target(), "connected to the coordinator");
+                    let up_since = Instant::now();
+                    let link = Link {
+                        tx,
+                        broken: None,
+                        closing: false,
+                    };
+                    match self.serve(link, inbound).await {
+                        End::Shutdown(link) => {
+                            last_link = Some(link);
+                            break;
+                        }
+                        End::Lost(reason) => {
+                            tracing::warn!(%reason, "lost the coordinator session");
+                        }
+                    }
+                    if up_since.elapsed() >= stable_after {
+                        backoff.reset();
+                    }
+                }
+            }
+            let delay = backoff.next_delay(&mut rand::rng());
+            tracing::info!(retry_in = ?delay, "reconnecting to the coordinator after a delay");
+            if self.drive(tokio::time::sleep(delay)).await.is_none() {
+                break;
+            }
+        }
+        self.stop(last_link).await;
+    }
+
+    /// Wait for `fut` while still handling command events (results produced
+    /// while disconnected go to the journal). None on shutdown.
+    async fn drive<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return None,
+                out = &mut fut => return Some(out),
+                Some(ev) = self.events_rx.recv() => self.on_event(ev, None).await,
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+            }
+        }
+    }
+
+    /// One connection, from the first coordinator message to its end.
+    async fn serve(&mut self, mut link: Link, mut inbound: Inbound) -> End {
+        let mut period = self.lease;
+        let mut heartbeat = heartbeat_timer(period);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return End::Shutdown(link),
+                msg = inbound.next() => match msg {
+                    Some(Ok(CoordinatorMessage { msg: Some(coordinator_message::Msg::Desired(ds)) })) => {
+                        self.apply(ds, &mut link).await;
+                        if self.lease != period {
+                            period = self.lease;
+                            heartbeat = heartbeat_timer(period);
+                        }
+                    }
+                    Some(Ok(_)) => tracing::debug!("ignoring an empty coordinator message"),
+                    Some(Err(status)) => {
+                        return End::Lost(format!("stream error {:?}: {}", status.code(), status.message()));
+                    }
+                    None => return End::Lost("the coordinator closed the stream".into()),
+                },
+                Some(ev) = self.events_rx.recv() => self.on_event(ev, Some(&mut link)).await,
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                _ = heartbeat.tick() => link.try_send(msg(Msg::Heartbeat(Heartbeat { sent_at_ms: now_ms() }))),
+            }
+            if let Some(reason) = link.broken.take() {
+                return End::Lost(reason);
+            }
+        }
+    }
+
+    fn hello(&self, inventory: hostplane_proto::v1::Inventory) -> AgentMessage {
+        msg(Msg::Hello(Hello {
+            node_name: self.cfg.node_name.clone(),
+            agent_version: AGENT_VERSION.to_string(),
+            boot_id: self.boot_id.clone(),
+            inventory: Some(inventory),
+            last_applied_version: self.applied.unwrap_or(0),
+        }))
+    }
+
+    /// Step 3 of the protocol: store, start new, cancel withdrawn, re-send
+    /// finished, then ACK (or NACK and keep what runs).
+    async fn apply(&mut self, ds: DesiredState, link: &mut Link) {
+        let version = ds.version;
+        if let Some(applied) = self.applied
+            && version < applied
+        {
+            tracing::warn!(
+                version,
+                applied,
+                "ignoring a desired state older than the one applied; if the coordinator's store was reset, \
+                 remove {} and restart the agent",
+                self.cfg.state_dir.join(persist::DESIRED_FILE).display()
+            );
+            return;
+        }
+        if let Err(error) = desired::check(&ds, &self.cfg.node_name) {
+            tracing::warn!(version, %error, "refusing the desired state");
+            link.send(msg(Msg::Nack(Nack { version, error }))).await;
+            return;
+        }
+        if let Err(e) = persist::store_desired(&self.cfg.state_dir, &ds).await {
+            let error = format!("cannot store the desired state: {e}");
+            tracing::error!(version, %error, "refusing the desired state");
+            link.send(msg(Msg::Nack(Nack { version, error }))).await;
+            return;
+        }
+        let listed: HashSet<&str> = ds.commands.iter().map(|c| c.id.as_str()).collect();
+        for (id, r) in &self.running {
+            if !listed.contains(id.as_str()) && !r.cancel.is_cancelled() {
+                tracing::info!(command = %id, "command withdrawn from the desired state; cancelling it");
+                r.cancel.cancel();
+            }
+        }
+        let forgotten = self.journal.forget_unlisted(&listed);
+        let mut start = Vec::new();
+        let mut resend = Vec::new();
+        for c in &ds.commands {
+            if self.running.contains_key(&c.id) {
+                continue;
+            }
+            match self.journal.get(&c.id) {
+                Some(entry) => resend.extend(entry.result.clone().map(|r| (c.id.clone(), r))),
+                None => {
+                    self.journal.start(c);
+                    start.push(c.clone());
+                }
+            }
+        }
+        if (forgotten > 0 || !start.is_empty())
+            && let Err(e) = self.journal.save().await
+        {
+            tracing::error!(error = %e, "cannot save the command journal");
+            // A command the journal cannot remember could run twice after a restart: do not start it.
+            for c in start.drain(..) {
+                let r = result(
+                    CommandOutcome::Failed,
+                    format!("command {} was not started: {e}", c.id),
+                );
+                self.journal.finish(&c.id, r.clone());
+                resend.push((c.id, r));
+            }
+        }
+        let started = start.len();
+        for c in start {
+            self.spawn(c);
+        }
+        for (id, r) in resend {
+            link.send(result_event(id, r)).await;
+        }
+        self.applied = Some(version);
+        self.lease = lease_of(Some(&ds), self.cfg.session.default_lease);
+        link.send(msg(Msg::Ack(Ack { version }))).await;
+        tracing::info!(
+            version,
+            commands = ds.commands.len(),
+            started,
+            running = self.running.len(),
+            "applied desired state"
+        );
+    }
+
+    fn spawn(&mut self, cmd: Command) {
+        let cancel = self.shutdown.child_token();
+        let span = tracing::info_span!(
+            "command",
+            id = %cmd.id,
+            dpu = %cmd.dpu,
+            rshim = %cmd.rshim,
+            kind = action_name(cmd.action.as_ref())
+        );
+        self.running.insert(cmd.id.clone(), Running { cancel: cancel.clone() });
+        let task = command::run(self.executor.clone(), cmd, cancel, self.events_tx.clone());
+        self.tasks.spawn(task.instrument(span));
+    }
+
+    async fn on_event(&mut self, ev: Event, link: Option<&mut Link>) {
+        match ev {
+            Event::Progress { id, progress } => {
+                if self.journal.note_progress(&id, &progress) {
+                    self.save_journal().await;
+                }
+                if let Some(link) = link {
+                    link.try_send(progress_event(id, progress));
+                }
+            }
+            Event::Finished { id, result } => {
+                self.running.remove(&id);
+                self.journal.finish(&id, result.clone());
+                self.save_journal().await;
+                match link {
+                    Some(link) => link.send(result_event(id, result)).await,
+                    None => tracing::info!(command = %id, "result kept until the coordinator is back"),
+                }
+            }
+        }
+    }
+
+    async fn save_journal(&mut self) {
+        if let Err(e) = self.journal.save().await {
+            tracing::error!(error = %e, "cannot save the command journal");
+        }
+    }
+
+    /// Shutdown: running commands were cancelled with the root token; give
+    /// them the grace period, reporting what finishes, and log what did not.
+    async fn stop(&mut self, mut link: Option<Link>) {
+        if let Some(l) = link.as_mut() {
+            l.closing = true;
+        }
+        let grace = self.cfg.shutdown_grace;
+        if !self.running.is_empty() {
+            tracing::info!(running = self.running.len(), ?grace, "stopping running commands");
+            let deadline = tokio::time::sleep(grace);
+            tokio::pin!(deadline);
+            while !self.running.is_empty() {
+                tokio::select! {
+                    _ = &mut deadline => break,
+                    Some(ev) = self.events_rx.recv() => self.on_event(ev, link.as_mut()).await,
+                }
+            }
+        }
+        for id in self.running.keys() {
+            tracing::warn!(
+                command = %id,
+                ?grace,
+                "command did not stop within the grace period; it will be reported INTERRUPTED after restart"
+            );
+        }
+        self.tasks.abort_all();
+        tracing::info!("session stopped");
+    }
+}
+
+fn msg(m: Msg) -> AgentMessage {
+    AgentMessage { msg: Some(m) }
+}
+
+fn result_event(command_id: String, r: CommandResult) -> AgentMessage {
+    msg(Msg::Event(CommandEvent {
+        command_id,
+        event: Some(command_event::Event::Result(r)),
+    }))
+}
+
+fn progress_event(command_id: String, p: FlashProgress) -> AgentMessage {
+    msg(Msg::Event(CommandEvent {
+        command_id,
+        event: Some(command_event::Event::Progress(p)),
+    }))
+}
+
+fn lease_of(ds: Option<&DesiredState>, default: Duration) -> Duration {
+    match ds.map(|d| d.lease_seconds) {
+        Some(s) if s > 0 => Duration::from_secs(u64::from(s)),
+        _ => default,
+    }
+}
+
+/// Ticks every lease/3, the first one lease/3 from now.
+fn heartbeat_timer(lease: Duration) -> tokio::time::Interval {
+    let period = (lease / 3).max(Duration::from_millis(10));
+    let mut t = tokio::time::interval_at(Instant::now() + period, period);
+    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    t
+}
