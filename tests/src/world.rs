@@ -124,6 +124,7 @@ impl World {
              state_dir: {state}\n\
              dev_root: {dev}\n\
              procfs_root: {procfs}\n\
+             cache:\n  dir: {state}/cache\n\
              {extra}\n",
             addr = self.coordinator_addr,
             state = state.display(),
