@@ -2,6 +2,9 @@
 //! admin API and the agent stream server.
 
 pub mod api;
+pub mod config;
 pub mod fsm;
+pub mod server;
+pub mod signals;
 pub mod store;
 pub mod stream;

@@ -183,7 +183,7 @@ pub fn resource(p: &str, r: &Resource) -> Result {
 
 pub fn node(p: &str, n: &Node) -> Result {
     metadata(p, n.metadata.as_ref())?;
-    let spec = n.spec.clone().unwrap_or_default();
+    let spec = n.spec.unwrap_or_default();
     if RebootMethod::try_from(spec.reboot_method).is_err() {
         return Err(invalid(
             format!("{p}.spec.reboot_method"),

@@ -1,0 +1,419 @@
+//! The coordinator's configuration: a YAML file (`/etc/hostplane/coordinator.yaml`
+//! by default), then environment overrides, then command-line flags (applied by
+//! the binary). Unknown fields are refused so a typo is not silently ignored.
+//!
+//! ```yaml
+//! listen: 0.0.0.0:50051
+//! store:
+//!   path: /var/lib/hostplane-coordinator/coordinator.db
+//! fsm:
+//!   resync: 5s
+//! agents:
+//!   lease: 15s
+//! log:
+//!   level: info          # an EnvFilter directive, e.g. "info,hostplane_coordinator=debug"
+//!   format: plain        # plain | json
+//! shutdown_grace: 10s
+//! ```
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsm::FsmConfig;
+use crate::stream::StreamConfig;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostplane/coordinator.yaml";
+pub const DEFAULT_STORE_PATH: &str = "/var/lib/hostplane-coordinator/coordinator.db";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
+
+/// Environment variables read by [`Config::apply_env`].
+pub const ENV_LISTEN: &str = "HOSTPLANE_LISTEN";
+pub const ENV_STORE_PATH: &str = "HOSTPLANE_STORE_PATH";
+pub const ENV_LOG: &str = "HOSTPLANE_LOG";
+pub const ENV_LOG_FORMAT: &str = "HOSTPLANE_LOG_FORMAT";
+
+/// The longest shutdown grace accepted: a stuck shutdown should not outlast systemd's patience.
+pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parsing config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_norway::Error,
+    },
+    #[error("environment variable {var}={value:?}: {reason}")]
+    Env {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("config field {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Where environment overrides come from: the process, or a map in tests.
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC address (admin API, agent stream, health, reflection).
+    pub listen: SocketAddr,
+    pub store: StoreConfig,
+    pub fsm: FsmConfig,
+    pub agents: StreamConfig,
+    pub log: LogConfig,
+    /// How long shutdown waits for connections and background tasks to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("default listen address parses"),
+            store: StoreConfig::default(),
+            fsm: FsmConfig::default(),
+            agents: StreamConfig::default(),
+            log: LogConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite file; its directory is created if missing.
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from(DEFAULT_STORE_PATH),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` EnvFilter directive (`info`, `warn,hostplane_coordinator=debug`).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Plain,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "plain" => Ok(LogFormat::Plain),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?} is not a log format (plain or json)")),
+        }
+    }
+}
+
+impl Config {
+    /// Parse a YAML document (`origin` names it in errors).
+    pub fn from_yaml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_norway::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.into(),
+            source,
+        })
+    }
+
+    /// Read the file at `path`, or the default path when `None`. A missing
+    /// default file means defaults; a missing file that was asked for is an error.
+    pub fn read(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Config::from_yaml(&text, &path),
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// The file, then the environment, then [`Config::validate`].
+    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut cfg = Config::read(path)?;
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// `HOSTPLANE_LISTEN`, `HOSTPLANE_STORE_PATH`, `HOSTPLANE_LOG`, `HOSTPLANE_LOG_FORMAT`.
+    pub fn apply_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
+        let bad = |var, value: &str, reason: String| ConfigError::Env {
+            var,
+            value: value.into(),
+            reason,
+        };
+        if let Some(v) = env.var(ENV_LISTEN) {
+            self.listen = v
+                .parse()
+                .map_err(|e: std::net::AddrParseError| bad(ENV_LISTEN, &v, e.to_string()))?;
+        }
+        if let Some(v) = env.var(ENV_STORE_PATH) {
+            if v.is_empty() {
+                return Err(bad(ENV_STORE_PATH, &v, "must not be empty".into()));
+            }
+            self.store.path = PathBuf::from(v);
+        }
+        if let Some(v) = env.var(ENV_LOG)
+            && !v.is_empty()
+        {
+            self.log.level = v;
+        }
+        if let Some(v) = env.var(ENV_LOG_FORMAT)
+            && !v.is_empty()
+        {
+            self.log.format = v.parse().map_err(|reason| bad(ENV_LOG_FORMAT, &v, reason))?;
+        }
+        Ok(())
+    }
+
+    /// Cross-field and range checks, naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.into(),
+            })
+        };
+        if self.store.path.as_os_str().is_empty() {
+            return invalid("store.path", "required");
+        }
+        if self.store.path.is_dir() {
+            return invalid("store.path", "is a directory; name the database file");
+        }
+        if self.fsm.resync.is_zero() {
+            return invalid("fsm.resync", "must be greater than 0");
+        }
+        if self.agents.lease < Duration::from_secs(1) {
+            return invalid("agents.lease", "must be at least 1s");
+        }
+        if self.shutdown_grace > MAX_SHUTDOWN_GRACE {
+            return invalid("shutdown_grace", "must be at most 5m");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::Invalid {
+                field: "log.level",
+                reason: e.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = Config::default();
+        assert_eq!(cfg.listen.to_string(), "0.0.0.0:50051");
+        assert_eq!(
+            cfg.store.path,
+            Path::new("/var/lib/hostplane-coordinator/coordinator.db")
+        );
+        assert_eq!(cfg.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(
+            cfg.log,
+            LogConfig {
+                level: "info".into(),
+                format: LogFormat::Plain
+            }
+        );
+        cfg.validate().unwrap();
+        assert_eq!(
+            Config::from_yaml("", Path::new("x")).unwrap(),
+            cfg,
+            "an empty file means defaults"
+        );
+    }
+
+    #[test]
+    fn yaml_overrides_only_what_it_names() {
+        let cfg = Config::from_yaml(
+            "listen: 127.0.0.1:7000\nstore:\n  path: /tmp/c.db\nshutdown_grace: 2s\nlog:\n  format: json\nagents:\n  lease: 30s\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(cfg.store.path, Path::new("/tmp/c.db"));
+        assert_eq!(cfg.shutdown_grace, Duration::from_secs(2));
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        assert_eq!(cfg.log.level, "info");
+        assert_eq!(cfg.agents.lease, Duration::from_secs(30));
+        assert_eq!(cfg.fsm, FsmConfig::default());
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        let cases = [
+            ("listen: 1.2.3.4:5\nlisten_addr: x\n", "listen_addr"),
+            ("store:\n  pth: /x\n", "pth"),
+            ("shutdown_grace: soon\n", "shutdown_grace"),
+            ("listen: not-an-address\n", "listen"),
+            ("log:\n  format: xml\n", "xml"),
+        ];
+        for (yaml, want) in cases {
+            let e = Config::from_yaml(yaml, Path::new("/etc/c.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("parsing config /etc/c.yaml:"), "{e}");
+            assert!(e.contains(want), "{yaml:?}: {e:?} does not mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let mut cfg = Config::default();
+        cfg.apply_env(&env(&[
+            (ENV_LISTEN, "127.0.0.1:9"),
+            (ENV_STORE_PATH, "/srv/c.db"),
+            (ENV_LOG, "debug"),
+            (ENV_LOG_FORMAT, "json"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:9");
+        assert_eq!(cfg.store.path, Path::new("/srv/c.db"));
+        assert_eq!(
+            cfg.log,
+            LogConfig {
+                level: "debug".into(),
+                format: LogFormat::Json
+            }
+        );
+
+        let mut cfg = Config::default();
+        cfg.apply_env(&env(&[])).unwrap();
+        assert_eq!(cfg, Config::default(), "no variables, no change");
+
+        for (pairs, want) in [
+            (&[(ENV_LISTEN, "localhost")][..], "HOSTPLANE_LISTEN=\"localhost\""),
+            (
+                &[(ENV_STORE_PATH, "")][..],
+                "HOSTPLANE_STORE_PATH=\"\": must not be empty",
+            ),
+            (
+                &[(ENV_LOG_FORMAT, "xml")][..],
+                "HOSTPLANE_LOG_FORMAT=\"xml\": \"xml\" is not a log format",
+            ),
+        ] {
+            let e = Config::default().apply_env(&env(pairs)).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("environment variable {want}")),
+                "{e:?} does not start with {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        type Case = (&'static str, Box<dyn Fn(&mut Config)>);
+        let cases: Vec<Case> = vec![
+            (
+                "store.path: required",
+                Box::new(|c| c.store.path = PathBuf::new()),
+            ),
+            ("store.path: is a directory", {
+                let d = dir.path().to_path_buf();
+                Box::new(move |c| c.store.path = d.clone())
+            }),
+            (
+                "fsm.resync: must be greater than 0",
+                Box::new(|c| c.fsm.resync = Duration::ZERO),
+            ),
+            (
+                "agents.lease: must be at least 1s",
+                Box::new(|c| c.agents.lease = Duration::from_millis(10)),
+            ),
+            (
+                "shutdown_grace: must be at most 5m",
+                Box::new(|c| c.shutdown_grace = Duration::from_secs(3600)),
+            ),
+            ("log.level:", Box::new(|c| c.log.level = "info,=[".into())),
+        ];
+        for (want, change) in cases {
+            let mut cfg = Config::default();
+            change(&mut cfg);
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("config field {want}")),
+                "{e:?} does not start with {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn load_reads_the_file_and_refuses_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "listen: 127.0.0.1:1234\n").unwrap();
+        let cfg = Config::load(Some(&path), &env(&[(ENV_STORE_PATH, "/x/y.db")])).unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:1234");
+        assert_eq!(cfg.store.path, Path::new("/x/y.db"));
+        let missing = dir.path().join("nope.yaml");
+        let e = Config::load(Some(&missing), &env(&[])).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+        assert!(e.to_string().contains("nope.yaml"), "{e}");
+    }
+}

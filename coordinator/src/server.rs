@@ -1,0 +1,207 @@
+//! The coordinator process: store, reconciler, and one gRPC server with the
+//! admin API, the agent stream, gRPC health and reflection (so `grpcurl`
+//! works without .proto files).
+//!
+//! Shutdown: when the root token is cancelled the server stops accepting,
+//! Watch streams end, background tasks are cancelled, and everything gets
+//! `shutdown_grace` to finish; what did not finish is logged and dropped.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hostplane_proto::v1::{
+    self, admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio::task::{Id, JoinSet};
+use tokio::time::{Instant, timeout_at};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tracing::Instrument;
+
+use crate::api::AdminApi;
+use crate::config::Config;
+use crate::fsm::Reconciler;
+use crate::store::{Store, StoreError};
+use crate::stream::AgentStream;
+
+/// HTTP/2 PING interval on every connection (agents and admins): finds dead
+/// peers behind NAT and keeps idle streams open through middleboxes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// A PING not answered in this time closes the connection.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reading the listener's address: {0}")]
+    LocalAddr(std::io::Error),
+    #[error("store {path}: {source}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error("building the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("serving gRPC on {addr}: {source}")]
+    Serve {
+        addr: SocketAddr,
+        source: tonic::transport::Error,
+    },
+}
+
+/// What [`serve_with`] runs besides the gRPC services.
+pub struct ServeOptions {
+    /// Use this store instead of opening `cfg.store.path` (tests share it).
+    pub store: Option<Store>,
+    /// Run the DPU reconciler (tests of the API alone turn it off).
+    pub run_reconciler: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            store: None,
+            run_reconciler: true,
+        }
+    }
+}
+
+/// Bind `cfg.listen` and serve until `shutdown` is cancelled.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    serve(cfg, listener, shutdown).await
+}
+
+/// Serve on an already-bound listener (tests bind 127.0.0.1:0).
+pub async fn serve(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    serve_with(cfg, listener, shutdown, ServeOptions::default()).await
+}
+
+/// Open the store (on a blocking thread: it may migrate the schema).
+pub async fn open_store(path: PathBuf) -> Result<Store, ServerError> {
+    let p = path.clone();
+    match tokio::task::spawn_blocking(move || Store::open(&p)).await {
+        Ok(r) => r.map_err(|source| ServerError::Store { path, source }),
+        Err(e) => Err(ServerError::Store {
+            path,
+            source: StoreError::Join(e.to_string()),
+        }),
+    }
+}
+
+pub async fn serve_with(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    opts: ServeOptions,
+) -> Result<(), ServerError> {
+    let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    let store = match opts.store {
+        Some(s) => s,
+        None => open_store(cfg.store.path.clone()).await?,
+    };
+
+    // Background work: a child token each, named spans, one JoinSet.
+    let tasks_token = shutdown.child_token();
+    let mut tasks = JoinSet::new();
+    let mut names: HashMap<Id, &'static str> = HashMap::new();
+    if opts.run_reconciler {
+        let reconciler = Reconciler::new(store.clone(), cfg.fsm.clone());
+        let h = tasks.spawn(
+            reconciler
+                .run(tasks_token.child_token())
+                .instrument(tracing::info_span!("reconciler")),
+        );
+        names.insert(h.id(), "reconciler");
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let admin_name = <AdminServiceServer<AdminApi> as NamedService>::NAME;
+    let agent_name = <AgentServiceServer<AgentStream> as NamedService>::NAME;
+    for name in ["", admin_name, agent_name] {
+        health.set_service_status(name, ServingStatus::Serving).await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let admin = AdminApi::new(store.clone(), tasks_token.child_token()).into_server();
+
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(admin);
+    let stop = shutdown.clone();
+    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        stop.cancelled().await;
+    });
+    tracing::info!(%addr, store = %store.path().display(), "coordinator serving");
+
+    tokio::pin!(server);
+    let served = tokio::select! {
+        r = &mut server => r,
+        () = shutdown.cancelled() => {
+            for name in ["", admin_name, agent_name] {
+                health.set_service_status(name, ServingStatus::NotServing).await;
+            }
+            Ok(())
+        }
+    };
+    // Whether the server failed or we were told to stop: stop the background work too.
+    tasks_token.cancel();
+    let deadline = Instant::now() + cfg.shutdown_grace;
+    let served = match served {
+        Err(e) => Err(e),
+        Ok(()) if shutdown.is_cancelled() => match timeout_at(deadline, &mut server).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(grace = ?cfg.shutdown_grace, "connections still open after the shutdown grace; closing them");
+                Ok(())
+            }
+        },
+        Ok(()) => Ok(()),
+    };
+    join_tasks(tasks, names, deadline).await;
+    tracing::info!(%addr, "coordinator stopped");
+    served.map_err(|source| ServerError::Serve { addr, source })
+}
+
+/// Wait for the background tasks until `deadline`, then log and abort what is left.
+async fn join_tasks(mut tasks: JoinSet<()>, mut names: HashMap<Id, &'static str>, deadline: Instant) {
+    let joined = timeout_at(deadline, async {
+        while let Some(r) = tasks.join_next_with_id().await {
+            match r {
+                Ok((id, ())) => {
+                    names.remove(&id);
+                }
+                Err(e) => {
+                    let task = names.remove(&e.id()).unwrap_or("task");
+                    tracing::error!(task, error = %e, "background task failed");
+                }
+            }
+        }
+    })
+    .await;
+    if joined.is_err() {
+        let left: Vec<&str> = names.values().copied().collect();
+        tracing::warn!(tasks = ?left, "background tasks did not finish within the shutdown grace; aborting them");
+        tasks.abort_all();
+    }
+}
