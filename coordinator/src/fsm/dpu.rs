@@ -1,0 +1,552 @@
+//! One Dpu's step through the state machine (see docs/state-machine.md).
+//!
+//! A step starts from the cached Dpu, evaluates its phase, and follows as many
+//! transitions as the current facts allow (each one recorded in the history);
+//! the result is one write that persists the transitions together with the
+//! command the last one issues. The Dpu is only cloned when something changes.
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+use hostplane_proto::v1::{CommandOutcome, Dpu, DpuPhase, DpuStatus, NodeEffect, PhaseTransition};
+
+use crate::store::CommandRow;
+
+use super::FsmConfig;
+use super::apply::DpuUpdate;
+use super::cache::Cache;
+use super::commands::{agent_reboots, command_for, rshim_of};
+use super::util::{
+    being_deleted, condition, fmt_duration, holds_slot, is_command_phase, needs_window, next_phase, phase_of,
+    set_condition, skipped_condition,
+};
+
+/// Marks the boot id in the history message of the transition into Rebooting.
+pub const BOOT_ID_MARK: &str = "boot_id before reboot: ";
+pub const COND_UNREACHABLE: &str = "NodeUnreachable";
+pub const COND_REFERENCES: &str = "ReferencesResolved";
+pub const COND_MAINTENANCE: &str = "MaintenanceApproved";
+
+static EMPTY_STATUS: LazyLock<DpuStatus> = LazyLock::new(DpuStatus::default);
+
+/// Shared state of one pass's Dpu steps.
+pub struct StepCtx<'a> {
+    pub cache: &'a Cache,
+    /// Command rows by id (None: the row does not exist).
+    pub cmds: &'a HashMap<String, Option<CommandRow>>,
+    pub now: i64,
+    pub cfg: &'a FsmConfig,
+    /// Deployment -> Dpus holding a rollout slot, kept current as Dpus move.
+    pub slots: HashMap<String, usize>,
+    /// Node -> Dpus that need its maintenance window, kept current as Dpus move.
+    pub window: HashMap<String, usize>,
+    /// Nodes whose maintenance approval this pass clears.
+    pub cleared: HashSet<String>,
+    /// Earliest phase deadline among the Dpus that stay (epoch ms).
+    pub next_deadline: Option<i64>,
+}
+
+/// Why a controller wants a Dpu deleted.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+pub enum StepOut {
+    Nothing,
+    Update(Box<DpuUpdate>),
+    Remove { name: String, expected_rv: u64 },
+}
+
+enum Next {
+    Stay,
+    Go { to: DpuPhase, reason: &'static str, message: String },
+    Remove,
+}
+
+struct Stepper<'a> {
+    orig: &'a Dpu,
+    work: Option<Dpu>,
+    insert: Vec<hostplane_proto::v1::Command>,
+    cancel: Option<String>,
+    transitions: Vec<PhaseTransition>,
+    mark: Option<&'a Mark>,
+}
+
+/// Step one Dpu. `mark`: a controller asks for its deletion; `spec`: a new
+/// (bfb, flavor) for a Dpu that has not started yet.
+pub fn step(orig: &Dpu, mark: Option<&Mark>, spec: Option<(&str, &str)>, ctx: &mut StepCtx<'_>) -> StepOut {
+    let mut s = Stepper { orig, work: None, insert: Vec::new(), cancel: None, transitions: Vec::new(), mark };
+    if mark.is_some() && !being_deleted(&orig.metadata) {
+        s.w().metadata.get_or_insert_default().deletion_requested_at_ms = ctx.now;
+    }
+    if let Some((bfb, flavor)) = spec
+        && matches!(s.phase(), DpuPhase::Initializing | DpuPhase::Pending)
+    {
+        let w = s.w();
+        let sp = w.spec.get_or_insert_default();
+        sp.bfb = bfb.into();
+        sp.flavor = flavor.into();
+        w.metadata.get_or_insert_default().generation += 1;
+    }
+    for _ in 0..32 {
+        match s.evaluate(ctx) {
+            Next::Remove => {
+                return StepOut::Remove { name: s.name().to_string(), expected_rv: s.rv() };
+            }
+            Next::Go { to, reason, message } => s.go(to, reason, message, ctx),
+            Next::Stay => match s.check_deadline(ctx) {
+                Some((reason, message)) => s.go(DpuPhase::Error, reason, message, ctx),
+                None => break,
+            },
+        }
+    }
+    match s.work {
+        None => StepOut::Nothing,
+        Some(dpu) => {
+            let node = dpu.spec.as_ref().map(|x| x.node.clone()).unwrap_or_default();
+            StepOut::Update(Box::new(DpuUpdate {
+                expected_rv: orig.metadata.as_ref().map(|m| m.resource_version).unwrap_or(0),
+                dpu,
+                node,
+                insert: s.insert,
+                cancel: s.cancel,
+                transitions: s.transitions,
+            }))
+        }
+    }
+}
+
+impl<'a> Stepper<'a> {
+    fn cur(&self) -> &Dpu {
+        self.work.as_ref().unwrap_or(self.orig)
+    }
+    fn w(&mut self) -> &mut Dpu {
+        self.work.get_or_insert_with(|| self.orig.clone())
+    }
+    fn st(&self) -> &DpuStatus {
+        self.cur().status.as_ref().unwrap_or(&EMPTY_STATUS)
+    }
+    fn phase(&self) -> DpuPhase {
+        phase_of(self.st().phase)
+    }
+    fn name(&self) -> &str {
+        self.orig.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("")
+    }
+    fn rv(&self) -> u64 {
+        self.orig.metadata.as_ref().map(|m| m.resource_version).unwrap_or(0)
+    }
+    fn node(&self) -> String {
+        self.cur().spec.as_ref().map(|s| s.node.clone()).unwrap_or_default()
+    }
+    fn deployment(&self) -> String {
+        self.cur().spec.as_ref().map(|s| s.deployment.clone()).unwrap_or_default()
+    }
+    fn rshim(&self, ctx: &StepCtx<'_>) -> String {
+        rshim_of(ctx.cache, self.cur()).unwrap_or_else(|| "unknown rshim".into())
+    }
+
+    /// Set a condition, cloning the Dpu only when it changes.
+    fn cond(&mut self, ty: &str, status: &str, reason: &str, message: &str, now: i64) {
+        let mut probe = self.st().conditions.clone();
+        if set_condition(&mut probe, ty, status, reason, message, now) {
+            self.w().status.get_or_insert_default().conditions = probe;
+        }
+    }
+
+    /// Phases that wait on the node's agent: they pause while it is Unreachable.
+    fn waits_on_agent(&self) -> bool {
+        let p = self.phase();
+        is_command_phase(p)
+            || p == DpuPhase::Pending
+            || (p == DpuPhase::Rebooting && !self.st().command_id.is_empty())
+    }
+
+    fn go(&mut self, to: DpuPhase, reason: &'static str, message: String, ctx: &mut StepCtx<'_>) {
+        let from = self.phase();
+        let name = self.name().to_string();
+        let node = self.node();
+        let deployment = self.deployment();
+        if !self.st().command_id.is_empty() || to == DpuPhase::Deleting {
+            self.cancel = Some(format!("dpu {name} left {}: {reason}", from.display_name()));
+        }
+        let limit = ctx.cfg.history_limit.max(1);
+        let now = ctx.now;
+        let w = self.w();
+        let st = w.status.get_or_insert_default();
+        st.phase = to as i32;
+        st.phase_entered_at_ms = now;
+        st.message = message.clone();
+        st.command_id.clear();
+        st.progress = None;
+        let tr = PhaseTransition { from: from as i32, to: to as i32, reason: reason.into(), message, at_ms: now };
+        st.history.push(tr.clone());
+        if st.history.len() > limit {
+            let excess = st.history.len() - limit;
+            st.history.drain(..excess);
+        }
+        self.transitions.push(tr);
+        if holds_slot(from) != holds_slot(to) {
+            let n = ctx.slots.entry(deployment).or_default();
+            *n = if holds_slot(to) { *n + 1 } else { n.saturating_sub(1) };
+        }
+        if needs_window(from) != needs_window(to) {
+            let n = ctx.window.entry(node).or_default();
+            *n = if needs_window(to) { *n + 1 } else { n.saturating_sub(1) };
+        }
+        match command_for(to, self.cur(), ctx.cache, uuid::Uuid::new_v4().to_string()) {
+            Ok(None) => {}
+            Ok(Some(cmd)) => {
+                self.w().status.get_or_insert_default().command_id = cmd.id.clone();
+                self.insert.push(cmd);
+            }
+            Err(msg) => {
+                let msg = format!("cannot start {} on node {}: {msg}", to.display_name(), self.node());
+                self.go(DpuPhase::Error, "InvalidSpec", msg, ctx);
+            }
+        }
+    }
+
+    fn evaluate(&mut self, ctx: &mut StepCtx<'_>) -> Next {
+        let phase = self.phase();
+        if being_deleted(&self.cur().metadata) && phase != DpuPhase::Deleting {
+            let (reason, message) = match self.mark {
+                Some(m) => (m.reason, m.message.clone()),
+                None => ("DeletionRequested", "deletion or reprovision requested".to_string()),
+            };
+            return Next::Go { to: DpuPhase::Deleting, reason, message };
+        }
+        let node_name = self.node();
+        let node = ctx.cache.nodes.get(&node_name);
+        let reachable = node.and_then(|n| n.status.as_ref()).is_some_and(|s| s.reachable);
+        self.track_reachability(reachable, &node_name, ctx.now);
+        match phase {
+            DpuPhase::Deleting => {
+                // Persisted as Deleting (and its commands withdrawn) first; removed next pass.
+                if phase_of(self.orig.status.as_ref().map(|s| s.phase).unwrap_or(0)) == DpuPhase::Deleting {
+                    Next::Remove
+                } else {
+                    Next::Stay
+                }
+            }
+            DpuPhase::Ready | DpuPhase::Error => Next::Stay,
+            DpuPhase::Unspecified | DpuPhase::Initializing => self.initializing(ctx),
+            DpuPhase::Pending => self.pending(reachable, ctx),
+            DpuPhase::NodeEffect => self.node_effect(ctx),
+            DpuPhase::Rebooting => self.rebooting(ctx),
+            DpuPhase::NodeEffectRemoval => {
+                if node.and_then(|n| n.status.as_ref()).is_some_and(|s| s.maintenance_approved)
+                    && ctx.window.get(&node_name).copied().unwrap_or(0) == 0
+                {
+                    ctx.cleared.insert(node_name.clone());
+                }
+                let spec = self.cur().spec.clone().unwrap_or_default();
+                let message = format!("provisioned with bfb {} and flavor {}", spec.bfb, spec.flavor);
+                Next::Go { to: DpuPhase::Ready, reason: "Provisioned", message }
+            }
+            p if is_command_phase(p) => self.command_phase(p, ctx),
+            _ => Next::Stay,
+        }
+    }
+
+    fn track_reachability(&mut self, reachable: bool, node: &str, now: i64) {
+        let waiting = self.waits_on_agent();
+        let set = condition(&self.st().conditions, COND_UNREACHABLE).is_some_and(|c| c.status == "True");
+        if waiting && !reachable {
+            let msg = format!(
+                "node {node}'s agent is unreachable (lease expired); {} waits for it and does not time out \
+                 while it is away",
+                self.phase().display_name()
+            );
+            self.cond(COND_UNREACHABLE, "True", "LeaseExpired", &msg, now);
+        } else if set {
+            let msg = format!("node {node} is reachable again");
+            self.cond(COND_UNREACHABLE, "False", "Reachable", &msg, now);
+        }
+    }
+
+    fn initializing(&mut self, ctx: &mut StepCtx<'_>) -> Next {
+        let spec = self.cur().spec.clone().unwrap_or_default();
+        let c = ctx.cache;
+        let missing = if !c.nodes.contains_key(&spec.node) {
+            Some(format!("node {:?} does not exist", spec.node))
+        } else if !c.devices.contains_key(&spec.device) {
+            Some(format!("device {:?} does not exist", spec.device))
+        } else if !c.bfbs.contains_key(&spec.bfb) {
+            Some(format!("bfb {:?} does not exist; create it or point deployment {} at another", spec.bfb, spec.deployment))
+        } else if !c.flavors.contains_key(&spec.flavor) {
+            Some(format!(
+                "flavor {:?} does not exist; create it or point deployment {} at another",
+                spec.flavor, spec.deployment
+            ))
+        } else {
+            None
+        };
+        if let Some(msg) = missing {
+            self.cond(COND_REFERENCES, "False", "MissingReference", &msg, ctx.now);
+            if self.st().message != msg {
+                self.w().status.get_or_insert_default().message = msg;
+            }
+            return Next::Stay;
+        }
+        if condition(&self.st().conditions, COND_REFERENCES).is_some() {
+            self.cond(COND_REFERENCES, "True", "Resolved", "bfb, flavor, device and node exist", ctx.now);
+        }
+        let message = format!(
+            "created by deployment {} for device {} on node {}; waiting for a rollout slot",
+            spec.deployment, spec.device, spec.node
+        );
+        Next::Go { to: DpuPhase::Pending, reason: "Initialized", message }
+    }
+
+    fn pending(&mut self, reachable: bool, ctx: &mut StepCtx<'_>) -> Next {
+        if !reachable {
+            return Next::Stay;
+        }
+        let dep = self.deployment();
+        let max = ctx
+            .cache
+            .deployments
+            .get(&dep)
+            .and_then(|d| d.spec.as_ref())
+            .map(|s| s.max_unavailable.max(1) as usize)
+            .unwrap_or(1);
+        let busy = ctx.slots.get(&dep).copied().unwrap_or(0);
+        if busy >= max {
+            return Next::Stay;
+        }
+        let message = format!("rollout slot granted ({} of {max} in use for deployment {dep})", busy + 1);
+        Next::Go { to: DpuPhase::NodeEffect, reason: "RolloutSlot", message }
+    }
+
+    fn node_effect(&mut self, ctx: &mut StepCtx<'_>) -> Next {
+        let node_name = self.node();
+        let auto = ctx
+            .cache
+            .deployments
+            .get(&self.deployment())
+            .and_then(|d| d.spec.as_ref())
+            .is_some_and(|s| s.node_effect == NodeEffect::Auto as i32);
+        if auto {
+            let message = format!("node effect AUTO: proceeding on node {node_name} without approval");
+            return Next::Go { to: DpuPhase::InitializeInterface, reason: "NodeEffectAuto", message };
+        }
+        let approved = !ctx.cleared.contains(&node_name)
+            && ctx
+                .cache
+                .nodes
+                .get(&node_name)
+                .and_then(|n| n.status.as_ref())
+                .is_some_and(|s| s.maintenance_approved);
+        if approved {
+            let msg = format!("maintenance approved on node {node_name}");
+            self.cond(COND_MAINTENANCE, "True", "Approved", &msg, ctx.now);
+            return Next::Go { to: DpuPhase::InitializeInterface, reason: "MaintenanceApproved", message: msg };
+        }
+        let msg = format!(
+            "waiting for maintenance approval on node {node_name} (ApproveMaintenance, or \
+             `hostplanectl node approve {node_name}`)"
+        );
+        self.cond(COND_MAINTENANCE, "False", "WaitingForApproval", &msg, ctx.now);
+        Next::Stay
+    }
+
+    /// The final result of the current phase's command, if it has one.
+    fn result(&self, ctx: &StepCtx<'_>) -> Result<Option<hostplane_proto::v1::CommandResult>, String> {
+        let id = &self.st().command_id;
+        match ctx.cmds.get(id) {
+            None => Ok(None),
+            Some(None) => Err(format!("command {id} is missing from the store")),
+            Some(Some(row)) => Ok(row.result.clone()),
+        }
+    }
+
+    fn command_phase(&mut self, phase: DpuPhase, ctx: &mut StepCtx<'_>) -> Next {
+        let (node, rshim, pname) = (self.node(), self.rshim(ctx), phase.display_name());
+        if self.st().command_id.is_empty() {
+            // Entered without a command (cannot happen through `go`): issue it now, once.
+            if let Ok(Some(cmd)) = command_for(phase, self.cur(), ctx.cache, uuid::Uuid::new_v4().to_string()) {
+                self.w().status.get_or_insert_default().command_id = cmd.id.clone();
+                self.insert.push(cmd);
+            }
+            return Next::Stay;
+        }
+        let r = match self.result(ctx) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Next::Stay,
+            Err(e) => {
+                let message = format!("{pname} on node {node} ({rshim}): {e}; reprovision to retry");
+                return Next::Go { to: DpuPhase::Error, reason: "CommandMissing", message };
+            }
+        };
+        let agent_msg = r.message;
+        let next = next_phase(phase);
+        match CommandOutcome::try_from(r.outcome).unwrap_or(CommandOutcome::Unspecified) {
+            CommandOutcome::Succeeded => {
+                if phase == DpuPhase::OsInstalling {
+                    let spec = self.cur().spec.clone().unwrap_or_default();
+                    let st = self.w().status.get_or_insert_default();
+                    st.installed_bfb = spec.bfb;
+                    st.installed_flavor = spec.flavor;
+                    return Next::Go { to: next, reason: "OsInstalled", message: self.rebooting_message(ctx) };
+                }
+                let message = format!("{pname} succeeded on node {node} ({rshim}): {agent_msg}");
+                Next::Go { to: next, reason: "Succeeded", message }
+            }
+            CommandOutcome::Skipped => {
+                // Never silent: the agent's reason stays on the Dpu as a condition.
+                self.cond(skipped_condition(phase), "True", "Skipped", &agent_msg, ctx.now);
+                if phase == DpuPhase::OsInstalling {
+                    // "Nothing to do" for a flash: the DPU already runs this image.
+                    let spec = self.cur().spec.clone().unwrap_or_default();
+                    let st = self.w().status.get_or_insert_default();
+                    st.installed_bfb = spec.bfb;
+                    st.installed_flavor = spec.flavor;
+                    return Next::Go { to: next, reason: "Skipped", message: self.rebooting_message(ctx) };
+                }
+                let message = format!("{pname} skipped by the agent on node {node} ({rshim}): {agent_msg}");
+                Next::Go { to: next, reason: "Skipped", message }
+            }
+            CommandOutcome::Failed | CommandOutcome::Unspecified => {
+                let message = format!("{pname} failed on node {node} ({rshim}): {agent_msg}; fix it, then reprovision");
+                Next::Go { to: DpuPhase::Error, reason: "CommandFailed", message }
+            }
+            CommandOutcome::Interrupted => {
+                let message = format!(
+                    "agent on node {node} restarted during {pname} ({rshim}): {agent_msg}; reprovision to retry"
+                );
+                Next::Go { to: DpuPhase::Error, reason: "AgentRestarted", message }
+            }
+            CommandOutcome::Cancelled => {
+                let message = format!(
+                    "the agent on node {node} cancelled {pname} ({rshim}) while it was still wanted: {agent_msg}; \
+                     reprovision to retry"
+                );
+                Next::Go { to: DpuPhase::Error, reason: "CommandCancelled", message }
+            }
+        }
+    }
+
+    fn rebooting_message(&self, ctx: &StepCtx<'_>) -> String {
+        let node = self.node();
+        let rshim = self.rshim(ctx);
+        if agent_reboots(ctx.cache, &node) {
+            let boot = ctx.cache.nodes.get(&node).and_then(|n| n.status.as_ref()).map(|s| s.boot_id.as_str());
+            format!(
+                "OS installed on {rshim}; the agent on node {node} reboots the host ({BOOT_ID_MARK}{})",
+                boot.unwrap_or("")
+            )
+        } else {
+            format!("OS installed on {rshim}; waiting for node {node} to be rebooted (reboot it, then MarkRebooted)")
+        }
+    }
+
+    /// The boot id recorded when Rebooting was entered.
+    fn boot_id_before(&self) -> Option<String> {
+        let tr = self.st().history.iter().rev().find(|t| t.to == DpuPhase::Rebooting as i32)?;
+        let rest = &tr.message[tr.message.find(BOOT_ID_MARK)? + BOOT_ID_MARK.len()..];
+        Some(rest.split(')').next().unwrap_or("").to_string())
+    }
+
+    fn rebooting(&mut self, ctx: &mut StepCtx<'_>) -> Next {
+        let node_name = self.node();
+        let ns = ctx.cache.nodes.get(&node_name).and_then(|n| n.status.clone()).unwrap_or_default();
+        let entered = self.st().phase_entered_at_ms;
+        if self.st().command_id.is_empty() {
+            // External reboot: the upstream system calls MarkRebooted.
+            if ns.rebooted_at_ms > entered {
+                let message = format!("node {node_name} was rebooted (MarkRebooted at {} ms)", ns.rebooted_at_ms);
+                return Next::Go { to: DpuPhase::DpuClusterConfig, reason: "HostRebooted", message };
+            }
+            return Next::Stay;
+        }
+        let before = self.boot_id_before().unwrap_or_default();
+        if !ns.boot_id.is_empty() && ns.boot_id != before {
+            let message = format!("node {node_name} came back with boot_id {} (was {before:?})", ns.boot_id);
+            return Next::Go { to: DpuPhase::DpuClusterConfig, reason: "HostRebooted", message };
+        }
+        let r = match self.result(ctx) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Next::Stay,
+            Err(e) => {
+                let message = format!("Rebooting node {node_name}: {e}; reprovision to retry");
+                return Next::Go { to: DpuPhase::Error, reason: "CommandMissing", message };
+            }
+        };
+        match CommandOutcome::try_from(r.outcome).unwrap_or(CommandOutcome::Unspecified) {
+            // The reboot was issued; wait for the new boot id.
+            CommandOutcome::Succeeded => Next::Stay,
+            _ => {
+                let message = format!(
+                    "the agent on node {node_name} did not reboot the host ({}: {}); the boot_id is unchanged; \
+                     reboot it by hand or fix the agent's reboot command, then reprovision",
+                    CommandOutcome::try_from(r.outcome).unwrap_or(CommandOutcome::Unspecified).as_str_name(),
+                    r.message
+                );
+                Next::Go { to: DpuPhase::Error, reason: "RebootFailed", message }
+            }
+        }
+    }
+
+    /// The phase's deadline: None when it has none or waits on an unreachable agent.
+    /// Returns the Error transition when it has passed; otherwise records it for the timer.
+    fn check_deadline(&mut self, ctx: &mut StepCtx<'_>) -> Option<(&'static str, String)> {
+        let phase = self.phase();
+        let limit = ctx.cfg.phase_timeouts.get(phase)?;
+        let unreachable =
+            condition(&self.st().conditions, COND_UNREACHABLE).filter(|c| c.status == "True").is_some();
+        if unreachable && self.waits_on_agent() {
+            return None;
+        }
+        let entered = self.st().phase_entered_at_ms;
+        let mut deadline = entered.saturating_add(limit.as_millis() as i64);
+        if let Some(c) = condition(&self.st().conditions, COND_UNREACHABLE)
+            && c.status == "False"
+            && c.last_transition_time_ms > entered
+        {
+            deadline = deadline.max(c.last_transition_time_ms + ctx.cfg.unreachable_grace.as_millis() as i64);
+        }
+        if ctx.now < deadline {
+            ctx.next_deadline = Some(ctx.next_deadline.map_or(deadline, |d| d.min(deadline)));
+            return None;
+        }
+        Some(("Timeout", self.timeout_message(phase, limit, ctx)))
+    }
+
+    fn timeout_message(&self, phase: DpuPhase, limit: std::time::Duration, ctx: &StepCtx<'_>) -> String {
+        let node = self.node();
+        let head = format!(
+            "{} timed out after {} on node {node} ({})",
+            phase.display_name(),
+            fmt_duration(limit),
+            self.rshim(ctx)
+        );
+        let st = self.st();
+        let tail = match phase {
+            DpuPhase::Initializing => format!("{}; fix it, then reprovision", st.message),
+            DpuPhase::Pending => "no rollout slot became free; check the Dpus ahead of it, then reprovision".into(),
+            DpuPhase::NodeEffect => format!("maintenance was not approved; approve node {node}, then reprovision"),
+            DpuPhase::Rebooting if st.command_id.is_empty() => {
+                format!("node {node} was not marked rebooted; reboot it and reprovision")
+            }
+            DpuPhase::Rebooting => format!(
+                "the host did not come back with a new boot_id (before: {:?}); check the host and its agent, \
+                 then reprovision",
+                self.boot_id_before().unwrap_or_default()
+            ),
+            p if is_command_phase(p) => match &st.progress {
+                Some(pr) => format!(
+                    "last stage '{}', last DPU log line '{}'; check the DPU console, then reprovision",
+                    pr.stage, pr.last_log_line
+                ),
+                None => format!(
+                    "no result from the agent for command {}; check the agent's log and the DPU console, then \
+                     reprovision",
+                    st.command_id
+                ),
+            },
+            _ => "reprovision to retry".into(),
+        };
+        format!("{head}: {tail}")
+    }
+}

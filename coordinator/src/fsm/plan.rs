@@ -1,0 +1,332 @@
+//! One reconcile pass over the cached view: the Deployment controller (which
+//! Device gets which Dpu), rollout, every Dpu's step, Deployment and Node
+//! status, and removal of gracefully deleted objects. Pure: it returns the
+//! actions; `apply` writes them.
+use std::collections::{BTreeMap, HashMap};
+
+use hostplane_proto::v1::{
+    Deployment, DeploymentStatus, Dpu, DpuPhase, DpuSpec, DpuStatus, ObjectMeta, PhaseTransition,
+};
+
+use crate::store::CommandRow;
+
+use super::FsmConfig;
+use super::apply::Action;
+use super::cache::Cache;
+use super::dpu::{Mark, StepCtx, StepOut, step};
+use super::util::{being_deleted, condition, holds_slot, needs_window, phase_of, selector_matches, set_condition};
+
+pub const COND_CONFLICT: &str = "DeviceConflict";
+pub const COND_ROLLOUT: &str = "RolloutProgressing";
+
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Earliest phase deadline among the Dpus (epoch ms).
+    pub next_deadline_ms: Option<i64>,
+}
+
+fn created(d: &Deployment) -> (i64, &str) {
+    let m = d.metadata.as_ref();
+    (m.map(|m| m.created_at_ms).unwrap_or(0), m.map(|m| m.name.as_str()).unwrap_or(""))
+}
+
+fn spec(d: &Dpu) -> DpuSpec {
+    d.spec.clone().unwrap_or_default()
+}
+
+fn phase(d: &Dpu) -> DpuPhase {
+    phase_of(d.status.as_ref().map(|s| s.phase).unwrap_or(0))
+}
+
+/// Which Deployment owns each Device (the oldest matching one), and the
+/// devices each younger Deployment also matches.
+struct Ownership<'a> {
+    owner: BTreeMap<&'a str, &'a Deployment>,
+    conflicts: HashMap<&'a str, Vec<(&'a str, &'a str)>>,
+}
+
+fn ownership(cache: &Cache) -> Ownership<'_> {
+    let mut deps: Vec<&Deployment> = cache.deployments.values().filter(|d| !being_deleted(&d.metadata)).collect();
+    deps.sort_by(|a, b| created(a).cmp(&created(b)));
+    let mut own = Ownership { owner: BTreeMap::new(), conflicts: HashMap::new() };
+    for (name, dev) in &cache.devices {
+        if being_deleted(&dev.metadata) {
+            continue;
+        }
+        let node = dev.spec.as_ref().map(|s| s.node.as_str()).unwrap_or("");
+        if !cache.nodes.get(node).is_some_and(|n| !being_deleted(&n.metadata)) {
+            continue;
+        }
+        let labels = dev.metadata.as_ref().map(|m| &m.labels);
+        for dep in &deps {
+            let sel = dep.spec.as_ref().map(|s| &s.device_selector);
+            let matches = match (sel, labels) {
+                (Some(sel), Some(labels)) => selector_matches(sel, labels),
+                (Some(sel), None) => sel.is_empty(),
+                (None, _) => true,
+            };
+            if !matches {
+                continue;
+            }
+            match own.owner.get(name.as_str()) {
+                None => {
+                    own.owner.insert(name, dep);
+                }
+                Some(first) => {
+                    own.conflicts.entry(created(dep).1).or_default().push((name, created(first).1));
+                }
+            }
+        }
+    }
+    own
+}
+
+fn new_dpu(device: &str, node: &str, dep: &Deployment, now: i64) -> Dpu {
+    let ds = dep.spec.clone().unwrap_or_default();
+    let dep_name = created(dep).1.to_string();
+    let message = format!("created by deployment {dep_name} for device {device}");
+    Dpu {
+        metadata: Some(ObjectMeta { name: device.into(), ..Default::default() }),
+        spec: Some(DpuSpec {
+            device: device.into(),
+            node: node.into(),
+            deployment: dep_name,
+            bfb: ds.bfb,
+            flavor: ds.flavor,
+        }),
+        status: Some(DpuStatus {
+            phase: DpuPhase::Initializing as i32,
+            phase_entered_at_ms: now,
+            message: message.clone(),
+            history: vec![PhaseTransition {
+                from: DpuPhase::Unspecified as i32,
+                to: DpuPhase::Initializing as i32,
+                reason: "Created".into(),
+                message,
+                at_ms: now,
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+/// Why a Dpu no longer belongs where it is, if it does not.
+fn orphan_reason(d: &Dpu, cache: &Cache, own: &Ownership<'_>) -> Option<Mark> {
+    let sp = spec(d);
+    let (reason, message) = match own.owner.get(sp.device.as_str()) {
+        Some(o) if created(o).1 == sp.deployment => return None,
+        Some(o) => ("OwnerChanged", format!("device {} now belongs to older deployment {}", sp.device, created(o).1)),
+        None => match cache.devices.get(&sp.device) {
+            None => ("DeviceGone", format!("device {} no longer exists", sp.device)),
+            Some(dev) if being_deleted(&dev.metadata) => {
+                ("DeviceDeleted", format!("device {} is being deleted", sp.device))
+            }
+            Some(_) => match cache.deployments.get(&sp.deployment) {
+                Some(dep) if !being_deleted(&dep.metadata) => (
+                    "NoLongerSelected",
+                    format!("device {} no longer matches deployment {}'s device_selector", sp.device, sp.deployment),
+                ),
+                _ => ("DeploymentDeleted", format!("deployment {} is being deleted", sp.deployment)),
+            },
+        },
+    };
+    Some(Mark { reason, message })
+}
+
+#[derive(Default)]
+struct Tally {
+    dpus: u32,
+    ready: u32,
+    updated: u32,
+    failed: u32,
+    failed_names: Vec<String>,
+}
+
+pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64, cfg: &FsmConfig) -> Plan {
+    let own = ownership(cache);
+    let mut actions = Vec::new();
+    let mut marks: HashMap<&str, Mark> = HashMap::new();
+    let mut specs: HashMap<&str, (&str, &str)> = HashMap::new();
+
+    // Dpus that lost their Device or Deployment, or that have not started and
+    // can take the Deployment's new spec in place.
+    for (name, d) in &cache.dpus {
+        if being_deleted(&d.metadata) {
+            continue;
+        }
+        if let Some(m) = orphan_reason(d, cache, &own) {
+            marks.insert(name, m);
+        } else if let (Some(dep), Some(sp)) = (own.owner.get(name.as_str()), d.spec.as_ref())
+            && let Some(ds) = dep.spec.as_ref()
+            && matches!(phase(d), DpuPhase::Initializing | DpuPhase::Pending)
+            && (sp.bfb != ds.bfb || sp.flavor != ds.flavor)
+        {
+            specs.insert(name, (&ds.bfb, &ds.flavor));
+        }
+    }
+
+    // Create missing Dpus; roll outdated Ready ones within max_unavailable.
+    let mut unavailable: HashMap<&str, usize> = HashMap::new();
+    let mut outdated: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (&device, &dep) in &own.owner {
+        let dep_name = created(dep).1;
+        let ds = dep.spec.clone().unwrap_or_default();
+        match cache.dpus.get(device) {
+            None => {
+                let node = cache.devices[device].spec.as_ref().map(|s| s.node.as_str()).unwrap_or("");
+                actions.push(Action::CreateDpu(new_dpu(device, node, dep, now)));
+                *unavailable.entry(dep_name).or_default() += 1;
+            }
+            Some(d) if spec(d).deployment != dep_name => *unavailable.entry(dep_name).or_default() += 1,
+            Some(d) => {
+                let sp = spec(d);
+                let ready = phase(d) == DpuPhase::Ready;
+                if !ready || being_deleted(&d.metadata) || marks.contains_key(device) {
+                    *unavailable.entry(dep_name).or_default() += 1;
+                } else if sp.bfb != ds.bfb || sp.flavor != ds.flavor {
+                    outdated.entry(dep_name).or_default().push(device);
+                }
+            }
+        }
+    }
+    let mut blocked: HashMap<&str, bool> = HashMap::new();
+    for (dep_name, names) in &outdated {
+        let dep = &cache.deployments[*dep_name];
+        let ds = dep.spec.clone().unwrap_or_default();
+        let max = ds.max_unavailable.max(1) as usize;
+        let budget = max.saturating_sub(unavailable.get(dep_name).copied().unwrap_or(0));
+        blocked.insert(dep_name, budget == 0);
+        for name in names.iter().take(budget) {
+            let message = format!(
+                "rollout: deployment {dep_name} now uses bfb {} and flavor {}; reprovisioning (max_unavailable {max})",
+                ds.bfb, ds.flavor
+            );
+            marks.insert(name, Mark { reason: "Rollout", message });
+        }
+    }
+
+    // Step every Dpu.
+    let mut ctx = StepCtx {
+        cache,
+        cmds,
+        now,
+        cfg,
+        slots: HashMap::new(),
+        window: HashMap::new(),
+        cleared: Default::default(),
+        next_deadline: None,
+    };
+    for d in cache.dpus.values() {
+        let (p, Some(sp)) = (phase(d), d.spec.as_ref()) else { continue };
+        if holds_slot(p) {
+            *ctx.slots.entry(sp.deployment.clone()).or_default() += 1;
+        }
+        if needs_window(p) {
+            *ctx.window.entry(sp.node.clone()).or_default() += 1;
+        }
+    }
+    let mut tallies: HashMap<String, Tally> = HashMap::new();
+    let mut waiting: HashMap<String, bool> = HashMap::new();
+    for (name, d) in &cache.dpus {
+        let out = step(d, marks.get(name.as_str()), specs.get(name.as_str()).copied(), &mut ctx);
+        let after = match &out {
+            StepOut::Remove { .. } => None,
+            StepOut::Update(u) => Some(&u.dpu),
+            StepOut::Nothing => Some(d),
+        };
+        if let Some(after) = after {
+            let (p, sp) = (phase(after), after.spec.as_ref());
+            let st = after.status.as_ref();
+            let (node, dep) = sp.map(|s| (s.node.as_str(), s.deployment.as_str())).unwrap_or(("", ""));
+            if p == DpuPhase::Rebooting && st.is_none_or(|s| s.command_id.is_empty()) {
+                waiting.insert(node.to_string(), true);
+            }
+            let t = tallies.entry(dep.to_string()).or_default();
+            t.dpus += 1;
+            t.ready += u32::from(p == DpuPhase::Ready);
+            if p == DpuPhase::Error {
+                t.failed += 1;
+                t.failed_names.push(name.clone());
+            }
+            if let (Some(ds), Some(st)) = (cache.deployments.get(dep).and_then(|x| x.spec.as_ref()), st) {
+                t.updated += u32::from(st.installed_bfb == ds.bfb && st.installed_flavor == ds.flavor);
+            }
+        }
+        match out {
+            StepOut::Nothing => {}
+            StepOut::Update(u) => actions.push(Action::UpdateDpu(u)),
+            StepOut::Remove { name, expected_rv } => actions.push(Action::RemoveDpu { name, expected_rv }),
+        }
+    }
+
+    // Node flags.
+    for (name, n) in &cache.nodes {
+        let (approved, was_waiting) =
+            n.status.as_ref().map(|s| (s.maintenance_approved, s.waiting_for_reboot)).unwrap_or_default();
+        let wait = waiting.get(name).copied().unwrap_or(false);
+        let clear = ctx.cleared.contains(name) && approved;
+        if clear || was_waiting != wait {
+            actions.push(Action::PatchNode {
+                name: name.clone(),
+                clear_maintenance: clear,
+                waiting_for_reboot: (was_waiting != wait).then_some(wait),
+            });
+        }
+    }
+
+    // Deployment status.
+    for (name, dep) in &cache.deployments {
+        let old = dep.status.clone().unwrap_or_default();
+        let t = tallies.remove(name).unwrap_or_default();
+        let mut conds = old.conditions.clone();
+        match own.conflicts.get(name.as_str()) {
+            Some(list) => {
+                let shown: Vec<String> = list.iter().take(5).map(|(dev, o)| format!("{dev} (owned by {o})")).collect();
+                let more = if list.len() > 5 { format!(" and {} more", list.len() - 5) } else { String::new() };
+                let msg = format!(
+                    "devices also matched by an older deployment, which owns them: {}{more}; narrow device_selector",
+                    shown.join(", ")
+                );
+                set_condition(&mut conds, COND_CONFLICT, "True", "MatchedByOlderDeployment", &msg, now);
+            }
+            None if condition(&conds, COND_CONFLICT).is_some() => {
+                set_condition(&mut conds, COND_CONFLICT, "False", "NoConflict", "no device is contested", now);
+            }
+            None => {}
+        }
+        if blocked.get(name.as_str()).copied().unwrap_or(false) && t.failed > 0 {
+            let msg = format!(
+                "rollout paused: failed dpus count as unavailable ({}); reprovision or delete them",
+                t.failed_names.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            );
+            set_condition(&mut conds, COND_ROLLOUT, "False", "BlockedByFailedDpus", &msg, now);
+        } else if condition(&conds, COND_ROLLOUT).is_some() {
+            set_condition(&mut conds, COND_ROLLOUT, "True", "Progressing", "rollout is not blocked", now);
+        }
+        let status =
+            DeploymentStatus { dpus: t.dpus, ready: t.ready, updated: t.updated, failed: t.failed, conditions: conds };
+        if status != old {
+            actions.push(Action::DeploymentStatus { name: name.clone(), status });
+        }
+    }
+
+    // Remove gracefully deleted objects whose dependents are gone.
+    for (name, dev) in &cache.devices {
+        if being_deleted(&dev.metadata) && !cache.dpus.contains_key(name) {
+            actions.push(Action::RemoveDevice { name: name.clone() });
+        }
+    }
+    for (name, n) in &cache.nodes {
+        if being_deleted(&n.metadata)
+            && !cache.devices.values().any(|d| d.spec.as_ref().is_some_and(|s| &s.node == name))
+        {
+            actions.push(Action::RemoveNode { name: name.clone() });
+        }
+    }
+    for (name, dep) in &cache.deployments {
+        if being_deleted(&dep.metadata) && !cache.dpus.values().any(|d| &spec(d).deployment == name) {
+            actions.push(Action::RemoveDeployment { name: name.clone() });
+        }
+    }
+    Plan { actions, next_deadline_ms: ctx.next_deadline }
+}

@@ -1,0 +1,152 @@
+//! Small helpers over the generated types: conditions, phases, labels.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hostplane_proto::v1::{Condition, DpuPhase, ObjectMeta};
+
+/// Set (or refresh) a condition. `last_transition_time_ms` only moves when the
+/// status changes. Returns true when anything changed.
+pub fn set_condition(
+    conds: &mut Vec<Condition>,
+    ty: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now_ms: i64,
+) -> bool {
+    if let Some(c) = conds.iter_mut().find(|c| c.r#type == ty) {
+        if c.status == status && c.reason == reason && c.message == message {
+            return false;
+        }
+        if c.status != status {
+            c.last_transition_time_ms = now_ms;
+        }
+        c.status = status.into();
+        c.reason = reason.into();
+        c.message = message.into();
+        return true;
+    }
+    conds.push(Condition {
+        r#type: ty.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time_ms: now_ms,
+    });
+    true
+}
+
+pub fn condition<'a>(conds: &'a [Condition], ty: &str) -> Option<&'a Condition> {
+    conds.iter().find(|c| c.r#type == ty)
+}
+
+/// True when the labels contain every key/value of the selector (empty matches all).
+pub fn selector_matches(selector: &HashMap<String, String>, labels: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+pub fn being_deleted(m: &Option<ObjectMeta>) -> bool {
+    m.as_ref().is_some_and(|m| m.deletion_requested_at_ms > 0)
+}
+
+pub fn phase_of(raw: i32) -> DpuPhase {
+    DpuPhase::try_from(raw).unwrap_or(DpuPhase::Unspecified)
+}
+
+/// The phases during which a Dpu holds a rollout slot (NodeEffect ..= NodeEffectRemoval).
+pub fn holds_slot(p: DpuPhase) -> bool {
+    (DpuPhase::NodeEffect as i32..=DpuPhase::NodeEffectRemoval as i32).contains(&(p as i32))
+}
+
+/// The phases that need the node's maintenance window (NodeEffect ..= DPUClusterConfig).
+pub fn needs_window(p: DpuPhase) -> bool {
+    (DpuPhase::NodeEffect as i32..=DpuPhase::DpuClusterConfig as i32).contains(&(p as i32))
+}
+
+/// Phases that end on an agent command result.
+pub fn is_command_phase(p: DpuPhase) -> bool {
+    matches!(
+        p,
+        DpuPhase::InitializeInterface
+            | DpuPhase::ConfigFwParameters
+            | DpuPhase::PrepareBfb
+            | DpuPhase::OsInstalling
+            | DpuPhase::DpuClusterConfig
+    )
+}
+
+/// The phase after `p` on the happy path.
+pub fn next_phase(p: DpuPhase) -> DpuPhase {
+    match p {
+        DpuPhase::Unspecified | DpuPhase::Initializing => DpuPhase::Pending,
+        DpuPhase::Pending => DpuPhase::NodeEffect,
+        DpuPhase::NodeEffect => DpuPhase::InitializeInterface,
+        DpuPhase::InitializeInterface => DpuPhase::ConfigFwParameters,
+        DpuPhase::ConfigFwParameters => DpuPhase::PrepareBfb,
+        DpuPhase::PrepareBfb => DpuPhase::OsInstalling,
+        DpuPhase::OsInstalling => DpuPhase::Rebooting,
+        DpuPhase::Rebooting => DpuPhase::DpuClusterConfig,
+        DpuPhase::DpuClusterConfig => DpuPhase::NodeEffectRemoval,
+        DpuPhase::NodeEffectRemoval | DpuPhase::Ready => DpuPhase::Ready,
+        DpuPhase::Deleting => DpuPhase::Deleting,
+        DpuPhase::Error => DpuPhase::Error,
+    }
+}
+
+/// The condition a SKIPPED command leaves on the Dpu, per phase.
+pub fn skipped_condition(p: DpuPhase) -> &'static str {
+    match p {
+        DpuPhase::InitializeInterface => "InterfaceInitialized",
+        DpuPhase::ConfigFwParameters => "FirmwareConfigured",
+        DpuPhase::PrepareBfb => "BfbPrepared",
+        DpuPhase::OsInstalling => "OsInstalled",
+        DpuPhase::DpuClusterConfig => "DpuClusterConfigured",
+        _ => "CommandSkipped",
+    }
+}
+
+/// "45m", "1h 30m", "300ms".
+pub fn fmt_duration(d: Duration) -> String {
+    humantime_serde::re::humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn condition_transition_time_moves_only_on_status_change() {
+        let mut c = Vec::new();
+        assert!(set_condition(&mut c, "A", "False", "R", "m", 10));
+        assert!(!set_condition(&mut c, "A", "False", "R", "m", 20));
+        assert!(set_condition(&mut c, "A", "False", "R2", "m2", 30));
+        assert_eq!(c[0].last_transition_time_ms, 10);
+        assert!(set_condition(&mut c, "A", "True", "R2", "m2", 40));
+        assert_eq!(c[0].last_transition_time_ms, 40);
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn phase_ranges() {
+        assert!(holds_slot(DpuPhase::NodeEffect) && holds_slot(DpuPhase::NodeEffectRemoval));
+        assert!(!holds_slot(DpuPhase::Pending) && !holds_slot(DpuPhase::Ready) && !holds_slot(DpuPhase::Error));
+        assert!(needs_window(DpuPhase::DpuClusterConfig) && !needs_window(DpuPhase::NodeEffectRemoval));
+        let mut p = DpuPhase::Initializing;
+        let mut walk = vec![p];
+        while p != DpuPhase::Ready {
+            p = next_phase(p);
+            walk.push(p);
+        }
+        assert_eq!(walk.len(), 11);
+    }
+
+    #[test]
+    fn selectors() {
+        let sel: HashMap<String, String> = [("rack".into(), "r1".into())].into();
+        let yes: HashMap<String, String> = [("rack".into(), "r1".into()), ("x".into(), "y".into())].into();
+        let no: HashMap<String, String> = [("rack".into(), "r2".into())].into();
+        assert!(selector_matches(&sel, &yes));
+        assert!(!selector_matches(&sel, &no));
+        assert!(selector_matches(&HashMap::new(), &no));
+    }
+}
