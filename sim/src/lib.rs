@@ -180,21 +180,44 @@ impl Drop for SimHandle {
         for d in &self.dpus {
             d.shutdown();
         }
-        if let Some(session) = self.session.take() {
-            drop(session);
-            // auto_unmount unmounts from fusermount3, asynchronously: wait for it,
-            // so the caller can remove the mount point right away.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while is_mounted(&self.root) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if is_mounted(&self.root) {
-                tracing::warn!(root = %self.root.display(), "simulator still mounted after unmount");
-            } else {
-                tracing::info!(root = %self.root.display(), "rshim simulator unmounted");
-            }
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        // fusermount3's auto_unmount only unmounts a dead filesystem, and ours
+        // is still serving: detach it ourselves first. The session thread then
+        // ends when the kernel lets go of the connection.
+        detach(&self.root);
+        drop(session);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_mounted(&self.root) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if is_mounted(&self.root) {
+            tracing::warn!(root = %self.root.display(), "simulator still mounted after unmount");
+        } else {
+            tracing::info!(root = %self.root.display(), "rshim simulator unmounted");
         }
     }
+}
+
+/// Lazily unmount `root`: umount2(MNT_DETACH) as root, else `fusermount3 -u -z`.
+fn detach(root: &Path) {
+    use nix::mount::{MntFlags, umount2};
+    let err = match umount2(root, MntFlags::MNT_DETACH) {
+        Ok(()) => return,
+        Err(e) => e,
+    };
+    for bin in ["fusermount3", "fusermount"] {
+        let out = std::process::Command::new(bin)
+            .args(["-u", "-z", "--"])
+            .arg(root)
+            .stdin(std::process::Stdio::null())
+            .output();
+        if out.is_ok_and(|o| o.status.success()) {
+            return;
+        }
+    }
+    tracing::warn!(root = %root.display(), error = %err, "cannot unmount the simulator");
 }
 
 /// Whether `path` is a mount point, from `/proc/self/mountinfo`.
