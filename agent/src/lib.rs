@@ -16,3 +16,4 @@ pub use session::{AgentError, run, run_with};
 pub mod rshim;
 pub mod bfcfg;
 pub mod bfb_cache;
+pub mod flash;

@@ -2,6 +2,7 @@
 //! and `misc`. A device that cannot be read is reported with `error` set,
 //! never dropped.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use hostplane_proto::v1::RshimInfo;
@@ -29,6 +30,16 @@ pub fn pf_address(rshim_bdf: &str) -> Option<String> {
 
 /// Discover rshim devices under `dev_root` (blocking; use [`discover`] from async code).
 pub fn discover_blocking(dev_root: &Path) -> Result<Vec<RshimInfo>, std::io::Error> {
+    discover_blocking_except(dev_root, &HashMap::new())
+}
+
+/// Like [`discover_blocking`], but devices named in `skip` are not read: the
+/// given info is reported instead (a device being flashed must have exactly
+/// one reader of its `misc` log).
+pub fn discover_blocking_except(
+    dev_root: &Path,
+    skip: &HashMap<String, RshimInfo>,
+) -> Result<Vec<RshimInfo>, std::io::Error> {
     let mut names: Vec<String> = Vec::new();
     for entry in std::fs::read_dir(dev_root)? {
         let entry = entry?;
@@ -40,14 +51,26 @@ pub fn discover_blocking(dev_root: &Path) -> Result<Vec<RshimInfo>, std::io::Err
         }
     }
     names.sort_by_key(|n| rshim_index(n));
-    Ok(names.into_iter().map(|name| inspect(dev_root, &name)).collect())
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            skip.get(&name)
+                .cloned()
+                .unwrap_or_else(|| inspect(dev_root, &name))
+        })
+        .collect())
 }
 
 /// Discover rshim devices under `dev_root` without blocking the runtime. A
 /// missing dev root means no devices.
 pub async fn discover(dev_root: &Path) -> Vec<RshimInfo> {
+    discover_except(dev_root, HashMap::new()).await
+}
+
+/// [`discover_blocking_except`] without blocking the runtime.
+pub async fn discover_except(dev_root: &Path, skip: HashMap<String, RshimInfo>) -> Vec<RshimInfo> {
     let root = dev_root.to_path_buf();
-    let res = tokio::task::spawn_blocking(move || discover_blocking(&root)).await;
+    let res = tokio::task::spawn_blocking(move || discover_blocking_except(&root, &skip)).await;
     match res {
         Ok(Ok(found)) => found,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -171,6 +194,38 @@ mod tests {
         assert_eq!(found[2].pci_address, "");
         assert!(found[2].error.contains("boot"), "{}", found[2].error);
         assert_eq!(found[3].pci_address, "0000:c1:00.2");
+    }
+
+    #[tokio::test]
+    async fn skipped_devices_are_not_read() {
+        let root = tempfile::tempdir().unwrap();
+        device(
+            root.path(),
+            "rshim0",
+            Some("DEV_NAME        pcie-0000:04:00.2\n"),
+            true,
+        );
+        device(
+            root.path(),
+            "rshim1",
+            Some("DEV_NAME        pcie-0000:05:00.2\n"),
+            true,
+        );
+        // rshim1's misc is unreadable now; the flasher's remembered info is used.
+        std::fs::remove_file(root.path().join("rshim1/misc")).unwrap();
+        let known = RshimInfo {
+            name: "rshim1".into(),
+            pci_address: "0000:05:00.2".into(),
+            ..Default::default()
+        };
+        let found = discover_except(
+            root.path(),
+            HashMap::from([("rshim1".to_string(), known.clone())]),
+        )
+        .await;
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].pci_address, "0000:04:00.2");
+        assert_eq!(found[1], known);
     }
 
     #[tokio::test]

@@ -8,11 +8,14 @@
 
 mod discover;
 mod misc;
+pub mod testing;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use discover::{discover, discover_blocking, pci_from_dev_name, pf_address};
+pub use discover::{
+    discover, discover_blocking, discover_blocking_except, discover_except, pci_from_dev_name, pf_address,
+};
 pub use misc::{LogKind, MiscClient, MiscDevice, MiscFile, MiscSnapshot, classify_log_line};
 
 /// Errors talking to an rshim device. Every variant names the device.

@@ -1,0 +1,1 @@
+//! `hostplane-agent flash`: flash one DPU by hand.
