@@ -34,7 +34,6 @@ fn main() -> ExitCode {
     match cli::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "hostplane-sim failed");
             eprintln!("hostplane-sim: {e}");
             ExitCode::from(if e.is_usage() { 64 } else { 1 })
         }
