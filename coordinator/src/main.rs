@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 ok, 1 runtime error, 64 usage error, 78 config error
 //! (the unit sets `RestartPreventExitStatus=64 78`).
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -131,7 +132,9 @@ fn init_tracing(log: &LogConfig) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not for journald or files.
+        .with_ansi(std::io::stderr().is_terminal());
     match log.format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),

@@ -34,6 +34,11 @@ pub async fn start(path: &Path) -> TestServer {
 }
 
 pub async fn start_with(path: &Path, run_reconciler: bool) -> TestServer {
+    // Logs show with the output of a failing test (or with --nocapture).
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info")
+        .try_init();
     let mut cfg = Config::default();
     cfg.store.path = path.to_path_buf();
     cfg.shutdown_grace = Duration::from_secs(5);
