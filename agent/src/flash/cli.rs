@@ -224,7 +224,7 @@ async fn print_progress(
                     if p.bytes_pushed != last_bytes && (due || finished) {
                         last_bytes = p.bytes_pushed;
                         last_bytes_at = Some(Instant::now());
-                        let pct = if p.bytes_total > 0 { 100 * p.bytes_pushed / p.bytes_total } else { 0 };
+                        let pct = (100 * p.bytes_pushed).checked_div(p.bytes_total).unwrap_or(0);
                         let _ = writeln!(
                             out,
                             "{rshim}: pushed {} of {} ({pct}%) at {:.1} MB/s",
