@@ -13,7 +13,11 @@ use hostplane_proto::v1::{Command, CommandOutcome, DpuPhase, NodeEffect, RebootM
 use tokio_util::sync::CancellationToken;
 
 fn cfg() -> FsmConfig {
-    FsmConfig { resync: Duration::from_millis(200), batch_delay: Duration::from_millis(2), ..Default::default() }
+    FsmConfig {
+        resync: Duration::from_millis(200),
+        batch_delay: Duration::from_millis(2),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -35,8 +39,9 @@ async fn a_restarted_reconciler_resumes_mid_os_installing() {
         )
         .await;
         let stop = CancellationToken::new();
-        let no_flash: Answer =
-            Arc::new(|c: &Command| (action_name(c) != "flash_bfb").then(|| result(CommandOutcome::Succeeded, "ok")));
+        let no_flash: Answer = Arc::new(|c: &Command| {
+            (action_name(c) != "flash_bfb").then(|| result(CommandOutcome::Succeeded, "ok"))
+        });
         let agent = FakeAgent::spawn(store.clone(), no_flash, stop.clone());
         let run = tokio::spawn(Reconciler::new(store.clone(), cfg()).run(stop.clone()));
         let d = wait_phase(&store, "d1", DpuPhase::OsInstalling).await;
@@ -56,7 +61,11 @@ async fn a_restarted_reconciler_resumes_mid_os_installing() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let d = get_dpu(&store, "d1").await.unwrap();
     assert_eq!(phase(&d), DpuPhase::OsInstalling, "nothing restarts the phase");
-    assert_eq!(d.status.as_ref().unwrap().command_id, flash_id, "the same command is still awaited");
+    assert_eq!(
+        d.status.as_ref().unwrap().command_id,
+        flash_id,
+        "the same command is still awaited"
+    );
     let open = store.read(|t| t.open_commands("n1")).await.unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].id, flash_id);
@@ -65,7 +74,13 @@ async fn a_restarted_reconciler_resumes_mid_os_installing() {
     // The agent (which kept flashing) reports the result; the walk goes on.
     let agent = FakeAgent::spawn(store.clone(), succeed_all(), stop.clone());
     let d = wait_phase(&store, "d1", DpuPhase::Ready).await;
-    let flashes = agent.seen.lock().unwrap().iter().filter(|c| action_name(c) == "flash_bfb").count();
+    let flashes = agent
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| action_name(c) == "flash_bfb")
+        .count();
     assert_eq!(flashes, 1, "the flash was not issued again");
     assert_eq!(d.status.unwrap().installed_bfb, "b1");
     stop.cancel();

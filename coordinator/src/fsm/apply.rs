@@ -2,9 +2,7 @@
 //! actions in one store transaction. Each Dpu write re-checks the Dpu's
 //! resource_version, so a decision made on a stale view is skipped (and made
 //! again next pass) rather than written over someone else's change.
-use hostplane_proto::v1::{
-    Command, DeploymentStatus, Dpu, Kind, PhaseTransition, Resource, resource,
-};
+use hostplane_proto::v1::{Command, DeploymentStatus, Dpu, Kind, PhaseTransition, Resource, resource};
 
 use crate::store::{StoreError, Txn};
 
@@ -26,14 +24,30 @@ pub struct DpuUpdate {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    CreateDpu(Dpu),
+    CreateDpu(Box<Dpu>),
     UpdateDpu(Box<DpuUpdate>),
-    RemoveDpu { name: String, expected_rv: u64 },
-    PatchNode { name: String, clear_maintenance: bool, waiting_for_reboot: Option<bool> },
-    DeploymentStatus { name: String, status: DeploymentStatus },
-    RemoveDevice { name: String },
-    RemoveNode { name: String },
-    RemoveDeployment { name: String },
+    RemoveDpu {
+        name: String,
+        expected_rv: u64,
+    },
+    PatchNode {
+        name: String,
+        clear_maintenance: bool,
+        waiting_for_reboot: Option<bool>,
+    },
+    DeploymentStatus {
+        name: String,
+        status: DeploymentStatus,
+    },
+    RemoveDevice {
+        name: String,
+    },
+    RemoveNode {
+        name: String,
+    },
+    RemoveDeployment {
+        name: String,
+    },
 }
 
 /// What a pass wrote.
@@ -50,7 +64,9 @@ pub struct Applied {
 
 fn get_dpu(t: &Txn<'_>, name: &str) -> Result<Option<Dpu>, StoreError> {
     Ok(match t.get(Kind::Dpu, name)? {
-        Some(Resource { kind: Some(resource::Kind::Dpu(d)) }) => Some(d),
+        Some(Resource {
+            kind: Some(resource::Kind::Dpu(d)),
+        }) => Some(d),
         _ => None,
     })
 }
@@ -69,12 +85,17 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                     out.conflicts += 1;
                     continue;
                 }
-                t.insert(d.into())?;
+                t.insert((*d).into())?;
                 out.created.push(name);
                 out.writes += 1;
             }
             Action::UpdateDpu(u) => {
-                let name = u.dpu.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+                let name = u
+                    .dpu
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
                 match get_dpu(t, &name)? {
                     Some(cur) if rv(&cur) == u.expected_rv => {}
                     _ => {
@@ -89,7 +110,8 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                     t.insert_command(&u.node, c)?;
                 }
                 t.update(u.dpu.into())?;
-                out.transitions.extend(u.transitions.into_iter().map(|tr| (name.clone(), tr)));
+                out.transitions
+                    .extend(u.transitions.into_iter().map(|tr| (name.clone(), tr)));
                 out.writes += 1;
             }
             Action::RemoveDpu { name, expected_rv } => {
@@ -105,8 +127,15 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                 out.removed.push((Kind::Dpu, name));
                 out.writes += 1;
             }
-            Action::PatchNode { name, clear_maintenance, waiting_for_reboot } => {
-                let Some(Resource { kind: Some(resource::Kind::Node(mut n)) }) = t.get(Kind::Node, &name)? else {
+            Action::PatchNode {
+                name,
+                clear_maintenance,
+                waiting_for_reboot,
+            } => {
+                let Some(Resource {
+                    kind: Some(resource::Kind::Node(mut n)),
+                }) = t.get(Kind::Node, &name)?
+                else {
                     continue;
                 };
                 let before = n.status.clone();
@@ -124,8 +153,9 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                 }
             }
             Action::DeploymentStatus { name, status } => {
-                let Some(Resource { kind: Some(resource::Kind::Deployment(mut d)) }) =
-                    t.get(Kind::Deployment, &name)?
+                let Some(Resource {
+                    kind: Some(resource::Kind::Deployment(mut d)),
+                }) = t.get(Kind::Deployment, &name)?
                 else {
                     continue;
                 };
@@ -136,7 +166,9 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                 }
             }
             Action::RemoveDevice { name } => {
-                let Some(dev) = t.get(Kind::Device, &name)? else { continue };
+                let Some(dev) = t.get(Kind::Device, &name)? else {
+                    continue;
+                };
                 if !being_deleted(&dev.metadata().cloned()) || t.get(Kind::Dpu, &name)?.is_some() {
                     out.conflicts += 1;
                     continue;
@@ -146,7 +178,9 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                 out.writes += 1;
             }
             Action::RemoveNode { name } => {
-                let Some(node) = t.get(Kind::Node, &name)? else { continue };
+                let Some(node) = t.get(Kind::Node, &name)? else {
+                    continue;
+                };
                 let has_devices = t.list(Kind::Device)?.iter().any(|r| match &r.kind {
                     Some(resource::Kind::Device(d)) => d.spec.as_ref().is_some_and(|s| s.node == name),
                     _ => false,
@@ -160,7 +194,9 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                 out.writes += 1;
             }
             Action::RemoveDeployment { name } => {
-                let Some(dep) = t.get(Kind::Deployment, &name)? else { continue };
+                let Some(dep) = t.get(Kind::Deployment, &name)? else {
+                    continue;
+                };
                 let has_dpus = t.list(Kind::Dpu)?.iter().any(|r| match &r.kind {
                     Some(resource::Kind::Dpu(d)) => d.spec.as_ref().is_some_and(|s| s.deployment == name),
                     _ => false,

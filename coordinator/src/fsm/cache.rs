@@ -50,8 +50,18 @@ fn remove<T>(map: &mut BTreeMap<String, T>, name: &str, rv: u64, rv_fn: impl Fn(
 impl Cache {
     /// List every kind the reconciler needs, in one transaction.
     pub fn load(t: &mut Txn<'_>) -> Result<Cache, StoreError> {
-        let mut c = Cache { listed_at: t.revision()?, ..Default::default() };
-        for kind in [Kind::Node, Kind::Device, Kind::Bfb, Kind::Flavor, Kind::Deployment, Kind::Dpu] {
+        let mut c = Cache {
+            listed_at: t.revision()?,
+            ..Default::default()
+        };
+        for kind in [
+            Kind::Node,
+            Kind::Device,
+            Kind::Bfb,
+            Kind::Flavor,
+            Kind::Deployment,
+            Kind::Dpu,
+        ] {
             for r in t.list(kind)? {
                 c.put(r);
             }
@@ -62,18 +72,32 @@ impl Cache {
     fn put(&mut self, r: Resource) {
         let Some(kind) = r.kind else { return };
         match kind {
-            resource::Kind::Node(x) => {
-                upsert(&mut self.nodes, name_of(&x.metadata), rv_of(&x.metadata), x, |o| rv_of(&o.metadata))
-            }
-            resource::Kind::Device(x) => {
-                upsert(&mut self.devices, name_of(&x.metadata), rv_of(&x.metadata), x, |o| rv_of(&o.metadata))
-            }
+            resource::Kind::Node(x) => upsert(
+                &mut self.nodes,
+                name_of(&x.metadata),
+                rv_of(&x.metadata),
+                x,
+                |o| rv_of(&o.metadata),
+            ),
+            resource::Kind::Device(x) => upsert(
+                &mut self.devices,
+                name_of(&x.metadata),
+                rv_of(&x.metadata),
+                x,
+                |o| rv_of(&o.metadata),
+            ),
             resource::Kind::Bfb(x) => {
-                upsert(&mut self.bfbs, name_of(&x.metadata), rv_of(&x.metadata), x, |o| rv_of(&o.metadata))
+                upsert(&mut self.bfbs, name_of(&x.metadata), rv_of(&x.metadata), x, |o| {
+                    rv_of(&o.metadata)
+                })
             }
-            resource::Kind::Flavor(x) => {
-                upsert(&mut self.flavors, name_of(&x.metadata), rv_of(&x.metadata), x, |o| rv_of(&o.metadata))
-            }
+            resource::Kind::Flavor(x) => upsert(
+                &mut self.flavors,
+                name_of(&x.metadata),
+                rv_of(&x.metadata),
+                x,
+                |o| rv_of(&o.metadata),
+            ),
             resource::Kind::Deployment(x) => upsert(
                 &mut self.deployments,
                 name_of(&x.metadata),
@@ -82,7 +106,9 @@ impl Cache {
                 |o| rv_of(&o.metadata),
             ),
             resource::Kind::Dpu(x) => {
-                upsert(&mut self.dpus, name_of(&x.metadata), rv_of(&x.metadata), x, |o| rv_of(&o.metadata))
+                upsert(&mut self.dpus, name_of(&x.metadata), rv_of(&x.metadata), x, |o| {
+                    rv_of(&o.metadata)
+                })
             }
         }
     }
@@ -121,17 +147,31 @@ mod tests {
     use super::*;
 
     fn node(name: &str, rv: u64) -> Resource {
-        Node { metadata: Some(ObjectMeta { name: name.into(), resource_version: rv, ..Default::default() }), ..Default::default() }
-            .into()
+        Node {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                resource_version: rv,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .into()
     }
 
     fn ev(ty: EventType, r: Resource) -> WatchEvent {
-        WatchEvent { r#type: ty as i32, resource_version: r.resource_version(), resource: Some(r) }
+        WatchEvent {
+            r#type: ty as i32,
+            resource_version: r.resource_version(),
+            resource: Some(r),
+        }
     }
 
     #[test]
     fn events_apply_in_order_and_stale_ones_are_ignored() {
-        let mut c = Cache { listed_at: 5, ..Default::default() };
+        let mut c = Cache {
+            listed_at: 5,
+            ..Default::default()
+        };
         c.apply(ev(EventType::Added, node("old", 4)));
         assert!(c.nodes.is_empty(), "an event the list already covers is ignored");
         c.apply(ev(EventType::Added, node("n1", 6)));
@@ -139,7 +179,10 @@ mod tests {
         c.apply(ev(EventType::Modified, node("n1", 7)));
         assert_eq!(c.nodes["n1"].metadata.as_ref().unwrap().resource_version, 8);
         c.apply(ev(EventType::Deleted, node("n1", 7)));
-        assert!(c.nodes.contains_key("n1"), "a delete older than the cached version is stale");
+        assert!(
+            c.nodes.contains_key("n1"),
+            "a delete older than the cached version is stale"
+        );
         c.apply(ev(EventType::Deleted, node("n1", 9)));
         assert!(c.nodes.is_empty());
     }

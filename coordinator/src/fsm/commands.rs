@@ -1,17 +1,16 @@
 //! The agent command each phase issues (docs/agent-protocol.md, "Command kinds").
 use hostplane_proto::v1::{
-    BfbRef, Command, ConfigFwParameters, DpuClusterConfig, DpuPhase, FlashBfb, InitializeInterface, PrepareBfb,
-    RebootHost, RebootMethod, command,
+    BfbRef, Command, ConfigFwParameters, DpuClusterConfig, DpuPhase, FlashBfb, InitializeInterface,
+    PrepareBfb, RebootHost, RebootMethod, command,
 };
 use hostplane_proto::v1::{Dpu, Flavor};
 
 use super::cache::Cache;
 
 fn bfb_ref(cache: &Cache, name: &str, deployment: &str) -> Result<BfbRef, String> {
-    let b = cache
-        .bfbs
-        .get(name)
-        .ok_or_else(|| format!("bfb {name:?} does not exist; create it or point deployment {deployment} at another"))?;
+    let b = cache.bfbs.get(name).ok_or_else(|| {
+        format!("bfb {name:?} does not exist; create it or point deployment {deployment} at another")
+    })?;
     let spec = b.spec.clone().unwrap_or_default();
     Ok(BfbRef {
         name: name.into(),
@@ -23,10 +22,9 @@ fn bfb_ref(cache: &Cache, name: &str, deployment: &str) -> Result<BfbRef, String
 }
 
 fn flavor<'a>(cache: &'a Cache, name: &str, deployment: &str) -> Result<&'a Flavor, String> {
-    cache
-        .flavors
-        .get(name)
-        .ok_or_else(|| format!("flavor {name:?} does not exist; create it or point deployment {deployment} at another"))
+    cache.flavors.get(name).ok_or_else(|| {
+        format!("flavor {name:?} does not exist; create it or point deployment {deployment} at another")
+    })
 }
 
 /// The rshim device of the Dpu's Device.
@@ -57,7 +55,11 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, cache: &Cache, id: String) -> Res
         DpuPhase::ConfigFwParameters => {
             let f = flavor(cache, &spec.flavor, &spec.deployment)?;
             command::Action::ConfigFwParameters(ConfigFwParameters {
-                nic_firmware: f.spec.as_ref().map(|s| s.nic_firmware.clone()).unwrap_or_default(),
+                nic_firmware: f
+                    .spec
+                    .as_ref()
+                    .map(|s| s.nic_firmware.clone())
+                    .unwrap_or_default(),
             })
         }
         DpuPhase::PrepareBfb => command::Action::PrepareBfb(PrepareBfb {
@@ -75,7 +77,10 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, cache: &Cache, id: String) -> Res
         _ => return Ok(None),
     };
     let rshim = rshim_of(cache, dpu).ok_or_else(|| {
-        format!("device {:?} of dpu {} is gone; recreate the device or delete the dpu", spec.device, spec.device)
+        format!(
+            "device {:?} of dpu {} is gone; recreate the device or delete the dpu",
+            spec.device, spec.device
+        )
     })?;
     Ok(Some(Command {
         id,

@@ -139,10 +139,16 @@ mod tests {
             serde_json::from_str(r#"{"resync":"2s","phase_timeouts":{"os_installing":"1h","pending":"0s"}}"#)
                 .unwrap();
         assert_eq!(cfg.resync, Duration::from_secs(2));
-        assert_eq!(cfg.phase_timeouts.get(DpuPhase::OsInstalling), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            cfg.phase_timeouts.get(DpuPhase::OsInstalling),
+            Some(Duration::from_secs(3600))
+        );
         assert_eq!(cfg.phase_timeouts.get(DpuPhase::Pending), None);
         // Untouched phases keep their defaults.
-        assert_eq!(cfg.phase_timeouts.get(DpuPhase::PrepareBfb), Some(Duration::from_secs(1800)));
+        assert_eq!(
+            cfg.phase_timeouts.get(DpuPhase::PrepareBfb),
+            Some(Duration::from_secs(1800))
+        );
         assert_eq!(cfg.phase_timeouts.get(DpuPhase::Ready), None);
         let e = serde_json::from_str::<FsmConfig>(r#"{"phase_timeouts":{"osinstalling":"1h"}}"#).unwrap_err();
         assert!(e.to_string().contains("osinstalling"), "{e}");

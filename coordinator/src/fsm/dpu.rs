@@ -60,7 +60,11 @@ pub enum StepOut {
 
 enum Next {
     Stay,
-    Go { to: DpuPhase, reason: &'static str, message: String },
+    Go {
+        to: DpuPhase,
+        reason: &'static str,
+        message: String,
+    },
     Remove,
 }
 
@@ -76,7 +80,14 @@ struct Stepper<'a> {
 /// Step one Dpu. `mark`: a controller asks for its deletion; `spec`: a new
 /// (bfb, flavor) for a Dpu that has not started yet.
 pub fn step(orig: &Dpu, mark: Option<&Mark>, spec: Option<(&str, &str)>, ctx: &mut StepCtx<'_>) -> StepOut {
-    let mut s = Stepper { orig, work: None, insert: Vec::new(), cancel: None, transitions: Vec::new(), mark };
+    let mut s = Stepper {
+        orig,
+        work: None,
+        insert: Vec::new(),
+        cancel: None,
+        transitions: Vec::new(),
+        mark,
+    };
     if mark.is_some() && !being_deleted(&orig.metadata) {
         s.w().metadata.get_or_insert_default().deletion_requested_at_ms = ctx.now;
     }
@@ -92,7 +103,10 @@ pub fn step(orig: &Dpu, mark: Option<&Mark>, spec: Option<(&str, &str)>, ctx: &m
     for _ in 0..32 {
         match s.evaluate(ctx) {
             Next::Remove => {
-                return StepOut::Remove { name: s.name().to_string(), expected_rv: s.rv() };
+                return StepOut::Remove {
+                    name: s.name().to_string(),
+                    expected_rv: s.rv(),
+                };
             }
             Next::Go { to, reason, message } => s.go(to, reason, message, ctx),
             Next::Stay => match s.check_deadline(ctx) {
@@ -134,13 +148,25 @@ impl<'a> Stepper<'a> {
         self.orig.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("")
     }
     fn rv(&self) -> u64 {
-        self.orig.metadata.as_ref().map(|m| m.resource_version).unwrap_or(0)
+        self.orig
+            .metadata
+            .as_ref()
+            .map(|m| m.resource_version)
+            .unwrap_or(0)
     }
     fn node(&self) -> String {
-        self.cur().spec.as_ref().map(|s| s.node.clone()).unwrap_or_default()
+        self.cur()
+            .spec
+            .as_ref()
+            .map(|s| s.node.clone())
+            .unwrap_or_default()
     }
     fn deployment(&self) -> String {
-        self.cur().spec.as_ref().map(|s| s.deployment.clone()).unwrap_or_default()
+        self.cur()
+            .spec
+            .as_ref()
+            .map(|s| s.deployment.clone())
+            .unwrap_or_default()
     }
     fn rshim(&self, ctx: &StepCtx<'_>) -> String {
         rshim_of(ctx.cache, self.cur()).unwrap_or_else(|| "unknown rshim".into())
@@ -179,7 +205,13 @@ impl<'a> Stepper<'a> {
         st.message = message.clone();
         st.command_id.clear();
         st.progress = None;
-        let tr = PhaseTransition { from: from as i32, to: to as i32, reason: reason.into(), message, at_ms: now };
+        let tr = PhaseTransition {
+            from: from as i32,
+            to: to as i32,
+            reason: reason.into(),
+            message,
+            at_ms: now,
+        };
         st.history.push(tr.clone());
         if st.history.len() > limit {
             let excess = st.history.len() - limit;
@@ -188,11 +220,19 @@ impl<'a> Stepper<'a> {
         self.transitions.push(tr);
         if holds_slot(from) != holds_slot(to) {
             let n = ctx.slots.entry(deployment).or_default();
-            *n = if holds_slot(to) { *n + 1 } else { n.saturating_sub(1) };
+            *n = if holds_slot(to) {
+                *n + 1
+            } else {
+                n.saturating_sub(1)
+            };
         }
         if needs_window(from) != needs_window(to) {
             let n = ctx.window.entry(node).or_default();
-            *n = if needs_window(to) { *n + 1 } else { n.saturating_sub(1) };
+            *n = if needs_window(to) {
+                *n + 1
+            } else {
+                n.saturating_sub(1)
+            };
         }
         match command_for(to, self.cur(), ctx.cache, uuid::Uuid::new_v4().to_string()) {
             Ok(None) => {}
@@ -201,7 +241,11 @@ impl<'a> Stepper<'a> {
                 self.insert.push(cmd);
             }
             Err(msg) => {
-                let msg = format!("cannot start {} on node {}: {msg}", to.display_name(), self.node());
+                let msg = format!(
+                    "cannot start {} on node {}: {msg}",
+                    to.display_name(),
+                    self.node()
+                );
                 self.go(DpuPhase::Error, "InvalidSpec", msg, ctx);
             }
         }
@@ -212,9 +256,16 @@ impl<'a> Stepper<'a> {
         if being_deleted(&self.cur().metadata) && phase != DpuPhase::Deleting {
             let (reason, message) = match self.mark {
                 Some(m) => (m.reason, m.message.clone()),
-                None => ("DeletionRequested", "deletion or reprovision requested".to_string()),
+                None => (
+                    "DeletionRequested",
+                    "deletion or reprovision requested".to_string(),
+                ),
             };
-            return Next::Go { to: DpuPhase::Deleting, reason, message };
+            return Next::Go {
+                to: DpuPhase::Deleting,
+                reason,
+                message,
+            };
         }
         let node_name = self.node();
         let node = ctx.cache.nodes.get(&node_name);
@@ -235,14 +286,20 @@ impl<'a> Stepper<'a> {
             DpuPhase::NodeEffect => self.node_effect(ctx),
             DpuPhase::Rebooting => self.rebooting(ctx),
             DpuPhase::NodeEffectRemoval => {
-                if node.and_then(|n| n.status.as_ref()).is_some_and(|s| s.maintenance_approved)
+                if node
+                    .and_then(|n| n.status.as_ref())
+                    .is_some_and(|s| s.maintenance_approved)
                     && ctx.window.get(&node_name).copied().unwrap_or(0) == 0
                 {
                     ctx.cleared.insert(node_name.clone());
                 }
                 let spec = self.cur().spec.clone().unwrap_or_default();
                 let message = format!("provisioned with bfb {} and flavor {}", spec.bfb, spec.flavor);
-                Next::Go { to: DpuPhase::Ready, reason: "Provisioned", message }
+                Next::Go {
+                    to: DpuPhase::Ready,
+                    reason: "Provisioned",
+                    message,
+                }
             }
             p if is_command_phase(p) => self.command_phase(p, ctx),
             _ => Next::Stay,
@@ -273,7 +330,10 @@ impl<'a> Stepper<'a> {
         } else if !c.devices.contains_key(&spec.device) {
             Some(format!("device {:?} does not exist", spec.device))
         } else if !c.bfbs.contains_key(&spec.bfb) {
-            Some(format!("bfb {:?} does not exist; create it or point deployment {} at another", spec.bfb, spec.deployment))
+            Some(format!(
+                "bfb {:?} does not exist; create it or point deployment {} at another",
+                spec.bfb, spec.deployment
+            ))
         } else if !c.flavors.contains_key(&spec.flavor) {
             Some(format!(
                 "flavor {:?} does not exist; create it or point deployment {} at another",
@@ -290,13 +350,23 @@ impl<'a> Stepper<'a> {
             return Next::Stay;
         }
         if condition(&self.st().conditions, COND_REFERENCES).is_some() {
-            self.cond(COND_REFERENCES, "True", "Resolved", "bfb, flavor, device and node exist", ctx.now);
+            self.cond(
+                COND_REFERENCES,
+                "True",
+                "Resolved",
+                "bfb, flavor, device and node exist",
+                ctx.now,
+            );
         }
         let message = format!(
             "created by deployment {} for device {} on node {}; waiting for a rollout slot",
             spec.deployment, spec.device, spec.node
         );
-        Next::Go { to: DpuPhase::Pending, reason: "Initialized", message }
+        Next::Go {
+            to: DpuPhase::Pending,
+            reason: "Initialized",
+            message,
+        }
     }
 
     fn pending(&mut self, reachable: bool, ctx: &mut StepCtx<'_>) -> Next {
@@ -315,8 +385,15 @@ impl<'a> Stepper<'a> {
         if busy >= max {
             return Next::Stay;
         }
-        let message = format!("rollout slot granted ({} of {max} in use for deployment {dep})", busy + 1);
-        Next::Go { to: DpuPhase::NodeEffect, reason: "RolloutSlot", message }
+        let message = format!(
+            "rollout slot granted ({} of {max} in use for deployment {dep})",
+            busy + 1
+        );
+        Next::Go {
+            to: DpuPhase::NodeEffect,
+            reason: "RolloutSlot",
+            message,
+        }
     }
 
     fn node_effect(&mut self, ctx: &mut StepCtx<'_>) -> Next {
@@ -329,7 +406,11 @@ impl<'a> Stepper<'a> {
             .is_some_and(|s| s.node_effect == NodeEffect::Auto as i32);
         if auto {
             let message = format!("node effect AUTO: proceeding on node {node_name} without approval");
-            return Next::Go { to: DpuPhase::InitializeInterface, reason: "NodeEffectAuto", message };
+            return Next::Go {
+                to: DpuPhase::InitializeInterface,
+                reason: "NodeEffectAuto",
+                message,
+            };
         }
         let approved = !ctx.cleared.contains(&node_name)
             && ctx
@@ -341,7 +422,11 @@ impl<'a> Stepper<'a> {
         if approved {
             let msg = format!("maintenance approved on node {node_name}");
             self.cond(COND_MAINTENANCE, "True", "Approved", &msg, ctx.now);
-            return Next::Go { to: DpuPhase::InitializeInterface, reason: "MaintenanceApproved", message: msg };
+            return Next::Go {
+                to: DpuPhase::InitializeInterface,
+                reason: "MaintenanceApproved",
+                message: msg,
+            };
         }
         let msg = format!(
             "waiting for maintenance approval on node {node_name} (ApproveMaintenance, or \
@@ -365,7 +450,8 @@ impl<'a> Stepper<'a> {
         let (node, rshim, pname) = (self.node(), self.rshim(ctx), phase.display_name());
         if self.st().command_id.is_empty() {
             // Entered without a command (cannot happen through `go`): issue it now, once.
-            if let Ok(Some(cmd)) = command_for(phase, self.cur(), ctx.cache, uuid::Uuid::new_v4().to_string()) {
+            if let Ok(Some(cmd)) = command_for(phase, self.cur(), ctx.cache, uuid::Uuid::new_v4().to_string())
+            {
                 self.w().status.get_or_insert_default().command_id = cmd.id.clone();
                 self.insert.push(cmd);
             }
@@ -376,7 +462,11 @@ impl<'a> Stepper<'a> {
             Ok(None) => return Next::Stay,
             Err(e) => {
                 let message = format!("{pname} on node {node} ({rshim}): {e}; reprovision to retry");
-                return Next::Go { to: DpuPhase::Error, reason: "CommandMissing", message };
+                return Next::Go {
+                    to: DpuPhase::Error,
+                    reason: "CommandMissing",
+                    message,
+                };
             }
         };
         let agent_msg = r.message;
@@ -388,10 +478,18 @@ impl<'a> Stepper<'a> {
                     let st = self.w().status.get_or_insert_default();
                     st.installed_bfb = spec.bfb;
                     st.installed_flavor = spec.flavor;
-                    return Next::Go { to: next, reason: "OsInstalled", message: self.rebooting_message(ctx) };
+                    return Next::Go {
+                        to: next,
+                        reason: "OsInstalled",
+                        message: self.rebooting_message(ctx),
+                    };
                 }
                 let message = format!("{pname} succeeded on node {node} ({rshim}): {agent_msg}");
-                Next::Go { to: next, reason: "Succeeded", message }
+                Next::Go {
+                    to: next,
+                    reason: "Succeeded",
+                    message,
+                }
             }
             CommandOutcome::Skipped => {
                 // Never silent: the agent's reason stays on the Dpu as a condition.
@@ -402,27 +500,48 @@ impl<'a> Stepper<'a> {
                     let st = self.w().status.get_or_insert_default();
                     st.installed_bfb = spec.bfb;
                     st.installed_flavor = spec.flavor;
-                    return Next::Go { to: next, reason: "Skipped", message: self.rebooting_message(ctx) };
+                    return Next::Go {
+                        to: next,
+                        reason: "Skipped",
+                        message: self.rebooting_message(ctx),
+                    };
                 }
                 let message = format!("{pname} skipped by the agent on node {node} ({rshim}): {agent_msg}");
-                Next::Go { to: next, reason: "Skipped", message }
+                Next::Go {
+                    to: next,
+                    reason: "Skipped",
+                    message,
+                }
             }
             CommandOutcome::Failed | CommandOutcome::Unspecified => {
-                let message = format!("{pname} failed on node {node} ({rshim}): {agent_msg}; fix it, then reprovision");
-                Next::Go { to: DpuPhase::Error, reason: "CommandFailed", message }
+                let message =
+                    format!("{pname} failed on node {node} ({rshim}): {agent_msg}; fix it, then reprovision");
+                Next::Go {
+                    to: DpuPhase::Error,
+                    reason: "CommandFailed",
+                    message,
+                }
             }
             CommandOutcome::Interrupted => {
                 let message = format!(
                     "agent on node {node} restarted during {pname} ({rshim}): {agent_msg}; reprovision to retry"
                 );
-                Next::Go { to: DpuPhase::Error, reason: "AgentRestarted", message }
+                Next::Go {
+                    to: DpuPhase::Error,
+                    reason: "AgentRestarted",
+                    message,
+                }
             }
             CommandOutcome::Cancelled => {
                 let message = format!(
                     "the agent on node {node} cancelled {pname} ({rshim}) while it was still wanted: {agent_msg}; \
                      reprovision to retry"
                 );
-                Next::Go { to: DpuPhase::Error, reason: "CommandCancelled", message }
+                Next::Go {
+                    to: DpuPhase::Error,
+                    reason: "CommandCancelled",
+                    message,
+                }
             }
         }
     }
@@ -431,46 +550,81 @@ impl<'a> Stepper<'a> {
         let node = self.node();
         let rshim = self.rshim(ctx);
         if agent_reboots(ctx.cache, &node) {
-            let boot = ctx.cache.nodes.get(&node).and_then(|n| n.status.as_ref()).map(|s| s.boot_id.as_str());
+            let boot = ctx
+                .cache
+                .nodes
+                .get(&node)
+                .and_then(|n| n.status.as_ref())
+                .map(|s| s.boot_id.as_str());
             format!(
                 "OS installed on {rshim}; the agent on node {node} reboots the host ({BOOT_ID_MARK}{})",
                 boot.unwrap_or("")
             )
         } else {
-            format!("OS installed on {rshim}; waiting for node {node} to be rebooted (reboot it, then MarkRebooted)")
+            format!(
+                "OS installed on {rshim}; waiting for node {node} to be rebooted (reboot it, then MarkRebooted)"
+            )
         }
     }
 
     /// The boot id recorded when Rebooting was entered.
     fn boot_id_before(&self) -> Option<String> {
-        let tr = self.st().history.iter().rev().find(|t| t.to == DpuPhase::Rebooting as i32)?;
+        let tr = self
+            .st()
+            .history
+            .iter()
+            .rev()
+            .find(|t| t.to == DpuPhase::Rebooting as i32)?;
         let rest = &tr.message[tr.message.find(BOOT_ID_MARK)? + BOOT_ID_MARK.len()..];
         Some(rest.split(')').next().unwrap_or("").to_string())
     }
 
     fn rebooting(&mut self, ctx: &mut StepCtx<'_>) -> Next {
         let node_name = self.node();
-        let ns = ctx.cache.nodes.get(&node_name).and_then(|n| n.status.clone()).unwrap_or_default();
+        let ns = ctx
+            .cache
+            .nodes
+            .get(&node_name)
+            .and_then(|n| n.status.clone())
+            .unwrap_or_default();
         let entered = self.st().phase_entered_at_ms;
         if self.st().command_id.is_empty() {
             // External reboot: the upstream system calls MarkRebooted.
             if ns.rebooted_at_ms > entered {
-                let message = format!("node {node_name} was rebooted (MarkRebooted at {} ms)", ns.rebooted_at_ms);
-                return Next::Go { to: DpuPhase::DpuClusterConfig, reason: "HostRebooted", message };
+                let message = format!(
+                    "node {node_name} was rebooted (MarkRebooted at {} ms)",
+                    ns.rebooted_at_ms
+                );
+                return Next::Go {
+                    to: DpuPhase::DpuClusterConfig,
+                    reason: "HostRebooted",
+                    message,
+                };
             }
             return Next::Stay;
         }
         let before = self.boot_id_before().unwrap_or_default();
         if !ns.boot_id.is_empty() && ns.boot_id != before {
-            let message = format!("node {node_name} came back with boot_id {} (was {before:?})", ns.boot_id);
-            return Next::Go { to: DpuPhase::DpuClusterConfig, reason: "HostRebooted", message };
+            let message = format!(
+                "node {node_name} came back with boot_id {} (was {before:?})",
+                ns.boot_id
+            );
+            return Next::Go {
+                to: DpuPhase::DpuClusterConfig,
+                reason: "HostRebooted",
+                message,
+            };
         }
         let r = match self.result(ctx) {
             Ok(Some(r)) => r,
             Ok(None) => return Next::Stay,
             Err(e) => {
                 let message = format!("Rebooting node {node_name}: {e}; reprovision to retry");
-                return Next::Go { to: DpuPhase::Error, reason: "CommandMissing", message };
+                return Next::Go {
+                    to: DpuPhase::Error,
+                    reason: "CommandMissing",
+                    message,
+                };
             }
         };
         match CommandOutcome::try_from(r.outcome).unwrap_or(CommandOutcome::Unspecified) {
@@ -480,10 +634,16 @@ impl<'a> Stepper<'a> {
                 let message = format!(
                     "the agent on node {node_name} did not reboot the host ({}: {}); the boot_id is unchanged; \
                      reboot it by hand or fix the agent's reboot command, then reprovision",
-                    CommandOutcome::try_from(r.outcome).unwrap_or(CommandOutcome::Unspecified).as_str_name(),
+                    CommandOutcome::try_from(r.outcome)
+                        .unwrap_or(CommandOutcome::Unspecified)
+                        .as_str_name(),
                     r.message
                 );
-                Next::Go { to: DpuPhase::Error, reason: "RebootFailed", message }
+                Next::Go {
+                    to: DpuPhase::Error,
+                    reason: "RebootFailed",
+                    message,
+                }
             }
         }
     }
@@ -493,8 +653,9 @@ impl<'a> Stepper<'a> {
     fn check_deadline(&mut self, ctx: &mut StepCtx<'_>) -> Option<(&'static str, String)> {
         let phase = self.phase();
         let limit = ctx.cfg.phase_timeouts.get(phase)?;
-        let unreachable =
-            condition(&self.st().conditions, COND_UNREACHABLE).filter(|c| c.status == "True").is_some();
+        let unreachable = condition(&self.st().conditions, COND_UNREACHABLE)
+            .filter(|c| c.status == "True")
+            .is_some();
         if unreachable && self.waits_on_agent() {
             return None;
         }
@@ -524,8 +685,12 @@ impl<'a> Stepper<'a> {
         let st = self.st();
         let tail = match phase {
             DpuPhase::Initializing => format!("{}; fix it, then reprovision", st.message),
-            DpuPhase::Pending => "no rollout slot became free; check the Dpus ahead of it, then reprovision".into(),
-            DpuPhase::NodeEffect => format!("maintenance was not approved; approve node {node}, then reprovision"),
+            DpuPhase::Pending => {
+                "no rollout slot became free; check the Dpus ahead of it, then reprovision".into()
+            }
+            DpuPhase::NodeEffect => {
+                format!("maintenance was not approved; approve node {node}, then reprovision")
+            }
             DpuPhase::Rebooting if st.command_id.is_empty() => {
                 format!("node {node} was not marked rebooted; reboot it and reprovision")
             }

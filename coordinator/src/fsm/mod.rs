@@ -74,7 +74,10 @@ impl Reconciler {
         let mut events = self.store.subscribe();
         let mut desired = self.store.subscribe_desired();
         let mut cache: Option<Cache> = None;
-        let mut cmds = CommandView { refetch_all: true, ..Default::default() };
+        let mut cmds = CommandView {
+            refetch_all: true,
+            ..Default::default()
+        };
         let mut next_resync = Instant::now() + self.cfg.resync;
         tracing::info!(resync = ?self.cfg.resync, "reconciler started");
         loop {
@@ -88,7 +91,10 @@ impl Reconciler {
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "reconciler fell behind the store's events; listing again");
+                        tracing::warn!(
+                            missed = n,
+                            "reconciler fell behind the store's events; listing again"
+                        );
                         cache = None;
                     }
                     Err(TryRecvError::Closed) => return,
@@ -192,9 +198,13 @@ impl Reconciler {
         let mut wanted: HashSet<String> = HashSet::new();
         let mut fetch: Vec<String> = Vec::new();
         for d in cache.dpus.values() {
-            let (Some(st), Some(sp)) = (d.status.as_ref(), d.spec.as_ref()) else { continue };
+            let (Some(st), Some(sp)) = (d.status.as_ref(), d.spec.as_ref()) else {
+                continue;
+            };
             let p = phase_of(st.phase);
-            if st.command_id.is_empty() || !(is_command_phase(p) || p == hostplane_proto::v1::DpuPhase::Rebooting) {
+            if st.command_id.is_empty()
+                || !(is_command_phase(p) || p == hostplane_proto::v1::DpuPhase::Rebooting)
+            {
                 continue;
             }
             wanted.insert(st.command_id.clone());
@@ -214,7 +224,10 @@ impl Reconciler {
             let rows = self
                 .store
                 .read(move |t| {
-                    fetch.into_iter().map(|id| Ok((t.command(&id)?, id))).collect::<Result<Vec<_>, StoreError>>()
+                    fetch
+                        .into_iter()
+                        .map(|id| Ok((t.command(&id)?, id)))
+                        .collect::<Result<Vec<_>, StoreError>>()
                 })
                 .await?;
             for (row, id) in rows {
@@ -224,7 +237,10 @@ impl Reconciler {
 
         let plan = plan::plan(cache, &cmds.rows, now_ms(), &self.cfg);
         if plan.actions.is_empty() {
-            return Ok(PassOutcome { wrote: false, next_deadline_ms: plan.next_deadline_ms });
+            return Ok(PassOutcome {
+                wrote: false,
+                next_deadline_ms: plan.next_deadline_ms,
+            });
         }
         let applied = self.store.write(move |t| apply::apply(t, plan.actions)).await?;
         for name in &applied.created {
@@ -244,9 +260,15 @@ impl Reconciler {
             tracing::info!(kind = kind.noun(), name = %name, "removed after graceful deletion");
         }
         if applied.conflicts > 0 {
-            tracing::debug!(conflicts = applied.conflicts, "objects changed during the pass; retrying them");
+            tracing::debug!(
+                conflicts = applied.conflicts,
+                "objects changed during the pass; retrying them"
+            );
         }
-        Ok(PassOutcome { wrote: applied.writes > 0, next_deadline_ms: plan.next_deadline_ms })
+        Ok(PassOutcome {
+            wrote: applied.writes > 0,
+            next_deadline_ms: plan.next_deadline_ms,
+        })
     }
 }
 

@@ -14,7 +14,9 @@ use super::FsmConfig;
 use super::apply::Action;
 use super::cache::Cache;
 use super::dpu::{Mark, StepCtx, StepOut, step};
-use super::util::{being_deleted, condition, holds_slot, needs_window, phase_of, selector_matches, set_condition};
+use super::util::{
+    being_deleted, condition, holds_slot, needs_window, phase_of, selector_matches, set_condition,
+};
 
 pub const COND_CONFLICT: &str = "DeviceConflict";
 pub const COND_ROLLOUT: &str = "RolloutProgressing";
@@ -27,7 +29,10 @@ pub struct Plan {
 
 fn created(d: &Deployment) -> (i64, &str) {
     let m = d.metadata.as_ref();
-    (m.map(|m| m.created_at_ms).unwrap_or(0), m.map(|m| m.name.as_str()).unwrap_or(""))
+    (
+        m.map(|m| m.created_at_ms).unwrap_or(0),
+        m.map(|m| m.name.as_str()).unwrap_or(""),
+    )
 }
 
 fn spec(d: &Dpu) -> DpuSpec {
@@ -46,15 +51,22 @@ struct Ownership<'a> {
 }
 
 fn ownership(cache: &Cache) -> Ownership<'_> {
-    let mut deps: Vec<&Deployment> = cache.deployments.values().filter(|d| !being_deleted(&d.metadata)).collect();
+    let mut deps: Vec<&Deployment> = cache
+        .deployments
+        .values()
+        .filter(|d| !being_deleted(&d.metadata))
+        .collect();
     deps.sort_by(|a, b| created(a).cmp(&created(b)));
-    let mut own = Ownership { owner: BTreeMap::new(), conflicts: HashMap::new() };
+    let mut own = Ownership {
+        owner: BTreeMap::new(),
+        conflicts: HashMap::new(),
+    };
     for (name, dev) in &cache.devices {
         if being_deleted(&dev.metadata) {
             continue;
         }
         let node = dev.spec.as_ref().map(|s| s.node.as_str()).unwrap_or("");
-        if !cache.nodes.get(node).is_some_and(|n| !being_deleted(&n.metadata)) {
+        if cache.nodes.get(node).is_none_or(|n| being_deleted(&n.metadata)) {
             continue;
         }
         let labels = dev.metadata.as_ref().map(|m| &m.labels);
@@ -73,7 +85,10 @@ fn ownership(cache: &Cache) -> Ownership<'_> {
                     own.owner.insert(name, dep);
                 }
                 Some(first) => {
-                    own.conflicts.entry(created(dep).1).or_default().push((name, created(first).1));
+                    own.conflicts
+                        .entry(created(dep).1)
+                        .or_default()
+                        .push((name, created(first).1));
                 }
             }
         }
@@ -86,7 +101,10 @@ fn new_dpu(device: &str, node: &str, dep: &Deployment, now: i64) -> Dpu {
     let dep_name = created(dep).1.to_string();
     let message = format!("created by deployment {dep_name} for device {device}");
     Dpu {
-        metadata: Some(ObjectMeta { name: device.into(), ..Default::default() }),
+        metadata: Some(ObjectMeta {
+            name: device.into(),
+            ..Default::default()
+        }),
         spec: Some(DpuSpec {
             device: device.into(),
             node: node.into(),
@@ -115,7 +133,14 @@ fn orphan_reason(d: &Dpu, cache: &Cache, own: &Ownership<'_>) -> Option<Mark> {
     let sp = spec(d);
     let (reason, message) = match own.owner.get(sp.device.as_str()) {
         Some(o) if created(o).1 == sp.deployment => return None,
-        Some(o) => ("OwnerChanged", format!("device {} now belongs to older deployment {}", sp.device, created(o).1)),
+        Some(o) => (
+            "OwnerChanged",
+            format!(
+                "device {} now belongs to older deployment {}",
+                sp.device,
+                created(o).1
+            ),
+        ),
         None => match cache.devices.get(&sp.device) {
             None => ("DeviceGone", format!("device {} no longer exists", sp.device)),
             Some(dev) if being_deleted(&dev.metadata) => {
@@ -124,9 +149,15 @@ fn orphan_reason(d: &Dpu, cache: &Cache, own: &Ownership<'_>) -> Option<Mark> {
             Some(_) => match cache.deployments.get(&sp.deployment) {
                 Some(dep) if !being_deleted(&dep.metadata) => (
                     "NoLongerSelected",
-                    format!("device {} no longer matches deployment {}'s device_selector", sp.device, sp.deployment),
+                    format!(
+                        "device {} no longer matches deployment {}'s device_selector",
+                        sp.device, sp.deployment
+                    ),
                 ),
-                _ => ("DeploymentDeleted", format!("deployment {} is being deleted", sp.deployment)),
+                _ => (
+                    "DeploymentDeleted",
+                    format!("deployment {} is being deleted", sp.deployment),
+                ),
             },
         },
     };
@@ -173,8 +204,12 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
         let ds = dep.spec.clone().unwrap_or_default();
         match cache.dpus.get(device) {
             None => {
-                let node = cache.devices[device].spec.as_ref().map(|s| s.node.as_str()).unwrap_or("");
-                actions.push(Action::CreateDpu(new_dpu(device, node, dep, now)));
+                let node = cache.devices[device]
+                    .spec
+                    .as_ref()
+                    .map(|s| s.node.as_str())
+                    .unwrap_or("");
+                actions.push(Action::CreateDpu(Box::new(new_dpu(device, node, dep, now))));
                 *unavailable.entry(dep_name).or_default() += 1;
             }
             Some(d) if spec(d).deployment != dep_name => *unavailable.entry(dep_name).or_default() += 1,
@@ -201,7 +236,13 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
                 "rollout: deployment {dep_name} now uses bfb {} and flavor {}; reprovisioning (max_unavailable {max})",
                 ds.bfb, ds.flavor
             );
-            marks.insert(name, Mark { reason: "Rollout", message });
+            marks.insert(
+                name,
+                Mark {
+                    reason: "Rollout",
+                    message,
+                },
+            );
         }
     }
 
@@ -217,7 +258,9 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
         next_deadline: None,
     };
     for d in cache.dpus.values() {
-        let (p, Some(sp)) = (phase(d), d.spec.as_ref()) else { continue };
+        let (p, Some(sp)) = (phase(d), d.spec.as_ref()) else {
+            continue;
+        };
         if holds_slot(p) {
             *ctx.slots.entry(sp.deployment.clone()).or_default() += 1;
         }
@@ -228,7 +271,12 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
     let mut tallies: HashMap<String, Tally> = HashMap::new();
     let mut waiting: HashMap<String, bool> = HashMap::new();
     for (name, d) in &cache.dpus {
-        let out = step(d, marks.get(name.as_str()), specs.get(name.as_str()).copied(), &mut ctx);
+        let out = step(
+            d,
+            marks.get(name.as_str()),
+            specs.get(name.as_str()).copied(),
+            &mut ctx,
+        );
         let after = match &out {
             StepOut::Remove { .. } => None,
             StepOut::Update(u) => Some(&u.dpu),
@@ -237,7 +285,9 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
         if let Some(after) = after {
             let (p, sp) = (phase(after), after.spec.as_ref());
             let st = after.status.as_ref();
-            let (node, dep) = sp.map(|s| (s.node.as_str(), s.deployment.as_str())).unwrap_or(("", ""));
+            let (node, dep) = sp
+                .map(|s| (s.node.as_str(), s.deployment.as_str()))
+                .unwrap_or(("", ""));
             if p == DpuPhase::Rebooting && st.is_none_or(|s| s.command_id.is_empty()) {
                 waiting.insert(node.to_string(), true);
             }
@@ -261,8 +311,11 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
 
     // Node flags.
     for (name, n) in &cache.nodes {
-        let (approved, was_waiting) =
-            n.status.as_ref().map(|s| (s.maintenance_approved, s.waiting_for_reboot)).unwrap_or_default();
+        let (approved, was_waiting) = n
+            .status
+            .as_ref()
+            .map(|s| (s.maintenance_approved, s.waiting_for_reboot))
+            .unwrap_or_default();
         let wait = waiting.get(name).copied().unwrap_or(false);
         let clear = ctx.cleared.contains(name) && approved;
         if clear || was_waiting != wait {
@@ -281,32 +334,81 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
         let mut conds = old.conditions.clone();
         match own.conflicts.get(name.as_str()) {
             Some(list) => {
-                let shown: Vec<String> = list.iter().take(5).map(|(dev, o)| format!("{dev} (owned by {o})")).collect();
-                let more = if list.len() > 5 { format!(" and {} more", list.len() - 5) } else { String::new() };
+                let shown: Vec<String> = list
+                    .iter()
+                    .take(5)
+                    .map(|(dev, o)| format!("{dev} (owned by {o})"))
+                    .collect();
+                let more = if list.len() > 5 {
+                    format!(" and {} more", list.len() - 5)
+                } else {
+                    String::new()
+                };
                 let msg = format!(
                     "devices also matched by an older deployment, which owns them: {}{more}; narrow device_selector",
                     shown.join(", ")
                 );
-                set_condition(&mut conds, COND_CONFLICT, "True", "MatchedByOlderDeployment", &msg, now);
+                set_condition(
+                    &mut conds,
+                    COND_CONFLICT,
+                    "True",
+                    "MatchedByOlderDeployment",
+                    &msg,
+                    now,
+                );
             }
             None if condition(&conds, COND_CONFLICT).is_some() => {
-                set_condition(&mut conds, COND_CONFLICT, "False", "NoConflict", "no device is contested", now);
+                set_condition(
+                    &mut conds,
+                    COND_CONFLICT,
+                    "False",
+                    "NoConflict",
+                    "no device is contested",
+                    now,
+                );
             }
             None => {}
         }
         if blocked.get(name.as_str()).copied().unwrap_or(false) && t.failed > 0 {
             let msg = format!(
                 "rollout paused: failed dpus count as unavailable ({}); reprovision or delete them",
-                t.failed_names.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                t.failed_names
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
-            set_condition(&mut conds, COND_ROLLOUT, "False", "BlockedByFailedDpus", &msg, now);
+            set_condition(
+                &mut conds,
+                COND_ROLLOUT,
+                "False",
+                "BlockedByFailedDpus",
+                &msg,
+                now,
+            );
         } else if condition(&conds, COND_ROLLOUT).is_some() {
-            set_condition(&mut conds, COND_ROLLOUT, "True", "Progressing", "rollout is not blocked", now);
+            set_condition(
+                &mut conds,
+                COND_ROLLOUT,
+                "True",
+                "Progressing",
+                "rollout is not blocked",
+                now,
+            );
         }
-        let status =
-            DeploymentStatus { dpus: t.dpus, ready: t.ready, updated: t.updated, failed: t.failed, conditions: conds };
+        let status = DeploymentStatus {
+            dpus: t.dpus,
+            ready: t.ready,
+            updated: t.updated,
+            failed: t.failed,
+            conditions: conds,
+        };
         if status != old {
-            actions.push(Action::DeploymentStatus { name: name.clone(), status });
+            actions.push(Action::DeploymentStatus {
+                name: name.clone(),
+                status,
+            });
         }
     }
 
@@ -318,7 +420,10 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
     }
     for (name, n) in &cache.nodes {
         if being_deleted(&n.metadata)
-            && !cache.devices.values().any(|d| d.spec.as_ref().is_some_and(|s| &s.node == name))
+            && !cache
+                .devices
+                .values()
+                .any(|d| d.spec.as_ref().is_some_and(|s| &s.node == name))
         {
             actions.push(Action::RemoveNode { name: name.clone() });
         }
@@ -328,5 +433,8 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
             actions.push(Action::RemoveDeployment { name: name.clone() });
         }
     }
-    Plan { actions, next_deadline_ms: ctx.next_deadline }
+    Plan {
+        actions,
+        next_deadline_ms: ctx.next_deadline,
+    }
 }

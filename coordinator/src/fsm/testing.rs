@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hostplane_proto::v1::{
-    Bfb, BfbSpec, Command, CommandOutcome, CommandResult, Deployment, DeploymentSpec, Device, DeviceSpec, Dpu,
-    DpuPhase, Flavor, FlavorSpec, HostNetwork, Kind, Node, NodeEffect, NodeSpec, NodeStatus, ObjectMeta,
+    Bfb, BfbSpec, Command, CommandOutcome, CommandResult, Deployment, DeploymentSpec, Device, DeviceSpec,
+    Dpu, DpuPhase, Flavor, FlavorSpec, HostNetwork, Kind, Node, NodeEffect, NodeSpec, NodeStatus, ObjectMeta,
     RebootMethod, Resource, command, resource,
 };
 use tokio::task::JoinHandle;
@@ -19,7 +19,10 @@ use crate::store::{Store, StoreError};
 fn meta(name: &str, labels: &[(&str, &str)]) -> Option<ObjectMeta> {
     Some(ObjectMeta {
         name: name.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ..Default::default()
     })
 }
@@ -28,8 +31,14 @@ fn meta(name: &str, labels: &[(&str, &str)]) -> Option<ObjectMeta> {
 pub fn node(name: &str, reboot: RebootMethod) -> Resource {
     Node {
         metadata: meta(name, &[]),
-        spec: Some(NodeSpec { reboot_method: reboot as i32 }),
-        status: Some(NodeStatus { reachable: true, boot_id: "boot-1".into(), ..Default::default() }),
+        spec: Some(NodeSpec {
+            reboot_method: reboot as i32,
+        }),
+        status: Some(NodeStatus {
+            reachable: true,
+            boot_id: "boot-1".into(),
+            ..Default::default()
+        }),
     }
     .into()
 }
@@ -37,7 +46,11 @@ pub fn node(name: &str, reboot: RebootMethod) -> Resource {
 pub fn device(name: &str, node: &str, rshim: &str, labels: &[(&str, &str)]) -> Resource {
     Device {
         metadata: meta(name, labels),
-        spec: Some(DeviceSpec { node: node.into(), rshim: rshim.into(), ..Default::default() }),
+        spec: Some(DeviceSpec {
+            node: node.into(),
+            rshim: rshim.into(),
+            ..Default::default()
+        }),
         status: None,
     }
     .into()
@@ -62,7 +75,11 @@ pub fn flavor(name: &str) -> Resource {
         spec: Some(FlavorSpec {
             bf_cfg: [("ENABLE_SFC_HBN".to_string(), "no".to_string())].into(),
             nic_firmware: [("NUM_OF_VFS".to_string(), "8".to_string())].into(),
-            host_network: Some(HostNetwork { num_vfs: 8, mtu: 9000, bridges: vec![] }),
+            host_network: Some(HostNetwork {
+                num_vfs: 8,
+                mtu: 9000,
+                bridges: vec![],
+            }),
         }),
     }
     .into()
@@ -79,7 +96,10 @@ pub fn deployment(
     Deployment {
         metadata: meta(name, &[]),
         spec: Some(DeploymentSpec {
-            device_selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            device_selector: selector
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             bfb: bfb.into(),
             flavor: flavor.into(),
             max_unavailable,
@@ -106,16 +126,28 @@ pub async fn seed(store: &Store, objects: Vec<Resource>) {
 
 pub async fn get_dpu(store: &Store, name: &str) -> Option<Dpu> {
     let name = name.to_string();
-    match store.read(move |t| t.get(Kind::Dpu, &name)).await.expect("reading a dpu") {
-        Some(Resource { kind: Some(resource::Kind::Dpu(d)) }) => Some(d),
+    match store
+        .read(move |t| t.get(Kind::Dpu, &name))
+        .await
+        .expect("reading a dpu")
+    {
+        Some(Resource {
+            kind: Some(resource::Kind::Dpu(d)),
+        }) => Some(d),
         _ => None,
     }
 }
 
 pub async fn get_node(store: &Store, name: &str) -> Option<Node> {
     let name = name.to_string();
-    match store.read(move |t| t.get(Kind::Node, &name)).await.expect("reading a node") {
-        Some(Resource { kind: Some(resource::Kind::Node(n)) }) => Some(n),
+    match store
+        .read(move |t| t.get(Kind::Node, &name))
+        .await
+        .expect("reading a node")
+    {
+        Some(Resource {
+            kind: Some(resource::Kind::Node(n)),
+        }) => Some(n),
         _ => None,
     }
 }
@@ -125,7 +157,9 @@ pub async fn modify(store: &Store, kind: Kind, name: &str, f: impl FnOnce(&mut R
     let name = name.to_string();
     store
         .write(move |t| {
-            let mut r = t.get(kind, &name)?.unwrap_or_else(|| panic!("{} {name} exists", kind.noun()));
+            let mut r = t
+                .get(kind, &name)?
+                .unwrap_or_else(|| panic!("{} {name} exists", kind.noun()));
             f(&mut r);
             t.update(r)
         })
@@ -159,7 +193,11 @@ pub async fn wait_phase(store: &Store, name: &str, p: DpuPhase) -> Dpu {
 }
 
 pub fn result(outcome: CommandOutcome, message: &str) -> CommandResult {
-    CommandResult { outcome: outcome as i32, message: message.into(), finished_at_ms: 0 }
+    CommandResult {
+        outcome: outcome as i32,
+        message: message.into(),
+        finished_at_ms: 0,
+    }
 }
 
 /// How the fake agent answers a command (None: never answer).
@@ -167,7 +205,12 @@ pub type Answer = Arc<dyn Fn(&Command) -> Option<CommandResult> + Send + Sync>;
 
 /// Every command succeeds.
 pub fn succeed_all() -> Answer {
-    Arc::new(|c: &Command| Some(result(CommandOutcome::Succeeded, &format!("{} done", action_name(c)))))
+    Arc::new(|c: &Command| {
+        Some(result(
+            CommandOutcome::Succeeded,
+            &format!("{} done", action_name(c)),
+        ))
+    })
 }
 
 pub fn action_name(c: &Command) -> &'static str {
@@ -207,7 +250,9 @@ impl FakeAgent {
                 loop {
                     for n in std::mem::take(&mut nodes) {
                         let n2 = n.clone();
-                        let Ok(open) = store.read(move |t| t.open_commands(&n2)).await else { continue };
+                        let Ok(open) = store.read(move |t| t.open_commands(&n2)).await else {
+                            continue;
+                        };
                         for c in open {
                             if !answered.insert(c.id.clone()) {
                                 continue;
@@ -224,8 +269,9 @@ impl FakeAgent {
                                 .write(move |t| {
                                     t.finish_command(&id, &res)?;
                                     if reboot
-                                        && let Some(Resource { kind: Some(resource::Kind::Node(mut nd)) }) =
-                                            t.get(Kind::Node, &node)?
+                                        && let Some(Resource {
+                                            kind: Some(resource::Kind::Node(mut nd)),
+                                        }) = t.get(Kind::Node, &node)?
                                     {
                                         nd.status.get_or_insert_default().boot_id = boot_id;
                                         t.update(nd.into())?;

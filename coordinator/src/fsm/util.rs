@@ -129,7 +129,9 @@ mod tests {
     #[test]
     fn phase_ranges() {
         assert!(holds_slot(DpuPhase::NodeEffect) && holds_slot(DpuPhase::NodeEffectRemoval));
-        assert!(!holds_slot(DpuPhase::Pending) && !holds_slot(DpuPhase::Ready) && !holds_slot(DpuPhase::Error));
+        assert!(
+            !holds_slot(DpuPhase::Pending) && !holds_slot(DpuPhase::Ready) && !holds_slot(DpuPhase::Error)
+        );
         assert!(needs_window(DpuPhase::DpuClusterConfig) && !needs_window(DpuPhase::NodeEffectRemoval));
         let mut p = DpuPhase::Initializing;
         let mut walk = vec![p];
