@@ -145,15 +145,18 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let shutdown = CancellationToken::new();
+        let shutdown_on_signal = shutdown.clone();
         let signals = Signals::new()?;
         let watcher = tokio::spawn(
-            signals
-                .run(shutdown.clone())
-                .instrument(tracing::info_span!("signals")),
+            async move {
+                signals.run(shutdown_on_signal).await;
+                // A second SIGTERM/SIGINT: do not wait for the grace period.
+                std::process::exit(EXIT_RUNTIME.into());
+            }
+            .instrument(tracing::info_span!("signals")),
         );
-        let result = server::run(cfg, shutdown.clone()).await;
-        shutdown.cancel();
-        let _ = watcher.await;
+        let result = server::run(cfg, shutdown).await;
+        watcher.abort();
         result.map_err(anyhow::Error::from)
     })
 }

@@ -36,25 +36,63 @@ impl Signals {
         }
     }
 
-    /// Cancel `shutdown` on the first SIGTERM/SIGINT; log SIGHUP. Returns
-    /// once `shutdown` is cancelled, by a signal or by anyone else.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Cancel `shutdown` on the first SIGTERM/SIGINT and log SIGHUP. Returns
+    /// the name of a second SIGTERM/SIGINT that arrives once `shutdown` is
+    /// cancelled: the caller then exits without waiting for the grace period.
+    pub async fn run(mut self, shutdown: CancellationToken) -> &'static str {
         loop {
-            let sig = tokio::select! {
-                () = shutdown.cancelled() => return,
-                sig = self.recv() => sig,
-            };
-            match sig {
+            match self.recv().await {
+                Signal::Shutdown(name) if shutdown.is_cancelled() => {
+                    tracing::warn!(signal = name, "second shutdown signal; exiting without waiting");
+                    return name;
+                }
                 Signal::Shutdown(name) => {
                     tracing::info!(signal = name, "shutting down");
                     shutdown.cancel();
-                    return;
                 }
-                Signal::Reload => tracing::info!(
-                    signal = "SIGHUP",
-                    "reload not supported yet; restart to apply changes"
-                ),
+                Signal::Reload => {
+                    tracing::info!(
+                        signal = "SIGHUP",
+                        "reload not supported yet; restart to apply changes"
+                    )
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn raise(sig: &str) {
+        let pid = std::process::id().to_string();
+        let st = tokio::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success());
+    }
+
+    // The handlers are installed before any signal is sent, so the test
+    // process catches them instead of dying.
+    #[tokio::test]
+    async fn signals_become_typed_events_and_a_second_one_forces_the_exit() {
+        let mut s = Signals::new().unwrap();
+        raise("-HUP").await;
+        assert_eq!(s.recv().await, Signal::Reload);
+
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(s.run(shutdown.clone()));
+        raise("-HUP").await; // logged, nothing else
+        raise("-INT").await;
+        shutdown.cancelled().await;
+        assert!(
+            !task.is_finished(),
+            "the first shutdown signal only starts the shutdown"
+        );
+        raise("-TERM").await;
+        assert_eq!(task.await.unwrap(), "SIGTERM");
     }
 }
