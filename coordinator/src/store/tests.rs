@@ -123,3 +123,28 @@ async fn old_history_is_pruned_and_too_old_watch_is_refused() {
     // Watching from the current revision is always fine.
     assert!(s.events_since(5, vec![], 10).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn list_on_node_filters_by_spec_node() {
+    let s = Store::in_memory().unwrap();
+    let dev = |name: &str, node: &str| -> Resource {
+        v1::Device {
+            metadata: Some(ObjectMeta { name: name.into(), ..Default::default() }),
+            spec: Some(v1::DeviceSpec { node: node.into(), ..Default::default() }),
+            status: None,
+        }
+        .into()
+    };
+    s.write(move |t| {
+        t.insert(dev("b", "n1"))?;
+        t.insert(dev("a", "n1"))?;
+        t.insert(dev("c", "n2"))?;
+        t.insert(node("n1"))
+    })
+    .await
+    .unwrap();
+    let names = |v: Vec<Resource>| v.iter().map(|r| r.name().to_string()).collect::<Vec<_>>();
+    assert_eq!(names(s.read(|t| t.list_on_node(Kind::Device, "n1")).await.unwrap()), ["a", "b"]);
+    assert_eq!(names(s.read(|t| t.list_on_node(Kind::Device, "n2")).await.unwrap()), ["c"]);
+    assert!(s.read(|t| t.list_on_node(Kind::Dpu, "n1")).await.unwrap().is_empty());
+}

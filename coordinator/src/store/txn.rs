@@ -306,6 +306,24 @@ impl<'a> Txn<'a> {
             .tx
             .execute("DELETE FROM commands WHERE outcome IS NOT NULL AND finished_ms < ?1", params![before_ms])?)
     }
+
+    /// Devices or Dpus whose `spec.node` is `node`, ordered by name (filtered in SQL,
+    /// so an agent's Hello does not decode every device of the fleet).
+    pub fn list_on_node(&self, kind: Kind, node: &str) -> Result<Vec<Resource>, StoreError> {
+        let path = format!("$.{}.spec.node", kind.noun());
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT name, body FROM resources WHERE kind = ?1 AND json_extract(body, ?2) = ?3 ORDER BY name",
+        )?;
+        let rows = stmt.query_map(params![kind_key(kind), path, node], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, body) = row?;
+            out.push(Self::decode(kind, &name, &body)?);
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
