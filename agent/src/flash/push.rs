@@ -33,16 +33,26 @@ pub(crate) struct PushHandle {
     pub bytes: Arc<AtomicU64>,
     pub total: u64,
     stop: Arc<AtomicBool>,
+    /// The writer waits on this after opening `boot`: true = start writing.
+    gate: SyncSender<bool>,
     /// Resolves when the writer closed `boot` (or failed to open it).
     pub done: oneshot::Receiver<Result<u64, PushFailure>>,
-    /// Resolves once `boot` is open (Ok) or could not be opened.
+    /// Resolves once `boot` is open (Ok) or could not be opened. The writer
+    /// then waits for [`PushHandle::go`], so that the caller can drain log
+    /// lines printed before the first byte of this stream.
     pub opened: Option<oneshot::Receiver<()>>,
 }
 
 impl PushHandle {
+    /// Let the writer start once `boot` is open (see [`PushHandle::opened`]).
+    pub fn go(&self) {
+        let _ = self.gate.try_send(true);
+    }
+
     /// Ask the writer to stop before its next write and close `boot`.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = self.gate.try_send(false);
     }
 }
 
@@ -68,6 +78,7 @@ impl PushJob {
         let (opened_tx, opened_rx) = oneshot::channel();
         let (full_tx, full_rx) = sync_channel::<Chunk>(BUFFERS);
         let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+        let (gate_tx, gate_rx) = sync_channel::<bool>(2);
         let chunk = self.chunk.max(64 << 10);
         for _ in 0..BUFFERS {
             empty_tx
@@ -87,7 +98,7 @@ impl PushJob {
             .name(format!("push-write-{}", self.rshim))
             .spawn(move || {
                 let _enter = span.enter();
-                let res = match write_loop(&boot, &full_rx, &empty_tx, &b, &s, opened_tx) {
+                let res = match write_loop(&boot, &full_rx, &empty_tx, &b, &s, opened_tx, &gate_rx) {
                     Err(PushFailure::Read { source, .. }) => Err(PushFailure::Read { path: image, source }),
                     other => other,
                 };
@@ -98,6 +109,7 @@ impl PushJob {
             bytes,
             total,
             stop,
+            gate: gate_tx,
             done: done_rx,
             opened: Some(opened_rx),
         })
@@ -148,6 +160,7 @@ fn write_loop(
     bytes: &AtomicU64,
     stop: &AtomicBool,
     opened: oneshot::Sender<()>,
+    gate: &Receiver<bool>,
 ) -> Result<u64, PushFailure> {
     // O_WRONLY, no create, no truncate: this is a device.
     let mut dev = std::fs::OpenOptions::new()
@@ -156,6 +169,10 @@ fn write_loop(
         .map_err(PushFailure::Open)?;
     let _ = opened.send(());
     tracing::debug!("boot opened");
+    if gate.recv() != Ok(true) {
+        tracing::info!("push stopped before the first byte; closing boot");
+        return Err(PushFailure::Stopped);
+    }
     let mut written = 0u64;
     while let Ok(chunk) = full.recv() {
         if stop.load(Ordering::SeqCst) {
@@ -206,6 +223,7 @@ mod tests {
         let j = job(dir.path(), &data, Some(b"A='1'\n"), 64 << 10);
         let boot = j.boot.clone();
         let h = j.start(()).unwrap();
+        h.go();
         assert_eq!(h.total, data.len() as u64 + 6);
         let n = h.done.await.unwrap().unwrap();
         assert_eq!(n, h.total);
@@ -213,6 +231,20 @@ mod tests {
         let mut want = data.clone();
         want.extend_from_slice(b"A='1'\n");
         assert_eq!(std::fs::read(boot).unwrap(), want);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_until_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = job(dir.path(), &[7u8; 4096], None, 1 << 20);
+        let boot = j.boot.clone();
+        let mut h = j.start(()).unwrap();
+        h.opened.take().unwrap().await.unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(std::fs::metadata(&boot).unwrap().len(), 0);
+        h.stop();
+        assert!(matches!(h.done.await.unwrap(), Err(PushFailure::Stopped)));
+        assert_eq!(std::fs::metadata(&boot).unwrap().len(), 0);
     }
 
     #[tokio::test]
@@ -234,13 +266,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = vec![1u8; 8 << 20];
         let j = job(dir.path(), &data, None, 64 << 10);
+        // A FIFO stands in for the device: writes block until the test reads.
+        std::fs::remove_file(&j.boot).unwrap();
+        nix::unistd::mkfifo(&j.boot, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let boot = j.boot.clone();
         let hold = Arc::new(());
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut f = std::fs::File::open(boot).unwrap();
+            let mut buf = vec![0u8; 64 << 10];
+            let mut got = f.read(&mut buf).unwrap() as u64;
+            first_tx.send(()).unwrap();
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got += n as u64,
+                }
+            }
+        });
         let h = j.start(hold.clone()).unwrap();
+        h.go();
+        first_rx.recv().unwrap();
         h.stop();
         let res = h.done.await.unwrap();
         assert!(matches!(res, Err(PushFailure::Stopped)), "{res:?}");
-        assert!(std::fs::metadata(boot).unwrap().len() < data.len() as u64);
+        let got = reader.join().unwrap();
+        assert!(got > 0 && got < data.len() as u64, "{got}");
         assert_eq!(Arc::strong_count(&hold), 1, "writer thread dropped its hold");
     }
 
@@ -261,7 +312,9 @@ mod tests {
         // A directory opens fine but fails on read (EISDIR).
         let mut j = job(dir.path(), b"12345678", None, 1 << 20);
         j.image = dir.path().to_path_buf();
-        let res = j.start(()).unwrap().done.await.unwrap();
+        let h = j.start(()).unwrap();
+        h.go();
+        let res = h.done.await.unwrap();
         assert!(
             matches!(res, Err(PushFailure::Read { ref path, .. }) if path == dir.path()),
             "{res:?}"

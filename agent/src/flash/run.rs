@@ -268,6 +268,16 @@ impl Follow<'_> {
                 res = async { opened.as_mut().expect("guarded").await }, if opened.is_some() => {
                     opened = None;
                     if res.is_ok() {
+                        // The DPU is reset and no byte of this stream is written
+                        // yet: whatever the log holds now is not about it.
+                        match follower.poll().await {
+                            Ok(stale) if !stale.is_empty() => {
+                                tracing::debug!(rshim = %self.rshim, lines = stale.len(), "drained log lines from before the push");
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(rshim = %self.rshim, error = %e, "reading misc failed"),
+                        }
+                        push.go();
                         push_started = Instant::now();
                         last_moved = push_started;
                         self.rep.stage(Stage::Push);
@@ -331,12 +341,13 @@ impl Follow<'_> {
         }
     }
 
+    /// Where a cancelled flash stopped: the push while it is underway (the
+    /// firmware may already print boot lines meanwhile), else the log stage.
     fn stage(&self, pushing: bool) -> Stage {
-        let s = self.verdict.stage();
-        if pushing && s == Stage::Push {
+        if pushing {
             Stage::Push
         } else {
-            s
+            self.verdict.stage()
         }
     }
 
