@@ -383,3 +383,40 @@ async fn cli_exits_0_only_when_installed() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("timed out in stage boot"), "{err}");
 }
+
+/// Throughput of the push against `cat image > boot` on the simulator. Prints
+/// both; asserts nothing about speed. `cargo test -p hostplane-agent --test
+/// flash_sim -- --ignored --nocapture push_throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run by hand"]
+async fn push_throughput_vs_cat() {
+    let Some(r) = rig_with(2, 256 << 20, timeouts()) else {
+        return;
+    };
+    let size = std::fs::metadata(&r.image).unwrap().len() as f64;
+    let boot = r.sim.rshim_dir(1).join("boot");
+    let t0 = std::time::Instant::now();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("cat '{}' > '{}'", r.image.display(), boot.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let cat = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    let (res, progress) = r.flash(r.request("rshim0", BfCfg::None)).await;
+    let report = res.unwrap();
+    let ours = t0.elapsed();
+    let push_rate = progress
+        .iter()
+        .filter(|p| p.bytes_total > 0 && p.bytes_pushed == p.bytes_total)
+        .map(|p| p.rate_bytes_per_sec)
+        .next_back()
+        .unwrap_or_default();
+    println!(
+        "cat: {:.1} MB/s ({cat:?}); push: {:.1} MB/s; whole flash incl. verify + install: {ours:?} for {} bytes",
+        size / cat.as_secs_f64() / 1e6,
+        push_rate / 1e6,
+        report.bytes_pushed
+    );
+}

@@ -15,6 +15,7 @@ use humantime_serde::re::humantime;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{FlashConfig, FlashError, FlashRequest, Flasher, ImageSource, StageTimeouts};
 use crate::bfb_cache::{BfbCache, CacheConfig, DownloadProgress, normalize_digest};
@@ -93,11 +94,15 @@ impl FlashArgs {
 pub async fn run_flash_cli(args: FlashArgs) -> ExitCode {
     let cancel = CancellationToken::new();
     let c = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            c.cancel();
+    tokio::spawn(
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::info!("interrupted; stopping the flash");
+                c.cancel();
+            }
         }
-    });
+        .instrument(tracing::info_span!("flash_cli_interrupt")),
+    );
     let code = run(args, &mut std::io::stdout(), &mut std::io::stderr(), cancel).await;
     ExitCode::from(code)
 }

@@ -209,6 +209,7 @@ fn info_from(rshim: &str, snap: &MiscSnapshot) -> RshimInfo {
         name: rshim.to_string(),
         pci_address: snap.dev_name().and_then(pci_from_dev_name).unwrap_or_default(),
         dev_info: snap.dev_info().unwrap_or_default().to_string(),
+        serial: snap.get("SERIAL_NUM").unwrap_or_default().to_string(),
         ..Default::default()
     }
 }

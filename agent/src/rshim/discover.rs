@@ -109,6 +109,8 @@ fn inspect(dev_root: &Path, name: &str) -> RshimInfo {
         Ok(text) => {
             let snap = MiscSnapshot::parse(&text);
             info.dev_info = snap.dev_info().unwrap_or_default().to_string();
+            // Real rshim has no serial in misc; some builds (and the simulator) show SERIAL_NUM.
+            info.serial = snap.get("SERIAL_NUM").unwrap_or_default().to_string();
             match snap.dev_name() {
                 Some(dev_name) => {
                     info.pci_address = pci_from_dev_name(dev_name).unwrap_or_default();
@@ -171,7 +173,9 @@ mod tests {
         device(
             r,
             "rshim2",
-            Some("DEV_NAME        pcie-0000:04:00.2\nDEV_INFO        BlueField-2(Rev 1)\n"),
+            Some(
+                "DEV_NAME        pcie-0000:04:00.2\nDEV_INFO        BlueField-2(Rev 1)\nSERIAL_NUM      MT2342X00001\n",
+            ),
             true,
         );
         device(r, "rshim3", None, true);
@@ -185,6 +189,7 @@ mod tests {
 
         assert_eq!(found[0].pci_address, "0000:04:00.2");
         assert_eq!(found[0].dev_info, "BlueField-2(Rev 1)");
+        assert_eq!(found[0].serial, "MT2342X00001");
         assert_eq!(found[0].error, "");
         assert!(
             found[1].error.contains("rshim3") && found[1].error.contains("misc"),
