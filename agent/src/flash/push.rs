@@ -54,6 +54,27 @@ impl PushHandle {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.gate.try_send(false);
     }
+
+    /// A guard that stops the push when dropped (e.g. when the flash future
+    /// is dropped instead of cancelled). Harmless once the push is done.
+    pub fn stop_on_drop(&self) -> StopOnDrop {
+        StopOnDrop {
+            stop: self.stop.clone(),
+            gate: self.gate.clone(),
+        }
+    }
+}
+
+pub(crate) struct StopOnDrop {
+    stop: Arc<AtomicBool>,
+    gate: SyncSender<bool>,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.gate.try_send(false);
+    }
 }
 
 pub(crate) struct PushJob {
@@ -243,6 +264,18 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert_eq!(std::fs::metadata(&boot).unwrap().len(), 0);
         h.stop();
+        assert!(matches!(h.done.await.unwrap(), Err(PushFailure::Stopped)));
+        assert_eq!(std::fs::metadata(&boot).unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_guard_stops_the_push() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = job(dir.path(), &[7u8; 4096], None, 1 << 20);
+        let boot = j.boot.clone();
+        let h = j.start(()).unwrap();
+        drop(h.stop_on_drop());
+        h.go();
         assert!(matches!(h.done.await.unwrap(), Err(PushFailure::Stopped)));
         assert_eq!(std::fs::metadata(&boot).unwrap().len(), 0);
     }

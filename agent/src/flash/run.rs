@@ -238,6 +238,8 @@ impl Follow<'_> {
         follower: &mut LogFollower,
         cancel: &CancellationToken,
     ) -> Result<(u64, Vec<String>, String), FlashError> {
+        // If this future is dropped rather than cancelled, the push stops too.
+        let _stop_on_drop = push.stop_on_drop();
         let cfg = self.flasher.config().clone();
         let t = cfg.stage_timeouts;
         let mut poll = tokio::time::interval(cfg.poll_interval);
