@@ -14,7 +14,7 @@ mod config;
 mod dpu;
 mod plan;
 pub mod testing;
-mod util;
+pub(crate) mod util;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -1,38 +1,307 @@
 //! The agent stream server (`hostplane.v1.AgentService/Session`), per
-//! docs/agent-protocol.md. STUB: being written; the types below are the
-//! contract the server and the config use.
+//! docs/agent-protocol.md: Hello first, then the node's whole desired state
+//! (its open commands) with a version whenever it changes; ACK/NACK, command
+//! progress and results, heartbeats. Leases live in memory; a lapsed lease
+//! marks the node Unreachable in the store.
+mod liveness;
+mod session;
+mod status;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hostplane_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
+use hostplane_proto::v1::{AgentMessage, CoordinatorMessage};
 use serde::{Deserialize, Serialize};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+pub use liveness::COND_REACHABLE;
+pub use status::{COND_APPLIED, COND_PRESENT};
 
 /// Agent stream settings (the `agents:` section of the coordinator config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamConfig {
-    /// Lease granted to agents; a node whose agent is silent this long is Unreachable.
+    /// Lease granted to agents; a node whose agent is silent this long is
+    /// Unreachable. Sent to agents in whole seconds (rounded up).
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// A session that sends no Hello within this long is refused.
+    #[serde(with = "humantime_serde")]
+    pub hello_timeout: Duration,
+    /// ACKed versions and command progress are written at most this often per session.
+    #[serde(with = "humantime_serde")]
+    pub status_flush: Duration,
+    /// `node.status.last_seen_ms` is written at most this often while an agent is quiet otherwise.
+    #[serde(with = "humantime_serde")]
+    pub last_seen_interval: Duration,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
-        StreamConfig { lease: Duration::from_secs(15) }
+        StreamConfig {
+            lease: Duration::from_secs(15),
+            hello_timeout: Duration::from_secs(30),
+            status_flush: Duration::from_secs(1),
+            last_seen_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("the first message of a session must be Hello")]
+    HelloFirst,
+    #[error("no Hello within {0:?} of opening the session")]
+    HelloTimeout(Duration),
+    #[error("Hello.node_name is empty")]
+    NoNodeName,
+    #[error("node {node} is not registered; create it first")]
+    UnknownNode { node: String },
+    #[error("Hello may only be sent once per session (node {node})")]
+    SecondHello { node: String },
+    #[error("the client certificate identifies {identity:?}, which may not act for node {node}")]
+    NotAuthorized { identity: String, node: String },
+    #[error("replaced by a newer session from node {node}")]
+    Replaced { node: String },
+    #[error("coordinator is shutting down; reconnect")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<StreamError> for Status {
+    fn from(e: StreamError) -> Status {
+        let msg = e.to_string();
+        match e {
+            StreamError::HelloFirst | StreamError::NoNodeName | StreamError::SecondHello { .. } => {
+                Status::invalid_argument(msg)
+            }
+            StreamError::HelloTimeout(_) => Status::deadline_exceeded(msg),
+            StreamError::UnknownNode { .. } => Status::not_found(msg),
+            StreamError::NotAuthorized { .. } => Status::permission_denied(msg),
+            StreamError::Replaced { .. } => Status::aborted(msg),
+            StreamError::ShuttingDown | StreamError::Store(_) => Status::unavailable(msg),
+        }
+    }
+}
+
+/// State shared by every session of one service.
+pub(crate) struct Shared {
+    live: Arc<liveness::Liveness>,
+    /// Node -> (session id, its token): the one current session per node.
+    sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    next_id: AtomicU64,
+    stop: Mutex<CancellationToken>,
+    expiry_started: AtomicBool,
+}
+
+impl Shared {
+    fn stop(&self) -> CancellationToken {
+        self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Make a session the node's current one; the previous one is told to end.
+    fn register(&self, node: &str) -> (u64, CancellationToken) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let token = self.stop().child_token();
+        let old = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), (id, token.clone()));
+        if let Some((old_id, old_token)) = old {
+            tracing::info!(
+                node,
+                session = id,
+                replaced = old_id,
+                "a newer session replaces the older one"
+            );
+            old_token.cancel();
+        }
+        (id, token)
+    }
+
+    fn unregister(&self, node: &str, id: u64) {
+        let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(node).is_some_and(|(cur, _)| *cur == id) {
+            m.remove(node);
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop().cancel();
     }
 }
 
 /// The AgentService implementation.
 #[derive(Clone)]
 pub struct AgentStream {
-    #[allow(dead_code)]
     store: Store,
-    #[allow(dead_code)]
     cfg: StreamConfig,
+    shared: Arc<Shared>,
 }
 
 impl AgentStream {
     pub fn new(store: Store, cfg: StreamConfig) -> AgentStream {
-        AgentStream { store, cfg }
+        let shared = Arc::new(Shared {
+            live: Arc::new(liveness::Liveness::new(cfg.lease)),
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            stop: Mutex::new(CancellationToken::new()),
+            expiry_started: AtomicBool::new(false),
+        });
+        AgentStream { store, cfg, shared }
+    }
+
+    /// End every session (UNAVAILABLE, so agents reconnect elsewhere) and the
+    /// lease task when `shutdown` is cancelled. Call before [`Self::into_server`].
+    pub fn with_shutdown(self, shutdown: &CancellationToken) -> AgentStream {
+        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = shutdown.child_token();
+        self
+    }
+
+    /// The tonic service. Starts the lease-expiry task (needs a tokio runtime).
+    pub fn into_server(self) -> AgentServiceServer<AgentStream> {
+        self.ensure_expiry_task();
+        AgentServiceServer::new(self)
+    }
+
+    fn ensure_expiry_task(&self) {
+        if self.shared.expiry_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (owner, live, store, stop) = (
+            Arc::downgrade(&self.shared),
+            self.shared.live.clone(),
+            self.store.clone(),
+            self.shared.stop(),
+        );
+        tokio::spawn(
+            liveness::run_expiry(owner, live, store, stop).instrument(tracing::info_span!("agent_leases")),
+        );
+    }
+}
+
+/// ISSUE-5 (mTLS) HOOK: the identity proven by the peer's TLS client
+/// certificate. Until mTLS lands there is none and any peer may speak for
+/// any node; then this reads `request.peer_certs()` and returns the node
+/// name the certificate was issued to.
+fn peer_identity<T>(_request: &Request<T>) -> Option<String> {
+    None
+}
+
+/// An agent may only act for the node its certificate names.
+fn check_identity(identity: Option<&str>, node: &str) -> Result<(), StreamError> {
+    match identity {
+        Some(id) if id != node => Err(StreamError::NotAuthorized {
+            identity: id.into(),
+            node: node.into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentStream {
+    type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        self.ensure_expiry_task();
+        let identity = peer_identity(&request);
+        let remote = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let hello = session::read_hello(&mut inbound, self.cfg.hello_timeout).await?;
+        check_identity(identity.as_deref(), &hello.node_name)?;
+        let node = hello.node_name.clone();
+        // Subscribe before reading the desired state, so no change falls in between.
+        let desired_rx = self.store.subscribe_desired();
+        self.shared.live.touch(&node);
+        let lease_ms = self.cfg.lease.as_millis() as i64;
+        let h = hello.clone();
+        let exists = self
+            .store
+            .write(move |t| status::record_hello(t, &h, lease_ms))
+            .await
+            .map_err(StreamError::from)?;
+        if !exists {
+            self.shared.live.forget(&node);
+            return Err(StreamError::UnknownNode { node }.into());
+        }
+        let (id, token) = self.shared.register(&node);
+        let span = tracing::info_span!("agent_session", node = %node, session = id);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut sess = session::Session::new(
+            self.store.clone(),
+            self.cfg.clone(),
+            node.clone(),
+            id,
+            self.shared.clone(),
+            tx,
+            token,
+        );
+        sess.send_desired(true).instrument(span.clone()).await?;
+        span.in_scope(|| {
+            tracing::info!(
+                agent_version = %hello.agent_version,
+                boot_id = %hello.boot_id,
+                last_applied = hello.last_applied_version,
+                remote = ?remote,
+                "agent session opened"
+            )
+        });
+        tokio::spawn(sess.run(inbound, desired_rx).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_hook_refuses_another_nodes_certificate() {
+        assert!(check_identity(None, "n1").is_ok());
+        assert!(check_identity(Some("n1"), "n1").is_ok());
+        let e = check_identity(Some("n2"), "n1").unwrap_err();
+        assert_eq!(Status::from(e).code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn errors_map_to_the_documented_codes() {
+        use tonic::Code;
+        let cases = [
+            (StreamError::HelloFirst, Code::InvalidArgument),
+            (StreamError::UnknownNode { node: "n9".into() }, Code::NotFound),
+            (StreamError::Replaced { node: "n1".into() }, Code::Aborted),
+            (StreamError::ShuttingDown, Code::Unavailable),
+        ];
+        for (e, code) in cases {
+            assert_eq!(Status::from(e).code(), code);
+        }
+        let s = Status::from(StreamError::UnknownNode { node: "n9".into() });
+        assert_eq!(s.message(), "node n9 is not registered; create it first");
+    }
+
+    #[test]
+    fn config_parses_humantime() {
+        let c: StreamConfig = serde_json::from_str(r#"{"lease":"3s","status_flush":"250ms"}"#).unwrap();
+        assert_eq!(
+            (c.lease, c.status_flush),
+            (Duration::from_secs(3), Duration::from_millis(250))
+        );
+        assert!(serde_json::from_str::<StreamConfig>(r#"{"leese":"3s"}"#).is_err());
     }
 }

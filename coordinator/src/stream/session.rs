@@ -1,0 +1,310 @@
+//! One agent session after its Hello: sends the node's desired state whenever
+//! it changes, takes ACK/NACK, progress, results and heartbeats, and ends
+//! when the agent goes, a newer session replaces it, or the service stops.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hostplane_proto::v1::{
+    AgentMessage, CommandEvent, CommandResult, CoordinatorMessage, DesiredState, Hello, agent_message,
+    command_event, coordinator_message,
+};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use crate::store::{DesiredChanged, Store, StoreError, now_ms};
+
+use super::liveness::write_reachable;
+use super::status::{self, Pending};
+use super::{Shared, StreamConfig, StreamError};
+
+/// Wait for the session's first message, which must be a Hello.
+pub async fn read_hello(
+    inbound: &mut Streaming<AgentMessage>,
+    within: std::time::Duration,
+) -> Result<Hello, Status> {
+    let first = match tokio::time::timeout(within, inbound.message()).await {
+        Err(_) => return Err(StreamError::HelloTimeout(within).into()),
+        Ok(r) => r?,
+    };
+    match first {
+        Some(AgentMessage {
+            msg: Some(agent_message::Msg::Hello(h)),
+        }) if !h.node_name.is_empty() => Ok(h),
+        Some(AgentMessage {
+            msg: Some(agent_message::Msg::Hello(_)),
+        }) => Err(StreamError::NoNodeName.into()),
+        _ => Err(StreamError::HelloFirst.into()),
+    }
+}
+
+enum Finish {
+    Recorded,
+    Repeat,
+    Unknown,
+    OtherNode(String),
+}
+
+pub struct Session {
+    store: Store,
+    cfg: StreamConfig,
+    node: String,
+    id: u64,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+    token: CancellationToken,
+    last_sent: Option<u64>,
+    /// Command id -> Dpu, from the desired states sent.
+    cmd_dpu: HashMap<String, String>,
+    pending: Pending,
+    flush_at: Option<Instant>,
+    last_flush: Instant,
+    last_seen_written: Instant,
+}
+
+impl Session {
+    pub fn new(
+        store: Store,
+        cfg: StreamConfig,
+        node: String,
+        id: u64,
+        shared: Arc<Shared>,
+        tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+        token: CancellationToken,
+    ) -> Session {
+        let now = Instant::now();
+        Session {
+            store,
+            cfg,
+            node,
+            id,
+            shared,
+            tx,
+            token,
+            last_sent: None,
+            cmd_dpu: HashMap::new(),
+            pending: Pending::default(),
+            flush_at: None,
+            last_flush: now,
+            last_seen_written: now,
+        }
+    }
+
+    fn lease_seconds(&self) -> u32 {
+        self.cfg.lease.as_secs_f64().ceil().max(1.0) as u32
+    }
+
+    /// Send the node's current desired state if it is newer than the last
+    /// one sent (or always, with `force`). Err when the agent is gone.
+    pub async fn send_desired(&mut self, force: bool) -> Result<(), StreamError> {
+        let node = self.node.clone();
+        let (version, commands) = self
+            .store
+            .read(move |t| Ok::<_, StoreError>((t.desired_version(&node)?, t.open_commands(&node)?)))
+            .await?;
+        if !force && self.last_sent.is_some_and(|v| version <= v) {
+            return Ok(());
+        }
+        self.cmd_dpu = commands.iter().map(|c| (c.id.clone(), c.dpu.clone())).collect();
+        let n = commands.len();
+        let msg = CoordinatorMessage {
+            msg: Some(coordinator_message::Msg::Desired(DesiredState {
+                version,
+                node: self.node.clone(),
+                commands,
+                lease_seconds: self.lease_seconds(),
+            })),
+        };
+        if self.tx.send(Ok(msg)).await.is_err() {
+            return Err(StreamError::ShuttingDown);
+        }
+        tracing::debug!(version, commands = n, "desired state sent");
+        self.last_sent = Some(version);
+        self.pending.sent = Some(version);
+        self.schedule_flush();
+        Ok(())
+    }
+
+    fn schedule_flush(&mut self) {
+        if self.flush_at.is_none() {
+            self.flush_at = Some((self.last_flush + self.cfg.status_flush).max(Instant::now()));
+        }
+    }
+
+    async fn flush(&mut self) {
+        self.flush_at = None;
+        let p = std::mem::take(&mut self.pending);
+        if p.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.last_flush = now;
+        if p.seen.is_some() {
+            self.last_seen_written = now;
+        }
+        let (node, lease_ms) = (self.node.clone(), self.cfg.lease.as_millis() as i64);
+        if let Err(e) = self
+            .store
+            .write(move |t| status::flush(t, &node, p, lease_ms))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the agent's acks and progress");
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut inbound: Streaming<AgentMessage>,
+        mut desired: broadcast::Receiver<DesiredChanged>,
+    ) {
+        let closed = self.tx.clone();
+        let end: Option<StreamError> = loop {
+            let flush_at = self.flush_at;
+            tokio::select! {
+                _ = self.token.cancelled() => {
+                    break Some(if self.shared.stop().is_cancelled() {
+                        StreamError::ShuttingDown
+                    } else {
+                        StreamError::Replaced { node: self.node.clone() }
+                    });
+                }
+                _ = closed.closed() => {
+                    tracing::info!("agent went away");
+                    break None;
+                }
+                m = inbound.message() => match m {
+                    Ok(Some(m)) => {
+                        if let Err(e) = self.handle(m).await {
+                            break Some(e);
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::info!("agent closed the session");
+                        break None;
+                    }
+                    Err(status) => {
+                        tracing::info!(code = ?status.code(), error = %status.message(), "agent session broke");
+                        break None;
+                    }
+                },
+                d = desired.recv() => {
+                    let wanted = match d {
+                        Ok(d) => d.node == self.node && self.last_sent.is_none_or(|v| d.version > v),
+                        Err(RecvError::Lagged(_)) => true,
+                        Err(RecvError::Closed) => break Some(StreamError::ShuttingDown),
+                    };
+                    if wanted && let Err(e) = self.send_desired(false).await {
+                        break Some(e);
+                    }
+                }
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
+                    self.flush().await;
+                }
+            }
+        };
+        self.flush().await;
+        self.shared.unregister(&self.node, self.id);
+        if let Some(e) = end {
+            tracing::info!(reason = %e, "agent session ended");
+            let _ = self.tx.send(Err(e.into())).await;
+        }
+    }
+
+    async fn handle(&mut self, m: AgentMessage) -> Result<(), StreamError> {
+        if self.shared.live.touch(&self.node) {
+            let (live, node) = (self.shared.live.clone(), self.node.clone());
+            if self
+                .store
+                .write(move |t| write_reachable(t, &live, &node, true))
+                .await?
+            {
+                tracing::info!("agent heard from again; node is reachable");
+            }
+        }
+        self.pending.seen = Some(now_ms());
+        if self.last_seen_written.elapsed() >= self.cfg.last_seen_interval {
+            self.schedule_flush();
+        }
+        match m.msg {
+            None | Some(agent_message::Msg::Heartbeat(_)) => {}
+            Some(agent_message::Msg::Hello(_)) => {
+                return Err(StreamError::SecondHello {
+                    node: self.node.clone(),
+                });
+            }
+            Some(agent_message::Msg::Ack(a)) => {
+                self.pending.acked = Some(self.pending.acked.unwrap_or(0).max(a.version));
+                self.schedule_flush();
+            }
+            Some(agent_message::Msg::Nack(n)) => {
+                tracing::warn!(version = n.version, error = %n.error, "agent rejected the desired state");
+                let node = self.node.clone();
+                self.store
+                    .write(move |t| status::record_nack(t, &node, n.version, &n.error))
+                    .await?;
+            }
+            Some(agent_message::Msg::Event(CommandEvent { command_id, event })) => match event {
+                None => {}
+                Some(command_event::Event::Progress(p)) => {
+                    if let Some(dpu) = self.dpu_of(&command_id).await? {
+                        self.pending.progress.insert(dpu, (command_id, p));
+                        self.schedule_flush();
+                    }
+                }
+                Some(command_event::Event::Result(r)) => self.finish(command_id, r).await?,
+            },
+        }
+        Ok(())
+    }
+
+    /// The Dpu a command of this node is for (None: not this node's command).
+    async fn dpu_of(&mut self, id: &str) -> Result<Option<String>, StreamError> {
+        if let Some(d) = self.cmd_dpu.get(id) {
+            return Ok(Some(d.clone()));
+        }
+        let id2 = id.to_string();
+        let row = self.store.read(move |t| t.command(&id2)).await?;
+        match row {
+            Some(row) if row.node == self.node => {
+                self.cmd_dpu.insert(id.to_string(), row.command.dpu.clone());
+                Ok(Some(row.command.dpu))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Record a command's final result; repeats are ignored (idempotent by id).
+    async fn finish(&mut self, id: String, result: CommandResult) -> Result<(), StreamError> {
+        self.pending.progress.retain(|_, (cmd, _)| *cmd != id);
+        let (node, id2, res) = (self.node.clone(), id.clone(), result.clone());
+        let f = self
+            .store
+            .write(move |t| {
+                Ok::<_, StoreError>(match t.command(&id2)? {
+                    None => Finish::Unknown,
+                    Some(row) if row.node != node => Finish::OtherNode(row.node),
+                    Some(row) if row.result.is_some() => Finish::Repeat,
+                    Some(_) => {
+                        t.finish_command(&id2, &res)?;
+                        Finish::Recorded
+                    }
+                })
+            })
+            .await?;
+        match f {
+            Finish::Recorded => {
+                tracing::info!(command = %id, outcome = result.outcome().as_str_name(), message = %result.message, "command finished")
+            }
+            Finish::Repeat => tracing::debug!(command = %id, "repeated result ignored"),
+            Finish::Unknown => {
+                tracing::debug!(command = %id, "result for an unknown (or pruned) command ignored")
+            }
+            Finish::OtherNode(other) => {
+                tracing::warn!(command = %id, owner = %other, "result for another node's command refused")
+            }
+        }
+        Ok(())
+    }
+}
