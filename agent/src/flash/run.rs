@@ -313,7 +313,9 @@ impl Follow<'_> {
                         self.rep.bytes(b, push.total, rate(b, push_started.elapsed()));
                     }
                 }
-                _ = poll.tick() => {
+                // Not while `boot` is being opened: lines from before the reset are
+                // drained once it is open, before the first byte is written.
+                _ = poll.tick(), if opened.is_none() => {
                     match follower.poll().await {
                         Ok(lines) => {
                             misc_errors = 0;

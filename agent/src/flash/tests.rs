@@ -568,3 +568,33 @@ fn error_stages_and_config_defaults() {
     assert_eq!(parsed.stage_timeouts.install, StageTimeouts::default().install);
     assert!(serde_json::from_str::<FlashConfig>(r#"{"bogus":1}"#).is_err());
 }
+
+/// Real time: a line printed by the old OS after the first drain but before
+/// `boot` finished opening (the reset) must not count for the new stream.
+#[tokio::test]
+async fn lines_from_before_the_reset_are_not_taken_for_the_new_boot() {
+    let r = rig();
+    make_fifo(&r.boot); // open blocks until the "device" (a reader) is there
+    let (tx, _rx) = mpsc::channel(1000);
+    let flasher = r.flasher.clone();
+    let req = r.request(BfCfg::None);
+    let run = tokio::spawn(async move { flasher.flash(req, tx, CancellationToken::new()).await });
+    // Wait for the first drain (DISPLAY_LEVEL 2 then a read).
+    while !(r.fake.commands().iter().any(|c| c == "DISPLAY_LEVEL 2") && r.fake.reads() >= 2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    r.fake.log("INFO[MISC]: Linux up"); // the old OS, still booting
+    tokio::time::sleep(Duration::from_millis(300)).await; // several poll intervals
+    let boot = r.boot.clone();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut sink = Vec::new();
+        std::fs::File::open(boot).unwrap().read_to_end(&mut sink).unwrap();
+        sink.len()
+    });
+    // The new stream's boot, once bytes flow.
+    r.dpu(INSTALL, Duration::from_millis(200), Duration::from_millis(20));
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.log, INSTALL[..10].to_vec());
+    assert_eq!(reader.join().unwrap() as u64, report.bytes_pushed);
+}
