@@ -141,13 +141,18 @@ pub async fn serve_with(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let admin = AdminApi::new(store.clone(), tasks_token.child_token()).into_server();
+    // Agent sessions end with UNAVAILABLE on shutdown, so agents reconnect elsewhere.
+    let agents = AgentStream::new(store.clone(), cfg.agents.clone())
+        .with_shutdown(&tasks_token)
+        .into_server();
 
     let router = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(admin);
+        .add_service(admin)
+        .add_service(agents);
     let stop = shutdown.clone();
     let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
         stop.cancelled().await;

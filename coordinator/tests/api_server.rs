@@ -251,3 +251,57 @@ async fn the_binary_serves_stops_on_sigterm_and_keeps_its_store() {
     assert_eq!(got.name(), "n1");
     assert_eq!(sigterm(child).await, 0);
 }
+
+#[tokio::test]
+async fn agents_reach_their_session_on_the_same_server() {
+    use hostplane_proto::v1::agent_service_client::AgentServiceClient;
+    use hostplane_proto::v1::{AgentMessage, Hello, agent_message, coordinator_message};
+
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(&dir.path().join("c.db")).await;
+    let mut c = srv.client().await;
+    create(&mut c, node("n1")).await;
+    let mut agents = AgentServiceClient::new(srv.channel().await);
+    let hello = |node: &str| AgentMessage {
+        msg: Some(agent_message::Msg::Hello(Hello {
+            node_name: node.into(),
+            ..Default::default()
+        })),
+    };
+
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello("n1")).await.unwrap();
+    let mut inbound = agents
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(HANG, inbound.message())
+        .await
+        .expect("hang")
+        .unwrap()
+        .unwrap();
+    let Some(coordinator_message::Msg::Desired(desired)) = first.msg else {
+        panic!("{first:?}")
+    };
+    assert_eq!(desired.node, "n1");
+
+    let (tx2, rx2) = tokio::sync::mpsc::channel(4);
+    tx2.send(hello("n9")).await.unwrap();
+    let refused = match agents
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx2))
+        .await
+    {
+        Err(status) => status,
+        Ok(r) => r.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{}", refused.message());
+
+    // Stopping the server ends the open session too.
+    srv.stop().await;
+    let end = tokio::time::timeout(HANG, inbound.message())
+        .await
+        .expect("session still open after stop");
+    assert!(!matches!(end, Ok(Some(_))), "{end:?}");
+    drop(tx);
+}
