@@ -146,6 +146,20 @@ fn orphan_reason(d: &Dpu, cache: &Cache, own: &Ownership<'_>) -> Option<Mark> {
             Some(dev) if being_deleted(&dev.metadata) => {
                 ("DeviceDeleted", format!("device {} is being deleted", sp.device))
             }
+            Some(dev)
+                if cache
+                    .nodes
+                    .get(dev.spec.as_ref().map(|s| s.node.as_str()).unwrap_or(""))
+                    .is_none_or(|n| being_deleted(&n.metadata)) =>
+            {
+                (
+                    "NodeDeleted",
+                    format!(
+                        "node {} of device {} is gone or being deleted",
+                        sp.node, sp.device
+                    ),
+                )
+            }
             Some(_) => match cache.deployments.get(&sp.deployment) {
                 Some(dep) if !being_deleted(&dep.metadata) => (
                     "NoLongerSelected",

@@ -7,17 +7,16 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
-use hostplane_proto::v1::{CommandOutcome, Dpu, DpuPhase, DpuStatus, NodeEffect, PhaseTransition};
+use hostplane_proto::v1::{Dpu, DpuPhase, DpuStatus, NodeEffect, PhaseTransition};
 
 use crate::store::CommandRow;
 
 use super::FsmConfig;
 use super::apply::DpuUpdate;
 use super::cache::Cache;
-use super::commands::{agent_reboots, command_for, rshim_of};
+use super::commands::{command_for, rshim_of};
 use super::util::{
-    being_deleted, condition, fmt_duration, holds_slot, is_command_phase, needs_window, next_phase, phase_of,
-    set_condition, skipped_condition,
+    being_deleted, condition, holds_slot, is_command_phase, needs_window, phase_of, set_condition,
 };
 
 /// Marks the boot id in the history message of the transition into Rebooting.
@@ -25,6 +24,9 @@ pub const BOOT_ID_MARK: &str = "boot_id before reboot: ";
 pub const COND_UNREACHABLE: &str = "NodeUnreachable";
 pub const COND_REFERENCES: &str = "ReferencesResolved";
 pub const COND_MAINTENANCE: &str = "MaintenanceApproved";
+
+mod deadline;
+mod phases;
 
 static EMPTY_STATUS: LazyLock<DpuStatus> = LazyLock::new(DpuStatus::default);
 
@@ -434,284 +436,5 @@ impl<'a> Stepper<'a> {
         );
         self.cond(COND_MAINTENANCE, "False", "WaitingForApproval", &msg, ctx.now);
         Next::Stay
-    }
-
-    /// The final result of the current phase's command, if it has one.
-    fn result(&self, ctx: &StepCtx<'_>) -> Result<Option<hostplane_proto::v1::CommandResult>, String> {
-        let id = &self.st().command_id;
-        match ctx.cmds.get(id) {
-            None => Ok(None),
-            Some(None) => Err(format!("command {id} is missing from the store")),
-            Some(Some(row)) => Ok(row.result.clone()),
-        }
-    }
-
-    fn command_phase(&mut self, phase: DpuPhase, ctx: &mut StepCtx<'_>) -> Next {
-        let (node, rshim, pname) = (self.node(), self.rshim(ctx), phase.display_name());
-        if self.st().command_id.is_empty() {
-            // Entered without a command (cannot happen through `go`): issue it now, once.
-            if let Ok(Some(cmd)) = command_for(phase, self.cur(), ctx.cache, uuid::Uuid::new_v4().to_string())
-            {
-                self.w().status.get_or_insert_default().command_id = cmd.id.clone();
-                self.insert.push(cmd);
-            }
-            return Next::Stay;
-        }
-        let r = match self.result(ctx) {
-            Ok(Some(r)) => r,
-            Ok(None) => return Next::Stay,
-            Err(e) => {
-                let message = format!("{pname} on node {node} ({rshim}): {e}; reprovision to retry");
-                return Next::Go {
-                    to: DpuPhase::Error,
-                    reason: "CommandMissing",
-                    message,
-                };
-            }
-        };
-        let agent_msg = r.message;
-        let next = next_phase(phase);
-        match CommandOutcome::try_from(r.outcome).unwrap_or(CommandOutcome::Unspecified) {
-            CommandOutcome::Succeeded => {
-                if phase == DpuPhase::OsInstalling {
-                    let spec = self.cur().spec.clone().unwrap_or_default();
-                    let st = self.w().status.get_or_insert_default();
-                    st.installed_bfb = spec.bfb;
-                    st.installed_flavor = spec.flavor;
-                    return Next::Go {
-                        to: next,
-                        reason: "OsInstalled",
-                        message: self.rebooting_message(ctx),
-                    };
-                }
-                let message = format!("{pname} succeeded on node {node} ({rshim}): {agent_msg}");
-                Next::Go {
-                    to: next,
-                    reason: "Succeeded",
-                    message,
-                }
-            }
-            CommandOutcome::Skipped => {
-                // Never silent: the agent's reason stays on the Dpu as a condition.
-                self.cond(skipped_condition(phase), "True", "Skipped", &agent_msg, ctx.now);
-                if phase == DpuPhase::OsInstalling {
-                    // "Nothing to do" for a flash: the DPU already runs this image.
-                    let spec = self.cur().spec.clone().unwrap_or_default();
-                    let st = self.w().status.get_or_insert_default();
-                    st.installed_bfb = spec.bfb;
-                    st.installed_flavor = spec.flavor;
-                    return Next::Go {
-                        to: next,
-                        reason: "Skipped",
-                        message: self.rebooting_message(ctx),
-                    };
-                }
-                let message = format!("{pname} skipped by the agent on node {node} ({rshim}): {agent_msg}");
-                Next::Go {
-                    to: next,
-                    reason: "Skipped",
-                    message,
-                }
-            }
-            CommandOutcome::Failed | CommandOutcome::Unspecified => {
-                let message =
-                    format!("{pname} failed on node {node} ({rshim}): {agent_msg}; fix it, then reprovision");
-                Next::Go {
-                    to: DpuPhase::Error,
-                    reason: "CommandFailed",
-                    message,
-                }
-            }
-            CommandOutcome::Interrupted => {
-                let message = format!(
-                    "agent on node {node} restarted during {pname} ({rshim}): {agent_msg}; reprovision to retry"
-                );
-                Next::Go {
-                    to: DpuPhase::Error,
-                    reason: "AgentRestarted",
-                    message,
-                }
-            }
-            CommandOutcome::Cancelled => {
-                let message = format!(
-                    "the agent on node {node} cancelled {pname} ({rshim}) while it was still wanted: {agent_msg}; \
-                     reprovision to retry"
-                );
-                Next::Go {
-                    to: DpuPhase::Error,
-                    reason: "CommandCancelled",
-                    message,
-                }
-            }
-        }
-    }
-
-    fn rebooting_message(&self, ctx: &StepCtx<'_>) -> String {
-        let node = self.node();
-        let rshim = self.rshim(ctx);
-        if agent_reboots(ctx.cache, &node) {
-            let boot = ctx
-                .cache
-                .nodes
-                .get(&node)
-                .and_then(|n| n.status.as_ref())
-                .map(|s| s.boot_id.as_str());
-            format!(
-                "OS installed on {rshim}; the agent on node {node} reboots the host ({BOOT_ID_MARK}{})",
-                boot.unwrap_or("")
-            )
-        } else {
-            format!(
-                "OS installed on {rshim}; waiting for node {node} to be rebooted (reboot it, then MarkRebooted)"
-            )
-        }
-    }
-
-    /// The boot id recorded when Rebooting was entered.
-    fn boot_id_before(&self) -> Option<String> {
-        let tr = self
-            .st()
-            .history
-            .iter()
-            .rev()
-            .find(|t| t.to == DpuPhase::Rebooting as i32)?;
-        let rest = &tr.message[tr.message.find(BOOT_ID_MARK)? + BOOT_ID_MARK.len()..];
-        Some(rest.split(')').next().unwrap_or("").to_string())
-    }
-
-    fn rebooting(&mut self, ctx: &mut StepCtx<'_>) -> Next {
-        let node_name = self.node();
-        let ns = ctx
-            .cache
-            .nodes
-            .get(&node_name)
-            .and_then(|n| n.status.clone())
-            .unwrap_or_default();
-        let entered = self.st().phase_entered_at_ms;
-        if self.st().command_id.is_empty() {
-            // External reboot: the upstream system calls MarkRebooted.
-            if ns.rebooted_at_ms > entered {
-                let message = format!(
-                    "node {node_name} was rebooted (MarkRebooted at {} ms)",
-                    ns.rebooted_at_ms
-                );
-                return Next::Go {
-                    to: DpuPhase::DpuClusterConfig,
-                    reason: "HostRebooted",
-                    message,
-                };
-            }
-            return Next::Stay;
-        }
-        let before = self.boot_id_before().unwrap_or_default();
-        if !ns.boot_id.is_empty() && ns.boot_id != before {
-            let message = format!(
-                "node {node_name} came back with boot_id {} (was {before:?})",
-                ns.boot_id
-            );
-            return Next::Go {
-                to: DpuPhase::DpuClusterConfig,
-                reason: "HostRebooted",
-                message,
-            };
-        }
-        let r = match self.result(ctx) {
-            Ok(Some(r)) => r,
-            Ok(None) => return Next::Stay,
-            Err(e) => {
-                let message = format!("Rebooting node {node_name}: {e}; reprovision to retry");
-                return Next::Go {
-                    to: DpuPhase::Error,
-                    reason: "CommandMissing",
-                    message,
-                };
-            }
-        };
-        match CommandOutcome::try_from(r.outcome).unwrap_or(CommandOutcome::Unspecified) {
-            // The reboot was issued; wait for the new boot id.
-            CommandOutcome::Succeeded => Next::Stay,
-            _ => {
-                let message = format!(
-                    "the agent on node {node_name} did not reboot the host ({}: {}); the boot_id is unchanged; \
-                     reboot it by hand or fix the agent's reboot command, then reprovision",
-                    CommandOutcome::try_from(r.outcome)
-                        .unwrap_or(CommandOutcome::Unspecified)
-                        .as_str_name(),
-                    r.message
-                );
-                Next::Go {
-                    to: DpuPhase::Error,
-                    reason: "RebootFailed",
-                    message,
-                }
-            }
-        }
-    }
-
-    /// The phase's deadline: None when it has none or waits on an unreachable agent.
-    /// Returns the Error transition when it has passed; otherwise records it for the timer.
-    fn check_deadline(&mut self, ctx: &mut StepCtx<'_>) -> Option<(&'static str, String)> {
-        let phase = self.phase();
-        let limit = ctx.cfg.phase_timeouts.get(phase)?;
-        let unreachable = condition(&self.st().conditions, COND_UNREACHABLE)
-            .filter(|c| c.status == "True")
-            .is_some();
-        if unreachable && self.waits_on_agent() {
-            return None;
-        }
-        let entered = self.st().phase_entered_at_ms;
-        let mut deadline = entered.saturating_add(limit.as_millis() as i64);
-        if let Some(c) = condition(&self.st().conditions, COND_UNREACHABLE)
-            && c.status == "False"
-            && c.last_transition_time_ms > entered
-        {
-            deadline = deadline.max(c.last_transition_time_ms + ctx.cfg.unreachable_grace.as_millis() as i64);
-        }
-        if ctx.now < deadline {
-            ctx.next_deadline = Some(ctx.next_deadline.map_or(deadline, |d| d.min(deadline)));
-            return None;
-        }
-        Some(("Timeout", self.timeout_message(phase, limit, ctx)))
-    }
-
-    fn timeout_message(&self, phase: DpuPhase, limit: std::time::Duration, ctx: &StepCtx<'_>) -> String {
-        let node = self.node();
-        let head = format!(
-            "{} timed out after {} on node {node} ({})",
-            phase.display_name(),
-            fmt_duration(limit),
-            self.rshim(ctx)
-        );
-        let st = self.st();
-        let tail = match phase {
-            DpuPhase::Initializing => format!("{}; fix it, then reprovision", st.message),
-            DpuPhase::Pending => {
-                "no rollout slot became free; check the Dpus ahead of it, then reprovision".into()
-            }
-            DpuPhase::NodeEffect => {
-                format!("maintenance was not approved; approve node {node}, then reprovision")
-            }
-            DpuPhase::Rebooting if st.command_id.is_empty() => {
-                format!("node {node} was not marked rebooted; reboot it and reprovision")
-            }
-            DpuPhase::Rebooting => format!(
-                "the host did not come back with a new boot_id (before: {:?}); check the host and its agent, \
-                 then reprovision",
-                self.boot_id_before().unwrap_or_default()
-            ),
-            p if is_command_phase(p) => match &st.progress {
-                Some(pr) => format!(
-                    "last stage '{}', last DPU log line '{}'; check the DPU console, then reprovision",
-                    pr.stage, pr.last_log_line
-                ),
-                None => format!(
-                    "no result from the agent for command {}; check the agent's log and the DPU console, then \
-                     reprovision",
-                    st.command_id
-                ),
-            },
-            _ => "reprovision to retry".into(),
-        };
-        format!("{head}: {tail}")
     }
 }
