@@ -299,3 +299,71 @@ async fn set_deployment_image() {
     assert_eq!(stored, d);
     srv.stop().await;
 }
+
+/// With the reconciler running: Dpus come from the Deployment, and a graceful
+/// Node delete is finished by the reconciler (Dpus, then Devices, then the Node).
+#[tokio::test]
+async fn graceful_node_delete_is_finished_by_the_reconciler() {
+    use hostplane_proto::v1::{DeleteRequest, EventType, WatchRequest};
+    const HANG: std::time::Duration = std::time::Duration::from_secs(60);
+
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start_with(&dir.path().join("c.db"), true).await;
+    let mut c = srv.client().await;
+    seed(&mut c).await;
+    let mut w = c
+        .watch(WatchRequest {
+            kinds: vec![Kind::Dpu as i32, Kind::Node as i32],
+            from_version: 0,
+            name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || {
+        tokio::time::timeout(HANG, w.message())
+            .await
+            .expect("hang")
+            .unwrap()
+            .unwrap()
+    };
+
+    // The reconciler generates one Dpu per Device, named like the Device.
+    let mut dpus = std::collections::BTreeSet::new();
+    while dpus.len() < 2 {
+        let ev = next().await;
+        let r = ev.resource.unwrap();
+        if r.kind() == Kind::Dpu && ev.r#type == EventType::Added as i32 {
+            dpus.insert(r.name().to_string());
+        }
+    }
+    assert_eq!(dpus.into_iter().collect::<Vec<_>>(), ["d1", "d2"]);
+
+    let r = c
+        .delete(DeleteRequest {
+            kind: Kind::Node as i32,
+            name: "n1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.deleted, "the Dpus hold the node");
+    loop {
+        let ev = next().await;
+        let r = ev.resource.unwrap();
+        if r.kind() == Kind::Node && ev.r#type == EventType::Deleted as i32 {
+            assert_eq!(r.name(), "n1");
+            break;
+        }
+    }
+    for (k, name) in [
+        (Kind::Dpu, "d1"),
+        (Kind::Dpu, "d2"),
+        (Kind::Device, "d1"),
+        (Kind::Device, "d2"),
+    ] {
+        assert!(get(&mut c, k, name).await.is_none(), "{name} outlived its node");
+    }
+    srv.stop().await;
+}
