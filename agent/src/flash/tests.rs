@@ -84,11 +84,14 @@ impl Rig {
         }
     }
 
-    /// Play the DPU: print `lines`, one every `every`, starting after `delay`.
+    /// Play the DPU: once the stream reaches `boot`, print `lines`, one every
+    /// `every`, starting after `delay`.
     fn dpu(&self, lines: &[&str], delay: Duration, every: Duration) {
         let fake = self.fake.clone();
         let lines: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+        let boot = self.boot.clone();
         tokio::spawn(async move {
+            wait_for_stream(&boot).await;
             tokio::time::sleep(delay).await;
             for l in lines {
                 fake.log(&l);
@@ -108,6 +111,16 @@ impl Rig {
             seen.push(p);
         }
         (res, seen)
+    }
+}
+
+/// A real DPU prints nothing about a stream before it gets its first bytes.
+async fn wait_for_stream(boot: &Path) {
+    while std::fs::metadata(boot)
+        .map(|m| m.file_type().is_file() && m.len() == 0)
+        .unwrap_or(true)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -250,7 +263,9 @@ async fn crash_keeps_register_lines_of_the_batch_in_the_log() {
     let r = rig();
     r.fake.state.lock().unwrap().log.clear();
     let r2 = r.fake.clone();
+    let boot = r.boot.clone();
     tokio::spawn(async move {
+        wait_for_stream(&boot).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         // One read returns the whole crash.
         let mut s = r2.state.lock().unwrap();
@@ -319,10 +334,10 @@ async fn hang_in_installer_times_out_naming_the_stage() {
         other => panic!("{other}"),
     }
     assert!(err.to_string().contains("stage installer"), "{err}");
-    // The timeout counts from entering the installer stage (~6 s in).
+    // The timeout counts from entering the installer stage (a few seconds in), not from the start.
     let waited = t0.elapsed();
     assert!(
-        waited >= timeouts().install && waited < timeouts().install + Duration::from_secs(10),
+        waited >= timeouts().install && waited < timeouts().install + Duration::from_secs(60),
         "{waited:?}"
     );
     assert_eq!(r.fake.commands().last().unwrap(), "CLEAR_ON_READ 0");
