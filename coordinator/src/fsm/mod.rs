@@ -282,3 +282,6 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
         _ = tokio::time::sleep(d) => false,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,233 @@
+//! Pure tests of one pass's decisions (no store, no tasks).
+use std::collections::HashMap;
+
+use hostplane_proto::v1::{
+    Dpu, DpuPhase, DpuSpec, DpuStatus, EventType, NodeEffect, ObjectMeta, RebootMethod, Resource, WatchEvent,
+};
+
+use super::apply::Action;
+use super::cache::Cache;
+use super::plan::plan;
+use super::testing;
+use super::{FsmConfig, util};
+use crate::store::CommandRow;
+
+fn cache(objs: Vec<Resource>) -> Cache {
+    let mut c = Cache::default();
+    for (i, mut r) in objs.into_iter().enumerate() {
+        let rv = i as u64 + 1;
+        let m = r.metadata_mut().unwrap();
+        m.resource_version = rv;
+        m.created_at_ms = rv as i64;
+        c.apply(WatchEvent {
+            r#type: EventType::Added as i32,
+            resource_version: rv,
+            resource: Some(r),
+        });
+    }
+    c
+}
+
+fn dpu(name: &str, node: &str, bfb: &str, phase: DpuPhase, command_id: &str) -> Resource {
+    Dpu {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        }),
+        spec: Some(DpuSpec {
+            device: name.into(),
+            node: node.into(),
+            deployment: "dep".into(),
+            bfb: bfb.into(),
+            flavor: "f1".into(),
+        }),
+        status: Some(DpuStatus {
+            phase: phase as i32,
+            phase_entered_at_ms: crate::store::now_ms(),
+            command_id: command_id.into(),
+            installed_bfb: bfb.into(),
+            installed_flavor: "f1".into(),
+            ..Default::default()
+        }),
+    }
+    .into()
+}
+
+fn base(max_unavailable: u32, devices: &[&str]) -> Vec<Resource> {
+    let mut v = vec![
+        testing::node("n1", RebootMethod::Agent),
+        testing::bfb("b1"),
+        testing::bfb("b2"),
+        testing::flavor("f1"),
+    ];
+    for d in devices {
+        v.push(testing::device(d, "n1", "rshim0", &[]));
+    }
+    v.push(testing::deployment(
+        "dep",
+        "b2",
+        "f1",
+        &[],
+        max_unavailable,
+        NodeEffect::Auto,
+    ));
+    v
+}
+
+fn updates(actions: &[Action]) -> HashMap<String, &Dpu> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::UpdateDpu(u) => Some((u.dpu.metadata.as_ref().unwrap().name.clone(), &u.dpu)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn phase_of(d: &Dpu) -> DpuPhase {
+    util::phase_of(d.status.as_ref().unwrap().phase)
+}
+
+#[test]
+fn missing_dpus_are_created_and_pending_ones_get_at_most_max_unavailable_slots() {
+    let cfg = FsmConfig::default();
+    let c = cache(base(2, &["a", "b", "c"]));
+    let p = plan(&c, &HashMap::new(), crate::store::now_ms(), &cfg);
+    let created = p
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::CreateDpu(_)))
+        .count();
+    assert_eq!(created, 3);
+
+    let mut objs = base(2, &["a", "b", "c"]);
+    for n in ["a", "b", "c"] {
+        objs.push(dpu(n, "n1", "b2", DpuPhase::Pending, ""));
+    }
+    let c = cache(objs);
+    let p = plan(&c, &HashMap::new(), crate::store::now_ms(), &cfg);
+    let up = updates(&p.actions);
+    let started: Vec<&String> = up
+        .iter()
+        .filter(|(_, d)| phase_of(d) == DpuPhase::InitializeInterface)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(started.len(), 2, "max_unavailable 2: {up:?}");
+    for d in up
+        .values()
+        .filter(|d| phase_of(d) == DpuPhase::InitializeInterface)
+    {
+        let st = d.status.as_ref().unwrap();
+        assert!(!st.command_id.is_empty());
+        let to: Vec<i32> = st.history.iter().map(|t| t.to).collect();
+        assert_eq!(
+            to,
+            [DpuPhase::NodeEffect as i32, DpuPhase::InitializeInterface as i32],
+            "each transition is recorded"
+        );
+    }
+    let inserted: usize = p
+        .actions
+        .iter()
+        .map(|a| match a {
+            Action::UpdateDpu(u) => u.insert.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(inserted, 2, "one command per Dpu entering a command phase");
+}
+
+#[test]
+fn maintenance_approval_is_cleared_only_when_no_other_dpu_needs_the_window() {
+    let cfg = FsmConfig::default();
+    let approved = |mut objs: Vec<Resource>| {
+        if let Some(hostplane_proto::v1::resource::Kind::Node(n)) = &mut objs[0].kind {
+            n.status.get_or_insert_default().maintenance_approved = true;
+        }
+        objs
+    };
+    let mut objs = approved(base(2, &["a", "b"]));
+    objs.push(dpu("a", "n1", "b2", DpuPhase::NodeEffectRemoval, ""));
+    objs.push(dpu("b", "n1", "b2", DpuPhase::OsInstalling, "flash-b"));
+    let cmds = HashMap::from([(
+        "flash-b".to_string(),
+        Some(CommandRow {
+            command: Default::default(),
+            node: "n1".into(),
+            created_ms: 0,
+            result: None,
+        }),
+    )]);
+    let p = plan(&cache(objs), &cmds, crate::store::now_ms(), &cfg);
+    assert_eq!(phase_of(updates(&p.actions)["a"]), DpuPhase::Ready);
+    assert!(
+        !p.actions.iter().any(|a| matches!(
+            a,
+            Action::PatchNode {
+                clear_maintenance: true,
+                ..
+            }
+        )),
+        "b still flashes inside the window"
+    );
+
+    let mut objs = approved(base(2, &["a", "b"]));
+    objs.push(dpu("a", "n1", "b2", DpuPhase::NodeEffectRemoval, ""));
+    objs.push(dpu("b", "n1", "b2", DpuPhase::Ready, ""));
+    let p = plan(&cache(objs), &HashMap::new(), crate::store::now_ms(), &cfg);
+    assert!(p.actions.iter().any(|a| matches!(
+        a,
+        Action::PatchNode {
+            clear_maintenance: true,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_command_missing_from_the_store_is_an_error() {
+    let mut objs = base(1, &["a"]);
+    objs.push(dpu("a", "n1", "b2", DpuPhase::PrepareBfb, "gone"));
+    let cmds = HashMap::from([("gone".to_string(), None)]);
+    let p = plan(&cache(objs), &cmds, crate::store::now_ms(), &FsmConfig::default());
+    let d = updates(&p.actions)["a"];
+    assert_eq!(phase_of(d), DpuPhase::Error);
+    assert!(
+        d.status
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("command gone is missing")
+    );
+}
+
+#[test]
+fn rollout_budget_counts_dpus_already_unavailable() {
+    let mut objs = base(2, &["a", "b", "c", "d"]);
+    for n in ["a", "b", "c"] {
+        objs.push(dpu(n, "n1", "b1", DpuPhase::Ready, ""));
+    }
+    // d is mid-walk: it uses one of the two unavailable slots.
+    objs.push(dpu("d", "n1", "b2", DpuPhase::OsInstalling, "x"));
+    let cmds = HashMap::from([(
+        "x".to_string(),
+        Some(CommandRow {
+            command: Default::default(),
+            node: "n1".into(),
+            created_ms: 0,
+            result: None,
+        }),
+    )]);
+    let p = plan(&cache(objs), &cmds, crate::store::now_ms(), &FsmConfig::default());
+    let up = updates(&p.actions);
+    let rolled: Vec<&String> = up
+        .iter()
+        .filter(|(_, d)| phase_of(d) == DpuPhase::Deleting)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(rolled, [&"a".to_string()], "only one more may go down");
+    assert_eq!(
+        up["a"].status.as_ref().unwrap().history.last().unwrap().reason,
+        "Rollout"
+    );
+}
