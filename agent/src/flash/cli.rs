@@ -217,6 +217,14 @@ async fn print_progress(
     let (mut p_open, mut l_open) = (true, true);
     while p_open || l_open {
         tokio::select! {
+            // DPU lines before the stage they caused.
+            biased;
+            l = lines.recv(), if l_open => match l {
+                None => l_open = false,
+                Some(l) => {
+                    let _ = writeln!(out, "{rshim}| {l}");
+                }
+            },
             p = progress.recv(), if p_open => match p {
                 None => p_open = false,
                 Some(p) => {
@@ -238,12 +246,6 @@ async fn print_progress(
                             p.rate_bytes_per_sec / 1e6
                         );
                     }
-                }
-            },
-            l = lines.recv(), if l_open => match l {
-                None => l_open = false,
-                Some(l) => {
-                    let _ = writeln!(out, "{rshim}| {l}");
                 }
             },
         }
