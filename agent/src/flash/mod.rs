@@ -8,8 +8,9 @@
 //!    an error before the device is touched (so the DPU is never reset);
 //! 3. read `misc` (refuse a device in drop mode as busy), set
 //!    `CLEAR_ON_READ 1` + `DISPLAY_LEVEL 2` and drain stale log lines;
-//! 4. open `boot` (EBUSY / drop mode / locked = busy, never retried) and push
-//!    image + bf.cfg in large chunks on two threads, while polling `misc`;
+//! 4. open `boot` (EBUSY / drop mode / locked = busy, never retried); once it
+//!    is open (the DPU is reset) drain the log once more, then push image +
+//!    bf.cfg in large chunks on two threads while polling `misc`;
 //! 5. drive the [`Verdict`] state machine, one timeout per stage, until
 //!    installed, failed (the DPU's own line) or timed out; restore
 //!    `CLEAR_ON_READ 0`.
