@@ -110,6 +110,12 @@ impl Reconciler {
                     Err(TryRecvError::Closed) => return,
                 }
             }
+            // The resync is due even when changes never stop coming.
+            if Instant::now() >= next_resync {
+                next_resync = Instant::now() + self.cfg.resync;
+                cmds.refetch_all = true;
+                self.prune_commands().await;
+            }
             if cache.is_none() {
                 match self.store.read(Cache::load).await {
                     Ok(c) => {
@@ -169,13 +175,7 @@ impl Reconciler {
                     }
                     if sleep_or_shutdown(self.cfg.batch_delay, &shutdown).await { break; }
                 }
-                _ = tokio::time::sleep_until(wake) => {
-                    if Instant::now() >= next_resync {
-                        next_resync = Instant::now() + self.cfg.resync;
-                        cmds.refetch_all = true;
-                        self.prune_commands().await;
-                    }
-                }
+                _ = tokio::time::sleep_until(wake) => {}
             }
         }
         tracing::info!("reconciler stopped");
