@@ -272,7 +272,10 @@ impl<'a> Stepper<'a> {
         let node_name = self.node();
         let node = ctx.cache.nodes.get(&node_name);
         let reachable = node.and_then(|n| n.status.as_ref()).is_some_and(|s| s.reachable);
-        self.track_reachability(reachable, &node_name, ctx.now);
+        let seen = node
+            .and_then(|n| n.status.as_ref())
+            .is_some_and(|s| s.last_seen_ms > 0 || !s.boot_id.is_empty());
+        self.track_reachability(reachable, seen, &node_name, ctx.now);
         match phase {
             DpuPhase::Deleting => {
                 // Persisted as Deleting (and its commands withdrawn) first; removed next pass.
@@ -308,16 +311,23 @@ impl<'a> Stepper<'a> {
         }
     }
 
-    fn track_reachability(&mut self, reachable: bool, node: &str, now: i64) {
+    /// `seen`: the node's agent connected at least once.
+    fn track_reachability(&mut self, reachable: bool, seen: bool, node: &str, now: i64) {
         let waiting = self.waits_on_agent();
         let set = condition(&self.st().conditions, COND_UNREACHABLE).is_some_and(|c| c.status == "True");
         if waiting && !reachable {
-            let msg = format!(
-                "node {node}'s agent is unreachable (lease expired); {} waits for it and does not time out \
-                 while it is away",
-                self.phase().display_name()
-            );
-            self.cond(COND_UNREACHABLE, "True", "LeaseExpired", &msg, now);
+            let phase = self.phase().display_name();
+            let (reason, msg) = if seen {
+                let msg = format!(
+                    "node {node}'s agent is unreachable (lease expired); {phase} waits for it and does not time \
+                     out while it is away"
+                );
+                ("LeaseExpired", msg)
+            } else {
+                let msg = format!("no agent has connected for node {node} yet; {phase} waits for it");
+                ("NeverConnected", msg)
+            };
+            self.cond(COND_UNREACHABLE, "True", reason, &msg, now);
         } else if set {
             let msg = format!("node {node} is reachable again");
             self.cond(COND_UNREACHABLE, "False", "Reachable", &msg, now);
