@@ -140,7 +140,13 @@ async fn a_dpu_walks_to_ready_through_the_agent_stream() {
     })
     .await;
     assert_eq!(testing::phase(&d), DpuPhase::Pending);
-    let c = d.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NodeUnreachable").unwrap();
+    let c = d
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NodeUnreachable")
+        .unwrap();
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "NeverConnected"));
 
     let agent = tokio::spawn(async move {
