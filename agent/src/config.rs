@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bfb_cache::CacheConfig;
+use crate::flash::{FlashConfig, StageTimeouts};
+
 /// Where the agent looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostplane/agent.yaml";
 
@@ -33,7 +36,12 @@ pub struct MapEnv(pub HashMap<String, String>);
 
 impl MapEnv {
     pub fn new<const N: usize>(pairs: [(&str, &str); N]) -> MapEnv {
-        MapEnv(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        MapEnv(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 }
 
@@ -48,9 +56,16 @@ pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config {path}: {source}")]
-    Parse { path: PathBuf, source: serde_norway::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_norway::Error,
+    },
     #[error("invalid environment variable {var}={value:?}: {reason}")]
-    Env { var: &'static str, value: String, reason: String },
+    Env {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("node_name is not set and the host name cannot be read from {path}: {source}")]
     Hostname { path: PathBuf, source: std::io::Error },
     #[error("invalid config: {field}: {reason}")]
@@ -102,15 +117,6 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
-/// The BFB download cache.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CacheConfig {
-    pub dir: PathBuf,
-    /// Images beyond this total are evicted, least recently used first.
-    pub max_bytes: u64,
-}
-
 /// The coordinator stream: reconnect backoff, keepalive, lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -135,22 +141,12 @@ pub struct SessionConfig {
     pub default_lease: Duration,
 }
 
-/// Flash stage timeouts and the `misc` poll interval.
+/// Flash stage timeouts and the `misc` poll interval (the rest of
+/// [`FlashConfig`] keeps its defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FlashSettings {
-    /// Pushing BFB + bf.cfg into the boot device.
-    #[serde(with = "humantime_serde")]
-    pub push_timeout: Duration,
-    /// From the end of the push until the installer reports it started.
-    #[serde(with = "humantime_serde")]
-    pub boot_timeout: Duration,
-    /// From installer start until the installation completes.
-    #[serde(with = "humantime_serde")]
-    pub install_timeout: Duration,
-    /// From installation complete until the DPU's OS is up.
-    #[serde(with = "humantime_serde")]
-    pub ready_timeout: Duration,
+    pub stage_timeouts: StageTimeouts,
     /// How often the DPU log is read from `misc`.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -174,15 +170,6 @@ impl Default for Config {
     }
 }
 
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            dir: PathBuf::from("/var/cache/hostplane-agent/bfb"),
-            max_bytes: 64 << 30,
-        }
-    }
-}
-
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
@@ -199,12 +186,10 @@ impl Default for SessionConfig {
 
 impl Default for FlashSettings {
     fn default() -> Self {
+        let d = FlashConfig::default();
         FlashSettings {
-            push_timeout: Duration::from_secs(30 * 60),
-            boot_timeout: Duration::from_secs(10 * 60),
-            install_timeout: Duration::from_secs(45 * 60),
-            ready_timeout: Duration::from_secs(15 * 60),
-            poll_interval: Duration::from_secs(1),
+            stage_timeouts: d.stage_timeouts,
+            poll_interval: d.poll_interval,
         }
     }
 }
@@ -234,7 +219,12 @@ impl Config {
                 match std::fs::read_to_string(p) {
                     Ok(text) => Config::from_yaml(&text, p)?,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
-                    Err(source) => return Err(ConfigError::Read { path: p.to_path_buf(), source }),
+                    Err(source) => {
+                        return Err(ConfigError::Read {
+                            path: p.to_path_buf(),
+                            source,
+                        });
+                    }
                 }
             }
         };
@@ -291,10 +281,18 @@ impl Config {
         if self.node_name.is_empty() {
             return invalid("node_name", "must not be empty".into());
         }
-        if self.node_name.len() > 253 || self.node_name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if self.node_name.len() > 253
+            || self
+                .node_name
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
             return invalid(
                 "node_name",
-                format!("{:?} is not a host name (at most 253 characters, no spaces)", self.node_name),
+                format!(
+                    "{:?} is not a host name (at most 253 characters, no spaces)",
+                    self.node_name
+                ),
             );
         }
         if let Err(reason) = check_coordinator_url(&self.coordinator) {
@@ -313,16 +311,24 @@ impl Config {
         if self.cache.max_bytes == 0 {
             return invalid("cache.max_bytes", "must be greater than 0".into());
         }
+        if self.cache.max_attempts == 0 {
+            return invalid("cache.max_attempts", "must be at least 1".into());
+        }
         let s = &self.session;
+        let t = &self.flash.stage_timeouts;
         for (field, d) in [
             ("session.backoff_initial", s.backoff_initial),
             ("session.connect_timeout", s.connect_timeout),
             ("session.keepalive_interval", s.keepalive_interval),
             ("session.keepalive_timeout", s.keepalive_timeout),
-            ("flash.push_timeout", self.flash.push_timeout),
-            ("flash.boot_timeout", self.flash.boot_timeout),
-            ("flash.install_timeout", self.flash.install_timeout),
-            ("flash.ready_timeout", self.flash.ready_timeout),
+            ("cache.retry_backoff", self.cache.retry_backoff),
+            ("cache.connect_timeout", self.cache.connect_timeout),
+            ("cache.stall_timeout", self.cache.stall_timeout),
+            ("flash.stage_timeouts.push_stall", t.push_stall),
+            ("flash.stage_timeouts.boot", t.boot),
+            ("flash.stage_timeouts.installer", t.installer),
+            ("flash.stage_timeouts.install", t.install),
+            ("flash.stage_timeouts.linux_up", t.linux_up),
             ("flash.poll_interval", self.flash.poll_interval),
         ] {
             if d.is_zero() {
@@ -349,6 +355,16 @@ impl Config {
             Some(_) => {}
         }
         Ok(())
+    }
+
+    /// The flash engine's settings.
+    pub fn flash_config(&self) -> FlashConfig {
+        FlashConfig {
+            dev_root: self.dev_root.clone(),
+            stage_timeouts: self.flash.stage_timeouts,
+            poll_interval: self.flash.poll_interval,
+            ..FlashConfig::default()
+        }
     }
 
     /// True when the coordinator connection is plaintext.
@@ -412,7 +428,7 @@ mod tests {
     fn yaml_sets_fields_and_keeps_defaults() {
         let cfg = parse(
             "node_name: n1\ncoordinator: http://10.0.0.1:50051\nstate_dir: /s\n\
-             session:\n  backoff_max: 5s\nflash:\n  poll_interval: 250ms\n\
+             session:\n  backoff_max: 5s\nflash:\n  poll_interval: 250ms\n  stage_timeouts:\n    install: 2h\n\
              reboot_command: [/sbin/reboot, -f]\nlog_format: json\nshutdown_grace: 3s\n",
         )
         .unwrap();
@@ -422,6 +438,14 @@ mod tests {
         assert_eq!(cfg.session.backoff_max, Duration::from_secs(5));
         assert_eq!(cfg.session.backoff_initial, Duration::from_millis(500));
         assert_eq!(cfg.flash.poll_interval, Duration::from_millis(250));
+        assert_eq!(cfg.flash.stage_timeouts.install, Duration::from_secs(7200));
+        assert_eq!(cfg.flash.stage_timeouts.boot, StageTimeouts::default().boot);
+        let fc = cfg.flash_config();
+        assert_eq!(
+            (fc.dev_root.as_path(), fc.poll_interval),
+            (Path::new("/dev"), Duration::from_millis(250))
+        );
+        assert_eq!(fc.stage_timeouts, cfg.flash.stage_timeouts);
         assert_eq!(cfg.reboot_command, ["/sbin/reboot", "-f"]);
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert_eq!(cfg.shutdown_grace, Duration::from_secs(3));
@@ -464,9 +488,17 @@ mod tests {
 
     #[test]
     fn bad_env_values_name_the_variable() {
-        for (var, value) in [("HOSTPLANE_CACHE_MAX_BYTES", "lots"), ("HOSTPLANE_LOG_FORMAT", "xml")] {
-            let err = Config::default().apply_env(&MapEnv::new([(var, value)])).unwrap_err();
-            assert!(matches!(err, ConfigError::Env { var: v, .. } if v == var), "{err}");
+        for (var, value) in [
+            ("HOSTPLANE_CACHE_MAX_BYTES", "lots"),
+            ("HOSTPLANE_LOG_FORMAT", "xml"),
+        ] {
+            let err = Config::default()
+                .apply_env(&MapEnv::new([(var, value)]))
+                .unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Env { var: v, .. } if v == var),
+                "{err}"
+            );
             assert!(err.to_string().contains(value), "{err}");
         }
     }
@@ -474,7 +506,7 @@ mod tests {
     #[test]
     fn validate_names_the_field() {
         type Mutate = fn(&mut Config);
-        let cases: [(&str, Mutate); 13] = [
+        let cases: [(&str, Mutate); 15] = [
             ("node_name", |c| c.node_name.clear()),
             ("node_name", |c| c.node_name = "a b".into()),
             ("coordinator", |c| c.coordinator = "not a url".into()),
@@ -484,9 +516,17 @@ mod tests {
             ("state_dir", |c| c.state_dir = "relative".into()),
             ("cache.dir", |c| c.cache.dir = "cache".into()),
             ("cache.max_bytes", |c| c.cache.max_bytes = 0),
-            ("session.backoff_max", |c| c.session.backoff_max = Duration::from_millis(100)),
-            ("session.default_lease", |c| c.session.default_lease = Duration::from_millis(100)),
+            ("session.backoff_max", |c| {
+                c.session.backoff_max = Duration::from_millis(100)
+            }),
+            ("session.default_lease", |c| {
+                c.session.default_lease = Duration::from_millis(100)
+            }),
             ("flash.poll_interval", |c| c.flash.poll_interval = Duration::ZERO),
+            ("flash.stage_timeouts.boot", |c| {
+                c.flash.stage_timeouts.boot = Duration::ZERO
+            }),
+            ("cache.max_attempts", |c| c.cache.max_attempts = 0),
             ("reboot_command", |c| c.reboot_command.clear()),
         ];
         for (field, mutate) in cases {
@@ -518,10 +558,17 @@ mod tests {
 
         let missing = dir.path().join("nope.yaml");
         let err = Config::load(Some(&missing), &MapEnv::default()).unwrap_err();
-        assert!(matches!(err, ConfigError::Read { ref path, .. } if path == &missing), "{err}");
+        assert!(
+            matches!(err, ConfigError::Read { ref path, .. } if path == &missing),
+            "{err}"
+        );
 
         std::fs::write(&file, "procfs_root: /nonexistent-procfs\n").unwrap();
         let err = Config::load(Some(&file), &MapEnv::default()).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent-procfs/sys/kernel/hostname"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("/nonexistent-procfs/sys/kernel/hostname"),
+            "{err}"
+        );
     }
 }

@@ -11,10 +11,15 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hostplane_proto::v1::{
-    BfbRef, Command, CommandOutcome, CommandResult, FlashProgress, HostNetwork, Inventory, command::Action,
+    BfbRef, Command, CommandOutcome, CommandResult, FlashProgress, HostNetwork, Inventory, RshimInfo,
+    command::Action,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::bfb_cache::CacheError;
+use crate::bfcfg::BfCfg;
+use crate::flash::{FlashError, FlashReport, FlashRequest, Flasher, ImageSource};
 
 /// The agent's version, as sent in Hello and named in messages.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -68,38 +73,64 @@ pub fn action_name(action: Option<&Action>) -> &'static str {
     }
 }
 
-/// The flash path as [`HostExecutor`] uses it (implemented over
-/// `flash::Flasher`). Each call returns the command's final result.
+/// The flash path as [`HostExecutor`] uses it: [`Flasher`] in production,
+/// a fake in tests.
 pub trait FlashJobs: Send + Sync + 'static {
-    /// Download `bfb` into the cache and verify it.
-    fn prepare<'a>(&'a self, bfb: &'a BfbRef, cancel: CancellationToken) -> BoxFuture<'a, CommandResult>;
+    /// rshim devices on this host (a device being flashed is not read: its
+    /// log has one reader).
+    fn discover(&self) -> BoxFuture<'_, Vec<RshimInfo>>;
 
-    /// Verify `bfb`, push it with bf.cfg rendered from `bf_cfg` into `rshim`,
-    /// and follow the DPU to a verdict.
-    fn flash<'a>(
+    /// Download `bfb` into the cache and verify it; the verified file.
+    fn prepare<'a>(
         &'a self,
-        rshim: &'a str,
         bfb: &'a BfbRef,
-        bf_cfg: std::collections::HashMap<String, String>,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<PathBuf, FlashError>>;
+
+    /// Verify, push BFB + bf.cfg into the rshim, follow the DPU to a verdict.
+    fn flash(
+        &self,
+        req: FlashRequest,
         progress: mpsc::Sender<FlashProgress>,
         cancel: CancellationToken,
-    ) -> BoxFuture<'a, CommandResult>;
+    ) -> BoxFuture<'_, Result<FlashReport, FlashError>>;
 }
 
-/// Production executor: flash jobs through [`FlashJobs`], reboot through the
-/// configured command, inventory from `<dev_root>/rshim*`.
+impl FlashJobs for Flasher {
+    fn discover(&self) -> BoxFuture<'_, Vec<RshimInfo>> {
+        Box::pin(Flasher::discover(self))
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        bfb: &'a BfbRef,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<PathBuf, FlashError>> {
+        Box::pin(Flasher::prepare(self, bfb, cancel))
+    }
+
+    fn flash(
+        &self,
+        req: FlashRequest,
+        progress: mpsc::Sender<FlashProgress>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<FlashReport, FlashError>> {
+        Box::pin(Flasher::flash(self, req, progress, cancel))
+    }
+}
+
+/// Production executor: BFB jobs and inventory through [`FlashJobs`], host
+/// reboot through the configured command, the rest SKIPPED saying why.
 pub struct HostExecutor {
     flash: Arc<dyn FlashJobs>,
     reboot_command: Vec<String>,
-    dev_root: PathBuf,
 }
 
 impl HostExecutor {
-    pub fn new(flash: Arc<dyn FlashJobs>, reboot_command: Vec<String>, dev_root: PathBuf) -> HostExecutor {
+    pub fn new(flash: Arc<dyn FlashJobs>, reboot_command: Vec<String>) -> HostExecutor {
         HostExecutor {
             flash,
             reboot_command,
-            dev_root,
         }
     }
 
@@ -128,18 +159,52 @@ impl HostExecutor {
             Action::ConfigFwParameters(fw) => result(Skipped, fw_skip(&fw.nic_firmware)),
             Action::DpuClusterConfig(_) => result(
                 Skipped,
-                format!("no DPU cluster configured (hostplane-agent {AGENT_VERSION} has no DPU cluster support)"),
+                format!(
+                    "no DPU cluster configured (hostplane-agent {AGENT_VERSION} has no DPU cluster support)"
+                ),
             ),
             Action::PrepareBfb(p) => match p.bfb {
-                Some(bfb) => self.flash.prepare(&bfb, cancel).await,
                 None => result(Failed, format!("prepare_bfb command {} names no bfb", cmd.id)),
+                Some(bfb) => match self.flash.prepare(&bfb, &cancel).await {
+                    Ok(path) => result(
+                        CommandOutcome::Succeeded,
+                        format!(
+                            "bfb {} {} downloaded and verified: {}",
+                            bfb.name,
+                            bfb.version,
+                            path.display()
+                        ),
+                    ),
+                    Err(e) => flash_failure(&e),
+                },
             },
             Action::FlashBfb(f) => match f.bfb {
                 None => result(Failed, format!("flash_bfb command {} names no bfb", cmd.id)),
-                Some(_) if cmd.rshim.is_empty() => {
-                    result(Failed, format!("flash_bfb command {} for dpu {} names no rshim device", cmd.id, cmd.dpu))
+                Some(_) if cmd.rshim.is_empty() => result(
+                    Failed,
+                    format!(
+                        "flash_bfb command {} for dpu {} names no rshim device",
+                        cmd.id, cmd.dpu
+                    ),
+                ),
+                Some(bfb) => {
+                    let name = bfb.name.clone();
+                    let req = FlashRequest {
+                        rshim: cmd.rshim.clone(),
+                        image: ImageSource::Ref(bfb),
+                        bf_cfg: BfCfg::from(f.bf_cfg),
+                    };
+                    match self.flash.flash(req, progress, cancel).await {
+                        Ok(r) => result(
+                            CommandOutcome::Succeeded,
+                            format!(
+                                "{} installed bfb {name}: {:?} ({} bytes pushed in {:.0?})",
+                                cmd.rshim, r.verdict_line, r.bytes_pushed, r.elapsed
+                            ),
+                        ),
+                        Err(e) => flash_failure(&e),
+                    }
                 }
-                Some(bfb) => self.flash.flash(&cmd.rshim, &bfb, f.bf_cfg, progress, cancel).await,
             },
             Action::RebootHost(_) => reboot(&self.reboot_command, &cancel).await,
         }
@@ -150,7 +215,7 @@ impl Executor for HostExecutor {
     fn inventory(&self) -> BoxFuture<'_, Inventory> {
         Box::pin(async move {
             Inventory {
-                rshims: crate::rshim::discover(&self.dev_root).await,
+                rshims: self.flash.discover().await,
             }
         })
     }
@@ -163,6 +228,24 @@ impl Executor for HostExecutor {
     ) -> BoxFuture<'_, CommandResult> {
         Box::pin(self.run(cmd, progress, cancel))
     }
+}
+
+/// CANCELLED when the flash path stopped because it was asked to, else
+/// FAILED; the message is the error's (it names the rshim or image and stage).
+fn flash_failure(e: &FlashError) -> CommandResult {
+    let cancelled = matches!(
+        e,
+        FlashError::Cancelled { .. }
+            | FlashError::Download {
+                source: CacheError::Cancelled { .. }
+            }
+    );
+    let outcome = if cancelled {
+        CommandOutcome::Cancelled
+    } else {
+        CommandOutcome::Failed
+    };
+    result(outcome, e.to_string())
 }
 
 fn host_network_skip(net: Option<&HostNetwork>) -> String {
@@ -206,7 +289,10 @@ fn fw_skip(params: &std::collections::HashMap<String, String>) -> String {
 async fn reboot(argv: &[String], cancel: &CancellationToken) -> CommandResult {
     let shown = argv.join(" ");
     let Some((program, args)) = argv.split_first() else {
-        return result(CommandOutcome::Failed, "no reboot command configured (reboot_command)");
+        return result(
+            CommandOutcome::Failed,
+            "no reboot command configured (reboot_command)",
+        );
     };
     tracing::warn!(command = %shown, "rebooting the host");
     let child = tokio::process::Command::new(program)
@@ -218,7 +304,12 @@ async fn reboot(argv: &[String], cancel: &CancellationToken) -> CommandResult {
         .spawn();
     let child = match child {
         Ok(c) => c,
-        Err(e) => return result(CommandOutcome::Failed, format!("cannot run reboot command `{shown}`: {e}")),
+        Err(e) => {
+            return result(
+                CommandOutcome::Failed,
+                format!("cannot run reboot command `{shown}`: {e}"),
+            );
+        }
     };
     let output = tokio::select! {
         out = child.wait_with_output() => out,
@@ -242,7 +333,10 @@ async fn reboot(argv: &[String], cancel: &CancellationToken) -> CommandResult {
                 format!("reboot command `{shown}` failed ({}): {tail}", out.status),
             )
         }
-        Err(e) => result(CommandOutcome::Failed, format!("waiting for reboot command `{shown}`: {e}")),
+        Err(e) => result(
+            CommandOutcome::Failed,
+            format!("waiting for reboot command `{shown}`: {e}"),
+        ),
     }
 }
 
@@ -250,6 +344,7 @@ async fn reboot(argv: &[String], cancel: &CancellationToken) -> CommandResult {
 mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     use hostplane_proto::v1::{
         Bridge, ConfigFwParameters, DpuClusterConfig, FlashBfb, InitializeInterface, PrepareBfb, RebootHost,
@@ -257,37 +352,75 @@ mod tests {
 
     use super::*;
 
-    /// Records what the executor asked of the flash path.
+    /// Records what the executor asked of the flash path; fails when told to.
     #[derive(Default)]
     struct RecordingFlash {
         calls: Mutex<Vec<String>>,
+        fail: Mutex<Option<FlashError>>,
     }
 
     impl FlashJobs for RecordingFlash {
-        fn prepare<'a>(&'a self, bfb: &'a BfbRef, _: CancellationToken) -> BoxFuture<'a, CommandResult> {
-            self.calls.lock().unwrap().push(format!("prepare {}", bfb.name));
-            Box::pin(async { result(CommandOutcome::Succeeded, "cached") })
+        fn discover(&self) -> BoxFuture<'_, Vec<RshimInfo>> {
+            Box::pin(async {
+                vec![RshimInfo {
+                    name: "rshim3".into(),
+                    ..Default::default()
+                }]
+            })
         }
 
-        fn flash<'a>(
+        fn prepare<'a>(
             &'a self,
-            rshim: &'a str,
             bfb: &'a BfbRef,
-            bf_cfg: HashMap<String, String>,
+            _: &'a CancellationToken,
+        ) -> BoxFuture<'a, Result<PathBuf, FlashError>> {
+            self.calls.lock().unwrap().push(format!("prepare {}", bfb.name));
+            let res = match self.fail.lock().unwrap().take() {
+                Some(e) => Err(e),
+                None => Ok(PathBuf::from("/cache/ab12")),
+            };
+            Box::pin(async { res })
+        }
+
+        fn flash(
+            &self,
+            req: FlashRequest,
             _: mpsc::Sender<FlashProgress>,
             _: CancellationToken,
-        ) -> BoxFuture<'a, CommandResult> {
-            let mut keys: Vec<_> = bf_cfg.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-            keys.sort();
-            self.calls.lock().unwrap().push(format!("flash {rshim} {} {}", bfb.name, keys.join(",")));
-            Box::pin(async { result(CommandOutcome::Succeeded, "installed") })
+        ) -> BoxFuture<'_, Result<FlashReport, FlashError>> {
+            let ImageSource::Ref(bfb) = &req.image else {
+                panic!("expected a Bfb ref")
+            };
+            let params = match &req.bf_cfg {
+                BfCfg::Params(p) => p
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                BfCfg::None => "-".into(),
+                BfCfg::Raw(_) => panic!("raw bf.cfg"),
+            };
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("flash {} {} {params}", req.rshim, bfb.name));
+            let res = match self.fail.lock().unwrap().take() {
+                Some(e) => Err(e),
+                None => Ok(FlashReport {
+                    bytes_pushed: 4096,
+                    elapsed: Duration::from_secs(90),
+                    log: vec![],
+                    verdict_line: "INFO[MISC]: DPU is ready".into(),
+                }),
+            };
+            Box::pin(async { res })
         }
     }
 
     fn executor(reboot: &[&str]) -> (HostExecutor, Arc<RecordingFlash>) {
         let flash = Arc::new(RecordingFlash::default());
         let reboot = reboot.iter().map(|s| s.to_string()).collect();
-        (HostExecutor::new(flash.clone(), reboot, PathBuf::from("/nonexistent")), flash)
+        (HostExecutor::new(flash.clone(), reboot), flash)
     }
 
     fn cmd(action: Option<Action>) -> Command {
@@ -318,14 +451,69 @@ mod tests {
     async fn flash_actions_go_to_the_flash_path_with_their_parameters() {
         let (ex, flash) = executor(&["true"]);
         let (o, m) = exec(&ex, cmd(Some(Action::PrepareBfb(PrepareBfb { bfb: bfb() })))).await;
-        assert_eq!((o, m.as_str()), (CommandOutcome::Succeeded, "cached"));
+        assert_eq!(o, CommandOutcome::Succeeded);
+        assert!(m.contains("doca-2.9") && m.contains("/cache/ab12"), "{m}");
         let bf_cfg = HashMap::from([("UPDATE_DPU_OS".to_string(), "yes".to_string())]);
-        let (o, _) = exec(&ex, cmd(Some(Action::FlashBfb(FlashBfb { bfb: bfb(), bf_cfg })))).await;
+        let (o, m) = exec(&ex, cmd(Some(Action::FlashBfb(FlashBfb { bfb: bfb(), bf_cfg })))).await;
+        assert_eq!(o, CommandOutcome::Succeeded);
+        assert!(
+            m.contains("rshim0 installed bfb doca-2.9") && m.contains("DPU is ready"),
+            "{m}"
+        );
+        let (o, _) = exec(
+            &ex,
+            cmd(Some(Action::FlashBfb(FlashBfb {
+                bfb: bfb(),
+                ..Default::default()
+            }))),
+        )
+        .await;
         assert_eq!(o, CommandOutcome::Succeeded);
         assert_eq!(
             *flash.calls.lock().unwrap(),
-            ["prepare doca-2.9", "flash rshim0 doca-2.9 UPDATE_DPU_OS=yes"]
+            [
+                "prepare doca-2.9",
+                "flash rshim0 doca-2.9 UPDATE_DPU_OS=yes",
+                "flash rshim0 doca-2.9 -"
+            ]
         );
+        let inv = ex.inventory().await;
+        assert_eq!(inv.rshims[0].name, "rshim3");
+    }
+
+    #[tokio::test]
+    async fn flash_errors_become_failed_or_cancelled_with_their_text() {
+        let (ex, flash) = executor(&["true"]);
+        let flash_cmd = || {
+            cmd(Some(Action::FlashBfb(FlashBfb {
+                bfb: bfb(),
+                ..Default::default()
+            })))
+        };
+        *flash.fail.lock().unwrap() = Some(FlashError::Busy {
+            rshim: "rshim0".into(),
+            reason: "EBUSY".into(),
+        });
+        let (o, m) = exec(&ex, flash_cmd()).await;
+        assert_eq!(o, CommandOutcome::Failed);
+        assert!(m.contains("rshim0") && m.contains("EBUSY"), "{m}");
+
+        *flash.fail.lock().unwrap() = Some(FlashError::Cancelled {
+            rshim: "rshim0".into(),
+            stage: crate::flash::Stage::Push,
+            pushed: 77,
+        });
+        let (o, m) = exec(&ex, flash_cmd()).await;
+        assert_eq!(o, CommandOutcome::Cancelled);
+        assert!(m.contains("77"), "{m}");
+
+        *flash.fail.lock().unwrap() = Some(FlashError::Download {
+            source: CacheError::Cancelled {
+                url: "http://x/a.bfb".into(),
+            },
+        });
+        let (o, _) = exec(&ex, cmd(Some(Action::PrepareBfb(PrepareBfb { bfb: bfb() })))).await;
+        assert_eq!(o, CommandOutcome::Cancelled);
     }
 
     #[tokio::test]
@@ -333,11 +521,17 @@ mod tests {
         let (ex, flash) = executor(&["true"]);
         let (o, m) = exec(&ex, cmd(None)).await;
         assert_eq!(o, CommandOutcome::Failed);
-        assert!(m.contains("c1") && m.contains("dpu-a") && m.contains("no action"), "{m}");
+        assert!(
+            m.contains("c1") && m.contains("dpu-a") && m.contains("no action"),
+            "{m}"
+        );
         let (o, m) = exec(&ex, cmd(Some(Action::PrepareBfb(PrepareBfb { bfb: None })))).await;
         assert_eq!(o, CommandOutcome::Failed);
         assert!(m.contains("names no bfb"), "{m}");
-        let mut c = cmd(Some(Action::FlashBfb(FlashBfb { bfb: bfb(), ..Default::default() })));
+        let mut c = cmd(Some(Action::FlashBfb(FlashBfb {
+            bfb: bfb(),
+            ..Default::default()
+        })));
         c.rshim.clear();
         let (o, m) = exec(&ex, c).await;
         assert_eq!(o, CommandOutcome::Failed);
@@ -351,20 +545,35 @@ mod tests {
         let net = HostNetwork {
             num_vfs: 8,
             mtu: 9000,
-            bridges: vec![Bridge { name: "br-dpu".into(), ..Default::default() }],
+            bridges: vec![Bridge {
+                name: "br-dpu".into(),
+                ..Default::default()
+            }],
         };
         let ii = |host_network| Some(Action::InitializeInterface(InitializeInterface { host_network }));
         let fw = |pairs: &[(&str, &str)]| {
-            let nic_firmware = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let nic_firmware = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             Some(Action::ConfigFwParameters(ConfigFwParameters { nic_firmware }))
         };
         let cases = [
-            (ii(Some(net)), vec!["not implemented", AGENT_VERSION, "8 VFs", "MTU 9000", "br-dpu"]),
+            (
+                ii(Some(net)),
+                vec!["not implemented", AGENT_VERSION, "8 VFs", "MTU 9000", "br-dpu"],
+            ),
             (ii(None), vec!["no host network settings"]),
             (ii(Some(HostNetwork::default())), vec!["no host network settings"]),
             (fw(&[]), vec!["no NIC firmware parameters"]),
-            (fw(&[("SRIOV_EN", "1"), ("NUM_OF_VFS", "8")]), vec!["not applied: NUM_OF_VFS, SRIOV_EN"]),
-            (Some(Action::DpuClusterConfig(DpuClusterConfig {})), vec!["no DPU cluster configured"]),
+            (
+                fw(&[("SRIOV_EN", "1"), ("NUM_OF_VFS", "8")]),
+                vec!["not applied: NUM_OF_VFS, SRIOV_EN"],
+            ),
+            (
+                Some(Action::DpuClusterConfig(DpuClusterConfig {})),
+                vec!["no DPU cluster configured"],
+            ),
         ];
         for (action, wanted) in cases {
             let (o, m) = exec(&ex, cmd(action)).await;
@@ -393,7 +602,10 @@ mod tests {
         let (ex, _) = executor(&["/nonexistent/reboot"]);
         let (o, m) = exec(&ex, cmd(Some(Action::RebootHost(RebootHost {})))).await;
         assert_eq!(o, CommandOutcome::Failed);
-        assert!(m.contains("cannot run reboot command `/nonexistent/reboot`"), "{m}");
+        assert!(
+            m.contains("cannot run reboot command `/nonexistent/reboot`"),
+            "{m}"
+        );
     }
 
     #[tokio::test]
@@ -410,7 +622,9 @@ mod tests {
         assert_eq!(r.outcome(), CommandOutcome::Cancelled, "{}", r.message);
 
         let (tx, _rx) = mpsc::channel(1);
-        let r = ex.execute(cmd(Some(Action::RebootHost(RebootHost {}))), tx, cancel).await;
+        let r = ex
+            .execute(cmd(Some(Action::RebootHost(RebootHost {}))), tx, cancel)
+            .await;
         assert_eq!(r.outcome(), CommandOutcome::Cancelled);
         assert!(r.message.contains("before it started"), "{}", r.message);
     }

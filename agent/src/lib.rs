@@ -5,15 +5,14 @@
 //! `main.rs` only parses arguments, sets up logging and signals, loads the
 //! [`config::Config`] and calls [`run`]; tests run the agent in-process the
 //! same way with a fake [`exec::Executor`].
+pub mod bfb_cache;
+pub mod bfcfg;
 pub mod config;
 pub mod exec;
+pub mod flash;
 pub mod logging;
+pub mod rshim;
 pub mod session;
 pub mod signals;
 
 pub use session::{AgentError, run, run_with};
-
-pub mod rshim;
-pub mod bfcfg;
-pub mod bfb_cache;
-pub mod flash;

@@ -17,7 +17,9 @@ pub fn init(env: &dyn Env, format: LogFormat) {
     let filter = match env.get("HOSTPLANE_LOG") {
         None => EnvFilter::new(DEFAULT_FILTER),
         Some(spec) => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
-            problems.push(format!("HOSTPLANE_LOG={spec:?} is not a valid filter ({e}); using {DEFAULT_FILTER}"));
+            problems.push(format!(
+                "HOSTPLANE_LOG={spec:?} is not a valid filter ({e}); using {DEFAULT_FILTER}"
+            ));
             EnvFilter::new(DEFAULT_FILTER)
         }),
     };

@@ -1,1 +1,167 @@
-fn main() {}
+//! `hostplane-agent`: parse arguments, set up logging, load the config, hand
+//! over to the library. Exit codes: 0 ok, 1 runtime failure, 64 usage, 78
+//! config (the unit's `RestartPreventExitStatus=64 78`).
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use hostplane_agent::bfb_cache::BfbCache;
+use hostplane_agent::config::{Config, ConfigError, LogFormat, ProcessEnv};
+use hostplane_agent::exec::{AGENT_VERSION, HostExecutor};
+use hostplane_agent::flash::Flasher;
+use hostplane_agent::flash::cli::{FlashArgs, run_flash_cli};
+use hostplane_agent::signals::{self, Signals};
+use hostplane_agent::{AgentError, logging};
+use tokio_util::sync::CancellationToken;
+
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 64;
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "hostplane-agent",
+    version,
+    about = "hostplane node agent: runs the coordinator's commands on this host",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Arguments of `run` when no subcommand is given.
+    #[command(flatten)]
+    run: ConfigArgs,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct ConfigArgs {
+    /// Config file [default: /etc/hostplane/agent.yaml, if it exists].
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent daemon (the default).
+    Run(ConfigArgs),
+    /// Flash one DPU by hand, like bfb-install, and exit.
+    Flash(Box<FlashArgs>),
+    /// Check the config and exit: 0 when valid, 78 when not.
+    Validate(ConfigArgs),
+    /// Print the version and exit.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
+    match cli.command.unwrap_or(Cmd::Run(cli.run)) {
+        Cmd::Version => {
+            println!("hostplane-agent {AGENT_VERSION}");
+            ExitCode::SUCCESS
+        }
+        Cmd::Validate(args) => validate(&args),
+        Cmd::Flash(args) => {
+            logging::init(&ProcessEnv, LogFormat::Plain);
+            match runtime() {
+                Ok(rt) => rt.block_on(run_flash_cli(*args)),
+                Err(code) => code,
+            }
+        }
+        Cmd::Run(args) => run_daemon(&args),
+    }
+}
+
+fn validate(args: &ConfigArgs) -> ExitCode {
+    match Config::load(args.config.as_deref(), &ProcessEnv) {
+        Ok(cfg) => {
+            println!(
+                "config is valid: node {}, coordinator {}",
+                cfg.node_name, cfg.coordinator
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hostplane-agent: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn run_daemon(args: &ConfigArgs) -> ExitCode {
+    let loaded = Config::load(args.config.as_deref(), &ProcessEnv);
+    logging::init(
+        &ProcessEnv,
+        loaded.as_ref().map_or(LogFormat::Plain, |c| c.log_format),
+    );
+    let cfg = match loaded {
+        Ok(cfg) => cfg,
+        Err(e) => return config_error(&e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let code = rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        let _signals = signals::spawn_handler(signals, shutdown.clone());
+        let cache = match BfbCache::new(cfg.cache.clone()) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the bfb cache");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        let flasher = Flasher::new(cfg.flash_config(), cache);
+        let executor = Arc::new(HostExecutor::new(Arc::new(flasher), cfg.reboot_command.clone()));
+        match hostplane_agent::run(cfg, executor, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "agent failed");
+                ExitCode::from(match e {
+                    AgentError::Connect(_) => EXIT_CONFIG,
+                    AgentError::StateDir { .. } | AgentError::Journal(_) | AgentError::Desired(_) => {
+                        EXIT_FAILURE
+                    }
+                })
+            }
+        }
+    });
+    // A push thread stuck in a device write must not keep the process alive.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    tracing::error!(error = %e, "invalid configuration");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hostplane-agent")
+        .build()
+        .map_err(|e| {
+            eprintln!("hostplane-agent: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        })
+}

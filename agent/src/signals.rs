@@ -57,7 +57,10 @@ pub fn spawn_handler(mut signals: Signals, shutdown: CancellationToken) -> tokio
                         return;
                     }
                     Signal::Reload => {
-                        tracing::warn!(signal = "SIGHUP", "reload is not supported yet; restart the agent to apply config changes");
+                        tracing::warn!(
+                            signal = "SIGHUP",
+                            "reload is not supported yet; restart the agent to apply config changes"
+                        );
                     }
                 }
             }

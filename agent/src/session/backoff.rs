@@ -57,7 +57,10 @@ mod tests {
             ceilings.push(b.ceiling().as_millis());
             b.next_delay(&mut rng);
         }
-        assert_eq!(ceilings, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(
+            ceilings,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
         for _ in 0..100 {
             b.next_delay(&mut rng);
         }

@@ -73,16 +73,23 @@ impl Connector for GrpcConnector {
 
     fn open(&self, outbound: ReceiverStream<AgentMessage>) -> BoxFuture<'_, Result<Inbound, ConnectError>> {
         Box::pin(async move {
-            let channel = self.endpoint.connect().await.map_err(|e| ConnectError::Transport {
-                url: self.url.clone(),
-                detail: error_chain(&e),
-            })?;
+            let channel = self
+                .endpoint
+                .connect()
+                .await
+                .map_err(|e| ConnectError::Transport {
+                    url: self.url.clone(),
+                    detail: error_chain(&e),
+                })?;
             let mut client = AgentServiceClient::new(channel);
-            let response = client.session(outbound).await.map_err(|s| ConnectError::Rejected {
-                url: self.url.clone(),
-                code: s.code(),
-                message: s.message().to_string(),
-            })?;
+            let response = client
+                .session(outbound)
+                .await
+                .map_err(|s| ConnectError::Rejected {
+                    url: self.url.clone(),
+                    code: s.code(),
+                    message: s.message().to_string(),
+                })?;
             Ok(response.into_inner().boxed())
         })
     }

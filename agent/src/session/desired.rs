@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use hostplane_proto::v1::{BfbRef, DesiredState, command::Action};
 
+use crate::bfb_cache::normalize_digest;
 use crate::exec::{AGENT_VERSION, action_name};
 use crate::rshim::is_rshim_name;
 
@@ -47,7 +48,8 @@ pub fn check(ds: &DesiredState, node_name: &str) -> Result<(), String> {
             Some(_) => None,
         };
         if let Some(bfb) = bfb {
-            check_bfb(bfb.as_ref()).map_err(|why| format!("command {} ({kind}, dpu {}): {why}", c.id, c.dpu))?;
+            check_bfb(bfb.as_ref())
+                .map_err(|why| format!("command {} ({kind}, dpu {}): {why}", c.id, c.dpu))?;
         }
     }
     Ok(())
@@ -60,8 +62,11 @@ fn check_bfb(bfb: Option<&BfbRef>) -> Result<(), String> {
     if b.url.is_empty() {
         return Err(format!("bfb {:?} has no url", b.name));
     }
-    if b.sha256.len() != 64 || !b.sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("bfb {:?} has sha256 {:?}, expected 64 hex digits", b.name, b.sha256));
+    if normalize_digest(&b.sha256).is_none() {
+        return Err(format!(
+            "bfb {:?} has sha256 {:?}, expected 64 hex digits",
+            b.name, b.sha256
+        ));
     }
     Ok(())
 }
@@ -103,7 +108,14 @@ mod tests {
     fn well_formed_states_pass() {
         let ds = state(vec![
             cmd("a", "rshim0", Some(Action::PrepareBfb(PrepareBfb { bfb: bfb() }))),
-            cmd("b", "rshim0", Some(Action::FlashBfb(FlashBfb { bfb: bfb(), ..Default::default() }))),
+            cmd(
+                "b",
+                "rshim0",
+                Some(Action::FlashBfb(FlashBfb {
+                    bfb: bfb(),
+                    ..Default::default()
+                })),
+            ),
             cmd("c", "", Some(Action::RebootHost(RebootHost {}))),
         ]);
         check(&ds, "n1").unwrap();
@@ -112,16 +124,34 @@ mod tests {
 
     #[test]
     fn malformed_states_are_refused_naming_the_problem() {
-        let no_url = BfbRef { url: String::new(), ..bfb().unwrap() };
-        let bad_sha = BfbRef { sha256: "xyz".into(), ..bfb().unwrap() };
-        let flash = |rshim: &str, bfb| cmd("f", rshim, Some(Action::FlashBfb(FlashBfb { bfb, ..Default::default() })));
+        let no_url = BfbRef {
+            url: String::new(),
+            ..bfb().unwrap()
+        };
+        let bad_sha = BfbRef {
+            sha256: "xyz".into(),
+            ..bfb().unwrap()
+        };
+        let flash = |rshim: &str, bfb| {
+            cmd(
+                "f",
+                rshim,
+                Some(Action::FlashBfb(FlashBfb {
+                    bfb,
+                    ..Default::default()
+                })),
+            )
+        };
         let prepare = |bfb| cmd("p", "", Some(Action::PrepareBfb(PrepareBfb { bfb })));
         let reboot = |id: &str| cmd(id, "", Some(Action::RebootHost(RebootHost {})));
         let cases = [
             (state(vec![reboot("")]), "has no id"),
             (state(vec![reboot("x"), reboot("x")]), "x is listed twice"),
             (state(vec![cmd("u", "rshim0", None)]), "does not understand"),
-            (state(vec![flash("../boot", bfb())]), "\"../boot\" is not an rshim"),
+            (
+                state(vec![flash("../boot", bfb())]),
+                "\"../boot\" is not an rshim",
+            ),
             (state(vec![flash("rshim1", None)]), "names no bfb"),
             (state(vec![prepare(Some(no_url))]), "has no url"),
             (state(vec![prepare(Some(bad_sha))]), "expected 64 hex digits"),

@@ -76,12 +76,16 @@ impl Journal {
         let entries = match read_optional(&path).await? {
             None => BTreeMap::new(),
             Some(bytes) => {
-                let file: JournalFile = serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
-                    path: path.clone(),
-                    source,
-                })?;
+                let file: JournalFile =
+                    serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+                        path: path.clone(),
+                        source,
+                    })?;
                 if file.version != FORMAT_VERSION {
-                    return Err(JournalError::Version { path, found: file.version });
+                    return Err(JournalError::Version {
+                        path,
+                        found: file.version,
+                    });
                 }
                 file.entries
             }
@@ -300,7 +304,10 @@ mod tests {
         let r2 = j.get("c2").unwrap().result.clone().unwrap();
         assert_eq!(r2.outcome(), CommandOutcome::Interrupted);
         assert!(r2.message.contains("downloading"), "{}", r2.message);
-        assert_eq!(j.get("c3").unwrap().result.as_ref().unwrap().outcome(), CommandOutcome::Succeeded);
+        assert_eq!(
+            j.get("c3").unwrap().result.as_ref().unwrap().outcome(),
+            CommandOutcome::Succeeded
+        );
 
         // The conversion was saved: a second restart reports nothing new.
         let (_, again) = Journal::open(dir.path(), 10).await.unwrap();
@@ -318,7 +325,10 @@ mod tests {
         j.finish("a", done(CommandOutcome::Failed, 2));
         j.finish("b", done(CommandOutcome::Cancelled, 3));
         j.finish("unknown", done(CommandOutcome::Failed, 4));
-        assert_eq!(j.get("a").unwrap().result.as_ref().unwrap().outcome(), CommandOutcome::Succeeded);
+        assert_eq!(
+            j.get("a").unwrap().result.as_ref().unwrap().outcome(),
+            CommandOutcome::Succeeded
+        );
         assert!(j.get("unknown").is_none());
         // "b" is listed; "a" is not; "c" is still running and stays.
         assert_eq!(j.forget_unlisted(&HashSet::from(["b"])), 1);

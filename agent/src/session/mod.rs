@@ -39,7 +39,11 @@ pub enum AgentError {
 
 /// Run the agent against the coordinator in `cfg` until `shutdown` is
 /// cancelled; running commands then get `cfg.shutdown_grace` to stop.
-pub async fn run(cfg: Config, executor: Arc<dyn Executor>, shutdown: CancellationToken) -> Result<(), AgentError> {
+pub async fn run(
+    cfg: Config,
+    executor: Arc<dyn Executor>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
     let connector = GrpcConnector::new(&cfg.coordinator, &cfg.session)?;
     if cfg.is_insecure() {
         tracing::warn!(

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hostplane_proto::v1::{
-    Ack, AgentMessage, Command, CommandEvent, CommandOutcome, CommandResult, CoordinatorMessage, DesiredState,
-    FlashProgress, Heartbeat, Hello, Nack, agent_message::Msg, command_event, coordinator_message,
+    Ack, AgentMessage, Command, CommandEvent, CommandOutcome, CommandResult, CoordinatorMessage,
+    DesiredState, FlashProgress, Heartbeat, Hello, Nack, agent_message::Msg, command_event,
+    coordinator_message,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -98,7 +99,12 @@ pub struct Owner {
 }
 
 impl Owner {
-    pub fn new(cfg: Config, executor: Arc<dyn Executor>, restored: Restored, shutdown: CancellationToken) -> Owner {
+    pub fn new(
+        cfg: Config,
+        executor: Arc<dyn Executor>,
+        restored: Restored,
+        shutdown: CancellationToken,
+    ) -> Owner {
         let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
         let lease = lease_of(restored.applied.as_ref(), cfg.session.default_lease);
         Owner {
@@ -123,6 +129,7 @@ impl Owner {
         let mut backoff = Backoff::new(s.backoff_initial, s.backoff_max);
         let stable_after = s.stable_after;
         let mut last_link = None;
+        let mut failures: u64 = 0;
         loop {
             let executor = self.executor.clone();
             let Some(inventory) = self.drive(async move { executor.inventory().await }).await else {
@@ -136,9 +143,18 @@ impl Owner {
                 break;
             };
             match opened {
-                Err(e) => tracing::warn!(error = %e, "cannot open the coordinator session"),
+                Err(e) => {
+                    failures += 1;
+                    // Rate-limited: a coordinator that is down for hours must not flood the log.
+                    if failures.is_power_of_two() || failures.is_multiple_of(100) {
+                        tracing::warn!(error = %e, failures, "cannot open the coordinator session");
+                    } else {
+                        tracing::debug!(error = %e, failures, "cannot open the coordinator session");
+                    }
+                }
                 Ok(inbound) => {
                     tracing::info!(coordinator = connector.target(), "connected to the coordinator");
+                    failures = 0;
                     let up_since = Instant::now();
                     let link = Link {
                         tx,
@@ -160,7 +176,7 @@ impl Owner {
                 }
             }
             let delay = backoff.next_delay(&mut rand::rng());
-            tracing::info!(retry_in = ?delay, "reconnecting to the coordinator after a delay");
+            tracing::debug!(retry_in = ?delay, "reconnecting to the coordinator after a delay");
             if self.drive(tokio::time::sleep(delay)).await.is_none() {
                 break;
             }
@@ -316,7 +332,12 @@ impl Owner {
             rshim = %cmd.rshim,
             kind = action_name(cmd.action.as_ref())
         );
-        self.running.insert(cmd.id.clone(), Running { cancel: cancel.clone() });
+        self.running.insert(
+            cmd.id.clone(),
+            Running {
+                cancel: cancel.clone(),
+            },
+        );
         let task = command::run(self.executor.clone(), cmd, cancel, self.events_tx.clone());
         self.tasks.spawn(task.instrument(span));
     }

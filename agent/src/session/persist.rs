@@ -14,7 +14,10 @@ pub enum StateError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path} is not valid: {source}")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// Replace `path` with `bytes` atomically.
@@ -45,7 +48,10 @@ pub async fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
     match tokio::fs::read(path).await {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StateError::Io { path: path.to_path_buf(), source }),
+        Err(source) => Err(StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -97,7 +103,10 @@ mod tests {
         ds.commands.clear();
         store_desired(dir.path(), &ds).await.unwrap();
         assert_eq!(load_desired(dir.path()).await.unwrap(), Some(ds));
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, [DESIRED_FILE], "no temp file is left behind");
     }
 
