@@ -35,29 +35,18 @@ fn journal_json(dir: &std::path::Path) -> serde_json::Value {
 
 #[tokio::test]
 async fn shutdown_cancels_commands_and_gives_up_after_the_grace_period() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut coord = FakeCoordinator::start().await;
-    let mut cfg = config(dir.path(), &coord.url());
-    cfg.shutdown_grace = Duration::from_millis(300);
-    let ex = FakeExecutor::new();
-    ex.set("polite", Mode::Hold);
-    ex.set("stuck", Mode::IgnoreCancel);
-    let agent = start_agent(cfg, ex.clone());
-
-    let (conn, _) = coord.expect_hello().await;
-    coord.send(
-        conn,
-        ds(1, vec![flash("polite", "rshim0"), flash("stuck", "rshim1")]),
-    );
-    coord.until_ack(1).await;
-    wait_progress(&mut coord, &["polite", "stuck"]).await;
+    let modes = [("polite", Mode::Hold), ("stuck", Mode::IgnoreCancel)];
+    let mut s = Scene::start(&modes, |c| c.shutdown_grace = Duration::from_millis(300)).await;
+    s.apply(ds(1, vec![flash("polite", "rshim0"), flash("stuck", "rshim1")]))
+        .await;
+    wait_progress(&mut s.coord, &["polite", "stuck"]).await;
 
     // Returns (within PATIENCE) although "stuck" never stops.
-    agent.stop().await.unwrap();
+    s.agent.stop().await.unwrap();
 
-    let (_, r) = coord.until_result("polite").await;
+    let (_, r) = s.coord.until_result("polite").await;
     assert_eq!(r.outcome(), CommandOutcome::Cancelled, "sent while stopping");
-    let j = journal_json(dir.path());
+    let j = journal_json(s.dir.path());
     assert_eq!(
         j["entries"]["polite"]["result"]["outcome"], "COMMAND_OUTCOME_CANCELLED",
         "{j}"
@@ -68,25 +57,19 @@ async fn shutdown_cancels_commands_and_gives_up_after_the_grace_period() {
 
 #[tokio::test]
 async fn a_command_running_at_restart_is_reported_interrupted_not_rerun() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut coord = FakeCoordinator::start().await;
-    let mut cfg = config(dir.path(), &coord.url());
-    cfg.shutdown_grace = Duration::from_millis(100);
-    let ex = FakeExecutor::new();
-    ex.set("c1", Mode::IgnoreCancel);
-    let agent = start_agent(cfg.clone(), ex.clone());
-    let (conn, _) = coord.expect_hello().await;
-    coord.send(conn, ds(1, vec![flash("c1", "rshim0")]));
-    coord.until_ack(1).await;
-    wait_progress(&mut coord, &["c1"]).await;
-    agent.stop().await.unwrap();
+    let modes = [("c1", Mode::IgnoreCancel)];
+    let mut s = Scene::start(&modes, |c| c.shutdown_grace = Duration::from_millis(100)).await;
+    s.apply(ds(1, vec![flash("c1", "rshim0")])).await;
+    wait_progress(&mut s.coord, &["c1"]).await;
+    s.agent.stop().await.unwrap();
 
     let ex2 = FakeExecutor::new();
-    let agent = start_agent(cfg, ex2.clone());
-    let (conn, hello) = coord.expect_hello().await;
+    s.agent = start_agent(s.cfg.clone(), ex2.clone());
+    let (conn, hello) = s.coord.expect_hello().await;
     assert_eq!(hello.last_applied_version, 1);
-    coord.send(conn, ds(1, vec![flash("c1", "rshim0")]));
-    let (_, r) = coord.until_result("c1").await;
+    s.conn = conn;
+    s.coord.send(conn, ds(1, vec![flash("c1", "rshim0")]));
+    let (_, r) = s.coord.until_result("c1").await;
     assert_eq!(r.outcome(), CommandOutcome::Interrupted);
     for want in [
         "restarted",
@@ -98,13 +81,12 @@ async fn a_command_running_at_restart_is_reported_interrupted_not_rerun() {
     ] {
         assert!(r.message.contains(want), "{:?} lacks {want:?}", r.message);
     }
-    coord.until_ack(1).await;
+    s.coord.until_ack(1).await;
     assert!(ex2.starts().is_empty(), "an interrupted command is never re-run");
 
     // Once the coordinator drops it, the agent forgets it.
-    coord.send(conn, ds(2, vec![]));
-    coord.until_ack(2).await;
-    let j = journal_json(dir.path());
+    s.apply(ds(2, vec![])).await;
+    let j = journal_json(s.dir.path());
     assert!(j["entries"].as_object().unwrap().is_empty(), "{j}");
-    agent.stop().await.unwrap();
+    s.agent.stop().await.unwrap();
 }

@@ -10,52 +10,38 @@ use session_support::*;
 
 #[tokio::test]
 async fn hello_carries_identity_inventory_and_last_applied_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut coord = FakeCoordinator::start().await;
-    let cfg = config(dir.path(), &coord.url());
-    let agent = start_agent(cfg.clone(), FakeExecutor::new());
-
-    let (conn, hello) = coord.expect_hello().await;
-    assert_eq!(hello.node_name, NODE);
-    assert_eq!(hello.agent_version, AGENT_VERSION);
-    assert_eq!(hello.boot_id, BOOT_ID);
-    assert_eq!(hello.last_applied_version, 0);
-    let rshims = hello.inventory.unwrap().rshims;
+    let mut s = Scene::start(&[], |_| {}).await;
+    assert_eq!(s.hello.node_name, NODE);
+    assert_eq!(s.hello.agent_version, AGENT_VERSION);
+    assert_eq!(s.hello.boot_id, BOOT_ID);
+    assert_eq!(s.hello.last_applied_version, 0);
+    let rshims = s.hello.inventory.clone().unwrap().rshims;
     assert_eq!(rshims.len(), 1);
     assert_eq!(rshims[0].name, "rshim0");
 
-    coord.send(conn, ds(5, vec![]));
-    coord.until_ack(5).await;
-    agent.stop().await.unwrap();
+    s.apply(ds(5, vec![])).await;
+    s.agent.stop().await.unwrap();
 
     // A restarted agent reports the version it applied last.
-    let agent = start_agent(cfg, FakeExecutor::new());
-    let (_, hello) = coord.expect_hello().await;
+    let agent = start_agent(s.cfg.clone(), FakeExecutor::new());
+    let (_, hello) = s.coord.expect_hello().await;
     assert_eq!(hello.last_applied_version, 5);
     agent.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn desired_state_is_stored_before_the_ack_and_results_follow() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut coord = FakeCoordinator::start().await;
-    let cfg = config(dir.path(), &coord.url());
-    let ex = FakeExecutor::new();
-    ex.set("c2", Mode::Hold);
-    let agent = start_agent(cfg.clone(), ex.clone());
-
-    let (conn, _) = coord.expect_hello().await;
+    let mut s = Scene::start(&[("c2", Mode::Hold)], |_| {}).await;
     let state = ds(1, vec![reboot("c1"), flash("c2", "rshim0")]);
-    coord.send(conn, state.clone());
-    coord.until_ack(1).await;
-    let stored = persist::load_desired(&cfg.state_dir).await.unwrap();
+    s.apply(state.clone()).await;
+    let stored = persist::load_desired(&s.cfg.state_dir).await.unwrap();
     assert_eq!(stored, Some(state), "the ACKed state is on disk");
 
     // c1 finishes at once; c2 reports progress and waits to be released.
     let mut outcomes = Vec::new();
     let mut progress_seen = false;
     while outcomes.len() < 2 {
-        let (_, m) = coord.recv_any().await;
+        let (_, m) = s.coord.recv_any().await;
         if let Some(Msg::Event(e)) = m.msg {
             match e.event.unwrap() {
                 command_event::Event::Result(r) => outcomes.push((e.command_id, r.outcome(), r.message)),
@@ -66,7 +52,7 @@ async fn desired_state_is_stored_before_the_ack_and_results_follow() {
                         ("push", 10, 100)
                     );
                     progress_seen = true;
-                    ex.release("c2");
+                    s.ex.release("c2");
                 }
             }
         }
@@ -80,161 +66,124 @@ async fn desired_state_is_stored_before_the_ack_and_results_follow() {
         ]
     );
     assert!(progress_seen, "executor progress is forwarded");
-    agent.stop().await.unwrap();
+    s.agent.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_command_runs_once_across_resends_and_reconnects() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut coord = FakeCoordinator::start().await;
-    let ex = FakeExecutor::new();
-    ex.set("c1", Mode::Hold);
-    let agent = start_agent(config(dir.path(), &coord.url()), ex.clone());
-
-    let (conn, _) = coord.expect_hello().await;
-    coord.send(conn, ds(1, vec![reboot("c1")]));
-    coord.until_ack(1).await;
-    assert_eq!(ex.next_event().await, ExecEvent::Started("c1".into()));
+    let mut s = Scene::start(&[("c1", Mode::Hold)], |_| {}).await;
+    s.apply(ds(1, vec![reboot("c1")])).await;
+    assert_eq!(s.ex.next_event().await, ExecEvent::Started("c1".into()));
     // The same version again, then a newer one still listing c1.
-    coord.send(conn, ds(1, vec![reboot("c1")]));
-    coord.until_ack(1).await;
-    coord.send(conn, ds(2, vec![reboot("c1"), reboot("c2")]));
-    coord.until_ack(2).await;
+    s.apply(ds(1, vec![reboot("c1")])).await;
+    s.apply(ds(2, vec![reboot("c1"), reboot("c2")])).await;
 
     // The coordinator goes away; the agent reconnects and resumes from version 2.
-    coord.drop_conn(conn);
-    let seen = coord.recv_until(|m| matches!(m, Msg::Hello(_))).await;
+    s.coord.drop_conn(s.conn);
+    let seen = s.coord.recv_until(|m| matches!(m, Msg::Hello(_))).await;
     let (conn, Msg::Hello(hello)) = seen.last().cloned().unwrap() else {
         unreachable!()
     };
     assert_eq!(conn, 1);
     assert_eq!(hello.last_applied_version, 2);
-    coord.send(conn, ds(2, vec![reboot("c1"), reboot("c2")]));
-    coord.until_ack(2).await;
+    s.conn = conn;
+    s.apply(ds(2, vec![reboot("c1"), reboot("c2")])).await;
 
-    ex.release("c1");
-    let (_, r) = coord.until_result("c1").await;
+    s.ex.release("c1");
+    let (_, r) = s.coord.until_result("c1").await;
     assert_eq!(r.outcome(), CommandOutcome::Succeeded);
 
     // Still listed after it finished: the result is sent again, the command is not re-run.
-    coord.send(conn, ds(2, vec![reboot("c1"), reboot("c2")]));
-    let seen = coord.until_ack(2).await;
+    let seen = s.apply(ds(2, vec![reboot("c1"), reboot("c2")])).await;
     let resent: Vec<_> = seen.iter().filter_map(|(_, m)| result_of(m, "c1")).collect();
     assert_eq!(resent, [r], "the journaled result is re-sent unchanged");
-    assert_eq!(ex.starts(), ["c1", "c2"]);
-    agent.stop().await.unwrap();
+    assert_eq!(s.ex.starts(), ["c1", "c2"]);
+    s.agent.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn results_produced_while_disconnected_are_sent_after_reconnect() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut coord = FakeCoordinator::start().await;
-    let ex = FakeExecutor::new();
-    ex.set("c1", Mode::Hold);
-    let agent = start_agent(config(dir.path(), &coord.url()), ex.clone());
+    let mut s = Scene::start(&[("c1", Mode::Hold)], |_| {}).await;
+    s.apply(ds(1, vec![reboot("c1")])).await;
+    assert_eq!(s.ex.next_event().await, ExecEvent::Started("c1".into()));
 
-    let (conn, _) = coord.expect_hello().await;
-    coord.send(conn, ds(1, vec![reboot("c1")]));
-    coord.until_ack(1).await;
-    assert_eq!(ex.next_event().await, ExecEvent::Started("c1".into()));
-
-    coord.refuse(true);
-    coord.drop_conn(conn);
+    s.coord.refuse(true);
+    s.coord.drop_conn(s.conn);
     // The agent saw the break: it is retrying. c1 finishes while it is disconnected.
-    coord.wait_refused(1).await;
-    ex.release("c1");
-    coord.wait_refused(2).await;
-    coord.refuse(false);
+    s.coord.wait_refused(1).await;
+    s.ex.release("c1");
+    s.coord.wait_refused(2).await;
+    s.coord.refuse(false);
 
-    let (conn, hello) = coord.expect_hello().await;
+    let (conn, hello) = s.coord.expect_hello().await;
     assert_eq!(hello.last_applied_version, 1);
-    coord.send(conn, ds(1, vec![reboot("c1")]));
-    let seen = coord.until_ack(1).await;
-    let results: Vec<_> = seen
-        .iter()
-        .filter(|(c, _)| *c == conn)
-        .filter_map(|(_, m)| result_of(m, "c1"))
-        .collect();
+    s.conn = conn;
+    let seen = s.apply(ds(1, vec![reboot("c1")])).await;
+    let results: Vec<_> = seen.iter().filter_map(|(_, m)| result_of(m, "c1")).collect();
     assert_eq!(results.len(), 1, "{seen:?}");
     assert!(
         seen.iter().all(|(c, _)| *c == conn),
         "nothing was sent on the dropped connection: {seen:?}"
     );
     assert_eq!(results[0].outcome(), CommandOutcome::Succeeded);
-    assert_eq!(ex.starts(), ["c1"]);
-    agent.stop().await.unwrap();
+    assert_eq!(s.ex.starts(), ["c1"]);
+    s.agent.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_withdrawn_command_is_cancelled_and_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut coord = FakeCoordinator::start().await;
-    let ex = FakeExecutor::new();
-    ex.set("c1", Mode::Hold);
-    ex.set("c2", Mode::Hold);
-    let agent = start_agent(config(dir.path(), &coord.url()), ex.clone());
-
-    let (conn, _) = coord.expect_hello().await;
-    coord.send(conn, ds(1, vec![flash("c1", "rshim0"), flash("c2", "rshim1")]));
-    coord.until_ack(1).await;
-    coord.send(conn, ds(2, vec![flash("c2", "rshim1")]));
-    let (_, r) = coord.until_result("c1").await;
+    let mut s = Scene::start(&[("c1", Mode::Hold), ("c2", Mode::Hold)], |_| {}).await;
+    s.apply(ds(1, vec![flash("c1", "rshim0"), flash("c2", "rshim1")]))
+        .await;
+    s.coord.send(s.conn, ds(2, vec![flash("c2", "rshim1")]));
+    let (_, r) = s.coord.until_result("c1").await;
     assert_eq!(r.outcome(), CommandOutcome::Cancelled);
     assert_eq!(r.message, "cancelled c1");
     let mut events = Vec::new();
     while events.len() < 3 {
-        events.push(ex.next_event().await);
+        events.push(s.ex.next_event().await);
     }
     assert!(events.contains(&ExecEvent::Cancelled("c1".into())), "{events:?}");
     assert!(!events.contains(&ExecEvent::Cancelled("c2".into())), "{events:?}");
-    agent.stop().await.unwrap();
+    s.agent.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn an_unusable_state_is_nacked_and_running_work_continues() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut coord = FakeCoordinator::start().await;
-    let cfg = config(dir.path(), &coord.url());
-    let ex = FakeExecutor::new();
-    ex.set("c1", Mode::Hold);
-    let agent = start_agent(cfg.clone(), ex.clone());
+    let mut s = Scene::start(&[("c1", Mode::Hold)], |_| {}).await;
+    s.apply(ds(1, vec![reboot("c1")])).await;
 
-    let (conn, _) = coord.expect_hello().await;
-    coord.send(conn, ds(1, vec![reboot("c1")]));
-    coord.until_ack(1).await;
-
-    coord.send(conn, ds(2, vec![reboot("dup"), reboot("dup")]));
-    match coord.recv().await {
+    s.coord.send(s.conn, ds(2, vec![reboot("dup"), reboot("dup")]));
+    match s.coord.recv().await {
         (_, Msg::Nack(n)) => {
             assert_eq!(n.version, 2);
             assert!(n.error.contains("dup is listed twice"), "{}", n.error);
         }
         other => panic!("expected a NACK, got {other:?}"),
     }
-    let stored = persist::load_desired(&cfg.state_dir).await.unwrap().unwrap();
+    let stored = persist::load_desired(&s.cfg.state_dir).await.unwrap().unwrap();
     assert_eq!(stored.version, 1, "a NACKed state is not stored");
 
     let mut wrong_node = ds(3, vec![reboot("c1")]);
     wrong_node.node = "someone-else".into();
-    coord.send(conn, wrong_node);
-    match coord.recv().await {
+    s.coord.send(s.conn, wrong_node);
+    match s.coord.recv().await {
         (_, Msg::Nack(n)) => assert!(n.error.contains("someone-else"), "{}", n.error),
         other => panic!("expected a NACK, got {other:?}"),
     }
 
     // An older version than the applied one is ignored (no ACK, no NACK).
-    coord.send(conn, ds(4, vec![reboot("c1")]));
-    coord.until_ack(4).await;
-    coord.send(conn, ds(3, vec![]));
-    coord.send(conn, ds(5, vec![reboot("c1")]));
-    match coord.recv().await {
+    s.apply(ds(4, vec![reboot("c1")])).await;
+    s.coord.send(s.conn, ds(3, vec![]));
+    s.coord.send(s.conn, ds(5, vec![reboot("c1")]));
+    match s.coord.recv().await {
         (_, Msg::Ack(a)) => assert_eq!(a.version, 5, "version 3 must be ignored"),
         other => panic!("expected ACK 5, got {other:?}"),
     }
 
-    assert_eq!(ex.starts(), ["c1"], "c1 kept running through the NACKs");
-    ex.release("c1");
-    let (_, r) = coord.until_result("c1").await;
+    assert_eq!(s.ex.starts(), ["c1"], "c1 kept running through the NACKs");
+    s.ex.release("c1");
+    let (_, r) = s.coord.until_result("c1").await;
     assert_eq!(r.outcome(), CommandOutcome::Succeeded);
-    agent.stop().await.unwrap();
+    s.agent.stop().await.unwrap();
 }

@@ -425,6 +425,50 @@ pub fn config(dir: &Path, coordinator: &str) -> Config {
     cfg
 }
 
+/// An agent connected to a fake coordinator, its state in a temp dir.
+pub struct Scene {
+    pub coord: FakeCoordinator,
+    pub ex: Arc<FakeExecutor>,
+    pub cfg: Config,
+    pub agent: RunningAgent,
+    /// The connection the agent's first Hello came on, and that Hello.
+    pub conn: usize,
+    pub hello: Hello,
+    pub dir: tempfile::TempDir,
+}
+
+impl Scene {
+    /// `modes` script the executor; `tweak` adjusts the config.
+    pub async fn start(modes: &[(&str, Mode)], tweak: impl FnOnce(&mut Config)) -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let mut coord = FakeCoordinator::start().await;
+        let mut cfg = config(dir.path(), &coord.url());
+        tweak(&mut cfg);
+        let ex = FakeExecutor::new();
+        for (id, mode) in modes {
+            ex.set(id, *mode);
+        }
+        let agent = start_agent(cfg.clone(), ex.clone());
+        let (conn, hello) = coord.expect_hello().await;
+        Scene {
+            coord,
+            ex,
+            cfg,
+            agent,
+            conn,
+            hello,
+            dir,
+        }
+    }
+
+    /// Send `state` on the current connection and wait for its ACK; the messages up to it.
+    pub async fn apply(&mut self, state: DesiredState) -> Vec<(usize, Msg)> {
+        let version = state.version;
+        self.coord.send(self.conn, state);
+        self.coord.until_ack(version).await
+    }
+}
+
 pub struct RunningAgent {
     pub shutdown: CancellationToken,
     handle: JoinHandle<Result<(), AgentError>>,
