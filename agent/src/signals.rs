@@ -68,3 +68,37 @@ pub fn spawn_handler(mut signals: Signals, shutdown: CancellationToken) -> tokio
         .instrument(span),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use nix::sys::signal::{Signal as Sig, raise};
+
+    use super::*;
+
+    // The only test in this binary that raises signals (SIGINT is left alone:
+    // the flash CLI listens for it). Handlers are installed before raising,
+    // so the default actions never run.
+    #[tokio::test]
+    async fn hup_is_reload_and_term_cancels_the_root_token() {
+        let mut signals = Signals::new().unwrap();
+        raise(Sig::SIGHUP).unwrap();
+        assert_eq!(signals.recv().await, Signal::Reload);
+        raise(Sig::SIGTERM).unwrap();
+        assert_eq!(signals.recv().await, Signal::Shutdown("SIGTERM"));
+
+        let shutdown = CancellationToken::new();
+        let handler = spawn_handler(Signals::new().unwrap(), shutdown.clone());
+        raise(Sig::SIGHUP).unwrap();
+        raise(Sig::SIGTERM).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), handler)
+            .await
+            .expect("the handler did not see SIGTERM")
+            .unwrap();
+        assert!(
+            shutdown.is_cancelled(),
+            "SIGTERM after SIGHUP cancels; SIGHUP did not end the handler"
+        );
+    }
+}
