@@ -1,0 +1,291 @@
+//! What the agent does for each command: the [`Executor`] trait the session
+//! drives, and [`HostExecutor`], the production dispatch.
+//!
+//! Outcome messages are for people: they say what happened and, for SKIPPED,
+//! why there was nothing to do.
+mod reboot;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hostplane_proto::v1::{
+    BfbRef, Command, CommandOutcome, CommandResult, FlashProgress, HostNetwork, Inventory, RshimInfo,
+    command::Action,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::bfb_cache::CacheError;
+use crate::bfcfg::BfCfg;
+use crate::flash::{FlashError, FlashReport, FlashRequest, Flasher, ImageSource};
+use reboot::reboot;
+
+/// The agent's version, as sent in Hello and named in messages.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The host side of the agent: what it reports (inventory) and what it does
+/// (commands). The session calls `execute` once per command id, each in its
+/// own task; `progress` may be sent to freely (the session drains it and
+/// never lets the network slow the command down); `cancel` fires when the
+/// command is withdrawn or the agent shuts down, and the command should then
+/// stop cleanly and return CANCELLED.
+pub trait Executor: Send + Sync + 'static {
+    /// What this host has (rshim devices), for Hello.
+    fn inventory(&self) -> BoxFuture<'_, Inventory>;
+
+    fn execute(
+        &self,
+        cmd: Command,
+        progress: mpsc::Sender<FlashProgress>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, CommandResult>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A final result stamped with the current time.
+pub fn result(outcome: CommandOutcome, message: impl Into<String>) -> CommandResult {
+    CommandResult {
+        outcome: outcome as i32,
+        message: message.into(),
+        finished_at_ms: now_ms(),
+    }
+}
+
+/// The action's name as the protocol spells it (`flash_bfb`, ...).
+pub fn action_name(action: Option<&Action>) -> &'static str {
+    match action {
+        None => "unknown",
+        Some(Action::InitializeInterface(_)) => "initialize_interface",
+        Some(Action::ConfigFwParameters(_)) => "config_fw_parameters",
+        Some(Action::PrepareBfb(_)) => "prepare_bfb",
+        Some(Action::FlashBfb(_)) => "flash_bfb",
+        Some(Action::RebootHost(_)) => "reboot_host",
+        Some(Action::DpuClusterConfig(_)) => "dpu_cluster_config",
+    }
+}
+
+/// The flash path as [`HostExecutor`] uses it: [`Flasher`] in production,
+/// a fake in tests.
+pub trait FlashJobs: Send + Sync + 'static {
+    /// rshim devices on this host (a device being flashed is not read: its
+    /// log has one reader).
+    fn discover(&self) -> BoxFuture<'_, Vec<RshimInfo>>;
+
+    /// Download `bfb` into the cache and verify it; the verified file.
+    fn prepare<'a>(
+        &'a self,
+        bfb: &'a BfbRef,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<PathBuf, FlashError>>;
+
+    /// Verify, push BFB + bf.cfg into the rshim, follow the DPU to a verdict.
+    fn flash(
+        &self,
+        req: FlashRequest,
+        progress: mpsc::Sender<FlashProgress>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<FlashReport, FlashError>>;
+}
+
+impl FlashJobs for Flasher {
+    fn discover(&self) -> BoxFuture<'_, Vec<RshimInfo>> {
+        Box::pin(Flasher::discover(self))
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        bfb: &'a BfbRef,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<PathBuf, FlashError>> {
+        Box::pin(Flasher::prepare(self, bfb, cancel))
+    }
+
+    fn flash(
+        &self,
+        req: FlashRequest,
+        progress: mpsc::Sender<FlashProgress>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<FlashReport, FlashError>> {
+        Box::pin(Flasher::flash(self, req, progress, cancel))
+    }
+}
+
+/// Production executor: BFB jobs and inventory through [`FlashJobs`], host
+/// reboot through the configured command, the rest SKIPPED saying why.
+pub struct HostExecutor {
+    flash: Arc<dyn FlashJobs>,
+    reboot_command: Vec<String>,
+}
+
+impl HostExecutor {
+    pub fn new(flash: Arc<dyn FlashJobs>, reboot_command: Vec<String>) -> HostExecutor {
+        HostExecutor {
+            flash,
+            reboot_command,
+        }
+    }
+
+    async fn run(
+        &self,
+        cmd: Command,
+        progress: mpsc::Sender<FlashProgress>,
+        cancel: CancellationToken,
+    ) -> CommandResult {
+        use CommandOutcome::{Failed, Skipped};
+        if cancel.is_cancelled() {
+            return result(CommandOutcome::Cancelled, "cancelled before it started");
+        }
+        let Some(action) = cmd.action else {
+            return result(
+                Failed,
+                format!(
+                    "command {} for dpu {} has no action this agent understands (hostplane-agent {AGENT_VERSION}); \
+                     upgrade the agent to match the coordinator",
+                    cmd.id, cmd.dpu
+                ),
+            );
+        };
+        match action {
+            Action::InitializeInterface(ii) => result(Skipped, host_network_skip(ii.host_network.as_ref())),
+            Action::ConfigFwParameters(fw) => result(Skipped, fw_skip(&fw.nic_firmware)),
+            Action::DpuClusterConfig(_) => result(
+                Skipped,
+                format!(
+                    "no DPU cluster configured (hostplane-agent {AGENT_VERSION} has no DPU cluster support)"
+                ),
+            ),
+            Action::PrepareBfb(p) => match p.bfb {
+                None => result(Failed, format!("prepare_bfb command {} names no bfb", cmd.id)),
+                Some(bfb) => match self.flash.prepare(&bfb, &cancel).await {
+                    Ok(path) => result(
+                        CommandOutcome::Succeeded,
+                        format!(
+                            "bfb {} {} downloaded and verified: {}",
+                            bfb.name,
+                            bfb.version,
+                            path.display()
+                        ),
+                    ),
+                    Err(e) => flash_failure(&e),
+                },
+            },
+            Action::FlashBfb(f) => match f.bfb {
+                None => result(Failed, format!("flash_bfb command {} names no bfb", cmd.id)),
+                Some(_) if cmd.rshim.is_empty() => result(
+                    Failed,
+                    format!(
+                        "flash_bfb command {} for dpu {} names no rshim device",
+                        cmd.id, cmd.dpu
+                    ),
+                ),
+                Some(bfb) => {
+                    let name = bfb.name.clone();
+                    let req = FlashRequest {
+                        rshim: cmd.rshim.clone(),
+                        image: ImageSource::Ref(bfb),
+                        bf_cfg: BfCfg::from(f.bf_cfg),
+                    };
+                    match self.flash.flash(req, progress, cancel).await {
+                        Ok(r) => result(
+                            CommandOutcome::Succeeded,
+                            format!(
+                                "{} installed bfb {name}: {:?} ({} bytes pushed in {:.0?})",
+                                cmd.rshim, r.verdict_line, r.bytes_pushed, r.elapsed
+                            ),
+                        ),
+                        Err(e) => flash_failure(&e),
+                    }
+                }
+            },
+            Action::RebootHost(_) => reboot(&self.reboot_command, &cancel).await,
+        }
+    }
+}
+
+impl Executor for HostExecutor {
+    fn inventory(&self) -> BoxFuture<'_, Inventory> {
+        Box::pin(async move {
+            Inventory {
+                rshims: self.flash.discover().await,
+            }
+        })
+    }
+
+    fn execute(
+        &self,
+        cmd: Command,
+        progress: mpsc::Sender<FlashProgress>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, CommandResult> {
+        Box::pin(self.run(cmd, progress, cancel))
+    }
+}
+
+/// CANCELLED when the flash path stopped because it was asked to, else
+/// FAILED; the message is the error's (it names the rshim or image and stage).
+fn flash_failure(e: &FlashError) -> CommandResult {
+    let cancelled = matches!(
+        e,
+        FlashError::Cancelled { .. }
+            | FlashError::Download {
+                source: CacheError::Cancelled { .. }
+            }
+    );
+    let outcome = if cancelled {
+        CommandOutcome::Cancelled
+    } else {
+        CommandOutcome::Failed
+    };
+    result(outcome, e.to_string())
+}
+
+fn host_network_skip(net: Option<&HostNetwork>) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = net {
+        if n.num_vfs > 0 {
+            parts.push(format!("{} VFs", n.num_vfs));
+        }
+        if n.mtu > 0 {
+            parts.push(format!("MTU {}", n.mtu));
+        }
+        if !n.bridges.is_empty() {
+            let names: Vec<&str> = n.bridges.iter().map(|b| b.name.as_str()).collect();
+            parts.push(format!("bridges {}", names.join(", ")));
+        }
+    }
+    if parts.is_empty() {
+        return "flavor has no host network settings; nothing to do".to_string();
+    }
+    format!(
+        "host networking is not implemented in this agent version (hostplane-agent {AGENT_VERSION}); \
+         not applied: {}",
+        parts.join("; ")
+    )
+}
+
+fn fw_skip(params: &std::collections::HashMap<String, String>) -> String {
+    if params.is_empty() {
+        return "no NIC firmware parameters; nothing to do".to_string();
+    }
+    let mut names: Vec<&str> = params.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    format!(
+        "NIC firmware configuration is not implemented in this agent version (hostplane-agent {AGENT_VERSION}); \
+         not applied: {}",
+        names.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests;
