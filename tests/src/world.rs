@@ -199,6 +199,13 @@ impl World {
                 spec: Some(v1::DeviceSpec {
                     node: node.into(),
                     rshim: (*rshim).into(),
+                    serial: format!("SN-{name}"),
+                    // The simulator puts rshimN at PCI bus 0x04 + N.
+                    pci_address: rshim
+                        .strip_prefix("rshim")
+                        .and_then(|n| n.parse::<u32>().ok())
+                        .map(|n| format!("0000:{:02x}:00.0", 4 + n))
+                        .unwrap_or_default(),
                     ..Default::default()
                 }),
                 status: None,

@@ -273,7 +273,7 @@ async fn dpu_hang_times_out_into_error_naming_the_stage() {
     require_fuse!();
     let mut opts = fast_opts();
     opts.faults = vec!["rshim0=hang:installer".into()];
-    opts.agent_yaml.push_str("  install_timeout: 3s\n");
+    opts.agent_yaml = "flash:\n  poll_interval: 50ms\n  stage_timeouts:\n    installer: 3s\n    install: 3s\n    linux_up: 3s\n".into();
     let mut w = world(opts).await;
     site(&mut w, RebootMethod::External, 1 << 20).await;
     w.add_deployment("d1", deployment("bfb-1", NodeEffect::Auto, 2))

@@ -256,6 +256,7 @@ async fn bad_admin_input_is_rejected_and_changes_nothing() {
                 metadata: hostplane_tests::meta("dpu-x"),
                 spec: Some(v1::DeviceSpec {
                     node: "ghost".into(),
+                    serial: "SN-x".into(),
                     rshim: "rshim1".into(),
                     ..Default::default()
                 }),
