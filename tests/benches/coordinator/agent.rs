@@ -1,0 +1,310 @@
+//! The simulated node agent: one connection and `Session` per boot, answers
+//! every new command at once, keeps a journal across its reboots, and times the
+//! coordinator's reaction to each answer.
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hostplane_proto::v1::agent_service_client::AgentServiceClient;
+use hostplane_proto::v1::{
+    self, Ack, AgentMessage, CommandEvent, CommandOutcome, CommandResult, CoordinatorMessage, DesiredState,
+    FlashProgress, Heartbeat, Hello, Inventory, RshimInfo, agent_message, command, command_event,
+    coordinator_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+/// What a command is, for latency pairs. `NewBoot` is the Hello after a reboot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Step {
+    InitializeInterface,
+    ConfigFwParameters,
+    PrepareBfb,
+    FlashBfb,
+    RebootHost,
+    NewBoot,
+    DpuClusterConfig,
+}
+
+impl Step {
+    fn of(c: &v1::Command) -> Option<Step> {
+        Some(match c.action.as_ref()? {
+            command::Action::InitializeInterface(_) => Step::InitializeInterface,
+            command::Action::ConfigFwParameters(_) => Step::ConfigFwParameters,
+            command::Action::PrepareBfb(_) => Step::PrepareBfb,
+            command::Action::FlashBfb(_) => Step::FlashBfb,
+            command::Action::RebootHost(_) => Step::RebootHost,
+            command::Action::DpuClusterConfig(_) => Step::DpuClusterConfig,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::InitializeInterface => "initialize_interface",
+            Step::ConfigFwParameters => "config_fw_parameters",
+            Step::PrepareBfb => "prepare_bfb",
+            Step::FlashBfb => "flash_bfb",
+            Step::RebootHost => "reboot_host",
+            Step::NewBoot => "hello (new boot)",
+            Step::DpuClusterConfig => "dpu_cluster_config",
+        }
+    }
+
+    /// The simulated agent's answer.
+    fn answer(self) -> (CommandOutcome, &'static str) {
+        match self {
+            Step::InitializeInterface => (
+                CommandOutcome::Skipped,
+                "simulated agent: no host-network support; VFs and bridges left as they are",
+            ),
+            Step::ConfigFwParameters => (
+                CommandOutcome::Skipped,
+                "simulated agent: NIC firmware parameters not applied (SRIOV_EN, NUM_OF_VFS, LINK_TYPE_P1)",
+            ),
+            Step::PrepareBfb => (CommandOutcome::Succeeded, "image cached and verified (simulated)"),
+            Step::FlashBfb => (CommandOutcome::Succeeded, "installed; DPU is ready (simulated)"),
+            Step::RebootHost => (CommandOutcome::Succeeded, "reboot issued (simulated)"),
+            Step::NewBoot => (CommandOutcome::Unspecified, ""),
+            Step::DpuClusterConfig => (
+                CommandOutcome::Skipped,
+                "DPU cluster support does not exist yet; nothing to configure",
+            ),
+        }
+    }
+}
+
+/// What one simulated agent saw.
+#[derive(Debug, Default)]
+pub struct AgentReport {
+    /// (what the agent did, the next command it received, how long that took).
+    pub latencies: Vec<(Step, Step, Duration)>,
+    /// When each Dpu's first command arrived.
+    pub first_command_at: Vec<Instant>,
+    pub commands: BTreeMap<Step, u64>,
+    pub desired: u64,
+    pub resent: u64,
+    pub sessions: u64,
+    pub reboots: u64,
+    /// Sessions that ended other than by a reboot or the end of the bench.
+    pub broken: Vec<String>,
+}
+
+impl AgentReport {
+    pub fn merge(&mut self, o: AgentReport) {
+        self.latencies.extend(o.latencies);
+        self.first_command_at.extend(o.first_command_at);
+        for (k, v) in o.commands {
+            *self.commands.entry(k).or_default() += v;
+        }
+        self.desired += o.desired;
+        self.resent += o.resent;
+        self.sessions += o.sessions;
+        self.reboots += o.reboots;
+        self.broken.extend(o.broken);
+    }
+}
+
+enum End {
+    Stop,
+    Reboot,
+    Broken(String),
+}
+
+/// One simulated node agent: its journal and timers survive its reboots.
+pub struct Agent {
+    node: String,
+    rshims: Vec<String>,
+    url: String,
+    boot: u64,
+    last_applied: u64,
+    /// Command id -> the result sent (re-sent while the command is listed).
+    journal: HashMap<String, CommandResult>,
+    /// Dpu -> when the agent did what should make the coordinator issue its next command.
+    trigger: HashMap<String, (Instant, Step)>,
+    /// Dpu -> its latest command.
+    last: HashMap<String, Step>,
+    report: AgentReport,
+}
+
+fn msg(m: agent_message::Msg) -> AgentMessage {
+    AgentMessage { msg: Some(m) }
+}
+
+impl Agent {
+    pub fn new(node: &str, rshims: Vec<String>, url: String) -> Agent {
+        Agent {
+            node: node.into(),
+            rshims,
+            url,
+            boot: 1,
+            last_applied: 0,
+            journal: HashMap::new(),
+            trigger: HashMap::new(),
+            last: HashMap::new(),
+            report: AgentReport::default(),
+        }
+    }
+
+    pub async fn run(mut self, hello: mpsc::UnboundedSender<()>, stop: CancellationToken) -> AgentReport {
+        let mut hello = Some(hello);
+        loop {
+            let why = match self.session(&mut hello, &stop).await {
+                Ok(End::Stop) => break,
+                Ok(End::Reboot) => {
+                    self.boot += 1;
+                    self.report.reboots += 1;
+                    continue;
+                }
+                _ if stop.is_cancelled() => break,
+                Ok(End::Broken(why)) => why,
+                Err(e) => format!("{e:#}"),
+            };
+            self.report.broken.push(format!("{}: {why}", self.node));
+            if self.report.broken.len() >= 5 {
+                break;
+            }
+            // Reconnect after a break as a real agent would, without spinning.
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        self.report
+    }
+
+    /// One connection and stream, until a reboot, a break, or the end of the bench.
+    async fn session(
+        &mut self,
+        connected: &mut Option<mpsc::UnboundedSender<()>>,
+        stop: &CancellationToken,
+    ) -> Result<End> {
+        let channel = Endpoint::from_shared(self.url.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", self.url))?;
+        let mut client = AgentServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel(64);
+        let inventory = Inventory {
+            rshims: (self.rshims.iter())
+                .map(|r| RshimInfo {
+                    name: r.clone(),
+                    dev_info: "BlueField-3(Rev 1)".into(),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let hello = Hello {
+            node_name: self.node.clone(),
+            agent_version: "bench-sim".into(),
+            boot_id: format!("{}-boot-{}", self.node, self.boot),
+            inventory: Some(inventory),
+            last_applied_version: self.last_applied,
+        };
+        tx.send(msg(agent_message::Msg::Hello(hello))).await?;
+        let hello_at = Instant::now();
+        for (dpu, step) in &self.last {
+            if *step == Step::RebootHost {
+                self.trigger.insert(dpu.clone(), (hello_at, Step::NewBoot));
+            }
+        }
+        let mut inbound = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .context("opening the agent session")?
+            .into_inner();
+        self.report.sessions += 1;
+        let mut lease = Duration::from_secs(15);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(End::Stop),
+                _ = heartbeat.tick() => {
+                    let hb = Heartbeat { sent_at_ms: 0 };
+                    tx.send(msg(agent_message::Msg::Heartbeat(hb))).await?;
+                }
+                m = inbound.message() => {
+                    let d = match m {
+                        Ok(Some(CoordinatorMessage { msg: Some(coordinator_message::Msg::Desired(d)) })) => d,
+                        Ok(Some(_)) => continue,
+                        Ok(None) => return Ok(End::Broken("the coordinator closed the session".into())),
+                        Err(s) => return Ok(End::Broken(format!("session ended: {:?}: {}", s.code(), s.message()))),
+                    };
+                    if let Some(c) = connected.take() {
+                        let _ = c.send(());
+                    }
+                    let granted = Duration::from_secs(u64::from(d.lease_seconds.max(1)));
+                    if granted != lease {
+                        lease = granted;
+                        heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+                    }
+                    if self.apply(&tx, d).await? {
+                        return Ok(End::Reboot);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answer a desired state; true when it asked for a reboot.
+    async fn apply(&mut self, tx: &mpsc::Sender<AgentMessage>, d: DesiredState) -> Result<bool> {
+        let now = Instant::now();
+        self.report.desired += 1;
+        if d.version < self.last_applied {
+            return Ok(false);
+        }
+        let send = |m| async { tx.send(msg(m)).await.context("the session's send side is closed") };
+        let mut reboot = false;
+        for c in d.commands {
+            if let Some(r) = self.journal.get(&c.id) {
+                self.report.resent += 1;
+                let ev = CommandEvent {
+                    command_id: c.id.clone(),
+                    event: Some(command_event::Event::Result(r.clone())),
+                };
+                send(agent_message::Msg::Event(ev)).await?;
+                continue;
+            }
+            let step = Step::of(&c).with_context(|| format!("command {} has no action", c.id))?;
+            match self.trigger.remove(&c.dpu) {
+                Some((at, after)) => self.report.latencies.push((after, step, now - at)),
+                None if !self.last.contains_key(&c.dpu) => self.report.first_command_at.push(now),
+                None => {}
+            }
+            self.last.insert(c.dpu.clone(), step);
+            *self.report.commands.entry(step).or_default() += 1;
+            if step == Step::FlashBfb {
+                let p = FlashProgress {
+                    bytes_pushed: 1_500_000_000,
+                    bytes_total: 1_500_000_000,
+                    rate_bytes_per_sec: 900e6,
+                    stage: "installer".into(),
+                    last_log_line: " INFO[MISC]: Ubuntu installation started".into(),
+                };
+                let ev = CommandEvent {
+                    command_id: c.id.clone(),
+                    event: Some(command_event::Event::Progress(p)),
+                };
+                send(agent_message::Msg::Event(ev)).await?;
+            }
+            let (outcome, message) = step.answer();
+            let r = CommandResult {
+                outcome: outcome as i32,
+                message: message.into(),
+                finished_at_ms: 0,
+            };
+            let ev = CommandEvent {
+                command_id: c.id.clone(),
+                event: Some(command_event::Event::Result(r.clone())),
+            };
+            send(agent_message::Msg::Event(ev)).await?;
+            self.journal.insert(c.id, r);
+            self.trigger.insert(c.dpu, (Instant::now(), step));
+            reboot |= step == Step::RebootHost;
+        }
+        send(agent_message::Msg::Ack(Ack { version: d.version })).await?;
+        self.last_applied = d.version;
+        Ok(reboot)
+    }
+}
