@@ -137,6 +137,7 @@ async fn drive(w: &mut World) -> Result<()> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(300);
     let mut phases: HashMap<String, DpuPhase> = HashMap::new();
+    let mut printed: HashMap<String, v1::PhaseTransition> = HashMap::new();
     let mut last_progress: HashMap<String, (String, u64)> = HashMap::new();
     let mut approved = false;
     let mut rebooted = false;
@@ -157,15 +158,24 @@ async fn drive(w: &mut World) -> Result<()> {
                 let name = d.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
                 let st = d.status.clone().unwrap_or_default();
                 let phase = st.phase();
-                if phases.get(&name) != Some(&phase) {
-                    phases.insert(name.clone(), phase);
-                    println!("{t:7.1}s  {name:<6} {:<20} {}", phase.display_name(), st.message);
-                    if phase == DpuPhase::Error {
-                        bail!("dpu {name} failed: {}", st.message);
-                    }
+                // Print every transition from the history: one watch event may carry several.
+                let last = printed.get(&name);
+                let start = last
+                    .and_then(|l| st.history.iter().position(|h| h == l))
+                    .map_or(0, |i| i + 1);
+                for h in &st.history[start..] {
+                    println!("{t:7.1}s  {name:<6} {:<20} {}", h.to().display_name(), h.message);
+                }
+                if let Some(h) = st.history.last() {
+                    printed.insert(name.clone(), h.clone());
+                }
+                phases.insert(name.clone(), phase);
+                if phase == DpuPhase::Error {
+                    bail!("dpu {name} failed: {}", st.message);
                 }
                 if let Some(p) = st.progress
                     && phase == DpuPhase::OsInstalling
+                    && p.bytes_total > 0
                 {
                     let mib = p.bytes_pushed >> 20;
                     let key = (p.stage.clone(), mib / 16);
