@@ -30,17 +30,33 @@ pub const DEFAULT_EVENT_RETENTION: u64 = 50_000;
 pub enum StoreError {
     #[error("opening store {path}: {source}")]
     Open { path: PathBuf, source: rusqlite::Error },
-    #[error("store {path} has schema version {found}, newer than this coordinator understands ({supported}); upgrade the coordinator")]
-    SchemaTooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error(
+        "store {path} has schema version {found}, newer than this coordinator understands ({supported}); upgrade the coordinator"
+    )]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("store query failed: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("stored {kind} {name:?} is not readable: {source}")]
-    Corrupt { kind: &'static str, name: String, source: serde_json::Error },
+    Corrupt {
+        kind: &'static str,
+        name: String,
+        source: serde_json::Error,
+    },
     #[error("encoding {kind} {name:?}: {source}")]
-    Encode { kind: &'static str, name: String, source: serde_json::Error },
+    Encode {
+        kind: &'static str,
+        name: String,
+        source: serde_json::Error,
+    },
     #[error("store worker failed: {0}")]
     Join(String),
-    #[error("watch from version {requested} is too old: history starts after version {oldest}; list again and watch from the list's version")]
+    #[error(
+        "watch from version {requested} is too old: history starts after version {oldest}; list again and watch from the list's version"
+    )]
     TooOld { requested: u64, oldest: u64 },
 }
 
@@ -73,7 +89,10 @@ impl Store {
         {
             let _ = std::fs::create_dir_all(dir);
         }
-        let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.into(), source })?;
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.into(),
+            source,
+        })?;
         Self::from_connection(conn, path.to_path_buf())
     }
 
@@ -183,7 +202,8 @@ impl Store {
         kinds: Vec<Kind>,
         limit: usize,
     ) -> Result<Vec<WatchEvent>, StoreError> {
-        self.read(move |t| t.events_since(from_version, &kinds, limit)).await
+        self.read(move |t| t.events_since(from_version, &kinds, limit))
+            .await
     }
 }
 

@@ -1,13 +1,27 @@
-use hostplane_proto::v1::{self, Command, CommandOutcome, CommandResult, EventType, Kind, ObjectMeta, Resource};
+use hostplane_proto::v1::{
+    self, Command, CommandOutcome, CommandResult, EventType, Kind, ObjectMeta, Resource,
+};
 
 use super::*;
 
 fn node(name: &str) -> Resource {
-    v1::Node { metadata: Some(ObjectMeta { name: name.into(), ..Default::default() }), ..Default::default() }.into()
+    v1::Node {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .into()
 }
 
 fn cmd(id: &str, dpu: &str) -> Command {
-    Command { id: id.into(), dpu: dpu.into(), rshim: "rshim0".into(), action: None }
+    Command {
+        id: id.into(),
+        dpu: dpu.into(),
+        rshim: "rshim0".into(),
+        action: None,
+    }
 }
 
 #[tokio::test]
@@ -30,13 +44,25 @@ async fn revisions_grow_and_events_follow() {
     let gone = s.write(|t| t.delete(Kind::Node, "a")).await.unwrap().unwrap();
     assert!(gone.resource_version() > a2.resource_version());
     assert!(s.read(|t| t.get(Kind::Node, "a")).await.unwrap().is_none());
-    let names: Vec<String> =
-        s.read(|t| t.list(Kind::Node)).await.unwrap().iter().map(|r| r.name().to_string()).collect();
+    let names: Vec<String> = s
+        .read(|t| t.list(Kind::Node))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.name().to_string())
+        .collect();
     assert_eq!(names, ["b"]);
 
     let hist = s.events_since(a.resource_version(), vec![], 100).await.unwrap();
     let types: Vec<i32> = hist.iter().map(|e| e.r#type).collect();
-    assert_eq!(types, [EventType::Added as i32, EventType::Modified as i32, EventType::Deleted as i32]);
+    assert_eq!(
+        types,
+        [
+            EventType::Added as i32,
+            EventType::Modified as i32,
+            EventType::Deleted as i32
+        ]
+    );
     let only_dpus = s.events_since(0, vec![Kind::Dpu], 100).await.unwrap();
     assert!(only_dpus.is_empty());
 }
@@ -64,7 +90,8 @@ fn store_survives_reopen_and_refuses_newer_schema() {
     {
         let s = Store::open(&path).unwrap();
         s.write_sync(|t| t.insert(node("n1"))).unwrap();
-        s.write_sync(|t| t.insert_command("n1", &cmd("c1", "d1"))).unwrap();
+        s.write_sync(|t| t.insert_command("n1", &cmd("c1", "d1")))
+            .unwrap();
     }
     let s = Store::open(&path).unwrap();
     let n = s.write_sync(|t| t.get(Kind::Node, "n1")).unwrap().unwrap();
@@ -83,26 +110,55 @@ fn store_survives_reopen_and_refuses_newer_schema() {
 async fn commands_make_the_desired_state() {
     let s = Store::in_memory().unwrap();
     let mut drx = s.subscribe_desired();
-    let v1 = s.write(|t| t.insert_command("n1", &cmd("c1", "d1"))).await.unwrap();
-    let v2 = s.write(|t| t.insert_command("n1", &cmd("c2", "d2"))).await.unwrap();
+    let v1 = s
+        .write(|t| t.insert_command("n1", &cmd("c1", "d1")))
+        .await
+        .unwrap();
+    let v2 = s
+        .write(|t| t.insert_command("n1", &cmd("c2", "d2")))
+        .await
+        .unwrap();
     assert!(v2 > v1);
-    assert_eq!(drx.recv().await.unwrap(), DesiredChanged { node: "n1".into(), version: v1 });
+    assert_eq!(
+        drx.recv().await.unwrap(),
+        DesiredChanged {
+            node: "n1".into(),
+            version: v1
+        }
+    );
     assert_eq!(s.read(|t| t.desired_version("n1")).await.unwrap(), v2);
     assert_eq!(s.read(|t| t.desired_version("other")).await.unwrap(), 0);
 
-    let ok = CommandResult { outcome: CommandOutcome::Succeeded as i32, message: "done".into(), finished_at_ms: 5 };
+    let ok = CommandResult {
+        outcome: CommandOutcome::Succeeded as i32,
+        message: "done".into(),
+        finished_at_ms: 5,
+    };
     let first = s.write(move |t| t.finish_command("c1", &ok)).await.unwrap();
     assert!(first);
-    let again = CommandResult { outcome: CommandOutcome::Failed as i32, message: "late".into(), finished_at_ms: 9 };
+    let again = CommandResult {
+        outcome: CommandOutcome::Failed as i32,
+        message: "late".into(),
+        finished_at_ms: 9,
+    };
     let second = s.write(move |t| t.finish_command("c1", &again)).await.unwrap();
     assert!(!second, "a repeated result is ignored");
     let row = s.read(|t| t.command("c1")).await.unwrap().unwrap();
     assert_eq!(row.result.unwrap().message, "done");
-    let open: Vec<String> = s.read(|t| t.open_commands("n1")).await.unwrap().into_iter().map(|c| c.id).collect();
+    let open: Vec<String> = s
+        .read(|t| t.open_commands("n1"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(open, ["c2"]);
     assert!(s.read(|t| t.desired_version("n1")).await.unwrap() > v2);
 
-    let ids = s.write(|t| t.cancel_commands_for_dpu("d2", "dpu deleted")).await.unwrap();
+    let ids = s
+        .write(|t| t.cancel_commands_for_dpu("d2", "dpu deleted"))
+        .await
+        .unwrap();
     assert_eq!(ids, ["c2"]);
     assert!(s.read(|t| t.open_commands("n1")).await.unwrap().is_empty());
     let row = s.read(|t| t.command("c2")).await.unwrap().unwrap();
@@ -129,8 +185,14 @@ async fn list_on_node_filters_by_spec_node() {
     let s = Store::in_memory().unwrap();
     let dev = |name: &str, node: &str| -> Resource {
         v1::Device {
-            metadata: Some(ObjectMeta { name: name.into(), ..Default::default() }),
-            spec: Some(v1::DeviceSpec { node: node.into(), ..Default::default() }),
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            }),
+            spec: Some(v1::DeviceSpec {
+                node: node.into(),
+                ..Default::default()
+            }),
             status: None,
         }
         .into()
@@ -144,7 +206,18 @@ async fn list_on_node_filters_by_spec_node() {
     .await
     .unwrap();
     let names = |v: Vec<Resource>| v.iter().map(|r| r.name().to_string()).collect::<Vec<_>>();
-    assert_eq!(names(s.read(|t| t.list_on_node(Kind::Device, "n1")).await.unwrap()), ["a", "b"]);
-    assert_eq!(names(s.read(|t| t.list_on_node(Kind::Device, "n2")).await.unwrap()), ["c"]);
-    assert!(s.read(|t| t.list_on_node(Kind::Dpu, "n1")).await.unwrap().is_empty());
+    assert_eq!(
+        names(s.read(|t| t.list_on_node(Kind::Device, "n1")).await.unwrap()),
+        ["a", "b"]
+    );
+    assert_eq!(
+        names(s.read(|t| t.list_on_node(Kind::Device, "n2")).await.unwrap()),
+        ["c"]
+    );
+    assert!(
+        s.read(|t| t.list_on_node(Kind::Dpu, "n1"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -26,14 +26,21 @@ fn kind_key(kind: Kind) -> &'static str {
 
 impl<'a> Txn<'a> {
     pub(super) fn new(tx: Transaction<'a>) -> Self {
-        Txn { tx, events: Vec::new(), desired: Vec::new() }
+        Txn {
+            tx,
+            events: Vec::new(),
+            desired: Vec::new(),
+        }
     }
 
     pub(super) fn commit(self, retention: u64) -> Result<(Vec<WatchEvent>, Vec<DesiredChanged>), StoreError> {
         if !self.events.is_empty() {
             let rev = self.revision()?;
             if rev > retention {
-                self.tx.execute("DELETE FROM events WHERE revision <= ?1", params![(rev - retention) as i64])?;
+                self.tx.execute(
+                    "DELETE FROM events WHERE revision <= ?1",
+                    params![(rev - retention) as i64],
+                )?;
             }
         }
         self.tx.commit()?;
@@ -42,17 +49,24 @@ impl<'a> Txn<'a> {
 
     /// The store's current revision (the resource_version of the newest change).
     pub fn revision(&self) -> Result<u64, StoreError> {
-        let v: i64 = self.tx.query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| r.get(0))?;
+        let v: i64 = self
+            .tx
+            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| r.get(0))?;
         Ok(v as u64)
     }
 
     fn next_revision(&mut self) -> Result<u64, StoreError> {
-        self.tx.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'", [])?;
+        self.tx
+            .execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'", [])?;
         self.revision()
     }
 
     fn decode(kind: Kind, name: &str, body: &str) -> Result<Resource, StoreError> {
-        serde_json::from_str(body).map_err(|source| StoreError::Corrupt { kind: kind.noun(), name: name.into(), source })
+        serde_json::from_str(body).map_err(|source| StoreError::Corrupt {
+            kind: kind.noun(),
+            name: name.into(),
+            source,
+        })
     }
 
     pub fn get(&self, kind: Kind, name: &str) -> Result<Option<Resource>, StoreError> {
@@ -69,8 +83,12 @@ impl<'a> Txn<'a> {
 
     /// Every object of a kind, ordered by name.
     pub fn list(&self, kind: Kind) -> Result<Vec<Resource>, StoreError> {
-        let mut stmt = self.tx.prepare_cached("SELECT name, body FROM resources WHERE kind = ?1 ORDER BY name")?;
-        let rows = stmt.query_map(params![kind_key(kind)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT name, body FROM resources WHERE kind = ?1 ORDER BY name")?;
+        let rows = stmt.query_map(params![kind_key(kind)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (name, body) = row?;
@@ -93,8 +111,11 @@ impl<'a> Txn<'a> {
             }
         }
         let name = r.name().to_string();
-        let body = serde_json::to_string(&r)
-            .map_err(|source| StoreError::Encode { kind: kind.noun(), name: name.clone(), source })?;
+        let body = serde_json::to_string(&r).map_err(|source| StoreError::Encode {
+            kind: kind.noun(),
+            name: name.clone(),
+            source,
+        })?;
         if ty == EventType::Added {
             self.tx.execute(
                 "INSERT INTO resources (kind, name, resource_version, body) VALUES (?1, ?2, ?3, ?4)",
@@ -123,7 +144,11 @@ impl<'a> Txn<'a> {
             "INSERT INTO events (revision, kind, name, type, body) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![rev as i64, kind_key(kind), name, ty as i32, body],
         )?;
-        self.events.push(WatchEvent { r#type: ty as i32, resource_version: rev, resource: Some(r.clone()) });
+        self.events.push(WatchEvent {
+            r#type: ty as i32,
+            resource_version: rev,
+            resource: Some(r.clone()),
+        });
         Ok(())
     }
 
@@ -141,27 +166,45 @@ impl<'a> Txn<'a> {
 
     /// Remove an object; returns what was stored (with the deletion's revision).
     pub fn delete(&mut self, kind: Kind, name: &str) -> Result<Option<Resource>, StoreError> {
-        let Some(mut r) = self.get(kind, name)? else { return Ok(None) };
+        let Some(mut r) = self.get(kind, name)? else {
+            return Ok(None);
+        };
         let rev = self.next_revision()?;
-        self.tx.execute("DELETE FROM resources WHERE kind = ?1 AND name = ?2", params![kind_key(kind), name])?;
+        self.tx.execute(
+            "DELETE FROM resources WHERE kind = ?1 AND name = ?2",
+            params![kind_key(kind), name],
+        )?;
         if let Some(m) = r.metadata_mut() {
             m.resource_version = rev;
         }
-        let body = serde_json::to_string(&r)
-            .map_err(|source| StoreError::Encode { kind: kind.noun(), name: name.into(), source })?;
+        let body = serde_json::to_string(&r).map_err(|source| StoreError::Encode {
+            kind: kind.noun(),
+            name: name.into(),
+            source,
+        })?;
         self.record_event(rev, kind, name, EventType::Deleted, &body, &r)?;
         Ok(Some(r))
     }
 
     /// Retained events after `from_version`, oldest first.
-    pub fn events_since(&self, from_version: u64, kinds: &[Kind], limit: usize) -> Result<Vec<WatchEvent>, StoreError> {
-        let oldest: Option<i64> = self.tx.query_row("SELECT MIN(revision) FROM events", [], |r| r.get(0))?;
+    pub fn events_since(
+        &self,
+        from_version: u64,
+        kinds: &[Kind],
+        limit: usize,
+    ) -> Result<Vec<WatchEvent>, StoreError> {
+        let oldest: Option<i64> = self
+            .tx
+            .query_row("SELECT MIN(revision) FROM events", [], |r| r.get(0))?;
         let current = self.revision()?;
         if let Some(oldest) = oldest
             && from_version + 1 < oldest as u64
             && from_version < current
         {
-            return Err(StoreError::TooOld { requested: from_version, oldest: oldest as u64 - 1 });
+            return Err(StoreError::TooOld {
+                requested: from_version,
+                oldest: oldest as u64 - 1,
+            });
         }
         let mut stmt = self.tx.prepare_cached(
             "SELECT revision, kind, name, type, body FROM events WHERE revision > ?1 ORDER BY revision LIMIT ?2",
@@ -183,7 +226,11 @@ impl<'a> Txn<'a> {
                 continue;
             }
             let resource = Self::decode(kind, &name, &body)?;
-            out.push(WatchEvent { r#type: ty, resource_version: rev as u64, resource: Some(resource) });
+            out.push(WatchEvent {
+                r#type: ty,
+                resource_version: rev as u64,
+                resource: Some(resource),
+            });
         }
         Ok(out)
     }
@@ -198,21 +245,33 @@ impl<'a> Txn<'a> {
             params![node, version as i64],
         )?;
         self.desired.retain(|d| d.node != node);
-        self.desired.push(DesiredChanged { node: node.into(), version });
+        self.desired.push(DesiredChanged {
+            node: node.into(),
+            version,
+        });
         Ok(version)
     }
 
     /// The version of a node's desired state (0 if it never had one).
     pub fn desired_version(&self, node: &str) -> Result<u64, StoreError> {
-        let v: Option<i64> =
-            self.tx.query_row("SELECT version FROM desired WHERE node = ?1", params![node], |r| r.get(0)).optional()?;
+        let v: Option<i64> = self
+            .tx
+            .query_row(
+                "SELECT version FROM desired WHERE node = ?1",
+                params![node],
+                |r| r.get(0),
+            )
+            .optional()?;
         Ok(v.unwrap_or(0) as u64)
     }
 
     /// Add an open command to `node`'s desired state. Returns the new desired version.
     pub fn insert_command(&mut self, node: &str, command: &Command) -> Result<u64, StoreError> {
-        let body = serde_json::to_string(command)
-            .map_err(|source| StoreError::Encode { kind: "command", name: command.id.clone(), source })?;
+        let body = serde_json::to_string(command).map_err(|source| StoreError::Encode {
+            kind: "command",
+            name: command.id.clone(),
+            source,
+        })?;
         self.tx.execute(
             "INSERT INTO commands (id, node, dpu, body, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![command.id, node, command.dpu, body, now_ms()],
@@ -238,30 +297,43 @@ impl<'a> Txn<'a> {
                 },
             )
             .optional()?;
-        let Some((node, body, created_ms, outcome, message, finished)) = row else { return Ok(None) };
-        let command: Command = serde_json::from_str(&body)
-            .map_err(|source| StoreError::Corrupt { kind: "command", name: id.into(), source })?;
+        let Some((node, body, created_ms, outcome, message, finished)) = row else {
+            return Ok(None);
+        };
+        let command: Command = serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
+            kind: "command",
+            name: id.into(),
+            source,
+        })?;
         let result = outcome.map(|o| CommandResult {
             outcome: o,
             message: message.unwrap_or_default(),
             finished_at_ms: finished.unwrap_or(0),
         });
-        Ok(Some(CommandRow { command, node, created_ms, result }))
+        Ok(Some(CommandRow {
+            command,
+            node,
+            created_ms,
+            result,
+        }))
     }
 
     /// The open commands of a node, oldest first: its desired state.
     pub fn open_commands(&self, node: &str) -> Result<Vec<Command>, StoreError> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT id, body FROM commands WHERE node = ?1 AND outcome IS NULL ORDER BY created_ms, id")?;
-        let rows = stmt.query_map(params![node], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT id, body FROM commands WHERE node = ?1 AND outcome IS NULL ORDER BY created_ms, id",
+        )?;
+        let rows = stmt.query_map(params![node], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, body) = row?;
-            out.push(
-                serde_json::from_str(&body)
-                    .map_err(|source| StoreError::Corrupt { kind: "command", name: id, source })?,
-            );
+            out.push(serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
+                kind: "command",
+                name: id,
+                source,
+            })?);
         }
         Ok(out)
     }
@@ -272,10 +344,18 @@ impl<'a> Txn<'a> {
     pub fn finish_command(&mut self, id: &str, result: &CommandResult) -> Result<bool, StoreError> {
         let node: Option<String> = self
             .tx
-            .query_row("SELECT node FROM commands WHERE id = ?1 AND outcome IS NULL", params![id], |r| r.get(0))
+            .query_row(
+                "SELECT node FROM commands WHERE id = ?1 AND outcome IS NULL",
+                params![id],
+                |r| r.get(0),
+            )
             .optional()?;
         let Some(node) = node else { return Ok(false) };
-        let finished = if result.finished_at_ms > 0 { result.finished_at_ms } else { now_ms() };
+        let finished = if result.finished_at_ms > 0 {
+            result.finished_at_ms
+        } else {
+            now_ms()
+        };
         self.tx.execute(
             "UPDATE commands SET outcome = ?2, message = ?3, finished_ms = ?4 WHERE id = ?1",
             params![id, result.outcome, result.message, finished],
@@ -286,8 +366,12 @@ impl<'a> Txn<'a> {
 
     /// Withdraw every open command of a Dpu (the agent cancels them). Returns their ids.
     pub fn cancel_commands_for_dpu(&mut self, dpu: &str, why: &str) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self.tx.prepare_cached("SELECT id FROM commands WHERE dpu = ?1 AND outcome IS NULL")?;
-        let ids: Vec<String> = stmt.query_map(params![dpu], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT id FROM commands WHERE dpu = ?1 AND outcome IS NULL")?;
+        let ids: Vec<String> = stmt
+            .query_map(params![dpu], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         drop(stmt);
         for id in &ids {
             let result = CommandResult {
@@ -302,9 +386,10 @@ impl<'a> Txn<'a> {
 
     /// Drop finished commands older than `before_ms` (history housekeeping).
     pub fn prune_commands(&mut self, before_ms: i64) -> Result<usize, StoreError> {
-        Ok(self
-            .tx
-            .execute("DELETE FROM commands WHERE outcome IS NOT NULL AND finished_ms < ?1", params![before_ms])?)
+        Ok(self.tx.execute(
+            "DELETE FROM commands WHERE outcome IS NOT NULL AND finished_ms < ?1",
+            params![before_ms],
+        )?)
     }
 
     /// Devices or Dpus whose `spec.node` is `node`, ordered by name (filtered in SQL,
@@ -330,7 +415,10 @@ impl<'a> Txn<'a> {
 impl Txn<'_> {
     pub fn commit_retention_for_test(&mut self, keep: u64) -> Result<(), StoreError> {
         let rev = self.revision()?;
-        self.tx.execute("DELETE FROM events WHERE revision <= ?1", params![rev.saturating_sub(keep) as i64])?;
+        self.tx.execute(
+            "DELETE FROM events WHERE revision <= ?1",
+            params![rev.saturating_sub(keep) as i64],
+        )?;
         Ok(())
     }
 }
