@@ -167,6 +167,23 @@ impl World {
                 size_bytes: std::fs::metadata(&path)?.len(),
             }),
         };
+        self.create_bfb(bfb).await
+    }
+
+    /// Register a Bfb resource for an arbitrary URL and digest.
+    pub async fn add_bfb_spec(&mut self, name: &str, url: &str, sha256: &str) -> Result<v1::Bfb> {
+        let bfb = v1::Bfb {
+            metadata: meta(name),
+            spec: Some(v1::BfbSpec {
+                url: url.into(),
+                sha256: sha256.into(),
+                ..Default::default()
+            }),
+        };
+        self.create_bfb(bfb).await
+    }
+
+    async fn create_bfb(&mut self, bfb: v1::Bfb) -> Result<v1::Bfb> {
         let r = self
             .admin
             .create(v1::CreateRequest {

@@ -191,20 +191,8 @@ async fn corrupt_bfb_is_refused_and_dpu_never_reset() {
     bytes[n - 100] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
     let sha = hostplane_tests::sha256_file(&path).unwrap();
-    let bad = v1::Bfb {
-        metadata: hostplane_tests::meta("bad"),
-        spec: Some(v1::BfbSpec {
-            url: format!("{}/bad.bfb", w.http_base),
-            sha256: sha,
-            ..Default::default()
-        }),
-    };
-    w.admin
-        .create(v1::CreateRequest {
-            resource: Some(bad.into()),
-        })
-        .await
-        .unwrap();
+    let url = format!("{}/bad.bfb", w.http_base);
+    w.add_bfb_spec("bad", &url, &sha).await.unwrap();
     w.add_deployment("d1", deployment("bad", NodeEffect::Auto, 2))
         .await
         .unwrap();
@@ -230,18 +218,8 @@ async fn digest_mismatch_is_an_error_and_nothing_is_flashed() {
     require_fuse!();
     let mut w = world(fast_opts()).await;
     site(&mut w, RebootMethod::External, 1 << 20).await;
-    let wrong = v1::Bfb {
-        metadata: hostplane_tests::meta("wrong-digest"),
-        spec: Some(v1::BfbSpec {
-            url: format!("{}/bfb-1.bfb", w.http_base),
-            sha256: "0".repeat(64),
-            ..Default::default()
-        }),
-    };
-    w.admin
-        .create(v1::CreateRequest {
-            resource: Some(wrong.into()),
-        })
+    let url = format!("{}/bfb-1.bfb", w.http_base);
+    w.add_bfb_spec("wrong-digest", &url, &"0".repeat(64))
         .await
         .unwrap();
     w.add_deployment("d1", deployment("wrong-digest", NodeEffect::Auto, 1))

@@ -165,10 +165,8 @@ async fn bfb_upgrade_rolls_with_max_unavailable_one() {
     w.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coordinator_restart_mid_flash_loses_nothing() {
-    require_fuse!();
-    // A slow link makes the push take seconds.
+/// One node, one DPU behind a slow link (the push takes seconds), caught mid-push.
+async fn one_dpu_mid_push() -> World {
     let mut w = World::start(opts(1, &["rshim0=slow:2000000"])).await.unwrap();
     w.start_agent("n1").unwrap();
     w.add_node(
@@ -183,6 +181,13 @@ async fn coordinator_restart_mid_flash_loses_nothing() {
     w.add_flavor("f1", &[]).await.unwrap();
     w.add_deployment("d1", spec("bfb-1", 1)).await.unwrap();
     wait_pushing(&mut w, "dpu-a").await;
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_restart_mid_flash_loses_nothing() {
+    require_fuse!();
+    let mut w = one_dpu_mid_push().await;
     w.restart_coordinator(true).await.unwrap();
     // The flash goes on on the agent, its result reaches the new coordinator.
     let d = wait_phase(&mut w.admin, "dpu-a", DpuPhase::Rebooting, T)
@@ -200,20 +205,7 @@ async fn coordinator_restart_mid_flash_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_restart_mid_flash_is_reported_interrupted() {
     require_fuse!();
-    let mut w = World::start(opts(1, &["rshim0=slow:2000000"])).await.unwrap();
-    w.start_agent("n1").unwrap();
-    w.add_node(
-        "n1",
-        RebootMethod::External,
-        &[("dpu-a", "rshim0")],
-        &[("model", "bf3")],
-    )
-    .await
-    .unwrap();
-    w.add_bfb("bfb-1", 6 << 20, "4.9.0").await.unwrap();
-    w.add_flavor("f1", &[]).await.unwrap();
-    w.add_deployment("d1", spec("bfb-1", 1)).await.unwrap();
-    wait_pushing(&mut w, "dpu-a").await;
+    let mut w = one_dpu_mid_push().await;
     w.crash_agent("n1").await;
     w.start_agent("n1").unwrap();
     // Honest: the interrupted flash is an error, never a success.
