@@ -87,6 +87,8 @@ pub struct AgentReport {
     pub resent: u64,
     pub sessions: u64,
     pub reboots: u64,
+    /// Host reboots by node: how many nodes were rebooted 0, 1, 2, ... times.
+    pub reboots_per_node: BTreeMap<u64, usize>,
     /// Sessions that ended other than by a reboot or the end of the bench.
     pub broken: Vec<String>,
 }
@@ -102,6 +104,9 @@ impl AgentReport {
         self.resent += o.resent;
         self.sessions += o.sessions;
         self.reboots += o.reboots;
+        for (k, v) in o.reboots_per_node {
+            *self.reboots_per_node.entry(k).or_default() += v;
+        }
         self.broken.extend(o.broken);
     }
 }
@@ -171,6 +176,11 @@ impl Agent {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
+        *self
+            .report
+            .reboots_per_node
+            .entry(self.report.reboots)
+            .or_default() += 1;
         self.report
     }
 

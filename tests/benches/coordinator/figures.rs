@@ -145,6 +145,10 @@ impl Figures {
             "  host reboots / agent sessions          {:>8} / {}",
             r.reboots, r.sessions
         );
+        let per_node: Vec<String> = (r.reboots_per_node.iter())
+            .map(|(times, nodes)| format!("{nodes} nodes x{times}"))
+            .collect();
+        println!("  host reboots per node                  {}", per_node.join(", "));
         println!("command latency (agent sends result -> receives the Dpu's next command)");
         println!(
             "  all                                    {}",
