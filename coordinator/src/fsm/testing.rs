@@ -78,7 +78,7 @@ pub fn flavor(name: &str) -> Resource {
             host_network: Some(HostNetwork {
                 num_vfs: 8,
                 mtu: 9000,
-                bridges: vec![],
+                ..Default::default()
             }),
         }),
     }

@@ -115,6 +115,8 @@ impl Session {
                 node: self.node.clone(),
                 commands,
                 lease_seconds: self.lease_seconds(),
+                // Filled in with host networking (issue 3).
+                networks: Vec::new(),
             })),
         };
         if self.tx.send(Ok(msg)).await.is_err() {
@@ -229,6 +231,10 @@ impl Session {
         }
         match m.msg {
             None | Some(agent_message::Msg::Heartbeat(_)) => {}
+            Some(agent_message::Msg::NetworkReport(r)) => {
+                // Recorded on the Dpu with host networking (issue 3).
+                tracing::debug!(dpu = %r.dpu, applied = r.applied, "network report");
+            }
             Some(agent_message::Msg::Hello(_)) => {
                 return Err(StreamError::SecondHello {
                     node: self.node.clone(),

@@ -24,7 +24,7 @@ pub fn from_flags(args: &FlavorCreate) -> Resource {
     let host_network = (args.num_vfs.is_some() || args.mtu.is_some()).then(|| HostNetwork {
         num_vfs: args.num_vfs.unwrap_or(0),
         mtu: args.mtu.unwrap_or(0),
-        bridges: Vec::new(),
+        ..Default::default()
     });
     v1::Flavor {
         metadata: new_meta(
