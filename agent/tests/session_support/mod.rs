@@ -247,6 +247,7 @@ pub fn ds(version: u64, commands: Vec<Command>) -> DesiredState {
         node: NODE.into(),
         commands,
         lease_seconds: 15,
+        networks: Vec::new(),
     }
 }
 
