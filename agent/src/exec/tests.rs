@@ -206,6 +206,7 @@ async fn unsupported_jobs_are_skipped_saying_why() {
             name: "br-dpu".into(),
             ..Default::default()
         }],
+        ..Default::default()
     };
     let ii = |host_network| Some(Action::InitializeInterface(InitializeInterface { host_network }));
     let fw = |pairs: &[(&str, &str)]| {

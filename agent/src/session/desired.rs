@@ -101,6 +101,7 @@ mod tests {
             node: "n1".into(),
             commands,
             lease_seconds: 15,
+            networks: Vec::new(),
         }
     }
 

@@ -96,6 +96,7 @@ mod tests {
                 action: Some(Action::RebootHost(RebootHost {})),
             }],
             lease_seconds: 15,
+            networks: Vec::new(),
         };
         store_desired(dir.path(), &ds).await.unwrap();
         assert_eq!(load_desired(dir.path()).await.unwrap().as_ref(), Some(&ds));
