@@ -79,7 +79,9 @@ fn flavor() -> Resource {
                     name: "br0".into(),
                     ports: vec!["pf0".into()],
                     mtu: 0,
+                    addresses: vec![],
                 }],
+                ..Default::default()
             }),
         }),
     }
