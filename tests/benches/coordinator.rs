@@ -322,7 +322,9 @@ async fn create_inputs(admin: &mut Admin, fleet: &[(String, Vec<String>)]) -> Re
                     name: "br-dpu".into(),
                     ports: vec!["pf0vf0".into()],
                     mtu: 9000,
+                    ..Default::default()
                 }],
+                ..Default::default()
             }),
         }),
     };
@@ -339,7 +341,7 @@ async fn create_inputs(admin: &mut Admin, fleet: &[(String, Vec<String>)]) -> Re
                     serial: format!("MT{n:05}{d}BENCH"),
                     pci_address: PCI[d].into(),
                     rshim: rshim.clone(),
-                    bmc_address: String::new(),
+                    ..Default::default()
                 }),
                 status: None,
             })
