@@ -16,10 +16,10 @@ use hostplane_proto::v1::{
 use tokio::net::TcpListener;
 use tokio::task::{Id, JoinSet};
 use tokio::time::{Instant, timeout_at};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::Instrument;
 
@@ -154,7 +154,10 @@ pub async fn serve_with(
         .add_service(admin)
         .add_service(agents);
     let stop = shutdown.clone();
-    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+    // TCP_NODELAY: without it every unary call waits out Nagle + delayed ACK
+    // (~45 ms each; measured by the coordinator bench).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = router.serve_with_incoming_shutdown(incoming, async move {
         stop.cancelled().await;
     });
     tracing::info!(%addr, store = %store.path().display(), "coordinator serving");

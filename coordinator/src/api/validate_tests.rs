@@ -59,7 +59,9 @@ fn good_flavor() -> Flavor {
                     name: "br-dpu".into(),
                     ports: vec!["eth0".into()],
                     mtu: 1500,
+                    ..Default::default()
                 }],
+                ..Default::default()
             }),
         }),
     }
