@@ -96,9 +96,14 @@ impl Stepper<'_> {
                 }
             }
             CommandOutcome::Interrupted => {
-                let message = format!(
-                    "agent on node {node} restarted during {pname} ({rshim}): {agent_msg}; reprovision to retry"
-                );
+                // The agent's own message may already say what to do.
+                let advice = if agent_msg.contains("reprovision") {
+                    ""
+                } else {
+                    "; reprovision to retry"
+                };
+                let message =
+                    format!("agent on node {node} restarted during {pname} ({rshim}): {agent_msg}{advice}");
                 Next::Go {
                     to: DpuPhase::Error,
                     reason: "AgentRestarted",
