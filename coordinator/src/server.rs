@@ -163,28 +163,28 @@ pub async fn serve_with(
     tracing::info!(%addr, store = %store.path().display(), "coordinator serving");
 
     tokio::pin!(server);
-    let served = tokio::select! {
-        r = &mut server => r,
+    // `Some`: the server future has finished (it must not be polled again).
+    let finished = tokio::select! {
+        r = &mut server => Some(r),
         () = shutdown.cancelled() => {
             for name in ["", admin_name, agent_name] {
                 health.set_service_status(name, ServingStatus::NotServing).await;
             }
-            Ok(())
+            None
         }
     };
     // Whether the server failed or we were told to stop: stop the background work too.
     tasks_token.cancel();
     let deadline = Instant::now() + cfg.shutdown_grace;
-    let served = match served {
-        Err(e) => Err(e),
-        Ok(()) if shutdown.is_cancelled() => match timeout_at(deadline, &mut server).await {
+    let served = match finished {
+        Some(r) => r,
+        None => match timeout_at(deadline, &mut server).await {
             Ok(r) => r,
             Err(_) => {
                 tracing::warn!(grace = ?cfg.shutdown_grace, "connections still open after the shutdown grace; closing them");
                 Ok(())
             }
         },
-        Ok(()) => Ok(()),
     };
     join_tasks(tasks, names, deadline).await;
     tracing::info!(%addr, "coordinator stopped");

@@ -161,14 +161,37 @@ async fn mark_rebooted_and_reboot_status() {
         (Code::FailedPrecondition, "node n1 is not waiting for a reboot")
     );
 
+    // d2 waits for the reboot, but d1 is still being flashed on the same host:
+    // the node is not to be rebooted yet.
     insert_dpu(&srv.store, "d2", "n1", "dep1", DpuPhase::Rebooting).await;
     let st = c
         .get_node_reboot_status(node_ref("n1"))
         .await
         .unwrap()
         .into_inner();
+    assert!(!st.waiting_for_reboot && st.dpus.is_empty(), "{st:?}");
+    assert_eq!(
+        c.mark_rebooted(node_ref("n1")).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+
+    srv.store
+        .write(|t| {
+            let mut r = t.get(Kind::Dpu, "d1")?.expect("d1");
+            if let Some(resource::Kind::Dpu(d)) = &mut r.kind {
+                d.status.get_or_insert_default().phase = DpuPhase::Rebooting as i32;
+            }
+            t.update(r)
+        })
+        .await
+        .unwrap();
+    let st = c
+        .get_node_reboot_status(node_ref("n1"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(st.waiting_for_reboot);
-    assert_eq!(st.dpus, ["d2"]);
+    assert_eq!(st.dpus, ["d1", "d2"]);
     let n = c.mark_rebooted(node_ref("n1")).await.unwrap().into_inner();
     assert!(n.status.unwrap().rebooted_at_ms > 0);
 

@@ -206,16 +206,22 @@ fn reboot_method(node: &Node) -> RebootMethod {
     }
 }
 
-/// Names of the node's Dpus in phase Rebooting.
+/// Names of the node's Dpus that wait in Rebooting for the host to be
+/// rebooted; empty while any Dpu of the node is still mid-install (the host
+/// must not be rebooted under a DPU being flashed).
 fn rebooting_dpus(t: &Txn<'_>, node: &str) -> Result<Vec<String>, ApiError> {
-    Ok(typed::list::<Dpu>(t)?
+    let on_node: Vec<Dpu> = typed::list::<Dpu>(t)?
         .into_iter()
         .filter(|d| d.spec.as_ref().is_some_and(|s| s.node == node))
-        .filter(|d| {
-            d.status
-                .as_ref()
-                .is_some_and(|s| s.phase == DpuPhase::Rebooting as i32)
-        })
+        .collect();
+    let phase = |d: &Dpu| d.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    let installing = (DpuPhase::InitializeInterface as i32)..=(DpuPhase::OsInstalling as i32);
+    if on_node.iter().any(|d| installing.contains(&phase(d))) {
+        return Ok(Vec::new());
+    }
+    Ok(on_node
+        .iter()
+        .filter(|d| phase(d) == DpuPhase::Rebooting as i32)
         .map(|d| d.name().to_string())
         .collect())
 }

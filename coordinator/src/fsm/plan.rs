@@ -13,9 +13,11 @@ use crate::store::CommandRow;
 use super::FsmConfig;
 use super::apply::Action;
 use super::cache::Cache;
+use super::commands::agent_reboots;
 use super::dpu::{Mark, StepCtx, StepOut, step};
 use super::util::{
-    being_deleted, condition, holds_slot, needs_window, phase_of, selector_matches, set_condition,
+    being_deleted, condition, holds_slot, mid_install, needs_window, phase_of, selector_matches,
+    set_condition,
 };
 
 pub const COND_CONFLICT: &str = "DeviceConflict";
@@ -269,6 +271,8 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
         slots: HashMap::new(),
         window: HashMap::new(),
         cleared: Default::default(),
+        installing: HashMap::new(),
+        reboot_in_flight: Default::default(),
         next_deadline: None,
     };
     for d in cache.dpus.values() {
@@ -280,6 +284,12 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
         }
         if needs_window(p) {
             *ctx.window.entry(sp.node.clone()).or_default() += 1;
+        }
+        if mid_install(p) {
+            *ctx.installing.entry(sp.node.clone()).or_default() += 1;
+        }
+        if p == DpuPhase::Rebooting && d.status.as_ref().is_some_and(|s| !s.command_id.is_empty()) {
+            ctx.reboot_in_flight.insert(sp.node.clone());
         }
     }
     let mut tallies: HashMap<String, Tally> = HashMap::new();
@@ -302,7 +312,11 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
             let (node, dep) = sp
                 .map(|s| (s.node.as_str(), s.deployment.as_str()))
                 .unwrap_or(("", ""));
-            if p == DpuPhase::Rebooting && st.is_none_or(|s| s.command_id.is_empty()) {
+            // An external reboot is asked for only once no sibling is mid-install.
+            if p == DpuPhase::Rebooting
+                && !agent_reboots(cache, node)
+                && ctx.installing.get(node).copied().unwrap_or(0) == 0
+            {
                 waiting.insert(node.to_string(), true);
             }
             let t = tallies.entry(dep.to_string()).or_default();

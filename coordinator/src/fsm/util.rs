@@ -63,6 +63,12 @@ pub fn needs_window(p: DpuPhase) -> bool {
     (DpuPhase::NodeEffect as i32..=DpuPhase::DpuClusterConfig as i32).contains(&(p as i32))
 }
 
+/// Phases in which a Dpu is being provisioned through its host: while any Dpu
+/// of a node is in one of them, the host must not be rebooted.
+pub fn mid_install(p: DpuPhase) -> bool {
+    (DpuPhase::InitializeInterface as i32..=DpuPhase::OsInstalling as i32).contains(&(p as i32))
+}
+
 /// Phases that end on an agent command result.
 pub fn is_command_phase(p: DpuPhase) -> bool {
     matches!(

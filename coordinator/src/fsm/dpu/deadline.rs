@@ -2,7 +2,7 @@
 use hostplane_proto::v1::DpuPhase;
 
 use super::super::util::{condition, fmt_duration, is_command_phase};
-use super::{COND_UNREACHABLE, StepCtx, Stepper};
+use super::{COND_REBOOT_HELD, COND_UNREACHABLE, StepCtx, Stepper};
 
 impl Stepper<'_> {
     /// The phase's deadline: None when it has none or waits on an unreachable agent.
@@ -16,7 +16,19 @@ impl Stepper<'_> {
         if unreachable && self.waits_on_agent() {
             return None;
         }
-        let entered = self.st().phase_entered_at_ms;
+        let mut entered = self.st().phase_entered_at_ms;
+        if phase == DpuPhase::Rebooting {
+            // A reboot held for siblings still installing is not late: their phases have their own
+            // timeouts, and the Rebooting clock starts when the hold is released.
+            if ctx.installing.get(&self.node()).copied().unwrap_or(0) > 0 {
+                return None;
+            }
+            if let Some(c) = condition(&self.st().conditions, COND_REBOOT_HELD)
+                && c.status == "False"
+            {
+                entered = entered.max(c.last_transition_time_ms);
+            }
+        }
         let mut deadline = entered.saturating_add(limit.as_millis() as i64);
         if let Some(c) = condition(&self.st().conditions, COND_UNREACHABLE)
             && c.status == "False"

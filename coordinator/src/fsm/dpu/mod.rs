@@ -16,7 +16,8 @@ use super::apply::DpuUpdate;
 use super::cache::Cache;
 use super::commands::{command_for, rshim_of};
 use super::util::{
-    being_deleted, condition, holds_slot, is_command_phase, needs_window, phase_of, set_condition,
+    being_deleted, condition, holds_slot, is_command_phase, mid_install, needs_window, phase_of,
+    set_condition,
 };
 
 /// Marks the boot id in the history message of the transition into Rebooting.
@@ -24,6 +25,8 @@ pub const BOOT_ID_MARK: &str = "boot_id before reboot: ";
 pub const COND_UNREACHABLE: &str = "NodeUnreachable";
 pub const COND_REFERENCES: &str = "ReferencesResolved";
 pub const COND_MAINTENANCE: &str = "MaintenanceApproved";
+/// True while a Dpu in Rebooting waits for siblings on its node to finish installing.
+pub const COND_REBOOT_HELD: &str = "RebootHeld";
 
 mod deadline;
 mod phases;
@@ -43,6 +46,10 @@ pub struct StepCtx<'a> {
     pub window: HashMap<String, usize>,
     /// Nodes whose maintenance approval this pass clears.
     pub cleared: HashSet<String>,
+    /// Node -> Dpus mid-install (see `util::mid_install`), kept current as Dpus move.
+    pub installing: HashMap<String, usize>,
+    /// Nodes with a RebootHost command out (at most one per node at a time).
+    pub reboot_in_flight: HashSet<String>,
     /// Earliest phase deadline among the Dpus that stay (epoch ms).
     pub next_deadline: Option<i64>,
 }
@@ -236,6 +243,23 @@ impl<'a> Stepper<'a> {
                 n.saturating_sub(1)
             };
         }
+        if mid_install(from) != mid_install(to) {
+            let n = ctx.installing.entry(self.node()).or_default();
+            *n = if mid_install(to) {
+                *n + 1
+            } else {
+                n.saturating_sub(1)
+            };
+        }
+        if to == DpuPhase::Rebooting {
+            // The host reboot is issued by `rebooting()`, once per node, when no sibling is mid-install.
+            return;
+        }
+        self.issue(to, ctx);
+    }
+
+    /// Issue the command of phase `to` (if it has one) and record it on the Dpu.
+    fn issue(&mut self, to: DpuPhase, ctx: &mut StepCtx<'_>) {
         match command_for(to, self.cur(), ctx.cache, uuid::Uuid::new_v4().to_string()) {
             Ok(None) => {}
             Ok(Some(cmd)) => {

@@ -2,8 +2,8 @@
 use hostplane_proto::v1::{CommandOutcome, DpuPhase};
 
 use super::super::commands::{agent_reboots, command_for};
-use super::super::util::{next_phase, skipped_condition};
-use super::{BOOT_ID_MARK, Next, StepCtx, Stepper};
+use super::super::util::{condition, next_phase, skipped_condition};
+use super::{BOOT_ID_MARK, COND_REBOOT_HELD, Next, StepCtx, Stepper};
 
 impl Stepper<'_> {
     /// The final result of the current phase's command, if it has one.
@@ -166,7 +166,21 @@ impl Stepper<'_> {
             .and_then(|n| n.status.clone())
             .unwrap_or_default();
         let entered = self.st().phase_entered_at_ms;
-        if self.st().command_id.is_empty() {
+        // The host is rebooted once for all its Dpus, and never while a sibling is mid-install.
+        let siblings = ctx.installing.get(&node_name).copied().unwrap_or(0);
+        if siblings > 0 {
+            let msg = format!(
+                "{siblings} other Dpu(s) on node {node_name} are still being installed; the host is rebooted once \
+                 they reach Rebooting too"
+            );
+            self.cond(COND_REBOOT_HELD, "True", "SiblingsInstalling", &msg, ctx.now);
+            return Next::Stay;
+        }
+        if condition(&self.st().conditions, COND_REBOOT_HELD).is_some_and(|c| c.status == "True") {
+            let msg = format!("no other Dpu on node {node_name} is being installed");
+            self.cond(COND_REBOOT_HELD, "False", "SiblingsDone", &msg, ctx.now);
+        }
+        if !agent_reboots(ctx.cache, &node_name) {
             // External reboot: the upstream system calls MarkRebooted.
             if ns.rebooted_at_ms > entered {
                 let message = format!(
@@ -192,6 +206,13 @@ impl Stepper<'_> {
                 reason: "HostRebooted",
                 message,
             };
+        }
+        if self.st().command_id.is_empty() {
+            // One RebootHost per node: a sibling's reboot, already out, brings the new boot id for all.
+            if ctx.reboot_in_flight.insert(node_name) {
+                self.issue(DpuPhase::Rebooting, ctx);
+            }
+            return Next::Stay;
         }
         let r = match self.result(ctx) {
             Ok(Some(r)) => r,
