@@ -212,13 +212,24 @@ async fn agent_restart_mid_flash_is_reported_interrupted() {
     let d = wait_phase(&mut w.admin, "dpu-a", DpuPhase::Error, T)
         .await
         .unwrap();
-    let msg = d.status.unwrap().message.to_lowercase();
+    let msg = d.status.clone().unwrap().message.to_lowercase();
     assert!(msg.contains("interrupt") || msg.contains("restart"), "{msg}");
-    // Reprovisioning recovers.
+    // Reprovisioning recovers: the Dpu comes back (a new object) and walks again.
+    let created = d.metadata.as_ref().unwrap().created_at_ms;
     w.admin
         .reprovision(v1::DpuRef { name: "dpu-a".into() })
         .await
         .unwrap();
+    let admin = w.admin.clone();
+    wait_for("dpu-a to be recreated", T, || {
+        let mut admin = admin.clone();
+        async move {
+            let d = get_dpu(&mut admin, "dpu-a").await.ok()??;
+            (d.metadata.as_ref()?.created_at_ms > created).then_some(())
+        }
+    })
+    .await
+    .unwrap();
     wait_phase(&mut w.admin, "dpu-a", DpuPhase::Rebooting, T)
         .await
         .unwrap();
