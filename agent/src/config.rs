@@ -2,7 +2,6 @@
 //! `--config`), then `HOSTPLANE_*` environment overrides read through [`Env`],
 //! then [`Config::validate`]. Errors name the field (or the variable) that is
 //! wrong.
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,42 +13,8 @@ use crate::flash::{FlashConfig, StageTimeouts};
 /// Where the agent looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostplane/agent.yaml";
 
-/// Read access to the process environment. Production uses [`ProcessEnv`];
-/// tests pass a [`MapEnv`]. Nothing in the agent writes the environment.
-pub trait Env {
-    fn get(&self, key: &str) -> Option<String>;
-}
-
-/// The real process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-/// A fixed environment, for tests.
-#[derive(Debug, Clone, Default)]
-pub struct MapEnv(pub HashMap<String, String>);
-
-impl MapEnv {
-    pub fn new<const N: usize>(pairs: [(&str, &str); N]) -> MapEnv {
-        MapEnv(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-}
-
-impl Env for MapEnv {
-    fn get(&self, key: &str) -> Option<String> {
-        self.0.get(key).cloned()
-    }
-}
+pub use hostplane_common::env::{Env, MapEnv, ProcessEnv};
+pub use hostplane_common::logging::LogFormat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -70,26 +35,6 @@ pub enum ConfigError {
     Hostname { path: PathBuf, source: std::io::Error },
     #[error("invalid config: {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
-}
-
-/// Log output format (`HOSTPLANE_LOG_FORMAT` wins over the config file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Plain,
-    Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "plain" => Ok(LogFormat::Plain),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!("unknown log format {other:?}; expected plain or json")),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,6 +13,5 @@ pub mod flash;
 pub mod logging;
 pub mod rshim;
 pub mod session;
-pub mod signals;
 
 pub use session::{AgentError, run, run_with};

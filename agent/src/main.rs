@@ -12,8 +12,8 @@ use hostplane_agent::config::{Config, ConfigError, LogFormat, ProcessEnv};
 use hostplane_agent::exec::{AGENT_VERSION, HostExecutor};
 use hostplane_agent::flash::Flasher;
 use hostplane_agent::flash::cli::{FlashArgs, run_flash_cli};
-use hostplane_agent::signals::{self, Signals};
 use hostplane_agent::{AgentError, logging};
+use hostplane_common::signals::{self, Signals};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_FAILURE: u8 = 1;
@@ -122,7 +122,8 @@ fn run_daemon(args: &ConfigArgs) -> ExitCode {
                 return ExitCode::from(EXIT_FAILURE);
             }
         };
-        let _signals = signals::spawn_handler(signals, shutdown.clone());
+        // A second SIGTERM/SIGINT exits at once, without the grace period.
+        let _signals = signals::spawn_handler(signals, shutdown.clone(), EXIT_FAILURE.into());
         let cache = match BfbCache::new(cfg.cache.clone()) {
             Ok(c) => Arc::new(c),
             Err(e) => {

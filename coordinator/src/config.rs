@@ -15,7 +15,6 @@
 //!   format: plain        # plain | json
 //! shutdown_grace: 10s
 //! ```
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,25 +56,8 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
 }
 
-/// Where environment overrides come from: the process, or a map in tests.
-pub trait Env {
-    fn var(&self, key: &str) -> Option<String>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-impl Env for HashMap<String, String> {
-    fn var(&self, key: &str) -> Option<String> {
-        self.get(key).cloned()
-    }
-}
+pub use hostplane_common::env::{Env, ProcessEnv};
+pub use hostplane_common::logging::LogFormat;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -136,25 +118,6 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "plain" => Ok(LogFormat::Plain),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!("{other:?} is not a log format (plain or json)")),
-        }
-    }
-}
-
 impl Config {
     /// Parse a YAML document (`origin` names it in errors).
     pub fn from_yaml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
@@ -196,23 +159,23 @@ impl Config {
             value: value.into(),
             reason,
         };
-        if let Some(v) = env.var(ENV_LISTEN) {
+        if let Some(v) = env.get(ENV_LISTEN) {
             self.listen = v
                 .parse()
                 .map_err(|e: std::net::AddrParseError| bad(ENV_LISTEN, &v, e.to_string()))?;
         }
-        if let Some(v) = env.var(ENV_STORE_PATH) {
+        if let Some(v) = env.get(ENV_STORE_PATH) {
             if v.is_empty() {
                 return Err(bad(ENV_STORE_PATH, &v, "must not be empty".into()));
             }
             self.store.path = PathBuf::from(v);
         }
-        if let Some(v) = env.var(ENV_LOG)
+        if let Some(v) = env.get(ENV_LOG)
             && !v.is_empty()
         {
             self.log.level = v;
         }
-        if let Some(v) = env.var(ENV_LOG_FORMAT)
+        if let Some(v) = env.get(ENV_LOG_FORMAT)
             && !v.is_empty()
         {
             self.log.format = v.parse().map_err(|reason| bad(ENV_LOG_FORMAT, &v, reason))?;
@@ -257,7 +220,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    fn env(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -354,7 +317,7 @@ mod tests {
             ),
             (
                 &[(ENV_LOG_FORMAT, "xml")][..],
-                "HOSTPLANE_LOG_FORMAT=\"xml\": \"xml\" is not a log format",
+                "HOSTPLANE_LOG_FORMAT=\"xml\": unknown log format \"xml\"",
             ),
         ] {
             let e = Config::default().apply_env(&env(pairs)).unwrap_err().to_string();

@@ -5,6 +5,5 @@ pub mod api;
 pub mod config;
 pub mod fsm;
 pub mod server;
-pub mod signals;
 pub mod store;
 pub mod stream;

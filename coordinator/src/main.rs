@@ -3,16 +3,15 @@
 //!
 //! Exit codes: 0 ok, 1 runtime error, 64 usage error, 78 config error
 //! (the unit sets `RestartPreventExitStatus=64 78`).
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hostplane_coordinator::config::{Config, ConfigError, LogConfig, LogFormat, ProcessEnv};
-use hostplane_coordinator::{server, signals::Signals};
+use hostplane_common::signals::{self, Signals};
+use hostplane_coordinator::config::{Config, ConfigError, LogConfig, ProcessEnv};
+use hostplane_coordinator::server;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 64;
@@ -128,33 +127,16 @@ fn log_from_env() -> LogConfig {
 }
 
 fn init_tracing(log: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal, not for journald or files.
-        .with_ansi(std::io::stderr().is_terminal());
-    match log.format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
-    }
+    hostplane_common::logging::init(&log.level, log.format);
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let shutdown = CancellationToken::new();
-        let shutdown_on_signal = shutdown.clone();
         let signals = Signals::new()?;
-        let watcher = tokio::spawn(
-            async move {
-                signals.run(shutdown_on_signal).await;
-                // A second SIGTERM/SIGINT: do not wait for the grace period.
-                std::process::exit(EXIT_RUNTIME.into());
-            }
-            .instrument(tracing::info_span!("signals")),
-        );
+        // A second SIGTERM/SIGINT: do not wait for the grace period.
+        let watcher = signals::spawn_handler(signals, shutdown.clone(), EXIT_RUNTIME.into());
         let result = server::run(cfg, shutdown).await;
         watcher.abort();
         result.map_err(anyhow::Error::from)

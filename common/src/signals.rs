@@ -1,7 +1,10 @@
 //! Unix signals as a typed enum: SIGTERM / SIGINT shut down, SIGHUP asks for
-//! a reload (not supported yet: logged and ignored).
+//! a reload (not supported yet: logged and ignored). The first shutdown
+//! signal cancels the root token and lets the daemon drain within its grace
+//! period; a second one means "now": [`spawn_handler`] exits the process.
 use tokio::signal::unix::{Signal as UnixSignal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -18,7 +21,8 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// Install the handlers (needs a tokio runtime).
+    /// Install the handlers (needs a tokio runtime). From here on the process
+    /// is no longer killed by these signals' default actions.
     pub fn new() -> std::io::Result<Signals> {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
@@ -38,7 +42,7 @@ impl Signals {
 
     /// Cancel `shutdown` on the first SIGTERM/SIGINT and log SIGHUP. Returns
     /// the name of a second SIGTERM/SIGINT that arrives once `shutdown` is
-    /// cancelled: the caller then exits without waiting for the grace period.
+    /// cancelled (by a signal or by anything else).
     pub async fn run(mut self, shutdown: CancellationToken) -> &'static str {
         loop {
             match self.recv().await {
@@ -61,38 +65,49 @@ impl Signals {
     }
 }
 
+/// Run [`Signals::run`] in a task (span `signals`); on a second shutdown
+/// signal, exit the process with `exit_code` without waiting for the grace
+/// period. Abort the returned handle once the daemon has stopped.
+pub fn spawn_handler(
+    signals: Signals,
+    shutdown: CancellationToken,
+    exit_code: i32,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(
+        async move {
+            signals.run(shutdown).await;
+            std::process::exit(exit_code);
+        }
+        .instrument(tracing::info_span!("signals")),
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    use nix::sys::signal::{Signal as Sig, raise};
+
     use super::*;
 
-    async fn raise(sig: &str) {
-        let pid = std::process::id().to_string();
-        let st = tokio::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(st.success());
-    }
-
-    // The handlers are installed before any signal is sent, so the test
-    // process catches them instead of dying.
+    // The only test in this crate that raises signals. The handlers are
+    // installed before any signal is sent, so the test process catches them.
     #[tokio::test]
-    async fn signals_become_typed_events_and_a_second_one_forces_the_exit() {
+    async fn signals_become_typed_events_and_a_second_one_ends_the_run() {
         let mut s = Signals::new().unwrap();
-        raise("-HUP").await;
+        raise(Sig::SIGHUP).unwrap();
         assert_eq!(s.recv().await, Signal::Reload);
+        raise(Sig::SIGTERM).unwrap();
+        assert_eq!(s.recv().await, Signal::Shutdown("SIGTERM"));
 
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(s.run(shutdown.clone()));
-        raise("-HUP").await; // logged, nothing else
-        raise("-INT").await;
+        raise(Sig::SIGHUP).unwrap(); // logged, nothing else
+        raise(Sig::SIGINT).unwrap();
         shutdown.cancelled().await;
         assert!(
             !task.is_finished(),
             "the first shutdown signal only starts the shutdown"
         );
-        raise("-TERM").await;
+        raise(Sig::SIGTERM).unwrap();
         assert_eq!(task.await.unwrap(), "SIGTERM");
     }
 }
