@@ -279,3 +279,16 @@ pub async fn wait_phase(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Wait until the Dpu `name` exists as a new object, created after `after_ms`
+/// (a reprovisioned Dpu comes back with the same name).
+pub async fn wait_recreated(admin: &Admin, name: &str, after_ms: i64, timeout: Duration) -> Result<v1::Dpu> {
+    wait_for(&format!("dpu {name} to be recreated"), timeout, || {
+        let mut admin = admin.clone();
+        async move {
+            let d = get_dpu(&mut admin, name).await.ok()??;
+            (d.metadata.as_ref()?.created_at_ms > after_ms).then_some(d)
+        }
+    })
+    .await
+}

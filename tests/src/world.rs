@@ -273,6 +273,16 @@ impl World {
         Ok(())
     }
 
+    /// Panics unless the simulated DPU behind `rshim` never started a boot:
+    /// its log holds no boot line, so it was never reset.
+    pub fn assert_never_reset(&self, rshim: &str) {
+        let misc = std::fs::read_to_string(self.dev_root.join(rshim).join("misc")).expect("misc is readable");
+        assert!(
+            !misc.contains("PSC BL1 START"),
+            "{rshim} must not have been reset:\n{misc}"
+        );
+    }
+
     /// Stop everything in order: agents, coordinator, simulator (unmount).
     pub async fn shutdown(mut self) -> Result<()> {
         for (_, mut a) in self.agents.drain(..) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hostplane_proto::v1::{self, DpuPhase, Kind, NodeEffect, RebootMethod};
 use hostplane_tests::world::{World, WorldOpts};
-use hostplane_tests::{get_dpu, phase_of, require_fuse, wait_for, wait_phase};
+use hostplane_tests::{get_dpu, phase_of, require_fuse, wait_for, wait_phase, wait_recreated};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -205,11 +205,7 @@ async fn corrupt_bfb_is_refused_and_dpu_never_reset() {
         "error names the image: {msg}"
     );
     // The DPU was never reset: its log shows no boot at all.
-    let misc = std::fs::read_to_string(w.dev_root.join("rshim0/misc")).unwrap();
-    assert!(
-        !misc.contains("PSC BL1 START"),
-        "the DPU must not have been reset:\n{misc}"
-    );
+    w.assert_never_reset("rshim0");
     w.shutdown().await.unwrap();
 }
 
@@ -238,11 +234,7 @@ async fn digest_mismatch_is_an_error_and_nothing_is_flashed() {
         "names the digest problem: {}",
         st.message
     );
-    let misc = std::fs::read_to_string(w.dev_root.join("rshim0/misc")).unwrap();
-    assert!(
-        !misc.contains("PSC BL1 START"),
-        "the DPU must not have been reset"
-    );
+    w.assert_never_reset("rshim0");
     w.shutdown().await.unwrap();
 }
 
@@ -294,16 +286,7 @@ async fn reprovision_walks_the_machine_again() {
         .await
         .unwrap();
     // It comes back with the same name and walks again, up to the reboot wait.
-    let admin = w.admin.clone();
-    wait_for("dpu-a to be recreated", T, || {
-        let mut admin = admin.clone();
-        async move {
-            let d = get_dpu(&mut admin, "dpu-a").await.ok()??;
-            (d.metadata.as_ref()?.created_at_ms > created).then_some(())
-        }
-    })
-    .await
-    .unwrap();
+    wait_recreated(&w.admin, "dpu-a", created, T).await.unwrap();
     wait_phase(&mut w.admin, "dpu-a", DpuPhase::Rebooting, T)
         .await
         .unwrap();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hostplane_proto::v1::{self, DpuPhase, EventType, Kind, NodeEffect, RebootMethod};
 use hostplane_tests::world::{World, WorldOpts};
-use hostplane_tests::{get_dpu, require_fuse, wait_for, wait_phase};
+use hostplane_tests::{get_dpu, require_fuse, wait_for, wait_phase, wait_recreated};
 use tokio_stream::StreamExt;
 
 const T: Duration = Duration::from_secs(120);
@@ -220,16 +220,7 @@ async fn agent_restart_mid_flash_is_reported_interrupted() {
         .reprovision(v1::DpuRef { name: "dpu-a".into() })
         .await
         .unwrap();
-    let admin = w.admin.clone();
-    wait_for("dpu-a to be recreated", T, || {
-        let mut admin = admin.clone();
-        async move {
-            let d = get_dpu(&mut admin, "dpu-a").await.ok()??;
-            (d.metadata.as_ref()?.created_at_ms > created).then_some(())
-        }
-    })
-    .await
-    .unwrap();
+    wait_recreated(&w.admin, "dpu-a", created, T).await.unwrap();
     wait_phase(&mut w.admin, "dpu-a", DpuPhase::Rebooting, T)
         .await
         .unwrap();
