@@ -1,6 +1,8 @@
-//! Daemon plumbing shared by `hostplane-agent`, `hostplane-coordinator` and
-//! `hostplane-sim`: typed Unix signals, read-only access to the environment,
-//! and the tracing set-up. One implementation instead of one per binary.
+//! Daemon plumbing shared by `hostplane-agent` and `hostplane-coordinator`:
+//! typed Unix signals, read-only access to the environment, and the tracing
+//! set-up. One implementation instead of one per daemon. (`hostplane-sim`
+//! waits for signals synchronously with `sigwait` around its FUSE mount, so it
+//! keeps its own.)
 
 pub mod env;
 pub mod logging;
