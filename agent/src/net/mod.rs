@@ -1,0 +1,261 @@
+//! Host networking through netlink and sysfs: SR-IOV VF counts, bridges and
+//! their ports, MTU, addresses and routes, reconciled (never replayed) and
+//! kept true: netlink change events trigger a repair of anything the agent
+//! owns. See `docs/network.md`.
+//!
+//! One owner task holds the desired state and the ownership record; callers
+//! talk to it through a [`NetHandle`].
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hostplane_proto::v1::{DpuNetwork, NetworkObjectStatus, NetworkReport};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub mod model;
+pub mod netlink;
+pub mod reconcile;
+pub mod sysfs;
+
+use model::Desired;
+use netlink::Netlink;
+use reconcile::{Outcome, Owned};
+use sysfs::Sysfs;
+
+/// `ifalias` prefix on interfaces the agent created: `hostplane:<dpu>`.
+pub const OWNER_TAG: &str = "hostplane:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("dpu {dpu}: host_network.{field}: {reason}")]
+    Invalid {
+        dpu: String,
+        field: String,
+        reason: String,
+    },
+    #[error("{op} {ifname}: {source}")]
+    Netlink {
+        op: &'static str,
+        ifname: String,
+        source: rtnetlink::Error,
+    },
+    #[error("no interface named {ifname}")]
+    NoSuchInterface { ifname: String },
+    #[error("interface {ifname} exists and was not created by hostplane; it is left untouched")]
+    Foreign { ifname: String },
+    #[error("{op} {path}: {source}")]
+    Sysfs {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("PF {pf}: {wanted} VFs requested but sriov_totalvfs is {total}")]
+    TooManyVfs { pf: String, wanted: u32, total: u32 },
+    #[error("network namespace {netns}: {source}")]
+    Netns { netns: String, source: std::io::Error },
+    #[error("the network manager has stopped")]
+    Stopped,
+}
+
+/// The `network:` section of the agent config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetConfig {
+    pub sysfs_root: PathBuf,
+    /// Manage this named network namespace (`/run/netns/<name>`) instead of
+    /// the agent's own (labs and tests).
+    pub netns: Option<String>,
+    /// Changes seen on netlink are collected this long before a repair.
+    #[serde(with = "humantime_serde")]
+    pub drift_debounce: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            sysfs_root: PathBuf::from("/sys"),
+            netns: None,
+            drift_debounce: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Check a desired state without touching anything.
+pub fn validate(nets: &[DpuNetwork]) -> Result<(), NetError> {
+    model::build(nets).map(|_| ())
+}
+
+/// What would change to reach `nets`, changing nothing.
+pub async fn diff(cfg: &NetConfig, nets: &[DpuNetwork]) -> Result<Vec<String>, NetError> {
+    let desired = model::build(nets)?;
+    let nl = Netlink::open(cfg.netns.as_deref())?;
+    let out = reconcile::reconcile(
+        &nl,
+        &Sysfs::new(&cfg.sysfs_root),
+        &desired,
+        &mut Owned::default(),
+        true,
+    )
+    .await?;
+    Ok(out.log)
+}
+
+enum Request {
+    Set(
+        Vec<DpuNetwork>,
+        oneshot::Sender<Result<Vec<NetworkReport>, NetError>>,
+    ),
+}
+
+/// Talks to the network owner task.
+#[derive(Clone)]
+pub struct NetHandle {
+    tx: mpsc::Sender<Request>,
+    reports: broadcast::Sender<NetworkReport>,
+}
+
+impl NetHandle {
+    /// Replace the whole desired set (every Dpu's network on this host) and
+    /// reconcile now. Returns one report per Dpu. An invalid set changes nothing.
+    pub async fn set_desired(&self, nets: Vec<DpuNetwork>) -> Result<Vec<NetworkReport>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Set(nets, reply))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Reports published after each drift repair.
+    pub fn subscribe(&self) -> broadcast::Receiver<NetworkReport> {
+        self.reports.subscribe()
+    }
+}
+
+/// Start the owner task (and its netlink watcher) until `shutdown`.
+pub fn start(cfg: NetConfig, shutdown: CancellationToken) -> Result<NetHandle, NetError> {
+    let nl = Netlink::open(cfg.netns.as_deref())?;
+    let events = Netlink::watch(cfg.netns.as_deref())?;
+    let (tx, rx) = mpsc::channel(8);
+    let (reports, _) = broadcast::channel(64);
+    let owner = Owner {
+        nl,
+        sysfs: Sysfs::new(&cfg.sysfs_root),
+        desired: Desired::default(),
+        nets: Vec::new(),
+        owned: Owned::default(),
+        drift_repairs: 0,
+        last_drift: String::new(),
+        last_drift_at_ms: 0,
+        reports: reports.clone(),
+    };
+    tokio::spawn(
+        owner
+            .run(rx, events, cfg.drift_debounce, shutdown)
+            .instrument(tracing::info_span!("net")),
+    );
+    Ok(NetHandle { tx, reports })
+}
+
+struct Owner {
+    nl: Netlink,
+    sysfs: Sysfs,
+    desired: Desired,
+    nets: Vec<DpuNetwork>,
+    owned: Owned,
+    drift_repairs: u64,
+    last_drift: String,
+    last_drift_at_ms: i64,
+    reports: broadcast::Sender<NetworkReport>,
+}
+
+impl Owner {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Request>,
+        mut events: netlink::Events,
+        debounce: Duration,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                req = rx.recv() => match req {
+                    None => return,
+                    Some(Request::Set(nets, reply)) => {
+                        let r = self.set(nets).await;
+                        // Our own changes echo back as events: drop them.
+                        while events.try_recv().is_ok() {}
+                        let _ = reply.send(r);
+                    }
+                },
+                ev = futures::StreamExt::next(&mut events) => {
+                    if ev.is_none() {
+                        tracing::warn!("netlink event stream ended; drift is no longer watched");
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(debounce).await;
+                    while events.try_recv().is_ok() {}
+                    self.repair().await;
+                    while events.try_recv().is_ok() {}
+                }
+            }
+        }
+    }
+
+    async fn set(&mut self, nets: Vec<DpuNetwork>) -> Result<Vec<NetworkReport>, NetError> {
+        let desired = model::build(&nets)?;
+        self.desired = desired;
+        self.nets = nets;
+        let out = reconcile::reconcile(&self.nl, &self.sysfs, &self.desired, &mut self.owned, false).await?;
+        for l in &out.log {
+            tracing::info!(change = %l, "host network");
+        }
+        Ok(self.reports_of(&out))
+    }
+
+    async fn repair(&mut self) {
+        match reconcile::reconcile(&self.nl, &self.sysfs, &self.desired, &mut self.owned, false).await {
+            Ok(out) if out.changes > 0 => {
+                self.drift_repairs += 1;
+                self.last_drift = format!("repaired drift: {}", out.log.join("; "));
+                self.last_drift_at_ms = crate::exec::now_ms();
+                tracing::warn!(repairs = self.drift_repairs, changes = %out.log.join("; "), "host network drift repaired");
+                for r in self.reports_of(&out) {
+                    let _ = self.reports.send(r);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "host network repair failed"),
+        }
+    }
+
+    fn reports_of(&self, out: &Outcome) -> Vec<NetworkReport> {
+        self.nets
+            .iter()
+            .map(|n| {
+                let objects: Vec<NetworkObjectStatus> = out
+                    .objects
+                    .iter()
+                    .filter(|o| o.dpu == n.dpu)
+                    .map(|o| NetworkObjectStatus {
+                        object: o.object.clone(),
+                        applied: o.error.is_none(),
+                        error: o.error.clone().unwrap_or_default(),
+                    })
+                    .collect();
+                NetworkReport {
+                    dpu: n.dpu.clone(),
+                    applied: objects.iter().all(|o| o.applied),
+                    objects,
+                    changes: out.changes,
+                    drift_repairs: self.drift_repairs,
+                    last_drift: self.last_drift.clone(),
+                    last_drift_at_ms: self.last_drift_at_ms,
+                }
+            })
+            .collect()
+    }
+}

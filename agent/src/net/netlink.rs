@@ -1,0 +1,405 @@
+//! One wrapper around `rtnetlink::Handle` with the domain operations the
+//! reconciler needs. No `ip`, `bridge` or `ethtool` is ever run.
+//!
+//! A connection can be opened inside a named network namespace
+//! (`/run/netns/<name>`): the socket is created on a short-lived thread that
+//! has entered the namespace, and netlink sockets stay bound to the namespace
+//! they were created in.
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
+use ipnetwork::IpNetwork;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, MulticastGroup, RouteMessageBuilder};
+
+use super::NetError;
+
+/// Routes the agent adds carry this protocol number, so they are told apart
+/// from every other route on the host (`ip route` shows it as `proto 196`).
+pub const RTPROT_HOSTPLANE: u8 = 196;
+
+/// What the reconciler needs to know of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub up: bool,
+    pub controller: Option<u32>,
+    pub alias: Option<String>,
+    pub is_bridge: bool,
+}
+
+/// A route the agent owns (protocol [`RTPROT_HOSTPLANE`]), as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub destination: IpNetwork,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub metric: u32,
+    msg: RouteMessage,
+}
+
+/// The host's links, addresses and owned routes at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub links: Vec<Link>,
+    /// ifindex -> global-scope addresses (link-local IPv6 is left out: the kernel makes those).
+    pub addrs: BTreeMap<u32, Vec<IpNetwork>>,
+    pub routes: Vec<KernelRoute>,
+}
+
+impl Snapshot {
+    pub fn link(&self, name: &str) -> Option<&Link> {
+        self.links.iter().find(|l| l.name == name)
+    }
+    pub fn by_index(&self, index: u32) -> Option<&Link> {
+        self.links.iter().find(|l| l.index == index)
+    }
+}
+
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+pub type Events = UnboundedReceiver<(
+    rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+)>;
+
+/// Run `f` on a thread that has entered network namespace `netns` (or the
+/// current one when None), with the tokio runtime entered.
+fn in_netns<T: Send + 'static>(
+    netns: Option<&str>,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, NetError> {
+    let rt = tokio::runtime::Handle::current();
+    let ns = netns.map(|n| format!("/run/netns/{n}"));
+    let label = netns.unwrap_or("(own)").to_string();
+    std::thread::spawn(move || -> Result<T, NetError> {
+        let _rt = rt.enter();
+        if let Some(path) = &ns {
+            let file = std::fs::File::open(path).map_err(|source| NetError::Netns {
+                netns: label.clone(),
+                source,
+            })?;
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| NetError::Netns {
+                netns: label.clone(),
+                source: e.into(),
+            })?;
+        }
+        f().map_err(|source| NetError::Netns { netns: label, source })
+    })
+    .join()
+    .map_err(|_| NetError::Netns {
+        netns: "?".into(),
+        source: std::io::Error::other("netns thread panicked"),
+    })?
+}
+
+impl Netlink {
+    /// Open a connection in `netns` (None: the agent's own namespace).
+    pub fn open(netns: Option<&str>) -> Result<Netlink, NetError> {
+        let (conn, handle, _) = in_netns(netns, rtnetlink::new_connection)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A multicast subscription to link, address and route changes in `netns`.
+    pub fn watch(netns: Option<&str>) -> Result<Events, NetError> {
+        let groups = [
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Route,
+        ];
+        let (conn, _handle, events) = in_netns(netns, move || rtnetlink::new_multicast_connection(&groups))?;
+        tokio::spawn(conn);
+        Ok(events)
+    }
+
+    fn err(op: &'static str, ifname: &str, e: rtnetlink::Error) -> NetError {
+        NetError::Netlink {
+            op,
+            ifname: ifname.to_string(),
+            source: e,
+        }
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, NetError> {
+        let mut s = Snapshot::default();
+        let mut links = self.handle.link().get().execute();
+        while let Some(m) = links
+            .try_next()
+            .await
+            .map_err(|e| Self::err("list links", "*", e))?
+        {
+            s.links.push(link_of(&m));
+        }
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(m) = addrs
+            .try_next()
+            .await
+            .map_err(|e| Self::err("list addresses", "*", e))?
+        {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let ip = ip.or_else(|| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+            let Some(ip) = ip else { continue };
+            if let IpAddr::V6(v6) = ip
+                && v6.segments()[0] & 0xffc0 == 0xfe80
+            {
+                continue;
+            }
+            if let Ok(net) = IpNetwork::new(ip, m.header.prefix_len) {
+                s.addrs.entry(m.header.index).or_default().push(net);
+            }
+        }
+        for v6 in [false, true] {
+            let filter = if v6 {
+                RouteMessageBuilder::<Ipv6Addr>::new().build()
+            } else {
+                RouteMessageBuilder::<Ipv4Addr>::new().build()
+            };
+            let mut routes = self.handle.route().get(filter).execute();
+            while let Some(m) = routes
+                .try_next()
+                .await
+                .map_err(|e| Self::err("list routes", "*", e))?
+            {
+                if m.header.protocol != RouteProtocol::Other(RTPROT_HOSTPLANE) {
+                    continue;
+                }
+                if let Some(r) = route_of(m) {
+                    s.routes.push(r);
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// Create a bridge tagged `alias`, down; returns its index.
+    pub async fn create_bridge(&self, name: &str, alias: &str) -> Result<u32, NetError> {
+        let msg = LinkBridge::new(name).build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| Self::err("create bridge", name, e))?;
+        let index = self.index_of(name).await?;
+        self.set(index, name, "set alias", |b| b.alias(alias)).await?;
+        Ok(index)
+    }
+
+    async fn index_of(&self, name: &str) -> Result<u32, NetError> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links
+            .try_next()
+            .await
+            .map_err(|e| Self::err("find link", name, e))?
+        {
+            Some(m) => Ok(m.header.index),
+            None => Err(NetError::NoSuchInterface {
+                ifname: name.to_string(),
+            }),
+        }
+    }
+
+    async fn set(
+        &self,
+        index: u32,
+        name: &str,
+        op: &'static str,
+        f: impl FnOnce(rtnetlink::LinkMessageBuilder<LinkUnspec>) -> rtnetlink::LinkMessageBuilder<LinkUnspec>,
+    ) -> Result<(), NetError> {
+        let msg: LinkMessage = f(LinkUnspec::new_with_index(index)).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| Self::err(op, name, e))
+    }
+
+    pub async fn set_mtu(&self, l: &Link, mtu: u32) -> Result<(), NetError> {
+        self.set(l.index, &l.name, "set mtu", |b| b.mtu(mtu)).await
+    }
+    pub async fn set_up(&self, l: &Link) -> Result<(), NetError> {
+        self.set(l.index, &l.name, "set up", |b| b.up()).await
+    }
+    pub async fn set_controller(&self, l: &Link, bridge: u32) -> Result<(), NetError> {
+        self.set(l.index, &l.name, "attach to bridge", |b| b.controller(bridge))
+            .await
+    }
+    pub async fn detach(&self, l: &Link) -> Result<(), NetError> {
+        self.set(l.index, &l.name, "detach from bridge", |b| b.nocontroller())
+            .await
+    }
+    pub async fn delete(&self, l: &Link) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .del(l.index)
+            .execute()
+            .await
+            .map_err(|e| Self::err("delete link", &l.name, e))
+    }
+
+    pub async fn add_address(&self, l: &Link, net: IpNetwork) -> Result<(), NetError> {
+        self.handle
+            .address()
+            .add(l.index, net.ip(), net.prefix())
+            .execute()
+            .await
+            .map_err(|e| Self::err("add address", &l.name, e))
+    }
+
+    pub async fn del_address(&self, l: &Link, net: IpNetwork) -> Result<(), NetError> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(l.index)
+            .execute();
+        while let Some(m) = addrs
+            .try_next()
+            .await
+            .map_err(|e| Self::err("list addresses", &l.name, e))?
+        {
+            let same = m.header.prefix_len == net.prefix()
+                && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(ip) | AddressAttribute::Local(ip) if *ip == net.ip()));
+            if same {
+                return self
+                    .handle
+                    .address()
+                    .del(m)
+                    .execute()
+                    .await
+                    .map_err(|e| Self::err("delete address", &l.name, e));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn add_route(
+        &self,
+        dest: IpNetwork,
+        gw: Option<IpAddr>,
+        oif: Option<u32>,
+        metric: u32,
+        dev: &str,
+    ) -> Result<(), NetError> {
+        let msg = match dest {
+            IpNetwork::V4(d) => {
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.ip(), d.prefix());
+                if let Some(IpAddr::V4(g)) = gw {
+                    b = b.gateway(g);
+                }
+                if let Some(i) = oif {
+                    b = b.output_interface(i);
+                }
+                b.priority(metric)
+                    .protocol(RouteProtocol::Other(RTPROT_HOSTPLANE))
+                    .build()
+            }
+            IpNetwork::V6(d) => {
+                let mut b = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.ip(), d.prefix());
+                if let Some(IpAddr::V6(g)) = gw {
+                    b = b.gateway(g);
+                }
+                if let Some(i) = oif {
+                    b = b.output_interface(i);
+                }
+                b.priority(metric)
+                    .protocol(RouteProtocol::Other(RTPROT_HOSTPLANE))
+                    .build()
+            }
+        };
+        self.handle
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| Self::err("add route", dev, e))
+    }
+
+    /// Delete an owned route; one that is already gone (ESRCH) is fine.
+    pub async fn del_route(&self, r: &KernelRoute) -> Result<(), NetError> {
+        match self.handle.route().del(r.msg.clone()).execute().await {
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ESRCH => Ok(()),
+            other => other.map_err(|e| Self::err("delete route", &r.destination.to_string(), e)),
+        }
+    }
+}
+
+fn link_of(m: &LinkMessage) -> Link {
+    let mut l = Link {
+        index: m.header.index,
+        name: String::new(),
+        mtu: 0,
+        up: m.header.flags.contains(LinkFlags::Up),
+        controller: None,
+        alias: None,
+        is_bridge: false,
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Mtu(v) => l.mtu = *v,
+            LinkAttribute::Controller(c) => l.controller = Some(*c),
+            LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
+            LinkAttribute::LinkInfo(infos) => {
+                l.is_bridge = infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+fn route_of(m: RouteMessage) -> Option<KernelRoute> {
+    let mut dest: Option<IpAddr> = None;
+    let mut gateway = None;
+    let mut oif = None;
+    let mut metric = 0;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dest = Some(IpAddr::V4(*ip)),
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dest = Some(IpAddr::V6(*ip)),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(IpAddr::V4(*ip)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gateway = Some(IpAddr::V6(*ip)),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Priority(p) => metric = *p,
+            _ => {}
+        }
+    }
+    let v6 = m.header.address_family == rtnetlink::packet_route::AddressFamily::Inet6;
+    let dest = dest.unwrap_or(if v6 {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    });
+    let destination = IpNetwork::new(dest, m.header.destination_prefix_length).ok()?;
+    Some(KernelRoute {
+        destination,
+        gateway,
+        oif,
+        metric,
+        msg: m,
+    })
+}

@@ -1,0 +1,367 @@
+//! Reconcile, do not replay: read the host, compare with the desired state,
+//! change only the difference, and say per object what is applied.
+//!
+//! Ownership (what the agent may change or delete):
+//! - bridges it created carry `ifalias` = `hostplane:<dpu>`; an interface with
+//!   a desired bridge's name but without that tag is foreign and left alone
+//!   (the object is reported failed);
+//! - a port is detached only from a bridge the agent owns; foreign port
+//!   interfaces are never deleted;
+//! - addresses: on an owned bridge, the agent adds what is desired and removes
+//!   only addresses it added before (kept in [`Owned`]); others stay;
+//! - routes it adds carry protocol [`RTPROT_HOSTPLANE`]; no other route is touched.
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnetwork::IpNetwork;
+
+use super::model::{Desired, PortRef};
+use super::netlink::{Link, Netlink, Snapshot};
+use super::sysfs::Sysfs;
+use super::{NetError, OWNER_TAG};
+
+/// What the agent has added that the kernel cannot tag: addresses per bridge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owned {
+    pub addresses: BTreeMap<String, BTreeSet<IpNetwork>>,
+}
+
+/// One object's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStatus {
+    pub dpu: String,
+    pub object: String,
+    pub error: Option<String>,
+}
+
+/// The result of one pass.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Netlink and sysfs writes made.
+    pub changes: u32,
+    /// Human descriptions of the changes, in order.
+    pub log: Vec<String>,
+    pub objects: Vec<ObjectStatus>,
+}
+
+impl Outcome {
+    fn ok(&mut self, dpu: &str, object: String) {
+        self.objects.push(ObjectStatus {
+            dpu: dpu.into(),
+            object,
+            error: None,
+        });
+    }
+    fn failed(&mut self, dpu: &str, object: String, e: &NetError) {
+        self.objects.push(ObjectStatus {
+            dpu: dpu.into(),
+            object,
+            error: Some(e.to_string()),
+        });
+    }
+    fn changed(&mut self, what: String) {
+        self.changes += 1;
+        self.log.push(what);
+    }
+}
+
+pub fn owner_tag(dpu: &str) -> String {
+    format!("{OWNER_TAG}{dpu}")
+}
+
+fn owned(l: &Link) -> bool {
+    l.is_bridge && l.alias.as_deref().is_some_and(|a| a.starts_with(OWNER_TAG))
+}
+
+/// Bring the host to `desired`. With `dry_run`, nothing is written and the
+/// outcome lists what would change.
+pub async fn reconcile(
+    nl: &Netlink,
+    sysfs: &Sysfs,
+    desired: &Desired,
+    owned_state: &mut Owned,
+    dry_run: bool,
+) -> Result<Outcome, NetError> {
+    let mut out = Outcome::default();
+    sriov(sysfs, desired, dry_run, &mut out).await;
+    let mut snap = nl.snapshot().await?;
+
+    // Bridges: create, MTU, up.
+    for b in desired.bridges.values() {
+        let obj = format!("bridge {}", b.name);
+        match ensure_bridge(nl, &snap, b, dry_run, &mut out).await {
+            Ok(()) => out.ok(&b.dpu, obj),
+            Err(e) => out.failed(&b.dpu, obj, &e),
+        }
+    }
+    if !dry_run {
+        snap = nl.snapshot().await?;
+    }
+
+    // Ports and addresses of each bridge.
+    for b in desired.bridges.values() {
+        let Some(br) = snap.link(&b.name).filter(|l| owned(l) || dry_run).cloned() else {
+            continue;
+        };
+        for p in &b.ports {
+            let obj = format!("port {p} -> {}", b.name);
+            match attach(nl, sysfs, &snap, &br, p, b.mtu, dry_run, &mut out).await {
+                Ok(()) => out.ok(&b.dpu, obj),
+                Err(e) => out.failed(&b.dpu, obj, &e),
+            }
+        }
+        let have: BTreeSet<IpNetwork> = snap.addrs.get(&br.index).into_iter().flatten().copied().collect();
+        let mine = owned_state.addresses.entry(b.name.clone()).or_default();
+        for a in &b.addresses {
+            let obj = format!("address {a} on {}", b.name);
+            if have.contains(a) {
+                mine.insert(*a);
+                out.ok(&b.dpu, obj);
+                continue;
+            }
+            out.changed(format!("add {obj}"));
+            let r = if dry_run {
+                Ok(())
+            } else {
+                nl.add_address(&br, *a).await
+            };
+            match r {
+                Ok(()) => {
+                    mine.insert(*a);
+                    out.ok(&b.dpu, obj);
+                }
+                Err(e) => out.failed(&b.dpu, obj, &e),
+            }
+        }
+        // Addresses the agent added earlier that are no longer desired.
+        for a in mine.clone() {
+            if !b.addresses.contains(&a) {
+                if have.contains(&a) {
+                    out.changed(format!("remove address {a} from {}", b.name));
+                    if !dry_run {
+                        nl.del_address(&br, a).await?;
+                    }
+                }
+                mine.remove(&a);
+            }
+        }
+    }
+
+    // Ports on owned bridges that are no longer desired: detach (never delete).
+    for l in &snap.links {
+        let Some(ctrl) = l.controller.and_then(|c| snap.by_index(c)) else {
+            continue;
+        };
+        if !owned(ctrl) {
+            continue;
+        }
+        let wanted = desired.bridges.get(&ctrl.name).is_some_and(|b| {
+            b.ports
+                .iter()
+                .any(|p| resolve(sysfs, p).ok().as_deref() == Some(l.name.as_str()))
+        });
+        if !wanted {
+            out.changed(format!("detach {} from {}", l.name, ctrl.name));
+            if !dry_run {
+                nl.detach(l).await?;
+            }
+        }
+    }
+
+    // Routes first: an obsolete route may hang off a bridge about to go.
+    routes(nl, &snap, desired, dry_run, &mut out).await?;
+
+    // Owned bridges that are no longer desired: delete.
+    for l in snap
+        .links
+        .iter()
+        .filter(|l| owned(l) && !desired.bridges.contains_key(&l.name))
+    {
+        out.changed(format!("delete bridge {}", l.name));
+        if !dry_run {
+            nl.delete(l).await?;
+        }
+        owned_state.addresses.remove(&l.name);
+    }
+    owned_state
+        .addresses
+        .retain(|b, _| desired.bridges.contains_key(b));
+    Ok(out)
+}
+
+async fn ensure_bridge(
+    nl: &Netlink,
+    snap: &Snapshot,
+    b: &super::model::BridgeSpec,
+    dry_run: bool,
+    out: &mut Outcome,
+) -> Result<(), NetError> {
+    let link = match snap.link(&b.name) {
+        Some(l) if !owned(l) => {
+            return Err(NetError::Foreign {
+                ifname: b.name.clone(),
+            });
+        }
+        Some(l) => l.clone(),
+        None => {
+            out.changed(format!("create bridge {}", b.name));
+            if dry_run {
+                return Ok(());
+            }
+            let index = nl.create_bridge(&b.name, &owner_tag(&b.dpu)).await?;
+            Link {
+                index,
+                name: b.name.clone(),
+                mtu: 0,
+                up: false,
+                controller: None,
+                alias: Some(owner_tag(&b.dpu)),
+                is_bridge: true,
+            }
+        }
+    };
+    if b.mtu != 0 && link.mtu != b.mtu {
+        out.changed(format!("set mtu {} on {}", b.mtu, b.name));
+        if !dry_run {
+            nl.set_mtu(&link, b.mtu).await?;
+        }
+    }
+    if !link.up {
+        out.changed(format!("set {} up", b.name));
+        if !dry_run {
+            nl.set_up(&link).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The interface name a port reference stands for.
+pub fn resolve(sysfs: &Sysfs, p: &PortRef) -> Result<String, NetError> {
+    match p {
+        PortRef::Name(n) => Ok(n.clone()),
+        PortRef::Pci(bdf) => sysfs.netdev_of_pci(bdf),
+        PortRef::Vf { pf, index } => sysfs.netdev_of_vf(pf, *index),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attach(
+    nl: &Netlink,
+    sysfs: &Sysfs,
+    snap: &Snapshot,
+    br: &Link,
+    p: &PortRef,
+    mtu: u32,
+    dry_run: bool,
+    out: &mut Outcome,
+) -> Result<(), NetError> {
+    let name = resolve(sysfs, p)?;
+    let l = snap
+        .link(&name)
+        .ok_or(NetError::NoSuchInterface { ifname: name.clone() })?;
+    if mtu != 0 && l.mtu != mtu {
+        out.changed(format!("set mtu {mtu} on {name}"));
+        if !dry_run {
+            nl.set_mtu(l, mtu).await?;
+        }
+    }
+    if l.controller != Some(br.index) {
+        out.changed(format!("attach {name} to {}", br.name));
+        if !dry_run {
+            nl.set_controller(l, br.index).await?;
+        }
+    }
+    if !l.up {
+        out.changed(format!("set {name} up"));
+        if !dry_run {
+            nl.set_up(l).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn routes(
+    nl: &Netlink,
+    snap: &Snapshot,
+    desired: &Desired,
+    dry_run: bool,
+    out: &mut Outcome,
+) -> Result<(), NetError> {
+    let mut keep = vec![false; snap.routes.len()];
+    for r in &desired.routes {
+        let obj = format!("route {}", r.destination);
+        let oif = match &r.dev {
+            Some(dev) => match snap.link(dev) {
+                Some(l) => Some(l.index),
+                None if dry_run => None,
+                None => {
+                    out.failed(&r.dpu, obj, &NetError::NoSuchInterface { ifname: dev.clone() });
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let found = snap.routes.iter().position(|k| {
+            k.destination == r.destination
+                && k.gateway == r.gateway
+                && k.metric == r.metric
+                && (oif.is_none() || k.oif == oif)
+        });
+        if let Some(i) = found {
+            keep[i] = true;
+            out.ok(&r.dpu, obj);
+            continue;
+        }
+        out.changed(format!("add {obj}"));
+        let res = if dry_run {
+            Ok(())
+        } else {
+            nl.add_route(
+                r.destination,
+                r.gateway,
+                oif,
+                r.metric,
+                r.dev.as_deref().unwrap_or("-"),
+            )
+            .await
+        };
+        match res {
+            Ok(()) => out.ok(&r.dpu, obj),
+            Err(e) => out.failed(&r.dpu, obj, &e),
+        }
+    }
+    for (k, keep) in snap.routes.iter().zip(keep) {
+        if !keep {
+            out.changed(format!("delete route {}", k.destination));
+            if !dry_run {
+                nl.del_route(k).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn sriov(sysfs: &Sysfs, desired: &Desired, dry_run: bool, out: &mut Outcome) {
+    for s in &desired.sriov {
+        let obj = format!("vfs {} = {}", s.pf, s.num_vfs);
+        let sysfs = sysfs.clone();
+        let (pf, n) = (s.pf.clone(), s.num_vfs);
+        let r = tokio::task::spawn_blocking(move || sysfs.ensure_num_vfs(&pf, n, dry_run))
+            .await
+            .unwrap_or_else(|e| {
+                Err(NetError::Sysfs {
+                    path: "spawn_blocking".into(),
+                    op: "join",
+                    source: std::io::Error::other(e),
+                })
+            });
+        match r {
+            Ok(writes) => {
+                for w in writes {
+                    out.changed(w);
+                }
+                out.ok(&s.dpu, obj);
+            }
+            Err(e) => out.failed(&s.dpu, obj, &e),
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Host networking on the real kernel: each test makes its own network
+//! namespace with veth pairs, runs the agent's network code inside it, and
+//! checks the result independently with `ip -j` (not with the agent's own
+//! reading). Needs root and network namespaces (CI has both); without them
+//! the tests print why and return.
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hostplane_agent::net::{self, NetConfig, NetError};
+use hostplane_proto::v1::{Bridge, DpuNetwork, HostNetwork, Route};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// A fresh namespace with veth pairs `veth<i>` (peers `peer<i>`), or None (skip) when the kernel
+    /// or the user cannot make one.
+    fn new(veths: usize) -> Option<Netns> {
+        let name = format!("hp-test-{}-{}", std::process::id(), rand::random::<u32>());
+        let out = Command::new("ip").args(["netns", "add", &name]).output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot create a network namespace: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                return None;
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: `ip` is not available ({e}); run scripts/setup");
+                return None;
+            }
+        }
+        let ns = Netns { name };
+        for i in 1..=veths {
+            ns.ip(&[
+                "link",
+                "add",
+                &format!("veth{i}"),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("peer{i}"),
+            ]);
+        }
+        ns.ip(&["link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = Command::new("ip")
+            .args(["-j", "-n", &self.name])
+            .args(args)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// `ip -j link show dev NAME`, or None when it does not exist.
+    fn link(&self, name: &str) -> Option<Value> {
+        self.json(&["link", "show", "dev", name])
+            .as_array()
+            .and_then(|a| a.first().cloned())
+    }
+
+    fn addrs(&self, dev: &str) -> Vec<String> {
+        let v = self.json(&["addr", "show", "dev", dev]);
+        let mut out = Vec::new();
+        for l in v.as_array().into_iter().flatten() {
+            for a in l["addr_info"].as_array().into_iter().flatten() {
+                if a["scope"] == "global" {
+                    out.push(format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn all_links(&self) -> Value {
+        self.json(&["link", "show"])
+    }
+
+    fn cfg(&self) -> NetConfig {
+        NetConfig {
+            netns: Some(self.name.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn dpu(name: &str, net: HostNetwork) -> DpuNetwork {
+    DpuNetwork {
+        dpu: name.into(),
+        pf_pci_address: String::new(),
+        network: Some(net),
+    }
+}
+
+fn br(name: &str, ports: &[&str], mtu: u32, addrs: &[&str]) -> Bridge {
+    Bridge {
+        name: name.into(),
+        ports: ports.iter().map(|s| s.to_string()).collect(),
+        mtu,
+        addresses: addrs.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn master(l: &Value) -> Option<&str> {
+    l["master"].as_str()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_reapply_change_and_remove() {
+    let Some(ns) = Netns::new(3) else { return };
+    let stop = CancellationToken::new();
+    let h = net::start(ns.cfg(), stop.clone()).unwrap();
+    let want = |ports: &[&str], mtu: u32| {
+        vec![dpu(
+            "d1",
+            HostNetwork {
+                bridges: vec![br("br-dpu", ports, mtu, &["10.0.0.1/24", "fd00::1/64"])],
+                routes: vec![Route {
+                    destination: "10.9.0.0/16".into(),
+                    gateway: "10.0.0.254".into(),
+                    dev: "br-dpu".into(),
+                    metric: 0,
+                }],
+                ..Default::default()
+            },
+        )]
+    };
+
+    // From empty.
+    let r = h.set_desired(want(&["veth1", "veth2"], 9000)).await.unwrap();
+    assert!(r[0].applied, "{:?}", r[0].objects);
+    assert!(r[0].changes > 0);
+    let b = ns.link("br-dpu").expect("bridge created");
+    assert_eq!(b["mtu"], 9000);
+    assert_eq!(b["ifalias"], "hostplane:d1", "ownership tag");
+    assert!(b["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    for p in ["veth1", "veth2"] {
+        let l = ns.link(p).unwrap();
+        assert_eq!(master(&l), Some("br-dpu"), "{p} attached");
+        assert_eq!(l["mtu"], 9000, "{p} takes the bridge MTU");
+    }
+    assert_eq!(ns.addrs("br-dpu"), ["10.0.0.1/24", "fd00::1/64"]);
+    let routes = ns.ip(&["route", "show", "proto", "196"]);
+    assert!(
+        routes.contains("10.9.0.0/16 via 10.0.0.254 dev br-dpu"),
+        "{routes}"
+    );
+
+    // The same state again: nothing to do.
+    let r = h.set_desired(want(&["veth1", "veth2"], 9000)).await.unwrap();
+    assert_eq!(r[0].changes, 0, "a no-op reapply changes nothing");
+
+    // Change the MTU, swap a port.
+    let r = h.set_desired(want(&["veth1", "veth3"], 1500)).await.unwrap();
+    assert!(r[0].applied);
+    assert_eq!(ns.link("br-dpu").unwrap()["mtu"], 1500);
+    assert_eq!(master(&ns.link("veth3").unwrap()), Some("br-dpu"));
+    let veth2 = ns
+        .link("veth2")
+        .expect("a removed port is detached, never deleted");
+    assert_eq!(master(&veth2), None);
+
+    // Remove it all: the bridge and its route go; the ports stay.
+    let r = h.set_desired(vec![]).await.unwrap();
+    assert!(r.is_empty());
+    assert!(ns.link("br-dpu").is_none(), "bridge removed");
+    assert!(ns.link("veth1").is_some());
+    assert!(ns.ip(&["route", "show", "proto", "196"]).trim().is_empty());
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_repaired_within_a_second() {
+    let Some(ns) = Netns::new(1) else { return };
+    let stop = CancellationToken::new();
+    let h = net::start(ns.cfg(), stop.clone()).unwrap();
+    let mut reports = h.subscribe();
+    let want = vec![dpu(
+        "d1",
+        HostNetwork {
+            bridges: vec![br("br0", &["veth1"], 0, &["192.0.2.1/24"])],
+            ..Default::default()
+        },
+    )];
+    h.set_desired(want).await.unwrap();
+    assert!(ns.link("br0").is_some());
+
+    ns.ip(&["link", "del", "br0"]);
+    let t0 = Instant::now();
+    while ns.link("br0").is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "br0 not recreated within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = tokio::time::timeout(Duration::from_secs(2), reports.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.drift_repairs, 1);
+    assert!(r.last_drift.contains("create bridge br0"), "{}", r.last_drift);
+    // The repair is complete: port and address are back too.
+    for _ in 0..100 {
+        if ns.addrs("br0") == ["192.0.2.1/24"] && master(&ns.link("veth1").unwrap()) == Some("br0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ns.addrs("br0"), ["192.0.2.1/24"]);
+    assert_eq!(master(&ns.link("veth1").unwrap()), Some("br0"));
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_objects_are_never_touched() {
+    let Some(ns) = Netns::new(2) else { return };
+    // A bridge someone else made, with the name the desired state wants, and one it does not name.
+    ns.ip(&["link", "add", "br-taken", "type", "bridge"]);
+    ns.ip(&["link", "add", "br-other", "type", "bridge"]);
+    ns.ip(&["link", "set", "veth2", "master", "br-other"]);
+    ns.ip(&["addr", "add", "198.51.100.7/24", "dev", "veth1"]);
+    let stop = CancellationToken::new();
+    let h = net::start(ns.cfg(), stop.clone()).unwrap();
+    let r = h
+        .set_desired(vec![dpu(
+            "d1",
+            HostNetwork {
+                bridges: vec![
+                    br("br-taken", &["veth1"], 0, &[]),
+                    br("br-mine", &[], 0, &["10.1.0.1/24"]),
+                ],
+                ..Default::default()
+            },
+        )])
+        .await
+        .unwrap();
+    let taken = r[0]
+        .objects
+        .iter()
+        .find(|o| o.object == "bridge br-taken")
+        .unwrap();
+    assert!(
+        !taken.applied && taken.error.contains("not created by hostplane"),
+        "{taken:?}"
+    );
+    assert!(!r[0].applied, "a partial failure is reported as such");
+    assert!(
+        r[0].objects
+            .iter()
+            .any(|o| o.object == "bridge br-mine" && o.applied),
+        "the rest is applied"
+    );
+    let t = ns.link("br-taken").unwrap();
+    assert!(t["ifalias"].is_null(), "the foreign bridge was not tagged");
+    assert_eq!(
+        master(&ns.link("veth1").unwrap()),
+        None,
+        "no port was moved into a foreign bridge"
+    );
+    assert_eq!(
+        master(&ns.link("veth2").unwrap()),
+        Some("br-other"),
+        "a foreign port stays where it is"
+    );
+    assert_eq!(ns.addrs("veth1"), ["198.51.100.7/24"], "a foreign address stays");
+    // Removing everything removes only what the agent made.
+    h.set_desired(vec![]).await.unwrap();
+    assert!(ns.link("br-mine").is_none());
+    assert!(ns.link("br-taken").is_some() && ns.link("br-other").is_some());
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_state_changes_nothing() {
+    let Some(ns) = Netns::new(1) else { return };
+    let stop = CancellationToken::new();
+    let h = net::start(ns.cfg(), stop.clone()).unwrap();
+    let before = ns.all_links();
+    let bad = vec![dpu(
+        "d1",
+        HostNetwork {
+            bridges: vec![br("br0", &["veth1"], 0, &[]), br("br1", &["veth1"], 20, &[])],
+            ..Default::default()
+        },
+    )];
+    let e = h.set_desired(bad).await.unwrap_err();
+    assert!(matches!(e, NetError::Invalid { .. }), "{e}");
+    assert!(e.to_string().contains("dpu d1: host_network.bridges[1]"), "{e}");
+    assert_eq!(ns.all_links(), before, "nothing changed");
+    // diff shows and changes nothing either.
+    let good = vec![dpu(
+        "d1",
+        HostNetwork {
+            bridges: vec![br("br0", &["veth1"], 0, &[])],
+            ..Default::default()
+        },
+    )];
+    let changes = net::diff(&ns.cfg(), &good).await.unwrap();
+    assert!(changes.iter().any(|c| c == "create bridge br0"), "{changes:?}");
+    assert_eq!(ns.all_links(), before, "diff changed nothing");
+    stop.cancel();
+}
