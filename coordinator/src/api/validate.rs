@@ -2,11 +2,10 @@
 //! functions: they look at one object, never at the store, and name the
 //! field that is wrong (`device.spec.rshim: ...`). `p` is the path prefix of
 //! the object in the request (`device`, `devices[2]`).
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use hostplane_proto::v1::{
-    Bfb, Deployment, Device, Flavor, HostNetwork, Kind, Node, NodeEffect, ObjectMeta, RebootMethod, Resource,
-    resource,
+    Bfb, Deployment, Device, Flavor, Kind, Node, NodeEffect, ObjectMeta, RebootMethod, Resource, resource,
 };
 
 use super::error::ApiError;
@@ -15,9 +14,7 @@ pub const MAX_NAME: usize = 63;
 pub const MAX_LABEL_KEY: usize = 253;
 pub const MAX_LABEL_VALUE: usize = 253;
 pub const MAX_MAX_UNAVAILABLE: u32 = 10_000;
-pub const MIN_MTU: u32 = 68;
-pub const MAX_MTU: u32 = 9216;
-pub const MAX_VFS: u32 = 256;
+pub use net::{MAX_MTU, MAX_VFS, MIN_MTU};
 
 type Result<T = ()> = std::result::Result<T, ApiError>;
 
@@ -137,16 +134,6 @@ pub fn ifname(field: String, value: &str) -> Result {
         return Err(invalid(
             format!("{field} {value:?}"),
             "must be an interface name: 1-15 characters, no '/', ':' or spaces",
-        ));
-    }
-    Ok(())
-}
-
-fn mtu(field: String, value: u32) -> Result {
-    if value != 0 && !(MIN_MTU..=MAX_MTU).contains(&value) {
-        return Err(invalid(
-            field,
-            format!("{value} is out of range: 0 (leave as is) or {MIN_MTU}..={MAX_MTU}"),
         ));
     }
     Ok(())
@@ -303,36 +290,10 @@ pub fn flavor(p: &str, f: &Flavor) -> Result {
         }
         no_space(format!("{p}.spec.nic_firmware[{k:?}]"), v, 128)?;
     }
-    host_network(
+    net::host_network(
         &format!("{p}.spec.host_network"),
         &spec.host_network.unwrap_or_default(),
     )
-}
-
-fn host_network(p: &str, h: &HostNetwork) -> Result {
-    if h.num_vfs > MAX_VFS {
-        return Err(invalid(
-            format!("{p}.num_vfs"),
-            format!("{} is more than {MAX_VFS}", h.num_vfs),
-        ));
-    }
-    mtu(format!("{p}.mtu"), h.mtu)?;
-    let mut seen = HashSet::new();
-    for (i, b) in h.bridges.iter().enumerate() {
-        let bp = format!("{p}.bridges[{i}]");
-        ifname(format!("{bp}.name"), &b.name)?;
-        if !seen.insert(b.name.as_str()) {
-            return Err(invalid(
-                format!("{bp}.name"),
-                format!("bridge {:?} is listed twice", b.name),
-            ));
-        }
-        mtu(format!("{bp}.mtu"), b.mtu)?;
-        for (j, port) in b.ports.iter().enumerate() {
-            ifname(format!("{bp}.ports[{j}]"), port)?;
-        }
-    }
-    Ok(())
 }
 
 pub fn deployment(p: &str, d: &Deployment) -> Result {
@@ -361,6 +322,9 @@ pub fn deployment(p: &str, d: &Deployment) -> Result {
     }
     Ok(())
 }
+
+#[path = "validate_net.rs"]
+mod net;
 
 #[cfg(test)]
 #[path = "validate_tests.rs"]
