@@ -50,6 +50,8 @@ enum Cmd {
     Flash(Box<FlashArgs>),
     /// Check the config and exit: 0 when valid, 78 when not.
     Validate(ConfigArgs),
+    /// Apply, diff or show the host network by hand (no coordinator).
+    Network(hostplane_agent::net::cli::NetworkArgs),
     /// Print the version and exit.
     Version,
 }
@@ -76,6 +78,13 @@ fn main() -> ExitCode {
             logging::init(&ProcessEnv, LogFormat::Plain);
             match runtime() {
                 Ok(rt) => rt.block_on(run_flash_cli(*args)),
+                Err(code) => code,
+            }
+        }
+        Cmd::Network(args) => {
+            logging::init(&ProcessEnv, LogFormat::Plain);
+            match runtime() {
+                Ok(rt) => rt.block_on(hostplane_agent::net::cli::run_network_cli(args)),
                 Err(code) => code,
             }
         }

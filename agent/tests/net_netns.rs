@@ -334,3 +334,73 @@ async fn an_invalid_state_changes_nothing() {
     assert_eq!(ns.all_links(), before, "diff changed nothing");
     stop.cancel();
 }
+
+fn agent(ns: &Netns, state: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hostplane-agent"))
+        .arg("network")
+        .args(args)
+        .args(["--netns", &ns.name, "--state"])
+        .arg(state)
+        .output()
+        .unwrap();
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), s(&out.stdout), s(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_command_applies_diffs_and_shows() {
+    let Some(ns) = Netns::new(1) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("owned.json");
+    let file = dir.path().join("net.yaml");
+    std::fs::write(
+        &file,
+        "mtu: 9000\nbridges:\n  - name: br-dpu\n    ports: [veth1]\n    addresses: [\"10.0.0.1/24\", \"10.0.1.1/24\"]\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+
+    let (code, out, err) = agent(&ns, &state, &["diff", "--file", f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("would create bridge br-dpu"), "{out}");
+    assert!(ns.link("br-dpu").is_none(), "diff changed nothing");
+
+    let (code, out, err) = agent(&ns, &state, &["apply", "--file", f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("create bridge br-dpu") && out.contains("attach veth1 to br-dpu"),
+        "{out}"
+    );
+    assert_eq!(ns.addrs("br-dpu"), ["10.0.0.1/24", "10.0.1.1/24"]);
+    assert_eq!(ns.link("br-dpu").unwrap()["ifalias"], "hostplane:standalone");
+
+    let (code, out, _) = agent(&ns, &state, &["diff", "--file", f]);
+    assert_eq!((code, out.trim()), (0, "no changes"));
+
+    // Drop one address from the file: the tool removes the one it added, and only that.
+    ns.ip(&["addr", "add", "10.0.2.1/24", "dev", "br-dpu"]);
+    std::fs::write(
+        &file,
+        "mtu: 9000\nbridges:\n  - name: br-dpu\n    ports: [veth1]\n    addresses: [\"10.0.0.1/24\"]\n",
+    )
+    .unwrap();
+    let (code, out, err) = agent(&ns, &state, &["apply", "--file", f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("remove address 10.0.1.1/24 from br-dpu"), "{out}");
+    assert_eq!(
+        ns.addrs("br-dpu"),
+        ["10.0.0.1/24", "10.0.2.1/24"],
+        "the foreign address stays"
+    );
+
+    let (code, out, _) = agent(&ns, &state, &["show"]);
+    assert_eq!(code, 0);
+    let shown: Value = serde_norway::from_str(&out).unwrap();
+    assert_eq!(shown["bridges"][0]["name"], "br-dpu");
+    assert_eq!(shown["bridges"][0]["ports"][0], "veth1");
+
+    std::fs::write(&file, "bridges:\n  - name: br0\n    mtu: 20\n").unwrap();
+    let (code, _, err) = agent(&ns, &state, &["apply", "--file", f]);
+    assert_eq!(code, 65, "a bad file is refused: {err}");
+    assert!(err.contains("bridges[0].mtu"), "{err}");
+}

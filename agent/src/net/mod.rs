@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub mod cli;
 pub mod model;
 pub mod netlink;
 pub mod reconcile;
@@ -55,6 +56,8 @@ pub enum NetError {
     TooManyVfs { pf: String, wanted: u32, total: u32 },
     #[error("network namespace {netns}: {source}")]
     Netns { netns: String, source: std::io::Error },
+    #[error("network state file {path}: {source}")]
+    State { path: PathBuf, source: std::io::Error },
     #[error("the network manager has stopped")]
     Stopped,
 }

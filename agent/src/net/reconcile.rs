@@ -25,6 +25,53 @@ pub struct Owned {
     pub addresses: BTreeMap<String, BTreeSet<IpNetwork>>,
 }
 
+impl Owned {
+    /// Load the record from `path` (JSON: bridge -> ["cidr", ...]); a missing file is an empty record.
+    pub fn load(path: &std::path::Path) -> Result<Owned, NetError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Owned::default()),
+            Err(source) => {
+                return Err(NetError::State {
+                    path: path.into(),
+                    source,
+                });
+            }
+        };
+        let raw: BTreeMap<String, BTreeSet<String>> =
+            serde_json::from_str(&text).map_err(|e| NetError::State {
+                path: path.into(),
+                source: std::io::Error::other(e),
+            })?;
+        let mut o = Owned::default();
+        for (bridge, addrs) in raw {
+            let set = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            o.addresses.insert(bridge, set);
+        }
+        Ok(o)
+    }
+
+    /// Write the record atomically (temp file + rename).
+    pub fn save(&self, path: &std::path::Path) -> Result<(), NetError> {
+        let raw: BTreeMap<&String, Vec<String>> = self
+            .addresses
+            .iter()
+            .map(|(b, a)| (b, a.iter().map(|n| n.to_string()).collect()))
+            .collect();
+        let text = serde_json::to_string_pretty(&raw).expect("maps of strings serialize");
+        let tmp = path.with_extension("tmp");
+        let io = |source| NetError::State {
+            path: path.into(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
 /// One object's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectStatus {
