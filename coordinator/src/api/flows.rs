@@ -11,6 +11,7 @@ use super::delete::mark;
 use super::error::ApiError;
 use super::typed::{self, Typed};
 use super::{AdminApi, audit, validate};
+use crate::fsm::util::{mid_install, phase_of};
 use crate::store::{Txn, now_ms};
 
 impl AdminApi {
@@ -214,14 +215,14 @@ fn rebooting_dpus(t: &Txn<'_>, node: &str) -> Result<Vec<String>, ApiError> {
         .into_iter()
         .filter(|d| d.spec.as_ref().is_some_and(|s| s.node == node))
         .collect();
-    let phase = |d: &Dpu| d.status.as_ref().map(|s| s.phase).unwrap_or_default();
-    let installing = (DpuPhase::InitializeInterface as i32)..=(DpuPhase::OsInstalling as i32);
-    if on_node.iter().any(|d| installing.contains(&phase(d))) {
+    // The same rule as the state machine's (docs/state-machine.md, Rebooting).
+    let phase = |d: &Dpu| phase_of(d.status.as_ref().map(|s| s.phase).unwrap_or_default());
+    if on_node.iter().any(|d| mid_install(phase(d))) {
         return Ok(Vec::new());
     }
     Ok(on_node
         .iter()
-        .filter(|d| phase(d) == DpuPhase::Rebooting as i32)
+        .filter(|d| phase(d) == DpuPhase::Rebooting)
         .map(|d| d.name().to_string())
         .collect())
 }

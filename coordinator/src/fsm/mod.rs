@@ -27,7 +27,9 @@ use tracing::Instrument;
 use crate::store::{CommandRow, Store, StoreError, now_ms};
 
 pub use config::{FsmConfig, PhaseTimeouts};
-pub use dpu::{BOOT_ID_MARK, COND_MAINTENANCE, COND_REFERENCES, COND_UNREACHABLE};
+pub use dpu::{
+    BOOT_ID_MARK, COND_MAINTENANCE, COND_REBOOT_HELD, COND_REBOOT_PENDING, COND_REFERENCES, COND_UNREACHABLE,
+};
 pub use plan::{COND_CONFLICT, COND_ROLLOUT};
 
 use cache::Cache;

@@ -272,7 +272,8 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
         window: HashMap::new(),
         cleared: Default::default(),
         installing: HashMap::new(),
-        reboot_in_flight: Default::default(),
+        rebooting: HashMap::new(),
+        reboot_cmd: HashMap::new(),
         next_deadline: None,
     };
     for d in cache.dpus.values() {
@@ -285,11 +286,20 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
         if needs_window(p) {
             *ctx.window.entry(sp.node.clone()).or_default() += 1;
         }
+        let name = || d.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
         if mid_install(p) {
-            *ctx.installing.entry(sp.node.clone()).or_default() += 1;
+            ctx.installing.entry(sp.node.clone()).or_default().insert(name());
         }
-        if p == DpuPhase::Rebooting && d.status.as_ref().is_some_and(|s| !s.command_id.is_empty()) {
-            ctx.reboot_in_flight.insert(sp.node.clone());
+        if p == DpuPhase::Rebooting {
+            ctx.rebooting.entry(sp.node.clone()).or_default().insert(name());
+            // The node's RebootHost of this round (a Dpu released this pass joins it, even when it
+            // already failed: the Dpus waiting on a failed reboot go to Error together).
+            let id = d.status.as_ref().map(|s| s.command_id.as_str()).unwrap_or("");
+            if !id.is_empty() {
+                ctx.reboot_cmd
+                    .entry(sp.node.clone())
+                    .or_insert_with(|| id.to_string());
+            }
         }
     }
     let mut tallies: HashMap<String, Tally> = HashMap::new();
@@ -315,7 +325,7 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
             // An external reboot is asked for only once no sibling is mid-install.
             if p == DpuPhase::Rebooting
                 && !agent_reboots(cache, node)
-                && ctx.installing.get(node).copied().unwrap_or(0) == 0
+                && ctx.installing.get(node).is_none_or(|s| s.is_empty())
             {
                 waiting.insert(node.to_string(), true);
             }

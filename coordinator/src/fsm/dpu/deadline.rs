@@ -20,7 +20,7 @@ impl Stepper<'_> {
         if phase == DpuPhase::Rebooting {
             // A reboot held for siblings still installing is not late: their phases have their own
             // timeouts, and the Rebooting clock starts when the hold is released.
-            if ctx.installing.get(&self.node()).copied().unwrap_or(0) > 0 {
+            if ctx.installing.get(&self.node()).is_some_and(|s| !s.is_empty()) {
                 return None;
             }
             if let Some(c) = condition(&self.st().conditions, COND_REBOOT_HELD)

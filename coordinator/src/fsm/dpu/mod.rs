@@ -4,7 +4,7 @@
 //! transitions as the current facts allow (each one recorded in the history);
 //! the result is one write that persists the transitions together with the
 //! command the last one issues. The Dpu is only cloned when something changes.
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::LazyLock;
 
 use hostplane_proto::v1::{Dpu, DpuPhase, DpuStatus, NodeEffect, PhaseTransition};
@@ -27,6 +27,8 @@ pub const COND_REFERENCES: &str = "ReferencesResolved";
 pub const COND_MAINTENANCE: &str = "MaintenanceApproved";
 /// True while a Dpu in Rebooting waits for siblings on its node to finish installing.
 pub const COND_REBOOT_HELD: &str = "RebootHeld";
+/// True while a Dpu in NodeEffect waits for its node's due reboot before it starts installing.
+pub const COND_REBOOT_PENDING: &str = "NodeRebootPending";
 
 mod deadline;
 mod phases;
@@ -46,10 +48,13 @@ pub struct StepCtx<'a> {
     pub window: HashMap<String, usize>,
     /// Nodes whose maintenance approval this pass clears.
     pub cleared: HashSet<String>,
-    /// Node -> Dpus mid-install (see `util::mid_install`), kept current as Dpus move.
-    pub installing: HashMap<String, usize>,
-    /// Nodes with a RebootHost command out (at most one per node at a time).
-    pub reboot_in_flight: HashSet<String>,
+    /// Node -> names of its Dpus mid-install (see `util::mid_install`), kept current as Dpus move.
+    pub installing: HashMap<String, BTreeSet<String>>,
+    /// Node -> names of its Dpus in Rebooting, kept current as Dpus move.
+    pub rebooting: HashMap<String, BTreeSet<String>>,
+    /// Node -> the id of its RebootHost command of this reboot round (open or succeeded; at most one
+    /// per node): every Dpu of the node in Rebooting waits on it.
+    pub reboot_cmd: HashMap<String, String>,
     /// Earliest phase deadline among the Dpus that stay (epoch ms).
     pub next_deadline: Option<i64>,
 }
@@ -84,6 +89,19 @@ struct Stepper<'a> {
     cancel: Option<String>,
     transitions: Vec<PhaseTransition>,
     mark: Option<&'a Mark>,
+}
+
+/// Keep a node -> Dpu names index current when a Dpu moves in or out of the phases it counts.
+fn track(index: &mut HashMap<String, BTreeSet<String>>, node: &str, dpu: &str, [was, is]: [bool; 2]) {
+    if was == is {
+        return;
+    }
+    let set = index.entry(node.to_string()).or_default();
+    if is {
+        set.insert(dpu.to_string());
+    } else {
+        set.remove(dpu);
+    }
 }
 
 /// Step one Dpu. `mark`: a controller asks for its deletion; `spec`: a new
@@ -243,14 +261,14 @@ impl<'a> Stepper<'a> {
                 n.saturating_sub(1)
             };
         }
-        if mid_install(from) != mid_install(to) {
-            let n = ctx.installing.entry(self.node()).or_default();
-            *n = if mid_install(to) {
-                *n + 1
-            } else {
-                n.saturating_sub(1)
-            };
-        }
+        let node = self.node();
+        track(&mut ctx.installing, &node, &name, [from, to].map(mid_install));
+        track(
+            &mut ctx.rebooting,
+            &node,
+            &name,
+            [from, to].map(|p| p == DpuPhase::Rebooting),
+        );
         if to == DpuPhase::Rebooting {
             // The host reboot is issued by `rebooting()`, once per node, when no sibling is mid-install.
             return;
@@ -441,6 +459,9 @@ impl<'a> Stepper<'a> {
             .and_then(|d| d.spec.as_ref())
             .is_some_and(|s| s.node_effect == NodeEffect::Auto as i32);
         if auto {
+            if self.node_reboot_due(&node_name, ctx) {
+                return Next::Stay;
+            }
             let message = format!("node effect AUTO: proceeding on node {node_name} without approval");
             return Next::Go {
                 to: DpuPhase::InitializeInterface,
@@ -456,6 +477,9 @@ impl<'a> Stepper<'a> {
                 .and_then(|n| n.status.as_ref())
                 .is_some_and(|s| s.maintenance_approved);
         if approved {
+            if self.node_reboot_due(&node_name, ctx) {
+                return Next::Stay;
+            }
             let msg = format!("maintenance approved on node {node_name}");
             self.cond(COND_MAINTENANCE, "True", "Approved", &msg, ctx.now);
             return Next::Go {
@@ -470,5 +494,26 @@ impl<'a> Stepper<'a> {
         );
         self.cond(COND_MAINTENANCE, "False", "WaitingForApproval", &msg, ctx.now);
         Next::Stay
+    }
+
+    /// A Dpu does not start installing while its node's reboot is due (a sibling waits in Rebooting
+    /// and none is mid-install): the host may be rebooted at any moment. It starts after the reboot.
+    fn node_reboot_due(&mut self, node: &str, ctx: &StepCtx<'_>) -> bool {
+        if let Some(waiting) = ctx.rebooting.get(node).filter(|s| !s.is_empty())
+            && ctx.installing.get(node).is_none_or(|s| s.is_empty())
+        {
+            let msg = format!(
+                "node {node} is about to be rebooted for {} (installed, in Rebooting); this Dpu starts \
+                 installing after that reboot",
+                phases::names_list(waiting)
+            );
+            self.cond(COND_REBOOT_PENDING, "True", "NodeRebootDue", &msg, ctx.now);
+            return true;
+        }
+        if condition(&self.st().conditions, COND_REBOOT_PENDING).is_some_and(|c| c.status == "True") {
+            let msg = format!("node {node} has no reboot pending");
+            self.cond(COND_REBOOT_PENDING, "False", "NoRebootDue", &msg, ctx.now);
+        }
+        false
     }
 }

@@ -167,18 +167,26 @@ impl Stepper<'_> {
             .unwrap_or_default();
         let entered = self.st().phase_entered_at_ms;
         // The host is rebooted once for all its Dpus, and never while a sibling is mid-install.
-        let siblings = ctx.installing.get(&node_name).copied().unwrap_or(0);
-        if siblings > 0 {
+        if let Some(names) = ctx.installing.get(&node_name).filter(|s| !s.is_empty()) {
             let msg = format!(
-                "{siblings} other Dpu(s) on node {node_name} are still being installed; the host is rebooted once \
-                 they reach Rebooting too"
+                "waits for sibling(s) {} to finish installing before node {node_name} can be rebooted ({} other \
+                 Dpu(s) on node {node_name} are still being installed)",
+                names_list(names),
+                names.len()
             );
             self.cond(COND_REBOOT_HELD, "True", "SiblingsInstalling", &msg, ctx.now);
+            self.set_message(msg);
             return Next::Stay;
         }
         if condition(&self.st().conditions, COND_REBOOT_HELD).is_some_and(|c| c.status == "True") {
             let msg = format!("no other Dpu on node {node_name} is being installed");
             self.cond(COND_REBOOT_HELD, "False", "SiblingsDone", &msg, ctx.now);
+            let then = if agent_reboots(ctx.cache, &node_name) {
+                format!("the agent on node {node_name} reboots the host")
+            } else {
+                format!("waiting for node {node_name} to be rebooted (reboot it, then MarkRebooted)")
+            };
+            self.set_message(format!("{msg}; {then}"));
         }
         if !agent_reboots(ctx.cache, &node_name) {
             // External reboot: the upstream system calls MarkRebooted.
@@ -208,11 +216,11 @@ impl Stepper<'_> {
             };
         }
         if self.st().command_id.is_empty() {
-            // One RebootHost per node: a sibling's reboot, already out, brings the new boot id for all.
-            if ctx.reboot_in_flight.insert(node_name) {
-                self.issue(DpuPhase::Rebooting, ctx);
+            self.issue_or_join_reboot(&node_name, ctx);
+            // A command issued now has no result yet; one joined may have (read below).
+            if self.phase() != DpuPhase::Rebooting || self.st().command_id.is_empty() {
+                return Next::Stay;
             }
-            return Next::Stay;
         }
         let r = match self.result(ctx) {
             Ok(Some(r)) => r,
@@ -229,6 +237,16 @@ impl Stepper<'_> {
         match CommandOutcome::try_from(r.outcome).unwrap_or(CommandOutcome::Unspecified) {
             // The reboot was issued; wait for the new boot id.
             CommandOutcome::Succeeded => Next::Stay,
+            CommandOutcome::Cancelled if self.reboot_issuer_left(ctx) => {
+                // The sibling that issued it left Rebooting (deleted, reprovisioned) and its command was
+                // withdrawn: this Dpu still needs the reboot.
+                let id = std::mem::take(&mut self.w().status.get_or_insert_default().command_id);
+                if ctx.reboot_cmd.get(&node_name) == Some(&id) {
+                    ctx.reboot_cmd.remove(&node_name);
+                }
+                self.issue_or_join_reboot(&node_name, ctx);
+                Next::Stay
+            }
             _ => {
                 let message = format!(
                     "the agent on node {node_name} did not reboot the host ({}: {}); the boot_id is unchanged; \
@@ -245,5 +263,51 @@ impl Stepper<'_> {
                 }
             }
         }
+    }
+
+    /// Wait on the node's RebootHost of this round, or issue it (one per node): every Dpu of the
+    /// node in Rebooting records the same command id, so its result moves (or fails) them all.
+    fn issue_or_join_reboot(&mut self, node: &str, ctx: &mut StepCtx<'_>) {
+        if let Some(id) = ctx.reboot_cmd.get(node) {
+            let id = id.clone();
+            self.w().status.get_or_insert_default().command_id = id;
+            return;
+        }
+        self.issue(DpuPhase::Rebooting, ctx);
+        let id = &self.st().command_id;
+        if self.phase() == DpuPhase::Rebooting && !id.is_empty() {
+            ctx.reboot_cmd.insert(node.to_string(), id.clone());
+        }
+    }
+
+    /// True when the RebootHost this Dpu waits on was issued by a sibling that no longer waits on it.
+    fn reboot_issuer_left(&self, ctx: &StepCtx<'_>) -> bool {
+        let id = &self.st().command_id;
+        let Some(Some(row)) = ctx.cmds.get(id) else {
+            return false;
+        };
+        let issuer = &row.command.dpu;
+        issuer != self.name()
+            && ctx.cache.dpus.get(issuer).is_none_or(|d| {
+                d.status
+                    .as_ref()
+                    .is_none_or(|s| s.phase != DpuPhase::Rebooting as i32 || &s.command_id != id)
+            })
+    }
+
+    /// Set `status.message` (what GetDpuReadiness shows), cloning the Dpu only when it changes.
+    fn set_message(&mut self, msg: String) {
+        if self.st().message != msg {
+            self.w().status.get_or_insert_default().message = msg;
+        }
+    }
+}
+
+/// "d1, d2" (at most 5 names, then "and N more").
+pub(super) fn names_list(names: &std::collections::BTreeSet<String>) -> String {
+    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+    match names.len() {
+        n if n > 5 => format!("{} and {} more", shown.join(", "), n - 5),
+        _ => shown.join(", "),
     }
 }
