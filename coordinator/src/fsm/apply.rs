@@ -6,7 +6,7 @@ use hostplane_proto::v1::{Command, DeploymentStatus, Dpu, Kind, PhaseTransition,
 
 use crate::store::{StoreError, Txn};
 
-use super::util::being_deleted;
+use super::util::{being_deleted, network_phase};
 
 /// One Dpu write: the new object, the commands entering its phase issues and
 /// the transitions it made (persisted together, in one transaction).
@@ -96,12 +96,17 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                     .as_ref()
                     .map(|m| m.name.clone())
                     .unwrap_or_default();
-                match get_dpu(t, &name)? {
-                    Some(cur) if rv(&cur) == u.expected_rv => {}
+                let cur = match get_dpu(t, &name)? {
+                    Some(cur) if rv(&cur) == u.expected_rv => cur,
                     _ => {
                         out.conflicts += 1;
                         continue;
                     }
+                };
+                if network_phase(&cur) != network_phase(&u.dpu) {
+                    // Its host network joins or leaves the node's desired state;
+                    // a Ready Dpu that is deleted has no command to announce that.
+                    t.touch_desired(&u.node)?;
                 }
                 if let Some(why) = &u.cancel {
                     t.cancel_commands_for_dpu(&name, why)?;
@@ -115,12 +120,17 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                 out.writes += 1;
             }
             Action::RemoveDpu { name, expected_rv } => {
-                match get_dpu(t, &name)? {
-                    Some(cur) if rv(&cur) == expected_rv => {}
+                let cur = match get_dpu(t, &name)? {
+                    Some(cur) if rv(&cur) == expected_rv => cur,
                     _ => {
                         out.conflicts += 1;
                         continue;
                     }
+                };
+                if network_phase(&cur)
+                    && let Some(node) = cur.spec.as_ref().map(|s| s.node.as_str())
+                {
+                    t.touch_desired(node)?;
                 }
                 t.cancel_commands_for_dpu(&name, &format!("dpu {name} was deleted"))?;
                 t.delete(Kind::Dpu, &name)?;

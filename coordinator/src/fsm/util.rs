@@ -2,7 +2,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use hostplane_proto::v1::{Condition, DpuPhase, ObjectMeta};
+use hostplane_proto::v1::{Condition, Dpu, DpuPhase, ObjectMeta};
 
 /// Set (or refresh) a condition. `last_transition_time_ms` only moves when the
 /// status changes. Returns true when anything changed.
@@ -67,6 +67,30 @@ pub fn needs_window(p: DpuPhase) -> bool {
 /// of a node is in one of them, the host must not be rebooted.
 pub fn mid_install(p: DpuPhase) -> bool {
     (DpuPhase::InitializeInterface as i32..=DpuPhase::OsInstalling as i32).contains(&(p as i32))
+}
+
+/// True when the Dpu's phase puts its Flavor's host network in its node's
+/// desired state (`DesiredState.networks`): InitializeInterface through
+/// Ready, and Error when the Dpu failed in one of those (the network it had
+/// stays until the Dpu is deleted or reprovisioned; an Error does not tear
+/// down the host side). A Dpu marked for deletion is left out by the reader
+/// as well (see `stream::network`); this is the phase part only, which the
+/// reconciler compares to know when to give the node a new desired version.
+pub fn network_phase(d: &Dpu) -> bool {
+    let Some(st) = d.status.as_ref() else {
+        return false;
+    };
+    let keeps =
+        |p: DpuPhase| (DpuPhase::InitializeInterface as i32..=DpuPhase::Ready as i32).contains(&(p as i32));
+    match phase_of(st.phase) {
+        DpuPhase::Error => st
+            .history
+            .iter()
+            .rev()
+            .find(|t| t.to == DpuPhase::Error as i32)
+            .is_some_and(|t| keeps(phase_of(t.from))),
+        p => keeps(p),
+    }
 }
 
 /// Phases that end on an agent command result.
@@ -146,6 +170,53 @@ mod tests {
             walk.push(p);
         }
         assert_eq!(walk.len(), 11);
+    }
+
+    #[test]
+    fn network_phases() {
+        use hostplane_proto::v1::{DpuStatus, PhaseTransition};
+        let dpu = |phase: DpuPhase, history: &[(DpuPhase, DpuPhase)]| Dpu {
+            status: Some(DpuStatus {
+                phase: phase as i32,
+                history: history
+                    .iter()
+                    .map(|(from, to)| PhaseTransition {
+                        from: *from as i32,
+                        to: *to as i32,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        for (p, want) in [
+            (DpuPhase::Initializing, false),
+            (DpuPhase::Pending, false),
+            (DpuPhase::NodeEffect, false),
+            (DpuPhase::InitializeInterface, true),
+            (DpuPhase::OsInstalling, true),
+            (DpuPhase::Rebooting, true),
+            (DpuPhase::NodeEffectRemoval, true),
+            (DpuPhase::Ready, true),
+            (DpuPhase::Deleting, false),
+        ] {
+            assert_eq!(network_phase(&dpu(p, &[])), want, "{p:?}");
+        }
+        assert!(!network_phase(&Dpu::default()));
+        let failed_in = |from| {
+            dpu(
+                DpuPhase::Error,
+                &[(DpuPhase::Pending, from), (from, DpuPhase::Error)],
+            )
+        };
+        assert!(network_phase(&failed_in(DpuPhase::InitializeInterface)));
+        assert!(network_phase(&failed_in(DpuPhase::OsInstalling)));
+        assert!(!network_phase(&failed_in(DpuPhase::NodeEffect)));
+        assert!(
+            !network_phase(&dpu(DpuPhase::Error, &[])),
+            "no history: it never had one"
+        );
     }
 
     #[test]

@@ -166,6 +166,45 @@ async fn commands_make_the_desired_state() {
 }
 
 #[tokio::test]
+async fn touching_the_desired_state_gives_a_new_version_without_commands() {
+    let s = Store::in_memory().unwrap();
+    let mut drx = s.subscribe_desired();
+    let v1 = s
+        .write(|t| t.insert_command("n1", &cmd("c1", "d1")))
+        .await
+        .unwrap();
+    let v2 = s.write(|t| t.touch_desired("n1")).await.unwrap();
+    assert!(v2 > v1);
+    assert_eq!(s.read(|t| t.desired_version("n1")).await.unwrap(), v2);
+    assert_eq!(drx.recv().await.unwrap().version, v1);
+    assert_eq!(
+        drx.recv().await.unwrap(),
+        DesiredChanged {
+            node: "n1".into(),
+            version: v2
+        }
+    );
+    let open = s.read(|t| t.open_commands("n1")).await.unwrap();
+    assert_eq!(open.len(), 1, "touching changes no command");
+    // Two touches in one transaction announce only the last version.
+    let v3 = s
+        .write(|t| {
+            t.touch_desired("n2")?;
+            t.touch_desired("n2")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        drx.recv().await.unwrap(),
+        DesiredChanged {
+            node: "n2".into(),
+            version: v3
+        }
+    );
+    assert!(drx.try_recv().is_err());
+}
+
+#[tokio::test]
 async fn old_history_is_pruned_and_too_old_watch_is_refused() {
     let s = Store::in_memory().unwrap();
     for i in 0..5 {

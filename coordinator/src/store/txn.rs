@@ -252,6 +252,14 @@ impl<'a> Txn<'a> {
         Ok(version)
     }
 
+    /// Give a node's desired state a new version without changing its
+    /// commands: for changes the version must announce that are not command
+    /// rows (a Dpu's host network joining or leaving the node's desired
+    /// state). Sessions resend on the new version. Returns it.
+    pub fn touch_desired(&mut self, node: &str) -> Result<u64, StoreError> {
+        self.bump_desired(node)
+    }
+
     /// The version of a node's desired state (0 if it never had one).
     pub fn desired_version(&self, node: &str) -> Result<u64, StoreError> {
         let v: Option<i64> = self

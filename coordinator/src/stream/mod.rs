@@ -1,9 +1,11 @@
 //! The agent stream server (`hostplane.v1.AgentService/Session`), per
 //! docs/agent-protocol.md: Hello first, then the node's whole desired state
 //! (its open commands) with a version whenever it changes; ACK/NACK, command
-//! progress and results, heartbeats. Leases live in memory; a lapsed lease
-//! marks the node Unreachable in the store.
+//! progress and results, heartbeats; host networks in the desired state and
+//! the agent's network reports as Dpu conditions ([`network`]). Leases live
+//! in memory; a lapsed lease marks the node Unreachable in the store.
 mod liveness;
+pub mod network;
 mod session;
 mod status;
 
@@ -23,6 +25,7 @@ use tracing::Instrument;
 use crate::store::{Store, StoreError};
 
 pub use liveness::COND_REACHABLE;
+pub use network::COND_HOST_NETWORK;
 pub use status::{COND_APPLIED, COND_PRESENT};
 
 /// Agent stream settings (the `agents:` section of the coordinator config).

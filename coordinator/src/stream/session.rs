@@ -1,7 +1,7 @@
 //! One agent session after its Hello: sends the node's desired state whenever
 //! it changes, takes ACK/NACK, progress, results and heartbeats, and ends
 //! when the agent goes, a newer session replaces it, or the service stops.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use hostplane_proto::v1::{
@@ -17,6 +17,7 @@ use tonic::{Status, Streaming};
 use crate::store::{DesiredChanged, Store, StoreError, now_ms};
 
 use super::liveness::write_reachable;
+use super::network::{self, Ignored};
 use super::status::{self, Pending};
 use super::{Shared, StreamConfig, StreamError};
 
@@ -62,6 +63,8 @@ pub struct Session {
     flush_at: Option<Instant>,
     last_flush: Instant,
     last_seen_written: Instant,
+    /// Dpus whose ignored network report was logged at warn this session.
+    ignored_reports: HashSet<String>,
 }
 
 impl Session {
@@ -89,6 +92,7 @@ impl Session {
             flush_at: None,
             last_flush: now,
             last_seen_written: now,
+            ignored_reports: HashSet::new(),
         }
     }
 
@@ -100,29 +104,34 @@ impl Session {
     /// one sent (or always, with `force`). Err when the agent is gone.
     pub async fn send_desired(&mut self, force: bool) -> Result<(), StreamError> {
         let node = self.node.clone();
-        let (version, commands) = self
+        let (version, commands, networks) = self
             .store
-            .read(move |t| Ok::<_, StoreError>((t.desired_version(&node)?, t.open_commands(&node)?)))
+            .read(move |t| {
+                Ok::<_, StoreError>((
+                    t.desired_version(&node)?,
+                    t.open_commands(&node)?,
+                    network::desired_networks(t, &node)?,
+                ))
+            })
             .await?;
         if !force && self.last_sent.is_some_and(|v| version <= v) {
             return Ok(());
         }
         self.cmd_dpu = commands.iter().map(|c| (c.id.clone(), c.dpu.clone())).collect();
-        let n = commands.len();
+        let (n, nets) = (commands.len(), networks.len());
         let msg = CoordinatorMessage {
             msg: Some(coordinator_message::Msg::Desired(DesiredState {
                 version,
                 node: self.node.clone(),
                 commands,
                 lease_seconds: self.lease_seconds(),
-                // Filled in with host networking (issue 3).
-                networks: Vec::new(),
+                networks,
             })),
         };
         if self.tx.send(Ok(msg)).await.is_err() {
             return Err(StreamError::ShuttingDown);
         }
-        tracing::debug!(version, commands = n, "desired state sent");
+        tracing::debug!(version, commands = n, networks = nets, "desired state sent");
         self.last_sent = Some(version);
         self.pending.sent = Some(version);
         self.schedule_flush();
@@ -147,12 +156,36 @@ impl Session {
             self.last_seen_written = now;
         }
         let (node, lease_ms) = (self.node.clone(), self.cfg.lease.as_millis() as i64);
-        if let Err(e) = self
+        match self
             .store
             .write(move |t| status::flush(t, &node, p, lease_ms))
             .await
         {
-            tracing::warn!(error = %e, "cannot record the agent's acks and progress");
+            Ok(ignored) => {
+                for (dpu, why) in ignored {
+                    self.log_ignored_report(&dpu, &why);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the agent's acks, progress and network reports")
+            }
+        }
+    }
+
+    /// Once per Dpu and session at warn (the agent may repeat it on every reconcile), then at debug.
+    fn log_ignored_report(&mut self, dpu: &str, why: &Ignored) {
+        let first = self.ignored_reports.insert(dpu.to_string());
+        let why = match why {
+            Ignored::UnknownDpu => "no such dpu".to_string(),
+            Ignored::OtherNode(owner) => format!("the dpu belongs to node {owner}"),
+            Ignored::NotWanted => {
+                "the dpu's host network is not in the desired state (late report)".to_string()
+            }
+        };
+        if first {
+            tracing::warn!(dpu, reason = %why, "network report ignored");
+        } else {
+            tracing::debug!(dpu, reason = %why, "network report ignored");
         }
     }
 
@@ -232,8 +265,10 @@ impl Session {
         match m.msg {
             None | Some(agent_message::Msg::Heartbeat(_)) => {}
             Some(agent_message::Msg::NetworkReport(r)) => {
-                // Recorded on the Dpu with host networking (issue 3).
-                tracing::debug!(dpu = %r.dpu, applied = r.applied, "network report");
+                tracing::debug!(dpu = %r.dpu, applied = r.applied, changes = r.changes, "network report");
+                // Coalesced like progress: the latest report per Dpu is written at the next flush.
+                self.pending.reports.insert(r.dpu.clone(), r);
+                self.schedule_flush();
             }
             Some(agent_message::Msg::Hello(_)) => {
                 return Err(StreamError::SecondHello {

@@ -3,12 +3,13 @@
 //! acked versions, last-seen times and command progress.
 use std::collections::HashMap;
 
-use hostplane_proto::v1::{FlashProgress, Hello, Kind, Resource, resource};
+use hostplane_proto::v1::{FlashProgress, Hello, Kind, NetworkReport, Resource, resource};
 
 use crate::fsm::util::set_condition;
 use crate::store::{StoreError, Txn, now_ms};
 
 use super::liveness::COND_REACHABLE;
+use super::network::{self, Ignored};
 
 pub const COND_APPLIED: &str = "DesiredStateApplied";
 pub const COND_PRESENT: &str = "Present";
@@ -123,16 +124,28 @@ pub struct Pending {
     pub seen: Option<i64>,
     /// Dpu -> (command id, latest progress).
     pub progress: HashMap<String, (String, FlashProgress)>,
+    /// Dpu -> the latest host network report.
+    pub reports: HashMap<String, NetworkReport>,
 }
 
 impl Pending {
     pub fn is_empty(&self) -> bool {
-        self.acked.is_none() && self.sent.is_none() && self.seen.is_none() && self.progress.is_empty()
+        self.acked.is_none()
+            && self.sent.is_none()
+            && self.seen.is_none()
+            && self.progress.is_empty()
+            && self.reports.is_empty()
     }
 }
 
-/// Flush coalesced writes in one transaction.
-pub fn flush(t: &mut Txn<'_>, node: &str, p: Pending, lease_ms: i64) -> Result<(), StoreError> {
+/// Flush coalesced writes in one transaction. Returns the network reports
+/// that were not recorded, and why (the caller logs them).
+pub fn flush(
+    t: &mut Txn<'_>,
+    node: &str,
+    p: Pending,
+    lease_ms: i64,
+) -> Result<Vec<(String, Ignored)>, StoreError> {
     if (p.acked.is_some() || p.sent.is_some() || p.seen.is_some())
         && let Some(Resource {
             kind: Some(resource::Kind::Node(mut n)),
@@ -175,5 +188,12 @@ pub fn flush(t: &mut Txn<'_>, node: &str, p: Pending, lease_ms: i64) -> Result<(
         st.progress = Some(progress);
         t.update(d.into())?;
     }
-    Ok(())
+    let mut ignored = Vec::new();
+    let now = now_ms();
+    for (dpu, report) in p.reports {
+        if let Err(why) = network::record_report(t, node, &report, now)? {
+            ignored.push((dpu, why));
+        }
+    }
+    Ok(ignored)
 }
