@@ -404,3 +404,43 @@ async fn the_network_command_applies_diffs_and_shows() {
     assert_eq!(code, 65, "a bad file is refused: {err}");
     assert!(err.contains("bridges[0].mtu"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_by_pci_address_and_vf_resolve_through_sysfs() {
+    let Some(ns) = Netns::new(2) else { return };
+    // A fake sysfs: veth1 stands for the PCI function 0000:04:00.1, veth2 for VF 0 of PF ens1f0.
+    let sys = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(sys.path().join("bus/pci/devices/0000:04:00.1/net/veth1")).unwrap();
+    std::fs::create_dir_all(sys.path().join("class/net/ens1f0/device/virtfn0/net/veth2")).unwrap();
+    let cfg = NetConfig {
+        sysfs_root: sys.path().into(),
+        ..ns.cfg()
+    };
+    let stop = CancellationToken::new();
+    let h = net::start(cfg, stop.clone()).unwrap();
+    let want = vec![dpu(
+        "d1",
+        HostNetwork {
+            bridges: vec![br(
+                "br0",
+                &["pci:0000:04:00.1", "vf:ens1f0:0", "vf:ens1f0:1"],
+                0,
+                &[],
+            )],
+            ..Default::default()
+        },
+    )];
+    let r = h.set_desired(want).await.unwrap();
+    assert_eq!(master(&ns.link("veth1").unwrap()), Some("br0"));
+    assert_eq!(master(&ns.link("veth2").unwrap()), Some("br0"));
+    let missing = r[0]
+        .objects
+        .iter()
+        .find(|o| o.object == "port vf:ens1f0:1 -> br0")
+        .unwrap();
+    assert!(
+        !missing.applied && missing.error.contains("virtfn1"),
+        "{missing:?}"
+    );
+    stop.cancel();
+}

@@ -44,6 +44,8 @@ pub enum NetError {
     },
     #[error("no interface named {ifname}")]
     NoSuchInterface { ifname: String },
+    #[error("{reason}")]
+    Port { reason: String },
     #[error("interface {ifname} exists and was not created by hostplane; it is left untouched")]
     Foreign { ifname: String },
     #[error("{op} {path}: {source}")]

@@ -130,6 +130,7 @@ pub async fn reconcile(
 ) -> Result<Outcome, NetError> {
     let mut out = Outcome::default();
     sriov(sysfs, desired, dry_run, &mut out).await;
+    let ports = resolve_all(sysfs, desired).await;
     let mut snap = nl.snapshot().await?;
 
     // Bridges: create, MTU, up.
@@ -151,7 +152,11 @@ pub async fn reconcile(
         };
         for p in &b.ports {
             let obj = format!("port {p} -> {}", b.name);
-            match attach(nl, sysfs, &snap, &br, p, b.mtu, dry_run, &mut out).await {
+            let name = ports
+                .get(p)
+                .cloned()
+                .unwrap_or_else(|| Err(format!("{p} was not resolved")));
+            match attach(nl, &snap, &br, name, b.mtu, dry_run, &mut out).await {
                 Ok(()) => out.ok(&b.dpu, obj),
                 Err(e) => out.failed(&b.dpu, obj, &e),
             }
@@ -204,7 +209,7 @@ pub async fn reconcile(
         let wanted = desired.bridges.get(&ctrl.name).is_some_and(|b| {
             b.ports
                 .iter()
-                .any(|p| resolve(sysfs, p).ok().as_deref() == Some(l.name.as_str()))
+                .any(|p| ports.get(p).is_some_and(|r| r.as_deref() == Ok(l.name.as_str())))
         });
         if !wanted {
             out.changed(format!("detach {} from {}", l.name, ctrl.name));
@@ -290,18 +295,37 @@ pub fn resolve(sysfs: &Sysfs, p: &PortRef) -> Result<String, NetError> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Every desired port's interface name (or why it has none), read from sysfs
+/// once per pass and off the async runtime.
+async fn resolve_all(sysfs: &Sysfs, desired: &Desired) -> BTreeMap<PortRef, Result<String, String>> {
+    let refs: Vec<PortRef> = desired
+        .bridges
+        .values()
+        .flat_map(|b| b.ports.iter().cloned())
+        .collect();
+    let sysfs = sysfs.clone();
+    tokio::task::spawn_blocking(move || {
+        refs.into_iter()
+            .map(|p| {
+                let r = resolve(&sysfs, &p).map_err(|e| e.to_string());
+                (p, r)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
 async fn attach(
     nl: &Netlink,
-    sysfs: &Sysfs,
     snap: &Snapshot,
     br: &Link,
-    p: &PortRef,
+    name: Result<String, String>,
     mtu: u32,
     dry_run: bool,
     out: &mut Outcome,
 ) -> Result<(), NetError> {
-    let name = resolve(sysfs, p)?;
+    let name = name.map_err(|reason| NetError::Port { reason })?;
     let l = snap
         .link(&name)
         .ok_or(NetError::NoSuchInterface { ifname: name.clone() })?;
