@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bfb_cache::CacheConfig;
 use crate::flash::{FlashConfig, StageTimeouts};
+use crate::net::NetConfig;
 
 /// Where the agent looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostplane/agent.yaml";
@@ -54,6 +55,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub session: SessionConfig,
     pub flash: FlashSettings,
+    pub network: NetworkSettings,
     /// Run for `reboot_host` commands (`reboot_method: agent`).
     pub reboot_command: Vec<String>,
     pub log_format: LogFormat,
@@ -97,6 +99,36 @@ pub struct FlashSettings {
     pub poll_interval: Duration,
 }
 
+/// Host networking (the `network:` section): the net module's settings and
+/// whether the agent manages the host network at all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// False: desired networks are not applied (InitializeInterface is
+    /// SKIPPED saying so) and the host network is never touched.
+    pub enabled: bool,
+    /// Where `bus/pci/devices/<bdf>/sriov_numvfs` and `class/net` are read and written.
+    pub sysfs_root: PathBuf,
+    /// Manage this named network namespace (`/run/netns/<name>`) instead of
+    /// the agent's own (labs and tests).
+    pub netns: Option<String>,
+    /// Netlink changes are collected this long before a drift repair.
+    #[serde(with = "humantime_serde")]
+    pub drift_debounce: Duration,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        let d = NetConfig::default();
+        NetworkSettings {
+            enabled: true,
+            sysfs_root: d.sysfs_root,
+            netns: d.netns,
+            drift_debounce: d.drift_debounce,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -108,6 +140,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             session: SessionConfig::default(),
             flash: FlashSettings::default(),
+            network: NetworkSettings::default(),
             reboot_command: vec!["systemctl".to_string(), "reboot".to_string()],
             log_format: LogFormat::Plain,
             shutdown_grace: Duration::from_secs(10),
@@ -203,6 +236,7 @@ impl Config {
         set_path("HOSTPLANE_DEV_ROOT", &mut self.dev_root);
         set_path("HOSTPLANE_PROCFS_ROOT", &mut self.procfs_root);
         set_path("HOSTPLANE_CACHE_DIR", &mut self.cache.dir);
+        set_path("HOSTPLANE_SYSFS_ROOT", &mut self.network.sysfs_root);
         if let Some(v) = env.get("HOSTPLANE_CACHE_MAX_BYTES") {
             self.cache.max_bytes = v.parse().map_err(|e: std::num::ParseIntError| ConfigError::Env {
                 var: "HOSTPLANE_CACHE_MAX_BYTES",
@@ -248,6 +282,7 @@ impl Config {
             ("dev_root", &self.dev_root),
             ("procfs_root", &self.procfs_root),
             ("cache.dir", &self.cache.dir),
+            ("network.sysfs_root", &self.network.sysfs_root),
         ] {
             if !path.is_absolute() {
                 return invalid(field, format!("{} must be an absolute path", path.display()));
@@ -292,6 +327,14 @@ impl Config {
         if s.default_lease < Duration::from_secs(1) {
             return invalid("session.default_lease", "must be at least 1s".into());
         }
+        if let Some(ns) = &self.network.netns
+            && (ns.is_empty() || ns == "." || ns == ".." || ns.contains(['/', '\0']) || ns.len() > 255)
+        {
+            return invalid(
+                "network.netns",
+                format!("{ns:?} is not a network namespace name (a file name under /run/netns)"),
+            );
+        }
         match self.reboot_command.first() {
             None => return invalid("reboot_command", "must name a program".into()),
             Some(p) if p.trim().is_empty() => {
@@ -309,6 +352,15 @@ impl Config {
             stage_timeouts: self.flash.stage_timeouts,
             poll_interval: self.flash.poll_interval,
             ..FlashConfig::default()
+        }
+    }
+
+    /// The network manager's settings.
+    pub fn net_config(&self) -> NetConfig {
+        NetConfig {
+            sysfs_root: self.network.sysfs_root.clone(),
+            netns: self.network.netns.clone(),
+            drift_debounce: self.network.drift_debounce,
         }
     }
 
@@ -374,7 +426,8 @@ mod tests {
         let cfg = parse(
             "node_name: n1\ncoordinator: http://10.0.0.1:50051\nstate_dir: /s\n\
              session:\n  backoff_max: 5s\nflash:\n  poll_interval: 250ms\n  stage_timeouts:\n    install: 2h\n\
-             reboot_command: [/sbin/reboot, -f]\nlog_format: json\nshutdown_grace: 3s\n",
+             reboot_command: [/sbin/reboot, -f]\nlog_format: json\nshutdown_grace: 3s\n\
+             network:\n  netns: lab1\n  sysfs_root: /fake/sys\n  drift_debounce: 20ms\n",
         )
         .unwrap();
         assert_eq!(cfg.node_name, "n1");
@@ -395,7 +448,17 @@ mod tests {
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert_eq!(cfg.shutdown_grace, Duration::from_secs(3));
         assert_eq!(cfg.dev_root, Path::new("/dev"));
+        assert!(cfg.network.enabled, "enabled by default");
+        let nc = cfg.net_config();
+        assert_eq!(nc.netns.as_deref(), Some("lab1"));
+        assert_eq!(nc.sysfs_root, Path::new("/fake/sys"));
+        assert_eq!(nc.drift_debounce, Duration::from_millis(20));
         cfg.validate().unwrap();
+        let off = parse("network:\n  enabled: false\n").unwrap();
+        assert!(!off.network.enabled);
+        assert_eq!(off.net_config(), NetConfig::default());
+        let err = parse("network:\n  netnss: x\n").unwrap_err();
+        assert!(err.to_string().contains("netnss"), "{err}");
     }
 
     #[test]
@@ -417,6 +480,7 @@ mod tests {
             ("HOSTPLANE_DEV_ROOT", "/d"),
             ("HOSTPLANE_PROCFS_ROOT", "/p"),
             ("HOSTPLANE_CACHE_DIR", "/c"),
+            ("HOSTPLANE_SYSFS_ROOT", "/s"),
             ("HOSTPLANE_CACHE_MAX_BYTES", "1024"),
             ("HOSTPLANE_LOG_FORMAT", "json"),
         ]);
@@ -427,6 +491,7 @@ mod tests {
         assert_eq!(cfg.dev_root, Path::new("/d"));
         assert_eq!(cfg.procfs_root, Path::new("/p"));
         assert_eq!(cfg.cache.dir, Path::new("/c"));
+        assert_eq!(cfg.network.sysfs_root, Path::new("/s"));
         assert_eq!(cfg.cache.max_bytes, 1024);
         assert_eq!(cfg.log_format, LogFormat::Json);
     }
@@ -451,7 +516,7 @@ mod tests {
     #[test]
     fn validate_names_the_field() {
         type Mutate = fn(&mut Config);
-        let cases: [(&str, Mutate); 15] = [
+        let cases: [(&str, Mutate); 18] = [
             ("node_name", |c| c.node_name.clear()),
             ("node_name", |c| c.node_name = "a b".into()),
             ("coordinator", |c| c.coordinator = "not a url".into()),
@@ -473,6 +538,9 @@ mod tests {
             }),
             ("cache.max_attempts", |c| c.cache.max_attempts = 0),
             ("reboot_command", |c| c.reboot_command.clear()),
+            ("network.sysfs_root", |c| c.network.sysfs_root = "sys".into()),
+            ("network.netns", |c| c.network.netns = Some("a/b".into())),
+            ("network.netns", |c| c.network.netns = Some(String::new())),
         ];
         for (field, mutate) in cases {
             let mut cfg = valid();

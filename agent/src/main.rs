@@ -9,9 +9,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use hostplane_agent::bfb_cache::BfbCache;
 use hostplane_agent::config::{Config, ConfigError, LogFormat, ProcessEnv};
-use hostplane_agent::exec::{AGENT_VERSION, HostExecutor};
+use hostplane_agent::exec::{AGENT_VERSION, HostExecutor, NETWORK_REPORT_WAIT};
 use hostplane_agent::flash::Flasher;
 use hostplane_agent::flash::cli::{FlashArgs, run_flash_cli};
+use hostplane_agent::net;
+use hostplane_agent::session::NetSync;
 use hostplane_agent::{AgentError, logging};
 use hostplane_common::signals::{self, Signals};
 use tokio_util::sync::CancellationToken;
@@ -141,8 +143,27 @@ fn run_daemon(args: &ConfigArgs) -> ExitCode {
             }
         };
         let flasher = Flasher::new(cfg.flash_config(), cache);
-        let executor = Arc::new(HostExecutor::new(Arc::new(flasher), cfg.reboot_command.clone()));
-        match hostplane_agent::run(cfg, executor, shutdown).await {
+        let mut executor = HostExecutor::new(Arc::new(flasher), cfg.reboot_command.clone());
+        let network = if cfg.network.enabled {
+            match net::start(cfg.net_config(), shutdown.child_token()) {
+                Ok(handle) => {
+                    let sync = NetSync::new(Arc::new(handle));
+                    executor = executor.with_network(sync.clone(), NETWORK_REPORT_WAIT);
+                    Some(sync)
+                }
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "cannot start host networking (set network.enabled: false to run without it)"
+                    );
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+            }
+        } else {
+            tracing::info!("host networking is disabled (network.enabled: false)");
+            None
+        };
+        match hostplane_agent::run(cfg, Arc::new(executor), network, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "agent failed");

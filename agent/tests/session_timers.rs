@@ -79,6 +79,7 @@ async fn start(lease: Duration) -> Harness {
     tokio::spawn(run_with(
         cfg,
         FakeExecutor::new(),
+        None,
         Arc::new(Scripted(tx)),
         shutdown.clone(),
     ));

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hostplane_proto::v1::{
     BfbRef, Command, CommandOutcome, CommandResult, FlashProgress, HostNetwork, Inventory, RshimInfo,
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bfb_cache::CacheError;
 use crate::bfcfg::BfCfg;
 use crate::flash::{FlashError, FlashReport, FlashRequest, Flasher, ImageSource};
+use crate::session::network::{self, NetSync, NoReport};
 use reboot::reboot;
 
 /// The agent's version, as sent in Hello and named in messages.
@@ -121,11 +122,19 @@ impl FlashJobs for Flasher {
     }
 }
 
+/// How long `initialize_interface` waits for a desired state that lists its
+/// Dpu's network (normally it is there before the command starts).
+pub const NETWORK_REPORT_WAIT: Duration = Duration::from_secs(60);
+
 /// Production executor: BFB jobs and inventory through [`FlashJobs`], host
-/// reboot through the configured command, the rest SKIPPED saying why.
+/// networks through the session's [`NetSync`], host reboot through the
+/// configured command, the rest SKIPPED saying why.
 pub struct HostExecutor {
     flash: Arc<dyn FlashJobs>,
     reboot_command: Vec<String>,
+    /// None: host networking is disabled.
+    network: Option<NetSync>,
+    network_wait: Duration,
 }
 
 impl HostExecutor {
@@ -133,6 +142,57 @@ impl HostExecutor {
         HostExecutor {
             flash,
             reboot_command,
+            network: None,
+            network_wait: NETWORK_REPORT_WAIT,
+        }
+    }
+
+    /// Answer `initialize_interface` from the host network the session applies
+    /// (the same [`NetSync`] the session runs with); `wait` bounds the wait for
+    /// a desired state that lists the Dpu's network.
+    pub fn with_network(mut self, network: NetSync, wait: Duration) -> HostExecutor {
+        self.network = Some(network);
+        self.network_wait = wait;
+        self
+    }
+
+    /// InitializeInterface: the session applied the desired state's networks
+    /// before starting this command; the result is that Dpu's report.
+    async fn initialize_interface(
+        &self,
+        dpu: &str,
+        net: Option<&HostNetwork>,
+        cancel: &CancellationToken,
+    ) -> CommandResult {
+        if net.is_none_or(network::is_empty) {
+            return result(
+                CommandOutcome::Skipped,
+                "flavor has no host network settings; nothing to do",
+            );
+        }
+        let Some(sync) = &self.network else {
+            return result(
+                CommandOutcome::Skipped,
+                format!(
+                    "host networking is disabled on this agent (network.enabled: false); not applied: {}",
+                    host_network_summary(net)
+                ),
+            );
+        };
+        match sync.report_for(dpu, self.network_wait, cancel).await {
+            Ok(r) => network::initialize_result(&r),
+            Err(NoReport::Cancelled) => result(
+                CommandOutcome::Cancelled,
+                "cancelled while waiting for the host network",
+            ),
+            Err(NoReport::NotListed(wait)) => result(
+                CommandOutcome::Failed,
+                format!(
+                    "no desired state listed a host network for dpu {dpu} within {wait:?}, though its flavor has \
+                     one ({}); the coordinator must send DesiredState.networks (is it older than this agent?)",
+                    host_network_summary(net)
+                ),
+            ),
         }
     }
 
@@ -157,7 +217,10 @@ impl HostExecutor {
             );
         };
         match action {
-            Action::InitializeInterface(ii) => result(Skipped, host_network_skip(ii.host_network.as_ref())),
+            Action::InitializeInterface(ii) => {
+                self.initialize_interface(&cmd.dpu, ii.host_network.as_ref(), &cancel)
+                    .await
+            }
             Action::ConfigFwParameters(fw) => result(Skipped, fw_skip(&fw.nic_firmware)),
             Action::DpuClusterConfig(_) => result(
                 Skipped,
@@ -250,7 +313,8 @@ fn flash_failure(e: &FlashError) -> CommandResult {
     result(outcome, e.to_string())
 }
 
-fn host_network_skip(net: Option<&HostNetwork>) -> String {
+/// "8 VFs; MTU 9000; bridges br-dpu, br-2; 1 SR-IOV PF; 2 routes".
+fn host_network_summary(net: Option<&HostNetwork>) -> String {
     let mut parts = Vec::new();
     if let Some(n) = net {
         if n.num_vfs > 0 {
@@ -263,15 +327,14 @@ fn host_network_skip(net: Option<&HostNetwork>) -> String {
             let names: Vec<&str> = n.bridges.iter().map(|b| b.name.as_str()).collect();
             parts.push(format!("bridges {}", names.join(", ")));
         }
+        if !n.sriov.is_empty() {
+            parts.push(format!("{} SR-IOV PF(s)", n.sriov.len()));
+        }
+        if !n.routes.is_empty() {
+            parts.push(format!("{} route(s)", n.routes.len()));
+        }
     }
-    if parts.is_empty() {
-        return "flavor has no host network settings; nothing to do".to_string();
-    }
-    format!(
-        "host networking is not implemented in this agent version (hostplane-agent {AGENT_VERSION}); \
-         not applied: {}",
-        parts.join("; ")
-    )
+    parts.join("; ")
 }
 
 fn fw_skip(params: &std::collections::HashMap<String, String>) -> String {

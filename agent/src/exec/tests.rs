@@ -219,7 +219,12 @@ async fn unsupported_jobs_are_skipped_saying_why() {
     let cases = [
         (
             ii(Some(net)),
-            vec!["not implemented", AGENT_VERSION, "8 VFs", "MTU 9000", "br-dpu"],
+            vec![
+                "host networking is disabled on this agent",
+                "8 VFs",
+                "MTU 9000",
+                "br-dpu",
+            ],
         ),
         (ii(None), vec!["no host network settings"]),
         (ii(Some(HostNetwork::default())), vec!["no host network settings"]),
@@ -285,4 +290,128 @@ async fn cancelled_reboot_reports_cancelled() {
         .await;
     assert_eq!(r.outcome(), CommandOutcome::Cancelled);
     assert!(r.message.contains("before it started"), "{}", r.message);
+}
+
+/// A network manager that applies what it is told, reporting `failing` objects as failed.
+struct FakeNet {
+    failing: Vec<String>,
+    drift: tokio::sync::broadcast::Sender<hostplane_proto::v1::NetworkReport>,
+}
+
+impl crate::session::HostNetworks for FakeNet {
+    fn validate(&self, _: &[hostplane_proto::v1::DpuNetwork]) -> Result<(), crate::net::NetError> {
+        Ok(())
+    }
+
+    fn set_desired(
+        &self,
+        nets: Vec<hostplane_proto::v1::DpuNetwork>,
+    ) -> BoxFuture<'_, Result<Vec<hostplane_proto::v1::NetworkReport>, crate::net::NetError>> {
+        use hostplane_proto::v1::{NetworkObjectStatus, NetworkReport};
+        let reports = nets
+            .iter()
+            .map(|n| {
+                let objects: Vec<NetworkObjectStatus> = n
+                    .network
+                    .iter()
+                    .flat_map(|h| h.bridges.iter())
+                    .map(|b| {
+                        let failed = self.failing.contains(&b.name);
+                        NetworkObjectStatus {
+                            object: format!("bridge {}", b.name),
+                            applied: !failed,
+                            error: if failed {
+                                format!("create bridge {}: Operation not permitted (os error 1)", b.name)
+                            } else {
+                                String::new()
+                            },
+                        }
+                    })
+                    .collect();
+                NetworkReport {
+                    dpu: n.dpu.clone(),
+                    applied: objects.iter().all(|o| o.applied),
+                    objects,
+                    changes: 1,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Box::pin(async move { Ok(reports) })
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<hostplane_proto::v1::NetworkReport> {
+        self.drift.subscribe()
+    }
+}
+
+fn bridges(names: &[&str]) -> HostNetwork {
+    HostNetwork {
+        bridges: names
+            .iter()
+            .map(|n| Bridge {
+                name: n.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn initialize_interface_answers_with_the_dpus_network_report() {
+    use hostplane_proto::v1::DpuNetwork;
+    let fake = FakeNet {
+        failing: vec!["br-bad".into()],
+        drift: tokio::sync::broadcast::channel(1).0,
+    };
+    let sync = NetSync::new(Arc::new(fake));
+    let (ex, _) = executor(&["true"]);
+    let ex = ex.with_network(sync.clone(), Duration::from_secs(30));
+    let net_of = |dpu: &str, names: &[&str]| DpuNetwork {
+        dpu: dpu.into(),
+        pf_pci_address: String::new(),
+        network: Some(bridges(names)),
+    };
+    // What the session does before it starts the command.
+    sync.apply(vec![
+        net_of("dpu-a", &["br-dpu"]),
+        net_of("dpu-b", &["br-ok", "br-bad"]),
+    ])
+    .await;
+    let ii = |dpu: &str, names: &[&str]| Command {
+        dpu: dpu.into(),
+        ..cmd(Some(Action::InitializeInterface(InitializeInterface {
+            host_network: Some(bridges(names)),
+        })))
+    };
+
+    let (o, m) = exec(&ex, ii("dpu-a", &["br-dpu"])).await;
+    assert_eq!(o, CommandOutcome::Succeeded, "{m}");
+    assert_eq!(
+        m,
+        "applied 1 host network object(s) on the host (1 netlink change(s)): bridge br-dpu"
+    );
+
+    let (o, m) = exec(&ex, ii("dpu-b", &["br-ok", "br-bad"])).await;
+    assert_eq!(o, CommandOutcome::Failed, "{m}");
+    assert!(
+        m.starts_with(
+            "1 of 2 host network object(s) not applied: bridge br-bad: create bridge br-bad: Operation not permitted"
+        ),
+        "{m}"
+    );
+
+    // A flavor without a host network is the only SKIPPED.
+    let (o, m) = exec(&ex, ii("dpu-c", &[])).await;
+    assert_eq!(o, CommandOutcome::Skipped, "{m}");
+
+    // The coordinator never listed dpu-c's network: FAILED after the wait, saying so.
+    let (o, m) = exec(&ex, ii("dpu-c", &["br-c"])).await;
+    assert_eq!(o, CommandOutcome::Failed, "{m}");
+    assert!(
+        m.contains("no desired state listed a host network for dpu dpu-c within 30s")
+            && m.contains("bridges br-c"),
+        "{m}"
+    );
 }

@@ -1,12 +1,14 @@
 //! The coordinator stream (agent half of docs/agent-protocol.md): connect
-//! with backoff, Hello, apply each desired state (store, start, cancel,
-//! re-send, ACK/NACK), heartbeats, progress and results; the journal that
-//! makes commands run at most once across restarts.
+//! with backoff, Hello, apply each desired state (store, host networks,
+//! start, cancel, re-send, ACK/NACK), heartbeats, progress, results and
+//! network reports; the journal that makes commands run at most once across
+//! restarts; the stored desired state whose networks are re-applied at start.
 mod backoff;
 mod command;
 mod connector;
 mod desired;
 pub mod journal;
+pub mod network;
 mod owner;
 pub mod persist;
 
@@ -19,6 +21,7 @@ pub use backoff::Backoff;
 pub use command::PROGRESS_INTERVAL;
 pub use connector::{ConnectError, Connector, GrpcConnector, Inbound};
 pub use journal::{Journal, JournalError};
+pub use network::{HostNetworks, NetSync};
 pub use persist::StateError;
 
 use crate::config::Config;
@@ -39,9 +42,12 @@ pub enum AgentError {
 
 /// Run the agent against the coordinator in `cfg` until `shutdown` is
 /// cancelled; running commands then get `cfg.shutdown_grace` to stop.
+/// `network`: the host network manager (None when networking is disabled);
+/// the executor should share it for `initialize_interface`.
 pub async fn run(
     cfg: Config,
     executor: Arc<dyn Executor>,
+    network: Option<NetSync>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let connector = GrpcConnector::new(&cfg.coordinator, &cfg.session)?;
@@ -52,13 +58,14 @@ pub async fn run(
              use it only on a trusted network"
         );
     }
-    run_with(cfg, executor, Arc::new(connector), shutdown).await
+    run_with(cfg, executor, network, Arc::new(connector), shutdown).await
 }
 
 /// [`run`] with an explicit connector (tests script the stream with one).
 pub async fn run_with(
     cfg: Config,
     executor: Arc<dyn Executor>,
+    network: Option<NetSync>,
     connector: Arc<dyn Connector>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
@@ -95,7 +102,9 @@ pub async fn run_with(
         applied,
         boot_id,
     };
-    Owner::new(cfg, executor, restored, shutdown).run(connector).await;
+    Owner::new(cfg, executor, network, restored, shutdown)
+        .run(connector)
+        .await;
     Ok(())
 }
 

@@ -11,10 +11,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use hostplane_proto::v1::{
     Ack, AgentMessage, Command, CommandEvent, CommandOutcome, CommandResult, CoordinatorMessage,
-    DesiredState, FlashProgress, Heartbeat, Hello, Nack, agent_message::Msg, command_event,
-    coordinator_message,
+    DesiredState, DpuNetwork, FlashProgress, Heartbeat, Hello, Nack, NetworkReport, agent_message::Msg,
+    command_event, coordinator_message,
 };
-use tokio::sync::mpsc;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +26,7 @@ use super::backoff::Backoff;
 use super::command::{self, Event};
 use super::connector::{Connector, Inbound};
 use super::journal::Journal;
+use super::network::{NetSync, next_report};
 use super::{desired, persist};
 use crate::config::Config;
 use crate::exec::{AGENT_VERSION, Executor, action_name, now_ms, result};
@@ -87,6 +89,14 @@ enum End {
 pub struct Owner {
     cfg: Config,
     executor: Arc<dyn Executor>,
+    /// Host networking (None: disabled in the config).
+    net: Option<NetSync>,
+    /// Drift-repair reports from the network manager.
+    drift: Option<broadcast::Receiver<NetworkReport>>,
+    /// The networks of the desired state found on disk, re-applied at start.
+    restored_networks: Option<Vec<DpuNetwork>>,
+    /// Networks were sent while networking is disabled (logged once).
+    warned_disabled: bool,
     journal: Journal,
     boot_id: String,
     applied: Option<u64>,
@@ -102,6 +112,7 @@ impl Owner {
     pub fn new(
         cfg: Config,
         executor: Arc<dyn Executor>,
+        net: Option<NetSync>,
         restored: Restored,
         shutdown: CancellationToken,
     ) -> Owner {
@@ -109,6 +120,10 @@ impl Owner {
         let lease = lease_of(restored.applied.as_ref(), cfg.session.default_lease);
         Owner {
             executor,
+            drift: net.as_ref().map(NetSync::subscribe),
+            net,
+            restored_networks: restored.applied.as_ref().map(|d| d.networks.clone()),
+            warned_disabled: false,
             journal: restored.journal,
             boot_id: restored.boot_id,
             applied: restored.applied.map(|d| d.version),
@@ -130,6 +145,10 @@ impl Owner {
         let stable_after = s.stable_after;
         let mut last_link = None;
         let mut failures: u64 = 0;
+        if self.reapply_restored_networks().await.is_none() {
+            self.stop(None).await;
+            return;
+        }
         loop {
             let executor = self.executor.clone();
             let Some(inventory) = self.drive(async move { executor.inventory().await }).await else {
@@ -194,6 +213,7 @@ impl Owner {
                 _ = self.shutdown.cancelled() => return None,
                 out = &mut fut => return Some(out),
                 Some(ev) = self.events_rx.recv() => self.on_event(ev, None).await,
+                r = next_report(&mut self.drift) => self.on_drift(r, None).await,
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
         }
@@ -203,6 +223,10 @@ impl Owner {
     async fn serve(&mut self, mut link: Link, mut inbound: Inbound) -> End {
         let mut period = self.lease;
         let mut heartbeat = heartbeat_timer(period);
+        // What the coordinator may have missed while away (drift repairs, the start-up re-apply).
+        for r in self.net.as_ref().map(NetSync::latest).unwrap_or_default() {
+            link.send(network_report(r)).await;
+        }
         loop {
             tokio::select! {
                 biased;
@@ -222,6 +246,7 @@ impl Owner {
                     None => return End::Lost("the coordinator closed the stream".into()),
                 },
                 Some(ev) = self.events_rx.recv() => self.on_event(ev, Some(&mut link)).await,
+                r = next_report(&mut self.drift) => self.on_drift(r, Some(&mut link)).await,
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 _ = heartbeat.tick() => link.try_send(msg(Msg::Heartbeat(Heartbeat { sent_at_ms: now_ms() }))),
             }
@@ -262,12 +287,22 @@ impl Owner {
             link.send(msg(Msg::Nack(Nack { version, error }))).await;
             return;
         }
+        if let Some(net) = &self.net
+            && let Err(e) = net.validate(&ds.networks)
+        {
+            let error = format!("host network refused, nothing changed: {e}");
+            tracing::warn!(version, %error, "refusing the desired state");
+            link.send(msg(Msg::Nack(Nack { version, error }))).await;
+            return;
+        }
         if let Err(e) = persist::store_desired(&self.cfg.state_dir, &ds).await {
             let error = format!("cannot store the desired state: {e}");
             tracing::error!(version, %error, "refusing the desired state");
             link.send(msg(Msg::Nack(Nack { version, error }))).await;
             return;
         }
+        // Before any command starts: InitializeInterface reads the result.
+        self.apply_networks(&ds, link).await;
         let listed: HashSet<&str> = ds.commands.iter().map(|c| c.id.as_str()).collect();
         for (id, r) in &self.running {
             if !listed.contains(id.as_str()) && !r.cancel.is_cancelled() {
@@ -364,6 +399,79 @@ impl Owner {
         }
     }
 
+    /// Apply the desired state's networks and forward the reports. A partial
+    /// failure is in the reports; the state is still ACKed.
+    async fn apply_networks(&mut self, ds: &DesiredState, link: &mut Link) {
+        let Some(net) = self.net.clone() else {
+            if !ds.networks.is_empty() && !std::mem::replace(&mut self.warned_disabled, true) {
+                tracing::warn!(
+                    networks = ds.networks.len(),
+                    "the desired state has host networks but networking is disabled here (network.enabled: \
+                     false); they are not applied"
+                );
+            }
+            return;
+        };
+        let reports = net.apply(ds.networks.clone()).await;
+        let failed = reports.iter().filter(|r| !r.applied).count();
+        tracing::info!(
+            version = ds.version,
+            networks = ds.networks.len(),
+            failed,
+            changes = reports.iter().map(|r| r.changes).max().unwrap_or(0),
+            "host network applied"
+        );
+        for r in reports {
+            link.send(network_report(r)).await;
+        }
+    }
+
+    /// At start, re-apply the networks of the desired state stored on disk,
+    /// without the coordinator. None on shutdown.
+    async fn reapply_restored_networks(&mut self) -> Option<()> {
+        let (Some(net), Some(nets)) = (self.net.clone(), self.restored_networks.take()) else {
+            return Some(());
+        };
+        let n = nets.len();
+        let reports = self.drive(net.apply(nets)).await?;
+        let failed: Vec<&str> = reports
+            .iter()
+            .filter(|r| !r.applied)
+            .map(|r| r.dpu.as_str())
+            .collect();
+        if failed.is_empty() {
+            tracing::info!(
+                networks = n,
+                "host network re-applied from the stored desired state"
+            );
+        } else {
+            tracing::warn!(networks = n, failed = ?failed, "host network re-applied from the stored desired state, with failures");
+        }
+        Some(())
+    }
+
+    async fn on_drift(&mut self, r: Result<NetworkReport, RecvError>, link: Option<&mut Link>) {
+        match r {
+            Ok(r) => {
+                let Some(net) = &self.net else { return };
+                if !net.note(&r) {
+                    tracing::debug!(dpu = %r.dpu, "drift report for a network no longer desired");
+                    return;
+                }
+                if let Some(link) = link {
+                    link.send(network_report(r)).await;
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "fell behind the network manager's drift reports");
+            }
+            Err(RecvError::Closed) => {
+                tracing::warn!("the network manager stopped; no more drift reports");
+                self.drift = None;
+            }
+        }
+    }
+
     async fn save_journal(&mut self) {
         if let Err(e) = self.journal.save().await {
             tracing::error!(error = %e, "cannot save the command journal");
@@ -409,6 +517,10 @@ fn result_event(command_id: String, r: CommandResult) -> AgentMessage {
         command_id,
         event: Some(command_event::Event::Result(r)),
     }))
+}
+
+fn network_report(r: NetworkReport) -> AgentMessage {
+    msg(Msg::NetworkReport(r))
 }
 
 fn progress_event(command_id: String, p: FlashProgress) -> AgentMessage {
