@@ -316,6 +316,21 @@ async fn networks_follow_the_dpu_through_its_life_and_reports_become_conditions(
     wait_phase(&e.store, "d1", DpuPhase::Ready).await;
     let seen = agent.until("no open command", |d| d.commands.is_empty()).await;
     assert!(seen.iter().all(|d| d.networks.len() == 1), "{seen:#?}");
+
+    // The Device's PCI address changes under the listed network: a new version carries it.
+    modify(&e.store, Kind::Device, "d1", |r| {
+        if let Some(resource::Kind::Device(d)) = &mut r.kind {
+            d.spec.as_mut().unwrap().pci_address = "0000:05:00.0".into();
+        }
+    })
+    .await;
+    let seen = agent
+        .until("the new PF address", |d| {
+            d.networks
+                .first()
+                .is_some_and(|n| n.pf_pci_address == "0000:05:00.0")
+        })
+        .await;
     let ready_version = seen.last().unwrap().version;
 
     // A failure, then a drift repair, reported by the agent.

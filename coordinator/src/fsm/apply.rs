@@ -48,6 +48,10 @@ pub enum Action {
     RemoveDeployment {
         name: String,
     },
+    /// A new desired-state version for the node (a listed host network changed).
+    TouchDesired {
+        node: String,
+    },
 }
 
 /// What a pass wrote.
@@ -202,6 +206,9 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                 t.delete(Kind::Node, &name)?;
                 out.removed.push((Kind::Node, name));
                 out.writes += 1;
+            }
+            Action::TouchDesired { node } => {
+                t.touch_desired(&node)?;
             }
             Action::RemoveDeployment { name } => {
                 let Some(dep) = t.get(Kind::Deployment, &name)? else {

@@ -3,7 +3,7 @@
 //! Kubernetes terms). Decisions are made on this view; every write re-checks
 //! the object's resource_version in its transaction, so a stale view can only
 //! cause a skipped write (retried next pass), never a wrong one.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use hostplane_proto::v1::{
     Bfb, Deployment, Device, Dpu, EventType, Flavor, Kind, Node, Resource, WatchEvent, resource,
@@ -21,6 +21,9 @@ pub struct Cache {
     pub dpus: BTreeMap<String, Dpu>,
     /// Store revision the list was taken at; older events are already in it.
     listed_at: u64,
+    /// Devices whose `spec.pci_address` changed since the reconciler last
+    /// took this set: a listed host network carries it (see `network_touches`).
+    pub pci_changed: BTreeSet<String>,
 }
 
 fn rv_of(m: &Option<hostplane_proto::v1::ObjectMeta>) -> u64 {
@@ -79,13 +82,17 @@ impl Cache {
                 x,
                 |o| rv_of(&o.metadata),
             ),
-            resource::Kind::Device(x) => upsert(
-                &mut self.devices,
-                name_of(&x.metadata),
-                rv_of(&x.metadata),
-                x,
-                |o| rv_of(&o.metadata),
-            ),
+            resource::Kind::Device(x) => {
+                let (name, rv) = (name_of(&x.metadata), rv_of(&x.metadata));
+                let pci = |d: &Device| d.spec.as_ref().map(|s| s.pci_address.clone()).unwrap_or_default();
+                if let Some(old) = self.devices.get(&name)
+                    && rv_of(&old.metadata) < rv
+                    && pci(old) != pci(&x)
+                {
+                    self.pci_changed.insert(name.clone());
+                }
+                upsert(&mut self.devices, name, rv, x, |o| rv_of(&o.metadata))
+            }
             resource::Kind::Bfb(x) => {
                 upsert(&mut self.bfbs, name_of(&x.metadata), rv_of(&x.metadata), x, |o| {
                     rv_of(&o.metadata)
@@ -164,6 +171,39 @@ mod tests {
             resource_version: r.resource_version(),
             resource: Some(r),
         }
+    }
+
+    fn device(name: &str, rv: u64, pci: &str, serial: &str) -> Resource {
+        hostplane_proto::v1::Device {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                resource_version: rv,
+                ..Default::default()
+            }),
+            spec: Some(hostplane_proto::v1::DeviceSpec {
+                pci_address: pci.into(),
+                serial: serial.into(),
+                ..Default::default()
+            }),
+            status: None,
+        }
+        .into()
+    }
+
+    #[test]
+    fn pci_address_changes_are_noted() {
+        let mut c = Cache::default();
+        c.apply(ev(EventType::Added, device("d1", 1, "0000:04:00.0", "a")));
+        c.apply(ev(EventType::Modified, device("d1", 2, "0000:04:00.0", "b")));
+        assert!(
+            c.pci_changed.is_empty(),
+            "a new device or another field is no PCI change"
+        );
+        c.apply(ev(EventType::Modified, device("d1", 3, "0000:05:00.0", "b")));
+        assert_eq!(c.pci_changed.iter().collect::<Vec<_>>(), ["d1"]);
+        c.pci_changed.clear();
+        c.apply(ev(EventType::Modified, device("d1", 2, "0000:09:00.0", "b")));
+        assert!(c.pci_changed.is_empty(), "a stale event changes nothing");
     }
 
     #[test]

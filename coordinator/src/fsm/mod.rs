@@ -16,7 +16,7 @@ mod plan;
 pub mod testing;
 pub(crate) mod util;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::TryRecvError;
@@ -33,7 +33,7 @@ pub use dpu::{
 pub use plan::{COND_CONFLICT, COND_ROLLOUT};
 
 use cache::Cache;
-use util::{is_command_phase, phase_of};
+use util::{is_command_phase, network_phase, phase_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsmError {
@@ -134,8 +134,13 @@ impl Reconciler {
                 }
             }
             let mut deadline = None;
-            if let Some(c) = cache.as_ref() {
-                match self.pass(c, &mut cmds).await {
+            if let Some(c) = cache.as_mut() {
+                let pci_changed = std::mem::take(&mut c.pci_changed);
+                let res = self.pass(c, &mut cmds, &pci_changed).await;
+                if res.is_err() {
+                    c.pci_changed.extend(pci_changed);
+                }
+                match res {
                     Ok(out) if out.wrote => {
                         // Our own writes come back as events: take them in and go again.
                         tokio::task::yield_now().await;
@@ -196,7 +201,12 @@ impl Reconciler {
     }
 
     /// One pass: read the command rows it needs, plan, write.
-    async fn pass(&self, cache: &Cache, cmds: &mut CommandView) -> Result<PassOutcome, FsmError> {
+    async fn pass(
+        &self,
+        cache: &Cache,
+        cmds: &mut CommandView,
+        pci_changed: &BTreeSet<String>,
+    ) -> Result<PassOutcome, FsmError> {
         let mut wanted: HashSet<String> = HashSet::new();
         let mut fetch: Vec<String> = Vec::new();
         for d in cache.dpus.values() {
@@ -237,7 +247,12 @@ impl Reconciler {
             }
         }
 
-        let plan = plan::plan(cache, &cmds.rows, now_ms(), &self.cfg);
+        let mut plan = plan::plan(cache, &cmds.rows, now_ms(), &self.cfg);
+        plan.actions.extend(
+            network_touches(cache, pci_changed)
+                .into_iter()
+                .map(|node| apply::Action::TouchDesired { node }),
+        );
         if plan.actions.is_empty() {
             return Ok(PassOutcome {
                 wrote: false,
@@ -272,6 +287,22 @@ impl Reconciler {
             next_deadline_ms: plan.next_deadline_ms,
         })
     }
+}
+
+/// Nodes whose listed host networks name one of `devices`' PCI address: a
+/// Device edited under a Dpu whose network is in the desired state.
+fn network_touches(cache: &Cache, devices: &BTreeSet<String>) -> BTreeSet<String> {
+    if devices.is_empty() {
+        return BTreeSet::new();
+    }
+    cache
+        .dpus
+        .values()
+        .filter(|d| network_phase(d) && !util::being_deleted(&d.metadata))
+        .filter_map(|d| d.spec.as_ref())
+        .filter(|s| devices.contains(&s.device))
+        .map(|s| s.node.clone())
+        .collect()
 }
 
 /// Sleep; true when shutdown came first.
