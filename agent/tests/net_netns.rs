@@ -444,3 +444,44 @@ async fn ports_by_pci_address_and_vf_resolve_through_sysfs() {
     );
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_counted_on_the_dpu_whose_objects_were_repaired() {
+    let Some(ns) = Netns::new(2) else { return };
+    let stop = CancellationToken::new();
+    let h = net::start(ns.cfg(), stop.clone()).unwrap();
+    let mut reports = h.subscribe();
+    let want = vec![
+        dpu(
+            "d1",
+            HostNetwork {
+                bridges: vec![br("br1", &["veth1"], 0, &[])],
+                ..Default::default()
+            },
+        ),
+        dpu(
+            "d2",
+            HostNetwork {
+                bridges: vec![br("br2", &["veth2"], 0, &[])],
+                ..Default::default()
+            },
+        ),
+    ];
+    h.set_desired(want.clone()).await.unwrap();
+    ns.ip(&["link", "del", "br1"]);
+    let r = tokio::time::timeout(Duration::from_secs(2), reports.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.dpu.as_str(), r.drift_repairs), ("d1", 1));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), reports.recv())
+            .await
+            .is_err(),
+        "no drift report for d2, whose bridge was untouched"
+    );
+    let again = h.set_desired(want).await.unwrap();
+    let by = |d: &str| again.iter().find(|r| r.dpu == d).unwrap().drift_repairs;
+    assert_eq!((by("d1"), by("d2")), (1, 0));
+    stop.cancel();
+}

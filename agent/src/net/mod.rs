@@ -151,9 +151,7 @@ pub fn start(cfg: NetConfig, shutdown: CancellationToken) -> Result<NetHandle, N
         desired: Desired::default(),
         nets: Vec::new(),
         owned: Owned::default(),
-        drift_repairs: 0,
-        last_drift: String::new(),
-        last_drift_at_ms: 0,
+        drift: Default::default(),
         reports: reports.clone(),
     };
     tokio::spawn(
@@ -164,15 +162,21 @@ pub fn start(cfg: NetConfig, shutdown: CancellationToken) -> Result<NetHandle, N
     Ok(NetHandle { tx, reports })
 }
 
+#[derive(Debug, Clone, Default)]
+struct Drift {
+    repairs: u64,
+    last: String,
+    at_ms: i64,
+}
+
 struct Owner {
     nl: Netlink,
     sysfs: Sysfs,
     desired: Desired,
     nets: Vec<DpuNetwork>,
     owned: Owned,
-    drift_repairs: u64,
-    last_drift: String,
-    last_drift_at_ms: i64,
+    /// Per Dpu: drift repairs since start, the last one, and when.
+    drift: std::collections::BTreeMap<String, Drift>,
     reports: broadcast::Sender<NetworkReport>,
 }
 
@@ -213,6 +217,7 @@ impl Owner {
     async fn set(&mut self, nets: Vec<DpuNetwork>) -> Result<Vec<NetworkReport>, NetError> {
         let desired = model::build(&nets)?;
         self.desired = desired;
+        self.drift.retain(|dpu, _| nets.iter().any(|n| &n.dpu == dpu));
         self.nets = nets;
         let out = reconcile::reconcile(&self.nl, &self.sysfs, &self.desired, &mut self.owned, false).await?;
         for l in &out.log {
@@ -224,11 +229,17 @@ impl Owner {
     async fn repair(&mut self) {
         match reconcile::reconcile(&self.nl, &self.sysfs, &self.desired, &mut self.owned, false).await {
             Ok(out) if out.changes > 0 => {
-                self.drift_repairs += 1;
-                self.last_drift = format!("repaired drift: {}", out.log.join("; "));
-                self.last_drift_at_ms = crate::exec::now_ms();
-                tracing::warn!(repairs = self.drift_repairs, changes = %out.log.join("; "), "host network drift repaired");
-                for r in self.reports_of(&out) {
+                let now = crate::exec::now_ms();
+                tracing::warn!(changes = %out.log.join("; "), "host network drift repaired");
+                // Count and report the drift on the Dpus whose objects were repaired, only.
+                let hit: Vec<String> = out.by_dpu.keys().filter(|d| !d.is_empty()).cloned().collect();
+                for dpu in &hit {
+                    let d = self.drift.entry(dpu.clone()).or_default();
+                    d.repairs += 1;
+                    d.last = format!("repaired drift: {}", out.by_dpu[dpu].join("; "));
+                    d.at_ms = now;
+                }
+                for r in self.reports_of(&out).into_iter().filter(|r| hit.contains(&r.dpu)) {
                     let _ = self.reports.send(r);
                 }
             }
@@ -251,14 +262,15 @@ impl Owner {
                         error: o.error.clone().unwrap_or_default(),
                     })
                     .collect();
+                let drift = self.drift.get(&n.dpu).cloned().unwrap_or_default();
                 NetworkReport {
                     dpu: n.dpu.clone(),
                     applied: objects.iter().all(|o| o.applied),
                     objects,
                     changes: out.changes,
-                    drift_repairs: self.drift_repairs,
-                    last_drift: self.last_drift.clone(),
-                    last_drift_at_ms: self.last_drift_at_ms,
+                    drift_repairs: drift.repairs,
+                    last_drift: drift.last,
+                    last_drift_at_ms: drift.at_ms,
                 }
             })
             .collect()

@@ -87,6 +87,8 @@ pub struct Outcome {
     pub changes: u32,
     /// Human descriptions of the changes, in order.
     pub log: Vec<String>,
+    /// The same, per owning Dpu.
+    pub by_dpu: BTreeMap<String, Vec<String>>,
     pub objects: Vec<ObjectStatus>,
 }
 
@@ -105,14 +107,24 @@ impl Outcome {
             error: Some(e.to_string()),
         });
     }
-    fn changed(&mut self, what: String) {
+    /// Count a change made for `dpu` ("" when no Dpu owns the object).
+    fn changed(&mut self, dpu: &str, what: String) {
         self.changes += 1;
+        self.by_dpu.entry(dpu.to_string()).or_default().push(what.clone());
         self.log.push(what);
     }
 }
 
 pub fn owner_tag(dpu: &str) -> String {
     format!("{OWNER_TAG}{dpu}")
+}
+
+/// The Dpu an owned interface was created for ("" when not ours).
+fn owner_of(l: &Link) -> &str {
+    l.alias
+        .as_deref()
+        .and_then(|a| a.strip_prefix(OWNER_TAG))
+        .unwrap_or("")
 }
 
 fn owned(l: &Link) -> bool {
@@ -170,7 +182,7 @@ pub async fn reconcile(
                 out.ok(&b.dpu, obj);
                 continue;
             }
-            out.changed(format!("add {obj}"));
+            out.changed(&b.dpu, format!("add {obj}"));
             let r = if dry_run {
                 Ok(())
             } else {
@@ -188,7 +200,7 @@ pub async fn reconcile(
         for a in mine.clone() {
             if !b.addresses.contains(&a) {
                 if have.contains(&a) {
-                    out.changed(format!("remove address {a} from {}", b.name));
+                    out.changed(&b.dpu, format!("remove address {a} from {}", b.name));
                     if !dry_run {
                         nl.del_address(&br, a).await?;
                     }
@@ -212,7 +224,7 @@ pub async fn reconcile(
                 .any(|p| ports.get(p).is_some_and(|r| r.as_deref() == Ok(l.name.as_str())))
         });
         if !wanted {
-            out.changed(format!("detach {} from {}", l.name, ctrl.name));
+            out.changed(owner_of(ctrl), format!("detach {} from {}", l.name, ctrl.name));
             if !dry_run {
                 nl.detach(l).await?;
             }
@@ -228,7 +240,7 @@ pub async fn reconcile(
         .iter()
         .filter(|l| owned(l) && !desired.bridges.contains_key(&l.name))
     {
-        out.changed(format!("delete bridge {}", l.name));
+        out.changed(owner_of(l), format!("delete bridge {}", l.name));
         if !dry_run {
             nl.delete(l).await?;
         }
@@ -255,7 +267,7 @@ async fn ensure_bridge(
         }
         Some(l) => l.clone(),
         None => {
-            out.changed(format!("create bridge {}", b.name));
+            out.changed(&b.dpu, format!("create bridge {}", b.name));
             if dry_run {
                 return Ok(());
             }
@@ -272,13 +284,13 @@ async fn ensure_bridge(
         }
     };
     if b.mtu != 0 && link.mtu != b.mtu {
-        out.changed(format!("set mtu {} on {}", b.mtu, b.name));
+        out.changed(&b.dpu, format!("set mtu {} on {}", b.mtu, b.name));
         if !dry_run {
             nl.set_mtu(&link, b.mtu).await?;
         }
     }
     if !link.up {
-        out.changed(format!("set {} up", b.name));
+        out.changed(&b.dpu, format!("set {} up", b.name));
         if !dry_run {
             nl.set_up(&link).await?;
         }
@@ -330,19 +342,19 @@ async fn attach(
         .link(&name)
         .ok_or(NetError::NoSuchInterface { ifname: name.clone() })?;
     if mtu != 0 && l.mtu != mtu {
-        out.changed(format!("set mtu {mtu} on {name}"));
+        out.changed(owner_of(br), format!("set mtu {mtu} on {name}"));
         if !dry_run {
             nl.set_mtu(l, mtu).await?;
         }
     }
     if l.controller != Some(br.index) {
-        out.changed(format!("attach {name} to {}", br.name));
+        out.changed(owner_of(br), format!("attach {name} to {}", br.name));
         if !dry_run {
             nl.set_controller(l, br.index).await?;
         }
     }
     if !l.up {
-        out.changed(format!("set {name} up"));
+        out.changed(owner_of(br), format!("set {name} up"));
         if !dry_run {
             nl.set_up(l).await?;
         }
@@ -382,7 +394,7 @@ async fn routes(
             out.ok(&r.dpu, obj);
             continue;
         }
-        out.changed(format!("add {obj}"));
+        out.changed(&r.dpu, format!("add {obj}"));
         let res = if dry_run {
             Ok(())
         } else {
@@ -402,7 +414,7 @@ async fn routes(
     }
     for (k, keep) in snap.routes.iter().zip(keep) {
         if !keep {
-            out.changed(format!("delete route {}", k.destination));
+            out.changed("", format!("delete route {}", k.destination));
             if !dry_run {
                 nl.del_route(k).await?;
             }
@@ -428,7 +440,7 @@ async fn sriov(sysfs: &Sysfs, desired: &Desired, dry_run: bool, out: &mut Outcom
         match r {
             Ok(writes) => {
                 for w in writes {
-                    out.changed(w);
+                    out.changed(&s.dpu, w);
                 }
                 out.ok(&s.dpu, obj);
             }
