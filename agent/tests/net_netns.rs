@@ -485,3 +485,57 @@ async fn drift_is_counted_on_the_dpu_whose_objects_were_repaired() {
     assert_eq!((by("d1"), by("d2")), (1, 0));
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vf_attributes_on_a_pf_without_sriov_fail_honestly() {
+    // No SR-IOV hardware here: veth1 plays the PF. The count goes to a fake
+    // sysfs; the VF attributes go to the real kernel, which refuses them for a
+    // veth, and that must be reported, naming the PF and the operation.
+    let Some(ns) = Netns::new(1) else { return };
+    let sys = tempfile::tempdir().unwrap();
+    let dev = sys.path().join("class/net/veth1/device");
+    std::fs::create_dir_all(&dev).unwrap();
+    std::fs::write(dev.join("sriov_totalvfs"), "4\n").unwrap();
+    std::fs::write(dev.join("sriov_numvfs"), "0\n").unwrap();
+    let cfg = NetConfig {
+        sysfs_root: sys.path().into(),
+        ..ns.cfg()
+    };
+    let want = vec![dpu(
+        "d1",
+        HostNetwork {
+            sriov: vec![hostplane_proto::v1::SriovPf {
+                pf: "veth1".into(),
+                num_vfs: 2,
+                vfs: vec![hostplane_proto::v1::VfConfig {
+                    index: 0,
+                    trust: Some(true),
+                    ..Default::default()
+                }],
+            }],
+            ..Default::default()
+        },
+    )];
+    let changes = net::diff(&cfg, &want).await.unwrap();
+    assert!(
+        changes.iter().any(|c| c == "set vf 0 trust on on veth1"),
+        "{changes:?}"
+    );
+    let stop = CancellationToken::new();
+    let h = net::start(cfg, stop.clone()).unwrap();
+    let r = h.set_desired(want).await.unwrap();
+    assert_eq!(std::fs::read_to_string(dev.join("sriov_numvfs")).unwrap(), "2");
+    let count = r[0].objects.iter().find(|o| o.object == "vfs veth1 = 2").unwrap();
+    assert!(count.applied, "{count:?}");
+    let attrs = r[0]
+        .objects
+        .iter()
+        .find(|o| o.object == "vf attributes on veth1")
+        .unwrap();
+    assert!(
+        !attrs.applied && attrs.error.contains("set VF attributes on veth1"),
+        "{attrs:?}"
+    );
+    assert!(!r[0].applied);
+    stop.cancel();
+}

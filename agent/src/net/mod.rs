@@ -19,6 +19,7 @@ pub mod model;
 pub mod netlink;
 pub mod reconcile;
 pub mod sysfs;
+pub mod vf;
 
 use model::Desired;
 use netlink::Netlink;

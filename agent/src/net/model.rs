@@ -88,6 +88,8 @@ pub struct SriovSpec {
     /// A netdev name or `pci:<bdf>`.
     pub pf: String,
     pub num_vfs: u32,
+    /// VF attributes to set (empty: leave the VFs as they are).
+    pub vfs: Vec<hostplane_proto::v1::VfConfig>,
 }
 
 /// The whole desired host network, every Dpu's part merged.
@@ -173,6 +175,7 @@ pub fn build(nets: &[DpuNetwork]) -> Result<Desired, NetError> {
                 dpu: dpu.into(),
                 pf: format!("pci:{}", n.pf_pci_address),
                 num_vfs: net.num_vfs,
+                vfs: Vec::new(),
             });
         }
         for (i, s) in net.sriov.iter().enumerate() {
@@ -210,6 +213,7 @@ pub fn build(nets: &[DpuNetwork]) -> Result<Desired, NetError> {
                 dpu: dpu.into(),
                 pf: s.pf.clone(),
                 num_vfs: s.num_vfs,
+                vfs: s.vfs.clone(),
             });
         }
         for (i, b) in net.bridges.iter().enumerate() {

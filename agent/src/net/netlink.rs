@@ -12,11 +12,14 @@ use futures::TryStreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoKind, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, LinkVfInfo, VfInfo,
+};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, MulticastGroup, RouteMessageBuilder};
 
 use super::NetError;
+use super::vf::{VfState, parse_vfs};
 
 /// Routes the agent adds carry this protocol number, so they are told apart
 /// from every other route on the host (`ip route` shows it as `proto 196`).
@@ -334,6 +337,49 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| Self::err("add route", dev, e))
+    }
+
+    /// The PF's index and the state of its VFs (`IFLA_VFINFO_LIST`).
+    pub async fn vfs_of(&self, pf: &str) -> Result<(u32, BTreeMap<u32, VfState>), NetError> {
+        let req = self
+            .handle
+            .link()
+            .get()
+            .match_name(pf.to_string())
+            .set_filter_mask(
+                rtnetlink::packet_route::AddressFamily::Unspec,
+                vec![LinkExtentMask::Vf],
+            );
+        let mut links = req.execute();
+        let m = links
+            .try_next()
+            .await
+            .map_err(|e| Self::err("read VFs of", pf, e))?
+            .ok_or(NetError::NoSuchInterface {
+                ifname: pf.to_string(),
+            })?;
+        let vfs = m
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::VfInfoList(l) => Some(parse_vfs(l)),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Ok((m.header.index, vfs))
+    }
+
+    /// Set VF attributes on the PF in one RTM_SETLINK.
+    pub async fn set_vfs(&self, pf_index: u32, pf: &str, infos: Vec<VfInfo>) -> Result<(), NetError> {
+        let msg = LinkUnspec::new_with_index(pf_index)
+            .append_extra_attribute(LinkAttribute::VfInfoList(vec![LinkVfInfo(infos)]))
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| Self::err("set VF attributes on", pf, e))
     }
 
     /// Delete an owned route; one that is already gone (ESRCH) is fine.

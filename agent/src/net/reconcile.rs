@@ -17,6 +17,7 @@ use ipnetwork::IpNetwork;
 use super::model::{Desired, PortRef};
 use super::netlink::{Link, Netlink, Snapshot};
 use super::sysfs::Sysfs;
+use super::vf;
 use super::{NetError, OWNER_TAG};
 
 /// What the agent has added that the kernel cannot tag: addresses per bridge.
@@ -142,6 +143,7 @@ pub async fn reconcile(
 ) -> Result<Outcome, NetError> {
     let mut out = Outcome::default();
     sriov(sysfs, desired, dry_run, &mut out).await;
+    vf_attributes(nl, sysfs, desired, dry_run, &mut out).await;
     let ports = resolve_all(sysfs, desired).await;
     let mut snap = nl.snapshot().await?;
 
@@ -444,6 +446,47 @@ async fn sriov(sysfs: &Sysfs, desired: &Desired, dry_run: bool, out: &mut Outcom
                 }
                 out.ok(&s.dpu, obj);
             }
+            Err(e) => out.failed(&s.dpu, obj, &e),
+        }
+    }
+}
+
+/// VF attributes: read each PF's VF list once and send only what differs.
+async fn vf_attributes(nl: &Netlink, sysfs: &Sysfs, desired: &Desired, dry_run: bool, out: &mut Outcome) {
+    for s in desired.sriov.iter().filter(|s| !s.vfs.is_empty()) {
+        let obj = format!("vf attributes on {}", s.pf);
+        let pf = match s.pf.strip_prefix("pci:") {
+            Some(bdf) => {
+                let (sysfs, bdf) = (sysfs.clone(), bdf.to_string());
+                tokio::task::spawn_blocking(move || sysfs.netdev_of_pci(&bdf))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(NetError::Port {
+                            reason: e.to_string(),
+                        })
+                    })
+            }
+            None => Ok(s.pf.clone()),
+        };
+        let r = async {
+            let pf = pf?;
+            let (index, cur) = nl.vfs_of(&pf).await?;
+            let mut infos = Vec::new();
+            for want in &s.vfs {
+                let (i, what) = vf::vf_changes(want, &cur.get(&want.index).cloned().unwrap_or_default());
+                infos.extend(i);
+                for w in what {
+                    out.changed(&s.dpu, format!("set {w} on {pf}"));
+                }
+            }
+            if !infos.is_empty() && !dry_run {
+                nl.set_vfs(index, &pf, infos).await?;
+            }
+            Ok::<(), NetError>(())
+        }
+        .await;
+        match r {
+            Ok(()) => out.ok(&s.dpu, obj),
             Err(e) => out.failed(&s.dpu, obj, &e),
         }
     }
