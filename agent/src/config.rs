@@ -115,6 +115,9 @@ pub struct NetworkSettings {
     /// Netlink changes are collected this long before a drift repair.
     #[serde(with = "humantime_serde")]
     pub drift_debounce: Duration,
+    /// After the VF count changes, how long to wait for the VF netdevs.
+    #[serde(with = "humantime_serde")]
+    pub vf_wait: Duration,
 }
 
 impl Default for NetworkSettings {
@@ -125,6 +128,7 @@ impl Default for NetworkSettings {
             sysfs_root: d.sysfs_root,
             netns: d.netns,
             drift_debounce: d.drift_debounce,
+            vf_wait: d.vf_wait,
         }
     }
 }
@@ -361,6 +365,7 @@ impl Config {
             sysfs_root: self.network.sysfs_root.clone(),
             netns: self.network.netns.clone(),
             drift_debounce: self.network.drift_debounce,
+            vf_wait: self.network.vf_wait,
         }
     }
 

@@ -497,6 +497,10 @@ async fn vf_attributes_on_a_pf_without_sriov_fail_honestly() {
     std::fs::create_dir_all(&dev).unwrap();
     std::fs::write(dev.join("sriov_totalvfs"), "4\n").unwrap();
     std::fs::write(dev.join("sriov_numvfs"), "0\n").unwrap();
+    // The VF netdevs the driver would create (the agent waits for them after a count change).
+    for vf in 0..2 {
+        std::fs::create_dir_all(dev.join(format!("virtfn{vf}/net/veth1v{vf}"))).unwrap();
+    }
     let cfg = NetConfig {
         sysfs_root: sys.path().into(),
         ..ns.cfg()

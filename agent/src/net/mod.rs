@@ -55,6 +55,12 @@ pub enum NetError {
         op: &'static str,
         source: std::io::Error,
     },
+    #[error("PF {pf}: VF(s) {missing:?} have no netdev after {after:?}")]
+    VfsMissing {
+        pf: String,
+        missing: Vec<u32>,
+        after: Duration,
+    },
     #[error("PF {pf}: {wanted} VFs requested but sriov_totalvfs is {total}")]
     TooManyVfs { pf: String, wanted: u32, total: u32 },
     #[error("network namespace {netns}: {source}")]
@@ -76,6 +82,9 @@ pub struct NetConfig {
     /// Changes seen on netlink are collected this long before a repair.
     #[serde(with = "humantime_serde")]
     pub drift_debounce: Duration,
+    /// After the VF count changes, how long to wait for the VF netdevs.
+    #[serde(with = "humantime_serde")]
+    pub vf_wait: Duration,
 }
 
 impl Default for NetConfig {
@@ -84,6 +93,7 @@ impl Default for NetConfig {
             sysfs_root: PathBuf::from("/sys"),
             netns: None,
             drift_debounce: Duration::from_millis(50),
+            vf_wait: Duration::from_secs(10),
         }
     }
 }
@@ -99,7 +109,7 @@ pub async fn diff(cfg: &NetConfig, nets: &[DpuNetwork]) -> Result<Vec<String>, N
     let nl = Netlink::open(cfg.netns.as_deref())?;
     let out = reconcile::reconcile(
         &nl,
-        &Sysfs::new(&cfg.sysfs_root),
+        &Sysfs::new(&cfg.sysfs_root).with_vf_wait(cfg.vf_wait),
         &desired,
         &mut Owned::default(),
         true,
@@ -148,7 +158,7 @@ pub fn start(cfg: NetConfig, shutdown: CancellationToken) -> Result<NetHandle, N
     let (reports, _) = broadcast::channel(64);
     let owner = Owner {
         nl,
-        sysfs: Sysfs::new(&cfg.sysfs_root),
+        sysfs: Sysfs::new(&cfg.sysfs_root).with_vf_wait(cfg.vf_wait),
         desired: Desired::default(),
         nets: Vec::new(),
         owned: Owned::default(),

@@ -430,15 +430,21 @@ async fn sriov(sysfs: &Sysfs, desired: &Desired, dry_run: bool, out: &mut Outcom
         let obj = format!("vfs {} = {}", s.pf, s.num_vfs);
         let sysfs = sysfs.clone();
         let (pf, n) = (s.pf.clone(), s.num_vfs);
-        let r = tokio::task::spawn_blocking(move || sysfs.ensure_num_vfs(&pf, n, dry_run))
-            .await
-            .unwrap_or_else(|e| {
-                Err(NetError::Sysfs {
-                    path: "spawn_blocking".into(),
-                    op: "join",
-                    source: std::io::Error::other(e),
-                })
-            });
+        let r = tokio::task::spawn_blocking(move || {
+            let writes = sysfs.ensure_num_vfs(&pf, n, dry_run)?;
+            if !writes.is_empty() && !dry_run {
+                sysfs.wait_vf_netdevs(&pf, n)?;
+            }
+            Ok(writes)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(NetError::Sysfs {
+                path: "spawn_blocking".into(),
+                op: "join",
+                source: std::io::Error::other(e),
+            })
+        });
         match r {
             Ok(writes) => {
                 for w in writes {

@@ -1,17 +1,48 @@
 //! SR-IOV and PCI-to-netdev lookups through sysfs, under a re-rootable root
 //! (`/sys` in production, a fixture tree in tests).
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::NetError;
 
 #[derive(Debug, Clone)]
 pub struct Sysfs {
     root: PathBuf,
+    /// How long to wait for VF netdevs after the VF count changed.
+    vf_wait: Duration,
 }
 
 impl Sysfs {
     pub fn new(root: impl Into<PathBuf>) -> Sysfs {
-        Sysfs { root: root.into() }
+        Sysfs {
+            root: root.into(),
+            vf_wait: Duration::from_secs(10),
+        }
+    }
+
+    pub fn with_vf_wait(self, vf_wait: Duration) -> Sysfs {
+        Sysfs { vf_wait, ..self }
+    }
+
+    /// Wait (bounded by the VF wait) until each of the first `n` VFs of `pf`
+    /// has a netdev, as the driver creates them some time after the count
+    /// is written. Blocking: call it off the async runtime.
+    pub fn wait_vf_netdevs(&self, pf: &str, n: u32) -> Result<(), NetError> {
+        let deadline = Instant::now() + self.vf_wait;
+        loop {
+            let missing: Vec<u32> = (0..n).filter(|i| self.netdev_of_vf(pf, *i).is_err()).collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(NetError::VfsMissing {
+                    pf: pf.into(),
+                    missing,
+                    after: self.vf_wait,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The device directory of a PF given by netdev name or `pci:<bdf>`.
@@ -140,6 +171,32 @@ mod tests {
         );
         let e = s.ensure_num_vfs("ens9", 1, false).unwrap_err();
         assert!(e.to_string().contains("ens9"), "{e}");
+    }
+
+    #[test]
+    fn vf_netdevs_are_waited_for_with_a_bound() {
+        let t = tempfile::tempdir().unwrap();
+        pf(t.path(), "ens1f0", 4, 2);
+        let s = Sysfs::new(t.path()).with_vf_wait(Duration::from_secs(5));
+        let dev = t.path().join("class/net/ens1f0/device");
+        let late = dev.clone();
+        let maker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            for vf in 0..2 {
+                std::fs::create_dir_all(late.join(format!("virtfn{vf}/net/ens1f0v{vf}"))).unwrap();
+            }
+        });
+        s.wait_vf_netdevs("ens1f0", 2)
+            .expect("the VFs appear within the wait");
+        maker.join().unwrap();
+
+        let short = Sysfs::new(t.path()).with_vf_wait(Duration::from_millis(100));
+        let e = short.wait_vf_netdevs("ens1f0", 3).unwrap_err();
+        assert!(
+            matches!(&e, NetError::VfsMissing { missing, .. } if missing == &[2]),
+            "{e}"
+        );
+        assert!(e.to_string().contains("ens1f0"), "{e}");
     }
 
     #[test]
