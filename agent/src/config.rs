@@ -56,6 +56,8 @@ pub struct Config {
     pub session: SessionConfig,
     pub flash: FlashSettings,
     pub network: NetworkSettings,
+    /// The Prometheus endpoint (`metrics.listen`; off when unset).
+    pub metrics: crate::metrics::MetricsConfig,
     /// Run for `reboot_host` commands (`reboot_method: agent`).
     pub reboot_command: Vec<String>,
     pub log_format: LogFormat,
@@ -145,6 +147,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             flash: FlashSettings::default(),
             network: NetworkSettings::default(),
+            metrics: Default::default(),
             reboot_command: vec!["systemctl".to_string(), "reboot".to_string()],
             log_format: LogFormat::Plain,
             shutdown_grace: Duration::from_secs(10),

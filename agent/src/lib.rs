@@ -11,6 +11,7 @@ pub mod config;
 pub mod exec;
 pub mod flash;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod rshim;
 pub mod session;

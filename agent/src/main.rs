@@ -144,9 +144,13 @@ fn run_daemon(args: &ConfigArgs) -> ExitCode {
         };
         let flasher = Flasher::new(cfg.flash_config(), cache);
         let mut executor = HostExecutor::new(Arc::new(flasher), cfg.reboot_command.clone());
+        let mut registry = prometheus_client::registry::Registry::default();
         let network = if cfg.network.enabled {
             match net::start(cfg.net_config(), shutdown.child_token()) {
                 Ok(handle) => {
+                    handle
+                        .metrics()
+                        .register(registry.sub_registry_with_prefix("hostplane_network"));
                     let sync = NetSync::new(Arc::new(handle));
                     executor = executor.with_network(sync.clone(), NETWORK_REPORT_WAIT);
                     Some(sync)
@@ -163,6 +167,13 @@ fn run_daemon(args: &ConfigArgs) -> ExitCode {
             tracing::info!("host networking is disabled (network.enabled: false)");
             None
         };
+        if let Some(listen) = cfg.metrics.listen
+            && let Err(e) =
+                hostplane_agent::metrics::serve(listen, Arc::new(registry), shutdown.child_token()).await
+        {
+            tracing::error!(%listen, error = %e, "cannot serve metrics (metrics.listen)");
+            return ExitCode::from(EXIT_FAILURE);
+        }
         match hostplane_agent::run(cfg, Arc::new(executor), network, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

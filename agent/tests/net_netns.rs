@@ -483,6 +483,16 @@ async fn drift_is_counted_on_the_dpu_whose_objects_were_repaired() {
     let again = h.set_desired(want).await.unwrap();
     let by = |d: &str| again.iter().find(|r| r.dpu == d).unwrap().drift_repairs;
     assert_eq!((by("d1"), by("d2")), (1, 0));
+    // The same count, as a Prometheus counter.
+    let mut registry = prometheus_client::registry::Registry::default();
+    h.metrics()
+        .register(registry.sub_registry_with_prefix("hostplane_network"));
+    let text = hostplane_agent::metrics::render(&registry);
+    assert!(
+        text.contains("hostplane_network_drift_repairs_total{dpu=\"d1\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("dpu=\"d2\""), "{text}");
     stop.cancel();
 }
 

@@ -125,11 +125,51 @@ enum Request {
     ),
 }
 
+/// Labels of the per-Dpu network metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct DpuLabel {
+    pub dpu: String,
+}
+
+/// The network manager's metrics (cheap to clone; clones share the values).
+#[derive(Debug, Clone, Default)]
+pub struct NetMetrics {
+    /// Drift repairs, per Dpu.
+    pub drift_repairs:
+        prometheus_client::metrics::family::Family<DpuLabel, prometheus_client::metrics::counter::Counter>,
+    /// Netlink and sysfs writes made, all reconciles together.
+    pub changes: prometheus_client::metrics::counter::Counter,
+    /// Reconcile passes that failed as a whole (a netlink error).
+    pub failures: prometheus_client::metrics::counter::Counter,
+}
+
+impl NetMetrics {
+    /// Register under `registry` (give it a `hostplane_network` prefix).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "drift_repairs",
+            "Host network drift repairs, per Dpu",
+            self.drift_repairs.clone(),
+        );
+        registry.register(
+            "changes",
+            "Host network changes made (netlink and sysfs writes)",
+            self.changes.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Host network reconciles that failed",
+            self.failures.clone(),
+        );
+    }
+}
+
 /// Talks to the network owner task.
 #[derive(Clone)]
 pub struct NetHandle {
     tx: mpsc::Sender<Request>,
     reports: broadcast::Sender<NetworkReport>,
+    metrics: NetMetrics,
 }
 
 impl NetHandle {
@@ -144,6 +184,11 @@ impl NetHandle {
         rx.await.map_err(|_| NetError::Stopped)?
     }
 
+    /// The manager's metrics, to register in the agent's registry.
+    pub fn metrics(&self) -> &NetMetrics {
+        &self.metrics
+    }
+
     /// Reports published after each drift repair.
     pub fn subscribe(&self) -> broadcast::Receiver<NetworkReport> {
         self.reports.subscribe()
@@ -156,7 +201,9 @@ pub fn start(cfg: NetConfig, shutdown: CancellationToken) -> Result<NetHandle, N
     let events = Netlink::watch(cfg.netns.as_deref())?;
     let (tx, rx) = mpsc::channel(8);
     let (reports, _) = broadcast::channel(64);
+    let metrics = NetMetrics::default();
     let owner = Owner {
+        metrics: metrics.clone(),
         nl,
         sysfs: Sysfs::new(&cfg.sysfs_root).with_vf_wait(cfg.vf_wait),
         desired: Desired::default(),
@@ -170,7 +217,7 @@ pub fn start(cfg: NetConfig, shutdown: CancellationToken) -> Result<NetHandle, N
             .run(rx, events, cfg.drift_debounce, shutdown)
             .instrument(tracing::info_span!("net")),
     );
-    Ok(NetHandle { tx, reports })
+    Ok(NetHandle { tx, reports, metrics })
 }
 
 #[derive(Debug, Clone, Default)]
@@ -181,6 +228,7 @@ struct Drift {
 }
 
 struct Owner {
+    metrics: NetMetrics,
     nl: Netlink,
     sysfs: Sysfs,
     desired: Desired,
@@ -230,7 +278,12 @@ impl Owner {
         self.desired = desired;
         self.drift.retain(|dpu, _| nets.iter().any(|n| &n.dpu == dpu));
         self.nets = nets;
-        let out = reconcile::reconcile(&self.nl, &self.sysfs, &self.desired, &mut self.owned, false).await?;
+        let out = reconcile::reconcile(&self.nl, &self.sysfs, &self.desired, &mut self.owned, false)
+            .await
+            .inspect_err(|_| {
+                self.metrics.failures.inc();
+            })?;
+        self.metrics.changes.inc_by(u64::from(out.changes));
         for l in &out.log {
             tracing::info!(change = %l, "host network");
         }
@@ -244,7 +297,12 @@ impl Owner {
                 tracing::warn!(changes = %out.log.join("; "), "host network drift repaired");
                 // Count and report the drift on the Dpus whose objects were repaired, only.
                 let hit: Vec<String> = out.by_dpu.keys().filter(|d| !d.is_empty()).cloned().collect();
+                self.metrics.changes.inc_by(u64::from(out.changes));
                 for dpu in &hit {
+                    self.metrics
+                        .drift_repairs
+                        .get_or_create(&DpuLabel { dpu: dpu.clone() })
+                        .inc();
                     let d = self.drift.entry(dpu.clone()).or_default();
                     d.repairs += 1;
                     d.last = format!("repaired drift: {}", out.by_dpu[dpu].join("; "));
@@ -255,7 +313,10 @@ impl Owner {
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "host network repair failed"),
+            Err(e) => {
+                self.metrics.failures.inc();
+                tracing::warn!(error = %e, "host network repair failed")
+            }
         }
     }
 
