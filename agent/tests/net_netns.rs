@@ -321,6 +321,25 @@ async fn an_invalid_state_changes_nothing() {
     assert!(matches!(e, NetError::Invalid { .. }), "{e}");
     assert!(e.to_string().contains("dpu d1: host_network.bridges[1]"), "{e}");
     assert_eq!(ns.all_links(), before, "nothing changed");
+    // An unknown PF is refused before anything else in the state is applied.
+    let unknown_pf = vec![dpu(
+        "d1",
+        HostNetwork {
+            bridges: vec![br("br0", &["veth1"], 0, &[])],
+            sriov: vec![hostplane_proto::v1::SriovPf {
+                pf: "ens9f0".into(),
+                num_vfs: 4,
+                vfs: vec![],
+            }],
+            ..Default::default()
+        },
+    )];
+    let e = h.set_desired(unknown_pf).await.unwrap_err();
+    assert!(
+        e.to_string().contains("host_network.sriov[0].pf") && e.to_string().contains("ens9f0"),
+        "{e}"
+    );
+    assert_eq!(ns.all_links(), before, "nothing changed");
     // diff shows and changes nothing either.
     let good = vec![dpu(
         "d1",

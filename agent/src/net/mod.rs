@@ -275,6 +275,8 @@ impl Owner {
 
     async fn set(&mut self, nets: Vec<DpuNetwork>) -> Result<Vec<NetworkReport>, NetError> {
         let desired = model::build(&nets)?;
+        // Checked against the host before the state is taken: a refused state changes nothing.
+        reconcile::preflight(&self.sysfs, &desired).await?;
         self.desired = desired;
         self.drift.retain(|dpu, _| nets.iter().any(|n| &n.dpu == dpu));
         self.nets = nets;

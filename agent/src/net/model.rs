@@ -85,6 +85,8 @@ pub struct RouteSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SriovSpec {
     pub dpu: String,
+    /// Where it came from, for errors (`num_vfs` or `sriov[<i>]`).
+    pub field: String,
     /// A netdev name or `pci:<bdf>`.
     pub pf: String,
     pub num_vfs: u32,
@@ -173,6 +175,7 @@ pub fn build(nets: &[DpuNetwork]) -> Result<Desired, NetError> {
             check_bdf(&n.pf_pci_address).map_err(|r| bad("pf_pci_address".into(), r))?;
             d.sriov.push(SriovSpec {
                 dpu: dpu.into(),
+                field: "num_vfs".into(),
                 pf: format!("pci:{}", n.pf_pci_address),
                 num_vfs: net.num_vfs,
                 vfs: Vec::new(),
@@ -211,6 +214,7 @@ pub fn build(nets: &[DpuNetwork]) -> Result<Desired, NetError> {
             }
             d.sriov.push(SriovSpec {
                 dpu: dpu.into(),
+                field: format!("sriov[{i}]"),
                 pf: s.pf.clone(),
                 num_vfs: s.num_vfs,
                 vfs: s.vfs.clone(),

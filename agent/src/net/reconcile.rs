@@ -132,6 +132,31 @@ fn owned(l: &Link) -> bool {
     l.is_bridge && l.alias.as_deref().is_some_and(|a| a.starts_with(OWNER_TAG))
 }
 
+/// Checks against the host that must pass before anything is changed: every
+/// SR-IOV PF exists and can have the VFs asked for.
+pub async fn preflight(sysfs: &Sysfs, desired: &Desired) -> Result<(), NetError> {
+    let sysfs = sysfs.clone();
+    let sriov = desired.sriov.clone();
+    tokio::task::spawn_blocking(move || {
+        for s in &sriov {
+            sysfs
+                .check_pf(&s.pf, s.num_vfs)
+                .map_err(|reason| NetError::Invalid {
+                    dpu: s.dpu.clone(),
+                    field: format!("{}.pf", s.field),
+                    reason,
+                })?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(NetError::Port {
+            reason: e.to_string(),
+        })
+    })
+}
+
 /// Bring the host to `desired`. With `dry_run`, nothing is written and the
 /// outcome lists what would change.
 pub async fn reconcile(
@@ -141,6 +166,7 @@ pub async fn reconcile(
     owned_state: &mut Owned,
     dry_run: bool,
 ) -> Result<Outcome, NetError> {
+    preflight(sysfs, desired).await?;
     let mut out = Outcome::default();
     sriov(sysfs, desired, dry_run, &mut out).await;
     vf_attributes(nl, sysfs, desired, dry_run, &mut out).await;

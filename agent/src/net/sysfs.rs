@@ -90,6 +90,25 @@ impl Sysfs {
         Self::first_netdev(&self.pf_dir(pf).join(format!("virtfn{index}")).join("net"))
     }
 
+    /// Check, changing nothing, that `pf` exists and can have `n` VFs.
+    pub fn check_pf(&self, pf: &str, n: u32) -> Result<(), String> {
+        let dir = self.pf_dir(pf);
+        if !dir.exists() {
+            return Err(format!("PF {pf} not found ({} does not exist)", dir.display()));
+        }
+        let total_path = dir.join("sriov_totalvfs");
+        let total: u32 = Self::read(&total_path)
+            .map_err(|e| format!("PF {pf} has no SR-IOV: {e}"))?
+            .parse()
+            .map_err(|_| format!("{} is not a number", total_path.display()))?;
+        if n > total {
+            return Err(format!(
+                "PF {pf}: {n} VFs requested but sriov_totalvfs is {total}"
+            ));
+        }
+        Ok(())
+    }
+
     /// Make `sriov_numvfs` of `pf` equal `n`, going through 0 when the count
     /// changes (the kernel refuses to change a non-zero count directly).
     /// Returns a description of each write made (or, with `dry_run`, to make).
