@@ -55,7 +55,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub session: SessionConfig,
     pub flash: FlashSettings,
-    pub network: NetworkSettings,
+    pub network: NetConfig,
     /// The Prometheus endpoint (`metrics.listen`; off when unset).
     pub metrics: crate::metrics::MetricsConfig,
     /// Run for `reboot_host` commands (`reboot_method: agent`).
@@ -101,40 +101,6 @@ pub struct FlashSettings {
     pub poll_interval: Duration,
 }
 
-/// Host networking (the `network:` section): the net module's settings and
-/// whether the agent manages the host network at all.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NetworkSettings {
-    /// False: desired networks are not applied (InitializeInterface is
-    /// SKIPPED saying so) and the host network is never touched.
-    pub enabled: bool,
-    /// Where `bus/pci/devices/<bdf>/sriov_numvfs` and `class/net` are read and written.
-    pub sysfs_root: PathBuf,
-    /// Manage this named network namespace (`/run/netns/<name>`) instead of
-    /// the agent's own (labs and tests).
-    pub netns: Option<String>,
-    /// Netlink changes are collected this long before a drift repair.
-    #[serde(with = "humantime_serde")]
-    pub drift_debounce: Duration,
-    /// After the VF count changes, how long to wait for the VF netdevs.
-    #[serde(with = "humantime_serde")]
-    pub vf_wait: Duration,
-}
-
-impl Default for NetworkSettings {
-    fn default() -> Self {
-        let d = NetConfig::default();
-        NetworkSettings {
-            enabled: true,
-            sysfs_root: d.sysfs_root,
-            netns: d.netns,
-            drift_debounce: d.drift_debounce,
-            vf_wait: d.vf_wait,
-        }
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -146,7 +112,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             session: SessionConfig::default(),
             flash: FlashSettings::default(),
-            network: NetworkSettings::default(),
+            network: NetConfig::default(),
             metrics: Default::default(),
             reboot_command: vec!["systemctl".to_string(), "reboot".to_string()],
             log_format: LogFormat::Plain,
@@ -364,12 +330,7 @@ impl Config {
 
     /// The network manager's settings.
     pub fn net_config(&self) -> NetConfig {
-        NetConfig {
-            sysfs_root: self.network.sysfs_root.clone(),
-            netns: self.network.netns.clone(),
-            drift_debounce: self.network.drift_debounce,
-            vf_wait: self.network.vf_wait,
-        }
+        self.network.clone()
     }
 
     /// True when the coordinator connection is plaintext.
@@ -464,7 +425,13 @@ mod tests {
         cfg.validate().unwrap();
         let off = parse("network:\n  enabled: false\n").unwrap();
         assert!(!off.network.enabled);
-        assert_eq!(off.net_config(), NetConfig::default());
+        assert_eq!(
+            off.net_config(),
+            NetConfig {
+                enabled: false,
+                ..NetConfig::default()
+            }
+        );
         let err = parse("network:\n  netnss: x\n").unwrap_err();
         assert!(err.to_string().contains("netnss"), "{err}");
     }

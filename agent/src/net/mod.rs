@@ -75,6 +75,11 @@ pub enum NetError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetConfig {
+    /// False: desired networks are not applied (InitializeInterface is
+    /// SKIPPED saying so) and the host network is never touched. Read by the
+    /// agent, which then does not start this module.
+    pub enabled: bool,
+    /// Where `bus/pci/devices/<bdf>/sriov_numvfs` and `class/net` are read and written.
     pub sysfs_root: PathBuf,
     /// Manage this named network namespace (`/run/netns/<name>`) instead of
     /// the agent's own (labs and tests).
@@ -90,6 +95,7 @@ pub struct NetConfig {
 impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
+            enabled: true,
             sysfs_root: PathBuf::from("/sys"),
             netns: None,
             drift_debounce: Duration::from_millis(50),

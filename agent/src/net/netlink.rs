@@ -305,32 +305,22 @@ impl Netlink {
         metric: u32,
         dev: &str,
     ) -> Result<(), NetError> {
-        let msg = match dest {
-            IpNetwork::V4(d) => {
-                let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.ip(), d.prefix());
-                if let Some(IpAddr::V4(g)) = gw {
-                    b = b.gateway(g);
-                }
-                if let Some(i) = oif {
-                    b = b.output_interface(i);
-                }
-                b.priority(metric)
-                    .protocol(RouteProtocol::Other(RTPROT_HOSTPLANE))
-                    .build()
-            }
-            IpNetwork::V6(d) => {
-                let mut b = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.ip(), d.prefix());
-                if let Some(IpAddr::V6(g)) = gw {
-                    b = b.gateway(g);
-                }
-                if let Some(i) = oif {
-                    b = b.output_interface(i);
-                }
-                b.priority(metric)
-                    .protocol(RouteProtocol::Other(RTPROT_HOSTPLANE))
-                    .build()
-            }
+        let invalid = |e: &dyn std::fmt::Display| NetError::Port {
+            reason: format!("route {dest}: {e}"),
         };
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dest.ip(), dest.prefix())
+            .map_err(|e| invalid(&e))?;
+        if let Some(g) = gw {
+            b = b.gateway(g).map_err(|e| invalid(&e))?;
+        }
+        if let Some(i) = oif {
+            b = b.output_interface(i);
+        }
+        let msg = b
+            .priority(metric)
+            .protocol(RouteProtocol::Other(RTPROT_HOSTPLANE))
+            .build();
         self.handle
             .route()
             .add(msg)
