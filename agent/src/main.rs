@@ -52,6 +52,8 @@ enum Cmd {
     Flash(Box<FlashArgs>),
     /// Check the config and exit: 0 when valid, 78 when not.
     Validate(ConfigArgs),
+    /// Read the node's power sources now (RAPL, hwmon), with no coordinator.
+    Power(hostplane_agent::power::cli::PowerArgs),
     /// Apply, diff or show the host network by hand (no coordinator).
     Network(hostplane_agent::net::cli::NetworkArgs),
     /// Print the version and exit.
@@ -80,6 +82,13 @@ fn main() -> ExitCode {
             logging::init(&ProcessEnv, LogFormat::Plain);
             match runtime() {
                 Ok(rt) => rt.block_on(run_flash_cli(*args)),
+                Err(code) => code,
+            }
+        }
+        Cmd::Power(args) => {
+            logging::init(&ProcessEnv, LogFormat::Plain);
+            match runtime() {
+                Ok(rt) => rt.block_on(hostplane_agent::power::cli::run_power_cli(args)),
                 Err(code) => code,
             }
         }

@@ -1,0 +1,164 @@
+//! hwmon sensors: `power*_input` / `power*_average` (µW, measured) and
+//! `energy*_input` (µJ, integrated like RAPL) under `<sysfs>/class/hwmon/hwmon*/`.
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{Counter, Method, Reading, Scope, why, wrapping_delta};
+
+enum Kind {
+    Power,
+    Energy {
+        last: Option<(u64, Instant)>,
+        total_uj: u128,
+    },
+}
+
+struct Sensor {
+    device: String,
+    kind: Kind,
+    counter: Result<Counter, String>,
+}
+
+pub struct Hwmon {
+    sensors: Vec<Sensor>,
+}
+
+impl Hwmon {
+    pub fn discover(sysfs_root: &Path) -> Hwmon {
+        let dir = sysfs_root.join("class/hwmon");
+        let mut sensors = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Hwmon { sensors };
+        };
+        let mut hwmons: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        hwmons.sort();
+        for h in hwmons {
+            let chip = std::fs::read_to_string(h.join("name"))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let base = h.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let Ok(files) = std::fs::read_dir(&h) else {
+                continue;
+            };
+            let mut names: Vec<String> = files
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for f in names {
+                let kind = if f.starts_with("power") && (f.ends_with("_input") || f.ends_with("_average")) {
+                    Kind::Power
+                } else if f.starts_with("energy") && f.ends_with("_input") {
+                    Kind::Energy {
+                        last: None,
+                        total_uj: 0,
+                    }
+                } else {
+                    continue;
+                };
+                let path = h.join(&f);
+                let label = if chip.is_empty() {
+                    base.clone()
+                } else {
+                    format!("{base}:{chip}")
+                };
+                sensors.push(Sensor {
+                    device: format!("{label}/{f}"),
+                    kind,
+                    counter: Counter::open(&path).map_err(|e| why(&path, &e)),
+                });
+            }
+        }
+        Hwmon { sensors }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sensors.is_empty()
+    }
+
+    pub fn sample(&mut self) -> Vec<Reading> {
+        let now = Instant::now();
+        self.sensors
+            .iter_mut()
+            .map(|s| {
+                let value = match &mut s.counter {
+                    Ok(c) => c.read_u64().map_err(|e| why(c.path(), &e)),
+                    Err(e) => Err(e.clone()),
+                };
+                let mut r = Reading {
+                    source: "hwmon",
+                    scope: Scope::Other,
+                    device: s.device.clone(),
+                    watts: None,
+                    energy_joules: None,
+                    method: Method::Measured,
+                    window: None,
+                    error: None,
+                };
+                match (&mut s.kind, value) {
+                    (Kind::Energy { last, .. }, Err(e)) => {
+                        *last = None;
+                        r.method = Method::Integrated;
+                        r.error = Some(e);
+                    }
+                    (_, Err(e)) => r.error = Some(e),
+                    (Kind::Power, Ok(uw)) => r.watts = Some(uw as f64 / 1e6),
+                    (Kind::Energy { last, total_uj }, Ok(cur)) => {
+                        r.method = Method::Integrated;
+                        if let Some((prev, at)) = *last {
+                            let delta = wrapping_delta(prev, cur, u64::MAX);
+                            *total_uj += u128::from(delta);
+                            let window = now.saturating_duration_since(at);
+                            if window > Duration::ZERO {
+                                r.watts = Some(delta as f64 / 1e6 / window.as_secs_f64());
+                                r.window = Some(window);
+                            }
+                        }
+                        r.energy_joules = Some(*total_uj as f64 / 1e6);
+                        *last = Some((cur, now));
+                    }
+                }
+                r
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn power_and_energy_files_are_found_and_read() {
+        let t = tempfile::tempdir().unwrap();
+        let h = t.path().join("class/hwmon/hwmon3");
+        std::fs::create_dir_all(&h).unwrap();
+        std::fs::write(h.join("name"), "acpi_power_meter\n").unwrap();
+        std::fs::write(h.join("power1_average"), "345000000\n").unwrap();
+        std::fs::write(h.join("power1_average_interval"), "1000\n").unwrap();
+        std::fs::write(h.join("energy1_input"), "5000000\n").unwrap();
+        std::fs::write(h.join("temp1_input"), "42000\n").unwrap();
+        let mut hw = Hwmon::discover(t.path());
+        let r = hw.sample();
+        let names: Vec<&str> = r.iter().map(|r| r.device.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "hwmon3:acpi_power_meter/energy1_input",
+                "hwmon3:acpi_power_meter/power1_average"
+            ]
+        );
+        assert_eq!(r[1].watts, Some(345.0));
+        assert_eq!(r[1].method, Method::Measured);
+        assert_eq!(r[0].watts, None, "the first energy sample gives no watts");
+        std::fs::write(h.join("energy1_input"), "6000000\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let r = hw.sample();
+        assert!(
+            r[0].watts.unwrap() > 0.0 && r[0].energy_joules == Some(1.0),
+            "{:?}",
+            r[0]
+        );
+    }
+}
