@@ -58,6 +58,8 @@ pub struct Config {
     pub network: NetConfig,
     /// The Prometheus endpoint (`metrics.listen`; off when unset).
     pub metrics: crate::metrics::MetricsConfig,
+    /// Local power telemetry (RAPL, hwmon) sampled onto `/metrics`.
+    pub power: crate::power::sampler::PowerConfig,
     /// Run for `reboot_host` commands (`reboot_method: agent`).
     pub reboot_command: Vec<String>,
     pub log_format: LogFormat,
@@ -114,6 +116,7 @@ impl Default for Config {
             flash: FlashSettings::default(),
             network: NetConfig::default(),
             metrics: Default::default(),
+            power: Default::default(),
             reboot_command: vec!["systemctl".to_string(), "reboot".to_string()],
             log_format: LogFormat::Plain,
             shutdown_grace: Duration::from_secs(10),

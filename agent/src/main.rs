@@ -176,6 +176,11 @@ fn run_daemon(args: &ConfigArgs) -> ExitCode {
             tracing::info!("host networking is disabled (network.enabled: false)");
             None
         };
+        if cfg.power.enabled {
+            let metrics = hostplane_agent::power::sampler::PowerMetrics::default();
+            metrics.register(registry.sub_registry_with_prefix("hostplane"));
+            hostplane_agent::power::sampler::spawn(cfg.power.clone(), metrics, shutdown.child_token());
+        }
         if let Some(listen) = cfg.metrics.listen
             && let Err(e) =
                 hostplane_agent::metrics::serve(listen, Arc::new(registry), shutdown.child_token()).await

@@ -16,6 +16,7 @@ use serde::Serialize;
 pub mod cli;
 pub mod hwmon;
 pub mod rapl;
+pub mod sampler;
 
 /// What a reading covers. Overlapping scopes (psys contains package, which
 /// contains core) are reported side by side and never summed.

@@ -1,0 +1,220 @@
+//! The daemon's sampler: reads every local source every `interval` (1 s by
+//! default) off the async runtime and publishes the readings as Prometheus
+//! metrics — `hostplane_energy_joules_total` counters and
+//! `hostplane_power_watts` gauges labelled by source, scope and device, and
+//! `hostplane_power_source_up` (0 with the reason in the log when a source
+//! cannot be read).
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Reading, Sources};
+
+/// The `power:` section of the agent config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PowerConfig {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Where `class/powercap` and `class/hwmon` are read.
+    pub sysfs_root: PathBuf,
+}
+
+impl Default for PowerConfig {
+    fn default() -> Self {
+        PowerConfig {
+            enabled: true,
+            interval: Duration::from_secs(1),
+            sysfs_root: PathBuf::from("/sys"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+    pub scope: String,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PowerMetrics {
+    pub energy: Family<SourceLabels, Counter<f64, AtomicU64>>,
+    pub watts: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    pub up: Family<SourceLabels, Gauge>,
+}
+
+impl PowerMetrics {
+    /// Register with the `hostplane` prefix: `hostplane_energy_joules_total`, ...
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "energy_joules",
+            "Energy used, per source, since the agent started",
+            self.energy.clone(),
+        );
+        registry.register(
+            "power_watts",
+            "Power drawn, per source, over the last sampling window",
+            self.watts.clone(),
+        );
+        registry.register(
+            "power_source_up",
+            "1 when the source was read, 0 when it could not be",
+            self.up.clone(),
+        );
+    }
+
+    /// Fold one sample's readings into the metrics. `logged` remembers which
+    /// sources' errors were already logged, so a broken source logs once.
+    pub fn record(
+        &self,
+        readings: &[Reading],
+        last_energy: &mut std::collections::HashMap<String, f64>,
+        logged: &mut HashSet<String>,
+    ) {
+        for r in readings {
+            let scope = serde_json::to_value(r.scope)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let l = SourceLabels {
+                source: r.source.to_string(),
+                scope,
+                device: r.device.clone(),
+            };
+            let key = format!("{}/{}", r.source, r.device);
+            match &r.error {
+                Some(e) => {
+                    self.up.get_or_create(&l).set(0);
+                    if logged.insert(key) {
+                        tracing::warn!(source = r.source, device = %r.device, error = %e, "power source unreadable");
+                    }
+                }
+                None => {
+                    self.up.get_or_create(&l).set(1);
+                    logged.remove(&key);
+                    if let Some(w) = r.watts {
+                        self.watts.get_or_create(&l).set(w);
+                    }
+                    if let Some(e) = r.energy_joules {
+                        let prev = last_energy.insert(key, e).unwrap_or(0.0);
+                        if e > prev {
+                            self.energy.get_or_create(&l).inc_by(e - prev);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sample every `cfg.interval` until `shutdown`.
+pub fn spawn(
+    cfg: PowerConfig,
+    metrics: PowerMetrics,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(
+        async move {
+            let root = cfg.sysfs_root.clone();
+            let Ok(mut sources) = tokio::task::spawn_blocking(move || Sources::discover(&root)).await else {
+                return;
+            };
+            if let Some(why) = &sources.rapl.absent {
+                tracing::info!(%why, "no RAPL source");
+            }
+            let mut last = std::collections::HashMap::new();
+            let mut logged = HashSet::new();
+            let mut tick = tokio::time::interval(cfg.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Ok((back, readings)) = tokio::task::spawn_blocking(move || {
+                    let r = sources.sample(Instant::now());
+                    (sources, r)
+                })
+                .await
+                else {
+                    return;
+                };
+                sources = back;
+                metrics.record(&readings, &mut last, &mut logged);
+            }
+        }
+        .instrument(tracing::info_span!("power")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readings_become_counters_and_gauges() {
+        let t = tempfile::tempdir().unwrap();
+        let z = t.path().join("class/powercap/intel-rapl:0");
+        std::fs::create_dir_all(&z).unwrap();
+        std::fs::write(z.join("name"), "package-0\n").unwrap();
+        std::fs::write(z.join("max_energy_range_uj"), "1000000000\n").unwrap();
+        std::fs::write(z.join("energy_uj"), "0\n").unwrap();
+        let h = t.path().join("class/hwmon/hwmon0");
+        std::fs::create_dir_all(&h).unwrap();
+        std::fs::write(h.join("power1_input"), "100000000\n").unwrap();
+        let metrics = PowerMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(registry.sub_registry_with_prefix("hostplane"));
+        let stop = CancellationToken::new();
+        let cfg = PowerConfig {
+            interval: Duration::from_millis(20),
+            sysfs_root: t.path().into(),
+            ..Default::default()
+        };
+        let task = spawn(cfg, metrics, stop.clone());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        std::fs::write(z.join("energy_uj"), "2000000\n").unwrap();
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = crate::metrics::render(&registry);
+            if text.contains(
+                "hostplane_energy_joules_total{source=\"rapl\",scope=\"package\",device=\"intel-rapl:0\"} 2",
+            ) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            text.contains(
+                "hostplane_energy_joules_total{source=\"rapl\",scope=\"package\",device=\"intel-rapl:0\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "hostplane_power_watts{source=\"hwmon\",scope=\"other\",device=\"hwmon0/power1_input\"} 100"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "hostplane_power_source_up{source=\"rapl\",scope=\"package\",device=\"intel-rapl:0\"} 1"
+            ),
+            "{text}"
+        );
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
