@@ -88,6 +88,9 @@ pub async fn run_power_cli(args: PowerArgs) -> ExitCode {
     if let Some(why) = &sources.rapl.absent {
         eprintln!("rapl: unavailable: {why}");
     }
+    if let Some(why) = &sources.gpus.absent {
+        eprintln!("nvml: unavailable: {why}");
+    }
     if sources.hwmon.is_empty() {
         eprintln!(
             "hwmon: unavailable: no power or energy sensors under {}",

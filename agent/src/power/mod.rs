@@ -15,6 +15,7 @@ use serde::Serialize;
 
 pub mod cli;
 pub mod hwmon;
+pub mod nvml;
 pub mod rapl;
 pub mod sampler;
 
@@ -127,6 +128,7 @@ pub fn wrapping_delta(prev: u64, cur: u64, max_range: u64) -> u64 {
 pub struct Sources {
     pub rapl: rapl::Rapl,
     pub hwmon: hwmon::Hwmon,
+    pub gpus: nvml::Gpus,
 }
 
 impl Sources {
@@ -135,6 +137,7 @@ impl Sources {
         Sources {
             rapl: rapl::Rapl::discover(sysfs_root),
             hwmon: hwmon::Hwmon::discover(sysfs_root),
+            gpus: nvml::Gpus::discover(),
         }
     }
 
@@ -142,6 +145,7 @@ impl Sources {
     pub fn sample(&mut self, now: std::time::Instant) -> Vec<Reading> {
         let mut out = self.rapl.sample(now);
         out.extend(self.hwmon.sample());
+        out.extend(self.gpus.sample(now));
         out
     }
 }
