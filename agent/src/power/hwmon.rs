@@ -1,16 +1,13 @@
 //! hwmon sensors: `power*_input` / `power*_average` (µW, measured) and
 //! `energy*_input` (µJ, integrated like RAPL) under `<sysfs>/class/hwmon/hwmon*/`.
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{Counter, Method, Reading, Scope, why, wrapping_delta};
+use super::{Counter, Integrator, Method, Reading, Scope, why};
 
 enum Kind {
     Power,
-    Energy {
-        last: Option<(u64, Instant)>,
-        total_uj: u128,
-    },
+    Energy { energy: Integrator },
 }
 
 struct Sensor {
@@ -51,8 +48,7 @@ impl Hwmon {
                     Kind::Power
                 } else if f.starts_with("energy") && f.ends_with("_input") {
                     Kind::Energy {
-                        last: None,
-                        total_uj: 0,
+                        energy: Integrator::new(u64::MAX),
                     }
                 } else {
                     continue;
@@ -97,26 +93,16 @@ impl Hwmon {
                     error: None,
                 };
                 match (&mut s.kind, value) {
-                    (Kind::Energy { last, .. }, Err(e)) => {
-                        *last = None;
+                    (Kind::Energy { energy }, Err(e)) => {
+                        energy.reset();
                         r.method = Method::Integrated;
                         r.error = Some(e);
                     }
                     (_, Err(e)) => r.error = Some(e),
                     (Kind::Power, Ok(uw)) => r.watts = Some(uw as f64 / 1e6),
-                    (Kind::Energy { last, total_uj }, Ok(cur)) => {
+                    (Kind::Energy { energy }, Ok(cur)) => {
                         r.method = Method::Integrated;
-                        if let Some((prev, at)) = *last {
-                            let delta = wrapping_delta(prev, cur, u64::MAX);
-                            *total_uj += u128::from(delta);
-                            let window = now.saturating_duration_since(at);
-                            if window > Duration::ZERO {
-                                r.watts = Some(delta as f64 / 1e6 / window.as_secs_f64());
-                                r.window = Some(window);
-                            }
-                        }
-                        r.energy_joules = Some(*total_uj as f64 / 1e6);
-                        *last = Some((cur, now));
+                        energy.add(cur, now, &mut r);
                     }
                 }
                 r
@@ -127,6 +113,8 @@ impl Hwmon {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

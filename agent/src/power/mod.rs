@@ -124,6 +124,48 @@ pub fn wrapping_delta(prev: u64, cur: u64, max_range: u64) -> u64 {
     }
 }
 
+/// Turns readings of a µJ energy counter into watts and cumulative joules.
+/// The first reading (or the first after [`Integrator::reset`]) gives energy
+/// but no rate, so a start or an error never becomes a wild wattage.
+#[derive(Debug, Clone)]
+pub struct Integrator {
+    /// The counter's wrap point (`max_energy_range_uj`; `u64::MAX` when unknown).
+    max_range: u64,
+    last: Option<(u64, std::time::Instant)>,
+    total_uj: u128,
+}
+
+impl Integrator {
+    pub fn new(max_range: u64) -> Integrator {
+        Integrator {
+            max_range,
+            last: None,
+            total_uj: 0,
+        }
+    }
+
+    /// Forget the last reading (after an error).
+    pub fn reset(&mut self) {
+        self.last = None;
+    }
+
+    /// Fold in the counter value `cur` read at `now`; fills the reading's
+    /// `energy_joules`, and `watts` and `window` when there is a rate.
+    pub fn add(&mut self, cur: u64, now: std::time::Instant, r: &mut Reading) {
+        if let Some((prev, at)) = self.last {
+            let delta = wrapping_delta(prev, cur, self.max_range);
+            self.total_uj += u128::from(delta);
+            let window = now.saturating_duration_since(at);
+            if window > Duration::ZERO {
+                r.watts = Some(delta as f64 / 1e6 / window.as_secs_f64());
+                r.window = Some(window);
+            }
+        }
+        r.energy_joules = Some(self.total_uj as f64 / 1e6);
+        self.last = Some((cur, now));
+    }
+}
+
 /// All local sources of a node.
 pub struct Sources {
     pub rapl: rapl::Rapl,

@@ -4,17 +4,15 @@
 //! own `max_energy_range_uj`. The first sample of a zone (or the first after
 //! it could not be read) yields energy but no watts, never a wild number.
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{Counter, Method, Reading, Scope, why, wrapping_delta};
+use super::{Counter, Integrator, Method, Reading, Scope, why};
 
 struct Zone {
     device: String,
     scope: Scope,
-    max_range: u64,
     counter: Result<Counter, String>,
-    last: Option<(u64, Instant)>,
-    total_uj: u128,
+    energy: Integrator,
 }
 
 pub struct Rapl {
@@ -65,10 +63,8 @@ impl Rapl {
                 Zone {
                     device,
                     scope: scope_of(name.trim()),
-                    max_range,
                     counter,
-                    last: None,
-                    total_uj: 0,
+                    energy: Integrator::new(max_range),
                 }
             })
             .collect();
@@ -99,22 +95,10 @@ impl Rapl {
                 match value {
                     Err(e) => {
                         // Start over after an error: the next good read is a first sample again.
-                        z.last = None;
+                        z.energy.reset();
                         r.error = Some(e);
                     }
-                    Ok(cur) => {
-                        if let Some((prev, at)) = z.last {
-                            let delta = wrapping_delta(prev, cur, z.max_range);
-                            z.total_uj += u128::from(delta);
-                            let window = now.saturating_duration_since(at);
-                            if window > Duration::ZERO {
-                                r.watts = Some(delta as f64 / 1e6 / window.as_secs_f64());
-                                r.window = Some(window);
-                            }
-                        }
-                        r.energy_joules = Some(z.total_uj as f64 / 1e6);
-                        z.last = Some((cur, now));
-                    }
+                    Ok(cur) => z.energy.add(cur, now, &mut r),
                 }
                 r
             })
@@ -124,6 +108,8 @@ impl Rapl {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn zone(root: &Path, dev: &str, name: &str, max: u64, energy: u64) {
