@@ -7,3 +7,4 @@
 pub mod env;
 pub mod logging;
 pub mod signals;
+pub mod time;

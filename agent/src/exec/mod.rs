@@ -9,7 +9,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hostplane_proto::v1::{
     BfbRef, Command, CommandOutcome, CommandResult, FlashProgress, HostNetwork, Inventory, RshimInfo,
@@ -47,12 +47,7 @@ pub trait Executor: Send + Sync + 'static {
     ) -> BoxFuture<'_, CommandResult>;
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use hostplane_common::time::now_ms;
 
 /// A final result stamped with the current time.
 pub fn result(outcome: CommandOutcome, message: impl Into<String>) -> CommandResult {

@@ -301,7 +301,7 @@ impl Owner {
     async fn repair(&mut self) {
         match reconcile::reconcile(&self.nl, &self.sysfs, &self.desired, &mut self.owned, false).await {
             Ok(out) if out.changes > 0 => {
-                let now = crate::exec::now_ms();
+                let now = hostplane_common::time::now_ms();
                 tracing::warn!(changes = %out.log.join("; "), "host network drift repaired");
                 // Count and report the drift on the Dpus whose objects were repaired, only.
                 let hit: Vec<String> = out.by_dpu.keys().filter(|d| !d.is_empty()).cloned().collect();

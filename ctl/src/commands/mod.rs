@@ -3,7 +3,7 @@
 //! Each command is an async function that takes the client, the output
 //! settings and a writer, and returns the exit code (or an [`Error`], whose
 //! own exit code applies). Tests pass a `Vec<u8>` as the writer.
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -41,12 +41,7 @@ impl Ctx {
     }
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use hostplane_common::time::now_ms;
 
 /// Where to connect; commands connect only once their local input is read and valid.
 #[derive(Debug, Clone)]

@@ -47,10 +47,7 @@ impl Stepper<'_> {
         match CommandOutcome::try_from(r.outcome).unwrap_or(CommandOutcome::Unspecified) {
             CommandOutcome::Succeeded => {
                 if phase == DpuPhase::OsInstalling {
-                    let spec = self.cur().spec.clone().unwrap_or_default();
-                    let st = self.w().status.get_or_insert_default();
-                    st.installed_bfb = spec.bfb;
-                    st.installed_flavor = spec.flavor;
+                    self.mark_installed();
                     return Next::Go {
                         to: next,
                         reason: "OsInstalled",
@@ -69,10 +66,7 @@ impl Stepper<'_> {
                 self.cond(skipped_condition(phase), "True", "Skipped", &agent_msg, ctx.now);
                 if phase == DpuPhase::OsInstalling {
                     // "Nothing to do" for a flash: the DPU already runs this image.
-                    let spec = self.cur().spec.clone().unwrap_or_default();
-                    let st = self.w().status.get_or_insert_default();
-                    st.installed_bfb = spec.bfb;
-                    st.installed_flavor = spec.flavor;
+                    self.mark_installed();
                     return Next::Go {
                         to: next,
                         reason: "Skipped",
@@ -122,6 +116,14 @@ impl Stepper<'_> {
                 }
             }
         }
+    }
+
+    /// The DPU now runs the Dpu's bfb and flavor.
+    fn mark_installed(&mut self) {
+        let spec = self.cur().spec.clone().unwrap_or_default();
+        let st = self.w().status.get_or_insert_default();
+        st.installed_bfb = spec.bfb;
+        st.installed_flavor = spec.flavor;
     }
 
     pub(super) fn rebooting_message(&self, ctx: &StepCtx<'_>) -> String {
