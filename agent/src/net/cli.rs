@@ -172,6 +172,7 @@ async fn run(args: NetworkArgs) -> Result<ExitCode, NetError> {
             return Ok(ExitCode::from(65));
         }
     };
+    reconcile::preflight(&sysfs, &desired).await?;
     let mut owned = Owned::load(&args.state)?;
     let out = reconcile::reconcile(&nl, &sysfs, &desired, &mut owned, dry_run).await?;
     for l in &out.log {

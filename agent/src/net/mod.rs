@@ -112,15 +112,10 @@ pub fn validate(nets: &[DpuNetwork]) -> Result<(), NetError> {
 /// What would change to reach `nets`, changing nothing.
 pub async fn diff(cfg: &NetConfig, nets: &[DpuNetwork]) -> Result<Vec<String>, NetError> {
     let desired = model::build(nets)?;
+    let sysfs = Sysfs::new(&cfg.sysfs_root).with_vf_wait(cfg.vf_wait);
+    reconcile::preflight(&sysfs, &desired).await?;
     let nl = Netlink::open(cfg.netns.as_deref())?;
-    let out = reconcile::reconcile(
-        &nl,
-        &Sysfs::new(&cfg.sysfs_root).with_vf_wait(cfg.vf_wait),
-        &desired,
-        &mut Owned::default(),
-        true,
-    )
-    .await?;
+    let out = reconcile::reconcile(&nl, &sysfs, &desired, &mut Owned::default(), true).await?;
     Ok(out.log)
 }
 
@@ -299,7 +294,13 @@ impl Owner {
     }
 
     async fn repair(&mut self) {
-        match reconcile::reconcile(&self.nl, &self.sysfs, &self.desired, &mut self.owned, false).await {
+        let pass = match reconcile::preflight(&self.sysfs, &self.desired).await {
+            Ok(()) => {
+                reconcile::reconcile(&self.nl, &self.sysfs, &self.desired, &mut self.owned, false).await
+            }
+            Err(e) => Err(e),
+        };
+        match pass {
             Ok(out) if out.changes > 0 => {
                 let now = hostplane_common::time::now_ms();
                 tracing::warn!(changes = %out.log.join("; "), "host network drift repaired");

@@ -158,7 +158,7 @@ pub async fn preflight(sysfs: &Sysfs, desired: &Desired) -> Result<(), NetError>
 }
 
 /// Bring the host to `desired`. With `dry_run`, nothing is written and the
-/// outcome lists what would change.
+/// outcome lists what would change. Callers run [`preflight`] first.
 pub async fn reconcile(
     nl: &Netlink,
     sysfs: &Sysfs,
@@ -166,7 +166,6 @@ pub async fn reconcile(
     owned_state: &mut Owned,
     dry_run: bool,
 ) -> Result<Outcome, NetError> {
-    preflight(sysfs, desired).await?;
     let mut out = Outcome::default();
     sriov(sysfs, desired, dry_run, &mut out).await;
     vf_attributes(nl, sysfs, desired, dry_run, &mut out).await;
