@@ -8,6 +8,7 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
+        "proto/hostplane/v1/power.proto",
         "proto/hostplane/v1/resources.proto",
         "proto/hostplane/v1/admin.proto",
         "proto/hostplane/v1/agent.proto",

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod fsm;
+pub mod power;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -26,6 +26,7 @@ use tracing::Instrument;
 use crate::api::AdminApi;
 use crate::config::Config;
 use crate::fsm::Reconciler;
+use crate::power::PowerHub;
 use crate::store::{Store, StoreError};
 use crate::stream::AgentStream;
 
@@ -140,10 +141,14 @@ pub async fn serve_with(
         .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let admin = AdminApi::new(store.clone(), tasks_token.child_token()).into_server();
+    let power = PowerHub::new();
+    let admin = AdminApi::new(store.clone(), tasks_token.child_token())
+        .with_power(power.clone())
+        .into_server();
     // Agent sessions end with UNAVAILABLE on shutdown, so agents reconnect elsewhere.
     let agents = AgentStream::new(store.clone(), cfg.agents.clone())
         .with_shutdown(&tasks_token)
+        .with_power(power.clone())
         .into_server();
 
     let router = Server::builder()

@@ -12,17 +12,21 @@ impl Kind {
             Kind::Flavor => "flavor",
             Kind::Deployment => "deployment",
             Kind::Dpu => "dpu",
+            Kind::Topology => "topology",
+            Kind::PowerPolicy => "powerpolicy",
         }
     }
 
     /// Every concrete kind, in dependency order (a kind only refers to kinds before it).
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Node,
         Kind::Device,
         Kind::Bfb,
         Kind::Flavor,
         Kind::Deployment,
         Kind::Dpu,
+        Kind::Topology,
+        Kind::PowerPolicy,
     ];
 
     pub fn from_noun(s: &str) -> Option<Kind> {
@@ -62,6 +66,8 @@ impl v1::Resource {
             Some(resource::Kind::Flavor(_)) => Kind::Flavor,
             Some(resource::Kind::Deployment(_)) => Kind::Deployment,
             Some(resource::Kind::Dpu(_)) => Kind::Dpu,
+            Some(resource::Kind::Topology(_)) => Kind::Topology,
+            Some(resource::Kind::PowerPolicy(_)) => Kind::PowerPolicy,
         }
     }
 
@@ -74,6 +80,8 @@ impl v1::Resource {
             Some(resource::Kind::Flavor(x)) => x.metadata.as_ref(),
             Some(resource::Kind::Deployment(x)) => x.metadata.as_ref(),
             Some(resource::Kind::Dpu(x)) => x.metadata.as_ref(),
+            Some(resource::Kind::Topology(x)) => x.metadata.as_ref(),
+            Some(resource::Kind::PowerPolicy(x)) => x.metadata.as_ref(),
         }
     }
 
@@ -86,6 +94,8 @@ impl v1::Resource {
             Some(resource::Kind::Flavor(x)) => Some(x.metadata.get_or_insert_default()),
             Some(resource::Kind::Deployment(x)) => Some(x.metadata.get_or_insert_default()),
             Some(resource::Kind::Dpu(x)) => Some(x.metadata.get_or_insert_default()),
+            Some(resource::Kind::Topology(x)) => Some(x.metadata.get_or_insert_default()),
+            Some(resource::Kind::PowerPolicy(x)) => Some(x.metadata.get_or_insert_default()),
         }
     }
 
@@ -108,7 +118,7 @@ macro_rules! into_resource {
         }
     )*};
 }
-into_resource!(Node, Device, Bfb, Flavor, Deployment, Dpu);
+into_resource!(Node, Device, Bfb, Flavor, Deployment, Dpu, Topology, PowerPolicy);
 
 #[cfg(test)]
 mod tests {

@@ -124,6 +124,14 @@ pub(super) fn prepare_create(p: &str, mut r: Resource) -> Result<Resource, ApiEr
             d.spec.get_or_insert_default();
             d.status = Some(DeploymentStatus::default());
         }
+        Some(resource::Kind::Topology(x)) => {
+            x.spec.get_or_insert_default();
+            x.status = Some(Default::default());
+        }
+        Some(resource::Kind::PowerPolicy(x)) => {
+            x.spec.get_or_insert_default();
+            x.status = Some(Default::default());
+        }
         // validate::resource refused these.
         Some(resource::Kind::Dpu(_)) | None => {}
     }

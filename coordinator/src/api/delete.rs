@@ -56,6 +56,11 @@ fn delete(
             t.delete(kind, name)?;
             Ok(gone())
         }
+        // Nothing depends on them: the policy engine recomputes without them.
+        Kind::Topology | Kind::PowerPolicy => {
+            t.delete(kind, name)?;
+            Ok(gone())
+        }
         _ if force => force_delete(t, kind, name),
         _ => graceful(t, kind, name),
     }
@@ -165,6 +170,6 @@ fn graceful(t: &mut Txn<'_>, kind: Kind, name: &str) -> Result<DeleteResponse, A
             Ok(pending(mark(t, typed::fetch::<Node>(t, name)?, now)?))
         }
         // Bfb and Flavor are handled by the caller; validate::kind refuses Unspecified.
-        Kind::Bfb | Kind::Flavor | Kind::Unspecified => Ok(gone()),
+        Kind::Bfb | Kind::Flavor | Kind::Topology | Kind::PowerPolicy | Kind::Unspecified => Ok(gone()),
     }
 }

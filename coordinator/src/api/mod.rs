@@ -12,13 +12,15 @@ pub mod error;
 mod flows;
 mod typed;
 pub mod validate;
+mod validate_power;
 mod watch;
 
 use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use hostplane_proto::v1::{
     CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse, CreateRequest, DeleteRequest,
     DeleteResponse, Deployment, Dpu, DpuReadiness, DpuRef, GetRequest, ListRequest, ListResponse, Node,
-    NodeRebootStatus, NodeRef, Resource, SetDeploymentImageRequest, UpdateRequest, WatchRequest,
+    NodeRebootStatus, NodeRef, PowerSummary, PowerSummaryRequest, Resource, SetDeploymentImageRequest,
+    UpdateRequest, WatchRequest,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -26,19 +28,31 @@ use tonic::{Request, Response, Status};
 pub use error::ApiError;
 pub use watch::WatchStream;
 
+use crate::power::PowerHub;
 use crate::store::Store;
 
 /// The AdminService implementation.
 #[derive(Clone)]
 pub struct AdminApi {
     store: Store,
+    power: PowerHub,
     /// Ends open Watch streams when the coordinator shuts down.
     shutdown: CancellationToken,
 }
 
 impl AdminApi {
     pub fn new(store: Store, shutdown: CancellationToken) -> AdminApi {
-        AdminApi { store, shutdown }
+        AdminApi {
+            store,
+            power: PowerHub::new(),
+            shutdown,
+        }
+    }
+
+    /// Answer GetPowerSummary from `hub` (shared with the agent stream and the policy engine).
+    pub fn with_power(mut self, hub: PowerHub) -> AdminApi {
+        self.power = hub;
+        self
     }
 
     pub fn into_server(self) -> AdminServiceServer<AdminApi> {
@@ -119,5 +133,9 @@ impl AdminService for AdminApi {
 
     async fn set_deployment_image(&self, req: Request<SetDeploymentImageRequest>) -> Reply<Deployment> {
         reply(self.change_deployment_image(req.into_inner()).await)
+    }
+
+    async fn get_power_summary(&self, req: Request<PowerSummaryRequest>) -> Reply<PowerSummary> {
+        Ok(Response::new(self.power.summary(&req.into_inner())))
     }
 }

@@ -102,7 +102,7 @@ pub(super) fn dependent_dpus(t: &Txn<'_>, kind: Kind, name: &str) -> Result<Vec<
                 Kind::Device => s.device == name,
                 Kind::Deployment => s.deployment == name,
                 Kind::Dpu => d.name() == name,
-                Kind::Unspecified | Kind::Bfb | Kind::Flavor => false,
+                Kind::Unspecified | Kind::Bfb | Kind::Flavor | Kind::Topology | Kind::PowerPolicy => false,
             }
         })
         .collect())

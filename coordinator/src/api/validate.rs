@@ -16,7 +16,7 @@ pub const MAX_LABEL_VALUE: usize = 253;
 pub const MAX_MAX_UNAVAILABLE: u32 = 10_000;
 pub use net::{MAX_MTU, MAX_VFS, MIN_MTU};
 
-type Result<T = ()> = std::result::Result<T, ApiError>;
+pub(crate) type Result<T = ()> = std::result::Result<T, ApiError>;
 
 fn invalid(field: String, reason: impl Into<String>) -> ApiError {
     ApiError::invalid(field, reason)
@@ -161,6 +161,8 @@ pub fn resource(p: &str, r: &Resource) -> Result {
         Some(resource::Kind::Bfb(x)) => bfb(p, x),
         Some(resource::Kind::Flavor(x)) => flavor(p, x),
         Some(resource::Kind::Deployment(x)) => deployment(p, x),
+        Some(resource::Kind::Topology(x)) => super::validate_power::topology(p, x),
+        Some(resource::Kind::PowerPolicy(x)) => super::validate_power::power_policy(p, x),
         Some(resource::Kind::Dpu(_)) => Err(invalid(
             "resource.dpu".into(),
             "dpus are generated from deployments; create a Deployment whose device_selector matches the device",

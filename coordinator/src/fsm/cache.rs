@@ -112,6 +112,8 @@ impl Cache {
                 x,
                 |o| rv_of(&o.metadata),
             ),
+            // The power engine keeps its own view.
+            resource::Kind::Topology(_) | resource::Kind::PowerPolicy(_) => {}
             resource::Kind::Dpu(x) => {
                 upsert(&mut self.dpus, name_of(&x.metadata), rv_of(&x.metadata), x, |o| {
                     rv_of(&o.metadata)
@@ -129,7 +131,7 @@ impl Cache {
             Kind::Flavor => remove(&mut self.flavors, name, rv, |o| rv_of(&o.metadata)),
             Kind::Deployment => remove(&mut self.deployments, name, rv, |o| rv_of(&o.metadata)),
             Kind::Dpu => remove(&mut self.dpus, name, rv, |o| rv_of(&o.metadata)),
-            Kind::Unspecified => {}
+            Kind::Topology | Kind::PowerPolicy | Kind::Unspecified => {}
         }
     }
 

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::power::PowerHub;
 use crate::store::{Store, StoreError};
 
 pub use liveness::COND_REACHABLE;
@@ -104,6 +105,8 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     stop: Mutex<CancellationToken>,
     expiry_started: AtomicBool,
+    /// Telemetry and cap reports go in, caps come out.
+    power: Mutex<PowerHub>,
 }
 
 impl Shared {
@@ -130,6 +133,10 @@ impl Shared {
             old_token.cancel();
         }
         (id, token)
+    }
+
+    pub(crate) fn power(&self) -> PowerHub {
+        self.power.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn unregister(&self, node: &str, id: u64) {
@@ -162,6 +169,7 @@ impl AgentStream {
             next_id: AtomicU64::new(0),
             stop: Mutex::new(CancellationToken::new()),
             expiry_started: AtomicBool::new(false),
+            power: Mutex::new(PowerHub::new()),
         });
         AgentStream { store, cfg, shared }
     }
@@ -170,6 +178,13 @@ impl AgentStream {
     /// lease task when `shutdown` is cancelled. Call before [`Self::into_server`].
     pub fn with_shutdown(self, shutdown: &CancellationToken) -> AgentStream {
         *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = shutdown.child_token();
+        self
+    }
+
+    /// Share `hub` with the policy engine and the admin API (else the stream
+    /// has a hub of its own). Call before [`Self::into_server`].
+    pub fn with_power(self, hub: PowerHub) -> AgentStream {
+        *self.shared.power.lock().unwrap_or_else(|p| p.into_inner()) = hub;
         self
     }
 

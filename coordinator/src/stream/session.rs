@@ -126,6 +126,7 @@ impl Session {
                 commands,
                 lease_seconds: self.lease_seconds(),
                 networks,
+                power: self.shared.power().caps(&self.node),
             })),
         };
         if self.tx.send(Ok(msg)).await.is_err() {
@@ -264,6 +265,26 @@ impl Session {
         }
         match m.msg {
             None | Some(agent_message::Msg::Heartbeat(_)) => {}
+            Some(agent_message::Msg::Telemetry(b)) => {
+                let (samples, epoch) = (b.samples.len(), b.epoch);
+                let ack = self.shared.power().record_telemetry(&self.node, b);
+                tracing::trace!(samples, epoch, acked = ack.seq, "telemetry batch");
+                let msg = CoordinatorMessage {
+                    msg: Some(coordinator_message::Msg::TelemetryAck(ack)),
+                };
+                if self.tx.send(Ok(msg)).await.is_err() {
+                    return Err(StreamError::ShuttingDown);
+                }
+            }
+            Some(agent_message::Msg::CapReport(r)) => {
+                if r.safe_mode {
+                    tracing::warn!(version = r.version, "agent reports it applies its safe power cap");
+                }
+                for c in r.caps.iter().filter(|c| !c.error.is_empty()) {
+                    tracing::warn!(device = %c.device, requested = c.requested_watts, error = %c.error, "agent cannot enforce a power cap");
+                }
+                self.shared.power().record_cap_report(&self.node, r);
+            }
             Some(agent_message::Msg::NetworkReport(r)) => {
                 tracing::debug!(dpu = %r.dpu, applied = r.applied, changes = r.changes, "network report");
                 // Coalesced like progress: the latest report per Dpu is written at the next flush.

@@ -248,6 +248,16 @@ pub fn desired(r: &Resource) -> Resource {
             spec: x.spec.clone(),
             status: None,
         }),
+        resource::Kind::Topology(x) => resource::Kind::Topology(v1::Topology {
+            metadata: meta(&x.metadata),
+            spec: x.spec.clone(),
+            status: None,
+        }),
+        resource::Kind::PowerPolicy(x) => resource::Kind::PowerPolicy(v1::PowerPolicy {
+            metadata: meta(&x.metadata),
+            spec: x.spec.clone(),
+            status: None,
+        }),
     });
     Resource { kind }
 }

@@ -45,7 +45,11 @@ fn node_of(r: &Resource) -> Option<&str> {
         resource::Kind::Device(d) => d.spec.as_ref().map(|s| s.node.as_str()),
         resource::Kind::Dpu(d) => d.spec.as_ref().map(|s| s.node.as_str()),
         resource::Kind::Node(n) => n.metadata.as_ref().map(|m| m.name.as_str()),
-        resource::Kind::Bfb(_) | resource::Kind::Flavor(_) | resource::Kind::Deployment(_) => None,
+        resource::Kind::Bfb(_)
+        | resource::Kind::Flavor(_)
+        | resource::Kind::Deployment(_)
+        | resource::Kind::Topology(_)
+        | resource::Kind::PowerPolicy(_) => None,
     }
 }
 

@@ -2,7 +2,8 @@
 use std::collections::HashMap;
 
 use hostplane_proto::v1::{
-    DeploymentStatus, DeviceStatus, DpuStatus, Kind, NodeEffect, NodeStatus, RebootMethod, Resource, resource,
+    DeploymentStatus, DeviceStatus, DpuStatus, Kind, NodeEffect, NodeStatus, PowerElement, PowerLimit,
+    RebootMethod, Resource, TopologyLevel, power_limit, resource,
 };
 
 /// Column gap.
@@ -96,6 +97,16 @@ pub fn header(kind: Kind) -> &'static [&'static str] {
             "SELECTOR",
         ],
         Kind::Dpu => &["NAME", "NODE", "DEVICE", "DEPLOYMENT", "PHASE", "AGE", "MESSAGE"],
+        Kind::Topology => &[
+            "NAME",
+            "FEEDS",
+            "NODES",
+            "BUDGET-W",
+            "ALLOCATED-W",
+            "DRAW-W",
+            "AGE",
+        ],
+        Kind::PowerPolicy => &["NAME", "PRIORITY", "BUNDLE", "LIMITS", "SAFE-W", "NODES", "AGE"],
         Kind::Unspecified => &["NAME"],
     }
 }
@@ -201,6 +212,65 @@ pub fn row(r: &Resource, now_ms: i64) -> Vec<String> {
                 dash(&st.message),
             ]
         }
+        resource::Kind::Topology(t) => {
+            let spec = t.spec.clone().unwrap_or_default();
+            let st = t.status.clone().unwrap_or_default();
+            let level = |l: TopologyLevel| spec.elements.iter().filter(move |e| e.level() == l);
+            let budget: f64 = level(TopologyLevel::Feed).map(|e| e.budget_watts).sum();
+            let feeds: Vec<&str> = level(TopologyLevel::Feed).map(|e| e.name.as_str()).collect();
+            let roots = st.allocations.iter().filter(|a| a.level() == TopologyLevel::Feed);
+            let (alloc, draw) = roots.fold((0.0, 0.0), |(a, d), x| (a + x.allocated_watts, d + x.draw_watts));
+            let computed = st.computed_at_ms > 0;
+            vec![
+                name,
+                dash(&feeds.join(",")),
+                level(TopologyLevel::Node).count().to_string(),
+                watts(budget),
+                if computed { watts(alloc) } else { "-".into() },
+                if computed { watts(draw) } else { "-".into() },
+                age,
+            ]
+        }
+        resource::Kind::PowerPolicy(p) => {
+            let spec = p.spec.clone().unwrap_or_default();
+            let st = p.status.clone().unwrap_or_default();
+            let limits = spec
+                .bundles
+                .iter()
+                .find(|b| !spec.active_bundle.is_empty() && b.name == spec.active_bundle)
+                .map(|b| &b.limits)
+                .unwrap_or(&spec.limits);
+            vec![
+                name,
+                spec.priority.to_string(),
+                dash(&spec.active_bundle),
+                dash(&limits.iter().map(limit).collect::<Vec<_>>().join(",")),
+                watts(spec.safe_node_watts),
+                st.nodes.len().to_string(),
+                age,
+            ]
+        }
+    }
+}
+
+/// Watts without decimals; `-` for 0 (unset).
+pub fn watts(w: f64) -> String {
+    if w <= 0.0 { "-".into() } else { format!("{w:.0}") }
+}
+
+/// `node=700W`, `gpu=80%`.
+fn limit(l: &PowerLimit) -> String {
+    let el = match l.element() {
+        PowerElement::Node => "node",
+        PowerElement::Gpu => "gpu",
+        PowerElement::Cpu => "cpu",
+        PowerElement::Memory => "memory",
+        PowerElement::Unspecified => "?",
+    };
+    match l.value {
+        Some(power_limit::Value::Watts(w)) => format!("{el}={w:.0}W"),
+        Some(power_limit::Value::Percent(p)) => format!("{el}={p}%"),
+        None => format!("{el}=?"),
     }
 }
 

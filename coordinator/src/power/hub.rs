@@ -1,0 +1,330 @@
+//! In-memory meeting point of the power data:
+//!
+//! - the agent stream records telemetry batches (idempotent by epoch and
+//!   sequence number: a replayed sample is ignored) and cap reports;
+//! - the policy engine reads the latest draw per node and publishes caps;
+//! - the agent stream puts a node's caps into its desired state;
+//! - `GetPowerSummary` reads everything for `hostplanectl power top`.
+//!
+//! Nothing here is persisted: telemetry is live data, and the caps are
+//! recomputed from the stored Topology and PowerPolicy objects after a restart.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hostplane_proto::v1::{
+    CapStatus, ElementAllocation, GpuPower, NodePower, PowerCapReport, PowerCaps, PowerElement, PowerSample,
+    PowerSummary, PowerSummaryRequest, TelemetryAck, TelemetryBatch,
+};
+use tokio::sync::watch;
+
+/// The latest telemetry of one node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeTelemetry {
+    pub epoch: u64,
+    /// Highest sequence number stored for `epoch`.
+    pub seq: u64,
+    /// The newest sample (by seq).
+    pub latest: Option<PowerSample>,
+    /// Samples the agent dropped from its full buffer (cumulative, as reported).
+    pub dropped: u64,
+    /// Samples accepted since the coordinator started (replays excluded).
+    pub accepted: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    telemetry: HashMap<String, NodeTelemetry>,
+    reports: HashMap<String, PowerCapReport>,
+    caps: HashMap<String, PowerCaps>,
+    elements: Vec<ElementAllocation>,
+}
+
+/// Shared by the agent stream, the policy engine and the admin API.
+#[derive(Clone)]
+pub struct PowerHub {
+    inner: Arc<Mutex<Inner>>,
+    /// Bumped whenever telemetry arrives (the engine recomputes on it).
+    telemetry_tx: Arc<watch::Sender<u64>>,
+}
+
+impl Default for PowerHub {
+    fn default() -> Self {
+        PowerHub::new()
+    }
+}
+
+impl PowerHub {
+    pub fn new() -> PowerHub {
+        PowerHub {
+            inner: Arc::default(),
+            telemetry_tx: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Store a batch from `node`'s agent. Samples at or below the last
+    /// sequence number of the same epoch are replays and are ignored; a new
+    /// epoch (the agent restarted) starts over. Returns the ack to send: the
+    /// highest seq stored for the batch's epoch.
+    pub fn record_telemetry(&self, node: &str, batch: TelemetryBatch) -> TelemetryAck {
+        let mut inner = self.lock();
+        let t = inner.telemetry.entry(node.to_string()).or_default();
+        if t.epoch != batch.epoch {
+            *t = NodeTelemetry {
+                epoch: batch.epoch,
+                ..Default::default()
+            };
+        }
+        t.dropped = batch.dropped;
+        let mut fresh = 0;
+        for s in batch.samples {
+            if s.seq <= t.seq {
+                continue;
+            }
+            t.seq = s.seq;
+            t.latest = Some(s);
+            t.accepted += 1;
+            fresh += 1;
+        }
+        let ack = TelemetryAck {
+            epoch: t.epoch,
+            seq: t.seq,
+        };
+        drop(inner);
+        if fresh > 0 {
+            self.telemetry_tx.send_modify(|n| *n += 1);
+        }
+        ack
+    }
+
+    pub fn telemetry(&self, node: &str) -> Option<NodeTelemetry> {
+        self.lock().telemetry.get(node).cloned()
+    }
+
+    /// The latest node draw of every node that sent one, with when it was sampled (ms).
+    pub fn node_draws(&self) -> HashMap<String, (f64, i64)> {
+        self.lock()
+            .telemetry
+            .iter()
+            .filter_map(|(n, t)| {
+                let s = t.latest.as_ref()?;
+                Some((n.clone(), (s.node_watts?, s.at_ms)))
+            })
+            .collect()
+    }
+
+    /// Changes whenever new telemetry is stored.
+    pub fn telemetry_changes(&self) -> watch::Receiver<u64> {
+        self.telemetry_tx.subscribe()
+    }
+
+    pub fn record_cap_report(&self, node: &str, report: PowerCapReport) {
+        self.lock().reports.insert(node.to_string(), report);
+    }
+
+    pub fn cap_report(&self, node: &str) -> Option<PowerCapReport> {
+        self.lock().reports.get(node).cloned()
+    }
+
+    /// The caps the engine last computed for `node` (None: uncapped).
+    pub fn caps(&self, node: &str) -> Option<PowerCaps> {
+        self.lock().caps.get(node).cloned()
+    }
+
+    /// Replace every node's caps; returns the nodes whose caps changed
+    /// (their desired state must be re-sent).
+    pub fn set_caps(&self, caps: HashMap<String, PowerCaps>) -> Vec<String> {
+        let mut inner = self.lock();
+        let mut changed: Vec<String> = caps
+            .iter()
+            .filter(|(n, c)| inner.caps.get(*n) != Some(*c))
+            .map(|(n, _)| n.clone())
+            .collect();
+        changed.extend(inner.caps.keys().filter(|n| !caps.contains_key(*n)).cloned());
+        changed.sort();
+        inner.caps = caps;
+        changed
+    }
+
+    pub fn set_elements(&self, elements: Vec<ElementAllocation>) {
+        self.lock().elements = elements;
+    }
+
+    /// What `power top` shows: every node known to the hub (or those asked for).
+    pub fn summary(&self, req: &PowerSummaryRequest) -> PowerSummary {
+        let inner = self.lock();
+        let mut names: BTreeMap<&str, ()> = BTreeMap::new();
+        for n in inner
+            .telemetry
+            .keys()
+            .chain(inner.caps.keys())
+            .chain(inner.reports.keys())
+        {
+            names.insert(n.as_str(), ());
+        }
+        for n in &req.nodes {
+            names.insert(n.as_str(), ());
+        }
+        let wanted = |n: &str| req.nodes.is_empty() || req.nodes.iter().any(|x| x == n);
+        let nodes = names
+            .keys()
+            .filter(|n| wanted(n))
+            .map(|&n| node_power(n, &inner))
+            .collect();
+        PowerSummary {
+            nodes,
+            elements: inner.elements.clone(),
+        }
+    }
+}
+
+fn node_power(node: &str, inner: &Inner) -> NodePower {
+    let sample = inner.telemetry.get(node).and_then(|t| t.latest.as_ref());
+    let caps = inner.caps.get(node);
+    let report = inner.reports.get(node);
+    let effective = |el: PowerElement, dev: &str| -> Option<&CapStatus> {
+        report?
+            .caps
+            .iter()
+            .find(|c| c.element == el as i32 && (dev.is_empty() || c.device == dev))
+    };
+    let node_cap = effective(PowerElement::Node, "");
+    let gpus = sample
+        .map(|s| {
+            s.readings
+                .iter()
+                .filter(|r| r.scope == "gpu")
+                .map(|r| GpuPower {
+                    device: r.device.clone(),
+                    watts: r.watts,
+                    cap_watts: effective(PowerElement::Gpu, &r.device)
+                        .map(|c| c.effective_watts)
+                        .unwrap_or(0.0),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    NodePower {
+        node: node.to_string(),
+        draw_watts: sample.and_then(|s| s.node_watts),
+        cap_watts: caps.map(|c| c.node_watts).unwrap_or(0.0),
+        effective_watts: node_cap.map(|c| c.effective_watts).unwrap_or(0.0),
+        method: node_cap.map(|c| c.method.clone()).unwrap_or_default(),
+        gpus,
+        sampled_at_ms: sample.map(|s| s.at_ms).unwrap_or(0),
+        safe_mode: report.is_some_and(|r| r.safe_mode),
+        topology: caps.map(|c| c.topology.clone()).unwrap_or_default(),
+        policy: caps.map(|c| c.policy.clone()).unwrap_or_default(),
+        error: node_cap.map(|c| c.error.clone()).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(seq: u64, watts: f64) -> PowerSample {
+        PowerSample {
+            seq,
+            at_ms: seq as i64 * 1000,
+            readings: vec![],
+            node_watts: Some(watts),
+        }
+    }
+
+    fn batch(epoch: u64, samples: Vec<PowerSample>) -> TelemetryBatch {
+        TelemetryBatch {
+            epoch,
+            samples,
+            dropped: 0,
+        }
+    }
+
+    #[test]
+    fn replayed_samples_are_ignored_and_a_new_epoch_starts_over() {
+        let hub = PowerHub::new();
+        let ack = hub.record_telemetry("n1", batch(7, vec![sample(1, 100.0), sample(2, 200.0)]));
+        assert_eq!((ack.epoch, ack.seq), (7, 2));
+        // A replay of 2 plus a new 3: only 3 counts.
+        let ack = hub.record_telemetry("n1", batch(7, vec![sample(2, 999.0), sample(3, 300.0)]));
+        assert_eq!(ack.seq, 3);
+        let t = hub.telemetry("n1").unwrap();
+        assert_eq!(t.accepted, 3);
+        assert_eq!(hub.node_draws()["n1"].0, 300.0);
+        // An old batch alone changes nothing.
+        let ack = hub.record_telemetry("n1", batch(7, vec![sample(1, 5.0)]));
+        assert_eq!(ack.seq, 3);
+        assert_eq!(hub.node_draws()["n1"].0, 300.0);
+        // The agent restarted: new epoch, seq from 1 again.
+        let ack = hub.record_telemetry("n1", batch(8, vec![sample(1, 50.0)]));
+        assert_eq!((ack.epoch, ack.seq), (8, 1));
+        assert_eq!(hub.node_draws()["n1"].0, 50.0);
+    }
+
+    #[test]
+    fn set_caps_reports_only_changed_and_removed_nodes() {
+        let hub = PowerHub::new();
+        let cap = |w| PowerCaps {
+            node_watts: w,
+            ..Default::default()
+        };
+        let changed = hub.set_caps(HashMap::from([("a".into(), cap(1.0)), ("b".into(), cap(2.0))]));
+        assert_eq!(changed, vec!["a", "b"]);
+        let changed = hub.set_caps(HashMap::from([("a".into(), cap(1.0)), ("c".into(), cap(3.0))]));
+        assert_eq!(
+            changed,
+            vec!["b", "c"],
+            "b lost its cap, c is new, a is unchanged"
+        );
+        assert_eq!(hub.caps("c").unwrap().node_watts, 3.0);
+        assert!(hub.caps("b").is_none());
+    }
+
+    #[test]
+    fn summary_joins_draw_cap_and_effective() {
+        let hub = PowerHub::new();
+        hub.record_telemetry("n1", batch(1, vec![sample(1, 640.0)]));
+        hub.set_caps(HashMap::from([(
+            "n1".into(),
+            PowerCaps {
+                node_watts: 700.0,
+                policy: "p".into(),
+                ..Default::default()
+            },
+        )]));
+        hub.record_cap_report(
+            "n1",
+            PowerCapReport {
+                version: 3,
+                caps: vec![CapStatus {
+                    element: PowerElement::Node as i32,
+                    device: "node".into(),
+                    requested_watts: 700.0,
+                    effective_watts: 700.0,
+                    method: "redfish".into(),
+                    error: String::new(),
+                }],
+                safe_mode: false,
+            },
+        );
+        let s = hub.summary(&PowerSummaryRequest::default());
+        assert_eq!(s.nodes.len(), 1);
+        let n = &s.nodes[0];
+        assert_eq!(
+            (n.draw_watts, n.cap_watts, n.effective_watts),
+            (Some(640.0), 700.0, 700.0)
+        );
+        assert_eq!((n.method.as_str(), n.policy.as_str()), ("redfish", "p"));
+        let s = hub.summary(&PowerSummaryRequest {
+            nodes: vec!["other".into()],
+        });
+        assert_eq!(s.nodes.len(), 1);
+        assert_eq!(
+            s.nodes[0].draw_watts, None,
+            "a node without telemetry has no draw"
+        );
+    }
+}
