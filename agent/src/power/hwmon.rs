@@ -90,6 +90,7 @@ impl Hwmon {
                     energy_joules: None,
                     method: Method::Measured,
                     window: None,
+                    age: None,
                     error: None,
                 };
                 match (&mut s.kind, value) {

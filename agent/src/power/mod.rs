@@ -60,6 +60,10 @@ pub struct Reading {
     /// The interval the watts cover (integrated readings).
     #[serde(with = "humantime_serde")]
     pub window: Option<Duration>,
+    /// How old the value is when sampled: None for a value read now; set for
+    /// a cached reading (the BMC is polled less often than the sample rate).
+    #[serde(with = "humantime_serde")]
+    pub age: Option<Duration>,
     /// Why there is no value, when there is none.
     pub error: Option<String>,
 }

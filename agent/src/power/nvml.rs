@@ -70,6 +70,7 @@ impl Gpus {
                     energy_joules: None,
                     method: Method::Measured,
                     window: None,
+                    age: None,
                     error: None,
                 };
                 match nvml.device_by_index(i as u32) {

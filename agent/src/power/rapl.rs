@@ -86,6 +86,7 @@ impl Rapl {
                     energy_joules: None,
                     method: Method::Integrated,
                     window: None,
+                    age: None,
                     error: None,
                 };
                 let value = match &mut z.counter {
