@@ -18,6 +18,7 @@ pub mod hwmon;
 pub mod nvml;
 pub mod rapl;
 pub mod sampler;
+pub mod telemetry;
 
 /// What a reading covers. Overlapping scopes (psys contains package, which
 /// contains core) are reported side by side and never summed.

@@ -102,6 +102,7 @@ mod tests {
             commands,
             lease_seconds: 15,
             networks: Vec::new(),
+            power: None,
         }
     }
 

@@ -97,6 +97,7 @@ mod tests {
             }],
             lease_seconds: 15,
             networks: Vec::new(),
+            power: None,
         };
         store_desired(dir.path(), &ds).await.unwrap();
         assert_eq!(load_desired(dir.path()).await.unwrap().as_ref(), Some(&ds));

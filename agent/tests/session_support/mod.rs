@@ -253,6 +253,7 @@ pub fn ds(version: u64, commands: Vec<Command>) -> DesiredState {
         commands,
         lease_seconds: 15,
         networks: Vec::new(),
+        power: None,
     }
 }
 
