@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod caps;
 pub mod cli;
 pub mod hwmon;
 pub mod nvml;

@@ -40,14 +40,7 @@ impl Gpus {
             Ok(c) => c,
             Err(e) => return none(format!("NVML could not count GPUs: {e}")),
         };
-        let ids = (0..count)
-            .map(|i| {
-                let d = nvml.device_by_index(i);
-                let name = d.as_ref().ok().and_then(|d| d.name().ok()).unwrap_or_default();
-                let uuid = d.as_ref().ok().and_then(|d| d.uuid().ok()).unwrap_or_default();
-                format!("gpu{i}:{name}:{uuid}")
-            })
-            .collect();
+        let ids = (0..count).map(|i| device_id(&nvml, i)).collect();
         let absent = (count == 0).then(|| "NVML loaded but reports no GPU".to_string());
         Gpus {
             nvml: Some(nvml),
@@ -91,6 +84,14 @@ impl Gpus {
             })
             .collect()
     }
+}
+
+/// How a GPU is named in readings and cap reports: `gpu<index>:<name>:<uuid>`.
+pub fn device_id(nvml: &Nvml, i: u32) -> String {
+    let d = nvml.device_by_index(i);
+    let name = d.as_ref().ok().and_then(|d| d.name().ok()).unwrap_or_default();
+    let uuid = d.as_ref().ok().and_then(|d| d.uuid().ok()).unwrap_or_default();
+    format!("gpu{i}:{name}:{uuid}")
 }
 
 #[cfg(test)]

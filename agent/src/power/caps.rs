@@ -1,0 +1,568 @@
+//! Power caps: the agent enforces the caps of its desired state by the best
+//! means the node has — the BMC's power limit over Redfish for the whole
+//! node, NVML power limits per GPU, RAPL constraints per CPU package and
+//! memory domain (RAPL psys for the node when there is no BMC) — and reports,
+//! per device, what was requested and what the device says it enforces.
+//!
+//! The caps come with a lease: when the agent has not heard from the
+//! coordinator for that long it applies the policy's safe node cap on its
+//! own, rather than leaving the node at whatever the last allocation was
+//! (which assumed the other nodes' caps held). It goes back to the
+//! coordinator's caps as soon as it hears from it again.
+//!
+//! Devices the agent never limited are never touched; when a cap is lifted
+//! the device gets back the limit it had before the agent changed it.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use hostplane_proto::v1::{CapStatus, PowerCapReport, PowerCaps, PowerElement, power_limit};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// The `power.caps` section of the agent config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapsConfig {
+    /// Enforce the coordinator's caps at all (false: report them as not enforced).
+    pub enabled: bool,
+    /// Re-apply the caps this often (a BMC or driver reset loses them).
+    #[serde(with = "humantime_serde")]
+    pub reverify_interval: Duration,
+    /// Lease used when the desired state carries caps without one.
+    #[serde(with = "humantime_serde")]
+    pub default_lease: Duration,
+}
+
+impl Default for CapsConfig {
+    fn default() -> Self {
+        CapsConfig {
+            enabled: true,
+            reverify_interval: Duration::from_secs(30),
+            default_lease: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One device the agent can limit.
+pub trait Limiter: Send + Sync {
+    fn element(&self) -> PowerElement;
+    /// e.g. `node`, `gpu0:NVIDIA H100:GPU-…`, `intel-rapl:0`.
+    fn device(&self) -> &str;
+    /// `redfish`, `nvml`, `rapl`.
+    fn method(&self) -> &'static str;
+    /// The limits the device accepts, in watts (min, max), when it says.
+    fn range(&self) -> BoxFuture<'_, Option<(f64, f64)>>;
+    /// Set `Some(watts)`, or lift the limit with None (back to the device's
+    /// own default or the value it had before the agent changed it).
+    /// Returns the limit the device reports after the change (None: none).
+    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, String>>;
+}
+
+/// Applies caps through the node's limiters and says what took effect.
+pub struct Enforcer {
+    limiters: Vec<Box<dyn Limiter>>,
+    /// Devices the agent has limited (only these are ever reset).
+    touched: Mutex<HashMap<String, ()>>,
+}
+
+impl Enforcer {
+    pub fn new(limiters: Vec<Box<dyn Limiter>>) -> Enforcer {
+        Enforcer {
+            limiters,
+            touched: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.limiters.is_empty()
+    }
+
+    /// The means, for the log: `node via redfish, 8 gpu via nvml, ...`.
+    pub fn describe(&self) -> String {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for l in &self.limiters {
+            let k = format!("{} via {}", element_name(l.element()), l.method());
+            match counts.iter_mut().find(|(n, _)| *n == k) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((k, 1)),
+            }
+        }
+        if counts.is_empty() {
+            return "none".into();
+        }
+        counts
+            .into_iter()
+            .map(|(k, c)| if c == 1 { k } else { format!("{c}x {k}") })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Enforce `caps` (None: uncapped); `safe`: the lease lapsed, use the safe node cap.
+    pub async fn enforce(&self, version: u64, caps: Option<&PowerCaps>, safe: bool) -> PowerCapReport {
+        let node_req = caps.and_then(|c| {
+            let w = if safe && c.safe_node_watts > 0.0 {
+                c.safe_node_watts
+            } else {
+                c.node_watts
+            };
+            (w > 0.0).then_some(w)
+        });
+        let mut out = Vec::new();
+        let has_node_limiter = self.limiters.iter().any(|l| l.element() == PowerElement::Node);
+        if let Some(w) = node_req
+            && !has_node_limiter
+        {
+            out.push(CapStatus {
+                element: PowerElement::Node as i32,
+                device: "node".into(),
+                requested_watts: w,
+                effective_watts: 0.0,
+                method: String::new(),
+                error: "no means to enforce a node cap on this host: no BMC (power.bmc.url) and no RAPL psys zone"
+                    .into(),
+            });
+        }
+        for l in &self.limiters {
+            let wanted = match l.element() {
+                PowerElement::Node => Want::Watts(node_req),
+                el => device_limit(caps, el),
+            };
+            let touched = self.touched().contains_key(l.device());
+            if matches!(wanted, Want::Watts(None)) && !touched {
+                continue;
+            }
+            out.push(self.apply_one(l.as_ref(), wanted).await);
+        }
+        PowerCapReport {
+            version,
+            caps: out,
+            safe_mode: safe,
+        }
+    }
+
+    fn touched(&self) -> std::sync::MutexGuard<'_, HashMap<String, ()>> {
+        self.touched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn apply_one(&self, l: &dyn Limiter, wanted: Want) -> CapStatus {
+        let mut st = CapStatus {
+            element: l.element() as i32,
+            device: l.device().to_string(),
+            method: l.method().to_string(),
+            ..Default::default()
+        };
+        let range = l.range().await;
+        let requested = match wanted {
+            Want::Watts(w) => w,
+            Want::Percent(p) => match range {
+                Some((_, max)) => Some(max * p / 100.0),
+                None => {
+                    st.error = format!(
+                        "a limit of {p}% needs the device's maximum, which {} does not report",
+                        l.device()
+                    );
+                    return st;
+                }
+            },
+        };
+        st.requested_watts = requested.unwrap_or(0.0);
+        let mut note = None;
+        let to_set = requested.map(|w| match range {
+            Some((min, _)) if w < min => {
+                note = Some(format!(
+                    "requested {w:.0} W is below the {min:.0} W minimum the device accepts; applied {min:.0} W"
+                ));
+                min
+            }
+            Some((_, max)) if w > max => max,
+            _ => w,
+        });
+        match l.apply(to_set).await {
+            Ok(effective) => {
+                st.effective_watts = effective.unwrap_or(0.0);
+                if let Some(n) = note {
+                    st.error = n;
+                }
+                if to_set.is_some() {
+                    self.touched().insert(l.device().to_string(), ());
+                } else {
+                    self.touched().remove(l.device());
+                }
+            }
+            Err(e) => st.error = e,
+        }
+        st
+    }
+}
+
+enum Want {
+    Watts(Option<f64>),
+    Percent(f64),
+}
+
+fn device_limit(caps: Option<&PowerCaps>, el: PowerElement) -> Want {
+    let l = caps.and_then(|c| c.device_limits.iter().find(|l| l.element() == el));
+    match l.and_then(|l| l.value) {
+        Some(power_limit::Value::Watts(w)) if w > 0.0 => Want::Watts(Some(w)),
+        Some(power_limit::Value::Percent(p)) if p > 0.0 => Want::Percent(p),
+        _ => Want::Watts(None),
+    }
+}
+
+pub fn element_name(el: PowerElement) -> &'static str {
+    match el {
+        PowerElement::Node => "node",
+        PowerElement::Gpu => "gpu",
+        PowerElement::Cpu => "cpu",
+        PowerElement::Memory => "memory",
+        PowerElement::Unspecified => "unspecified",
+    }
+}
+
+// ---------------------------------------------------------------- RAPL
+
+/// A RAPL zone's long-term constraint (`constraint_0_power_limit_uw`): the
+/// CPU package cap, the DRAM cap, or (psys) the platform's — the node cap of
+/// a host without a BMC.
+pub struct RaplLimiter {
+    device: String,
+    dir: PathBuf,
+    element: PowerElement,
+    /// The limit before the agent first changed it, restored when lifted.
+    original: Mutex<Option<u64>>,
+}
+
+impl RaplLimiter {
+    /// Every writable package, dram and psys zone under `<sysfs_root>/class/powercap`.
+    pub fn discover(sysfs_root: &Path) -> Vec<RaplLimiter> {
+        let dir = sysfs_root.join("class/powercap");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| (n.starts_with("intel-rapl:") || n.starts_with("amd-rapl:")) && !n.contains("mmio"))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|device| {
+                let z = dir.join(&device);
+                let name = std::fs::read_to_string(z.join("name")).ok()?;
+                let element = match name.trim() {
+                    n if n.starts_with("package") => PowerElement::Cpu,
+                    "dram" => PowerElement::Memory,
+                    "psys" => PowerElement::Node,
+                    _ => return None,
+                };
+                z.join("constraint_0_power_limit_uw")
+                    .exists()
+                    .then(|| RaplLimiter {
+                        device,
+                        dir: z,
+                        element,
+                        original: Mutex::new(None),
+                    })
+            })
+            .collect()
+    }
+
+    fn read_uw(&self, file: &str) -> Result<u64, String> {
+        let p = self.dir.join(file);
+        let s = std::fs::read_to_string(&p).map_err(|e| super::why(&p, &e))?;
+        s.trim()
+            .parse()
+            .map_err(|_| format!("{}: {:?} is not a number", p.display(), s.trim()))
+    }
+}
+
+impl Limiter for RaplLimiter {
+    fn element(&self) -> PowerElement {
+        self.element
+    }
+
+    fn device(&self) -> &str {
+        &self.device
+    }
+
+    fn method(&self) -> &'static str {
+        "rapl"
+    }
+
+    fn range(&self) -> BoxFuture<'_, Option<(f64, f64)>> {
+        Box::pin(async move {
+            let max = self
+                .read_uw("constraint_0_max_power_uw")
+                .ok()
+                .filter(|m| *m > 0)?;
+            Some((0.0, max as f64 / 1e6))
+        })
+    }
+
+    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, String>> {
+        Box::pin(async move {
+            let path = self.dir.join("constraint_0_power_limit_uw");
+            let current = self.read_uw("constraint_0_power_limit_uw")?;
+            let target = {
+                let mut orig = self.original.lock().unwrap_or_else(|p| p.into_inner());
+                match watts {
+                    Some(w) => {
+                        orig.get_or_insert(current);
+                        (w * 1e6).round() as u64
+                    }
+                    None => match orig.take() {
+                        Some(o) => o,
+                        None => return Ok(Some(current as f64 / 1e6)),
+                    },
+                }
+            };
+            if target != current {
+                std::fs::write(&path, target.to_string()).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::PermissionDenied => format!(
+                        "permission denied writing {} (the agent needs root or write access to the powercap files)",
+                        path.display()
+                    ),
+                    _ => format!("writing {}: {e}", path.display()),
+                })?;
+            }
+            let now = self.read_uw("constraint_0_power_limit_uw")?;
+            Ok(Some(now as f64 / 1e6))
+        })
+    }
+}
+
+// ---------------------------------------------------------------- NVML
+
+/// A GPU's power management limit through NVML (needs root).
+pub struct NvmlLimiter {
+    nvml: std::sync::Arc<nvml_wrapper::Nvml>,
+    index: u32,
+    device: String,
+}
+
+impl NvmlLimiter {
+    /// One per GPU NVML sees; none when the library is absent.
+    pub fn discover() -> Vec<NvmlLimiter> {
+        let Ok(nvml) = nvml_wrapper::Nvml::init() else {
+            return Vec::new();
+        };
+        let nvml = std::sync::Arc::new(nvml);
+        let count = nvml.device_count().unwrap_or(0);
+        (0..count)
+            .map(|i| NvmlLimiter {
+                device: super::nvml::device_id(&nvml, i),
+                nvml: nvml.clone(),
+                index: i,
+            })
+            .collect()
+    }
+}
+
+impl Limiter for NvmlLimiter {
+    fn element(&self) -> PowerElement {
+        PowerElement::Gpu
+    }
+
+    fn device(&self) -> &str {
+        &self.device
+    }
+
+    fn method(&self) -> &'static str {
+        "nvml"
+    }
+
+    fn range(&self) -> BoxFuture<'_, Option<(f64, f64)>> {
+        Box::pin(async move {
+            let d = self.nvml.device_by_index(self.index).ok()?;
+            let c = d.power_management_limit_constraints().ok()?;
+            Some((f64::from(c.min_limit) / 1e3, f64::from(c.max_limit) / 1e3))
+        })
+    }
+
+    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, String>> {
+        Box::pin(async move {
+            let i = self.index;
+            let mut d = self
+                .nvml
+                .device_by_index(i)
+                .map_err(|e| format!("NVML GPU {i}: {e}"))?;
+            let mw = match watts {
+                Some(w) => (w * 1e3).round() as u32,
+                None => d
+                    .power_management_limit_default()
+                    .map_err(|e| format!("NVML default power limit of GPU {i}: {e}"))?,
+            };
+            d.set_power_management_limit(mw).map_err(|e| match e {
+                nvml_wrapper::error::NvmlError::NoPermission => format!(
+                    "NVML refused to set the power limit of GPU {i}: no permission (the agent must run as root)"
+                ),
+                e => format!("NVML set power limit of GPU {i} to {mw} mW: {e}"),
+            })?;
+            let now = d
+                .enforced_power_limit()
+                .map_err(|e| format!("NVML enforced power limit of GPU {i}: {e}"))?;
+            Ok(Some(f64::from(now) / 1e3))
+        })
+    }
+}
+
+// ---------------------------------------------------------------- the task
+
+/// What the session tells the caps task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredCaps {
+    pub version: u64,
+    pub caps: Option<PowerCaps>,
+}
+
+/// The session's handle on the caps task.
+pub struct CapsHandle {
+    desired: watch::Sender<Option<DesiredCaps>>,
+    heard: watch::Sender<Instant>,
+    pub reports: mpsc::Receiver<PowerCapReport>,
+}
+
+impl CapsHandle {
+    /// The caps of a desired state just applied (or restored from disk at start).
+    pub fn set(&self, version: u64, caps: Option<PowerCaps>) {
+        let d = DesiredCaps { version, caps };
+        self.desired.send_if_modified(|cur| {
+            if cur.as_ref() == Some(&d) {
+                false
+            } else {
+                *cur = Some(d);
+                true
+            }
+        });
+    }
+
+    /// The coordinator was heard from just now (any message).
+    pub fn heard(&self) {
+        self.heard.send_replace(Instant::now());
+    }
+}
+
+/// Start the caps task: enforces each new set of caps, re-applies them every
+/// `reverify_interval`, switches to the safe cap when the coordinator has
+/// been silent longer than the caps' lease and back when it is heard again,
+/// and sends a report whenever what it enforces changes.
+pub fn spawn(enforcer: Enforcer, cfg: CapsConfig, shutdown: CancellationToken) -> CapsHandle {
+    let (desired_tx, mut desired_rx) = watch::channel::<Option<DesiredCaps>>(None);
+    let (heard_tx, heard_rx) = watch::channel(Instant::now());
+    let (report_tx, reports) = mpsc::channel(8);
+    tracing::info!(means = %enforcer.describe(), "power caps: enforcement means found");
+    tokio::spawn(
+        async move {
+            let mut safe = false;
+            let mut last: Option<PowerCapReport> = None;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut reverify_at = Instant::now() + cfg.reverify_interval;
+            // The desired caps last enforced.
+            let mut applied: Option<DesiredCaps> = None;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    r = desired_rx.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                    }
+                    _ = tick.tick() => {}
+                };
+                let Some(d) = desired_rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let changed = applied.as_ref() != Some(&d);
+                let lease = d
+                    .caps
+                    .as_ref()
+                    .map(|c| match c.lease_seconds {
+                        0 => cfg.default_lease,
+                        s => Duration::from_secs(u64::from(s)),
+                    })
+                    .unwrap_or(cfg.default_lease);
+                let silent = heard_rx.borrow().elapsed();
+                let should_be_safe = d.caps.is_some() && silent > lease;
+                let due = Instant::now() >= reverify_at;
+                if !(changed || due || should_be_safe != safe) {
+                    continue;
+                }
+                if should_be_safe != safe {
+                    safe = should_be_safe;
+                    if safe {
+                        tracing::warn!(
+                            silent = ?silent, lease = ?lease,
+                            safe_cap = d.caps.as_ref().map_or(0.0, |c| c.safe_node_watts),
+                            "no word from the coordinator for longer than the power caps' lease; applying the safe cap"
+                        );
+                    } else {
+                        tracing::info!("the coordinator is back; applying its power caps again");
+                    }
+                }
+                reverify_at = Instant::now() + cfg.reverify_interval;
+                applied = Some(d.clone());
+                let report = if cfg.enabled {
+                    enforcer.enforce(d.version, d.caps.as_ref(), safe).await
+                } else {
+                    disabled_report(d.version, d.caps.as_ref())
+                };
+                if last.as_ref() != Some(&report) {
+                    log_report(&report);
+                    last = Some(report.clone());
+                    if report_tx.send(report).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        .instrument(tracing::info_span!("power_caps")),
+    );
+    CapsHandle {
+        desired: desired_tx,
+        heard: heard_tx,
+        reports,
+    }
+}
+
+fn disabled_report(version: u64, caps: Option<&PowerCaps>) -> PowerCapReport {
+    PowerCapReport {
+        version,
+        caps: caps
+            .filter(|c| c.node_watts > 0.0)
+            .map(|c| CapStatus {
+                element: PowerElement::Node as i32,
+                device: "node".into(),
+                requested_watts: c.node_watts,
+                effective_watts: 0.0,
+                method: String::new(),
+                error: "cap enforcement is disabled on this agent (power.caps.enabled: false)".into(),
+            })
+            .into_iter()
+            .collect(),
+        safe_mode: false,
+    }
+}
+
+fn log_report(r: &PowerCapReport) {
+    for c in &r.caps {
+        if c.error.is_empty() {
+            tracing::info!(device = %c.device, method = %c.method, requested = c.requested_watts,
+                effective = c.effective_watts, safe = r.safe_mode, "power cap applied");
+        } else {
+            tracing::warn!(device = %c.device, method = %c.method, requested = c.requested_watts,
+                effective = c.effective_watts, error = %c.error, "power cap not fully applied");
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "caps_tests.rs"]
+mod tests;
