@@ -179,7 +179,7 @@ fn run_daemon(args: &ConfigArgs) -> ExitCode {
         if cfg.power.enabled {
             let metrics = hostplane_agent::power::sampler::PowerMetrics::default();
             metrics.register(registry.sub_registry_with_prefix("hostplane"));
-            hostplane_agent::power::sampler::spawn(cfg.power.clone(), metrics, shutdown.child_token());
+            hostplane_agent::power::sampler::spawn(cfg.power.clone(), metrics, None, shutdown.child_token());
         }
         if let Some(listen) = cfg.metrics.listen
             && let Err(e) =

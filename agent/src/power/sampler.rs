@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::caps::CapsConfig;
+use super::telemetry::{Telemetry, TelemetryConfig};
 use super::{Reading, Sources};
 
 /// The `power:` section of the agent config.
@@ -29,6 +31,10 @@ pub struct PowerConfig {
     pub interval: Duration,
     /// Where `class/powercap` and `class/hwmon` are read.
     pub sysfs_root: PathBuf,
+    /// Samples sent to the coordinator (`power.telemetry`).
+    pub telemetry: TelemetryConfig,
+    /// Enforcing the coordinator's caps (`power.caps`).
+    pub caps: CapsConfig,
 }
 
 impl Default for PowerConfig {
@@ -37,6 +43,8 @@ impl Default for PowerConfig {
             enabled: true,
             interval: Duration::from_secs(1),
             sysfs_root: PathBuf::from("/sys"),
+            telemetry: TelemetryConfig::default(),
+            caps: CapsConfig::default(),
         }
     }
 }
@@ -119,10 +127,12 @@ impl PowerMetrics {
     }
 }
 
-/// Sample every `cfg.interval` until `shutdown`.
+/// Sample every `cfg.interval` until `shutdown`; each sample also goes into
+/// `telemetry` (for the coordinator) when given.
 pub fn spawn(
     cfg: PowerConfig,
     metrics: PowerMetrics,
+    telemetry: Option<Telemetry>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(
@@ -153,6 +163,9 @@ pub fn spawn(
                 };
                 sources = back;
                 metrics.record(&readings, &mut last, &mut logged);
+                if let Some(t) = &telemetry {
+                    t.lock().push(&readings, hostplane_common::time::now_ms());
+                }
             }
         }
         .instrument(tracing::info_span!("power")),
@@ -183,7 +196,7 @@ mod tests {
             sysfs_root: t.path().into(),
             ..Default::default()
         };
-        let task = spawn(cfg, metrics, stop.clone());
+        let task = spawn(cfg, metrics, None, stop.clone());
         tokio::time::sleep(Duration::from_millis(60)).await;
         std::fs::write(z.join("energy_uj"), "2000000\n").unwrap();
         let mut text = String::new();
