@@ -13,7 +13,7 @@ use hostplane_agent::exec::{AGENT_VERSION, HostExecutor, NETWORK_REPORT_WAIT};
 use hostplane_agent::flash::Flasher;
 use hostplane_agent::flash::cli::{FlashArgs, run_flash_cli};
 use hostplane_agent::net;
-use hostplane_agent::session::NetSync;
+use hostplane_agent::session::{NetSync, PowerSession};
 use hostplane_agent::{AgentError, logging};
 use hostplane_common::signals::{self, Signals};
 use tokio_util::sync::CancellationToken;
@@ -176,11 +176,12 @@ fn run_daemon(args: &ConfigArgs) -> ExitCode {
             tracing::info!("host networking is disabled (network.enabled: false)");
             None
         };
-        if cfg.power.enabled {
-            let metrics = hostplane_agent::power::sampler::PowerMetrics::default();
-            metrics.register(registry.sub_registry_with_prefix("hostplane"));
-            hostplane_agent::power::sampler::spawn(cfg.power.clone(), metrics, None, shutdown.child_token());
-        }
+        let power = if cfg.power.enabled {
+            start_power(&cfg, &mut registry, &shutdown)
+        } else {
+            tracing::info!("power telemetry and caps are disabled (power.enabled: false)");
+            PowerSession::default()
+        };
         if let Some(listen) = cfg.metrics.listen
             && let Err(e) =
                 hostplane_agent::metrics::serve(listen, Arc::new(registry), shutdown.child_token()).await
@@ -188,7 +189,7 @@ fn run_daemon(args: &ConfigArgs) -> ExitCode {
             tracing::error!(%listen, error = %e, "cannot serve metrics (metrics.listen)");
             return ExitCode::from(EXIT_FAILURE);
         }
-        match hostplane_agent::run(cfg, Arc::new(executor), network, shutdown).await {
+        match hostplane_agent::run(cfg, Arc::new(executor), network, power, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "agent failed");
@@ -204,6 +205,43 @@ fn run_daemon(args: &ConfigArgs) -> ExitCode {
     // A push thread stuck in a device write must not keep the process alive.
     rt.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// The sampler (metrics, and telemetry for the coordinator) and the caps
+/// task with every enforcement means this host has.
+fn start_power(
+    cfg: &Config,
+    registry: &mut prometheus_client::registry::Registry,
+    shutdown: &CancellationToken,
+) -> PowerSession {
+    use hostplane_agent::power::{caps, sampler, telemetry};
+    let metrics = sampler::PowerMetrics::default();
+    metrics.register(registry.sub_registry_with_prefix("hostplane"));
+    let tcfg = &cfg.power.telemetry;
+    let telemetry = tcfg.enabled.then(|| {
+        // The start time as epoch: a restarted agent restarts its sequence numbers.
+        let epoch = u64::try_from(hostplane_common::time::now_ms()).unwrap_or(1);
+        telemetry::Telemetry::new(telemetry::TelemetryBuffer::new(epoch, tcfg))
+    });
+    sampler::spawn(
+        cfg.power.clone(),
+        metrics,
+        telemetry.clone(),
+        shutdown.child_token(),
+    );
+    let mut limiters: Vec<Box<dyn caps::Limiter>> = Vec::new();
+    for l in caps::RaplLimiter::discover(&cfg.power.sysfs_root) {
+        limiters.push(Box::new(l));
+    }
+    for l in caps::NvmlLimiter::discover() {
+        limiters.push(Box::new(l));
+    }
+    let handle = caps::spawn(
+        caps::Enforcer::new(limiters),
+        cfg.power.caps.clone(),
+        shutdown.child_token(),
+    );
+    PowerSession::new(telemetry.map(|t| (t, tcfg.batch_interval)), Some(handle))
 }
 
 fn config_error(e: &ConfigError) -> ExitCode {

@@ -80,6 +80,7 @@ async fn start(lease: Duration) -> Harness {
         cfg,
         FakeExecutor::new(),
         None,
+        Default::default(),
         Arc::new(Scripted(tx)),
         shutdown.clone(),
     ));

@@ -11,6 +11,7 @@ pub mod journal;
 pub mod network;
 mod owner;
 pub mod persist;
+pub mod power;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub use connector::{ConnectError, Connector, GrpcConnector, Inbound};
 pub use journal::{Journal, JournalError};
 pub use network::{HostNetworks, NetSync};
 pub use persist::StateError;
+pub use power::PowerSession;
 
 use crate::config::Config;
 use crate::exec::Executor;
@@ -48,6 +50,7 @@ pub async fn run(
     cfg: Config,
     executor: Arc<dyn Executor>,
     network: Option<NetSync>,
+    power: PowerSession,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let connector = GrpcConnector::new(&cfg.coordinator, &cfg.session)?;
@@ -58,7 +61,7 @@ pub async fn run(
              use it only on a trusted network"
         );
     }
-    run_with(cfg, executor, network, Arc::new(connector), shutdown).await
+    run_with(cfg, executor, network, power, Arc::new(connector), shutdown).await
 }
 
 /// [`run`] with an explicit connector (tests script the stream with one).
@@ -66,6 +69,7 @@ pub async fn run_with(
     cfg: Config,
     executor: Arc<dyn Executor>,
     network: Option<NetSync>,
+    power: PowerSession,
     connector: Arc<dyn Connector>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
@@ -102,7 +106,7 @@ pub async fn run_with(
         applied,
         boot_id,
     };
-    Owner::new(cfg, executor, network, restored, shutdown)
+    Owner::new(cfg, executor, network, power, restored, shutdown)
         .run(connector)
         .await;
     Ok(())

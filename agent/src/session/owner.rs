@@ -27,6 +27,7 @@ use super::command::{self, Event};
 use super::connector::{Connector, Inbound};
 use super::journal::Journal;
 use super::network::{NetSync, next_report};
+use super::power::{PowerEvent, PowerSession, cap_report};
 use super::{desired, persist};
 use crate::config::Config;
 use crate::exec::{AGENT_VERSION, Executor, action_name, now_ms, result};
@@ -105,6 +106,8 @@ pub struct Owner {
     tasks: JoinSet<()>,
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
+    /// Telemetry out, caps in, cap reports out.
+    power: PowerSession,
     shutdown: CancellationToken,
 }
 
@@ -113,11 +116,17 @@ impl Owner {
         cfg: Config,
         executor: Arc<dyn Executor>,
         net: Option<NetSync>,
+        power: PowerSession,
         restored: Restored,
         shutdown: CancellationToken,
     ) -> Owner {
         let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
         let lease = lease_of(restored.applied.as_ref(), cfg.session.default_lease);
+        // The stored caps hold until the coordinator says otherwise (and the
+        // safe cap once their lease lapses without it).
+        if let Some(ds) = &restored.applied {
+            power.desired(ds);
+        }
         Owner {
             executor,
             drift: net.as_ref().map(NetSync::subscribe),
@@ -132,6 +141,7 @@ impl Owner {
             tasks: JoinSet::new(),
             events_tx,
             events_rx,
+            power,
             shutdown,
             cfg,
         }
@@ -214,6 +224,8 @@ impl Owner {
                 out = &mut fut => return Some(out),
                 Some(ev) = self.events_rx.recv() => self.on_event(ev, None).await,
                 r = next_report(&mut self.drift) => self.on_drift(r, None).await,
+                // Reports wait for the next connection; telemetry stays in its buffer.
+                _ = self.power.next() => {}
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
         }
@@ -227,17 +239,25 @@ impl Owner {
         for r in self.net.as_ref().map(NetSync::latest).unwrap_or_default() {
             link.send(network_report(r)).await;
         }
+        if let Some(m) = self.power.connected() {
+            link.send(m).await;
+        }
         loop {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return End::Shutdown(link),
                 msg = inbound.next() => match msg {
                     Some(Ok(CoordinatorMessage { msg: Some(coordinator_message::Msg::Desired(ds)) })) => {
+                        self.power.heard();
                         self.apply(ds, &mut link).await;
                         if self.lease != period {
                             period = self.lease;
                             heartbeat = heartbeat_timer(period);
                         }
+                    }
+                    Some(Ok(CoordinatorMessage { msg: Some(coordinator_message::Msg::TelemetryAck(a)) })) => {
+                        self.power.heard();
+                        self.power.acked(&a);
                     }
                     Some(Ok(_)) => tracing::debug!("ignoring an empty coordinator message"),
                     Some(Err(status)) => {
@@ -248,7 +268,19 @@ impl Owner {
                 Some(ev) = self.events_rx.recv() => self.on_event(ev, Some(&mut link)).await,
                 r = next_report(&mut self.drift) => self.on_drift(r, Some(&mut link)).await,
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                _ = heartbeat.tick() => link.try_send(msg(Msg::Heartbeat(Heartbeat { sent_at_ms: now_ms() }))),
+                ev = self.power.next() => match ev {
+                    PowerEvent::BatchDue => {
+                        for m in self.power.batches() {
+                            link.send(m).await;
+                        }
+                    }
+                    PowerEvent::Report(r) => link.send(cap_report(r)).await,
+                },
+                _ = heartbeat.tick() => {
+                    // The stream is up (HTTP/2 keepalive breaks it when the coordinator is gone).
+                    self.power.heard();
+                    link.try_send(msg(Msg::Heartbeat(Heartbeat { sent_at_ms: now_ms() })));
+                }
             }
             if let Some(reason) = link.broken.take() {
                 return End::Lost(reason);
@@ -348,6 +380,7 @@ impl Owner {
         }
         self.applied = Some(version);
         self.lease = lease_of(Some(&ds), self.cfg.session.default_lease);
+        self.power.desired(&ds);
         link.send(msg(Msg::Ack(Ack { version }))).await;
         tracing::info!(
             version,

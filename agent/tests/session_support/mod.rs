@@ -202,6 +202,13 @@ impl FakeCoordinator {
         .expect("agent stream gone");
     }
 
+    /// Send any coordinator message on connection `conn`.
+    pub fn send_msg(&self, conn: usize, m: CoordinatorMessage) {
+        let c = self.conns.lock().unwrap();
+        let tx = c.senders[conn].as_ref().expect("connection was dropped");
+        tx.send(Ok(m)).expect("agent stream gone");
+    }
+
     /// End connection `conn` from the coordinator's side.
     pub fn drop_conn(&self, conn: usize) {
         self.conns.lock().unwrap().senders[conn] = None;
@@ -485,6 +492,17 @@ pub fn start_agent(cfg: Config, executor: Arc<FakeExecutor>) -> RunningAgent {
     start_agent_with_net(cfg, executor, None)
 }
 
+/// An agent whose telemetry and caps go through `power`.
+pub fn start_agent_with_power(
+    cfg: Config,
+    executor: Arc<FakeExecutor>,
+    power: hostplane_agent::session::PowerSession,
+) -> RunningAgent {
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(run(cfg, executor, None, power, shutdown.clone()));
+    RunningAgent { shutdown, handle }
+}
+
 /// An agent whose host networks go to `net`.
 pub fn start_agent_with_net(
     cfg: Config,
@@ -493,7 +511,7 @@ pub fn start_agent_with_net(
 ) -> RunningAgent {
     let shutdown = CancellationToken::new();
     let net = net.map(|n| NetSync::new(n));
-    let handle = tokio::spawn(run(cfg, executor, net, shutdown.clone()));
+    let handle = tokio::spawn(run(cfg, executor, net, Default::default(), shutdown.clone()));
     RunningAgent { shutdown, handle }
 }
 
