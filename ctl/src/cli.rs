@@ -60,6 +60,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: DpuCmd,
     },
+    /// Live power: draw against cap per node and GPU.
+    Power {
+        #[command(subcommand)]
+        cmd: PowerCmd,
+    },
     /// Create the resources in a file, of any kind (in dependency order).
     Create(FileArgs),
     /// Create or update the resources in a file, of any kind (in dependency order).
@@ -104,9 +109,47 @@ impl Command {
             Command::Dpu {
                 cmd: DpuCmd::Ready(a),
             } => a.wait,
+            Command::Power {
+                cmd: PowerCmd::Top(a),
+            } => a.watch,
             _ => false,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PowerCmd {
+    /// Per-node draw, the cap the policy engine gave and the cap the agent
+    /// enforces, sorted; topology elements' budgets below.
+    Top(PowerTopArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PowerTopArgs {
+    /// Only these nodes (default: every node with telemetry or a cap).
+    pub nodes: Vec<String>,
+    #[arg(long, value_enum, default_value_t = TopSort::Draw)]
+    pub sort: TopSort,
+    /// One row per GPU under each node.
+    #[arg(long)]
+    pub gpus: bool,
+    /// Refresh until interrupted.
+    #[arg(short, long)]
+    pub watch: bool,
+    /// Refresh period with --watch.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
+    pub interval: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopSort {
+    /// Highest draw first.
+    Draw,
+    /// Highest cap first.
+    Cap,
+    /// Highest draw as a share of the cap first.
+    Use,
+    Name,
 }
 
 /// Verbs every noun has.

@@ -18,6 +18,7 @@ pub mod device;
 pub mod dpu;
 pub mod flavor;
 pub mod node;
+pub mod power;
 pub mod resource;
 pub mod watch;
 
@@ -91,6 +92,7 @@ async fn dispatch(conn: &Conn, ctx: &Ctx, cmd: Command, out: &mut Out) -> Result
         Command::Flavor { cmd } => flavor::run(conn, ctx, cmd, out).await,
         Command::Deployment { cmd } => deployment::run(conn, ctx, cmd, out).await,
         Command::Dpu { cmd } => dpu::run(conn, ctx, cmd, out).await,
+        Command::Power { cmd } => power::run(conn, ctx, cmd, out).await,
         Command::Create(f) => {
             let items = resource::load(&f.file, None).await?;
             resource::create(&mut conn.client().await?, ctx, items, out).await

@@ -8,7 +8,7 @@ use crate::error::Error;
 
 mod table;
 
-pub use table::{TableWriter, age, header, row};
+pub use table::{TableWriter, age, header, row, watts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
