@@ -372,3 +372,36 @@ async fn upstream_flows() {
         4
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_top_sorts_nodes_and_asks_only_for_the_named_ones() {
+    use hostplane_proto::v1::{NodePower, PowerSummary};
+    let fake = Fake::default();
+    let node = |n: &str, draw: f64, cap: f64| NodePower {
+        node: n.into(),
+        draw_watts: Some(draw),
+        cap_watts: cap,
+        effective_watts: cap,
+        method: "redfish".into(),
+        ..Default::default()
+    };
+    fake.state.lock().unwrap().power = PowerSummary {
+        nodes: vec![node("a", 3000.0, 8000.0), node("b", 7000.0, 8000.0)],
+        elements: vec![],
+    };
+    let server = serve(fake).await;
+    let r = ctl(&server, &["power", "top"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows: Vec<&str> = r.stdout.lines().collect();
+    assert!(rows[0].starts_with("NODE"), "{}", r.stdout);
+    assert!(
+        rows[1].starts_with("b ") && rows[1].contains("88%"),
+        "highest draw first: {}",
+        r.stdout
+    );
+    assert!(rows[2].starts_with("a "), "{}", r.stdout);
+    let r = ctl(&server, &["power", "top", "a", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 1);
+    assert_eq!(v["nodes"][0]["node"], "a");
+}

@@ -27,6 +27,8 @@ pub struct State {
     pub watch_script: Vec<WatchEvent>,
     /// Watch streams end after the script (else they stay open).
     pub watch_ends: bool,
+    /// What GetPowerSummary answers (nodes filtered by the request).
+    pub power: hostplane_proto::v1::PowerSummary,
 }
 
 #[derive(Clone, Default)]
@@ -309,6 +311,17 @@ impl AdminService for Fake {
             spec.flavor = req.flavor;
         }
         Ok(Response::new(d.clone()))
+    }
+
+    async fn get_power_summary(
+        &self,
+        req: Request<hostplane_proto::v1::PowerSummaryRequest>,
+    ) -> Result<Response<hostplane_proto::v1::PowerSummary>, Status> {
+        let st = self.seen(&req);
+        let want = req.into_inner().nodes;
+        let mut s = st.power.clone();
+        s.nodes.retain(|n| want.is_empty() || want.contains(&n.node));
+        Ok(Response::new(s))
     }
 }
 
