@@ -15,3 +15,4 @@ pub mod v1 {
 }
 
 mod helpers;
+pub mod power;
