@@ -17,6 +17,7 @@ use sha2::Digest;
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
+pub mod power;
 pub mod world;
 
 /// Path of a workspace binary next to the test executable (`target/<profile>/NAME`).

@@ -112,6 +112,12 @@ impl World {
 
     /// Start an agent for `node` (its state dir survives restarts).
     pub fn start_agent(&mut self, node: &str) -> Result<()> {
+        self.start_agent_with(node, "")
+    }
+
+    /// [`Self::start_agent`] with YAML of its own appended to the agent's config
+    /// (after `WorldOpts::agent_yaml`; a section must not repeat one given there).
+    pub fn start_agent_with(&mut self, node: &str, own_yaml: &str) -> Result<()> {
         let state = self.dir.join("agents").join(node);
         std::fs::create_dir_all(state.join("proc/sys/kernel/random"))?;
         let boot_id = state.join("proc/sys/kernel/random/boot_id");
@@ -125,12 +131,14 @@ impl World {
              dev_root: {dev}\n\
              procfs_root: {procfs}\n\
              cache:\n  dir: {state}/cache\n\
-             {extra}\n",
+             {extra}\n\
+             {own}\n",
             addr = self.coordinator_addr,
             state = state.display(),
             dev = self.dev_root.display(),
             procfs = state.join("proc").display(),
             extra = self.opts.agent_yaml,
+            own = own_yaml,
         );
         let cfg_path = state.join("agent.yaml");
         std::fs::write(&cfg_path, cfg)?;
