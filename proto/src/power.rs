@@ -268,8 +268,8 @@ impl Tree {
         }
         let mut children: Vec<Vec<usize>> = vec![Vec::new(); els.len()];
         let mut roots = Vec::new();
-        for i in 0..els.len() {
-            match parent[i] {
+        for (i, up) in parent.iter().enumerate() {
+            match *up {
                 Some(pi) => children[pi].push(i),
                 None => roots.push(i),
             }
