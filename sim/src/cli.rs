@@ -1,5 +1,6 @@
 //! Command line of the `hostplane-sim` binary.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 
+use crate::bmc::{BmcHandle, BmcOptions, BmcSim, Model, TlsFiles, Workload};
 use crate::config::{Fault, SimConfig, Timings, parse_fault_assignment, parse_size};
 use crate::{SimError, mkbfb, mount};
 
@@ -14,7 +16,7 @@ use crate::{SimError, mkbfb, mount};
 #[command(
     name = "hostplane-sim",
     version,
-    about = "hostplane simulators: BlueField DPUs behind a FUSE rshim device"
+    about = "hostplane simulators: BlueField DPUs behind a FUSE rshim device, Redfish BMCs with a power model"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -27,6 +29,8 @@ pub enum Command {
     Rshim(RshimArgs),
     /// Write a test BFB.
     Mkbfb(MkbfbArgs),
+    /// Serve simulated Redfish BMCs (DGX H100/B200/B300, GB200) until SIGTERM/SIGINT.
+    Bmc(BmcArgs),
 }
 
 /// `rshim1=hang:installer`
@@ -122,6 +126,106 @@ pub struct MkbfbArgs {
     pub corrupt: bool,
 }
 
+/// `node-1=dgx-h100@127.0.0.1:8443`; a bare port means 127.0.0.1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BmcArg {
+    pub name: String,
+    pub model: Model,
+    pub listen: SocketAddr,
+}
+
+impl FromStr for BmcArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<BmcArg, String> {
+        let (name, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not NAME=MODEL@ADDR"))?;
+        let (model, addr) = rest
+            .rsplit_once('@')
+            .ok_or_else(|| format!("{s:?} is not NAME=MODEL@ADDR (no @ADDR)"))?;
+        let model: Model = model.parse().map_err(|e| format!("{e}"))?;
+        let listen = match addr.parse::<u16>() {
+            Ok(port) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            Err(_) => addr.parse().map_err(|_| {
+                format!("{addr:?} is not HOST:PORT (e.g. 127.0.0.1:8443, [::1]:8443) or a port")
+            })?,
+        };
+        Ok(BmcArg {
+            name: name.to_string(),
+            model,
+            listen,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BmcArgs {
+    /// A BMC: NAME=MODEL@ADDR, MODEL one of dgx-h100, dgx-b200, dgx-b300, gb200; ADDR HOST:PORT or
+    /// a port on 127.0.0.1 (0 picks a free one). Repeatable.
+    #[arg(long = "bmc", value_name = "NAME=MODEL@ADDR", required = true)]
+    pub bmcs: Vec<BmcArg>,
+    /// Workload of every BMC: idle, training, constant:<0..1> or sine:<period>
+    /// (change it at run time with PUT /sim/workload).
+    #[arg(long, default_value = "training")]
+    pub workload: Workload,
+    /// Username of every BMC.
+    #[arg(long, default_value = "admin", env = "HOSTPLANE_SIM_BMC_USERNAME")]
+    pub username: String,
+    /// Password of every BMC.
+    #[arg(
+        long,
+        default_value = "admin",
+        env = "HOSTPLANE_SIM_BMC_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: String,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl BmcArgs {
+    /// One [`BmcOptions`] per `--bmc`; names must be unique, and so must fixed ports.
+    pub fn to_options(&self) -> Result<Vec<BmcOptions>, SimError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        let mut out: Vec<BmcOptions> = Vec::new();
+        for b in &self.bmcs {
+            if out.iter().any(|o| o.name == b.name) {
+                return Err(SimError::Config {
+                    field: "bmc",
+                    message: format!("the name {:?} is given twice", b.name),
+                });
+            }
+            if b.listen.port() != 0 && out.iter().any(|o| o.listen == b.listen) {
+                return Err(SimError::Config {
+                    field: "bmc",
+                    message: format!("{} is given to two BMCs", b.listen),
+                });
+            }
+            out.push(BmcOptions {
+                name: b.name.clone(),
+                model: b.model,
+                listen: b.listen,
+                username: self.username.clone(),
+                password: self.password.clone(),
+                workload: self.workload,
+                tls: tls.clone(),
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// Run a subcommand (blocking).
 pub fn run(command: Command) -> Result<(), SimError> {
     match command {
@@ -138,6 +242,50 @@ pub fn run(command: Command) -> Result<(), SimError> {
             );
             Ok(())
         }
+        Command::Bmc(args) => run_bmc(&args),
+    }
+}
+
+/// Serve the BMCs until SIGTERM or SIGINT, then stop them gracefully.
+/// Prints `NAME MODEL URL` per BMC on stdout once all are serving.
+pub fn run_bmc(args: &BmcArgs) -> Result<(), SimError> {
+    let opts = args.to_options()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| SimError::Runtime { source })?;
+    runtime.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signal_err = |source| SimError::AsyncSignal { source };
+        let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
+        let mut handles: Vec<BmcHandle> = Vec::new();
+        for o in opts {
+            // On an error the handles started so far are dropped, which stops them.
+            handles.push(BmcSim::spawn(o)?);
+        }
+        for h in &handles {
+            println!("{} {} {}", h.name(), h.model(), h.url());
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let signal = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal, "shutting down");
+        futures_join_all(handles.into_iter().map(|h| h.shutdown())).await;
+        Ok(())
+    })
+}
+
+/// Await every future (they run concurrently on the runtime).
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) {
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    for t in tasks {
+        let _ = t.await;
     }
 }
 
@@ -213,6 +361,69 @@ mod tests {
             panic!("not rshim")
         };
         assert!(args.to_config().unwrap_err().is_usage());
+    }
+
+    #[test]
+    fn bmc_args_become_options() {
+        let Command::Bmc(args) = parse(&[
+            "bmc",
+            "--bmc",
+            "a=dgx-h100@127.0.0.1:0",
+            "--bmc",
+            "b=gb200@9001",
+            "--bmc",
+            "c=DGX-B300@[::1]:9002",
+            "--workload",
+            "constant:0.5",
+            "--password",
+            "s3cret",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not bmc")
+        };
+        let opts = args.to_options().unwrap();
+        assert_eq!(opts.len(), 3);
+        assert_eq!((opts[0].name.as_str(), opts[0].model), ("a", Model::DgxH100));
+        assert_eq!(opts[1].listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(opts[2].listen, "[::1]:9002".parse().unwrap());
+        assert_eq!(opts[2].model, Model::DgxB300);
+        assert!(opts.iter().all(|o| o.workload == Workload::Constant(0.5)));
+        assert!(
+            opts.iter()
+                .all(|o| o.username == "admin" && o.password == "s3cret")
+        );
+        assert!(opts.iter().all(|o| o.tls.is_none()));
+    }
+
+    #[test]
+    fn bad_bmc_arguments_are_rejected() {
+        for bad in [
+            &["bmc"][..],
+            &["bmc", "--bmc", "a=dgx-a100@9000"],
+            &["bmc", "--bmc", "a=dgx-h100"],
+            &["bmc", "--bmc", "dgx-h100@9000"],
+            &["bmc", "--bmc", "a=dgx-h100@nowhere"],
+            &["bmc", "--bmc", "a=dgx-h100@9000", "--workload", "busy"],
+            &["bmc", "--bmc", "a=dgx-h100@9000", "--tls-cert", "/c.pem"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let e = parse(&["bmc", "--bmc", "a=dgx-a100@9000"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dgx-h100, dgx-b200, dgx-b300, gb200"), "{e}");
+        for dup in [
+            ["a=dgx-h100@9000", "a=gb200@9001"],
+            ["a=dgx-h100@9000", "b=gb200@9000"],
+        ] {
+            let Command::Bmc(args) = parse(&["bmc", "--bmc", dup[0], "--bmc", dup[1]]).unwrap().command
+            else {
+                panic!("not bmc")
+            };
+            assert!(args.to_options().unwrap_err().is_usage(), "{dup:?}");
+        }
     }
 
     #[test]

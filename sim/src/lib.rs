@@ -4,7 +4,8 @@
 //! real rshim driver — `<root>/rshim<N>/{boot,misc,console}` — through FUSE,
 //! so the agent drives them exactly as it drives `/dev/rshim<N>/` on a real
 //! host (see `docs/simulator.md` and `shared/rshim.md`). [`mkbfb`] writes
-//! test boot streams.
+//! test boot streams. [`bmc`] serves simulated Redfish BMCs that model the
+//! power of NVIDIA DGX/GB200 systems (async, on tokio).
 //!
 //! ```no_run
 //! use hostplane_sim::{Fault, SimConfig, Stage};
@@ -15,6 +16,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod bmc;
 pub mod cli;
 pub mod config;
 pub mod dpu;
@@ -51,12 +53,22 @@ pub enum SimError {
     WriteBfb { path: PathBuf, source: std::io::Error },
     #[error("waiting for a shutdown signal: {source}")]
     Signal { source: nix::Error },
+    #[error(transparent)]
+    Bmc(#[from] bmc::BmcError),
+    #[error("starting the async runtime: {source}")]
+    Runtime { source: std::io::Error },
+    #[error("waiting for a shutdown signal: {source}")]
+    AsyncSignal { source: std::io::Error },
 }
 
 impl SimError {
     /// A usage or configuration error (exit code 64), not a runtime failure.
     pub fn is_usage(&self) -> bool {
-        matches!(self, SimError::Config { .. })
+        match self {
+            SimError::Config { .. } => true,
+            SimError::Bmc(e) => e.is_usage(),
+            _ => false,
+        }
     }
 
     /// FUSE cannot be used on this machine; tests skip rather than fail.

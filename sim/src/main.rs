@@ -1,4 +1,5 @@
-//! `hostplane-sim`: simulated DPUs behind a FUSE rshim device, and a test BFB writer.
+//! `hostplane-sim`: simulated DPUs behind a FUSE rshim device, simulated Redfish BMCs,
+//! and a test BFB writer.
 //!
 //! Exit codes: 0 ok, 64 usage error, 1 runtime error.
 
