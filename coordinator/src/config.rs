@@ -14,6 +14,9 @@
 //!   level: info          # an EnvFilter directive, e.g. "info,hostplane_coordinator=debug"
 //!   format: plain        # plain | json
 //! shutdown_grace: 10s
+//! power:
+//!   recompute_interval: 5s   # telemetry triggers a recompute at most this often
+//!   resync: 30s
 //! ```
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::fsm::FsmConfig;
+use crate::power::PowerConfig;
 use crate::stream::StreamConfig;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostplane/coordinator.yaml";
@@ -68,6 +72,8 @@ pub struct Config {
     pub fsm: FsmConfig,
     pub agents: StreamConfig,
     pub log: LogConfig,
+    /// The power policy engine.
+    pub power: PowerConfig,
     /// How long shutdown waits for connections and background tasks to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -81,6 +87,7 @@ impl Default for Config {
             fsm: FsmConfig::default(),
             agents: StreamConfig::default(),
             log: LogConfig::default(),
+            power: PowerConfig::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -206,6 +213,9 @@ impl Config {
         if self.shutdown_grace > MAX_SHUTDOWN_GRACE {
             return invalid("shutdown_grace", "must be at most 5m");
         }
+        if let Err((field, reason)) = self.power.validate() {
+            return invalid(field, reason);
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::Invalid {
                 field: "log.level",
@@ -265,6 +275,22 @@ mod tests {
         assert_eq!(cfg.log.level, "info");
         assert_eq!(cfg.agents.lease, Duration::from_secs(30));
         assert_eq!(cfg.fsm, FsmConfig::default());
+        assert_eq!(cfg.power, PowerConfig::default());
+    }
+
+    #[test]
+    fn power_section() {
+        let cfg = Config::from_yaml(
+            "power:\n  recompute_interval: 2s\n  headroom: 0.2\n  margin_watts: 0\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.power.recompute_interval, Duration::from_secs(2));
+        assert_eq!((cfg.power.headroom, cfg.power.margin_watts), (0.2, 0.0));
+        assert_eq!(cfg.power.resync, PowerConfig::default().resync);
+        cfg.validate().unwrap();
+        let e = Config::from_yaml("power:\n  recompute: 2s\n", Path::new("c.yaml")).unwrap_err();
+        assert!(e.to_string().contains("recompute"), "{e}");
     }
 
     #[test]
@@ -354,6 +380,18 @@ mod tests {
                 Box::new(|c| c.shutdown_grace = Duration::from_secs(3600)),
             ),
             ("log.level:", Box::new(|c| c.log.level = "info,=[".into())),
+            (
+                "power.recompute_interval: must be greater than 0",
+                Box::new(|c| c.power.recompute_interval = Duration::ZERO),
+            ),
+            (
+                "power.headroom: must be a fraction",
+                Box::new(|c| c.power.headroom = f64::NAN),
+            ),
+            (
+                "power.hysteresis_percent: must be from 0 to 100",
+                Box::new(|c| c.power.hysteresis_percent = 150.0),
+            ),
         ];
         for (want, change) in cases {
             let mut cfg = Config::default();

@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::api::AdminApi;
 use crate::config::Config;
 use crate::fsm::Reconciler;
-use crate::power::PowerHub;
+use crate::power::{PowerEngine, PowerHub};
 use crate::store::{Store, StoreError};
 use crate::stream::AgentStream;
 
@@ -60,7 +60,8 @@ pub enum ServerError {
 pub struct ServeOptions {
     /// Use this store instead of opening `cfg.store.path` (tests share it).
     pub store: Option<Store>,
-    /// Run the DPU reconciler (tests of the API alone turn it off).
+    /// Run the DPU reconciler and the power policy engine (tests of the API
+    /// alone turn them off).
     pub run_reconciler: bool,
 }
 
@@ -142,6 +143,11 @@ pub async fn serve_with(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let power = PowerHub::new();
+    if opts.run_reconciler {
+        let engine = PowerEngine::new(store.clone(), power.clone(), cfg.power.clone());
+        let h = tasks.spawn(engine.run(tasks_token.child_token()));
+        names.insert(h.id(), "power engine");
+    }
     let admin = AdminApi::new(store.clone(), tasks_token.child_token())
         .with_power(power.clone())
         .into_server();

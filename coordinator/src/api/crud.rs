@@ -8,7 +8,7 @@ use hostplane_proto::v1::{
 
 use super::error::ApiError;
 use super::typed::{self, Typed};
-use super::{AdminApi, audit, validate};
+use super::{AdminApi, audit, validate, validate_power};
 use crate::store::Txn;
 
 impl AdminApi {
@@ -162,6 +162,8 @@ fn check_references(t: &Txn<'_>, r: &Resource, p: &str) -> Result<(), ApiError> 
             must_exist::<Flavor>(t, &format!("{p}.spec.flavor"), &spec.flavor)?;
             Ok(())
         }
+        Some(resource::Kind::Topology(x)) => validate_power::topology_refs(t, x, p),
+        Some(resource::Kind::PowerPolicy(x)) => validate_power::policy_refs(t, x, p),
         _ => Ok(()),
     }
 }
@@ -305,6 +307,8 @@ fn merge(stored: &Resource, incoming: Resource) -> Result<(Resource, bool), ApiE
             false
         }
         (Some(K::Deployment(s)), Some(K::Deployment(i))) => replace(&mut s.spec, i.spec),
+        (Some(K::Topology(s)), Some(K::Topology(i))) => replace(&mut s.spec, i.spec),
+        (Some(K::PowerPolicy(s)), Some(K::PowerPolicy(i))) => replace(&mut s.spec, i.spec),
         (Some(K::Dpu(s)), _) => {
             return Err(ApiError::SystemOwned {
                 name: s.name().into(),

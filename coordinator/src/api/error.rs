@@ -39,6 +39,15 @@ pub enum ApiError {
         user_kind: &'static str,
         user: String,
     },
+    /// A node may be in at most one Topology.
+    #[error(
+        "{field}: node {node:?} is already in topology {other:?}; a node is in at most one topology (remove it there first)"
+    )]
+    NodeInOtherTopology {
+        field: String,
+        node: String,
+        other: String,
+    },
     #[error("{kind} {name:?} is being deleted")]
     BeingDeleted { kind: &'static str, name: String },
     #[error("node {node} is not waiting for a reboot")]
@@ -75,6 +84,7 @@ impl ApiError {
             | ApiError::SystemOwned { .. }
             | ApiError::DeviceMoved { .. }
             | ApiError::InUse { .. }
+            | ApiError::NodeInOtherTopology { .. }
             | ApiError::BeingDeleted { .. }
             | ApiError::NotWaitingForReboot { .. }
             | ApiError::AgentReboots { .. } => Code::FailedPrecondition,
@@ -170,6 +180,15 @@ mod tests {
                 },
                 Code::FailedPrecondition,
                 "bfb \"b\" is used by deployment \"dep\"",
+            ),
+            (
+                ApiError::NodeInOtherTopology {
+                    field: "topology.spec.elements[4].name".into(),
+                    node: "n1".into(),
+                    other: "hall-a".into(),
+                },
+                Code::FailedPrecondition,
+                "topology.spec.elements[4].name: node \"n1\" is already in topology \"hall-a\"",
             ),
             (
                 ApiError::BeingDeleted {
