@@ -17,16 +17,46 @@ pub fn fake_sysfs(root: &Path) -> Result<Vec<PathBuf>> {
         std::fs::write(z.join("name"), format!("{name}\n"))?;
         std::fs::write(z.join("energy_uj"), format!("{energy}\n"))?;
         std::fs::write(z.join("max_energy_range_uj"), "262143328850\n")?;
-        std::fs::write(z.join("constraint_0_power_limit_uw"), format!("{}\n", limit_w * 1_000_000))?;
-        std::fs::write(z.join("constraint_0_max_power_uw"), format!("{}\n", limit_w * 1_000_000))?;
+        std::fs::write(
+            z.join("constraint_0_power_limit_uw"),
+            format!("{}\n", limit_w * 1_000_000),
+        )?;
+        std::fs::write(
+            z.join("constraint_0_max_power_uw"),
+            format!("{}\n", limit_w * 1_000_000),
+        )?;
         out.push(z.join("energy_uj"));
         Ok(())
     };
     for p in 0..2u64 {
-        zone(&format!("intel-rapl:{p}"), &format!("package-{p}"), 1_000_000 * (p + 1), 350, &mut read_each_period)?;
-        zone(&format!("intel-rapl:{p}:0"), "core", 500_000, 0, &mut read_each_period)?;
-        zone(&format!("intel-rapl:{p}:1"), "uncore", 100_000, 0, &mut read_each_period)?;
-        zone(&format!("intel-rapl:{p}:2"), "dram", 200_000, 60, &mut read_each_period)?;
+        zone(
+            &format!("intel-rapl:{p}"),
+            &format!("package-{p}"),
+            1_000_000 * (p + 1),
+            350,
+            &mut read_each_period,
+        )?;
+        zone(
+            &format!("intel-rapl:{p}:0"),
+            "core",
+            500_000,
+            0,
+            &mut read_each_period,
+        )?;
+        zone(
+            &format!("intel-rapl:{p}:1"),
+            "uncore",
+            100_000,
+            0,
+            &mut read_each_period,
+        )?;
+        zone(
+            &format!("intel-rapl:{p}:2"),
+            "dram",
+            200_000,
+            60,
+            &mut read_each_period,
+        )?;
     }
     zone("intel-rapl:2", "psys", 9_000_000, 1200, &mut read_each_period)?;
     let hwmon = root.join("class/hwmon");
@@ -40,8 +70,23 @@ pub fn fake_sysfs(root: &Path) -> Result<Vec<PathBuf>> {
         }
         Ok(())
     };
-    chip(0, "acpi_power_meter", &[("power1_average", "412000000")], &mut read_each_period)?;
-    chip(1, "psu", &[("power1_input", "430000000"), ("power2_input", "12000000")], &mut read_each_period)?;
-    chip(2, "energy_meter", &[("energy1_input", "123456789")], &mut read_each_period)?;
+    chip(
+        0,
+        "acpi_power_meter",
+        &[("power1_average", "412000000")],
+        &mut read_each_period,
+    )?;
+    chip(
+        1,
+        "psu",
+        &[("power1_input", "430000000"), ("power2_input", "12000000")],
+        &mut read_each_period,
+    )?;
+    chip(
+        2,
+        "energy_meter",
+        &[("energy1_input", "123456789")],
+        &mut read_each_period,
+    )?;
     Ok(read_each_period)
 }
