@@ -182,7 +182,7 @@ async fn a_node_limit_set_over_redfish_brings_the_draw_under_it() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
-    // The lag has a 1 s time constant: a few seconds of real time. Wait on
+    // The lag has a 0.75 s time constant: a few seconds of real time. Wait on
     // the condition (generously), not on a fixed sleep.
     let deadline = Instant::now() + Duration::from_secs(30);
     let env = format!("{}/redfish/v1/Chassis/DGX/EnvironmentMetrics", bmc.url());
