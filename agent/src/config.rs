@@ -300,6 +300,9 @@ impl Config {
                 ),
             );
         }
+        if let Err((field, reason)) = self.power.bmc.validate() {
+            return invalid(field, reason);
+        }
         if s.default_lease < Duration::from_secs(1) {
             return invalid("session.default_lease", "must be at least 1s".into());
         }

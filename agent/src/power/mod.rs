@@ -18,6 +18,7 @@ pub mod cli;
 pub mod hwmon;
 pub mod nvml;
 pub mod rapl;
+pub mod redfish;
 pub mod sampler;
 pub mod telemetry;
 

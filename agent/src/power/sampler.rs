@@ -3,8 +3,11 @@
 //! metrics — `hostplane_energy_joules_total` counters and
 //! `hostplane_power_watts` gauges labelled by source, scope and device, and
 //! `hostplane_power_source_up` (0 with the reason in the log when a source
-//! cannot be read).
-use std::collections::HashSet;
+//! cannot be read, logged once per change of the reason). When
+//! `power.bmc.url` is set, a poller reads the BMC every
+//! `power.bmc.poll_interval` and each sample includes its last readings,
+//! with their age.
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -19,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::caps::CapsConfig;
+use super::redfish::{BmcConfig, BmcLink};
 use super::telemetry::{Telemetry, TelemetryConfig};
 use super::{Reading, Sources};
 
@@ -35,6 +39,8 @@ pub struct PowerConfig {
     pub telemetry: TelemetryConfig,
     /// Enforcing the coordinator's caps (`power.caps`).
     pub caps: CapsConfig,
+    /// The host's BMC over Redfish (`power.bmc`; off while `url` is empty).
+    pub bmc: BmcConfig,
 }
 
 impl Default for PowerConfig {
@@ -45,6 +51,7 @@ impl Default for PowerConfig {
             sysfs_root: PathBuf::from("/sys"),
             telemetry: TelemetryConfig::default(),
             caps: CapsConfig::default(),
+            bmc: BmcConfig::default(),
         }
     }
 }
@@ -83,13 +90,14 @@ impl PowerMetrics {
         );
     }
 
-    /// Fold one sample's readings into the metrics. `logged` remembers which
-    /// sources' errors were already logged, so a broken source logs once.
+    /// Fold one sample's readings into the metrics. `logged` remembers the
+    /// error last logged per source, so a broken source logs once per
+    /// reason, and once more when it recovers.
     pub fn record(
         &self,
         readings: &[Reading],
-        last_energy: &mut std::collections::HashMap<String, f64>,
-        logged: &mut HashSet<String>,
+        last_energy: &mut HashMap<String, f64>,
+        logged: &mut HashMap<String, String>,
     ) {
         for r in readings {
             let scope = serde_json::to_value(r.scope)
@@ -105,13 +113,16 @@ impl PowerMetrics {
             match &r.error {
                 Some(e) => {
                     self.up.get_or_create(&l).set(0);
-                    if logged.insert(key) {
+                    if logged.get(&key) != Some(e) {
                         tracing::warn!(source = r.source, device = %r.device, error = %e, "power source unreadable");
+                        logged.insert(key, e.clone());
                     }
                 }
                 None => {
                     self.up.get_or_create(&l).set(1);
-                    logged.remove(&key);
+                    if logged.remove(&key).is_some() {
+                        tracing::info!(source = r.source, device = %r.device, "power source readable again");
+                    }
                     if let Some(w) = r.watts {
                         self.watts.get_or_create(&l).set(w);
                     }
@@ -127,15 +138,29 @@ impl PowerMetrics {
     }
 }
 
+/// The running sampler.
+pub struct SamplerHandle {
+    pub task: tokio::task::JoinHandle<()>,
+    /// The BMC poller, when `power.bmc.url` is set: its
+    /// [`BmcLink::client`] is the Redfish client for setting limits.
+    pub bmc: Option<BmcLink>,
+}
+
 /// Sample every `cfg.interval` until `shutdown`; each sample also goes into
-/// `telemetry` (for the coordinator) when given.
+/// `telemetry` (for the coordinator) when given. With `power.bmc.url` set, a
+/// BMC poller runs beside it and every sample carries its cached readings.
 pub fn spawn(
     cfg: PowerConfig,
     metrics: PowerMetrics,
     telemetry: Option<Telemetry>,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(
+) -> SamplerHandle {
+    let bmc = cfg
+        .bmc
+        .enabled()
+        .then(|| super::redfish::poll::spawn(cfg.bmc.clone(), shutdown.child_token()));
+    let bmc_readings = bmc.clone();
+    let task = tokio::spawn(
         async move {
             let root = cfg.sysfs_root.clone();
             let Ok(mut sources) = tokio::task::spawn_blocking(move || Sources::discover(&root)).await else {
@@ -144,8 +169,8 @@ pub fn spawn(
             if let Some(why) = &sources.rapl.absent {
                 tracing::info!(%why, "no RAPL source");
             }
-            let mut last = std::collections::HashMap::new();
-            let mut logged = HashSet::new();
+            let mut last = HashMap::new();
+            let mut logged = HashMap::new();
             let mut tick = tokio::time::interval(cfg.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -153,7 +178,7 @@ pub fn spawn(
                     () = shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let Ok((back, readings)) = tokio::task::spawn_blocking(move || {
+                let Ok((back, mut readings)) = tokio::task::spawn_blocking(move || {
                     let r = sources.sample(Instant::now());
                     (sources, r)
                 })
@@ -162,6 +187,9 @@ pub fn spawn(
                     return;
                 };
                 sources = back;
+                if let Some(b) = &bmc_readings {
+                    readings.extend(b.readings(Instant::now()));
+                }
                 metrics.record(&readings, &mut last, &mut logged);
                 if let Some(t) = &telemetry {
                     t.lock().push(&readings, hostplane_common::time::now_ms());
@@ -169,7 +197,8 @@ pub fn spawn(
             }
         }
         .instrument(tracing::info_span!("power")),
-    )
+    );
+    SamplerHandle { task, bmc }
 }
 
 #[cfg(test)]
@@ -196,7 +225,7 @@ mod tests {
             sysfs_root: t.path().into(),
             ..Default::default()
         };
-        let task = spawn(cfg, metrics, None, stop.clone());
+        let task = spawn(cfg, metrics, None, stop.clone()).task;
         tokio::time::sleep(Duration::from_millis(60)).await;
         std::fs::write(z.join("energy_uj"), "2000000\n").unwrap();
         let mut text = String::new();

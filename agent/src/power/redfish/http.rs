@@ -1,0 +1,341 @@
+//! HTTP to one BMC. At most one request is in flight, and each starts at
+//! least `min_request_interval` after the previous one finished (the gate:
+//! a mutex held for the whole request, body included, and the instant the
+//! last one ended). Auth is a session (`X-Auth-Token`, re-created once when
+//! the BMC answers 401) or HTTP Basic when the BMC has no SessionService.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, LOCATION};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{RedfishError, Secret, parse};
+
+/// How the client proves who it is.
+#[derive(Clone)]
+enum Auth {
+    /// Before the first login.
+    None,
+    Basic {
+        password: Secret,
+    },
+    Session {
+        token: Secret,
+        /// The session's URI, deleted at logout.
+        location: Option<String>,
+    },
+}
+
+struct AuthState {
+    auth: Auth,
+    /// Bumped at every login, so concurrent 401s log in only once.
+    generation: u64,
+}
+
+pub(super) struct Transport {
+    http: reqwest::Client,
+    /// `scheme://host[:port]`, no trailing slash.
+    origin: String,
+    username: String,
+    password_file: PathBuf,
+    min_interval: Duration,
+    timeout: Duration,
+    /// When the last request finished; held for the whole of each request.
+    gate: tokio::sync::Mutex<Option<Instant>>,
+    auth: std::sync::Mutex<AuthState>,
+    relogin: tokio::sync::Mutex<()>,
+    /// The sessions collection; None: Basic auth.
+    sessions: std::sync::Mutex<Option<String>>,
+}
+
+/// An answer, read whole while the gate was held.
+pub(super) struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Transport {
+    pub fn new(
+        http: reqwest::Client,
+        origin: String,
+        username: String,
+        password_file: PathBuf,
+        min_interval: Duration,
+        timeout: Duration,
+    ) -> Transport {
+        Transport {
+            http,
+            origin,
+            username,
+            password_file,
+            min_interval,
+            timeout,
+            gate: tokio::sync::Mutex::new(None),
+            auth: std::sync::Mutex::new(AuthState {
+                auth: Auth::None,
+                generation: 0,
+            }),
+            relogin: tokio::sync::Mutex::new(()),
+            sessions: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        // A link may carry a JSON-pointer fragment (`.../Power#/PowerControl/0`).
+        let path = path.split('#').next().unwrap_or(path);
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.origin)
+        }
+    }
+
+    /// "session" or "basic".
+    pub fn auth_kind(&self) -> &'static str {
+        match self.state().auth {
+            Auth::None => "none",
+            Auth::Basic { .. } => "basic",
+            Auth::Session { .. } => "session",
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, AuthState> {
+        self.auth.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One request through the gate (`Auth::None`: no credentials, for the
+    /// service root and the login itself).
+    async fn send(
+        &self,
+        method: &Method,
+        url: &str,
+        auth: &Auth,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, RedfishError> {
+        let mut last = self.gate.lock().await;
+        if let Some(t) = *last {
+            tokio::time::sleep_until(t + self.min_interval).await;
+        }
+        let mut rb = self
+            .http
+            .request(method.clone(), url)
+            .header(reqwest::header::ACCEPT, "application/json");
+        match auth {
+            Auth::None => {}
+            Auth::Basic { password } => rb = rb.basic_auth(&self.username, Some(&password.0)),
+            Auth::Session { token, .. } => rb = rb.header("X-Auth-Token", &token.0),
+        }
+        if let Some(b) = body {
+            rb = rb.header(CONTENT_TYPE, "application/json").body(b);
+        }
+        let result = async {
+            let resp = rb.send().await?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = resp.bytes().await?;
+            Ok::<_, reqwest::Error>(Answer {
+                status,
+                headers,
+                body,
+            })
+        }
+        .await;
+        *last = Some(Instant::now());
+        drop(last);
+        result.map_err(|e| RedfishError::Unreachable {
+            method: method.to_string(),
+            url: url.to_string(),
+            reason: transport_reason(&e, self.timeout),
+        })
+    }
+
+    /// GET without credentials (the service root).
+    pub async fn get_anonymous(&self, path: &str) -> Result<Value, RedfishError> {
+        let url = self.url(path);
+        let a = self.send(&Method::GET, &url, &Auth::None, None).await?;
+        json_of(&Method::GET, &url, a, &self.password_file)
+    }
+
+    /// An authenticated request; on a 401, log in again once (a new session,
+    /// or the password file read again for Basic) and retry. Returns the body
+    /// (Null when empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, RedfishError> {
+        let url = self.url(path);
+        let bytes = body.map(|b| serde_json::to_vec(b).expect("a JSON value serializes"));
+        let mut retried = false;
+        loop {
+            let (auth, generation) = {
+                let s = self.state();
+                (s.auth.clone(), s.generation)
+            };
+            let a = self.send(&method, &url, &auth, bytes.clone()).await?;
+            if a.status == StatusCode::UNAUTHORIZED && !retried {
+                tracing::info!(%url, "the BMC refused the credentials (401); logging in again");
+                self.relogin(generation).await?;
+                retried = true;
+                continue;
+            }
+            return json_of(&method, &url, a, &self.password_file);
+        }
+    }
+
+    /// Log in: a session when the BMC has a sessions collection (`sessions`
+    /// Some), else HTTP Basic (checked by the first authenticated GET).
+    pub async fn login(&self, sessions: Option<String>) -> Result<(), RedfishError> {
+        *self.sessions.lock().unwrap_or_else(|p| p.into_inner()) = sessions;
+        let generation = self.state().generation;
+        self.relogin(generation).await
+    }
+
+    /// Log in again unless someone did since `generation`.
+    async fn relogin(&self, generation: u64) -> Result<(), RedfishError> {
+        let _one = self.relogin.lock().await;
+        if self.state().generation != generation {
+            return Ok(());
+        }
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let password = read_password(&self.password_file)?;
+        let auth = match sessions {
+            None => Auth::Basic { password },
+            Some(path) => self.create_session(&path, password).await?,
+        };
+        let mut s = self.state();
+        s.auth = auth;
+        s.generation += 1;
+        Ok(())
+    }
+
+    async fn create_session(&self, path: &str, password: Secret) -> Result<Auth, RedfishError> {
+        let url = self.url(path);
+        let body = serde_json::json!({"UserName": self.username, "Password": password.0});
+        let body = serde_json::to_vec(&body).expect("a JSON value serializes");
+        let a = self.send(&Method::POST, &url, &Auth::None, Some(body)).await?;
+        if !a.status.is_success() {
+            return Err(status_error(&Method::POST, &url, &a, &self.password_file));
+        }
+        let token = a
+            .headers
+            .get("X-Auth-Token")
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| RedfishError::Resource {
+                url: url.clone(),
+                what: format!("answered {} to the login but sent no X-Auth-Token", a.status),
+            })?;
+        let location = a
+            .headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+            .or_else(|| {
+                serde_json::from_slice::<Value>(&a.body)
+                    .ok()
+                    .and_then(|v| parse::odata_id(&v).map(String::from))
+            });
+        Ok(Auth::Session {
+            token: Secret(token.to_string()),
+            location,
+        })
+    }
+
+    /// Delete the session, if there is one (BMCs have few session slots). A
+    /// later call logs in again.
+    pub async fn logout(&self) {
+        let auth = self.state().auth.clone();
+        let Auth::Session {
+            location: Some(loc), ..
+        } = &auth
+        else {
+            return;
+        };
+        let url = self.url(loc);
+        match self.send(&Method::DELETE, &url, &auth, None).await {
+            Ok(a) if a.status.is_success() => tracing::debug!(%url, "BMC session deleted"),
+            Ok(a) => tracing::debug!(%url, status = %a.status, "BMC session not deleted"),
+            Err(e) => tracing::debug!(error = %e, "BMC session not deleted"),
+        }
+    }
+}
+
+/// The password, read from its file now (so a rotated password is used at
+/// the next login); one trailing newline is not part of it.
+pub(super) fn read_password(path: &Path) -> Result<Secret, RedfishError> {
+    let text = std::fs::read_to_string(path).map_err(|e| RedfishError::Config {
+        field: "power.bmc.password_file",
+        reason: format!("cannot read the BMC password from {}: {e}", path.display()),
+    })?;
+    let p = text
+        .strip_suffix('\n')
+        .map(|p| p.strip_suffix('\r').unwrap_or(p))
+        .unwrap_or(&text);
+    if p.is_empty() {
+        return Err(RedfishError::Config {
+            field: "power.bmc.password_file",
+            reason: format!("{} is empty", path.display()),
+        });
+    }
+    Ok(Secret(p.to_string()))
+}
+
+fn json_of(method: &Method, url: &str, a: Answer, password_file: &Path) -> Result<Value, RedfishError> {
+    if !a.status.is_success() {
+        return Err(status_error(method, url, &a, password_file));
+    }
+    if a.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&a.body).map_err(|e| RedfishError::Resource {
+        url: url.to_string(),
+        what: format!("is not JSON: {e}"),
+    })
+}
+
+fn status_error(method: &Method, url: &str, a: &Answer, password_file: &Path) -> RedfishError {
+    let mut message = parse::error_message(&a.body).unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(&a.body);
+        let text = text.trim();
+        if text.is_empty() {
+            "no error body".into()
+        } else {
+            text.chars().take(200).collect()
+        }
+    });
+    if a.status == StatusCode::UNAUTHORIZED {
+        message += &format!(
+            " (check power.bmc.username and the password in {})",
+            password_file.display()
+        );
+    }
+    RedfishError::Status {
+        method: method.to_string(),
+        url: url.to_string(),
+        status: a.status.as_u16(),
+        message: format!("{}: {message}", a.status),
+    }
+}
+
+/// Why there was no answer, without repeating the URL.
+fn transport_reason(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {}", humantime::format_duration(timeout));
+    }
+    let mut parts = Vec::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        parts.push(s.to_string());
+        src = s.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    parts.dedup();
+    parts.join(": ")
+}
