@@ -354,6 +354,13 @@ async fn basic_auth_when_the_bmc_has_no_session_service() {
         "the service root needs no credentials"
     );
     assert!(hits[1..].iter().all(|h| h.auth == AuthUsed::Basic), "{hits:?}");
+
+    // A SessionService that refuses to create sessions (404): Basic too.
+    let bmc = redfish_support::serve(redfish_support::resources(Shape::Modern, 1, true), false).await;
+    let c = connect(&bmc, &d).await;
+    assert_eq!(c.auth_kind(), "basic");
+    assert!(c.sample().await.iter().all(|r| r.error.is_none()));
+    assert_eq!(bmc.posts_to_sessions(), 1, "tried once");
 }
 
 #[tokio::test]
@@ -446,7 +453,7 @@ fn config_is_checked_and_names_the_key() {
         "no BMC: nothing to check"
     );
     type Edit = fn(&mut BmcConfig);
-    let cases: [(&str, Edit); 7] = [
+    let cases: [(&str, Edit); 8] = [
         ("power.bmc.url", |c| c.url = "bmc.example".into()),
         ("power.bmc.url", |c| c.url = "ftp://bmc.example".into()),
         ("power.bmc.url", |c| c.url = "https://admin:pw@bmc.example".into()),
@@ -456,6 +463,9 @@ fn config_is_checked_and_names_the_key() {
         ("power.bmc.username", |c| c.username.clear()),
         ("power.bmc.password_file", |c| c.password_file = None),
         ("power.bmc.poll_interval", |c| c.poll_interval = Duration::ZERO),
+        ("power.bmc.min_request_interval", |c| {
+            c.min_request_interval = Duration::ZERO
+        }),
     ];
     for (field, f) in cases {
         let mut c = ok.clone();

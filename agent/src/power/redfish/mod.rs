@@ -102,6 +102,7 @@ impl BmcConfig {
         for (field, d) in [
             ("power.bmc.poll_interval", self.poll_interval),
             ("power.bmc.timeout", self.timeout),
+            ("power.bmc.min_request_interval", self.min_request_interval),
         ] {
             if d.is_zero() {
                 return bad(field, "must be greater than 0".into());
