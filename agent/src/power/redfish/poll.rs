@@ -10,11 +10,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{BmcConfig, RedfishClient};
+use super::{BmcConfig, RedfishClient, RedfishError};
 use crate::power::{Method, Reading, Scope};
 
 /// The longest wait between two tries while the BMC fails (at least the poll interval).
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// ... and while it refuses the credentials: BMCs lock an account out after
+/// a few failed logins, so a wrong password is tried rarely.
+const MAX_AUTH_BACKOFF: Duration = Duration::from_secs(600);
 
 /// A handle on the poller of one BMC. Cheap to clone.
 #[derive(Clone)]
@@ -112,6 +115,7 @@ pub fn spawn(cfg: BmcConfig, shutdown: CancellationToken) -> BmcLink {
 
 async fn run(link: BmcLink, cfg: BmcConfig, shutdown: CancellationToken) {
     let mut failures = 0u32;
+    let mut refused = false;
     let mut client: Option<Arc<RedfishClient>> = None;
     loop {
         match &client {
@@ -140,6 +144,13 @@ async fn run(link: BmcLink, cfg: BmcConfig, shutdown: CancellationToken) {
                         continue;
                     }
                     Err(e) => {
+                        refused = matches!(
+                            e,
+                            RedfishError::Status {
+                                status: 401 | 403,
+                                ..
+                            }
+                        );
                         // Logged (once per change) by the sampler, from the reading.
                         let why = format!("cannot use the BMC at {}: {e}", cfg.url);
                         tracing::debug!(%why, "BMC connect failed");
@@ -171,7 +182,7 @@ async fn run(link: BmcLink, cfg: BmcConfig, shutdown: CancellationToken) {
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(backoff(cfg.poll_interval, failures)) => {}
+            () = tokio::time::sleep(backoff(cfg.poll_interval, failures, refused)) => {}
         }
     }
     if let Some(c) = client {
@@ -180,9 +191,10 @@ async fn run(link: BmcLink, cfg: BmcConfig, shutdown: CancellationToken) {
 }
 
 /// The wait before the next try: the poll interval, doubled per failure in
-/// a row, at most [`MAX_BACKOFF`] (or the poll interval, if longer).
-pub fn backoff(poll: Duration, failures: u32) -> Duration {
-    let cap = MAX_BACKOFF.max(poll);
+/// a row, at most [`MAX_BACKOFF`] ([`MAX_AUTH_BACKOFF`] after the BMC
+/// `refused` the credentials), or the poll interval if longer.
+pub fn backoff(poll: Duration, failures: u32, refused: bool) -> Duration {
+    let cap = if refused { MAX_AUTH_BACKOFF } else { MAX_BACKOFF }.max(poll);
     poll.saturating_mul(1u32 << failures.min(16)).min(cap)
 }
 
@@ -193,12 +205,22 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let p = Duration::from_secs(5);
-        assert_eq!(backoff(p, 0), p);
-        assert_eq!(backoff(p, 1), Duration::from_secs(10));
-        assert_eq!(backoff(p, 3), Duration::from_secs(40));
-        assert_eq!(backoff(p, 4), MAX_BACKOFF);
-        assert_eq!(backoff(p, u32::MAX), MAX_BACKOFF);
+        assert_eq!(backoff(p, 0, false), p);
+        assert_eq!(backoff(p, 1, false), Duration::from_secs(10));
+        assert_eq!(backoff(p, 3, false), Duration::from_secs(40));
+        assert_eq!(backoff(p, 4, false), MAX_BACKOFF);
+        assert_eq!(backoff(p, u32::MAX, false), MAX_BACKOFF);
+        assert_eq!(backoff(p, 6, true), Duration::from_secs(320));
+        assert_eq!(
+            backoff(p, 7, true),
+            MAX_AUTH_BACKOFF,
+            "a refused login is retried rarely"
+        );
         let slow = Duration::from_secs(300);
-        assert_eq!(backoff(slow, 5), slow, "never more often than the poll interval");
+        assert_eq!(
+            backoff(slow, 5, false),
+            slow,
+            "never more often than the poll interval"
+        );
     }
 }
