@@ -214,6 +214,7 @@ fn start_power(
     registry: &mut prometheus_client::registry::Registry,
     shutdown: &CancellationToken,
 ) -> PowerSession {
+    use hostplane_agent::power::caps::Limiter;
     use hostplane_agent::power::{caps, sampler, telemetry};
     let metrics = sampler::PowerMetrics::default();
     metrics.register(registry.sub_registry_with_prefix("hostplane"));
@@ -223,15 +224,22 @@ fn start_power(
         let epoch = u64::try_from(hostplane_common::time::now_ms()).unwrap_or(1);
         telemetry::Telemetry::new(telemetry::TelemetryBuffer::new(epoch, tcfg))
     });
-    sampler::spawn(
+    let sampler = sampler::spawn(
         cfg.power.clone(),
         metrics,
         telemetry.clone(),
         shutdown.child_token(),
     );
     let mut limiters: Vec<Box<dyn caps::Limiter>> = Vec::new();
+    let bmc = sampler.bmc.is_some();
+    if let Some(link) = sampler.bmc {
+        limiters.push(Box::new(caps::BmcNodeLimiter::new(link)));
+    }
     for l in caps::RaplLimiter::discover(&cfg.power.sysfs_root) {
-        limiters.push(Box::new(l));
+        // With a BMC the node cap is the BMC's; RAPL psys is the fallback.
+        if !(bmc && l.element() == hostplane_proto::v1::PowerElement::Node) {
+            limiters.push(Box::new(l));
+        }
     }
     for l in caps::NvmlLimiter::discover() {
         limiters.push(Box::new(l));

@@ -203,7 +203,17 @@ pub fn node_watts(readings: &[Reading]) -> Option<f64> {
     if let Some(node) = valued().filter(|r| r.scope == Scope::Node).find_map(|r| r.watts) {
         return Some(node);
     }
-    let gpus = sum(Scope::Gpu);
+    // The same GPUs may be read by NVML and by the BMC: count one source only.
+    let gpu_source = ["nvml", "redfish"]
+        .into_iter()
+        .find(|src| valued().any(|r| r.scope == Scope::Gpu && r.source == *src));
+    let gpus = {
+        let v: Vec<f64> = valued()
+            .filter(|r| r.scope == Scope::Gpu && gpu_source.is_none_or(|s| r.source == s))
+            .filter_map(|r| r.watts)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum())
+    };
     if let Some(psys) = sum(Scope::Psys) {
         return Some(psys + gpus.unwrap_or(0.0));
     }
@@ -327,6 +337,17 @@ mod tests {
             "a failed node reading is not a 0"
         );
         assert_eq!(node_watts(&[core]), None, "core alone says nothing of the node");
+        let bmc_gpu = reading("redfish", Scope::Gpu, "HGX_GPU_SXM_1", Some(310.0));
+        assert_eq!(
+            node_watts(&[pkg.clone(), gpu.clone(), bmc_gpu.clone()]),
+            Some(400.0),
+            "a GPU read by NVML and by the BMC is counted once (NVML's)"
+        );
+        assert_eq!(
+            node_watts(&[pkg.clone(), bmc_gpu]),
+            Some(410.0),
+            "the BMC's GPUs when NVML has none"
+        );
         assert_eq!(node_watts(&[]), None);
     }
 
