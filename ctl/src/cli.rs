@@ -3,12 +3,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use hostplane_proto::v1::{PowerBundle, PowerElement, PowerLimit, power_limit};
+
 use crate::output::Format;
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 const GLOBAL: &str = "Global options";
 
-/// hostplanectl: manage a hostplane coordinator (nodes, devices, BFBs, flavors, deployments, DPUs).
+/// hostplanectl: manage a hostplane coordinator (nodes, devices, BFBs, flavors, deployments, DPUs, power topologies and policies).
 #[derive(Debug, Parser)]
 #[command(name = "hostplanectl", version)]
 pub struct Cli {
@@ -60,6 +62,16 @@ pub enum Command {
         #[command(subcommand)]
         cmd: DpuCmd,
     },
+    /// Power topologies: feeds, PDUs, racks and nodes, each with a budget in watts.
+    Topology {
+        #[command(subcommand)]
+        cmd: TopologyCmd,
+    },
+    /// Power policies: limits per node, GPU, CPU and memory; named bundles.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Live power: draw against cap per node and GPU.
     Power {
         #[command(subcommand)]
@@ -105,6 +117,12 @@ impl Command {
             }
             | Command::Dpu {
                 cmd: DpuCmd::Common(c),
+            }
+            | Command::Topology {
+                cmd: TopologyCmd::Common(c),
+            }
+            | Command::Policy {
+                cmd: PolicyCmd::Common(c),
             } => common(c),
             Command::Dpu {
                 cmd: DpuCmd::Ready(a),
@@ -115,6 +133,136 @@ impl Command {
             _ => false,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopologyCmd {
+    #[command(flatten)]
+    Common(CommonCmd),
+    /// Create or update the topology in a file (YAML or JSON), checked here first.
+    Import(TopologyFile),
+    /// Check a topology file without a server (structure, levels, budgets, minimums).
+    Validate(TopologyFile),
+    /// The tree, indented, with budget, minimum, allocated and draw per element.
+    Show(NameArg),
+}
+
+#[derive(Debug, Args)]
+pub struct TopologyFile {
+    /// File holding the Topology (or several) in YAML or JSON; `-` reads stdin.
+    #[arg(value_name = "FILE")]
+    pub file: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    #[command(flatten)]
+    Common(CommonCmd),
+    /// Create a power policy.
+    Create(PolicyCreate),
+    /// Make BUNDLE the policy's active bundle (`--none`: back to its own limits).
+    SetBundle(SetBundleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyCreate {
+    #[command(flatten)]
+    pub source: CreateSource,
+    /// Node the policy applies to (repeatable).
+    #[arg(long = "node", value_name = "NODE", conflicts_with = "file")]
+    pub nodes: Vec<String>,
+    /// Deployment whose Dpus' nodes the policy applies to (repeatable).
+    #[arg(long = "deployment", value_name = "DEPLOYMENT", conflicts_with = "file")]
+    pub deployments: Vec<String>,
+    /// A limit: `node=9000W`, `gpu=80%`, `cpu=300W`, `memory=50%` (repeatable, one per element).
+    #[arg(long = "limit", value_name = "ELEMENT=VALUE", value_parser = parse_limit, conflicts_with = "file")]
+    pub limits: Vec<PowerLimit>,
+    /// A named bundle of limits: `MaxQ:node=7000W,gpu=70%` (repeatable).
+    #[arg(long = "bundle", value_name = "NAME:LIMITS", value_parser = parse_bundle, conflicts_with = "file")]
+    pub bundles: Vec<PowerBundle>,
+    /// The bundle in force (its limits replace --limit).
+    #[arg(long, value_name = "BUNDLE", conflicts_with = "file")]
+    pub active_bundle: Option<String>,
+    /// Where several policies reach a node, the highest priority wins.
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "file")]
+    pub priority: Option<i32>,
+    /// Node cap the agent applies on its own after losing the coordinator for the lease.
+    #[arg(long, value_name = "WATTS", conflicts_with = "file")]
+    pub safe_watts: Option<f64>,
+    /// How long the agent keeps the coordinator's caps without hearing from it (default 60s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_lease, conflicts_with = "file")]
+    pub lease: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct SetBundleArgs {
+    /// Policy name.
+    pub name: String,
+    /// Name of one of the policy's bundles.
+    #[arg(required_unless_present = "none")]
+    pub bundle: Option<String>,
+    /// No bundle: the policy's own limits apply.
+    #[arg(long, conflicts_with = "bundle")]
+    pub none: bool,
+}
+
+/// `node=9000W`, `node=9000`, `gpu=80%`.
+pub fn parse_limit(s: &str) -> Result<PowerLimit, String> {
+    let Some((el, v)) = s.split_once('=') else {
+        return Err(format!(
+            "expected ELEMENT=VALUE (e.g. node=9000W, gpu=80%), got {s:?}"
+        ));
+    };
+    let element = match el.trim().to_ascii_lowercase().as_str() {
+        "node" => PowerElement::Node,
+        "gpu" => PowerElement::Gpu,
+        "cpu" => PowerElement::Cpu,
+        "memory" | "mem" | "dram" => PowerElement::Memory,
+        other => return Err(format!("unknown element {other:?} (node, gpu, cpu or memory)")),
+    };
+    let v = v.trim();
+    let (num, percent) = match v.strip_suffix('%') {
+        Some(n) => (n, true),
+        None => (v.strip_suffix(['W', 'w']).unwrap_or(v), false),
+    };
+    let x: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{v:?} is not a number of watts (9000W) or a percent (80%)"))?;
+    Ok(PowerLimit {
+        element: element as i32,
+        value: Some(if percent {
+            power_limit::Value::Percent(x)
+        } else {
+            power_limit::Value::Watts(x)
+        }),
+    })
+}
+
+/// `MaxQ:node=7000W,gpu=70%` (or `MaxP` alone, with no limits).
+pub fn parse_bundle(s: &str) -> Result<PowerBundle, String> {
+    let (name, rest) = s.split_once(':').unwrap_or((s, ""));
+    if name.is_empty() {
+        return Err(format!("expected NAME:ELEMENT=VALUE,..., got {s:?}"));
+    }
+    let limits = rest
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(parse_limit)
+        .collect::<Result<_, _>>()?;
+    Ok(PowerBundle {
+        name: name.to_string(),
+        limits,
+    })
+}
+
+/// Whole seconds, 1 to 24 hours.
+fn parse_lease(s: &str) -> Result<u32, String> {
+    let d = parse_duration(s)?;
+    if d.subsec_nanos() != 0 || d.as_secs() == 0 || d.as_secs() > 86_400 {
+        return Err(format!("{s:?}: the lease is whole seconds from 1s to 24h"));
+    }
+    Ok(d.as_secs() as u32)
 }
 
 #[derive(Debug, Subcommand)]

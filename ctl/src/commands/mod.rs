@@ -18,8 +18,10 @@ pub mod device;
 pub mod dpu;
 pub mod flavor;
 pub mod node;
+pub mod policy;
 pub mod power;
 pub mod resource;
+pub mod topology;
 pub mod watch;
 
 /// Limit for commands that do not stream, when `--timeout` is not given.
@@ -93,6 +95,8 @@ async fn dispatch(conn: &Conn, ctx: &Ctx, cmd: Command, out: &mut Out) -> Result
         Command::Deployment { cmd } => deployment::run(conn, ctx, cmd, out).await,
         Command::Dpu { cmd } => dpu::run(conn, ctx, cmd, out).await,
         Command::Power { cmd } => power::run(conn, ctx, cmd, out).await,
+        Command::Topology { cmd } => topology::run(conn, ctx, cmd, out).await,
+        Command::Policy { cmd } => policy::run(conn, ctx, cmd, out).await,
         Command::Create(f) => {
             let items = resource::load(&f.file, None).await?;
             resource::create(&mut conn.client().await?, ctx, items, out).await
