@@ -4,12 +4,18 @@
 //! and a Deployment with `node_effect: hold`; then acts as the upstream
 //! system: approves maintenance when asked, marks the node rebooted when it
 //! waits for it, and prints every phase change until both DPUs are Ready.
+//! Then power: the node's simulated BMC (a DGX H100 running a training
+//! workload) and a fake sysfs tree are read by the agent; a topology whose
+//! feed is smaller than the node's full draw and a power policy make the
+//! coordinator cap the node, and the demo prints the readings as the modeled
+//! draw settles under the cap.
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hostplane_proto::v1::{self, DpuPhase, EventType, Kind, NodeEffect, RebootMethod};
+use hostplane_sim::bmc::{BmcHandle, BmcOptions, BmcSim, Model};
 use hostplane_tests::world::{World, WorldOpts};
 use tokio_stream::StreamExt;
 
@@ -73,12 +79,136 @@ async fn run(keep: bool) -> Result<()> {
 }
 
 async fn drive(w: &mut World) -> Result<()> {
-    w.start_agent(NODE)?;
+    let bmc = BmcSim::spawn(BmcOptions::new("bmc-node-1", Model::DgxH100))?;
+    let sysfs = w.dir.join("sysfs");
+    hostplane_tests::power::fake_sysfs(&sysfs)?;
+    let pw = w.dir.join("bmc.password");
+    std::fs::write(&pw, "admin\n")?;
+    w.start_agent_with(
+        NODE,
+        &format!(
+            "power:\n  sysfs_root: {}\n  telemetry:\n    batch_interval: 1s\n  bmc:\n    url: {}\n    username: admin\n    password_file: {}\n    poll_interval: 1s\n",
+            sysfs.display(),
+            bmc.url(),
+            pw.display()
+        ),
+    )?;
     println!(
-        "   agent: {NODE} started (rshim devices under {})",
-        w.dev_root.display()
+        "   agent: {NODE} started (rshim devices under {}; BMC {} simulating a DGX H100)",
+        w.dev_root.display(),
+        bmc.url()
     );
+    let r = provision(w).await;
+    let r = match r {
+        Ok(()) => power(w, &bmc).await,
+        Err(e) => Err(e),
+    };
+    bmc.shutdown().await;
+    r
+}
 
+/// Cap the node through a topology and a policy; print the readings.
+async fn power(w: &mut World, bmc: &BmcHandle) -> Result<()> {
+    let mut admin = w.admin.clone();
+    let feed = 8_000.0;
+    println!(
+        "-> power: node draws {:.0} W (BMC model); create topology site (feed-a {feed:.0} W -> rack-1 -> {NODE}) and policy maxq (safe cap 7000 W)",
+        bmc.draw_watts()
+    );
+    let el =
+        |name: &str, level: v1::TopologyLevel, parent: &str, budget: f64, min: f64| v1::TopologyElement {
+            name: name.into(),
+            level: level as i32,
+            parent: parent.into(),
+            budget_watts: budget,
+            min_watts: min,
+        };
+    let spec = bmc.model().spec();
+    admin
+        .create(v1::CreateRequest {
+            resource: Some(
+                v1::Topology {
+                    metadata: hostplane_tests::meta("site"),
+                    spec: Some(v1::TopologySpec {
+                        elements: vec![
+                            el("feed-a", v1::TopologyLevel::Feed, "", feed, 0.0),
+                            el("rack-1", v1::TopologyLevel::Rack, "feed-a", feed, 0.0),
+                            el(
+                                NODE,
+                                v1::TopologyLevel::Node,
+                                "rack-1",
+                                spec.node_max_watts(),
+                                spec.node_min_cap_watts(),
+                            ),
+                        ],
+                    }),
+                    status: None,
+                }
+                .into(),
+            ),
+        })
+        .await?;
+    admin
+        .create(v1::CreateRequest {
+            resource: Some(
+                v1::PowerPolicy {
+                    metadata: hostplane_tests::meta("maxq"),
+                    spec: Some(v1::PowerPolicySpec {
+                        nodes: vec![NODE.into()],
+                        safe_node_watts: 7_000.0,
+                        ..Default::default()
+                    }),
+                    status: None,
+                }
+                .into(),
+            ),
+        })
+        .await?;
+    println!(
+        "   {:>6}  {:>9}  {:>8}  {:>11}  {:>9}  {}",
+        "time", "draw (W)", "cap (W)", "enforced (W)", "BMC (W)", "via"
+    );
+    let start = Instant::now();
+    let mut settled = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let s = admin
+            .get_power_summary(v1::PowerSummaryRequest {
+                nodes: vec![NODE.into()],
+            })
+            .await?
+            .into_inner();
+        let Some(n) = s.nodes.first() else { continue };
+        let fmt = |w: f64| if w > 0.0 { format!("{w:.0}") } else { "-".into() };
+        println!(
+            "   {:>5.1}s  {:>9}  {:>8}  {:>11}  {:>9.0}  {}",
+            start.elapsed().as_secs_f32(),
+            n.draw_watts.map_or("-".into(), |d| format!("{d:.0}")),
+            fmt(n.cap_watts),
+            fmt(n.effective_watts),
+            bmc.draw_watts(),
+            if n.method.is_empty() {
+                "-"
+            } else {
+                n.method.as_str()
+            },
+        );
+        if n.effective_watts > 0.0 && bmc.draw_watts() <= n.effective_watts + 1.0 {
+            settled += 1;
+            if settled == 3 {
+                println!(
+                    "== {NODE} capped at {:.0} W through its BMC; draw {:.0} W (feed budget {feed:.0} W)",
+                    n.effective_watts,
+                    bmc.draw_watts()
+                );
+                return Ok(());
+            }
+        }
+    }
+    bail!("the node's draw did not settle under its cap within 60 s")
+}
+
+async fn provision(w: &mut World) -> Result<()> {
     println!("-> create node {NODE} with devices dpu-a (rshim0), dpu-b (rshim1)");
     w.add_node(
         NODE,
