@@ -164,10 +164,7 @@ async fn power(w: &mut World, bmc: &BmcHandle) -> Result<()> {
             ),
         })
         .await?;
-    println!(
-        "   {:>6}  {:>9}  {:>8}  {:>11}  {:>9}  {}",
-        "time", "draw (W)", "cap (W)", "enforced (W)", "BMC (W)", "via"
-    );
+    println!("     time   draw (W)   cap (W)  enforced (W)    BMC (W)  via");
     let start = Instant::now();
     let mut settled = 0;
     while start.elapsed() < Duration::from_secs(60) {
