@@ -6,5 +6,6 @@
 
 pub mod env;
 pub mod logging;
+pub mod notify;
 pub mod signals;
 pub mod time;

@@ -23,6 +23,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::Instrument;
 
+use hostplane_common::notify;
+
 use crate::api::AdminApi;
 use crate::config::Config;
 use crate::fsm::Reconciler;
@@ -172,6 +174,8 @@ pub async fn serve_with(
         stop.cancelled().await;
     });
     tracing::info!(%addr, store = %store.path().display(), "coordinator serving");
+    notify::ready(&format!("serving on {addr}"));
+    let watchdog = notify::spawn_watchdog(tasks_token.child_token());
 
     tokio::pin!(server);
     // `Some`: the server future has finished (it must not be polled again).
@@ -184,6 +188,10 @@ pub async fn serve_with(
             None
         }
     };
+    // Told to stop (the server may have noticed first): tell systemd.
+    if shutdown.is_cancelled() {
+        notify::stopping("shutting down");
+    }
     // Whether the server failed or we were told to stop: stop the background work too.
     tasks_token.cancel();
     let deadline = Instant::now() + cfg.shutdown_grace;
@@ -198,6 +206,9 @@ pub async fn serve_with(
         },
     };
     join_tasks(tasks, names, deadline).await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     tracing::info!(%addr, "coordinator stopped");
     served.map_err(|source| ServerError::Serve { addr, source })
 }

@@ -101,6 +101,10 @@ pub async fn run_with(
         last_applied_version = applied.as_ref().map_or(0, |d| d.version),
         "agent starting"
     );
+    hostplane_common::notify::ready(&format!(
+        "node {}, coordinator {}",
+        cfg.node_name, cfg.coordinator
+    ));
     let restored = Restored {
         journal,
         applied,
