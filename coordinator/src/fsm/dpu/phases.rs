@@ -239,6 +239,11 @@ impl Stepper<'_> {
         match CommandOutcome::try_from(r.outcome).unwrap_or(CommandOutcome::Unspecified) {
             // The reboot was issued; wait for the new boot id.
             CommandOutcome::Succeeded => Next::Stay,
+            // The sibling that issued it timed out in this round (its command was withdrawn when
+            // it went to Error): the host did not come back for this Dpu either. Re-issuing would
+            // reboot the host a second time; the round's clock is shared, so this Dpu's own
+            // Rebooting timeout fires with the same cause.
+            CommandOutcome::Cancelled if self.reboot_issuer_failed(ctx) => Next::Stay,
             CommandOutcome::Cancelled if self.reboot_issuer_left(ctx) => {
                 // The sibling that issued it left Rebooting (deleted, reprovisioned) and its command was
                 // withdrawn: this Dpu still needs the reboot.
@@ -280,6 +285,22 @@ impl Stepper<'_> {
         if self.phase() == DpuPhase::Rebooting && !id.is_empty() {
             ctx.reboot_cmd.insert(node.to_string(), id.clone());
         }
+    }
+
+    /// True when the RebootHost this Dpu waits on was issued by a sibling now in Error.
+    fn reboot_issuer_failed(&self, ctx: &StepCtx<'_>) -> bool {
+        let id = &self.st().command_id;
+        let Some(Some(row)) = ctx.cmds.get(id) else {
+            return false;
+        };
+        let issuer = &row.command.dpu;
+        issuer != self.name()
+            && ctx
+                .cache
+                .dpus
+                .get(issuer)
+                .and_then(|d| d.status.as_ref())
+                .is_some_and(|s| s.phase == DpuPhase::Error as i32)
     }
 
     /// True when the RebootHost this Dpu waits on was issued by a sibling that no longer waits on it.
