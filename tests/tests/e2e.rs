@@ -272,6 +272,8 @@ async fn reprovision_walks_the_machine_again() {
     wait_phase(&mut w.admin, "dpu-a", DpuPhase::Rebooting, T)
         .await
         .unwrap();
+    // dpu-a may be held until dpu-b is installed too (one reboot per node).
+    wait_node_waiting(&w.admin).await;
     w.admin
         .mark_rebooted(v1::NodeRef { name: "n1".into() })
         .await
@@ -290,6 +292,8 @@ async fn reprovision_walks_the_machine_again() {
     wait_phase(&mut w.admin, "dpu-a", DpuPhase::Rebooting, T)
         .await
         .unwrap();
+    // dpu-a may be held until dpu-b is installed too (one reboot per node).
+    wait_node_waiting(&w.admin).await;
     w.admin
         .mark_rebooted(v1::NodeRef { name: "n1".into() })
         .await
@@ -301,4 +305,21 @@ async fn reprovision_walks_the_machine_again() {
     let b = get_dpu(&mut w.admin, "dpu-b").await.unwrap().unwrap();
     assert_eq!(phase_of(&b), DpuPhase::Ready);
     w.shutdown().await.unwrap();
+}
+
+/// Until node n1 waits for a reboot (every Dpu on it that will reboot is installed).
+async fn wait_node_waiting(admin: &hostplane_tests::Admin) {
+    wait_for("n1 waiting for a reboot", T, || {
+        let mut admin = admin.clone();
+        async move {
+            let s = admin
+                .get_node_reboot_status(v1::NodeRef { name: "n1".into() })
+                .await
+                .ok()?
+                .into_inner();
+            s.waiting_for_reboot.then_some(())
+        }
+    })
+    .await
+    .unwrap();
 }
