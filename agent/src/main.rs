@@ -145,11 +145,6 @@ fn run_daemon(args: &ConfigArgs) -> ExitCode {
         // A second SIGTERM/SIGINT exits at once, without the grace period.
         let _signals = signals::spawn_handler(signals, shutdown.clone(), EXIT_FAILURE.into());
         let _watchdog = hostplane_common::notify::spawn_watchdog(shutdown.child_token());
-        let stopping = shutdown.clone();
-        tokio::spawn(async move {
-            stopping.cancelled().await;
-            hostplane_common::notify::stopping("shutting down: stopping running commands");
-        });
         let cache = match BfbCache::new(cfg.cache.clone()) {
             Ok(c) => Arc::new(c),
             Err(e) => {

@@ -514,6 +514,10 @@ impl Owner {
     /// Shutdown: running commands were cancelled with the root token; give
     /// them the grace period, reporting what finishes, and log what did not.
     async fn stop(&mut self, mut link: Option<Link>) {
+        hostplane_common::notify::stopping(&format!(
+            "shutting down: stopping {} running command(s)",
+            self.running.len()
+        ));
         if let Some(l) = link.as_mut() {
             l.closing = true;
         }
