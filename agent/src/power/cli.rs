@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use super::redfish::{BmcConfig, RedfishClient};
-use super::{Method, Reading, Scope, Sources};
+use super::{Reading, Scope, Sources};
 
 #[derive(clap::Args, Debug)]
 pub struct PowerArgs {
@@ -140,17 +140,12 @@ fn round_ms(d: Duration) -> Duration {
 async fn bmc_readings(client: &Result<RedfishClient, String>) -> Vec<Reading> {
     match client {
         Ok(c) => c.sample().await,
-        Err(why) => vec![Reading {
-            source: "redfish",
-            scope: Scope::Node,
-            device: "bmc".into(),
-            watts: None,
-            energy_joules: None,
-            method: Method::Measured,
-            window: None,
-            age: None,
-            error: Some(why.clone()),
-        }],
+        Err(why) => vec![Reading::unavailable(
+            "redfish",
+            Scope::Node,
+            "bmc".into(),
+            why.clone(),
+        )],
     }
 }
 

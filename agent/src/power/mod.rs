@@ -71,6 +71,23 @@ pub struct Reading {
     pub error: Option<String>,
 }
 
+impl Reading {
+    /// A source that cannot be read: no value, and why.
+    pub fn unavailable(source: &'static str, scope: Scope, device: String, why: String) -> Reading {
+        Reading {
+            source,
+            scope,
+            device,
+            watts: None,
+            energy_joules: None,
+            method: Method::Measured,
+            window: None,
+            age: None,
+            error: Some(why),
+        }
+    }
+}
+
 /// A file kept open and read with `pread` at offset 0.
 #[derive(Debug)]
 pub struct Counter {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{BmcConfig, RedfishClient, RedfishError};
-use crate::power::{Method, Reading, Scope};
+use crate::power::{Reading, Scope};
 
 /// The longest wait between two tries while the BMC fails (at least the poll interval).
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -66,17 +66,12 @@ impl BmcLink {
     pub fn readings(&self, now: Instant) -> Vec<Reading> {
         let c = self.cache();
         if let Some(why) = &c.down {
-            return vec![Reading {
-                source: "redfish",
-                scope: Scope::Node,
-                device: c.device.clone(),
-                watts: None,
-                energy_joules: None,
-                method: Method::Measured,
-                window: None,
-                age: None,
-                error: Some(why.clone()),
-            }];
+            return vec![Reading::unavailable(
+                "redfish",
+                Scope::Node,
+                c.device.clone(),
+                why.clone(),
+            )];
         }
         let Some(at) = c.at else { return Vec::new() };
         let age = now.saturating_duration_since(at);
