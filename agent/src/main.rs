@@ -58,6 +58,22 @@ enum Cmd {
     Network(hostplane_agent::net::cli::NetworkArgs),
     /// Print the version and exit.
     Version,
+    /// Check that a running agent answers on its /metrics endpoint
+    /// (`metrics.listen`): exit 0 when it does, 1 when not. For container
+    /// HEALTHCHECKs and exec probes.
+    Health(HealthArgs),
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct HealthArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address of the endpoint [default: the config's metrics.listen; 0.0.0.0 and :: mean loopback].
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<std::net::SocketAddr>,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +94,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Validate(args) => validate(&args),
+        Cmd::Health(args) => health(&args),
         Cmd::Flash(args) => {
             logging::init(&ProcessEnv, LogFormat::Plain);
             match runtime() {
@@ -115,6 +132,62 @@ fn validate(args: &ConfigArgs) -> ExitCode {
         Err(e) => {
             eprintln!("hostplane-agent: {e}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `health`: one GET of /metrics from the running agent.
+fn health(args: &HealthArgs) -> ExitCode {
+    let mut addr = match args.addr {
+        Some(a) => a,
+        None => match Config::load(args.config.config.as_deref(), &ProcessEnv) {
+            Ok(cfg) => match cfg.metrics.listen {
+                Some(a) => a,
+                None => {
+                    eprintln!(
+                        "hostplane-agent: metrics.listen is not set, so there is no endpoint to check \
+                         (set it, or pass --addr)"
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            },
+            Err(e) => {
+                eprintln!("hostplane-agent: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}/metrics");
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let result = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(args.timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
+        }
+        resp.bytes().await.map(|_| status).map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(status) => {
+            println!("{url}: {status}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hostplane-agent: health of {url}: {e}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

@@ -35,6 +35,10 @@ struct Cli {
     /// Store file (overrides the file and HOSTPLANE_STORE_PATH).
     #[arg(long, global = true, value_name = "PATH")]
     store: Option<PathBuf>,
+    /// Serve plain TCP without TLS: no encryption, no node identity (a trusted
+    /// network or a test only; logged as a warning). Also HOSTPLANE_INSECURE=1.
+    #[arg(long, global = true)]
+    insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +49,23 @@ enum Cmd {
     Validate,
     /// Print the version.
     Version,
+    /// Ask a running coordinator's gRPC health service whether it serves:
+    /// exit 0 when SERVING, 1 when not (or unreachable). For container
+    /// HEALTHCHECKs and exec probes, where no grpc client is installed.
+    Health(HealthArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct HealthArgs {
+    /// Address to check [default: the config's listen address; 0.0.0.0 and :: mean loopback].
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+    /// The service to check; empty means the whole server.
+    #[arg(long, default_value = "")]
+    service: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +83,9 @@ fn main() -> ExitCode {
     if matches!(cli.cmd, Some(Cmd::Version)) {
         println!("hostplane-coordinator {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
+    }
+    if let Some(Cmd::Health(args)) = &cli.cmd {
+        return health(&cli, args);
     }
     // Loading the config logs nothing; logging starts right after, from the
     // config's `log` section with HOSTPLANE_LOG / HOSTPLANE_LOG_FORMAT applied.
@@ -107,6 +131,9 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
     if let Some(path) = &cli.store {
         cfg.store.path = path.clone();
     }
+    if cli.insecure {
+        cfg.insecure = true;
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -128,6 +155,76 @@ fn log_from_env() -> LogConfig {
 
 fn init_tracing(log: &LogConfig) {
     hostplane_common::logging::init(&log.level, log.format);
+}
+
+/// `health`: one gRPC health Check; prints the status (or why there is none).
+fn health(cli: &Cli, args: &HealthArgs) -> ExitCode {
+    let addr = match &args.addr {
+        Some(a) => a.clone(),
+        None => match load(cli) {
+            Ok(cfg) => {
+                let mut listen = cfg.listen;
+                if listen.ip().is_unspecified() {
+                    listen.set_ip(match listen {
+                        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                listen.to_string()
+            }
+            Err(e) => {
+                eprintln!("hostplane-coordinator: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    let url = format!("http://{addr}");
+    let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
+        Ok(e) => e.connect_timeout(args.timeout).timeout(args.timeout),
+        Err(e) => {
+            eprintln!("hostplane-coordinator: --addr {addr:?} is not HOST:PORT: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hostplane-coordinator: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let service = args.service.clone();
+    let result = rt.block_on(async move {
+        let check = async {
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect: {e}"))?;
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+            client
+                .check(tonic_health::pb::HealthCheckRequest { service })
+                .await
+                .map(|r| r.into_inner().status())
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+        };
+        tokio::time::timeout(args.timeout, check)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {:?}", args.timeout)))
+    });
+    match result {
+        Ok(tonic_health::pb::health_check_response::ServingStatus::Serving) => {
+            println!("{url}: SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!("{url}: {}", status.as_str_name());
+            ExitCode::from(EXIT_RUNTIME)
+        }
+        Err(e) => {
+            eprintln!("hostplane-coordinator: health of {url}: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
