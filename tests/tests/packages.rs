@@ -11,8 +11,10 @@
 //! it afterwards if it created it).
 //!
 //! Skipped, saying why, when a tool is missing (scripts/setup installs them),
-//! and the install part when not root or when a hostplane package is already
-//! installed here. A guard purges the packages even when a check fails.
+//! and the install part when not root, when a hostplane package is already
+//! installed here, or when /etc/hostplane, the state directories or the
+//! binaries in /usr/bin already exist (the purge would delete them). A guard
+//! purges the packages even when a check fails.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -390,6 +392,22 @@ fn packages_build_lint_install_and_purge() -> Result<()> {
     }
     if package_installed("hostplane-agent") || package_installed("hostplane-coordinator") {
         eprintln!("SKIPPED the install: a hostplane package is installed here; the test will not replace it");
+        return Ok(());
+    }
+    // The purge deletes these: never on a machine where they hold someone's files.
+    let present: Vec<&str> = [
+        "/etc/hostplane",
+        "/var/lib/hostplane-agent",
+        "/var/lib/hostplane-coordinator",
+        "/usr/bin/hostplane-agent",
+        "/usr/bin/hostplane-coordinator",
+        "/usr/bin/hostplanectl",
+    ]
+    .into_iter()
+    .filter(|p| std::fs::symlink_metadata(p).is_ok())
+    .collect();
+    if !present.is_empty() {
+        eprintln!("SKIPPED the install: {present:?} exist here and a purge would delete them");
         return Ok(());
     }
     install_and_purge(&built)
