@@ -36,6 +36,8 @@ pub enum ConfigError {
     Hostname { path: PathBuf, source: std::io::Error },
     #[error("invalid config: {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("invalid config: {0}")]
+    Tls(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,9 +45,15 @@ pub enum ConfigError {
 pub struct Config {
     /// This host's Node name; empty means the host name (`<procfs_root>/sys/kernel/hostname`).
     pub node_name: String,
-    /// Coordinator agent-stream URL. `http://` is plaintext (logged as insecure);
-    /// `https://` is reserved for mTLS, which this build does not have yet.
+    /// Coordinator agent-stream URL: `https://HOST:PORT` (mTLS, with `tls`), or
+    /// `http://HOST:PORT` only with `insecure: true` (logged as a warning).
     pub coordinator: String,
+    /// mTLS to the coordinator: the CA that signed its certificate, and this
+    /// node's client certificate (subject CN = `node_name`) and key.
+    pub tls: Option<TlsConfig>,
+    /// Allow a plain `http://` coordinator: no encryption, no identity (a
+    /// trusted network or a test only).
+    pub insecure: bool,
     /// Journal and last applied desired state live here.
     pub state_dir: PathBuf,
     /// Where `rshim<N>/` devices appear.
@@ -66,6 +74,38 @@ pub struct Config {
     /// How long running commands get to stop after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+}
+
+/// The agent's side of mTLS (PEM files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate(s) the coordinator's server certificate must be signed by.
+    pub ca_file: PathBuf,
+    /// This node's client certificate; its subject CN must be `node_name`.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// [`TlsConfig`]'s files, read and checked.
+#[derive(Debug, Clone)]
+pub struct LoadedTls {
+    pub ca: Vec<u8>,
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl TlsConfig {
+    /// Read and check the files; errors name the key and the path.
+    pub fn load(&self) -> Result<LoadedTls, ConfigError> {
+        use hostplane_common::tls::{load_certs, load_key};
+        let tls = |e: hostplane_common::tls::TlsFileError| ConfigError::Tls(e.to_string());
+        Ok(LoadedTls {
+            ca: load_certs("tls.ca_file", &self.ca_file).map_err(tls)?.pem,
+            cert: load_certs("tls.cert_file", &self.cert_file).map_err(tls)?.pem,
+            key: load_key("tls.key_file", &self.key_file).map_err(tls)?.pem,
+        })
+    }
 }
 
 /// The coordinator stream: reconnect backoff, keepalive, lease.
@@ -107,7 +147,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             node_name: String::new(),
-            coordinator: "http://127.0.0.1:50051".to_string(),
+            coordinator: "https://127.0.0.1:50051".to_string(),
+            tls: None,
+            insecure: false,
             state_dir: PathBuf::from("/var/lib/hostplane-agent"),
             dev_root: PathBuf::from("/dev"),
             procfs_root: PathBuf::from("/proc"),
@@ -208,6 +250,19 @@ impl Config {
         if let Some(v) = env.get("HOSTPLANE_COORDINATOR") {
             self.coordinator = v;
         }
+        if let Some(v) = env.get("HOSTPLANE_INSECURE") {
+            self.insecure = match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" => true,
+                "" | "0" | "false" | "no" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "HOSTPLANE_INSECURE",
+                        value: v.clone(),
+                        reason: "expected 1/true/yes or 0/false/no".into(),
+                    });
+                }
+            };
+        }
         set_path("HOSTPLANE_STATE_DIR", &mut self.state_dir);
         set_path("HOSTPLANE_DEV_ROOT", &mut self.dev_root);
         set_path("HOSTPLANE_PROCFS_ROOT", &mut self.procfs_root);
@@ -253,6 +308,7 @@ impl Config {
         if let Err(reason) = check_coordinator_url(&self.coordinator) {
             return invalid("coordinator", reason);
         }
+        self.validate_tls()?;
         for (field, path) in [
             ("state_dir", &self.state_dir),
             ("dev_root", &self.dev_root),
@@ -343,6 +399,66 @@ impl Config {
     pub fn is_insecure(&self) -> bool {
         self.coordinator.starts_with("http://")
     }
+
+    /// `https://` needs `tls` (its files readable and valid); `http://` needs
+    /// `insecure: true`.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, reason: String| Err(ConfigError::Invalid { field, reason });
+        if self.is_insecure() {
+            if !self.insecure {
+                return invalid(
+                    "coordinator",
+                    format!(
+                        "{:?} is plain http: the agent talks mTLS unless told otherwise; use \
+                         https:// with a `tls:` section (ca_file, cert_file, key_file; see \
+                         docs/operations.md, Certificates), or set `insecure: true` \
+                         (HOSTPLANE_INSECURE=1) on a trusted network",
+                        self.coordinator
+                    ),
+                );
+            }
+            if self.tls.is_some() {
+                return invalid(
+                    "tls",
+                    "set, but coordinator is http://; use https:// or remove tls".into(),
+                );
+            }
+            return Ok(());
+        }
+        let Some(t) = &self.tls else {
+            return invalid(
+                "tls",
+                format!(
+                    "required for {:?}: set tls.ca_file, tls.cert_file and tls.key_file (this node's \
+                     certificate, CN = {:?}; `hostplanectl certs agent --node {}` makes one)",
+                    self.coordinator, self.node_name, self.node_name
+                ),
+            );
+        };
+        for (field, p) in [
+            ("tls.ca_file", &t.ca_file),
+            ("tls.cert_file", &t.cert_file),
+            ("tls.key_file", &t.key_file),
+        ] {
+            if !p.is_absolute() {
+                return invalid(field, format!("{:?} must be an absolute path", p.display()));
+            }
+        }
+        let files = t.load()?;
+        if let Some(name) = hostplane_common::tls::pem_cert_name(&files.cert)
+            && name != self.node_name
+        {
+            return invalid(
+                "tls.cert_file",
+                format!(
+                    "{} was issued to {name:?}, not to this node ({:?}); the coordinator would refuse it",
+                    t.cert_file.display(),
+                    self.node_name
+                ),
+            );
+        }
+        Ok(())
+    }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
@@ -355,16 +471,13 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 fn check_coordinator_url(url: &str) -> Result<(), String> {
     let uri: tonic::transport::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        // mTLS lands with its own change (client certificate = node identity);
-        // until then an https URL would silently fail to connect.
-        Some("https") => {
+        Some("http") | Some("https") => {}
+        Some(other) => {
             return Err(format!(
-                "{url:?}: TLS is not supported by this agent build yet; use http:// on a trusted network"
+                "{url:?}: unsupported scheme {other:?}; expected https or http"
             ));
         }
-        Some(other) => return Err(format!("{url:?}: unsupported scheme {other:?}; expected http")),
-        None => return Err(format!("{url:?}: missing scheme; expected http://host:port")),
+        None => return Err(format!("{url:?}: missing scheme; expected https://host:port")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("{url:?}: missing host"));
@@ -386,6 +499,8 @@ mod tests {
     fn valid() -> Config {
         Config {
             node_name: "host-1".into(),
+            coordinator: "http://127.0.0.1:50051".into(),
+            insecure: true,
             ..Config::default()
         }
     }
@@ -399,7 +514,7 @@ mod tests {
     #[test]
     fn yaml_sets_fields_and_keeps_defaults() {
         let cfg = parse(
-            "node_name: n1\ncoordinator: http://10.0.0.1:50051\nstate_dir: /s\n\
+            "node_name: n1\ncoordinator: http://10.0.0.1:50051\ninsecure: true\nstate_dir: /s\n\
              session:\n  backoff_max: 5s\nflash:\n  poll_interval: 250ms\n  stage_timeouts:\n    install: 2h\n\
              reboot_command: [/sbin/reboot, -f]\nlog_format: json\nshutdown_grace: 3s\n\
              network:\n  netns: lab1\n  sysfs_root: /fake/sys\n  drift_debounce: 20ms\n",
@@ -497,12 +612,20 @@ mod tests {
     #[test]
     fn validate_names_the_field() {
         type Mutate = fn(&mut Config);
-        let cases: [(&str, Mutate); 18] = [
+        let cases: [(&str, Mutate); 20] = [
             ("node_name", |c| c.node_name.clear()),
             ("node_name", |c| c.node_name = "a b".into()),
             ("coordinator", |c| c.coordinator = "not a url".into()),
             ("coordinator", |c| c.coordinator = "ftp://x:1".into()),
-            ("coordinator", |c| c.coordinator = "https://x:1".into()),
+            ("tls", |c| c.coordinator = "https://x:1".into()),
+            ("coordinator", |c| c.insecure = false),
+            ("tls", |c| {
+                c.tls = Some(TlsConfig {
+                    ca_file: "/ca".into(),
+                    cert_file: "/c".into(),
+                    key_file: "/k".into(),
+                })
+            }),
             ("coordinator", |c| c.coordinator = "http://x:1/api".into()),
             ("state_dir", |c| c.state_dir = "relative".into()),
             ("cache.dir", |c| c.cache.dir = "cache".into()),
@@ -541,7 +664,14 @@ mod tests {
         std::fs::create_dir_all(proc.join("sys/kernel")).unwrap();
         std::fs::write(proc.join("sys/kernel/hostname"), "gpu-node-7\n").unwrap();
         let file = dir.path().join("agent.yaml");
-        std::fs::write(&file, format!("procfs_root: {}\n", proc.display())).unwrap();
+        std::fs::write(
+            &file,
+            format!(
+                "procfs_root: {}\ncoordinator: http://127.0.0.1:50051\ninsecure: true\n",
+                proc.display()
+            ),
+        )
+        .unwrap();
 
         let cfg = Config::load(Some(&file), &MapEnv::default()).unwrap();
         assert_eq!(cfg.node_name, "gpu-node-7");
@@ -564,5 +694,68 @@ mod tests {
                 .contains("/nonexistent-procfs/sys/kernel/hostname"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tls_files_are_checked_and_must_name_this_node() {
+        use hostplane_ctl::certs::{Ca, Leaf, Validity, write_pair};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (ca, ca_pair) = Ca::generate("test CA", Validity::days(1)).unwrap();
+        write_pair(d, "ca", &ca_pair, false).unwrap();
+        for node in ["host-1", "host-2"] {
+            let leaf = Leaf::Agent { node: node.into() };
+            write_pair(
+                d,
+                &leaf.file_stem(),
+                &ca.issue(&leaf, Validity::days(1)).unwrap(),
+                false,
+            )
+            .unwrap();
+        }
+        let yaml = format!(
+            "node_name: host-1\ncoordinator: https://coord:50051\ntls:\n  ca_file: {0}/ca.crt\n  \
+             cert_file: {0}/agent-host-1.crt\n  key_file: {0}/agent-host-1.key\n",
+            d.display()
+        );
+        let cfg = parse(&yaml).unwrap();
+        cfg.validate().unwrap();
+        assert!(!cfg.is_insecure());
+
+        let mut other = cfg.clone();
+        other.tls.as_mut().unwrap().cert_file = d.join("agent-host-2.crt");
+        let e = other.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("issued to \"host-2\", not to this node (\"host-1\")"),
+            "{e}"
+        );
+
+        let mut missing = cfg.clone();
+        missing.tls.as_mut().unwrap().key_file = d.join("nope.key");
+        let e = missing.validate().unwrap_err().to_string();
+        assert!(e.contains("tls.key_file") && e.contains("nope.key"), "{e}");
+
+        let mut swapped = cfg.clone();
+        swapped.tls.as_mut().unwrap().ca_file = d.join("agent-host-1.key");
+        let e = swapped.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("tls.ca_file") && e.contains("no CERTIFICATE block"),
+            "{e}"
+        );
+
+        let mut plain = cfg.clone();
+        plain.coordinator = "http://coord:50051".into();
+        let e = plain.validate().unwrap_err().to_string();
+        assert!(e.contains("plain http") && e.contains("insecure: true"), "{e}");
+
+        let mut env_insecure = Config { tls: None, ..plain };
+        env_insecure
+            .apply_env(&MapEnv::new([("HOSTPLANE_INSECURE", "1")]))
+            .unwrap();
+        env_insecure.validate().unwrap();
+        let e = env_insecure
+            .apply_env(&MapEnv::new([("HOSTPLANE_INSECURE", "sure")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("HOSTPLANE_INSECURE"), "{e}");
     }
 }

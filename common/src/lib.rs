@@ -9,3 +9,4 @@ pub mod logging;
 pub mod notify;
 pub mod signals;
 pub mod time;
+pub mod tls;

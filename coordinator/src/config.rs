@@ -14,6 +14,10 @@
 //!   level: info          # an EnvFilter directive, e.g. "info,hostplane_coordinator=debug"
 //!   format: plain        # plain | json
 //! shutdown_grace: 10s
+//! tls:                       # mTLS (required unless `insecure: true`)
+//!   cert_file: /etc/hostplane/tls/server.crt
+//!   key_file: /etc/hostplane/tls/server.key
+//!   client_ca_file: /etc/hostplane/tls/ca.crt
 //! power:
 //!   recompute_interval: 5s   # telemetry triggers a recompute at most this often
 //!   resync: 30s
@@ -37,6 +41,8 @@ pub const ENV_LISTEN: &str = "HOSTPLANE_LISTEN";
 pub const ENV_STORE_PATH: &str = "HOSTPLANE_STORE_PATH";
 pub const ENV_LOG: &str = "HOSTPLANE_LOG";
 pub const ENV_LOG_FORMAT: &str = "HOSTPLANE_LOG_FORMAT";
+/// `1`/`true`/`yes`: serve plain TCP without TLS (trusted networks only).
+pub const ENV_INSECURE: &str = "HOSTPLANE_INSECURE";
 
 /// The longest shutdown grace accepted: a stuck shutdown should not outlast systemd's patience.
 pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(300);
@@ -58,6 +64,8 @@ pub enum ConfigError {
     },
     #[error("config field {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("{0}")]
+    Tls(String),
 }
 
 pub use hostplane_common::env::{Env, ProcessEnv};
@@ -77,6 +85,52 @@ pub struct Config {
     /// How long shutdown waits for connections and background tasks to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// mTLS for every connection (admin API, agent stream, health). Required
+    /// unless `insecure` is set.
+    pub tls: Option<TlsConfig>,
+    /// Serve plain TCP: no encryption, no client identity (any peer may speak
+    /// for any node). Only for a trusted network or a test; logged as a warning.
+    pub insecure: bool,
+}
+
+/// The coordinator's certificate and the CA its clients' certificates must be signed by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM server certificate (chain); its names must match what agents put in `coordinator: https://NAME:PORT`.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// PEM CA certificate(s) that sign agent and admin client certificates.
+    pub client_ca_file: PathBuf,
+    /// Accept connections without a client certificate (admins authenticated
+    /// by bearer token only). Agent sessions still need one. Default false:
+    /// every client must present a certificate signed by `client_ca_file`.
+    #[serde(default)]
+    pub client_auth_optional: bool,
+}
+
+impl TlsConfig {
+    /// Read and check the three files (named in errors by their config key).
+    pub fn load(&self) -> Result<LoadedTls, ConfigError> {
+        use hostplane_common::tls::{load_certs, load_key};
+        let tls = |e: hostplane_common::tls::TlsFileError| ConfigError::Tls(e.to_string());
+        Ok(LoadedTls {
+            cert: load_certs("tls.cert_file", &self.cert_file).map_err(tls)?.pem,
+            key: load_key("tls.key_file", &self.key_file).map_err(tls)?.pem,
+            client_ca: load_certs("tls.client_ca_file", &self.client_ca_file)
+                .map_err(tls)?
+                .pem,
+        })
+    }
+}
+
+/// The PEM bytes of [`TlsConfig`]'s files, checked.
+#[derive(Debug, Clone)]
+pub struct LoadedTls {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub client_ca: Vec<u8>,
 }
 
 impl Default for Config {
@@ -89,6 +143,8 @@ impl Default for Config {
             log: LogConfig::default(),
             power: PowerConfig::default(),
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
+            insecure: false,
         }
     }
 }
@@ -187,6 +243,13 @@ impl Config {
         {
             self.log.format = v.parse().map_err(|reason| bad(ENV_LOG_FORMAT, &v, reason))?;
         }
+        if let Some(v) = env.get(ENV_INSECURE) {
+            self.insecure = match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" => true,
+                "" | "0" | "false" | "no" => false,
+                _ => return Err(bad(ENV_INSECURE, &v, "expected 1/true/yes or 0/false/no".into())),
+            };
+        }
         Ok(())
     }
 
@@ -222,7 +285,44 @@ impl Config {
                 reason: e.to_string(),
             });
         }
-        Ok(())
+        self.validate_tls()
+    }
+
+    /// mTLS unless explicitly insecure; the files are read and checked here,
+    /// so `hostplane-coordinator validate` catches a bad path or an expired
+    /// certificate before a restart does.
+    pub fn validate_tls(&self) -> Result<(), ConfigError> {
+        match (&self.tls, self.insecure) {
+            (None, false) => Err(ConfigError::Invalid {
+                field: "tls",
+                reason: "not set, and the coordinator serves mTLS unless told otherwise: set \
+                         tls.cert_file, tls.key_file and tls.client_ca_file (make a lab set with \
+                         `hostplanectl certs`; see docs/operations.md, Certificates), or serve plain \
+                         TCP on a trusted network with --insecure (HOSTPLANE_INSECURE=1, \
+                         `insecure: true`)"
+                    .into(),
+            }),
+            (Some(_), true) => Err(ConfigError::Invalid {
+                field: "insecure",
+                reason: "set together with tls; remove one of them".into(),
+            }),
+            (Some(t), false) => {
+                for (field, p) in [
+                    ("tls.cert_file", &t.cert_file),
+                    ("tls.key_file", &t.key_file),
+                    ("tls.client_ca_file", &t.client_ca_file),
+                ] {
+                    if p.as_os_str().is_empty() {
+                        return Err(ConfigError::Invalid {
+                            field,
+                            reason: "required".into(),
+                        });
+                    }
+                }
+                t.load().map(|_| ())
+            }
+            (None, true) => Ok(()),
+        }
     }
 }
 
@@ -253,7 +353,19 @@ mod tests {
                 format: LogFormat::Plain
             }
         );
-        cfg.validate().unwrap();
+        // No TLS and not insecure: refused, saying how to fix it.
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.starts_with("config field tls: not set"), "{e}");
+        assert!(
+            e.contains("--insecure") && e.contains("hostplanectl certs"),
+            "{e}"
+        );
+        Config {
+            insecure: true,
+            ..cfg.clone()
+        }
+        .validate()
+        .unwrap();
         assert_eq!(
             Config::from_yaml("", Path::new("x")).unwrap(),
             cfg,
@@ -281,7 +393,7 @@ mod tests {
     #[test]
     fn power_section() {
         let cfg = Config::from_yaml(
-            "power:\n  recompute_interval: 2s\n  headroom: 0.2\n  margin_watts: 0\n",
+            "insecure: true\npower:\n  recompute_interval: 2s\n  headroom: 0.2\n  margin_watts: 0\n",
             Path::new("c.yaml"),
         )
         .unwrap();
@@ -394,7 +506,10 @@ mod tests {
             ),
         ];
         for (want, change) in cases {
-            let mut cfg = Config::default();
+            let mut cfg = Config {
+                insecure: true,
+                ..Config::default()
+            };
             change(&mut cfg);
             let e = cfg.validate().unwrap_err().to_string();
             assert!(
@@ -408,7 +523,7 @@ mod tests {
     fn load_reads_the_file_and_refuses_a_missing_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
-        std::fs::write(&path, "listen: 127.0.0.1:1234\n").unwrap();
+        std::fs::write(&path, "listen: 127.0.0.1:1234\ninsecure: true\n").unwrap();
         let cfg = Config::load(Some(&path), &env(&[(ENV_STORE_PATH, "/x/y.db")])).unwrap();
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:1234");
         assert_eq!(cfg.store.path, Path::new("/x/y.db"));
@@ -416,5 +531,51 @@ mod tests {
         let e = Config::load(Some(&missing), &env(&[])).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }), "{e}");
         assert!(e.to_string().contains("nope.yaml"), "{e}");
+    }
+
+    #[test]
+    fn tls_section_and_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let yaml = format!(
+            "tls:\n  cert_file: {0}/server.crt\n  key_file: {0}/server.key\n  client_ca_file: {0}/ca.crt\n",
+            d.display()
+        );
+        let cfg = Config::from_yaml(&yaml, Path::new("c.yaml")).unwrap();
+        let tls = cfg.tls.clone().unwrap();
+        assert_eq!(tls.cert_file, d.join("server.crt"));
+        assert!(!tls.client_auth_optional);
+        // Files missing: the key names the file.
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.starts_with("tls.cert_file ") && e.contains("server.crt"), "{e}");
+        // A key where the certificate should be.
+        std::fs::write(
+            d.join("server.crt"),
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("no CERTIFICATE block"), "{e}");
+        // A missing field of the section.
+        let e = Config::from_yaml("tls:\n  cert_file: /a\n", Path::new("c.yaml")).unwrap_err();
+        assert!(e.to_string().contains("key_file"), "{e}");
+        // Both tls and insecure: ambiguous.
+        let both = Config {
+            insecure: true,
+            ..cfg.clone()
+        };
+        let e = both.validate().unwrap_err().to_string();
+        assert!(e.starts_with("config field insecure:"), "{e}");
+        // HOSTPLANE_INSECURE.
+        let mut c = Config::default();
+        c.apply_env(&env(&[(ENV_INSECURE, "true")])).unwrap();
+        assert!(c.insecure);
+        c.apply_env(&env(&[(ENV_INSECURE, "0")])).unwrap();
+        assert!(!c.insecure);
+        let e = c
+            .apply_env(&env(&[(ENV_INSECURE, "maybe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HOSTPLANE_INSECURE=\"maybe\""), "{e}");
     }
 }

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tracing::Instrument;
 
@@ -51,6 +52,8 @@ pub enum ServerError {
     Store { path: PathBuf, source: StoreError },
     #[error("building the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("serving gRPC on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -153,15 +156,35 @@ pub async fn serve_with(
     let admin = AdminApi::new(store.clone(), tasks_token.child_token())
         .with_power(power.clone())
         .into_server();
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+    let tls_on = match &cfg.tls {
+        Some(t) => {
+            builder = builder
+                .tls_config(server_tls(t)?)
+                .map_err(|e| ServerError::Tls(chain(&e)))?;
+            true
+        }
+        None => {
+            tracing::warn!(
+                %addr,
+                "serving plain TCP without TLS (insecure): connections are neither encrypted nor \
+                 authenticated and any client may act for any node; use only on a trusted network"
+            );
+            false
+        }
+    };
     // Agent sessions end with UNAVAILABLE on shutdown, so agents reconnect elsewhere.
     let agents = AgentStream::new(store.clone(), cfg.agents.clone())
         .with_shutdown(&tasks_token)
         .with_power(power.clone())
+        .with_require_identity(tls_on)
         .into_server();
 
-    let router = Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+    // ISSUE-5: the admin bearer-token interceptor wraps `admin` above
+    // (AdminApi::into_server); TLS is per connection, so it needs nothing here.
+    let router = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(admin)
@@ -211,6 +234,35 @@ pub async fn serve_with(
     }
     tracing::info!(%addr, "coordinator stopped");
     served.map_err(|source| ServerError::Serve { addr, source })
+}
+
+/// The server's TLS settings from the checked files: its certificate, and
+/// the CA every client certificate must be signed by.
+fn server_tls(t: &crate::config::TlsConfig) -> Result<ServerTlsConfig, ServerError> {
+    let files = t.load().map_err(|e| ServerError::Tls(e.to_string()))?;
+    tracing::info!(
+        cert = %t.cert_file.display(),
+        expires = hostplane_common::tls::not_after(&files.cert).unwrap_or_default(),
+        client_ca = %t.client_ca_file.display(),
+        client_auth_optional = t.client_auth_optional,
+        "serving mTLS"
+    );
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(&files.cert, &files.key))
+        .client_ca_root(Certificate::from_pem(&files.client_ca))
+        .client_auth_optional(t.client_auth_optional))
+}
+
+/// "a: b: c" from an error and its sources.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
 }
 
 /// Wait for the background tasks until `deadline`, then log and abort what is left.

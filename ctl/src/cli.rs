@@ -26,6 +26,15 @@ pub struct Cli {
     /// Bearer token sent as `authorization` metadata, if set.
     #[arg(long, global = true, help_heading = GLOBAL, env = "HOSTPLANE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) the coordinator's certificate must be signed by (https:// servers).
+    #[arg(long, global = true, help_heading = GLOBAL, env = "HOSTPLANE_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for coordinators that require one (mTLS); with --key-file.
+    #[arg(long, global = true, help_heading = GLOBAL, env = "HOSTPLANE_CERT_FILE", value_name = "FILE", requires = "key_file")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, help_heading = GLOBAL, env = "HOSTPLANE_KEY_FILE", value_name = "FILE", requires = "cert_file")]
+    pub key_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -83,6 +92,11 @@ pub enum Command {
     Apply(FileArgs),
     /// Update the resources in a file, of any kind.
     Update(FileArgs),
+    /// Make certificates for mTLS (a CA, the coordinator's, agents', admins'), for a demo or a lab.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -731,4 +745,62 @@ mod tests {
         assert!(parse(&["deployment", "set-image", "d1", "--flavor", "f2"]).is_ok());
         assert!(parse(&["deployment", "set-image", "d1", "--bfb", "b2"]).is_ok());
     }
+}
+
+/// `hostplanectl certs ...`: PEM files, keys 0600; existing files are kept unless --force.
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// A new CA: DIR/ca.crt and DIR/ca.key.
+    Ca {
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "hostplane CA")]
+        name: String,
+        #[arg(long, default_value_t = crate::certs::CA_DAYS)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+    /// The coordinator's certificate: server.crt/.key (names and IPs agents connect to).
+    Server {
+        #[command(flatten)]
+        common: CertArgs,
+        /// DNS name of the coordinator (repeatable; the first is the CN).
+        #[arg(long = "name", value_name = "HOST")]
+        names: Vec<String>,
+        /// IP address of the coordinator (repeatable).
+        #[arg(long = "ip", value_name = "IP")]
+        ips: Vec<std::net::IpAddr>,
+    },
+    /// An agent's client certificate: agent-NODE.crt/.key, CN = the node name.
+    Agent {
+        #[command(flatten)]
+        common: CertArgs,
+        /// The node this agent runs on (its Node name).
+        #[arg(long)]
+        node: String,
+    },
+    /// An admin client certificate (hostplanectl --cert-file): client-NAME.crt/.key.
+    Client {
+        #[command(flatten)]
+        common: CertArgs,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    /// Directory holding ca.crt and ca.key.
+    #[arg(long = "ca", value_name = "DIR")]
+    pub ca: std::path::PathBuf,
+    /// Where to write the files [default: the CA directory].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = crate::certs::LEAF_DAYS)]
+    pub days: u32,
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
 }

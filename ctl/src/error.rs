@@ -60,6 +60,10 @@ pub enum Error {
     Connect { server: String, reason: String },
     #[error("invalid --token: it must be printable ASCII")]
     BadToken,
+    #[error("TLS: {reason}")]
+    Tls { reason: String },
+    #[error("certs: {0}")]
+    Certs(#[from] crate::certs::CertError),
     /// A call failed on the server; the message is the server's (it names the field).
     #[error("{}", status_text(.status))]
     Rpc { status: tonic::Status },
@@ -93,7 +97,10 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::BadServer { .. } | Error::BadToken | Error::Usage { .. } => exit::USAGE,
+            Error::BadServer { .. } | Error::BadToken | Error::Usage { .. } | Error::Tls { .. } => {
+                exit::USAGE
+            }
+            Error::Certs(_) => exit::FAILURE,
             Error::Connect { .. } | Error::WatchClosed { .. } => exit::UNAVAILABLE,
             Error::Rpc { status } => exit_code_for(status.code()),
             Error::Timeout { .. } => exit::TIMEOUT,

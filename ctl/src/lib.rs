@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod commands;

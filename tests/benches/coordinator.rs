@@ -172,7 +172,11 @@ async fn bench(dpus: usize, bin: &Path, dir: &Path) -> Result<()> {
     let store = dir.join("coordinator.db");
     std::fs::write(
         &cfg,
-        format!("listen: {addr}\nstore:\n  path: {}\n", store.display()),
+        // Plain TCP: the bench measures the coordinator's own cost, as before mTLS.
+        format!(
+            "listen: {addr}\nstore:\n  path: {}\ninsecure: true\n",
+            store.display()
+        ),
     )?;
     let cfg = cfg.to_str().context("temp dir path is not UTF-8")?;
     let mut coordinator = Proc::spawn(

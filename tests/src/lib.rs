@@ -205,7 +205,26 @@ pub async fn serve_dir(dir: PathBuf) -> Result<(String, tokio::task::JoinHandle<
 
 pub type Admin = AdminServiceClient<Channel>;
 
-/// Connect to the admin API, retrying until `timeout`.
+/// Connect to a coordinator serving mTLS at `addr` with the lab set in
+/// `tls_dir` (`hostplanectl certs`: `ca.crt`, `client-admin.crt/.key`),
+/// retrying until `timeout`.
+pub async fn connect_admin_tls(addr: SocketAddr, tls_dir: &Path, timeout: Duration) -> Result<Admin> {
+    let read = |f: &str| std::fs::read(tls_dir.join(f)).with_context(|| format!("reading {f}"));
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.crt")?))
+        .identity(tonic::transport::Identity::from_pem(
+            read("client-admin.crt")?,
+            read("client-admin.key")?,
+        ));
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?;
+    wait_for(&format!("coordinator at https://{addr}"), timeout, || {
+        let endpoint = endpoint.clone();
+        async move { endpoint.connect().await.ok().map(AdminServiceClient::new) }
+    })
+    .await
+}
+
+/// Connect to the admin API (plain http: a coordinator run with --insecure), retrying until `timeout`.
 pub async fn connect_admin(addr: SocketAddr, timeout: Duration) -> Result<Admin> {
     let url = format!("http://{addr}");
     wait_for(&format!("coordinator at {url}"), timeout, || {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hostplane_proto::v1::{self, RebootMethod};
 
-use crate::{Admin, Proc, bin, connect_admin, free_addr, meta, serve_dir, wait_for, write_bfb};
+use crate::{Admin, Proc, bin, connect_admin_tls, free_addr, meta, serve_dir, wait_for, write_bfb};
 
 /// How to build the world.
 #[derive(Debug, Clone)]
@@ -46,6 +46,9 @@ pub struct World {
     pub sim: Option<Proc>,
     pub coordinator: Option<Proc>,
     pub coordinator_addr: SocketAddr,
+    /// The lab PKI (`hostplanectl certs`): ca.crt/.key, server.crt/.key,
+    /// client-admin.crt/.key, and agent-NODE.crt/.key made as agents start.
+    pub tls_dir: PathBuf,
     pub admin: Admin,
     pub agents: Vec<(String, Proc)>,
     pub http_base: String,
@@ -71,8 +74,12 @@ impl World {
         let sim = start_sim(&dir, &dev_root, &opts).await?;
         let (http_base, http) = serve_dir(dir.join("www")).await?;
         let coordinator_addr = free_addr()?;
+        // Everything runs over mTLS, as in production: a CA, the coordinator's
+        // certificate (127.0.0.1, localhost) and an admin client certificate.
+        let tls_dir = dir.join("tls");
+        hostplane_ctl::certs::lab(&tls_dir, &["localhost"], &[]).context("making the lab certificates")?;
         let coordinator = start_coordinator(&dir, coordinator_addr, &opts.coordinator_yaml)?;
-        let admin = connect_admin(coordinator_addr, Duration::from_secs(20)).await?;
+        let admin = connect_admin_tls(coordinator_addr, &tls_dir, Duration::from_secs(20)).await?;
         Ok(World {
             _tmp: tmp,
             dir,
@@ -81,6 +88,7 @@ impl World {
             sim: Some(sim),
             coordinator: Some(coordinator),
             coordinator_addr,
+            tls_dir,
             admin,
             agents: Vec::new(),
             http_base,
@@ -106,7 +114,7 @@ impl World {
             self.coordinator_addr,
             &self.opts.coordinator_yaml,
         )?);
-        self.admin = connect_admin(self.coordinator_addr, Duration::from_secs(20)).await?;
+        self.admin = connect_admin_tls(self.coordinator_addr, &self.tls_dir, Duration::from_secs(20)).await?;
         Ok(())
     }
 
@@ -124,9 +132,17 @@ impl World {
         if !boot_id.exists() {
             std::fs::write(&boot_id, "00000000-0000-4000-8000-000000000001\n")?;
         }
+        let leaf = hostplane_ctl::certs::Leaf::Agent { node: node.into() };
+        let stem = leaf.file_stem();
+        if !self.tls_dir.join(format!("{stem}.crt")).exists() {
+            let ca = hostplane_ctl::certs::Ca::load(&self.tls_dir)?;
+            let pair = ca.issue(&leaf, hostplane_ctl::certs::Validity::days(1))?;
+            hostplane_ctl::certs::write_pair(&self.tls_dir, &stem, &pair, false)?;
+        }
         let cfg = format!(
             "node_name: {node}\n\
-             coordinator: http://{addr}\n\
+             coordinator: https://{addr}\n\
+             tls:\n  ca_file: {tls}/ca.crt\n  cert_file: {tls}/{stem}.crt\n  key_file: {tls}/{stem}.key\n\
              state_dir: {state}\n\
              dev_root: {dev}\n\
              procfs_root: {procfs}\n\
@@ -134,6 +150,7 @@ impl World {
              {extra}\n\
              {own}\n",
             addr = self.coordinator_addr,
+            tls = self.tls_dir.display(),
             state = state.display(),
             dev = self.dev_root.display(),
             procfs = state.join("proc").display(),
@@ -337,8 +354,11 @@ fn start_coordinator(dir: &Path, addr: SocketAddr, extra_yaml: &str) -> Result<P
     std::fs::write(
         &cfg,
         format!(
-            "listen: {addr}\nstore:\n  path: {}\n{extra_yaml}\n",
-            dir.join("coordinator.db").display()
+            "listen: {addr}\nstore:\n  path: {}\n\
+             tls:\n  cert_file: {tls}/server.crt\n  key_file: {tls}/server.key\n  client_ca_file: {tls}/ca.crt\n\
+             {extra_yaml}\n",
+            dir.join("coordinator.db").display(),
+            tls = dir.join("tls").display(),
         ),
     )?;
     Proc::spawn(

@@ -182,7 +182,14 @@ fn daemons_send_ready_watchdog_and_stopping() -> Result<()> {
     check_daemon(
         "coordinator",
         &bin("hostplane-coordinator")?,
-        &["run", "--listen", &listen, "--store", store.to_str().unwrap()],
+        &[
+            "run",
+            "--insecure",
+            "--listen",
+            &listen,
+            "--store",
+            store.to_str().unwrap(),
+        ],
         dir.path(),
     )?;
     let state = dir.path().join("agent-state");
@@ -190,7 +197,7 @@ fn daemons_send_ready_watchdog_and_stopping() -> Result<()> {
     std::fs::write(
         &cfg,
         format!(
-            "node_name: n1\ncoordinator: http://{listen}\nstate_dir: {}\nnetwork:\n  enabled: false\n",
+            "node_name: n1\ncoordinator: http://{listen}\ninsecure: true\nstate_dir: {}\nnetwork:\n  enabled: false\n",
             state.display()
         ),
     )?;

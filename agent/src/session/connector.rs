@@ -6,9 +6,9 @@ use futures::stream::BoxStream;
 use hostplane_proto::v1::agent_service_client::AgentServiceClient;
 use hostplane_proto::v1::{AgentMessage, CoordinatorMessage};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::config::SessionConfig;
+use crate::config::{SessionConfig, TlsConfig};
 use crate::exec::BoxFuture;
 
 /// Messages from the coordinator on one stream.
@@ -18,6 +18,8 @@ pub type Inbound = BoxStream<'static, Result<CoordinatorMessage, tonic::Status>>
 pub enum ConnectError {
     #[error("invalid coordinator url {url:?}: {detail}")]
     Url { url: String, detail: String },
+    #[error("coordinator {url}: {detail}")]
+    Tls { url: String, detail: String },
     #[error("cannot connect to coordinator {url}: {detail}")]
     Transport { url: String, detail: String },
     #[error("coordinator {url} refused the session: {code:?}: {message}")]
@@ -45,8 +47,10 @@ pub struct GrpcConnector {
 }
 
 impl GrpcConnector {
-    pub fn new(url: &str, s: &SessionConfig) -> Result<GrpcConnector, ConnectError> {
-        let endpoint = Endpoint::from_shared(url.to_string())
+    /// `tls` is required for `https://` URLs (and read here, so a bad file
+    /// fails at start with its name), ignored for `http://`.
+    pub fn new(url: &str, s: &SessionConfig, tls: Option<&TlsConfig>) -> Result<GrpcConnector, ConnectError> {
+        let mut endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| ConnectError::Url {
                 url: url.to_string(),
                 detail: error_chain(&e),
@@ -56,9 +60,22 @@ impl GrpcConnector {
             .keep_alive_timeout(s.keepalive_timeout)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
-        // mTLS goes here: with `https://`, `endpoint.tls_config(ClientTlsConfig)`
-        // carrying the node's client certificate and the coordinator CA (needs
-        // tonic's TLS feature). Config::validate refuses https until then.
+        if url.starts_with("https://") {
+            let tls_err = |detail: String| ConnectError::Tls {
+                url: url.to_string(),
+                detail,
+            };
+            let t = tls
+                .ok_or_else(|| tls_err("https needs a tls section (ca_file, cert_file, key_file)".into()))?;
+            let files = t.load().map_err(|e| tls_err(e.to_string()))?;
+            // The server name checked against the coordinator's certificate is the URL's host.
+            let cfg = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&files.ca))
+                .identity(Identity::from_pem(&files.cert, &files.key));
+            endpoint = endpoint
+                .tls_config(cfg)
+                .map_err(|e| tls_err(format!("TLS setup: {}", error_chain(&e))))?;
+        }
         Ok(GrpcConnector {
             url: url.to_string(),
             endpoint,

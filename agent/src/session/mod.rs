@@ -53,12 +53,12 @@ pub async fn run(
     power: PowerSession,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let connector = GrpcConnector::new(&cfg.coordinator, &cfg.session)?;
+    let connector = GrpcConnector::new(&cfg.coordinator, &cfg.session, cfg.tls.as_ref())?;
     if cfg.is_insecure() {
         tracing::warn!(
             coordinator = %cfg.coordinator,
             "the coordinator connection is plain http: neither encrypted nor authenticated; \
-             use it only on a trusted network"
+             use it only on a trusted network (insecure: true)"
         );
     }
     run_with(cfg, executor, network, power, Arc::new(connector), shutdown).await

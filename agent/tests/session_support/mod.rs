@@ -431,6 +431,8 @@ pub fn config(dir: &Path, coordinator: &str) -> Config {
         dev_root: dir.join("dev"),
         procfs_root: proc,
         shutdown_grace: Duration::from_secs(5),
+        // The scripted and in-process coordinators here speak plain http.
+        insecure: true,
         ..Config::default()
     };
     cfg.session.backoff_initial = Duration::from_millis(10);

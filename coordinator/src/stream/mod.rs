@@ -73,6 +73,11 @@ pub enum StreamError {
     SecondHello { node: String },
     #[error("the client certificate identifies {identity:?}, which may not act for node {node}")]
     NotAuthorized { identity: String, node: String },
+    #[error(
+        "no node identity: this coordinator requires a client certificate (signed by its client CA, \
+         subject CN = the node name) on agent sessions"
+    )]
+    NoIdentity,
     #[error("replaced by a newer session from node {node}")]
     Replaced { node: String },
     #[error("coordinator is shutting down; reconnect")]
@@ -91,6 +96,7 @@ impl From<StreamError> for Status {
             StreamError::HelloTimeout(_) => Status::deadline_exceeded(msg),
             StreamError::UnknownNode { .. } => Status::not_found(msg),
             StreamError::NotAuthorized { .. } => Status::permission_denied(msg),
+            StreamError::NoIdentity => Status::unauthenticated(msg),
             StreamError::Replaced { .. } => Status::aborted(msg),
             StreamError::ShuttingDown | StreamError::Store(_) => Status::unavailable(msg),
         }
@@ -159,6 +165,8 @@ pub struct AgentStream {
     store: Store,
     cfg: StreamConfig,
     shared: Arc<Shared>,
+    /// Refuse sessions without a client certificate (the server runs mTLS).
+    require_identity: bool,
 }
 
 impl AgentStream {
@@ -171,7 +179,20 @@ impl AgentStream {
             expiry_started: AtomicBool::new(false),
             power: Mutex::new(PowerHub::new()),
         });
-        AgentStream { store, cfg, shared }
+        AgentStream {
+            store,
+            cfg,
+            shared,
+            require_identity: false,
+        }
+    }
+
+    /// Refuse sessions whose peer presented no client certificate. The server
+    /// sets this when it serves mTLS (with `tls.client_auth_optional` an admin
+    /// may connect without one, an agent may not).
+    pub fn with_require_identity(mut self, require: bool) -> AgentStream {
+        self.require_identity = require;
+        self
     }
 
     /// End every session (UNAVAILABLE, so agents reconnect elsewhere) and the
@@ -210,17 +231,19 @@ impl AgentStream {
     }
 }
 
-/// ISSUE-5 (mTLS) HOOK: the identity proven by the peer's TLS client
-/// certificate. Until mTLS lands there is none and any peer may speak for
-/// any node; then this reads `request.peer_certs()` and returns the node
-/// name the certificate was issued to.
-fn peer_identity<T>(_request: &Request<T>) -> Option<String> {
-    None
+/// The identity proven by the peer's TLS client certificate (verified
+/// against the client CA by the TLS layer): the subject CN, or the first DNS
+/// SAN when there is no CN. None over plain TCP or without a certificate.
+fn peer_identity<T>(request: &Request<T>) -> Option<String> {
+    let certs = request.peer_certs()?;
+    hostplane_common::tls::cert_name(certs.first()?)
 }
 
-/// An agent may only act for the node its certificate names.
-fn check_identity(identity: Option<&str>, node: &str) -> Result<(), StreamError> {
+/// An agent may only act for the node its certificate names; with mTLS it
+/// must have one.
+fn check_identity(identity: Option<&str>, require: bool, node: &str) -> Result<(), StreamError> {
     match identity {
+        None if require => Err(StreamError::NoIdentity),
         Some(id) if id != node => Err(StreamError::NotAuthorized {
             identity: id.into(),
             node: node.into(),
@@ -240,9 +263,16 @@ impl AgentService for AgentStream {
         self.ensure_expiry_task();
         let identity = peer_identity(&request);
         let remote = request.remote_addr();
+        if identity.is_none() && self.require_identity {
+            tracing::warn!(remote = ?remote, "agent session without a client certificate refused");
+            return Err(StreamError::NoIdentity.into());
+        }
         let mut inbound = request.into_inner();
         let hello = session::read_hello(&mut inbound, self.cfg.hello_timeout).await?;
-        check_identity(identity.as_deref(), &hello.node_name)?;
+        if let Err(e) = check_identity(identity.as_deref(), self.require_identity, &hello.node_name) {
+            tracing::warn!(remote = ?remote, error = %e, "agent session refused");
+            return Err(e.into());
+        }
         let node = hello.node_name.clone();
         // Subscribe before reading the desired state, so no change falls in between.
         let desired_rx = self.store.subscribe_desired();
@@ -291,10 +321,13 @@ mod tests {
 
     #[test]
     fn identity_hook_refuses_another_nodes_certificate() {
-        assert!(check_identity(None, "n1").is_ok());
-        assert!(check_identity(Some("n1"), "n1").is_ok());
-        let e = check_identity(Some("n2"), "n1").unwrap_err();
+        assert!(check_identity(None, false, "n1").is_ok());
+        assert!(check_identity(Some("n1"), false, "n1").is_ok());
+        assert!(check_identity(Some("n1"), true, "n1").is_ok());
+        let e = check_identity(Some("n2"), true, "n1").unwrap_err();
         assert_eq!(Status::from(e).code(), tonic::Code::PermissionDenied);
+        let e = check_identity(None, true, "n1").unwrap_err();
+        assert_eq!(Status::from(e).code(), tonic::Code::Unauthenticated);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::output::Format;
 
 pub mod bfb;
+pub mod certs;
 pub mod deployment;
 pub mod device;
 pub mod dpu;
@@ -51,11 +52,12 @@ pub use hostplane_common::time::now_ms;
 pub struct Conn {
     pub server: String,
     pub token: Option<String>,
+    pub tls: client::TlsFiles,
 }
 
 impl Conn {
     pub async fn client(&self) -> Result<Client, Error> {
-        client::connect(&self.server, self.token.as_deref()).await
+        client::connect_with(&self.server, self.token.as_deref(), &self.tls).await
     }
 }
 
@@ -76,6 +78,11 @@ pub async fn execute(cli: Cli, out: &mut Out) -> Result<u8, Error> {
     let conn = Conn {
         server: cli.server,
         token: cli.token,
+        tls: client::TlsFiles {
+            ca_file: cli.ca_file,
+            cert_file: cli.cert_file,
+            key_file: cli.key_file,
+        },
     };
     let work = dispatch(&conn, &ctx, cli.command, out);
     match limit {
@@ -109,6 +116,7 @@ async fn dispatch(conn: &Conn, ctx: &Ctx, cmd: Command, out: &mut Out) -> Result
             let items = resource::load(&f.file, None).await?;
             resource::update(&mut conn.client().await?, ctx, items, out).await
         }
+        Command::Certs { cmd } => certs::run(cmd, out).await,
         Command::Completion { .. } => Err(Error::Usage {
             reason: "completion is handled before connecting".into(),
         }),
