@@ -3,7 +3,8 @@
 //! Builds all four packages from the built debug binaries (stripped, fast
 //! compression: `--fast`; the release packages come from the same script),
 //! requires `lintian` and `rpmlint` to report no error (with the overrides in
-//! packaging/), checks the rpms' contents and scriptlets, then installs both
+//! packaging/), checks the rpms' contents, runs their scriptlets with stub
+//! `systemctl`/`useradd`/`groupadd` for each `$1` rpm passes, then installs both
 //! debs on this machine with `dpkg -i` and checks the files, the conffiles,
 //! the `hostplane` system user, the units enabled but not started, an upgrade
 //! (reinstall) keeping an edited conffile, and `dpkg --purge` removing
@@ -188,6 +189,98 @@ fn check_rpms(b: &Built) -> Result<()> {
         !scripts.contains("systemctl start"),
         "an rpm scriptlet starts the service:\n{scripts}"
     );
+    Ok(())
+}
+
+/// Runs one rpm scriptlet (`tag`: PREIN, POSTIN, PREUN, POSTUN) with `arg` as
+/// `$1` (rpm passes the number of instances left), with `systemctl`,
+/// `useradd`, `groupadd` and `getent` replaced by stubs that log their
+/// arguments (`getent` finds nothing); returns the logged calls.
+fn scriptlet_calls(rpm: &Path, tag: &str, arg: &str, dir: &Path) -> Result<Vec<String>> {
+    let body = ok(
+        "rpm",
+        &["-qp", "--qf", &format!("%{{{tag}}}"), rpm.to_str().unwrap()],
+    )?;
+    if body.trim() == "(none)" {
+        return Ok(Vec::new());
+    }
+    let stubs = dir.join("stubs");
+    let log = dir.join("calls.log");
+    std::fs::create_dir_all(&stubs)?;
+    for (name, rc) in [("systemctl", 0), ("useradd", 0), ("groupadd", 0), ("getent", 2)] {
+        let stub = stubs.join(name);
+        std::fs::write(
+            &stub,
+            format!(
+                "#!/bin/sh\necho \"{name} $*\" >> '{}'\nexit {rc}\n",
+                log.display()
+            ),
+        )?;
+        std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let _ = std::fs::remove_file(&log);
+    let path = format!(
+        "{}:{}",
+        stubs.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = Command::new("sh")
+        .args(["-c", &body, "sh", arg])
+        .env("PATH", path)
+        .output()?;
+    ensure!(
+        o.status.success(),
+        "{} {tag} {arg} failed: {}",
+        rpm.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+/// The scriptlets do what the systemd rpm macros do, for each `$1`.
+fn check_rpm_scriptlets(b: &Built) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let systemd_runs = Path::new("/run/systemd/system").is_dir();
+    for (rpm, unit) in [(&b.rpms[0], UNITS[0]), (&b.rpms[1], UNITS[1])] {
+        let calls = |tag: &str, arg: &str| scriptlet_calls(rpm, tag, arg, dir.path());
+        // First install: the preset (enable), nothing started.
+        ensure!(calls("POSTIN", "1")? == vec![format!("systemctl --no-reload preset {unit}")]);
+        // Upgrade: no preset again (an admin's disable stays).
+        ensure!(calls("POSTIN", "2")?.is_empty());
+        // Erase: disabled and stopped; upgrade: untouched.
+        ensure!(calls("PREUN", "0")? == vec![format!("systemctl --no-reload disable --now {unit}")]);
+        ensure!(calls("PREUN", "1")?.is_empty());
+        // After an upgrade: reload and try-restart, only under a running systemd.
+        let after_upgrade = calls("POSTUN", "1")?;
+        let expected: Vec<String> = if systemd_runs {
+            vec![
+                "systemctl daemon-reload".into(),
+                format!("systemctl try-restart {unit}"),
+            ]
+        } else {
+            Vec::new()
+        };
+        ensure!(after_upgrade == expected, "{unit} %postun 1: {after_upgrade:?}");
+        let after_erase = calls("POSTUN", "0")?;
+        ensure!(
+            after_erase.iter().all(|c| c == "systemctl daemon-reload"),
+            "{after_erase:?}"
+        );
+    }
+    // The coordinator's user: created when getent does not find it.
+    let pre = scriptlet_calls(&b.rpms[1], "PREIN", "1", dir.path())?;
+    ensure!(
+        pre.len() == 4
+            && pre[1] == "groupadd -r hostplane"
+            && pre[3]
+                .starts_with("useradd -r -g hostplane -d /var/lib/hostplane-coordinator -M -s /sbin/nologin"),
+        "coordinator %pre: {pre:?}"
+    );
+    ensure!(scriptlet_calls(&b.rpms[0], "PREIN", "1", dir.path())?.is_empty());
     Ok(())
 }
 
@@ -381,6 +474,7 @@ fn packages_build_lint_install_and_purge() -> Result<()> {
     let built = build(out.path())?;
     lint(&built)?;
     check_rpms(&built)?;
+    check_rpm_scriptlets(&built)?;
 
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIPPED the install: dpkg -i needs root");
