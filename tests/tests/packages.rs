@@ -6,7 +6,9 @@
 //! packaging/), checks the rpms' contents, runs their scriptlets with stub
 //! `systemctl`/`useradd`/`groupadd` for each `$1` rpm passes, then installs both
 //! debs on this machine with `dpkg -i` and checks the files, the conffiles,
-//! the `hostplane` system user, the units enabled but not started, an upgrade
+//! the `hostplane` system user, the shipped configs (refused until TLS is set,
+//! valid with their `tls:` block enabled and lab certificates from the
+//! installed hostplanectl), the units enabled but not started, an upgrade
 //! (reinstall) keeping an edited conffile, and `dpkg --purge` removing
 //! everything but the user (kept, as Debian policy advises; the test deletes
 //! it afterwards if it created it).
@@ -284,6 +286,81 @@ fn check_rpm_scriptlets(b: &Built) -> Result<()> {
     Ok(())
 }
 
+/// `text` with the commented-out `#tls:` block enabled.
+fn enable_tls_block(text: &str) -> String {
+    let mut in_block = false;
+    let mut out = String::new();
+    for line in text.lines() {
+        if line == "#tls:" {
+            in_block = true;
+        } else if in_block && !line.starts_with("#  ") {
+            in_block = false;
+        }
+        out.push_str(if in_block { &line[1..] } else { line });
+        out.push('\n');
+    }
+    out
+}
+
+/// The installed configs: as shipped, both daemons refuse to start until TLS
+/// (or `insecure`) is set, naming it; with their `tls:` block enabled and the
+/// certificates the installed hostplanectl makes, both are valid.
+fn check_shipped_configs() -> Result<()> {
+    for (daemon, cfg) in [
+        ("hostplane-coordinator", "coordinator.yaml"),
+        ("hostplane-agent", "agent.yaml"),
+    ] {
+        let o = run(
+            &format!("/usr/bin/{daemon}"),
+            &["validate", "--config", &format!("/etc/hostplane/{cfg}")],
+        )?;
+        let said = String::from_utf8_lossy(&o.stderr);
+        ensure!(
+            o.status.code() == Some(78) && said.contains("tls"),
+            "{daemon} validate on the shipped {cfg}: expected 78 naming tls, got {} {said}",
+            o.status
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let ctl = "/usr/bin/hostplanectl";
+    ok(ctl, &["certs", "ca", "--out", d])?;
+    ok(
+        ctl,
+        &["certs", "server", "--ca", d, "--name", "localhost", "--out", d],
+    )?;
+    ok(
+        ctl,
+        &["certs", "agent", "--ca", d, "--node", "pkg-test", "--out", d],
+    )?;
+    for (daemon, cfg) in [
+        ("hostplane-coordinator", "coordinator.yaml"),
+        ("hostplane-agent", "agent.yaml"),
+    ] {
+        let text = std::fs::read_to_string(format!("/etc/hostplane/{cfg}"))?;
+        let text = enable_tls_block(&text)
+            .replace("/etc/hostplane/tls/agent.", &format!("{d}/agent-pkg-test."))
+            .replace("/etc/hostplane/tls/", &format!("{d}/"));
+        ensure!(
+            text.contains(&format!("{d}/ca.crt")),
+            "no tls block enabled in {cfg}:\n{text}"
+        );
+        let edited = dir.path().join(cfg);
+        std::fs::write(&edited, text)?;
+        let o = Command::new(format!("/usr/bin/{daemon}"))
+            .args(["validate", "--config", edited.to_str().unwrap()])
+            .env("HOSTPLANE_NODE_NAME", "pkg-test")
+            .output()?;
+        ensure!(
+            o.status.success(),
+            "{daemon} validate on {cfg} with its tls block enabled: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Purges the packages (and the user, if this test created it) when dropped,
 /// so a failed check leaves the machine as it was.
 struct Installed {
@@ -369,6 +446,8 @@ fn install_and_purge(b: &Built) -> Result<()> {
         );
         ok("dpkg", &["--verify", pkg])?;
     }
+
+    check_shipped_configs()?;
 
     // The coordinator's system user.
     let pw = ok("getent", &["passwd", "hostplane"])?;
