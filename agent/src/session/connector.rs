@@ -83,6 +83,19 @@ impl GrpcConnector {
     }
 }
 
+impl GrpcConnector {
+    fn tls_hint(&self) -> &'static str {
+        if self.url.starts_with("https://") {
+            " (over mTLS a closed connection or an alert usually means the coordinator refused this \
+             node's certificate: signed by a CA other than its tls.client_ca_file, expired, or not \
+             yet valid; or that tls.ca_file did not sign the coordinator's. The coordinator logs the \
+             reason with HOSTPLANE_LOG=info,tonic=debug)"
+        } else {
+            ""
+        }
+    }
+}
+
 impl Connector for GrpcConnector {
     fn target(&self) -> &str {
         &self.url
@@ -96,17 +109,22 @@ impl Connector for GrpcConnector {
                 .await
                 .map_err(|e| ConnectError::Transport {
                     url: self.url.clone(),
-                    detail: error_chain(&e),
+                    detail: error_chain(&e) + self.tls_hint(),
                 })?;
             let mut client = AgentServiceClient::new(channel);
-            let response = client
-                .session(outbound)
-                .await
-                .map_err(|s| ConnectError::Rejected {
+            let response = client.session(outbound).await.map_err(|s| {
+                // A certificate the coordinator refused shows up here, on the
+                // first request, as a closed connection (TLS 1.3).
+                let mut message = s.message().to_string();
+                if let Some(src) = std::error::Error::source(&s) {
+                    message = format!("{message}: {}{}", error_chain(src), self.tls_hint());
+                }
+                ConnectError::Rejected {
                     url: self.url.clone(),
                     code: s.code(),
-                    message: s.message().to_string(),
-                })?;
+                    message,
+                }
+            })?;
             Ok(response.into_inner().boxed())
         })
     }

@@ -58,9 +58,16 @@ async fn run(keep: bool) -> Result<()> {
         w.dev_root.display()
     );
     println!(
-        "   coordinator: listening on {} (store {}/coordinator.db)",
+        "   coordinator: listening on {} over mTLS (store {}/coordinator.db)",
         w.coordinator_addr,
         dir.display()
+    );
+    println!(
+        "   certificates: {0}/ (hostplanectl certs: a lab CA, the coordinator's, one per agent); \
+         hostplanectl --server https://{1} --ca-file {0}/ca.crt --cert-file {0}/client-admin.crt \
+         --key-file {0}/client-admin.key",
+        w.tls_dir.display(),
+        w.coordinator_addr,
     );
 
     let result = drive(&mut w).await;
