@@ -91,6 +91,8 @@ pub struct Config {
     /// Serve plain TCP: no encryption, no client identity (any peer may speak
     /// for any node). Only for a trusted network or a test; logged as a warning.
     pub insecure: bool,
+    /// Admin API bearer tokens and the audit log.
+    pub auth: crate::api::auth::AuthConfig,
 }
 
 /// The coordinator's certificate and the CA its clients' certificates must be signed by.
@@ -145,6 +147,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             tls: None,
             insecure: false,
+            auth: Default::default(),
         }
     }
 }

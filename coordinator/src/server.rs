@@ -27,6 +27,7 @@ use tracing::Instrument;
 use hostplane_common::notify;
 
 use crate::api::AdminApi;
+use crate::api::auth::{AuthError, Guard, GuardedAdmin};
 use crate::config::Config;
 use crate::fsm::Reconciler;
 use crate::power::{PowerEngine, PowerHub};
@@ -41,6 +42,8 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -153,9 +156,18 @@ pub async fn serve_with(
         let h = tasks.spawn(engine.run(tasks_token.child_token()));
         names.insert(h.id(), "power engine");
     }
-    let admin = AdminApi::new(store.clone(), tasks_token.child_token())
-        .with_power(power.clone())
-        .into_server();
+    let guard = match Guard::from_config(&cfg.auth) {
+        Ok(g) => g,
+        Err(e) => {
+            tasks_token.cancel();
+            return Err(ServerError::Auth(e));
+        }
+    };
+    let admin = GuardedAdmin::new(
+        AdminApi::new(store.clone(), tasks_token.child_token()).with_power(power.clone()),
+        guard,
+    )
+    .into_server();
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));

@@ -6,6 +6,7 @@
 //! changes nothing. Every mutating call is logged with its kind, name and
 //! result.
 
+pub mod auth;
 mod crud;
 mod delete;
 pub mod error;
