@@ -229,7 +229,10 @@ async fn the_binary_serves_stops_on_sigterm_and_keeps_its_store() {
     let store = dir.path().join("data/c.db");
     std::fs::write(
         &config,
-        format!("store:\n  path: {}\nshutdown_grace: 2s\ninsecure: true\n", store.display()),
+        format!(
+            "store:\n  path: {}\nshutdown_grace: 2s\ninsecure: true\n",
+            store.display()
+        ),
     )
     .unwrap();
 
