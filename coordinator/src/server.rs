@@ -194,8 +194,8 @@ pub async fn serve_with(
         .with_require_identity(tls_on)
         .into_server();
 
-    // ISSUE-5: the admin bearer-token interceptor wraps `admin` above
-    // (AdminApi::into_server); TLS is per connection, so it needs nothing here.
+    // TLS (and the client certificate) is per connection, for every service
+    // below; admin authorization is the bearer-token guard around `admin`.
     let router = builder
         .add_service(health_service)
         .add_service(reflection)
