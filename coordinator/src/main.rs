@@ -66,6 +66,19 @@ struct HealthArgs {
     /// Give up after this long.
     #[arg(long, default_value = "3s", value_parser = humantime_serde::re::humantime::parse_duration)]
     timeout: std::time::Duration,
+    /// With `tls:`: the CA that signed the coordinator's certificate [default: tls.client_ca_file].
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// With `tls:`: the server name to verify [default: the CN or first DNS name of tls.cert_file].
+    #[arg(long, value_name = "NAME")]
+    domain: Option<String>,
+    /// With `tls:`: a client certificate from the CA (needed unless tls.client_auth_optional)
+    /// [env: HOSTPLANE_HEALTH_CERT_FILE].
+    #[arg(long, value_name = "PEM", env = "HOSTPLANE_HEALTH_CERT_FILE")]
+    cert_file: Option<PathBuf>,
+    /// Its key [env: HOSTPLANE_HEALTH_KEY_FILE].
+    #[arg(long, value_name = "PEM", env = "HOSTPLANE_HEALTH_KEY_FILE")]
+    key_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -159,32 +172,61 @@ fn init_tracing(log: &LogConfig) {
 
 /// `health`: one gRPC health Check; prints the status (or why there is none).
 fn health(cli: &Cli, args: &HealthArgs) -> ExitCode {
+    // The config says where the coordinator listens and whether it speaks TLS;
+    // it is not validated (a health check does not need the store or the key).
+    let cfg = match Config::read(cli.config.as_deref()).and_then(|mut c| c.apply_env(&ProcessEnv).map(|()| c))
+    {
+        Ok(mut c) => {
+            if let Some(l) = cli.listen {
+                c.listen = l;
+            }
+            c
+        }
+        Err(e) => {
+            eprintln!("hostplane-coordinator: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let addr = match &args.addr {
         Some(a) => a.clone(),
-        None => match load(cli) {
-            Ok(cfg) => {
-                let mut listen = cfg.listen;
-                if listen.ip().is_unspecified() {
-                    listen.set_ip(match listen {
-                        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                    });
-                }
-                listen.to_string()
+        None => {
+            let mut listen = cfg.listen;
+            if listen.ip().is_unspecified() {
+                listen.set_ip(match listen {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
             }
+            listen.to_string()
+        }
+    };
+    let tls = match cfg.tls.as_ref().filter(|_| !cfg.insecure) {
+        Some(t) => match health_tls(t, args) {
+            Ok(c) => Some(c),
             Err(e) => {
-                eprintln!("hostplane-coordinator: {e}");
+                eprintln!("hostplane-coordinator: health: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
+        None => None,
     };
-    let url = format!("http://{addr}");
+    let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
     let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
         Ok(e) => e.connect_timeout(args.timeout).timeout(args.timeout),
         Err(e) => {
             eprintln!("hostplane-coordinator: --addr {addr:?} is not HOST:PORT: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
+    };
+    let endpoint = match tls {
+        Some(c) => match endpoint.tls_config(c) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("hostplane-coordinator: health: TLS: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => endpoint,
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -225,6 +267,43 @@ fn health(cli: &Cli, args: &HealthArgs) -> ExitCode {
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// The health client's TLS: the coordinator's own certificate names the
+/// server (its CN or first DNS name, checked against `--ca-file`, by default
+/// `tls.client_ca_file`: one CA signs both, as `hostplanectl certs` makes
+/// them); a client certificate when given (required unless
+/// `tls.client_auth_optional`).
+fn health_tls(
+    t: &hostplane_coordinator::config::TlsConfig,
+    args: &HealthArgs,
+) -> Result<tonic::transport::ClientTlsConfig, String> {
+    use hostplane_common::tls::{load_certs, load_key, pem_cert_name};
+    let server = load_certs("tls.cert_file", &t.cert_file).map_err(|e| e.to_string())?;
+    let domain = match &args.domain {
+        Some(d) => d.clone(),
+        None => pem_cert_name(&server.pem).ok_or_else(|| {
+            format!(
+                "tls.cert_file {} names no host (no CN, no DNS name); pass --domain",
+                t.cert_file.display()
+            )
+        })?,
+    };
+    let ca_path = args.ca_file.as_deref().unwrap_or(&t.client_ca_file);
+    let ca = load_certs("--ca-file", ca_path).map_err(|e| e.to_string())?;
+    let mut cfg = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem))
+        .domain_name(domain);
+    match (&args.cert_file, &args.key_file) {
+        (Some(c), Some(k)) => {
+            let cert = load_certs("--cert-file", c).map_err(|e| e.to_string())?;
+            let key = load_key("--key-file", k).map_err(|e| e.to_string())?;
+            cfg = cfg.identity(tonic::transport::Identity::from_pem(cert.pem, key.pem));
+        }
+        (None, None) => {}
+        _ => return Err("--cert-file and --key-file go together".into()),
+    }
+    Ok(cfg)
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
