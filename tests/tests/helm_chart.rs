@@ -1,0 +1,411 @@
+//! The Helm chart in `packaging/helm/hostplane`, rendered by
+//! `scripts/helm-template` (Helm's own Go engine, the Helm v4 SDK, through
+//! the Python binding helm-python-sdk: no `helm` binary can be installed
+//! here; `scripts/setup` installs the binding with pip):
+//! - with its default values it renders the same objects as the plain
+//!   manifests in `packaging/kubernetes/` (parsed, per kind/namespace/name;
+//!   the configs inside the ConfigMaps are compared parsed too);
+//! - what it renders validates with `kubernetes-validate --strict`, as
+//!   `k8s_manifests.rs` does for the plain manifests;
+//! - `helm lint --strict` passes;
+//! - values take effect exactly where they should;
+//! - a bad value is refused by values.schema.json, naming the key.
+//!
+//! Without helm_python (or, for the schema test, `kubernetes-validate`) a
+//! test prints `SKIPPED: <why>` and returns.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_norway::Value;
+
+/// The oldest Kubernetes checked (as in k8s_manifests.rs); the tool's newest too.
+const OLDEST: &str = "1.29.0";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Why the chart cannot be rendered here, if it cannot.
+fn helm_missing() -> Option<String> {
+    match Command::new("python3")
+        .args(["-c", "import helm_python"])
+        .output()
+    {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "the Python module helm_python is missing ({}); scripts/setup installs helm-python-sdk with pip",
+            String::from_utf8_lossy(&o.stderr)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("")
+        )),
+        Err(e) => Some(format!("python3 does not run ({e}); helm-python-sdk needs it")),
+    }
+}
+
+fn validator_missing() -> Option<String> {
+    match Command::new("kubernetes-validate").arg("--version").output() {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "kubernetes-validate --version failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Some(format!(
+            "kubernetes-validate is not installed ({e}); scripts/setup installs it with pip"
+        )),
+    }
+}
+
+fn skip(why: Option<String>) -> bool {
+    match why {
+        Some(why) => {
+            eprintln!("SKIPPED: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+fn helm_template(args: &[&str]) -> Output {
+    Command::new(root().join("scripts/helm-template"))
+        .args(args)
+        .output()
+        .expect("scripts/helm-template runs")
+}
+
+/// The chart rendered with `args`; panics with the script's stderr if it fails.
+fn render(args: &[&str]) -> String {
+    let out = helm_template(args);
+    assert!(
+        out.status.success(),
+        "scripts/helm-template {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The documents of a multi-document YAML text (separated by `---` lines).
+fn documents(text: &str, what: &str) -> Vec<Value> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        if line == "---" {
+            docs.push(String::new());
+        } else {
+            let last = docs.last_mut().unwrap();
+            last.push_str(line);
+            last.push('\n');
+        }
+    }
+    docs.iter()
+        .map(|d| serde_norway::from_str::<Value>(d).unwrap_or_else(|e| panic!("{what}: {e}\n{d}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+type Key = (String, String, String);
+
+/// Objects by kind/namespace/name; the `*.yaml` entries of ConfigMaps (the
+/// daemons' configs) parsed, so that key order and comments do not count.
+fn objects(docs: Vec<Value>) -> BTreeMap<Key, Value> {
+    let mut map = BTreeMap::new();
+    for mut d in docs {
+        if d["kind"] == "ConfigMap"
+            && let Some(data) = d.get_mut("data").and_then(Value::as_mapping_mut)
+        {
+            for (k, v) in data.iter_mut() {
+                if k.as_str().is_some_and(|k| k.ends_with(".yaml")) {
+                    *v = serde_norway::from_str(v.as_str().unwrap()).unwrap();
+                }
+            }
+        }
+        let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+        let key = (
+            s(&d["kind"]),
+            s(&d["metadata"]["namespace"]),
+            s(&d["metadata"]["name"]),
+        );
+        assert!(map.insert(key.clone(), d).is_none(), "{key:?} twice");
+    }
+    map
+}
+
+fn plain_manifests() -> BTreeMap<Key, Value> {
+    let dir = root().join("packaging/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    objects(
+        files
+            .iter()
+            .flat_map(|f| documents(&std::fs::read_to_string(f).unwrap(), &f.display().to_string()))
+            .collect(),
+    )
+}
+
+fn rendered(args: &[&str]) -> BTreeMap<Key, Value> {
+    objects(documents(&render(args), "scripts/helm-template"))
+}
+
+fn show(v: &Value) -> String {
+    serde_norway::to_string(v).unwrap().trim().replace('\n', " ")
+}
+
+/// Where two values differ, one line per difference.
+fn diff(path: &str, want: &Value, got: &Value, out: &mut Vec<String>) {
+    match (want, got) {
+        (Value::Mapping(a), Value::Mapping(b)) => {
+            for (k, va) in a {
+                let p = format!("{path}.{}", show(k));
+                match b.get(k) {
+                    Some(vb) => diff(&p, va, vb, out),
+                    None => out.push(format!("{p}: want {}, missing", show(va))),
+                }
+            }
+            for (k, vb) in b {
+                if !a.contains_key(k) {
+                    out.push(format!("{path}.{}: unexpected {}", show(k), show(vb)));
+                }
+            }
+        }
+        (Value::Sequence(a), Value::Sequence(b)) if a.len() == b.len() => {
+            for (i, (va, vb)) in a.iter().zip(b).enumerate() {
+                diff(&format!("{path}[{i}]"), va, vb, out);
+            }
+        }
+        _ if want != got => out.push(format!("{path}: want {}, got {}", show(want), show(got))),
+        _ => {}
+    }
+}
+
+/// Asserts that `got` holds exactly the objects of `want`, listing every difference.
+fn assert_same(want: &BTreeMap<Key, Value>, got: &BTreeMap<Key, Value>, what: &str) {
+    let mut out = Vec::new();
+    for (k, w) in want {
+        match got.get(k) {
+            Some(g) => diff(&format!("{k:?}"), w, g, &mut out),
+            None => out.push(format!("{k:?}: missing")),
+        }
+    }
+    for k in got.keys().filter(|k| !want.contains_key(*k)) {
+        out.push(format!("{k:?}: unexpected"));
+    }
+    assert!(out.is_empty(), "{what}:\n  {}", out.join("\n  "));
+}
+
+#[test]
+fn default_values_render_the_plain_manifests() {
+    if skip(helm_missing()) {
+        return;
+    }
+    let plain = plain_manifests();
+    let chart = rendered(&[]);
+    assert!(plain.len() >= 9, "{:?}", plain.keys());
+    assert_same(
+        &plain,
+        &chart,
+        "the chart with default values differs from packaging/kubernetes/ (want: plain, got: chart)",
+    );
+
+    // appVersion is the workspace version: it is the images' default tag.
+    let meta: Value = serde_norway::from_str(
+        &std::fs::read_to_string(root().join("packaging/helm/hostplane/Chart.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["apiVersion"], "v2");
+    assert_eq!(meta["name"], "hostplane");
+    assert_eq!(meta["appVersion"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn the_rendered_chart_validates_against_the_kubernetes_schemas() {
+    if skip(helm_missing().or_else(validator_missing)) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The defaults, and the values the docs install with plus the optional parts.
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "namespace: {create: false}\ntls: {createSecrets: false}\n\
+         coordinator: {tokensSecret: hostplane-tokens, store: {storageClass: fast}}\n\
+         imagePullSecrets: [registry]\n",
+    )
+    .unwrap();
+    for (name, args) in [
+        ("defaults", vec![]),
+        ("overrides", vec!["-f", values.to_str().unwrap()]),
+    ] {
+        let text = render(&args);
+        let docs = documents(&text, name).len();
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, &text).unwrap();
+        for version in [Some(OLDEST), None] {
+            let mut cmd = Command::new("kubernetes-validate");
+            cmd.args(["--strict", "--no-warn"]);
+            if let Some(v) = version {
+                cmd.args(["-k", v]);
+            }
+            let out = cmd.arg(&file).output().expect("kubernetes-validate runs");
+            let out = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // One "passed" line per document: none failed or was skipped as unknown.
+            assert_eq!(
+                out.matches(" passed ").count(),
+                docs,
+                "{name} (kubernetes {version:?}):\n{out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn helm_lint_passes_strict() {
+    if skip(helm_missing()) {
+        return;
+    }
+    let out = helm_template(&["--lint"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 chart(s) linted, 0 chart(s) failed"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("[WARNING]") && !text.contains("[ERROR]"), "{text}");
+}
+
+#[test]
+fn values_take_effect_exactly_where_they_are_set() {
+    if skip(helm_missing()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "namespace:\n  name: lab\nagent:\n  image:\n    tag: 9.9.9\n  config:\n    reboot_method: external\n",
+    )
+    .unwrap();
+    // -f, then --set over it, as helm merges them.
+    let got = rendered(&[
+        "-f",
+        values.to_str().unwrap(),
+        "--set",
+        "coordinator.store.size=5Gi",
+    ]);
+
+    // The defaults with exactly those changes.
+    let mut want = BTreeMap::new();
+    for ((kind, ns, name), mut d) in plain_manifests() {
+        if kind == "Namespace" {
+            d["metadata"]["name"] = "lab".into();
+        } else {
+            d["metadata"]["namespace"] = "lab".into();
+        }
+        match (kind.as_str(), name.as_str()) {
+            ("ConfigMap", "hostplane-agent") => {
+                let cfg = &mut d["data"]["agent.yaml"];
+                cfg["coordinator"] = "https://hostplane-coordinator.lab.svc:50051".into();
+                cfg.as_mapping_mut()
+                    .unwrap()
+                    .insert("reboot_method".into(), "external".into());
+            }
+            ("DaemonSet", _) => {
+                d["spec"]["template"]["spec"]["containers"][0]["image"] = "hostplane-agent:9.9.9".into();
+            }
+            ("PersistentVolumeClaim", _) => {
+                d["spec"]["resources"]["requests"]["storage"] = "5Gi".into();
+            }
+            _ => {}
+        }
+        let ns = if ns.is_empty() { ns } else { "lab".to_owned() };
+        let name = if kind == "Namespace" {
+            "lab".to_owned()
+        } else {
+            name
+        };
+        want.insert((kind, ns, name), d);
+    }
+    assert_same(&want, &got, "the overrides changed something else (want, got)");
+
+    // The install docs/operations.md describes: namespace and Secrets made
+    // with kubectl beforehand, admin tokens from a Secret.
+    let got = rendered(&[
+        "--set",
+        "namespace.create=false,tls.createSecrets=false,coordinator.tokensSecret=hostplane-tokens",
+    ]);
+    let kinds: Vec<&str> = got.keys().map(|k| k.0.as_str()).collect();
+    assert!(
+        !kinds.contains(&"Namespace") && !kinds.contains(&"Secret"),
+        "{kinds:?}"
+    );
+    let key = |kind: &str, name: &str| -> Key { (kind.into(), "hostplane".into(), name.into()) };
+    let d = &got[&key("Deployment", "hostplane-coordinator")];
+    let pod = &d["spec"]["template"]["spec"];
+    let tokens = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tokens")
+        .expect("a tokens volume");
+    assert_eq!(tokens["secret"]["secretName"], "hostplane-tokens");
+    assert!(
+        pod["containers"][0]["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "tokens" && m["mountPath"] == "/etc/hostplane/auth"),
+        "{pod:?}"
+    );
+    let cm = &got[&key("ConfigMap", "hostplane-coordinator")];
+    assert_eq!(
+        cm["data"]["coordinator.yaml"]["auth"]["tokens_file"],
+        "/etc/hostplane/auth/tokens.yaml"
+    );
+}
+
+#[test]
+fn a_bad_value_is_refused_naming_the_key() {
+    if skip(helm_missing()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad_file = dir.path().join("bad.yaml");
+    std::fs::write(&bad_file, "coordinator:\n  store:\n    size: lots\n").unwrap();
+    for (args, names) in [
+        (
+            vec!["--set", "coordinator.port=fifty"],
+            vec!["/coordinator/port", "want integer"],
+        ),
+        (
+            vec!["-f", bad_file.to_str().unwrap()],
+            vec!["/coordinator/store/size", "lots"],
+        ),
+        // A typo is not silently ignored.
+        (
+            vec!["--set", "agent.imag.tag=1"],
+            vec!["/agent", "'imag' not allowed"],
+        ),
+        // The chart owns the keys that must agree with its mounts and Service.
+        (
+            vec!["--set", "agent.config.coordinator=https://elsewhere:1"],
+            vec!["/agent/config/coordinator"],
+        ),
+    ] {
+        let out = helm_template(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?} was not refused: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} rendered something");
+        for name in names {
+            assert!(err.contains(name), "{args:?}: {name:?} not in {err}");
+        }
+    }
+}
