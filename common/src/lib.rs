@@ -10,3 +10,4 @@ pub mod notify;
 pub mod signals;
 pub mod time;
 pub mod tls;
+pub mod tokens;

@@ -288,7 +288,15 @@ impl Config {
                 reason: e.to_string(),
             });
         }
-        self.validate_tls()
+        self.validate_tls()?;
+        // Tokens are required with TLS; the tokens file is read and checked.
+        self.auth
+            .check(self.tls.is_some() && !self.insecure)
+            .map_err(|e| ConfigError::Invalid {
+                field: "auth",
+                reason: e.to_string(),
+            })?;
+        Ok(())
     }
 
     /// mTLS unless explicitly insecure; the files are read and checked here,

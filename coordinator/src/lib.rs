@@ -2,9 +2,11 @@
 //! admin API and the agent stream server.
 
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod fsm;
 pub mod power;
 pub mod server;
 pub mod store;
 pub mod stream;
+pub mod tls;

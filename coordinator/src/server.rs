@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tracing::Instrument;
 
@@ -28,6 +27,7 @@ use hostplane_common::notify;
 
 use crate::api::AdminApi;
 use crate::api::auth::{AuthError, Guard, GuardedAdmin};
+use crate::audit::{Audit, AuditError};
 use crate::config::Config;
 use crate::fsm::Reconciler;
 use crate::power::{PowerEngine, PowerHub};
@@ -44,6 +44,8 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ServerError {
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -121,6 +123,13 @@ pub async fn serve_with(
     opts: ServeOptions,
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    // Configuration that can be wrong is checked before anything starts.
+    let tls = match &cfg.tls {
+        Some(t) => Some(std::sync::Arc::new(server_tls(t)?)),
+        None => None,
+    };
+    let audit = Audit::open(cfg.auth.audit_file.as_deref())?;
+    let guard = Guard::from_config(&cfg.auth, tls.is_some(), audit.clone())?;
     let store = match opts.store {
         Some(s) => s,
         None => open_store(cfg.store.path.clone()).await?,
@@ -156,13 +165,6 @@ pub async fn serve_with(
         let h = tasks.spawn(engine.run(tasks_token.child_token()));
         names.insert(h.id(), "power engine");
     }
-    let guard = match Guard::from_config(&cfg.auth) {
-        Ok(g) => g,
-        Err(e) => {
-            tasks_token.cancel();
-            return Err(ServerError::Auth(e));
-        }
-    };
     let admin = GuardedAdmin::new(
         AdminApi::new(store.clone(), tasks_token.child_token()).with_power(power.clone()),
         guard,
@@ -171,27 +173,19 @@ pub async fn serve_with(
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
-    let tls_on = match &cfg.tls {
-        Some(t) => {
-            builder = builder
-                .tls_config(server_tls(t)?)
-                .map_err(|e| ServerError::Tls(chain(&e)))?;
-            true
-        }
-        None => {
-            tracing::warn!(
-                %addr,
-                "serving plain TCP without TLS (insecure): connections are neither encrypted nor \
-                 authenticated and any client may act for any node; use only on a trusted network"
-            );
-            false
-        }
-    };
+    if tls.is_none() {
+        tracing::warn!(
+            %addr,
+            "serving plain TCP without TLS (insecure): connections are neither encrypted nor \
+             authenticated and any client may act for any node; use only on a trusted network"
+        );
+    }
     // Agent sessions end with UNAVAILABLE on shutdown, so agents reconnect elsewhere.
     let agents = AgentStream::new(store.clone(), cfg.agents.clone())
         .with_shutdown(&tasks_token)
         .with_power(power.clone())
-        .with_require_identity(tls_on)
+        .with_require_identity(tls.is_some())
+        .with_audit(audit.clone())
         .into_server();
 
     // TLS (and the client certificate) is per connection, for every service
@@ -202,12 +196,21 @@ pub async fn serve_with(
         .add_service(admin)
         .add_service(agents);
     let stop = shutdown.clone();
-    // TCP_NODELAY: without it every unary call waits out Nagle + delayed ACK
-    // (~45 ms each; measured by the coordinator bench).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = router.serve_with_incoming_shutdown(incoming, async move {
-        stop.cancelled().await;
-    });
+    let stopped = async move { stop.cancelled().await };
+    let server: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match tls {
+        Some(settings) => {
+            let incoming = crate::tls::incoming(listener, settings, audit.clone(), shutdown.clone());
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        None => {
+            // TCP_NODELAY: without it every unary call waits out Nagle +
+            // delayed ACK (~45 ms each; measured by the coordinator bench).
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+    };
     tracing::info!(%addr, store = %store.path().display(), "coordinator serving");
     notify::ready(&format!("serving on {addr}"));
     let watchdog = notify::spawn_watchdog(tasks_token.child_token());
@@ -250,8 +253,9 @@ pub async fn serve_with(
 
 /// The server's TLS settings from the checked files: its certificate, and
 /// the CA every client certificate must be signed by.
-fn server_tls(t: &crate::config::TlsConfig) -> Result<ServerTlsConfig, ServerError> {
+fn server_tls(t: &crate::config::TlsConfig) -> Result<crate::tls::TlsSettings, ServerError> {
     let files = t.load().map_err(|e| ServerError::Tls(e.to_string()))?;
+    let settings = crate::tls::TlsSettings::new(&files, t.client_auth_optional).map_err(ServerError::Tls)?;
     tracing::info!(
         cert = %t.cert_file.display(),
         expires = hostplane_common::tls::not_after(&files.cert).unwrap_or_default(),
@@ -259,22 +263,7 @@ fn server_tls(t: &crate::config::TlsConfig) -> Result<ServerTlsConfig, ServerErr
         client_auth_optional = t.client_auth_optional,
         "serving mTLS"
     );
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(&files.cert, &files.key))
-        .client_ca_root(Certificate::from_pem(&files.client_ca))
-        .client_auth_optional(t.client_auth_optional))
-}
-
-/// "a: b: c" from an error and its sources.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
+    Ok(settings)
 }
 
 /// Wait for the background tasks until `deadline`, then log and abort what is left.

@@ -66,6 +66,7 @@ async fn tokens_roles_and_the_audit_log() {
     cfg.auth = AuthConfig {
         tokens_file: Some(tokens),
         audit_file: Some(audit.clone()),
+        ..AuthConfig::default()
     };
     let store = server::open_store(cfg.store.path.clone()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -162,10 +163,10 @@ async fn tokens_roles_and_the_audit_log() {
         summary,
         vec![
             expect("ada", "Create", "node/n1", "ok"),
-            expect("unauthenticated", "Create", "node/n2", "denied"),
-            expect("unauthenticated", "Create", "node/n2", "denied"),
-            expect("vera", "Delete", "node/n1", "denied"),
-            expect("otto", "Create", "node/n2", "denied"),
+            expect("unauthenticated", "Create", "node/n2", "denied Unauthenticated"),
+            expect("unauthenticated", "Create", "node/n2", "denied Unauthenticated"),
+            expect("vera", "Delete", "node/n1", "denied PermissionDenied"),
+            expect("otto", "Create", "node/n2", "denied PermissionDenied"),
             expect("otto", "ApproveMaintenance", "node/n1", "ok"),
             expect("otto", "ApproveMaintenance", "node/ghost", "error NotFound"),
             expect("ada", "Delete", "node/n1", "ok"),
@@ -173,6 +174,14 @@ async fn tokens_roles_and_the_audit_log() {
         "{lines:#?}"
     );
     assert!(lines.iter().all(|l| l["at_ms"].as_i64().unwrap_or(0) > 0));
+    // Who else: the role a known token has, and where the call came from.
+    assert_eq!(lines[3]["role"], "viewer");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["peer"].as_str().unwrap_or("").starts_with("127.0.0.1:")),
+        "{lines:#?}"
+    );
     let text = std::fs::read_to_string(&audit).unwrap();
     assert!(!text.contains("secret"), "tokens never reach the audit log");
     stop.cancel();

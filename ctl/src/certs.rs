@@ -266,7 +266,7 @@ pub fn write_pair(dir: &Path, stem: &str, pair: &Pair, force: bool) -> Result<(P
 
 /// Write through a temporary file and rename, so a reader never sees half a
 /// key and a replaced key never is world-readable, even for a moment.
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CertError> {
+pub(crate) fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CertError> {
     let err = |source| CertError::Write {
         path: path.into(),
         source,
@@ -284,8 +284,10 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CertError> {
 }
 
 /// A whole lab set in `dir`: the CA, a server certificate for `server_names`
-/// (plus 127.0.0.1 and ::1), one agent certificate per node and one admin
-/// client certificate (`client-admin`). World and the demo use it.
+/// (plus 127.0.0.1 and ::1), one agent certificate per node, one admin
+/// client certificate (`client-admin`), and an admin bearer token
+/// (`admin.token`, 0600) with its tokens file (`tokens.yaml`, for the
+/// coordinator's `auth.tokens_file`). World and the demo use it.
 pub fn lab(dir: &Path, server_names: &[&str], nodes: &[&str]) -> Result<(), CertError> {
     let (ca, ca_pair) = Ca::generate("hostplane lab CA", Validity::days(CA_DAYS))?;
     write_pair(dir, "ca", &ca_pair, true)?;
@@ -318,8 +320,28 @@ pub fn lab(dir: &Path, server_names: &[&str], nodes: &[&str]) -> Result<(), Cert
         &ca.issue(&admin, Validity::days(LEAF_DAYS))?,
         true,
     )?;
+    use hostplane_common::tokens::{Role, TokenEntry, TokensFile, generate_token, hash_token};
+    let token = generate_token();
+    let tokens = TokensFile {
+        tokens: vec![TokenEntry {
+            name: "admin".into(),
+            role: Role::Admin,
+            sha256: hash_token(&token),
+        }],
+    };
+    let yaml = serde_norway::to_string(&tokens).map_err(|e| CertError::Write {
+        path: dir.join(LAB_TOKENS),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    write_file(&dir.join(LAB_TOKENS), yaml.as_bytes(), 0o600)?;
+    write_file(&dir.join(LAB_ADMIN_TOKEN), format!("{token}\n").as_bytes(), 0o600)?;
     Ok(())
 }
+
+/// [`lab`]'s tokens file (the hash of its admin token).
+pub const LAB_TOKENS: &str = "tokens.yaml";
+/// [`lab`]'s admin bearer token.
+pub const LAB_ADMIN_TOKEN: &str = "admin.token";
 
 #[cfg(test)]
 mod tests {

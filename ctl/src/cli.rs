@@ -97,6 +97,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// Admin API bearer tokens in the coordinator's auth.tokens_file (stored hashed; restart the coordinator to apply).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -788,6 +793,42 @@ pub enum CertsCmd {
         #[arg(long)]
         name: String,
     },
+}
+
+/// `hostplanectl token ...`: edits a tokens file (no coordinator needed).
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// A new random token, printed once on stdout; its SHA-256 is added to the file (created 0600 if missing).
+    Create {
+        /// Who the token is for (shown in the audit log).
+        name: String,
+        #[arg(long, value_enum)]
+        role: TokenRole,
+        /// The coordinator's auth.tokens_file.
+        #[arg(long, value_name = "FILE")]
+        tokens_file: std::path::PathBuf,
+    },
+    /// The names and roles in the file (never tokens: only their hashes are stored).
+    List {
+        #[arg(long, value_name = "FILE")]
+        tokens_file: std::path::PathBuf,
+    },
+    /// Remove a token by name.
+    Revoke {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        tokens_file: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TokenRole {
+    /// Read and watch.
+    Viewer,
+    /// Viewer + approve maintenance, mark rebooted, reprovision.
+    Operator,
+    /// Everything.
+    Admin,
 }
 
 #[derive(Debug, Args)]

@@ -203,11 +203,40 @@ pub async fn serve_dir(dir: PathBuf) -> Result<(String, tokio::task::JoinHandle<
     Ok((format!("http://{addr}"), task))
 }
 
-pub type Admin = AdminServiceClient<Channel>;
+/// An admin API client; over mTLS it sends the lab's admin bearer token.
+pub type Admin = AdminServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call, when it has a token.
+#[derive(Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Result<Bearer> {
+        Ok(Bearer(Some(format!("Bearer {token}").parse()?)))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The lab's admin token in `tls_dir` (`hostplanectl certs` lab: `admin.token`).
+pub fn lab_admin_token(tls_dir: &Path) -> Result<String> {
+    let p = tls_dir.join(hostplane_ctl::certs::LAB_ADMIN_TOKEN);
+    Ok(std::fs::read_to_string(&p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .trim()
+        .to_string())
+}
 
 /// Connect to a coordinator serving mTLS at `addr` with the lab set in
-/// `tls_dir` (`hostplanectl certs`: `ca.crt`, `client-admin.crt/.key`),
-/// retrying until `timeout`.
+/// `tls_dir` (`hostplanectl certs`: `ca.crt`, `client-admin.crt/.key`,
+/// `admin.token`), retrying until `timeout`.
 pub async fn connect_admin_tls(addr: SocketAddr, tls_dir: &Path, timeout: Duration) -> Result<Admin> {
     let read = |f: &str| std::fs::read(tls_dir.join(f)).with_context(|| format!("reading {f}"));
     let tls = tonic::transport::ClientTlsConfig::new()
@@ -216,10 +245,17 @@ pub async fn connect_admin_tls(addr: SocketAddr, tls_dir: &Path, timeout: Durati
             read("client-admin.crt")?,
             read("client-admin.key")?,
         ));
+    let bearer = Bearer::new(&lab_admin_token(tls_dir)?)?;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?;
     wait_for(&format!("coordinator at https://{addr}"), timeout, || {
-        let endpoint = endpoint.clone();
-        async move { endpoint.connect().await.ok().map(AdminServiceClient::new) }
+        let (endpoint, bearer) = (endpoint.clone(), bearer.clone());
+        async move {
+            endpoint
+                .connect()
+                .await
+                .ok()
+                .map(|ch| AdminServiceClient::with_interceptor(ch, bearer))
+        }
     })
     .await
 }
@@ -229,7 +265,14 @@ pub async fn connect_admin(addr: SocketAddr, timeout: Duration) -> Result<Admin>
     let url = format!("http://{addr}");
     wait_for(&format!("coordinator at {url}"), timeout, || {
         let url = url.clone();
-        async move { AdminServiceClient::connect(url).await.ok() }
+        async move {
+            let ch = tonic::transport::Endpoint::from_shared(url)
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            Some(AdminServiceClient::with_interceptor(ch, Bearer::default()))
+        }
     })
     .await
 }

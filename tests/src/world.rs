@@ -356,9 +356,11 @@ fn start_coordinator(dir: &Path, addr: SocketAddr, extra_yaml: &str) -> Result<P
         format!(
             "listen: {addr}\nstore:\n  path: {}\n\
              tls:\n  cert_file: {tls}/server.crt\n  key_file: {tls}/server.key\n  client_ca_file: {tls}/ca.crt\n\
+             auth:\n  tokens_file: {tls}/tokens.yaml\n  audit_file: {audit}\n\
              {extra_yaml}\n",
             dir.join("coordinator.db").display(),
             tls = dir.join("tls").display(),
+            audit = dir.join("audit.jsonl").display(),
         ),
     )?;
     Proc::spawn(

@@ -17,6 +17,10 @@ fn ctl(w: &World, args: &[&str]) -> Output {
         .arg(w.tls_dir.join("client-admin.crt"))
         .arg("--key-file")
         .arg(w.tls_dir.join("client-admin.key"))
+        .env(
+            "HOSTPLANE_TOKEN",
+            hostplane_tests::lab_admin_token(&w.tls_dir).unwrap(),
+        )
         .args(args)
         .output()
         .expect("hostplanectl runs")

@@ -97,9 +97,11 @@ async fn site() -> Site {
 fn coordinator_yaml(dir: &Path, addr: std::net::SocketAddr, server: &str) -> String {
     let tls = dir.join("tls");
     format!(
-        "listen: {addr}\nstore:\n  path: {db}\ntls:\n  cert_file: {t}/{server}.crt\n  \
+        "listen: {addr}\nstore:\n  path: {db}\nauth:\n  tokens_file: {t}/tokens.yaml\n  \
+         audit_file: {audit}\ntls:\n  cert_file: {t}/{server}.crt\n  \
          key_file: {t}/{server}.key\n  client_ca_file: {t}/ca.crt\n",
         db = dir.join("coordinator.db").display(),
+        audit = dir.join("audit.jsonl").display(),
         t = tls.display(),
     )
 }
@@ -253,6 +255,56 @@ async fn only_the_nodes_own_certificate_opens_its_session() {
     let log = std::fs::read_to_string(s.dir.join("coordinator.log")).unwrap();
     assert!(log.contains("serving mTLS"), "{log}");
     assert!(log.contains("agent session refused"), "{log}");
+
+    // Every refusal is in the audit log: who (the certificate's name when
+    // one was offered), what, the reason, and where from.
+    let audit: Vec<serde_json::Value> = std::fs::read_to_string(s.dir.join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let found = |method: &str, who: &str, reason: &str| {
+        audit.iter().any(|l| {
+            l["method"] == method
+                && l["who"] == who
+                && l["result"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("refused") && r.contains(reason))
+                && l["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:"))
+        })
+    };
+    for (case, method, who, reason) in [
+        ("another CA", "TlsHandshake", "n1", "UnknownIssuer"),
+        ("expired", "TlsHandshake", "n1", "expired"),
+        (
+            "no client certificate",
+            "TlsHandshake",
+            "unauthenticated",
+            "certificate",
+        ),
+        ("plaintext", "TlsHandshake", "unauthenticated", "refused"),
+        (
+            "another node's certificate",
+            "AgentService/Session",
+            "n2",
+            "node n1",
+        ),
+        ("an admin certificate", "AgentService/Session", "admin", "node n1"),
+    ] {
+        assert!(
+            found(method, who, reason),
+            "{case}: not audited as {method} by {who} ({reason}):\n{audit:#?}"
+        );
+    }
+    let session_refusal = audit
+        .iter()
+        .find(|l| l["method"] == "AgentService/Session" && l["who"] == "n2")
+        .unwrap();
+    assert_eq!(session_refusal["target"], "node/n1");
+    assert!(
+        session_refusal["peer"].as_str().unwrap().ends_with("cert=n2"),
+        "{session_refusal}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +358,11 @@ async fn optional_client_auth_still_requires_a_certificate_for_agents() {
         .unwrap()
         .tls_config(s.client_tls(None))
         .unwrap();
-    let mut anon = v1::admin_service_client::AdminServiceClient::new(ep.connect().await.unwrap());
+    let token = hostplane_tests::lab_admin_token(&tls).unwrap();
+    let mut anon = v1::admin_service_client::AdminServiceClient::with_interceptor(
+        ep.connect().await.unwrap(),
+        hostplane_tests::Bearer::new(&token).unwrap(),
+    );
     anon.get(v1::GetRequest {
         kind: Kind::Node as i32,
         name: "n1".into(),
@@ -399,6 +455,44 @@ fn daemons_refuse_insecure_or_bad_tls_settings_at_start() {
     std::fs::write(&cfg, coordinator_yaml(dir, addr, "server")).unwrap();
     let (code, out) = run("hostplane-coordinator", &["validate", "--config", cfg_s], &[]);
     assert_eq!(code, 0, "{out}");
+
+    // TLS without admin tokens: refused, unless auth is disabled explicitly.
+    let no_auth = coordinator_yaml(dir, addr, "server").replace("auth:\n  tokens_file:", "x_tokens_file:");
+    let no_auth: String = no_auth
+        .lines()
+        .filter(|l| !l.starts_with("x_tokens_file") && !l.trim_start().starts_with("audit_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cfg, &no_auth).unwrap();
+    let (code, out) = run("hostplane-coordinator", &["validate", "--config", cfg_s], &[]);
+    assert_eq!(code, 78, "{out}");
+    assert!(
+        out.contains("auth.tokens_file is not set") && out.contains("hostplanectl token create"),
+        "{out}"
+    );
+    std::fs::write(&cfg, format!("{no_auth}auth:\n  disabled: true\n")).unwrap();
+    let (code, out) = run("hostplane-coordinator", &["validate", "--config", cfg_s], &[]);
+    assert_eq!(code, 0, "{out}");
+    // A broken tokens file is named.
+    std::fs::write(
+        tls.join("bad-tokens.yaml"),
+        "tokens:\n  - {name: a, role: root, sha256: x}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{no_auth}auth:\n  tokens_file: {}/bad-tokens.yaml\n",
+            tls.display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = run("hostplane-coordinator", &["validate", "--config", cfg_s], &[]);
+    assert_eq!(code, 78, "{out}");
+    assert!(
+        out.contains("bad-tokens.yaml") && out.contains("unknown variant `root`"),
+        "{out}"
+    );
 
     // The agent: plain http without insecure, and another node's certificate.
     let acfg = dir.join("agent.yaml");

@@ -232,6 +232,25 @@ fn the_coordinator_is_one_non_root_replica_with_its_store_on_a_volume() {
         "/var/lib/hostplane-coordinator/coordinator.db"
     );
     assert_eq!(cfg["tls"]["client_ca_file"], "/etc/hostplane/tls/ca.crt");
+    // Over TLS the coordinator needs admin tokens: a Secret mounted where the config reads it.
+    assert_eq!(cfg["auth"]["tokens_file"], "/etc/hostplane/auth/tokens.yaml");
+    let tokens = volumes.iter().find(|v| v["name"] == "tokens").unwrap();
+    find(&docs, "Secret", tokens["secret"]["secretName"].as_str().unwrap());
+    assert_eq!(tokens["secret"]["items"][0]["path"], "tokens.yaml");
+    let mounts = c["volumeMounts"].as_sequence().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["name"] == "tokens" && m["mountPath"] == "/etc/hostplane/auth"),
+        "{mounts:?}"
+    );
+    assert!(
+        cfg["auth"]["audit_file"]
+            .as_str()
+            .unwrap()
+            .starts_with("/var/lib/hostplane-coordinator/"),
+        "the audit log is on the store's volume (the root file system is read-only)"
+    );
 
     let svc = find(&docs, "Service", "hostplane-coordinator");
     assert_eq!(svc["spec"]["ports"][0]["port"], 50051);

@@ -287,11 +287,11 @@ fn check_rpm_scriptlets(b: &Built) -> Result<()> {
 }
 
 /// `text` with the commented-out `#tls:` block enabled.
-fn enable_tls_block(text: &str) -> String {
+fn enable_block(text: &str, key: &str) -> String {
     let mut in_block = false;
     let mut out = String::new();
     for line in text.lines() {
-        if line == "#tls:" {
+        if line == format!("#{key}:") {
             in_block = true;
         } else if in_block && !line.starts_with("#  ") {
             in_block = false;
@@ -304,7 +304,9 @@ fn enable_tls_block(text: &str) -> String {
 
 /// The installed configs: as shipped, both daemons refuse to start until TLS
 /// (or `insecure`) is set, naming it; with their `tls:` block enabled and the
-/// certificates the installed hostplanectl makes, both are valid.
+/// certificates the installed hostplanectl makes, the agent is valid and the
+/// coordinator asks for admin tokens; with its `auth:` block enabled and a
+/// tokens file from `hostplanectl token create`, it is valid too.
 fn check_shipped_configs() -> Result<()> {
     for (daemon, cfg) in [
         ("hostplane-coordinator", "coordinator.yaml"),
@@ -338,7 +340,7 @@ fn check_shipped_configs() -> Result<()> {
         ("hostplane-agent", "agent.yaml"),
     ] {
         let text = std::fs::read_to_string(format!("/etc/hostplane/{cfg}"))?;
-        let text = enable_tls_block(&text)
+        let text = enable_block(&text, "tls")
             .replace("/etc/hostplane/tls/agent.", &format!("{d}/agent-pkg-test."))
             .replace("/etc/hostplane/tls/", &format!("{d}/"));
         ensure!(
@@ -346,11 +348,48 @@ fn check_shipped_configs() -> Result<()> {
             "no tls block enabled in {cfg}:\n{text}"
         );
         let edited = dir.path().join(cfg);
-        std::fs::write(&edited, text)?;
-        let o = Command::new(format!("/usr/bin/{daemon}"))
-            .args(["validate", "--config", edited.to_str().unwrap()])
-            .env("HOSTPLANE_NODE_NAME", "pkg-test")
-            .output()?;
+        let validate = |text: &str| -> Result<std::process::Output> {
+            std::fs::write(&edited, text)?;
+            Ok(Command::new(format!("/usr/bin/{daemon}"))
+                .args(["validate", "--config", edited.to_str().unwrap()])
+                .env("HOSTPLANE_NODE_NAME", "pkg-test")
+                .output()?)
+        };
+        let text = if daemon == "hostplane-coordinator" {
+            let o = validate(&text)?;
+            let said = String::from_utf8_lossy(&o.stderr);
+            ensure!(
+                o.status.code() == Some(78) && said.contains("auth.tokens_file is not set"),
+                "coordinator validate with tls but no tokens: {} {said}",
+                o.status
+            );
+            let tokens = format!("{d}/tokens.yaml");
+            let token = ok(
+                ctl,
+                &[
+                    "token",
+                    "create",
+                    "pkg-admin",
+                    "--role",
+                    "admin",
+                    "--tokens-file",
+                    &tokens,
+                ],
+            )?;
+            ensure!(
+                token.trim().len() == 64,
+                "hostplanectl token create printed {token:?}"
+            );
+            enable_block(&text, "auth")
+                .replace("/etc/hostplane/tokens.yaml", &tokens)
+                .replace(
+                    "/var/lib/hostplane-coordinator/audit.jsonl",
+                    &format!("{d}/audit.jsonl"),
+                )
+        } else {
+            text
+        };
+        let o = validate(&text)?;
         ensure!(
             o.status.success(),
             "{daemon} validate on {cfg} with its tls block enabled: {}{}",

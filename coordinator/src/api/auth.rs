@@ -9,13 +9,14 @@
 //! changes. Every mutating call and every refused call is written to the
 //! audit log (`auth.audit_file`, JSON lines: when, who, role, what, result).
 //!
-//! Without `auth.tokens_file` the admin API is not token-checked (every
-//! client that passed the transport — mTLS — is an admin); the coordinator
-//! says so at start.
+//! Tokens are required whenever the coordinator serves TLS: without
+//! `auth.tokens_file` it refuses to start, unless `auth.disabled: true` says
+//! that every client passing mTLS (agents included) may act as an admin.
+//! Over plain TCP (`insecure`) without a tokens file the API is open, as the
+//! transport already is; both cases are logged as warnings at start.
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use hostplane_proto::v1::{
@@ -25,61 +26,57 @@ use hostplane_proto::v1::{
     UpdateRequest, WatchRequest,
 };
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::{AdminApi, WatchStream};
+use crate::audit::{Audit, Record};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Viewer,
-    Operator,
-    Admin,
-}
-
-impl Role {
-    fn name(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-}
+pub use hostplane_common::tokens::{Role, hash_token};
 
 /// The `auth:` section of the coordinator config.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// YAML: `tokens: [{name, role, sha256}]`; unset = no token check.
+    /// YAML: `tokens: [{name, role, sha256}]`. Required with TLS unless `disabled`.
     pub tokens_file: Option<PathBuf>,
-    /// JSON lines appended for every mutating or refused call; unset = the log only.
+    /// JSON lines appended for every mutating or refused call and every
+    /// refused connection; unset = the log only.
     pub audit_file: Option<PathBuf>,
+    /// No token check even over TLS: every client with a certificate from
+    /// the client CA (agents too) is an admin. Only for a lab; logged as a warning.
+    pub disabled: bool,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokensFile {
-    tokens: Vec<TokenEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenEntry {
-    name: String,
-    role: Role,
-    /// Lower-case hex SHA-256 of the token: `printf %s "$TOKEN" | sha256sum`.
-    sha256: String,
+impl AuthConfig {
+    /// Check the settings and read the tokens (None: no token check). `tls`:
+    /// the server serves TLS, where tokens are required unless `disabled`.
+    pub fn check(&self, tls: bool) -> Result<Option<HashMap<String, Caller>>, AuthError> {
+        match (&self.tokens_file, self.disabled) {
+            (Some(p), false) => Ok(Some(load_tokens(p)?)),
+            (Some(p), true) => Err(AuthError::Tokens {
+                path: p.clone(),
+                reason: "set together with auth.disabled: true; choose one".into(),
+            }),
+            (None, true) => Ok(None),
+            (None, false) if tls => Err(AuthError::TokensRequired),
+            (None, false) => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("auth.tokens_file {path}: {reason}")]
     Tokens { path: PathBuf, reason: String },
-    #[error("auth.audit_file {path}: {source}")]
-    Audit { path: PathBuf, source: std::io::Error },
+    #[error("auth.{0}")]
+    File(#[from] hostplane_common::tokens::TokensError),
+    #[error(
+        "auth.tokens_file is not set: with TLS the admin API needs bearer tokens (make one with \
+         `hostplanectl token create NAME --role admin`), or set auth.disabled: true to let every \
+         client with a certificate from the client CA act as an admin"
+    )]
+    TokensRequired,
 }
 
 /// Who made a call.
@@ -94,83 +91,41 @@ pub struct Caller {
 pub struct Guard {
     /// sha256 hex -> caller; None: no token check.
     tokens: Option<Arc<HashMap<String, Caller>>>,
-    audit: Option<Arc<Mutex<std::fs::File>>>,
-}
-
-pub fn hash_token(token: &str) -> String {
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    audit: Audit,
 }
 
 fn load_tokens(path: &Path) -> Result<HashMap<String, Caller>, AuthError> {
-    let fail = |reason: String| AuthError::Tokens {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let f: TokensFile = serde_norway::from_str(&text).map_err(|e| fail(e.to_string()))?;
-    let mut out = HashMap::new();
-    let mut names = std::collections::HashSet::new();
-    for (i, t) in f.tokens.into_iter().enumerate() {
-        let h = t.sha256.trim().to_ascii_lowercase();
-        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(fail(format!(
-                "tokens[{i}] ({}): sha256 must be 64 hex digits (printf %s \"$TOKEN\" | sha256sum)",
-                t.name
-            )));
-        }
-        if t.name.is_empty() || !names.insert(t.name.clone()) {
-            return Err(fail(format!(
-                "tokens[{i}]: name {:?} is empty or repeated",
-                t.name
-            )));
-        }
-        if out
-            .insert(
-                h,
+    let f = hostplane_common::tokens::load(path)?;
+    if f.tokens.is_empty() {
+        tracing::warn!(path = %path.display(), "auth.tokens_file lists no tokens: every admin call will be refused");
+    }
+    Ok(f.tokens
+        .into_iter()
+        .map(|t| {
+            (
+                t.sha256,
                 Caller {
-                    name: t.name.clone(),
+                    name: t.name,
                     role: t.role,
                 },
             )
-            .is_some()
-        {
-            return Err(fail(format!(
-                "tokens[{i}] ({}): the same token hash appears twice",
-                t.name
-            )));
-        }
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 impl Guard {
-    /// Read the tokens and open the audit log as the config says.
-    pub fn from_config(cfg: &AuthConfig) -> Result<Guard, AuthError> {
-        let tokens = cfg
-            .tokens_file
-            .as_deref()
-            .map(load_tokens)
-            .transpose()?
-            .map(Arc::new);
-        let audit = match &cfg.audit_file {
-            None => None,
-            Some(p) => {
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|source| AuthError::Audit {
-                        path: p.clone(),
-                        source,
-                    })?;
-                Some(Arc::new(Mutex::new(f)))
-            }
-        };
+    /// Read the tokens as the config says; `tls` is whether the server
+    /// serves TLS (then tokens are required unless `auth.disabled`).
+    pub fn from_config(cfg: &AuthConfig, tls: bool, audit: Audit) -> Result<Guard, AuthError> {
+        let tokens = cfg.check(tls)?.map(Arc::new);
         match &tokens {
             Some(t) => tracing::info!(tokens = t.len(), "admin API: bearer tokens required"),
-            None => tracing::warn!(
-                "admin API: no auth.tokens_file — every client that passes the transport is an admin"
+            None if cfg.disabled => tracing::warn!(
+                "admin API: auth.disabled — every client that passes the transport (agents too) is an admin"
             ),
+            None => {
+                tracing::warn!("admin API: no auth.tokens_file over plain TCP — every client is an admin")
+            }
         }
         Ok(Guard { tokens, audit })
     }
@@ -179,19 +134,21 @@ impl Guard {
     pub fn open() -> Guard {
         Guard {
             tokens: None,
-            audit: None,
+            audit: Audit::default(),
         }
     }
 
-    fn check(&self, md: &MetadataMap, need: Role) -> Result<Caller, Status> {
+    /// The caller, or (who, why) for a refused call.
+    fn check(&self, md: &MetadataMap, need: Role) -> Result<Caller, (Option<Caller>, Status)> {
         let Some(tokens) = &self.tokens else {
             return Ok(Caller {
                 name: "anonymous".into(),
                 role: Role::Admin,
             });
         };
+        let unauthenticated = |why: &str| (None, Status::unauthenticated(why));
         let Some(value) = md.get("authorization") else {
-            return Err(Status::unauthenticated(
+            return Err(unauthenticated(
                 "no bearer token: pass --token (HOSTPLANE_TOKEN) or the authorization: Bearer header",
             ));
         };
@@ -199,39 +156,21 @@ impl Guard {
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .ok_or_else(|| Status::unauthenticated("the authorization header is not 'Bearer <token>'"))?;
+            .ok_or_else(|| unauthenticated("the authorization header is not 'Bearer <token>'"))?;
         let caller = tokens
             .get(&hash_token(token.trim()))
             .cloned()
-            .ok_or_else(|| Status::unauthenticated("unknown bearer token"))?;
+            .ok_or_else(|| unauthenticated("unknown bearer token"))?;
         if caller.role < need {
-            return Err(Status::permission_denied(format!(
+            let why = Status::permission_denied(format!(
                 "{} has role {}; this call needs {}",
                 caller.name,
                 caller.role.name(),
                 need.name()
-            )));
+            ));
+            return Err((Some(caller), why));
         }
         Ok(caller)
-    }
-
-    /// Append one audit record (and log it).
-    pub fn record(&self, who: &str, role: &str, method: &str, target: &str, result: &str) {
-        let rec = serde_json::json!({
-            "at_ms": hostplane_common::time::now_ms(),
-            "who": who,
-            "role": role,
-            "method": method,
-            "target": target,
-            "result": result,
-        });
-        tracing::info!(who, role, method, target, result, "audit");
-        if let Some(f) = &self.audit {
-            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = writeln!(f, "{rec}").and_then(|()| f.flush()) {
-                tracing::error!(error = %e, "cannot write the audit log");
-            }
-        }
     }
 }
 
@@ -266,20 +205,21 @@ fn kind_target(kind: i32, name: &str) -> String {
 macro_rules! guarded {
     ($self:ident, $req:ident, $need:expr, $method:literal, $target:expr, $mutating:expr, $call:ident) => {{
         let target: String = $target(&$req);
+        let peer = crate::audit::peer(&$req);
         match $self.guard.check($req.metadata(), $need) {
-            Err(status) => {
-                let who = if status.code() == tonic::Code::Unauthenticated {
-                    "unauthenticated".to_string()
-                } else {
-                    status.message().split(' ').next().unwrap_or("").to_string()
+            Err((caller, status)) => {
+                let (who, role) = match &caller {
+                    Some(c) => (c.name.as_str(), c.role.name()),
+                    None => ("unauthenticated", ""),
                 };
-                $self.guard.record(
-                    &who,
-                    "",
-                    $method,
-                    &target,
-                    &format!("denied: {}", status.message()),
-                );
+                $self.guard.audit.record(Record {
+                    who,
+                    role,
+                    method: $method,
+                    target: &target,
+                    result: &format!("denied {:?}: {}", status.code(), status.message()),
+                    peer: &peer,
+                });
                 Err(status)
             }
             Ok(caller) => {
@@ -289,9 +229,14 @@ macro_rules! guarded {
                         Ok(_) => "ok".to_string(),
                         Err(s) => format!("error {:?}: {}", s.code(), s.message()),
                     };
-                    $self
-                        .guard
-                        .record(&caller.name, caller.role.name(), $method, &target, &result);
+                    $self.guard.audit.record(Record {
+                        who: &caller.name,
+                        role: caller.role.name(),
+                        method: $method,
+                        target: &target,
+                        result: &result,
+                        peer: &peer,
+                    });
                 }
                 out
             }
@@ -441,32 +386,6 @@ mod tests {
     }
 
     #[test]
-    fn tokens_file_errors_name_the_entry() {
-        let d = tempfile::tempdir().unwrap();
-        let bad = write(d.path(), "tokens:\n  - {name: a, role: admin, sha256: abc}\n");
-        let e = load_tokens(&bad).unwrap_err().to_string();
-        assert!(e.contains("tokens[0] (a): sha256 must be 64 hex digits"), "{e}");
-        let h = hash_token("t");
-        let dup = write(
-            d.path(),
-            &format!(
-                "tokens:\n  - {{name: a, role: admin, sha256: {h}}}\n  - {{name: a, role: viewer, sha256: {h}}}\n"
-            ),
-        );
-        assert!(load_tokens(&dup).unwrap_err().to_string().contains("repeated"));
-        let role = write(
-            d.path(),
-            &format!("tokens:\n  - {{name: a, role: root, sha256: {h}}}\n"),
-        );
-        assert!(
-            load_tokens(&role)
-                .unwrap_err()
-                .to_string()
-                .contains("unknown variant")
-        );
-    }
-
-    #[test]
     fn roles_are_ordered_and_tokens_checked_by_hash() {
         let d = tempfile::tempdir().unwrap();
         let p = write(
@@ -477,10 +396,14 @@ mod tests {
                 hash_token("o-token")
             ),
         );
-        let g = Guard::from_config(&AuthConfig {
-            tokens_file: Some(p),
-            audit_file: None,
-        })
+        let g = Guard::from_config(
+            &AuthConfig {
+                tokens_file: Some(p),
+                ..AuthConfig::default()
+            },
+            true,
+            Audit::default(),
+        )
         .unwrap();
         let md = |t: &str| {
             let mut m = MetadataMap::new();
@@ -488,7 +411,8 @@ mod tests {
             m
         };
         assert_eq!(g.check(&md("v-token"), Role::Viewer).unwrap().name, "vic");
-        let e = g.check(&md("v-token"), Role::Operator).unwrap_err();
+        let (who, e) = g.check(&md("v-token"), Role::Operator).unwrap_err();
+        assert_eq!(who.unwrap().name, "vic");
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(
             e.message()
@@ -496,16 +420,45 @@ mod tests {
         );
         assert!(g.check(&md("o-token"), Role::Operator).is_ok());
         assert_eq!(
-            g.check(&md("o-token"), Role::Admin).unwrap_err().code(),
+            g.check(&md("o-token"), Role::Admin).unwrap_err().1.code(),
             tonic::Code::PermissionDenied
         );
         assert_eq!(
-            g.check(&md("nope"), Role::Viewer).unwrap_err().code(),
+            g.check(&md("nope"), Role::Viewer).unwrap_err().1.code(),
             tonic::Code::Unauthenticated
         );
         assert_eq!(
-            g.check(&MetadataMap::new(), Role::Viewer).unwrap_err().code(),
+            g.check(&MetadataMap::new(), Role::Viewer).unwrap_err().1.code(),
             tonic::Code::Unauthenticated
         );
+    }
+
+    #[test]
+    fn tokens_are_required_with_tls_unless_disabled() {
+        let e = Guard::from_config(&AuthConfig::default(), true, Audit::default())
+            .err()
+            .unwrap();
+        assert!(matches!(e, AuthError::TokensRequired), "{e}");
+        assert!(e.to_string().contains("auth.disabled: true"), "{e}");
+        let off = AuthConfig {
+            disabled: true,
+            ..AuthConfig::default()
+        };
+        let g = Guard::from_config(&off, true, Audit::default()).unwrap();
+        assert_eq!(
+            g.check(&MetadataMap::new(), Role::Admin).unwrap().role,
+            Role::Admin
+        );
+        // Plain TCP without a tokens file: open, as the transport is.
+        assert!(Guard::from_config(&AuthConfig::default(), false, Audit::default()).is_ok());
+        // Both at once is a contradiction, named.
+        let d = tempfile::tempdir().unwrap();
+        let both = AuthConfig {
+            tokens_file: Some(write(d.path(), "tokens: []\n")),
+            disabled: true,
+            ..AuthConfig::default()
+        };
+        let e = Guard::from_config(&both, true, Audit::default()).err().unwrap();
+        assert!(e.to_string().contains("choose one"), "{e}");
     }
 }

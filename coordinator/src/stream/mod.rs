@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::audit::{Audit, Record};
 use crate::power::PowerHub;
 use crate::store::{Store, StoreError};
 
@@ -167,6 +168,8 @@ pub struct AgentStream {
     shared: Arc<Shared>,
     /// Refuse sessions without a client certificate (the server runs mTLS).
     require_identity: bool,
+    /// Refused sessions are written here.
+    audit: Audit,
 }
 
 impl AgentStream {
@@ -184,7 +187,25 @@ impl AgentStream {
             cfg,
             shared,
             require_identity: false,
+            audit: Audit::default(),
         }
+    }
+
+    /// Write refused sessions (no certificate, another node's) to `audit`.
+    pub fn with_audit(mut self, audit: Audit) -> AgentStream {
+        self.audit = audit;
+        self
+    }
+
+    fn audit_refusal(&self, identity: Option<&str>, node: &str, peer: &str, why: &StreamError) {
+        self.audit.record(Record {
+            who: identity.unwrap_or("unauthenticated"),
+            role: "agent",
+            method: "AgentService/Session",
+            target: &format!("node/{node}"),
+            result: &format!("refused: {why}"),
+            peer,
+        });
     }
 
     /// Refuse sessions whose peer presented no client certificate. The server
@@ -263,14 +284,18 @@ impl AgentService for AgentStream {
         self.ensure_expiry_task();
         let identity = peer_identity(&request);
         let remote = request.remote_addr();
+        let peer = crate::audit::peer(&request);
         if identity.is_none() && self.require_identity {
             tracing::warn!(remote = ?remote, "agent session without a client certificate refused");
-            return Err(StreamError::NoIdentity.into());
+            let e = StreamError::NoIdentity;
+            self.audit_refusal(None, "", &peer, &e);
+            return Err(e.into());
         }
         let mut inbound = request.into_inner();
         let hello = session::read_hello(&mut inbound, self.cfg.hello_timeout).await?;
         if let Err(e) = check_identity(identity.as_deref(), self.require_identity, &hello.node_name) {
             tracing::warn!(remote = ?remote, error = %e, "agent session refused");
+            self.audit_refusal(identity.as_deref(), &hello.node_name, &peer, &e);
             return Err(e.into());
         }
         let node = hello.node_name.clone();

@@ -22,6 +22,7 @@ pub mod node;
 pub mod policy;
 pub mod power;
 pub mod resource;
+pub mod token;
 pub mod topology;
 pub mod watch;
 
@@ -117,6 +118,7 @@ async fn dispatch(conn: &Conn, ctx: &Ctx, cmd: Command, out: &mut Out) -> Result
             resource::update(&mut conn.client().await?, ctx, items, out).await
         }
         Command::Certs { cmd } => certs::run(cmd, out).await,
+        Command::Token { cmd } => token::run(cmd, out).await,
         Command::Completion { .. } => Err(Error::Usage {
             reason: "completion is handled before connecting".into(),
         }),

@@ -64,8 +64,8 @@ async fn run(keep: bool) -> Result<()> {
     );
     println!(
         "   certificates: {0}/ (hostplanectl certs: a lab CA, the coordinator's, one per agent); \
-         hostplanectl --server https://{1} --ca-file {0}/ca.crt --cert-file {0}/client-admin.crt \
-         --key-file {0}/client-admin.key",
+         HOSTPLANE_TOKEN=$(cat {0}/admin.token) hostplanectl --server https://{1} --ca-file {0}/ca.crt \
+         --cert-file {0}/client-admin.crt --key-file {0}/client-admin.key",
         w.tls_dir.display(),
         w.coordinator_addr,
     );

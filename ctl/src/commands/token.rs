@@ -1,0 +1,104 @@
+//! `hostplanectl token create|list|revoke`: the coordinator's tokens file
+//! (`auth.tokens_file`), edited in place without a coordinator. The file is
+//! rewritten whole (through a temporary file and a rename, mode 0600), so
+//! comments in it are not kept. The coordinator reads it at start.
+use std::path::Path;
+
+use hostplane_common::tokens::{self, Role, TokenEntry, TokensFile};
+
+use crate::cli::{TokenCmd, TokenRole};
+use crate::commands::{Out, emit};
+use crate::error::Error;
+
+pub async fn run(cmd: TokenCmd, out: &mut Out) -> Result<u8, Error> {
+    match cmd {
+        TokenCmd::Create {
+            name,
+            role,
+            tokens_file,
+        } => {
+            let mut f = read_or_empty(&tokens_file)?;
+            if name.trim().is_empty() {
+                return Err(Error::Usage {
+                    reason: "the token's name must not be empty".into(),
+                });
+            }
+            if f.tokens.iter().any(|t| t.name == name) {
+                return Err(Error::InvalidInput {
+                    path: tokens_file.display().to_string(),
+                    reason: format!("a token named {name:?} exists; revoke it first or pick another name"),
+                });
+            }
+            let token = tokens::generate_token();
+            let role = match role {
+                TokenRole::Viewer => Role::Viewer,
+                TokenRole::Operator => Role::Operator,
+                TokenRole::Admin => Role::Admin,
+            };
+            f.tokens.push(TokenEntry {
+                name: name.clone(),
+                role,
+                sha256: tokens::hash_token(&token),
+            });
+            write(&tokens_file, &f)?;
+            eprintln!(
+                "added {name} ({}) to {}; the token is shown only now — restart the coordinator to apply",
+                role.name(),
+                tokens_file.display()
+            );
+            emit(out, &format!("{token}\n")).await?;
+        }
+        TokenCmd::List { tokens_file } => {
+            let f = load(&tokens_file)?;
+            let mut text = String::from("NAME\tROLE\n");
+            for t in &f.tokens {
+                text.push_str(&format!("{}\t{}\n", t.name, t.role.name()));
+            }
+            emit(out, &text).await?;
+        }
+        TokenCmd::Revoke { name, tokens_file } => {
+            let mut f = load(&tokens_file)?;
+            let before = f.tokens.len();
+            f.tokens.retain(|t| t.name != name);
+            if f.tokens.len() == before {
+                return Err(Error::InvalidInput {
+                    path: tokens_file.display().to_string(),
+                    reason: format!("no token named {name:?}"),
+                });
+            }
+            write(&tokens_file, &f)?;
+            emit(
+                out,
+                &format!("revoked {name}; restart the coordinator to apply\n"),
+            )
+            .await?;
+        }
+    }
+    Ok(crate::error::exit::OK)
+}
+
+fn load(path: &Path) -> Result<TokensFile, Error> {
+    tokens::load(path).map_err(|e| Error::InvalidInput {
+        path: path.display().to_string(),
+        reason: e.reason,
+    })
+}
+
+fn read_or_empty(path: &Path) -> Result<TokensFile, Error> {
+    if path.exists() {
+        load(path)
+    } else {
+        Ok(TokensFile::default())
+    }
+}
+
+/// Replace the file atomically (a 0600 temporary file beside it, then rename).
+fn write(path: &Path, f: &TokensFile) -> Result<(), Error> {
+    let text = serde_norway::to_string(f).map_err(|e| Error::InvalidInput {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let text =
+        format!("# hostplane admin tokens (SHA-256 of each token); edit with `hostplanectl token`.\n{text}");
+    Ok(crate::certs::write_file(path, text.as_bytes(), 0o600)?)
+}
