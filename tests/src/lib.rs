@@ -355,3 +355,21 @@ pub async fn wait_recreated(admin: &Admin, name: &str, after_ms: i64, timeout: D
     })
     .await
 }
+
+/// Why `kubernetes-validate` (the manifest and Helm chart tests' schema
+/// checker) cannot run, if it cannot.
+pub fn kubernetes_validate_missing() -> Option<String> {
+    match std::process::Command::new("kubernetes-validate")
+        .arg("--version")
+        .output()
+    {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "kubernetes-validate --version failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Some(format!(
+            "kubernetes-validate is not installed ({e}); scripts/setup installs it with pip"
+        )),
+    }
+}

@@ -46,19 +46,6 @@ fn helm_missing() -> Option<String> {
     }
 }
 
-fn validator_missing() -> Option<String> {
-    match Command::new("kubernetes-validate").arg("--version").output() {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!(
-            "kubernetes-validate --version failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) => Some(format!(
-            "kubernetes-validate is not installed ({e}); scripts/setup installs it with pip"
-        )),
-    }
-}
-
 fn skip(why: Option<String>) -> bool {
     match why {
         Some(why) => {
@@ -224,7 +211,7 @@ fn default_values_render_the_plain_manifests() {
 
 #[test]
 fn the_rendered_chart_validates_against_the_kubernetes_schemas() {
-    if skip(helm_missing().or_else(validator_missing)) {
+    if skip(helm_missing().or_else(hostplane_tests::kubernetes_validate_missing)) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

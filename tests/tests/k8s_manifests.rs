@@ -30,20 +30,6 @@ fn manifests() -> Vec<PathBuf> {
     files
 }
 
-/// Why `kubernetes-validate` cannot run, if it cannot.
-fn validator_missing() -> Option<String> {
-    match Command::new("kubernetes-validate").arg("--version").output() {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!(
-            "kubernetes-validate --version failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) => Some(format!(
-            "kubernetes-validate is not installed ({e}); scripts/setup installs it with pip"
-        )),
-    }
-}
-
 fn validate(files: &[PathBuf], version: Option<&str>) -> (bool, String) {
     let mut cmd = Command::new("kubernetes-validate");
     cmd.args(["--strict", "--no-warn"]);
@@ -61,7 +47,7 @@ fn validate(files: &[PathBuf], version: Option<&str>) -> (bool, String) {
 
 #[test]
 fn every_manifest_validates_against_the_kubernetes_schemas() {
-    if let Some(why) = validator_missing() {
+    if let Some(why) = hostplane_tests::kubernetes_validate_missing() {
         eprintln!("SKIPPED: {why}");
         return;
     }
