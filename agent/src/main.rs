@@ -216,7 +216,7 @@ fn run_daemon(args: &ConfigArgs) -> ExitCode {
             }
         };
         // A second SIGTERM/SIGINT exits at once, without the grace period.
-        let _signals = signals::spawn_handler(signals, shutdown.clone(), EXIT_FAILURE.into());
+        let _signals = signals::spawn_handler(signals, shutdown.clone(), None, EXIT_FAILURE.into());
         let _watchdog = hostplane_common::notify::spawn_watchdog(shutdown.child_token());
         let cache = match BfbCache::new(cfg.cache.clone()) {
             Ok(c) => Arc::new(c),

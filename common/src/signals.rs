@@ -1,8 +1,12 @@
 //! Unix signals as a typed enum: SIGTERM / SIGINT shut down, SIGHUP asks for
-//! a reload (not supported yet: logged and ignored). The first shutdown
+//! a reload: it wakes the daemon's reload [`Notify`] when it has one, and is
+//! logged and ignored when it has none. The first shutdown
 //! signal cancels the root token and lets the daemon drain within its grace
 //! period; a second one means "now": [`spawn_handler`] exits the process.
+use std::sync::Arc;
+
 use tokio::signal::unix::{Signal as UnixSignal, SignalKind, signal};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -40,10 +44,11 @@ impl Signals {
         }
     }
 
-    /// Cancel `shutdown` on the first SIGTERM/SIGINT and log SIGHUP. Returns
-    /// the name of a second SIGTERM/SIGINT that arrives once `shutdown` is
-    /// cancelled (by a signal or by anything else).
-    pub async fn run(mut self, shutdown: CancellationToken) -> &'static str {
+    /// Cancel `shutdown` on the first SIGTERM/SIGINT; on SIGHUP wake `reload`
+    /// (or log that there is nothing to reload). Returns the name of a second
+    /// SIGTERM/SIGINT that arrives once `shutdown` is cancelled (by a signal
+    /// or by anything else).
+    pub async fn run(mut self, shutdown: CancellationToken, reload: Option<Arc<Notify>>) -> &'static str {
         loop {
             match self.recv().await {
                 Signal::Shutdown(name) if shutdown.is_cancelled() => {
@@ -54,12 +59,17 @@ impl Signals {
                     tracing::info!(signal = name, "shutting down");
                     shutdown.cancel();
                 }
-                Signal::Reload => {
-                    tracing::info!(
+                Signal::Reload => match &reload {
+                    Some(r) => {
+                        tracing::info!(signal = "SIGHUP", "reloading");
+                        // A stored permit: a SIGHUP during a reload is not lost.
+                        r.notify_one();
+                    }
+                    None => tracing::info!(
                         signal = "SIGHUP",
-                        "reload not supported yet; restart to apply changes"
-                    )
-                }
+                        "this daemon reloads nothing; restart to apply changes"
+                    ),
+                },
             }
         }
     }
@@ -71,11 +81,12 @@ impl Signals {
 pub fn spawn_handler(
     signals: Signals,
     shutdown: CancellationToken,
+    reload: Option<Arc<Notify>>,
     exit_code: i32,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(
         async move {
-            signals.run(shutdown).await;
+            signals.run(shutdown, reload).await;
             std::process::exit(exit_code);
         }
         .instrument(tracing::info_span!("signals")),
@@ -99,8 +110,13 @@ mod tests {
         assert_eq!(s.recv().await, Signal::Shutdown("SIGTERM"));
 
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(s.run(shutdown.clone()));
-        raise(Sig::SIGHUP).unwrap(); // logged, nothing else
+        let reload = Arc::new(Notify::new());
+        let task = tokio::spawn(s.run(shutdown.clone(), Some(reload.clone())));
+        raise(Sig::SIGHUP).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), reload.notified())
+            .await
+            .expect("SIGHUP wakes the reload");
+        assert!(!shutdown.is_cancelled(), "SIGHUP does not stop the daemon");
         raise(Sig::SIGINT).unwrap();
         shutdown.cancelled().await;
         assert!(

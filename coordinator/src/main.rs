@@ -311,9 +311,16 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     rt.block_on(async {
         let shutdown = CancellationToken::new();
         let signals = Signals::new()?;
-        // A second SIGTERM/SIGINT: do not wait for the grace period.
-        let watcher = signals::spawn_handler(signals, shutdown.clone(), EXIT_RUNTIME.into());
-        let result = server::run(cfg, shutdown).await;
+        // A second SIGTERM/SIGINT: do not wait for the grace period. SIGHUP:
+        // read the tokens file and the TLS files again.
+        let reload = std::sync::Arc::new(tokio::sync::Notify::new());
+        let watcher = signals::spawn_handler(
+            signals,
+            shutdown.clone(),
+            Some(reload.clone()),
+            EXIT_RUNTIME.into(),
+        );
+        let result = server::run_with_reload(cfg, shutdown, reload).await;
         watcher.abort();
         result.map_err(anyhow::Error::from)
     })

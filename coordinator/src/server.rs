@@ -8,12 +8,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hostplane_proto::v1::{
     self, admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
 };
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::{Id, JoinSet};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -73,6 +75,8 @@ pub struct ServeOptions {
     /// Run the DPU reconciler and the power policy engine (tests of the API
     /// alone turn them off).
     pub run_reconciler: bool,
+    /// Each notification reloads `auth.tokens_file` and the `tls:` files.
+    pub reload: Option<Arc<Notify>>,
 }
 
 impl Default for ServeOptions {
@@ -80,19 +84,39 @@ impl Default for ServeOptions {
         ServeOptions {
             store: None,
             run_reconciler: true,
+            reload: None,
         }
     }
 }
 
 /// Bind `cfg.listen` and serve until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
-    let listener = TcpListener::bind(cfg.listen)
+    let listener = bind(&cfg).await?;
+    serve(cfg, listener, shutdown).await
+}
+
+/// [`run`], reloading the tokens file and the TLS files whenever `reload`
+/// is notified (the daemon's SIGHUP).
+pub async fn run_with_reload(
+    cfg: Config,
+    shutdown: CancellationToken,
+    reload: Arc<Notify>,
+) -> Result<(), ServerError> {
+    let listener = bind(&cfg).await?;
+    let opts = ServeOptions {
+        reload: Some(reload),
+        ..ServeOptions::default()
+    };
+    serve_with(cfg, listener, shutdown, opts).await
+}
+
+async fn bind(cfg: &Config) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServerError::Bind {
             addr: cfg.listen,
             source,
-        })?;
-    serve(cfg, listener, shutdown).await
+        })
 }
 
 /// Serve on an already-bound listener (tests bind 127.0.0.1:0).
@@ -124,8 +148,8 @@ pub async fn serve_with(
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
     // Configuration that can be wrong is checked before anything starts.
-    let tls = match &cfg.tls {
-        Some(t) => Some(std::sync::Arc::new(server_tls(t)?)),
+    let tls: Option<crate::tls::SharedTls> = match &cfg.tls {
+        Some(t) => Some(Arc::new(RwLock::new(Arc::new(server_tls(t)?)))),
         None => None,
     };
     let audit = Audit::open(cfg.auth.audit_file.as_deref())?;
@@ -164,6 +188,22 @@ pub async fn serve_with(
         let engine = PowerEngine::new(store.clone(), power.clone(), cfg.power.clone());
         let h = tasks.spawn(engine.run(tasks_token.child_token()));
         names.insert(h.id(), "power engine");
+    }
+    if let Some(reload) = opts.reload.clone() {
+        let (guard, tls, cfg) = (guard.clone(), tls.clone(), cfg.clone());
+        let token = tasks_token.child_token();
+        let h = tasks.spawn(
+            async move {
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        () = reload.notified() => reload_files(&cfg, &guard, tls.as_ref()),
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("reload")),
+        );
+        names.insert(h.id(), "reload");
     }
     let admin = GuardedAdmin::new(
         AdminApi::new(store.clone(), tasks_token.child_token()).with_power(power.clone()),
@@ -249,6 +289,46 @@ pub async fn serve_with(
     }
     tracing::info!(%addr, "coordinator stopped");
     served.map_err(|source| ServerError::Serve { addr, source })
+}
+
+/// SIGHUP: read the tokens file and the TLS files again (the paths in the
+/// config as it was at start). What fails to load is named and the settings
+/// in force are kept; each outcome is audited.
+fn reload_files(cfg: &Config, guard: &Guard, tls: Option<&crate::tls::SharedTls>) {
+    let audit = guard.audit();
+    let record = |target: &str, result: &str| {
+        audit.record(crate::audit::Record {
+            who: "SIGHUP",
+            role: "",
+            method: "Reload",
+            target,
+            result,
+            peer: "",
+        })
+    };
+    match guard.reload(&cfg.auth, tls.is_some()) {
+        Ok(Some(n)) => record("auth.tokens_file", &format!("ok: {n} tokens")),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "reload: keeping the tokens in force");
+            record(
+                "auth.tokens_file",
+                &format!("error (kept the tokens in force): {e}"),
+            );
+        }
+    }
+    if let (Some(shared), Some(t)) = (tls, &cfg.tls) {
+        match server_tls(t) {
+            Ok(settings) => {
+                *shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+                record("tls", "ok: new connections use the files as they are now");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload: keeping the TLS settings in force");
+                record("tls", &format!("error (kept the settings in force): {e}"));
+            }
+        }
+    }
 }
 
 /// The server's TLS settings from the checked files: its certificate, and

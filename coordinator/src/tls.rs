@@ -13,7 +13,7 @@
 //! certificates verified by webpki against `tls.client_ca_file` (optional
 //! only with `tls.client_auth_optional`), ALPN h2.
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -37,6 +37,10 @@ use crate::config::LoadedTls;
 
 /// A client that has not finished its handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The settings new connections get; replaced whole on reload (SIGHUP),
+/// while established connections keep theirs.
+pub type SharedTls = Arc<RwLock<Arc<TlsSettings>>>;
 
 /// The checked TLS material, from which each connection's rustls config is made.
 pub struct TlsSettings {
@@ -102,7 +106,7 @@ impl TlsSettings {
 /// or the server drops the stream.
 pub fn incoming(
     listener: TcpListener,
-    settings: Arc<TlsSettings>,
+    settings: SharedTls,
     audit: Audit,
     stop: CancellationToken,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
@@ -127,7 +131,8 @@ pub fn incoming(
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(%addr, error = %e, "cannot set TCP_NODELAY");
             }
-            tokio::spawn(handshake(tcp, addr, settings.clone(), audit.clone(), tx.clone()));
+            let current = settings.read().unwrap_or_else(|p| p.into_inner()).clone();
+            tokio::spawn(handshake(tcp, addr, current, audit.clone(), tx.clone()));
         }
     });
     ReceiverStream::new(rx)

@@ -64,7 +64,7 @@ async fn tokens_roles_and_the_audit_log() {
     cfg.store.path = dir.path().join("c.db");
     cfg.insecure = true;
     cfg.auth = AuthConfig {
-        tokens_file: Some(tokens),
+        tokens_file: Some(tokens.clone()),
         audit_file: Some(audit.clone()),
         ..AuthConfig::default()
     };
@@ -72,9 +72,11 @@ async fn tokens_roles_and_the_audit_log() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
+    let reload = std::sync::Arc::new(tokio::sync::Notify::new());
     let opts = ServeOptions {
         store: Some(store),
         run_reconciler: false,
+        reload: Some(reload.clone()),
     };
     let srv = tokio::spawn(server::serve_with(cfg, listener, stop.clone(), opts));
     let mut c = loop {
@@ -184,6 +186,70 @@ async fn tokens_roles_and_the_audit_log() {
     );
     let text = std::fs::read_to_string(&audit).unwrap();
     assert!(!text.contains("secret"), "tokens never reach the audit log");
+
+    // SIGHUP (the reload notification): the tokens file is read again. vera
+    // is revoked, neo added; later calls see the new set.
+    std::fs::write(
+        &tokens,
+        format!(
+            "tokens:\n  - {{name: neo, role: viewer, sha256: {}}}\n  - {{name: ada, role: admin, sha256: {}}}\n",
+            hash_token("neo-secret"),
+            hash_token("admin-secret"),
+        ),
+    )
+    .unwrap();
+    reload.notify_one();
+    let get = |t: &str| {
+        with_token(
+            hostplane_proto::v1::ListRequest {
+                kind: Kind::Node as i32,
+                ..Default::default()
+            },
+            Some(t),
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.list(get("neo-secret")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = c.list(get("viewer-secret")).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        tonic::Code::Unauthenticated,
+        "a revoked token is refused after the reload"
+    );
+
+    // A broken file on reload: named, audited, and the tokens in force stay.
+    std::fs::write(&tokens, "tokens:\n  - {name: x, role: root, sha256: y}\n").unwrap();
+    reload.notify_one();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let text = std::fs::read_to_string(&audit).unwrap();
+        if let Some(l) = text
+            .lines()
+            .find(|l| l.contains("\"Reload\"") && l.contains("error"))
+        {
+            break l.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed reload was not audited:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        failed.contains("kept the tokens in force") && failed.contains("root"),
+        "{failed}"
+    );
+    let ok = std::fs::read_to_string(&audit).unwrap();
+    assert!(ok.contains("\"result\":\"ok: 2 tokens\""), "{ok}");
+    c.list(get("neo-secret"))
+        .await
+        .expect("the tokens in force survive a bad reload");
     stop.cancel();
     srv.await.unwrap().unwrap();
 }

@@ -97,7 +97,7 @@ pub enum Command {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
-    /// Admin API bearer tokens in the coordinator's auth.tokens_file (stored hashed; restart the coordinator to apply).
+    /// Admin API bearer tokens in the coordinator's auth.tokens_file (stored hashed; reload the coordinator (SIGHUP) to apply).
     Token {
         #[command(subcommand)]
         cmd: TokenCmd,

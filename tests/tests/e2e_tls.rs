@@ -307,6 +307,73 @@ async fn only_the_nodes_own_certificate_opens_its_session() {
     );
 }
 
+/// SIGHUP re-reads the TLS files: a second CA added to `tls.client_ca_file`
+/// (a CA rotation) is trusted by new connections, the first still is; a
+/// broken file is refused and the settings in force are kept. Audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_client_ca() {
+    let s = site().await;
+    let (ca2, _) = Ca::generate("second CA", Validity::days(1)).unwrap();
+    let n2 = Leaf::Agent { node: "n2".into() };
+    write(&s.tls, "ca2-n2", &ca2.issue(&n2, Validity::days(1)).unwrap());
+    let e = s
+        .session("https", Some(s.client_tls(Some("ca2-n2"))), "n2")
+        .await
+        .unwrap_err();
+    assert!(e.contains("transport error"), "before the rotation: {e}");
+
+    let hup = || {
+        nix::sys::signal::kill(s._coordinator.pid().unwrap(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    };
+    let ca_file = s.tls.join("ca.crt");
+    let first = std::fs::read_to_string(&ca_file).unwrap();
+    std::fs::write(&ca_file, format!("{first}{}", ca2.cert_pem())).unwrap();
+    hup();
+    let deadline = std::time::Instant::now() + STEP;
+    while let Err(e) = s.session("https", Some(s.client_tls(Some("ca2-n2"))), "n2").await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never took effect: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.session("https", Some(s.client_tls(Some("agent-n1"))), "n1")
+        .await
+        .expect("the first CA is still trusted");
+
+    // A client CA file that is not PEM: refused, the settings in force kept.
+    std::fs::write(&ca_file, "not a certificate\n").unwrap();
+    hup();
+    let audit_file = s.dir.join("audit.jsonl");
+    let deadline = std::time::Instant::now() + STEP;
+    let failed = loop {
+        let text = std::fs::read_to_string(&audit_file).unwrap_or_default();
+        if let Some(l) = text
+            .lines()
+            .find(|l| l.contains("\"Reload\"") && l.contains("\"tls\"") && l.contains("error"))
+        {
+            break l.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed reload audited:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(failed.contains("tls.client_ca_file"), "{failed}");
+    // Restore the file for the clients of this test; the server still has both CAs.
+    std::fs::write(&ca_file, format!("{first}{}", ca2.cert_pem())).unwrap();
+    s.session("https", Some(s.client_tls(Some("ca2-n2"))), "n2")
+        .await
+        .expect("the settings in force survived the bad reload");
+    let text = std::fs::read_to_string(&audit_file).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"Reload\"") && l.contains("\"tls\"") && l.contains("\"ok: ")),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_client_auth_still_requires_a_certificate_for_agents() {
     let tmp = tempfile::tempdir().unwrap();

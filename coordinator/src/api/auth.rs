@@ -16,7 +16,7 @@
 //! transport already is; both cases are logged as warnings at start.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use hostplane_proto::v1::{
@@ -86,11 +86,13 @@ pub struct Caller {
     pub role: Role,
 }
 
+type Tokens = Option<Arc<HashMap<String, Caller>>>;
+
 /// Token check and audit log, shared by every call.
 #[derive(Clone)]
 pub struct Guard {
-    /// sha256 hex -> caller; None: no token check.
-    tokens: Option<Arc<HashMap<String, Caller>>>,
+    /// sha256 hex -> caller; None: no token check. Replaced whole on reload.
+    tokens: Arc<RwLock<Tokens>>,
     audit: Audit,
 }
 
@@ -127,20 +129,42 @@ impl Guard {
                 tracing::warn!("admin API: no auth.tokens_file over plain TCP — every client is an admin")
             }
         }
-        Ok(Guard { tokens, audit })
+        Ok(Guard {
+            tokens: Arc::new(RwLock::new(tokens)),
+            audit,
+        })
+    }
+
+    /// Read `auth.tokens_file` again (SIGHUP): the new set replaces the old
+    /// one for every later call; a file that does not load changes nothing.
+    /// Returns how many tokens are in force, or None when tokens are not
+    /// checked (nothing to reload).
+    pub fn reload(&self, cfg: &AuthConfig, tls: bool) -> Result<Option<usize>, AuthError> {
+        let Some(tokens) = cfg.check(tls)? else {
+            return Ok(None);
+        };
+        let n = tokens.len();
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(tokens));
+        Ok(Some(n))
     }
 
     /// No token check, no audit file (tests of the API alone).
     pub fn open() -> Guard {
         Guard {
-            tokens: None,
+            tokens: Arc::new(RwLock::new(None)),
             audit: Audit::default(),
         }
     }
 
+    /// The audit sink this guard writes to.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
     /// The caller, or (who, why) for a refused call.
     fn check(&self, md: &MetadataMap, need: Role) -> Result<Caller, (Option<Caller>, Status)> {
-        let Some(tokens) = &self.tokens else {
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(tokens) = tokens else {
             return Ok(Caller {
                 name: "anonymous".into(),
                 role: Role::Admin,

@@ -49,6 +49,7 @@ pub async fn start_with(path: &Path, run_reconciler: bool) -> TestServer {
     let opts = ServeOptions {
         store: Some(store.clone()),
         run_reconciler,
+        reload: None,
     };
     let handle = tokio::spawn(server::serve_with(cfg, listener, shutdown.clone(), opts));
     TestServer {

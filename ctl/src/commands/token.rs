@@ -42,7 +42,7 @@ pub async fn run(cmd: TokenCmd, out: &mut Out) -> Result<u8, Error> {
             });
             write(&tokens_file, &f)?;
             eprintln!(
-                "added {name} ({}) to {}; the token is shown only now — restart the coordinator to apply",
+                "added {name} ({}) to {}; the token is shown only now — reload the coordinator (SIGHUP) to apply",
                 role.name(),
                 tokens_file.display()
             );
@@ -69,7 +69,7 @@ pub async fn run(cmd: TokenCmd, out: &mut Out) -> Result<u8, Error> {
             write(&tokens_file, &f)?;
             emit(
                 out,
-                &format!("revoked {name}; restart the coordinator to apply\n"),
+                &format!("revoked {name}; reload the coordinator (SIGHUP) to apply\n"),
             )
             .await?;
         }
