@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 /// Cheap to clone; every clone appends to the same file.
 #[derive(Clone, Default)]
 pub struct Audit {
-    file: Option<Arc<Mutex<std::fs::File>>>,
+    /// The path and the open file; every clone shares the one handle.
+    file: Option<(PathBuf, Arc<Mutex<std::fs::File>>)>,
 }
 
 /// One audited event. Empty fields are written as "".
@@ -42,17 +43,20 @@ impl Audit {
         let Some(p) = path else {
             return Ok(Audit::default());
         };
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .map_err(|source| AuditError {
-                path: p.to_path_buf(),
-                source,
-            })?;
+        let f = append(p)?;
         Ok(Audit {
-            file: Some(Arc::new(Mutex::new(f))),
+            file: Some((p.to_path_buf(), Arc::new(Mutex::new(f)))),
         })
+    }
+
+    /// Open the file again at its path (SIGHUP, after logrotate moved it);
+    /// on failure the old handle stays in use.
+    pub fn reopen(&self) -> Result<(), AuditError> {
+        if let Some((p, f)) = &self.file {
+            let new = append(p)?;
+            *f.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        }
+        Ok(())
     }
 
     /// Append one record (and log it). A write failure is logged, never
@@ -76,13 +80,24 @@ impl Audit {
             peer = r.peer,
             "audit"
         );
-        if let Some(f) = &self.file {
+        if let Some((_, f)) = &self.file {
             let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = writeln!(f, "{rec}").and_then(|()| f.flush()) {
                 tracing::error!(error = %e, "cannot write the audit log");
             }
         }
     }
+}
+
+fn append(p: &Path) -> Result<std::fs::File, AuditError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .map_err(|source| AuditError {
+            path: p.to_path_buf(),
+            source,
+        })
 }
 
 /// The `peer` of a call: its remote address, and over mTLS the name its
@@ -135,6 +150,27 @@ mod tests {
         assert_eq!(lines[1]["peer"], "127.0.0.1:5000");
         assert_eq!(lines[2]["result"], "denied");
         assert_eq!(lines[2]["method"], "");
+    }
+
+    #[test]
+    fn reopen_follows_a_rotated_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.jsonl");
+        let a = Audit::open(Some(&p)).unwrap();
+        a.record(Record {
+            who: "before",
+            ..Record::default()
+        });
+        std::fs::rename(&p, d.path().join("audit.jsonl.1")).unwrap();
+        a.reopen().unwrap();
+        a.record(Record {
+            who: "after",
+            ..Record::default()
+        });
+        let now = std::fs::read_to_string(&p).unwrap();
+        let old = std::fs::read_to_string(d.path().join("audit.jsonl.1")).unwrap();
+        assert!(now.contains("\"after\"") && !now.contains("\"before\""), "{now}");
+        assert!(old.contains("\"before\"") && !old.contains("\"after\""), "{old}");
     }
 
     #[test]

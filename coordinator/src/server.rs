@@ -306,6 +306,10 @@ fn reload_files(cfg: &Config, guard: &Guard, tls: Option<&crate::tls::SharedTls>
             peer: "",
         })
     };
+    // logrotate moved the audit file: write to a new one at the same path.
+    if let Err(e) = audit.reopen() {
+        tracing::error!(error = %e, "reload: keeping the audit file open as it was");
+    }
     match guard.reload(&cfg.auth, tls.is_some()) {
         Ok(Some(n)) => record("auth.tokens_file", &format!("ok: {n} tokens")),
         Ok(None) => {}

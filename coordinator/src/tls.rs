@@ -4,23 +4,28 @@
 //! from another CA, an expired one, none at all) then vanishes without a
 //! trace. Here each connection's handshake runs in a task of its own (a slow
 //! or silent client holds up no one, and gives up after
-//! [`HANDSHAKE_TIMEOUT`]); a refused one is logged and written to the audit
-//! log with the peer's address and the name in the certificate it offered.
-//! Established connections go to tonic as `tokio_rustls` streams, so
-//! `Request::peer_certs` and `remote_addr` work as with tonic's own TLS.
+//! [`HANDSHAKE_TIMEOUT`]); at most [`MAX_HANDSHAKES`] run at once (beyond
+//! that the kernel's backlog queues new connections). A refused handshake is
+//! logged and written to the audit log with the peer's address and the name
+//! in the certificate it offered — unverified, so it goes in `peer`, never
+//! in `who` — at most [`AUDIT_PER_IP`] records per source address a minute,
+//! then one line counting the rest. Established connections go to tonic as
+//! `tokio_rustls` streams, so `Request::peer_certs` and `remote_addr` work as
+//! with tonic's own TLS.
 //!
 //! The rustls settings are tonic's: the server certificate, client
 //! certificates verified by webpki against `tls.client_ca_file` (optional
-//! only with `tls.client_auth_optional`), ALPN h2.
-use std::net::SocketAddr;
+//! only with `tls.client_auth_optional`), ALPN h2. They are built once per
+//! (re)load and shared by every connection.
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
-use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
@@ -37,17 +42,25 @@ use crate::config::LoadedTls;
 
 /// A client that has not finished its handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; the next connection waits in the backlog.
+pub const MAX_HANDSHAKES: usize = 256;
+/// Refused-handshake audit records per source address and minute.
+pub const AUDIT_PER_IP: u32 = 20;
+const AUDIT_WINDOW: Duration = Duration::from_secs(60);
+
+tokio::task_local! {
+    /// The name in the client certificate offered on this connection, set by
+    /// the verifier (which rustls calls inside the handshake's poll).
+    static OFFERED: Arc<Mutex<Option<String>>>;
+}
 
 /// The settings new connections get; replaced whole on reload (SIGHUP),
 /// while established connections keep theirs.
 pub type SharedTls = Arc<RwLock<Arc<TlsSettings>>>;
 
-/// The checked TLS material, from which each connection's rustls config is made.
+/// The rustls server config made from the checked TLS files.
 pub struct TlsSettings {
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    verifier: Arc<dyn ClientCertVerifier>,
-    provider: Arc<CryptoProvider>,
+    config: Arc<ServerConfig>,
 }
 
 impl TlsSettings {
@@ -71,33 +84,17 @@ impl TlsSettings {
         } else {
             builder
         };
-        let verifier = builder.build().map_err(|e| format!("tls.client_ca_file: {e}"))?;
-        let settings = TlsSettings {
-            certs,
-            key,
-            verifier,
-            provider,
-        };
-        // Fail at start, not at the first connection, when the key does not fit.
-        settings
-            .config_for(Arc::default())
+        let inner = builder.build().map_err(|e| format!("tls.client_ca_file: {e}"))?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(Arc::new(Recording { inner }))
+            .with_single_cert(certs, key)
             .map_err(|e| format!("tls.cert_file / tls.key_file: {e}"))?;
-        Ok(settings)
-    }
-
-    /// One connection's config: the shared verifier, wrapped to remember
-    /// the name in the certificate the client offered (for the audit log).
-    fn config_for(&self, offered: Arc<Mutex<Option<String>>>) -> Result<ServerConfig, rustls::Error> {
-        let verifier = Arc::new(Recording {
-            inner: self.verifier.clone(),
-            offered,
-        });
-        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.certs.clone(), self.key.clone_key())?;
         config.alpn_protocols.push(b"h2".to_vec());
-        Ok(config)
+        Ok(TlsSettings {
+            config: Arc::new(config),
+        })
     }
 }
 
@@ -111,17 +108,37 @@ pub fn incoming(
     stop: CancellationToken,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
+    let limit = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let refusals = Arc::new(Refusals::new(audit));
     tokio::spawn(async move {
+        let mut last_warning: Option<Instant> = None;
         loop {
+            let permit = tokio::select! {
+                () = stop.cancelled() => break,
+                () = tx.closed() => break,
+                p = limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
             let (tcp, addr) = tokio::select! {
                 () = stop.cancelled() => break,
                 () = tx.closed() => break,
                 r = listener.accept() => match r {
                     Ok(c) => c,
+                    Err(e) if out_of_resources(&e) => {
+                        // EMFILE and the like: back off (the listener is
+                        // still good) and say so once per burst.
+                        if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                            tracing::warn!(error = %e, "accepting connections failed; backing off");
+                            last_warning = Some(Instant::now());
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
                     Err(e) => {
-                        // EMFILE and the like: do not spin; the listener is still good.
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // One connection's trouble (aborted, reset, refused by a filter).
+                        tracing::debug!(error = %e, "accepting a connection failed");
                         continue;
                     }
                 },
@@ -132,30 +149,50 @@ pub fn incoming(
                 tracing::debug!(%addr, error = %e, "cannot set TCP_NODELAY");
             }
             let current = settings.read().unwrap_or_else(|p| p.into_inner()).clone();
-            tokio::spawn(handshake(tcp, addr, current, audit.clone(), tx.clone()));
+            tokio::spawn(handshake(
+                tcp,
+                addr,
+                current,
+                refusals.clone(),
+                tx.clone(),
+                permit,
+            ));
         }
     });
     ReceiverStream::new(rx)
+}
+
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
+    )
+}
+
+/// The errno values `accept` returns when the process or system is out of
+/// something (Linux numbering).
+mod libc_errno {
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const ENOBUFS: i32 = 105;
 }
 
 async fn handshake(
     tcp: TcpStream,
     addr: SocketAddr,
     settings: Arc<TlsSettings>,
-    audit: Audit,
+    refusals: Arc<Refusals>,
     tx: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
+    permit: OwnedSemaphorePermit,
 ) {
     let offered = Arc::new(Mutex::new(None));
-    let config = match settings.config_for(offered.clone()) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(%addr, error = %e, "cannot make the TLS config for a connection");
-            return;
-        }
-    };
-    let why = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(Arc::new(config)).accept(tcp))
-        .await
-    {
+    let accept = TlsAcceptor::from(settings.config.clone()).accept(tcp);
+    let result = OFFERED
+        .scope(offered.clone(), tokio::time::timeout(HANDSHAKE_TIMEOUT, accept))
+        .await;
+    drop(permit);
+    let why = match result {
         Ok(Ok(tls)) => {
             // The server may have stopped meanwhile; the connection just closes.
             let _ = tx.send(Ok(tls)).await;
@@ -166,35 +203,109 @@ async fn handshake(
             tracing::debug!(%addr, error = %e, "connection closed before a TLS handshake");
             return;
         }
-        Ok(Err(e)) => e.to_string(),
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            if text.contains("received fatal alert") {
+                format!("the client ended the handshake (did it refuse this server's certificate?): {text}")
+            } else {
+                text
+            }
+        }
         Err(_) => format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
     };
-    let name = offered_name(&offered);
-    let who = name.as_deref().unwrap_or("unauthenticated");
-    let peer = match &name {
-        Some(n) => format!("{addr} cert={n}"),
-        None => addr.to_string(),
-    };
-    tracing::warn!(%addr, certificate = ?name, error = %why, "TLS handshake refused");
-    audit.record(Record {
-        who,
-        role: "",
-        method: "TlsHandshake",
-        target: "",
-        result: &format!("refused: {why}"),
-        peer: &peer,
-    });
+    refusals.record(addr, offered_name(&offered), &why);
 }
 
 fn offered_name(offered: &Mutex<Option<String>>) -> Option<String> {
     offered.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-/// The webpki verifier, noting the name in the certificate it was shown.
+/// Refused handshakes to the log and the audit file, at most
+/// [`AUDIT_PER_IP`] a minute per source address; the rest are counted and
+/// reported with the next record after the window.
+struct Refusals {
+    audit: Audit,
+    windows: Mutex<HashMap<IpAddr, Window>>,
+}
+
+struct Window {
+    start: Instant,
+    recorded: u32,
+    suppressed: u64,
+}
+
+impl Refusals {
+    fn new(audit: Audit) -> Refusals {
+        Refusals {
+            audit,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn record(&self, addr: SocketAddr, offered: Option<String>, why: &str) {
+        self.record_at(Instant::now(), addr, offered, why);
+    }
+
+    fn record_at(&self, now: Instant, addr: SocketAddr, offered: Option<String>, why: &str) {
+        // None: over this address's budget (counted); Some(n): record, with
+        // n refusals of the previous window that were not recorded.
+        let earlier_suppressed = {
+            let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            if w.len() > 10_000 {
+                w.retain(|_, v| now.duration_since(v.start) < AUDIT_WINDOW);
+            }
+            let win = w.entry(addr.ip()).or_insert(Window {
+                start: now,
+                recorded: 0,
+                suppressed: 0,
+            });
+            let mut carried = 0;
+            if now.duration_since(win.start) >= AUDIT_WINDOW {
+                carried = win.suppressed;
+                win.start = now;
+                win.recorded = 0;
+                win.suppressed = 0;
+            }
+            if win.recorded >= AUDIT_PER_IP {
+                win.suppressed += 1;
+                None
+            } else {
+                win.recorded += 1;
+                Some(carried)
+            }
+        };
+        let Some(suppressed) = earlier_suppressed else {
+            return;
+        };
+        let peer = match &offered {
+            Some(n) => format!("{addr} offered_cert={n} (unverified)"),
+            None => addr.to_string(),
+        };
+        let result = if suppressed > 0 {
+            format!(
+                "refused: {why} ({suppressed} more refused handshakes from {} in the minute before were not recorded)",
+                addr.ip()
+            )
+        } else {
+            format!("refused: {why}")
+        };
+        tracing::warn!(%addr, offered_certificate = ?offered, error = %why, suppressed, "TLS handshake refused");
+        self.audit.record(Record {
+            who: "unauthenticated",
+            role: "",
+            method: "TlsHandshake",
+            target: "",
+            result: &result,
+            peer: &peer,
+        });
+    }
+}
+
+/// The webpki verifier, noting the name in the certificate it was shown in
+/// the connection's [`OFFERED`] slot.
 #[derive(Debug)]
 struct Recording {
     inner: Arc<dyn ClientCertVerifier>,
-    offered: Arc<Mutex<Option<String>>>,
 }
 
 impl ClientCertVerifier for Recording {
@@ -216,8 +327,8 @@ impl ClientCertVerifier for Recording {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        *self.offered.lock().unwrap_or_else(|p| p.into_inner()) =
-            hostplane_common::tls::cert_name(end_entity);
+        let name = hostplane_common::tls::cert_name(end_entity);
+        let _ = OFFERED.try_with(|slot| *slot.lock().unwrap_or_else(|p| p.into_inner()) = name);
         self.inner.verify_client_cert(end_entity, intermediates, now)
     }
 
@@ -241,5 +352,61 @@ impl ClientCertVerifier for Recording {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(p: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn refusals_are_audited_at_most_so_many_per_address_a_minute() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("audit.jsonl");
+        let r = Refusals::new(Audit::open(Some(&file)).unwrap());
+        let a: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        let t0 = Instant::now();
+        for i in 0..(AUDIT_PER_IP + 5) {
+            r.record_at(
+                t0 + Duration::from_millis(u64::from(i)),
+                a,
+                Some("n1".into()),
+                "bad certificate",
+            );
+        }
+        r.record_at(t0, b, None, "peer sent no certificates");
+        let got = lines(&file);
+        assert_eq!(
+            got.len(),
+            AUDIT_PER_IP as usize + 1,
+            "a flood from one address is capped, others still recorded"
+        );
+        assert_eq!(
+            got[0]["who"], "unauthenticated",
+            "an unverified name is never `who`"
+        );
+        assert_eq!(got[0]["peer"], "10.0.0.1:40000 offered_cert=n1 (unverified)");
+        assert_eq!(got[0]["method"], "TlsHandshake");
+        assert_eq!(got.last().unwrap()["peer"], "10.0.0.2:40000");
+
+        // The next window: recorded again, with the count of what was dropped.
+        r.record_at(
+            t0 + AUDIT_WINDOW + Duration::from_secs(1),
+            a,
+            None,
+            "bad certificate",
+        );
+        let got = lines(&file);
+        let last = got.last().unwrap()["result"].as_str().unwrap().to_string();
+        assert!(last.contains("5 more refused handshakes from 10.0.0.1"), "{last}");
     }
 }

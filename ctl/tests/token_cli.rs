@@ -72,6 +72,20 @@ async fn create_list_revoke_and_refusals() {
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the tokens file is private");
 
+    // An existing file keeps its mode (and owner) when rewritten: an
+    // operator's `chmod 640` + `chown root:hostplane` survives.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let r = ctl(
+        NO_SERVER,
+        &["token", "create", "kim", "--role", "operator", "--tokens-file", f],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "the mode the operator set is kept");
+    let r = ctl(NO_SERVER, &["token", "revoke", "kim", "--tokens-file", f]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
     let r = ctl(NO_SERVER, &["token", "list", "--tokens-file", f]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout, "NAME\tROLE\nalice\tadmin\nvic\tviewer\n");

@@ -263,37 +263,62 @@ async fn only_the_nodes_own_certificate_opens_its_session() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let found = |method: &str, who: &str, reason: &str| {
+    // (case, method, who, in the result, in the peer). A certificate that
+    // failed verification names no one: its name is in `peer`, marked unverified.
+    let found = |method: &str, who: &str, reason: &str, peer: &str| {
         audit.iter().any(|l| {
             l["method"] == method
                 && l["who"] == who
                 && l["result"]
                     .as_str()
                     .is_some_and(|r| r.starts_with("refused") && r.contains(reason))
-                && l["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:"))
+                && l["peer"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("127.0.0.1:") && p.contains(peer))
         })
     };
-    for (case, method, who, reason) in [
-        ("another CA", "TlsHandshake", "n1", "UnknownIssuer"),
-        ("expired", "TlsHandshake", "n1", "expired"),
+    let unverified_n1 = "offered_cert=n1 (unverified)";
+    for (case, method, who, reason, peer) in [
+        (
+            "another CA",
+            "TlsHandshake",
+            "unauthenticated",
+            "UnknownIssuer",
+            unverified_n1,
+        ),
+        (
+            "expired",
+            "TlsHandshake",
+            "unauthenticated",
+            "expired",
+            unverified_n1,
+        ),
         (
             "no client certificate",
             "TlsHandshake",
             "unauthenticated",
             "certificate",
+            "",
         ),
-        ("plaintext", "TlsHandshake", "unauthenticated", "refused"),
+        ("plaintext", "TlsHandshake", "unauthenticated", "refused", ""),
         (
             "another node's certificate",
             "AgentService/Session",
             "n2",
             "node n1",
+            "cert=n2",
         ),
-        ("an admin certificate", "AgentService/Session", "admin", "node n1"),
+        (
+            "an admin certificate",
+            "AgentService/Session",
+            "admin",
+            "node n1",
+            "cert=admin",
+        ),
     ] {
         assert!(
-            found(method, who, reason),
-            "{case}: not audited as {method} by {who} ({reason}):\n{audit:#?}"
+            found(method, who, reason, peer),
+            "{case}: not audited as {method} by {who} ({reason}, {peer}):\n{audit:#?}"
         );
     }
     let session_refusal = audit

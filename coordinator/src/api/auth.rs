@@ -176,10 +176,13 @@ impl Guard {
                 "no bearer token: pass --token (HOSTPLANE_TOKEN) or the authorization: Bearer header",
             ));
         };
+        // The scheme is case-insensitive (RFC 7235).
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| unauthenticated("the authorization header is not 'Bearer <token>'"))?;
         let caller = tokens
             .get(&hash_token(token.trim()))
@@ -229,9 +232,15 @@ fn kind_target(kind: i32, name: &str) -> String {
 macro_rules! guarded {
     ($self:ident, $req:ident, $need:expr, $method:literal, $target:expr, $mutating:expr, $call:ident) => {{
         let target: String = $target(&$req);
-        let peer = crate::audit::peer(&$req);
+        // Only for calls that are audited (reads that pass are not).
+        let peer = if $mutating {
+            crate::audit::peer(&$req)
+        } else {
+            String::new()
+        };
         match $self.guard.check($req.metadata(), $need) {
             Err((caller, status)) => {
+                let peer = crate::audit::peer(&$req);
                 let (who, role) = match &caller {
                     Some(c) => (c.name.as_str(), c.role.name()),
                     None => ("unauthenticated", ""),
@@ -435,6 +444,13 @@ mod tests {
             m
         };
         assert_eq!(g.check(&md("v-token"), Role::Viewer).unwrap().name, "vic");
+        let mut upper = MetadataMap::new();
+        upper.insert("authorization", "BEARER v-token".parse().unwrap());
+        assert_eq!(
+            g.check(&upper, Role::Viewer).unwrap().name,
+            "vic",
+            "the scheme is case-insensitive"
+        );
         let (who, e) = g.check(&md("v-token"), Role::Operator).unwrap_err();
         assert_eq!(who.unwrap().name, "vic");
         assert_eq!(e.code(), tonic::Code::PermissionDenied);

@@ -1,7 +1,9 @@
 //! `hostplanectl token create|list|revoke`: the coordinator's tokens file
 //! (`auth.tokens_file`), edited in place without a coordinator. The file is
-//! rewritten whole (through a temporary file and a rename, mode 0600), so
-//! comments in it are not kept. The coordinator reads it at start.
+//! rewritten whole through a temporary file and a rename (comments are not
+//! kept); an existing file keeps its owner, group and mode (so a file the
+//! `hostplane` user reads stays readable to it), a new one is 0600. The
+//! coordinator reads it at start and on SIGHUP (`systemctl reload`).
 use std::path::Path;
 
 use hostplane_common::tokens::{self, Role, TokenEntry, TokensFile};
@@ -92,13 +94,40 @@ fn read_or_empty(path: &Path) -> Result<TokensFile, Error> {
     }
 }
 
-/// Replace the file atomically (a 0600 temporary file beside it, then rename).
+/// Replace the file atomically: a temporary file beside it with the old
+/// file's owner, group and mode (0600 for a new file), then a rename.
 fn write(path: &Path, f: &TokensFile) -> Result<(), Error> {
-    let text = serde_norway::to_string(f).map_err(|e| Error::InvalidInput {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let fail = |e: String| Error::InvalidInput {
         path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+        reason: e,
+    };
+    let text = serde_norway::to_string(f).map_err(|e| fail(e.to_string()))?;
     let text =
         format!("# hostplane admin tokens (SHA-256 of each token); edit with `hostplanectl token`.\n{text}");
-    Ok(crate::certs::write_file(path, text.as_bytes(), 0o600)?)
+    let old = std::fs::metadata(path).ok();
+    let mode = old.as_ref().map_or(0o600, |m| m.mode() & 0o7777);
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let cant = |e: std::io::Error| fail(format!("cannot write {}: {e}", tmp.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(cant)?;
+    let written = (|| {
+        if let Some(m) = &old {
+            std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()))?;
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(cant(e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| fail(format!("cannot replace the file: {e}")))
 }
