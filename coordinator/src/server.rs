@@ -189,15 +189,21 @@ pub async fn serve_with(
         let h = tasks.spawn(engine.run(tasks_token.child_token()));
         names.insert(h.id(), "power engine");
     }
+    // Agent sessions end with UNAVAILABLE on shutdown, so agents reconnect elsewhere.
+    let agent_stream = AgentStream::new(store.clone(), cfg.agents.clone())
+        .with_shutdown(&tasks_token)
+        .with_power(power.clone())
+        .with_require_identity(tls.is_some())
+        .with_audit(audit.clone());
     if let Some(reload) = opts.reload.clone() {
-        let (guard, tls, cfg) = (guard.clone(), tls.clone(), cfg.clone());
+        let (guard, tls, cfg, agents) = (guard.clone(), tls.clone(), cfg.clone(), agent_stream.clone());
         let token = tasks_token.child_token();
         let h = tasks.spawn(
             async move {
                 loop {
                     tokio::select! {
                         () = token.cancelled() => break,
-                        () = reload.notified() => reload_files(&cfg, &guard, tls.as_ref()),
+                        () = reload.notified() => reload_files(&cfg, &guard, tls.as_ref(), &agents),
                     }
                 }
             }
@@ -220,13 +226,7 @@ pub async fn serve_with(
              authenticated and any client may act for any node; use only on a trusted network"
         );
     }
-    // Agent sessions end with UNAVAILABLE on shutdown, so agents reconnect elsewhere.
-    let agents = AgentStream::new(store.clone(), cfg.agents.clone())
-        .with_shutdown(&tasks_token)
-        .with_power(power.clone())
-        .with_require_identity(tls.is_some())
-        .with_audit(audit.clone())
-        .into_server();
+    let agents = agent_stream.into_server();
 
     // TLS (and the client certificate) is per connection, for every service
     // below; admin authorization is the bearer-token guard around `admin`.
@@ -293,8 +293,9 @@ pub async fn serve_with(
 
 /// SIGHUP: read the tokens file and the TLS files again (the paths in the
 /// config as it was at start). What fails to load is named and the settings
-/// in force are kept; each outcome is audited.
-fn reload_files(cfg: &Config, guard: &Guard, tls: Option<&crate::tls::SharedTls>) {
+/// in force are kept; each outcome is audited. Live agent sessions whose
+/// certificate the new settings would refuse are ended.
+fn reload_files(cfg: &Config, guard: &Guard, tls: Option<&crate::tls::SharedTls>, agents: &AgentStream) {
     let audit = guard.audit();
     let record = |target: &str, result: &str| {
         audit.record(crate::audit::Record {
@@ -324,8 +325,21 @@ fn reload_files(cfg: &Config, guard: &Guard, tls: Option<&crate::tls::SharedTls>
     if let (Some(shared), Some(t)) = (tls, &cfg.tls) {
         match server_tls(t) {
             Ok(settings) => {
-                *shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
-                record("tls", "ok: new connections use the files as they are now");
+                let settings = Arc::new(settings);
+                *shared.write().unwrap_or_else(|p| p.into_inner()) = settings.clone();
+                let ended = agents.revalidate(&|chain| settings.verify_chain(chain));
+                record(
+                    "tls",
+                    &format!(
+                        "ok: new connections use the files as they are now; agent sessions ended as no \
+                         longer trusted: {}",
+                        if ended.is_empty() {
+                            "none".to_string()
+                        } else {
+                            ended.join(", ")
+                        }
+                    ),
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "reload: keeping the TLS settings in force");

@@ -61,6 +61,8 @@ pub type SharedTls = Arc<RwLock<Arc<TlsSettings>>>;
 /// The rustls server config made from the checked TLS files.
 pub struct TlsSettings {
     config: Arc<ServerConfig>,
+    /// The client CA check alone, for re-checking live sessions on reload.
+    verifier: Arc<dyn ClientCertVerifier>,
 }
 
 impl TlsSettings {
@@ -88,13 +90,26 @@ impl TlsSettings {
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
-            .with_client_cert_verifier(Arc::new(Recording { inner }))
+            .with_client_cert_verifier(Arc::new(Recording { inner: inner.clone() }))
             .with_single_cert(certs, key)
             .map_err(|e| format!("tls.cert_file / tls.key_file: {e}"))?;
         config.alpn_protocols.push(b"h2".to_vec());
         Ok(TlsSettings {
             config: Arc::new(config),
+            verifier: inner,
         })
+    }
+
+    /// Would a handshake with this client certificate chain (end entity
+    /// first) be accepted now? For sessions opened under earlier settings.
+    pub fn verify_chain(&self, chain: &[CertificateDer<'static>]) -> Result<(), String> {
+        let (end, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| "no client certificate".to_string())?;
+        self.verifier
+            .verify_client_cert(end, intermediates, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -123,6 +123,24 @@ impl Site {
         }
     }
 
+    /// An agent session for `node` with `stem.crt/.key`, kept open: the
+    /// stream of what the coordinator sends, after its first message.
+    async fn open_session(&self, stem: &str, node: &str) -> tonic::Streaming<v1::CoordinatorMessage> {
+        let ep = Endpoint::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .tls_config(self.client_tls(Some(stem)))
+            .unwrap();
+        let hello = hello(node);
+        let outbound = futures::stream::iter([hello]).chain(futures::stream::pending());
+        let mut inbound = AgentServiceClient::new(ep.connect().await.unwrap())
+            .session(outbound)
+            .await
+            .unwrap()
+            .into_inner();
+        inbound.next().await.unwrap().unwrap();
+        inbound
+    }
+
     fn read(&self, f: &str) -> Vec<u8> {
         std::fs::read(self.tls.join(f)).unwrap()
     }
@@ -151,14 +169,7 @@ impl Site {
                 .connect()
                 .await
                 .map_err(|e| format!("connect: {}", chain(&e)))?;
-            let hello = v1::AgentMessage {
-                msg: Some(v1::agent_message::Msg::Hello(v1::Hello {
-                    node_name: node.into(),
-                    agent_version: "test".into(),
-                    boot_id: "00000000-0000-4000-8000-000000000001".into(),
-                    ..Default::default()
-                })),
-            };
+            let hello = hello(node);
             // The stream stays open (pending) after Hello, as an agent's does.
             let outbound = futures::stream::iter([hello]).chain(futures::stream::pending());
             let mut inbound = AgentServiceClient::new(channel)
@@ -179,6 +190,18 @@ impl Site {
 }
 
 /// "Code: message: causes" (a transport failure's causes say what TLS saw).
+/// An agent's Hello for `node`.
+fn hello(node: &str) -> v1::AgentMessage {
+    v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Hello(v1::Hello {
+            node_name: node.into(),
+            agent_version: "test".into(),
+            boot_id: "00000000-0000-4000-8000-000000000001".into(),
+            ..Default::default()
+        })),
+    }
+}
+
 fn status_text(s: &tonic::Status) -> String {
     let causes = std::error::Error::source(s)
         .map(|e| format!(": {}", chain(e)))
@@ -395,6 +418,49 @@ async fn sighup_reloads_the_client_ca() {
     assert!(
         text.lines()
             .any(|l| l.contains("\"Reload\"") && l.contains("\"tls\"") && l.contains("\"ok: ")),
+        "{text}"
+    );
+
+    // Dropping the first CA ends the live session it vouched for (a stolen
+    // key does not outlive the CA's removal); the second CA's stays.
+    let mut n1 = s.open_session("agent-n1", "n1").await;
+    let mut n2 = s.open_session("ca2-n2", "n2").await;
+    std::fs::write(&ca_file, ca2.cert_pem()).unwrap();
+    hup();
+    let status = tokio::time::timeout(STEP, async {
+        loop {
+            match n1.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(st)) => break st,
+                None => panic!("n1's session ended without a status"),
+            }
+        }
+    })
+    .await
+    .expect("n1's session was not ended after its CA was removed");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("no longer trusted"), "{status:?}");
+    let still = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            match n2.next().await {
+                Some(Ok(_)) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await;
+    assert!(
+        still.is_err(),
+        "n2's session (second CA) must stay open: {still:?}"
+    );
+    let text = std::fs::read_to_string(&audit_file).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("\"who\":\"n1\"")
+            && l.contains("ended: the client certificate is no longer trusted")),
+        "{text}"
+    );
+    assert!(
+        text.contains("agent sessions ended as no longer trusted: n1\""),
         "{text}"
     );
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use hostplane_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 use hostplane_proto::v1::{AgentMessage, CoordinatorMessage};
 use serde::{Deserialize, Serialize};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -81,6 +82,10 @@ pub enum StreamError {
     NoIdentity,
     #[error("replaced by a newer session from node {node}")]
     Replaced { node: String },
+    #[error(
+        "the client certificate is no longer trusted after the coordinator reloaded its TLS files: {reason}"
+    )]
+    NoLongerTrusted { reason: String },
     #[error("coordinator is shutting down; reconnect")]
     ShuttingDown,
     #[error(transparent)]
@@ -97,7 +102,7 @@ impl From<StreamError> for Status {
             StreamError::HelloTimeout(_) => Status::deadline_exceeded(msg),
             StreamError::UnknownNode { .. } => Status::not_found(msg),
             StreamError::NotAuthorized { .. } => Status::permission_denied(msg),
-            StreamError::NoIdentity => Status::unauthenticated(msg),
+            StreamError::NoIdentity | StreamError::NoLongerTrusted { .. } => Status::unauthenticated(msg),
             StreamError::Replaced { .. } => Status::aborted(msg),
             StreamError::ShuttingDown | StreamError::Store(_) => Status::unavailable(msg),
         }
@@ -107,8 +112,10 @@ impl From<StreamError> for Status {
 /// State shared by every session of one service.
 pub(crate) struct Shared {
     live: Arc<liveness::Liveness>,
-    /// Node -> (session id, its token): the one current session per node.
-    sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// Node -> the one current session per node.
+    sessions: Mutex<HashMap<String, Registered>>,
+    /// Session id -> why it was ended by [`AgentStream::revalidate`].
+    untrusted: Mutex<HashMap<u64, String>>,
     next_id: AtomicU64,
     stop: Mutex<CancellationToken>,
     expiry_started: AtomicBool,
@@ -116,21 +123,49 @@ pub(crate) struct Shared {
     power: Mutex<PowerHub>,
 }
 
+/// A live session: its id, the token that ends it, and the client
+/// certificate chain it was opened with (None over plain TCP).
+pub(crate) struct Registered {
+    id: u64,
+    token: CancellationToken,
+    certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
 impl Shared {
+    /// Why session `id` was ended for its certificate, if it was.
+    pub(crate) fn untrusted_reason(&self, id: u64) -> Option<String> {
+        self.untrusted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+    }
+
     fn stop(&self) -> CancellationToken {
         self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Make a session the node's current one; the previous one is told to end.
-    fn register(&self, node: &str) -> (u64, CancellationToken) {
+    fn register(
+        &self,
+        node: &str,
+        certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    ) -> (u64, CancellationToken) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let token = self.stop().child_token();
-        let old = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(node.to_string(), (id, token.clone()));
-        if let Some((old_id, old_token)) = old {
+        let old = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            node.to_string(),
+            Registered {
+                id,
+                token: token.clone(),
+                certs,
+            },
+        );
+        if let Some(Registered {
+            id: old_id,
+            token: old_token,
+            ..
+        }) = old
+        {
             tracing::info!(
                 node,
                 session = id,
@@ -148,7 +183,7 @@ impl Shared {
 
     fn unregister(&self, node: &str, id: u64) {
         let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if m.get(node).is_some_and(|(cur, _)| *cur == id) {
+        if m.get(node).is_some_and(|r| r.id == id) {
             m.remove(node);
         }
     }
@@ -177,6 +212,7 @@ impl AgentStream {
         let shared = Arc::new(Shared {
             live: Arc::new(liveness::Liveness::new(cfg.lease)),
             sessions: Mutex::new(HashMap::new()),
+            untrusted: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             stop: Mutex::new(CancellationToken::new()),
             expiry_started: AtomicBool::new(false),
@@ -195,6 +231,40 @@ impl AgentStream {
     pub fn with_audit(mut self, audit: Audit) -> AgentStream {
         self.audit = audit;
         self
+    }
+
+    /// After a TLS reload: check every live session's certificate chain with
+    /// `verify` (the new client CA); end those it refuses (UNAUTHENTICATED,
+    /// audited). Returns the nodes whose sessions were ended.
+    pub fn revalidate(
+        &self,
+        verify: &dyn Fn(&[CertificateDer<'static>]) -> Result<(), String>,
+    ) -> Vec<String> {
+        let mut ended = Vec::new();
+        let sessions = self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        for (node, r) in sessions.iter() {
+            let Some(chain) = &r.certs else { continue };
+            if let Err(reason) = verify(chain) {
+                let e = StreamError::NoLongerTrusted { reason };
+                tracing::warn!(node, session = r.id, error = %e, "ending an agent session");
+                self.audit.record(Record {
+                    who: node,
+                    role: "agent",
+                    method: "AgentService/Session",
+                    target: &format!("node/{node}"),
+                    result: &format!("ended: {e}"),
+                    peer: &format!("session {}", r.id),
+                });
+                self.shared
+                    .untrusted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(r.id, e.to_string());
+                r.token.cancel();
+                ended.push(node.clone());
+            }
+        }
+        ended
     }
 
     fn audit_refusal(&self, identity: Option<&str>, node: &str, peer: &str, why: &StreamError) {
@@ -283,6 +353,7 @@ impl AgentService for AgentStream {
     ) -> Result<Response<Self::SessionStream>, Status> {
         self.ensure_expiry_task();
         let identity = peer_identity(&request);
+        let certs = request.peer_certs();
         let remote = request.remote_addr();
         let peer = crate::audit::peer(&request);
         if identity.is_none() && self.require_identity {
@@ -313,7 +384,7 @@ impl AgentService for AgentStream {
             self.shared.live.forget(&node);
             return Err(StreamError::UnknownNode { node }.into());
         }
-        let (id, token) = self.shared.register(&node);
+        let (id, token) = self.shared.register(&node, certs);
         let span = tracing::info_span!("agent_session", node = %node, session = id);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let mut sess = session::Session::new(

@@ -200,7 +200,9 @@ impl Session {
             let flush_at = self.flush_at;
             tokio::select! {
                 _ = self.token.cancelled() => {
-                    break Some(if self.shared.stop().is_cancelled() {
+                    break Some(if let Some(reason) = self.shared.untrusted_reason(self.id) {
+                        StreamError::NoLongerTrusted { reason }
+                    } else if self.shared.stop().is_cancelled() {
                         StreamError::ShuttingDown
                     } else {
                         StreamError::Replaced { node: self.node.clone() }
