@@ -250,6 +250,47 @@ async fn tokens_roles_and_the_audit_log() {
     c.list(get("neo-secret"))
         .await
         .expect("the tokens in force survive a bad reload");
+
+    // A Watch opened with a token ends when a reload revokes that token; a
+    // Watch with a token still in force goes on.
+    let watch = |t: &str| with_token(hostplane_proto::v1::WatchRequest::default(), Some(t));
+    let mut neo_watch = c.watch(watch("neo-secret")).await.unwrap().into_inner();
+    let mut ada_watch = c.watch(watch("admin-secret")).await.unwrap().into_inner();
+    std::fs::write(
+        &tokens,
+        format!(
+            "tokens:\n  - {{name: ada, role: admin, sha256: {}}}\n",
+            hash_token("admin-secret")
+        ),
+    )
+    .unwrap();
+    reload.notify_one();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match neo_watch.message().await {
+                Ok(Some(_)) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await
+    .expect("the revoked token's watch did not end");
+    let e = ended.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("revoked"), "{e:?}");
+    // ada's watch still delivers: a change made now reaches it.
+    c.create(create("n9", Some("admin-secret"))).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let ev = ada_watch.message().await.unwrap().unwrap();
+            if ev.resource.as_ref().is_some_and(|r| r.name() == "n9") {
+                break ev;
+            }
+        }
+    })
+    .await
+    .expect("ada's watch stopped");
+    assert!(got.resource.is_some());
     stop.cancel();
     srv.await.unwrap().unwrap();
 }

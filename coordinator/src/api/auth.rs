@@ -16,7 +16,7 @@
 //! transport already is; both cases are logged as warnings at start.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use hostplane_proto::v1::{
@@ -92,7 +92,8 @@ type Tokens = Option<Arc<HashMap<String, Caller>>>;
 #[derive(Clone)]
 pub struct Guard {
     /// sha256 hex -> caller; None: no token check. Replaced whole on reload.
-    tokens: Arc<RwLock<Tokens>>,
+    /// Watched by Watch streams, which end when their token is revoked.
+    tokens: Arc<tokio::sync::watch::Sender<Tokens>>,
     audit: Audit,
 }
 
@@ -130,7 +131,7 @@ impl Guard {
             }
         }
         Ok(Guard {
-            tokens: Arc::new(RwLock::new(tokens)),
+            tokens: Arc::new(tokio::sync::watch::Sender::new(tokens)),
             audit,
         })
     }
@@ -144,14 +145,14 @@ impl Guard {
             return Ok(None);
         };
         let n = tokens.len();
-        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(tokens));
+        self.tokens.send_replace(Some(Arc::new(tokens)));
         Ok(Some(n))
     }
 
     /// No token check, no audit file (tests of the API alone).
     pub fn open() -> Guard {
         Guard {
-            tokens: Arc::new(RwLock::new(None)),
+            tokens: Arc::new(tokio::sync::watch::Sender::new(None)),
             audit: Audit::default(),
         }
     }
@@ -163,7 +164,7 @@ impl Guard {
 
     /// The caller, or (who, why) for a refused call.
     fn check(&self, md: &MetadataMap, need: Role) -> Result<Caller, (Option<Caller>, Status)> {
-        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let tokens = self.tokens.borrow().clone();
         let Some(tokens) = tokens else {
             return Ok(Caller {
                 name: "anonymous".into(),
@@ -176,16 +177,10 @@ impl Guard {
                 "no bearer token: pass --token (HOSTPLANE_TOKEN) or the authorization: Bearer header",
             ));
         };
-        // The scheme is case-insensitive (RFC 7235).
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token)
+        let token = bearer(value)
             .ok_or_else(|| unauthenticated("the authorization header is not 'Bearer <token>'"))?;
         let caller = tokens
-            .get(&hash_token(token.trim()))
+            .get(&hash_token(token))
             .cloned()
             .ok_or_else(|| unauthenticated("unknown bearer token"))?;
         if caller.role < need {
@@ -199,6 +194,65 @@ impl Guard {
         }
         Ok(caller)
     }
+}
+
+/// The token in an `authorization: Bearer <token>` value (the scheme is
+/// case-insensitive, RFC 7235).
+fn bearer(value: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> Option<&str> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
+/// Forward `inner` until the token hashed `hash` is no longer in force (a
+/// reload revoked it): then one UNAUTHENTICATED and the end.
+fn revocable(
+    mut inner: WatchStream,
+    mut tokens: tokio::sync::watch::Receiver<Tokens>,
+    hash: String,
+) -> WatchStream {
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                item = inner.next() => match item {
+                    Some(item) => {
+                        if tx.send(item).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                changed = tokens.changed() => {
+                    if changed.is_err() {
+                        // The guard is gone (the server is stopping): no more
+                        // reloads; forward what is left.
+                        while let Some(item) = inner.next().await {
+                            if tx.send(item).await.is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                    let revoked = !tokens.borrow().as_ref().is_some_and(|t| t.contains_key(&hash));
+                    if revoked {
+                        let _ = tx
+                            .send(Err(Status::unauthenticated(
+                                "the bearer token of this watch was revoked",
+                            )))
+                            .await;
+                        return;
+                    }
+                }
+                () = tx.closed() => return,
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// The AdminService with authorization and audit in front of [`AdminApi`].
@@ -310,7 +364,21 @@ impl AdminService for GuardedAdmin {
 
     async fn watch(&self, req: Request<WatchRequest>) -> Reply<WatchStream> {
         let t = |_: &Request<WatchRequest>| String::new();
-        guarded!(self, req, Role::Viewer, "Watch", t, false, watch)
+        // Subscribe before the check, so a reload in between is not missed.
+        let tokens = self.guard.tokens.subscribe();
+        let hash = req
+            .metadata()
+            .get("authorization")
+            .and_then(bearer)
+            .map(hash_token);
+        let checked = tokens.borrow().is_some();
+        let out: Reply<WatchStream> = guarded!(self, req, Role::Viewer, "Watch", t, false, watch);
+        match (out, hash) {
+            (Ok(stream), Some(hash)) if checked => {
+                Ok(Response::new(revocable(stream.into_inner(), tokens, hash)))
+            }
+            (out, _) => out,
+        }
     }
 
     async fn create_node_with_devices(
