@@ -319,7 +319,7 @@ fn start_power(
         limiters.push(Box::new(l));
     }
     let handle = caps::spawn(
-        caps::Enforcer::new(limiters),
+        caps::Enforcer::new(limiters).with_state_file(cfg.state_dir.join("power-caps.json")),
         cfg.power.caps.clone(),
         shutdown.child_token(),
     );

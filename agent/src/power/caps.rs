@@ -11,7 +11,10 @@
 //! coordinator's caps as soon as it hears from it again.
 //!
 //! Devices the agent never limited are never touched; when a cap is lifted
-//! the device gets back the limit it had before the agent changed it.
+//! the device gets back the limit it had before the agent changed it. Which
+//! devices the agent limited, and the limits they had before, are kept in
+//! `<state_dir>/power-caps.json`, so a restart neither forgets to lift a cap
+//! removed meanwhile nor takes the agent's own cap for the device's original.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -62,6 +65,20 @@ pub trait Limiter: Send + Sync {
     /// own default or the value it had before the agent changed it).
     /// Returns the limit the device reports after the change (None: none).
     fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, String>>;
+    /// The device's own limit from before the agent changed it, when the
+    /// limiter restores one on lift (RAPL: µW). Saved across restarts.
+    fn original(&self) -> Option<u64> {
+        None
+    }
+    /// Give back [`Limiter::original`] as saved before a restart.
+    fn restore_original(&self, _original: Option<u64>) {}
+}
+
+/// What `<state_dir>/power-caps.json` holds: the devices the agent has
+/// limited and, per device, its original limit when the limiter keeps one.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+struct CapsState {
+    touched: std::collections::BTreeMap<String, Option<u64>>,
 }
 
 /// Applies caps through the node's limiters and says what took effect.
@@ -69,6 +86,8 @@ pub struct Enforcer {
     limiters: Vec<Box<dyn Limiter>>,
     /// Devices the agent has limited (only these are ever reset).
     touched: Mutex<HashMap<String, ()>>,
+    /// Where `touched` and the originals are saved (None: memory only).
+    state_file: Option<PathBuf>,
 }
 
 impl Enforcer {
@@ -76,6 +95,66 @@ impl Enforcer {
         Enforcer {
             limiters,
             touched: Mutex::new(HashMap::new()),
+            state_file: None,
+        }
+    }
+
+    /// Keep the devices the agent limited, and their original limits, in
+    /// `path`, loading what an earlier run left there. A file that cannot be
+    /// read is logged and treated as empty (nothing was limited).
+    pub fn with_state_file(mut self, path: PathBuf) -> Enforcer {
+        let state: CapsState = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "power caps state unreadable; starting without it");
+                CapsState::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CapsState::default(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "power caps state unreadable; starting without it");
+                CapsState::default()
+            }
+        };
+        if !state.touched.is_empty() {
+            tracing::info!(
+                devices = ?state.touched.keys().collect::<Vec<_>>(),
+                "devices limited by an earlier run; their caps are lifted if the desired state has none"
+            );
+        }
+        for (device, original) in &state.touched {
+            self.touched().insert(device.clone(), ());
+            if let Some(l) = self.limiters.iter().find(|l| l.device() == device) {
+                l.restore_original(*original);
+            }
+        }
+        self.state_file = Some(path);
+        self
+    }
+
+    /// Write the touched set and the originals (atomically: a temporary
+    /// file, then a rename). A failure is logged: enforcement goes on.
+    fn save(&self) {
+        let Some(path) = &self.state_file else { return };
+        let touched: Vec<String> = self.touched().keys().cloned().collect();
+        let state = CapsState {
+            touched: touched
+                .into_iter()
+                .map(|d| {
+                    let orig = self
+                        .limiters
+                        .iter()
+                        .find(|l| l.device() == d)
+                        .and_then(|l| l.original());
+                    (d, orig)
+                })
+                .collect(),
+        };
+        let tmp = path.with_extension("json.tmp");
+        let r = serde_json::to_vec_pretty(&state)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = r {
+            tracing::error!(path = %path.display(), error = %e, "cannot save the power caps state");
         }
     }
 
@@ -189,10 +268,13 @@ impl Enforcer {
                 if let Some(n) = note {
                     st.error = n;
                 }
-                if to_set.is_some() {
-                    self.touched().insert(l.device().to_string(), ());
+                let changed = if to_set.is_some() {
+                    self.touched().insert(l.device().to_string(), ()).is_none()
                 } else {
-                    self.touched().remove(l.device());
+                    self.touched().remove(l.device()).is_some()
+                };
+                if changed {
+                    self.save();
                 }
             }
             Err(e) => st.error = e,
@@ -335,6 +417,14 @@ impl Limiter for RaplLimiter {
             let now = self.read_uw("constraint_0_power_limit_uw")?;
             Ok(Some(now as f64 / 1e6))
         })
+    }
+
+    fn original(&self) -> Option<u64> {
+        *self.original.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn restore_original(&self, original: Option<u64>) {
+        *self.original.lock().unwrap_or_else(|p| p.into_inner()) = original;
     }
 }
 

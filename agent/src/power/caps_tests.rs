@@ -232,6 +232,67 @@ async fn rapl_constraints_are_written_and_restored() {
     assert_eq!(read(&dram).trim(), "40000000");
 }
 
+/// A restart of the agent (a new Enforcer on the same state file) neither
+/// forgets to lift a cap removed while it was down, nor takes its own cap
+/// for the device's original limit.
+#[tokio::test]
+async fn what_was_limited_survives_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("power-caps.json");
+    let pkg = rapl_zone(d.path(), "intel-rapl:0", "package-0", 250_000_000, 350_000_000);
+    let read = |z: &Path| std::fs::read_to_string(z.join("constraint_0_power_limit_uw")).unwrap();
+    let start = || {
+        Enforcer::new(
+            RaplLimiter::discover(d.path())
+                .into_iter()
+                .map(|l| Box::new(l) as Box<dyn Limiter>)
+                .collect(),
+        )
+        .with_state_file(state.clone())
+    };
+
+    // Run 1 caps the package at 150 W, then "crashes".
+    let e = start();
+    e.enforce(1, Some(&caps(0.0, 0.0, vec![cpu_watts(150.0)])), false)
+        .await;
+    assert_eq!(read(&pkg), "150000000");
+    drop(e);
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(
+        saved["touched"]["intel-rapl:0"], 250_000_000u64,
+        "the original is saved: {saved}"
+    );
+
+    // Run 2 gets a new cap first: the original stays the device's, not 150 W.
+    let e = start();
+    e.enforce(2, Some(&caps(0.0, 0.0, vec![cpu_watts(120.0)])), false)
+        .await;
+    assert_eq!(read(&pkg), "120000000");
+    drop(e);
+
+    // Run 3 starts with no caps at all (removed while the agent was down):
+    // the package is lifted back to its own 250 W.
+    let e = start();
+    let r = e.enforce(3, None, false).await;
+    assert_eq!(read(&pkg).trim(), "250000000", "{r:?}");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(
+        saved["touched"],
+        serde_json::json!({}),
+        "nothing is limited any more"
+    );
+
+    // An unreadable state file is not fatal: nothing counts as limited.
+    std::fs::write(&state, "not json").unwrap();
+    let log: Log = Arc::new(Mutex::new(Vec::new()));
+    let e = Enforcer::new(vec![fake(PowerElement::Gpu, "gpu0", None, &log)]).with_state_file(state.clone());
+    e.enforce(4, None, false).await;
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "an untouched device is left alone"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_task_applies_the_safe_cap_after_the_lease_and_returns_when_heard() {
     let log = Log::default();
