@@ -89,7 +89,7 @@ impl GrpcConnector {
             " (over mTLS a closed connection or an alert usually means the coordinator refused this \
              node's certificate: signed by a CA other than its tls.client_ca_file, expired, or not \
              yet valid; or that tls.ca_file did not sign the coordinator's. The coordinator logs the \
-             reason with HOSTPLANE_LOG=info,tonic=debug)"
+             reason as 'TLS handshake refused' and writes it to its audit file)"
         } else {
             ""
         }
