@@ -1,9 +1,12 @@
 //! hwmon sensors: `power*_input` / `power*_average` (µW, measured) and
 //! `energy*_input` (µJ, integrated like RAPL) under `<sysfs>/class/hwmon/hwmon*/`.
+//! Energy counters do not say where they wrap: one that goes back was reset
+//! (no watts for that sample). A sensor that cannot be read is opened again
+//! every [`REOPEN_EVERY`](super::REOPEN_EVERY) samples.
 use std::path::Path;
 use std::time::Instant;
 
-use super::{Counter, Integrator, Method, Reading, Scope, why};
+use super::{Integrator, Method, Reading, ReopeningCounter, Scope};
 
 enum Kind {
     Power,
@@ -13,7 +16,7 @@ enum Kind {
 struct Sensor {
     device: String,
     kind: Kind,
-    counter: Result<Counter, String>,
+    counter: ReopeningCounter,
 }
 
 pub struct Hwmon {
@@ -48,7 +51,7 @@ impl Hwmon {
                     Kind::Power
                 } else if f.starts_with("energy") && f.ends_with("_input") {
                     Kind::Energy {
-                        energy: Integrator::new(u64::MAX),
+                        energy: Integrator::new(None),
                     }
                 } else {
                     continue;
@@ -62,7 +65,7 @@ impl Hwmon {
                 sensors.push(Sensor {
                     device: format!("{label}/{f}"),
                     kind,
-                    counter: Counter::open(&path).map_err(|e| why(&path, &e)),
+                    counter: ReopeningCounter::open(&path),
                 });
             }
         }
@@ -73,15 +76,17 @@ impl Hwmon {
         self.sensors.is_empty()
     }
 
+    /// How many sensors were found.
+    pub fn len(&self) -> usize {
+        self.sensors.len()
+    }
+
     pub fn sample(&mut self) -> Vec<Reading> {
         let now = Instant::now();
         self.sensors
             .iter_mut()
             .map(|s| {
-                let value = match &mut s.counter {
-                    Ok(c) => c.read_u64().map_err(|e| why(c.path(), &e)),
-                    Err(e) => Err(e.clone()),
-                };
+                let value = s.counter.read_u64();
                 let mut r = Reading {
                     source: "hwmon",
                     scope: Scope::Other,
@@ -148,6 +153,44 @@ mod tests {
             r[0].watts.unwrap() > 0.0 && r[0].energy_joules == Some(1.0),
             "{:?}",
             r[0]
+        );
+    }
+
+    #[test]
+    fn a_sensor_unreadable_at_start_comes_back_and_a_reset_is_no_wattage() {
+        let t = tempfile::tempdir().unwrap();
+        let h = t.path().join("class/hwmon/hwmon1");
+        std::fs::create_dir_all(&h).unwrap();
+        // A directory where the counter should be: found, opened, unreadable.
+        std::fs::create_dir(h.join("energy1_input")).unwrap();
+        let mut hw = Hwmon::discover(t.path());
+        for _ in 0..crate::power::REOPEN_EVERY {
+            let r = hw.sample();
+            assert!(r[0].watts.is_none() && r[0].error.is_some(), "{r:?}");
+        }
+        std::fs::remove_dir(h.join("energy1_input")).unwrap();
+        std::fs::write(h.join("energy1_input"), "90000000000\n").unwrap();
+        let r = hw.sample();
+        assert_eq!((r[0].watts, r[0].error.as_deref()), (None, None), "{r:?}");
+        std::fs::write(h.join("energy1_input"), "90002000000\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let r = hw.sample();
+        assert_eq!(r[0].energy_joules, Some(2.0), "{r:?}");
+        // The counter starts over (a driver reload): no 1.8e13 W, no energy.
+        std::fs::write(h.join("energy1_input"), "1000\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let r = hw.sample();
+        assert!(
+            r[0].watts.is_none() && r[0].error.as_deref().unwrap().contains("reset"),
+            "{r:?}"
+        );
+        std::fs::write(h.join("energy1_input"), "1001000\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let r = hw.sample();
+        assert_eq!(
+            r[0].energy_joules,
+            Some(3.0),
+            "counting on from the new value: {r:?}"
         );
     }
 }

@@ -148,19 +148,28 @@ pub fn wrapping_delta(prev: u64, cur: u64, max_range: u64) -> u64 {
     }
 }
 
+/// No source of this agent draws more: a rate above it comes from a counter
+/// that was reset (a driver reload, a narrower accumulator than its range
+/// says), never from the hardware, and is refused.
+pub const MAX_PLAUSIBLE_WATTS: f64 = 100_000.0;
+
 /// Turns readings of a µJ energy counter into watts and cumulative joules.
 /// The first reading (or the first after [`Integrator::reset`]) gives energy
-/// but no rate, so a start or an error never becomes a wild wattage.
+/// but no rate, so a start or an error never becomes a wild wattage. A
+/// counter that goes back when its range is unknown, or moves faster than
+/// [`MAX_PLAUSIBLE_WATTS`], was reset: that reading adds no energy, gives no
+/// watts and says so in its `error`, and the next one counts from it.
 #[derive(Debug, Clone)]
 pub struct Integrator {
-    /// The counter's wrap point (`max_energy_range_uj`; `u64::MAX` when unknown).
-    max_range: u64,
+    /// The counter's wrap point (`max_energy_range_uj`); None when unknown:
+    /// then a counter that goes back was reset, not wrapped.
+    max_range: Option<u64>,
     last: Option<(u64, std::time::Instant)>,
     total_uj: u128,
 }
 
 impl Integrator {
-    pub fn new(max_range: u64) -> Integrator {
+    pub fn new(max_range: Option<u64>) -> Integrator {
         Integrator {
             max_range,
             last: None,
@@ -174,27 +183,107 @@ impl Integrator {
     }
 
     /// Fold in the counter value `cur` read at `now`; fills the reading's
-    /// `energy_joules`, and `watts` and `window` when there is a rate.
+    /// `energy_joules`, and `watts` and `window` when there is a rate, or
+    /// `error` when the counter was reset.
     pub fn add(&mut self, cur: u64, now: std::time::Instant, r: &mut Reading) {
-        if let Some((prev, at)) = self.last {
-            let delta = wrapping_delta(prev, cur, self.max_range);
-            self.total_uj += u128::from(delta);
-            let window = now.saturating_duration_since(at);
-            if window > Duration::ZERO {
-                r.watts = Some(delta as f64 / 1e6 / window.as_secs_f64());
-                r.window = Some(window);
+        let Some((prev, at)) = self.last.replace((cur, now)) else {
+            r.energy_joules = Some(self.total_uj as f64 / 1e6);
+            return;
+        };
+        let delta = match self.max_range {
+            Some(max) => wrapping_delta(prev, cur, max),
+            None if cur >= prev => cur - prev,
+            None => {
+                r.error = Some(format!(
+                    "the energy counter went back from {prev} to {cur} µJ and its range is unknown: \
+                     taken as a reset, counting again from {cur}"
+                ));
+                return;
             }
+        };
+        let window = now.saturating_duration_since(at);
+        if window.is_zero() {
+            // No time to spread the energy over: keep the earlier baseline.
+            self.last = Some((prev, at));
+            r.energy_joules = Some(self.total_uj as f64 / 1e6);
+            return;
         }
+        let watts = delta as f64 / 1e6 / window.as_secs_f64();
+        if watts > MAX_PLAUSIBLE_WATTS {
+            r.error = Some(format!(
+                "the energy counter moved from {prev} to {cur} µJ in {window:?} ({watts:.0} W, \
+                 above the {MAX_PLAUSIBLE_WATTS} W no source draws): taken as a reset, counting again from {cur}"
+            ));
+            return;
+        }
+        self.total_uj += u128::from(delta);
+        r.watts = Some(watts);
+        r.window = Some(window);
         r.energy_joules = Some(self.total_uj as f64 / 1e6);
-        self.last = Some((cur, now));
     }
 }
+
+/// Samples between tries to reopen a counter that could not be opened or
+/// read (a driver not loaded yet, a file re-created by a driver reload).
+pub const REOPEN_EVERY: u32 = 30;
+
+/// A [`Counter`] that is opened again every [`REOPEN_EVERY`] failed reads,
+/// so a sensor that could not be read at start, or whose handle went stale,
+/// comes back without a restart.
+#[derive(Debug)]
+pub struct ReopeningCounter {
+    path: PathBuf,
+    counter: Result<Counter, String>,
+    /// Failed reads in a row (or since the last try to open).
+    failures: u32,
+}
+
+impl ReopeningCounter {
+    /// Open `path` now; a failure is kept as the reading's error until a reopen works.
+    pub fn open(path: &Path) -> ReopeningCounter {
+        ReopeningCounter {
+            path: path.to_path_buf(),
+            counter: Counter::open(path).map_err(|e| why(path, &e)),
+            failures: 0,
+        }
+    }
+
+    /// Read the number, or say why not.
+    pub fn read_u64(&mut self) -> Result<u64, String> {
+        if self.counter.is_err() && self.failures >= REOPEN_EVERY {
+            self.failures = 0;
+            self.counter = Counter::open(&self.path).map_err(|e| why(&self.path, &e));
+        }
+        let r = match &mut self.counter {
+            Ok(c) => c.read_u64().map_err(|e| why(&self.path, &e)),
+            Err(e) => Err(e.clone()),
+        };
+        match &r {
+            Ok(_) => self.failures = 0,
+            Err(e) => {
+                self.failures += 1;
+                if self.failures >= REOPEN_EVERY {
+                    // Drop the handle: the next read opens the file again.
+                    self.counter = Err(e.clone());
+                }
+            }
+        }
+        r
+    }
+}
+
+/// How often sources that found nothing (no RAPL zone, no hwmon sensor) are
+/// looked for again: a module loaded after the agent started shows up.
+pub const REDISCOVER_EVERY: Duration = Duration::from_secs(60);
 
 /// All local sources of a node.
 pub struct Sources {
     pub rapl: rapl::Rapl,
     pub hwmon: hwmon::Hwmon,
     pub gpus: nvml::Gpus,
+    sysfs_root: PathBuf,
+    /// When RAPL and hwmon were last looked for.
+    discovered_at: std::time::Instant,
 }
 
 impl Sources {
@@ -204,11 +293,41 @@ impl Sources {
             rapl: rapl::Rapl::discover(sysfs_root),
             hwmon: hwmon::Hwmon::discover(sysfs_root),
             gpus: nvml::Gpus::discover(),
+            sysfs_root: sysfs_root.to_path_buf(),
+            discovered_at: std::time::Instant::now(),
         }
     }
 
-    /// Read every source once (blocking file reads: call off the async runtime).
+    /// Look for RAPL zones and hwmon sensors again when there were none,
+    /// every [`REDISCOVER_EVERY`]; a source found is logged once.
+    fn rediscover(&mut self, now: std::time::Instant) {
+        if !(self.rapl.is_empty() || self.hwmon.is_empty())
+            || now.saturating_duration_since(self.discovered_at) < REDISCOVER_EVERY
+        {
+            return;
+        }
+        self.discovered_at = now;
+        if self.rapl.is_empty() {
+            let rapl = rapl::Rapl::discover(&self.sysfs_root);
+            if !rapl.is_empty() {
+                tracing::info!(zones = rapl.len(), "RAPL zones found");
+                self.rapl = rapl;
+            }
+        }
+        if self.hwmon.is_empty() {
+            let hwmon = hwmon::Hwmon::discover(&self.sysfs_root);
+            if !hwmon.is_empty() {
+                tracing::info!(sensors = hwmon.len(), "hwmon power sensors found");
+                self.hwmon = hwmon;
+            }
+        }
+    }
+
+    /// Read every source once (blocking file reads: call off the async
+    /// runtime). Sources that found nothing, or could not start, are
+    /// looked for again now and then.
     pub fn sample(&mut self, now: std::time::Instant) -> Vec<Reading> {
+        self.rediscover(now);
         let mut out = self.rapl.sample(now);
         out.extend(self.hwmon.sample());
         out.extend(self.gpus.sample(now));
@@ -239,6 +358,170 @@ mod tests {
             let cur = (prev + add) % (max + 1);
             prop_assert_eq!(wrapping_delta(prev, cur, max), add);
         }
+    }
+
+    fn blank() -> Reading {
+        Reading {
+            source: "test",
+            scope: Scope::Other,
+            device: "c".into(),
+            watts: None,
+            energy_joules: None,
+            method: Method::Integrated,
+            window: None,
+            age: None,
+            error: None,
+        }
+    }
+
+    /// Feed `values` one second apart; the readings.
+    fn integrate(max_range: Option<u64>, values: &[u64]) -> Vec<Reading> {
+        let mut i = Integrator::new(max_range);
+        let t0 = std::time::Instant::now();
+        values
+            .iter()
+            .enumerate()
+            .map(|(n, v)| {
+                let mut r = blank();
+                i.add(*v, t0 + Duration::from_secs(n as u64), &mut r);
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_counter_that_goes_back_with_an_unknown_range_was_reset() {
+        let r = integrate(None, &[5_000_000, 6_000_000, 100, 1_000_100, 2_000_100]);
+        assert_eq!((r[0].watts, r[0].energy_joules), (None, Some(0.0)));
+        assert_eq!((r[1].watts, r[1].energy_joules), (Some(1.0), Some(1.0)));
+        assert_eq!(r[2].watts, None, "no wattage from a reset: {:?}", r[2]);
+        assert!(
+            r[2].error
+                .as_deref()
+                .unwrap()
+                .contains("went back from 6000000 to 100"),
+            "{:?}",
+            r[2]
+        );
+        assert_eq!(r[2].energy_joules, None);
+        assert_eq!(
+            (r[3].watts, r[3].energy_joules, r[3].error.as_deref()),
+            (Some(1.0), Some(2.0), None),
+            "counting goes on from the value after the reset"
+        );
+        assert_eq!(r[4].energy_joules, Some(3.0));
+    }
+
+    #[test]
+    fn an_implausible_rate_is_taken_as_a_reset_even_with_a_known_range() {
+        // A counter that says it wraps at 2^40 µJ but starts over (a driver
+        // reload): it goes back from 4.5e9 to 1e3, a "wrap" of ~1.1e12 µJ in 1 s.
+        let r = integrate(
+            Some((1 << 40) - 1),
+            &[4_000_000_000, 4_500_000_000, 1_000, 500_001_000],
+        );
+        assert_eq!(r[1].watts, Some(500.0));
+        assert_eq!(r[2].watts, None, "{:?}", r[2]);
+        let why = r[2].error.as_deref().unwrap();
+        assert!(
+            why.contains("taken as a reset") && why.contains("100000 W"),
+            "{why}"
+        );
+        assert_eq!(
+            (r[3].watts, r[3].energy_joules),
+            (Some(500.0), Some(1000.0)),
+            "500 J before the reset and 500 J after it"
+        );
+        // A real wrap at a plausible rate is still a wrap.
+        let w = integrate(Some(999_999_999), &[999_900_000, 100_000]);
+        assert_eq!(w[1].watts, Some(0.2), "{:?}", w[1]);
+    }
+
+    proptest! {
+        // Whatever the counter does (resets, wraps, garbage, any range), no
+        // reading is above the plausibility bound and the energy never goes
+        // back nor grows faster than the bound allows.
+        #[test]
+        fn no_counter_sequence_gives_a_wild_wattage(
+            max in prop::option::of(1u64..u64::MAX),
+            steps in prop::collection::vec((any::<u64>(), 1u64..10_000), 1..40),
+        ) {
+            let mut i = Integrator::new(max);
+            let mut now = std::time::Instant::now();
+            let mut last_energy = 0.0f64;
+            for (v, dt_ms) in steps {
+                now += Duration::from_millis(dt_ms);
+                let mut r = blank();
+                i.add(v, now, &mut r);
+                if let Some(w) = r.watts {
+                    prop_assert!((0.0..=MAX_PLAUSIBLE_WATTS).contains(&w), "{w}");
+                }
+                if let Some(e) = r.energy_joules {
+                    prop_assert!(e >= last_energy);
+                    prop_assert!(e - last_energy <= MAX_PLAUSIBLE_WATTS * dt_ms as f64 / 1e3 + 1e-6);
+                    last_energy = e;
+                }
+                prop_assert!(r.watts.is_none() || r.error.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn a_counter_that_could_not_be_opened_or_read_is_opened_again() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("energy_uj");
+        let mut c = ReopeningCounter::open(&p);
+        for _ in 0..REOPEN_EVERY {
+            assert!(c.read_u64().unwrap_err().contains("does not exist"));
+        }
+        std::fs::write(&p, "7\n").unwrap();
+        assert_eq!(c.read_u64(), Ok(7), "opened again after REOPEN_EVERY failures");
+
+        // A directory where the file should be opens, but cannot be read;
+        // once it is a file again, a reopen reads it.
+        let q = d.path().join("energy1_input");
+        std::fs::create_dir(&q).unwrap();
+        let mut c = ReopeningCounter::open(&q);
+        for _ in 0..REOPEN_EVERY {
+            assert!(c.read_u64().is_err());
+        }
+        std::fs::remove_dir(&q).unwrap();
+        std::fs::write(&q, "9\n").unwrap();
+        assert_eq!(c.read_u64(), Ok(9));
+        assert_eq!(c.read_u64(), Ok(9));
+    }
+
+    #[test]
+    fn sources_that_found_nothing_are_looked_for_again() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = Sources::discover(t.path());
+        let t0 = std::time::Instant::now();
+        let local = |r: &[Reading]| r.iter().filter(|r| r.source != "nvml").count();
+        assert_eq!(local(&s.sample(t0)), 0);
+        let z = t.path().join("class/powercap/intel-rapl:0");
+        std::fs::create_dir_all(&z).unwrap();
+        std::fs::write(z.join("name"), "package-0\n").unwrap();
+        std::fs::write(z.join("energy_uj"), "1000\n").unwrap();
+        let h = t.path().join("class/hwmon/hwmon0");
+        std::fs::create_dir_all(&h).unwrap();
+        std::fs::write(h.join("power1_input"), "5000000\n").unwrap();
+        assert_eq!(
+            local(&s.sample(t0 + REDISCOVER_EVERY / 2)),
+            0,
+            "not looked for yet"
+        );
+        let r = s.sample(t0 + REDISCOVER_EVERY * 2);
+        let rapl = r.iter().find(|r| r.source == "rapl").expect("RAPL found");
+        assert_eq!(
+            (rapl.watts, rapl.error.as_deref()),
+            (None, None),
+            "no watts from a first sample"
+        );
+        let hw = r.iter().find(|r| r.source == "hwmon").expect("hwmon found");
+        assert_eq!(hw.watts, Some(5.0));
+        std::fs::write(z.join("energy_uj"), "2001000\n").unwrap();
+        let r = s.sample(t0 + REDISCOVER_EVERY * 2 + Duration::from_secs(1));
+        assert_eq!(r.iter().find(|r| r.source == "rapl").unwrap().watts, Some(2.0));
     }
 
     #[test]

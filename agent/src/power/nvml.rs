@@ -3,55 +3,117 @@
 //! GPU source — the same binary runs everywhere. Per GPU: the power NVML
 //! measures (`nvmlDeviceGetPowerUsage`, mW) and the energy counter
 //! (`nvmlDeviceGetTotalEnergyConsumption`, mJ since the driver loaded).
-use std::time::Instant;
+//! When the library is there but NVML does not initialise (the driver not
+//! loaded yet), it is tried again every [`RETRY_INIT`].
+use std::time::{Duration, Instant};
 
 use nvml_wrapper::Nvml;
 use nvml_wrapper::error::NvmlError;
 
 use super::{Method, Reading, Scope};
 
+/// How long after NVML failed to initialise (with its library present) it
+/// is tried again.
+pub const RETRY_INIT: Duration = Duration::from_secs(60);
+
+/// Energy from a counter that runs since the driver loaded: the sum of the
+/// increases between readings, so a counter that starts over (a driver
+/// reload, a GPU reset) loses only the interval it went back in.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnergySince {
+    last_mj: Option<u64>,
+    total_mj: u64,
+}
+
+impl EnergySince {
+    /// Fold in the counter's value `mj`; returns the joules counted so far.
+    /// A value below the last one is a reset: it adds nothing and is the
+    /// new baseline.
+    pub fn add(&mut self, mj: u64) -> f64 {
+        if let Some(prev) = self.last_mj
+            && mj >= prev
+        {
+            self.total_mj = self.total_mj.saturating_add(mj - prev);
+        }
+        self.last_mj = Some(mj);
+        self.total_mj as f64 / 1e3
+    }
+}
+
+type Init = fn() -> Result<Nvml, NvmlError>;
+
 pub struct Gpus {
     nvml: Option<Nvml>,
     /// (name, uuid) per index, read once.
     ids: Vec<String>,
-    first_mj: Vec<Option<u64>>,
+    energy: Vec<EnergySince>,
     /// Why there is no GPU source, when there is none.
     pub absent: Option<String>,
+    /// When to try NVML again: set while its library is there but it did
+    /// not initialise or count the GPUs.
+    retry_at: Option<Instant>,
+    init: Init,
 }
 
 impl Gpus {
     pub fn discover() -> Gpus {
-        let none = |why: String| Gpus {
+        Gpus::discover_with(Nvml::init, Instant::now())
+    }
+
+    fn discover_with(init: Init, now: Instant) -> Gpus {
+        let none = |why: String, retry: bool| Gpus {
             nvml: None,
             ids: Vec::new(),
-            first_mj: Vec::new(),
+            energy: Vec::new(),
             absent: Some(why),
+            retry_at: retry.then(|| now + RETRY_INIT),
+            init,
         };
-        let nvml = match Nvml::init() {
+        let nvml = match init() {
             Ok(n) => n,
+            // No driver on this host: no GPU source, and no point trying again.
             Err(NvmlError::LibloadingError(e)) => {
-                return none(format!(
-                    "libnvidia-ml.so.1 could not be loaded ({e}): no GPU source on this host"
-                ));
+                return none(
+                    format!("libnvidia-ml.so.1 could not be loaded ({e}): no GPU source on this host"),
+                    false,
+                );
             }
-            Err(e) => return none(format!("NVML did not initialise: {e}")),
+            Err(e) => return none(format!("NVML did not initialise: {e}"), true),
         };
         let count = match nvml.device_count() {
             Ok(c) => c,
-            Err(e) => return none(format!("NVML could not count GPUs: {e}")),
+            Err(e) => return none(format!("NVML could not count GPUs: {e}"), true),
         };
         let ids = (0..count).map(|i| device_id(&nvml, i)).collect();
         let absent = (count == 0).then(|| "NVML loaded but reports no GPU".to_string());
         Gpus {
             nvml: Some(nvml),
             ids,
-            first_mj: vec![None; count as usize],
+            energy: vec![EnergySince::default(); count as usize],
             absent,
+            retry_at: None,
+            init,
         }
     }
 
+    /// Try NVML again when it is due; a change is logged once.
+    fn retry(&mut self, now: Instant) {
+        if self.retry_at.is_none_or(|at| now < at) {
+            return;
+        }
+        let again = Gpus::discover_with(self.init, now);
+        match &again.absent {
+            None => tracing::info!(gpus = again.ids.len(), "NVML initialised: GPUs found"),
+            Some(why) if again.absent != self.absent => {
+                tracing::info!(%why, "still no GPU source");
+            }
+            Some(_) => {}
+        }
+        *self = again;
+    }
+
     pub fn sample(&mut self, now: Instant) -> Vec<Reading> {
-        let _ = now;
+        self.retry(now);
         let Some(nvml) = &self.nvml else { return Vec::new() };
         (0..self.ids.len())
             .map(|i| {
@@ -75,8 +137,7 @@ impl Gpus {
                         }
                         // Energy since the agent first read it (the counter runs since driver load).
                         if let Ok(mj) = d.total_energy_consumption() {
-                            let first = *self.first_mj[i].get_or_insert(mj);
-                            r.energy_joules = Some(mj.saturating_sub(first) as f64 / 1e3);
+                            r.energy_joules = Some(self.energy[i].add(mj));
                         }
                     }
                 }
@@ -107,6 +168,9 @@ mod tests {
         match &g.absent {
             Some(why) => {
                 assert!(readings.is_empty());
+                if why.contains("could not be loaded") {
+                    assert!(g.retry_at.is_none(), "no library: not tried again");
+                }
                 assert!(why.contains("libnvidia-ml") || why.contains("NVML"), "{why}");
                 eprintln!("no GPU source: {why}");
             }
@@ -119,5 +183,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn energy_counts_the_increases_and_survives_a_counter_reset() {
+        let mut e = EnergySince::default();
+        assert_eq!(e.add(5_000_000), 0.0, "the first reading is the baseline");
+        assert_eq!(e.add(5_001_500), 1.5);
+        assert_eq!(e.add(5_003_000), 3.0);
+        // A driver reload: the counter starts over near 0.
+        assert_eq!(e.add(200), 3.0, "the reset adds nothing");
+        assert_eq!(e.add(1_200), 4.0, "and counting goes on from the new value");
+        assert_eq!(e.add(1_200), 4.0);
+    }
+
+    static INIT_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    fn driver_not_loaded() -> Result<Nvml, NvmlError> {
+        INIT_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(NvmlError::DriverNotLoaded)
+    }
+
+    #[test]
+    fn nvml_that_did_not_initialise_is_tried_again_after_a_while() {
+        let calls = || INIT_CALLS.load(std::sync::atomic::Ordering::SeqCst);
+        let t0 = Instant::now();
+        let mut g = Gpus::discover_with(driver_not_loaded, t0);
+        assert_eq!(calls(), 1);
+        assert!(
+            g.absent.as_deref().unwrap().contains("did not initialise"),
+            "{:?}",
+            g.absent
+        );
+        assert!(g.sample(t0 + Duration::from_secs(1)).is_empty());
+        assert!(g.sample(t0 + RETRY_INIT / 2).is_empty());
+        assert_eq!(calls(), 1, "not before RETRY_INIT");
+        assert!(g.sample(t0 + RETRY_INIT).is_empty());
+        assert_eq!(calls(), 2, "tried again");
+        assert!(g.sample(t0 + RETRY_INIT + Duration::from_secs(1)).is_empty());
+        assert_eq!(calls(), 2, "and then not before another RETRY_INIT");
+        assert!(g.sample(t0 + RETRY_INIT * 2).is_empty());
+        assert_eq!(calls(), 3);
     }
 }

@@ -2,16 +2,18 @@
 //! `<sysfs>/class/powercap/intel-rapl:*` (and `amd-rapl` where present),
 //! energy counters integrated into watts, wraparound handled with the zone's
 //! own `max_energy_range_uj`. The first sample of a zone (or the first after
-//! it could not be read) yields energy but no watts, never a wild number.
+//! it could not be read) yields energy but no watts, never a wild number. A
+//! zone whose counter cannot be opened or read is opened again every
+//! [`REOPEN_EVERY`](super::REOPEN_EVERY) samples.
 use std::path::Path;
 use std::time::Instant;
 
-use super::{Counter, Integrator, Method, Reading, Scope, why};
+use super::{Integrator, Method, Reading, ReopeningCounter, Scope, why};
 
 struct Zone {
     device: String,
     scope: Scope,
-    counter: Result<Counter, String>,
+    counter: ReopeningCounter,
     energy: Integrator,
 }
 
@@ -54,12 +56,11 @@ impl Rapl {
             .map(|device| {
                 let z = dir.join(&device);
                 let name = std::fs::read_to_string(z.join("name")).unwrap_or_default();
+                // Unknown (unreadable): a counter that goes back is then a reset.
                 let max_range = std::fs::read_to_string(z.join("max_energy_range_uj"))
                     .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or(u64::MAX);
-                let path = z.join("energy_uj");
-                let counter = Counter::open(&path).map_err(|e| why(&path, &e));
+                    .and_then(|s| s.trim().parse().ok());
+                let counter = ReopeningCounter::open(&z.join("energy_uj"));
                 Zone {
                     device,
                     scope: scope_of(name.trim()),
@@ -72,6 +73,16 @@ impl Rapl {
             .is_empty()
             .then(|| format!("no RAPL zones under {}", dir.display()));
         Rapl { zones, absent }
+    }
+
+    /// No zone was found.
+    pub fn is_empty(&self) -> bool {
+        self.zones.is_empty()
+    }
+
+    /// How many zones were found.
+    pub fn len(&self) -> usize {
+        self.zones.len()
     }
 
     pub fn sample(&mut self, now: Instant) -> Vec<Reading> {
@@ -89,11 +100,7 @@ impl Rapl {
                     age: None,
                     error: None,
                 };
-                let value = match &mut z.counter {
-                    Ok(c) => c.read_u64().map_err(|e| why(c.path(), &e)),
-                    Err(e) => Err(e.clone()),
-                };
-                match value {
+                match z.counter.read_u64() {
                     Err(e) => {
                         // Start over after an error: the next good read is a first sample again.
                         z.energy.reset();
@@ -188,5 +195,45 @@ mod tests {
         // After the error, the next good read is a first sample again: no jump.
         set(t.path(), "intel-rapl:1", 20);
         assert!(rapl.sample(Instant::now()).iter().all(|r| r.watts.is_none()));
+    }
+
+    #[test]
+    fn a_zone_unreadable_at_start_is_opened_again_later_without_a_wild_first_wattage() {
+        let t = tempfile::tempdir().unwrap();
+        zone(t.path(), "intel-rapl:0", "package-0", 262_143_328_850, 0);
+        let e = t.path().join("class/powercap/intel-rapl:0/energy_uj");
+        std::fs::remove_file(&e).unwrap();
+        let mut rapl = Rapl::discover(t.path());
+        let t0 = Instant::now();
+        let at = |n: u32| t0 + Duration::from_secs(u64::from(n));
+        for n in 0..crate::power::REOPEN_EVERY {
+            let r = rapl.sample(at(n));
+            assert!(r[0].error.as_deref().unwrap().contains("does not exist"), "{r:?}");
+        }
+        // The driver came up with the counter far along.
+        std::fs::write(&e, "200000000000\n").unwrap();
+        let n = crate::power::REOPEN_EVERY;
+        let r = rapl.sample(at(n));
+        assert_eq!((r[0].watts, r[0].error.as_deref()), (None, None), "{r:?}");
+        set(t.path(), "intel-rapl:0", 200_000_150_000);
+        let r = rapl.sample(at(n + 1));
+        assert_eq!(r[0].watts, Some(0.15), "{r:?}");
+    }
+
+    #[test]
+    fn without_a_readable_range_a_counter_that_goes_back_was_reset() {
+        let t = tempfile::tempdir().unwrap();
+        zone(t.path(), "intel-rapl:0", "package-0", 0, 9_000_000);
+        std::fs::remove_file(t.path().join("class/powercap/intel-rapl:0/max_energy_range_uj")).unwrap();
+        let mut rapl = Rapl::discover(t.path());
+        let t0 = Instant::now();
+        rapl.sample(t0);
+        set(t.path(), "intel-rapl:0", 10);
+        let r = rapl.sample(t0 + Duration::from_secs(1));
+        assert_eq!(r[0].watts, None, "not 1.8e13 W: {r:?}");
+        assert!(r[0].error.as_deref().unwrap().contains("reset"), "{r:?}");
+        set(t.path(), "intel-rapl:0", 50_000_010);
+        let r = rapl.sample(t0 + Duration::from_secs(2));
+        assert_eq!((r[0].watts, r[0].energy_joules), (Some(50.0), Some(50.0)));
     }
 }

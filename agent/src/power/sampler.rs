@@ -3,7 +3,10 @@
 //! metrics — `hostplane_energy_joules_total` counters and
 //! `hostplane_power_watts` gauges labelled by source, scope and device, and
 //! `hostplane_power_source_up` (0 with the reason in the log when a source
-//! cannot be read, logged once per change of the reason). When
+//! cannot be read, logged once per change of the reason; its watts gauge is
+//! then removed rather than left at its last value), and the agent's own
+//! health: how long a sample takes, the telemetry buffer, the process's CPU
+//! time and memory. When
 //! `power.bmc.url` is set, a poller reads the BMC every
 //! `power.bmc.poll_interval` and each sample includes its last readings,
 //! with their age.
@@ -16,6 +19,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +27,7 @@ use tracing::Instrument;
 
 use super::caps::CapsConfig;
 use super::redfish::{BmcConfig, BmcLink};
-use super::telemetry::{Telemetry, TelemetryConfig};
+use super::telemetry::{Telemetry, TelemetryBuffer, TelemetryConfig};
 use super::{Reading, Sources};
 
 /// The `power:` section of the agent config.
@@ -63,15 +67,38 @@ pub struct SourceLabels {
     pub device: String,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PowerMetrics {
     pub energy: Family<SourceLabels, Counter<f64, AtomicU64>>,
     pub watts: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     pub up: Family<SourceLabels, Gauge>,
+    /// How long reading every local source once took.
+    pub sample_duration: Histogram,
+    /// Samples in the telemetry buffer (not yet acknowledged by the coordinator).
+    pub telemetry_buffered: Gauge,
+    /// Samples dropped from the full telemetry buffer, oldest first.
+    pub telemetry_dropped: Counter,
+}
+
+impl Default for PowerMetrics {
+    fn default() -> Self {
+        PowerMetrics {
+            energy: Family::default(),
+            watts: Family::default(),
+            up: Family::default(),
+            // 100 µs .. ~3.3 s: a sysfs read takes microseconds, an NVML call milliseconds.
+            sample_duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                1e-4, 2.0, 16,
+            )),
+            telemetry_buffered: Gauge::default(),
+            telemetry_dropped: Counter::default(),
+        }
+    }
 }
 
 impl PowerMetrics {
-    /// Register with the `hostplane` prefix: `hostplane_energy_joules_total`, ...
+    /// Register with the `hostplane` prefix: `hostplane_energy_joules_total`,
+    /// ..., and the agent process's own `hostplane_agent_*` metrics.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "energy_joules",
@@ -88,6 +115,34 @@ impl PowerMetrics {
             "1 when the source was read, 0 when it could not be",
             self.up.clone(),
         );
+        registry.register(
+            "power_sample_duration_seconds",
+            "Time taken to read every local power source once",
+            self.sample_duration.clone(),
+        );
+        registry.register(
+            "power_telemetry_buffered_samples",
+            "Samples in the telemetry buffer that the coordinator has not acknowledged",
+            self.telemetry_buffered.clone(),
+        );
+        registry.register(
+            "power_telemetry_dropped_samples",
+            "Samples dropped, oldest first, because the telemetry buffer was full",
+            self.telemetry_dropped.clone(),
+        );
+        crate::metrics::ProcessCollector::register(registry);
+    }
+
+    /// Put one sample into the telemetry buffer and count what that dropped.
+    pub fn push_telemetry(&self, buffer: &mut TelemetryBuffer, readings: &[Reading], at_ms: i64) {
+        let before = buffer.len();
+        buffer.push(readings, at_ms);
+        let after = buffer.len();
+        // A full buffer drops its oldest sample to make room.
+        self.telemetry_dropped
+            .inc_by((before + 1).saturating_sub(after) as u64);
+        self.telemetry_buffered
+            .set(i64::try_from(after).unwrap_or(i64::MAX));
     }
 
     /// Fold one sample's readings into the metrics. `logged` remembers the
@@ -110,6 +165,10 @@ impl PowerMetrics {
                 device: r.device.clone(),
             };
             let key = format!("{}/{}", r.source, r.device);
+            if r.error.is_some() || r.watts.is_none() {
+                // A source with no value now has no gauge, not a frozen one.
+                self.watts.remove(&l);
+            }
             match &r.error {
                 Some(e) => {
                     self.up.get_or_create(&l).set(0);
@@ -169,6 +228,9 @@ pub fn spawn(
             if let Some(why) = &sources.rapl.absent {
                 tracing::info!(%why, "no RAPL source");
             }
+            if let Some(why) = &sources.gpus.absent {
+                tracing::info!(%why, "no GPU source");
+            }
             let mut last = HashMap::new();
             let mut logged = HashMap::new();
             let mut tick = tokio::time::interval(cfg.interval);
@@ -178,21 +240,23 @@ pub fn spawn(
                     () = shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let Ok((back, mut readings)) = tokio::task::spawn_blocking(move || {
-                    let r = sources.sample(Instant::now());
-                    (sources, r)
+                let Ok((back, mut readings, took)) = tokio::task::spawn_blocking(move || {
+                    let start = Instant::now();
+                    let r = sources.sample(start);
+                    (sources, r, start.elapsed())
                 })
                 .await
                 else {
                     return;
                 };
                 sources = back;
+                metrics.sample_duration.observe(took.as_secs_f64());
                 if let Some(b) = &bmc_readings {
                     readings.extend(b.readings(Instant::now()));
                 }
                 metrics.record(&readings, &mut last, &mut logged);
                 if let Some(t) = &telemetry {
-                    t.lock().push(&readings, hostplane_common::time::now_ms());
+                    metrics.push_telemetry(&mut t.lock(), &readings, hostplane_common::time::now_ms());
                 }
             }
         }
@@ -256,7 +320,106 @@ mod tests {
             ),
             "{text}"
         );
+        let samples: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("hostplane_power_sample_duration_seconds_count "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no sample duration in {text}"));
+        assert!(samples >= 2, "{text}");
+        assert!(text.contains("hostplane_agent_resident_memory_bytes "), "{text}");
         stop.cancel();
         task.await.unwrap();
+    }
+
+    fn registered() -> (PowerMetrics, Registry) {
+        let metrics = PowerMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(registry.sub_registry_with_prefix("hostplane"));
+        (metrics, registry)
+    }
+
+    fn reading(watts: Option<f64>, error: Option<&str>) -> Reading {
+        Reading {
+            source: "hwmon",
+            scope: super::super::Scope::Other,
+            device: "hwmon0/power1_input".into(),
+            watts,
+            energy_joules: None,
+            method: super::super::Method::Measured,
+            window: None,
+            age: None,
+            error: error.map(String::from),
+        }
+    }
+
+    #[test]
+    fn a_source_that_fails_loses_its_watts_gauge() {
+        let (metrics, registry) = registered();
+        let (mut last, mut logged) = (HashMap::new(), HashMap::new());
+        let gauge = "hostplane_power_watts{source=\"hwmon\",scope=\"other\",device=\"hwmon0/power1_input\"}";
+        let up = "hostplane_power_source_up{source=\"hwmon\",scope=\"other\",device=\"hwmon0/power1_input\"}";
+        metrics.record(&[reading(Some(250.0), None)], &mut last, &mut logged);
+        let text = crate::metrics::render(&registry);
+        assert!(text.contains(&format!("{gauge} 250")), "{text}");
+        assert!(text.contains(&format!("{up} 1")), "{text}");
+
+        metrics.record(
+            &[reading(None, Some("permission denied"))],
+            &mut last,
+            &mut logged,
+        );
+        let text = crate::metrics::render(&registry);
+        assert!(
+            !text.contains(gauge),
+            "a dead source is not a frozen number: {text}"
+        );
+        assert!(text.contains(&format!("{up} 0")), "{text}");
+
+        metrics.record(&[reading(Some(260.0), None)], &mut last, &mut logged);
+        let text = crate::metrics::render(&registry);
+        assert!(
+            text.contains(&format!("{gauge} 260")),
+            "back with its new value: {text}"
+        );
+        metrics.record(&[reading(None, None)], &mut last, &mut logged);
+        let text = crate::metrics::render(&registry);
+        assert!(
+            !text.contains(gauge),
+            "no watts (a first sample) is no gauge either: {text}"
+        );
+    }
+
+    #[test]
+    fn the_telemetry_buffer_depth_and_drops_are_served() {
+        let (metrics, registry) = registered();
+        let cfg = TelemetryConfig {
+            buffer_samples: 3,
+            ..Default::default()
+        };
+        let mut buffer = TelemetryBuffer::new(1, &cfg);
+        for i in 0..5 {
+            metrics.push_telemetry(&mut buffer, &[], i);
+        }
+        let text = crate::metrics::render(&registry);
+        assert!(
+            text.contains("hostplane_power_telemetry_buffered_samples 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hostplane_power_telemetry_dropped_samples_total 2\n"),
+            "{text}"
+        );
+        buffer.next_batch().unwrap();
+        buffer.ack(&hostplane_proto::v1::TelemetryAck { epoch: 1, seq: 5 });
+        metrics.push_telemetry(&mut buffer, &[], 6);
+        let text = crate::metrics::render(&registry);
+        assert!(
+            text.contains("hostplane_power_telemetry_buffered_samples 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hostplane_power_telemetry_dropped_samples_total 2\n"),
+            "no drop while there is room: {text}"
+        );
     }
 }
