@@ -2,7 +2,7 @@
 //! logging, run. The logic lives in the library (`server::run`).
 //!
 //! Exit codes: 0 ok, 1 runtime error, 64 usage error, 78 config error
-//! (the unit sets `RestartPreventExitStatus=64 78`).
+//! (the unit sets `RestartPreventExitStatus=78`).
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -278,7 +278,7 @@ fn values_take_effect_exactly_where_they_are_set() {
     let values = dir.path().join("values.yaml");
     std::fs::write(
         &values,
-        "namespace:\n  name: lab\nagent:\n  image:\n    tag: 9.9.9\n  config:\n    reboot_method: external\n",
+        "namespace:\n  name: lab\nagent:\n  image:\n    tag: 9.9.9\n  config:\n    cache:\n      max_bytes: 1073741824\n",
     )
     .unwrap();
     // -f, then --set over it, as helm merges them.
@@ -301,9 +301,8 @@ fn values_take_effect_exactly_where_they_are_set() {
             ("ConfigMap", "hostplane-agent") => {
                 let cfg = &mut d["data"]["agent.yaml"];
                 cfg["coordinator"] = "https://hostplane-coordinator.lab.svc:50051".into();
-                cfg.as_mapping_mut()
-                    .unwrap()
-                    .insert("reboot_method".into(), "external".into());
+                // Merged into the chart's cache section, next to its cache.dir.
+                cfg["cache"]["max_bytes"] = 1073741824u64.into();
             }
             ("DaemonSet", _) => {
                 d["spec"]["template"]["spec"]["containers"][0]["image"] = "hostplane-agent:9.9.9".into();
@@ -360,6 +359,60 @@ fn values_take_effect_exactly_where_they_are_set() {
 }
 
 #[test]
+fn agent_privileged_false_renders_the_capabilities_of_the_systemd_unit() {
+    if skip(helm_missing()) {
+        return;
+    }
+    let key = (
+        "DaemonSet".to_owned(),
+        "hostplane".to_owned(),
+        "hostplane-agent".to_owned(),
+    );
+    let sc = |objs: &BTreeMap<Key, Value>| {
+        objs[&key]["spec"]["template"]["spec"]["containers"][0]["securityContext"].clone()
+    };
+
+    // The default: privileged (the device cgroup), nothing else to say.
+    let default = sc(&rendered(&[]));
+    assert_eq!(default["privileged"], true);
+    assert!(default.get("capabilities").is_none(), "{default:?}");
+
+    let got = rendered(&["--set", "agent.privileged=false"]);
+    let sc = sc(&got);
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    let mut caps: Vec<&str> = sc["capabilities"]["add"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    caps.sort();
+    assert_eq!(caps, ["NET_ADMIN", "SYS_ADMIN", "SYS_RAWIO"]);
+    // Each one is in the systemd unit's bounding set (the unit names its job).
+    let unit = std::fs::read_to_string(root().join("systemd/hostplane-agent.service")).unwrap();
+    let bounding = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit has a CapabilityBoundingSet");
+    for cap in &caps {
+        assert!(
+            bounding.split_whitespace().any(|b| b == format!("CAP_{cap}")),
+            "{cap} not in the unit's {bounding}"
+        );
+    }
+    // Only the DaemonSet's securityContext changed.
+    let mut want = plain_manifests();
+    want.get_mut(&key).unwrap()["spec"]["template"]["spec"]["containers"][0]["securityContext"] = sc;
+    assert_same(
+        &want,
+        &got,
+        "agent.privileged=false changed something else (want, got)",
+    );
+}
+
+#[test]
 fn a_bad_value_is_refused_naming_the_key() {
     if skip(helm_missing()) {
         return;
@@ -375,6 +428,10 @@ fn a_bad_value_is_refused_naming_the_key() {
         (
             vec!["-f", bad_file.to_str().unwrap()],
             vec!["/coordinator/store/size", "lots"],
+        ),
+        (
+            vec!["--set", "agent.privileged=maybe"],
+            vec!["/agent/privileged", "want boolean"],
         ),
         // A typo is not silently ignored.
         (

@@ -2,9 +2,10 @@
 //! validates against the Kubernetes schemas (`kubernetes-validate --strict`,
 //! which ships the schemas and works offline; `scripts/setup` installs it),
 //! for the oldest and the newest Kubernetes we claim; and the properties the
-//! docs promise hold (agent: host network, capabilities not privileged, node
-//! name from the downward API, /dev, /sys and state mounted; coordinator: one
-//! replica, Recreate, non-root, store on a PVC, TLS from a Secret).
+//! docs promise hold (agent: host network, privileged with the reason in the
+//! file, node name from the downward API, /dev, /sys and state mounted;
+//! coordinator: one replica, Recreate, non-root, store on a PVC, TLS from a
+//! Secret; the Namespace, the PVC and the Secrets kept by `helm uninstall`).
 //! Without `kubernetes-validate` the schema part prints why and returns.
 
 use std::path::{Path, PathBuf};
@@ -119,23 +120,31 @@ fn the_agent_daemonset_has_what_its_jobs_need_and_no_more() {
     assert_eq!(pod["automountServiceAccountToken"], false);
     let c = &pod["containers"][0];
     let sc = &c["securityContext"];
-    assert_eq!(sc["privileged"], false);
-    assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(strs(&sc["capabilities"]["drop"]), ["ALL"]);
-    let mut caps = strs(&sc["capabilities"]["add"]);
-    caps.sort();
-    assert_eq!(caps, ["DAC_OVERRIDE", "NET_ADMIN", "SYS_ADMIN", "SYS_RAWIO"]);
-    // Every added capability is one the systemd unit keeps too.
-    let unit =
-        std::fs::read_to_string(manifests_dir().join("../../systemd/hostplane-agent.service")).unwrap();
-    let bounding = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
-        .expect("the unit has a CapabilityBoundingSet");
-    for cap in caps {
+    // Privileged for the devices: the runtime's device cgroup refuses the
+    // rshim CUSE devices (dynamic majors) and /dev/nvidia* otherwise, /dev
+    // mounted or not. The file says so where it sets it.
+    assert_eq!(sc["privileged"], true);
+    assert_eq!(sc["runAsUser"], 0);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    // Kubernetes refuses allowPrivilegeEscalation: false with privileged, and
+    // capabilities mean nothing in a privileged container: neither is set.
+    assert!(sc.get("allowPrivilegeEscalation").is_none(), "{sc:?}");
+    assert!(sc.get("capabilities").is_none(), "{sc:?}");
+    let text = std::fs::read_to_string(manifests_dir().join("agent.yaml")).unwrap();
+    let before = &text[..text
+        .find("privileged: true")
+        .expect("privileged: true in agent.yaml")];
+    let reason = &before[before.rfind("securityContext:").unwrap()..];
+    for why in [
+        "device cgroup",
+        "CUSE",
+        "dynamic majors",
+        "/dev/nvidia",
+        "device plugin or CDI",
+    ] {
         assert!(
-            bounding.contains(&format!("CAP_{cap}")),
-            "{cap} not in the unit's {bounding}"
+            reason.contains(why),
+            "the comment above privileged: true does not say {why:?}:\n{reason}"
         );
     }
 
@@ -186,6 +195,33 @@ fn the_agent_daemonset_has_what_its_jobs_need_and_no_more() {
     assert!(
         strs(&c["livenessProbe"]["exec"]["command"]).contains(&"127.0.0.1:9464"),
         "the probe checks the configured metrics address"
+    );
+}
+
+#[test]
+fn helm_uninstall_keeps_the_namespace_the_store_and_the_secrets() {
+    let docs = all_documents();
+    let kept: Vec<String> = docs
+        .iter()
+        .filter(|d| d["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep")
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            "PersistentVolumeClaim/hostplane-coordinator-store",
+            "Namespace/hostplane",
+            "Secret/hostplane-coordinator-tls",
+            "Secret/hostplane-agent-tls",
+            "Secret/hostplane-coordinator-tokens",
+        ],
+        "in file order: coordinator.yaml, namespace.yaml, secrets.yaml"
     );
 }
 
