@@ -359,6 +359,30 @@ impl Config {
         if let Err((field, reason)) = self.power.bmc.validate() {
             return invalid(field, reason);
         }
+        let p = &self.power;
+        if p.interval < Duration::from_millis(100) {
+            return invalid(
+                "power.interval",
+                format!("{:?} is too short: sample at most every 100ms", p.interval),
+            );
+        }
+        for (field, d) in [
+            ("power.telemetry.batch_interval", p.telemetry.batch_interval),
+            ("power.caps.reverify_interval", p.caps.reverify_interval),
+            ("power.caps.default_lease", p.caps.default_lease),
+        ] {
+            if d.is_zero() {
+                return invalid(field, "must be greater than 0".into());
+            }
+        }
+        for (field, n) in [
+            ("power.telemetry.buffer_samples", p.telemetry.buffer_samples),
+            ("power.telemetry.max_batch", p.telemetry.max_batch),
+        ] {
+            if n == 0 {
+                return invalid(field, "must be at least 1".into());
+            }
+        }
         if s.default_lease < Duration::from_secs(1) {
             return invalid("session.default_lease", "must be at least 1s".into());
         }
@@ -612,7 +636,7 @@ mod tests {
     #[test]
     fn validate_names_the_field() {
         type Mutate = fn(&mut Config);
-        let cases: [(&str, Mutate); 20] = [
+        let cases: [(&str, Mutate); 27] = [
             ("node_name", |c| c.node_name.clear()),
             ("node_name", |c| c.node_name = "a b".into()),
             ("coordinator", |c| c.coordinator = "not a url".into()),
@@ -645,6 +669,21 @@ mod tests {
             ("network.sysfs_root", |c| c.network.sysfs_root = "sys".into()),
             ("network.netns", |c| c.network.netns = Some("a/b".into())),
             ("network.netns", |c| c.network.netns = Some(String::new())),
+            ("power.interval", |c| c.power.interval = Duration::ZERO),
+            ("power.interval", |c| c.power.interval = Duration::from_millis(99)),
+            ("power.telemetry.batch_interval", |c| {
+                c.power.telemetry.batch_interval = Duration::ZERO
+            }),
+            ("power.caps.reverify_interval", |c| {
+                c.power.caps.reverify_interval = Duration::ZERO
+            }),
+            ("power.caps.default_lease", |c| {
+                c.power.caps.default_lease = Duration::ZERO
+            }),
+            ("power.telemetry.buffer_samples", |c| {
+                c.power.telemetry.buffer_samples = 0
+            }),
+            ("power.telemetry.max_batch", |c| c.power.telemetry.max_batch = 0),
         ];
         for (field, mutate) in cases {
             let mut cfg = valid();

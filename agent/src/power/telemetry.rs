@@ -4,7 +4,9 @@
 //! and after a reconnect replays the rest (the coordinator ignores samples at
 //! or below the last seq it stored for the epoch, so a replay is harmless).
 //! When the coordinator is away longer than the buffer holds, the oldest
-//! samples go first and the next batch says how many were dropped.
+//! samples go first; every batch carries how many were dropped since the
+//! agent started (cumulative for the epoch, so a lost or replayed batch
+//! neither loses nor double-counts drops).
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -51,7 +53,9 @@ pub struct TelemetryBuffer {
     samples: VecDeque<PowerSample>,
     /// Highest seq sent on the current connection (samples above it are new).
     sent: u64,
-    /// Dropped since the last batch that reported drops.
+    /// Dropped since this buffer was made (this epoch): cumulative, sent in
+    /// every batch, never reset, so a batch lost with its connection loses
+    /// no count and a replay counts nothing twice.
     dropped: u64,
 }
 
@@ -111,11 +115,10 @@ impl TelemetryBuffer {
             .collect();
         let last = samples.last()?.seq;
         self.sent = last;
-        let dropped = std::mem::take(&mut self.dropped);
         Some(TelemetryBatch {
             epoch: self.epoch,
             samples,
-            dropped,
+            dropped: self.dropped,
         })
     }
 
@@ -302,7 +305,33 @@ mod tests {
             "max_batch 2; seq 1 and 2 were dropped"
         );
         let b = t.next_batch().unwrap();
-        assert_eq!((seqs(&b), b.dropped), (vec![5], 0), "drops are reported once");
+        assert_eq!(
+            (seqs(&b), b.dropped),
+            (vec![5], 2),
+            "the count is cumulative: the next batch says 2 again"
+        );
+    }
+
+    #[test]
+    fn the_drop_count_survives_a_lost_batch_and_a_replay() {
+        let mut t = TelemetryBuffer::new(1, &cfg(2, 10));
+        for i in 0..3 {
+            t.push(&[], i);
+        }
+        // Sent, but the connection dies before the ack: the count is not lost.
+        assert_eq!(t.next_batch().unwrap().dropped, 1);
+        t.reconnected();
+        let b = t.next_batch().unwrap();
+        assert_eq!((seqs(&b), b.dropped), (vec![2, 3], 1), "the replay says 1 again");
+        t.ack(&TelemetryAck { epoch: 1, seq: 3 });
+        for i in 3..6 {
+            t.push(&[], i);
+        }
+        assert_eq!(
+            t.next_batch().unwrap().dropped,
+            2,
+            "one more drop (seq 4) on top of the first: a running total"
+        );
     }
 
     #[test]

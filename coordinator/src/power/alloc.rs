@@ -19,7 +19,9 @@
 //! The arithmetic is in whole milliwatts (budgets, floors and ceilings are
 //! rounded down to the milliwatt), so sums are exact: the caps under an
 //! element never add up to more than its budget, not even by a rounding
-//! error.
+//! error. These are the caps *requested*; a device that enforces a higher
+//! minimum, or a node that cannot be capped, is not accounted for here
+//! (docs/power.md, "What is guaranteed, and what is not").
 use std::collections::HashMap;
 
 use hostplane_proto::power::Tree;

@@ -8,7 +8,8 @@
 //! - when telemetry arrives, at most once per `power.recompute_interval`;
 //! - every `power.resync` regardless (telemetry goes stale).
 //!
-//! A recompute publishes the caps in the [`PowerHub`], then gives every node
+//! A recompute publishes the caps in the [`PowerHub`] (and makes it forget
+//! the telemetry and cap reports of nodes that no longer exist), then gives every node
 //! whose caps changed a new desired-state version in one store write (the
 //! agent streams send the caps with it), and writes Topology and PowerPolicy
 //! statuses only when they changed. A failed write is retried on the next
@@ -294,6 +295,9 @@ impl Core {
         }
         let changed = self.hub.set_caps(out.caps.clone());
         self.hub.set_elements(out.elements);
+        // Deleted nodes: their telemetry and cap reports go (a Node deletion
+        // marks the view dirty, so this runs soon after it).
+        self.hub.retain_nodes(|n| view.nodes.contains_key(n));
         self.published = out.caps;
         self.owed.extend(changed.iter().cloned());
 

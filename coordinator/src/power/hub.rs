@@ -25,7 +25,9 @@ pub struct NodeTelemetry {
     pub seq: u64,
     /// The newest sample (by seq).
     pub latest: Option<PowerSample>,
-    /// Samples the agent dropped from its full buffer (cumulative, as reported).
+    /// Samples the agent dropped from its full buffer in this epoch: the
+    /// agent sends a running total, so the largest seen is kept (a replayed
+    /// or reordered batch cannot lower it).
     pub dropped: u64,
     /// Samples accepted since the coordinator started (replays excluded).
     pub accepted: u64,
@@ -78,7 +80,7 @@ impl PowerHub {
                 ..Default::default()
             };
         }
-        t.dropped = batch.dropped;
+        t.dropped = t.dropped.max(batch.dropped);
         let mut fresh = 0;
         for s in batch.samples {
             if s.seq <= t.seq {
@@ -147,6 +149,16 @@ impl PowerHub {
         changed.sort();
         inner.caps = caps;
         changed
+    }
+
+    /// Forget the telemetry, cap reports and caps of every node `exists`
+    /// says no longer exists (the engine calls this each pass with the
+    /// store's nodes), so deleted nodes leave `power top` and memory.
+    pub fn retain_nodes(&self, exists: impl Fn(&str) -> bool) {
+        let mut inner = self.lock();
+        inner.telemetry.retain(|n, _| exists(n));
+        inner.reports.retain(|n, _| exists(n));
+        inner.caps.retain(|n, _| exists(n));
     }
 
     pub fn set_elements(&self, elements: Vec<ElementAllocation>) {
@@ -262,6 +274,57 @@ mod tests {
         let ack = hub.record_telemetry("n1", batch(8, vec![sample(1, 50.0)]));
         assert_eq!((ack.epoch, ack.seq), (8, 1));
         assert_eq!(hub.node_draws()["n1"].0, 50.0);
+    }
+
+    #[test]
+    fn the_drop_count_is_the_largest_running_total_of_the_epoch() {
+        let hub = PowerHub::new();
+        let with = |epoch, samples, dropped| TelemetryBatch {
+            dropped,
+            ..batch(epoch, samples)
+        };
+        hub.record_telemetry("n1", with(7, vec![sample(1, 1.0)], 4));
+        assert_eq!(hub.telemetry("n1").unwrap().dropped, 4);
+        // A replay carries the same total: not counted twice.
+        hub.record_telemetry("n1", with(7, vec![sample(1, 1.0), sample(2, 1.0)], 4));
+        assert_eq!(hub.telemetry("n1").unwrap().dropped, 4);
+        hub.record_telemetry("n1", with(7, vec![sample(3, 1.0)], 9));
+        assert_eq!(hub.telemetry("n1").unwrap().dropped, 9);
+        // An older batch (lower total) does not lower it.
+        hub.record_telemetry("n1", with(7, vec![], 4));
+        assert_eq!(hub.telemetry("n1").unwrap().dropped, 9);
+        // A new epoch (the agent restarted) starts its own total.
+        hub.record_telemetry("n1", with(8, vec![sample(1, 1.0)], 1));
+        assert_eq!(hub.telemetry("n1").unwrap().dropped, 1);
+    }
+
+    #[test]
+    fn retain_nodes_forgets_deleted_nodes_everywhere() {
+        let hub = PowerHub::new();
+        for n in ["keep", "gone"] {
+            hub.record_telemetry(n, batch(1, vec![sample(1, 100.0)]));
+            hub.record_cap_report(n, PowerCapReport::default());
+        }
+        hub.set_caps(HashMap::from([(
+            "gone".into(),
+            PowerCaps {
+                node_watts: 500.0,
+                ..Default::default()
+            },
+        )]));
+        hub.retain_nodes(|n| n == "keep");
+        assert!(hub.telemetry("gone").is_none());
+        assert!(hub.cap_report("gone").is_none());
+        assert!(hub.caps("gone").is_none());
+        assert!(!hub.node_draws().contains_key("gone"));
+        assert!(hub.telemetry("keep").is_some() && hub.cap_report("keep").is_some());
+        let names: Vec<String> = hub
+            .summary(&PowerSummaryRequest::default())
+            .nodes
+            .into_iter()
+            .map(|n| n.node)
+            .collect();
+        assert_eq!(names, vec!["keep"], "power top no longer lists the deleted node");
     }
 
     #[test]

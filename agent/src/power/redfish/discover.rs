@@ -38,8 +38,30 @@ pub(super) fn origin(url: &str) -> Result<String, RedfishError> {
     })
 }
 
+/// True the first time `origin` is seen in this process (a reconnecting
+/// poller warns once, not at every try).
+pub(super) fn first_time_plaintext(origin: &str) -> bool {
+    static WARNED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    WARNED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(origin.to_string())
+}
+
+/// The client for one BMC. It follows no redirect: a 3xx is an error, so
+/// the session token or the password never reaches a host the BMC names.
 pub(super) fn http_client(cfg: &BmcConfig) -> Result<reqwest::Client, RedfishError> {
+    if let Ok(o) = origin(&cfg.url)
+        && o.starts_with("http://")
+        && first_time_plaintext(&o)
+    {
+        tracing::warn!(url = %cfg.url,
+            "power.bmc.url is plain http://: the BMC password and session token cross the network in clear; \
+             use https://");
+    }
     let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(cfg.timeout)
         .connect_timeout(cfg.timeout)
         .pool_max_idle_per_host(1)
@@ -186,4 +208,19 @@ pub(super) async fn find_gpus(t: &http::Transport, v: &Value) -> Result<Vec<Chas
         }
     }
     Ok(gpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plaintext_warning_is_given_once_per_bmc() {
+        assert!(first_time_plaintext("http://bmc-a.test"));
+        assert!(
+            !first_time_plaintext("http://bmc-a.test"),
+            "not again at a reconnect"
+        );
+        assert!(first_time_plaintext("http://bmc-b.test"));
+    }
 }

@@ -3,6 +3,12 @@
 //! a mutex held for the whole request, body included, and the instant the
 //! last one ended). Auth is a session (`X-Auth-Token`, re-created once when
 //! the BMC answers 401) or HTTP Basic when the BMC has no SessionService.
+//!
+//! Requests, and so the credentials, go only to the configured BMC: a link
+//! from the BMC's JSON (`@odata.id`, a session's `Location`) that resolves
+//! to another scheme, host or port is refused before anything is sent, and
+//! redirects are not followed (the client is built without them, see
+//! `discover::http_client`).
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,6 +44,8 @@ pub(super) struct Transport {
     http: reqwest::Client,
     /// `scheme://host[:port]`, no trailing slash.
     origin: String,
+    /// `origin` parsed: links are resolved against it and must keep its origin.
+    base: reqwest::Url,
     username: String,
     password_file: PathBuf,
     min_interval: Duration,
@@ -65,10 +73,15 @@ impl Transport {
         password_file: PathBuf,
         min_interval: Duration,
         timeout: Duration,
-    ) -> Transport {
-        Transport {
+    ) -> Result<Transport, RedfishError> {
+        let base = reqwest::Url::parse(&origin).map_err(|e| RedfishError::Config {
+            field: "power.bmc.url",
+            reason: format!("{origin:?} is not a URL: {e}"),
+        })?;
+        Ok(Transport {
             http,
             origin,
+            base,
             username,
             password_file,
             min_interval,
@@ -80,9 +93,11 @@ impl Transport {
             }),
             relogin: tokio::sync::Mutex::new(()),
             sessions: std::sync::Mutex::new(None),
-        }
+        })
     }
 
+    /// A link as shown in messages (nothing is checked: requests go through
+    /// [`Transport::resolve`]).
     pub fn url(&self, path: &str) -> String {
         // A link may carry a JSON-pointer fragment (`.../Power#/PowerControl/0`).
         let path = path.split('#').next().unwrap_or(path);
@@ -91,6 +106,32 @@ impl Transport {
         } else {
             format!("{}{path}", self.origin)
         }
+    }
+
+    /// The URL to request for a link from the BMC (a path, or an absolute
+    /// URL), refused unless it is on the configured BMC: same scheme, host
+    /// and port as `power.bmc.url`. A BMC (or whoever controls its JSON)
+    /// cannot send the session token or the password anywhere else.
+    pub fn resolve(&self, link: &str) -> Result<String, RedfishError> {
+        let path = link.split('#').next().unwrap_or(link);
+        let refused = |why: String| {
+            RedfishError::Invalid(format!(
+                "refused the BMC's link {link:?}: {why}; requests and credentials go only to the BMC at {} \
+                 (power.bmc.url)",
+                self.origin
+            ))
+        };
+        let url = self
+            .base
+            .join(path)
+            .map_err(|e| refused(format!("it is not a URL ({e})")))?;
+        if url.origin() != self.base.origin() {
+            return Err(refused(format!(
+                "it points to {}, not to the BMC",
+                url.origin().ascii_serialization()
+            )));
+        }
+        Ok(url.to_string())
     }
 
     /// "session" or "basic".
@@ -154,7 +195,7 @@ impl Transport {
 
     /// GET without credentials (the service root).
     pub async fn get_anonymous(&self, path: &str) -> Result<Value, RedfishError> {
-        let url = self.url(path);
+        let url = self.resolve(path)?;
         let a = self.send(&Method::GET, &url, &Auth::None, None).await?;
         json_of(&Method::GET, &url, a, &self.password_file)
     }
@@ -168,7 +209,7 @@ impl Transport {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, RedfishError> {
-        let url = self.url(path);
+        let url = self.resolve(path)?;
         let bytes = body.map(|b| serde_json::to_vec(b).expect("a JSON value serializes"));
         let mut retried = false;
         loop {
@@ -214,7 +255,7 @@ impl Transport {
     }
 
     async fn create_session(&self, path: &str, password: Secret) -> Result<Auth, RedfishError> {
-        let url = self.url(path);
+        let url = self.resolve(path)?;
         let body = serde_json::json!({"UserName": self.username, "Password": password.0});
         let body = serde_json::to_vec(&body).expect("a JSON value serializes");
         let a = self.send(&Method::POST, &url, &Auth::None, Some(body)).await?;
@@ -230,15 +271,26 @@ impl Transport {
                 url: url.clone(),
                 what: format!("answered {} to the login but sent no X-Auth-Token", a.status),
             })?;
-        let location = a
+        // The session's URI, deleted at logout: the Location header, else the
+        // body's @odata.id; one that is not on the BMC is not used (the
+        // session then expires on the BMC by itself).
+        let from_header = a
             .headers
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
-            .map(String::from)
-            .or_else(|| {
-                serde_json::from_slice::<Value>(&a.body)
-                    .ok()
-                    .and_then(|v| parse::odata_id(&v).map(String::from))
+            .map(String::from);
+        let from_body = serde_json::from_slice::<Value>(&a.body)
+            .ok()
+            .and_then(|v| parse::odata_id(&v).map(String::from));
+        let location = [from_header, from_body]
+            .into_iter()
+            .flatten()
+            .find(|l| match self.resolve(l) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the BMC's session URI is not used");
+                    false
+                }
             });
         Ok(Auth::Session {
             token: Secret(token.to_string()),
@@ -256,7 +308,13 @@ impl Transport {
         else {
             return;
         };
-        let url = self.url(loc);
+        let url = match self.resolve(loc) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "BMC session not deleted");
+                return;
+            }
+        };
         match self.send(&Method::DELETE, &url, &auth, None).await {
             Ok(a) if a.status.is_success() => tracing::debug!(%url, "BMC session deleted"),
             Ok(a) => tracing::debug!(%url, status = %a.status, "BMC session not deleted"),
@@ -308,6 +366,17 @@ fn status_error(method: &Method, url: &str, a: &Answer, password_file: &Path) ->
             text.chars().take(200).collect()
         }
     });
+    if a.status.is_redirection() {
+        let to = a
+            .headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("nowhere it says");
+        message = format!(
+            "the BMC redirects to {to:?}, and redirects are not followed (requests and credentials go \
+             only to power.bmc.url; set it to the BMC's own address)"
+        );
+    }
     if a.status == StatusCode::UNAUTHORIZED {
         message += &format!(
             " (check power.bmc.username and the password in {})",
@@ -338,4 +407,71 @@ fn transport_reason(e: &reqwest::Error, timeout: Duration) -> String {
     }
     parts.dedup();
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(origin: &str) -> Transport {
+        Transport::new(
+            reqwest::Client::new(),
+            origin.into(),
+            "admin".into(),
+            PathBuf::from("/nonexistent"),
+            Duration::from_millis(1),
+            Duration::from_secs(1),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn links_resolve_only_onto_the_configured_bmc() {
+        let t = transport("http://bmc.example:8080");
+        for (link, want) in [
+            (
+                "/redfish/v1/Chassis",
+                "http://bmc.example:8080/redfish/v1/Chassis",
+            ),
+            (
+                "/redfish/v1/Chassis/DGX/Power#/PowerControl/0",
+                "http://bmc.example:8080/redfish/v1/Chassis/DGX/Power",
+            ),
+            (
+                "http://bmc.example:8080/redfish/v1",
+                "http://bmc.example:8080/redfish/v1",
+            ),
+            (
+                "HTTP://BMC.Example:8080/redfish/v1",
+                "http://bmc.example:8080/redfish/v1",
+            ),
+            // Tricks that must stay on the BMC: a userinfo-looking path and
+            // a host-suffix-looking path (`origin + link` would leave it).
+            ("@evil.example/x", "http://bmc.example:8080/@evil.example/x"),
+            (".evil.example/x", "http://bmc.example:8080/.evil.example/x"),
+        ] {
+            assert_eq!(t.resolve(link).unwrap(), want, "{link}");
+        }
+        for link in [
+            "http://evil.example:8080/redfish/v1/Chassis",
+            "//evil.example:8080/redfish/v1/Chassis",
+            "https://bmc.example:8080/redfish/v1",
+            "http://bmc.example/redfish/v1",
+            "http://bmc.example:8081/redfish/v1",
+            "http://admin:pw@evil.example/redfish/v1",
+        ] {
+            let e = t.resolve(link).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("refused the BMC's link {link:?}: ")),
+                "{link}: {e}"
+            );
+            assert!(e.contains("http://bmc.example:8080 (power.bmc.url)"), "{e}");
+        }
+        // The default port is the same origin as no port.
+        let t = transport("https://bmc.example");
+        assert_eq!(
+            t.resolve("https://bmc.example:443/redfish/v1").unwrap(),
+            "https://bmc.example/redfish/v1"
+        );
+    }
 }

@@ -236,7 +236,7 @@ impl RedfishClient {
             password_file,
             cfg.min_request_interval,
             cfg.timeout,
-        );
+        )?;
         let root = t.get_anonymous("/redfish/v1").await?;
         let root_url = t.url("/redfish/v1");
         let chassis_coll = parse::link(&root, "/Chassis").ok_or_else(|| RedfishError::Resource {
