@@ -86,6 +86,17 @@ async fn modern_bmc_reads_environment_metrics_of_node_and_gpus() {
     assert_eq!(r[0].watts, Some(7000.0));
     assert_eq!(r[0].energy_joules, Some(1.8e6));
     assert_eq!(bmc.posts_to_sessions(), 0, "the session of the connect is reused");
+
+    // A BMC reset: the counter starts over at 2 kWh. That read adds nothing,
+    // the energy does not go back, and what follows counts on from there.
+    bmc.edit("/redfish/v1/Chassis/DGX/EnvironmentMetrics", |v| {
+        v["EnergykWh"]["Reading"] = 2.0.into();
+    });
+    assert_eq!(c.sample().await[0].energy_joules, Some(1.8e6));
+    bmc.edit("/redfish/v1/Chassis/DGX/EnvironmentMetrics", |v| {
+        v["EnergykWh"]["Reading"] = 2.25.into();
+    });
+    assert_eq!(c.sample().await[0].energy_joules, Some(1.8e6 + 0.9e6));
 }
 
 #[tokio::test]

@@ -543,3 +543,28 @@ mod tests {
         assert!(why(&p, &e).contains("root-only"));
     }
 }
+
+/// Energy from a counter that runs since its device started (NVML's, a
+/// BMC's `EnergykWh`): the sum of the increases between readings, so a
+/// counter that starts over (a driver reload, a GPU or BMC reset) loses
+/// only the interval it went back in.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnergySince {
+    last_mj: Option<u64>,
+    total_mj: u64,
+}
+
+impl EnergySince {
+    /// Fold in the counter's value `mj`; returns the joules counted so far.
+    /// A value below the last one is a reset: it adds nothing and is the
+    /// new baseline.
+    pub fn add(&mut self, mj: u64) -> f64 {
+        if let Some(prev) = self.last_mj
+            && mj >= prev
+        {
+            self.total_mj = self.total_mj.saturating_add(mj - prev);
+        }
+        self.last_mj = Some(mj);
+        self.total_mj as f64 / 1e3
+    }
+}

@@ -200,7 +200,7 @@ pub struct RedfishClient {
     node: Chassis,
     gpus: Vec<Chassis>,
     /// The first `EnergykWh` read per chassis: energy is reported since then.
-    first_kwh: std::sync::Mutex<HashMap<String, f64>>,
+    first_kwh: std::sync::Mutex<HashMap<String, super::EnergySince>>,
 }
 
 impl std::fmt::Debug for RedfishClient {
@@ -343,15 +343,14 @@ impl RedfishClient {
         r
     }
 
-    /// Joules since the first `EnergykWh` read of this chassis (a counter
-    /// that went back — a BMC reset — starts over from its new value).
+    /// Joules counted since the first `EnergykWh` read of this chassis: the
+    /// sum of its increases, so a counter that went back (a BMC reset) adds
+    /// nothing for that read and counts on from its new value.
     fn energy_since_first(&self, id: &str, kwh: f64) -> f64 {
-        let mut first = self.first_kwh.lock().unwrap_or_else(|p| p.into_inner());
-        let f = first.entry(id.to_string()).or_insert(kwh);
-        if kwh < *f {
-            *f = kwh;
-        }
-        (kwh - *f) * 3.6e6
+        let mut all = self.first_kwh.lock().unwrap_or_else(|p| p.into_inner());
+        // mJ: EnergykWh carries at most a few decimals; 1 kWh = 3.6e9 mJ.
+        let mj = (kwh.max(0.0) * 3.6e9).round() as u64;
+        all.entry(id.to_string()).or_default().add(mj)
     }
 
     async fn get_with<T>(
