@@ -73,6 +73,12 @@ async fn the_sampler_publishes_cached_bmc_readings_and_shares_the_client() {
         text.contains("hostplane_power_source_up{source=\"redfish\",scope=\"node\",device=\"DGX\"} 1"),
         "{text}"
     );
+    // Every request the poller made is counted; all of them answered 2xx.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("hostplane_bmc_requests_total{outcome=\"ok\"} ") && !l.ends_with(" 0")),
+        "{text}"
+    );
 
     // The readings carry their age; the client is the poller's.
     let r = link.readings(Instant::now());
@@ -114,7 +120,12 @@ async fn an_unreachable_bmc_is_source_up_0_with_the_reason() {
     let url = format!("http://{}", free.local_addr().unwrap());
     drop(free);
     let d = tempfile::tempdir().unwrap();
-    let link = redfish::poll::spawn(bmc_config(&url, &d, PASSWORD), CancellationToken::new());
+    let metrics = PowerMetrics::default();
+    let link = redfish::poll::spawn(
+        bmc_config(&url, &d, PASSWORD),
+        metrics.bmc_requests.clone(),
+        CancellationToken::new(),
+    );
     let mut r = Vec::new();
     for _ in 0..200 {
         r = link.readings(Instant::now());
@@ -135,13 +146,23 @@ async fn an_unreachable_bmc_is_source_up_0_with_the_reason() {
     );
     assert!(link.client().is_none());
 
-    let metrics = PowerMetrics::default();
     let mut registry = Registry::default();
     metrics.register(registry.sub_registry_with_prefix("hostplane"));
     metrics.record(&r, &mut Default::default(), &mut Default::default());
     let text = hostplane_agent::metrics::render(&registry);
     assert!(
         text.contains("hostplane_power_source_up{source=\"redfish\",scope=\"node\",device=\"bmc\"} 0"),
+        "{text}"
+    );
+    // The refused connect was counted as unreachable, and nothing as ok.
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("hostplane_bmc_requests_total{outcome=\"unreachable\"} ") && !l.ends_with(" 0")
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hostplane_bmc_requests_total{outcome=\"ok\"}"),
         "{text}"
     );
 }
@@ -269,7 +290,7 @@ async fn the_password_is_never_logged_nor_shown() {
         c.logout().await;
         // A poller through a failure and back.
         let stop = CancellationToken::new();
-        let link = redfish::poll::spawn(cfg.clone(), stop.clone());
+        let link = redfish::poll::spawn(cfg.clone(), Default::default(), stop.clone());
         shown.push(format!("{:?}", link.wait_client().await));
         stop.cancel();
         tokio::time::sleep(Duration::from_millis(20)).await;

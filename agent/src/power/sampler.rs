@@ -74,6 +74,8 @@ pub struct PowerMetrics {
     pub up: Family<SourceLabels, Gauge>,
     /// How long reading every local source once took.
     pub sample_duration: Histogram,
+    /// Requests to the BMC, by outcome.
+    pub bmc_requests: super::redfish::RequestCounts,
     /// Samples in the telemetry buffer (not yet acknowledged by the coordinator).
     pub telemetry_buffered: Gauge,
     /// Samples dropped from the full telemetry buffer, oldest first.
@@ -92,6 +94,7 @@ impl Default for PowerMetrics {
             )),
             telemetry_buffered: Gauge::default(),
             telemetry_dropped: Counter::default(),
+            bmc_requests: Family::default(),
         }
     }
 }
@@ -100,6 +103,11 @@ impl PowerMetrics {
     /// Register with the `hostplane` prefix: `hostplane_energy_joules_total`,
     /// ..., and the agent process's own `hostplane_agent_*` metrics.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "bmc_requests",
+            "Requests sent to the BMC over Redfish, by outcome (ok, http_error, unreachable)",
+            self.bmc_requests.clone(),
+        );
         registry.register(
             "energy_joules",
             "Energy used, per source, since the agent started",
@@ -213,10 +221,13 @@ pub fn spawn(
     telemetry: Option<Telemetry>,
     shutdown: CancellationToken,
 ) -> SamplerHandle {
-    let bmc = cfg
-        .bmc
-        .enabled()
-        .then(|| super::redfish::poll::spawn(cfg.bmc.clone(), shutdown.child_token()));
+    let bmc = cfg.bmc.enabled().then(|| {
+        super::redfish::poll::spawn(
+            cfg.bmc.clone(),
+            metrics.bmc_requests.clone(),
+            shutdown.child_token(),
+        )
+    });
     let bmc_readings = bmc.clone();
     let task = tokio::spawn(
         async move {

@@ -56,6 +56,20 @@ pub(super) struct Transport {
     relogin: tokio::sync::Mutex<()>,
     /// The sessions collection; None: Basic auth.
     sessions: std::sync::Mutex<Option<String>>,
+    /// Requests sent, by outcome (`/metrics`).
+    counts: RequestCounts,
+}
+
+/// `hostplane_bmc_requests_total{outcome}`: every request sent to the BMC,
+/// by outcome — `ok` (2xx), `http_error` (any other status, 401 included),
+/// `unreachable` (no answer: refused, timed out, TLS). Cheap to clone; the
+/// clones count together.
+pub type RequestCounts =
+    prometheus_client::metrics::family::Family<RequestOutcome, prometheus_client::metrics::counter::Counter>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RequestOutcome {
+    pub outcome: &'static str,
 }
 
 /// An answer, read whole while the gate was held.
@@ -73,6 +87,7 @@ impl Transport {
         password_file: PathBuf,
         min_interval: Duration,
         timeout: Duration,
+        counts: RequestCounts,
     ) -> Result<Transport, RedfishError> {
         let base = reqwest::Url::parse(&origin).map_err(|e| RedfishError::Config {
             field: "power.bmc.url",
@@ -92,6 +107,7 @@ impl Transport {
                 generation: 0,
             }),
             relogin: tokio::sync::Mutex::new(()),
+            counts,
             sessions: std::sync::Mutex::new(None),
         })
     }
@@ -186,6 +202,12 @@ impl Transport {
         .await;
         *last = Some(Instant::now());
         drop(last);
+        let outcome = match &result {
+            Ok(a) if a.status.is_success() => "ok",
+            Ok(_) => "http_error",
+            Err(_) => "unreachable",
+        };
+        self.counts.get_or_create(&RequestOutcome { outcome }).inc();
         result.map_err(|e| RedfishError::Unreachable {
             method: method.to_string(),
             url: url.to_string(),
@@ -421,6 +443,7 @@ mod tests {
             PathBuf::from("/nonexistent"),
             Duration::from_millis(1),
             Duration::from_secs(1),
+            RequestCounts::default(),
         )
         .unwrap()
     }

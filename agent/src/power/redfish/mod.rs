@@ -29,6 +29,7 @@ mod http;
 pub mod parse;
 pub mod poll;
 
+pub use http::{RequestCounts, RequestOutcome};
 pub use poll::BmcLink;
 
 /// The `power.bmc` section of the agent config.
@@ -218,6 +219,14 @@ impl RedfishClient {
     /// Read the service root, log in (a session, or Basic when the BMC has
     /// no SessionService), and find the node chassis and its GPU chassis.
     pub async fn connect(cfg: &BmcConfig) -> Result<RedfishClient, RedfishError> {
+        Self::connect_counted(cfg, http::RequestCounts::default()).await
+    }
+
+    /// [`Self::connect`], counting every request in `counts` (`/metrics`).
+    pub async fn connect_counted(
+        cfg: &BmcConfig,
+        counts: http::RequestCounts,
+    ) -> Result<RedfishClient, RedfishError> {
         if !cfg.enabled() {
             return Err(RedfishError::Config {
                 field: "power.bmc.url",
@@ -236,6 +245,7 @@ impl RedfishClient {
             password_file,
             cfg.min_request_interval,
             cfg.timeout,
+            counts,
         )?;
         let root = t.get_anonymous("/redfish/v1").await?;
         let root_url = t.url("/redfish/v1");

@@ -91,7 +91,7 @@ impl BmcLink {
 
 /// Start polling the BMC of `cfg` (whose `url` is set) until `shutdown`;
 /// the session is deleted on the way out.
-pub fn spawn(cfg: BmcConfig, shutdown: CancellationToken) -> BmcLink {
+pub fn spawn(cfg: BmcConfig, counts: super::http::RequestCounts, shutdown: CancellationToken) -> BmcLink {
     let (client, _) = watch::channel(None);
     let link = BmcLink {
         shared: Arc::new(Shared {
@@ -104,11 +104,11 @@ pub fn spawn(cfg: BmcConfig, shutdown: CancellationToken) -> BmcLink {
         }),
     };
     let span = tracing::info_span!("bmc", url = %cfg.url);
-    tokio::spawn(run(link.clone(), cfg, shutdown).instrument(span));
+    tokio::spawn(run(link.clone(), cfg, counts, shutdown).instrument(span));
     link
 }
 
-async fn run(link: BmcLink, cfg: BmcConfig, shutdown: CancellationToken) {
+async fn run(link: BmcLink, cfg: BmcConfig, counts: super::http::RequestCounts, shutdown: CancellationToken) {
     let mut failures = 0u32;
     let mut refused = false;
     let mut client: Option<Arc<RedfishClient>> = None;
@@ -117,7 +117,7 @@ async fn run(link: BmcLink, cfg: BmcConfig, shutdown: CancellationToken) {
             None => {
                 let r = tokio::select! {
                     () = shutdown.cancelled() => return,
-                    r = RedfishClient::connect(&cfg) => r,
+                    r = RedfishClient::connect_counted(&cfg, counts.clone()) => r,
                 };
                 match r {
                     Ok(c) => {
