@@ -226,7 +226,7 @@ async fn three_bmcs_of_different_models_polled_at_once() {
         .collect();
     let links: Vec<_> = bmcs
         .iter()
-        .map(|b| redfish::poll::spawn(config(b, &d), stop.clone()))
+        .map(|b| redfish::poll::spawn(config(b, &d), Default::default(), stop.clone()))
         .collect();
     for (b, l) in bmcs.iter().zip(&links) {
         let c = l.wait_client().await.unwrap();
