@@ -142,3 +142,39 @@ async fn create_list_revoke_and_refusals() {
     assert_eq!(left.tokens.len(), 1);
     assert_eq!(left.tokens[0].name, "vic");
 }
+
+/// Concurrent edits of one file lose nothing: each run holds a lock on
+/// `<file>.lock` for its read-modify-write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.yaml");
+    let f = file.to_str().unwrap().to_string();
+    let runs: Vec<_> = (0..12)
+        .map(|i| {
+            let f = f.clone();
+            tokio::spawn(async move {
+                let name = format!("u{i}");
+                ctl(
+                    NO_SERVER,
+                    &["token", "create", &name, "--role", "viewer", "--tokens-file", &f],
+                )
+                .await
+            })
+        })
+        .collect();
+    for r in runs {
+        let r = r.await.unwrap();
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let mut names: Vec<String> = tokens::load(&file)
+        .unwrap()
+        .tokens
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
+    want.sort();
+    assert_eq!(names, want, "every concurrent create is in the file");
+}

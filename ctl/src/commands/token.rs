@@ -13,6 +13,18 @@ use crate::commands::{Out, emit};
 use crate::error::Error;
 
 pub async fn run(cmd: TokenCmd, out: &mut Out) -> Result<u8, Error> {
+    // One editor at a time: two `token create` runs would each read the
+    // file, add their token and write it back, and one would be lost.
+    let file = match &cmd {
+        TokenCmd::Create { tokens_file, .. } | TokenCmd::Revoke { tokens_file, .. } => {
+            Some(tokens_file.clone())
+        }
+        TokenCmd::List { .. } => None,
+    };
+    let _lock = match &file {
+        Some(f) => Some(lock(f)?),
+        None => None,
+    };
     match cmd {
         TokenCmd::Create {
             name,
@@ -77,6 +89,24 @@ pub async fn run(cmd: TokenCmd, out: &mut Out) -> Result<u8, Error> {
         }
     }
     Ok(crate::error::exit::OK)
+}
+
+/// An exclusive lock on `<file>.lock` beside the tokens file (kept, empty),
+/// held until dropped; a second editor waits for it.
+fn lock(path: &Path) -> Result<std::fs::File, Error> {
+    let lock_path = path.with_extension("lock");
+    let fail = |e: std::io::Error| Error::InvalidInput {
+        path: path.display().to_string(),
+        reason: format!("cannot lock {}: {e}", lock_path.display()),
+    };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(fail)?;
+    f.lock().map_err(fail)?;
+    Ok(f)
 }
 
 fn load(path: &Path) -> Result<TokensFile, Error> {
