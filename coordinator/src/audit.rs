@@ -103,13 +103,15 @@ fn append(p: &Path) -> Result<std::fs::File, AuditError> {
 /// The `peer` of a call: its remote address, and over mTLS the name its
 /// client certificate was issued to ("10.0.0.5:43122 cert=node-a").
 pub fn peer<T>(req: &tonic::Request<T>) -> String {
-    let addr = req
-        .remote_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "unknown".into());
     let cert = req
         .peer_certs()
         .and_then(|c| c.first().and_then(|d| hostplane_common::tls::cert_name(d)));
+    peer_of(req.remote_addr(), cert.as_deref())
+}
+
+/// [`peer`] from an address and a certificate name already at hand.
+pub fn peer_of(addr: Option<std::net::SocketAddr>, cert: Option<&str>) -> String {
+    let addr = addr.map_or_else(|| "unknown".to_string(), |a| a.to_string());
     match cert {
         Some(name) => format!("{addr} cert={name}"),
         None => addr,

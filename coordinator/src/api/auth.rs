@@ -287,14 +287,10 @@ macro_rules! guarded {
     ($self:ident, $req:ident, $need:expr, $method:literal, $target:expr, $mutating:expr, $call:ident) => {{
         let target: String = $target(&$req);
         // Only for calls that are audited (reads that pass are not).
-        let peer = if $mutating {
-            crate::audit::peer(&$req)
-        } else {
-            String::new()
-        };
+        let peer = $mutating.then(|| crate::audit::peer(&$req));
         match $self.guard.check($req.metadata(), $need) {
             Err((caller, status)) => {
-                let peer = crate::audit::peer(&$req);
+                let peer = peer.unwrap_or_else(|| crate::audit::peer(&$req));
                 let (who, role) = match &caller {
                     Some(c) => (c.name.as_str(), c.role.name()),
                     None => ("unauthenticated", ""),
@@ -322,7 +318,7 @@ macro_rules! guarded {
                         method: $method,
                         target: &target,
                         result: &result,
-                        peer: &peer,
+                        peer: peer.as_deref().unwrap_or(""),
                     });
                 }
                 out

@@ -267,14 +267,20 @@ impl AgentStream {
         ended
     }
 
-    fn audit_refusal(&self, identity: Option<&str>, node: &str, peer: &str, why: &StreamError) {
+    fn audit_refusal(
+        &self,
+        identity: Option<&str>,
+        node: &str,
+        remote: Option<std::net::SocketAddr>,
+        why: &StreamError,
+    ) {
         self.audit.record(Record {
             who: identity.unwrap_or("unauthenticated"),
             role: "agent",
             method: "AgentService/Session",
             target: &format!("node/{node}"),
             result: &format!("refused: {why}"),
-            peer,
+            peer: &crate::audit::peer_of(remote, identity),
         });
     }
 
@@ -355,18 +361,17 @@ impl AgentService for AgentStream {
         let identity = peer_identity(&request);
         let certs = request.peer_certs();
         let remote = request.remote_addr();
-        let peer = crate::audit::peer(&request);
         if identity.is_none() && self.require_identity {
             tracing::warn!(remote = ?remote, "agent session without a client certificate refused");
             let e = StreamError::NoIdentity;
-            self.audit_refusal(None, "", &peer, &e);
+            self.audit_refusal(None, "", remote, &e);
             return Err(e.into());
         }
         let mut inbound = request.into_inner();
         let hello = session::read_hello(&mut inbound, self.cfg.hello_timeout).await?;
         if let Err(e) = check_identity(identity.as_deref(), self.require_identity, &hello.node_name) {
             tracing::warn!(remote = ?remote, error = %e, "agent session refused");
-            self.audit_refusal(identity.as_deref(), &hello.node_name, &peer, &e);
+            self.audit_refusal(identity.as_deref(), &hello.node_name, remote, &e);
             return Err(e.into());
         }
         let node = hello.node_name.clone();
