@@ -2,7 +2,7 @@
 //!
 //! A BFB is a sequence of images, each a 24-byte header, the image data, and
 //! zero padding to a multiple of 8 bytes. The header is three little-endian
-//! u64 words (see `shared/rshim.md`):
+//! u64 words (see `docs/rshim.md`):
 //!
 //! - word 0: bits 0–31 magic `0x13026642`; 32–35 major version (1); 36–39
 //!   minor version (≤ 2); 44–47 next image version; 48–51 current image

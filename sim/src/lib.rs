@@ -3,7 +3,7 @@
 //! [`mount`] serves simulated BlueField DPUs behind the same files as the
 //! real rshim driver — `<root>/rshim<N>/{boot,misc,console}` — through FUSE,
 //! so the agent drives them exactly as it drives `/dev/rshim<N>/` on a real
-//! host (see `docs/simulator.md` and `shared/rshim.md`). [`mkbfb`] writes
+//! host (see `docs/simulator.md` and `docs/rshim.md`). [`mkbfb`] writes
 //! test boot streams. [`bmc`] serves simulated Redfish BMCs that model the
 //! power of NVIDIA DGX/GB200 systems (async, on tokio).
 //!

@@ -1,7 +1,7 @@
 //! The flash engine: verify a BFB, push it with its bf.cfg into an rshim
 //! device's `boot`, and follow the DPU's log on `misc` to a verdict.
 //!
-//! Order of a flash (see `shared/rshim.md`):
+//! Order of a flash (see `docs/rshim.md`):
 //! 1. refuse at once if this agent already flashes that rshim;
 //! 2. fetch the image through the cache (normally a hit after `prepare`),
 //!    verify its structure again, render bf.cfg — a bad image or bf.cfg is

@@ -2,7 +2,7 @@
 //! status/command file.
 //!
 //! The production path is plain file I/O on `<dev_root>/rshim<N>/{boot,misc}`
-//! (see `shared/rshim.md`); blocking calls run in `spawn_blocking`. The
+//! (see `docs/rshim.md`); blocking calls run in `spawn_blocking`. The
 //! [`MiscDevice`] trait exists so the log follower can be driven by a fake in
 //! tests; [`MiscFile`] is the real implementation.
 
