@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// DPF caps bf.cfg at 128 KiB.
-pub const MAX_BF_CFG_BYTES: usize = 128 * 1024;
+/// DPF caps bf.cfg at 128 KiB; the coordinator checks Flavors against the same number.
+pub const MAX_BF_CFG_BYTES: usize = hostplane_proto::limits::MAX_BF_CFG_BYTES;
 
 const REDACTED: &str = "<redacted>";
 
@@ -462,5 +462,20 @@ mod tests {
         assert!(BfCfg::None.render().unwrap().is_none());
         let m: HashMap<String, String> = [("Z".to_string(), "1".to_string())].into();
         assert!(matches!(BfCfg::from(m), BfCfg::Params(p) if p.len() == 1));
+    }
+
+    proptest::proptest! {
+        /// The coordinator refuses a Flavor by `limits::bf_cfg_rendered_len`;
+        /// it must be the length this module renders, or the two sides disagree.
+        #[test]
+        fn the_coordinators_size_formula_is_the_rendered_length(
+            kv in proptest::collection::btree_map("[A-Za-z_][A-Za-z0-9_]{0,12}", "[^\\x00]{0,40}", 0..12)
+        ) {
+            let rendered = render(&kv).unwrap();
+            proptest::prop_assert_eq!(
+                rendered.text.len(),
+                hostplane_proto::limits::bf_cfg_rendered_len(&kv)
+            );
+        }
     }
 }

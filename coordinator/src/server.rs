@@ -1,6 +1,10 @@
 //! The coordinator process: store, reconciler, and one gRPC server with the
-//! admin API, the agent stream, gRPC health and reflection (so `grpcurl`
-//! works without .proto files).
+//! admin API, the agent stream, gRPC health and reflection — both
+//! `grpc.reflection.v1` and `v1alpha`, which grpcurl 1.8 and Python's stock
+//! client speak — so `grpcurl` works without .proto files.
+//!
+//! A request tonic cannot decode gets INVALID_ARGUMENT and one over the size
+//! limit RESOURCE_EXHAUSTED, gRPC's codes for them ([`standard_codes`]).
 //!
 //! Shutdown: when the root token is cancelled the server stops accepting,
 //! Watch streams end, background tasks are cancelled, and everything gets
@@ -22,10 +26,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Status};
 use tonic_health::ServingStatus;
 use tracing::Instrument;
 
 use hostplane_common::notify;
+use hostplane_proto::limits::MAX_ADMIN_REQUEST_BYTES;
 
 use crate::api::AdminApi;
 use crate::api::auth::{AuthError, Guard, GuardedAdmin};
@@ -179,10 +185,13 @@ pub async fn serve_with(
     for name in ["", admin_name, agent_name] {
         health.set_service_status(name, ServingStatus::Serving).await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let power = PowerHub::new();
     if opts.run_reconciler {
         let engine = PowerEngine::new(store.clone(), power.clone(), cfg.power.clone());
@@ -215,10 +224,12 @@ pub async fn serve_with(
         AdminApi::new(store.clone(), tasks_token.child_token()).with_power(power.clone()),
         guard,
     )
-    .into_server();
+    .into_server()
+    .max_decoding_message_size(MAX_ADMIN_REQUEST_BYTES);
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(tower::util::MapResponseLayer::new(standard_codes));
     if tls.is_none() {
         tracing::warn!(
             %addr,
@@ -232,7 +243,8 @@ pub async fn serve_with(
     // below; admin authorization is the bearer-token guard around `admin`.
     let router = builder
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(admin)
         .add_service(agents);
     let stop = shutdown.clone();
@@ -289,6 +301,38 @@ pub async fn serve_with(
     }
     tracing::info!(%addr, "coordinator stopped");
     served.map_err(|source| ServerError::Serve { addr, source })
+}
+
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+/// tonic answers a request it cannot decode with INTERNAL and one over the
+/// size limit with OUT_OF_RANGE; gRPC's codes for them are INVALID_ARGUMENT
+/// and RESOURCE_EXHAUSTED (docs/api.md reserves OUT_OF_RANGE for Watch).
+/// Such a refusal is a headers-only response, so the status is rewritten in
+/// the headers; every other response passes untouched.
+fn standard_codes(mut res: HttpResponse) -> HttpResponse {
+    let Some(status) = Status::from_header_map(res.headers()) else {
+        return res;
+    };
+    let fixed = match status.code() {
+        Code::Internal if status.message().starts_with("failed to decode Protobuf message") => {
+            Status::invalid_argument(format!(
+                "the request is not a valid message for this method: {}",
+                status.message()
+            ))
+        }
+        Code::OutOfRange if status.message().contains("decoded message length too large") => {
+            Status::resource_exhausted(format!(
+                "the request is larger than the {MAX_ADMIN_REQUEST_BYTES} bytes a call may carry ({})",
+                status.message()
+            ))
+        }
+        _ => return res,
+    };
+    if let Err(e) = fixed.add_header(res.headers_mut()) {
+        tracing::debug!(error = %e, "cannot rewrite a refusal's status");
+    }
+    res
 }
 
 /// SIGHUP: read the tokens file and the TLS files again (the paths in the

@@ -214,6 +214,15 @@ async fn hold_waits_for_maintenance_approval_and_clears_it_afterwards() {
         ("False", "WaitingForApproval")
     );
     assert!(c.message.contains("approve"), "{}", c.message);
+    // The Dpu's own message says what it waits for and who must act, not how it got here.
+    let message = d.status.as_ref().unwrap().message.clone();
+    assert!(
+        message.starts_with("waiting for maintenance approval on node n1")
+            && message.contains("an operator or admin, or the upstream system")
+            && message.contains("hostplanectl node approve n1")
+            && !message.contains("rollout slot"),
+        "{message}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         phase(&get_dpu(&e.store, "d1").await.unwrap()),

@@ -15,4 +15,5 @@ pub mod v1 {
 }
 
 mod helpers;
+pub mod limits;
 pub mod power;

@@ -111,7 +111,9 @@ impl Connector for GrpcConnector {
                     url: self.url.clone(),
                     detail: error_chain(&e) + self.tls_hint(),
                 })?;
-            let mut client = AgentServiceClient::new(channel);
+            // The same limit the coordinator composes desired states under.
+            let mut client = AgentServiceClient::new(channel)
+                .max_decoding_message_size(hostplane_proto::limits::MAX_AGENT_MESSAGE_BYTES);
             let response = client.session(outbound).await.map_err(|s| {
                 // A certificate the coordinator refused shows up here, on the
                 // first request, as a closed connection (TLS 1.3).

@@ -295,14 +295,18 @@ macro_rules! guarded {
                     Some(c) => (c.name.as_str(), c.role.name()),
                     None => ("unauthenticated", ""),
                 };
-                $self.guard.audit.record(Record {
-                    who,
-                    role,
-                    method: $method,
-                    target: &target,
-                    result: &format!("denied {:?}: {}", status.code(), status.message()),
-                    peer: &peer,
-                });
+                // Rate-limited per peer: a flood of refusals must not fill the disk.
+                $self.guard.audit.refusal(
+                    $req.remote_addr(),
+                    Record {
+                        who,
+                        role,
+                        method: $method,
+                        target: &target,
+                        result: &format!("denied {:?}: {}", status.code(), status.message()),
+                        peer: &peer,
+                    },
+                );
                 Err(status)
             }
             Ok(caller) => {

@@ -104,10 +104,32 @@ fn store_code(e: &StoreError) -> Code {
     }
 }
 
+/// The longest message a caller gets. Validation quotes at most a prefix of
+/// what was sent (`hostplane_proto::limits::quote`), so this only ever cuts
+/// a message that a future variant let grow: gRPC carries the message in a
+/// header, and one over the peer's header limit turns the answer into
+/// RESOURCE_EXHAUSTED "Stream removed".
+pub const MAX_MESSAGE: usize = 1024;
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        Status::new(e.code(), e.to_string())
+        Status::new(e.code(), bounded_message(e.to_string()))
     }
+}
+
+/// `text` cut to [`MAX_MESSAGE`] bytes on a character boundary, saying so.
+pub fn bounded_message(mut text: String) -> String {
+    if text.len() <= MAX_MESSAGE {
+        return text;
+    }
+    let total = text.len();
+    let mut end = MAX_MESSAGE - 32;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!("… ({total} bytes in all)"));
+    text
 }
 
 #[cfg(test)]
@@ -265,5 +287,23 @@ mod tests {
             );
             assert_eq!(status.message(), shown, "the message is the Display text");
         }
+    }
+
+    #[test]
+    fn a_long_message_is_cut_on_a_character_boundary() {
+        let e = ApiError::invalid("x", "é".repeat(5000));
+        let status = Status::from(e);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().len() <= MAX_MESSAGE,
+            "{}",
+            status.message().len()
+        );
+        assert!(status.message().starts_with("x: éé"));
+        assert!(
+            status.message().ends_with("… (10003 bytes in all)"),
+            "{}",
+            status.message()
+        );
     }
 }

@@ -247,11 +247,13 @@ fn prepare_node_with_devices(
         if spec.node.is_empty() {
             spec.node = node_name.clone();
         } else if spec.node != node_name {
+            // Its length first: the message below quotes it.
+            validate::name(&format!("{p}.spec.node"), &spec.node)?;
             return Err(ApiError::invalid(
                 format!("{p}.spec.node"),
                 format!(
-                    "must be empty or {node_name:?} (the node being created), not {:?}",
-                    spec.node
+                    "must be empty or {node_name:?} (the node being created), not {}",
+                    hostplane_proto::limits::quote(&spec.node)
                 ),
             ));
         }

@@ -13,7 +13,6 @@ pub mod error;
 mod flows;
 mod typed;
 pub mod validate;
-mod validate_power;
 mod watch;
 
 use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
@@ -28,6 +27,8 @@ use tonic::{Request, Response, Status};
 
 pub use error::ApiError;
 pub use watch::WatchStream;
+/// Store-side checks of Topology and PowerPolicy (create and update use them).
+use validate::power as validate_power;
 
 use crate::power::PowerHub;
 use crate::store::Store;
@@ -61,12 +62,16 @@ impl AdminApi {
     }
 }
 
-/// Log a mutating call (an audit log proper comes later).
+/// Log a mutating call (the audit file is written by `auth::GuardedAdmin`).
+/// The name and the error are bounded as audit fields are: a refused call's
+/// input can be of any size.
 fn audit(op: &'static str, kind: &str, name: &str, outcome: Result<&str, &ApiError>) {
+    let name = &*crate::audit::bounded(name);
     match outcome {
         Ok(result) => tracing::info!(op, kind, name, result, "admin call"),
         Err(e) => {
-            tracing::info!(op, kind, name, result = "refused", code = ?e.code(), error = %e, "admin call")
+            let error = error::bounded_message(e.to_string());
+            tracing::info!(op, kind, name, result = "refused", code = ?e.code(), error, "admin call")
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The agent command each phase issues (docs/agent-protocol.md, "Command kinds").
+use hostplane_proto::limits;
 use hostplane_proto::v1::{
     BfbRef, Command, ConfigFwParameters, DpuClusterConfig, DpuPhase, FlashBfb, InitializeInterface,
     PrepareBfb, RebootHost, RebootMethod, command,
 };
 use hostplane_proto::v1::{Dpu, Flavor};
+use prost::Message as _;
 
 use super::cache::Cache;
 
@@ -67,9 +69,21 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, cache: &Cache, id: String) -> Res
         }),
         DpuPhase::OsInstalling => {
             let f = flavor(cache, &spec.flavor, &spec.deployment)?;
+            let bf_cfg = f.spec.as_ref().map(|s| s.bf_cfg.clone()).unwrap_or_default();
+            // The API refuses such a flavor; one stored before it did is caught here.
+            let rendered = limits::bf_cfg_rendered_len(&bf_cfg);
+            if rendered > limits::MAX_BF_CFG_BYTES {
+                return Err(format!(
+                    "the bf_cfg of flavor {} renders to {rendered} bytes, more than the {} the agent \
+                     accepts; create a smaller flavor and point deployment {} at it",
+                    spec.flavor,
+                    limits::MAX_BF_CFG_BYTES,
+                    spec.deployment
+                ));
+            }
             command::Action::FlashBfb(FlashBfb {
                 bfb: Some(bfb_ref(cache, &spec.bfb, &spec.deployment)?),
-                bf_cfg: f.spec.as_ref().map(|s| s.bf_cfg.clone()).unwrap_or_default(),
+                bf_cfg,
             })
         }
         DpuPhase::Rebooting if agent_reboots(cache, &spec.node) => command::Action::RebootHost(RebootHost {}),
@@ -82,10 +96,20 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, cache: &Cache, id: String) -> Res
             spec.device, spec.device
         )
     })?;
-    Ok(Some(Command {
+    let cmd = Command {
         id,
         dpu: dpu.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
         rshim,
         action: Some(action),
-    }))
+    };
+    let size = cmd.encoded_len();
+    if size > limits::MAX_COMMAND_BYTES {
+        return Err(format!(
+            "the command would be {size} bytes, more than the {} a command in the agent's desired state \
+             may be; give deployment {} a flavor with a smaller host_network or nic_firmware",
+            limits::MAX_COMMAND_BYTES,
+            spec.deployment
+        ));
+    }
+    Ok(Some(cmd))
 }

@@ -274,14 +274,18 @@ impl AgentStream {
         remote: Option<std::net::SocketAddr>,
         why: &StreamError,
     ) {
-        self.audit.record(Record {
-            who: identity.unwrap_or("unauthenticated"),
-            role: "agent",
-            method: "AgentService/Session",
-            target: &format!("node/{node}"),
-            result: &format!("refused: {why}"),
-            peer: &crate::audit::peer_of(remote, identity),
-        });
+        // Rate-limited per peer, as refused admin calls are.
+        self.audit.refusal(
+            remote,
+            Record {
+                who: identity.unwrap_or("unauthenticated"),
+                role: "agent",
+                method: "AgentService/Session",
+                target: &format!("node/{node}"),
+                result: &format!("refused: {why}"),
+                peer: &crate::audit::peer_of(remote, identity),
+            },
+        );
     }
 
     /// Refuse sessions whose peer presented no client certificate. The server

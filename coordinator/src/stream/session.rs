@@ -14,6 +14,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
+use hostplane_proto::limits::MAX_AGENT_MESSAGE_BYTES;
+use prost::Message as _;
+
 use crate::store::{DesiredChanged, Store, StoreError, now_ms};
 
 use super::liveness::write_reachable;
@@ -117,7 +120,7 @@ impl Session {
         if !force && self.last_sent.is_some_and(|v| version <= v) {
             return Ok(());
         }
-        self.cmd_dpu = commands.iter().map(|c| (c.id.clone(), c.dpu.clone())).collect();
+        let ids: HashMap<String, String> = commands.iter().map(|c| (c.id.clone(), c.dpu.clone())).collect();
         let (n, nets) = (commands.len(), networks.len());
         let msg = CoordinatorMessage {
             msg: Some(coordinator_message::Msg::Desired(DesiredState {
@@ -129,6 +132,32 @@ impl Session {
                 power: self.shared.power().caps(&self.node),
             })),
         };
+        // Never send what the agent would refuse (its session would drop and
+        // come back to the same message): say so on the Node instead.
+        let size = msg.encoded_len();
+        if size > MAX_AGENT_MESSAGE_BYTES {
+            let why = format!(
+                "desired state version {version} was not sent: {size} bytes ({n} commands, {nets} host \
+                 networks) is more than the {MAX_AGENT_MESSAGE_BYTES} bytes the agent accepts, and the \
+                 agent keeps the state it has; provision fewer dpus of node {} at once, or give them \
+                 flavors with a smaller bf_cfg or host_network",
+                self.node
+            );
+            tracing::error!(
+                version,
+                size,
+                commands = n,
+                networks = nets,
+                "desired state too large for the agent; not sent"
+            );
+            let node = self.node.clone();
+            self.store
+                .write(move |t| status::record_not_sent(t, &node, &why))
+                .await?;
+            self.last_sent = Some(version);
+            return Ok(());
+        }
+        self.cmd_dpu = ids;
         if self.tx.send(Ok(msg)).await.is_err() {
             return Err(StreamError::ShuttingDown);
         }

@@ -115,6 +115,32 @@ pub fn record_nack(t: &mut Txn<'_>, node: &str, version: u64, error: &str) -> Re
     Ok(())
 }
 
+/// A desired state that was composed but not sent, because it is larger
+/// than the agent accepts: the node's applied condition says so (the agent
+/// keeps the state it has).
+pub fn record_not_sent(t: &mut Txn<'_>, node: &str, why: &str) -> Result<(), StoreError> {
+    let Some(Resource {
+        kind: Some(resource::Kind::Node(mut n)),
+    }) = t.get(Kind::Node, node)?
+    else {
+        return Ok(());
+    };
+    let st = n.status.get_or_insert_default();
+    let before = st.conditions.clone();
+    set_condition(
+        &mut st.conditions,
+        COND_APPLIED,
+        "False",
+        "TooLarge",
+        why,
+        now_ms(),
+    );
+    if st.conditions != before {
+        t.update(n.into())?;
+    }
+    Ok(())
+}
+
 /// Writes a session coalesces (flushed at most every `status_flush`).
 #[derive(Debug, Default)]
 pub struct Pending {
@@ -159,7 +185,12 @@ pub fn flush(
         }
         if let Some(v) = p.acked {
             st.acked_version = st.acked_version.max(v);
-            if !st.nack_error.is_empty() {
+            // After a NACK, or a state too large to send (record_not_sent).
+            let not_applied = st
+                .conditions
+                .iter()
+                .any(|c| c.r#type == COND_APPLIED && c.status == "False");
+            if !st.nack_error.is_empty() || not_applied {
                 st.nack_error.clear();
                 let msg = format!("the agent applied desired state version {v}");
                 set_condition(&mut st.conditions, COND_APPLIED, "True", "Acked", &msg, now);

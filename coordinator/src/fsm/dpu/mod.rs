@@ -489,10 +489,16 @@ impl<'a> Stepper<'a> {
             };
         }
         let msg = format!(
-            "waiting for maintenance approval on node {node_name} (ApproveMaintenance, or \
-             `hostplanectl node approve {node_name}`)"
+            "waiting for maintenance approval on node {node_name}: deployment {} holds its dpus \
+             (node_effect HOLD) until an operator or admin, or the upstream system, approves \
+             maintenance of the node (ApproveMaintenance, or `hostplanectl node approve {node_name}`)",
+            self.deployment()
         );
         self.cond(COND_MAINTENANCE, "False", "WaitingForApproval", &msg, ctx.now);
+        // The status message says what the Dpu waits for now, not how it got here.
+        if self.st().message != msg {
+            self.w().status.get_or_insert_default().message = msg;
+        }
         Next::Stay
     }
 

@@ -312,5 +312,4 @@ pub fn mac(s: &str) -> std::result::Result<(), String> {
 }
 
 #[cfg(test)]
-#[path = "validate_net_tests.rs"]
 mod tests;

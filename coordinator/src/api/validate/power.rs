@@ -8,9 +8,9 @@ use hostplane_proto::power::{self as shared, Invalid};
 use hostplane_proto::v1::{Deployment, Node, PowerPolicy, Topology, TopologyLevel, resource};
 use hostplane_proto::v1::{Kind, ObjectMeta};
 
-use super::crud::must_exist;
-use super::error::ApiError;
-use super::validate::{self, Result};
+use super::super::crud::must_exist;
+use super::super::error::ApiError;
+use super::{self as validate, Result};
 use crate::store::Txn;
 
 impl From<Invalid> for ApiError {
@@ -40,7 +40,7 @@ pub fn power_policy(p: &str, x: &PowerPolicy) -> Result {
 }
 
 /// Every NODE element names an existing Node, and no node is in another Topology.
-pub(super) fn topology_refs(t: &Txn<'_>, x: &Topology, p: &str) -> Result {
+pub(in crate::api) fn topology_refs(t: &Txn<'_>, x: &Topology, p: &str) -> Result {
     let spec = x.spec.clone().unwrap_or_default();
     let name = x.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
     let nodes: Vec<(usize, &str)> = spec
@@ -80,7 +80,7 @@ pub(super) fn topology_refs(t: &Txn<'_>, x: &Topology, p: &str) -> Result {
 }
 
 /// The policy's target nodes and deployments exist.
-pub(super) fn policy_refs(t: &Txn<'_>, x: &PowerPolicy, p: &str) -> Result {
+pub(in crate::api) fn policy_refs(t: &Txn<'_>, x: &PowerPolicy, p: &str) -> Result {
     let spec = x.spec.clone().unwrap_or_default();
     for (i, n) in spec.nodes.iter().enumerate() {
         must_exist::<Node>(t, &format!("{p}.spec.nodes[{i}]"), n)?;

@@ -4,15 +4,16 @@
 //! the object in the request (`device`, `devices[2]`).
 use std::collections::HashMap;
 
+use hostplane_proto::limits::{self as lim, quote};
 use hostplane_proto::v1::{
     Bfb, Deployment, Device, Flavor, Kind, Node, NodeEffect, ObjectMeta, RebootMethod, Resource, resource,
 };
 
 use super::error::ApiError;
 
-pub const MAX_NAME: usize = 63;
-pub const MAX_LABEL_KEY: usize = 253;
-pub const MAX_LABEL_VALUE: usize = 253;
+pub const MAX_NAME: usize = lim::MAX_NAME;
+pub const MAX_LABEL_KEY: usize = lim::MAX_LABEL_KEY;
+pub const MAX_LABEL_VALUE: usize = lim::MAX_LABEL_VALUE;
 pub const MAX_MAX_UNAVAILABLE: u32 = 10_000;
 pub use net::{MAX_MTU, MAX_VFS, MIN_MTU};
 
@@ -39,6 +40,7 @@ pub fn name(field: &str, value: &str) -> Result {
     if value.is_empty() {
         return Err(invalid(field.into(), "required"));
     }
+    bounds::len(|| field.into(), value, MAX_NAME)?;
     let ok_chars = value
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
@@ -49,7 +51,7 @@ pub fn name(field: &str, value: &str) -> Result {
         || !ends(value.as_bytes().last())
     {
         return Err(invalid(
-            format!("{field} {value:?}"),
+            format!("{field} {}", quote(value)),
             "must be a DNS label: lower-case letters, digits, '-' and '.', starting and ending with a letter \
              or digit, at most 63 characters",
         ));
@@ -59,6 +61,7 @@ pub fn name(field: &str, value: &str) -> Result {
 
 /// Label (and selector) maps: keys `[A-Za-z0-9._/-]+`, values without control characters.
 pub fn labels(field: &str, map: &HashMap<String, String>) -> Result {
+    bounds::labels(field, map)?;
     let mut keys: Vec<&String> = map.keys().collect();
     keys.sort();
     for k in keys {
@@ -68,7 +71,7 @@ pub fn labels(field: &str, map: &HashMap<String, String>) -> Result {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'));
         if !key_ok {
             return Err(invalid(
-                format!("{field} key {k:?}"),
+                format!("{field} key {}", quote(k)),
                 "must be 1-253 characters of letters, digits, '.', '_', '/' and '-'",
             ));
         }
@@ -114,7 +117,7 @@ pub fn pci_address(field: String, value: &str) -> Result {
         && hex(11..12);
     if !ok {
         return Err(invalid(
-            format!("{field} {value:?}"),
+            format!("{field} {}", quote(value)),
             "must be a PCI address like 0000:04:00.0",
         ));
     }
@@ -132,7 +135,7 @@ pub fn ifname(field: String, value: &str) -> Result {
             .all(|c| c.is_ascii_graphic() && c != '/' && c != ':');
     if !ok {
         return Err(invalid(
-            format!("{field} {value:?}"),
+            format!("{field} {}", quote(value)),
             "must be an interface name: 1-15 characters, no '/', ':' or spaces",
         ));
     }
@@ -151,6 +154,7 @@ pub fn is_shell_identifier(s: &str) -> bool {
 pub fn resource(p: &str, r: &Resource) -> Result {
     let noun = r.kind().noun();
     let p = if p.is_empty() { noun } else { p };
+    bounds::resource(p, r)?;
     match &r.kind {
         None => Err(invalid(
             "resource".into(),
@@ -161,8 +165,8 @@ pub fn resource(p: &str, r: &Resource) -> Result {
         Some(resource::Kind::Bfb(x)) => bfb(p, x),
         Some(resource::Kind::Flavor(x)) => flavor(p, x),
         Some(resource::Kind::Deployment(x)) => deployment(p, x),
-        Some(resource::Kind::Topology(x)) => super::validate_power::topology(p, x),
-        Some(resource::Kind::PowerPolicy(x)) => super::validate_power::power_policy(p, x),
+        Some(resource::Kind::Topology(x)) => power::topology(p, x),
+        Some(resource::Kind::PowerPolicy(x)) => power::power_policy(p, x),
         Some(resource::Kind::Dpu(_)) => Err(invalid(
             "resource.dpu".into(),
             "dpus are generated from deployments; create a Deployment whose device_selector matches the device",
@@ -189,7 +193,7 @@ pub fn device(p: &str, d: &Device) -> Result {
     if spec.serial.is_empty() {
         return Err(invalid(format!("{p}.spec.serial"), "required"));
     }
-    no_space(format!("{p}.spec.serial"), &spec.serial, 128)?;
+    no_space(format!("{p}.spec.serial"), &spec.serial, lim::MAX_SERIAL)?;
     let rshim_ok = spec
         .rshim
         .strip_prefix("rshim")
@@ -197,16 +201,20 @@ pub fn device(p: &str, d: &Device) -> Result {
     if spec.rshim.is_empty() {
         return Err(invalid(format!("{p}.spec.rshim"), "required (e.g. rshim0)"));
     }
-    if !rshim_ok || spec.rshim.len() > 16 {
+    if !rshim_ok || spec.rshim.len() > lim::MAX_RSHIM {
         return Err(invalid(
-            format!("{p}.spec.rshim {:?}", spec.rshim),
+            format!("{p}.spec.rshim {}", quote(&spec.rshim)),
             "must be rshim<N>, e.g. rshim0",
         ));
     }
     if !spec.pci_address.is_empty() {
         pci_address(format!("{p}.spec.pci_address"), &spec.pci_address)?;
     }
-    no_space(format!("{p}.spec.bmc_address"), &spec.bmc_address, 253)?;
+    no_space(
+        format!("{p}.spec.bmc_address"),
+        &spec.bmc_address,
+        lim::MAX_BMC_ADDRESS,
+    )?;
     Ok(())
 }
 
@@ -217,29 +225,35 @@ pub fn bfb(p: &str, b: &Bfb) -> Result {
     if spec.url.is_empty() {
         return Err(invalid(f, "required"));
     }
-    no_space(f.clone(), &spec.url, 2048)?;
+    no_space(f.clone(), &spec.url, lim::MAX_URL)?;
     let Some((scheme, rest)) = spec.url.split_once("://") else {
-        return Err(invalid(f, format!("{:?} is not a URL (scheme://...)", spec.url)));
+        return Err(invalid(
+            f,
+            format!("{} is not a URL (scheme://...)", quote(&spec.url)),
+        ));
     };
     match scheme {
         "http" | "https" => {
             let host = rest.split(['/', '?', '#']).next().unwrap_or("");
             if host.is_empty() {
-                return Err(invalid(f, format!("{:?} has no host", spec.url)));
+                return Err(invalid(f, format!("{} has no host", quote(&spec.url))));
             }
         }
         "file" => {
             if !rest.starts_with('/') {
                 return Err(invalid(
                     f,
-                    format!("{:?}: a file URL needs an absolute path (file:///...)", spec.url),
+                    format!(
+                        "{}: a file URL needs an absolute path (file:///...)",
+                        quote(&spec.url)
+                    ),
                 ));
             }
         }
         other => {
             return Err(invalid(
                 f,
-                format!("scheme must be http, https or file, not {other:?}"),
+                format!("scheme must be http, https or file, not {}", quote(other)),
             ));
         }
     }
@@ -254,7 +268,7 @@ pub fn bfb(p: &str, b: &Bfb) -> Result {
             "must be 64 lower-case hex characters",
         ));
     }
-    no_space(format!("{p}.spec.version"), &spec.version, 128)?;
+    no_space(format!("{p}.spec.version"), &spec.version, lim::MAX_VERSION)?;
     Ok(())
 }
 
@@ -267,7 +281,7 @@ pub fn flavor(p: &str, f: &Flavor) -> Result {
         if !is_shell_identifier(k) {
             return Err(invalid(
                 format!("{p}.spec.bf_cfg"),
-                format!("key {k:?} is not a shell identifier"),
+                format!("key {} is not a shell identifier", quote(k)),
             ));
         }
         if spec.bf_cfg[k].contains(['\n', '\r', '\0']) {
@@ -283,14 +297,14 @@ pub fn flavor(p: &str, f: &Flavor) -> Result {
         if !is_shell_identifier(k) {
             return Err(invalid(
                 format!("{p}.spec.nic_firmware"),
-                format!("key {k:?} is not a parameter name ([A-Za-z0-9_])"),
+                format!("key {} is not a parameter name ([A-Za-z0-9_])", quote(k)),
             ));
         }
         let v = &spec.nic_firmware[k];
         if v.is_empty() {
             return Err(invalid(format!("{p}.spec.nic_firmware[{k:?}]"), "value required"));
         }
-        no_space(format!("{p}.spec.nic_firmware[{k:?}]"), v, 128)?;
+        no_space(format!("{p}.spec.nic_firmware[{k:?}]"), v, lim::MAX_NIC_FW_VALUE)?;
     }
     net::host_network(
         &format!("{p}.spec.host_network"),
@@ -325,9 +339,9 @@ pub fn deployment(p: &str, d: &Deployment) -> Result {
     Ok(())
 }
 
-#[path = "validate_net.rs"]
+mod bounds;
 mod net;
+pub(super) mod power;
 
 #[cfg(test)]
-#[path = "validate_tests.rs"]
 mod tests;

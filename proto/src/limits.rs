@@ -1,0 +1,110 @@
+//! Size limits that both sides of the contract rely on, in one place so they
+//! cannot drift: the coordinator checks them at the admin API (a request over
+//! one is refused with INVALID_ARGUMENT before anything else is looked at)
+//! and when it composes a node's desired state; the agent enforces the same
+//! numbers on what it receives. docs/api.md ("Limits") lists them.
+//!
+//! Lengths are in bytes of UTF-8.
+
+/// Object names and every reference to one (`spec.node`, `spec.bfb`, ...): a DNS label.
+pub const MAX_NAME: usize = 63;
+/// A label (or selector) key.
+pub const MAX_LABEL_KEY: usize = 253;
+/// A label (or selector) value.
+pub const MAX_LABEL_VALUE: usize = 253;
+/// Labels on one object, or entries in one selector.
+pub const MAX_LABELS: usize = 64;
+
+/// `device.spec.serial`.
+pub const MAX_SERIAL: usize = 128;
+/// `device.spec.rshim` (`rshim<N>`).
+pub const MAX_RSHIM: usize = 16;
+/// A PCI address, `DDDD:BB:DD.F`.
+pub const PCI_ADDRESS_LEN: usize = 12;
+/// `device.spec.bmc_address` (a host name or address, optionally with a port).
+pub const MAX_BMC_ADDRESS: usize = 253;
+
+/// `bfb.spec.url`.
+pub const MAX_URL: usize = 2048;
+/// `bfb.spec.sha256`: exactly 64 hex characters.
+pub const SHA256_HEX_LEN: usize = 64;
+/// `bfb.spec.version`.
+pub const MAX_VERSION: usize = 128;
+
+/// The rendered bf.cfg (`KEY='value'` lines, see [`bf_cfg_rendered_len`]):
+/// the agent refuses a larger one, as DPF does.
+pub const MAX_BF_CFG_BYTES: usize = 128 * 1024;
+/// A bf.cfg or NIC firmware parameter name.
+pub const MAX_PARAM_KEY: usize = 128;
+/// A NIC firmware parameter value.
+pub const MAX_NIC_FW_VALUE: usize = 128;
+/// NIC firmware parameters in one Flavor.
+pub const MAX_NIC_FW_PARAMS: usize = 256;
+/// A Flavor's `host_network`, encoded (bounds the number of bridges, ports,
+/// addresses, PFs, VFs and routes together).
+pub const MAX_HOST_NETWORK_BYTES: usize = 64 * 1024;
+/// A string inside `host_network` (interface names are at most 15 bytes;
+/// ports, addresses, routes and MACs are shorter than this).
+pub const MAX_NETWORK_STRING: usize = 64;
+
+/// The largest message the agent accepts from the coordinator (its gRPC
+/// max decoding size). No desired state the coordinator composes is larger.
+pub const MAX_AGENT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// One command in a desired state. Commands made from objects within the
+/// limits above are well under it; the coordinator fails a Dpu whose command
+/// would be larger (an object stored before these limits existed).
+pub const MAX_COMMAND_BYTES: usize = 512 * 1024;
+/// The largest admin API request the coordinator accepts; a larger one gets
+/// RESOURCE_EXHAUSTED.
+pub const MAX_ADMIN_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// How many bytes of a value an error message quotes.
+pub const MAX_QUOTED: usize = 64;
+
+/// The length of the bf.cfg the agent renders from these parameters: one
+/// `KEY='value'` line per key, each `'` in a value written as `'\''`.
+pub fn bf_cfg_rendered_len<'a>(params: impl IntoIterator<Item = (&'a String, &'a String)>) -> usize {
+    params
+        .into_iter()
+        .map(|(k, v)| k.len() + "=''\n".len() + v.len() + 3 * v.matches('\'').count())
+        .sum()
+}
+
+/// `value` as a Rust-style quoted string, cut to its first [`MAX_QUOTED`]
+/// bytes (on a character boundary) with the full length said when cut; for
+/// error messages, which must stay small whatever was sent.
+pub fn quote(value: &str) -> String {
+    if value.len() <= MAX_QUOTED {
+        return format!("{value:?}");
+    }
+    let mut end = MAX_QUOTED;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &value[..end], value.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_cuts_long_values_on_a_character_boundary() {
+        assert_eq!(quote("abc"), "\"abc\"");
+        let long = "é".repeat(100);
+        let q = quote(&long);
+        assert!(q.len() < MAX_QUOTED + 32, "{q}");
+        assert!(q.ends_with("… (200 bytes)"), "{q}");
+    }
+
+    #[test]
+    fn rendered_length_counts_quotes_and_escapes() {
+        let m: std::collections::BTreeMap<String, String> = [
+            ("A".to_string(), "it's".to_string()),
+            ("B".to_string(), String::new()),
+        ]
+        .into();
+        // A='it'\''s'\n B=''\n
+        assert_eq!(bf_cfg_rendered_len(&m), "A='it'\\''s'\n".len() + "B=''\n".len());
+    }
+}
