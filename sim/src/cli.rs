@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::bmc::{BmcHandle, BmcOptions, BmcSim, Model, TlsFiles, Workload};
+use crate::bmc::tls::LAB_CA_FILE;
+use crate::bmc::{BmcError, BmcHandle, BmcOptions, BmcSim, LabCerts, Model, TlsFiles, Workload};
 use crate::config::{Fault, SimConfig, Timings, parse_fault_assignment, parse_size};
 use crate::{SimError, mkbfb, mount};
 
@@ -180,16 +181,34 @@ pub struct BmcArgs {
         hide_env_values = true
     )]
     pub password: String,
-    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key) instead
+    /// of a lab certificate.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Without --tls-cert, HTTPS uses a lab CA made at start: write its
+    /// certificate (ca.crt, for clients to trust) and the BMCs' certificate
+    /// and key (bmc.crt, bmc.key) here [default: a temporary directory,
+    /// removed at exit].
+    #[arg(long, value_name = "DIR", conflicts_with = "tls_cert")]
+    pub cert_dir: Option<PathBuf>,
+    /// Serve plain HTTP instead of HTTPS: for a lab only (credentials cross
+    /// the network in clear).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "cert_dir"])]
+    pub http: bool,
 }
 
 impl BmcArgs {
-    /// One [`BmcOptions`] per `--bmc`; names must be unique, and so must fixed ports.
+    /// HTTPS with a lab certificate made at start: neither --http nor --tls-cert.
+    pub fn needs_lab_certs(&self) -> bool {
+        !self.http && self.tls_cert.is_none()
+    }
+
+    /// One [`BmcOptions`] per `--bmc`; names must be unique, and so must fixed
+    /// ports. Without --tls-cert the options say plain HTTP; [`run_bmc`]
+    /// fills in the lab certificate unless --http.
     pub fn to_options(&self) -> Result<Vec<BmcOptions>, SimError> {
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
@@ -249,7 +268,38 @@ pub fn run(command: Command) -> Result<(), SimError> {
 /// Serve the BMCs until SIGTERM or SIGINT, then stop them gracefully.
 /// Prints `NAME MODEL URL` per BMC on stdout once all are serving.
 pub fn run_bmc(args: &BmcArgs) -> Result<(), SimError> {
-    let opts = args.to_options()?;
+    let mut opts = args.to_options()?;
+    // Kept until the BMCs stop: the default home of the lab certificate.
+    let mut _temp_dir = None;
+    if args.needs_lab_certs() {
+        let ips: Vec<std::net::IpAddr> = opts.iter().map(|o| o.listen.ip()).collect();
+        let certs = LabCerts::generate(&ips)?;
+        let dir = match &args.cert_dir {
+            Some(d) => d.clone(),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("hostplane-sim-bmc-")
+                    .tempdir()
+                    .map_err(|source| BmcError::TlsWrite {
+                        path: std::env::temp_dir(),
+                        source,
+                    })?;
+                let p = t.path().to_path_buf();
+                _temp_dir = Some(t);
+                p
+            }
+        };
+        let files = certs.write(&dir)?;
+        tracing::info!(
+            ca = %dir.join(LAB_CA_FILE).display(),
+            "HTTPS with a lab certificate: clients trust this CA"
+        );
+        for o in &mut opts {
+            o.tls = Some(files.clone());
+        }
+    } else if args.http {
+        tracing::warn!("plain HTTP (--http): credentials cross the network in clear; for a lab only");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

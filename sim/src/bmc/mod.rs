@@ -17,7 +17,7 @@ pub mod model;
 pub mod power;
 mod redfish;
 mod telemetry;
-mod tls;
+pub mod tls;
 pub mod workload;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -30,6 +30,8 @@ use tokio::task::JoinHandle;
 
 pub use model::{Model, ModelSpec, UnknownModel};
 pub use power::{OutOfRange, PowerModel, PowerStats};
+pub use redfish::{BASE_MESSAGES, RegistryMessage, format_message};
+pub use tls::LabCerts;
 pub use workload::{InvalidWorkload, Workload};
 
 use redfish::Sessions;
@@ -109,6 +111,10 @@ pub enum BmcError {
     },
     #[error("BMC {name}: the certificate and key do not make a TLS configuration: {message}")]
     TlsConfig { name: String, message: String },
+    #[error("making the lab certificate: {message}")]
+    TlsGenerate { message: String },
+    #[error("writing {path}: {source}")]
+    TlsWrite { path: PathBuf, source: std::io::Error },
     #[error("BmcSim::spawn must be called within a tokio runtime")]
     NoRuntime,
 }

@@ -1,6 +1,8 @@
 //! HTTPS for the simulated BMCs: rustls (ring) through tokio-rustls, both
 //! already in the build for reqwest, behind axum's `Listener` trait so the
-//! same `axum::serve` (and its graceful shutdown) serves HTTP and HTTPS.
+//! same `axum::serve` (and its graceful shutdown) serves HTTP and HTTPS;
+//! and a lab certificate (a throwaway CA and a server certificate it signs,
+//! made with rcgen) for a BMC started without certificate files.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +23,103 @@ use super::{BmcError, TlsFiles};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to take them.
 const BACKLOG: usize = 64;
+
+/// Lab certificates: a CA made for this run, and a server certificate it
+/// signed for `localhost` and the given addresses. Clients trust `ca_pem`
+/// (the agent's `power.bmc.ca_file`), as they would a site CA; the CA's key
+/// is dropped once the server certificate is signed.
+#[derive(Debug, Clone)]
+pub struct LabCerts {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// File names in the directory [`LabCerts::write`] fills.
+pub const LAB_CA_FILE: &str = "ca.crt";
+pub const LAB_CERT_FILE: &str = "bmc.crt";
+pub const LAB_KEY_FILE: &str = "bmc.key";
+
+impl LabCerts {
+    /// A CA and a server certificate for `localhost`, 127.0.0.1, ::1 and
+    /// `ips`, valid from a day ago for a year.
+    pub fn generate(ips: &[std::net::IpAddr]) -> Result<LabCerts, BmcError> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+            KeyUsagePurpose, SanType,
+        };
+        let err = |e: rcgen::Error| BmcError::TlsGenerate {
+            message: e.to_string(),
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let validity = |p: &mut CertificateParams| {
+            p.not_before = now - time::Duration::days(1);
+            p.not_after = now + time::Duration::days(365);
+        };
+        let ca_key = KeyPair::generate().map_err(err)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        ca.distinguished_name
+            .push(DnType::CommonName, "hostplane-sim BMC lab CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        validity(&mut ca);
+        let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().map_err(err)?;
+        let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).map_err(err)?;
+        leaf.distinguished_name
+            .push(DnType::CommonName, "hostplane-sim BMC");
+        let mut all: Vec<std::net::IpAddr> = vec![
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::Ipv6Addr::LOCALHOST.into(),
+        ];
+        for ip in ips {
+            if !ip.is_unspecified() && !all.contains(ip) {
+                all.push(*ip);
+            }
+        }
+        leaf.subject_alt_names
+            .extend(all.into_iter().map(SanType::IpAddress));
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        leaf.use_authority_key_identifier_extension = true;
+        validity(&mut leaf);
+        let cert = leaf.signed_by(&key, &issuer).map_err(err)?;
+        Ok(LabCerts {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Write `ca.crt`, `bmc.crt` and `bmc.key` (mode 0600) into `dir`
+    /// (created if missing); the server's files are returned.
+    pub fn write(&self, dir: &std::path::Path) -> Result<TlsFiles, BmcError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |path: std::path::PathBuf| move |source| BmcError::TlsWrite { path, source };
+        std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+        for (name, text, mode) in [
+            (LAB_CA_FILE, &self.ca_pem, 0o644),
+            (LAB_CERT_FILE, &self.cert_pem, 0o644),
+            (LAB_KEY_FILE, &self.key_pem, 0o600),
+        ] {
+            let path = dir.join(name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&path)
+                .map_err(io(path.clone()))?;
+            f.write_all(text.as_bytes()).map_err(io(path.clone()))?;
+        }
+        Ok(TlsFiles {
+            cert: dir.join(LAB_CERT_FILE),
+            key: dir.join(LAB_KEY_FILE),
+        })
+    }
+}
 
 /// Load the PEM files into a server configuration (HTTP/1.1 only, as served).
 pub(crate) fn server_config(name: &str, files: &TlsFiles) -> Result<Arc<ServerConfig>, BmcError> {

@@ -133,8 +133,10 @@ pub(super) fn parse_basic(value: &str) -> Option<(String, String)> {
     Some((user.to_string(), password.to_string()))
 }
 
+/// 401 NoValidSession; the registry's text has no room for why, so the log says it.
 pub(super) fn unauthorized(why: &str) -> RfError {
-    RfError::NoValidSession(why.to_string())
+    tracing::debug!(why, "request refused: 401");
+    RfError::NoValidSession
 }
 
 pub(super) fn login(bmc: &Bmc, sessions: &mut Sessions, body: &[u8]) -> Response {

@@ -1,16 +1,197 @@
-//! Responses: JSON with the OData headers, and Redfish errors (messages of
-//! the DMTF Base registry 1.18).
+//! Responses: JSON with the Redfish headers, and Redfish errors whose
+//! messages are those of DMTF's Base message registry 1.18.1, word for word:
+//! the MessageId, the message text with its arguments, the severity and the
+//! resolution (copied into [`BASE_MESSAGES`]; `sim/tests/bmc_registry.rs`
+//! checks them against DMTF's registry file when it is at hand).
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::MAX_BODY;
-use super::auth::MAX_SESSIONS;
-
+/// The registry's prefix of every MessageId: `Base.<major>.<minor>`.
 pub(super) const REGISTRY: &str = "Base.1.18";
 pub(super) const REALM: &str = "Basic realm=\"hostplane-bmc\"";
 
+/// One message of DMTF's Base registry, as the registry has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryMessage {
+    /// The key in the registry's `Messages` (`NoValidSession`).
+    pub key: &'static str,
+    /// The text, with `%1`, `%2` for the arguments.
+    pub message: &'static str,
+    /// `MessageSeverity`: OK, Warning or Critical.
+    pub severity: &'static str,
+    pub resolution: &'static str,
+    pub number_of_args: usize,
+}
+
+const fn msg(
+    key: &'static str,
+    message: &'static str,
+    severity: &'static str,
+    resolution: &'static str,
+    number_of_args: usize,
+) -> RegistryMessage {
+    RegistryMessage {
+        key,
+        message,
+        severity,
+        resolution,
+        number_of_args,
+    }
+}
+
+/// Every Base registry message the simulator sends (Base.1.18.1).
+pub const BASE_MESSAGES: &[RegistryMessage] = &[
+    msg(
+        "NoValidSession",
+        "There is no valid session established with the implementation.",
+        "Critical",
+        "Establish a session before attempting any operations.",
+        0,
+    ),
+    msg(
+        "ResourceNotFound",
+        "The requested resource of type %1 named '%2' was not found.",
+        "Critical",
+        "Provide a valid resource identifier and resubmit the request.",
+        2,
+    ),
+    msg(
+        "OperationNotAllowed",
+        "The HTTP method is not allowed on this resource.",
+        "Critical",
+        "None.",
+        0,
+    ),
+    msg(
+        "MalformedJSON",
+        "The request body submitted was malformed JSON and could not be parsed by the receiving service.",
+        "Critical",
+        "Ensure that the request body is valid JSON and resubmit the request.",
+        0,
+    ),
+    msg(
+        "EmptyJSON",
+        "The request body submitted contained an empty JSON object and the service is unable to process it.",
+        "Warning",
+        "Add properties in the JSON object and resubmit the request.",
+        0,
+    ),
+    msg(
+        "PropertyValueTypeError",
+        "The value '%1' for the property %2 is not a type that the property can accept.",
+        "Warning",
+        "Correct the value for the property in the request body and resubmit the request if the operation failed.",
+        2,
+    ),
+    msg(
+        "PropertyValueNotInList",
+        "The value '%1' for the property %2 is not in the list of acceptable values.",
+        "Warning",
+        "Choose a value from the enumeration list that the implementation can support and resubmit the request if the operation failed.",
+        2,
+    ),
+    msg(
+        "PropertyNotWritable",
+        "The property %1 is a read-only property and cannot be assigned a value.",
+        "Warning",
+        "Remove the property from the request body and resubmit the request if the operation failed.",
+        1,
+    ),
+    msg(
+        "PropertyUnknown",
+        "The property %1 is not in the list of valid properties for the resource.",
+        "Warning",
+        "Remove the unknown property from the request body and resubmit the request if the operation failed.",
+        1,
+    ),
+    msg(
+        "PropertyMissing",
+        "The property %1 is a required property and must be included in the request.",
+        "Warning",
+        "Ensure that the property is in the request body and has a valid value and resubmit the request if the operation failed.",
+        1,
+    ),
+    msg(
+        "PropertyValueConflict",
+        "The property '%1' could not be written because its value would conflict with the value of the '%2' property.",
+        "Warning",
+        "None.",
+        2,
+    ),
+    msg(
+        "PropertyValueOutOfRange",
+        "The value '%1' for the property %2 is not in the supported range of acceptable values.",
+        "Warning",
+        "Correct the value for the property in the request body and resubmit the request if the operation failed.",
+        2,
+    ),
+    msg(
+        "ArraySizeTooLong",
+        "The array provided for property %1 exceeds the size limit %2.",
+        "Warning",
+        "Resubmit the request with an appropriate array size.",
+        2,
+    ),
+    msg(
+        "ArraySizeTooShort",
+        "The array provided for property %1 is under the minimum size limit %2.",
+        "Warning",
+        "Resubmit the request with an appropriate array size.",
+        2,
+    ),
+    msg(
+        "SessionLimitExceeded",
+        "The session establishment failed due to the number of simultaneous sessions exceeding the limit of the implementation.",
+        "Critical",
+        "Reduce the number of other sessions before trying to establish the session or increase the limit of simultaneous sessions, if supported.",
+        0,
+    ),
+    msg(
+        "PayloadTooLarge",
+        "The supplied payload exceeds the maximum size supported by the service.",
+        "Critical",
+        "Check that the supplied payload is correct and supported by this service.",
+        0,
+    ),
+    msg(
+        "HeaderInvalid",
+        "Header '%1' is invalid.",
+        "Critical",
+        "Resubmit the request with a valid request header.",
+        1,
+    ),
+];
+
+/// The message `key` of [`BASE_MESSAGES`]; panics on a key not in the table
+/// (a programming error that every error test would show).
+fn registry_message(key: &str) -> &'static RegistryMessage {
+    BASE_MESSAGES
+        .iter()
+        .find(|m| m.key == key)
+        .unwrap_or_else(|| panic!("{key} is not in BASE_MESSAGES"))
+}
+
+/// `%1`, `%2`, ... replaced by the arguments, as a Redfish client does.
+pub fn format_message(template: &str, args: &[String]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let digits = after.chars().take_while(char::is_ascii_digit).count();
+        match after[..digits].parse::<usize>() {
+            Ok(n) if n >= 1 && n <= args.len() => out.push_str(&args[n - 1]),
+            _ => out.push_str(&rest[i..i + 1 + digits]),
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The headers of every Redfish JSON response.
 pub(super) fn json_response(status: StatusCode, body: Value) -> Response {
     (
         status,
@@ -22,10 +203,6 @@ pub(super) fn json_response(status: StatusCode, body: Value) -> Response {
         body.to_string(),
     )
         .into_response()
-}
-
-pub(super) fn ok(body: Value) -> Response {
-    json_response(StatusCode::OK, body)
 }
 
 pub(super) fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Response {
@@ -41,13 +218,13 @@ pub(super) fn method_not_allowed_text(allow: &'static str) -> Response {
         .into_response()
 }
 
-/// A message of the DMTF Base registry.
+/// A refusal, as a message of the DMTF Base registry.
 #[derive(Debug)]
 pub(super) enum RfError {
-    General(String),
-    NoValidSession(String),
-    NotFound(String),
-    MethodNotAllowed(String),
+    NoValidSession,
+    /// (resource type, URI)
+    NotFound(&'static str, String),
+    MethodNotAllowed,
     MalformedJson,
     EmptyJson,
     TypeError(String, String),
@@ -56,130 +233,65 @@ pub(super) enum RfError {
     Unknown(String),
     Missing(String),
     Conflict(String, String),
-    OutOfRange {
-        value: String,
-        property: String,
-        min: f64,
-        max: f64,
-    },
+    /// (value, property)
+    OutOfRange(String, String),
+    /// (property, limit)
+    ArrayTooLong(String, usize),
+    /// (property, limit)
+    ArrayTooShort(String, usize),
     SessionLimit,
     TooLarge,
+    /// A request header the service does not accept (`OData-Version: 4.1`,
+    /// the whole header): 412.
+    HeaderPrecondition(String),
+    /// A body whose `Content-Type` is not JSON (the whole header): 415.
+    MediaType(String),
 }
 
 impl RfError {
     fn status(&self) -> StatusCode {
         match self {
-            RfError::NoValidSession(_) => StatusCode::UNAUTHORIZED,
-            RfError::NotFound(_) => StatusCode::NOT_FOUND,
-            RfError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            RfError::NoValidSession => StatusCode::UNAUTHORIZED,
+            RfError::NotFound(..) => StatusCode::NOT_FOUND,
+            RfError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RfError::SessionLimit => StatusCode::SERVICE_UNAVAILABLE,
             RfError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
+            RfError::HeaderPrecondition(_) => StatusCode::PRECONDITION_FAILED,
+            RfError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RfError::MalformedJson
+            | RfError::EmptyJson
+            | RfError::TypeError(..)
+            | RfError::NotInList(..)
+            | RfError::NotWritable(_)
+            | RfError::Unknown(_)
+            | RfError::Missing(_)
+            | RfError::Conflict(..)
+            | RfError::OutOfRange(..)
+            | RfError::ArrayTooLong(..)
+            | RfError::ArrayTooShort(..) => StatusCode::BAD_REQUEST,
         }
     }
 
-    /// (message id, message, args, resolution)
-    fn parts(&self) -> (&'static str, String, Vec<String>, &'static str) {
-        const FIX_BODY: &str = "Correct the value for the property in the request body and resubmit the request if the operation failed.";
+    /// (registry key, arguments)
+    fn parts(&self) -> (&'static str, Vec<String>) {
         match self {
-            RfError::General(m) => ("GeneralError", m.clone(), vec![], "None."),
-            RfError::TooLarge => (
-                "GeneralError",
-                format!("The request body is over {MAX_BODY} bytes or could not be read."),
-                vec![],
-                "Send a smaller request body.",
-            ),
-            RfError::NoValidSession(why) => (
-                "NoValidSession",
-                format!("There is no valid session established with the implementation: {why}."),
-                vec![],
-                "Establish a session before attempting any operations.",
-            ),
-            RfError::NotFound(uri) => (
-                "ResourceNotFound",
-                format!("The requested resource of type Resource named '{uri}' was not found."),
-                vec!["Resource".into(), uri.clone()],
-                "Provide a valid resource identifier and resubmit the request.",
-            ),
-            RfError::MethodNotAllowed(m) => (
-                "OperationNotAllowed",
-                format!("The HTTP method {m} is not allowed on this resource."),
-                vec![],
-                "None.",
-            ),
-            RfError::MalformedJson => (
-                "MalformedJSON",
-                "The request body submitted was malformed JSON and could not be parsed by the receiving service."
-                    .into(),
-                vec![],
-                "Ensure that the request body is valid JSON and resubmit the request.",
-            ),
-            RfError::EmptyJson => (
-                "EmptyJSON",
-                "The request body submitted contained an empty JSON object and the service is unable to process it."
-                    .into(),
-                vec![],
-                "Add properties in the JSON object and resubmit the request.",
-            ),
-            RfError::TypeError(v, p) => (
-                "PropertyValueTypeError",
-                format!("The value '{v}' for the property {p} is not a type that the property can accept."),
-                vec![v.clone(), p.clone()],
-                FIX_BODY,
-            ),
-            RfError::NotInList(v, p) => (
-                "PropertyValueNotInList",
-                format!("The value '{v}' for the property {p} is not in the list of acceptable values."),
-                vec![v.clone(), p.clone()],
-                "Choose a value from the enumeration list that the implementation can support and resubmit the request if the operation failed.",
-            ),
-            RfError::NotWritable(p) => (
-                "PropertyNotWritable",
-                format!("The property {p} is a read only property and cannot be assigned a value."),
-                vec![p.clone()],
-                "Remove the property from the request body and resubmit the request if the operation failed.",
-            ),
-            RfError::Unknown(p) => (
-                "PropertyUnknown",
-                format!("The property {p} is not in the list of valid properties for the resource."),
-                vec![p.clone()],
-                "Remove the unknown property from the request body and resubmit the request if the operation failed.",
-            ),
-            RfError::Missing(p) => (
-                "PropertyMissing",
-                format!("The property {p} is a required property and must be included in the request."),
-                vec![p.clone()],
-                "Ensure that the property is in the request body and has a valid value and resubmit the request if the operation failed.",
-            ),
-            RfError::Conflict(a, b) => (
-                "PropertyValueConflict",
-                format!(
-                    "The property '{a}' could not be written because its value would conflict with the value of the '{b}' property."
-                ),
-                vec![a.clone(), b.clone()],
-                "No resolution is required.",
-            ),
-            RfError::OutOfRange {
-                value,
-                property,
-                min,
-                max,
-            } => (
-                "PropertyValueOutOfRange",
-                format!(
-                    "The value '{value}' for the property {property} is not in the supported range of acceptable values ({min} to {max})."
-                ),
-                vec![value.clone(), property.clone()],
-                FIX_BODY,
-            ),
-            RfError::SessionLimit => (
-                "SessionLimitExceeded",
-                format!(
-                    "The session establishment failed due to the number of simultaneous sessions exceeding the limit of the implementation ({MAX_SESSIONS})."
-                ),
-                vec![],
-                "Reduce the number of other sessions before trying to establish the session or increase the limit of simultaneous sessions, if supported.",
-            ),
+            RfError::NoValidSession => ("NoValidSession", vec![]),
+            RfError::NotFound(kind, uri) => ("ResourceNotFound", vec![kind.to_string(), uri.clone()]),
+            RfError::MethodNotAllowed => ("OperationNotAllowed", vec![]),
+            RfError::MalformedJson => ("MalformedJSON", vec![]),
+            RfError::EmptyJson => ("EmptyJSON", vec![]),
+            RfError::TypeError(v, p) => ("PropertyValueTypeError", vec![v.clone(), p.clone()]),
+            RfError::NotInList(v, p) => ("PropertyValueNotInList", vec![v.clone(), p.clone()]),
+            RfError::NotWritable(p) => ("PropertyNotWritable", vec![p.clone()]),
+            RfError::Unknown(p) => ("PropertyUnknown", vec![p.clone()]),
+            RfError::Missing(p) => ("PropertyMissing", vec![p.clone()]),
+            RfError::Conflict(a, b) => ("PropertyValueConflict", vec![a.clone(), b.clone()]),
+            RfError::OutOfRange(v, p) => ("PropertyValueOutOfRange", vec![v.clone(), p.clone()]),
+            RfError::ArrayTooLong(p, n) => ("ArraySizeTooLong", vec![p.clone(), n.to_string()]),
+            RfError::ArrayTooShort(p, n) => ("ArraySizeTooShort", vec![p.clone(), n.to_string()]),
+            RfError::SessionLimit => ("SessionLimitExceeded", vec![]),
+            RfError::TooLarge => ("PayloadTooLarge", vec![]),
+            RfError::HeaderPrecondition(h) | RfError::MediaType(h) => ("HeaderInvalid", vec![h.clone()]),
         }
     }
 }
@@ -187,13 +299,11 @@ impl RfError {
 impl IntoResponse for RfError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let (id, message, args, resolution) = self.parts();
-        let id = format!("{REGISTRY}.{id}");
-        let severity = if status.is_server_error() {
-            "Critical"
-        } else {
-            "Warning"
-        };
+        let (key, args) = self.parts();
+        let m = registry_message(key);
+        debug_assert_eq!(args.len(), m.number_of_args, "{key}");
+        let id = format!("{REGISTRY}.{key}");
+        let message = format_message(m.message, &args);
         let mut r = json_response(
             status,
             json!({
@@ -201,12 +311,12 @@ impl IntoResponse for RfError {
                     "code": id,
                     "message": message,
                     "@Message.ExtendedInfo": [{
-                        "@odata.type": "#Message.v1_1_1.Message",
+                        "@odata.type": "#Message.v1_2_0.Message",
                         "MessageId": id,
                         "Message": message,
                         "MessageArgs": args,
-                        "MessageSeverity": severity,
-                        "Resolution": resolution,
+                        "MessageSeverity": m.severity,
+                        "Resolution": m.resolution,
                     }],
                 }
             }),
@@ -216,5 +326,39 @@ impl IntoResponse for RfError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_fill_the_template() {
+        let args = vec!["Chassis".to_string(), "/x".to_string()];
+        assert_eq!(
+            format_message(
+                "The requested resource of type %1 named '%2' was not found.",
+                &args
+            ),
+            "The requested resource of type Chassis named '/x' was not found."
+        );
+        assert_eq!(format_message("100% sure %3 %", &args), "100% sure %3 %");
+        assert_eq!(format_message("%2%1", &args), "/xChassis");
+    }
+
+    #[test]
+    fn every_message_has_as_many_placeholders_as_arguments() {
+        for m in BASE_MESSAGES {
+            for n in 1..=m.number_of_args {
+                assert!(m.message.contains(&format!("%{n}")), "{}", m.key);
+            }
+            assert!(
+                !m.message.contains(&format!("%{}", m.number_of_args + 1)),
+                "{}",
+                m.key
+            );
+            assert!(matches!(m.severity, "OK" | "Warning" | "Critical"), "{}", m.key);
+        }
     }
 }

@@ -9,23 +9,25 @@ mod auth;
 mod errors;
 mod patch;
 mod resources;
+mod service;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::workload::Workload;
 use super::{Bmc, State as BmcState};
 use auth::{authenticate, login};
-use errors::{RfError, method_not_allowed_text, ok, text_response};
+use errors::{RfError, json_response, method_not_allowed_text, text_response};
 use patch::{patch_control, patch_power};
 use resources::*;
 
 pub(crate) use auth::Sessions;
+pub use errors::{BASE_MESSAGES, RegistryMessage, format_message};
 
 /// Request bodies are small JSON documents; anything bigger is refused.
 const MAX_BODY: usize = 64 * 1024;
@@ -39,6 +41,9 @@ const MANAGERS: &str = "/redfish/v1/Managers";
 const MANAGER: &str = "/redfish/v1/Managers/BMC";
 const SESSION_SERVICE: &str = "/redfish/v1/SessionService";
 const SESSIONS: &str = "/redfish/v1/SessionService/Sessions";
+const ACCOUNT_SERVICE: &str = "/redfish/v1/AccountService";
+const ACCOUNTS: &str = "/redfish/v1/AccountService/Accounts";
+const ROLES: &str = "/redfish/v1/AccountService/Roles";
 
 pub(crate) fn router(bmc: Arc<Bmc>) -> Router {
     Router::new().fallback(handle).with_state(bmc)
@@ -48,7 +53,12 @@ async fn handle(State(bmc): State<Arc<Bmc>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let response = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(body) => dispatch(&bmc, &parts.method, parts.uri.path(), &parts.headers, &body),
-        Err(_) => RfError::TooLarge.into_response(),
+        Err(_) if parts.uri.path().starts_with("/redfish") => RfError::TooLarge.into_response(),
+        Err(_) => text_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "text/plain; charset=utf-8",
+            format!("the request body is over {MAX_BODY} bytes\n"),
+        ),
     };
     bmc.telemetry
         .count_request(parts.method.as_str(), response.status().as_u16());
@@ -93,6 +103,8 @@ enum Route {
     SimWorkload,
     Versions,
     ServiceRoot,
+    ODataService,
+    Metadata,
     Systems,
     System,
     ChassisCollection,
@@ -107,7 +119,14 @@ enum Route {
     Manager,
     SessionService,
     Sessions,
+    /// `Sessions/Members`: a POST there creates a session, as on the collection.
+    SessionsMembers,
     Session(String),
+    AccountService,
+    Accounts,
+    Account(String),
+    Roles,
+    Role(String),
 }
 
 impl Route {
@@ -122,6 +141,8 @@ impl Route {
             "/sim/workload" => return Some(Route::SimWorkload),
             "/redfish" => return Some(Route::Versions),
             ROOT => return Some(Route::ServiceRoot),
+            "/redfish/v1/odata" => return Some(Route::ODataService),
+            "/redfish/v1/$metadata" => return Some(Route::Metadata),
             _ => {}
         }
         let rest = path.strip_prefix("/redfish/v1/")?;
@@ -147,30 +168,132 @@ impl Route {
             ["Managers", "BMC"] => Route::Manager,
             ["SessionService"] => Route::SessionService,
             ["SessionService", "Sessions"] => Route::Sessions,
+            ["SessionService", "Sessions", "Members"] => Route::SessionsMembers,
             ["SessionService", "Sessions", id] => Route::Session(id.to_string()),
+            ["AccountService"] => Route::AccountService,
+            ["AccountService", "Accounts"] => Route::Accounts,
+            ["AccountService", "Accounts", id] => Route::Account(id.to_string()),
+            ["AccountService", "Roles"] => Route::Roles,
+            ["AccountService", "Roles", id] => Route::Role(id.to_string()),
             _ => return None,
         })
     }
 
-    /// Methods besides GET/HEAD (every route has those).
+    /// Methods besides GET/HEAD (every route but `Sessions/Members` has those).
     fn extra_methods(&self) -> &'static [Method] {
         match self {
             Route::SimWorkload => &[Method::PUT],
             Route::Power | Route::PowerLimit(_) => &[Method::PATCH],
-            Route::Sessions => &[Method::POST],
+            Route::Sessions | Route::SessionsMembers => &[Method::POST],
             Route::Session(_) => &[Method::DELETE],
             _ => &[],
         }
     }
 
+    fn readable(&self) -> bool {
+        *self != Route::SessionsMembers
+    }
+
     fn allows(&self, m: &Method) -> bool {
-        *m == Method::GET || *m == Method::HEAD || self.extra_methods().contains(m)
+        (self.readable() && (*m == Method::GET || *m == Method::HEAD)) || self.extra_methods().contains(m)
     }
 
     fn allow_header(&self) -> String {
-        let mut v = vec!["GET", "HEAD"];
+        let mut v = if self.readable() {
+            vec!["GET", "HEAD"]
+        } else {
+            vec![]
+        };
         v.extend(self.extra_methods().iter().map(|m| m.as_str()));
         v.join(", ")
+    }
+
+    /// Anyone may read these, and log in (as a BMC serves them).
+    fn public(&self, method: &Method) -> bool {
+        match self {
+            Route::Versions | Route::ServiceRoot | Route::ODataService | Route::Metadata => true,
+            Route::Sessions | Route::SessionsMembers => *method == Method::POST,
+            _ => false,
+        }
+    }
+}
+
+/// `OData-Version` other than 4.0 (the only version served): 412.
+fn check_odata_version(headers: &HeaderMap) -> Result<(), RfError> {
+    match headers.get("odata-version") {
+        None => Ok(()),
+        Some(v) if v.as_bytes().trim_ascii() == b"4.0" => Ok(()),
+        Some(v) => Err(RfError::HeaderPrecondition(format!(
+            "OData-Version: {}",
+            String::from_utf8_lossy(v.as_bytes())
+        ))),
+    }
+}
+
+/// A body sent with a `Content-Type` other than JSON: 415 (no Content-Type is taken as JSON).
+fn check_content_type(headers: &HeaderMap, body: &[u8]) -> Result<(), RfError> {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(v.as_bytes());
+    let media = text.split(';').next().unwrap_or_default().trim();
+    if body.is_empty() || media.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(RfError::MediaType(format!("Content-Type: {text}")))
+    }
+}
+
+/// A successful read: the JSON body with `Allow`, `Link: rel=describedby`
+/// and an `ETag` (a hash of the body: it changes when the resource does).
+fn ok_read(route: &Route, body: serde_json::Value) -> Response {
+    use sha2::{Digest, Sha256};
+    let link = body
+        .get("@odata.type")
+        .and_then(|t| t.as_str())
+        .and_then(service::described_by);
+    let digest = Sha256::digest(body.to_string().as_bytes());
+    let etag = format!("W/\"{}\"", hex::encode(&digest[..8]));
+    let mut r = json_response(StatusCode::OK, body);
+    add_allow(&mut r, route);
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    if let Some(link) = link
+        && let Ok(v) = HeaderValue::from_str(&link)
+    {
+        r.headers_mut().insert(header::LINK, v);
+    }
+    r
+}
+
+fn add_allow(r: &mut Response, route: &Route) {
+    if let Ok(v) = HeaderValue::from_str(&route.allow_header()) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
+}
+
+/// The resource type named in a 404 for `path`.
+fn kind_of(path: &str) -> &'static str {
+    let p = path.trim_end_matches('/');
+    if p.contains("/Sessions/") {
+        "Session"
+    } else if p.contains("/Accounts/") {
+        "ManagerAccount"
+    } else if p.contains("/Roles/") {
+        "Role"
+    } else if p.contains("/Sensors/") {
+        "Sensor"
+    } else if p.contains("/Controls/") {
+        "Control"
+    } else if p.contains("/Chassis/") {
+        "Chassis"
+    } else if p.contains("/Systems/") {
+        "ComputerSystem"
+    } else if p.contains("/Managers/") {
+        "Manager"
+    } else {
+        "Resource"
     }
 }
 
@@ -190,30 +313,72 @@ fn dispatch(bmc: &Bmc, method: &Method, path: &str, headers: &HeaderMap, body: &
         Some(Route::SimWorkload) => return sim_workload(bmc, method, body),
         _ => {}
     }
-    let public = matches!(route, Some(Route::Versions | Route::ServiceRoot))
-        || (route == Some(Route::Sessions) && *method == Method::POST);
+    let not_found = || RfError::NotFound(kind_of(path), path.to_string()).into_response();
     if !path.starts_with("/redfish") {
-        return RfError::NotFound(path.to_string()).into_response();
+        return not_found();
     }
+    if let Err(e) = check_odata_version(headers) {
+        return e.into_response();
+    }
+    let public = route.as_ref().is_some_and(|r| r.public(method));
     let mut state = bmc.lock();
     if !public && let Err(e) = authenticate(bmc, &mut state, headers) {
         return e.into_response();
     }
     let Some(route) = route else {
-        return RfError::NotFound(path.to_string()).into_response();
+        return not_found();
     };
     if !route.allows(method) {
-        let mut r = RfError::MethodNotAllowed(method.to_string()).into_response();
-        if let Ok(v) = HeaderValue::from_str(&route.allow_header()) {
-            r.headers_mut().insert(header::ALLOW, v);
-        }
+        let mut r = RfError::MethodNotAllowed.into_response();
+        add_allow(&mut r, &route);
         return r;
+    }
+    if let Err(e) = check_content_type(headers, body) {
+        return e.into_response();
     }
     let s = &mut *state;
     let is_read = *method == Method::GET || *method == Method::HEAD;
+    let ok = |body: serde_json::Value| ok_read(&route, body);
     match (&route, is_read) {
         (Route::Versions, true) => ok(json!({ "v1": "/redfish/v1/" })),
         (Route::ServiceRoot, true) => ok(service_root(bmc)),
+        (Route::ODataService, true) => ok(service::odata_service()),
+        (Route::Metadata, true) => {
+            let mut r = text_response(
+                StatusCode::OK,
+                "application/xml; charset=utf-8",
+                service::metadata(),
+            );
+            r.headers_mut().insert(
+                HeaderName::from_static("odata-version"),
+                HeaderValue::from_static("4.0"),
+            );
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            add_allow(&mut r, &route);
+            r
+        }
+        (Route::AccountService, true) => ok(service::account_service()),
+        (Route::Accounts, true) => ok(collection(
+            ACCOUNTS,
+            "#ManagerAccountCollection.ManagerAccountCollection",
+            "Accounts Collection",
+            [format!("{ACCOUNTS}/{}", service::ACCOUNT_ID)],
+        )),
+        (Route::Account(id), true) if id == service::ACCOUNT_ID => ok(service::account(&bmc.username)),
+        (Route::Roles, true) => ok(collection(
+            ROLES,
+            "#RoleCollection.RoleCollection",
+            "Roles Collection",
+            service::PREDEFINED_ROLES
+                .iter()
+                .map(|(id, _)| format!("{ROLES}/{id}")),
+        )),
+        (Route::Role(id), true) => match service::role(id) {
+            Some(r) => ok(r),
+            None => not_found(),
+        },
+        (Route::Account(_), true) => not_found(),
         (Route::Systems, true) => ok(collection(
             SYSTEMS,
             "#ComputerSystemCollection.ComputerSystemCollection",
@@ -274,20 +439,24 @@ fn dispatch(bmc: &Bmc, method: &Method, path: &str, headers: &HeaderMap, body: &
             "Session Collection",
             s.sessions.ids().into_iter().map(|id| format!("{SESSIONS}/{id}")),
         )),
-        (Route::Sessions, false) => login(bmc, &mut s.sessions, body),
+        (Route::Sessions | Route::SessionsMembers, false) => login(bmc, &mut s.sessions, body),
         (Route::Session(id), true) => match s.sessions.user_of(id) {
             Some(user) => ok(session(id, &user)),
-            None => RfError::NotFound(path.to_string()).into_response(),
+            None => not_found(),
         },
         (Route::Session(id), false) => {
             if s.sessions.remove(id) {
                 tracing::debug!(bmc = %bmc.name, session = %id, "session deleted");
                 StatusCode::NO_CONTENT.into_response()
             } else {
-                RfError::NotFound(path.to_string()).into_response()
+                not_found()
             }
         }
-        _ => RfError::MethodNotAllowed(method.to_string()).into_response(),
+        _ => {
+            let mut r = RfError::MethodNotAllowed.into_response();
+            add_allow(&mut r, &route);
+            r
+        }
     }
 }
 

@@ -25,13 +25,11 @@ pub(super) fn watts_or_null(v: &Value, name: &str) -> Result<Option<f64>, RfErro
     }
 }
 
+/// The registry's message has no room for the range: it is in the
+/// resource's `AllowableMin`/`AllowableMax`, and in the log.
 pub(super) fn out_of_range(value: &Value, name: &str, e: OutOfRange) -> RfError {
-    RfError::OutOfRange {
-        value: value.to_string(),
-        property: name.to_string(),
-        min: e.min,
-        max: e.max,
-    }
+    tracing::debug!(property = name, %e, "limit refused");
+    RfError::OutOfRange(value.to_string(), name.to_string())
 }
 
 /// `{"PowerControl": [{"PowerLimit": {"LimitInWatts": <f or null>}}]}`
@@ -44,11 +42,12 @@ pub(super) fn patch_power(p: &mut PowerModel, body: &[u8]) -> Result<(), RfError
                 let Value::Array(items) = v else {
                     return Err(RfError::TypeError(v.to_string(), k.clone()));
                 };
-                if items.len() != 1 {
-                    return Err(RfError::General(format!(
-                        "PowerControl has exactly one member; the request has {}",
-                        items.len()
-                    )));
+                // PowerControl has exactly one member.
+                if items.len() > 1 {
+                    return Err(RfError::ArrayTooLong(k.clone(), 1));
+                }
+                if items.is_empty() {
+                    return Err(RfError::ArrayTooShort(k.clone(), 1));
                 }
                 let Value::Object(member) = &items[0] else {
                     return Err(RfError::TypeError(items[0].to_string(), "PowerControl/0".into()));

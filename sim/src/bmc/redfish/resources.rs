@@ -3,9 +3,12 @@
 use serde_json::{Value, json};
 
 use super::auth::SESSION_TIMEOUT;
-use super::{CHASSIS, Ch, MANAGER, MANAGERS, NODE_CHASSIS, ROOT, SESSION_SERVICE, SESSIONS, SYSTEM, SYSTEMS};
+use super::{
+    ACCOUNT_SERVICE, CHASSIS, Ch, MANAGER, MANAGERS, NODE_CHASSIS, ROOT, SESSION_SERVICE, SESSIONS, SYSTEM,
+    SYSTEMS,
+};
 use crate::bmc::Bmc;
-use crate::bmc::power::PowerModel;
+use crate::bmc::power::{CORRECTION_S, PowerModel};
 
 pub(super) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
@@ -33,6 +36,7 @@ pub(super) fn service_root(bmc: &Bmc) -> Value {
         "Chassis": link(CHASSIS),
         "Managers": link(MANAGERS),
         "SessionService": link(SESSION_SERVICE),
+        "AccountService": link(ACCOUNT_SERVICE),
         "Links": { "Sessions": link(SESSIONS) },
     })
 }
@@ -224,7 +228,7 @@ pub(super) fn power(p: &PowerModel) -> Value {
             "PowerLimit": {
                 "LimitInWatts": p.node_limit(),
                 "LimitException": "LogEventOnly",
-                "CorrectionInMs": 1000,
+                "CorrectionInMs": (CORRECTION_S * 1000.0).round() as u64,
             },
             "PowerMetrics": {
                 "IntervalInMin": 1,
