@@ -228,8 +228,8 @@ fn run_daemon(args: &ConfigArgs) -> ExitCode {
         let flasher = Flasher::new(cfg.flash_config(), cache);
         let mut executor = HostExecutor::new(Arc::new(flasher), cfg.reboot_command.clone());
         let mut registry = prometheus_client::registry::Registry::default();
-        // The agent's own CPU and memory, whatever is enabled.
-        hostplane_agent::metrics::ProcessCollector::register(registry.sub_registry_with_prefix("hostplane"));
+        // The agent's own CPU and memory (process_*), whatever is enabled.
+        hostplane_agent::metrics::ProcessCollector::register(&mut registry);
         let network = if cfg.network.enabled {
             match net::start(cfg.net_config(), shutdown.child_token()) {
                 Ok(handle) => {

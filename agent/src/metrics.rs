@@ -1,12 +1,14 @@
-//! The agent's Prometheus endpoint: `GET /metrics` in the text exposition
-//! format, from one registry that each component registers into under its
-//! own prefix (no global metrics). Off unless `metrics.listen` is set.
+//! The agent's Prometheus endpoint: `GET /metrics`, from one registry that
+//! each component registers into under its own prefix (no global metrics),
+//! served as OpenMetrics to a scraper that asks for it and as the Prometheus
+//! text format 0.0.4 otherwise. Off unless `metrics.listen` is set.
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::http::header;
 use axum::routing::get;
+use hostplane_common::exposition;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -24,15 +26,19 @@ pub struct MetricsConfig {
 /// the kernel's ABI, whatever the kernel's own HZ).
 const USER_HZ: f64 = 100.0;
 
-/// The agent process's own CPU time and resident memory, read from
-/// `/proc/self` at every scrape: `<prefix>_agent_cpu_seconds_total` and
-/// `<prefix>_agent_resident_memory_bytes`. Nothing is reported for what
-/// cannot be read (not Linux, `/proc` not mounted).
+/// The agent process's own resources, read from `/proc/self` at every
+/// scrape, under the names every Prometheus client library uses (so the
+/// usual dashboards and alerts work unchanged): `process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, `process_virtual_memory_bytes`,
+/// `process_start_time_seconds`, `process_open_fds`, `process_max_fds` and
+/// `process_threads`. Nothing is reported for what cannot be read (not
+/// Linux, `/proc` not mounted).
 #[derive(Debug, Default)]
 pub struct ProcessCollector;
 
 impl ProcessCollector {
-    /// Register under `registry`'s prefix (`hostplane` in the daemon).
+    /// Register at the top of `registry`: the names carry no `hostplane_`
+    /// prefix (the `job`/`instance` labels say whose process it is).
     pub fn register(registry: &mut Registry) {
         registry.register_collector(Box::new(ProcessCollector));
     }
@@ -43,59 +49,153 @@ impl prometheus_client::collector::Collector for ProcessCollector {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::counter::ConstCounter;
         use prometheus_client::metrics::gauge::ConstGauge;
-        if let Some(ticks) = std::fs::read_to_string("/proc/self/stat")
+        let mut gauge = |name: &str, help: &str, v: f64| -> std::fmt::Result {
+            let g = ConstGauge::new(v);
+            let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+            g.encode(m)
+        };
+        let stat = std::fs::read_to_string("/proc/self/stat").ok();
+        let status = std::fs::read_to_string("/proc/self/status").ok();
+        if let Some(kib) = status.as_deref().and_then(|s| status_kib(s, "VmRSS:")) {
+            gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                kib.saturating_mul(1024) as f64,
+            )?;
+        }
+        if let Some(kib) = status.as_deref().and_then(|s| status_kib(s, "VmSize:")) {
+            gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                kib.saturating_mul(1024) as f64,
+            )?;
+        }
+        if let Some(threads) = status.as_deref().and_then(threads) {
+            gauge(
+                "process_threads",
+                "Number of OS threads in the process",
+                threads as f64,
+            )?;
+        }
+        let boot = std::fs::read_to_string("/proc/stat")
             .ok()
-            .and_then(|s| cpu_ticks(&s))
+            .and_then(|s| boot_time(&s));
+        if let (Some(start), Some(boot)) = (stat.as_deref().and_then(start_ticks), boot) {
+            gauge(
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                boot as f64 + start as f64 / USER_HZ,
+            )?;
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            // The directory handle read_dir holds is one of the entries.
+            let open = fds.count().saturating_sub(1);
+            gauge("process_open_fds", "Number of open file descriptors", open as f64)?;
+        }
+        if let Some(max) = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|s| max_fds(&s))
         {
+            gauge(
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                max as f64,
+            )?;
+        }
+        if let Some(ticks) = stat.as_deref().and_then(cpu_ticks) {
             let c = ConstCounter::new(ticks as f64 / USER_HZ);
             let m = encoder.encode_descriptor(
-                "agent_cpu_seconds",
-                "CPU time (user and system) the agent process used",
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
                 None,
                 c.metric_type(),
             )?;
             c.encode(m)?;
         }
-        if let Some(kib) = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| resident_kib(&s))
-        {
-            let g = ConstGauge::new(kib.saturating_mul(1024) as f64);
-            let m = encoder.encode_descriptor(
-                "agent_resident_memory_bytes",
-                "Resident memory of the agent process",
-                None,
-                g.metric_type(),
-            )?;
-            g.encode(m)?;
-        }
         Ok(())
     }
 }
 
-/// utime + stime (clock ticks) from `/proc/<pid>/stat`; the command name
-/// in parentheses may itself hold spaces and parentheses.
+/// The fields of `/proc/<pid>/stat` after the command name, which is in
+/// parentheses and may itself hold spaces and parentheses; the first is
+/// field 3 (state).
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
+}
+
+/// utime(14) + stime(15), in clock ticks, from `/proc/<pid>/stat`.
 fn cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // After the name: state(3) ppid(4) ... utime(14) stime(15).
-    let mut f = rest.split_whitespace().skip(11);
+    let mut f = stat_fields(stat)?.skip(11);
     let utime: u64 = f.next()?.parse().ok()?;
     let stime: u64 = f.next()?.parse().ok()?;
     Some(utime + stime)
 }
 
-/// Resident memory in KiB: `VmRSS:  12345 kB` in `/proc/<pid>/status`
-/// (no page size to know).
-fn resident_kib(status: &str) -> Option<u64> {
-    let v = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+/// starttime(22): clock ticks after boot when the process started.
+fn start_ticks(stat: &str) -> Option<u64> {
+    stat_fields(stat)?.nth(19)?.parse().ok()
+}
+
+/// `btime` of `/proc/stat`: the boot time, in seconds since the epoch.
+fn boot_time(proc_stat: &str) -> Option<u64> {
+    proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A `Key:  12345 kB` line of `/proc/<pid>/status`, in KiB (no page size
+/// to know).
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    let v = status.lines().find_map(|l| l.strip_prefix(key))?;
     v.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
-/// Render the registry in the Prometheus text format.
+/// `Threads:` of `/proc/<pid>/status`.
+fn threads(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The soft limit of `Max open files` in `/proc/<pid>/limits` (none when
+/// unlimited).
+fn max_fds(limits: &str) -> Option<u64> {
+    let rest = limits.lines().find_map(|l| l.strip_prefix("Max open files"))?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Render the registry in the OpenMetrics text format (what
+/// `prometheus-client` writes; [`hostplane_common::exposition`] converts it
+/// for scrapers that asked for the Prometheus text format).
 pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String cannot fail");
     out
+}
+
+/// The `/metrics` response for a scraper's `Accept` header: OpenMetrics
+/// when it asked for it, else the Prometheus text format 0.0.4, each with
+/// its own content type.
+pub fn respond(registry: &Registry, accept: Option<&str>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let format = exposition::negotiate(accept);
+    match exposition::encode(format, render(registry)) {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the metrics");
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the metrics: {e}\n"),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Bind `listen` now (so a bad address fails at start) and serve until `shutdown`.
@@ -108,13 +208,11 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let app = Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: axum::http::HeaderMap| {
             let registry = registry.clone();
             async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                    render(&registry),
-                )
+                let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                respond(&registry, accept)
             }
         }),
     );
@@ -137,7 +235,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_endpoint_serves_the_registry() {
+    async fn the_endpoint_serves_the_format_the_scraper_asked_for() {
         let mut registry = Registry::default();
         let c: Counter = Counter::default();
         registry
@@ -148,36 +246,67 @@ mod tests {
         let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), Arc::new(registry), stop.clone())
             .await
             .unwrap();
-        let body = reqwest::get(format!("http://{addr}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(body.contains("hostplane_test_things_total 1"), "{body}");
+        let get = |accept: Option<&'static str>| async move {
+            let mut req = reqwest::Client::new().get(format!("http://{addr}/metrics"));
+            if let Some(a) = accept {
+                req = req.header(header::ACCEPT, a);
+            }
+            let r = req.send().await.unwrap();
+            let ct = r.headers()[header::CONTENT_TYPE].to_str().unwrap().to_string();
+            (ct, r.text().await.unwrap())
+        };
+        let (ct, body) = get(None).await;
+        assert_eq!(ct, exposition::TEXT_CONTENT_TYPE);
+        assert!(
+            body.contains("# TYPE hostplane_test_things_total counter\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("hostplane_test_things_total 1\n") && !body.contains("# EOF"),
+            "{body}"
+        );
+        let (ct, body) = get(Some("application/openmetrics-text;version=1.0.0,*/*;q=0.1")).await;
+        assert_eq!(ct, exposition::OPENMETRICS_CONTENT_TYPE);
+        assert!(body.contains("# TYPE hostplane_test_things counter\n"), "{body}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
         stop.cancel();
         task.await.unwrap();
     }
 
     #[test]
-    fn proc_stat_and_statm_are_parsed() {
+    fn proc_files_are_parsed() {
         let stat =
             "4242 (hostplane (x) a) S 1 4242 4242 0 -1 4194560 1203 0 0 0 150 25 0 0 20 0 9 0 12345 1000 200";
         assert_eq!(cpu_ticks(stat), Some(175), "utime 150 + stime 25");
+        assert_eq!(start_ticks(stat), Some(12345));
         assert_eq!(cpu_ticks("4242 (short) S 1"), None);
-        let status = "Name:\thostplane-agent\nVmPeak:\t  900000 kB\nVmRSS:\t   12345 kB\nThreads:\t9\n";
-        assert_eq!(resident_kib(status), Some(12345));
+        assert_eq!(start_ticks("4242 (short) S 1"), None);
+        let status = "Name:\thostplane-agent\nVmPeak:\t  900000 kB\nVmSize:\t  800000 kB\nVmRSS:\t   12345 kB\nThreads:\t9\n";
+        assert_eq!(status_kib(status, "VmRSS:"), Some(12345));
+        assert_eq!(status_kib(status, "VmSize:"), Some(800000));
+        assert_eq!(threads(status), Some(9));
         assert_eq!(
-            resident_kib("Name:\tkthreadd\n"),
+            status_kib("Name:\tkthreadd\n", "VmRSS:"),
             None,
             "kernel threads have no VmRSS"
+        );
+        assert_eq!(
+            boot_time("cpu  1 2 3\nbtime 1764921600\nprocesses 9\n"),
+            Some(1764921600)
+        );
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(max_fds(limits), Some(1024));
+        assert_eq!(
+            max_fds("Max open files            unlimited            unlimited            files\n"),
+            None
         );
     }
 
     #[test]
-    fn the_process_metrics_are_served() {
+    fn the_process_metrics_have_the_conventional_names() {
         let mut registry = Registry::default();
-        ProcessCollector::register(registry.sub_registry_with_prefix("hostplane"));
+        ProcessCollector::register(&mut registry);
         // Spend some CPU so the counter is not 0 on a coarse clock.
         let mut x = 0u64;
         for i in 0..20_000_000u64 {
@@ -189,12 +318,25 @@ mod tests {
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
                 .unwrap_or_else(|| panic!("no {name} in {text}"))
         };
-        assert!(value("hostplane_agent_cpu_seconds_total") > 0.0, "{text}");
-        assert!(
-            text.contains("# TYPE hostplane_agent_cpu_seconds counter"),
-            "{text}"
-        );
-        let rss = value("hostplane_agent_resident_memory_bytes");
+        assert!(value("process_cpu_seconds_total") > 0.0, "{text}");
+        assert!(text.contains("# TYPE process_cpu_seconds counter"), "{text}");
+        let rss = value("process_resident_memory_bytes");
         assert!(rss > 1e6 && rss < 1e11, "{rss}");
+        assert!(value("process_virtual_memory_bytes") >= rss, "{text}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let start = value("process_start_time_seconds");
+        assert!(
+            start <= now + 1.0 && start > now - 86_400.0 * 365.0,
+            "{start} vs {now}"
+        );
+        assert!(
+            value("process_open_fds") >= 3.0,
+            "stdin, stdout, stderr at least: {text}"
+        );
+        assert!(value("process_threads") >= 1.0, "{text}");
+        assert!(!text.contains("hostplane"), "no custom names: {text}");
     }
 }

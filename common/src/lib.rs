@@ -5,6 +5,7 @@
 //! keeps its own.)
 
 pub mod env;
+pub mod exposition;
 pub mod logging;
 pub mod notify;
 pub mod signals;

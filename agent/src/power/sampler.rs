@@ -101,7 +101,8 @@ impl Default for PowerMetrics {
 
 impl PowerMetrics {
     /// Register with the `hostplane` prefix: `hostplane_energy_joules_total`,
-    /// ..., and the agent process's own `hostplane_agent_*` metrics.
+    /// ... (the agent process's own `process_*` metrics are registered by
+    /// `main`, whatever is enabled).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "bmc_requests",

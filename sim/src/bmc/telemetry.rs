@@ -1,9 +1,12 @@
 //! The simulator's own Prometheus metrics (`GET /metrics`, no auth): what it
 //! models, so tests and dashboards can compare what a client reads and
-//! enforces with the truth.
+//! enforces with the truth. Served as OpenMetrics to a scraper that asks for
+//! it (`Accept`), as the Prometheus text format 0.0.4 otherwise.
 
 use std::sync::atomic::AtomicU64;
 
+use axum::http::{HeaderValue, StatusCode};
+use hostplane_common::exposition;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -89,8 +92,13 @@ impl Telemetry {
             .inc();
     }
 
-    /// The text exposition of the model as it is now.
-    pub(crate) fn render(&self, power: &PowerModel) -> String {
+    /// The exposition of the model as it is now, in the format `accept`
+    /// asks for: status, content type and body.
+    pub(crate) fn render(
+        &self,
+        power: &PowerModel,
+        accept: Option<&HeaderValue>,
+    ) -> (StatusCode, &'static str, String) {
         let node = BmcLabels {
             bmc: self.bmc.clone(),
         };
@@ -113,6 +121,14 @@ impl Telemetry {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
-        out
+        let format = exposition::negotiate(accept.and_then(|v| v.to_str().ok()));
+        match exposition::encode(format, out) {
+            Ok(body) => (StatusCode::OK, format.content_type(), body),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain; charset=utf-8",
+                format!("cannot encode the metrics: {e}\n"),
+            ),
+        }
     }
 }

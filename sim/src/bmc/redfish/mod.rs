@@ -303,9 +303,9 @@ fn dispatch(bmc: &Bmc, method: &Method, path: &str, headers: &HeaderMap, body: &
     match route {
         Some(Route::Metrics) if *method == Method::GET || *method == Method::HEAD => {
             let s = bmc.lock();
-            let text = bmc.telemetry.render(&s.power);
+            let (status, content_type, text) = bmc.telemetry.render(&s.power, headers.get(header::ACCEPT));
             drop(s);
-            return text_response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text);
+            return text_response(status, content_type, text);
         }
         Some(Route::Metrics) => {
             return method_not_allowed_text("GET, HEAD");
