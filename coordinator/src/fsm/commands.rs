@@ -113,3 +113,112 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, cache: &Cache, id: String) -> Res
     }
     Ok(Some(cmd))
 }
+
+#[cfg(test)]
+mod tests {
+    use hostplane_proto::v1::{
+        Bfb, BfbSpec, Device, DeviceSpec, DpuSpec, FlavorSpec, HostNetwork, ObjectMeta, SriovPf, VfConfig,
+    };
+
+    use super::*;
+
+    fn meta(name: &str) -> Option<ObjectMeta> {
+        Some(ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        })
+    }
+
+    /// A cache with one Dpu on flavor `f1` as given (stored before the API bounded it).
+    fn cache_with(spec: FlavorSpec) -> (Cache, Dpu) {
+        let mut c = Cache::default();
+        c.bfbs.insert(
+            "b1".into(),
+            Bfb {
+                metadata: meta("b1"),
+                spec: Some(BfbSpec::default()),
+            },
+        );
+        c.flavors.insert(
+            "f1".into(),
+            Flavor {
+                metadata: meta("f1"),
+                spec: Some(spec),
+            },
+        );
+        c.devices.insert(
+            "d1".into(),
+            Device {
+                metadata: meta("d1"),
+                spec: Some(DeviceSpec {
+                    node: "n1".into(),
+                    rshim: "rshim0".into(),
+                    ..Default::default()
+                }),
+                status: None,
+            },
+        );
+        let dpu = Dpu {
+            metadata: meta("d1"),
+            spec: Some(DpuSpec {
+                device: "d1".into(),
+                node: "n1".into(),
+                deployment: "dep1".into(),
+                bfb: "b1".into(),
+                flavor: "f1".into(),
+            }),
+            status: None,
+        };
+        (c, dpu)
+    }
+
+    #[test]
+    fn a_bf_cfg_over_the_agents_limit_fails_the_dpu_instead_of_reaching_the_agent() {
+        let at_limit = "x".repeat(limits::MAX_BF_CFG_BYTES - "BIG=''\n".len());
+        let (c, dpu) = cache_with(FlavorSpec {
+            bf_cfg: [("BIG".to_string(), at_limit.clone())].into(),
+            ..Default::default()
+        });
+        assert!(command_for(DpuPhase::OsInstalling, &dpu, &c, "id".into()).is_ok_and(|c| c.is_some()));
+
+        let (c, dpu) = cache_with(FlavorSpec {
+            bf_cfg: [("BIG".to_string(), at_limit + "x")].into(),
+            ..Default::default()
+        });
+        let e = command_for(DpuPhase::OsInstalling, &dpu, &c, "id".into()).unwrap_err();
+        assert!(
+            e.starts_with("the bf_cfg of flavor f1 renders to 131073 bytes, more than the 131072")
+                && e.contains("point deployment dep1 at it"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_command_over_its_bound_fails_the_dpu() {
+        // A host network far over the API's bound, as only an old store can hold.
+        let vfs = (0..40_000)
+            .map(|i| VfConfig {
+                index: i,
+                mac: "02:00:00:00:00:01".into(),
+                ..Default::default()
+            })
+            .collect();
+        let (c, dpu) = cache_with(FlavorSpec {
+            host_network: Some(HostNetwork {
+                sriov: vec![SriovPf {
+                    pf: "ens1f0".into(),
+                    num_vfs: 40_000,
+                    vfs,
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let e = command_for(DpuPhase::InitializeInterface, &dpu, &c, "id".into()).unwrap_err();
+        assert!(
+            e.contains("more than the 524288 a command in the agent's desired state may be")
+                && e.contains("deployment dep1"),
+            "{e}"
+        );
+    }
+}
