@@ -21,7 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_path = out.join("hostplane_descriptor.bin");
     std::fs::write(&descriptor_path, fds.encode_to_vec())?;
 
+    // google.protobuf.FieldMask comes from pbjson-types, which has its
+    // proto3 JSON mapping (prost-types has no serde).
     tonic_prost_build::configure()
+        .extern_path(".google.protobuf.FieldMask", "::pbjson_types::FieldMask")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

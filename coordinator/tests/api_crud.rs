@@ -90,7 +90,7 @@ async fn create_get_list_update_delete() {
     let racked = ListRequest {
         kind: Kind::Node as i32,
         label_selector: [("rack".to_string(), "r7".to_string())].into(),
-        node: String::new(),
+        ..Default::default()
     };
     assert_eq!(names(&c.list(racked).await.unwrap().into_inner().items), ["n2"]);
     create(&mut c, device("d9", "n2", "rshim0")).await;
@@ -117,6 +117,7 @@ async fn create_get_list_update_delete() {
     let relabelled = c
         .update(UpdateRequest {
             resource: Some(dep.clone()),
+            update_mask: None,
         })
         .await
         .unwrap()
@@ -131,6 +132,7 @@ async fn create_get_list_update_delete() {
     let respecced = c
         .update(UpdateRequest {
             resource: Some(respec),
+            update_mask: None,
         })
         .await
         .unwrap()
@@ -140,6 +142,7 @@ async fn create_get_list_update_delete() {
     let same = c
         .update(UpdateRequest {
             resource: Some(respecced.clone()),
+            update_mask: None,
         })
         .await
         .unwrap()
@@ -290,7 +293,13 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
         ),
     ];
     for (r, code, want) in updates {
-        let e = c.update(UpdateRequest { resource: Some(r) }).await.unwrap_err();
+        let e = c
+            .update(UpdateRequest {
+                resource: Some(r),
+                update_mask: None,
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), code, "{}", e.message());
         assert!(
             e.message().contains(want),
@@ -368,6 +377,7 @@ async fn stale_resource_version_is_aborted() {
     let second = c
         .update(UpdateRequest {
             resource: Some(edit.clone()),
+            update_mask: None,
         })
         .await
         .unwrap()
@@ -376,7 +386,10 @@ async fn stale_resource_version_is_aborted() {
     // A writer that read `first` is refused: it would overwrite the change.
     edit.metadata_mut().unwrap().labels.insert("a".into(), "2".into());
     let e = c
-        .update(UpdateRequest { resource: Some(edit) })
+        .update(UpdateRequest {
+            resource: Some(edit),
+            update_mask: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Aborted);
@@ -408,6 +421,7 @@ async fn bfb_and_flavor_specs_are_immutable_but_relabelling_is_fine() {
     let same = c
         .update(UpdateRequest {
             resource: Some(bfb("b1").into()),
+            update_mask: None,
         })
         .await
         .unwrap()
@@ -419,6 +433,7 @@ async fn bfb_and_flavor_specs_are_immutable_but_relabelling_is_fine() {
     let e = c
         .update(UpdateRequest {
             resource: Some(changed.into()),
+            update_mask: None,
         })
         .await
         .unwrap_err();
@@ -437,6 +452,7 @@ async fn bfb_and_flavor_specs_are_immutable_but_relabelling_is_fine() {
     let e = c
         .update(UpdateRequest {
             resource: Some(changed.into()),
+            update_mask: None,
         })
         .await
         .unwrap_err();
@@ -459,6 +475,7 @@ async fn bfb_and_flavor_specs_are_immutable_but_relabelling_is_fine() {
     let r = c
         .update(UpdateRequest {
             resource: Some(labelled.into()),
+            update_mask: None,
         })
         .await
         .unwrap()

@@ -53,10 +53,13 @@ async fn relabel(c: &mut Client, kind: Kind, name: &str, value: &str) -> Resourc
         .unwrap()
         .into_inner();
     r.metadata_mut().unwrap().labels.insert("v".into(), value.into());
-    c.update(UpdateRequest { resource: Some(r) })
-        .await
-        .unwrap()
-        .into_inner()
+    c.update(UpdateRequest {
+        resource: Some(r),
+        update_mask: None,
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }
 
 #[tokio::test]

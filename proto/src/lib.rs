@@ -14,6 +14,10 @@ pub mod v1 {
         include_bytes!(concat!(env!("OUT_DIR"), "/hostplane_descriptor.bin"));
 }
 
+/// `google.protobuf` types used by the contract (`FieldMask`), so callers
+/// need no dependency of their own.
+pub use pbjson_types;
+
 mod helpers;
 pub mod limits;
 pub mod power;

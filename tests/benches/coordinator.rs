@@ -410,21 +410,28 @@ async fn wait_ready(events: &mut tonic::Streaming<v1::WatchEvent>, dpus: usize) 
     }
 }
 
-/// Dpus by phase name (one List).
+/// Dpus by phase name (one listing, page by page).
 async fn phase_counts(admin: &mut Admin) -> Result<BTreeMap<&'static str, usize>> {
-    let list = admin
-        .list(v1::ListRequest {
-            kind: Kind::Dpu as i32,
-            ..Default::default()
-        })
-        .await
-        .context("listing dpus")?
-        .into_inner();
     let mut out = BTreeMap::new();
-    for r in list.items {
-        if let Some(v1::resource::Kind::Dpu(d)) = r.kind {
-            *out.entry(phase_of(&d).display_name()).or_default() += 1;
+    let mut page_token = String::new();
+    loop {
+        let list = admin
+            .list(v1::ListRequest {
+                kind: Kind::Dpu as i32,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .context("listing dpus")?
+            .into_inner();
+        for r in list.items {
+            if let Some(v1::resource::Kind::Dpu(d)) = r.kind {
+                *out.entry(phase_of(&d).display_name()).or_default() += 1;
+            }
         }
+        if list.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = list.next_page_token;
     }
-    Ok(out)
 }

@@ -117,7 +117,10 @@ async fn bfb_upgrade_rolls_with_max_unavailable_one() {
         d.spec.as_mut().unwrap().max_unavailable = 1;
     }
     w.admin
-        .update(v1::UpdateRequest { resource: Some(dep) })
+        .update(v1::UpdateRequest {
+            resource: Some(dep),
+            update_mask: None,
+        })
         .await
         .unwrap();
     w.admin

@@ -1,12 +1,14 @@
-//! Create, Get, List and Update. Checks that need only the request run
-//! before the transaction; checks against stored objects run inside the one
-//! transaction that writes, so a refused call changes nothing.
+//! Create, Get and Update (List is in list.rs, update masks in mask.rs).
+//! Checks that need only the request run before the transaction; checks
+//! against stored objects run inside the one transaction that writes, so a
+//! refused call changes nothing.
 use hostplane_proto::v1::{
-    Bfb, CreateRequest, Deployment, DeploymentStatus, Device, DeviceStatus, Flavor, GetRequest, Kind,
-    ListRequest, ListResponse, Node, NodeStatus, Resource, UpdateRequest, resource,
+    Bfb, CreateRequest, Deployment, DeploymentStatus, Device, DeviceStatus, Flavor, GetRequest, Node,
+    NodeStatus, Resource, UpdateRequest, resource,
 };
 
 use super::error::ApiError;
+use super::mask::{self, Mask};
 use super::typed::{self, Typed};
 use super::{AdminApi, audit, validate, validate_power};
 use crate::store::Txn;
@@ -31,44 +33,11 @@ impl AdminApi {
             .await
     }
 
-    pub(super) async fn list_resources(&self, req: ListRequest) -> Result<ListResponse, ApiError> {
-        let kind = validate::kind("kind", req.kind)?;
-        validate::labels("label_selector", &req.label_selector)?;
-        if !req.node.is_empty() {
-            if !matches!(kind, Kind::Device | Kind::Dpu) {
-                return Err(ApiError::invalid(
-                    "node",
-                    "only devices and dpus can be filtered by node",
-                ));
-            }
-            validate::name("node", &req.node)?;
-        }
-        self.store
-            .read(move |t| {
-                let items = t
-                    .list(kind)?
-                    .into_iter()
-                    .filter(|r| {
-                        let labels = r.metadata().map(|m| &m.labels);
-                        req.label_selector
-                            .iter()
-                            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-                    })
-                    .filter(|r| req.node.is_empty() || typed::node_of(r) == req.node)
-                    .collect();
-                Ok(ListResponse {
-                    items,
-                    resource_version: t.revision()?,
-                })
-            })
-            .await
-    }
-
     pub(super) async fn update_resource(&self, req: UpdateRequest) -> Result<Resource, ApiError> {
         let r = req.resource.unwrap_or_default();
         let (kind, name) = (r.kind().noun(), r.name().to_string());
-        let res = match prepare_update(r) {
-            Ok(r) => self.store.write(move |t| update(t, r)).await,
+        let res = match prepare_update(r, req.update_mask.as_ref()) {
+            Ok((r, m)) => self.store.write(move |t| update(t, r, m)).await,
             Err(e) => Err(e),
         };
         let outcome = match &res {
@@ -213,13 +182,23 @@ fn check_device(t: &Txn<'_>, d: &Device, p: &str) -> Result<(), ApiError> {
 }
 
 /// Validate an update request (Dpus are refused: the system owns them).
-fn prepare_update(r: Resource) -> Result<Resource, ApiError> {
+/// Without a mask the request is the whole new object and is validated
+/// here; with one, only its name and the mask are, and the object the mask
+/// makes is validated in the transaction.
+fn prepare_update(
+    r: Resource,
+    mask: Option<&hostplane_proto::pbjson_types::FieldMask>,
+) -> Result<(Resource, Mask), ApiError> {
     if let Some(resource::Kind::Dpu(d)) = &r.kind {
         let name = d.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
         return Err(ApiError::SystemOwned { name });
     }
-    validate::resource("", &r)?;
-    Ok(r)
+    let m = mask::parse(mask, &r)?;
+    match m {
+        Mask::Replace => validate::resource("", &r)?,
+        Mask::Fields(_) => validate::name(&format!("{}.metadata.name", r.kind().noun()), r.name())?,
+    }
+    Ok((r, m))
 }
 
 /// The resource_version precondition of Update and Delete (0 = none).
@@ -236,10 +215,19 @@ pub(super) fn check_version(stored: &Resource, sent: u64) -> Result<(), ApiError
     Ok(())
 }
 
-/// Replace spec and labels; returns the stored object and whether it changed.
-fn update(t: &mut Txn<'_>, incoming: Resource) -> Result<(Resource, bool), ApiError> {
+/// Replace spec and labels, or only the fields of the mask; returns the
+/// stored object and whether it changed.
+fn update(t: &mut Txn<'_>, incoming: Resource, m: Mask) -> Result<(Resource, bool), ApiError> {
     let stored = typed::fetch_any(t, incoming.kind(), incoming.name())?;
     check_version(&stored, incoming.resource_version())?;
+    let incoming = match m {
+        Mask::Replace => incoming,
+        Mask::Fields(paths) => {
+            let masked = mask::apply(&stored, &incoming, &paths)?;
+            validate::resource("", &masked)?;
+            masked
+        }
+    };
     let (merged, spec_changed) = merge(&stored, incoming)?;
     if merged == stored {
         return Ok((stored, false));

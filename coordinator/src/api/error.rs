@@ -98,6 +98,8 @@ impl ApiError {
 fn store_code(e: &StoreError) -> Code {
     match e {
         StoreError::TooOld { .. } => Code::OutOfRange,
+        // A paged List whose snapshot the history no longer holds: list again.
+        StoreError::SnapshotGone { .. } => Code::Aborted,
         StoreError::Open { .. } | StoreError::SchemaTooNew { .. } | StoreError::Sql(_) => Code::Unavailable,
         StoreError::Corrupt { .. } => Code::DataLoss,
         StoreError::Encode { .. } | StoreError::Join(_) => Code::Internal,
@@ -246,6 +248,11 @@ mod tests {
                 }),
                 Code::OutOfRange,
                 "watch from version 1 is too old",
+            ),
+            (
+                ApiError::Store(StoreError::SnapshotGone { at: 7, floor: 9 }),
+                Code::Aborted,
+                "list again from the first page",
             ),
             (
                 ApiError::Store(StoreError::Sql(rusqlite::Error::InvalidQuery)),

@@ -11,6 +11,8 @@ mod crud;
 mod delete;
 pub mod error;
 mod flows;
+mod list;
+mod mask;
 mod typed;
 pub mod validate;
 mod watch;
@@ -26,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 pub use error::ApiError;
+pub use list::{DEFAULT_PAGE_SIZE, MAX_PAGE_BYTES, MAX_PAGE_SIZE, PageSizes};
+pub use mask::{MAX_PATHS as MAX_MASK_PATHS, MAX_PATH_LEN as MAX_MASK_PATH_LEN};
 pub use watch::WatchStream;
 /// Store-side checks of Topology and PowerPolicy (create and update use them).
 use validate::power as validate_power;
@@ -40,6 +44,8 @@ pub struct AdminApi {
     power: PowerHub,
     /// Ends open Watch streams when the coordinator shuts down.
     shutdown: CancellationToken,
+    /// List page sizes.
+    pages: PageSizes,
 }
 
 impl AdminApi {
@@ -48,7 +54,14 @@ impl AdminApi {
             store,
             power: PowerHub::new(),
             shutdown,
+            pages: PageSizes::default(),
         }
+    }
+
+    /// List pages of these sizes instead of the defaults (tests use small pages).
+    pub fn with_page_sizes(mut self, pages: PageSizes) -> AdminApi {
+        self.pages = pages;
+        self
     }
 
     /// Answer GetPowerSummary from `hub` (shared with the agent stream and the policy engine).

@@ -12,6 +12,7 @@
 //! shows readable rows.
 
 mod schema;
+mod snapshot;
 mod txn;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use hostplane_proto::v1::{Kind, WatchEvent};
 use rusqlite::Connection;
 use tokio::sync::broadcast;
 
+pub use snapshot::{Page, PageLimit};
 pub use txn::{CommandRow, Txn};
 
 /// Events kept for Watch resumption.
@@ -58,6 +60,10 @@ pub enum StoreError {
         "watch from version {requested} is too old: history starts after version {oldest}; list again and watch from the list's version"
     )]
     TooOld { requested: u64, oldest: u64 },
+    #[error(
+        "the listing's snapshot (store revision {at}) is no longer kept (history is kept after revision {floor}); list again from the first page"
+    )]
+    SnapshotGone { at: u64, floor: u64 },
 }
 
 /// A change of a node's desired state (its open command set).
@@ -97,16 +103,22 @@ impl Store {
             path: path.into(),
             source,
         })?;
-        Self::from_connection(conn, path.to_path_buf())
+        Self::from_connection(conn, path.to_path_buf(), DEFAULT_EVENT_RETENTION)
     }
 
     /// A store in memory (tests and benchmarks).
     pub fn in_memory() -> Result<Store, StoreError> {
-        let conn = Connection::open_in_memory()?;
-        Self::from_connection(conn, PathBuf::from(":memory:"))
+        Self::in_memory_with_retention(DEFAULT_EVENT_RETENTION)
     }
 
-    fn from_connection(mut conn: Connection, path: PathBuf) -> Result<Store, StoreError> {
+    /// A store in memory that keeps the last `retention` revisions of
+    /// history (tests of what happens when history runs out).
+    pub fn in_memory_with_retention(retention: u64) -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        Self::from_connection(conn, PathBuf::from(":memory:"), retention)
+    }
+
+    fn from_connection(mut conn: Connection, path: PathBuf, retention: u64) -> Result<Store, StoreError> {
         conn.pragma_update(None, "journal_mode", "WAL").ok();
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -120,7 +132,7 @@ impl Store {
                 turn: Arc::new(tokio::sync::Semaphore::new(1)),
                 events,
                 desired,
-                retention: DEFAULT_EVENT_RETENTION,
+                retention,
                 path,
             }),
         })

@@ -40,6 +40,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX commands_dpu ON commands (dpu);
     CREATE TABLE desired (node TEXT PRIMARY KEY, version INTEGER NOT NULL);
     "#,
+    // 2: snapshot reads for paged List (see snapshot.rs). `prev_body` keeps
+    // an object's state from before an event once the event that wrote that
+    // state is pruned; `history_floor` is the revision after which every
+    // event is kept. Stores that pruned before this version start their
+    // floor below their oldest kept event.
+    r#"
+    ALTER TABLE events ADD COLUMN prev_body TEXT;
+    CREATE INDEX events_object ON events (kind, name, revision);
+    INSERT INTO meta (key, value) VALUES ('history_floor',
+        COALESCE((SELECT MIN(revision) - 1 FROM events), (SELECT value FROM meta WHERE key = 'revision')));
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -15,7 +15,7 @@ pub struct CommandRow {
 }
 
 pub struct Txn<'a> {
-    tx: Transaction<'a>,
+    pub(super) tx: Transaction<'a>,
     events: Vec<WatchEvent>,
     desired: Vec<DesiredChanged>,
 }
@@ -37,10 +37,7 @@ impl<'a> Txn<'a> {
         if !self.events.is_empty() {
             let rev = self.revision()?;
             if rev > retention {
-                self.tx.execute(
-                    "DELETE FROM events WHERE revision <= ?1",
-                    params![(rev - retention) as i64],
-                )?;
+                self.prune_history(rev - retention)?;
             }
         }
         self.tx.commit()?;
@@ -61,7 +58,7 @@ impl<'a> Txn<'a> {
         self.revision()
     }
 
-    fn decode(kind: Kind, name: &str, body: &str) -> Result<Resource, StoreError> {
+    pub(super) fn decode(kind: Kind, name: &str, body: &str) -> Result<Resource, StoreError> {
         serde_json::from_str(body).map_err(|source| StoreError::Corrupt {
             kind: kind.noun(),
             name: name.into(),
@@ -116,6 +113,11 @@ impl<'a> Txn<'a> {
             name: name.clone(),
             source,
         })?;
+        let prev = if ty == EventType::Added {
+            None
+        } else {
+            self.prev_body_to_keep(kind, &name)?
+        };
         if ty == EventType::Added {
             self.tx.execute(
                 "INSERT INTO resources (kind, name, resource_version, body) VALUES (?1, ?2, ?3, ?4)",
@@ -127,22 +129,24 @@ impl<'a> Txn<'a> {
                 params![kind_key(kind), name, rev as i64, body],
             )?;
         }
-        self.record_event(rev, kind, &name, ty, &body, &r)?;
+        self.record_event(rev, kind, &name, ty, (&body, prev), &r)?;
         Ok(r)
     }
 
+    /// `(body, prev_body)`: `prev_body` is the object's state before this
+    /// event when no kept event holds it (see snapshot.rs).
     fn record_event(
         &mut self,
         rev: u64,
         kind: Kind,
         name: &str,
         ty: EventType,
-        body: &str,
+        (body, prev_body): (&str, Option<String>),
         r: &Resource,
     ) -> Result<(), StoreError> {
         self.tx.execute(
-            "INSERT INTO events (revision, kind, name, type, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![rev as i64, kind_key(kind), name, ty as i32, body],
+            "INSERT INTO events (revision, kind, name, type, body, prev_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![rev as i64, kind_key(kind), name, ty as i32, body, prev_body],
         )?;
         self.events.push(WatchEvent {
             r#type: ty as i32,
@@ -170,6 +174,7 @@ impl<'a> Txn<'a> {
             return Ok(None);
         };
         let rev = self.next_revision()?;
+        let prev = self.prev_body_to_keep(kind, name)?;
         self.tx.execute(
             "DELETE FROM resources WHERE kind = ?1 AND name = ?2",
             params![kind_key(kind), name],
@@ -182,7 +187,7 @@ impl<'a> Txn<'a> {
             name: name.into(),
             source,
         })?;
-        self.record_event(rev, kind, name, EventType::Deleted, &body, &r)?;
+        self.record_event(rev, kind, name, EventType::Deleted, (&body, prev), &r)?;
         Ok(Some(r))
     }
 
@@ -423,10 +428,6 @@ impl<'a> Txn<'a> {
 impl Txn<'_> {
     pub fn commit_retention_for_test(&mut self, keep: u64) -> Result<(), StoreError> {
         let rev = self.revision()?;
-        self.tx.execute(
-            "DELETE FROM events WHERE revision <= ?1",
-            params![rev.saturating_sub(keep) as i64],
-        )?;
-        Ok(())
+        self.prune_history(rev.saturating_sub(keep))
     }
 }

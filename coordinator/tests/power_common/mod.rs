@@ -38,6 +38,7 @@ impl Env {
     pub async fn update(&self, r: impl Into<Resource>) -> Result<Resource, Status> {
         let req = UpdateRequest {
             resource: Some(r.into()),
+            update_mask: None,
         };
         self.api.update(Request::new(req)).await.map(|r| r.into_inner())
     }

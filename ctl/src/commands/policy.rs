@@ -127,6 +127,7 @@ pub async fn set_bundle(
         match client
             .update(UpdateRequest {
                 resource: Some(p.into()),
+                update_mask: None,
             })
             .await
         {

@@ -2,8 +2,8 @@
 use std::collections::HashMap;
 
 use hostplane_proto::v1::{
-    self, CreateRequest, DeleteRequest, GetRequest, Kind, ListRequest, ObjectMeta, Resource, UpdateRequest,
-    resource,
+    self, CreateRequest, DeleteRequest, GetRequest, Kind, ListRequest, ListResponse, ObjectMeta, Resource,
+    UpdateRequest, resource,
 };
 
 use super::watch::{self, Filter};
@@ -113,7 +113,7 @@ pub async fn list(
     filter: &Filter,
     out: &mut Out,
 ) -> Result<u8, Error> {
-    let resp = client.list(filter.list_request(kind)).await?.into_inner();
+    let resp = list_all(client, filter.list_request(kind)).await?;
     let items: Vec<Resource> = resp.items.into_iter().filter(|r| filter.matches(r)).collect();
     if items.is_empty() && ctx.format == Format::Table {
         // An empty table would be only a header; say it in words instead.
@@ -122,6 +122,54 @@ pub async fn list(
     }
     emit(out, &output::list(&items, ctx.format, (ctx.now)())?).await?;
     Ok(0)
+}
+
+/// Times a listing starts again when the server no longer holds its snapshot.
+const LIST_RESTARTS: u32 = 3;
+
+/// Every object `req` selects, page by page (the server's default page
+/// size), as one response: the items of all pages and the listing's store
+/// revision. A listing whose snapshot the server no longer holds (ABORTED
+/// on a later page) starts again from the first page, up to
+/// [`LIST_RESTARTS`] times.
+pub async fn list_all(client: &mut Client, req: ListRequest) -> Result<ListResponse, Error> {
+    let mut restarts = 0;
+    'listing: loop {
+        let mut items = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = ListRequest {
+                page_token: token.clone(),
+                ..req.clone()
+            };
+            let page = match client.list(page).await {
+                Ok(page) => page.into_inner(),
+                Err(status)
+                    if status.code() == tonic::Code::Aborted
+                        && !token.is_empty()
+                        && restarts < LIST_RESTARTS =>
+                {
+                    restarts += 1;
+                    continue 'listing;
+                }
+                Err(status) => return Err(status.into()),
+            };
+            items.extend(page.items);
+            if page.next_page_token.is_empty() {
+                return Ok(ListResponse {
+                    items,
+                    resource_version: page.resource_version,
+                    next_page_token: String::new(),
+                });
+            }
+            if page.next_page_token == token {
+                return Err(Error::Rpc {
+                    status: tonic::Status::internal("the server sent the same page token twice"),
+                });
+            }
+            token = page.next_page_token;
+        }
+    }
 }
 
 /// Kinds first that others refer to (nodes before their devices, ...), file order otherwise.
@@ -171,7 +219,10 @@ pub async fn apply(client: &mut Client, ctx: &Ctx, items: Vec<Resource>, out: &m
             m.resource_version = stored.resource_version();
         }
         let updated = client
-            .update(UpdateRequest { resource: Some(r) })
+            .update(UpdateRequest {
+                resource: Some(r),
+                update_mask: None,
+            })
             .await?
             .into_inner();
         emit(out, &output::action(&updated, "configured", ctx.format)?).await?;
@@ -188,7 +239,10 @@ pub async fn update(
 ) -> Result<u8, Error> {
     for r in items {
         let updated = client
-            .update(UpdateRequest { resource: Some(r) })
+            .update(UpdateRequest {
+                resource: Some(r),
+                update_mask: None,
+            })
             .await?
             .into_inner();
         emit(out, &output::action(&updated, "updated", ctx.format)?).await?;
@@ -282,6 +336,7 @@ impl Filter {
             kind: kind as i32,
             label_selector: label_map(&self.selector),
             node: self.node.clone().unwrap_or_default(),
+            ..ListRequest::default()
         }
     }
 }

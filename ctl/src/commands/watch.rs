@@ -71,7 +71,7 @@ pub async fn run(
     let from = match from_version {
         Some(v) => v,
         None => {
-            let listed = client.list(filter.list_request(kind)).await?.into_inner();
+            let listed = super::resource::list_all(client, filter.list_request(kind)).await?;
             for r in listed.items.into_iter().filter(|r| filter.matches(r)) {
                 let ev = WatchEvent {
                     r#type: EventType::Added as i32,

@@ -17,6 +17,9 @@ use hostplane_proto::v1::{
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status};
 
+/// Items in one page of the fake's List.
+pub const FAKE_PAGE_SIZE: usize = 2;
+
 #[derive(Default)]
 pub struct State {
     pub objects: BTreeMap<(i32, String), Resource>,
@@ -109,19 +112,30 @@ impl AdminService for Fake {
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let st = self.seen(&req);
         let req = req.into_inner();
-        let items = st
+        // Pages of FAKE_PAGE_SIZE, so every CLI test that lists follows page
+        // tokens (here simply the last name sent).
+        let mut items: Vec<Resource> = st
             .objects
             .values()
             .filter(|r| r.kind() == req.kind())
+            .filter(|r| r.name() > req.page_token.as_str())
             .filter(|r| {
                 let labels = &r.metadata().unwrap().labels;
                 req.label_selector.iter().all(|(k, v)| labels.get(k) == Some(v))
             })
+            .take(FAKE_PAGE_SIZE + 1)
             .cloned()
             .collect();
+        let next_page_token = if items.len() > FAKE_PAGE_SIZE {
+            items.truncate(FAKE_PAGE_SIZE);
+            items.last().unwrap().name().to_string()
+        } else {
+            String::new()
+        };
         Ok(Response::new(ListResponse {
             items,
             resource_version: st.version,
+            next_page_token,
         }))
     }
 
