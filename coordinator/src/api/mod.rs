@@ -29,10 +29,10 @@ use tonic::{Request, Response, Status};
 
 pub use error::ApiError;
 pub use list::{DEFAULT_PAGE_SIZE, MAX_PAGE_BYTES, MAX_PAGE_SIZE, PageSizes};
-pub use mask::{MAX_PATHS as MAX_MASK_PATHS, MAX_PATH_LEN as MAX_MASK_PATH_LEN};
-pub use watch::WatchStream;
+pub use mask::{MAX_PATH_LEN as MAX_MASK_PATH_LEN, MAX_PATHS as MAX_MASK_PATHS};
 /// Store-side checks of Topology and PowerPolicy (create and update use them).
 use validate::power as validate_power;
+pub use watch::WatchStream;
 
 use crate::power::PowerHub;
 use crate::store::Store;
