@@ -1,0 +1,289 @@
+//! Every error the BMC simulator sends is a message of DMTF's Base registry
+//! exactly as the registry has it: MessageId, text with its arguments,
+//! severity and resolution. Checked against DMTF's own registry file
+//! (`../shared/redfish-csdl/registries/Base.1.18.1.json` next to the
+//! repository, or `$HOSTPLANE_REDFISH_CSDL/registries/...`) when it is there.
+
+mod bmc_common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use bmc_common::{ADMIN, Auth, Resp, call, spawn};
+use hostplane_sim::bmc::{BASE_MESSAGES, Model, format_message};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+const REGISTRY_FILE: &str = "registries/Base.1.18.1.json";
+
+fn csdl_dir() -> PathBuf {
+    match std::env::var_os("HOSTPLANE_REDFISH_CSDL") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/redfish-csdl"),
+    }
+}
+
+/// DMTF's registry, or None (with the reason printed) when it is not here.
+fn registry() -> Option<Value> {
+    let path = csdl_dir().join(REGISTRY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Some(serde_json::from_str(&text).expect("the Base registry is JSON")),
+        Err(e) => {
+            eprintln!(
+                "SKIP registry comparison: {} not readable ({e}); set HOSTPLANE_REDFISH_CSDL",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn the_copied_messages_are_the_registrys() {
+    let Some(reg) = registry() else { return };
+    assert_eq!(reg["Id"], "Base.1.18.1", "the registry file is another version");
+    for m in BASE_MESSAGES {
+        let r = &reg["Messages"][m.key];
+        assert!(r.is_object(), "{} is not in DMTF's Base registry", m.key);
+        assert_eq!(r["Message"], m.message, "{}: Message", m.key);
+        assert_eq!(r["MessageSeverity"], m.severity, "{}: MessageSeverity", m.key);
+        assert_eq!(r["Resolution"], m.resolution, "{}: Resolution", m.key);
+        assert_eq!(r["NumberOfArgs"], m.number_of_args, "{}: NumberOfArgs", m.key);
+        assert!(r.get("Deprecated").is_none(), "{} is deprecated", m.key);
+    }
+}
+
+/// The registry entry of `key`: from DMTF's file when present, else the copy.
+fn expected(reg: Option<&Value>, key: &str) -> (String, String, String) {
+    match reg {
+        Some(reg) => {
+            let r = &reg["Messages"][key];
+            assert!(r.is_object(), "{key} is not in DMTF's Base registry");
+            (
+                r["Message"].as_str().unwrap().to_string(),
+                r["MessageSeverity"].as_str().unwrap().to_string(),
+                r["Resolution"].as_str().unwrap().to_string(),
+            )
+        }
+        None => {
+            let m = BASE_MESSAGES.iter().find(|m| m.key == key).unwrap();
+            (m.message.into(), m.severity.into(), m.resolution.into())
+        }
+    }
+}
+
+/// Check one error response against the registry; its registry key.
+fn check(reg: Option<&Value>, r: &Resp, status: StatusCode, key: &str) -> String {
+    assert_eq!(r.status, status, "{key}: {}", r.text);
+    let info = &r.body["error"]["@Message.ExtendedInfo"][0];
+    let id = info["MessageId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no MessageId: {}", r.text));
+    let got_key = id
+        .strip_prefix("Base.1.18.")
+        .unwrap_or_else(|| panic!("{id} is not a Base 1.18 message"));
+    assert_eq!(got_key, key, "{}", r.text);
+    let (template, severity, resolution) = expected(reg, key);
+    let args: Vec<String> = info["MessageArgs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("MessageArgs: {}", r.text))
+        .iter()
+        .map(|a| a.as_str().expect("MessageArgs are strings").to_string())
+        .collect();
+    assert_eq!(
+        args.len(),
+        template.matches('%').count(),
+        "{key}: arguments for {template:?}: {}",
+        r.text
+    );
+    assert_eq!(info["Message"], format_message(&template, &args), "{key}");
+    assert_eq!(info["MessageSeverity"], severity, "{key}");
+    assert_eq!(info["Resolution"], resolution, "{key}");
+    assert_eq!(r.body["error"]["code"], id, "{key}");
+    assert_eq!(r.body["error"]["message"], info["Message"], "{key}");
+    got_key.to_string()
+}
+
+async fn raw(c: &Client, method: Method, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+    let mut req = c
+        .request(method, url)
+        .basic_auth("admin", Some("admin"))
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    Resp {
+        status,
+        headers,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    }
+}
+
+#[tokio::test]
+async fn every_error_the_simulator_sends_is_the_registrys() {
+    let reg = registry();
+    let reg = reg.as_ref();
+    let bmc = spawn("registry", Model::DgxH100);
+    let base = bmc.url();
+    let c = Client::new();
+    let ctl = format!("{base}/redfish/v1/Chassis/DGX/Controls/PowerLimit");
+    let power = format!("{base}/redfish/v1/Chassis/DGX/Power");
+    let sessions = format!("{base}/redfish/v1/SessionService/Sessions");
+    let set = |b: Value| call(&c, Method::PATCH, &ctl, ADMIN, Some(b));
+    let before = bmc.node_limit();
+    let mut seen = BTreeSet::new();
+    let bad = StatusCode::BAD_REQUEST;
+
+    let r = call(
+        &c,
+        Method::GET,
+        &format!("{base}/redfish/v1/Systems"),
+        Auth::None,
+        None,
+    )
+    .await;
+    seen.insert(check(reg, &r, StatusCode::UNAUTHORIZED, "NoValidSession"));
+    let r = call(
+        &c,
+        Method::GET,
+        &format!("{base}/redfish/v1/Chassis/Nope"),
+        ADMIN,
+        None,
+    )
+    .await;
+    seen.insert(check(reg, &r, StatusCode::NOT_FOUND, "ResourceNotFound"));
+    assert_eq!(
+        r.body["error"]["@Message.ExtendedInfo"][0]["MessageArgs"][1],
+        "/redfish/v1/Chassis/Nope"
+    );
+    let r = call(
+        &c,
+        Method::DELETE,
+        &format!("{base}/redfish/v1/Systems"),
+        ADMIN,
+        None,
+    )
+    .await;
+    seen.insert(check(
+        reg,
+        &r,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "OperationNotAllowed",
+    ));
+    let json = [("Content-Type", "application/json")];
+    let r = raw(&c, Method::PATCH, &ctl, &json, br#"{"SetPoint": 8000"#.to_vec()).await;
+    seen.insert(check(reg, &r, bad, "MalformedJSON"));
+    // Nested deeper than any parser should follow: refused as malformed, not a crash.
+    let deep = format!("{{\"SetPoint\": {}1{}}}", "[".repeat(5000), "]".repeat(5000));
+    let r = raw(&c, Method::PATCH, &ctl, &json, deep.into_bytes()).await;
+    seen.insert(check(reg, &r, bad, "MalformedJSON"));
+    seen.insert(check(reg, &set(json!({})).await, bad, "EmptyJSON"));
+    seen.insert(check(
+        reg,
+        &set(json!({"SetPoint": "9000"})).await,
+        bad,
+        "PropertyValueTypeError",
+    ));
+    seen.insert(check(
+        reg,
+        &set(json!({"ControlMode": "Override"})).await,
+        bad,
+        "PropertyValueNotInList",
+    ));
+    seen.insert(check(
+        reg,
+        &set(json!({"AllowableMax": 5})).await,
+        bad,
+        "PropertyNotWritable",
+    ));
+    seen.insert(check(
+        reg,
+        &set(json!({"Colour": "red"})).await,
+        bad,
+        "PropertyUnknown",
+    ));
+    let r = set(json!({"SetPoint": 8000, "ControlMode": "Disabled"})).await;
+    seen.insert(check(reg, &r, bad, "PropertyValueConflict"));
+    seen.insert(check(
+        reg,
+        &set(json!({"SetPoint": 1})).await,
+        bad,
+        "PropertyValueOutOfRange",
+    ));
+    let r = call(
+        &c,
+        Method::PATCH,
+        &power,
+        ADMIN,
+        Some(json!({"PowerControl": [{}, {}]})),
+    )
+    .await;
+    seen.insert(check(reg, &r, bad, "ArraySizeTooLong"));
+    let r = call(
+        &c,
+        Method::PATCH,
+        &power,
+        ADMIN,
+        Some(json!({"PowerControl": []})),
+    )
+    .await;
+    seen.insert(check(reg, &r, bad, "ArraySizeTooShort"));
+    let r = raw(&c, Method::PATCH, &ctl, &json, vec![b' '; 100 * 1024]).await;
+    seen.insert(check(reg, &r, StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"));
+    // A body that is not JSON by its Content-Type: 415, and nothing changes.
+    let text = [("Content-Type", "text/plain")];
+    let r = raw(&c, Method::PATCH, &ctl, &text, br#"{"SetPoint": 8000}"#.to_vec()).await;
+    seen.insert(check(
+        reg,
+        &r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "HeaderInvalid",
+    ));
+    assert_eq!(
+        r.body["error"]["@Message.ExtendedInfo"][0]["MessageArgs"][0],
+        "Content-Type: text/plain"
+    );
+    let r = raw(
+        &c,
+        Method::GET,
+        &format!("{base}/redfish/v1/"),
+        &[("OData-Version", "4.1")],
+        vec![],
+    )
+    .await;
+    seen.insert(check(reg, &r, StatusCode::PRECONDITION_FAILED, "HeaderInvalid"));
+    let r = call(
+        &c,
+        Method::POST,
+        &sessions,
+        Auth::None,
+        Some(json!({"UserName": "admin"})),
+    )
+    .await;
+    seen.insert(check(reg, &r, bad, "PropertyMissing"));
+    let login = json!({"UserName": "admin", "Password": "admin"});
+    let r = loop {
+        let r = call(&c, Method::POST, &sessions, Auth::None, Some(login.clone())).await;
+        if r.status != StatusCode::CREATED {
+            break r;
+        }
+    };
+    seen.insert(check(
+        reg,
+        &r,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "SessionLimitExceeded",
+    ));
+    assert_eq!(bmc.node_limit(), before, "a refused request changed the limit");
+
+    let all: BTreeSet<String> = BASE_MESSAGES.iter().map(|m| m.key.to_string()).collect();
+    assert_eq!(
+        seen, all,
+        "every message the simulator has is provoked and checked"
+    );
+}
