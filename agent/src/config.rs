@@ -416,7 +416,10 @@ impl Config {
 
     /// The network manager's settings.
     pub fn net_config(&self) -> NetConfig {
-        self.network.clone()
+        NetConfig {
+            owned_file: Some(self.state_dir.join(crate::net::OWNED_FILE)),
+            ..self.network.clone()
+        }
     }
 
     /// True when the coordinator connection is plaintext.

@@ -3,140 +3,15 @@
 //! checks the result independently with `ip -j` (not with the agent's own
 //! reading). Needs root and network namespaces (CI has both); without them
 //! the tests print why and return.
-use std::process::Command;
+mod net_support;
+
 use std::time::{Duration, Instant};
 
 use hostplane_agent::net::{self, NetConfig, NetError};
-use hostplane_proto::v1::{Bridge, DpuNetwork, HostNetwork, Route};
+use hostplane_proto::v1::{HostNetwork, Route};
+use net_support::{Netns, agent, br, dpu, master};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// A fresh namespace with veth pairs `veth<i>` (peers `peer<i>`), or None (skip) when the kernel
-    /// or the user cannot make one.
-    fn new(veths: usize) -> Option<Netns> {
-        let name = format!("hp-test-{}-{}", std::process::id(), rand::random::<u32>());
-        let out = Command::new("ip").args(["netns", "add", &name]).output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                eprintln!(
-                    "SKIPPED: cannot create a network namespace: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                );
-                return None;
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: `ip` is not available ({e}); run scripts/setup");
-                return None;
-            }
-        }
-        let ns = Netns { name };
-        for i in 1..=veths {
-            ns.ip(&[
-                "link",
-                "add",
-                &format!("veth{i}"),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("peer{i}"),
-            ]);
-        }
-        ns.ip(&["link", "set", "lo", "up"]);
-        Some(ns)
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = Command::new("ip")
-            .args(["-j", "-n", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            return Value::Null;
-        }
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-    }
-
-    /// `ip -j link show dev NAME`, or None when it does not exist.
-    fn link(&self, name: &str) -> Option<Value> {
-        self.json(&["link", "show", "dev", name])
-            .as_array()
-            .and_then(|a| a.first().cloned())
-    }
-
-    fn addrs(&self, dev: &str) -> Vec<String> {
-        let v = self.json(&["addr", "show", "dev", dev]);
-        let mut out = Vec::new();
-        for l in v.as_array().into_iter().flatten() {
-            for a in l["addr_info"].as_array().into_iter().flatten() {
-                if a["scope"] == "global" {
-                    out.push(format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]));
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-
-    fn all_links(&self) -> Value {
-        self.json(&["link", "show"])
-    }
-
-    fn cfg(&self) -> NetConfig {
-        NetConfig {
-            netns: Some(self.name.clone()),
-            ..Default::default()
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
-fn dpu(name: &str, net: HostNetwork) -> DpuNetwork {
-    DpuNetwork {
-        dpu: name.into(),
-        pf_pci_address: String::new(),
-        network: Some(net),
-    }
-}
-
-fn br(name: &str, ports: &[&str], mtu: u32, addrs: &[&str]) -> Bridge {
-    Bridge {
-        name: name.into(),
-        ports: ports.iter().map(|s| s.to_string()).collect(),
-        mtu,
-        addresses: addrs.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
-fn master(l: &Value) -> Option<&str> {
-    l["master"].as_str()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_reapply_change_and_remove() {
@@ -255,42 +130,59 @@ async fn foreign_objects_are_never_touched() {
     ns.ip(&["addr", "add", "198.51.100.7/24", "dev", "veth1"]);
     let stop = CancellationToken::new();
     let h = net::start(ns.cfg(), stop.clone()).unwrap();
-    let r = h
+    let before = ns.all_links();
+    // A state that would take over the foreign bridge is refused as a whole.
+    let e = h
         .set_desired(vec![dpu(
             "d1",
             HostNetwork {
                 bridges: vec![
-                    br("br-taken", &["veth1"], 0, &[]),
                     br("br-mine", &[], 0, &["10.1.0.1/24"]),
+                    br("br-taken", &["veth1"], 0, &[]),
                 ],
                 ..Default::default()
             },
         )])
         .await
-        .unwrap();
-    let taken = r[0]
-        .objects
-        .iter()
-        .find(|o| o.object == "bridge br-taken")
-        .unwrap();
+        .unwrap_err();
     assert!(
-        !taken.applied && taken.error.contains("not created by hostplane"),
-        "{taken:?}"
+        e.to_string().contains(
+            "dpu d1: host_network.bridges[1].name: interface br-taken exists and was not created by hostplane"
+        ),
+        "{e}"
     );
-    assert!(!r[0].applied, "a partial failure is reported as such");
+    assert_eq!(ns.all_links(), before, "nothing changed, br-mine included");
+    // So is one that would take a port of someone else's bridge.
+    let e = h
+        .set_desired(vec![dpu(
+            "d1",
+            HostNetwork {
+                bridges: vec![br("br-mine", &["veth1", "veth2"], 0, &["10.1.0.1/24"])],
+                ..Default::default()
+            },
+        )])
+        .await
+        .unwrap_err();
     assert!(
-        r[0].objects
-            .iter()
-            .any(|o| o.object == "bridge br-mine" && o.applied),
-        "the rest is applied"
+        e.to_string()
+            .contains("bridges[0].ports[1]: veth2 is a port of br-other, which hostplane did not create"),
+        "{e}"
     );
+    assert_eq!(ns.all_links(), before, "nothing changed");
+    // What touches nothing foreign is applied.
+    let r = h
+        .set_desired(vec![dpu(
+            "d1",
+            HostNetwork {
+                bridges: vec![br("br-mine", &["veth1"], 0, &["10.1.0.1/24"])],
+                ..Default::default()
+            },
+        )])
+        .await
+        .unwrap();
+    assert!(r[0].applied, "{:?}", r[0].objects);
     let t = ns.link("br-taken").unwrap();
     assert!(t["ifalias"].is_null(), "the foreign bridge was not tagged");
-    assert_eq!(
-        master(&ns.link("veth1").unwrap()),
-        None,
-        "no port was moved into a foreign bridge"
-    );
     assert_eq!(
         master(&ns.link("veth2").unwrap()),
         Some("br-other"),
@@ -300,7 +192,13 @@ async fn foreign_objects_are_never_touched() {
     // Removing everything removes only what the agent made.
     h.set_desired(vec![]).await.unwrap();
     assert!(ns.link("br-mine").is_none());
+    assert_eq!(
+        master(&ns.link("veth1").unwrap()),
+        None,
+        "veth1 detached, not deleted"
+    );
     assert!(ns.link("br-taken").is_some() && ns.link("br-other").is_some());
+    assert_eq!(master(&ns.link("veth2").unwrap()), Some("br-other"));
     stop.cancel();
 }
 
@@ -352,18 +250,6 @@ async fn an_invalid_state_changes_nothing() {
     assert!(changes.iter().any(|c| c == "create bridge br0"), "{changes:?}");
     assert_eq!(ns.all_links(), before, "diff changed nothing");
     stop.cancel();
-}
-
-fn agent(ns: &Netns, state: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hostplane-agent"))
-        .arg("network")
-        .args(args)
-        .args(["--netns", &ns.name, "--state"])
-        .arg(state)
-        .output()
-        .unwrap();
-    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), s(&out.stdout), s(&out.stderr))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,18 +335,24 @@ async fn ports_by_pci_address_and_vf_resolve_through_sysfs() {
             ..Default::default()
         },
     )];
+    // VF 1 has no netdev: the whole state is refused, naming the port, and nothing is made.
+    let e = h.set_desired(want).await.unwrap_err().to_string();
+    assert!(
+        e.contains("dpu d1: host_network.bridges[0].ports[2]: port vf:ens1f0:1") && e.contains("virtfn1"),
+        "{e}"
+    );
+    assert!(ns.link("br0").is_none(), "no bridge was created");
+    let want = vec![dpu(
+        "d1",
+        HostNetwork {
+            bridges: vec![br("br0", &["pci:0000:04:00.1", "vf:ens1f0:0"], 0, &[])],
+            ..Default::default()
+        },
+    )];
     let r = h.set_desired(want).await.unwrap();
+    assert!(r[0].applied, "{:?}", r[0].objects);
     assert_eq!(master(&ns.link("veth1").unwrap()), Some("br0"));
     assert_eq!(master(&ns.link("veth2").unwrap()), Some("br0"));
-    let missing = r[0]
-        .objects
-        .iter()
-        .find(|o| o.object == "port vf:ens1f0:1 -> br0")
-        .unwrap();
-    assert!(
-        !missing.applied && missing.error.contains("virtfn1"),
-        "{missing:?}"
-    );
     stop.cancel();
 }
 

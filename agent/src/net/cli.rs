@@ -1,16 +1,17 @@
 //! `hostplane-agent network apply|diff|show`: the streamed code path, by hand,
 //! with no coordinator. The file holds a Flavor's `host_network` (proto3
 //! JSON/YAML mapping, e.g. `bridges: [{name: br-dpu, ports: [veth1]}]`), or a
-//! list of `{dpu, pfPciAddress, network}`. See docs/network.md.
-use std::path::{Path, PathBuf};
+//! list of `{dpu, pfPciAddress, network}` (read by [`super::file`]). See
+//! docs/network.md.
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use hostplane_proto::v1::{DpuNetwork, HostNetwork};
 use serde::Serialize;
 
 use super::model;
 use super::netlink::{Netlink, RTPROT_HOSTPLANE};
-use super::reconcile::{self, Owned};
+use super::owned::Owned;
+use super::reconcile;
 use super::sysfs::Sysfs;
 use super::{NetError, OWNER_TAG};
 
@@ -53,22 +54,9 @@ pub struct FileArgs {
     pub dpu: String,
 }
 
-/// Read a desired-network file: a `HostNetwork`, or a list of `DpuNetwork`s.
-pub fn load(path: &Path, dpu: &str) -> Result<Vec<DpuNetwork>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let value: serde_json::Value =
-        serde_norway::from_str(&text).map_err(|e| format!("{}: not YAML/JSON: {e}", path.display()))?;
-    if value.is_array() {
-        return serde_json::from_value(value).map_err(|e| format!("{}: {e}", path.display()));
-    }
-    let network: HostNetwork =
-        serde_json::from_value(value).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(vec![DpuNetwork {
-        dpu: dpu.into(),
-        pf_pci_address: String::new(),
-        network: Some(network),
-    }])
-}
+/// Read a desired-network file: a `HostNetwork`, or a list of `DpuNetwork`s
+/// (see [`file`](super::file)).
+pub use super::file::load;
 
 #[derive(Debug, Serialize)]
 struct ShownBridge {
@@ -132,10 +120,19 @@ async fn show(nl: &Netlink) -> Result<Shown, NetError> {
     Ok(Shown { bridges, routes })
 }
 
-/// Run the command; exit 0 on success, 1 on a failure, 65 for a bad file.
+/// Exit status for a file that is unreadable, invalid, or refused by the
+/// checks against the host (`EX_DATAERR`).
+pub const EXIT_INVALID: u8 = 65;
+
+/// Run the command; exit 0 on success, 1 on a failure, 65 for a bad file or
+/// a desired state refused before anything was changed.
 pub async fn run_network_cli(args: NetworkArgs) -> ExitCode {
     match run(args).await {
         Ok(code) => code,
+        Err(e @ NetError::Invalid { .. }) => {
+            eprintln!("hostplane-agent network: {e} (nothing was changed)");
+            ExitCode::from(EXIT_INVALID)
+        }
         Err(e) => {
             eprintln!("hostplane-agent network: {e}");
             ExitCode::FAILURE
@@ -162,19 +159,19 @@ async fn run(args: NetworkArgs) -> Result<ExitCode, NetError> {
         Ok(n) => n,
         Err(e) => {
             eprintln!("hostplane-agent network: {e}");
-            return Ok(ExitCode::from(65));
+            return Ok(ExitCode::from(EXIT_INVALID));
         }
     };
-    let desired = match model::build(&nets) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("hostplane-agent network: {e}");
-            return Ok(ExitCode::from(65));
-        }
-    };
+    let desired = model::build(&nets)?;
     reconcile::preflight(&sysfs, &desired).await?;
     let mut owned = Owned::load(&args.state)?;
-    let out = reconcile::reconcile(&nl, &sysfs, &desired, &mut owned, dry_run).await?;
+    let before = owned.clone();
+    let pass = reconcile::reconcile(&nl, &sysfs, &desired, &mut owned, dry_run).await;
+    // What was added before a failure is recorded too.
+    if !dry_run && owned != before {
+        owned.save(&args.state)?;
+    }
+    let out = pass?;
     for l in &out.log {
         println!("{}{l}", if dry_run { "would " } else { "" });
     }
@@ -184,9 +181,6 @@ async fn run(args: NetworkArgs) -> Result<ExitCode, NetError> {
     let failed: Vec<_> = out.objects.iter().filter(|o| o.error.is_some()).collect();
     for o in &failed {
         eprintln!("not applied: {}: {}", o.object, o.error.as_deref().unwrap_or(""));
-    }
-    if !dry_run {
-        owned.save(&args.state)?;
     }
     Ok(if failed.is_empty() {
         ExitCode::SUCCESS

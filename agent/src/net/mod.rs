@@ -14,16 +14,21 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub mod check;
 pub mod cli;
+pub mod file;
 pub mod model;
 pub mod netlink;
+pub mod owned;
 pub mod reconcile;
+pub mod routes;
 pub mod sysfs;
 pub mod vf;
 
 use model::Desired;
 use netlink::Netlink;
-use reconcile::{Outcome, Owned};
+use owned::Owned;
+use reconcile::Outcome;
 use sysfs::Sysfs;
 
 /// `ifalias` prefix on interfaces the agent created: `hostplane:<dpu>`.
@@ -90,7 +95,15 @@ pub struct NetConfig {
     /// After the VF count changes, how long to wait for the VF netdevs.
     #[serde(with = "humantime_serde")]
     pub vf_wait: Duration,
+    /// The record of the addresses the agent added (see [`owned`]): the
+    /// agent sets it to `<state_dir>/network-owned.json`; None keeps it in
+    /// memory only (tests, benches). Not a config key.
+    #[serde(skip)]
+    pub owned_file: Option<PathBuf>,
 }
+
+/// The address record's file name under the agent's `state_dir`.
+pub const OWNED_FILE: &str = "network-owned.json";
 
 impl Default for NetConfig {
     fn default() -> Self {
@@ -100,6 +113,7 @@ impl Default for NetConfig {
             netns: None,
             drift_debounce: Duration::from_millis(50),
             vf_wait: Duration::from_secs(10),
+            owned_file: None,
         }
     }
 }
@@ -115,7 +129,11 @@ pub async fn diff(cfg: &NetConfig, nets: &[DpuNetwork]) -> Result<Vec<String>, N
     let sysfs = Sysfs::new(&cfg.sysfs_root).with_vf_wait(cfg.vf_wait);
     reconcile::preflight(&sysfs, &desired).await?;
     let nl = Netlink::open(cfg.netns.as_deref())?;
-    let out = reconcile::reconcile(&nl, &sysfs, &desired, &mut Owned::default(), true).await?;
+    let mut owned = match &cfg.owned_file {
+        Some(path) => Owned::load(path)?,
+        None => Owned::default(),
+    };
+    let out = reconcile::reconcile(&nl, &sysfs, &desired, &mut owned, true).await?;
     Ok(out.log)
 }
 
@@ -203,13 +221,23 @@ pub fn start(cfg: NetConfig, shutdown: CancellationToken) -> Result<NetHandle, N
     let (tx, rx) = mpsc::channel(8);
     let (reports, _) = broadcast::channel(64);
     let metrics = NetMetrics::default();
+    let owned = match &cfg.owned_file {
+        Some(path) => Owned::load(path).unwrap_or_else(|e| {
+            // Starting empty is the safe side: an address the agent cannot
+            // prove it added is never removed.
+            tracing::error!(error = %e, "the address record is unreadable; starting with an empty one");
+            Owned::default()
+        }),
+        None => Owned::default(),
+    };
     let owner = Owner {
         metrics: metrics.clone(),
         nl,
         sysfs: Sysfs::new(&cfg.sysfs_root).with_vf_wait(cfg.vf_wait),
         desired: Desired::default(),
         nets: Vec::new(),
-        owned: Owned::default(),
+        owned,
+        owned_file: cfg.owned_file.clone(),
         drift: Default::default(),
         reports: reports.clone(),
     };
@@ -235,6 +263,7 @@ struct Owner {
     desired: Desired,
     nets: Vec<DpuNetwork>,
     owned: Owned,
+    owned_file: Option<PathBuf>,
     /// Per Dpu: drift repairs since start, the last one, and when.
     drift: std::collections::BTreeMap<String, Drift>,
     reports: broadcast::Sender<NetworkReport>,
@@ -274,18 +303,39 @@ impl Owner {
         }
     }
 
+    /// Write the address record if it changed since `before`.
+    async fn save_owned(&self, before: &Owned) {
+        if let Some(path) = &self.owned_file
+            && *before != self.owned
+            && let Err(e) = self.owned.save_async(path).await
+        {
+            tracing::error!(error = %e, "cannot save the address record");
+        }
+    }
+
+    /// One reconcile pass of `desired`, the address record saved after it.
+    async fn pass(&mut self, desired: &Desired) -> Result<Outcome, NetError> {
+        let before = self.owned.clone();
+        let r = reconcile::reconcile(&self.nl, &self.sysfs, desired, &mut self.owned, false).await;
+        self.save_owned(&before).await;
+        r
+    }
+
     async fn set(&mut self, nets: Vec<DpuNetwork>) -> Result<Vec<NetworkReport>, NetError> {
         let desired = model::build(&nets)?;
-        // Checked against the host before the state is taken: a refused state changes nothing.
+        // Checked against the host before the state is taken: a refused
+        // state changes nothing and the previous one stays in force.
         reconcile::preflight(&self.sysfs, &desired).await?;
+        let r = self.pass(&desired).await;
+        if let Err(e @ NetError::Invalid { .. }) = r {
+            return Err(e);
+        }
         self.desired = desired;
         self.drift.retain(|dpu, _| nets.iter().any(|n| &n.dpu == dpu));
         self.nets = nets;
-        let out = reconcile::reconcile(&self.nl, &self.sysfs, &self.desired, &mut self.owned, false)
-            .await
-            .inspect_err(|_| {
-                self.metrics.failures.inc();
-            })?;
+        let out = r.inspect_err(|_| {
+            self.metrics.failures.inc();
+        })?;
         self.metrics.changes.inc_by(u64::from(out.changes));
         for l in &out.log {
             tracing::info!(change = %l, "host network");
@@ -294,10 +344,9 @@ impl Owner {
     }
 
     async fn repair(&mut self) {
-        let pass = match reconcile::preflight(&self.sysfs, &self.desired).await {
-            Ok(()) => {
-                reconcile::reconcile(&self.nl, &self.sysfs, &self.desired, &mut self.owned, false).await
-            }
+        let desired = self.desired.clone();
+        let pass = match reconcile::preflight(&self.sysfs, &desired).await {
+            Ok(()) => self.pass(&desired).await,
             Err(e) => Err(e),
         };
         match pass {

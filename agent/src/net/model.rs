@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use hostplane_proto::v1::{DpuNetwork, HostNetwork};
 use ipnetwork::IpNetwork;
+use rtnetlink::packet_route::route::RouteScope;
 
 use super::NetError;
 
@@ -64,6 +65,8 @@ impl std::fmt::Display for PortRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeSpec {
     pub dpu: String,
+    /// Where it came from, for errors: `bridges[<i>]`.
+    pub field: String,
     pub name: String,
     /// 0 = leave as is.
     pub mtu: u32,
@@ -71,14 +74,44 @@ pub struct BridgeSpec {
     pub addresses: BTreeSet<IpNetwork>,
 }
 
-/// A route the agent owns.
+/// The metric the kernel gives an IPv6 route added without one
+/// (`IP6_RT_PRIO_USER`); an IPv4 route without one has metric 0.
+pub const IPV6_DEFAULT_METRIC: u32 = 1024;
+
+/// A route the agent owns, with the kernel's defaults filled in: what the
+/// kernel will report for it once added (table main, protocol
+/// [`RTPROT_HOSTPLANE`](super::netlink::RTPROT_HOSTPLANE)).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RouteSpec {
     pub dpu: String,
+    /// Where it came from, for errors: `routes[<i>]`.
+    pub field: String,
     pub destination: IpNetwork,
     pub gateway: Option<IpAddr>,
     pub dev: Option<String>,
+    /// As the kernel stores it: an IPv6 route written without a metric has
+    /// [`IPV6_DEFAULT_METRIC`].
     pub metric: u32,
+}
+
+impl RouteSpec {
+    /// The kernel's scope for it: `link` for an IPv4 route with no gateway
+    /// (as `ip route add … dev X` makes it), `universe` otherwise (IPv6
+    /// routes always report universe).
+    pub fn scope(&self) -> RouteScope {
+        if self.destination.is_ipv4() && self.gateway.is_none() {
+            RouteScope::Link
+        } else {
+            RouteScope::Universe
+        }
+    }
+
+    /// What makes a route unique in a kernel table: the kernel refuses a
+    /// second route with the same destination and metric, and replaces in
+    /// place only the one with the same destination and metric.
+    pub fn key(&self) -> (IpNetwork, u32) {
+        (self.destination, self.metric)
+    }
 }
 
 /// SR-IOV on one PF.
@@ -258,6 +291,7 @@ pub fn build(nets: &[DpuNetwork]) -> Result<Desired, NetError> {
                 b.name.clone(),
                 BridgeSpec {
                     dpu: dpu.into(),
+                    field: format!("bridges[{i}]"),
                     name: b.name.clone(),
                     mtu,
                     ports,
@@ -292,13 +326,52 @@ pub fn build(nets: &[DpuNetwork]) -> Result<Desired, NetError> {
             if gateway.is_none() && dev.is_none() {
                 return Err(bad(f("dev"), "a route needs a gateway or a dev".into()));
             }
-            d.routes.push(RouteSpec {
+            let metric = if r.metric == 0 && destination.is_ipv6() {
+                IPV6_DEFAULT_METRIC
+            } else {
+                r.metric
+            };
+            let route = RouteSpec {
                 dpu: dpu.into(),
+                field: format!("routes[{i}]"),
                 destination,
                 gateway,
                 dev,
-                metric: r.metric,
-            });
+                metric,
+            };
+            if let Some(other) = d.routes.iter().find(|o| o.key() == route.key()) {
+                let whose = if other.dpu == dpu {
+                    other.field.clone()
+                } else {
+                    format!("{} of dpu {}", other.field, other.dpu)
+                };
+                return Err(bad(
+                    f("destination"),
+                    format!(
+                        "a route to {destination} with metric {metric} is also {whose} \
+                         (the kernel keeps one route per destination and metric)"
+                    ),
+                ));
+            }
+            d.routes.push(route);
+        }
+    }
+    // A bridge cannot be a port of another bridge (the kernel refuses it).
+    for b in d.bridges.values() {
+        for (j, p) in b.ports.iter().enumerate() {
+            if let PortRef::Name(n) = p
+                && let Some(other) = d.bridges.get(n)
+                && other.name != b.name
+            {
+                return Err(NetError::Invalid {
+                    dpu: b.dpu.clone(),
+                    field: format!("{}.ports[{j}]", b.field),
+                    reason: format!(
+                        "{n} is a bridge (of dpu {}); a bridge cannot be a port",
+                        other.dpu
+                    ),
+                });
+            }
         }
     }
     // The same PF may be named twice (shorthand and explicit) only with one count.

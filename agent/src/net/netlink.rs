@@ -15,10 +15,11 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoKind, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, LinkVfInfo, VfInfo,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, MulticastGroup, RouteMessageBuilder};
 
 use super::NetError;
+use super::model::RouteSpec;
 use super::vf::{VfState, parse_vfs};
 
 /// Routes the agent adds carry this protocol number, so they are told apart
@@ -37,13 +38,19 @@ pub struct Link {
     pub is_bridge: bool,
 }
 
-/// A route the agent owns (protocol [`RTPROT_HOSTPLANE`]), as the kernel has it.
+/// The kernel's main routing table, the only one the agent adds routes to.
+pub const RT_TABLE_MAIN: u32 = 254;
+
+/// A route in the main table, as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelRoute {
     pub destination: IpNetwork,
     pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub metric: u32,
+    pub scope: RouteScope,
+    /// `RTPROT_*`: [`RTPROT_HOSTPLANE`] on the agent's own routes.
+    pub protocol: u8,
     msg: RouteMessage,
 }
 
@@ -53,7 +60,11 @@ pub struct Snapshot {
     pub links: Vec<Link>,
     /// ifindex -> global-scope addresses (link-local IPv6 is left out: the kernel makes those).
     pub addrs: BTreeMap<u32, Vec<IpNetwork>>,
+    /// The agent's routes (protocol [`RTPROT_HOSTPLANE`]) in the main table.
     pub routes: Vec<KernelRoute>,
+    /// Every other route in the main table (never changed; a desired route
+    /// that would collide with one is refused).
+    pub foreign_routes: Vec<KernelRoute>,
 }
 
 impl Snapshot {
@@ -183,11 +194,10 @@ impl Netlink {
                 .await
                 .map_err(|e| Self::err("list routes", "*", e))?
             {
-                if m.header.protocol != RouteProtocol::Other(RTPROT_HOSTPLANE) {
-                    continue;
-                }
-                if let Some(r) = route_of(m) {
-                    s.routes.push(r);
+                match route_of(m) {
+                    Some(r) if r.protocol == RTPROT_HOSTPLANE => s.routes.push(r),
+                    Some(r) => s.foreign_routes.push(r),
+                    None => {}
                 }
             }
         }
@@ -297,36 +307,39 @@ impl Netlink {
         Ok(())
     }
 
-    pub async fn add_route(
-        &self,
-        dest: IpNetwork,
-        gw: Option<IpAddr>,
-        oif: Option<u32>,
-        metric: u32,
-        dev: &str,
-    ) -> Result<(), NetError> {
+    /// Add route `r` (out of `oif` when given) in the main table with
+    /// protocol [`RTPROT_HOSTPLANE`]. `replace`: replace in place the route
+    /// with the same destination and metric (`NLM_F_REPLACE`, one atomic
+    /// change, so a gateway change never leaves the host without the route);
+    /// otherwise the add fails if such a route exists (`NLM_F_EXCL`).
+    pub async fn add_route(&self, r: &RouteSpec, oif: Option<u32>, replace: bool) -> Result<(), NetError> {
+        let dest = r.destination;
         let invalid = |e: &dyn std::fmt::Display| NetError::Port {
             reason: format!("route {dest}: {e}"),
         };
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dest.ip(), dest.prefix())
             .map_err(|e| invalid(&e))?;
-        if let Some(g) = gw {
+        if let Some(g) = r.gateway {
             b = b.gateway(g).map_err(|e| invalid(&e))?;
         }
         if let Some(i) = oif {
             b = b.output_interface(i);
         }
         let msg = b
-            .priority(metric)
+            .priority(r.metric)
+            .table_id(RT_TABLE_MAIN)
+            .scope(r.scope())
             .protocol(RouteProtocol::Other(RTPROT_HOSTPLANE))
             .build();
-        self.handle
-            .route()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| Self::err("add route", dev, e))
+        let req = self.handle.route().add(msg);
+        let (req, op) = if replace {
+            (req.replace(), "replace route")
+        } else {
+            (req, "add route")
+        };
+        let what = format!("{dest} metric {}", r.metric);
+        req.execute().await.map_err(|e| Self::err(op, &what, e))
     }
 
     /// The PF's index and the state of its VFs (`IFLA_VFINFO_LIST`).
@@ -413,6 +426,7 @@ fn route_of(m: RouteMessage) -> Option<KernelRoute> {
     let mut gateway = None;
     let mut oif = None;
     let mut metric = 0;
+    let mut table = u32::from(m.header.table);
     for a in &m.attributes {
         match a {
             RouteAttribute::Destination(RouteAddress::Inet(ip)) => dest = Some(IpAddr::V4(*ip)),
@@ -421,8 +435,12 @@ fn route_of(m: RouteMessage) -> Option<KernelRoute> {
             RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gateway = Some(IpAddr::V6(*ip)),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Priority(p) => metric = *p,
+            RouteAttribute::Table(t) => table = *t,
             _ => {}
         }
+    }
+    if table != RT_TABLE_MAIN {
+        return None;
     }
     let v6 = m.header.address_family == rtnetlink::packet_route::AddressFamily::Inet6;
     let dest = dest.unwrap_or(if v6 {
@@ -436,6 +454,8 @@ fn route_of(m: RouteMessage) -> Option<KernelRoute> {
         gateway,
         oif,
         metric,
+        scope: m.header.scope,
+        protocol: u8::from(m.header.protocol),
         msg: m,
     })
 }

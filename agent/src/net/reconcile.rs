@@ -1,77 +1,35 @@
 //! Reconcile, do not replay: read the host, compare with the desired state,
 //! change only the difference, and say per object what is applied.
 //!
+//! Order of a pass: SR-IOV counts and VF attributes; the references checked
+//! ([`check::references`], all or nothing); bridges created, MTU, up; ports
+//! desired nowhere detached from owned bridges; ports attached (a port
+//! moving between owned bridges is moved in one change, never detached
+//! first); addresses; routes ([`routes`]); owned bridges no longer desired
+//! deleted.
+//!
 //! Ownership (what the agent may change or delete):
 //! - bridges it created carry `ifalias` = `hostplane:<dpu>`; an interface with
-//!   a desired bridge's name but without that tag is foreign and left alone
-//!   (the object is reported failed);
+//!   a desired bridge's name but without that tag is foreign: the apply is
+//!   refused and it is left alone;
 //! - a port is detached only from a bridge the agent owns; foreign port
-//!   interfaces are never deleted;
+//!   interfaces are never deleted, and a port of a foreign bridge is never
+//!   taken (the apply is refused);
 //! - addresses: on an owned bridge, the agent adds what is desired and removes
-//!   only addresses it added before (kept in [`Owned`]); others stay;
-//! - routes it adds carry protocol [`RTPROT_HOSTPLANE`]; no other route is touched.
+//!   only addresses it added itself (the [`Owned`] record); others stay;
+//! - routes it adds carry protocol 196 in the main table; no other route is touched.
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnetwork::IpNetwork;
 
 use super::model::{Desired, PortRef};
 use super::netlink::{Link, Netlink, Snapshot};
+pub use super::owned::Owned;
 use super::sysfs::Sysfs;
-use super::vf;
 use super::{NetError, OWNER_TAG};
+use super::{check, routes, vf};
 
-/// What the agent has added that the kernel cannot tag: addresses per bridge.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Owned {
-    pub addresses: BTreeMap<String, BTreeSet<IpNetwork>>,
-}
-
-impl Owned {
-    /// Load the record from `path` (JSON: bridge -> ["cidr", ...]); a missing file is an empty record.
-    pub fn load(path: &std::path::Path) -> Result<Owned, NetError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Owned::default()),
-            Err(source) => {
-                return Err(NetError::State {
-                    path: path.into(),
-                    source,
-                });
-            }
-        };
-        let raw: BTreeMap<String, BTreeSet<String>> =
-            serde_json::from_str(&text).map_err(|e| NetError::State {
-                path: path.into(),
-                source: std::io::Error::other(e),
-            })?;
-        let mut o = Owned::default();
-        for (bridge, addrs) in raw {
-            let set = addrs.iter().filter_map(|a| a.parse().ok()).collect();
-            o.addresses.insert(bridge, set);
-        }
-        Ok(o)
-    }
-
-    /// Write the record atomically (temp file + rename).
-    pub fn save(&self, path: &std::path::Path) -> Result<(), NetError> {
-        let raw: BTreeMap<&String, Vec<String>> = self
-            .addresses
-            .iter()
-            .map(|(b, a)| (b, a.iter().map(|n| n.to_string()).collect()))
-            .collect();
-        let text = serde_json::to_string_pretty(&raw).expect("maps of strings serialize");
-        let tmp = path.with_extension("tmp");
-        let io = |source| NetError::State {
-            path: path.into(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
-    }
-}
+pub use super::check::preflight;
 
 /// One object's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,14 +52,14 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn ok(&mut self, dpu: &str, object: String) {
+    pub(super) fn ok(&mut self, dpu: &str, object: String) {
         self.objects.push(ObjectStatus {
             dpu: dpu.into(),
             object,
             error: None,
         });
     }
-    fn failed(&mut self, dpu: &str, object: String, e: &NetError) {
+    pub(super) fn failed(&mut self, dpu: &str, object: String, e: &NetError) {
         self.objects.push(ObjectStatus {
             dpu: dpu.into(),
             object,
@@ -109,7 +67,7 @@ impl Outcome {
         });
     }
     /// Count a change made for `dpu` ("" when no Dpu owns the object).
-    fn changed(&mut self, dpu: &str, what: String) {
+    pub(super) fn changed(&mut self, dpu: &str, what: String) {
         self.changes += 1;
         self.by_dpu.entry(dpu.to_string()).or_default().push(what.clone());
         self.log.push(what);
@@ -128,37 +86,17 @@ fn owner_of(l: &Link) -> &str {
         .unwrap_or("")
 }
 
-fn owned(l: &Link) -> bool {
+/// Is `l` a bridge the agent created?
+pub(super) fn owned(l: &Link) -> bool {
     l.is_bridge && l.alias.as_deref().is_some_and(|a| a.starts_with(OWNER_TAG))
 }
 
-/// Checks against the host that must pass before anything is changed: every
-/// SR-IOV PF exists and can have the VFs asked for.
-pub async fn preflight(sysfs: &Sysfs, desired: &Desired) -> Result<(), NetError> {
-    let sysfs = sysfs.clone();
-    let sriov = desired.sriov.clone();
-    tokio::task::spawn_blocking(move || {
-        for s in &sriov {
-            sysfs
-                .check_pf(&s.pf, s.num_vfs)
-                .map_err(|reason| NetError::Invalid {
-                    dpu: s.dpu.clone(),
-                    field: format!("{}.pf", s.field),
-                    reason,
-                })?;
-        }
-        Ok(())
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(NetError::Port {
-            reason: e.to_string(),
-        })
-    })
-}
-
 /// Bring the host to `desired`. With `dry_run`, nothing is written and the
-/// outcome lists what would change. Callers run [`preflight`] first.
+/// outcome lists what would change. Callers run [`check::preflight`] first;
+/// the references are checked here, after the VF counts and before any
+/// other change: a failed check is an [`NetError::Invalid`] and nothing else
+/// is changed. `owned_state` is updated as addresses are added and removed,
+/// also when the pass fails half-way: save it either way.
 pub async fn reconcile(
     nl: &Netlink,
     sysfs: &Sysfs,
@@ -171,17 +109,42 @@ pub async fn reconcile(
     vf_attributes(nl, sysfs, desired, dry_run, &mut out).await;
     let ports = resolve_all(sysfs, desired).await;
     let mut snap = nl.snapshot().await?;
+    check::references(desired, &snap, &ports, dry_run)?;
 
     // Bridges: create, MTU, up.
     for b in desired.bridges.values() {
         let obj = format!("bridge {}", b.name);
-        match ensure_bridge(nl, &snap, b, dry_run, &mut out).await {
+        match ensure_bridge(nl, &snap, b, owned_state, dry_run, &mut out).await {
             Ok(()) => out.ok(&b.dpu, obj),
             Err(e) => out.failed(&b.dpu, obj, &e),
         }
     }
     if !dry_run {
         snap = nl.snapshot().await?;
+    }
+    // Which desired bridge each port interface belongs on.
+    let mut home: BTreeMap<&str, &str> = BTreeMap::new();
+    for b in desired.bridges.values() {
+        for p in &b.ports {
+            if let Some(Ok(name)) = ports.get(p) {
+                home.insert(name, &b.name);
+            }
+        }
+    }
+
+    // Ports on owned bridges that are desired nowhere: detach (never
+    // delete). A port desired on another bridge is moved there by the
+    // attach below, in one change.
+    for l in &snap.links {
+        let Some(ctrl) = l.controller.and_then(|c| snap.by_index(c)) else {
+            continue;
+        };
+        if owned(ctrl) && !home.contains_key(l.name.as_str()) {
+            out.changed(owner_of(ctrl), format!("detach {} from {}", l.name, ctrl.name));
+            if !dry_run {
+                nl.detach(l).await?;
+            }
+        }
     }
 
     // Ports and addresses of each bridge.
@@ -200,66 +163,11 @@ pub async fn reconcile(
                 Err(e) => out.failed(&b.dpu, obj, &e),
             }
         }
-        let have: BTreeSet<IpNetwork> = snap.addrs.get(&br.index).into_iter().flatten().copied().collect();
-        let mine = owned_state.addresses.entry(b.name.clone()).or_default();
-        for a in &b.addresses {
-            let obj = format!("address {a} on {}", b.name);
-            if have.contains(a) {
-                mine.insert(*a);
-                out.ok(&b.dpu, obj);
-                continue;
-            }
-            out.changed(&b.dpu, format!("add {obj}"));
-            let r = if dry_run {
-                Ok(())
-            } else {
-                nl.add_address(&br, *a).await
-            };
-            match r {
-                Ok(()) => {
-                    mine.insert(*a);
-                    out.ok(&b.dpu, obj);
-                }
-                Err(e) => out.failed(&b.dpu, obj, &e),
-            }
-        }
-        // Addresses the agent added earlier that are no longer desired.
-        for a in mine.clone() {
-            if !b.addresses.contains(&a) {
-                if have.contains(&a) {
-                    out.changed(&b.dpu, format!("remove address {a} from {}", b.name));
-                    if !dry_run {
-                        nl.del_address(&br, a).await?;
-                    }
-                }
-                mine.remove(&a);
-            }
-        }
+        addresses(nl, &snap, &br, b, owned_state, dry_run, &mut out).await?;
     }
 
-    // Ports on owned bridges that are no longer desired: detach (never delete).
-    for l in &snap.links {
-        let Some(ctrl) = l.controller.and_then(|c| snap.by_index(c)) else {
-            continue;
-        };
-        if !owned(ctrl) {
-            continue;
-        }
-        let wanted = desired.bridges.get(&ctrl.name).is_some_and(|b| {
-            b.ports
-                .iter()
-                .any(|p| ports.get(p).is_some_and(|r| r.as_deref() == Ok(l.name.as_str())))
-        });
-        if !wanted {
-            out.changed(owner_of(ctrl), format!("detach {} from {}", l.name, ctrl.name));
-            if !dry_run {
-                nl.detach(l).await?;
-            }
-        }
-    }
-
-    // Routes first: an obsolete route may hang off a bridge about to go.
-    routes(nl, &snap, desired, dry_run, &mut out).await?;
+    // Routes before bridges go: an obsolete route may hang off one.
+    routes::reconcile(nl, &snap, desired, dry_run, &mut out).await?;
 
     // Owned bridges that are no longer desired: delete.
     for l in snap
@@ -270,19 +178,71 @@ pub async fn reconcile(
         out.changed(owner_of(l), format!("delete bridge {}", l.name));
         if !dry_run {
             nl.delete(l).await?;
+            owned_state.addresses.remove(&l.name);
         }
-        owned_state.addresses.remove(&l.name);
     }
-    owned_state
-        .addresses
-        .retain(|b, _| desired.bridges.contains_key(b));
+    if !dry_run {
+        owned_state
+            .addresses
+            .retain(|b, a| desired.bridges.contains_key(b) && !a.is_empty());
+    }
     Ok(out)
+}
+
+/// The addresses of owned bridge `br`: add the desired ones it lacks
+/// (recording each one added), and remove those no longer desired that the
+/// record says the agent added. An address that was already there is not
+/// recorded: someone else made it, and it stays when it is no longer listed.
+async fn addresses(
+    nl: &Netlink,
+    snap: &Snapshot,
+    br: &Link,
+    b: &super::model::BridgeSpec,
+    owned_state: &mut Owned,
+    dry_run: bool,
+    out: &mut Outcome,
+) -> Result<(), NetError> {
+    let have: BTreeSet<IpNetwork> = snap.addrs.get(&br.index).into_iter().flatten().copied().collect();
+    for a in &b.addresses {
+        let obj = format!("address {a} on {}", b.name);
+        if have.contains(a) {
+            out.ok(&b.dpu, obj);
+            continue;
+        }
+        out.changed(&b.dpu, format!("add {obj}"));
+        if dry_run {
+            out.ok(&b.dpu, obj);
+            continue;
+        }
+        match nl.add_address(br, *a).await {
+            Ok(()) => {
+                owned_state.on(&b.name).insert(*a);
+                out.ok(&b.dpu, obj);
+            }
+            Err(e) => out.failed(&b.dpu, obj, &e),
+        }
+    }
+    let mine: Vec<IpNetwork> = owned_state.on(&b.name).iter().copied().collect();
+    for a in mine.into_iter().filter(|a| !b.addresses.contains(a)) {
+        if have.contains(&a) {
+            out.changed(&b.dpu, format!("remove address {a} from {}", b.name));
+            if dry_run {
+                continue;
+            }
+            nl.del_address(br, a).await?;
+        }
+        if !dry_run {
+            owned_state.on(&b.name).remove(&a);
+        }
+    }
+    Ok(())
 }
 
 async fn ensure_bridge(
     nl: &Netlink,
     snap: &Snapshot,
     b: &super::model::BridgeSpec,
+    owned_state: &mut Owned,
     dry_run: bool,
     out: &mut Outcome,
 ) -> Result<(), NetError> {
@@ -298,6 +258,9 @@ async fn ensure_bridge(
             if dry_run {
                 return Ok(());
             }
+            // A new bridge has none of the addresses recorded for an
+            // earlier one of the same name.
+            owned_state.addresses.remove(&b.name);
             let index = nl.create_bridge(&b.name, &owner_tag(&b.dpu)).await?;
             Link {
                 index,
@@ -384,67 +347,6 @@ async fn attach(
         out.changed(owner_of(br), format!("set {name} up"));
         if !dry_run {
             nl.set_up(l).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn routes(
-    nl: &Netlink,
-    snap: &Snapshot,
-    desired: &Desired,
-    dry_run: bool,
-    out: &mut Outcome,
-) -> Result<(), NetError> {
-    let mut keep = vec![false; snap.routes.len()];
-    for r in &desired.routes {
-        let obj = format!("route {}", r.destination);
-        let oif = match &r.dev {
-            Some(dev) => match snap.link(dev) {
-                Some(l) => Some(l.index),
-                None if dry_run => None,
-                None => {
-                    out.failed(&r.dpu, obj, &NetError::NoSuchInterface { ifname: dev.clone() });
-                    continue;
-                }
-            },
-            None => None,
-        };
-        let found = snap.routes.iter().position(|k| {
-            k.destination == r.destination
-                && k.gateway == r.gateway
-                && k.metric == r.metric
-                && (oif.is_none() || k.oif == oif)
-        });
-        if let Some(i) = found {
-            keep[i] = true;
-            out.ok(&r.dpu, obj);
-            continue;
-        }
-        out.changed(&r.dpu, format!("add {obj}"));
-        let res = if dry_run {
-            Ok(())
-        } else {
-            nl.add_route(
-                r.destination,
-                r.gateway,
-                oif,
-                r.metric,
-                r.dev.as_deref().unwrap_or("-"),
-            )
-            .await
-        };
-        match res {
-            Ok(()) => out.ok(&r.dpu, obj),
-            Err(e) => out.failed(&r.dpu, obj, &e),
-        }
-    }
-    for (k, keep) in snap.routes.iter().zip(keep) {
-        if !keep {
-            out.changed("", format!("delete route {}", k.destination));
-            if !dry_run {
-                nl.del_route(k).await?;
-            }
         }
     }
     Ok(())

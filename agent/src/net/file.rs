@@ -1,0 +1,271 @@
+//! Desired-network files, as `hostplane-agent network` reads them: one
+//! `HostNetwork`, or a list of `{dpu, pfPciAddress, network}`, in the proto3
+//! JSON mapping, written as JSON or YAML.
+//!
+//! - A file named `*.json`, or whose first non-blank character is `{` or `[`,
+//!   is JSON and is parsed as strict JSON (no trailing commas, no comments).
+//!   Anything else is YAML.
+//! - A key given twice is refused (`duplicate field`), never "last one wins".
+//! - Every error names the field path (`bridges[0].mtu`) and, where the
+//!   parser knows it, the line and column.
+use std::fmt;
+use std::path::Path;
+
+use hostplane_proto::v1::{DpuNetwork, HostNetwork};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// The two shapes a file may have.
+enum Doc {
+    One(HostNetwork),
+    Many(Vec<DpuNetwork>),
+}
+
+impl<'de> Deserialize<'de> for Doc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Doc, D::Error> {
+        d.deserialize_any(DocVisitor)
+    }
+}
+
+struct DocVisitor;
+
+impl<'de> Visitor<'de> for DocVisitor {
+    type Value = Doc;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a host network (a mapping) or a list of {dpu, pfPciAddress, network}")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Doc, A::Error> {
+        HostNetwork::deserialize(de::value::MapAccessDeserializer::new(map)).map(Doc::One)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Doc, A::Error> {
+        let mut v = Vec::new();
+        while let Some(n) = seq.next_element::<DpuNetwork>()? {
+            v.push(n);
+        }
+        Ok(Doc::Many(v))
+    }
+}
+
+/// Is this file JSON (else YAML)?
+fn is_json(name: &str, text: &str) -> bool {
+    name.ends_with(".json") || matches!(text.trim_start().chars().next(), Some('{' | '['))
+}
+
+/// pbjson reads numbers through an untagged enum, whose errors say nothing
+/// useful; say what was expected instead.
+fn explain(msg: String) -> String {
+    const NUMBER: [&str; 3] = [
+        "data did not match any variant of untagged enum",
+        "invalid digit found in string",
+        "number too large to fit in target type",
+    ];
+    if NUMBER.iter().any(|m| msg.starts_with(m)) {
+        let at = msg.find(" at line ").map(|i| &msg[i..]).unwrap_or_default();
+        return format!("expected a whole number from 0 to 4294967295{at}");
+    }
+    msg
+}
+
+fn located(path: &serde_path_to_error::Path, msg: String) -> String {
+    let p = path.to_string();
+    if p == "." || p.is_empty() {
+        explain(msg)
+    } else {
+        format!("{p}: {}", explain(msg))
+    }
+}
+
+/// Parse a desired-network file's text. `name` is the file name (its
+/// `.json` suffix selects JSON); `dpu` owns the objects of a single network.
+/// Errors name the field path and the line.
+pub fn parse(name: &str, text: &str, dpu: &str) -> Result<Vec<DpuNetwork>, String> {
+    let doc = if is_json(name, text) {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let doc: Doc = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| located(e.path(), e.inner().to_string()))?;
+        de.end().map_err(|e| e.to_string())?;
+        doc
+    } else {
+        if text.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#') || l == "---"
+        }) {
+            return Err("the file is empty (write `{}` for a network with no objects)".into());
+        }
+        let de = serde_norway::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| located(e.path(), e.inner().to_string()))?
+    };
+    Ok(match doc {
+        Doc::One(network) => vec![DpuNetwork {
+            dpu: dpu.into(),
+            pf_pci_address: String::new(),
+            network: Some(network),
+        }],
+        Doc::Many(v) => v,
+    })
+}
+
+/// Read and parse a desired-network file (see [`parse`]).
+pub fn load(path: &Path, dpu: &str) -> Result<Vec<DpuNetwork>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    parse(name, &text, dpu).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(name: &str, text: &str) -> String {
+        parse(name, text, "d").unwrap_err()
+    }
+
+    #[test]
+    fn both_shapes_in_both_formats() {
+        let one = parse(
+            "n.yaml",
+            "mtu: 9000\nbridges:\n  - name: br0\n    ports: [veth1]\n",
+            "d1",
+        )
+        .unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].dpu, "d1");
+        let n = one[0].network.as_ref().unwrap();
+        assert_eq!((n.mtu, n.bridges[0].ports[0].as_str()), (9000, "veth1"));
+        let same = parse(
+            "n",
+            r#"{"mtu": 9000, "bridges": [{"name": "br0", "ports": ["veth1"]}]}"#,
+            "d1",
+        )
+        .unwrap();
+        assert_eq!(one, same);
+        let many = parse(
+            "n.yaml",
+            "- dpu: a\n  pfPciAddress: 0000:04:00.0\n  network: {mtu: 1500}\n- dpu: b\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(many.len(), 2);
+        assert_eq!(
+            (many[0].dpu.as_str(), many[0].pf_pci_address.as_str()),
+            ("a", "0000:04:00.0")
+        );
+        let many_json = parse(
+            "n.json",
+            r#"[{"dpu": "a", "pfPciAddress": "0000:04:00.0", "network": {"mtu": 1500}}, {"dpu": "b"}]"#,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(many, many_json);
+        assert_eq!(
+            parse("n.json", "{}", "d").unwrap()[0].network,
+            Some(HostNetwork::default())
+        );
+    }
+
+    /// (name, text, what the error must contain), each a file that must be refused.
+    const BAD: &[(&str, &str, &[&str])] = &[
+        // Duplicate keys, YAML and JSON, top level and nested: refused naming key and line.
+        (
+            "n.yaml",
+            "bridges:\n  - name: a\nbridges:\n  - name: b\n",
+            &["duplicate field `bridges`"],
+        ),
+        (
+            "n.yaml",
+            "bridges:\n  - name: a\n    mtu: 1500\n    mtu: 9000\n",
+            &["bridges[0]", "duplicate field `mtu`"],
+        ),
+        (
+            "n.json",
+            "{\"bridges\": [],\n \"bridges\": [{\"name\": \"b\"}]}",
+            &["duplicate field `bridges`", "line 2"],
+        ),
+        (
+            "n",
+            "{\"mtu\": 1, \"mtu\": 2}",
+            &["duplicate field `mtu`", "line 1"],
+        ),
+        // Type errors name the field path and the line.
+        ("n.yaml", "mtu: big\n", &["mtu: ", "whole number"]),
+        ("n.yaml", "mtu: \"big\"\n", &["mtu: ", "whole number"]),
+        ("n.yaml", "mtu: -5\n", &["mtu: ", "whole number"]),
+        (
+            "n.yaml",
+            "bridges:\n  - name: br0\n    mtu: -5\n",
+            &["bridges[0].mtu: "],
+        ),
+        (
+            "n.yaml",
+            "bridges:\n  - name: br0\n    ports: spare0\n",
+            &["bridges[0].ports: ", "line 3"],
+        ),
+        (
+            "n.json",
+            "{\"mtu\": \"big\"}",
+            &["mtu: ", "whole number", "line 1"],
+        ),
+        (
+            "n.json",
+            "{\"routes\": [{\"metric\": -1}]}",
+            &["routes[0].metric: ", "line 1"],
+        ),
+        (
+            "n.yaml",
+            "- dpu: a\n  network:\n    mtu: x\n",
+            &["[0].network.mtu: "],
+        ),
+        ("n.yaml", "bridgez: []\n", &["unknown field `bridgez`"]),
+        // JSON is strict JSON.
+        ("n.json", "{\"mtu\": 9000,}", &["trailing comma", "line 1"]),
+        ("n", "{\"bridges\": [{\"name\": \"b\"},]}", &["trailing comma"]),
+        ("n.json", "{\"mtu\": 9000} {}", &["trailing characters"]),
+        ("n.yaml", "", &["empty"]),
+        ("n.yaml", "# nothing\n", &["empty"]),
+        ("n.yaml", "42\n", &["a host network"]),
+    ];
+
+    #[test]
+    fn bad_files_are_refused_naming_the_field_and_line() {
+        for (name, text, wants) in BAD {
+            let e = err(name, text);
+            for w in *wants {
+                assert!(e.contains(w), "{name} {text:?}: {e:?} lacks {w:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the input, parsing returns (no panic), and a refusal
+        /// names a field path or a position.
+        #[test]
+        fn any_text_is_parsed_or_refused(text in "[-a-z:\\[\\]{}\" ,0-9\n]{0,60}") {
+            if let Err(e) = parse("n.yaml", &text, "d") {
+                proptest::prop_assert!(!e.is_empty());
+            }
+            let _ = parse("n.json", &text, "d");
+        }
+
+        /// A top-level key repeated anywhere in a file is refused, in both formats.
+        #[test]
+        fn a_repeated_key_is_refused(key in proptest::sample::select(vec!["mtu", "numVfs", "bridges", "routes", "sriov"]), gap in 0usize..3) {
+            let value = |k: &str| if k == "mtu" || k == "numVfs" { "1".to_string() } else { "[]".to_string() };
+            let mut lines = vec![format!("{key}: {}", value(key))];
+            for other in ["mtu", "bridges", "routes"].iter().filter(|k| **k != key).take(gap) {
+                lines.push(format!("{other}: {}", value(other)));
+            }
+            lines.push(format!("{key}: {}", value(key)));
+            let yaml = lines.join("\n");
+            let e = err("n.yaml", &yaml);
+            proptest::prop_assert!(e.contains(&format!("duplicate field `{key}`")), "{}", e);
+            let json = format!("{{{}}}", lines.iter().map(|l| {
+                let (k, v) = l.split_once(": ").unwrap();
+                format!("\"{k}\": {v}")
+            }).collect::<Vec<_>>().join(", "));
+            let e = err("n.json", &json);
+            proptest::prop_assert!(e.contains(&format!("duplicate field `{key}`")), "{}", e);
+        }
+    }
+}
