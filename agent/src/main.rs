@@ -1,7 +1,7 @@
 //! `hostplane-agent`: parse arguments, set up logging, load the config, hand
 //! over to the library. Exit codes: 0 ok, 1 runtime failure, 64 usage, 78
 //! config (the unit's `RestartPreventExitStatus=64 78`).
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,32 +26,25 @@ const EXIT_CONFIG: u8 = 78;
 #[command(
     name = "hostplane-agent",
     version,
-    about = "hostplane node agent: runs the coordinator's commands on this host",
-    args_conflicts_with_subcommands = true
+    about = "hostplane node agent: runs the coordinator's commands on this host"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
-    /// Arguments of `run` when no subcommand is given.
-    #[command(flatten)]
-    run: ConfigArgs,
-}
-
-#[derive(clap::Args, Clone, Debug)]
-struct ConfigArgs {
-    /// Config file [default: /etc/hostplane/agent.yaml, if it exists].
-    #[arg(long, value_name = "PATH")]
+    /// Config file [default: /etc/hostplane/agent.yaml, if it exists]: for
+    /// run, validate, health and power; before or after the subcommand.
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the agent daemon (the default).
-    Run(ConfigArgs),
+    Run,
     /// Flash one DPU by hand, like bfb-install, and exit.
     Flash(Box<FlashArgs>),
     /// Check the config and exit: 0 when valid, 78 when not.
-    Validate(ConfigArgs),
+    Validate,
     /// Read the node's power sources now (RAPL, hwmon), with no coordinator.
     Power(hostplane_agent::power::cli::PowerArgs),
     /// Apply, diff or show the host network by hand (no coordinator).
@@ -66,8 +59,6 @@ enum Cmd {
 
 #[derive(clap::Args, Clone, Debug)]
 struct HealthArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
     /// Address of the endpoint [default: the config's metrics.listen; 0.0.0.0 and :: mean loopback].
     #[arg(long, value_name = "HOST:PORT")]
     addr: Option<std::net::SocketAddr>,
@@ -88,13 +79,27 @@ fn main() -> ExitCode {
             };
         }
     };
-    match cli.command.unwrap_or(Cmd::Run(cli.run)) {
+    let config = cli.config;
+    let command = cli.command.unwrap_or(Cmd::Run);
+    // --config is global so that it may come before the subcommand; the
+    // subcommands that read no config refuse it rather than ignore it.
+    if let Some(name) = match &command {
+        Cmd::Flash(_) => Some("flash"),
+        Cmd::Network(_) => Some("network"),
+        Cmd::Version => Some("version"),
+        _ => None,
+    } && config.is_some()
+    {
+        eprintln!("hostplane-agent: --config does not apply to {name} (it reads no agent config)");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match command {
         Cmd::Version => {
             println!("hostplane-agent {AGENT_VERSION}");
             ExitCode::SUCCESS
         }
-        Cmd::Validate(args) => validate(&args),
-        Cmd::Health(args) => health(&args),
+        Cmd::Validate => validate(config.as_deref()),
+        Cmd::Health(args) => health(&args, config.as_deref()),
         Cmd::Flash(args) => {
             logging::init(&ProcessEnv, LogFormat::Plain);
             match runtime() {
@@ -105,7 +110,7 @@ fn main() -> ExitCode {
         Cmd::Power(args) => {
             logging::init(&ProcessEnv, LogFormat::Plain);
             match runtime() {
-                Ok(rt) => rt.block_on(hostplane_agent::power::cli::run_power_cli(args)),
+                Ok(rt) => rt.block_on(hostplane_agent::power::cli::run_power_cli(args, config)),
                 Err(code) => code,
             }
         }
@@ -116,12 +121,12 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
-        Cmd::Run(args) => run_daemon(&args),
+        Cmd::Run => run_daemon(config.as_deref()),
     }
 }
 
-fn validate(args: &ConfigArgs) -> ExitCode {
-    match Config::load(args.config.as_deref(), &ProcessEnv) {
+fn validate(config: Option<&Path>) -> ExitCode {
+    match Config::load(config, &ProcessEnv) {
         Ok(cfg) => {
             println!(
                 "config is valid: node {}, coordinator {}",
@@ -137,10 +142,10 @@ fn validate(args: &ConfigArgs) -> ExitCode {
 }
 
 /// `health`: one GET of /metrics from the running agent.
-fn health(args: &HealthArgs) -> ExitCode {
+fn health(args: &HealthArgs, config: Option<&Path>) -> ExitCode {
     let mut addr = match args.addr {
         Some(a) => a,
-        None => match Config::load(args.config.config.as_deref(), &ProcessEnv) {
+        None => match Config::load(config, &ProcessEnv) {
             Ok(cfg) => match cfg.metrics.listen {
                 Some(a) => a,
                 None => {
@@ -192,8 +197,8 @@ fn health(args: &HealthArgs) -> ExitCode {
     }
 }
 
-fn run_daemon(args: &ConfigArgs) -> ExitCode {
-    let loaded = Config::load(args.config.as_deref(), &ProcessEnv);
+fn run_daemon(config: Option<&Path>) -> ExitCode {
+    let loaded = Config::load(config, &ProcessEnv);
     logging::init(
         &ProcessEnv,
         loaded.as_ref().map_or(LogFormat::Plain, |c| c.log_format),

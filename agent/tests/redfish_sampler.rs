@@ -192,15 +192,16 @@ fn power_read_shows_the_bmc() {
         pw.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // One document; the BMC read twice, so energy is a measured delta (the
+    // fixture's counter does not move), not a first read's 0.
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lines = doc["readings"].as_array().unwrap();
     let bmc_lines: Vec<_> = lines.iter().filter(|l| l["source"] == "redfish").collect();
     assert_eq!(bmc_lines.len(), 2, "{lines:?}");
     assert_eq!(bmc_lines[0]["device"], "DGX");
     assert_eq!(bmc_lines[0]["scope"], "node");
     assert_eq!(bmc_lines[0]["watts"], 6123.5);
+    assert_eq!(bmc_lines[0]["energy_joules"], 0.0);
     assert_eq!(bmc_lines[1]["device"], "HGX_GPU_SXM_1");
     assert!(bmc.fixture.tokens.lock().unwrap().is_empty(), "the CLI logs out");
 
@@ -239,8 +240,14 @@ fn power_read_shows_the_bmc() {
         wrong.to_str().unwrap(),
     ]);
     assert!(out.status.success());
-    let line: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
-    let e = line["error"].as_str().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bmc = doc["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["source"] == "redfish")
+        .unwrap_or_else(|| panic!("{doc}"));
+    let e = bmc["reason"].as_str().unwrap();
     assert!(e.contains("401 Unauthorized"), "{e}");
 
     // A bad BMC setting is a config error (78), naming the key.

@@ -1,6 +1,8 @@
 //! `hostplane-agent power read [--watch]`: what every local source and the
 //! BMC (when `power.bmc` is configured) read now, and why a source gives
-//! nothing, with no coordinator.
+//! nothing, with no coordinator. `-o json` prints one JSON document per
+//! pass: `{"readings": [...], "unavailable": [{"source", "device", "reason"}]}`.
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -27,15 +29,12 @@ pub struct ReadArgs {
     pub watch: bool,
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
-    /// `table` or `json` (one JSON object per reading and line).
+    /// `table`, or `json`: one document per pass (one line each with
+    /// `--watch`), the readings and the sources that gave none with why.
     #[arg(short = 'o', long, default_value = "table")]
     pub output: String,
     #[arg(long, default_value = "/sys")]
     pub sysfs_root: PathBuf,
-    /// The agent config whose `power.bmc` says which BMC to read [default:
-    /// /etc/hostplane/agent.yaml, if it exists].
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
     /// Read this BMC instead (`https://bmc.example`; "" reads none).
     #[arg(long, value_name = "URL")]
     pub bmc_url: Option<String>,
@@ -53,11 +52,13 @@ pub struct ReadArgs {
 }
 
 impl ReadArgs {
-    /// `power.bmc` from the config file, then the `--bmc-*` flags.
-    fn bmc_config(&self) -> Result<BmcConfig, String> {
+    /// `power.bmc` from the config file (the global `--config`, whose
+    /// `power.bmc` says which BMC to read [default: /etc/hostplane/agent.yaml,
+    /// if it exists]), then the `--bmc-*` flags.
+    fn bmc_config(&self, config: Option<&Path>) -> Result<BmcConfig, String> {
         let default = Path::new(crate::config::DEFAULT_CONFIG_PATH);
-        let path = match &self.config {
-            Some(p) => Some(p.as_path()),
+        let path = match config {
+            Some(p) => Some(p),
             None => default.exists().then_some(default),
         };
         let mut bmc = match path {
@@ -136,10 +137,83 @@ fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis().min(u128::from(u64::MAX)) as u64)
 }
 
-/// The BMC's readings, or one saying why there are none.
-async fn bmc_readings(client: &Result<RedfishClient, String>) -> Vec<Reading> {
+/// A source that gave nothing, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Unavailable {
+    pub source: &'static str,
+    /// The device, when one was found but cannot be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub reason: String,
+}
+
+/// What `power read -o json` prints per pass: always one document, even
+/// when every source is missing.
+#[derive(Debug, serde::Serialize)]
+pub struct ReadDocument<'a> {
+    pub readings: Vec<&'a Reading>,
+    pub unavailable: Vec<Unavailable>,
+}
+
+/// The document of one pass: readings with an error count as unavailable.
+pub fn document<'a>(readings: &'a [Reading], absent: &[Unavailable]) -> ReadDocument<'a> {
+    let mut unavailable = absent.to_vec();
+    unavailable.extend(readings.iter().filter_map(|r| {
+        r.error.as_ref().map(|e| Unavailable {
+            source: r.source,
+            device: Some(r.device.clone()),
+            reason: e.clone(),
+        })
+    }));
+    ReadDocument {
+        readings: readings.iter().filter(|r| r.error.is_none()).collect(),
+        unavailable,
+    }
+}
+
+/// The local sources that found nothing, and why.
+fn absent_sources(sources: &Sources, sysfs_root: &Path) -> Vec<Unavailable> {
+    let mut out = Vec::new();
+    let mut add = |source, reason: String| {
+        out.push(Unavailable {
+            source,
+            device: None,
+            reason,
+        })
+    };
+    if let Some(why) = &sources.rapl.absent {
+        add("rapl", why.clone());
+    }
+    if let Some(why) = &sources.gpus.absent {
+        add("nvml", why.clone());
+    }
+    if sources.hwmon.is_empty() {
+        add(
+            "hwmon",
+            format!(
+                "no power or energy sensors under {}",
+                sysfs_root.join("class/hwmon").display()
+            ),
+        );
+    }
+    out
+}
+
+/// The BMC's readings, or one saying why there are none. A chassis read for
+/// the first time has no energy yet (`energy_joules` null, not 0): energy is
+/// counted from a first read, so it needs two.
+async fn bmc_readings(client: &Result<RedfishClient, String>, seen: &mut HashSet<String>) -> Vec<Reading> {
     match client {
-        Ok(c) => c.sample().await,
+        Ok(c) => {
+            let mut readings = c.sample().await;
+            for r in &mut readings {
+                if r.error.is_none() && !seen.insert(r.device.clone()) {
+                    continue;
+                }
+                r.energy_joules = None;
+            }
+            readings
+        }
         Err(why) => vec![Reading::unavailable(
             "redfish",
             Scope::Node,
@@ -149,7 +223,7 @@ async fn bmc_readings(client: &Result<RedfishClient, String>) -> Vec<Reading> {
     }
 }
 
-pub async fn run_power_cli(args: PowerArgs) -> ExitCode {
+pub async fn run_power_cli(args: PowerArgs, config: Option<PathBuf>) -> ExitCode {
     let PowerCmd::Read(a) = args.cmd;
     if a.output != "table" && a.output != "json" {
         eprintln!(
@@ -158,7 +232,7 @@ pub async fn run_power_cli(args: PowerArgs) -> ExitCode {
         );
         return ExitCode::from(64);
     }
-    let bmc_cfg = match a.bmc_config() {
+    let bmc_cfg = match a.bmc_config(config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hostplane-agent power: {e}");
@@ -173,18 +247,7 @@ pub async fn run_power_cli(args: PowerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(why) = &sources.rapl.absent {
-        eprintln!("rapl: unavailable: {why}");
-    }
-    if let Some(why) = &sources.gpus.absent {
-        eprintln!("nvml: unavailable: {why}");
-    }
-    if sources.hwmon.is_empty() {
-        eprintln!(
-            "hwmon: unavailable: no power or energy sensors under {}",
-            a.sysfs_root.join("class/hwmon").display()
-        );
-    }
+    let mut absent = absent_sources(&sources, &a.sysfs_root);
     let bmc = if bmc_cfg.enabled() {
         Some(
             RedfishClient::connect(&bmc_cfg)
@@ -192,10 +255,20 @@ pub async fn run_power_cli(args: PowerArgs) -> ExitCode {
                 .map_err(|e| format!("cannot use the BMC at {}: {e}", bmc_cfg.url)),
         )
     } else {
-        eprintln!("redfish: unavailable: no BMC configured (power.bmc.url, or --bmc-url)");
+        absent.push(Unavailable {
+            source: "redfish",
+            device: None,
+            reason: "no BMC configured (power.bmc.url, or --bmc-url)".into(),
+        });
         None
     };
-    let code = read_loop(&a, sources, bmc.as_ref()).await;
+    if a.output == "table" {
+        // JSON carries these in its document; a table says them once, here.
+        for u in &absent {
+            eprintln!("{}: unavailable: {}", u.source, u.reason);
+        }
+    }
+    let code = read_loop(&a, sources, bmc.as_ref(), &absent).await;
     if let Some(Ok(c)) = &bmc {
         c.logout().await;
     }
@@ -206,7 +279,9 @@ async fn read_loop(
     a: &ReadArgs,
     mut sources: Sources,
     bmc: Option<&Result<RedfishClient, String>>,
+    absent: &[Unavailable],
 ) -> ExitCode {
+    let mut seen = HashSet::new();
     let mut first = true;
     loop {
         let s = tokio::task::spawn_blocking(move || {
@@ -218,22 +293,20 @@ async fn read_loop(
             return ExitCode::FAILURE;
         };
         sources = back;
-        if !first || !a.watch {
-            // The first pass only primes integrated sources, unless it is all there will be.
-            if !first {
-                if let Some(b) = bmc {
-                    readings.extend(bmc_readings(b).await);
-                }
-                if a.output == "json" {
-                    for r in &readings {
-                        println!("{}", serde_json::to_string(r).expect("readings serialize"));
-                    }
-                } else {
-                    print!("{}", table(&readings));
-                }
-                if !a.watch {
-                    return ExitCode::SUCCESS;
-                }
+        if let Some(b) = bmc {
+            readings.extend(bmc_readings(b, &mut seen).await);
+        }
+        // The first pass only primes integrated sources (and the BMC's
+        // energy count): the readings printed come from the second.
+        if !first {
+            if a.output == "json" {
+                let doc = document(&readings, absent);
+                println!("{}", serde_json::to_string(&doc).expect("readings serialize"));
+            } else {
+                print!("{}", table(&readings));
+            }
+            if !a.watch {
+                return ExitCode::SUCCESS;
             }
         }
         first = false;
@@ -241,5 +314,50 @@ async fn read_loop(
             _ = tokio::time::sleep(a.interval) => {}
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::power::Method;
+
+    fn reading(source: &'static str, device: &str, watts: Option<f64>, error: Option<&str>) -> Reading {
+        Reading {
+            source,
+            scope: Scope::Node,
+            device: device.into(),
+            watts,
+            energy_joules: None,
+            method: Method::Measured,
+            window: None,
+            age: None,
+            error: error.map(String::from),
+        }
+    }
+
+    #[test]
+    fn the_document_lists_readings_and_every_missing_source() {
+        let absent = vec![Unavailable {
+            source: "rapl",
+            device: None,
+            reason: "no /sys/class/powercap".into(),
+        }];
+        let readings = vec![
+            reading("hwmon", "hwmon0/power1", Some(450.0), None),
+            reading("redfish", "DGX", None, Some("HTTP 503")),
+        ];
+        let v = serde_json::to_value(document(&readings, &absent)).unwrap();
+        assert_eq!(v["readings"].as_array().unwrap().len(), 1);
+        assert_eq!(v["readings"][0]["watts"], 450.0);
+        assert_eq!(
+            v["unavailable"],
+            serde_json::json!([
+                {"source": "rapl", "reason": "no /sys/class/powercap"},
+                {"source": "redfish", "device": "DGX", "reason": "HTTP 503"},
+            ])
+        );
+        let empty = serde_json::to_value(document(&[], &[])).unwrap();
+        assert_eq!(empty, serde_json::json!({"readings": [], "unavailable": []}));
     }
 }
