@@ -433,6 +433,10 @@ fn a_bad_value_is_refused_naming_the_key() {
             vec!["--set", "agent.privileged=maybe"],
             vec!["/agent/privileged", "want boolean"],
         ),
+        (
+            vec!["--set", "monitoring.prometheusRule.enabled=maybe"],
+            vec!["/monitoring/prometheusRule/enabled", "want boolean"],
+        ),
         // A typo is not silently ignored.
         (
             vec!["--set", "agent.imag.tag=1"],
@@ -452,4 +456,109 @@ fn a_bad_value_is_refused_naming_the_key() {
             assert!(err.contains(name), "{args:?}: {name:?} not in {err}");
         }
     }
+}
+
+#[test]
+fn the_charts_monitoring_files_are_those_of_packaging_monitoring() {
+    for (copy, original) in [
+        ("hostplane-dashboard.json", "grafana/hostplane-dashboard.json"),
+        ("hostplane-rules.yml", "prometheus/hostplane-rules.yml"),
+    ] {
+        let copy_path = root().join("packaging/helm/hostplane/files").join(copy);
+        let original_path = root().join("packaging/monitoring").join(original);
+        assert_eq!(
+            std::fs::read(&copy_path).unwrap(),
+            std::fs::read(&original_path).unwrap(),
+            "{} differs from {}: cp the second over the first",
+            copy_path.display(),
+            original_path.display()
+        );
+    }
+}
+
+#[test]
+fn monitoring_renders_the_dashboard_and_the_rules_when_asked() {
+    if skip(helm_missing()) {
+        return;
+    }
+    let monitoring = root().join("packaging/monitoring");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(monitoring.join("grafana/hostplane-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let rules_text = std::fs::read_to_string(monitoring.join("prometheus/hostplane-rules.yml")).unwrap();
+    let rules: Value = serde_norway::from_str(&rules_text).unwrap();
+    let defaults = rendered(&[]);
+    let all = rendered(&[
+        "--set",
+        "monitoring.grafanaDashboard.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.labels.release=kube-prometheus-stack",
+        "--set",
+        "monitoring.rulesConfigMap.enabled=true",
+    ]);
+    let key = |kind: &str, name: &str| (kind.to_string(), "hostplane".to_string(), name.to_string());
+    let dash_key = key("ConfigMap", "hostplane-grafana-dashboard");
+    let rule_key = key("PrometheusRule", "hostplane");
+    let rules_cm_key = key("ConfigMap", "hostplane-prometheus-rules");
+    for k in [&dash_key, &rule_key, &rules_cm_key] {
+        assert!(!defaults.contains_key(k), "{k:?} rendered by default");
+        assert!(all.contains_key(k), "{k:?} not rendered when enabled");
+    }
+    assert_eq!(all.len(), defaults.len() + 3, "exactly three more objects");
+    // The dashboard, parsed, is the file's; labelled for Grafana's sidecar.
+    let cm = &all[&dash_key];
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(cm["metadata"]["labels"]["app.kubernetes.io/part-of"], "hostplane");
+    let got: serde_json::Value =
+        serde_json::from_str(cm["data"]["hostplane-dashboard.json"].as_str().unwrap()).unwrap();
+    assert_eq!(got, dashboard);
+    // The PrometheusRule's spec is the rules file; its labels are the values'.
+    let pr = &all[&rule_key];
+    assert_eq!(pr["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(pr["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    assert_eq!(pr["spec"], rules);
+    // The ConfigMap holds the file itself.
+    let cm = &all[&rules_cm_key];
+    assert_eq!(
+        cm["data"]["hostplane-rules.yml"].as_str().unwrap(),
+        rules_text.trim_end(),
+        "the rules file, as written"
+    );
+    // What Prometheus would load from the PrometheusRule passes promtool too.
+    if Command::new("promtool").arg("--version").output().is_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rules.yml");
+        std::fs::write(&file, serde_norway::to_string(&pr["spec"]).unwrap()).unwrap();
+        let out = Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("promtool missing: the rendered rules were compared, not checked by promtool");
+    }
+    // helm lint --strict with everything on.
+    let out = helm_template(&[
+        "--lint",
+        "--set",
+        "monitoring.grafanaDashboard.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.rulesConfigMap.enabled=true",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("[WARNING]") && !text.contains("[ERROR]"),
+        "{text}"
+    );
 }

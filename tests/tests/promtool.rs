@@ -1,0 +1,721 @@
+//! What Prometheus's own tools make of hostplane's metrics and of the
+//! monitoring files shipped in `packaging/monitoring/`:
+//! - a live scrape of the real agent (fake sysfs power tree, a BMC, host
+//!   networking, a coordinator) and of the real `hostplane-sim bmc`, with a
+//!   Prometheus 2.x `Accept` header and with none: the text format 0.0.4
+//!   body passes `promtool check metrics` with no problem at all, the
+//!   OpenMetrics body passes the strict OpenMetrics parser of the Python
+//!   `prometheus_client` (promtool 2.42 reads only the text format), and
+//!   both bodies hold the same families with the same types;
+//! - generated registries, converted by `hostplane_common::exposition`, pass
+//!   the same two checks and keep every sample;
+//! - the alerting rules pass `promtool check rules` and their unit tests
+//!   (`promtool test rules`);
+//! - the Grafana dashboard is a dashboard, its PromQL parses (promtool), and
+//!   every metric name in it and in the rules is one the daemons serve or
+//!   docs/operations.md lists; everything served is listed there.
+//!
+//! `promtool` comes from Debian's `prometheus` package and the Python parser
+//! from PyPI (`scripts/setup` installs both); without them a test prints
+//! `SKIPPED: <why>` and returns.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use hostplane_common::exposition;
+use hostplane_proto::v1::RebootMethod;
+use hostplane_tests::world::{World, WorldOpts};
+use hostplane_tests::{Proc, bin, free_addr, fuse_unavailable, power, wait_for};
+use proptest::prelude::*;
+
+/// What Prometheus 2.x (2.42, Debian's, included) sends when it scrapes.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// Parses an exposition body with the Python client library's parsers
+/// (argv[1]: `openmetrics` — the strict OpenMetrics 1.0 parser, which
+/// refuses a body without `# EOF` or with a sample outside its family — or
+/// `text`, the 0.0.4 parser) and prints its families as JSON: name, type
+/// and samples (`_created` left out: text 0.0.4 has none).
+const PARSE_PY: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+from prometheus_client.parser import text_string_to_metric_families as text
+body = sys.stdin.read()
+parse = om if sys.argv[1] == "openmetrics" else text
+out = []
+for f in parse(body):
+    out.append({"name": f.name, "type": f.type, "samples": [
+        [s.name, sorted(s.labels.items()), repr(float(s.value))]
+        for s in f.samples if not s.name.endswith("_created")]})
+print(json.dumps(out))
+"#;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn monitoring(path: &str) -> PathBuf {
+    root().join("packaging/monitoring").join(path)
+}
+
+/// Why promtool or the Python parser cannot run here, if they cannot.
+fn tools_missing() -> Option<String> {
+    match Command::new("promtool").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        _ => {
+            return Some(
+                "promtool is not installed; scripts/setup installs Debian's prometheus package".into(),
+            );
+        }
+    }
+    match Command::new("python3")
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .output()
+    {
+        Ok(o) if o.status.success() => None,
+        _ => {
+            Some("the Python module prometheus_client is missing; scripts/setup installs it with pip".into())
+        }
+    }
+}
+
+macro_rules! require_tools {
+    () => {
+        if let Some(why) = tools_missing() {
+            eprintln!("SKIPPED: {why}");
+            return Ok(());
+        }
+    };
+}
+
+/// Run `program args` with `stdin`; its exit status and stdout + stderr.
+fn run(program: &str, args: &[&str], stdin: &str) -> Result<(bool, String)> {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    let mut input = child.stdin.take().context("stdin")?;
+    let body = stdin.to_string();
+    let writer = std::thread::spawn(move || input.write_all(body.as_bytes()));
+    let out = child.wait_with_output()?;
+    writer.join().expect("stdin writer")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+/// `promtool check metrics` on a text format body: exit 0 and not a word.
+fn promtool_check_metrics(what: &str, body: &str) -> Result<()> {
+    let (ok, out) = run("promtool", &["check", "metrics"], body)?;
+    ensure!(
+        ok && out.trim().is_empty(),
+        "promtool check metrics on {what}:\n{out}\n--- body ---\n{body}"
+    );
+    Ok(())
+}
+
+/// A family as the Python parsers see it.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+struct PyFamily {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    samples: Vec<(String, Vec<(String, String)>, String)>,
+}
+
+fn parse_py(format: &str, what: &str, body: &str) -> Result<Vec<PyFamily>> {
+    let (ok, out) = run("python3", &["-c", PARSE_PY, format], body)?;
+    ensure!(
+        ok,
+        "the Python {format} parser refused {what}:\n{out}\n--- body ---\n{body}"
+    );
+    serde_json::from_str(out.trim()).with_context(|| format!("parser output: {out}"))
+}
+
+/// Both bodies are what their format wants, and say the same.
+fn check_pair(
+    what: &str,
+    text: &str,
+    openmetrics: &str,
+    same_values: bool,
+) -> Result<BTreeMap<String, String>> {
+    promtool_check_metrics(&format!("{what} (text 0.0.4)"), text)?;
+    let om = parse_py("openmetrics", &format!("{what} (OpenMetrics)"), openmetrics)?;
+    let txt = parse_py("text", &format!("{what} (text 0.0.4)"), text)?;
+    let types = |fs: &[PyFamily]| -> BTreeMap<String, String> {
+        fs.iter().map(|f| (f.name.clone(), f.kind.clone())).collect()
+    };
+    ensure!(
+        types(&om) == types(&txt),
+        "{what}: the two formats disagree on the families:\nOpenMetrics {:?}\ntext {:?}",
+        types(&om),
+        types(&txt)
+    );
+    if same_values {
+        ensure!(om == txt, "{what}: the samples differ:\n{om:?}\n{txt:?}");
+    }
+    Ok(types(&om))
+}
+
+/// GET `url` with `accept`; content type and body.
+async fn scrape(client: &reqwest::Client, url: &str, accept: Option<&str>) -> Result<(String, String)> {
+    let mut req = client.get(url);
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let r = req.send().await.with_context(|| format!("GET {url}"))?;
+    ensure!(r.status().is_success(), "GET {url}: {}", r.status());
+    let ct = r
+        .headers()
+        .get("content-type")
+        .context("no content-type")?
+        .to_str()?
+        .to_string();
+    Ok((ct, r.text().await?))
+}
+
+/// Scrape `url` both ways and check the pair (again if a family appeared
+/// between the two scrapes); the metric names served.
+async fn check_endpoint(client: &reqwest::Client, what: &str, url: &str) -> Result<BTreeSet<String>> {
+    let mut last = None;
+    for _ in 0..5 {
+        let (ct_text, text) = scrape(client, url, None).await?;
+        let (ct_om, om) = scrape(client, url, Some(PROMETHEUS_ACCEPT)).await?;
+        assert_eq!(ct_text, exposition::TEXT_CONTENT_TYPE, "{what} without Accept");
+        assert_eq!(
+            ct_om,
+            exposition::OPENMETRICS_CONTENT_TYPE,
+            "{what} with Prometheus's Accept"
+        );
+        match check_pair(what, &text, &om, false) {
+            Ok(_) => return Ok(sample_names(&text)),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(last.expect("tried"))
+}
+
+/// The metric names of a text format body's samples, folded to their
+/// family for histograms (`_bucket`, `_sum`, `_count`).
+fn sample_names(text: &str) -> BTreeSet<String> {
+    let mut histograms = BTreeSet::new();
+    for l in text.lines() {
+        if let Some(t) = l.strip_prefix("# TYPE ")
+            && let Some((name, "histogram")) = t.split_once(' ')
+        {
+            histograms.insert(name.to_string());
+        }
+    }
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let name = &l[..l.find(['{', ' ']).unwrap_or(l.len())];
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| histograms.contains(*f)))
+                .unwrap_or(name)
+                .to_string()
+        })
+        .collect()
+}
+
+/// The metrics docs/operations.md lists (its "### Metrics" table): name and type.
+fn documented_metrics() -> Result<BTreeMap<String, String>> {
+    let ops = std::fs::read_to_string(root().join("docs/operations.md"))?;
+    let start = ops
+        .find("\n### Metrics\n")
+        .context("docs/operations.md has no ### Metrics section")?;
+    let section = &ops[start + 1..];
+    let section = &section[..section[4..].find("\n#").map_or(section.len(), |e| e + 4)];
+    let names: BTreeMap<String, String> = section
+        .lines()
+        .filter_map(|l| {
+            let mut cells = l.strip_prefix("| `")?.split('|');
+            let name = cells.next()?.split('`').next()?;
+            let kind = cells.next()?.trim();
+            Some((name.to_string(), kind.to_string()))
+        })
+        .collect();
+    ensure!(names.len() > 10, "too few metrics found in the table: {names:?}");
+    Ok(names)
+}
+
+/// The BMC simulator binary on a free port; its base URL (http or https).
+async fn start_bmc(dir: &Path) -> Result<(Proc, String)> {
+    let addr = free_addr()?;
+    let out = dir.join("bmc.out");
+    let p = Proc::spawn(
+        "bmc",
+        &bin("hostplane-sim")?,
+        &["bmc", "--bmc", &format!("bmc-n1=dgx-h100@{addr}")],
+        &out,
+    )?;
+    let url = wait_for("the BMC simulator's URL", Duration::from_secs(20), || {
+        let out = out.clone();
+        async move {
+            let s = std::fs::read_to_string(&out).ok()?;
+            s.lines()
+                .find_map(|l| l.strip_prefix("bmc-n1 dgx-h100 "))
+                .map(|u| u.trim().to_string())
+        }
+    })
+    .await?;
+    Ok((p, url))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_agent_and_bmc_metrics_pass_promtool_and_an_openmetrics_parser() -> Result<()> {
+    require_tools!();
+    if let Some(why) = fuse_unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return Ok(());
+    }
+    let mut world = World::start(WorldOpts {
+        dpus: 1,
+        ..Default::default()
+    })
+    .await?;
+    world.add_node("n1", RebootMethod::External, &[], &[]).await?;
+    let (_bmc, bmc_url) = start_bmc(&world.dir).await?;
+    let sysfs = world.dir.join("sysfs");
+    power::fake_sysfs(&sysfs)?;
+    let pw = world.dir.join("bmc-password");
+    std::fs::write(&pw, "admin\n")?;
+    let metrics = free_addr()?;
+    world.start_agent_with(
+        "n1",
+        &format!(
+            "metrics:\n  listen: {metrics}\n\
+             power:\n  sysfs_root: {sysfs}\n  bmc:\n    url: {bmc_url}\n    username: admin\n    password_file: {pw}\n    insecure_tls: true\n",
+            sysfs = sysfs.display(),
+            pw = pw.display(),
+        ),
+    )?;
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true) // the simulator's lab certificate
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let agent_url = format!("http://{metrics}/metrics");
+    // Wait until the agent has read its sources and the BMC at least once.
+    wait_for("the agent's power metrics", Duration::from_secs(60), || {
+        let (client, url) = (client.clone(), agent_url.clone());
+        async move {
+            let (_, body) = scrape(&client, &url, None).await.ok()?;
+            (body.contains("source=\"redfish\"")
+                && body.contains("hostplane_power_watts{")
+                && body.contains("hostplane_energy_joules_total{"))
+            .then_some(())
+        }
+    })
+    .await?;
+    let mut served = check_endpoint(&client, "the agent's /metrics", &agent_url).await?;
+    for name in [
+        "hostplane_energy_joules_total",
+        "hostplane_power_watts",
+        "hostplane_power_source_up",
+        "hostplane_bmc_requests_total",
+        "hostplane_network_changes_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(served.contains(name), "the agent serves no {name}: {served:?}");
+    }
+    let bmc_names = check_endpoint(
+        &client,
+        "the BMC simulator's /metrics",
+        &format!("{bmc_url}/metrics"),
+    )
+    .await?;
+    assert!(
+        bmc_names.contains("hostplane_sim_bmc_requests_total"),
+        "{bmc_names:?}"
+    );
+    served.extend(bmc_names);
+    // Everything served is documented; what the dashboard and the rules use
+    // is served or documented.
+    let documented = documented_metrics()?;
+    let undocumented: Vec<_> = served.iter().filter(|n| !documented.contains_key(*n)).collect();
+    assert!(
+        undocumented.is_empty(),
+        "served but not in docs/operations.md ### Metrics: {undocumented:?}"
+    );
+    let mut known: BTreeSet<String> = documented.keys().cloned().collect();
+    known.extend(served);
+    known.insert("up".into()); // Prometheus's own, per target
+    // A histogram's series: <name>_bucket, _sum, _count.
+    for (name, kind) in &documented {
+        if kind == "histogram" {
+            known.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
+        }
+    }
+    for (file, exprs) in [
+        ("grafana/hostplane-dashboard.json", dashboard_exprs()?),
+        ("prometheus/hostplane-rules.yml", rule_exprs()?),
+    ] {
+        for expr in exprs {
+            for name in metric_names(&expr) {
+                assert!(
+                    known.contains(&name),
+                    "{file}: {name} (in {expr}) is neither served nor documented"
+                );
+            }
+        }
+    }
+    world.shutdown().await
+}
+
+/// prometheus-client registries of every kind the daemons use, with
+/// label values that need escaping.
+fn label_value() -> impl Strategy<Value = String> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just("\"".to_string()),
+            Just("\\".to_string()),
+            Just("\n".to_string()),
+            Just(" # {".to_string()),
+            Just("}".to_string()),
+            "[a-zA-Z0-9é水 _.:-]{1,4}",
+        ],
+        1..4,
+    )
+    .prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn generated_registries_pass_promtool_and_keep_every_sample(
+        counters in proptest::collection::vec((label_value(), 0u64..1_000_000), 0..4),
+        float_counter in proptest::option::of(0f64..1e12),
+        gauges in proptest::collection::vec((label_value(), -1e9f64..1e9), 0..4),
+        observations in proptest::collection::vec(0f64..10.0, 0..6),
+    ) {
+        if let Some(why) = tools_missing() {
+            eprintln!("SKIPPED: {why}");
+            return Ok(());
+        }
+        use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
+        use std::sync::atomic::AtomicU64;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let sub = registry.sub_registry_with_prefix("hostplane");
+        let c = Family::<Vec<(String, String)>, Counter>::default();
+        let fc = Counter::<f64, AtomicU64>::default();
+        let g = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
+        let h = Histogram::new([0.5, 1.0, 5.0]);
+        sub.register("things", "Things counted", c.clone());
+        sub.register("energy_joules", "Energy used", fc.clone());
+        sub.register("level", "A level", g.clone());
+        sub.register("latency_seconds", "Latency", h.clone());
+        for (v, n) in &counters {
+            c.get_or_create(&vec![("source".into(), v.clone())]).inc_by(*n);
+        }
+        if let Some(j) = float_counter {
+            fc.inc_by(j);
+        }
+        for (v, x) in &gauges {
+            g.get_or_create(&vec![("scope".into(), v.clone())]).set(*x);
+        }
+        for o in &observations {
+            h.observe(*o);
+        }
+        let mut om = String::new();
+        prometheus_client::encoding::text::encode(&mut om, &registry).unwrap();
+        let text = exposition::encode(exposition::Format::Text004, om.clone()).unwrap();
+        let r = check_pair("a generated registry", &text, &om, true);
+        prop_assert!(r.is_ok(), "{:?}", r.err());
+    }
+}
+
+#[test]
+fn the_alerting_rules_pass_promtool_check_and_their_unit_tests() -> Result<()> {
+    require_tools!();
+    let rules = monitoring("prometheus/hostplane-rules.yml");
+    let o = Command::new("promtool")
+        .args(["check", "rules", "--lint=all", "--lint-fatal"])
+        .arg(&rules)
+        .output()?;
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        o.status.success() && out.contains("SUCCESS: 5 rules found"),
+        "{out}"
+    );
+    let o = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(monitoring("prometheus/hostplane-rules.test.yml"))
+        .output()?;
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    ensure!(o.status.success() && out.contains("SUCCESS"), "{out}");
+    // Every alert has a unit test.
+    let tests = std::fs::read_to_string(monitoring("prometheus/hostplane-rules.test.yml"))?;
+    let rules: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(&rules)?)?;
+    for rule in rules["groups"][0]["rules"].as_sequence().context("rules")? {
+        let alert = rule["alert"].as_str().context("an alert name")?;
+        ensure!(
+            tests.contains(&format!("alertname: {alert}\n")),
+            "{alert} has no test in hostplane-rules.test.yml"
+        );
+    }
+    Ok(())
+}
+
+/// Every `expr` of every rule.
+fn rule_exprs() -> Result<Vec<String>> {
+    let rules: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(monitoring(
+        "prometheus/hostplane-rules.yml",
+    ))?)?;
+    let mut out = Vec::new();
+    for g in rules["groups"].as_sequence().context("groups")? {
+        for r in g["rules"].as_sequence().context("rules")? {
+            out.push(r["expr"].as_str().context("expr")?.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Every PromQL expression of every panel of the dashboard.
+fn dashboard_exprs() -> Result<Vec<String>> {
+    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(monitoring(
+        "grafana/hostplane-dashboard.json",
+    ))?)?;
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().context("panels")? {
+        if p["type"] == "row" {
+            continue;
+        }
+        let targets = p["targets"].as_array().context("targets")?;
+        ensure!(!targets.is_empty(), "panel {} has no targets", p["title"]);
+        for t in targets {
+            out.push(t["expr"].as_str().context("a target's expr")?.to_string());
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn the_dashboard_is_grafana_json_whose_promql_parses() -> Result<()> {
+    require_tools!();
+    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(monitoring(
+        "grafana/hostplane-dashboard.json",
+    ))?)?;
+    ensure!(
+        d["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+        "schemaVersion"
+    );
+    ensure!(
+        d["uid"].as_str().is_some_and(|u| !u.is_empty() && u.len() <= 40),
+        "uid"
+    );
+    ensure!(d["title"].as_str().is_some_and(|t| !t.is_empty()), "title");
+    let mut ids = BTreeSet::new();
+    for p in d["panels"].as_array().context("panels")? {
+        ensure!(
+            ids.insert(p["id"].as_u64().context("panel id")?),
+            "duplicate panel id {}",
+            p["id"]
+        );
+        let g = &p["gridPos"];
+        ensure!(
+            g["w"].as_u64().is_some_and(|w| w >= 1 && w <= 24)
+                && g["x"]
+                    .as_u64()
+                    .is_some_and(|x| x + g["w"].as_u64().unwrap_or(0) <= 24),
+            "panel {} is off the 24-column grid: {g}",
+            p["title"]
+        );
+        if p["type"] != "row" {
+            ensure!(
+                p["datasource"]["uid"] == "${datasource}",
+                "panel {} datasource",
+                p["title"]
+            );
+        }
+    }
+    let variables: BTreeSet<&str> = d["templating"]["list"]
+        .as_array()
+        .context("templating")?
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    ensure!(
+        variables.contains("datasource") && variables.contains("instance"),
+        "{variables:?}"
+    );
+    // Each expression, with Grafana's variables as Grafana would fill them,
+    // as a recording rule: promtool parses it with Prometheus's own parser.
+    let exprs = dashboard_exprs()?;
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e.replace("$__rate_interval", "5m").replace("$instance", ".*");
+        ensure!(!e.contains('$'), "an unknown variable in {e}");
+        rules.push_str(&format!(
+            "      - record: dashboard:expr{i}\n        expr: {}\n",
+            serde_json::to_string(&e)?
+        ));
+    }
+    let tmp = tempfile::tempdir()?;
+    let file = tmp.path().join("dashboard-rules.yml");
+    std::fs::write(&file, &rules)?;
+    let o = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()?;
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    ensure!(o.status.success(), "the dashboard's PromQL:\n{out}\n{rules}");
+    Ok(())
+}
+
+/// The metric names a PromQL expression reads: identifiers that are not
+/// functions, aggregations, keywords, label names or durations.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    const WORDS: &[&str] = &[
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "group",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+    ];
+    // Blank out strings, label matchers and ranges.
+    let mut plain = String::with_capacity(expr.len());
+    let (mut depth_brace, mut depth_bracket, mut quote) = (0, 0, None::<char>);
+    let mut escaped = false;
+    for c in expr.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            plain.push(' ');
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' => {
+                quote = Some(c);
+                plain.push(' ');
+            }
+            '{' => depth_brace += 1,
+            '}' => depth_brace -= 1,
+            '[' => depth_bracket += 1,
+            ']' => depth_bracket -= 1,
+            _ if depth_brace > 0 || depth_bracket > 0 => plain.push(' '),
+            _ => plain.push(c),
+        }
+        if matches!(c, '{' | '}' | '[' | ']') {
+            plain.push(' ');
+        }
+    }
+    let mut names = BTreeSet::new();
+    let chars: Vec<char> = plain.chars().collect();
+    let mut i = 0;
+    // Label lists after by/without/on/ignoring/group_*: skip "( ... )".
+    let mut skip_parens = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next = chars[i..].iter().find(|c| !c.is_whitespace());
+            let preceded_by_digit = start > 0 && chars[start - 1].is_ascii_digit();
+            if matches!(
+                word.as_str(),
+                "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+            ) {
+                skip_parens = true;
+            } else if next != Some(&'(')
+                && !WORDS.contains(&word.to_lowercase().as_str())
+                && !preceded_by_digit
+            {
+                names.insert(word);
+            }
+            continue;
+        }
+        if c == '(' && skip_parens {
+            while i < chars.len() && chars[i] != ')' {
+                i += 1;
+            }
+            skip_parens = false;
+        } else if !c.is_whitespace() {
+            skip_parens = false;
+        }
+        i += 1;
+    }
+    names
+}
+
+#[test]
+fn metric_names_are_found_in_promql() {
+    let cases: &[(&str, &[&str])] = &[
+        ("up{job=\"hostplane-agent\"} == 0", &["up"]),
+        (
+            "sum by (instance, dpu) (increase(hostplane_network_drift_repairs_total[30m])) > 3",
+            &["hostplane_network_drift_repairs_total"],
+        ),
+        (
+            "count(hostplane_power_source_up{job=\"a\",instance=~\"$instance\"} == 0) or vector(0)",
+            &["hostplane_power_source_up"],
+        ),
+        (
+            "sum(rate(a_total[5m])) / on(instance) group_left(node) b_info * 1e3",
+            &["a_total", "b_info"],
+        ),
+        (
+            "histogram_quantile(0.9, sum by (le) (rate(x_bucket[5m])))",
+            &["x_bucket"],
+        ),
+        ("{__name__=\"odd\"}", &[]),
+    ];
+    for (expr, want) in cases {
+        let got = metric_names(expr);
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        assert_eq!(got, want, "{expr}");
+    }
+}
+
+/// A reminder that a failing check can fail: a body served as the issue
+/// found it (OpenMetrics as text 0.0.4) does not pass promtool.
+#[test]
+fn promtool_refuses_openmetrics_served_as_text() -> Result<()> {
+    require_tools!();
+    let om = "# HELP hostplane_energy_joules Energy used.\n# TYPE hostplane_energy_joules counter\nhostplane_energy_joules_total 1.0\n# EOF\n";
+    if promtool_check_metrics("the old body", om).is_ok() {
+        bail!("promtool accepted a counter family named without _total");
+    }
+    promtool_check_metrics("the converted body", &exposition::to_text_004(om)?)
+}
