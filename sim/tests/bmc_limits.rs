@@ -182,15 +182,22 @@ async fn a_node_limit_set_over_redfish_brings_the_draw_under_it() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
-    // The lag has a 0.75 s time constant: a few seconds of real time. Wait on
-    // the condition (generously), not on a fixed sleep.
+    // The BMC advertises 1 s to meet a new limit (the model's own test checks
+    // that it does, for any model, load, limit and time). In real time, wait
+    // on the condition (generously), not on a fixed sleep: the reading comes
+    // to the limit itself, not to within 1% of it.
+    let power = get(&c, &format!("{}/redfish/v1/Chassis/DGX/Power", bmc.url())).await;
+    assert_eq!(
+        power.body["PowerControl"][0]["PowerLimit"]["CorrectionInMs"],
+        1000
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let env = format!("{}/redfish/v1/Chassis/DGX/EnvironmentMetrics", bmc.url());
     loop {
         let reading = get(&c, &env).await.body["PowerWatts"]["Reading"]
             .as_f64()
             .unwrap();
-        if reading <= limit * 1.01 {
+        if reading <= limit {
             break;
         }
         assert!(
@@ -199,7 +206,7 @@ async fn a_node_limit_set_over_redfish_brings_the_draw_under_it() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(bmc.draw_watts() <= limit * 1.01);
+    assert!(bmc.draw_watts() <= limit + 1e-6, "{}", bmc.draw_watts());
     bmc.shutdown().await;
 }
 

@@ -53,10 +53,15 @@ async fn caps_keep_an_oversubscribed_feed_under_budget_and_safe_caps_follow_a_lo
         ("n2", Model::DgxB200),
         ("n3", Model::Gb200),
     ];
+    // HTTPS, as BMCs serve: a lab CA the agents trust (power.bmc.ca_file).
+    let bmc_tls = world.dir.join("bmc-tls");
+    let tls = hostplane_sim::bmc::LabCerts::generate(&[])?.write(&bmc_tls)?;
+    let ca = bmc_tls.join(hostplane_sim::bmc::tls::LAB_CA_FILE);
     let mut bmcs = Vec::new();
     for (node, model) in models {
         let mut o = BmcOptions::new(format!("bmc-{node}"), model);
         o.workload = Workload::Constant(1.0);
+        o.tls = Some(tls.clone());
         bmcs.push(BmcSim::spawn(o)?);
     }
     let demand = feed_draw(&bmcs);
@@ -85,10 +90,11 @@ async fn caps_keep_an_oversubscribed_feed_under_budget_and_safe_caps_follow_a_lo
         world.start_agent_with(
             node,
             &format!(
-                "power:\n  sysfs_root: {sysfs}\n  telemetry:\n    batch_interval: 500ms\n  bmc:\n    url: {url}\n    username: admin\n    password_file: {pw}\n    poll_interval: 1s\n",
+                "power:\n  sysfs_root: {sysfs}\n  telemetry:\n    batch_interval: 500ms\n  bmc:\n    url: {url}\n    username: admin\n    password_file: {pw}\n    ca_file: {ca}\n    poll_interval: 1s\n",
                 sysfs = sysfs.display(),
                 url = bmcs[i].url(),
                 pw = pw.display(),
+                ca = ca.display(),
             ),
         )?;
     }

@@ -86,7 +86,13 @@ async fn run(keep: bool) -> Result<()> {
 }
 
 async fn drive(w: &mut World) -> Result<()> {
-    let bmc = BmcSim::spawn(BmcOptions::new("bmc-node-1", Model::DgxH100))?;
+    // HTTPS, as a BMC serves: a lab CA made for the demo, which the agent trusts.
+    let bmc_tls = w.dir.join("bmc-tls");
+    let tls = hostplane_sim::bmc::LabCerts::generate(&[])?.write(&bmc_tls)?;
+    let bmc = BmcSim::spawn(BmcOptions {
+        tls: Some(tls),
+        ..BmcOptions::new("bmc-node-1", Model::DgxH100)
+    })?;
     let sysfs = w.dir.join("sysfs");
     hostplane_tests::power::fake_sysfs(&sysfs)?;
     let pw = w.dir.join("bmc.password");
@@ -94,10 +100,11 @@ async fn drive(w: &mut World) -> Result<()> {
     w.start_agent_with(
         NODE,
         &format!(
-            "power:\n  sysfs_root: {}\n  telemetry:\n    batch_interval: 1s\n  bmc:\n    url: {}\n    username: admin\n    password_file: {}\n    poll_interval: 1s\n",
+            "power:\n  sysfs_root: {}\n  telemetry:\n    batch_interval: 1s\n  bmc:\n    url: {}\n    username: admin\n    password_file: {}\n    ca_file: {}\n    poll_interval: 1s\n",
             sysfs.display(),
             bmc.url(),
-            pw.display()
+            pw.display(),
+            bmc_tls.join(hostplane_sim::bmc::tls::LAB_CA_FILE).display()
         ),
     )?;
     println!(
