@@ -10,9 +10,9 @@ use api_common::*;
 use hostplane_proto::limits as lim;
 use hostplane_proto::v1::{
     Bridge, CreateNodeWithDevicesRequest, CreateRequest, DeleteRequest, DpuRef, GetRequest, HostNetwork,
-    Kind, ListRequest, NodeRef, PowerBundle, PowerLimit, PowerPolicy, PowerPolicySpec, Resource, Route,
-    SetDeploymentImageRequest, SriovPf, Topology, TopologyElement, TopologySpec, UpdateRequest, VfConfig,
-    WatchRequest, power_limit,
+    Kind, ListRequest, NodeRef, PowerBundle, PowerLimit, PowerPolicy, PowerPolicySpec, PowerSummaryRequest,
+    Resource, Route, SetDeploymentImageRequest, SriovPf, Topology, TopologyElement, TopologySpec,
+    UpdateRequest, VfConfig, WatchRequest, power_limit,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -32,6 +32,7 @@ enum Call {
     Approve(String),
     Reprovision(String),
     SetImage(SetDeploymentImageRequest),
+    PowerSummary(Vec<String>),
 }
 
 type Build = fn(String) -> Call;
@@ -323,6 +324,9 @@ fn fields() -> Vec<(&'static str, usize, Build)> {
                 flavor: v,
             })
         }),
+        f("nodes[1]", lim::MAX_NAME, |v| {
+            Call::PowerSummary(vec!["n1".into(), v])
+        }),
     ]
 }
 
@@ -369,6 +373,7 @@ async fn send(c: &mut Client, call: Call) -> Result<(), tonic::Status> {
         Call::Approve(name) => c.approve_maintenance(NodeRef { name }).await.map(drop),
         Call::Reprovision(name) => c.reprovision(DpuRef { name }).await.map(drop),
         Call::SetImage(r) => c.set_deployment_image(r).await.map(drop),
+        Call::PowerSummary(nodes) => c.get_power_summary(PowerSummaryRequest { nodes }).await.map(drop),
     }
 }
 

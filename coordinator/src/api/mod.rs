@@ -155,6 +155,10 @@ impl AdminService for AdminApi {
     }
 
     async fn get_power_summary(&self, req: Request<PowerSummaryRequest>) -> Reply<PowerSummary> {
-        Ok(Response::new(self.power.summary(&req.into_inner())))
+        let req = req.into_inner();
+        for (i, n) in req.nodes.iter().enumerate() {
+            validate::name(&format!("nodes[{i}]"), n).map_err(Status::from)?;
+        }
+        Ok(Response::new(self.power.summary(&req)))
     }
 }
