@@ -185,6 +185,17 @@ async fn hello_must_come_first_and_name_a_registered_node() {
     assert_eq!(e.code(), Code::NotFound);
     assert_eq!(e.message(), "node n9 is not registered; create it first");
     assert!(get_node(&s.store, "n9").await.is_none());
+
+    // A name of any size is refused by its length, never echoed.
+    let e = open(s.addr, hello(&"n".repeat(1 << 20), "b"))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "hello.node_name: 1048576 bytes, more than the maximum of 63"
+    );
 }
 
 #[tokio::test]

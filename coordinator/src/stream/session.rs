@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
-use hostplane_proto::limits::MAX_AGENT_MESSAGE_BYTES;
+use hostplane_proto::limits::{MAX_AGENT_MESSAGE_BYTES, MAX_NAME};
 use prost::Message as _;
 
 use crate::store::{DesiredChanged, Store, StoreError, now_ms};
@@ -36,7 +36,16 @@ pub async fn read_hello(
     match first {
         Some(AgentMessage {
             msg: Some(agent_message::Msg::Hello(h)),
-        }) if !h.node_name.is_empty() => Ok(h),
+        }) if !h.node_name.is_empty() => {
+            // Checked before anything quotes it (the refusal, the audit, the log).
+            if h.node_name.len() > MAX_NAME {
+                return Err(Status::invalid_argument(format!(
+                    "hello.node_name: {} bytes, more than the maximum of {MAX_NAME}",
+                    h.node_name.len()
+                )));
+            }
+            Ok(h)
+        }
         Some(AgentMessage {
             msg: Some(agent_message::Msg::Hello(_)),
         }) => Err(StreamError::NoNodeName.into()),
