@@ -445,6 +445,29 @@ mod tests {
                 .all(|o| o.username == "admin" && o.password == "s3cret")
         );
         assert!(opts.iter().all(|o| o.tls.is_none()));
+        // HTTPS with a lab certificate unless asked otherwise.
+        assert!(args.needs_lab_certs());
+        let http = |extra: &[&str]| {
+            let mut a = vec!["bmc", "--bmc", "a=dgx-h100@0"];
+            a.extend_from_slice(extra);
+            match parse(&a).map(|c| c.command) {
+                Ok(Command::Bmc(b)) => Ok(b),
+                Ok(_) => panic!("not bmc"),
+                Err(e) => Err(e),
+            }
+        };
+        assert!(!http(&["--http"]).unwrap().needs_lab_certs());
+        let files = http(&["--tls-cert", "/c.pem", "--tls-key", "/k.pem"]).unwrap();
+        assert!(!files.needs_lab_certs());
+        assert!(files.to_options().unwrap()[0].tls.is_some());
+        assert!(http(&["--cert-dir", "/d"]).unwrap().needs_lab_certs());
+        for clash in [
+            &["--http", "--tls-cert", "/c.pem", "--tls-key", "/k.pem"][..],
+            &["--http", "--cert-dir", "/d"],
+            &["--cert-dir", "/d", "--tls-cert", "/c.pem", "--tls-key", "/k.pem"],
+        ] {
+            assert!(http(clash).is_err(), "{clash:?}");
+        }
     }
 
     #[test]

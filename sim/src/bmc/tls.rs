@@ -227,3 +227,42 @@ impl axum::serve::Listener for TlsListener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_certificates_make_a_server_config_and_chain_to_their_ca() {
+        use tokio_rustls::rustls::client::danger::ServerCertVerifier;
+        let dir = tempfile::tempdir().unwrap();
+        let ip: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        let certs = LabCerts::generate(&[ip, "0.0.0.0".parse().unwrap()]).unwrap();
+        let files = certs.write(&dir.path().join("tls")).unwrap();
+        assert!(server_config("lab", &files).is_ok());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key is private");
+        // The server certificate verifies against the CA, for the addresses asked.
+        let ca = CertificateDer::from_pem_slice(certs.ca_pem.as_bytes()).unwrap();
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let verifier = tokio_rustls::rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider,
+        )
+        .build()
+        .unwrap();
+        let leaf = CertificateDer::from_pem_slice(certs.cert_pem.as_bytes()).unwrap();
+        let now = tokio_rustls::rustls::pki_types::UnixTime::now();
+        for name in ["localhost", "127.0.0.1", "::1", "10.1.2.3"] {
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(name).unwrap();
+            verifier
+                .verify_server_cert(&leaf, &[], &name, &[], now)
+                .unwrap_or_else(|e| panic!("{name:?}: {e}"));
+        }
+        let other = tokio_rustls::rustls::pki_types::ServerName::try_from("10.9.9.9").unwrap();
+        assert!(verifier.verify_server_cert(&leaf, &[], &other, &[], now).is_err());
+    }
+}
