@@ -467,3 +467,101 @@ async fn watch_from_the_listing_version_sees_the_writes_between_pages() {
     let ev = events.next().await.unwrap().unwrap();
     assert_eq!(ev.resource.unwrap().name(), "n9");
 }
+
+/// The coordinator binary seen by a client nobody here wrote: Python's
+/// grpcio, from server reflection alone (coordinator/testdata/paging_client.py).
+/// It pages with page_size 4 through 14 nodes and sends the Updates of
+/// docs/api.md, a FieldMask in its proto3 JSON form.
+#[test]
+fn a_python_client_built_from_reflection_pages_and_masks() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let have = Command::new("python3")
+        .args(["-c", "import grpc, grpc_reflection"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        have,
+        "python3 with grpcio and grpcio-reflection is needed: run scripts/setup"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _coordinator = Kill(
+        Command::new(env!("CARGO_BIN_EXE_hostplane-coordinator"))
+            .args(["--listen", &addr.to_string(), "--insecure", "--store"])
+            .arg(dir.path().join("store.db"))
+            .env("HOSTPLANE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start hostplane-coordinator"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator did not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/paging_client.py");
+    let out = Command::new("python3")
+        .args([script, &addr.to_string(), "14", "4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let pages: Vec<Vec<String>> = serde_json::from_value(v["pages"].clone()).unwrap();
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 4, 2]);
+    let all: Vec<String> = pages.concat();
+    let want: Vec<String> = (0..14).map(|i| format!("n{i:03}")).collect();
+    assert_eq!(all, want);
+    let versions: Vec<u64> = serde_json::from_value(v["versions"].clone()).unwrap();
+    assert!(versions.iter().all(|x| *x == versions[0]), "{versions:?}");
+
+    // proto3 JSON of the node: enum names, u64 as strings.
+    let (before, labels_only, spec_only) = (&v["before"], &v["labels_only"], &v["spec_only"]);
+    assert_eq!(before["spec"]["rebootMethod"], "REBOOT_METHOD_AGENT");
+    assert_eq!(
+        labels_only["spec"]["rebootMethod"], "REBOOT_METHOD_AGENT",
+        "{labels_only}"
+    );
+    assert_eq!(labels_only["metadata"]["labels"]["rack"], "r7");
+    assert_eq!(
+        labels_only["metadata"]["generation"],
+        before["metadata"]["generation"]
+    );
+    assert_ne!(
+        labels_only["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+    assert_eq!(
+        spec_only["spec"]["rebootMethod"], "REBOOT_METHOD_EXTERNAL",
+        "{spec_only}"
+    );
+    assert_eq!(spec_only["metadata"]["labels"]["rack"], "r7");
+    assert_eq!(spec_only["metadata"]["generation"], "2");
+
+    assert_eq!(
+        v["unknown_path"]["code"], "INVALID_ARGUMENT",
+        "{}",
+        v["unknown_path"]
+    );
+    assert_eq!(
+        v["unknown_path"]["message"],
+        "update_mask.paths[0]: unknown field \"spec.no_such_field\" in NodeSpec"
+    );
+    assert_eq!(v["bad_token"]["code"], "INVALID_ARGUMENT", "{}", v["bad_token"]);
+}
