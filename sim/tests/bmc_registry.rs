@@ -287,3 +287,91 @@ async fn every_error_the_simulator_sends_is_the_registrys() {
         "every message the simulator has is provoked and checked"
     );
 }
+
+/// Any registry key's message, checked as [`check`] does; the key.
+fn check_any(reg: Option<&Value>, r: &Resp) -> String {
+    let id = r.body["error"]["@Message.ExtendedInfo"][0]["MessageId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no MessageId: {}", r.text));
+    let key = id.strip_prefix("Base.1.18.").unwrap_or(id).to_string();
+    check(reg, r, r.status, &key)
+}
+
+fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        (-1000i64..20_000).prop_map(Value::from),
+        (-1.0e4f64..2.0e4).prop_map(|f| json!(f)),
+        prop::sample::select(vec!["Automatic", "Disabled", "Override", "9000", ""]).prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+            prop::collection::btree_map("[A-Za-z]{1,6}", inner, 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Generated PATCH bodies for a power limit: each is applied whole or
+/// refused with a registry message, and a refusal changes nothing.
+#[test]
+fn any_patch_is_applied_whole_or_refused_with_a_registry_message() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let reg = registry();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bmc = rt.block_on(async { spawn("generated", Model::DgxB200) });
+    let c = Client::new();
+    let ctl = format!("{}/redfish/v1/Chassis/DGX/Controls/PowerLimit", bmc.url());
+    let keys = prop::sample::select(vec![
+        "SetPoint",
+        "ControlMode",
+        "AllowableMax",
+        "Colour",
+        "@odata.id",
+        "Id",
+    ]);
+    let body = prop::collection::btree_map(keys.prop_map(String::from), json_value(), 0..4);
+    let strategy = (
+        body,
+        prop::sample::select(vec![
+            "application/json",
+            "text/plain",
+            "application/json; charset=utf-8",
+        ]),
+    );
+    let mut runner = TestRunner::new(Config::with_cases(200));
+    let kinds = std::sync::Mutex::new(BTreeSet::new());
+    runner
+        .run(&strategy, |(body, content_type)| {
+            let body = Value::Object(body.into_iter().collect());
+            let before = bmc.node_limit();
+            let r = rt.block_on(raw(
+                &c,
+                Method::PATCH,
+                &ctl,
+                &[("Content-Type", content_type)],
+                body.to_string().into_bytes(),
+            ));
+            if r.status == StatusCode::OK {
+                prop_assert!(content_type != "text/plain", "{body}: {}", r.text);
+                prop_assert_eq!(r.body["SetPoint"].as_f64(), bmc.node_limit(), "{}", r.text);
+                kinds.lock().unwrap().insert("OK".to_string());
+            } else {
+                let key = check_any(reg.as_ref(), &r);
+                prop_assert_eq!(bmc.node_limit(), before, "{} changed the limit: {}", body, r.text);
+                if content_type == "text/plain" {
+                    prop_assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+                }
+                kinds.lock().unwrap().insert(key);
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The generator reaches both outcomes and several refusals.
+    let kinds = kinds.into_inner().unwrap();
+    assert!(kinds.contains("OK") && kinds.len() >= 5, "{kinds:?}");
+}
