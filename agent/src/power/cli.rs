@@ -43,6 +43,10 @@ pub struct ReadArgs {
     /// A file holding the BMC password.
     #[arg(long, value_name = "PATH")]
     pub bmc_password_file: Option<PathBuf>,
+    /// Trust this PEM CA bundle for the BMC's certificate (besides the
+    /// system's roots), e.g. the BMC simulator's `ca.crt`.
+    #[arg(long, value_name = "PATH")]
+    pub bmc_ca_file: Option<PathBuf>,
     /// Accept a self-signed BMC certificate.
     #[arg(long)]
     pub bmc_insecure_tls: bool,
@@ -80,6 +84,9 @@ impl ReadArgs {
         }
         if let Some(p) = &self.bmc_password_file {
             bmc.password_file = Some(p.clone());
+        }
+        if let Some(p) = &self.bmc_ca_file {
+            bmc.ca_file = Some(p.clone());
         }
         if self.bmc_chassis.is_some() {
             bmc.chassis.clone_from(&self.bmc_chassis);
