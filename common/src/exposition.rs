@@ -15,6 +15,8 @@
 
 use std::fmt::Write as _;
 
+pub mod process;
+
 /// The content type of an OpenMetrics 1.0 text body.
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The content type of a Prometheus text format 0.0.4 body.

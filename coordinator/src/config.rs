@@ -93,6 +93,8 @@ pub struct Config {
     pub insecure: bool,
     /// Admin API bearer tokens and the audit log.
     pub auth: crate::api::auth::AuthConfig,
+    /// Prometheus `/metrics` (off unless `metrics.listen` is set).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// The coordinator's certificate and the CA its clients' certificates must be signed by.
@@ -148,6 +150,7 @@ impl Default for Config {
             tls: None,
             insecure: false,
             auth: Default::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -278,6 +281,9 @@ impl Config {
         }
         if self.shutdown_grace > MAX_SHUTDOWN_GRACE {
             return invalid("shutdown_grace", "must be at most 5m");
+        }
+        if self.metrics.listen == Some(self.listen) {
+            return invalid("metrics.listen", "must differ from listen (the gRPC address)");
         }
         if let Err((field, reason)) = self.power.validate() {
             return invalid(field, reason);

@@ -5,6 +5,7 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod fsm;
+pub mod metrics;
 pub mod power;
 pub mod server;
 pub mod store;

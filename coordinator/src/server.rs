@@ -164,6 +164,15 @@ pub async fn serve_with(
         Some(s) => s,
         None => open_store(cfg.store.path.clone()).await?,
     };
+    // /metrics, bound now so that a bad metrics.listen fails the start.
+    let metrics_listener = match cfg.metrics.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
 
     // Background work: a child token each, named spans, one JoinSet.
     let tasks_token = shutdown.child_token();
@@ -177,6 +186,13 @@ pub async fn serve_with(
                 .instrument(tracing::info_span!("reconciler")),
         );
         names.insert(h.id(), "reconciler");
+    }
+    if let Some(listener) = metrics_listener {
+        let h = tasks.spawn(
+            crate::metrics::serve(listener, store.clone(), tasks_token.child_token())
+                .instrument(tracing::info_span!("metrics")),
+        );
+        names.insert(h.id(), "metrics");
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -1,25 +1,21 @@
-//! What Prometheus's own tools make of hostplane's metrics and of the
-//! monitoring files shipped in `packaging/monitoring/`:
+//! What Prometheus's own tools make of hostplane's metrics:
 //! - a live scrape of the real agent (fake sysfs power tree, a BMC, host
-//!   networking, a coordinator) and of the real `hostplane-sim bmc`, with a
-//!   Prometheus 2.x `Accept` header and with none: the text format 0.0.4
-//!   body passes `promtool check metrics` with no problem at all, the
-//!   OpenMetrics body passes the strict OpenMetrics parser of the Python
-//!   `prometheus_client` (promtool 2.42 reads only the text format), and
-//!   both bodies hold the same families with the same types;
+//!   networking), of the real coordinator and of the real `hostplane-sim
+//!   bmc`, with a Prometheus 2.x `Accept` header and with none: the text
+//!   format 0.0.4 body passes `promtool check metrics` with no problem at
+//!   all, the OpenMetrics body passes the strict OpenMetrics parser of the
+//!   Python `prometheus_client` (promtool 2.42 reads only the text format),
+//!   and both bodies hold the same families with the same types; every
+//!   metric name the dashboard and the alerting rules use is one the daemons
+//!   serve or docs/operations.md lists, and everything served is listed;
 //! - generated registries, converted by `hostplane_common::exposition`, pass
-//!   the same two checks and keep every sample;
-//! - the alerting rules pass `promtool check rules` and their unit tests
-//!   (`promtool test rules`);
-//! - the Grafana dashboard is a dashboard, its PromQL parses (promtool), and
-//!   every metric name in it and in the rules is one the daemons serve or
-//!   docs/operations.md lists; everything served is listed there.
+//!   the same two checks and keep every sample.
 //!
 //! `promtool` comes from Debian's `prometheus` package and the Python parser
 //! from PyPI (`scripts/setup` installs both); without them a test prints
 //! `SKIPPED: <why>` and returns.
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -29,6 +25,10 @@ use hostplane_proto::v1::RebootMethod;
 use hostplane_tests::world::{World, WorldOpts};
 use hostplane_tests::{Proc, bin, free_addr, fuse_unavailable, power, wait_for};
 use proptest::prelude::*;
+
+#[macro_use]
+mod prom;
+use prom::{dashboard_exprs, documented_metrics, metric_names, rule_exprs, tools_missing};
 
 /// What Prometheus 2.x (2.42, Debian's, included) sends when it scrapes.
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
@@ -51,44 +51,6 @@ for f in parse(body):
         for s in f.samples if not s.name.endswith("_created")]})
 print(json.dumps(out))
 "#;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn monitoring(path: &str) -> PathBuf {
-    root().join("packaging/monitoring").join(path)
-}
-
-/// Why promtool or the Python parser cannot run here, if they cannot.
-fn tools_missing() -> Option<String> {
-    match Command::new("promtool").arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        _ => {
-            return Some(
-                "promtool is not installed; scripts/setup installs Debian's prometheus package".into(),
-            );
-        }
-    }
-    match Command::new("python3")
-        .args(["-c", "import prometheus_client.openmetrics.parser"])
-        .output()
-    {
-        Ok(o) if o.status.success() => None,
-        _ => {
-            Some("the Python module prometheus_client is missing; scripts/setup installs it with pip".into())
-        }
-    }
-}
-
-macro_rules! require_tools {
-    () => {
-        if let Some(why) = tools_missing() {
-            eprintln!("SKIPPED: {why}");
-            return Ok(());
-        }
-    };
-}
 
 /// Run `program args` with `stdin`; its exit status and stdout + stderr.
 fn run(program: &str, args: &[&str], stdin: &str) -> Result<(bool, String)> {
@@ -123,13 +85,16 @@ fn promtool_check_metrics(what: &str, body: &str) -> Result<()> {
     Ok(())
 }
 
+/// A sample as the Python parsers see it: name, labels, value.
+type PySample = (String, Vec<(String, String)>, String);
+
 /// A family as the Python parsers see it.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 struct PyFamily {
     name: String,
     #[serde(rename = "type")]
     kind: String,
-    samples: Vec<(String, Vec<(String, String)>, String)>,
+    samples: Vec<PySample>,
 }
 
 fn parse_py(format: &str, what: &str, body: &str) -> Result<Vec<PyFamily>> {
@@ -229,27 +194,6 @@ fn sample_names(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The metrics docs/operations.md lists (its "### Metrics" table): name and type.
-fn documented_metrics() -> Result<BTreeMap<String, String>> {
-    let ops = std::fs::read_to_string(root().join("docs/operations.md"))?;
-    let start = ops
-        .find("\n### Metrics\n")
-        .context("docs/operations.md has no ### Metrics section")?;
-    let section = &ops[start + 1..];
-    let section = &section[..section[4..].find("\n#").map_or(section.len(), |e| e + 4)];
-    let names: BTreeMap<String, String> = section
-        .lines()
-        .filter_map(|l| {
-            let mut cells = l.strip_prefix("| `")?.split('|');
-            let name = cells.next()?.split('`').next()?;
-            let kind = cells.next()?.trim();
-            Some((name.to_string(), kind.to_string()))
-        })
-        .collect();
-    ensure!(names.len() > 10, "too few metrics found in the table: {names:?}");
-    Ok(names)
-}
-
 /// The BMC simulator binary on a free port; its base URL (http or https).
 async fn start_bmc(dir: &Path) -> Result<(Proc, String)> {
     let addr = free_addr()?;
@@ -274,14 +218,16 @@ async fn start_bmc(dir: &Path) -> Result<(Proc, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_agent_and_bmc_metrics_pass_promtool_and_an_openmetrics_parser() -> Result<()> {
+async fn live_agent_coordinator_and_bmc_metrics_pass_promtool_and_an_openmetrics_parser() -> Result<()> {
     require_tools!();
     if let Some(why) = fuse_unavailable() {
         eprintln!("SKIPPED: {why}");
         return Ok(());
     }
+    let coordinator_metrics = free_addr()?;
     let mut world = World::start(WorldOpts {
         dpus: 1,
+        coordinator_yaml: format!("metrics:\n  listen: {coordinator_metrics}\n"),
         ..Default::default()
     })
     .await?;
@@ -341,6 +287,33 @@ async fn live_agent_and_bmc_metrics_pass_promtool_and_an_openmetrics_parser() ->
         "{bmc_names:?}"
     );
     served.extend(bmc_names);
+    let coordinator_url = format!("http://{coordinator_metrics}/metrics");
+    // The node is reachable once its agent holds a lease.
+    wait_for(
+        "node n1 reachable in the coordinator's metrics",
+        Duration::from_secs(30),
+        || {
+            let (client, url) = (client.clone(), coordinator_url.clone());
+            async move {
+                let (_, body) = scrape(&client, &url, None).await.ok()?;
+                body.contains("hostplane_coordinator_node_reachable{node=\"n1\"} 1\n")
+                    .then_some(())
+            }
+        },
+    )
+    .await?;
+    let coordinator_names = check_endpoint(&client, "the coordinator's /metrics", &coordinator_url).await?;
+    for name in [
+        "hostplane_coordinator_dpus",
+        "hostplane_coordinator_node_reachable",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(
+            coordinator_names.contains(name),
+            "the coordinator serves no {name}: {coordinator_names:?}"
+        );
+    }
+    served.extend(coordinator_names);
     // Everything served is documented; what the dashboard and the rules use
     // is served or documented.
     let documented = documented_metrics()?;
@@ -434,277 +407,6 @@ proptest! {
         let text = exposition::encode(exposition::Format::Text004, om.clone()).unwrap();
         let r = check_pair("a generated registry", &text, &om, true);
         prop_assert!(r.is_ok(), "{:?}", r.err());
-    }
-}
-
-#[test]
-fn the_alerting_rules_pass_promtool_check_and_their_unit_tests() -> Result<()> {
-    require_tools!();
-    let rules = monitoring("prometheus/hostplane-rules.yml");
-    let o = Command::new("promtool")
-        .args(["check", "rules", "--lint=all", "--lint-fatal"])
-        .arg(&rules)
-        .output()?;
-    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
-    ensure!(
-        o.status.success() && out.contains("SUCCESS: 5 rules found"),
-        "{out}"
-    );
-    let o = Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(monitoring("prometheus/hostplane-rules.test.yml"))
-        .output()?;
-    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
-    ensure!(o.status.success() && out.contains("SUCCESS"), "{out}");
-    // Every alert has a unit test.
-    let tests = std::fs::read_to_string(monitoring("prometheus/hostplane-rules.test.yml"))?;
-    let rules: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(&rules)?)?;
-    for rule in rules["groups"][0]["rules"].as_sequence().context("rules")? {
-        let alert = rule["alert"].as_str().context("an alert name")?;
-        ensure!(
-            tests.contains(&format!("alertname: {alert}\n")),
-            "{alert} has no test in hostplane-rules.test.yml"
-        );
-    }
-    Ok(())
-}
-
-/// Every `expr` of every rule.
-fn rule_exprs() -> Result<Vec<String>> {
-    let rules: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(monitoring(
-        "prometheus/hostplane-rules.yml",
-    ))?)?;
-    let mut out = Vec::new();
-    for g in rules["groups"].as_sequence().context("groups")? {
-        for r in g["rules"].as_sequence().context("rules")? {
-            out.push(r["expr"].as_str().context("expr")?.to_string());
-        }
-    }
-    Ok(out)
-}
-
-/// Every PromQL expression of every panel of the dashboard.
-fn dashboard_exprs() -> Result<Vec<String>> {
-    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(monitoring(
-        "grafana/hostplane-dashboard.json",
-    ))?)?;
-    let mut out = Vec::new();
-    for p in d["panels"].as_array().context("panels")? {
-        if p["type"] == "row" {
-            continue;
-        }
-        let targets = p["targets"].as_array().context("targets")?;
-        ensure!(!targets.is_empty(), "panel {} has no targets", p["title"]);
-        for t in targets {
-            out.push(t["expr"].as_str().context("a target's expr")?.to_string());
-        }
-    }
-    Ok(out)
-}
-
-#[test]
-fn the_dashboard_is_grafana_json_whose_promql_parses() -> Result<()> {
-    require_tools!();
-    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(monitoring(
-        "grafana/hostplane-dashboard.json",
-    ))?)?;
-    ensure!(
-        d["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
-        "schemaVersion"
-    );
-    ensure!(
-        d["uid"].as_str().is_some_and(|u| !u.is_empty() && u.len() <= 40),
-        "uid"
-    );
-    ensure!(d["title"].as_str().is_some_and(|t| !t.is_empty()), "title");
-    let mut ids = BTreeSet::new();
-    for p in d["panels"].as_array().context("panels")? {
-        ensure!(
-            ids.insert(p["id"].as_u64().context("panel id")?),
-            "duplicate panel id {}",
-            p["id"]
-        );
-        let g = &p["gridPos"];
-        ensure!(
-            g["w"].as_u64().is_some_and(|w| w >= 1 && w <= 24)
-                && g["x"]
-                    .as_u64()
-                    .is_some_and(|x| x + g["w"].as_u64().unwrap_or(0) <= 24),
-            "panel {} is off the 24-column grid: {g}",
-            p["title"]
-        );
-        if p["type"] != "row" {
-            ensure!(
-                p["datasource"]["uid"] == "${datasource}",
-                "panel {} datasource",
-                p["title"]
-            );
-        }
-    }
-    let variables: BTreeSet<&str> = d["templating"]["list"]
-        .as_array()
-        .context("templating")?
-        .iter()
-        .filter_map(|v| v["name"].as_str())
-        .collect();
-    ensure!(
-        variables.contains("datasource") && variables.contains("instance"),
-        "{variables:?}"
-    );
-    // Each expression, with Grafana's variables as Grafana would fill them,
-    // as a recording rule: promtool parses it with Prometheus's own parser.
-    let exprs = dashboard_exprs()?;
-    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
-    for (i, e) in exprs.iter().enumerate() {
-        let e = e.replace("$__rate_interval", "5m").replace("$instance", ".*");
-        ensure!(!e.contains('$'), "an unknown variable in {e}");
-        rules.push_str(&format!(
-            "      - record: dashboard:expr{i}\n        expr: {}\n",
-            serde_json::to_string(&e)?
-        ));
-    }
-    let tmp = tempfile::tempdir()?;
-    let file = tmp.path().join("dashboard-rules.yml");
-    std::fs::write(&file, &rules)?;
-    let o = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&file)
-        .output()?;
-    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
-    ensure!(o.status.success(), "the dashboard's PromQL:\n{out}\n{rules}");
-    Ok(())
-}
-
-/// The metric names a PromQL expression reads: identifiers that are not
-/// functions, aggregations, keywords, label names or durations.
-fn metric_names(expr: &str) -> BTreeSet<String> {
-    const WORDS: &[&str] = &[
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "count",
-        "stddev",
-        "stdvar",
-        "topk",
-        "bottomk",
-        "quantile",
-        "count_values",
-        "group",
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
-        "inf",
-        "nan",
-    ];
-    // Blank out strings, label matchers and ranges.
-    let mut plain = String::with_capacity(expr.len());
-    let (mut depth_brace, mut depth_bracket, mut quote) = (0, 0, None::<char>);
-    let mut escaped = false;
-    for c in expr.chars() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
-            plain.push(' ');
-            continue;
-        }
-        match c {
-            '"' | '\'' | '`' => {
-                quote = Some(c);
-                plain.push(' ');
-            }
-            '{' => depth_brace += 1,
-            '}' => depth_brace -= 1,
-            '[' => depth_bracket += 1,
-            ']' => depth_bracket -= 1,
-            _ if depth_brace > 0 || depth_bracket > 0 => plain.push(' '),
-            _ => plain.push(c),
-        }
-        if matches!(c, '{' | '}' | '[' | ']') {
-            plain.push(' ');
-        }
-    }
-    let mut names = BTreeSet::new();
-    let chars: Vec<char> = plain.chars().collect();
-    let mut i = 0;
-    // Label lists after by/without/on/ignoring/group_*: skip "( ... )".
-    let mut skip_parens = false;
-    while i < chars.len() {
-        let c = chars[i];
-        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
-            {
-                i += 1;
-            }
-            let word: String = chars[start..i].iter().collect();
-            let next = chars[i..].iter().find(|c| !c.is_whitespace());
-            let preceded_by_digit = start > 0 && chars[start - 1].is_ascii_digit();
-            if matches!(
-                word.as_str(),
-                "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
-            ) {
-                skip_parens = true;
-            } else if next != Some(&'(')
-                && !WORDS.contains(&word.to_lowercase().as_str())
-                && !preceded_by_digit
-            {
-                names.insert(word);
-            }
-            continue;
-        }
-        if c == '(' && skip_parens {
-            while i < chars.len() && chars[i] != ')' {
-                i += 1;
-            }
-            skip_parens = false;
-        } else if !c.is_whitespace() {
-            skip_parens = false;
-        }
-        i += 1;
-    }
-    names
-}
-
-#[test]
-fn metric_names_are_found_in_promql() {
-    let cases: &[(&str, &[&str])] = &[
-        ("up{job=\"hostplane-agent\"} == 0", &["up"]),
-        (
-            "sum by (instance, dpu) (increase(hostplane_network_drift_repairs_total[30m])) > 3",
-            &["hostplane_network_drift_repairs_total"],
-        ),
-        (
-            "count(hostplane_power_source_up{job=\"a\",instance=~\"$instance\"} == 0) or vector(0)",
-            &["hostplane_power_source_up"],
-        ),
-        (
-            "sum(rate(a_total[5m])) / on(instance) group_left(node) b_info * 1e3",
-            &["a_total", "b_info"],
-        ),
-        (
-            "histogram_quantile(0.9, sum by (le) (rate(x_bucket[5m])))",
-            &["x_bucket"],
-        ),
-        ("{__name__=\"odd\"}", &[]),
-    ];
-    for (expr, want) in cases {
-        let got = metric_names(expr);
-        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
-        assert_eq!(got, want, "{expr}");
     }
 }
 

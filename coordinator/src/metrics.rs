@@ -1,0 +1,262 @@
+//! The coordinator's Prometheus endpoint: `GET /metrics` when
+//! `metrics.listen` is set. It serves what only the coordinator knows, read
+//! from the store at every scrape — how many Dpus are in each phase, each
+//! Dpu's phase, whether each Node's agent holds its lease — and the
+//! process's own `process_*` metrics; as OpenMetrics to a scraper that asks
+//! for it, as the Prometheus text format 0.0.4 otherwise.
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hostplane_common::exposition::{self, process::ProcessCollector};
+use hostplane_proto::v1::{DpuPhase, Kind, resource};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, StoreError};
+
+/// The `metrics:` section of the coordinator config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to serve `/metrics` on (plain HTTP, no auth), e.g.
+    /// `127.0.0.1:9465`; unset = no endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+/// What the store holds now, as far as the metrics go.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Each Dpu: name, node, phase.
+    pub dpus: Vec<(String, String, DpuPhase)>,
+    /// Each Node: name, reachable (its agent holds its lease).
+    pub nodes: Vec<(String, bool)>,
+}
+
+impl Snapshot {
+    /// Read the Dpus and Nodes in one transaction.
+    pub async fn read(store: &Store) -> Result<Snapshot, StoreError> {
+        store
+            .read(|t| {
+                let mut s = Snapshot::default();
+                for r in t.list(Kind::Dpu)? {
+                    let name = r.name().to_string();
+                    if let Some(resource::Kind::Dpu(d)) = r.kind {
+                        let node = d.spec.map(|s| s.node).unwrap_or_default();
+                        let phase = d.status.map(|s| s.phase()).unwrap_or(DpuPhase::Unspecified);
+                        s.dpus.push((name, node, phase));
+                    }
+                }
+                for r in t.list(Kind::Node)? {
+                    let name = r.name().to_string();
+                    if let Some(resource::Kind::Node(n)) = r.kind {
+                        s.nodes.push((name, n.status.is_some_and(|s| s.reachable)));
+                    }
+                }
+                Ok(s)
+            })
+            .await
+    }
+
+    /// The OpenMetrics text of this snapshot, with the process metrics.
+    pub fn render(&self) -> String {
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+        struct PhaseLabels {
+            phase: String,
+        }
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+        struct DpuLabels {
+            dpu: String,
+            node: String,
+            phase: String,
+        }
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+        struct NodeLabels {
+            node: String,
+        }
+        let mut registry = Registry::default();
+        ProcessCollector::register(&mut registry);
+        let sub = registry.sub_registry_with_prefix("hostplane_coordinator");
+        let dpus = Family::<PhaseLabels, Gauge>::default();
+        let dpu_phase = Family::<DpuLabels, Gauge>::default();
+        let node_reachable = Family::<NodeLabels, Gauge>::default();
+        sub.register(
+            "dpus",
+            "Dpus in each phase (every phase, 0 included)",
+            dpus.clone(),
+        );
+        sub.register(
+            "dpu_phase",
+            "1 for each Dpu, labelled with its node and its phase",
+            dpu_phase.clone(),
+        );
+        sub.register(
+            "node_reachable",
+            "1 while the node's agent holds its lease, 0 when the node is Unreachable",
+            node_reachable.clone(),
+        );
+        // Every phase a Dpu can be in, so that "none in Error" is a 0.
+        for phase in (DpuPhase::Initializing as i32..=DpuPhase::Error as i32)
+            .filter_map(|p| DpuPhase::try_from(p).ok())
+        {
+            let _ = dpus.get_or_create(&PhaseLabels {
+                phase: phase.display_name().to_string(),
+            });
+        }
+        for (dpu, node, phase) in &self.dpus {
+            let phase = phase.display_name().to_string();
+            dpus.get_or_create(&PhaseLabels { phase: phase.clone() }).inc();
+            dpu_phase
+                .get_or_create(&DpuLabels {
+                    dpu: dpu.clone(),
+                    node: node.clone(),
+                    phase,
+                })
+                .set(1);
+        }
+        for (node, reachable) in &self.nodes {
+            node_reachable
+                .get_or_create(&NodeLabels { node: node.clone() })
+                .set(i64::from(*reachable));
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// One scrape: read the store, render in the format `Accept` asks for.
+async fn scrape(store: Store, headers: HeaderMap) -> Response {
+    let format = exposition::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let snapshot = match Snapshot::read(&store).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the store for /metrics");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the store: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    match exposition::encode(format, snapshot.render()) {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the metrics");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the metrics: {e}\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Serve `/metrics` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, store: Store, shutdown: CancellationToken) {
+    let addr = listener.local_addr().ok();
+    let app = Router::new().route(
+        "/metrics",
+        get(move |headers: HeaderMap| scrape(store.clone(), headers)),
+    );
+    tracing::info!(?addr, "metrics endpoint serving /metrics");
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "metrics endpoint failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn a_snapshot_renders_phase_counts_each_dpu_and_each_node() {
+        let s = Snapshot {
+            dpus: vec![
+                ("d1".into(), "n1".into(), DpuPhase::Ready),
+                ("d2".into(), "n1".into(), DpuPhase::Error),
+                ("d3".into(), "n2".into(), DpuPhase::Ready),
+            ],
+            nodes: vec![("n1".into(), true), ("n2".into(), false)],
+        };
+        let text = exposition::to_text_004(&s.render()).unwrap();
+        assert_eq!(
+            value(&text, "hostplane_coordinator_dpus{phase=\"Ready\"}"),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "hostplane_coordinator_dpus{phase=\"Error\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "hostplane_coordinator_dpus{phase=\"OSInstalling\"}"),
+            Some(0.0),
+            "every phase, 0 included"
+        );
+        assert_eq!(
+            text.matches("hostplane_coordinator_dpus{").count(),
+            13,
+            "the 13 phases, not Unspecified: {text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "hostplane_coordinator_dpu_phase{dpu=\"d2\",node=\"n1\",phase=\"Error\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(text.matches("hostplane_coordinator_dpu_phase{").count(), 3);
+        assert_eq!(
+            value(&text, "hostplane_coordinator_node_reachable{node=\"n1\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "hostplane_coordinator_node_reachable{node=\"n2\"}"),
+            Some(0.0)
+        );
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
+    }
+
+    #[test]
+    fn metrics_listen_is_read_checked_and_typos_are_refused() {
+        use crate::config::Config;
+        let origin = std::path::Path::new("coordinator.yaml");
+        let cfg = Config::from_yaml("insecure: true\nmetrics:\n  listen: 127.0.0.1:9465\n", origin).unwrap();
+        assert_eq!(cfg.metrics.listen, Some("127.0.0.1:9465".parse().unwrap()));
+        cfg.validate().unwrap();
+        assert_eq!(Config::default().metrics.listen, None, "off by default");
+        let same = Config::from_yaml(
+            "listen: 127.0.0.1:50051\nmetrics:\n  listen: 127.0.0.1:50051\n",
+            origin,
+        )
+        .unwrap();
+        let e = same.validate().unwrap_err().to_string();
+        assert!(e.contains("metrics.listen") && e.contains("differ"), "{e}");
+        let e = Config::from_yaml("metrics:\n  port: 9465\n", origin)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
+        let e = Config::from_yaml("metrics:\n  listen: everywhere\n", origin)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics") || e.contains("listen"), "{e}");
+    }
+}
