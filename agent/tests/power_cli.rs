@@ -116,3 +116,75 @@ fn power_read_prints_every_source_and_says_why_one_is_missing() {
         assert_eq!(n, 1, "{source} once: {err}");
     }
 }
+
+/// The simulated BMC over HTTPS with its lab CA: read twice, so the node's
+/// energy is measured over the interval (not a first read's 0); without the
+/// CA the BMC is unavailable, saying why.
+#[test]
+fn power_read_reads_the_simulated_bmc_over_https() {
+    use hostplane_sim::bmc::{BmcOptions, BmcSim, LabCerts, Model, Workload};
+    use std::os::unix::fs::PermissionsExt;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let tls = LabCerts::generate(&[])
+        .unwrap()
+        .write(&d.path().join("tls"))
+        .unwrap();
+    let ca = d.path().join("tls/ca.crt");
+    let bmc = rt
+        .block_on(async {
+            BmcSim::spawn(BmcOptions {
+                tls: Some(tls),
+                workload: Workload::Constant(1.0),
+                ..BmcOptions::new("cli", Model::DgxH100)
+            })
+        })
+        .unwrap();
+    assert!(bmc.url().starts_with("https://"));
+    let pw = d.path().join("pw");
+    std::fs::write(&pw, "admin\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let read = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hostplane-agent"))
+            .args([
+                "power",
+                "read",
+                "--interval",
+                "200ms",
+                "-o",
+                "json",
+                "--bmc-username",
+                "admin",
+            ])
+            .args(["--bmc-url", &bmc.url(), "--bmc-password-file"])
+            .arg(&pw)
+            .arg("--sysfs-root")
+            .arg(empty.path())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let doc = read(&["--bmc-ca-file", ca.to_str().unwrap()]);
+    let node = doc["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["source"] == "redfish" && r["scope"] == "node")
+        .unwrap_or_else(|| panic!("{doc}"));
+    let max = Model::DgxH100.spec().node_max_watts();
+    assert!((node["watts"].as_f64().unwrap() - max).abs() < 1.0, "{node}");
+    // At least the 200 ms interval at full load, read from the BMC's EnergykWh.
+    let joules = node["energy_joules"].as_f64().unwrap_or_else(|| panic!("{node}"));
+    assert!(joules >= 0.2 * max * 0.9, "{node}");
+    let doc = read(&[]);
+    let why = doc["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["source"] == "redfish")
+        .unwrap_or_else(|| panic!("{doc}"));
+    assert!(why["reason"].as_str().unwrap().contains("certificate"), "{why}");
+}
