@@ -61,6 +61,19 @@ pub const MAX_ADMIN_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// How many bytes of a value an error message quotes.
 pub const MAX_QUOTED: usize = 64;
 
+/// List: items in a page when `page_size` is 0.
+pub const DEFAULT_PAGE_SIZE: usize = 500;
+/// List: the most items in a page; a larger `page_size` is read as this.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// List: a page ends before its items (encoded) pass this, so a page of
+/// large objects stays well under gRPC's default 4 MiB message limit.
+pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
+/// List: a `page_token` (the server's are under 200 characters).
+pub const MAX_PAGE_TOKEN: usize = 512;
+/// Update: paths in one `update_mask`, and bytes in one path.
+pub const MAX_MASK_PATHS: usize = 64;
+pub const MAX_MASK_PATH: usize = 256;
+
 /// The length of the bf.cfg the agent renders from these parameters: one
 /// `KEY='value'` line per key, each `'` in a value written as `'\''`.
 pub fn bf_cfg_rendered_len<'a>(params: impl IntoIterator<Item = (&'a String, &'a String)>) -> usize {

@@ -16,15 +16,9 @@ use super::error::ApiError;
 use super::{AdminApi, typed, validate};
 use crate::store::PageLimit;
 
-/// Items in a page when the request says 0.
-pub const DEFAULT_PAGE_SIZE: usize = 500;
-/// The most items in a page; larger requests are read as this.
-pub const MAX_PAGE_SIZE: usize = 1000;
-/// A page stops before its items exceed this many bytes (encoded), so a
-/// page of large objects stays well under gRPC's default 4 MiB message limit.
-pub const MAX_PAGE_BYTES: usize = 2 << 20;
-/// Longer page tokens are refused unread (a real one is under 200 characters).
-const MAX_TOKEN_LEN: usize = 512;
+pub use hostplane_proto::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_BYTES, MAX_PAGE_SIZE};
+/// Longer page tokens are refused unread.
+const MAX_TOKEN_LEN: usize = hostplane_proto::limits::MAX_PAGE_TOKEN;
 
 const TOKEN_FORMAT: u8 = 1;
 const CHECKSUM_LEN: usize = 8;

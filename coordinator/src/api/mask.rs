@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use hostplane_proto::limits::quote;
 use hostplane_proto::pbjson_types::field_descriptor_proto::{Label, Type};
 use hostplane_proto::pbjson_types::{DescriptorProto, FieldDescriptorProto, FieldMask, FileDescriptorSet};
 use hostplane_proto::v1::{FILE_DESCRIPTOR_SET, Resource};
@@ -20,10 +21,8 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 
-/// At most this many paths in one mask.
-pub const MAX_PATHS: usize = 64;
-/// At most this many bytes in one path.
-pub const MAX_PATH_LEN: usize = 256;
+/// At most this many paths in one mask, of at most this many bytes.
+pub use hostplane_proto::limits::{MAX_MASK_PATH as MAX_PATH_LEN, MAX_MASK_PATHS as MAX_PATHS};
 
 /// What an Update changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,25 +143,12 @@ pub(super) fn parse(mask: Option<&FieldMask>, r: &Resource) -> Result<Mask, ApiE
     Ok(Mask::Fields(paths))
 }
 
-/// At most a prefix of what a client sent, quoted.
-fn quoted(s: &str) -> String {
-    const SHOW: usize = 80;
-    if s.len() <= SHOW {
-        return format!("{s:?}");
-    }
-    let mut end = SHOW;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{:?}… ({} bytes)", &s[..end], s.len())
-}
-
 fn resolve(field: &str, top: &DescriptorProto, path: &str) -> Result<MaskPath, ApiError> {
     let bad = |reason: String| ApiError::invalid(field, reason);
     if path.len() > MAX_PATH_LEN {
         return Err(bad(format!(
             "{} is longer than {MAX_PATH_LEN} bytes",
-            quoted(path)
+            quote(path)
         )));
     }
     if path == "*" {
@@ -175,7 +161,7 @@ fn resolve(field: &str, top: &DescriptorProto, path: &str) -> Result<MaskPath, A
     for (i, seg) in segments.iter().enumerate() {
         let so_far = segments[..=i].join(".");
         if seg.is_empty() {
-            return Err(bad(format!("{} has an empty field name", quoted(path))));
+            return Err(bad(format!("{} has an empty field name", quote(path))));
         }
         let Some(f) = msg.field.iter().find(|f| f.name() == *seg) else {
             let hint = msg
@@ -186,7 +172,7 @@ fn resolve(field: &str, top: &DescriptorProto, path: &str) -> Result<MaskPath, A
                 .unwrap_or_default();
             return Err(bad(format!(
                 "unknown field {} in {}{hint}",
-                quoted(&so_far),
+                quote(&so_far),
                 msg.name()
             )));
         };
@@ -195,7 +181,7 @@ fn resolve(field: &str, top: &DescriptorProto, path: &str) -> Result<MaskPath, A
                 return Err(bad(format!(
                     "{} cannot be updated: a mask names spec, fields under spec, or metadata.labels \
                      (status and the other metadata are the system's)",
-                    quoted(path)
+                    quote(path)
                 )));
             }
             let fields = match f.oneof_index {
@@ -219,16 +205,16 @@ fn resolve(field: &str, top: &DescriptorProto, path: &str) -> Result<MaskPath, A
             };
             return Err(bad(format!(
                 "{} is {what}: a mask names it whole, not fields inside it",
-                quoted(&so_far)
+                quote(&so_far)
             )));
         }
         parent.push(json_name(f));
         msg = MESSAGES
             .get(f.type_name())
-            .ok_or_else(|| bad(format!("{} has no known type", quoted(&so_far))))?;
+            .ok_or_else(|| bad(format!("{} has no known type", quote(&so_far))))?;
     }
     // `split` yields at least one segment, so the loop returned.
-    Err(bad(format!("{} names no field", quoted(path))))
+    Err(bad(format!("{} names no field", quote(path))))
 }
 
 fn to_json(r: &Resource) -> Result<Value, ApiError> {
