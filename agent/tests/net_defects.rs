@@ -198,7 +198,7 @@ fn type_errors_name_the_field() {
         ("mtu: -5\n", "mtu: expected a whole number"),
         (
             "bridges:\n  - name: br0\n    ports: spare0\n",
-            "bridges[0].ports: invalid type: string \"spare0\", expected a list",
+            "bridges[0].ports: invalid type: string \"spare0\", expected a sequence at line 3",
         ),
         (
             "routes:\n  - destination: default\n    metric: x\n",

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use hostplane_agent::net;
 use hostplane_proto::v1::{Bridge, HostNetwork, Route};
-use net_support::{Netns, dpu, pyroute2_missing};
+use net_support::{Netns, Pyroute2, dpu, pyroute2_missing};
 use proptest::prelude::*;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -320,7 +320,7 @@ fn check(
     Ok(())
 }
 
-fn run_sequence(ns: &Netns, steps: &[Step]) -> Result<(), String> {
+fn run_sequence(ns: &Netns, py: &mut Pyroute2, steps: &[Step]) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -330,7 +330,7 @@ fn run_sequence(ns: &Netns, steps: &[Step]) -> Result<(), String> {
         let stop = CancellationToken::new();
         let _guard = stop.clone().drop_guard();
         let h = net::start(ns.cfg(), stop.clone()).map_err(|e| e.to_string())?;
-        let foreign = foreign_view(&ns.pyroute2()?);
+        let foreign = foreign_view(&py.read(ns)?);
         // The reference model of addresses: per present bridge, what it
         // carries and which of those the agent added.
         let mut carried: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
@@ -371,7 +371,7 @@ fn run_sequence(ns: &Netns, steps: &[Step]) -> Result<(), String> {
                     mine.remove(&a);
                 }
             }
-            let v = ns.pyroute2()?;
+            let v = py.read(ns)?;
             check(&v, s, &carried, &routes).map_err(|e| format!("step {i}: {e}\n{net:?}"))?;
             if foreign_view(&v) != foreign {
                 return Err(format!(
@@ -403,15 +403,16 @@ fn random_desired_networks_converge_in_one_apply() {
     if Netns::new(0).is_none() {
         return;
     }
+    let py = std::cell::RefCell::new(Pyroute2::start());
     let config = ProptestConfig {
-        cases: 24,
+        cases: 32,
         max_shrink_iters: 64,
         ..ProptestConfig::default()
     };
     proptest!(config, |(steps in prop::collection::vec(step(), 2..5))| {
         let ns = Netns::new(5).expect("a namespace was made a moment ago");
         make_foreign(&ns);
-        if let Err(e) = run_sequence(&ns, &steps) {
+        if let Err(e) = run_sequence(&ns, &mut py.borrow_mut(), &steps) {
             return Err(TestCaseError::fail(e));
         }
     });

@@ -135,20 +135,6 @@ impl Netns {
             ..Default::default()
         }
     }
-
-    /// The namespace read with pyroute2 (`read_netns.py`), or why it cannot be.
-    pub fn pyroute2(&self) -> Result<Value, String> {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/net_support/read_netns.py");
-        let out = Command::new("python3")
-            .arg(script)
-            .arg(&self.name)
-            .output()
-            .map_err(|e| format!("python3: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-    }
 }
 
 fn is_owned(r: &Value) -> bool {
@@ -158,6 +144,49 @@ fn is_owned(r: &Value) -> bool {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A pyroute2 reader kept running (`read_netns.py --serve`): one Python
+/// start for many reads.
+pub struct Pyroute2 {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Pyroute2 {
+    pub fn start() -> Pyroute2 {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/net_support/read_netns.py");
+        let mut child = Command::new("python3")
+            .args([script, "--serve"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 starts");
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        Pyroute2 { child, out }
+    }
+
+    /// Namespace `ns` as pyroute2 reads it.
+    pub fn read(&mut self, ns: &Netns) -> Result<Value, String> {
+        use std::io::{BufRead, Write};
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{}", ns.name).map_err(|e| e.to_string())?;
+        stdin.flush().map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.out.read_line(&mut line).map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line:?}"))?;
+        match v.get("error") {
+            Some(e) => Err(format!("pyroute2: {e}")),
+            None => Ok(v),
+        }
+    }
+}
+
+impl Drop for Pyroute2 {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
     }
 }
 

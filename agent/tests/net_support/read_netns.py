@@ -2,7 +2,9 @@
 read with pyroute2 (an independent netlink client): the property tests
 compare the agent's work with this, not with the agent's own reading.
 
-usage: read_netns.py NETNS
+usage: read_netns.py NETNS       one dump on stdout
+       read_netns.py --serve     one dump per namespace name read on stdin,
+                                 one JSON line each (saves a Python start per read)
 """
 import json
 import socket
@@ -13,8 +15,7 @@ from pyroute2 import IPRoute
 RT_TABLE_MAIN = 254
 
 
-def main():
-    ns = sys.argv[1]
+def dump(ns):
     with IPRoute(netns=ns) as ipr:
         links = {}
         for l in ipr.get_links():
@@ -52,7 +53,20 @@ def main():
                     "protocol": r["proto"],
                     "scope": r["scope"],
                 })
-    json.dump({"links": list(links.values()), "addrs": addrs, "routes": routes}, sys.stdout)
+    return {"links": list(links.values()), "addrs": addrs, "routes": routes}
+
+
+def main():
+    if sys.argv[1] != "--serve":
+        json.dump(dump(sys.argv[1]), sys.stdout)
+        return
+    for line in sys.stdin:
+        try:
+            out = dump(line.strip())
+        except Exception as e:  # reported to the test, which fails with it
+            out = {"error": repr(e)}
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ use std::path::Path;
 
 use hostplane_proto::v1::{DpuNetwork, HostNetwork};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_path_to_error::Segment;
+
+mod locate;
+use locate::locate;
 
 /// The two shapes a file may have.
 enum Doc {
@@ -68,12 +72,55 @@ fn explain(msg: String) -> String {
     msg
 }
 
-fn located(path: &serde_path_to_error::Path, msg: String) -> String {
+/// `path` as written in messages; "" for the top level.
+fn path_text(path: &serde_path_to_error::Path) -> String {
     let p = path.to_string();
-    if p == "." || p.is_empty() {
-        explain(msg)
+    if p == "." || p == "?" { String::new() } else { p }
+}
+
+fn with_path(path: &str, msg: String) -> String {
+    if path.is_empty() {
+        msg
     } else {
-        format!("{p}: {}", explain(msg))
+        format!("{path}: {msg}")
+    }
+}
+
+/// A JSON error: serde_json already says where (the parser's position).
+fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> String {
+    with_path(&path_text(e.path()), explain(e.inner().to_string()))
+}
+
+/// A YAML error, at the position of the node at its path (or of the
+/// repeated key), found by [`locate`]; serde_norway's own path prefix and
+/// position are replaced.
+fn yaml_error(text: &str, e: serde_path_to_error::Error<serde_norway::Error>) -> String {
+    let path = path_text(e.path());
+    let inner = e.inner();
+    let mut msg = inner.to_string();
+    if let Some(l) = inner.location()
+        && let Some(m) = msg.strip_suffix(&format!(" at line {} column {}", l.line(), l.column()))
+    {
+        msg = m.to_string();
+    }
+    if let Some((prefix, rest)) = msg.split_once(": ")
+        && !prefix.is_empty()
+        && !prefix.contains(' ')
+        && path.starts_with(prefix.trim_start_matches('.'))
+    {
+        msg = rest.to_string();
+    }
+    let repeated = msg
+        .strip_prefix("duplicate field `")
+        .and_then(|r| r.split_once('`'))
+        .map(|(k, _)| k.to_string());
+    let segments: Vec<Segment> = e.path().iter().cloned().collect();
+    let at =
+        locate(text, &segments, repeated.as_deref()).or(inner.location().map(|l| (l.line(), l.column())));
+    let msg = explain(msg);
+    match at {
+        Some((line, column)) => with_path(&path, format!("{msg} at line {line} column {column}")),
+        None => with_path(&path, msg),
     }
 }
 
@@ -83,8 +130,7 @@ fn located(path: &serde_path_to_error::Path, msg: String) -> String {
 pub fn parse(name: &str, text: &str, dpu: &str) -> Result<Vec<DpuNetwork>, String> {
     let doc = if is_json(name, text) {
         let mut de = serde_json::Deserializer::from_str(text);
-        let doc: Doc = serde_path_to_error::deserialize(&mut de)
-            .map_err(|e| located(e.path(), e.inner().to_string()))?;
+        let doc: Doc = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
         de.end().map_err(|e| e.to_string())?;
         doc
     } else {
@@ -95,7 +141,7 @@ pub fn parse(name: &str, text: &str, dpu: &str) -> Result<Vec<DpuNetwork>, Strin
             return Err("the file is empty (write `{}` for a network with no objects)".into());
         }
         let de = serde_norway::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| located(e.path(), e.inner().to_string()))?
+        serde_path_to_error::deserialize(de).map_err(|e| yaml_error(text, e))?
     };
     Ok(match doc {
         Doc::One(network) => vec![DpuNetwork {
@@ -171,12 +217,17 @@ mod tests {
         (
             "n.yaml",
             "bridges:\n  - name: a\nbridges:\n  - name: b\n",
-            &["duplicate field `bridges`"],
+            &["duplicate field `bridges` at line 3 column 1"],
         ),
         (
             "n.yaml",
             "bridges:\n  - name: a\n    mtu: 1500\n    mtu: 9000\n",
-            &["bridges[0]", "duplicate field `mtu`"],
+            &["bridges[0]: duplicate field `mtu` at line 4 column 5"],
+        ),
+        (
+            "n.yaml",
+            "bridges:\n  - name: a\n  - {name: b, name: c}\n",
+            &["bridges[1]: duplicate field `name` at line 3 column 15"],
         ),
         (
             "n.json",
@@ -189,23 +240,43 @@ mod tests {
             &["duplicate field `mtu`", "line 1"],
         ),
         // Type errors name the field path and the line.
-        ("n.yaml", "mtu: big\n", &["mtu: ", "whole number"]),
-        ("n.yaml", "mtu: \"big\"\n", &["mtu: ", "whole number"]),
-        ("n.yaml", "mtu: -5\n", &["mtu: ", "whole number"]),
+        (
+            "n.yaml",
+            "mtu: big\n",
+            &["mtu: expected a whole number", "at line 1 column 6"],
+        ),
+        (
+            "n.yaml",
+            "mtu: \"big\"\n",
+            &["mtu: expected a whole number", "at line 1 column 6"],
+        ),
+        (
+            "n.yaml",
+            "mtu: -5\n",
+            &["mtu: expected a whole number", "at line 1 column 6"],
+        ),
         (
             "n.yaml",
             "bridges:\n  - name: br0\n    mtu: -5\n",
-            &["bridges[0].mtu: "],
+            &["bridges[0].mtu: expected a whole number from 0 to 4294967295 at line 3 column 10"],
         ),
         (
             "n.yaml",
             "bridges:\n  - name: br0\n    ports: spare0\n",
-            &["bridges[0].ports: ", "line 3"],
+            &[
+                "bridges[0].ports: invalid type: string \"spare0\"",
+                "at line 3 column 12",
+            ],
+        ),
+        (
+            "n.yaml",
+            "bridges: [{name: a, ports: spare0}]\n",
+            &["bridges[0].ports: invalid type", "line 1 column 28"],
         ),
         (
             "n.json",
             "{\"mtu\": \"big\"}",
-            &["mtu: ", "whole number", "line 1"],
+            &["mtu: expected a whole number", "line 1"],
         ),
         (
             "n.json",
@@ -215,9 +286,13 @@ mod tests {
         (
             "n.yaml",
             "- dpu: a\n  network:\n    mtu: x\n",
-            &["[0].network.mtu: "],
+            &["[0].network.mtu: expected a whole number", "line 3 column 10"],
         ),
-        ("n.yaml", "bridgez: []\n", &["unknown field `bridgez`"]),
+        (
+            "n.yaml",
+            "bridgez: []\n",
+            &["bridgez: unknown field `bridgez`", "line 1"],
+        ),
         // JSON is strict JSON.
         ("n.json", "{\"mtu\": 9000,}", &["trailing comma", "line 1"]),
         ("n", "{\"bridges\": [{\"name\": \"b\"},]}", &["trailing comma"]),
