@@ -577,6 +577,8 @@ mod tests {
             off.net_config(),
             NetConfig {
                 enabled: false,
+                // The address record lives under the state directory.
+                owned_file: Some(off.state_dir.join(crate::net::OWNED_FILE)),
                 ..NetConfig::default()
             }
         );
