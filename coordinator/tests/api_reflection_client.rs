@@ -18,15 +18,17 @@ impl Drop for Coordinator {
     }
 }
 
+/// The coordinator's log goes to `dir/coordinator.log`.
 fn start(dir: &std::path::Path) -> (Coordinator, SocketAddr) {
+    let log = std::fs::File::create(dir.join("coordinator.log")).unwrap();
     // A free port: bind, note, release (the coordinator binds it next).
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_hostplane-coordinator"))
         .args(["--listen", &addr.to_string(), "--insecure", "--store"])
         .arg(dir.join("store.db"))
-        .env("HOSTPLANE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .env("HOSTPLANE_LOG", "info")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
         .spawn()
         .expect("start hostplane-coordinator");
     let c = Coordinator(child);
@@ -121,4 +123,13 @@ fn a_python_client_built_from_reflection_gets_the_standard_codes() {
         seen["too_large"]
     );
     assert_eq!(seen["after"]["code"], "NOT_FOUND", "{}", seen["after"]);
+
+    // The log at info: each call's lines are bounded too (the 1 MiB name
+    // and the 20 kB label key are cut to 512 bytes wherever they appear).
+    let log = std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap();
+    assert!(log.len() < 32 * 1024, "the log grew by {} bytes", log.len());
+    assert!(
+        log.contains("… (1048581 bytes)"),
+        "the Delete's audit line names node/<1 MiB> cut, with its length:\n{log}"
+    );
 }
