@@ -147,6 +147,10 @@ def network_seeds():
                         "routes": [{"destination": "default", "gateway": "192.0.2.254"}]},
         }]),
         "seed-json": b'{"numVfs": 4, "bridges": [{"name": "br-x", "mtu": 9000}]}',
+        # Refused: errors that name a field path and a line.
+        "seed-duplicate-key": b"bridges: []\nmtu: 1500\nbridges:\n  - name: br0\n",
+        "seed-bad-mtu": b"bridges:\n  - name: br0\n    mtu: big\n",
+        "seed-trailing-comma": b'{"mtu": 1500,}',
     }
 
 

@@ -13,9 +13,9 @@
 //! | `rshim_misc` | the rshim `misc` snapshot, DPU log line classes, the flash verdict, `DEV_NAME` |
 //! | `redfish` | the agent's Redfish JSON decoding (`power::redfish::parse`) |
 //! | `agent_config` | the agent's YAML config (`Config::from_yaml`, `validate`) |
-//! | `host_network` | the host-network desired-state file (`network apply --file`) and its model |
+//! | `host_network` | the host-network desired-state file (`network apply --file`, `net::file::parse`) and its model |
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hostplane_agent::config::Config;
 use hostplane_agent::flash::{Stage, StageTimeouts, Step, Verdict};
@@ -370,30 +370,56 @@ pub fn agent_config(data: &[u8]) {
 // ---------------------------------------------------------------------------
 // host_network
 
-/// A per-thread scratch file: the parser's public entry point reads a path.
-fn scratch(name: &str) -> PathBuf {
-    let thread = format!("{:?}", std::thread::current().id());
-    let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
-    std::env::temp_dir().join(format!("hostplane-fuzz-{}-{thread}-{name}", std::process::id()))
+/// Line breaks as YAML counts them (`\r\n` counts twice: an upper bound).
+fn line_breaks(text: &str) -> usize {
+    text.chars()
+        .filter(|c| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}'))
+        .count()
+}
+
+/// `(line, column)` of an error that ends with ` at line L column C`.
+fn position(e: &str) -> Option<(usize, usize)> {
+    let (head, column) = e.rsplit_once(" column ")?;
+    let (_, line) = head.rsplit_once(" at line ")?;
+    Some((line.parse().ok()?, column.parse().ok()?))
 }
 
 /// The host-network desired-state file (`hostplane-agent network apply
-/// --file`): a `HostNetwork` or a list of `DpuNetwork`s, YAML or JSON.
+/// --file`, `net::file::parse`): a `HostNetwork` or a list of
+/// `DpuNetwork`s, YAML or JSON (by the file name, or by a leading `{`/`[`).
 ///
-/// - Loading and building the desired model never panic.
-/// - What loads survives a JSON round trip (proto3 JSON, as the coordinator
+/// - Parsing and building the desired model never panic.
+/// - An error is a sentence; a position it gives is inside the text.
+/// - What parses survives a JSON round trip (proto3 JSON, as the coordinator
 ///   sends it) unchanged, and the model accepts or refuses it alike.
 pub fn host_network(data: &[u8]) {
-    let path = scratch("network.yaml");
-    std::fs::write(&path, data).expect("write the scratch file");
-    let loaded = net::cli::load(&path, "fuzz");
-    let Ok(nets) = loaded else {
+    let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    let name = if data.len().is_multiple_of(2) {
+        "network.yaml"
+    } else {
+        "network.json"
+    };
+    let nets = match net::file::parse(name, text, "fuzz") {
+        Ok(nets) => nets,
+        Err(e) => {
+            assert!(!e.is_empty(), "an empty error");
+            if let Some((line, column)) = position(&e) {
+                assert!(
+                    line >= 1 && line <= line_breaks(text) + 1,
+                    "{name}: error at line {line} of a text with {} line breaks: {e}",
+                    line_breaks(text)
+                );
+                assert!(column <= text.len() + 1, "{name}: error at column {column}: {e}");
+            }
+            return;
+        }
+    };
     let built = net::validate(&nets);
-    let json = serde_json::to_string(&nets).expect("a loaded network serializes");
-    std::fs::write(&path, &json).expect("write the scratch file");
-    let back = net::cli::load(&path, "fuzz").unwrap_or_else(|e| panic!("{json} does not load back: {e}"));
+    let json = serde_json::to_string(&nets).expect("a parsed network serializes");
+    let back = net::file::parse("network.json", &json, "fuzz")
+        .unwrap_or_else(|e| panic!("{json} does not parse back: {e}"));
     assert_eq!(back, nets, "JSON round trip changed the network: {json}");
     let rebuilt = net::validate(&back);
     assert_eq!(
