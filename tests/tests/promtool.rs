@@ -8,6 +8,8 @@
 //!   and both bodies hold the same families with the same types; every
 //!   metric name the dashboard and the alerting rules use is one the daemons
 //!   serve or docs/operations.md lists, and everything served is listed;
+//!   a real Prometheus scrapes all three, records every family's type and
+//!   help, evaluates the alerting rules and runs every dashboard query;
 //! - generated registries, converted by `hostplane_common::exposition`, pass
 //!   the same two checks and keep every sample.
 //!
@@ -344,7 +346,161 @@ async fn live_agent_coordinator_and_bmc_metrics_pass_promtool_and_an_openmetrics
             }
         }
     }
+    let bmc_target = bmc_url.split_once("://").context("the BMC's URL")?;
+    real_prometheus_scrapes(
+        &client,
+        &world.dir,
+        &metrics.to_string(),
+        &coordinator_metrics.to_string(),
+        bmc_target,
+    )
+    .await?;
     world.shutdown().await
+}
+
+/// A real Prometheus (Debian's `prometheus`, 2.42, which asks for
+/// OpenMetrics and then parses with its strict OpenMetrics parser) scrapes
+/// the three endpoints with the alerting rules loaded: every target is up
+/// (a body its parser refused would mark it down with the error), it
+/// records the type and help of each family, the rules evaluate on the live
+/// series without error, and every dashboard query runs. Skipped when
+/// `prometheus` is not installed.
+async fn real_prometheus_scrapes(
+    client: &reqwest::Client,
+    dir: &Path,
+    agent: &str,
+    coordinator: &str,
+    (bmc_scheme, bmc): (&str, &str),
+) -> Result<()> {
+    let Ok(prometheus) = which("prometheus") else {
+        eprintln!("SKIPPED (the real Prometheus part): prometheus is not installed");
+        return Ok(());
+    };
+    let rules = prom::monitoring("prometheus/hostplane-rules.yml");
+    let web = free_addr()?;
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files: [{rules:?}]\n\
+             scrape_configs:\n\
+             \x20 - job_name: hostplane-agent\n    static_configs: [{{targets: [\"{agent}\"]}}]\n\
+             \x20 - job_name: hostplane-coordinator\n    static_configs: [{{targets: [\"{coordinator}\"]}}]\n\
+             \x20 - job_name: hostplane-sim-bmc\n    scheme: {bmc_scheme}\n    tls_config: {{insecure_skip_verify: true}}\n\
+             \x20   static_configs: [{{targets: [\"{bmc}\"]}}]\n",
+            rules = rules.display().to_string(),
+        ),
+    )?;
+    let _prometheus = Proc::spawn(
+        "prometheus",
+        &prometheus,
+        &[
+            &format!("--config.file={}", config.display()),
+            &format!("--storage.tsdb.path={}", dir.join("prometheus-data").display()),
+            &format!("--web.listen-address={web}"),
+        ],
+        &dir.join("prometheus.log"),
+    )?;
+    let api = |path: &str| format!("http://{web}/api/v1/{path}");
+    let get = |url: String| async move {
+        let v: serde_json::Value =
+            serde_json::from_str(&client.get(&url).send().await.ok()?.text().await.ok()?).ok()?;
+        (v["status"] == "success").then(|| v["data"].clone())
+    };
+    // Every target scraped successfully at least once.
+    let targets = wait_for(
+        "Prometheus to scrape all three targets",
+        Duration::from_secs(60),
+        || {
+            let url = api("targets");
+            async move {
+                let data = get(url).await?;
+                let active = data["activeTargets"].as_array()?.clone();
+                (active.len() == 3 && active.iter().all(|t| t["health"] == "up")).then_some(active)
+            }
+        },
+    )
+    .await;
+    if let Err(e) = targets {
+        let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+        let now = get(api("targets")).await;
+        bail!("{e}: targets {now:?}\n--- prometheus.log ---\n{log}");
+    }
+    // The type and help of every family, as Prometheus recorded them.
+    let metadata = wait_for("Prometheus's metadata", Duration::from_secs(20), || {
+        let url = api("metadata");
+        async move {
+            let data = get(url).await?;
+            data.get("hostplane_energy_joules")
+                .and(data.get("hostplane_coordinator_dpus"))
+                .and(data.get("hostplane_sim_bmc_requests"))
+                .is_some()
+                .then_some(data)
+        }
+    })
+    .await?;
+    for (family, kind) in [
+        ("hostplane_energy_joules", "counter"),
+        ("hostplane_power_watts", "gauge"),
+        ("hostplane_power_source_up", "gauge"),
+        ("hostplane_power_sample_duration_seconds", "histogram"),
+        ("hostplane_power_telemetry_dropped_samples", "counter"),
+        ("hostplane_bmc_requests", "counter"),
+        ("hostplane_network_changes", "counter"),
+        ("process_cpu_seconds", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("hostplane_coordinator_dpus", "gauge"),
+        ("hostplane_coordinator_node_reachable", "gauge"),
+        ("hostplane_sim_bmc_requests", "counter"),
+        ("hostplane_sim_bmc_power_watts", "gauge"),
+    ] {
+        let m = &metadata[family][0];
+        assert_eq!(m["type"], kind, "{family}: {m}");
+        assert!(
+            m["help"].as_str().is_some_and(|h| !h.is_empty()),
+            "{family} has no help: {m}"
+        );
+    }
+    // The rules evaluate on live data without error.
+    wait_for("every rule evaluated", Duration::from_secs(20), || {
+        let url = api("rules");
+        async move {
+            let data = get(url).await?;
+            let rules: Vec<serde_json::Value> = data["groups"]
+                .as_array()?
+                .iter()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                .collect();
+            (!rules.is_empty() && rules.iter().all(|r| r["health"] == "ok")).then_some(())
+        }
+    })
+    .await?;
+    // Every dashboard query runs, as Grafana would send it.
+    for expr in dashboard_exprs()? {
+        let q = expr.replace("$__rate_interval", "1m").replace("$instance", ".*");
+        let body = client
+            .get(api("query"))
+            .query(&[("query", q.as_str())])
+            .send()
+            .await?
+            .text()
+            .await?;
+        let r: serde_json::Value = serde_json::from_str(&body)?;
+        ensure!(r["status"] == "success", "{q}: {r}");
+    }
+    Ok(())
+}
+
+/// A program on PATH.
+fn which(program: &str) -> Result<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(program))
+                .find(|p| p.is_file())
+        })
+        .with_context(|| format!("{program} is not on PATH"))
 }
 
 /// prometheus-client registries of every kind the daemons use, with
