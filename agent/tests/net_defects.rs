@@ -351,3 +351,59 @@ async fn the_daemon_address_record_survives_a_restart() {
     assert_eq!(record, serde_json::json!({}));
     stop.cancel();
 }
+
+/// With SR-IOV in the same state: a missing port refuses the apply before
+/// the VF count is written; a VF port of the apply's own VFs is checked
+/// once they exist, before any bridge is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn references_are_checked_before_the_vf_count_is_written() {
+    let Some(ns) = Netns::new(1) else { return };
+    // veth1 plays the PF in a fake sysfs (no SR-IOV hardware here).
+    let sys = tempfile::tempdir().unwrap();
+    let dev = sys.path().join("class/net/veth1/device");
+    std::fs::create_dir_all(&dev).unwrap();
+    std::fs::write(dev.join("sriov_totalvfs"), "4\n").unwrap();
+    std::fs::write(dev.join("sriov_numvfs"), "0\n").unwrap();
+    std::fs::create_dir_all(dev.join("virtfn0/net/veth1v0")).unwrap();
+    let cfg = NetConfig {
+        sysfs_root: sys.path().into(),
+        vf_wait: Duration::from_millis(200),
+        ..ns.cfg()
+    };
+    let stop = CancellationToken::new();
+    let h = net::start(cfg, stop.clone()).unwrap();
+    let want = |ports: &[&str]| {
+        vec![dpu(
+            "d1",
+            HostNetwork {
+                bridges: vec![br("br0", ports, 0, &[])],
+                sriov: vec![hostplane_proto::v1::SriovPf {
+                    pf: "veth1".into(),
+                    num_vfs: 2,
+                    vfs: vec![],
+                }],
+                ..Default::default()
+            },
+        )]
+    };
+    let e = h.set_desired(want(&["spare0"])).await.unwrap_err().to_string();
+    assert!(
+        e.contains("bridges[0].ports[0]: no interface named spare0"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dev.join("sriov_numvfs")).unwrap().trim(),
+        "0",
+        "the VF count was not written"
+    );
+    // VF 1 never gets a netdev: the count is written (it must be, to make
+    // the VFs), the port is then refused, and no bridge is made.
+    let e = h
+        .set_desired(want(&["vf:veth1:1"]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bridges[0].ports[0]: port vf:veth1:1"), "{e}");
+    assert!(ns.link("br0").is_none(), "no bridge was made");
+    stop.cancel();
+}

@@ -52,13 +52,14 @@ fn created_by_this_apply(desired: &Desired, p: &PortRef) -> bool {
 }
 
 /// Every reference of `desired` against the host as `snap` shows it, with
-/// `ports` the interface each port reference resolved to. In a dry run, a
-/// VF port that the apply would create is let through.
+/// `ports` the interface each port reference resolved to. With
+/// `vfs_pending` (before the VF counts are written, and in a dry run), a
+/// missing VF port that the apply creates is let through.
 pub fn references(
     desired: &Desired,
     snap: &Snapshot,
     ports: &BTreeMap<PortRef, Result<String, String>>,
-    dry_run: bool,
+    vfs_pending: bool,
 ) -> Result<(), NetError> {
     // interface name -> the field that uses it as a port
     let mut used: BTreeMap<&str, String> = BTreeMap::new();
@@ -81,7 +82,7 @@ pub fn references(
         }
         for (j, p) in b.ports.iter().enumerate() {
             let field = format!("{}.ports[{j}]", b.field);
-            let skip = dry_run && created_by_this_apply(desired, p);
+            let skip = vfs_pending && created_by_this_apply(desired, p);
             let name = match ports.get(p) {
                 Some(Ok(n)) => n.as_str(),
                 Some(Err(reason)) if !skip => return Err(bad(field, format!("port {p}: {reason}"))),

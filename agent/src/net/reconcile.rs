@@ -93,9 +93,9 @@ pub(super) fn owned(l: &Link) -> bool {
 
 /// Bring the host to `desired`. With `dry_run`, nothing is written and the
 /// outcome lists what would change. Callers run [`check::preflight`] first;
-/// the references are checked here, after the VF counts and before any
-/// other change: a failed check is an [`NetError::Invalid`] and nothing else
-/// is changed. `owned_state` is updated as addresses are added and removed,
+/// the references are checked here before the first change (the netdevs of
+/// VFs this apply creates once more after the VF counts): a failed check is
+/// an [`NetError::Invalid`] and nothing (else) is changed. `owned_state` is updated as addresses are added and removed,
 /// also when the pass fails half-way: save it either way.
 pub async fn reconcile(
     nl: &Netlink,
@@ -105,11 +105,20 @@ pub async fn reconcile(
     dry_run: bool,
 ) -> Result<Outcome, NetError> {
     let mut out = Outcome::default();
-    sriov(sysfs, desired, dry_run, &mut out).await;
-    vf_attributes(nl, sysfs, desired, dry_run, &mut out).await;
-    let ports = resolve_all(sysfs, desired).await;
+    // Every reference, before the first change; VF ports this apply
+    // creates are let through until their VFs exist.
+    let mut ports = resolve_all(sysfs, desired).await;
     let mut snap = nl.snapshot().await?;
-    check::references(desired, &snap, &ports, dry_run)?;
+    check::references(desired, &snap, &ports, true)?;
+    if !desired.sriov.is_empty() {
+        sriov(sysfs, desired, dry_run, &mut out).await;
+        vf_attributes(nl, sysfs, desired, dry_run, &mut out).await;
+        // Now the VF netdevs exist (or never will): check them, still
+        // before any bridge, port, address or route change.
+        ports = resolve_all(sysfs, desired).await;
+        snap = nl.snapshot().await?;
+        check::references(desired, &snap, &ports, dry_run)?;
+    }
 
     // Bridges: create, MTU, up.
     for b in desired.bridges.values() {
