@@ -405,3 +405,40 @@ async fn power_top_sorts_nodes_and_asks_only_for_the_named_ones() {
     assert_eq!(v["nodes"].as_array().unwrap().len(), 1);
     assert_eq!(v["nodes"][0]["node"], "a");
 }
+
+/// A listing whose snapshot the server no longer holds starts again from
+/// the first page (up to 3 times): the output is complete and has no
+/// duplicates; beyond that the server's ABORTED is the error (exit 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_starts_again_when_the_snapshot_expired() {
+    let fake = Fake::default();
+    for i in 0..5 {
+        fake.insert(
+            hostplane_proto::v1::Node {
+                metadata: Some(ObjectMeta {
+                    name: format!("n{i}"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .into(),
+        );
+    }
+    let server = serve(fake.clone()).await;
+    let all = "node/n0\nnode/n1\nnode/n2\nnode/n3\nnode/n4\n";
+
+    fake.state.lock().unwrap().abort_pages = 3;
+    let r = ctl(&server, &["node", "list", "-o", "name"]).await;
+    assert_eq!((r.code, r.stdout.as_str()), (0, all), "{}", r.stderr);
+    // 3 aborted tries of the second page, each after a first page; then 3 pages.
+    assert_eq!(fake.state.lock().unwrap().list_calls, 3 * 2 + 3);
+
+    fake.state.lock().unwrap().abort_pages = 4;
+    let r = ctl(&server, &["node", "list", "-o", "name"]).await;
+    assert_eq!((r.code, r.stdout.as_str()), (8, ""));
+    assert!(
+        r.stderr.contains("list again from the first page"),
+        "{}",
+        r.stderr
+    );
+}

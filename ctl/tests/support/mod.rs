@@ -32,6 +32,11 @@ pub struct State {
     pub watch_ends: bool,
     /// What GetPowerSummary answers (nodes filtered by the request).
     pub power: hostplane_proto::v1::PowerSummary,
+    /// List answers this many requests for a later page with ABORTED (the
+    /// listing's snapshot expired), then pages normally.
+    pub abort_pages: u32,
+    /// List requests answered (every page counts).
+    pub list_calls: u32,
 }
 
 #[derive(Clone, Default)]
@@ -110,8 +115,15 @@ impl AdminService for Fake {
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        let st = self.seen(&req);
+        let mut st = self.seen(&req);
         let req = req.into_inner();
+        st.list_calls += 1;
+        if !req.page_token.is_empty() && st.abort_pages > 0 {
+            st.abort_pages -= 1;
+            return Err(Status::aborted(
+                "the listing's snapshot (store revision 3) is no longer kept (history is kept after revision 9); list again from the first page",
+            ));
+        }
         // Pages of FAKE_PAGE_SIZE, so every CLI test that lists follows page
         // tokens (here simply the last name sent).
         let mut items: Vec<Resource> = st
