@@ -350,6 +350,24 @@ async fn the_daemon_address_record_survives_a_restart() {
     let record: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(record, serde_json::json!({}));
     stop.cancel();
+    drop(h);
+
+    // A record that does not parse: the agent starts with an empty one and
+    // writes a valid one again.
+    std::fs::write(&file, "{ not json").unwrap();
+    let stop = CancellationToken::new();
+    let h = net::start(
+        NetConfig {
+            owned_file: Some(file.clone()),
+            ..ns.cfg()
+        },
+        stop.clone(),
+    )
+    .unwrap();
+    h.set_desired(want(&["10.0.7.1/24"])).await.unwrap();
+    let record: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(record, serde_json::json!({"br0": ["10.0.7.1/24"]}));
+    stop.cancel();
 }
 
 /// With SR-IOV in the same state: a missing port refuses the apply before
