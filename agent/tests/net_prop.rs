@@ -49,6 +49,7 @@ fn gateway(b: usize, k: usize, g: usize) -> String {
 struct RouteGen {
     /// Which of the bridge's addresses the gateway is in (filtered to present ones).
     subnet: usize,
+    /// 0, 1: a gateway (two choices); 2: none, a route out of the bridge (`dev` only).
     gw: usize,
     metric: Option<u32>,
     dev: bool,
@@ -78,7 +79,7 @@ struct Step {
 fn route_gen() -> impl Strategy<Value = RouteGen> {
     (
         0usize..2,
-        0usize..2,
+        0usize..3,
         prop_oneof![Just(None), Just(Some(100u32)), Just(Some(50u32))],
         any::<bool>(),
     )
@@ -124,8 +125,8 @@ fn step() -> impl Strategy<Value = Step> {
         })
 }
 
-/// One expected route: (family, destination, gateway, metric, dev).
-type Expected = BTreeSet<(u8, String, String, u32, String)>;
+/// One expected route: (family, destination, gateway, metric, dev, scope).
+type Expected = BTreeSet<(u8, String, String, u32, String, u64)>;
 
 /// The desired network of a step, and the routes the kernel must then show.
 fn desired(s: &Step) -> (HostNetwork, Expected) {
@@ -142,13 +143,23 @@ fn desired(s: &Step) -> (HostNetwork, Expected) {
             return;
         }
         let k = present[r.subnet % present.len()];
-        let gw = gateway(b, k, r.gw);
+        let gw = if r.gw < 2 {
+            gateway(b, k, r.gw)
+        } else {
+            String::new()
+        };
         net.routes.push(Route {
             destination: dest.clone(),
             gateway: gw.clone(),
-            dev: if r.dev { BRIDGES[b].into() } else { String::new() },
+            dev: if r.dev || gw.is_empty() {
+                BRIDGES[b].into()
+            } else {
+                String::new()
+            },
             metric: r.metric.unwrap_or(0),
         });
+        // The kernel's scope: link for an IPv4 route with no gateway.
+        let scope = if !v6 && gw.is_empty() { 253 } else { 0 };
         let metric = r.metric.unwrap_or(if v6 { 1024 } else { 0 });
         let dest = match dest.as_str() {
             "default" => "0.0.0.0/0".into(),
@@ -158,7 +169,7 @@ fn desired(s: &Step) -> (HostNetwork, Expected) {
                 format!("{}/{len}", canon(ip))
             }
         };
-        routes.insert((u8::from(v6), dest, gw, metric, BRIDGES[b].into()));
+        routes.insert((u8::from(v6), dest, gw, metric, BRIDGES[b].into(), scope));
     };
     for (b, g) in s.bridges.iter().enumerate() {
         if !g.present {
@@ -311,6 +322,7 @@ fn check(
                 r["gateway"].as_str().unwrap_or("").to_string(),
                 r["metric"].as_u64().unwrap() as u32,
                 r["dev"].as_str().unwrap_or("").to_string(),
+                r["scope"].as_u64().unwrap(),
             )
         })
         .collect();
