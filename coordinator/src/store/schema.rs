@@ -7,7 +7,7 @@ use rusqlite::Connection;
 
 use super::StoreError;
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: resources, watch history, agent commands, per-node desired versions.
     r#"
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);

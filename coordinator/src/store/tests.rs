@@ -260,3 +260,77 @@ async fn list_on_node_filters_by_spec_node() {
             .is_empty()
     );
 }
+
+/// A store written by schema 1 whose history was already pruned: after the
+/// migration it serves snapshots it can prove (and the current state), and
+/// refuses, rather than guesses, one that needs an object's pruned past.
+#[test]
+fn a_pruned_schema_1_store_migrates_and_refuses_what_it_cannot_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let body = |name: &str, rv: u64, v: &str| {
+        let mut r = node(name);
+        let m = r.metadata_mut().unwrap();
+        m.resource_version = rv;
+        m.labels.insert("v".into(), v.into());
+        serde_json::to_string(&r).unwrap()
+    };
+    {
+        // Revision 10: "a" created at 2 (event pruned) and changed at 8
+        // (event kept); "b" created at 3 (event pruned), unchanged since.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(super::schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute("UPDATE meta SET value = 10 WHERE key = 'revision'", [])
+            .unwrap();
+        for (name, rv, v) in [("a", 8, "2"), ("b", 3, "1")] {
+            conn.execute(
+                "INSERT INTO resources (kind, name, resource_version, body) VALUES ('node', ?1, ?2, ?3)",
+                rusqlite::params![name, rv, body(name, rv, v)],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO events (revision, kind, name, type, body) VALUES (8, 'node', 'a', ?1, ?2)",
+            rusqlite::params![EventType::Modified as i32, body("a", 8, "2")],
+        )
+        .unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    let all = PageLimit {
+        items: 100,
+        bytes: usize::MAX,
+    };
+    let names_at = |at: u64| -> Result<Vec<(String, String)>, StoreError> {
+        let page = s.write_sync(|t| t.list_page(Kind::Node, at, "", all, &|_| true))?;
+        Ok(page
+            .items
+            .iter()
+            .map(|r| (r.name().to_string(), r.metadata().unwrap().labels["v"].clone()))
+            .collect())
+    };
+    assert_eq!(s.write_sync(|t| t.history_floor()).unwrap(), 7);
+    let now = vec![("a".to_string(), "2".to_string()), ("b".into(), "1".into())];
+    assert_eq!(names_at(10).unwrap(), now);
+    assert_eq!(names_at(8).unwrap(), now);
+    // At 7 "a" was as its pruned event 2 left it: not kept, so refused.
+    assert!(matches!(names_at(7), Err(StoreError::SnapshotGone { at: 7, .. })));
+    assert!(matches!(
+        names_at(6),
+        Err(StoreError::SnapshotGone { at: 6, floor: 7 })
+    ));
+
+    // A change to "b", whose own history is gone, keeps its earlier state.
+    let mut b = s.write_sync(|t| t.get(Kind::Node, "b")).unwrap().unwrap();
+    b.metadata_mut().unwrap().labels.insert("v".into(), "9".into());
+    s.write_sync(move |t| t.update(b)).unwrap();
+    assert_eq!(
+        names_at(10).unwrap(),
+        now,
+        "the snapshot at 10 still has the old b"
+    );
+    assert_eq!(
+        names_at(11).unwrap(),
+        vec![("a".to_string(), "2".to_string()), ("b".into(), "9".into())]
+    );
+}
