@@ -6,7 +6,8 @@
 //! row; after commit, the events are broadcast to watchers and the nodes whose
 //! desired state changed are announced to the agent streams. Watch history is
 //! kept in the `events` table (bounded) so a watcher can resume from a
-//! version after a disconnect or a coordinator restart.
+//! version after a disconnect or a coordinator restart, and so a paged List
+//! reads every page at its first page's revision (snapshot.rs).
 //!
 //! Bodies are stored as proto3 JSON (pbjson), so `sqlite3 coordinator.db`
 //! shows readable rows.
