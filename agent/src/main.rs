@@ -11,7 +11,7 @@ use hostplane_agent::bfb_cache::BfbCache;
 use hostplane_agent::config::{Config, ConfigError, LogFormat, ProcessEnv};
 use hostplane_agent::exec::{AGENT_VERSION, HostExecutor, NETWORK_REPORT_WAIT};
 use hostplane_agent::flash::Flasher;
-use hostplane_agent::flash::cli::{FlashArgs, run_flash_cli};
+use hostplane_agent::flash::cli::{self as flash_cli, FlashPassthrough};
 use hostplane_agent::net;
 use hostplane_agent::session::{NetSync, PowerSession};
 use hostplane_agent::{AgentError, logging};
@@ -41,8 +41,9 @@ struct Cli {
 enum Cmd {
     /// Run the agent daemon (the default).
     Run,
-    /// Flash one DPU by hand, like bfb-install, and exit.
-    Flash(Box<FlashArgs>),
+    /// Flash one DPU by hand, like bfb-install (same options; also run as
+    /// `bfb-install`), and exit. See `hostplane-agent flash --help`.
+    Flash(FlashPassthrough),
     /// Check the config and exit: 0 when valid, 78 when not.
     Validate,
     /// Read the node's power sources now (RAPL, hwmon), with no coordinator.
@@ -68,6 +69,12 @@ struct HealthArgs {
 }
 
 fn main() -> ExitCode {
+    // `bfb-install ...` and `hostplane-agent flash ...` take bfb-install's
+    // command line (its -c is bf.cfg, not --config).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(flash) = flash_cli::flash_argv(&argv) {
+        return flash_cli::main_with(flash);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -100,13 +107,7 @@ fn main() -> ExitCode {
         }
         Cmd::Validate => validate(config.as_deref()),
         Cmd::Health(args) => health(&args, config.as_deref()),
-        Cmd::Flash(args) => {
-            logging::init(&ProcessEnv, LogFormat::Plain);
-            match runtime() {
-                Ok(rt) => rt.block_on(run_flash_cli(*args)),
-                Err(code) => code,
-            }
-        }
+        Cmd::Flash(p) => flash_cli::main_with(p.argv()),
         Cmd::Power(args) => {
             logging::init(&ProcessEnv, LogFormat::Plain);
             match runtime() {

@@ -70,6 +70,7 @@ fn rig_with(dpus: usize, image_size: u64, t: StageTimeouts) -> Option<Rig> {
     let flasher = Flasher::new(
         FlashConfig {
             dev_root: sim.root().to_path_buf(),
+            run_dir: dir.path().join("run"),
             stage_timeouts: t,
             poll_interval: Duration::from_millis(20),
             ..FlashConfig::default()
@@ -234,7 +235,7 @@ async fn hang_times_out_naming_the_stage() {
         matches!(
             err,
             FlashError::Timeout {
-                stage: Stage::Boot,
+                stage: Stage::Installer,
                 ..
             }
         ),
@@ -242,7 +243,7 @@ async fn hang_times_out_naming_the_stage() {
     );
     assert!(err.to_string().contains("installer to start"), "{err}");
 
-    // Hung after the installation: it is the last stage that is named.
+    // Hung after the installation: the stage waited for is named.
     r.sim.set_fault(0, Fault::Hang(hostplane_sim::Stage::Linux));
     let (res, _) = r.flash(r.request("rshim0", params())).await;
     let err = res.unwrap_err();
@@ -250,7 +251,7 @@ async fn hang_times_out_naming_the_stage() {
         matches!(
             err,
             FlashError::Timeout {
-                stage: Stage::Installed,
+                stage: Stage::LinuxUp,
                 ..
             }
         ),
@@ -332,11 +333,6 @@ async fn second_flash_of_the_same_rshim_is_refused_and_cancel_stops_the_push() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_exits_0_only_when_installed() {
     use clap::Parser;
-    #[derive(Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        args: hostplane_agent::flash::cli::FlashArgs,
-    }
     let Some(r) = rig(1) else { return };
     let bf_cfg = r.dir.path().join("bf.cfg");
     std::fs::write(&bf_cfg, "BFB_ADD_ON=\nubuntu_PASSWORD='$1$x$y'\n").unwrap();
@@ -348,15 +344,23 @@ async fn cli_exits_0_only_when_installed() {
             format!("--bf-cfg={}", bf_cfg.display()),
             format!("--dev-root={}", r.sim.root().display()),
             format!("--cache-dir={}", r.dir.path().join("cache").display()),
+            format!("--run-dir={}", r.dir.path().join("run").display()),
             "--poll-interval=20ms".into(),
             "--installer-timeout=1500ms".into(),
         ];
         v.extend(extra.iter().map(|s| s.to_string()));
-        Cmd::try_parse_from(v).unwrap().args
+        hostplane_agent::flash::cli::FlashArgs::try_parse_from(v).unwrap()
     };
     let run = |args| async move {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = hostplane_agent::flash::cli::run(args, &mut out, &mut err, CancellationToken::new()).await;
+        let code = hostplane_agent::flash::cli::run(
+            args,
+            "hostplane-agent flash",
+            &mut out,
+            &mut err,
+            CancellationToken::new(),
+        )
+        .await;
         (
             code,
             String::from_utf8(out).unwrap(),
@@ -381,5 +385,10 @@ async fn cli_exits_0_only_when_installed() {
     r.sim.set_fault(0, Fault::Hang(hostplane_sim::Stage::Installer));
     let (code, _, err) = run(argv(&[])).await;
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("timed out in stage boot"), "{err}");
+    // One line, the device named once, the stage named is the one waited for.
+    assert_eq!(
+        err.trim(),
+        "rshim0: flash FAILED in stage installer: timed out in stage installer after 1s 500ms \
+         waiting for the installer to start",
+    );
 }

@@ -209,6 +209,7 @@ fn rounds(
     let flasher = Flasher::new(
         FlashConfig {
             dev_root: sim.root.clone(),
+            run_dir: dir.join("run"),
             ..FlashConfig::default()
         },
         Arc::new(cache),

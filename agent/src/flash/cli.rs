@@ -1,15 +1,31 @@
-//! `hostplane-agent flash`: flash one DPU by hand, like `bfb-install`, but
-//! exiting 0 only on a verified installation.
+//! `hostplane-agent flash`, also installed as `bfb-install`: flash one DPU by
+//! hand with `bfb-install`'s own command line, but exiting 0 only on a
+//! verified installation.
 //!
-//! Exit codes: 0 installed; 1 the flash failed (the reason is printed); 64
-//! usage error (bad arguments, unreadable image or bf.cfg).
+//! The program answers to both names: when it is started as `bfb-install`
+//! (a symlink or a copy under that name), `bfb-install ARGS` is
+//! `hostplane-agent flash ARGS`. bfb-install's options keep their meaning
+//! (`-b/--bfb`, `-r/--rshim` as a name or a `/dev/rshimN` path, `-c/--config`
+//! for bf.cfg, `-f/--rootfs`, `-m/--remote-mode`, `-v/--verbose`,
+//! `-h/--help`); the ones hostplane does not support (`-a`, `-d`, `-k`, `-p`,
+//! `-R`, `-u`) are refused by name, as is a remote rshim (`<ip>:...`).
+//!
+//! Exit codes (also in `--help`): [`EXIT_OK`] installed; [`EXIT_FAILED`] the
+//! flash failed (the reason is printed); [`EXIT_USAGE`] bad arguments, an
+//! unreadable image, a bad bf.cfg, an unsupported option; [`EXIT_BUSY`] the
+//! rshim is being flashed by another process (named) or held by another
+//! owner; 128+N interrupted by signal N (130 SIGINT, 143 SIGTERM), after
+//! the push was stopped, the device's `misc` values restored and the flash
+//! lock released.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hostplane_common::signals::{Signal, Signals};
 use hostplane_proto::v1::{BfbRef, FlashProgress};
 use humantime_serde::re::humantime;
 use tokio::sync::mpsc;
@@ -17,38 +33,79 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{FlashConfig, FlashError, FlashRequest, Flasher, ImageSource, StageTimeouts};
+use super::{DEFAULT_RUN_DIR, FlashConfig, FlashError, FlashRequest, Flasher, ImageSource, StageTimeouts};
 use crate::bfb_cache::{BfbCache, CacheConfig, DownloadProgress, normalize_digest};
 use crate::bfcfg::{self, BfCfg};
 use crate::rshim::is_rshim_name;
 
+pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 64;
+/// EX_TEMPFAIL: try again later; this run changed nothing on the device.
+pub const EXIT_BUSY: u8 = 75;
 
 /// Least time between two byte-progress lines.
 const PRINT_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, clap::Args)]
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    installed and up: the DPU's log showed the installation complete, then Linux up
+  1    the flash failed (the DPU's own error line, a timeout naming the stage, a push error)
+  64   usage: bad or unsupported option, unreadable image, bad bf.cfg (nothing was touched)
+  75   busy: another flash holds this rshim (its pid and image are named), or the device
+       is held by another owner (EBUSY, drop mode, BMC); nothing was touched
+  130  interrupted by SIGINT, 143 by SIGTERM: the push was stopped, the device's misc
+       values (BOOT_TIMEOUT, CLEAR_ON_READ, DISPLAY_LEVEL) restored, the lock released
+
+bfb-install options not supported here (refused with exit 64): -a/--apply-lfwp,
+-d/--deferred, -k/--keep-log, -p/--pldm, -R/--reverse-nc, -u/--runtime, and a
+remote rshim ([<ip>:<port>:]rshim<N>) with -m/--remote-mode.";
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "hostplane-agent flash",
+    about = "Flash one DPU over rshim (a bfb-install drop-in) and exit 0 only on a verified installation",
+    after_help = EXIT_CODES_HELP,
+    disable_version_flag = true
+)]
 pub struct FlashArgs {
-    /// rshim device to flash, e.g. rshim0.
-    #[arg(long)]
+    /// rshim device: rshim<N>, or its path (/dev/rshim<N>, or <dir>/rshim<N>
+    /// under another device root).
+    #[arg(short = 'r', long, value_name = "DEVICE")]
     pub rshim: String,
     /// The BFB: a local file, or an http(s):// or file:// URL.
-    #[arg(long)]
+    #[arg(short = 'b', long, value_name = "BFB")]
     pub bfb: String,
     /// Expected sha256 of the BFB (required for URLs, optional for files).
     #[arg(long)]
     pub sha256: Option<String>,
-    /// A bf.cfg file to push after the BFB (at most 128 KiB of text).
-    #[arg(long = "bf-cfg")]
+    /// A bf.cfg to push after the BFB (at most 128 KiB of text; checked before
+    /// the device is touched).
+    #[arg(short = 'c', long = "config", alias = "bf-cfg", value_name = "BF_CFG")]
     pub bf_cfg: Option<PathBuf>,
-    /// Directory holding the rshim<N>/ devices.
-    #[arg(long, default_value = "/dev")]
-    pub dev_root: PathBuf,
+    /// A rootfs file pushed raw after the BFB and bf.cfg (as bfb-install does).
+    #[arg(short = 'f', long, value_name = "ROOTFS")]
+    pub rootfs: Option<PathBuf>,
+    /// bfb-install's mode for a remote rshim (scp, nc, ncpipe); remote rshims
+    /// are not supported, so with a local rshim this is refused, as
+    /// bfb-install refuses it.
+    #[arg(short = 'm', long, value_name = "MODE")]
+    pub remote_mode: Option<String>,
+    /// Print the settings before flashing (as bfb-install -v does).
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// Directory holding the rshim<N>/ devices (default /dev, or the directory
+    /// of a --rshim path).
+    #[arg(long, value_name = "DIR")]
+    pub dev_root: Option<PathBuf>,
+    /// Where the per-rshim flash locks live (shared with the agent daemon).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
     /// Where downloaded BFBs are cached.
     #[arg(long, default_value = "/var/lib/hostplane-agent/cache")]
     pub cache_dir: PathBuf,
-    /// Give up when the device accepts no data for this long.
+    /// Give up when the device accepts no data for this long (also the rshim
+    /// driver's BOOT_TIMEOUT during the flash).
     #[arg(long, value_parser = parse_duration, default_value = "5m")]
     pub push_stall_timeout: Duration,
     /// After the push, wait this long for the DPU's first log line.
@@ -66,16 +123,115 @@ pub struct FlashArgs {
     /// How often the DPU log (misc) is read.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub poll_interval: Duration,
+    /// bfb-install options that hostplane does not support: taken here only to
+    /// be refused by name.
+    #[command(flatten)]
+    pub unsupported: Unsupported,
+}
+
+/// bfb-install's options that hostplane refuses (see [`Unsupported::check`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Unsupported {
+    #[arg(short = 'a', long = "apply-lfwp", hide = true, value_name = "0|1")]
+    apply_lfwp: Option<String>,
+    #[arg(short = 'd', long, hide = true)]
+    deferred: bool,
+    #[arg(short = 'k', long = "keep-log", hide = true)]
+    keep_log: bool,
+    #[arg(short = 'p', long, hide = true, value_name = "PLDM")]
+    pldm: Option<String>,
+    #[arg(short = 'R', long = "reverse-nc", hide = true)]
+    reverse_nc: bool,
+    #[arg(short = 'u', long, hide = true)]
+    runtime: bool,
+}
+
+impl Unsupported {
+    /// The first unsupported option given, with why it is refused.
+    fn check(&self) -> Result<(), String> {
+        let refuse = |opt: &str, why: &str| Err(format!("{opt} is not supported: {why}"));
+        if self.apply_lfwp.is_some() {
+            return refuse(
+                "-a/--apply-lfwp",
+                "live firmware patch activation is not done by hostplane; flash a full BFB",
+            );
+        }
+        if self.deferred || self.runtime {
+            let opt = if self.deferred {
+                "-d/--deferred"
+            } else {
+                "-u/--runtime"
+            };
+            return refuse(
+                opt,
+                "deferred (runtime) upgrades are not supported; hostplane always resets the DPU and installs",
+            );
+        }
+        if self.keep_log {
+            return refuse(
+                "-k/--keep-log",
+                "the DPU log must be cleared on read so that every line is seen once (hostplane prints each line)",
+            );
+        }
+        if self.pldm.is_some() {
+            return refuse("-p/--pldm", "PLDM images are not supported; flash a BFB with -b");
+        }
+        if self.reverse_nc {
+            return refuse(
+                "-R/--reverse-nc",
+                "remote rshims are not supported; run this on the host of the rshim",
+            );
+        }
+        Ok(())
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// The rshim name and device root from `-r` and `--dev-root`.
+fn rshim_target(args: &FlashArgs) -> Result<(String, PathBuf), String> {
+    let r = args.rshim.as_str();
+    if r.contains(':') {
+        return Err(format!(
+            "--rshim {r:?}: a remote rshim ([<ip>:<port>:]rshim<N>) is not supported; \
+             run this on the host of the rshim"
+        ));
+    }
+    if is_rshim_name(r) {
+        return Ok((
+            r.to_string(),
+            args.dev_root.clone().unwrap_or_else(|| PathBuf::from("/dev")),
+        ));
+    }
+    let path = Path::new(r.trim_end_matches('/'));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    match parent {
+        Some(dir) if path.is_absolute() && is_rshim_name(name) => {
+            if let Some(root) = &args.dev_root
+                && root != dir
+            {
+                return Err(format!(
+                    "--rshim {r:?} is under {}, but --dev-root is {}",
+                    dir.display(),
+                    root.display()
+                ));
+            }
+            Ok((name.to_string(), dir.to_path_buf()))
+        }
+        _ => Err(format!(
+            "--rshim {r:?}: expected rshim<N> or an absolute path ending in rshim<N> (e.g. /dev/rshim0)"
+        )),
+    }
+}
+
 impl FlashArgs {
-    fn flash_config(&self) -> FlashConfig {
+    fn flash_config(&self, dev_root: PathBuf) -> FlashConfig {
         FlashConfig {
-            dev_root: self.dev_root.clone(),
+            dev_root,
+            run_dir: self.run_dir.clone(),
             stage_timeouts: StageTimeouts {
                 push_stall: self.push_stall_timeout,
                 boot: self.boot_timeout,
@@ -87,51 +243,218 @@ impl FlashArgs {
             ..FlashConfig::default()
         }
     }
+
+    /// Everything a bfb-install user may get wrong, checked before anything
+    /// is read or touched.
+    fn check_options(&self) -> Result<(), String> {
+        self.unsupported.check()?;
+        if let Some(mode) = &self.remote_mode {
+            if !matches!(mode.as_str(), "scp" | "nc" | "ncpipe") {
+                return Err(format!("--remote-mode {mode:?}: expected scp, nc or ncpipe"));
+            }
+            return Err(format!(
+                "--remote-mode {mode}: a remote mode applies only to a remote rshim ([<ip>:<port>:]rshim<N>), \
+                 which is not supported; for the local {} leave it out",
+                self.rshim
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `hostplane-agent [--config X] flash ARGS` as the top-level parser sees it:
+/// the arguments are taken whole and parsed by [`main_with`].
+#[derive(Debug, Clone, clap::Args)]
+#[command(disable_help_flag = true)]
+pub struct FlashPassthrough {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<OsString>,
+}
+
+impl FlashPassthrough {
+    /// The flash's argv, for [`main_with`].
+    pub fn argv(self) -> Vec<OsString> {
+        let mut v = vec![OsString::from("hostplane-agent flash")];
+        v.extend(self.args);
+        v
+    }
+}
+
+/// The program's argv when it is a flash: started as `bfb-install`, or as
+/// `hostplane-agent flash ...`. Returns the flash's own argv (argv\[0\]
+/// first) or `None` for every other command line.
+pub fn flash_argv(argv: &[OsString]) -> Option<Vec<OsString>> {
+    let prog = argv.first()?;
+    let base = Path::new(prog).file_name()?.to_str()?;
+    if base == "bfb-install" {
+        return Some(argv.to_vec());
+    }
+    if argv.get(1).is_some_and(|a| a == "flash") {
+        let mut v = vec![OsString::from("hostplane-agent flash")];
+        v.extend_from_slice(&argv[2..]);
+        return Some(v);
+    }
+    None
+}
+
+/// Parse a flash command line (see [`flash_argv`]) and run it: the whole
+/// program for `bfb-install` / `hostplane-agent flash`.
+pub fn main_with(argv: Vec<OsString>) -> ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
+    let name: &'static str = if argv
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n == "bfb-install")
+    {
+        "bfb-install"
+    } else {
+        "hostplane-agent flash"
+    };
+    let cmd = FlashArgs::command().name(name).bin_name(name);
+    let parsed = cmd
+        .try_get_matches_from(argv)
+        .and_then(|m| FlashArgs::from_arg_matches(&m));
+    let args = match parsed {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS // --help
+            };
+        }
+    };
+    crate::logging::init(&crate::config::ProcessEnv, crate::config::LogFormat::Plain);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let code = rt.block_on(run_flash_cli(args, name));
+    // A writer thread still in a device write (bounded by BOOT_TIMEOUT) and
+    // blocking misc reads are not waited for here.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 /// Run the flash, printing progress to stdout and the outcome to stderr on
-/// failure. Ctrl-C cancels (the push stops cleanly).
-pub async fn run_flash_cli(args: FlashArgs) -> ExitCode {
+/// failure. SIGINT and SIGTERM stop it cleanly (the push stops, `misc` is
+/// restored, the lock released) and the exit code is 128 + the signal; a
+/// second signal exits at once.
+pub async fn run_flash_cli(args: FlashArgs, prog: &str) -> ExitCode {
     let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(
-        async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                tracing::info!("interrupted; stopping the flash");
-                c.cancel();
-            }
+    let caught: Arc<Mutex<Option<&'static str>>> = Arc::default();
+    match Signals::new() {
+        Ok(mut signals) => {
+            let (c, caught) = (cancel.clone(), caught.clone());
+            tokio::spawn(
+                async move {
+                    loop {
+                        match signals.recv().await {
+                            Signal::Shutdown(name) if c.is_cancelled() => {
+                                eprintln!(
+                                    "{name} again: exiting without restoring the device's misc settings"
+                                );
+                                std::process::exit(signal_exit_code(name).into());
+                            }
+                            Signal::Shutdown(name) => {
+                                tracing::info!(signal = name, "stopping the flash");
+                                *caught.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                    Some(name);
+                                c.cancel();
+                            }
+                            Signal::Reload => tracing::info!(signal = "SIGHUP", "ignored during a flash"),
+                        }
+                    }
+                }
+                .instrument(tracing::info_span!("flash_cli_signals")),
+            );
         }
-        .instrument(tracing::info_span!("flash_cli_interrupt")),
-    );
-    let code = run(args, &mut std::io::stdout(), &mut std::io::stderr(), cancel).await;
-    ExitCode::from(code)
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install signal handlers; SIGINT/SIGTERM end the flash at once")
+        }
+    }
+    let mut err = std::io::stderr();
+    let code = run(args, prog, &mut std::io::stdout(), &mut err, cancel).await;
+    let signal = *caught.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match signal {
+        // Interrupted: the flash reported where it stopped; say why and how it ended.
+        Some(name) if code != EXIT_OK => {
+            let _ = writeln!(
+                err,
+                "{prog}: interrupted by {name}: the push was stopped, the device's misc settings restored and the flash lock released"
+            );
+            ExitCode::from(signal_exit_code(name))
+        }
+        _ => ExitCode::from(code),
+    }
+}
+
+/// 128 + the signal's number, as shells report a death by that signal.
+fn signal_exit_code(name: &str) -> u8 {
+    match name {
+        "SIGINT" => 130,
+        _ => 143,
+    }
 }
 
 /// [`run_flash_cli`] with explicit outputs; returns the exit code.
 pub async fn run(
     args: FlashArgs,
+    prog: &str,
     out: &mut (dyn Write + Send),
     err: &mut dyn Write,
     cancel: CancellationToken,
 ) -> u8 {
-    let rshim = args.rshim.clone();
+    let usage = |err: &mut dyn Write, msg: &str| {
+        let _ = writeln!(err, "{prog}: {msg}");
+        EXIT_USAGE
+    };
+    if let Err(msg) = args.check_options() {
+        return usage(err, &msg);
+    }
+    let (rshim, dev_root) = match rshim_target(&args) {
+        Ok(x) => x,
+        Err(msg) => return usage(err, &msg),
+    };
     let (image, shown) = match image_source(&args).await {
         Ok(x) => x,
-        Err(msg) => {
-            let _ = writeln!(err, "hostplane-agent flash: {msg}");
-            return EXIT_USAGE;
-        }
+        Err(msg) => return usage(err, &msg),
     };
     let bf_cfg = match &args.bf_cfg {
         None => BfCfg::None,
         Some(p) => match bfcfg::load_raw(p).await {
             Ok(b) => b,
-            Err(e) => {
-                let _ = writeln!(err, "hostplane-agent flash: --bf-cfg: {e}");
-                return EXIT_USAGE;
-            }
+            Err(e) => return usage(err, &format!("--config: {e}")),
         },
     };
+    if let Some(p) = &args.rootfs {
+        match tokio::fs::metadata(p).await {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return usage(err, &format!("--rootfs {}: not a regular file", p.display())),
+            Err(e) => return usage(err, &format!("--rootfs {}: {e}", p.display())),
+        }
+    }
+    let device = dev_root.join(&rshim);
+    if args.verbose {
+        let _ = writeln!(out, "{rshim}: flashing with the local rshim");
+        let _ = writeln!(out, "{rshim}:   BFB file: {shown}");
+        if let Some(c) = &args.bf_cfg {
+            let _ = writeln!(out, "{rshim}:   Config file: {}", c.display());
+        }
+        if let Some(r) = &args.rootfs {
+            let _ = writeln!(out, "{rshim}:   Rootfs file: {}", r.display());
+        }
+        let _ = writeln!(out, "{rshim}:   RSHIM device node: {}", device.display());
+        let _ = writeln!(
+            out,
+            "{rshim}:   flash lock: {}",
+            super::lock::FlashLock::path(&args.run_dir, &rshim).display()
+        );
+    }
     let cache_cfg = CacheConfig {
         dir: args.cache_dir.clone(),
         ..CacheConfig::default()
@@ -139,16 +462,12 @@ pub async fn run(
     let cache = match BfbCache::new(cache_cfg) {
         Ok(c) => Arc::new(c),
         Err(e) => {
-            let _ = writeln!(err, "{rshim}: flash FAILED: {e}");
+            let _ = writeln!(err, "{rshim}: flash FAILED in stage prepare: {e}");
             return EXIT_FAILED;
         }
     };
-    let flasher = Flasher::new(args.flash_config(), cache.clone());
-    let _ = writeln!(
-        out,
-        "{rshim}: flashing {shown} through {}",
-        args.dev_root.join(&rshim).display()
-    );
+    let flasher = Flasher::new(args.flash_config(dev_root.clone()), cache.clone());
+    let _ = writeln!(out, "{rshim}: flashing {shown} through {}", device.display());
 
     // Download first (with progress); the flash then finds it in the cache.
     if let ImageSource::Ref(bfb) = &image {
@@ -176,7 +495,7 @@ pub async fn run(
         image,
         bf_cfg,
     };
-    let flash = flasher.flash_with_log(req, ptx, Some(ltx), cancel);
+    let flash = flasher.flash_with_rootfs(req, args.rootfs.clone(), ptx, Some(ltx), cancel);
     let (res, ()) = tokio::join!(flash, print_progress(&rshim, prx, lrx, out));
     report(&rshim, res, out, err)
 }
@@ -199,8 +518,15 @@ fn report(
             0
         }
         Err(e) => {
-            let _ = writeln!(err, "{rshim}: flash FAILED in stage {}: {e}", e.stage());
-            EXIT_FAILED
+            // The device name once: most errors start with it already.
+            let text = e.to_string();
+            let text = text.strip_prefix(&format!("{rshim}: ")).unwrap_or(&text);
+            let _ = writeln!(err, "{rshim}: flash FAILED in stage {}: {text}", e.stage());
+            match e {
+                FlashError::Busy { .. } => EXIT_BUSY,
+                FlashError::BfCfg { .. } => EXIT_USAGE,
+                _ => EXIT_FAILED,
+            }
         }
     }
 }
@@ -254,9 +580,6 @@ async fn print_progress(
 
 /// Validate `--bfb` / `--sha256` into an image source and its display name.
 async fn image_source(args: &FlashArgs) -> Result<(ImageSource, String), String> {
-    if !is_rshim_name(&args.rshim) {
-        return Err(format!("--rshim {:?}: expected rshim<N>", args.rshim));
-    }
     let digest = match &args.sha256 {
         None => None,
         Some(s) => {
@@ -327,21 +650,22 @@ mod tests {
 
     use super::*;
 
-    #[derive(Debug, Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        args: FlashArgs,
-    }
-
     fn parse(extra: &[&str]) -> FlashArgs {
         let mut argv = vec!["flash"];
         argv.extend_from_slice(extra);
-        Cmd::try_parse_from(argv).unwrap().args
+        FlashArgs::try_parse_from(argv).unwrap()
     }
 
     async fn exit(args: FlashArgs) -> (u8, String, String) {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = run(args, &mut out, &mut err, CancellationToken::new()).await;
+        let code = run(
+            args,
+            "hostplane-agent flash",
+            &mut out,
+            &mut err,
+            CancellationToken::new(),
+        )
+        .await;
         (
             code,
             String::from_utf8(out).unwrap(),
@@ -352,7 +676,11 @@ mod tests {
     #[test]
     fn defaults_match_the_engine() {
         let a = parse(&["--rshim", "rshim0", "--bfb", "x.bfb"]);
-        assert_eq!(a.flash_config(), FlashConfig::default());
+        assert_eq!(a.flash_config(PathBuf::from("/dev")), FlashConfig::default());
+        assert_eq!(
+            rshim_target(&a).unwrap(),
+            ("rshim0".into(), PathBuf::from("/dev"))
+        );
         assert_eq!(a.cache_dir, Path::new("/var/lib/hostplane-agent/cache"));
         let a = parse(&[
             "--rshim",
@@ -366,7 +694,82 @@ mod tests {
         ]);
         assert_eq!(a.install_timeout, Duration::from_secs(5400));
         assert_eq!(a.poll_interval, Duration::from_millis(200));
-        assert!(Cmd::try_parse_from(["flash", "--rshim", "rshim0"]).is_err());
+        assert!(FlashArgs::try_parse_from(["flash", "--rshim", "rshim0"]).is_err());
+        // bfb-install's spellings.
+        let a = parse(&[
+            "-r",
+            "/dev/rshim3",
+            "-b",
+            "x.bfb",
+            "-c",
+            "bf.cfg",
+            "-f",
+            "root.tgz",
+            "-v",
+        ]);
+        assert_eq!(
+            rshim_target(&a).unwrap(),
+            ("rshim3".into(), PathBuf::from("/dev"))
+        );
+        assert_eq!(a.bf_cfg.as_deref(), Some(Path::new("bf.cfg")));
+        assert_eq!(a.rootfs.as_deref(), Some(Path::new("root.tgz")));
+        assert!(a.verbose);
+        let a = parse(&["-r", "/tmp/sim/rshim1/", "-b", "x.bfb", "--bf-cfg", "old.cfg"]);
+        assert_eq!(
+            rshim_target(&a).unwrap(),
+            ("rshim1".into(), PathBuf::from("/tmp/sim"))
+        );
+        assert_eq!(a.bf_cfg.as_deref(), Some(Path::new("old.cfg")));
+        for (argv, needle) in [
+            (vec!["-r", "10.0.0.1:rshim0"], "remote rshim"),
+            (vec!["-r", "dev/rshim0"], "absolute path"),
+            (vec!["-r", "/dev/sda"], "rshim<N>"),
+            (vec!["-r", "/x/rshim0", "--dev-root", "/dev"], "--dev-root"),
+        ] {
+            let mut v = argv.clone();
+            v.extend(["-b", "x.bfb"]);
+            let e = rshim_target(&parse(&v)).unwrap_err();
+            assert!(e.contains(needle), "{argv:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn unsupported_bfb_install_options_are_refused_by_name() {
+        for (opt, name) in [
+            (vec!["-a", "1"], "-a/--apply-lfwp"),
+            (vec!["--apply-lfwp", "0"], "-a/--apply-lfwp"),
+            (vec!["-d"], "-d/--deferred"),
+            (vec!["-k"], "-k/--keep-log"),
+            (vec!["-p", "x.pldm"], "-p/--pldm"),
+            (vec!["-R"], "-R/--reverse-nc"),
+            (vec!["-u"], "-u/--runtime"),
+            (vec!["-m", "scp"], "remote mode applies only to a remote rshim"),
+            (vec!["-m", "ftp"], "expected scp, nc or ncpipe"),
+        ] {
+            let mut v = vec!["-r", "rshim0", "-b", "x.bfb"];
+            v.extend(opt.iter());
+            let e = parse(&v).check_options().unwrap_err();
+            assert!(e.contains(name), "{opt:?}: {e}");
+        }
+        assert!(parse(&["-r", "rshim0", "-b", "x"]).check_options().is_ok());
+    }
+
+    #[test]
+    fn flash_argv_by_program_name_or_subcommand() {
+        let v = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            flash_argv(&v(&["/usr/sbin/bfb-install", "-r", "rshim0"])),
+            Some(v(&["/usr/sbin/bfb-install", "-r", "rshim0"]))
+        );
+        assert_eq!(
+            flash_argv(&v(&["hostplane-agent", "flash", "-c", "x"])),
+            Some(v(&["hostplane-agent flash", "-c", "x"]))
+        );
+        assert_eq!(flash_argv(&v(&["hostplane-agent", "run"])), None);
+        assert_eq!(
+            flash_argv(&v(&["hostplane-agent", "--config", "x", "flash"])),
+            None
+        );
     }
 
     #[tokio::test]
@@ -380,6 +783,10 @@ mod tests {
         std::fs::write(&bin, b"\xff").unwrap();
         let cases: Vec<(Vec<&str>, &str)> = vec![
             (vec!["--rshim", "eth0", "--bfb", img], "--rshim"),
+            (
+                vec!["-r", "rshim0", "-b", img, "-f", "/nonexistent/rootfs"],
+                "--rootfs /nonexistent/rootfs",
+            ),
             (
                 vec!["--rshim", "rshim0", "--bfb", "https://h/x.bfb"],
                 "--sha256 is required",
@@ -405,7 +812,7 @@ mod tests {
                     "--bf-cfg",
                     bin.to_str().unwrap(),
                 ],
-                "--bf-cfg",
+                "--config",
             ),
         ];
         for (argv, needle) in cases {

@@ -2,20 +2,27 @@
 //! device's `boot`, and follow the DPU's log on `misc` to a verdict.
 //!
 //! Order of a flash (see `docs/rshim.md`):
-//! 1. refuse at once if this agent already flashes that rshim;
+//! 1. refuse at once if this agent already flashes that rshim, or if another
+//!    process holds its flash lock (`<run_dir>/<rshim>.flash.lock`, see
+//!    [`lock`]): one flash per rshim across the daemon and every CLI;
 //! 2. fetch the image through the cache (normally a hit after `prepare`),
 //!    verify its structure again, render bf.cfg — a bad image or bf.cfg is
 //!    an error before the device is touched (so the DPU is never reset);
 //! 3. read `misc` (refuse a device in drop mode as busy), set
-//!    `CLEAR_ON_READ 1` + `DISPLAY_LEVEL 2` and drain stale log lines;
+//!    `BOOT_TIMEOUT` to the push stall timeout (so the driver itself fails a
+//!    boot write that makes no progress, and no write can hold the process
+//!    longer), `CLEAR_ON_READ 1` + `DISPLAY_LEVEL 2`, and drain stale log lines;
 //! 4. open `boot` (EBUSY / drop mode / locked = busy, never retried); once it
 //!    is open (the DPU is reset) drain the log once more, then push image +
-//!    bf.cfg in large chunks on two threads while polling `misc`;
+//!    bf.cfg on two threads (writes of at most 256 KiB) while polling `misc`;
 //! 5. drive the [`Verdict`] state machine, one timeout per stage, until
-//!    installed, failed (the DPU's own line) or timed out; restore
-//!    `CLEAR_ON_READ 0`.
+//!    installed, failed (the DPU's own line, or a reset of the DPU during
+//!    the installation) or timed out; restore the `misc` values it changed
+//!    (`BOOT_TIMEOUT`, `CLEAR_ON_READ`, `DISPLAY_LEVEL`) to what they were,
+//!    whatever the outcome, cancellation included.
 
 pub mod cli;
+mod lock;
 mod push;
 mod run;
 mod verdict;
@@ -75,7 +82,10 @@ impl Default for StageTimeouts {
 pub struct FlashConfig {
     /// Where `rshim<N>/` directories live (`/dev` on a real host).
     pub dev_root: PathBuf,
-    /// Bytes per write to `boot`.
+    /// Where the per-rshim flash locks live (`<run_dir>/<rshim>.flash.lock`),
+    /// shared by the daemon and every CLI flash on the host.
+    pub run_dir: PathBuf,
+    /// Bytes per read of the image (writes to `boot` are at most 256 KiB).
     pub push_chunk: usize,
     pub stage_timeouts: StageTimeouts,
     /// How often `misc` is read while following the log.
@@ -90,6 +100,7 @@ impl Default for FlashConfig {
     fn default() -> Self {
         FlashConfig {
             dev_root: PathBuf::from("/dev"),
+            run_dir: PathBuf::from(DEFAULT_RUN_DIR),
             push_chunk: 1 << 20,
             stage_timeouts: StageTimeouts::default(),
             poll_interval: Duration::from_secs(1),
@@ -97,6 +108,9 @@ impl Default for FlashConfig {
         }
     }
 }
+
+/// The default [`FlashConfig::run_dir`].
+pub const DEFAULT_RUN_DIR: &str = "/run/hostplane";
 
 /// Where the image comes from.
 #[derive(Debug, Clone)]
@@ -132,10 +146,18 @@ pub struct FlashReport {
 pub enum FlashError {
     #[error("invalid rshim name {name:?}: expected rshim<N>")]
     InvalidRshim { name: String },
-    /// Another flash of this rshim runs in this agent, or the device is held
-    /// by another owner (EBUSY, drop mode, BMC). Never retried here.
+    /// Another flash of this rshim runs (in this process or another one:
+    /// the reason names the holder), or the device is held by another owner
+    /// (EBUSY, drop mode, BMC). Never retried here.
     #[error("{rshim}: busy: {reason}")]
     Busy { rshim: String, reason: String },
+    /// The flash lock could not be taken for another reason than a holder.
+    #[error("{rshim}: flash lock {path}: {source}")]
+    Lock {
+        rshim: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{rshim}: no such device: {path}")]
     NoDevice { rshim: String, path: PathBuf },
     #[error("{source}")]
@@ -171,6 +193,14 @@ pub enum FlashError {
         stage: Stage,
         line: String,
     },
+    /// The DPU booted again (BL1/BL2/BL31 start) while the installer ran:
+    /// someone else reset or reflashed it.
+    #[error("{rshim}: the DPU was reset during stage {stage} (another flash, a BMC or a SW_RESET?): {line}")]
+    UnexpectedReset {
+        rshim: String,
+        stage: Stage,
+        line: String,
+    },
     /// `Linux up` without a completed installation: the old OS booted.
     #[error(
         "{rshim}: the DPU booted Linux but the installation never completed (last stage {stage}): {line}"
@@ -180,6 +210,7 @@ pub enum FlashError {
         stage: Stage,
         line: String,
     },
+    /// `stage` is the stage that was waited for.
     #[error("{rshim}: timed out in stage {stage} after {} waiting for {waiting_for}", humantime_serde::re::humantime::format_duration(*.after))]
     Timeout {
         rshim: String,
@@ -202,6 +233,7 @@ impl FlashError {
             FlashError::InvalidRshim { .. }
             | FlashError::Busy { .. }
             | FlashError::NoDevice { .. }
+            | FlashError::Lock { .. }
             | FlashError::Device { .. } => Stage::Device,
             FlashError::Download { .. }
             | FlashError::Verify { .. }
@@ -210,6 +242,7 @@ impl FlashError {
             FlashError::Push { .. } => Stage::Push,
             FlashError::DpuFailed { stage, .. }
             | FlashError::NotInstalled { stage, .. }
+            | FlashError::UnexpectedReset { stage, .. }
             | FlashError::Timeout { stage, .. }
             | FlashError::Cancelled { stage, .. } => *stage,
         }
@@ -255,14 +288,20 @@ impl std::fmt::Debug for Flasher {
     }
 }
 
-/// This agent's claim on one rshim; released on drop (after the push
-/// threads have closed `boot`).
+/// This agent's claim on one rshim, with the host-wide flash lock; both are
+/// released on drop (after the push threads have closed `boot`).
 struct Slot {
+    _lock: lock::FlashLock,
+    _claim: Claim,
+}
+
+/// The entry of one rshim in this agent's map; removed on drop.
+struct Claim {
     inner: Arc<Inner>,
     rshim: String,
 }
 
-impl Drop for Slot {
+impl Drop for Claim {
     fn drop(&mut self) {
         self.inner.lock().remove(&self.rshim);
     }
@@ -338,8 +377,21 @@ impl Flasher {
         lines: Option<mpsc::Sender<String>>,
         cancel: CancellationToken,
     ) -> Result<FlashReport, FlashError> {
+        self.flash_with_rootfs(req, None, progress, lines, cancel).await
+    }
+
+    /// [`Flasher::flash_with_log`], also pushing the file `rootfs` raw after
+    /// bf.cfg (bfb-install's `--rootfs`).
+    pub async fn flash_with_rootfs(
+        &self,
+        req: FlashRequest,
+        rootfs: Option<PathBuf>,
+        progress: mpsc::Sender<FlashProgress>,
+        lines: Option<mpsc::Sender<String>>,
+        cancel: CancellationToken,
+    ) -> Result<FlashReport, FlashError> {
         let rshim = req.rshim.clone();
-        let res = run::flash(self, req, run::Reporter::new(progress, lines), cancel).await;
+        let res = run::flash(self, req, rootfs, run::Reporter::new(progress, lines), cancel).await;
         match &res {
             Ok(r) => {
                 tracing::info!(rshim = %rshim, bytes = r.bytes_pushed, elapsed = ?r.elapsed, "flash succeeded")
@@ -370,18 +422,59 @@ impl Flasher {
         crate::rshim::discover_except(&self.inner.cfg.dev_root, skip).await
     }
 
-    fn claim(&self, rshim: &str) -> Result<Slot, FlashError> {
-        let mut busy = self.inner.lock();
-        if busy.contains_key(rshim) {
-            return Err(FlashError::Busy {
+    /// Claim `rshim` in this agent, then take its host-wide flash lock
+    /// (`what` says what is being flashed, for whoever is refused next).
+    async fn claim(&self, rshim: &str, what: String) -> Result<Slot, FlashError> {
+        let claim = {
+            let mut busy = self.inner.lock();
+            if busy.contains_key(rshim) {
+                return Err(FlashError::Busy {
+                    rshim: rshim.to_string(),
+                    reason: "another flash of this rshim is running in this agent".into(),
+                });
+            }
+            busy.insert(rshim.to_string(), None);
+            Claim {
+                inner: self.inner.clone(),
                 rshim: rshim.to_string(),
-                reason: "another flash of this rshim is running in this agent".into(),
-            });
-        }
-        busy.insert(rshim.to_string(), None);
+            }
+        };
+        let run_dir = self.inner.cfg.run_dir.clone();
+        let name = rshim.to_string();
+        let res = tokio::task::spawn_blocking(move || lock::FlashLock::acquire(&run_dir, &name, &what)).await;
+        let lock = match res {
+            Ok(Ok(l)) => l,
+            Ok(Err(lock::LockError::Held { path, holder })) => {
+                return Err(FlashError::Busy {
+                    rshim: rshim.to_string(),
+                    reason: if holder.is_empty() {
+                        format!(
+                            "another process holds {} (it has not said what it flashes yet)",
+                            path.display()
+                        )
+                    } else {
+                        format!("another flash holds {}: {holder}", path.display())
+                    },
+                });
+            }
+            Ok(Err(lock::LockError::Io { path, source })) => {
+                return Err(FlashError::Lock {
+                    rshim: rshim.to_string(),
+                    path,
+                    source,
+                });
+            }
+            Err(e) => {
+                return Err(FlashError::Lock {
+                    rshim: rshim.to_string(),
+                    path: lock::FlashLock::path(&self.inner.cfg.run_dir, rshim),
+                    source: std::io::Error::other(format!("lock task failed: {e}")),
+                });
+            }
+        };
         Ok(Slot {
-            inner: self.inner.clone(),
-            rshim: rshim.to_string(),
+            _lock: lock,
+            _claim: claim,
         })
     }
 

@@ -4,6 +4,15 @@
 //! and a writer writes them to `boot`, so reading and writing overlap
 //! (double buffering, no copies besides the read itself). The async side only
 //! watches counters; it never blocks on the device.
+//!
+//! One `write(2)` carries at most [`MAX_WRITE`] bytes, so the byte counter
+//! (the stall timer's input) moves at least that often and a stop request is
+//! seen between writes. A write the device does not take blocks in the
+//! kernel, where no signal reaches it (the rshim driver is a FUSE/CUSE
+//! device); the driver's `BOOT_TIMEOUT`, which the flash sets to its stall
+//! timeout, is what ends such a write (ETIMEDOUT), so the process can always
+//! exit within that bound. An interrupted write (EINTR) is retried unless
+//! the push was stopped.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +24,8 @@ use tokio::sync::oneshot;
 
 /// Buffers in flight between the two threads.
 const BUFFERS: usize = 3;
+/// The most bytes one `write(2)` to `boot` carries.
+pub(crate) const MAX_WRITE: usize = 256 << 10;
 
 /// Why a push stopped early.
 #[derive(Debug)]
@@ -81,6 +92,8 @@ pub(crate) struct PushJob {
     pub image: PathBuf,
     pub image_len: u64,
     pub trailer: Option<Vec<u8>>,
+    /// A file pushed raw after the trailer (bfb-install's `--rootfs`).
+    pub rootfs: Option<(PathBuf, u64)>,
     pub boot: PathBuf,
     pub chunk: usize,
     pub rshim: String,
@@ -92,7 +105,9 @@ impl PushJob {
     /// Start the threads. `hold` is dropped when the writer thread ends, so
     /// the caller's per-rshim slot stays taken while `boot` may still be open.
     pub fn start<H: Send + 'static>(self, hold: H) -> io::Result<PushHandle> {
-        let total = self.image_len + self.trailer.as_ref().map_or(0, |t| t.len() as u64);
+        let total = self.image_len
+            + self.trailer.as_ref().map_or(0, |t| t.len() as u64)
+            + self.rootfs.as_ref().map_or(0, |r| r.1);
         let bytes = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx) = oneshot::channel();
@@ -108,10 +123,14 @@ impl PushJob {
         }
         // Open the image before anything touches the device.
         let file = std::fs::File::open(&self.image)?;
+        let rootfs = match &self.rootfs {
+            Some((p, _)) => Some((std::fs::File::open(p)?, p.clone())),
+            None => None,
+        };
         let trailer = self.trailer;
         std::thread::Builder::new()
             .name(format!("push-read-{}", self.rshim))
-            .spawn(move || read_loop(file, trailer, &full_tx, &empty_rx))?;
+            .spawn(move || read_loop(file, trailer, rootfs, chunk, &full_tx, &empty_rx))?;
         let image = self.image.clone();
         let (b, s, boot) = (bytes.clone(), stop.clone(), self.boot.clone());
         let span = tracing::info_span!("bfb_push", rshim = %self.rshim, boot = %self.boot.display());
@@ -137,16 +156,52 @@ impl PushJob {
     }
 }
 
-/// Fill whole buffers (so `boot` sees large writes), then the trailer.
+/// Fill whole buffers (so `boot` sees large writes), then the trailer, then
+/// the rootfs file.
 fn read_loop(
-    mut file: std::fs::File,
+    file: std::fs::File,
     trailer: Option<Vec<u8>>,
+    rootfs: Option<(std::fs::File, PathBuf)>,
+    chunk: usize,
     full: &SyncSender<Chunk>,
     empty: &Receiver<Vec<u8>>,
 ) {
+    let mut spare = None;
+    if !pump(file, chunk, &mut spare, full, empty) {
+        return;
+    }
+    if let Some(t) = trailer {
+        let n = t.len();
+        if n > 0 && full.send(Ok((t, n))).is_err() {
+            return;
+        }
+    }
+    if let Some((f, _)) = rootfs {
+        pump(f, chunk, &mut spare, full, empty);
+    }
+}
+
+/// Send one file in whole buffers; false when the push is over (an error
+/// was sent, or the writer is gone).
+fn pump(
+    mut file: std::fs::File,
+    chunk: usize,
+    spare: &mut Option<Vec<u8>>,
+    full: &SyncSender<Chunk>,
+    empty: &Receiver<Vec<u8>>,
+) -> bool {
     loop {
-        // The writer returns buffers; when it is gone, stop.
-        let Ok(mut buf) = empty.recv() else { return };
+        // The writer returns buffers (the trailer's too); when it is gone, stop.
+        let mut buf = match spare.take() {
+            Some(b) => b,
+            None => match empty.recv() {
+                Ok(b) => b,
+                Err(_) => return false,
+            },
+        };
+        if buf.len() < chunk {
+            buf.resize(chunk, 0);
+        }
         let mut filled = 0;
         while filled < buf.len() {
             match file.read(&mut buf[filled..]) {
@@ -155,21 +210,17 @@ fn read_loop(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let _ = full.send(Err(e));
-                    return;
+                    return false;
                 }
             }
         }
         if filled == 0 {
-            break;
+            // Not used: kept for the next file.
+            *spare = Some(buf);
+            return true;
         }
         if full.send(Ok((buf, filled))).is_err() {
-            return;
-        }
-    }
-    if let Some(t) = trailer {
-        let n = t.len();
-        if n > 0 {
-            let _ = full.send(Ok((t, n)));
+            return false;
         }
     }
 }
@@ -204,9 +255,24 @@ fn write_loop(
             path: PathBuf::new(),
             source,
         })?;
-        dev.write_all(&buf[..n]).map_err(PushFailure::Write)?;
-        written += n as u64;
-        bytes.store(written, Ordering::Relaxed);
+        let mut off = 0;
+        while off < n {
+            let end = n.min(off + MAX_WRITE);
+            match dev.write(&buf[off..end]) {
+                Ok(0) => return Err(PushFailure::Write(io::Error::from(io::ErrorKind::WriteZero))),
+                Ok(k) => {
+                    off += k;
+                    written += k as u64;
+                    bytes.store(written, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && !stop.load(Ordering::SeqCst) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    tracing::info!(written, "push stopped during a write; closing boot");
+                    return Err(PushFailure::Stopped);
+                }
+                Err(e) => return Err(PushFailure::Write(e)),
+            }
+        }
         let _ = empty.send(buf);
     }
     if stop.load(Ordering::SeqCst) {
@@ -231,6 +297,7 @@ mod tests {
             image,
             image_len: data.len() as u64,
             trailer: trailer.map(<[u8]>::to_vec),
+            rootfs: None,
             boot,
             chunk,
             rshim: "rshim0".into(),

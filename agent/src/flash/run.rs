@@ -21,6 +21,10 @@ use crate::rshim::{MiscClient, MiscSnapshot, RshimError, RshimPaths, describe_er
 const MAX_MISC_ERRORS: u32 = 5;
 /// How long a cancelled flash waits for the writer thread to close `boot`.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// When the device took our `BOOT_TIMEOUT`, the driver fails a stalled write
+/// itself; the agent's own stall timer then waits this much longer, as a
+/// backstop, so that the driver's ETIMEDOUT is what gets reported.
+const STALL_BACKSTOP: Duration = Duration::from_secs(5);
 
 /// Sends progress without ever blocking the flash (a slow consumer misses
 /// intermediate reports, not the flash).
@@ -74,6 +78,7 @@ impl Reporter {
 pub(crate) async fn flash(
     flasher: &Flasher,
     req: FlashRequest,
+    rootfs: Option<PathBuf>,
     mut rep: Reporter,
     cancel: CancellationToken,
 ) -> Result<FlashReport, FlashError> {
@@ -82,7 +87,7 @@ pub(crate) async fn flash(
     let cfg = flasher.config().clone();
     let paths = RshimPaths::new(&cfg.dev_root, &rshim)
         .map_err(|_| FlashError::InvalidRshim { name: rshim.clone() })?;
-    let slot = Arc::new(flasher.claim(&rshim)?);
+    let slot = Arc::new(flasher.claim(&rshim, describe(&req.image)).await?);
     let cancelled = |stage, pushed| FlashError::Cancelled {
         rshim: rshim.clone(),
         stage,
@@ -108,6 +113,19 @@ pub(crate) async fn flash(
         tracing::debug!(rshim = %rshim, bf_cfg = %b.redacted(), "bf.cfg rendered");
     }
     let image_len = summary.bfb_bytes;
+    let rootfs = match rootfs {
+        Some(p) => match tokio::fs::metadata(&p).await {
+            Ok(m) => Some((p, m.len())),
+            Err(source) => {
+                return Err(FlashError::Image {
+                    rshim,
+                    path: p,
+                    source,
+                });
+            }
+        },
+        None => None,
+    };
     if cancel.is_cancelled() {
         return Err(cancelled(Stage::Prepare, 0));
     }
@@ -129,7 +147,10 @@ pub(crate) async fn flash(
         });
     }
     flasher.remember(&rshim, info_from(&rshim, &snap));
-    let (mut follower, stale) = LogFollower::start(misc).await.map_err(device_err)?;
+    let boot_timeout = cfg.stage_timeouts.push_stall.as_secs_f64().ceil().max(1.0) as u64;
+    let (mut follower, stale) = LogFollower::start(misc, &snap, Some(boot_timeout))
+        .await
+        .map_err(device_err)?;
     if !stale.is_empty() {
         tracing::debug!(rshim = %rshim, lines = stale.len(), "drained stale DPU log lines");
     }
@@ -139,6 +160,7 @@ pub(crate) async fn flash(
         image: image.clone(),
         image_len,
         trailer: bf_cfg.map(|b| b.as_bytes().to_vec()),
+        rootfs,
         boot: paths.boot.clone(),
         chunk: cfg.push_chunk,
         rshim: rshim.clone(),
@@ -154,6 +176,7 @@ pub(crate) async fn flash(
                 verdict: Verdict::new(summary.is_installer()),
                 log: Vec::new(),
                 rep: &mut rep,
+                boot_timeout: follower.boot_timeout_set.then_some(boot_timeout),
             };
             f.run(push, &mut follower, &cancel).await
         }
@@ -171,6 +194,14 @@ pub(crate) async fn flash(
         log,
         verdict_line,
     })
+}
+
+/// What a flash pushes, for the lock file (a URL without its credentials).
+fn describe(image: &ImageSource) -> String {
+    match image {
+        ImageSource::Ref(bfb) => crate::bfb_cache::redact_url(&bfb.url),
+        ImageSource::LocalFile(p) => p.display().to_string(),
+    }
 }
 
 async fn verify_image(rshim: &str, image: &Path) -> Result<hostplane_bfb::Summary, FlashError> {
@@ -221,6 +252,8 @@ struct Follow<'a> {
     verdict: Verdict,
     log: Vec<String>,
     rep: &'a mut Reporter,
+    /// The `BOOT_TIMEOUT` the device took for this flash (seconds).
+    boot_timeout: Option<u64>,
 }
 
 /// What a batch of log lines decided.
@@ -242,6 +275,12 @@ impl Follow<'_> {
         let _stop_on_drop = push.stop_on_drop();
         let cfg = self.flasher.config().clone();
         let t = cfg.stage_timeouts;
+        let stall_limit = t.push_stall
+            + if self.boot_timeout.is_some() {
+                STALL_BACKSTOP
+            } else {
+                Duration::ZERO
+            };
         let mut poll = tokio::time::interval(cfg.poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(cfg.progress_interval);
@@ -300,7 +339,7 @@ impl Follow<'_> {
                     if b != last_bytes {
                         last_bytes = b;
                         last_moved = Instant::now();
-                    } else if last_moved.elapsed() >= t.push_stall {
+                    } else if last_moved.elapsed() >= stall_limit {
                         push.stop();
                         return Err(FlashError::Timeout {
                             rshim: self.rshim.into(),
@@ -340,19 +379,20 @@ impl Follow<'_> {
                 }
                 () = sleep_until_opt(deadline), if deadline.is_some() && success.is_none() => {
                     let (after, waiting_for) = self.verdict.limit(&t);
-                    return Err(FlashError::Timeout { rshim: self.rshim.into(), stage: self.verdict.stage(), after, waiting_for });
+                    return Err(FlashError::Timeout { rshim: self.rshim.into(), stage: self.verdict.waiting(), after, waiting_for });
                 }
             }
         }
     }
 
     /// Where a cancelled flash stopped: the push while it is underway (the
-    /// firmware may already print boot lines meanwhile), else the log stage.
+    /// firmware may already print boot lines meanwhile), else the stage the
+    /// log was waited on for.
     fn stage(&self, pushing: bool) -> Stage {
         if pushing {
             Stage::Push
         } else {
-            self.verdict.stage()
+            self.verdict.waiting()
         }
     }
 
@@ -378,6 +418,13 @@ impl Follow<'_> {
                 }
                 Step::Failed(line) => {
                     decision = Decision::Failure(FlashError::DpuFailed {
+                        rshim: self.rshim.into(),
+                        stage: before,
+                        line,
+                    });
+                }
+                Step::Reset(line) => {
+                    decision = Decision::Failure(FlashError::UnexpectedReset {
                         rshim: self.rshim.into(),
                         stage: before,
                         line,
@@ -415,6 +462,17 @@ impl Follow<'_> {
         match res {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(PushFailure::Open(e))) => Err(open_error(&rshim, self.boot, e)),
+            Ok(Err(PushFailure::Write(e))) if e.raw_os_error() == Some(libc::ETIMEDOUT) => {
+                Err(push_err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    match self.boot_timeout {
+                        Some(s) => format!(
+                            "ETIMEDOUT: the device accepted no data for the driver's BOOT_TIMEOUT ({s} s)"
+                        ),
+                        None => "ETIMEDOUT: the device accepted no data for the driver's BOOT_TIMEOUT".into(),
+                    },
+                )))
+            }
             Ok(Err(PushFailure::Write(e))) => Err(push_err(e)),
             Ok(Err(PushFailure::Read { path, source })) => Err(FlashError::Image { rshim, path, source }),
             Ok(Err(PushFailure::Stopped)) => Err(push_err(std::io::Error::other("push stopped"))),

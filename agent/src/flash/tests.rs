@@ -58,6 +58,7 @@ fn rig() -> Rig {
     .unwrap();
     let cfg = FlashConfig {
         dev_root: dev,
+        run_dir: dir.path().join("run"),
         push_chunk: 64 << 10,
         stage_timeouts: timeouts(),
         poll_interval: Duration::from_millis(50),
@@ -76,6 +77,17 @@ fn rig() -> Rig {
 }
 
 impl Rig {
+    /// The device's misc values are back to what they were before the flash.
+    fn assert_restored(&self) {
+        let s = self.fake.state.lock().unwrap();
+        assert_eq!(
+            (s.display_level, s.clear_on_read, s.boot_timeout),
+            (0, false, 300),
+            "{:?}",
+            s.commands
+        );
+    }
+
     fn request(&self, bf_cfg: BfCfg) -> FlashRequest {
         FlashRequest {
             rshim: "rshim0".into(),
@@ -172,8 +184,21 @@ async fn installs_with_bf_cfg_and_reports_every_stage() {
     );
 
     let cmds = r.fake.commands();
-    assert_eq!(cmds[..2], ["CLEAR_ON_READ 1", "DISPLAY_LEVEL 2"]);
-    assert_eq!(cmds.last().unwrap(), "CLEAR_ON_READ 0");
+    let stall = timeouts().push_stall.as_secs();
+    assert_eq!(
+        cmds[..3],
+        [
+            format!("BOOT_TIMEOUT {stall}"),
+            "CLEAR_ON_READ 1".into(),
+            "DISPLAY_LEVEL 2".into()
+        ]
+    );
+    assert_eq!(
+        cmds[3..],
+        ["DISPLAY_LEVEL 0", "CLEAR_ON_READ 0", "BOOT_TIMEOUT 300"],
+        "restored in reverse order"
+    );
+    r.assert_restored();
     assert!(!r.flasher.is_flashing("rshim0"));
 }
 
@@ -255,7 +280,7 @@ async fn dpu_error_fails_with_its_own_line_even_if_linux_comes_up() {
         }
         other => panic!("{other}"),
     }
-    assert_eq!(r.fake.commands().last().unwrap(), "CLEAR_ON_READ 0");
+    r.assert_restored();
 }
 
 #[tokio::test(start_paused = true)]
@@ -327,20 +352,20 @@ async fn hang_in_installer_times_out_naming_the_stage() {
             waiting_for,
             ..
         } => {
-            assert_eq!(*stage, Stage::Installer);
+            assert_eq!(*stage, Stage::Installed, "the stage waited for");
             assert_eq!(*after, timeouts().install);
             assert!(waiting_for.contains("installation"), "{waiting_for}");
         }
         other => panic!("{other}"),
     }
-    assert!(err.to_string().contains("stage installer"), "{err}");
+    assert!(err.to_string().contains("stage installed"), "{err}");
     // The timeout counts from entering the installer stage (a few seconds in), not from the start.
     let waited = t0.elapsed();
     assert!(
         waited >= timeouts().install && waited < timeouts().install + Duration::from_secs(60),
         "{waited:?}"
     );
-    assert_eq!(r.fake.commands().last().unwrap(), "CLEAR_ON_READ 0");
+    r.assert_restored();
 }
 
 #[tokio::test(start_paused = true)]
@@ -349,7 +374,7 @@ async fn silent_dpu_times_out_waiting_for_boot() {
     let (res, _) = r.flash(BfCfg::None).await;
     let err = res.unwrap_err();
     assert!(
-        matches!(err, FlashError::Timeout { stage: Stage::Push, after, .. } if after == timeouts().boot),
+        matches!(err, FlashError::Timeout { stage: Stage::Boot, after, .. } if after == timeouts().boot),
         "{err}"
     );
     assert!(err.to_string().contains("first boot log line"), "{err}");
@@ -434,13 +459,13 @@ async fn cancel_while_following_the_log() {
         matches!(
             err,
             FlashError::Cancelled {
-                stage: Stage::Boot,
+                stage: Stage::Installer,
                 ..
             }
         ),
         "{err}"
     );
-    assert_eq!(r.fake.commands().last().unwrap(), "CLEAR_ON_READ 0");
+    r.assert_restored();
     assert!(!r.flasher.is_flashing("rshim0"));
 }
 
@@ -552,7 +577,7 @@ async fn discover_does_not_read_a_device_being_flashed() {
     let found = r.flasher.discover().await;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].pci_address, "0000:04:00.2");
-    let _slot = r.flasher.claim("rshim0").unwrap();
+    let _slot = r.flasher.claim("rshim0", "test".into()).await.unwrap();
     std::fs::remove_file(r.boot.parent().unwrap().join("misc")).unwrap();
     let found = r.flasher.discover().await;
     assert_eq!(found[0].name, "rshim0");
@@ -612,4 +637,72 @@ async fn lines_from_before_the_reset_are_not_taken_for_the_new_boot() {
     let report = run.await.unwrap().unwrap();
     assert_eq!(report.log, INSTALL[..10].to_vec());
     assert_eq!(reader.join().unwrap() as u64, report.bytes_pushed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_during_the_installation_fails_at_once_naming_it() {
+    let r = rig();
+    let mut lines = INSTALL[..6].to_vec();
+    lines.push("INFO[PSC]: PSC BL1 START"); // someone reset the DPU
+    lines.push("INFO[BL31]: start");
+    r.dpu(&lines, Duration::from_secs(1), Duration::from_secs(1));
+    let t0 = tokio::time::Instant::now();
+    let (res, _) = r.flash(BfCfg::None).await;
+    let err = res.unwrap_err();
+    assert!(
+        matches!(&err, FlashError::UnexpectedReset { stage: Stage::Installer, line, .. } if line == "INFO[PSC]: PSC BL1 START"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("reset"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    r.assert_restored();
+}
+
+/// Two flashers sharing a run dir stand for two processes (the daemon and a
+/// CLI): flock locks conflict between open files, in one process or two.
+#[tokio::test(start_paused = true)]
+async fn another_flasher_on_the_same_host_is_refused_naming_the_holder() {
+    let r = rig();
+    r.dpu(INSTALL, Duration::from_secs(5), Duration::from_secs(5));
+    let other = Flasher::with_misc_opener(
+        r.flasher.config().clone(),
+        r.flasher.cache().clone(),
+        Arc::new(|_: &RshimPaths| Arc::new(FakeMisc::new("rshim0")) as Arc<dyn MiscDevice>),
+    );
+    let (tx, _rx) = mpsc::channel(100);
+    let first = r
+        .flasher
+        .flash(r.request(BfCfg::None), tx.clone(), CancellationToken::new());
+    let second = async {
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let res = other
+            .flash(r.request(BfCfg::None), tx.clone(), CancellationToken::new())
+            .await;
+        (res, tokio::time::Instant::now())
+    };
+    let t0 = tokio::time::Instant::now();
+    let (a, (b, refused_at)) = tokio::join!(first, second);
+    a.unwrap();
+    let err = b.unwrap_err();
+    let msg = err.to_string();
+    assert!(err.is_busy(), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id()))
+            && msg.contains(&r.image.display().to_string())
+            && msg.contains("rshim0.flash.lock"),
+        "{msg}"
+    );
+    assert!(refused_at - t0 < Duration::from_secs(13), "refused at once");
+    // Once the first flash is over, the lock is free again.
+    r.dpu(INSTALL, Duration::from_secs(1), Duration::from_secs(1));
+    let (tx, _rx) = mpsc::channel(100);
+    std::fs::write(&r.boot, b"").unwrap();
+    other
+        .flash(r.request(BfCfg::None), tx, CancellationToken::new())
+        .await
+        .expect_err("the other flasher's fake DPU prints nothing, but it got past the lock")
+        .stage()
+        .ge(&Stage::Push)
+        .then_some(())
+        .expect("past the lock");
 }

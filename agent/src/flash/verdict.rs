@@ -4,7 +4,11 @@
 //! Unlike `bfb-install`, any ERR, ASSERT, Exception, PANIC or CRITICAL ERROR
 //! line is a failure carrying that line, even if `Linux up` follows (a failed
 //! install may boot the old OS), and `Linux up` without a completed
-//! installation is not a success.
+//! installation is not a success. A boot-firmware start line (PSC BL1,
+//! BL1, BL2, BL2R or BL31 `start`) while the installer runs means the DPU was
+//! reset under the installation (another flash, the BMC, a `SW_RESET`): a
+//! failure at once, not a wait for the install timeout. (After the
+//! installation completed the DPU reboots, so the same lines are normal.)
 
 use std::fmt;
 use std::time::Duration;
@@ -63,6 +67,8 @@ pub enum Step {
     Failed(String),
     /// The DPU booted Linux but the installation never completed (this line).
     BootedWithoutInstall(String),
+    /// The DPU started booting again while the installer ran (this line).
+    Reset(String),
     /// Installed and up (this line).
     Succeeded(String),
 }
@@ -102,6 +108,10 @@ impl Verdict {
             self.done = true;
             return Step::Failed(line.to_string());
         }
+        if self.stage == Stage::Installer && is_boot_start(line) {
+            self.done = true;
+            return Step::Reset(line.to_string());
+        }
         let lower = line.to_ascii_lowercase();
         if lower.contains("linux up") || lower.contains("dpu is ready") {
             self.done = true;
@@ -127,6 +137,17 @@ impl Verdict {
         }
     }
 
+    /// The stage being waited for: the one the next awaited line reaches.
+    pub fn waiting(&self) -> Stage {
+        match self.stage {
+            Stage::Prepare | Stage::Device | Stage::Push => Stage::Boot,
+            Stage::Boot if self.installer => Stage::Installer,
+            Stage::Boot => Stage::LinuxUp,
+            Stage::Installer => Stage::Installed,
+            Stage::Installed | Stage::LinuxUp => Stage::LinuxUp,
+        }
+    }
+
     /// How long the current stage may last (counted once the push is done)
     /// and what it waits for.
     pub fn limit(&self, t: &StageTimeouts) -> (Duration, &'static str) {
@@ -138,6 +159,20 @@ impl Verdict {
             Stage::Installed | Stage::LinuxUp => (t.linux_up, "`Linux up` / `DPU is ready`"),
         }
     }
+}
+
+/// A line the boot firmware prints when the chip starts from reset:
+/// ` INFO[PSC]: PSC BL1 START`, ` INFO[BL2]: start`, ` INFO[BL31]: start`, ...
+pub(crate) fn is_boot_start(line: &str) -> bool {
+    let t = line.trim();
+    if t.to_ascii_uppercase().contains("PSC BL1 START") {
+        return true;
+    }
+    let Some((head, text)) = t.split_once("]:") else {
+        return false;
+    };
+    let module = head.rsplit_once('[').map_or("", |(_, m)| m);
+    matches!(module, "BL1" | "BL2" | "BL2R" | "BL31") && text.trim().eq_ignore_ascii_case("start")
 }
 
 #[cfg(test)]
@@ -270,6 +305,50 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_during_the_installation_fails_at_once() {
+        for reset in [
+            " INFO[BL31]: start",
+            " INFO[BL2]: start",
+            " INFO[PSC]: PSC BL1 START",
+            "INFO[BL2R]: start",
+        ] {
+            let (steps, _) = run(
+                true,
+                &[
+                    " INFO[BL2]: start",
+                    " INFO[BL31]: start",
+                    " INFO[MISC]: Ubuntu installation started",
+                    reset,
+                ],
+            );
+            assert_eq!(steps.last(), Some(&Step::Reset(reset.to_string())), "{reset}");
+        }
+        // Boot lines before the installer, and the reboot after it completed, are normal.
+        let (steps, stage) = run(
+            true,
+            &[
+                " INFO[BL2]: start",
+                " INFO[BL31]: start",
+                " INFO[BL2]: start",
+                " INFO[MISC]: Ubuntu installation started",
+                " INFO[MISC]: Ubuntu installation completed",
+                " INFO[MISC]: Rebooting...",
+                " INFO[PSC]: PSC BL1 START",
+                " INFO[BL31]: start",
+                " INFO[MISC]: Linux up",
+            ],
+        );
+        assert_eq!(stage, Stage::LinuxUp, "{steps:?}");
+        for not_start in [
+            " INFO[BL31]: runtime",
+            " INFO[MISC]: restart",
+            " INFO[UEFI]: start",
+        ] {
+            assert!(!is_boot_start(not_start), "{not_start}");
+        }
+    }
+
+    #[test]
     fn nothing_changes_after_a_verdict() {
         let mut v = Verdict::new(true);
         assert!(matches!(v.on_line(" ERR[BL2]: bad image"), Step::Failed(_)));
@@ -281,10 +360,14 @@ mod tests {
         let t = StageTimeouts::default();
         let mut v = Verdict::new(true);
         assert_eq!(v.limit(&t).0, t.boot);
+        assert_eq!(v.waiting(), Stage::Boot);
+        v.on_line(" INFO[BL2]: start");
+        assert_eq!(v.waiting(), Stage::Installer);
         v.on_line(" INFO[MISC]: Ubuntu installation started");
         assert_eq!(v.stage(), Stage::Installer);
+        assert_eq!(v.waiting(), Stage::Installed);
         assert_eq!(v.limit(&t), (t.install, "the installation to complete"));
-        assert_eq!(v.on_line(" INFO[BL2]: start"), Step::Same);
+        assert_eq!(v.on_line(" WARN[BL2]: slow"), Step::Same);
         assert_eq!(v.stage(), Stage::Installer);
         v.on_line(" INFO[MISC]: Installation finished");
         assert_eq!(v.limit(&t).0, t.linux_up);

@@ -6,37 +6,90 @@
 //! before is drained and ignored, so an old failure is not mistaken for a new
 //! one. Every read then returns only new lines. If the device refuses
 //! `CLEAR_ON_READ`, new lines are found by overlap with the previous read.
-//! `CLEAR_ON_READ 0` is restored at the end, whatever the outcome.
+//!
+//! `BOOT_TIMEOUT` is set for the flash too (see [`LogFollower::start`]).
+//! Every value changed is put back at the end as it was read before the
+//! flash (`CLEAR_ON_READ` 0 when the device did not show it), whatever the
+//! outcome.
 
-use crate::rshim::{MiscClient, RshimError};
+use crate::rshim::{MiscClient, MiscSnapshot, RshimError};
 
 pub(crate) struct LogFollower {
     misc: MiscClient,
     clear_on_read: bool,
     prev: Vec<String>,
+    /// `(KEY, value before the flash)` for every value this flash changed,
+    /// in the order to put them back.
+    restore: Vec<(&'static str, String)>,
+    /// The device took our `BOOT_TIMEOUT`.
+    pub boot_timeout_set: bool,
 }
 
 impl LogFollower {
-    /// Set up the device for reading its log; returns the stale lines drained.
-    pub async fn start(misc: MiscClient) -> Result<(LogFollower, Vec<String>), RshimError> {
+    /// Set up the device for reading its log: `BOOT_TIMEOUT boot_timeout`
+    /// (seconds; best effort: a device that refuses it only has the agent's
+    /// own stall timer), `CLEAR_ON_READ 1`, `DISPLAY_LEVEL 2`. `before` is
+    /// the snapshot read before anything was changed. Returns the stale
+    /// lines drained.
+    pub async fn start(
+        misc: MiscClient,
+        before: &MiscSnapshot,
+        boot_timeout: Option<u64>,
+    ) -> Result<(LogFollower, Vec<String>), RshimError> {
+        let mut restore = Vec::new();
+        let mut boot_timeout_set = false;
+        if let Some(secs) = boot_timeout {
+            let old = before.number("BOOT_TIMEOUT");
+            match misc.command("BOOT_TIMEOUT", &secs.to_string()).await {
+                Ok(()) => {
+                    boot_timeout_set = true;
+                    if let Some(old) = old.filter(|o| *o != secs) {
+                        restore.push(("BOOT_TIMEOUT", old.to_string()));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(rshim = %misc.rshim(), error = %e, "BOOT_TIMEOUT refused; only the agent's stall timer bounds the push");
+                }
+            }
+        }
         let clear_on_read = match misc.command("CLEAR_ON_READ", "1").await {
-            Ok(()) => true,
+            Ok(()) => {
+                let old = before.number("CLEAR_ON_READ").unwrap_or(0);
+                if old != 1 {
+                    restore.push(("CLEAR_ON_READ", old.to_string()));
+                }
+                true
+            }
             Err(e) => {
                 tracing::warn!(rshim = %misc.rshim(), error = %e, "CLEAR_ON_READ refused; de-duplicating log reads");
                 false
             }
         };
-        misc.command("DISPLAY_LEVEL", "2").await?;
-        let stale = misc.read_snapshot().await?.log;
-        let prev = if clear_on_read { Vec::new() } else { stale.clone() };
-        Ok((
-            LogFollower {
-                misc,
-                clear_on_read,
-                prev,
-            },
-            stale,
-        ))
+        let mut f = LogFollower {
+            misc,
+            clear_on_read,
+            prev: Vec::new(),
+            restore,
+            boot_timeout_set,
+        };
+        if let Err(e) = f.misc.command("DISPLAY_LEVEL", "2").await {
+            f.finish().await;
+            return Err(e);
+        }
+        if let Some(old) = before.display_level().filter(|l| *l != 2) {
+            f.restore.push(("DISPLAY_LEVEL", old.to_string()));
+        }
+        let stale = match f.misc.read_snapshot().await {
+            Ok(s) => s.log,
+            Err(e) => {
+                f.finish().await;
+                return Err(e);
+            }
+        };
+        if !f.clear_on_read {
+            f.prev = stale.clone();
+        }
+        Ok((f, stale))
     }
 
     /// Lines the DPU printed since the last poll.
@@ -50,10 +103,15 @@ impl LogFollower {
         Ok(new)
     }
 
-    /// Restore `CLEAR_ON_READ 0` (best effort: logged, not returned).
-    pub async fn finish(&self) {
-        if let Err(e) = self.misc.command("CLEAR_ON_READ", "0").await {
-            tracing::warn!(rshim = %self.misc.rshim(), error = %e, "could not restore CLEAR_ON_READ 0");
+    /// Put back every `misc` value this flash changed (best effort: a
+    /// failure is logged, not returned). The log display level goes last,
+    /// after `CLEAR_ON_READ`.
+    pub async fn finish(&mut self) {
+        let restore = std::mem::take(&mut self.restore);
+        for (key, value) in restore.iter().rev() {
+            if let Err(e) = self.misc.command(key, value).await {
+                tracing::warn!(rshim = %self.misc.rshim(), error = %e, "could not restore {key} {value}");
+            }
         }
     }
 }
@@ -97,9 +155,7 @@ mod tests {
     async fn drains_stale_lines_then_reads_only_new_ones() {
         let fake = FakeMisc::new("rshim0");
         fake.log("ERR[MISC]: Installation failed"); // from an earlier attempt
-        let (mut f, stale) = LogFollower::start(MiscClient::new(Arc::new(fake.clone())))
-            .await
-            .unwrap();
+        let (mut f, stale) = start(&fake, None).await.unwrap();
         assert_eq!(stale, v(&["ERR[MISC]: Installation failed"]));
         assert_eq!(fake.commands(), v(&["CLEAR_ON_READ 1", "DISPLAY_LEVEL 2"]));
         assert!(f.poll().await.unwrap().is_empty());
@@ -116,7 +172,51 @@ mod tests {
             "a repeated line is a new line"
         );
         f.finish().await;
-        assert_eq!(fake.commands().last().unwrap(), "CLEAR_ON_READ 0");
+        assert_eq!(fake.commands()[2..], v(&["DISPLAY_LEVEL 0", "CLEAR_ON_READ 0"]));
+    }
+
+    #[tokio::test]
+    async fn restores_what_it_found_including_boot_timeout() {
+        let fake = FakeMisc::new("rshim0");
+        {
+            let mut s = fake.state.lock().unwrap();
+            s.display_level = 1;
+            s.boot_timeout = 120;
+        }
+        let (mut f, _) = start(&fake, Some(7)).await.unwrap();
+        assert!(f.boot_timeout_set);
+        assert_eq!(fake.state.lock().unwrap().boot_timeout, 7);
+        f.finish().await;
+        let now = {
+            let s = fake.state.lock().unwrap();
+            (s.display_level, s.clear_on_read, s.boot_timeout)
+        };
+        assert_eq!(now, (1, false, 120));
+        assert_eq!(
+            fake.commands(),
+            v(&[
+                "BOOT_TIMEOUT 7",
+                "CLEAR_ON_READ 1",
+                "DISPLAY_LEVEL 2",
+                "DISPLAY_LEVEL 1",
+                "CLEAR_ON_READ 0",
+                "BOOT_TIMEOUT 120"
+            ])
+        );
+        // A device that refuses BOOT_TIMEOUT still gets its log followed.
+        let fake = FakeMisc::new("rshim1");
+        fake.reject("BOOT_TIMEOUT");
+        let (f, _) = start(&fake, Some(7)).await.unwrap();
+        assert!(!f.boot_timeout_set);
+    }
+
+    async fn start(
+        fake: &FakeMisc,
+        boot_timeout: Option<u64>,
+    ) -> Result<(LogFollower, Vec<String>), RshimError> {
+        let misc = MiscClient::new(Arc::new(fake.clone()));
+        let before = misc.read_snapshot().await.unwrap();
+        LogFollower::start(misc, &before, boot_timeout).await
     }
 
     #[tokio::test]
@@ -124,9 +224,7 @@ mod tests {
         let fake = FakeMisc::new("rshim0");
         fake.reject("CLEAR_ON_READ");
         fake.log("INFO[BL2]: old");
-        let (mut f, _) = LogFollower::start(MiscClient::new(Arc::new(fake.clone())))
-            .await
-            .unwrap();
+        let (mut f, _) = start(&fake, None).await.unwrap();
         fake.log("INFO[BL2]: start");
         assert_eq!(f.poll().await.unwrap(), v(&["INFO[BL2]: start"]));
         assert!(f.poll().await.unwrap().is_empty());
@@ -136,10 +234,7 @@ mod tests {
     async fn display_level_refused_is_an_error() {
         let fake = FakeMisc::new("rshim2");
         fake.reject("DISPLAY_LEVEL");
-        let err = LogFollower::start(MiscClient::new(Arc::new(fake)))
-            .await
-            .err()
-            .unwrap();
+        let err = start(&fake, None).await.err().unwrap();
         assert!(
             err.to_string().contains("rshim2") && err.to_string().contains("DISPLAY_LEVEL 2"),
             "{err}"

@@ -13,6 +13,8 @@ pub struct FakeMiscState {
     pub display_level: u8,
     pub clear_on_read: bool,
     pub drop_mode: bool,
+    /// Seconds (300 unless changed).
+    pub boot_timeout: u32,
     /// The chip's log buffer.
     pub log: Vec<String>,
     /// Every command written, in order (`KEY VALUE`).
@@ -33,6 +35,7 @@ impl FakeMisc {
     pub fn new(rshim: &str) -> FakeMisc {
         let state = FakeMiscState {
             dev_name: "pcie-0000:04:00.2".into(),
+            boot_timeout: 300,
             ..Default::default()
         };
         FakeMisc {
@@ -75,8 +78,9 @@ impl MiscDevice for FakeMisc {
         s.reads += 1;
         let mut out = format!(
             "DISPLAY_LEVEL   {} (0:basic, 1:advanced, 2:log)\nBF_MODE         DPU mode\n\
+             BOOT_TIMEOUT    {} (seconds)\n\
              DROP_MODE       {} (0:normal, 1:drop)\nDEV_NAME        {}\nDEV_INFO        BlueField-3(Rev 1)\n",
-            s.display_level, s.drop_mode as u8, s.dev_name
+            s.display_level, s.boot_timeout, s.drop_mode as u8, s.dev_name
         );
         if s.display_level >= 1 {
             out.push_str(&format!(
@@ -114,6 +118,7 @@ impl MiscDevice for FakeMisc {
             "DISPLAY_LEVEL" => s.display_level = value.parse().unwrap_or(0),
             "CLEAR_ON_READ" => s.clear_on_read = value == "1",
             "DROP_MODE" => s.drop_mode = value == "1",
+            "BOOT_TIMEOUT" => s.boot_timeout = value.parse().unwrap_or(s.boot_timeout),
             _ => {}
         }
         Ok(())
