@@ -566,6 +566,13 @@ mod tests {
                 },
                 "sriov[0].vfs[0].index",
             ),
+            (
+                HostNetwork {
+                    bridges: vec![bridge("br0", &["br1"], &[]), bridge("br1", &[], &[])],
+                    ..Default::default()
+                },
+                "bridges[0].ports[0]",
+            ),
         ];
         for (n, field) in cases {
             let e = build(&[net("d1", n.clone())]).unwrap_err();
@@ -597,5 +604,65 @@ mod tests {
         );
         let e = build(&[a, b]).unwrap_err().to_string();
         assert!(e.contains("also defined by dpu d1"), "{e}");
+    }
+
+    #[test]
+    fn routes_are_keyed_as_the_kernel_keys_them() {
+        let route = |dest: &str, gw: &str, metric: u32| Route {
+            destination: dest.into(),
+            gateway: gw.into(),
+            metric,
+            ..Default::default()
+        };
+        let routes = |r: Vec<Route>| {
+            net(
+                "d1",
+                HostNetwork {
+                    routes: r,
+                    ..Default::default()
+                },
+            )
+        };
+        // No metric: IPv6 is 1024 as the kernel stores it, IPv4 stays 0.
+        let d = build(&[routes(vec![
+            route("default6", "fd00::fe", 0),
+            route("default", "10.0.0.1", 0),
+        ])])
+        .unwrap();
+        assert_eq!((d.routes[0].metric, d.routes[1].metric), (IPV6_DEFAULT_METRIC, 0));
+        // The same destination and metric twice (1024 written or implied): refused.
+        for dup in [
+            vec![route("default6", "fd00::fe", 0), route("::/0", "fd00::fd", 1024)],
+            vec![
+                route("10.9.0.0/16", "10.0.0.1", 5),
+                route("10.9.0.0/16", "10.0.0.2", 5),
+            ],
+        ] {
+            let e = build(&[routes(dup)]).unwrap_err().to_string();
+            assert!(
+                e.contains("routes[1].destination") && e.contains("is also routes[0]"),
+                "{e}"
+            );
+        }
+        // Across Dpus too.
+        let e = build(&[
+            routes(vec![route("default", "10.0.0.1", 0)]),
+            net(
+                "d2",
+                HostNetwork {
+                    routes: vec![route("0.0.0.0/0", "10.0.0.2", 0)],
+                    ..Default::default()
+                },
+            ),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("dpu d2") && e.contains("routes[0] of dpu d1"), "{e}");
+        // Another metric is another route.
+        build(&[routes(vec![
+            route("default6", "fd00::fe", 0),
+            route("default6", "fd00::fd", 100),
+        ])])
+        .unwrap();
     }
 }

@@ -134,7 +134,9 @@ impl<'de> Visitor<'de> for Key<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
-        if self.repeated == Some(v) {
+        // `num_vfs` and `numVfs` are one field (proto3 JSON accepts both).
+        let same = |a: &str, b: &str| a.replace('_', "").eq_ignore_ascii_case(&b.replace('_', ""));
+        if self.repeated.is_some_and(|r| same(r, v)) {
             *self.seen += 1;
             if *self.seen == 2 {
                 return Err(E::custom(HERE));

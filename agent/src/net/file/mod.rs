@@ -239,6 +239,11 @@ mod tests {
             "{\"mtu\": 1, \"mtu\": 2}",
             &["duplicate field `mtu`", "line 1"],
         ),
+        (
+            "n.yaml",
+            "num_vfs: 1\nmtu: 2\nnumVfs: 3\n",
+            &["duplicate field `numVfs` at line 3 column 1"],
+        ),
         // Type errors name the field path and the line.
         (
             "n.yaml",
