@@ -491,3 +491,28 @@ fn large_push_streams_in_constant_memory() {
     assert_eq!(s.last_push_bytes, r.bytes);
     assert_eq!(s.installed_version.as_deref(), Some("4.9.9"));
 }
+
+#[test]
+fn a_boot_write_without_progress_for_boot_timeout_fails_with_etimedout() {
+    let Some(m) = mount() else { return };
+    // 100 B/s: the driver's first 16 KiB buffer would take 164 s to drain.
+    m.sim.set_fault(0, Fault::Slow(100));
+    m.misc(0, "BOOT_TIMEOUT 1").unwrap();
+    assert!(m.read_misc(0).contains("BOOT_TIMEOUT    1 (seconds)"));
+    let mut boot = OpenOptions::new().write(true).open(m.file(0, "boot")).unwrap();
+    let t0 = Instant::now();
+    let err = boot.write(&[0u8; 64 << 10]).unwrap_err();
+    let took = t0.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert_eq!(m.sim.state(0).last_push_bytes, 0, "no byte of it was taken");
+    drop(boot);
+
+    // Fast enough to drain a buffer within BOOT_TIMEOUT: slow, but no timeout.
+    m.sim.set_fault(0, Fault::Slow(64 << 10));
+    let mut boot = OpenOptions::new().write(true).open(m.file(0, "boot")).unwrap();
+    assert_eq!(boot.write(&[0u8; 32 << 10]).unwrap(), 32 << 10);
+}

@@ -286,6 +286,12 @@ impl Dpu {
         self.lock().fault
     }
 
+    /// `BOOT_TIMEOUT` (misc): how long a boot write may make no progress
+    /// before the driver fails it with ETIMEDOUT.
+    pub fn boot_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.lock().settings.boot_timeout))
+    }
+
     pub fn set_fault(&self, fault: Fault) {
         tracing::info!(rshim = %self.name, %fault, "fault set");
         self.lock().fault = fault;

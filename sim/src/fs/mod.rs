@@ -17,7 +17,7 @@ use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow,
 };
-use libc::{EACCES, EBADF, EINVAL, EISDIR, ENOENT, ENOTDIR};
+use libc::{EACCES, EBADF, EINVAL, EISDIR, ENOENT, ENOTDIR, ETIMEDOUT};
 
 use crate::config::Fault;
 use crate::dpu::stream::BootStream;
@@ -25,6 +25,10 @@ use crate::dpu::{BootOpen, Dpu};
 
 /// Largest write the kernel may send in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
+
+/// The rshim driver moves a boot write in buffers of this size
+/// (`BOOT_BUF_SIZE`); it makes progress when one drains.
+pub const BOOT_BUF_SIZE: usize = 16 * 1024;
 
 const TTL: Duration = Duration::from_secs(1);
 const ROOT: u64 = fuser::FUSE_ROOT_ID;
@@ -197,6 +201,10 @@ impl SimFs {
         });
     }
 
+    /// A write to `boot`. Under the `slow` fault the reply waits for the
+    /// throttled link; and as the rshim driver does, a write that makes no
+    /// progress for `BOOT_TIMEOUT` seconds (its first 16 KiB buffer cannot
+    /// drain in that time) fails with ETIMEDOUT, taking none of its bytes.
     fn write_boot(&mut self, fh: u64, data: &[u8], reply: ReplyWrite) {
         let Some(Handle::Boot(h)) = self.handles.get_mut(&fh) else {
             reply.error(EBADF);
@@ -204,18 +212,30 @@ impl SimFs {
         };
         let dpu = &self.dpus[h.dpu];
         let fault = dpu.fault();
+        let n = data.len() as u32;
+        let now = Instant::now();
+        let mut reply_at = None;
+        if let Fault::Slow(bps) = fault {
+            let start = h.link_free_at.filter(|t| *t > now).unwrap_or(now);
+            let bps = bps.max(1) as f64;
+            let first_buffer = Duration::from_secs_f64(data.len().min(BOOT_BUF_SIZE) as f64 / bps);
+            let boot_timeout = dpu.boot_timeout();
+            if first_buffer > boot_timeout {
+                let at = start + boot_timeout;
+                h.link_free_at = Some(at);
+                tracing::info!(rshim = %dpu.name, ?boot_timeout, "boot write made no progress: ETIMEDOUT");
+                self.delayer.after(at - now, move || reply.error(ETIMEDOUT));
+                return;
+            }
+            let done = start + Duration::from_secs_f64(data.len() as f64 / bps);
+            h.link_free_at = Some(done);
+            reply_at = Some(done);
+        }
         let progress = h.stream.feed(data, fault == Fault::Corrupt);
         dpu.boot_progress(h.open.epoch, h.stream.bytes(), &progress);
-        let n = data.len() as u32;
-        match fault {
-            Fault::Slow(bps) => {
-                let now = Instant::now();
-                let start = h.link_free_at.filter(|t| *t > now).unwrap_or(now);
-                let done = start + Duration::from_secs_f64(data.len() as f64 / bps as f64);
-                h.link_free_at = Some(done);
-                self.delayer.after(done - now, move || reply.written(n));
-            }
-            _ => reply.written(n),
+        match reply_at {
+            Some(done) => self.delayer.after(done - now, move || reply.written(n)),
+            None => reply.written(n),
         }
     }
 }
