@@ -422,6 +422,10 @@ async fn references_are_checked_before_the_vf_count_is_written() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("bridges[0].ports[0]: port vf:veth1:1"), "{e}");
+    assert!(
+        e.contains("the VF counts were written first; nothing else was changed"),
+        "{e}"
+    );
     assert!(ns.link("br0").is_none(), "no bridge was made");
     stop.cancel();
 }

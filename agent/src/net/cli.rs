@@ -130,7 +130,12 @@ pub async fn run_network_cli(args: NetworkArgs) -> ExitCode {
     match run(args).await {
         Ok(code) => code,
         Err(e @ NetError::Invalid { .. }) => {
-            eprintln!("hostplane-agent network: {e} (nothing was changed)");
+            let e = e.to_string();
+            if e.contains(reconcile::NOTHING_ELSE) {
+                eprintln!("hostplane-agent network: {e}");
+            } else {
+                eprintln!("hostplane-agent network: {e} (nothing was changed)");
+            }
             ExitCode::from(EXIT_INVALID)
         }
         Err(e) => {

@@ -31,6 +31,9 @@ use super::{check, routes, vf};
 
 pub use super::check::preflight;
 
+/// Says that a refused apply changed nothing but the VF counts.
+pub const NOTHING_ELSE: &str = "nothing else was changed";
+
 /// One object's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectStatus {
@@ -117,7 +120,14 @@ pub async fn reconcile(
         // before any bridge, port, address or route change.
         ports = resolve_all(sysfs, desired).await;
         snap = nl.snapshot().await?;
-        check::references(desired, &snap, &ports, dry_run)?;
+        check::references(desired, &snap, &ports, dry_run).map_err(|e| match e {
+            NetError::Invalid { dpu, field, reason } if out.changes > 0 => NetError::Invalid {
+                dpu,
+                field,
+                reason: format!("{reason} (the VF counts were written first; {NOTHING_ELSE})"),
+            },
+            e => e,
+        })?;
     }
 
     // Bridges: create, MTU, up.
@@ -366,12 +376,15 @@ async fn sriov(sysfs: &Sysfs, desired: &Desired, dry_run: bool, out: &mut Outcom
         let obj = format!("vfs {} = {}", s.pf, s.num_vfs);
         let sysfs = sysfs.clone();
         let (pf, n) = (s.pf.clone(), s.num_vfs);
+        // The writes made are counted even when the VFs then fail to appear.
         let r = tokio::task::spawn_blocking(move || {
             let writes = sysfs.ensure_num_vfs(&pf, n, dry_run)?;
-            if !writes.is_empty() && !dry_run {
-                sysfs.wait_vf_netdevs(&pf, n)?;
-            }
-            Ok(writes)
+            let waited = if !writes.is_empty() && !dry_run {
+                sysfs.wait_vf_netdevs(&pf, n)
+            } else {
+                Ok(())
+            };
+            Ok((writes, waited))
         })
         .await
         .unwrap_or_else(|e| {
@@ -382,11 +395,14 @@ async fn sriov(sysfs: &Sysfs, desired: &Desired, dry_run: bool, out: &mut Outcom
             })
         });
         match r {
-            Ok(writes) => {
+            Ok((writes, waited)) => {
                 for w in writes {
                     out.changed(&s.dpu, w);
                 }
-                out.ok(&s.dpu, obj);
+                match waited {
+                    Ok(()) => out.ok(&s.dpu, obj),
+                    Err(e) => out.failed(&s.dpu, obj, &e),
+                }
             }
             Err(e) => out.failed(&s.dpu, obj, &e),
         }
