@@ -98,8 +98,9 @@ pub(super) fn owned(l: &Link) -> bool {
 /// outcome lists what would change. Callers run [`check::preflight`] first;
 /// the references are checked here before the first change (the netdevs of
 /// VFs this apply creates once more after the VF counts): a failed check is
-/// an [`NetError::Invalid`] and nothing (else) is changed. `owned_state` is updated as addresses are added and removed,
-/// also when the pass fails half-way: save it either way.
+/// an [`NetError::Invalid`] and nothing (else) is changed. `owned_state` is
+/// updated as addresses are added and removed, also when the pass fails
+/// half-way: save it either way.
 pub async fn reconcile(
     nl: &Netlink,
     sysfs: &Sysfs,
