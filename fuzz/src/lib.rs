@@ -184,8 +184,9 @@ fn write_then_parse(data: &[u8]) {
 /// - Fields have a non-empty key without whitespace and a trimmed value; log
 ///   lines are trimmed and non-empty.
 /// - The verdict only moves forward, ends at most once, fails exactly on the
-///   lines classed as failures, and succeeds for an installer image only
-///   after the installation completed.
+///   lines classed as failures, sees a reset only while the installer runs,
+///   and succeeds for an installer image only after the installation
+///   completed.
 /// - A `DEV_NAME` accepted as PCI is a lower-case `dddd:bb:dd.f` address.
 pub fn rshim_misc(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
@@ -249,6 +250,14 @@ pub fn rshim_misc(data: &[u8]) {
                         "success without a completed installation"
                     );
                     assert_eq!(v.stage(), Stage::LinuxUp);
+                    done = true;
+                }
+                Step::Reset(_) => {
+                    assert_eq!(
+                        before,
+                        Stage::Installer,
+                        "a reset outside the installer: {line:?}"
+                    );
                     done = true;
                 }
                 Step::Failed(_) | Step::BootedWithoutInstall(_) => done = true,
