@@ -9,8 +9,14 @@
 //! parameters: they would be quoted into inert strings. Use a raw bf.cfg file
 //! for those.
 //!
+//! An operator's own bf.cfg (CLI `--config`) is checked before the device
+//! is touched ([`check`]): it must not be empty, and it may hold only
+//! comments, `NAME=value` assignments and functions, with balanced quotes.
+//!
 //! Values of keys that look secret (their name contains PASSWORD, SECRET,
 //! TOKEN or KEY) never appear in `Debug` output or in [`RenderedBfCfg::redacted`].
+
+mod check;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -41,6 +47,28 @@ pub enum BfCfgError {
     NulInFile { path: PathBuf, offset: usize },
     #[error("reading bf.cfg {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("bf.cfg{} is empty (leave the bf.cfg out to push none)", origin_suffix(.origin))]
+    Empty { origin: Option<PathBuf> },
+    #[error("bf.cfg{} line {line}: {problem}", origin_suffix(.origin))]
+    Syntax {
+        origin: Option<PathBuf>,
+        line: usize,
+        problem: String,
+    },
+}
+
+/// The shape check of an operator's bf.cfg text (see [`check`]).
+pub fn check_text(origin: Option<&Path>, text: &str) -> Result<(), BfCfgError> {
+    if text.trim().is_empty() {
+        return Err(BfCfgError::Empty {
+            origin: origin.map(Path::to_path_buf),
+        });
+    }
+    check::check(text).map_err(|e| BfCfgError::Syntax {
+        origin: origin.map(Path::to_path_buf),
+        line: e.line,
+        problem: e.problem,
+    })
 }
 
 fn origin_suffix(origin: &Option<PathBuf>) -> String {
@@ -103,6 +131,7 @@ impl BfCfg {
                         offset,
                     });
                 }
+                check_text(None, text)?;
                 Ok(Some(RenderedBfCfg { text: text.clone() }))
             }
         }
@@ -204,7 +233,8 @@ fn check_size(origin: Option<&Path>, size: usize) -> Result<(), BfCfgError> {
 }
 
 /// Read an operator's bf.cfg file: at most [`MAX_BF_CFG_BYTES`], UTF-8 text
-/// without NUL bytes. Blocking-free (tokio fs).
+/// without NUL bytes, not empty, passing [`check_text`]. Blocking-free
+/// (tokio fs).
 pub async fn load_raw(path: &Path) -> Result<BfCfg, BfCfgError> {
     let io = |source| BfCfgError::Io {
         path: path.to_path_buf(),
@@ -230,7 +260,64 @@ pub async fn load_raw(path: &Path) -> Result<BfCfg, BfCfgError> {
             offset,
         });
     }
+    check_text(Some(path), &text)?;
+    bash_n(path, &text).await?;
     Ok(BfCfg::Raw(text))
+}
+
+/// The installer's own check, where this host has bash: `bash -n` on the
+/// text (no code runs). Without bash, [`check_text`] stands alone.
+async fn bash_n(path: &Path, text: &str) -> Result<(), BfCfgError> {
+    use tokio::io::AsyncWriteExt;
+    let spawned = tokio::process::Command::new("bash")
+        .arg("-n")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "bash is not available; bf.cfg gets the built-in check only");
+            return Ok(());
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A failed write shows up as bash's exit status below.
+        let _ = stdin.write_all(text.as_bytes()).await;
+    }
+    let out = match tokio::time::timeout(std::time::Duration::from_secs(10), child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "running bash -n on bf.cfg failed; built-in check only");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::warn!("bash -n on bf.cfg took over 10s; built-in check only");
+            return Ok(());
+        }
+    };
+    if out.status.success() {
+        return Ok(());
+    }
+    // `bash: line 3: syntax error near unexpected token `;'`
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().next().unwrap_or("").trim();
+    let rest = first.strip_prefix("bash: ").unwrap_or(first);
+    let (line, problem) = match rest
+        .strip_prefix("line ")
+        .and_then(|r| r.split_once(": "))
+        .and_then(|(n, p)| n.parse::<usize>().ok().map(|n| (n, p)))
+    {
+        Some((n, p)) => (n, p.to_string()),
+        None => (0, rest.to_string()),
+    };
+    Err(BfCfgError::Syntax {
+        origin: Some(path.to_path_buf()),
+        line,
+        problem: format!("bash -n (the installer's check) refuses it: {problem}"),
+    })
 }
 
 /// Replace the value of every `KEY=...` line whose key looks secret. A
@@ -454,6 +541,38 @@ mod tests {
             matches!(err, BfCfgError::Io { .. }) && err.to_string().contains("absent"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn load_raw_refuses_empty_and_malformed_files_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bf.cfg");
+        for (text, needle) in [
+            ("", "is empty"),
+            ("  \n\n", "is empty"),
+            ("A=1\nB='open\n", "line 2: unterminated single quote"),
+            ("A=1\nrm -rf /\n", "line 2: not an assignment"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let err = load_raw(&p).await.unwrap_err().to_string();
+            assert!(err.contains(needle) && err.contains("bf.cfg"), "{text:?}: {err}");
+        }
+        // Balanced, but not shell: the built-in check lets it through and,
+        // where bash exists, `bash -n` refuses it naming its line.
+        std::fs::write(&p, "A=1\nf() {\n  if true; then echo x\n}\n").unwrap();
+        match std::process::Command::new("bash").arg("--version").output() {
+            Ok(_) => {
+                let err = load_raw(&p).await.unwrap_err().to_string();
+                assert!(err.contains("bash -n") && err.contains(" line "), "{err}");
+            }
+            Err(_) => eprintln!("skipping the bash -n case: no bash on this host"),
+        }
+        std::fs::write(&p, "A=1\nf() {\n  if true; then echo x; fi\n}\n").unwrap();
+        assert!(matches!(load_raw(&p).await.unwrap(), BfCfg::Raw(_)));
+        assert!(matches!(
+            BfCfg::Raw(String::new()).render(),
+            Err(BfCfgError::Empty { .. })
+        ));
     }
 
     #[test]
