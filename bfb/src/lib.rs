@@ -382,9 +382,21 @@ impl Verifier {
     }
 
     /// End of stream: fails if it ended inside a header or an image, or held no image.
-    pub fn finish(self) -> Result<Summary, Error> {
+    pub fn finish(mut self) -> Result<Summary, Error> {
         let index = self.summary.images.len();
         match self.state {
+            // The stream ended 1–3 bytes after an image, before `update`
+            // could tell a trailer from a header by the magic: bytes that
+            // cannot begin the magic are a (short) trailer too.
+            State::Header
+                if index > 0
+                    && self.allow_trailer
+                    && self.have > 0
+                    && self.have < 4
+                    && !MAGIC.to_le_bytes().starts_with(&self.buf[..self.have]) =>
+            {
+                self.summary.trailer_bytes += self.have as u64;
+            }
             State::Header if self.have > 0 => {
                 return Err(Error::TruncatedHeader {
                     index,

@@ -41,6 +41,8 @@ def bfb_seeds():
         "seed-two-images": small,
         "seed-installer": installer,
         "seed-with-bfcfg": small + b"ENABLE_SFC_HBN=yes\nNUM_VFS=8\n",
+        # A bf.cfg of fewer than 4 bytes was refused as a truncated header.
+        "seed-short-bfcfg": small + b"A=1",
         "seed-truncated": installer[:-5],
         "seed-bad-crc": small[:8] + b"\xff\xff\xff\xff" + small[12:],
         "seed-bad-version": image(bl2, b"x", 0, major=2),

@@ -119,6 +119,7 @@ fn check_summary(data: &[u8], s: &Summary) {
             Ok(s),
             "images_only disagrees on a stream without trailer"
         );
+        check_trailers(data, s);
     } else {
         assert!(
             only.is_err(),
@@ -142,6 +143,37 @@ fn check_summary(data: &[u8], s: &Summary) {
     out.extend_from_slice(&data[s.bfb_bytes as usize..]);
     let again = verify_chunked(Verifier::new(), &out, &[]).expect("a rewritten valid stream must verify");
     assert_eq!(&again, s, "rewriting the images changed what the parser sees");
+}
+
+/// After the images of a valid stream, any bytes that do not begin like a
+/// header (a bf.cfg), however few, are a trailer; a proper prefix of the
+/// magic is a header cut short.
+fn check_trailers(data: &[u8], s: &Summary) {
+    let magic = hostplane_bfb::MAGIC.to_le_bytes();
+    for t in [
+        &b"#"[..],
+        b"#\n",
+        b"A=1",
+        b"A=1\n",
+        &magic[..1],
+        &magic[..2],
+        &magic[..3],
+    ] {
+        let stream = [data, t].concat();
+        let got = verify_chunked(Verifier::new(), &stream, &[]);
+        if magic.starts_with(t) {
+            assert!(
+                matches!(got, Err(BfbError::TruncatedHeader { .. })),
+                "{t:?} after the images: {got:?}"
+            );
+        } else {
+            let want = Summary {
+                trailer_bytes: t.len() as u64,
+                ..s.clone()
+            };
+            assert_eq!(got, Ok(want), "a {}-byte trailer {t:?}", t.len());
+        }
+    }
 }
 
 /// Images made from the input — `[id, len, len bytes of data]...` — written
