@@ -262,6 +262,26 @@ impl FlashArgs {
     }
 }
 
+/// The process environment, but with the flash CLI's own default log
+/// filter: the CLI prints the DPU's lines, the stages and the outcome itself,
+/// so its log shows warnings only (not the flash's own failure event, which
+/// would repeat the outcome). `HOSTPLANE_LOG` overrides it.
+struct CliLogEnv;
+
+/// [`CliLogEnv`]'s filter when `HOSTPLANE_LOG` is not set.
+pub const CLI_LOG_FILTER: &str = "warn,hostplane_agent::flash=error,hostplane_agent::flash::watch=warn,\
+                                  hostplane_agent::flash::run=warn";
+
+impl crate::config::Env for CliLogEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        let v = crate::config::ProcessEnv.get(key);
+        if key == "HOSTPLANE_LOG" && v.is_none() {
+            return Some(CLI_LOG_FILTER.to_string());
+        }
+        v
+    }
+}
+
 /// `hostplane-agent [--config X] flash ARGS` as the top-level parser sees it:
 /// the arguments are taken whole and parsed by [`main_with`].
 #[derive(Debug, Clone, clap::Args)]
@@ -325,7 +345,7 @@ pub fn main_with(argv: Vec<OsString>) -> ExitCode {
             };
         }
     };
-    crate::logging::init(&crate::config::ProcessEnv, crate::config::LogFormat::Plain);
+    crate::logging::init(&CliLogEnv, crate::config::LogFormat::Plain);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
