@@ -8,6 +8,7 @@
 pub mod bfb_cache;
 pub mod bfcfg;
 pub mod config;
+pub mod daemon;
 pub mod exec;
 pub mod flash;
 pub mod logging;

@@ -3,17 +3,13 @@
 //! config (the unit's `RestartPreventExitStatus=64 78`).
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use hostplane_agent::bfb_cache::BfbCache;
 use hostplane_agent::config::{Config, ConfigError, LogFormat, ProcessEnv};
-use hostplane_agent::exec::{AGENT_VERSION, HostExecutor, NETWORK_REPORT_WAIT};
-use hostplane_agent::flash::Flasher;
+use hostplane_agent::daemon::{Daemon, DaemonError};
+use hostplane_agent::exec::AGENT_VERSION;
 use hostplane_agent::flash::cli::{self as flash_cli, FlashPassthrough};
-use hostplane_agent::net;
-use hostplane_agent::session::{NetSync, PowerSession};
 use hostplane_agent::{AgentError, logging};
 use hostplane_common::signals::{self, Signals};
 use tokio_util::sync::CancellationToken;
@@ -222,116 +218,37 @@ fn run_daemon(config: Option<&Path>) -> ExitCode {
             }
         };
         // A second SIGTERM/SIGINT exits at once, without the grace period.
-        let _signals = signals::spawn_handler(signals, shutdown.clone(), None, EXIT_FAILURE.into());
-        let _watchdog = hostplane_common::notify::spawn_watchdog(shutdown.child_token());
-        let cache = match BfbCache::new(cfg.cache.clone()) {
-            Ok(c) => Arc::new(c),
+        let signals = signals::spawn_handler(signals, shutdown.clone(), None, EXIT_FAILURE.into());
+        let watchdog = hostplane_common::notify::spawn_watchdog(shutdown.child_token());
+        let daemon = match Daemon::start(cfg).await {
+            Ok(d) => d,
             Err(e) => {
-                tracing::error!(error = %e, "cannot set up the bfb cache");
+                tracing::error!(error = %e, "agent failed to start");
                 return ExitCode::from(EXIT_FAILURE);
             }
         };
-        let flasher = Flasher::new(cfg.flash_config(), cache);
-        let mut executor = HostExecutor::new(Arc::new(flasher), cfg.reboot_command.clone());
-        let mut registry = prometheus_client::registry::Registry::default();
-        // The agent's own CPU and memory (process_*), whatever is enabled.
-        hostplane_agent::metrics::ProcessCollector::register(&mut registry);
-        let network = if cfg.network.enabled {
-            match net::start(cfg.net_config(), shutdown.child_token()) {
-                Ok(handle) => {
-                    handle
-                        .metrics()
-                        .register(registry.sub_registry_with_prefix("hostplane_network"));
-                    let sync = NetSync::new(Arc::new(handle));
-                    executor = executor.with_network(sync.clone(), NETWORK_REPORT_WAIT);
-                    Some(sync)
-                }
-                Err(e) => {
-                    tracing::error!(
-                        error = %e,
-                        "cannot start host networking (set network.enabled: false to run without it)"
-                    );
-                    return ExitCode::from(EXIT_FAILURE);
-                }
+        let code = match daemon.run(shutdown).await {
+            Ok(()) => {
+                tracing::info!("agent stopped");
+                ExitCode::SUCCESS
             }
-        } else {
-            tracing::info!("host networking is disabled (network.enabled: false)");
-            None
-        };
-        let power = if cfg.power.enabled {
-            start_power(&cfg, &mut registry, &shutdown)
-        } else {
-            tracing::info!("power telemetry and caps are disabled (power.enabled: false)");
-            PowerSession::default()
-        };
-        if let Some(listen) = cfg.metrics.listen
-            && let Err(e) =
-                hostplane_agent::metrics::serve(listen, Arc::new(registry), shutdown.child_token()).await
-        {
-            tracing::error!(%listen, error = %e, "cannot serve metrics (metrics.listen)");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-        match hostplane_agent::run(cfg, Arc::new(executor), network, power, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "agent failed");
                 ExitCode::from(match e {
-                    AgentError::Connect(_) => EXIT_CONFIG,
-                    AgentError::StateDir { .. } | AgentError::Journal(_) | AgentError::Desired(_) => {
-                        EXIT_FAILURE
-                    }
+                    DaemonError::Agent(AgentError::Connect(_)) => EXIT_CONFIG,
+                    _ => EXIT_FAILURE,
                 })
             }
+        };
+        signals.abort();
+        if let Some(w) = watchdog {
+            w.abort();
         }
+        code
     });
     // A push thread stuck in a device write must not keep the process alive.
     rt.shutdown_timeout(Duration::from_secs(1));
     code
-}
-
-/// The sampler (metrics, and telemetry for the coordinator) and the caps
-/// task with every enforcement means this host has.
-fn start_power(
-    cfg: &Config,
-    registry: &mut prometheus_client::registry::Registry,
-    shutdown: &CancellationToken,
-) -> PowerSession {
-    use hostplane_agent::power::caps::Limiter;
-    use hostplane_agent::power::{caps, sampler, telemetry};
-    let metrics = sampler::PowerMetrics::default();
-    metrics.register(registry.sub_registry_with_prefix("hostplane"));
-    let tcfg = &cfg.power.telemetry;
-    let telemetry = tcfg.enabled.then(|| {
-        // The start time as epoch: a restarted agent restarts its sequence numbers.
-        let epoch = u64::try_from(hostplane_common::time::now_ms()).unwrap_or(1);
-        telemetry::Telemetry::new(telemetry::TelemetryBuffer::new(epoch, tcfg))
-    });
-    let sampler = sampler::spawn(
-        cfg.power.clone(),
-        metrics,
-        telemetry.clone(),
-        shutdown.child_token(),
-    );
-    let mut limiters: Vec<Box<dyn caps::Limiter>> = Vec::new();
-    let bmc = sampler.bmc.is_some();
-    if let Some(link) = sampler.bmc {
-        limiters.push(Box::new(caps::BmcNodeLimiter::new(link)));
-    }
-    for l in caps::RaplLimiter::discover(&cfg.power.sysfs_root) {
-        // With a BMC the node cap is the BMC's; RAPL psys is the fallback.
-        if !(bmc && l.element() == hostplane_proto::v1::PowerElement::Node) {
-            limiters.push(Box::new(l));
-        }
-    }
-    for l in caps::NvmlLimiter::discover() {
-        limiters.push(Box::new(l));
-    }
-    let handle = caps::spawn(
-        caps::Enforcer::new(limiters).with_state_file(cfg.state_dir.join("power-caps.json")),
-        cfg.power.caps.clone(),
-        shutdown.child_token(),
-    );
-    PowerSession::new(telemetry.map(|t| (t, tcfg.batch_interval)), Some(handle))
 }
 
 fn config_error(e: &ConfigError) -> ExitCode {

@@ -12,6 +12,8 @@ use hostplane_common::exposition;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// The `metrics:` section of the agent config.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,10 +55,12 @@ pub fn respond(registry: &Registry, accept: Option<&str>) -> axum::response::Res
     }
 }
 
-/// Bind `listen` now (so a bad address fails at start) and serve until `shutdown`.
+/// Bind `listen` now (so a bad address fails at start) and serve until
+/// `shutdown`, in a task `tasks` owns.
 pub async fn serve(
     listen: SocketAddr,
     registry: Arc<Registry>,
+    tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -71,14 +75,17 @@ pub async fn serve(
             }
         }),
     );
-    let task = tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "metrics endpoint failed");
+    let task = tasks.spawn(
+        async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
         }
-    });
+        .instrument(tracing::info_span!("metrics")),
+    );
     tracing::info!(%addr, "metrics endpoint serving /metrics");
     Ok((addr, task))
 }
@@ -98,9 +105,14 @@ mod tests {
             .register("things", "Things counted", c.clone());
         c.inc();
         let stop = CancellationToken::new();
-        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), Arc::new(registry), stop.clone())
-            .await
-            .unwrap();
+        let (addr, task) = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(registry),
+            &TaskTracker::new(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
         let get = |accept: Option<&'static str>| async move {
             let mut req = reqwest::Client::new().get(format!("http://{addr}/metrics"));
             if let Some(a) = accept {

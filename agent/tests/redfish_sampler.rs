@@ -57,7 +57,13 @@ async fn the_sampler_publishes_cached_bmc_readings_and_shares_the_client() {
         bmc: bmc_config(&bmc.url, &d, PASSWORD),
         ..Default::default()
     };
-    let h = sampler::spawn(cfg, metrics, None, stop.clone());
+    let h = sampler::spawn(
+        cfg,
+        metrics,
+        None,
+        &tokio_util::task::TaskTracker::new(),
+        stop.clone(),
+    );
     let link = h.bmc.clone().expect("power.bmc.url is set");
     metrics_until(
         &registry,
@@ -124,6 +130,7 @@ async fn an_unreachable_bmc_is_source_up_0_with_the_reason() {
     let link = redfish::poll::spawn(
         bmc_config(&url, &d, PASSWORD),
         metrics.bmc_requests.clone(),
+        &tokio_util::task::TaskTracker::new(),
         CancellationToken::new(),
     );
     let mut r = Vec::new();
@@ -297,7 +304,12 @@ async fn the_password_is_never_logged_nor_shown() {
         c.logout().await;
         // A poller through a failure and back.
         let stop = CancellationToken::new();
-        let link = redfish::poll::spawn(cfg.clone(), Default::default(), stop.clone());
+        let link = redfish::poll::spawn(
+            cfg.clone(),
+            Default::default(),
+            &tokio_util::task::TaskTracker::new(),
+            stop.clone(),
+        );
         shown.push(format!("{:?}", link.wait_client().await));
         stop.cancel();
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -220,13 +220,14 @@ async fn https_with_a_ca_file_or_insecure_tls_and_refused_otherwise() {
 async fn three_bmcs_of_different_models_polled_at_once() {
     let d = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
     let bmcs: Vec<BmcHandle> = [Model::DgxH100, Model::DgxB300, Model::Gb200]
         .into_iter()
         .map(|m| sim(m, Workload::Constant(0.3)))
         .collect();
     let links: Vec<_> = bmcs
         .iter()
-        .map(|b| redfish::poll::spawn(config(b, &d), Default::default(), stop.clone()))
+        .map(|b| redfish::poll::spawn(config(b, &d), Default::default(), &tasks, stop.clone()))
         .collect();
     for (b, l) in bmcs.iter().zip(&links) {
         let c = l.wait_client().await.unwrap();
@@ -243,6 +244,22 @@ async fn three_bmcs_of_different_models_polled_at_once() {
         assert!(r.iter().all(|r| r.error.is_none() && r.age.is_some()), "{r:?}");
     }
     stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    // The pollers logged out on the way out: every BMC's SessionService is empty.
+    for b in &bmcs {
+        let body = reqwest::Client::new()
+            .get(format!("{}/redfish/v1/SessionService/Sessions", b.url()))
+            .basic_auth("operator", Some(format!("pw-{}", b.model())))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let sessions: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(sessions["Members@odata.count"], 0, "{}: {sessions}", b.model());
+    }
     for b in bmcs {
         b.shutdown().await;
     }

@@ -127,6 +127,7 @@ async fn caps_in_the_desired_state_are_enforced_and_reported() {
     let handle = caps::spawn(
         Enforcer::new(vec![Box::new(NodeLimit(limit.clone()))]),
         CapsConfig::default(),
+        &tokio_util::task::TaskTracker::new(),
         CancellationToken::new(),
     );
     let agent = start_agent_with_power(cfg, FakeExecutor::new(), PowerSession::new(None, Some(handle)));

@@ -12,6 +12,7 @@ use hostplane_proto::v1::{DpuNetwork, NetworkObjectStatus, NetworkReport};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub mod check;
@@ -214,8 +215,16 @@ impl NetHandle {
     }
 }
 
-/// Start the owner task (and its netlink watcher) until `shutdown`.
+/// Start the owner task (and its netlink watcher) until `shutdown`, in a
+/// tracker of its own (tests and tools that only cancel); the daemon uses
+/// [`start_in`].
 pub fn start(cfg: NetConfig, shutdown: CancellationToken) -> Result<NetHandle, NetError> {
+    start_in(cfg, &TaskTracker::new(), shutdown)
+}
+
+/// [`start`] with the owner task in `tasks`, so the caller can wait for it to
+/// end (its last repair done) after cancelling `shutdown`.
+pub fn start_in(cfg: NetConfig, tasks: &TaskTracker, shutdown: CancellationToken) -> Result<NetHandle, NetError> {
     let nl = Netlink::open(cfg.netns.as_deref())?;
     let events = Netlink::watch(cfg.netns.as_deref())?;
     let (tx, rx) = mpsc::channel(8);
@@ -241,7 +250,7 @@ pub fn start(cfg: NetConfig, shutdown: CancellationToken) -> Result<NetHandle, N
         drift: Default::default(),
         reports: reports.clone(),
     };
-    tokio::spawn(
+    tasks.spawn(
         owner
             .run(rx, events, cfg.drift_debounce, shutdown)
             .instrument(tracing::info_span!("net")),

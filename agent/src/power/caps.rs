@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// The `power.caps` section of the agent config.
@@ -590,13 +591,20 @@ impl CapsHandle {
 /// Start the caps task: enforces each new set of caps, re-applies them every
 /// `reverify_interval`, switches to the safe cap when the coordinator has
 /// been silent longer than the caps' lease and back when it is heard again,
-/// and sends a report whenever what it enforces changes.
-pub fn spawn(enforcer: Enforcer, cfg: CapsConfig, shutdown: CancellationToken) -> CapsHandle {
+/// and sends a report whenever what it enforces changes. The task belongs to
+/// `tasks`; on `shutdown` it finishes the enforcement in progress, saves the
+/// caps state and ends.
+pub fn spawn(
+    enforcer: Enforcer,
+    cfg: CapsConfig,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> CapsHandle {
     let (desired_tx, mut desired_rx) = watch::channel::<Option<DesiredCaps>>(None);
     let (heard_tx, heard_rx) = watch::channel(Instant::now());
     let (report_tx, reports) = mpsc::channel(8);
     tracing::info!(means = %enforcer.describe(), "power caps: enforcement means found");
-    tokio::spawn(
+    tasks.spawn(
         async move {
             let mut safe = false;
             let mut last: Option<PowerCapReport> = None;
@@ -607,10 +615,10 @@ pub fn spawn(enforcer: Enforcer, cfg: CapsConfig, shutdown: CancellationToken) -
             let mut applied: Option<DesiredCaps> = None;
             loop {
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => break,
                     r = desired_rx.changed() => {
                         if r.is_err() {
-                            return;
+                            break;
                         }
                     }
                     _ = tick.tick() => {}
@@ -656,10 +664,16 @@ pub fn spawn(enforcer: Enforcer, cfg: CapsConfig, shutdown: CancellationToken) -
                     log_report(&report);
                     last = Some(report.clone());
                     if report_tx.send(report).await.is_err() {
-                        return;
+                        break;
                     }
                 }
             }
+            // Whatever was limited stays on record, so the next start lifts
+            // or keeps it (the drain's "persist caps state").
+            if let Err(e) = tokio::task::spawn_blocking(move || enforcer.save()).await {
+                tracing::error!(error = %e, "cannot save the power caps state");
+            }
+            tracing::debug!("power caps stopped; state saved");
         }
         .instrument(tracing::info_span!("power_caps")),
     );

@@ -298,7 +298,7 @@ async fn the_task_applies_the_safe_cap_after_the_lease_and_returns_when_heard() 
     let log = Log::default();
     let e = Enforcer::new(vec![fake(PowerElement::Node, "node", None, &log)]);
     let shutdown = CancellationToken::new();
-    let mut h = spawn(e, CapsConfig::default(), shutdown.clone());
+    let mut h = spawn(e, CapsConfig::default(), &TaskTracker::new(), shutdown.clone());
     h.heard();
     h.set(5, Some(caps(6000.0, 3000.0, vec![])));
     let r = h.reports.recv().await.unwrap();

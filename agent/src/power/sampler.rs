@@ -23,6 +23,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::caps::CapsConfig;
@@ -216,21 +217,25 @@ pub struct SamplerHandle {
 /// Sample every `cfg.interval` until `shutdown`; each sample also goes into
 /// `telemetry` (for the coordinator) when given. With `power.bmc.url` set, a
 /// BMC poller runs beside it and every sample carries its cached readings.
+/// Both tasks belong to `tasks`; wait for it after `shutdown` so the BMC
+/// poller can log out.
 pub fn spawn(
     cfg: PowerConfig,
     metrics: PowerMetrics,
     telemetry: Option<Telemetry>,
+    tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> SamplerHandle {
     let bmc = cfg.bmc.enabled().then(|| {
         super::redfish::poll::spawn(
             cfg.bmc.clone(),
             metrics.bmc_requests.clone(),
+            tasks,
             shutdown.child_token(),
         )
     });
     let bmc_readings = bmc.clone();
-    let task = tokio::spawn(
+    let task = tasks.spawn(
         async move {
             let root = cfg.sysfs_root.clone();
             let Ok(mut sources) = tokio::task::spawn_blocking(move || Sources::discover(&root)).await else {
@@ -300,7 +305,7 @@ mod tests {
             sysfs_root: t.path().into(),
             ..Default::default()
         };
-        let task = spawn(cfg, metrics, None, stop.clone()).task;
+        let task = spawn(cfg, metrics, None, &TaskTracker::new(), stop.clone()).task;
         tokio::time::sleep(Duration::from_millis(60)).await;
         std::fs::write(z.join("energy_uj"), "2000000\n").unwrap();
         let mut text = String::new();

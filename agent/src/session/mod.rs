@@ -28,6 +28,7 @@ pub use power::PowerSession;
 
 use crate::config::Config;
 use crate::exec::Executor;
+pub use owner::BeforeClose;
 use owner::{Owner, Restored};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,19 @@ pub async fn run(
     power: PowerSession,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
+    run_draining(cfg, executor, network, power, shutdown, None).await
+}
+
+/// [`run`] that runs `before_close` at shutdown once the commands have
+/// stopped and before the coordinator stream closes (the daemon's drain).
+pub async fn run_draining(
+    cfg: Config,
+    executor: Arc<dyn Executor>,
+    network: Option<NetSync>,
+    power: PowerSession,
+    shutdown: CancellationToken,
+    before_close: Option<BeforeClose>,
+) -> Result<(), AgentError> {
     let connector = GrpcConnector::new(&cfg.coordinator, &cfg.session, cfg.tls.as_ref())?;
     if cfg.is_insecure() {
         tracing::warn!(
@@ -61,7 +75,8 @@ pub async fn run(
              use it only on a trusted network (insecure: true)"
         );
     }
-    run_with(cfg, executor, network, power, Arc::new(connector), shutdown).await
+    let connector: Arc<dyn Connector> = Arc::new(connector);
+    start(cfg, executor, network, power, connector, shutdown, before_close).await
 }
 
 /// [`run`] with an explicit connector (tests script the stream with one).
@@ -72,6 +87,18 @@ pub async fn run_with(
     power: PowerSession,
     connector: Arc<dyn Connector>,
     shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    start(cfg, executor, network, power, connector, shutdown, None).await
+}
+
+async fn start(
+    cfg: Config,
+    executor: Arc<dyn Executor>,
+    network: Option<NetSync>,
+    power: PowerSession,
+    connector: Arc<dyn Connector>,
+    shutdown: CancellationToken,
+    before_close: Option<BeforeClose>,
 ) -> Result<(), AgentError> {
     tokio::fs::create_dir_all(&cfg.state_dir)
         .await
@@ -111,6 +138,7 @@ pub async fn run_with(
         boot_id,
     };
     Owner::new(cfg, executor, network, power, restored, shutdown)
+        .before_close(before_close)
         .run(connector)
         .await;
     Ok(())

@@ -47,7 +47,14 @@ pub struct Restored {
 
 struct Running {
     cancel: CancellationToken,
+    /// The coordinator withdrew the command (CANCELLED is then the truth;
+    /// a command stopped by the agent's own shutdown is INTERRUPTED).
+    withdrawn: bool,
 }
+
+/// What the daemon runs once the commands have stopped and before the
+/// coordinator stream closes: its subsystems' ordered drain.
+pub type BeforeClose = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The outbound half of one connection.
 struct Link {
@@ -109,6 +116,7 @@ pub struct Owner {
     /// Telemetry out, caps in, cap reports out.
     power: PowerSession,
     shutdown: CancellationToken,
+    before_close: Option<BeforeClose>,
 }
 
 impl Owner {
@@ -143,8 +151,16 @@ impl Owner {
             events_rx,
             power,
             shutdown,
+            before_close: None,
             cfg,
         }
+    }
+
+    /// Run `drain` at shutdown after the commands stopped, before the
+    /// stream to the coordinator closes.
+    pub fn before_close(mut self, drain: Option<BeforeClose>) -> Owner {
+        self.before_close = drain;
+        self
     }
 
     /// Connect, serve, reconnect with backoff, until `shutdown`; then stop
@@ -336,9 +352,10 @@ impl Owner {
         // Before any command starts: InitializeInterface reads the result.
         self.apply_networks(&ds, link).await;
         let listed: HashSet<&str> = ds.commands.iter().map(|c| c.id.as_str()).collect();
-        for (id, r) in &self.running {
+        for (id, r) in &mut self.running {
             if !listed.contains(id.as_str()) && !r.cancel.is_cancelled() {
                 tracing::info!(command = %id, "command withdrawn from the desired state; cancelling it");
+                r.withdrawn = true;
                 r.cancel.cancel();
             }
         }
@@ -404,6 +421,7 @@ impl Owner {
             cmd.id.clone(),
             Running {
                 cancel: cancel.clone(),
+                withdrawn: false,
             },
         );
         let task = command::run(self.executor.clone(), cmd, cancel, self.events_tx.clone());
@@ -420,8 +438,17 @@ impl Owner {
                     link.try_send(progress_event(id, progress));
                 }
             }
-            Event::Finished { id, result } => {
-                self.running.remove(&id);
+            Event::Finished { id, mut result } => {
+                let withdrawn = self.running.remove(&id).is_some_and(|r| r.withdrawn);
+                if result.outcome() == CommandOutcome::Cancelled && !withdrawn && self.shutdown.is_cancelled()
+                {
+                    // Stopped at a safe point by the agent's shutdown, not
+                    // by the coordinator: the same outcome as a restart.
+                    result = crate::exec::result(
+                        CommandOutcome::Interrupted,
+                        format!("{} (the agent was shutting down)", result.message),
+                    );
+                }
                 self.journal.finish(&id, result.clone());
                 self.save_journal().await;
                 match link {
@@ -541,7 +568,11 @@ impl Owner {
             );
         }
         self.tasks.abort_all();
-        tracing::info!("session stopped");
+        if let Some(drain) = self.before_close.take() {
+            drain.await;
+        }
+        drop(link);
+        tracing::info!("session stopped; the coordinator stream is closed");
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::{BmcConfig, RedfishClient, RedfishError};
@@ -89,9 +90,15 @@ impl BmcLink {
     }
 }
 
-/// Start polling the BMC of `cfg` (whose `url` is set) until `shutdown`;
-/// the session is deleted on the way out.
-pub fn spawn(cfg: BmcConfig, counts: super::http::RequestCounts, shutdown: CancellationToken) -> BmcLink {
+/// Start polling the BMC of `cfg` (whose `url` is set) until `shutdown`, in
+/// a task `tasks` owns; the session is deleted on the way out, so the owner
+/// must wait for `tasks` (not just cancel) for the logout to happen.
+pub fn spawn(
+    cfg: BmcConfig,
+    counts: super::http::RequestCounts,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> BmcLink {
     let (client, _) = watch::channel(None);
     let link = BmcLink {
         shared: Arc::new(Shared {
@@ -104,7 +111,7 @@ pub fn spawn(cfg: BmcConfig, counts: super::http::RequestCounts, shutdown: Cance
         }),
     };
     let span = tracing::info_span!("bmc", url = %cfg.url);
-    tokio::spawn(run(link.clone(), cfg, counts, shutdown).instrument(span));
+    tasks.spawn(run(link.clone(), cfg, counts, shutdown).instrument(span));
     link
 }
 
@@ -115,9 +122,22 @@ async fn run(link: BmcLink, cfg: BmcConfig, counts: super::http::RequestCounts, 
     loop {
         match &client {
             None => {
+                let connect = RedfishClient::connect_counted(&cfg, counts.clone());
+                tokio::pin!(connect);
                 let r = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    r = RedfishClient::connect_counted(&cfg, counts.clone()) => r,
+                    r = &mut connect => r,
+                    () = shutdown.cancelled() => {
+                        // The login may already have made a session: dropping
+                        // the connect here would leak it on the BMC. Let it
+                        // end (each request is bounded by power.bmc.timeout;
+                        // the daemon's drain deadline bounds the whole), then
+                        // log out.
+                        if let Ok(c) = connect.await {
+                            c.logout().await;
+                            tracing::info!("BMC session closed");
+                        }
+                        return;
+                    }
                 };
                 match r {
                     Ok(c) => {
@@ -182,6 +202,7 @@ async fn run(link: BmcLink, cfg: BmcConfig, counts: super::http::RequestCounts, 
     }
     if let Some(c) = client {
         c.logout().await;
+        tracing::info!("BMC session closed");
     }
 }
 
