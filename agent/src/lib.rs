@@ -7,6 +7,7 @@
 //! same way with a fake [`exec::Executor`].
 pub mod bfb_cache;
 pub mod bfcfg;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod exec;
