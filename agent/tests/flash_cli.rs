@@ -353,6 +353,9 @@ fn bfb_install_and_hostplane_agent_flash_take_the_same_command_lines() {
             assert_eq!(status.code(), Some(*code), "{prog:?} {extra:?}\n{out}\n{err}");
             let text = if *code == 0 { &out } else { &err };
             assert!(text.contains(says), "{prog:?} {extra:?}: {text}");
+            for l in out.lines().chain(err.lines()) {
+                assert!(l.matches("rshim0").count() <= 1, "the device named twice: {l}");
+            }
             // The same words from both spellings, but for the program's name.
             seen.push(
                 err.replace("hostplane-agent flash", "PROG")

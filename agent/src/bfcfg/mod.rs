@@ -86,7 +86,7 @@ pub enum BfCfg {
     None,
     /// Parameters from a Flavor, rendered as `KEY='value'` lines.
     Params(BTreeMap<String, String>),
-    /// A whole bf.cfg given by an operator (CLI `--bf-cfg`), checked by [`load_raw`].
+    /// A whole bf.cfg given by an operator (CLI `-c/--config`), checked by [`load_raw`].
     Raw(String),
 }
 

@@ -248,20 +248,18 @@ pub async fn run(
     }
     let device = dev_root.join(&rshim);
     if args.verbose {
-        let _ = writeln!(out, "{rshim}: flashing with the local rshim");
-        let _ = writeln!(out, "{rshim}:   BFB file: {shown}");
+        // bfb-install -v's block.
+        let _ = writeln!(out, "Updating BlueField with local RSHIM");
+        let _ = writeln!(out, "  BFB file: {shown}");
         if let Some(c) = &args.bf_cfg {
-            let _ = writeln!(out, "{rshim}:   Config file: {}", c.display());
+            let _ = writeln!(out, "  Config file: {}", c.display());
         }
         if let Some(r) = &args.rootfs {
-            let _ = writeln!(out, "{rshim}:   Rootfs file: {}", r.display());
+            let _ = writeln!(out, "  Rootfs file: {}", r.display());
         }
-        let _ = writeln!(out, "{rshim}:   RSHIM device node: {}", device.display());
-        let _ = writeln!(
-            out,
-            "{rshim}:   flash lock: {}",
-            super::lock::FlashLock::path(&args.run_dir, &rshim).display()
-        );
+        let _ = writeln!(out, "  RSHIM device node: {}", device.display());
+        let lock = super::lock::FlashLock::path(&args.run_dir, &rshim);
+        let _ = writeln!(out, "  Flash lock: {}", lock.display());
     }
     let cache_cfg = CacheConfig {
         dir: args.cache_dir.clone(),
@@ -275,7 +273,8 @@ pub async fn run(
         }
     };
     let flasher = Flasher::new(args.flash_config(dev_root.clone()), cache.clone());
-    let _ = writeln!(out, "{rshim}: flashing {shown} through {}", device.display());
+    // The device's name once per line: its path is in -v's block.
+    let _ = writeln!(out, "{rshim}: flashing {shown}");
 
     // Download first (with progress); the flash then finds it in the cache.
     if let ImageSource::Ref(bfb) = &image {
