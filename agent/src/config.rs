@@ -56,6 +56,17 @@ pub struct Config {
     pub insecure: bool,
     /// Journal and last applied desired state live here.
     pub state_dir: PathBuf,
+    /// Where the host's filesystem is (`/`; `/host` in a container that
+    /// mounts the host there; a fixture tree in tests). Every host path —
+    /// `dev_root`, `procfs_root`, `network.sysfs_root`, `power.sysfs_root`
+    /// and the flash locks' `/run/hostplane` — is taken under it, so this one
+    /// setting re-roots every host facet. `state_dir` and `cache.dir` are the
+    /// agent's own and are not re-rooted.
+    pub host_root: PathBuf,
+    /// What the config used that is deprecated (logged at start, printed
+    /// by `validate`); not a config key.
+    #[serde(skip)]
+    pub deprecated: Vec<String>,
     /// Where `rshim<N>/` devices appear.
     pub dev_root: PathBuf,
     /// Where `sys/kernel/random/boot_id` and `sys/kernel/hostname` are read.
@@ -151,6 +162,8 @@ impl Default for Config {
             tls: None,
             insecure: false,
             state_dir: PathBuf::from("/var/lib/hostplane-agent"),
+            host_root: PathBuf::from("/"),
+            deprecated: Vec::new(),
             dev_root: PathBuf::from("/dev"),
             procfs_root: PathBuf::from("/proc"),
             cache: CacheConfig::default(),
@@ -225,6 +238,7 @@ impl Config {
             }
         };
         cfg.apply_env(env)?;
+        cfg.reroot()?;
         if cfg.node_name.is_empty() {
             let path = cfg.procfs_root.join("sys/kernel/hostname");
             let name = std::fs::read_to_string(&path).map_err(|source| ConfigError::Hostname {
@@ -267,6 +281,15 @@ impl Config {
         set_path("HOSTPLANE_DEV_ROOT", &mut self.dev_root);
         set_path("HOSTPLANE_PROCFS_ROOT", &mut self.procfs_root);
         set_path("HOSTPLANE_CACHE_DIR", &mut self.cache.dir);
+        set_path("HOSTPLANE_HOST_ROOT", &mut self.host_root);
+        if env.get("HOSTPLANE_SYSFS_ROOT").is_some() {
+            // Kept for one release: it only ever re-rooted networking.
+            self.deprecated.push(
+                "HOSTPLANE_SYSFS_ROOT is deprecated and re-roots network.sysfs_root only; \
+                 set HOSTPLANE_HOST_ROOT (every host path: /sys, /dev, /proc, /run) or network.sysfs_root"
+                    .into(),
+            );
+        }
         set_path("HOSTPLANE_SYSFS_ROOT", &mut self.network.sysfs_root);
         if let Some(v) = env.get("HOSTPLANE_CACHE_MAX_BYTES") {
             self.cache.max_bytes = v.parse().map_err(|e: std::num::ParseIntError| ConfigError::Env {
@@ -281,6 +304,26 @@ impl Config {
                 value: v.clone(),
                 reason,
             })?;
+        }
+        Ok(())
+    }
+
+    /// Take every host path under `host_root` (nothing changes when it is
+    /// `/`). Called once, by [`Config::load`], after the env overrides.
+    pub fn reroot(&mut self) -> Result<(), ConfigError> {
+        if !self.host_root.is_absolute() {
+            return Err(ConfigError::Invalid {
+                field: "host_root",
+                reason: format!("{} must be an absolute path", self.host_root.display()),
+            });
+        }
+        for p in [
+            &mut self.dev_root,
+            &mut self.procfs_root,
+            &mut self.network.sysfs_root,
+            &mut self.power.sysfs_root,
+        ] {
+            *p = under(&self.host_root, p);
         }
         Ok(())
     }
@@ -410,6 +453,7 @@ impl Config {
             dev_root: self.dev_root.clone(),
             stage_timeouts: self.flash.stage_timeouts,
             poll_interval: self.flash.poll_interval,
+            run_dir: under(&self.host_root, Path::new(crate::flash::DEFAULT_RUN_DIR)),
             ..FlashConfig::default()
         }
     }
@@ -513,6 +557,15 @@ fn check_coordinator_url(url: &str) -> Result<(), String> {
         return Err(format!("{url:?}: must not have a path"));
     }
     Ok(())
+}
+
+/// `path` (a host path) under `root`: `/dev` under `/host` is `/host/dev`;
+/// under `/` every path is itself.
+fn under(root: &Path, path: &Path) -> PathBuf {
+    match path.strip_prefix("/") {
+        Ok(rel) if root != Path::new("/") => root.join(rel),
+        _ => path.to_path_buf(),
+    }
 }
 
 #[cfg(test)]

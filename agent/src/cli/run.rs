@@ -23,6 +23,9 @@ pub fn run_daemon(config: Option<&Path>) -> ExitCode {
         Ok(cfg) => cfg,
         Err(e) => return config_error(&e),
     };
+    for note in &cfg.deprecated {
+        tracing::warn!("{note}");
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

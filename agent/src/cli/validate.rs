@@ -8,6 +8,9 @@ use crate::config::{Config, ProcessEnv};
 pub fn validate(config: Option<&Path>) -> ExitCode {
     match Config::load(config, &ProcessEnv) {
         Ok(cfg) => {
+            for note in &cfg.deprecated {
+                eprintln!("hostplane-agent: warning: {note}");
+            }
             println!(
                 "config is valid: node {}, coordinator {}",
                 cfg.node_name, cfg.coordinator
