@@ -113,7 +113,7 @@ impl Rig {
 
     /// The flash lock of rshim0 is free.
     fn assert_unlocked(&self) {
-        let path = self.run_dir().join("rshim0.flash.lock");
+        let path = hostplane_agent::flash::lock_file(&self.run_dir(), &self.device());
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

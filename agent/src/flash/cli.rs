@@ -258,7 +258,7 @@ pub async fn run(
             let _ = writeln!(out, "  Rootfs file: {}", r.display());
         }
         let _ = writeln!(out, "  RSHIM device node: {}", device.display());
-        let lock = super::lock::FlashLock::path(&args.run_dir, &rshim);
+        let lock = super::lock::FlashLock::path(&args.run_dir, &device);
         let _ = writeln!(out, "  Flash lock: {}", lock.display());
     }
     let cache_cfg = CacheConfig {

@@ -1,6 +1,10 @@
-//! One flash per rshim across processes: an exclusive `flock(2)` on
-//! `<run_dir>/<rshim>.flash.lock`, taken before the pre-flight checks and held
-//! until the verdict (and until the writer thread has closed `boot`).
+//! One flash per rshim across processes: an exclusive `flock(2)` on a lock
+//! file under the run dir named after the device's path, escaped as systemd
+//! escapes paths (`/dev/rshim0` → `<run_dir>/dev-rshim0.flash.lock`), taken
+//! before the pre-flight checks and held until the verdict (and until the
+//! writer thread has closed `boot`). Naming it by the path keeps devices under
+//! different roots (simulators in tests) apart, while every process flashing
+//! `/dev/rshim0` meets on the same file.
 //!
 //! The daemon and every `hostplane-agent flash` / `bfb-install` process take
 //! the same lock, so a second flash of one DPU is refused at once, naming the
@@ -38,16 +42,19 @@ pub(crate) struct FlashLock {
 }
 
 impl FlashLock {
-    /// The lock file of `rshim` under `run_dir`.
-    pub fn path(run_dir: &Path, rshim: &str) -> PathBuf {
-        run_dir.join(format!("{rshim}.flash.lock"))
+    /// The lock file of the device directory `device` (`/dev/rshim0`)
+    /// under `run_dir`: the path as given, escaped (see the module docs).
+    pub fn path(run_dir: &Path, device: &Path) -> PathBuf {
+        run_dir.join(format!("{}.flash.lock", escape_path(device)))
     }
 
-    /// Take the lock of `rshim` without waiting, then record `what` (with
-    /// this process's pid) for whoever is refused next. Blocking: call from
-    /// a blocking thread.
-    pub fn acquire(run_dir: &Path, rshim: &str, what: &str) -> Result<FlashLock, LockError> {
-        let path = FlashLock::path(run_dir, rshim);
+    /// Take the lock of the device directory `device` without waiting
+    /// (its canonical path, when it exists), then record `what` (with this
+    /// process's pid) for whoever is refused next. Blocking: call from a
+    /// blocking thread.
+    pub fn acquire(run_dir: &Path, device: &Path, what: &str) -> Result<FlashLock, LockError> {
+        let device = std::fs::canonicalize(device).unwrap_or_else(|_| device.to_path_buf());
+        let path = FlashLock::path(run_dir, &device);
         let io = |source| LockError::Io {
             path: path.clone(),
             source,
@@ -91,6 +98,31 @@ impl FlashLock {
     }
 }
 
+/// `systemd-escape --path`: `/` between components becomes `-`; ASCII
+/// letters, digits, `_`, `:` and `.` (not leading) stay; every other byte is
+/// `\xNN`.
+pub(crate) fn escape_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    let trimmed: Vec<&[u8]> = bytes.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+    let mut out = String::new();
+    for (i, comp) in trimmed.iter().enumerate() {
+        if i > 0 {
+            out.push('-');
+        }
+        for (j, &b) in comp.iter().enumerate() {
+            let keep =
+                b.is_ascii_alphanumeric() || b == b'_' || b == b':' || (b == b'.' && !(i == 0 && j == 0));
+            if keep {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+    }
+    if out.is_empty() { "-".to_string() } else { out }
+}
+
 impl Drop for FlashLock {
     fn drop(&mut self) {
         // Clear the description first so that nobody reads a stale holder;
@@ -109,30 +141,33 @@ mod tests {
     fn second_holder_is_refused_naming_the_first_and_the_lock_frees_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run/hostplane");
-        let a = FlashLock::acquire(&run, "rshim0", "/img/a.bfb").unwrap();
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(FlashLock::path(&run, "rshim0"))
-                .unwrap()
-                .permissions(),
+        let dev = dir.path().join("dev");
+        let (r0, r1) = (dev.join("rshim0"), dev.join("rshim1"));
+        std::fs::create_dir_all(&r0).unwrap();
+        let a = FlashLock::acquire(&run, &r0, "/img/a.bfb").unwrap();
+        let file = FlashLock::path(&run, &r0);
+        assert_eq!(file.parent(), Some(run.as_path()));
+        assert!(
+            file.to_str().unwrap().ends_with("-dev-rshim0.flash.lock"),
+            "{file:?}"
         );
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o644);
-        match FlashLock::acquire(&run, "rshim0", "/img/b.bfb") {
+        // The same device by another spelling of its path: the same lock.
+        match FlashLock::acquire(&run, &dev.join("./rshim0/"), "/img/b.bfb") {
             Err(LockError::Held { holder, path }) => {
                 assert_eq!(holder, format!("pid {} flashing /img/a.bfb", std::process::id()));
-                assert_eq!(path, run.join("rshim0.flash.lock"));
+                assert_eq!(path, file);
             }
             other => panic!("{other:?}"),
         }
         // Another rshim is independent.
-        let c = FlashLock::acquire(&run, "rshim1", "/img/c.bfb").unwrap();
+        let c = FlashLock::acquire(&run, &r1, "/img/c.bfb").unwrap();
         drop(a);
-        assert_eq!(
-            std::fs::read_to_string(run.join("rshim0.flash.lock")).unwrap(),
-            ""
-        );
-        let b = FlashLock::acquire(&run, "rshim0", "/img/b.bfb").unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "");
+        let b = FlashLock::acquire(&run, &r0, "/img/b.bfb").unwrap();
         assert!(
-            std::fs::read_to_string(run.join("rshim0.flash.lock"))
+            std::fs::read_to_string(&file)
                 .unwrap()
                 .ends_with("flashing /img/b.bfb\n")
         );
@@ -140,11 +175,24 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_escaped_like_systemd_escape_path() {
+        for (path, want) in [
+            ("/dev/rshim0", "dev-rshim0"),
+            ("/tmp/.tmpX1/dev//rshim3/", "tmp-.tmpX1-dev-rshim3"),
+            ("/a-b/c d", "a\\x2db-c\\x20d"),
+            ("/.hidden", "\\x2ehidden"),
+            ("/", "-"),
+        ] {
+            assert_eq!(escape_path(Path::new(path)), want, "{path}");
+        }
+    }
+
+    #[test]
     fn an_unusable_run_dir_is_an_io_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-dir");
         std::fs::write(&file, b"").unwrap();
-        match FlashLock::acquire(&file.join("sub"), "rshim0", "x") {
+        match FlashLock::acquire(&file.join("sub"), Path::new("/dev/rshim0"), "x") {
             Err(LockError::Io { path, .. }) => assert_eq!(path, file.join("sub")),
             other => panic!("{other:?}"),
         }

@@ -3,7 +3,7 @@
 //!
 //! Order of a flash (see `docs/rshim.md`):
 //! 1. refuse at once if this agent already flashes that rshim, or if another
-//!    process holds its flash lock (`<run_dir>/<rshim>.flash.lock`, see
+//!    process holds its flash lock (`<run_dir>/dev-rshim0.flash.lock`, see
 //!    [`lock`]): one flash per rshim across the daemon and every CLI;
 //! 2. fetch the image through the cache (normally a hit after `prepare`),
 //!    verify its structure again, render bf.cfg — a bad image or bf.cfg is
@@ -42,6 +42,12 @@ use crate::bfcfg::{BfCfg, BfCfgError};
 use crate::rshim::{MiscDevice, MiscFile, RshimError, RshimPaths};
 
 pub use verdict::{Stage, Step, Verdict};
+
+/// The flash lock file of the device directory `device` (e.g. `/dev/rshim0`
+/// → `<run_dir>/dev-rshim0.flash.lock`); see `docs/rshim.md`.
+pub fn lock_file(run_dir: &std::path::Path, device: &std::path::Path) -> PathBuf {
+    lock::FlashLock::path(run_dir, device)
+}
 
 /// Timeouts, one per stage. The push has a stall timeout (no byte accepted
 /// for that long); the others count from entering the stage, and not before
@@ -82,8 +88,8 @@ impl Default for StageTimeouts {
 pub struct FlashConfig {
     /// Where `rshim<N>/` directories live (`/dev` on a real host).
     pub dev_root: PathBuf,
-    /// Where the per-rshim flash locks live (`<run_dir>/<rshim>.flash.lock`),
-    /// shared by the daemon and every CLI flash on the host.
+    /// Where the per-rshim flash locks live (`<run_dir>/dev-rshim0.flash.lock`
+    /// for `/dev/rshim0`), shared by the daemon and every CLI flash on the host.
     pub run_dir: PathBuf,
     /// Bytes per read of the image (writes to `boot` are at most 256 KiB).
     pub push_chunk: usize,
@@ -440,8 +446,9 @@ impl Flasher {
             }
         };
         let run_dir = self.inner.cfg.run_dir.clone();
-        let name = rshim.to_string();
-        let res = tokio::task::spawn_blocking(move || lock::FlashLock::acquire(&run_dir, &name, &what)).await;
+        let device = self.inner.cfg.dev_root.join(rshim);
+        let res =
+            tokio::task::spawn_blocking(move || lock::FlashLock::acquire(&run_dir, &device, &what)).await;
         let lock = match res {
             Ok(Ok(l)) => l,
             Ok(Err(lock::LockError::Held { path, holder })) => {
@@ -467,7 +474,10 @@ impl Flasher {
             Err(e) => {
                 return Err(FlashError::Lock {
                     rshim: rshim.to_string(),
-                    path: lock::FlashLock::path(&self.inner.cfg.run_dir, rshim),
+                    path: lock::FlashLock::path(
+                        &self.inner.cfg.run_dir,
+                        &self.inner.cfg.dev_root.join(rshim),
+                    ),
                     source: std::io::Error::other(format!("lock task failed: {e}")),
                 });
             }
