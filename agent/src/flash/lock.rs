@@ -98,6 +98,36 @@ impl FlashLock {
     }
 }
 
+/// Who holds the flash lock of `device`, without taking it (taking it, even
+/// for an instant, could refuse a flash that starts at that moment): the
+/// kernel's table of `flock` locks, `/proc/locks`, names the lock file's
+/// inode and the holder's pid. Returns what the holder wrote (or its pid), or
+/// `None` when nobody holds it. Blocking.
+pub(crate) fn holder(run_dir: &Path, device: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let device = std::fs::canonicalize(device).unwrap_or_else(|_| device.to_path_buf());
+    let path = FlashLock::path(run_dir, &device);
+    let meta = std::fs::metadata(&path).ok()?;
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(meta.dev()),
+        nix::sys::stat::minor(meta.dev()),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    // `1: FLOCK  ADVISORY  WRITE 4242 fe:00:5431652 0 EOF`
+    let pid = locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&id.as_str()))
+            .then(|| f.get(4).copied().unwrap_or("?").to_string())
+    })?;
+    let said = std::fs::read_to_string(&path).unwrap_or_default();
+    Some(match said.trim() {
+        "" => format!("pid {pid}"),
+        s => s.to_string(),
+    })
+}
+
 /// `systemd-escape --path`: `/` between components becomes `-`; ASCII
 /// letters, digits, `_`, `:` and `.` (not leading) stay; every other byte is
 /// `\xNN`.
@@ -172,6 +202,24 @@ mod tests {
                 .ends_with("flashing /img/b.bfb\n")
         );
         drop((b, c));
+    }
+
+    #[test]
+    fn the_holder_is_read_from_the_kernel_without_taking_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (run, dev) = (dir.path().join("run"), dir.path().join("dev/rshim0"));
+        std::fs::create_dir_all(&dev).unwrap();
+        assert_eq!(holder(&run, &dev), None, "no lock file yet");
+        let l = FlashLock::acquire(&run, &dev, "/img/a.bfb").unwrap();
+        assert_eq!(
+            holder(&run, &dev),
+            Some(format!("pid {} flashing /img/a.bfb", std::process::id()))
+        );
+        drop(l);
+        assert_eq!(holder(&run, &dev), None, "released");
+        // A crashed holder's words stay in the file, but nobody holds it.
+        std::fs::write(FlashLock::path(&run, &dev), "pid 1 flashing x\n").unwrap();
+        assert_eq!(holder(&run, &dev), None);
     }
 
     #[test]

@@ -409,9 +409,10 @@ impl Flasher {
 
     /// rshim devices under the dev root. Devices being flashed are not read
     /// (their log must have one reader): they are reported as they were when
-    /// the flash started.
+    /// the flash started; those another process is flashing (its flash lock is
+    /// held) by name only, with the holder in `error`.
     pub async fn discover(&self) -> Vec<RshimInfo> {
-        let skip: HashMap<String, RshimInfo> = self
+        let mut skip: HashMap<String, RshimInfo> = self
             .inner
             .lock()
             .iter()
@@ -425,6 +426,31 @@ impl Flasher {
                 )
             })
             .collect();
+        let (dev_root, run_dir) = (self.inner.cfg.dev_root.clone(), self.inner.cfg.run_dir.clone());
+        let mine: Vec<String> = skip.keys().cloned().collect();
+        let elsewhere = tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&dev_root) else {
+                return Vec::new();
+            };
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| crate::rshim::is_rshim_name(n) && !mine.contains(n))
+                .filter_map(|n| lock::holder(&run_dir, &dev_root.join(&n)).map(|h| (n, h)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (name, holder) in elsewhere {
+            let error = format!("not read: another process is flashing it ({holder})");
+            skip.insert(
+                name.clone(),
+                RshimInfo {
+                    name,
+                    error,
+                    ..Default::default()
+                },
+            );
+        }
         crate::rshim::discover_except(&self.inner.cfg.dev_root, skip).await
     }
 

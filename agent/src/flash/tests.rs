@@ -706,3 +706,34 @@ async fn another_flasher_on_the_same_host_is_refused_naming_the_holder() {
         .then_some(())
         .expect("past the lock");
 }
+
+#[tokio::test]
+async fn discover_does_not_read_a_device_another_process_is_flashing() {
+    let r = rig();
+    let misc = r.boot.parent().unwrap().join("misc");
+    std::fs::write(&misc, "DEV_NAME        pcie-0000:04:00.2\n").unwrap();
+    // Another process (another flasher on the same run dir) holds the lock.
+    let other = Flasher::with_misc_opener(
+        r.flasher.config().clone(),
+        r.flasher.cache().clone(),
+        Arc::new(|_: &RshimPaths| Arc::new(FakeMisc::new("rshim0")) as Arc<dyn MiscDevice>),
+    );
+    let slot = other.claim("rshim0", "/img/x.bfb".into()).await.unwrap();
+    std::fs::remove_file(&misc).unwrap();
+    let found = r.flasher.discover().await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].name, "rshim0");
+    assert!(
+        found[0].error.contains("another process is flashing it")
+            && found[0].error.contains("flashing /img/x.bfb"),
+        "{:?}",
+        found[0]
+    );
+    drop(slot);
+    std::fs::write(&misc, "DEV_NAME        pcie-0000:04:00.2\n").unwrap();
+    let found = r.flasher.discover().await;
+    assert_eq!(
+        (found[0].pci_address.as_str(), found[0].error.as_str()),
+        ("0000:04:00.2", "")
+    );
+}
