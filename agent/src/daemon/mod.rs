@@ -31,6 +31,9 @@ use crate::exec::{HostExecutor, NETWORK_REPORT_WAIT};
 use crate::flash::Flasher;
 use crate::net::{self, NetError};
 use crate::power::caps::{self, Limiter};
+use crate::power::nvml::NvmlLimiter;
+use crate::power::rapl::RaplLimiter;
+use crate::power::redfish::BmcNodeLimiter;
 use crate::power::{sampler, telemetry};
 use crate::session::{self, AgentError, BeforeClose, NetSync, PowerSession};
 
@@ -126,7 +129,7 @@ impl Daemon {
             None
         };
         let power = if cfg.power.enabled {
-            start_power(&cfg, &mut registry, &subsystems)
+            start_power(&cfg, &mut registry, &subsystems).await
         } else {
             tracing::info!("power telemetry and caps are disabled (power.enabled: false)");
             PowerSession::default()
@@ -175,7 +178,7 @@ impl Daemon {
 
 /// The sampler (metrics, and telemetry for the coordinator), its BMC poller,
 /// and the caps task with every enforcement means this host has.
-fn start_power(cfg: &Config, registry: &mut Registry, subsystems: &Subsystems) -> PowerSession {
+async fn start_power(cfg: &Config, registry: &mut Registry, subsystems: &Subsystems) -> PowerSession {
     let metrics = sampler::PowerMetrics::default();
     metrics.register(registry.sub_registry_with_prefix("hostplane"));
     let tcfg = &cfg.power.telemetry;
@@ -192,26 +195,36 @@ fn start_power(cfg: &Config, registry: &mut Registry, subsystems: &Subsystems) -
         p.tasks(),
         p.token(),
     );
-    let mut limiters: Vec<Box<dyn Limiter>> = Vec::new();
-    let bmc = sampler.bmc.is_some();
-    if let Some(link) = sampler.bmc {
-        limiters.push(Box::new(caps::BmcNodeLimiter::new(link)));
-    }
-    for l in caps::RaplLimiter::discover(&cfg.power.sysfs_root) {
-        // With a BMC the node cap is the BMC's; RAPL psys is the fallback.
-        if !(bmc && l.element() == hostplane_proto::v1::PowerElement::Node) {
+    let sysfs_root = cfg.power.sysfs_root.clone();
+    let state_file = cfg.state_dir.join("power-caps.json");
+    let bmc = sampler.bmc;
+    // Discovery reads sysfs and NVML, and the state file: a blocking thread.
+    let enforcer = tokio::task::spawn_blocking(move || {
+        let mut limiters: Vec<Box<dyn Limiter>> = Vec::new();
+        let has_bmc = bmc.is_some();
+        if let Some(link) = bmc {
+            limiters.push(Box::new(BmcNodeLimiter::new(link)));
+        }
+        for l in RaplLimiter::discover(&sysfs_root) {
+            // With a BMC the node cap is the BMC's; RAPL psys is the fallback.
+            if !(has_bmc && l.element() == hostplane_proto::v1::PowerElement::Node) {
+                limiters.push(Box::new(l));
+            }
+        }
+        for l in NvmlLimiter::discover() {
             limiters.push(Box::new(l));
         }
-    }
-    for l in caps::NvmlLimiter::discover() {
-        limiters.push(Box::new(l));
-    }
+        caps::Enforcer::new(limiters).with_state_file(state_file)
+    })
+    .await;
+    let enforcer = match enforcer {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "power caps: finding the enforcement means failed; caps are not enforced");
+            caps::Enforcer::new(Vec::new())
+        }
+    };
     let c = &subsystems.caps;
-    let handle = caps::spawn(
-        caps::Enforcer::new(limiters).with_state_file(cfg.state_dir.join("power-caps.json")),
-        cfg.power.caps.clone(),
-        c.tasks(),
-        c.token(),
-    );
+    let handle = caps::spawn(enforcer, cfg.power.caps.clone(), c.tasks(), c.token());
     PowerSession::new(telemetry.map(|t| (t, tcfg.batch_interval)), Some(handle))
 }

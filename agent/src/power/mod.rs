@@ -1,10 +1,25 @@
-//! Power telemetry from the node's local sources (issue 4, first part):
-//! RAPL through powercap sysfs and hwmon. Every reading says where it came
-//! from, what it covers, whether it was measured or integrated, over which
-//! window, and — when a source cannot be read — why; never a silent 0.
+//! The node's power, organised by device facet, each with its reading and,
+//! where the device has one, its limiting:
+//! - [`rapl`]: powercap sysfs energy counters; package, dram and psys
+//!   constraints ([`rapl::RaplLimiter`]);
+//! - [`hwmon`]: hwmon power and energy sensors (read only: hwmon has no
+//!   limit the agent sets);
+//! - [`nvml`]: NVIDIA GPUs through one process-wide NVML handle; power
+//!   management limits ([`nvml::NvmlLimiter`]);
+//! - [`redfish`]: the host's BMC over Redfish, polled by [`redfish::poll`];
+//!   the node's power limit ([`redfish::BmcNodeLimiter`]).
 //!
-//! Files are opened once and read with positional reads (`pread`), so a
-//! sample costs no `open`/`close` and memory stays constant.
+//! On top: [`sampler`] (every facet's readings onto `/metrics` and into
+//! [`telemetry`] for the coordinator), [`caps`] (the enforcer: the
+//! coordinator's caps through the facets' limiters, the lease and the safe
+//! cap) and [`cli`] (`hostplane-agent power`). Every reading says where it
+//! came from, what it covers, whether it was measured or integrated, over
+//! which window, and — when a source cannot be read — why; never a silent 0.
+//!
+//! Sysfs files are opened once and read with positional reads (`pread`), so
+//! a sample costs no `open`/`close` and memory stays constant. File and NVML
+//! calls run on blocking threads (the sampler's `spawn_blocking`, the
+//! limiters' own), never on an async worker.
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;

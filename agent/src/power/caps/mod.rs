@@ -1,8 +1,12 @@
-//! Power caps: the agent enforces the caps of its desired state by the best
-//! means the node has — the BMC's power limit over Redfish for the whole
-//! node, NVML power limits per GPU, RAPL constraints per CPU package and
-//! memory domain (RAPL psys for the node when there is no BMC) — and reports,
-//! per device, what was requested and what the device says it enforces.
+//! The cap enforcer, on top of the device facets: the agent enforces the
+//! caps of its desired state by the best means the node has — the BMC's
+//! power limit over Redfish for the whole node
+//! ([`BmcNodeLimiter`](super::redfish::BmcNodeLimiter)), NVML power limits
+//! per GPU ([`NvmlLimiter`](super::nvml::NvmlLimiter)), RAPL constraints per
+//! CPU package and memory domain, RAPL psys for the node when there is no
+//! BMC ([`RaplLimiter`](super::rapl::RaplLimiter)) — each a [`Limiter`] —
+//! and reports, per device, what was requested and what the device says it
+//! enforces.
 //!
 //! The caps come with a lease: when the agent has not heard from the
 //! coordinator for that long it applies the policy's safe node cap on its
@@ -16,7 +20,7 @@
 //! `<state_dir>/power-caps.json`, so a restart neither forgets to lift a cap
 //! removed meanwhile nor takes the agent's own cap for the device's original.
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -102,7 +106,7 @@ impl Enforcer {
 
     /// Keep the devices the agent limited, and their original limits, in
     /// `path`, loading what an earlier run left there. A file that cannot be
-    /// read is logged and treated as empty (nothing was limited).
+    /// read is logged and treated as empty (nothing was limited). Blocking.
     pub fn with_state_file(mut self, path: PathBuf) -> Enforcer {
         let state: CapsState = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
@@ -132,9 +136,21 @@ impl Enforcer {
     }
 
     /// Write the touched set and the originals (atomically: a temporary
-    /// file, then a rename). A failure is logged: enforcement goes on.
-    fn save(&self) {
-        let Some(path) = &self.state_file else { return };
+    /// file, then a rename) on a blocking thread. A failure is logged:
+    /// enforcement goes on.
+    pub async fn persist(&self) {
+        let Some((path, bytes)) = self.state_bytes() else {
+            return;
+        };
+        let r = tokio::task::spawn_blocking(move || write_state(&path, &bytes)).await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "cannot save the power caps state");
+        }
+    }
+
+    /// The state file and what goes in it (no I/O).
+    fn state_bytes(&self) -> Option<(PathBuf, Vec<u8>)> {
+        let path = self.state_file.clone()?;
         let touched: Vec<String> = self.touched().keys().cloned().collect();
         let state = CapsState {
             touched: touched
@@ -149,13 +165,12 @@ impl Enforcer {
                 })
                 .collect(),
         };
-        let tmp = path.with_extension("json.tmp");
-        let r = serde_json::to_vec_pretty(&state)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = r {
-            tracing::error!(path = %path.display(), error = %e, "cannot save the power caps state");
+        match serde_json::to_vec_pretty(&state) {
+            Ok(b) => Some((path, b)),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot encode the power caps state");
+                None
+            }
         }
     }
 
@@ -275,7 +290,7 @@ impl Enforcer {
                     self.touched().remove(l.device()).is_some()
                 };
                 if changed {
-                    self.save();
+                    self.persist().await;
                 }
             }
             Err(e) => st.error = e,
@@ -308,247 +323,12 @@ pub fn element_name(el: PowerElement) -> &'static str {
     }
 }
 
-// ---------------------------------------------------------------- RAPL
-
-/// A RAPL zone's long-term constraint (`constraint_0_power_limit_uw`): the
-/// CPU package cap, the DRAM cap, or (psys) the platform's — the node cap of
-/// a host without a BMC.
-pub struct RaplLimiter {
-    device: String,
-    dir: PathBuf,
-    element: PowerElement,
-    /// The limit before the agent first changed it, restored when lifted.
-    original: Mutex<Option<u64>>,
-}
-
-impl RaplLimiter {
-    /// Every writable package, dram and psys zone under `<sysfs_root>/class/powercap`.
-    pub fn discover(sysfs_root: &Path) -> Vec<RaplLimiter> {
-        let dir = sysfs_root.join("class/powercap");
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            return Vec::new();
-        };
-        let mut names: Vec<String> = rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| (n.starts_with("intel-rapl:") || n.starts_with("amd-rapl:")) && !n.contains("mmio"))
-            .collect();
-        names.sort();
-        names
-            .into_iter()
-            .filter_map(|device| {
-                let z = dir.join(&device);
-                let name = std::fs::read_to_string(z.join("name")).ok()?;
-                let element = match name.trim() {
-                    n if n.starts_with("package") => PowerElement::Cpu,
-                    "dram" => PowerElement::Memory,
-                    "psys" => PowerElement::Node,
-                    _ => return None,
-                };
-                z.join("constraint_0_power_limit_uw")
-                    .exists()
-                    .then(|| RaplLimiter {
-                        device,
-                        dir: z,
-                        element,
-                        original: Mutex::new(None),
-                    })
-            })
-            .collect()
-    }
-
-    fn read_uw(&self, file: &str) -> Result<u64, String> {
-        let p = self.dir.join(file);
-        let s = std::fs::read_to_string(&p).map_err(|e| super::why(&p, &e))?;
-        s.trim()
-            .parse()
-            .map_err(|_| format!("{}: {:?} is not a number", p.display(), s.trim()))
-    }
-}
-
-impl Limiter for RaplLimiter {
-    fn element(&self) -> PowerElement {
-        self.element
-    }
-
-    fn device(&self) -> &str {
-        &self.device
-    }
-
-    fn method(&self) -> &'static str {
-        "rapl"
-    }
-
-    fn range(&self) -> BoxFuture<'_, Option<(f64, f64)>> {
-        Box::pin(async move {
-            let max = self
-                .read_uw("constraint_0_max_power_uw")
-                .ok()
-                .filter(|m| *m > 0)?;
-            Some((0.0, max as f64 / 1e6))
-        })
-    }
-
-    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, String>> {
-        Box::pin(async move {
-            let path = self.dir.join("constraint_0_power_limit_uw");
-            let current = self.read_uw("constraint_0_power_limit_uw")?;
-            let target = {
-                let mut orig = self.original.lock().unwrap_or_else(|p| p.into_inner());
-                match watts {
-                    Some(w) => {
-                        orig.get_or_insert(current);
-                        (w * 1e6).round() as u64
-                    }
-                    None => match orig.take() {
-                        Some(o) => o,
-                        None => return Ok(Some(current as f64 / 1e6)),
-                    },
-                }
-            };
-            if target != current {
-                std::fs::write(&path, target.to_string()).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::PermissionDenied => format!(
-                        "permission denied writing {} (the agent needs root or write access to the powercap files)",
-                        path.display()
-                    ),
-                    _ => format!("writing {}: {e}", path.display()),
-                })?;
-            }
-            let now = self.read_uw("constraint_0_power_limit_uw")?;
-            Ok(Some(now as f64 / 1e6))
-        })
-    }
-
-    fn original(&self) -> Option<u64> {
-        *self.original.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn restore_original(&self, original: Option<u64>) {
-        *self.original.lock().unwrap_or_else(|p| p.into_inner()) = original;
-    }
-}
-
-// ---------------------------------------------------------------- BMC
-
-/// The node's power limit through its BMC over Redfish (`Controls/PowerLimit`,
-/// else `Power.PowerControl[0].PowerLimit`), via the sampler's BMC link.
-pub struct BmcNodeLimiter {
-    link: super::redfish::BmcLink,
-}
-
-impl BmcNodeLimiter {
-    pub fn new(link: super::redfish::BmcLink) -> BmcNodeLimiter {
-        BmcNodeLimiter { link }
-    }
-
-    fn client(&self) -> Result<std::sync::Arc<super::redfish::RedfishClient>, String> {
-        self.link.client().ok_or_else(|| {
-            format!(
-                "the BMC at {} has not been reached yet (see the agent log for why)",
-                self.link.url()
-            )
-        })
-    }
-}
-
-impl Limiter for BmcNodeLimiter {
-    fn element(&self) -> PowerElement {
-        PowerElement::Node
-    }
-
-    fn device(&self) -> &str {
-        "node"
-    }
-
-    fn method(&self) -> &'static str {
-        "redfish"
-    }
-
-    fn range(&self) -> BoxFuture<'_, Option<(f64, f64)>> {
-        Box::pin(async move { self.client().ok()?.node_limit_range().await.ok() })
-    }
-
-    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, String>> {
-        Box::pin(async move {
-            let c = self.client()?;
-            c.set_node_limit(watts).await.map_err(|e| e.to_string())
-        })
-    }
-}
-
-// ---------------------------------------------------------------- NVML
-
-/// A GPU's power management limit through NVML (needs root).
-pub struct NvmlLimiter {
-    nvml: std::sync::Arc<nvml_wrapper::Nvml>,
-    index: u32,
-    device: String,
-}
-
-impl NvmlLimiter {
-    /// One per GPU NVML sees; none when the library is absent.
-    pub fn discover() -> Vec<NvmlLimiter> {
-        let Ok(nvml) = nvml_wrapper::Nvml::init() else {
-            return Vec::new();
-        };
-        let nvml = std::sync::Arc::new(nvml);
-        let count = nvml.device_count().unwrap_or(0);
-        (0..count)
-            .map(|i| NvmlLimiter {
-                device: super::nvml::device_id(&nvml, i),
-                nvml: nvml.clone(),
-                index: i,
-            })
-            .collect()
-    }
-}
-
-impl Limiter for NvmlLimiter {
-    fn element(&self) -> PowerElement {
-        PowerElement::Gpu
-    }
-
-    fn device(&self) -> &str {
-        &self.device
-    }
-
-    fn method(&self) -> &'static str {
-        "nvml"
-    }
-
-    fn range(&self) -> BoxFuture<'_, Option<(f64, f64)>> {
-        Box::pin(async move {
-            let d = self.nvml.device_by_index(self.index).ok()?;
-            let c = d.power_management_limit_constraints().ok()?;
-            Some((f64::from(c.min_limit) / 1e3, f64::from(c.max_limit) / 1e3))
-        })
-    }
-
-    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, String>> {
-        Box::pin(async move {
-            let i = self.index;
-            let mut d = self
-                .nvml
-                .device_by_index(i)
-                .map_err(|e| format!("NVML GPU {i}: {e}"))?;
-            let mw = match watts {
-                Some(w) => (w * 1e3).round() as u32,
-                None => d
-                    .power_management_limit_default()
-                    .map_err(|e| format!("NVML default power limit of GPU {i}: {e}"))?,
-            };
-            d.set_power_management_limit(mw).map_err(|e| match e {
-                nvml_wrapper::error::NvmlError::NoPermission => format!(
-                    "NVML refused to set the power limit of GPU {i}: no permission (the agent must run as root)"
-                ),
-                e => format!("NVML set power limit of GPU {i} to {mw} mW: {e}"),
-            })?;
-            let now = d
-                .enforced_power_limit()
-                .map_err(|e| format!("NVML enforced power limit of GPU {i}: {e}"))?;
-            Ok(Some(f64::from(now) / 1e3))
-        })
+/// Write `bytes` to `path` through a temporary file and a rename; a failure is logged.
+fn write_state(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("json.tmp");
+    let r = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        tracing::error!(path = %path.display(), error = %e, "cannot save the power caps state");
     }
 }
 
@@ -670,9 +450,7 @@ pub fn spawn(
             }
             // Whatever was limited stays on record, so the next start lifts
             // or keeps it (the drain's "persist caps state").
-            if let Err(e) = tokio::task::spawn_blocking(move || enforcer.save()).await {
-                tracing::error!(error = %e, "cannot save the power caps state");
-            }
+            enforcer.persist().await;
             tracing::debug!("power caps stopped; state saved");
         }
         .instrument(tracing::info_span!("power_caps")),
@@ -716,5 +494,4 @@ fn log_report(r: &PowerCapReport) {
 }
 
 #[cfg(test)]
-#[path = "caps_tests.rs"]
 mod tests;

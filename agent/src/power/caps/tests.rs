@@ -3,6 +3,9 @@ use std::sync::Arc;
 use hostplane_proto::v1::PowerLimit;
 
 use super::*;
+use std::path::Path;
+
+use crate::power::rapl::RaplLimiter;
 
 /// A limiter that records what it was asked and enforces it exactly.
 struct Fake {

@@ -1,10 +1,17 @@
-//! NVIDIA GPUs through NVML, loaded at run time (`libnvidia-ml.so.1` via
-//! nvml-wrapper, which dlopens it): a host without the library simply has no
-//! GPU source — the same binary runs everywhere. Per GPU: the power NVML
-//! measures (`nvmlDeviceGetPowerUsage`, mW) and the energy counter
+//! The NVIDIA GPU facet, through NVML loaded at run time
+//! (`libnvidia-ml.so.1` via nvml-wrapper, which dlopens it): a host without
+//! the library simply has no GPU source — the same binary runs everywhere.
+//! Reading (here): per GPU the power NVML measures
+//! (`nvmlDeviceGetPowerUsage`, mW) and the energy counter
 //! (`nvmlDeviceGetTotalEnergyConsumption`, mJ since the driver loaded).
-//! When the library is there but NVML does not initialise (the driver not
-//! loaded yet), it is tried again every [`RETRY_INIT`].
+//! Limiting ([`limit`]): the GPU's power management limit. Both use the one
+//! process-wide NVML handle ([`shared`]). When the library is there but NVML
+//! does not initialise (the driver not loaded yet), it is tried again every
+//! [`RETRY_INIT`]. Every NVML call blocks: callers run them on a blocking
+//! thread (the sampler's `spawn_blocking`, the limiter's own).
+mod limit;
+
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nvml_wrapper::Nvml;
@@ -17,11 +24,26 @@ use super::{Method, Reading, Scope};
 pub const RETRY_INIT: Duration = Duration::from_secs(60);
 
 pub use super::EnergySince;
+pub use limit::NvmlLimiter;
 
-type Init = fn() -> Result<Nvml, NvmlError>;
+type Init = fn() -> Result<Arc<Nvml>, NvmlError>;
+
+/// The process's NVML handle, initialised on first success and shared by
+/// the readings and the limits (NVML's own init is process-wide too).
+/// Blocking.
+pub fn shared() -> Result<Arc<Nvml>, NvmlError> {
+    static HANDLE: Mutex<Option<Arc<Nvml>>> = Mutex::new(None);
+    let mut h = HANDLE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = h.as_ref() {
+        return Ok(n.clone());
+    }
+    let n = Arc::new(Nvml::init()?);
+    *h = Some(n.clone());
+    Ok(n)
+}
 
 pub struct Gpus {
-    nvml: Option<Nvml>,
+    nvml: Option<Arc<Nvml>>,
     /// (name, uuid) per index, read once.
     ids: Vec<String>,
     energy: Vec<EnergySince>,
@@ -35,7 +57,7 @@ pub struct Gpus {
 
 impl Gpus {
     pub fn discover() -> Gpus {
-        Gpus::discover_with(Nvml::init, Instant::now())
+        Gpus::discover_with(shared, Instant::now())
     }
 
     fn discover_with(init: Init, now: Instant) -> Gpus {
@@ -177,7 +199,7 @@ mod tests {
 
     static INIT_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-    fn driver_not_loaded() -> Result<Nvml, NvmlError> {
+    fn driver_not_loaded() -> Result<Arc<Nvml>, NvmlError> {
         INIT_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Err(NvmlError::DriverNotLoaded)
     }

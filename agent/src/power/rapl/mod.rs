@@ -1,14 +1,18 @@
-//! RAPL through powercap sysfs: every zone and subzone under
-//! `<sysfs>/class/powercap/intel-rapl:*` (and `amd-rapl` where present),
-//! energy counters integrated into watts, wraparound handled with the zone's
-//! own `max_energy_range_uj`. The first sample of a zone (or the first after
-//! it could not be read) yields energy but no watts, never a wild number. A
-//! zone whose counter cannot be opened or read is opened again every
-//! [`REOPEN_EVERY`](super::REOPEN_EVERY) samples.
+//! The RAPL facet, through powercap sysfs. Reading (here): every zone and
+//! subzone under `<sysfs>/class/powercap/intel-rapl:*` (and `amd-rapl` where
+//! present), energy counters integrated into watts, wraparound handled with
+//! the zone's own `max_energy_range_uj`. The first sample of a zone (or the
+//! first after it could not be read) yields energy but no watts, never a
+//! wild number. A zone whose counter cannot be opened or read is opened
+//! again every [`REOPEN_EVERY`](super::REOPEN_EVERY) samples. Limiting
+//! ([`limit`]): the package, dram and psys zones' long-term constraint.
+mod limit;
+
 use std::path::Path;
 use std::time::Instant;
 
 use super::{Integrator, Method, Reading, ReopeningCounter, Scope, why};
+pub use limit::RaplLimiter;
 
 struct Zone {
     device: String,

@@ -26,10 +26,12 @@ use discover::{find_gpus, find_node, http_client, origin, warn_if_readable_by_ot
 
 mod discover;
 mod http;
+mod limit;
 pub mod parse;
 pub mod poll;
 
 pub use http::{RequestCounts, RequestOutcome};
+pub use limit::BmcNodeLimiter;
 pub use poll::BmcLink;
 
 /// The `power.bmc` section of the agent config.
