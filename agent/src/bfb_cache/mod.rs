@@ -44,6 +44,35 @@ pub struct CacheConfig {
     pub stall_timeout: Duration,
 }
 
+impl CacheConfig {
+    /// The `cache:` section's own checks: the field (as the config names
+    /// it) and why, for the first problem found.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !self.dir.is_absolute() {
+            return Err((
+                "cache.dir",
+                format!("{} must be an absolute path", self.dir.display()),
+            ));
+        }
+        if self.max_bytes == 0 {
+            return Err(("cache.max_bytes", "must be greater than 0".into()));
+        }
+        if self.max_attempts == 0 {
+            return Err(("cache.max_attempts", "must be at least 1".into()));
+        }
+        for (field, d) in [
+            ("cache.retry_backoff", self.retry_backoff),
+            ("cache.connect_timeout", self.connect_timeout),
+            ("cache.stall_timeout", self.stall_timeout),
+        ] {
+            if d.is_zero() {
+                return Err((field, "must be greater than 0".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {

@@ -30,6 +30,7 @@ use serde::Serialize;
 
 pub mod caps;
 pub mod cli;
+pub mod config;
 pub mod hwmon;
 pub mod nvml;
 pub mod rapl;

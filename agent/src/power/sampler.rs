@@ -11,9 +11,8 @@
 //! `power.bmc.poll_interval` and each sample includes its last readings,
 //! with their age.
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,45 +20,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::caps::CapsConfig;
-use super::redfish::{BmcConfig, BmcLink};
-use super::telemetry::{Telemetry, TelemetryBuffer, TelemetryConfig};
+use super::redfish::BmcLink;
+use super::telemetry::{Telemetry, TelemetryBuffer};
 use super::{Reading, Sources};
 
-/// The `power:` section of the agent config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PowerConfig {
-    pub enabled: bool,
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Where `class/powercap` and `class/hwmon` are read.
-    pub sysfs_root: PathBuf,
-    /// Samples sent to the coordinator (`power.telemetry`).
-    pub telemetry: TelemetryConfig,
-    /// Enforcing the coordinator's caps (`power.caps`).
-    pub caps: CapsConfig,
-    /// The host's BMC over Redfish (`power.bmc`; off while `url` is empty).
-    pub bmc: BmcConfig,
-}
-
-impl Default for PowerConfig {
-    fn default() -> Self {
-        PowerConfig {
-            enabled: true,
-            interval: Duration::from_secs(1),
-            sysfs_root: PathBuf::from("/sys"),
-            telemetry: TelemetryConfig::default(),
-            caps: CapsConfig::default(),
-            bmc: BmcConfig::default(),
-        }
-    }
-}
+pub use super::config::PowerConfig;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -283,6 +252,9 @@ pub fn spawn(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::super::telemetry::TelemetryConfig;
     use super::*;
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! restarts; the stored desired state whose networks are re-applied at start.
 mod backoff;
 mod command;
+mod config;
 mod connector;
 mod desired;
 pub mod journal;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
 pub use command::PROGRESS_INTERVAL;
+pub use config::SessionConfig;
 pub use connector::{ConnectError, Connector, GrpcConnector, Inbound};
 pub use journal::{Journal, JournalError};
 pub use network::{HostNetworks, NetSync};
