@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use hostplane_agent::power::caps::{self, CapsConfig, Enforcer, Limiter};
+use hostplane_agent::power::caps::{self, CapsConfig, Enforcer, LimitError, Limiter};
 use hostplane_agent::power::telemetry::{Telemetry, TelemetryBuffer, TelemetryConfig};
 use hostplane_agent::power::{Method, Reading, Scope};
 use hostplane_agent::session::PowerSession;
@@ -33,7 +33,7 @@ impl Limiter for NodeLimit {
     fn range(&self) -> BoxFuture<'_, Option<(f64, f64)>> {
         Box::pin(async { Some((1000.0, 10000.0)) })
     }
-    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, String>> {
+    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, LimitError>> {
         Box::pin(async move {
             *self.0.lock().unwrap() = watts;
             Ok(watts)

@@ -58,6 +58,44 @@ impl Default for CapsConfig {
 }
 
 /// One device the agent can limit.
+/// Why a limit could not be set. The enforcer branches on
+/// [`LimitError::is_transient`]: a means that is not ready yet is tried
+/// again at the next tick rather than after `reverify_interval`.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    /// The BMC has not been reached yet (the poller is still connecting).
+    #[error("the BMC at {url} has not been reached yet (see the agent log for why)")]
+    BmcNotReached { url: String },
+    #[error("permission denied writing {} (the agent needs root or write access to the powercap files)", path.display())]
+    PermissionDenied { path: PathBuf },
+    #[error("NVML refused to set the power limit of GPU {gpu}: no permission (the agent must run as root)")]
+    NvmlNoPermission { gpu: u32 },
+    #[error(transparent)]
+    Redfish(#[from] super::redfish::RedfishError),
+    /// Any other failure of the device; the text names the file or GPU.
+    #[error("{0}")]
+    Device(String),
+}
+
+impl LimitError {
+    /// Worth trying again soon: the means may be ready in a moment.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LimitError::BmcNotReached { .. } => true,
+            LimitError::PermissionDenied { .. }
+            | LimitError::NvmlNoPermission { .. }
+            | LimitError::Redfish(_)
+            | LimitError::Device(_) => false,
+        }
+    }
+}
+
+impl From<String> for LimitError {
+    fn from(s: String) -> LimitError {
+        LimitError::Device(s)
+    }
+}
+
 pub trait Limiter: Send + Sync {
     fn element(&self) -> PowerElement;
     /// e.g. `node`, `gpu0:NVIDIA H100:GPU-…`, `intel-rapl:0`.
@@ -69,7 +107,7 @@ pub trait Limiter: Send + Sync {
     /// Set `Some(watts)`, or lift the limit with None (back to the device's
     /// own default or the value it had before the agent changed it).
     /// Returns the limit the device reports after the change (None: none).
-    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, String>>;
+    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, LimitError>>;
     /// The device's own limit from before the agent changed it, when the
     /// limiter restores one on lift (RAPL: µW). Saved across restarts.
     fn original(&self) -> Option<u64> {
@@ -93,6 +131,8 @@ pub struct Enforcer {
     touched: Mutex<HashMap<String, ()>>,
     /// Where `touched` and the originals are saved (None: memory only).
     state_file: Option<PathBuf>,
+    /// A limiter failed transiently during the last enforcement.
+    retry_soon: std::sync::atomic::AtomicBool,
 }
 
 impl Enforcer {
@@ -101,6 +141,7 @@ impl Enforcer {
             limiters,
             touched: Mutex::new(HashMap::new()),
             state_file: None,
+            retry_soon: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -172,6 +213,12 @@ impl Enforcer {
                 None
             }
         }
+    }
+
+    /// Whether a limiter failed transiently since the last call (a BMC not
+    /// reached yet): the caps task then enforces again at its next tick.
+    pub fn take_retry_soon(&self) -> bool {
+        self.retry_soon.swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -293,7 +340,12 @@ impl Enforcer {
                     self.persist().await;
                 }
             }
-            Err(e) => st.error = e,
+            Err(e) => {
+                if e.is_transient() {
+                    self.retry_soon.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                st.error = e.to_string();
+            }
         }
         st
     }
@@ -440,6 +492,10 @@ pub fn spawn(
                 } else {
                     disabled_report(d.version, d.caps.as_ref())
                 };
+                if enforcer.take_retry_soon() {
+                    // A means that was not ready (the BMC still connecting): again at the next tick.
+                    reverify_at = Instant::now();
+                }
                 if last.as_ref() != Some(&report) {
                     log_report(&report);
                     last = Some(report.clone());

@@ -29,11 +29,11 @@ impl Limiter for Fake {
     fn range(&self) -> BoxFuture<'_, Option<(f64, f64)>> {
         Box::pin(async move { self.range })
     }
-    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, String>> {
+    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, LimitError>> {
         Box::pin(async move {
             self.log.lock().unwrap().push((self.device.clone(), watts));
             match &self.fail {
-                Some(e) => Err(e.clone()),
+                Some(e) => Err(LimitError::Device(e.clone())),
                 None => Ok(watts),
             }
         })
@@ -325,4 +325,79 @@ async fn the_task_applies_the_safe_cap_after_the_lease_and_returns_when_heard() 
     assert!(!r.safe_mode);
     assert_eq!(status(&r, "node").effective_watts, 6000.0);
     shutdown.cancel();
+}
+
+/// Fails with `first` for its first `fails` calls, then enforces what it is asked.
+struct Flaky {
+    fails: std::sync::atomic::AtomicU32,
+    transient: bool,
+    calls: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Limiter for Flaky {
+    fn element(&self) -> PowerElement {
+        PowerElement::Node
+    }
+    fn device(&self) -> &str {
+        "node"
+    }
+    fn method(&self) -> &'static str {
+        "flaky"
+    }
+    fn range(&self) -> BoxFuture<'_, Option<(f64, f64)>> {
+        Box::pin(async { None })
+    }
+    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, LimitError>> {
+        Box::pin(async move {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.calls.fetch_add(1, SeqCst);
+            if self.fails.load(SeqCst) > 0 {
+                self.fails.fetch_sub(1, SeqCst);
+                return Err(if self.transient {
+                    LimitError::BmcNotReached {
+                        url: "https://bmc".into(),
+                    }
+                } else {
+                    LimitError::Device("the device said no".into())
+                });
+            }
+            Ok(watts)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_means_not_ready_yet_is_tried_again_at_the_next_tick_not_after_reverify() {
+    for transient in [true, false] {
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let e = Enforcer::new(vec![Box::new(Flaky {
+            fails: 2.into(),
+            transient,
+            calls: calls.clone(),
+        })]);
+        let shutdown = CancellationToken::new();
+        let cfg = CapsConfig {
+            reverify_interval: Duration::from_secs(30),
+            ..CapsConfig::default()
+        };
+        let mut h = spawn(e, cfg, &TaskTracker::new(), shutdown.clone());
+        h.heard();
+        h.set(1, Some(caps(5000.0, 0.0, vec![])));
+        let r = h.reports.recv().await.unwrap();
+        assert!(!status(&r, "node").error.is_empty(), "the first try fails: {r:?}");
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            h.heard();
+        }
+        let n = calls.load(std::sync::atomic::Ordering::SeqCst);
+        if transient {
+            assert_eq!(n, 3, "retried each tick until it took");
+            let r = h.reports.try_recv().expect("a report once it took");
+            assert_eq!(status(&r, "node").effective_watts, 5000.0);
+            assert!(status(&r, "node").error.is_empty(), "{r:?}");
+        } else {
+            assert_eq!(n, 1, "a lasting failure waits for reverify_interval");
+        }
+        shutdown.cancel();
+    }
 }

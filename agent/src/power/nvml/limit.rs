@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use hostplane_proto::v1::PowerElement;
 use nvml_wrapper::Nvml;
 
-use crate::power::caps::Limiter;
+use crate::power::caps::{LimitError, Limiter};
 
 /// A GPU's power management limit through NVML (needs root).
 pub struct NvmlLimiter {
@@ -35,14 +35,14 @@ impl NvmlLimiter {
 
 /// Run NVML calls on a blocking thread, never on an async worker.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce() -> Result<T, LimitError> + Send + 'static,
+) -> Result<T, LimitError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| format!("the NVML thread failed: {e}"))?
+        .map_err(|e| LimitError::Device(format!("the NVML thread failed: {e}")))?
 }
 
-fn apply_blocking(nvml: &Nvml, i: u32, watts: Option<f64>) -> Result<Option<f64>, String> {
+fn apply_blocking(nvml: &Nvml, i: u32, watts: Option<f64>) -> Result<Option<f64>, LimitError> {
     let mut d = nvml
         .device_by_index(i)
         .map_err(|e| format!("NVML GPU {i}: {e}"))?;
@@ -53,12 +53,8 @@ fn apply_blocking(nvml: &Nvml, i: u32, watts: Option<f64>) -> Result<Option<f64>
             .map_err(|e| format!("NVML default power limit of GPU {i}: {e}"))?,
     };
     d.set_power_management_limit(mw).map_err(|e| match e {
-        nvml_wrapper::error::NvmlError::NoPermission => {
-            format!(
-                "NVML refused to set the power limit of GPU {i}: no permission (the agent must run as root)"
-            )
-        }
-        e => format!("NVML set power limit of GPU {i} to {mw} mW: {e}"),
+        nvml_wrapper::error::NvmlError::NoPermission => LimitError::NvmlNoPermission { gpu: i },
+        e => LimitError::Device(format!("NVML set power limit of GPU {i} to {mw} mW: {e}")),
     })?;
     let now = d
         .enforced_power_limit()
@@ -83,10 +79,12 @@ impl Limiter for NvmlLimiter {
         let (nvml, i) = (self.nvml.clone(), self.index);
         Box::pin(async move {
             blocking(move || {
-                let d = nvml.device_by_index(i).map_err(|e| e.to_string())?;
+                let d = nvml
+                    .device_by_index(i)
+                    .map_err(|e| LimitError::Device(e.to_string()))?;
                 let c = d
                     .power_management_limit_constraints()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| LimitError::Device(e.to_string()))?;
                 Ok((f64::from(c.min_limit) / 1e3, f64::from(c.max_limit) / 1e3))
             })
             .await
@@ -94,7 +92,7 @@ impl Limiter for NvmlLimiter {
         })
     }
 
-    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, String>> {
+    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, LimitError>> {
         let (nvml, i) = (self.nvml.clone(), self.index);
         Box::pin(blocking(move || apply_blocking(&nvml, i, watts)))
     }

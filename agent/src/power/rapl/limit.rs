@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use hostplane_proto::v1::PowerElement;
 
-use crate::power::caps::Limiter;
+use crate::power::caps::{LimitError, Limiter};
 
 /// A RAPL zone's long-term constraint (`constraint_0_power_limit_uw`): the
 /// CPU package cap, the DRAM cap, or (psys) the platform's — the node cap of
@@ -66,11 +66,11 @@ fn read_uw(dir: &Path, file: &str) -> Result<u64, String> {
 
 /// Run sysfs I/O on a blocking thread, never on an async worker.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce() -> Result<T, LimitError> + Send + 'static,
+) -> Result<T, LimitError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| format!("the powercap I/O thread failed: {e}"))?
+        .map_err(|e| LimitError::Device(format!("the powercap I/O thread failed: {e}")))?
 }
 
 /// Set (or, with None, restore) the constraint; the limit now in force.
@@ -78,7 +78,7 @@ fn apply_blocking(
     dir: &Path,
     original: &Mutex<Option<u64>>,
     watts: Option<f64>,
-) -> Result<Option<f64>, String> {
+) -> Result<Option<f64>, LimitError> {
     let path = dir.join("constraint_0_power_limit_uw");
     let current = read_uw(dir, "constraint_0_power_limit_uw")?;
     let target = {
@@ -96,11 +96,8 @@ fn apply_blocking(
     };
     if target != current {
         std::fs::write(&path, target.to_string()).map_err(|e| match e.kind() {
-            std::io::ErrorKind::PermissionDenied => format!(
-                "permission denied writing {} (the agent needs root or write access to the powercap files)",
-                path.display()
-            ),
-            _ => format!("writing {}: {e}", path.display()),
+            std::io::ErrorKind::PermissionDenied => LimitError::PermissionDenied { path: path.clone() },
+            _ => LimitError::Device(format!("writing {}: {e}", path.display())),
         })?;
     }
     let now = read_uw(dir, "constraint_0_power_limit_uw")?;
@@ -123,7 +120,7 @@ impl Limiter for RaplLimiter {
     fn range(&self) -> BoxFuture<'_, Option<(f64, f64)>> {
         let dir = self.dir.clone();
         Box::pin(async move {
-            let max = blocking(move || read_uw(&dir, "constraint_0_max_power_uw"))
+            let max = blocking(move || Ok(read_uw(&dir, "constraint_0_max_power_uw")?))
                 .await
                 .ok()
                 .filter(|m| *m > 0)?;
@@ -131,7 +128,7 @@ impl Limiter for RaplLimiter {
         })
     }
 
-    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, String>> {
+    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, LimitError>> {
         let (dir, original) = (self.dir.clone(), self.original.clone());
         Box::pin(blocking(move || apply_blocking(&dir, &original, watts)))
     }

@@ -3,7 +3,7 @@
 use futures::future::BoxFuture;
 use hostplane_proto::v1::PowerElement;
 
-use crate::power::caps::Limiter;
+use crate::power::caps::{LimitError, Limiter};
 
 /// The node's power limit through its BMC over Redfish (`Controls/PowerLimit`,
 /// else `Power.PowerControl[0].PowerLimit`), via the sampler's BMC link.
@@ -16,12 +16,9 @@ impl BmcNodeLimiter {
         BmcNodeLimiter { link }
     }
 
-    fn client(&self) -> Result<std::sync::Arc<super::RedfishClient>, String> {
-        self.link.client().ok_or_else(|| {
-            format!(
-                "the BMC at {} has not been reached yet (see the agent log for why)",
-                self.link.url()
-            )
+    fn client(&self) -> Result<std::sync::Arc<super::RedfishClient>, LimitError> {
+        self.link.client().ok_or_else(|| LimitError::BmcNotReached {
+            url: self.link.url().to_string(),
         })
     }
 }
@@ -43,10 +40,10 @@ impl Limiter for BmcNodeLimiter {
         Box::pin(async move { self.client().ok()?.node_limit_range().await.ok() })
     }
 
-    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, String>> {
+    fn apply(&self, watts: Option<f64>) -> BoxFuture<'_, Result<Option<f64>, LimitError>> {
         Box::pin(async move {
             let c = self.client()?;
-            c.set_node_limit(watts).await.map_err(|e| e.to_string())
+            Ok(c.set_node_limit(watts).await?)
         })
     }
 }
