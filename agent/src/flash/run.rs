@@ -21,6 +21,9 @@ use crate::rshim::{MiscClient, MiscSnapshot, RshimError, RshimPaths, describe_er
 const MAX_MISC_ERRORS: u32 = 5;
 /// How long a cancelled flash waits for the writer thread to close `boot`.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// How long a DPU failure line seen during the push waits for the push's
+/// own result (a failed push is the cause of the DPU's complaint).
+const PUSH_RESULT_GRACE: Duration = Duration::from_secs(1);
 /// When the device took our `BOOT_TIMEOUT`, the driver fails a stalled write
 /// itself; the agent's own stall timer then waits this much longer, as a
 /// backstop, so that the driver's ETIMEDOUT is what gets reported.
@@ -362,6 +365,16 @@ impl Follow<'_> {
                                 Decision::Continue => {}
                                 Decision::Success(line) => success = Some(line),
                                 Decision::Failure(e) => {
+                                    if pushing {
+                                        // A push that failed closes `boot`, and the DPU
+                                        // then logs about the cut stream: the push's own
+                                        // error is the cause, if it comes at once.
+                                        if let Ok(res) = tokio::time::timeout(PUSH_RESULT_GRACE, &mut push.done).await
+                                            && let Err(cause) = self.push_result(res, &push)
+                                        {
+                                            return Err(cause);
+                                        }
+                                    }
                                     push.stop();
                                     return Err(e);
                                 }
