@@ -258,6 +258,7 @@ async fn sigterm_while_every_subsystem_is_busy_cleans_each_up_and_exits_0() -> R
     // The drain went in order and each subsystem ended within the deadline.
     let order = [
         "stopping the subsystems",
+        "\"bfb_cache\"",
         "\"power_caps\"",
         "\"power\"",
         "\"net\"",

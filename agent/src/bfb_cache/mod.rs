@@ -196,6 +196,9 @@ pub(crate) struct Inner {
     cfg: CacheConfig,
     client: reqwest::Client,
     state: Mutex<State>,
+    /// The download jobs (one per image being fetched): owned here, so a
+    /// shutdown can wait for them ([`BfbCache::tasks`]).
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Inner {
@@ -274,7 +277,19 @@ pub struct BfbCache {
 }
 
 impl BfbCache {
+    /// The download jobs in flight. A job ends once nobody waits for its
+    /// image any more (every fetch cancelled or dropped), so after the
+    /// commands have stopped, close this and wait for it to drain.
+    pub fn tasks(&self) -> &tokio_util::task::TaskTracker {
+        &self.inner.tasks
+    }
+
     pub fn new(cfg: CacheConfig) -> Result<BfbCache, CacheError> {
+        BfbCache::new_in(cfg, tokio_util::task::TaskTracker::new())
+    }
+
+    /// [`BfbCache::new`] with its download jobs in `tasks` (the daemon's).
+    pub fn new_in(cfg: CacheConfig, tasks: tokio_util::task::TaskTracker) -> Result<BfbCache, CacheError> {
         let client = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .build()
@@ -286,6 +301,7 @@ impl BfbCache {
                 cfg,
                 client,
                 state: Mutex::default(),
+                tasks,
             }),
         })
     }
@@ -352,7 +368,7 @@ impl BfbCache {
                             tx,
                         };
                         let span = tracing::info_span!("bfb_fetch", url = %url, sha256 = %digest);
-                        tokio::spawn(job.run().instrument(span));
+                        self.inner.tasks.spawn(job.run().instrument(span));
                         rx
                     }
                 };

@@ -9,7 +9,8 @@
 //! 1. the session stops taking commands and gives the running ones
 //!    `shutdown_grace` to stop at a safe point (a flash restores the rshim's
 //!    misc values; one stopped this way is journaled INTERRUPTED);
-//! 2. the caps enforcer finishes what it is applying and saves its state;
+//! 2. the bfb cache's downloads end (nobody waits for them any more); the
+//!    caps enforcer finishes what it is applying and saves its state;
 //! 3. the power sampler stops and the BMC poller deletes its Redfish session;
 //! 4. host networking and the metrics endpoint stop;
 //! 5. the stream to the coordinator closes, and the process exits 0.
@@ -55,6 +56,8 @@ pub enum DaemonError {
 
 /// The subsystems' task owners, stopped in this order after the session's commands.
 struct Subsystems {
+    /// The bfb cache's download jobs (they end once no command waits for them).
+    bfb_cache: Subsystem,
     caps: Subsystem,
     power: Subsystem,
     net: Subsystem,
@@ -64,6 +67,7 @@ struct Subsystems {
 impl Subsystems {
     fn new() -> Subsystems {
         Subsystems {
+            bfb_cache: Subsystem::new("bfb_cache"),
             caps: Subsystem::new("power_caps"),
             power: Subsystem::new("power"),
             net: Subsystem::new("net"),
@@ -76,7 +80,7 @@ impl Subsystems {
     async fn stop(&self, deadline: Duration) -> bool {
         let end = Instant::now() + deadline;
         let mut all = true;
-        for s in [&self.caps, &self.power, &self.net, &self.metrics] {
+        for s in [&self.bfb_cache, &self.caps, &self.power, &self.net, &self.metrics] {
             let left = end.saturating_duration_since(Instant::now());
             all &= s.stop(left).await;
         }
@@ -108,7 +112,8 @@ impl Daemon {
     }
 
     async fn build(cfg: Config, subsystems: Arc<Subsystems>) -> Result<Daemon, DaemonError> {
-        let cache = Arc::new(BfbCache::new(cfg.cache.clone()).map_err(DaemonError::Cache)?);
+        let cache = BfbCache::new_in(cfg.cache.clone(), subsystems.bfb_cache.tasks().clone());
+        let cache = Arc::new(cache.map_err(DaemonError::Cache)?);
         let flasher = Flasher::new(cfg.flash_config(), cache);
         let mut executor = HostExecutor::new(Arc::new(flasher), cfg.reboot_command.clone());
         let mut registry = Registry::default();
@@ -156,7 +161,7 @@ impl Daemon {
         let drain: BeforeClose = Box::pin(async move {
             tracing::info!(
                 ?deadline,
-                "stopping the subsystems: power caps, power and BMC, network, metrics"
+                "stopping the subsystems: bfb cache downloads, power caps, power and BMC, network, metrics"
             );
             subsystems.stop(deadline).await;
         });
