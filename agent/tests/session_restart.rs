@@ -44,11 +44,18 @@ async fn shutdown_cancels_commands_and_gives_up_after_the_grace_period() {
     // Returns (within PATIENCE) although "stuck" never stops.
     s.agent.stop().await.unwrap();
 
+    // Stopped at a safe point by the agent's own shutdown: INTERRUPTED (as a
+    // restart would say), not CANCELLED (the coordinator never withdrew it).
     let (_, r) = s.coord.until_result("polite").await;
-    assert_eq!(r.outcome(), CommandOutcome::Cancelled, "sent while stopping");
+    assert_eq!(r.outcome(), CommandOutcome::Interrupted, "sent while stopping");
+    assert!(
+        r.message.ends_with("(the agent was shutting down)"),
+        "{}",
+        r.message
+    );
     let j = journal_json(s.dir.path());
     assert_eq!(
-        j["entries"]["polite"]["result"]["outcome"], "COMMAND_OUTCOME_CANCELLED",
+        j["entries"]["polite"]["result"]["outcome"], "COMMAND_OUTCOME_INTERRUPTED",
         "{j}"
     );
     assert!(j["entries"]["stuck"]["result"].is_null(), "{j}");
