@@ -224,7 +224,11 @@ pub fn start(cfg: NetConfig, shutdown: CancellationToken) -> Result<NetHandle, N
 
 /// [`start`] with the owner task in `tasks`, so the caller can wait for it to
 /// end (its last repair done) after cancelling `shutdown`.
-pub fn start_in(cfg: NetConfig, tasks: &TaskTracker, shutdown: CancellationToken) -> Result<NetHandle, NetError> {
+pub fn start_in(
+    cfg: NetConfig,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<NetHandle, NetError> {
     let nl = Netlink::open(cfg.netns.as_deref())?;
     let events = Netlink::watch(cfg.netns.as_deref())?;
     let (tx, rx) = mpsc::channel(8);
