@@ -1,10 +1,13 @@
-//! hostplane-agent: the per-host daemon. It keeps one stream to the
-//! coordinator ([`session`]), runs the commands it is given ([`exec`]) and
-//! remembers them across restarts ([`session::journal`]).
+//! hostplane-agent: the per-host daemon. The [`daemon`] builds every
+//! subsystem from the [`config::Config`] and owns their tasks: the stream to
+//! the coordinator ([`session`]), the commands it is given ([`exec`],
+//! [`flash`]) and their journal across restarts ([`session::journal`]), host
+//! networking ([`net`]), power telemetry and caps ([`power`]) and the
+//! metrics endpoint ([`metrics`]).
 //!
-//! `main.rs` only parses arguments, sets up logging and signals, loads the
-//! [`config::Config`] and calls [`run`]; tests run the agent in-process the
-//! same way with a fake [`exec::Executor`].
+//! `main.rs` only parses the command line and dispatches to [`cli`]; tests
+//! run the agent in-process through [`run`] / [`run_with`] with a fake
+//! [`exec::Executor`].
 pub mod bfb_cache;
 pub mod bfcfg;
 pub mod cli;
@@ -18,5 +21,6 @@ pub mod net;
 pub mod power;
 pub mod rshim;
 pub mod session;
+pub mod state_file;
 
 pub use session::{AgentError, run, run_with};

@@ -289,6 +289,11 @@ impl Scanner<'_> {
                         self.bump();
                     }
                     Some(b'#') => self.skip_comment(),
+                    // bash refuses a `;` inside an array; and `word` would
+                    // stop at it without moving on.
+                    Some(b';') => {
+                        return self.err(self.line, format!("unquoted `;` in the array assigned to {name}"));
+                    }
                     Some(_) => self.word(name, true)?,
                 }
             }

@@ -8,7 +8,6 @@
 //! directory), so an agent restart neither forgets an address it added nor
 //! claims one it did not.
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
 
 use ipnetwork::IpNetwork;
@@ -63,10 +62,14 @@ impl Owned {
             .map(|(b, a)| (b, a.iter().map(|n| n.to_string()).collect()))
             .collect();
         let text = serde_json::to_vec_pretty(&raw).expect("maps of strings serialize");
-        write_atomic(path, &text).map_err(|source| NetError::State {
-            path: path.into(),
-            source,
-        })
+        // The CLI may run before the daemon ever made its state directory.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        dir.map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| crate::state_file::write_atomic(path, &text))
+            .map_err(|source| NetError::State {
+                path: path.into(),
+                source,
+            })
     }
 
     /// [`save`](Self::save) off the async runtime.
@@ -86,24 +89,6 @@ impl Owned {
     pub fn on(&mut self, bridge: &str) -> &mut BTreeSet<IpNetwork> {
         self.addresses.entry(bridge.to_string()).or_default()
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

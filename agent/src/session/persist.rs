@@ -1,7 +1,7 @@
 //! Small state files under `state_dir`, written atomically (temp file, fsync,
 //! rename, fsync of the directory) so a crash leaves the old or the new
 //! version, never a torn one. Blocking I/O runs in `spawn_blocking`.
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use hostplane_proto::v1::DesiredState;
@@ -23,24 +23,10 @@ pub enum StateError {
 /// Replace `path` with `bytes` atomically.
 pub async fn write_atomic(path: PathBuf, bytes: Vec<u8>) -> Result<(), StateError> {
     let p = path.clone();
-    tokio::task::spawn_blocking(move || write_atomic_blocking(&p, &bytes))
+    tokio::task::spawn_blocking(move || crate::state_file::write_atomic(&p, &bytes))
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e)))
         .map_err(|source| StateError::Io { path, source })
-}
-
-fn write_atomic_blocking(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The file's bytes, or None when it does not exist.

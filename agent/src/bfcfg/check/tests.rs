@@ -60,6 +60,9 @@ fn refused_naming_the_line() {
             "here-document without its closing line `EOF`",
         ),
         ("ARR=(a b\n", 1, "no closing `)`"),
+        // Once an endless loop (found by accepted_files_pass_bash_n).
+        ("ARR=(a ; b)\n", 1, "unquoted `;` in the array assigned to ARR"),
+        ("X=1\nARR=(a;b)\n", 2, "unquoted `;` in the array"),
         ("; A=1\n", 1, "`;`"),
         ("A=1\n\nif true; then B=2; fi\n", 3, "not an assignment"),
     ] {
