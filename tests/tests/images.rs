@@ -317,6 +317,9 @@ async fn images_run_the_flow_on_a_private_network() {
             "--read-only",
             "--tmpfs",
             "/tmp",
+            // The flash locks (the chart mounts the host's /run/hostplane).
+            "--tmpfs",
+            "/run/hostplane",
             "--cap-drop",
             "ALL",
             "--cap-add",
