@@ -36,13 +36,61 @@ pub struct Audit {
     /// The path and the open file; every clone shares the one handle.
     file: Option<(PathBuf, Arc<Mutex<std::fs::File>>)>,
     /// Refusals per (address, identity) in the current window; shared by clones.
-    refusals: Arc<Mutex<HashMap<String, Window>>>,
+    refusals: Arc<Budget<String>>,
+}
+
+/// At most [`REFUSALS_PER_MINUTE`] records per key in each
+/// [`REFUSAL_WINDOW`]; the rest are counted and handed to the key's first
+/// record of a later window. Shared by the audit's refusals (keyed by peer
+/// address and identity) and the TLS listener's refused handshakes (keyed by
+/// address).
+pub struct Budget<K> {
+    windows: Mutex<HashMap<K, Window>>,
 }
 
 struct Window {
     start: Instant,
     recorded: u32,
     suppressed: u64,
+}
+
+impl<K> Default for Budget<K> {
+    fn default() -> Self {
+        Budget {
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Budget<K> {
+    /// None: `key` is over its budget (counted, not to be recorded);
+    /// Some(n): record it, saying that `n` of the window before were not.
+    pub fn admit(&self, now: Instant, key: K) -> Option<u64> {
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() > MAX_TRACKED {
+            w.retain(|_, v| now.duration_since(v.start) < REFUSAL_WINDOW);
+        }
+        let win = w.entry(key).or_insert(Window {
+            start: now,
+            recorded: 0,
+            suppressed: 0,
+        });
+        let mut carried = 0;
+        if now.duration_since(win.start) >= REFUSAL_WINDOW {
+            carried = win.suppressed;
+            *win = Window {
+                start: now,
+                recorded: 0,
+                suppressed: 0,
+            };
+        }
+        if win.recorded >= REFUSALS_PER_MINUTE {
+            win.suppressed += 1;
+            return None;
+        }
+        win.recorded += 1;
+        Some(carried)
+    }
 }
 
 /// One audited event. Empty fields are written as "".
@@ -136,31 +184,8 @@ impl Audit {
         // `peer` is "ADDR" or "ADDR cert=NAME" (see `peer_of`): keep the identity part.
         let cert = r.peer.split_once(' ').map_or("", |(_, rest)| rest);
         let key = format!("{ip} {} {}", bounded(cert), bounded(r.who));
-        let carried = {
-            let mut w = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-            if w.len() > MAX_TRACKED {
-                w.retain(|_, v| now.duration_since(v.start) < REFUSAL_WINDOW);
-            }
-            let win = w.entry(key).or_insert(Window {
-                start: now,
-                recorded: 0,
-                suppressed: 0,
-            });
-            let mut carried = 0;
-            if now.duration_since(win.start) >= REFUSAL_WINDOW {
-                carried = win.suppressed;
-                *win = Window {
-                    start: now,
-                    recorded: 0,
-                    suppressed: 0,
-                };
-            }
-            if win.recorded >= REFUSALS_PER_MINUTE {
-                win.suppressed += 1;
-                return;
-            }
-            win.recorded += 1;
-            carried
+        let Some(carried) = self.refusals.admit(now, key) else {
+            return;
         };
         if carried == 0 {
             return self.record(r);

@@ -17,7 +17,6 @@
 //! certificates verified by webpki against `tls.client_ca_file` (optional
 //! only with `tls.client_auth_optional`), ALPN h2. They are built once per
 //! (re)load and shared by every connection.
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -37,7 +36,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{Audit, Record};
+use crate::audit::{Audit, Budget, Record};
 use crate::config::LoadedTls;
 
 /// A client that has not finished its handshake by then is dropped.
@@ -45,8 +44,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; the next connection waits in the backlog.
 pub const MAX_HANDSHAKES: usize = 256;
 /// Refused-handshake audit records per source address and minute.
-pub const AUDIT_PER_IP: u32 = 20;
-const AUDIT_WINDOW: Duration = Duration::from_secs(60);
+pub const AUDIT_PER_IP: u32 = crate::audit::REFUSALS_PER_MINUTE;
+#[cfg(test)]
+const AUDIT_WINDOW: Duration = crate::audit::REFUSAL_WINDOW;
 
 tokio::task_local! {
     /// The name in the client certificate offered on this connection, set by
@@ -240,20 +240,14 @@ fn offered_name(offered: &Mutex<Option<String>>) -> Option<String> {
 /// reported with the next record after the window.
 struct Refusals {
     audit: Audit,
-    windows: Mutex<HashMap<IpAddr, Window>>,
-}
-
-struct Window {
-    start: Instant,
-    recorded: u32,
-    suppressed: u64,
+    windows: Budget<IpAddr>,
 }
 
 impl Refusals {
     fn new(audit: Audit) -> Refusals {
         Refusals {
             audit,
-            windows: Mutex::new(HashMap::new()),
+            windows: Budget::default(),
         }
     }
 
@@ -264,31 +258,7 @@ impl Refusals {
     fn record_at(&self, now: Instant, addr: SocketAddr, offered: Option<String>, why: &str) {
         // None: over this address's budget (counted); Some(n): record, with
         // n refusals of the previous window that were not recorded.
-        let earlier_suppressed = {
-            let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-            if w.len() > 10_000 {
-                w.retain(|_, v| now.duration_since(v.start) < AUDIT_WINDOW);
-            }
-            let win = w.entry(addr.ip()).or_insert(Window {
-                start: now,
-                recorded: 0,
-                suppressed: 0,
-            });
-            let mut carried = 0;
-            if now.duration_since(win.start) >= AUDIT_WINDOW {
-                carried = win.suppressed;
-                win.start = now;
-                win.recorded = 0;
-                win.suppressed = 0;
-            }
-            if win.recorded >= AUDIT_PER_IP {
-                win.suppressed += 1;
-                None
-            } else {
-                win.recorded += 1;
-                Some(carried)
-            }
-        };
+        let earlier_suppressed = self.windows.admit(now, addr.ip());
         let Some(suppressed) = earlier_suppressed else {
             return;
         };
