@@ -13,8 +13,10 @@ use axum::routing::get;
 use hostplane_common::exposition::{self, process::ProcessCollector};
 use hostplane_proto::v1::{DpuPhase, Kind, resource};
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -29,6 +31,91 @@ pub struct MetricsConfig {
     /// Address to serve `/metrics` on (plain HTTP, no auth), e.g.
     /// `127.0.0.1:9465`; unset = no endpoint.
     pub listen: Option<SocketAddr>,
+}
+
+/// What the coordinator counts as it runs (process-wide, like a Prometheus
+/// client's default registry): each subsystem records its own through
+/// [`hub()`], and every scrape registers the same series. Names are under
+/// `hostplane_coordinator_`.
+pub struct Hub {
+    /// Agent sessions open now (one per node at most).
+    pub agents_connected: Gauge,
+    /// Watch streams open now.
+    pub watch_subscribers: Gauge,
+    /// Duration of one reconcile pass (plan and write).
+    pub reconcile_pass_seconds: Histogram,
+    /// From an agent's command result being recorded to the Dpu's next
+    /// command being issued (the coordinator's reaction time).
+    pub command_latency_seconds: Histogram,
+    /// Duration of one store transaction (a group commit is one).
+    pub store_write_seconds: Histogram,
+    /// Writes committed together in one store transaction.
+    pub store_batch_writes: Histogram,
+    /// Desired states sent to agents.
+    pub desired_states_sent: Counter,
+    /// Desired states agents refused (NACK).
+    pub nacks: Counter,
+}
+
+impl Hub {
+    fn new() -> Hub {
+        Hub {
+            agents_connected: Gauge::default(),
+            watch_subscribers: Gauge::default(),
+            reconcile_pass_seconds: Histogram::new(exponential_buckets(0.000_1, 4.0, 10)),
+            command_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.5, 12)),
+            store_write_seconds: Histogram::new(exponential_buckets(0.000_05, 4.0, 10)),
+            store_batch_writes: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            desired_states_sent: Counter::default(),
+            nacks: Counter::default(),
+        }
+    }
+
+    /// Register every series (clones share their values) under `sub`.
+    fn register(&self, sub: &mut Registry) {
+        sub.register(
+            "agents_connected",
+            "Agent sessions open now",
+            self.agents_connected.clone(),
+        );
+        sub.register(
+            "watch_subscribers",
+            "Watch streams open now",
+            self.watch_subscribers.clone(),
+        );
+        sub.register(
+            "reconcile_pass_seconds",
+            "Duration of one reconcile pass (plan and write)",
+            self.reconcile_pass_seconds.clone(),
+        );
+        sub.register(
+            "command_latency_seconds",
+            "From a command result being recorded to the Dpu's next command being issued",
+            self.command_latency_seconds.clone(),
+        );
+        sub.register(
+            "store_write_seconds",
+            "Duration of one store transaction",
+            self.store_write_seconds.clone(),
+        );
+        sub.register(
+            "store_batch_writes",
+            "Writes committed together in one store transaction",
+            self.store_batch_writes.clone(),
+        );
+        sub.register(
+            "desired_states_sent",
+            "Desired states sent to agents",
+            self.desired_states_sent.clone(),
+        );
+        sub.register("nacks", "Desired states agents refused", self.nacks.clone());
+    }
+}
+
+/// The coordinator's process-wide [`Hub`].
+pub fn hub() -> &'static Hub {
+    static HUB: std::sync::LazyLock<Hub> = std::sync::LazyLock::new(Hub::new);
+    &HUB
 }
 
 /// What the store holds now, as far as the metrics go.
@@ -84,6 +171,7 @@ impl Snapshot {
         let mut registry = Registry::default();
         ProcessCollector::register(&mut registry);
         let sub = registry.sub_registry_with_prefix("hostplane_coordinator");
+        hub().register(sub);
         let dpus = Family::<PhaseLabels, Gauge>::default();
         let dpu_phase = Family::<DpuLabels, Gauge>::default();
         let node_reachable = Family::<NodeLabels, Gauge>::default();
