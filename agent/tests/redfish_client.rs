@@ -6,7 +6,7 @@ mod redfish_support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hostplane_agent::power::redfish::{BmcConfig, RedfishClient, RedfishError};
+use hostplane_agent::power::bmc::{BmcConfig, RedfishClient, RedfishError};
 use hostplane_agent::power::{Method, Scope};
 use redfish_support::{AuthUsed, PASSWORD, Shape, USER};
 

@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
-use hostplane_agent::power::redfish::{BmcConfig, RedfishClient};
+use hostplane_agent::power::bmc::{BmcConfig, RedfishClient};
 use redfish_support::{PASSWORD, Shape, USER};
 use serde_json::json;
 

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hostplane_agent::power::redfish::{self, BmcConfig, RedfishClient};
+use hostplane_agent::power::bmc::{self, BmcConfig, RedfishClient};
 use hostplane_agent::power::sampler::{self, PowerConfig, PowerMetrics};
 use prometheus_client::registry::Registry;
 use redfish_support::{PASSWORD, Shape, USER};
@@ -127,7 +127,7 @@ async fn an_unreachable_bmc_is_source_up_0_with_the_reason() {
     drop(free);
     let d = tempfile::tempdir().unwrap();
     let metrics = PowerMetrics::default();
-    let link = redfish::poll::spawn(
+    let link = bmc::poll::spawn(
         bmc_config(&url, &d, PASSWORD),
         metrics.bmc_requests.clone(),
         &tokio_util::task::TaskTracker::new(),
@@ -304,7 +304,7 @@ async fn the_password_is_never_logged_nor_shown() {
         c.logout().await;
         // A poller through a failure and back.
         let stop = CancellationToken::new();
-        let link = redfish::poll::spawn(
+        let link = bmc::poll::spawn(
             cfg.clone(),
             Default::default(),
             &tokio_util::task::TaskTracker::new(),

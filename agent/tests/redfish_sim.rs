@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hostplane_agent::power::Scope;
-use hostplane_agent::power::redfish::{self, BmcConfig, RedfishClient, RedfishError};
+use hostplane_agent::power::bmc::{self, BmcConfig, RedfishClient, RedfishError};
 use hostplane_sim::bmc::{BmcHandle, BmcOptions, BmcSim, Model, TlsFiles, Workload};
 use tokio_util::sync::CancellationToken;
 
@@ -227,7 +227,7 @@ async fn three_bmcs_of_different_models_polled_at_once() {
         .collect();
     let links: Vec<_> = bmcs
         .iter()
-        .map(|b| redfish::poll::spawn(config(b, &d), Default::default(), &tasks, stop.clone()))
+        .map(|b| bmc::poll::spawn(config(b, &d), Default::default(), &tasks, stop.clone()))
         .collect();
     for (b, l) in bmcs.iter().zip(&links) {
         let c = l.wait_client().await.unwrap();

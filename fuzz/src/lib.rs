@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `bfb` | `hostplane_bfb::Verifier` (the BFB stream), `Header`, `Writer` |
 //! | `rshim_misc` | the rshim `misc` snapshot, DPU log line classes, the flash verdict, `DEV_NAME` |
-//! | `redfish` | the agent's Redfish JSON decoding (`power::redfish::parse`) |
+//! | `redfish` | the agent's Redfish JSON decoding (`power::bmc::parse`) |
 //! | `agent_config` | the agent's YAML config (`Config::from_yaml`, `validate`) |
 //! | `host_network` | the host-network desired-state file (`network apply --file`, `net::file::parse`) and its model |
 
@@ -20,7 +20,7 @@ use std::path::Path;
 use hostplane_agent::config::Config;
 use hostplane_agent::flash::{Stage, StageTimeouts, Step, Verdict};
 use hostplane_agent::net;
-use hostplane_agent::power::redfish::parse;
+use hostplane_agent::power::bmc::parse;
 use hostplane_agent::rshim::{MiscSnapshot, classify_log_line, pci_from_dev_name, pf_address};
 use hostplane_bfb::{Error as BfbError, HEADER_LEN, Header, Summary, Verifier, Writer};
 use serde_json::Value;

@@ -31,10 +31,10 @@ use crate::config::Config;
 use crate::exec::{HostExecutor, NETWORK_REPORT_WAIT};
 use crate::flash::Flasher;
 use crate::net::{self, NetError};
+use crate::power::bmc::BmcNodeLimiter;
 use crate::power::caps::{self, Limiter};
 use crate::power::nvml::NvmlLimiter;
 use crate::power::rapl::RaplLimiter;
-use crate::power::redfish::BmcNodeLimiter;
 use crate::power::{sampler, telemetry};
 use crate::session::{self, AgentError, BeforeClose, NetSync, PowerSession};
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::redfish::{BmcConfig, RedfishClient};
+use super::bmc::{BmcConfig, RedfishClient};
 use super::{Reading, Scope, Sources};
 
 #[derive(clap::Args, Debug)]

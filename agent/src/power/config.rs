@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::bmc::BmcConfig;
 use super::caps::CapsConfig;
-use super::redfish::BmcConfig;
 use super::telemetry::TelemetryConfig;
 
 /// The `power:` section of the agent config.

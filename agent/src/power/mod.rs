@@ -6,8 +6,8 @@
 //!   limit the agent sets);
 //! - [`nvml`]: NVIDIA GPUs through one process-wide NVML handle; power
 //!   management limits ([`nvml::NvmlLimiter`]);
-//! - [`redfish`]: the host's BMC over Redfish, polled by [`redfish::poll`];
-//!   the node's power limit ([`redfish::BmcNodeLimiter`]).
+//! - [`bmc`]: the host's BMC over Redfish, polled by [`bmc::poll`];
+//!   the node's power limit ([`bmc::BmcNodeLimiter`]).
 //!
 //! On top: [`sampler`] (every facet's readings onto `/metrics` and into
 //! [`telemetry`] for the coordinator), [`caps`] (the enforcer: the
@@ -28,13 +28,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod bmc;
 pub mod caps;
 pub mod cli;
 pub mod config;
 pub mod hwmon;
 pub mod nvml;
 pub mod rapl;
-pub mod redfish;
 pub mod sampler;
 pub mod telemetry;
 

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::redfish::BmcLink;
+use super::bmc::BmcLink;
 use super::telemetry::{Telemetry, TelemetryBuffer};
 use super::{Reading, Sources};
 
@@ -45,7 +45,7 @@ pub struct PowerMetrics {
     /// How long reading every local source once took.
     pub sample_duration: Histogram,
     /// Requests to the BMC, by outcome.
-    pub bmc_requests: super::redfish::RequestCounts,
+    pub bmc_requests: super::bmc::RequestCounts,
     /// Samples in the telemetry buffer (not yet acknowledged by the coordinator).
     pub telemetry_buffered: Gauge,
     /// Samples dropped from the full telemetry buffer, oldest first.
@@ -196,7 +196,7 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> SamplerHandle {
     let bmc = cfg.bmc.enabled().then(|| {
-        super::redfish::poll::spawn(
+        super::bmc::poll::spawn(
             cfg.bmc.clone(),
             metrics.bmc_requests.clone(),
             tasks,

@@ -1,7 +1,7 @@
 //! The cap enforcer, on top of the device facets: the agent enforces the
 //! caps of its desired state by the best means the node has — the BMC's
 //! power limit over Redfish for the whole node
-//! ([`BmcNodeLimiter`](super::redfish::BmcNodeLimiter)), NVML power limits
+//! ([`BmcNodeLimiter`](super::bmc::BmcNodeLimiter)), NVML power limits
 //! per GPU ([`NvmlLimiter`](super::nvml::NvmlLimiter)), RAPL constraints per
 //! CPU package and memory domain, RAPL psys for the node when there is no
 //! BMC ([`RaplLimiter`](super::rapl::RaplLimiter)) — each a [`Limiter`] —
@@ -71,7 +71,7 @@ pub enum LimitError {
     #[error("NVML refused to set the power limit of GPU {gpu}: no permission (the agent must run as root)")]
     NvmlNoPermission { gpu: u32 },
     #[error(transparent)]
-    Redfish(#[from] super::redfish::RedfishError),
+    Redfish(#[from] super::bmc::RedfishError),
     /// Any other failure of the device; the text names the file or GPU.
     #[error("{0}")]
     Device(String),
