@@ -12,6 +12,7 @@ use hostplane_proto::v1::{HostNetwork, Route};
 use net_support::{Netns, agent, br, dpu, master};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_reapply_change_and_remove() {
@@ -75,6 +76,37 @@ async fn create_reapply_change_and_remove() {
     assert!(ns.link("veth1").is_some());
     assert!(ns.ip(&["route", "show", "proto", "196"]).trim().is_empty());
     stop.cancel();
+}
+
+/// The manager's tasks — the owner and its two netlink connections' drivers —
+/// all run in the tracker it is given (the daemon's net Subsystem): once it
+/// is cancelled and the tracker has drained, none is left on the runtime.
+/// (A current-thread runtime: the count is read after the tasks ended, never
+/// while one is ending on another worker.)
+#[tokio::test]
+async fn a_stopped_manager_leaves_no_netlink_task_behind() {
+    let Some(ns) = Netns::new(1) else { return };
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let tasks = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let h = net::start_in(ns.cfg(), &tasks, stop.clone()).unwrap();
+    let want = vec![dpu(
+        "d1",
+        HostNetwork {
+            bridges: vec![br("br0", &["veth1"], 0, &["192.0.2.1/24"])],
+            ..Default::default()
+        },
+    )];
+    assert!(h.set_desired(want).await.unwrap()[0].applied);
+    assert_eq!(tasks.len(), 3, "the owner and its two netlink drivers");
+    assert_eq!(metrics.num_alive_tasks(), before + 3);
+
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    assert_eq!(metrics.num_alive_tasks(), before, "a task outlived the manager");
+    assert!(matches!(h.set_desired(Vec::new()).await, Err(NetError::Stopped)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,16 +1,27 @@
-//! The agent's configuration: YAML at `/etc/hostplane/agent.yaml` (or
+//! The agent's configuration root: YAML at `/etc/hostplane/agent.yaml` (or
 //! `--config`), then `HOSTPLANE_*` environment overrides read through [`Env`],
 //! then [`Config::validate`]. Errors name the field (or the variable) that is
 //! wrong.
+//!
+//! Each subsystem owns its section, defining and checking it: `cache:`
+//! ([`CacheConfig`]), `session:` ([`SessionConfig`]), the coordinator
+//! connection — `coordinator`, `insecure`, `tls:` ([`TlsConfig`], checked by
+//! [`crate::session::validate_connection`]) — `flash:` ([`FlashSettings`]),
+//! `network:` ([`NetConfig`]) and `power:`
+//! ([`crate::power::sampler::PowerConfig`]). This root only assembles them,
+//! applies the environment overrides, re-roots the host paths under
+//! `host_root`, checks its own keys and calls each section's `validate`.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::bfb_cache::CacheConfig;
-use crate::flash::{FlashConfig, StageTimeouts};
+use crate::flash::FlashConfig;
+pub use crate::flash::FlashSettings;
 use crate::net::NetConfig;
-pub use crate::session::SessionConfig;
+use crate::session::ConnectionConfigError;
+pub use crate::session::{LoadedTls, SessionConfig, TlsConfig};
 
 /// Where the agent looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostplane/agent.yaml";
@@ -39,6 +50,15 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
     #[error("invalid config: {0}")]
     Tls(String),
+}
+
+impl From<ConnectionConfigError> for ConfigError {
+    fn from(e: ConnectionConfigError) -> ConfigError {
+        match e {
+            ConnectionConfigError::Invalid { field, reason } => ConfigError::Invalid { field, reason },
+            ConnectionConfigError::File(e) => ConfigError::Tls(e.to_string()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,49 +108,6 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
-/// The agent's side of mTLS (PEM files).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// CA certificate(s) the coordinator's server certificate must be signed by.
-    pub ca_file: PathBuf,
-    /// This node's client certificate; its subject CN must be `node_name`.
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-}
-
-/// [`TlsConfig`]'s files, read and checked.
-#[derive(Debug, Clone)]
-pub struct LoadedTls {
-    pub ca: Vec<u8>,
-    pub cert: Vec<u8>,
-    pub key: Vec<u8>,
-}
-
-impl TlsConfig {
-    /// Read and check the files; errors name the key and the path.
-    pub fn load(&self) -> Result<LoadedTls, ConfigError> {
-        use hostplane_common::tls::{load_certs, load_key};
-        let tls = |e: hostplane_common::tls::TlsFileError| ConfigError::Tls(e.to_string());
-        Ok(LoadedTls {
-            ca: load_certs("tls.ca_file", &self.ca_file).map_err(tls)?.pem,
-            cert: load_certs("tls.cert_file", &self.cert_file).map_err(tls)?.pem,
-            key: load_key("tls.key_file", &self.key_file).map_err(tls)?.pem,
-        })
-    }
-}
-
-/// Flash stage timeouts and the `misc` poll interval (the rest of
-/// [`FlashConfig`] keeps its defaults).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FlashSettings {
-    pub stage_timeouts: StageTimeouts,
-    /// How often the DPU log is read from `misc`.
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -152,37 +129,6 @@ impl Default for Config {
             reboot_command: vec!["systemctl".to_string(), "reboot".to_string()],
             log_format: LogFormat::Plain,
             shutdown_grace: Duration::from_secs(10),
-        }
-    }
-}
-
-impl FlashSettings {
-    /// The `flash:` section's checks (kept beside the section: the flash
-    /// engine's own module takes the resulting [`FlashConfig`]).
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let t = &self.stage_timeouts;
-        for (field, d) in [
-            ("flash.stage_timeouts.push_stall", t.push_stall),
-            ("flash.stage_timeouts.boot", t.boot),
-            ("flash.stage_timeouts.installer", t.installer),
-            ("flash.stage_timeouts.install", t.install),
-            ("flash.stage_timeouts.linux_up", t.linux_up),
-            ("flash.poll_interval", self.poll_interval),
-        ] {
-            if d.is_zero() {
-                return Err((field, "must be greater than 0".into()));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Default for FlashSettings {
-    fn default() -> Self {
-        let d = FlashConfig::default();
-        FlashSettings {
-            stage_timeouts: d.stage_timeouts,
-            poll_interval: d.poll_interval,
         }
     }
 }
@@ -332,10 +278,12 @@ impl Config {
                 ),
             );
         }
-        if let Err(reason) = check_coordinator_url(&self.coordinator) {
-            return invalid("coordinator", reason);
-        }
-        self.validate_tls()?;
+        crate::session::validate_connection(
+            &self.coordinator,
+            self.insecure,
+            self.tls.as_ref(),
+            &self.node_name,
+        )?;
         for (field, path) in [
             ("state_dir", &self.state_dir),
             ("dev_root", &self.dev_root),
@@ -350,7 +298,7 @@ impl Config {
             self.cache.validate(),
             self.session.validate(),
             self.flash.validate(),
-            validate_network(&self.network),
+            self.network.validate(),
             self.power.validate(),
         ];
         for r in sections {
@@ -389,67 +337,7 @@ impl Config {
 
     /// True when the coordinator connection is plaintext.
     pub fn is_insecure(&self) -> bool {
-        self.coordinator.starts_with("http://")
-    }
-
-    /// `https://` needs `tls` (its files readable and valid); `http://` needs
-    /// `insecure: true`.
-    fn validate_tls(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &'static str, reason: String| Err(ConfigError::Invalid { field, reason });
-        if self.is_insecure() {
-            if !self.insecure {
-                return invalid(
-                    "coordinator",
-                    format!(
-                        "{:?} is plain http: the agent talks mTLS unless told otherwise; use \
-                         https:// with a `tls:` section (ca_file, cert_file, key_file; see \
-                         docs/operations.md, Certificates), or set `insecure: true` \
-                         (HOSTPLANE_INSECURE=1) on a trusted network",
-                        self.coordinator
-                    ),
-                );
-            }
-            if self.tls.is_some() {
-                return invalid(
-                    "tls",
-                    "set, but coordinator is http://; use https:// or remove tls".into(),
-                );
-            }
-            return Ok(());
-        }
-        let Some(t) = &self.tls else {
-            return invalid(
-                "tls",
-                format!(
-                    "required for {:?}: set tls.ca_file, tls.cert_file and tls.key_file (this node's \
-                     certificate, CN = {:?}; `hostplanectl certs agent --node {}` makes one)",
-                    self.coordinator, self.node_name, self.node_name
-                ),
-            );
-        };
-        for (field, p) in [
-            ("tls.ca_file", &t.ca_file),
-            ("tls.cert_file", &t.cert_file),
-            ("tls.key_file", &t.key_file),
-        ] {
-            if !p.is_absolute() {
-                return invalid(field, format!("{:?} must be an absolute path", p.display()));
-            }
-        }
-        let files = t.load()?;
-        if let Some(name) = hostplane_common::tls::pem_cert_name(&files.cert)
-            && name != self.node_name
-        {
-            return invalid(
-                "tls.cert_file",
-                format!(
-                    "{} was issued to {name:?}, not to this node ({:?}); the coordinator would refuse it",
-                    t.cert_file.display(),
-                    self.node_name
-                ),
-            );
-        }
-        Ok(())
+        crate::session::is_plaintext(&self.coordinator)
     }
 }
 
@@ -458,46 +346,6 @@ fn read(path: &Path) -> Result<String, ConfigError> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-fn check_coordinator_url(url: &str) -> Result<(), String> {
-    let uri: tonic::transport::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        Some(other) => {
-            return Err(format!(
-                "{url:?}: unsupported scheme {other:?}; expected https or http"
-            ));
-        }
-        None => return Err(format!("{url:?}: missing scheme; expected https://host:port")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("{url:?}: missing host"));
-    }
-    if uri.path() != "/" && !uri.path().is_empty() {
-        return Err(format!("{url:?}: must not have a path"));
-    }
-    Ok(())
-}
-
-/// The `network:` section's checks (kept here while `net/` is another
-/// change's to edit).
-fn validate_network(n: &NetConfig) -> Result<(), (&'static str, String)> {
-    if !n.sysfs_root.is_absolute() {
-        return Err((
-            "network.sysfs_root",
-            format!("{} must be an absolute path", n.sysfs_root.display()),
-        ));
-    }
-    if let Some(ns) = &n.netns
-        && (ns.is_empty() || ns == "." || ns == ".." || ns.contains(['/', '\0']) || ns.len() > 255)
-    {
-        return Err((
-            "network.netns",
-            format!("{ns:?} is not a network namespace name (a file name under /run/netns)"),
-        ));
-    }
-    Ok(())
 }
 
 /// `path` (a host path) under `root`: `/dev` under `/host` is `/host/dev`;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::flash::StageTimeouts;
 
 fn parse(yaml: &str) -> Result<Config, ConfigError> {
     Config::from_yaml(yaml, Path::new("test.yaml"))

@@ -20,8 +20,12 @@
 //!    the installation) or timed out; restore the `misc` values it changed
 //!    (`BOOT_TIMEOUT`, `CLEAR_ON_READ`, `DISPLAY_LEVEL`) to what they were,
 //!    whatever the outcome, cancellation included.
+//!
+//! The agent config's `flash:` section is [`FlashSettings`] (defined and
+//! checked in `config.rs`).
 
 pub mod cli;
+mod config;
 mod lock;
 mod push;
 mod run;
@@ -41,6 +45,7 @@ use crate::bfb_cache::{BfbCache, CacheError};
 use crate::bfcfg::{BfCfg, BfCfgError};
 use crate::rshim::{MiscDevice, MiscFile, RshimError, RshimPaths};
 
+pub use config::FlashSettings;
 pub use verdict::{Stage, Step, Verdict};
 
 /// The flash lock file of the device directory `device` (e.g. `/dev/rshim0`

@@ -4,12 +4,14 @@
 //! owns. See `docs/network.md`.
 //!
 //! One owner task holds the desired state and the ownership record; callers
-//! talk to it through a [`NetHandle`].
+//! talk to it through a [`NetHandle`]. The owner and its netlink connections'
+//! driver tasks all run in the caller's task tracker ([`start_in`]) and end
+//! with it. The agent config's `network:` section is [`NetConfig`] (defined
+//! and checked in `config.rs`).
 use std::path::PathBuf;
 use std::time::Duration;
 
 use hostplane_proto::v1::{DpuNetwork, NetworkObjectStatus, NetworkReport};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,6 +19,7 @@ use tracing::Instrument;
 
 pub mod check;
 pub mod cli;
+mod config;
 pub mod file;
 pub mod model;
 pub mod netlink;
@@ -25,6 +28,8 @@ pub mod reconcile;
 pub mod routes;
 pub mod sysfs;
 pub mod vf;
+
+pub use config::{NetConfig, OWNED_FILE};
 
 use model::Desired;
 use netlink::Netlink;
@@ -75,48 +80,6 @@ pub enum NetError {
     State { path: PathBuf, source: std::io::Error },
     #[error("the network manager has stopped")]
     Stopped,
-}
-
-/// The `network:` section of the agent config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NetConfig {
-    /// False: desired networks are not applied (InitializeInterface is
-    /// SKIPPED saying so) and the host network is never touched. Read by the
-    /// agent, which then does not start this module.
-    pub enabled: bool,
-    /// Where `bus/pci/devices/<bdf>/sriov_numvfs` and `class/net` are read and written.
-    pub sysfs_root: PathBuf,
-    /// Manage this named network namespace (`/run/netns/<name>`) instead of
-    /// the agent's own (labs and tests).
-    pub netns: Option<String>,
-    /// Changes seen on netlink are collected this long before a repair.
-    #[serde(with = "humantime_serde")]
-    pub drift_debounce: Duration,
-    /// After the VF count changes, how long to wait for the VF netdevs.
-    #[serde(with = "humantime_serde")]
-    pub vf_wait: Duration,
-    /// The record of the addresses the agent added (see [`owned`]): the
-    /// agent sets it to `<state_dir>/network-owned.json`; None keeps it in
-    /// memory only (tests, benches). Not a config key.
-    #[serde(skip)]
-    pub owned_file: Option<PathBuf>,
-}
-
-/// The address record's file name under the agent's `state_dir`.
-pub const OWNED_FILE: &str = "network-owned.json";
-
-impl Default for NetConfig {
-    fn default() -> Self {
-        NetConfig {
-            enabled: true,
-            sysfs_root: PathBuf::from("/sys"),
-            netns: None,
-            drift_debounce: Duration::from_millis(50),
-            vf_wait: Duration::from_secs(10),
-            owned_file: None,
-        }
-    }
 }
 
 /// Check a desired state without touching anything.
@@ -222,15 +185,17 @@ pub fn start(cfg: NetConfig, shutdown: CancellationToken) -> Result<NetHandle, N
     start_in(cfg, &TaskTracker::new(), shutdown)
 }
 
-/// [`start`] with the owner task in `tasks`, so the caller can wait for it to
-/// end (its last repair done) after cancelling `shutdown`.
+/// [`start`] with the owner task and its netlink connections' driver tasks
+/// in `tasks`, so the caller can wait for them all to end (the last repair
+/// done, the drivers aborted when the owner drops its connections) after
+/// cancelling `shutdown`.
 pub fn start_in(
     cfg: NetConfig,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<NetHandle, NetError> {
-    let nl = Netlink::open(cfg.netns.as_deref())?;
-    let events = Netlink::watch(cfg.netns.as_deref())?;
+    let nl = Netlink::open_in(cfg.netns.as_deref(), tasks)?;
+    let events = Netlink::watch_in(cfg.netns.as_deref(), tasks)?;
     let (tx, rx) = mpsc::channel(8);
     let (reports, _) = broadcast::channel(64);
     let metrics = NetMetrics::default();
@@ -290,6 +255,9 @@ impl Owner {
         debounce: Duration,
         shutdown: CancellationToken,
     ) {
+        // False once the event stream has ended: drift is no longer watched,
+        // requests and `shutdown` still are.
+        let mut watching = true;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -298,19 +266,20 @@ impl Owner {
                     Some(Request::Set(nets, reply)) => {
                         let r = self.set(nets).await;
                         // Our own changes echo back as events: drop them.
-                        while events.try_recv().is_ok() {}
+                        events.drain();
                         let _ = reply.send(r);
                     }
                 },
-                ev = futures::StreamExt::next(&mut events) => {
+                ev = futures::StreamExt::next(&mut events), if watching => {
                     if ev.is_none() {
                         tracing::warn!("netlink event stream ended; drift is no longer watched");
-                        std::future::pending::<()>().await;
+                        watching = false;
+                        continue;
                     }
                     tokio::time::sleep(debounce).await;
-                    while events.try_recv().is_ok() {}
+                    events.drain();
                     self.repair().await;
-                    while events.try_recv().is_ok() {}
+                    events.drain();
                 }
             }
         }

@@ -5,8 +5,17 @@
 //! (`/run/netns/<name>`): the socket is created on a short-lived thread that
 //! has entered the namespace, and netlink sockets stay bound to the namespace
 //! they were created in.
+//!
+//! Each connection has a driver task (the socket's reader and writer). It is
+//! owned by the value that uses the connection — [`Netlink`] (shared by its
+//! clones) or [`Events`] — and aborted when that is dropped; nothing is left
+//! detached. [`Netlink::open_in`] and [`Netlink::watch_in`] also spawn it in
+//! the caller's task tracker, so the owning subsystem's stop waits for it.
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures::TryStreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
@@ -17,6 +26,8 @@ use rtnetlink::packet_route::link::{
 };
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, MulticastGroup, RouteMessageBuilder};
+use tokio::task::AbortHandle;
+use tokio_util::task::TaskTracker;
 
 use super::NetError;
 use super::model::RouteSpec;
@@ -76,15 +87,69 @@ impl Snapshot {
     }
 }
 
+/// A netlink connection for requests. Clones share the connection; its
+/// driver task is aborted when the last clone is dropped.
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    driver: Arc<Driver>,
 }
 
-pub type Events = UnboundedReceiver<(
+/// One change notification from the kernel.
+pub type Event = (
     rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
     rtnetlink::sys::SocketAddr,
-)>;
+);
+
+/// The change notifications of a multicast subscription ([`Netlink::watch`]),
+/// a stream of [`Event`]s; dropping it aborts the subscription's driver task.
+pub struct Events {
+    rx: UnboundedReceiver<Event>,
+    driver: Driver,
+}
+
+impl Events {
+    /// Discard the notifications already received; none is waited for.
+    pub fn drain(&mut self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    /// The driver task, to check that it ends (tests).
+    pub fn driver(&self) -> AbortHandle {
+        self.driver.0.clone()
+    }
+}
+
+impl futures::Stream for Events {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        Pin::new(&mut self.rx).poll_next(cx)
+    }
+}
+
+/// A connection's driver task, aborted when this is dropped.
+struct Driver(AbortHandle);
+
+impl Driver {
+    /// Spawn `conn` in `tasks` (or on the runtime when None), owned by the result.
+    fn spawn<F>(conn: F, tasks: Option<&TaskTracker>) -> Driver
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let task = match tasks {
+            Some(t) => t.spawn(conn),
+            None => tokio::spawn(conn),
+        };
+        Driver(task.abort_handle())
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Run `f` on a thread that has entered network namespace `netns` (or the
 /// current one when None), with the tokio runtime entered.
@@ -117,15 +182,42 @@ fn in_netns<T: Send + 'static>(
 }
 
 impl Netlink {
-    /// Open a connection in `netns` (None: the agent's own namespace).
+    /// Open a connection in `netns` (None: the agent's own namespace). Its
+    /// driver task lives as long as the returned value (and its clones).
     pub fn open(netns: Option<&str>) -> Result<Netlink, NetError> {
-        let (conn, handle, _) = in_netns(netns, rtnetlink::new_connection)?;
-        tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Netlink::open_on(netns, None)
     }
 
-    /// A multicast subscription to link, address and route changes in `netns`.
+    /// [`Netlink::open`] with the driver task in `tasks` as well.
+    pub fn open_in(netns: Option<&str>, tasks: &TaskTracker) -> Result<Netlink, NetError> {
+        Netlink::open_on(netns, Some(tasks))
+    }
+
+    fn open_on(netns: Option<&str>, tasks: Option<&TaskTracker>) -> Result<Netlink, NetError> {
+        let (conn, handle, _) = in_netns(netns, rtnetlink::new_connection)?;
+        Ok(Netlink {
+            handle,
+            driver: Arc::new(Driver::spawn(conn, tasks)),
+        })
+    }
+
+    /// The driver task, to check that it ends (tests).
+    pub fn driver(&self) -> AbortHandle {
+        self.driver.0.clone()
+    }
+
+    /// A multicast subscription to link, address and route changes in
+    /// `netns`. Its driver task lives as long as the returned [`Events`].
     pub fn watch(netns: Option<&str>) -> Result<Events, NetError> {
+        Netlink::watch_on(netns, None)
+    }
+
+    /// [`Netlink::watch`] with the driver task in `tasks` as well.
+    pub fn watch_in(netns: Option<&str>, tasks: &TaskTracker) -> Result<Events, NetError> {
+        Netlink::watch_on(netns, Some(tasks))
+    }
+
+    fn watch_on(netns: Option<&str>, tasks: Option<&TaskTracker>) -> Result<Events, NetError> {
         let groups = [
             MulticastGroup::Link,
             MulticastGroup::Ipv4Ifaddr,
@@ -133,9 +225,11 @@ impl Netlink {
             MulticastGroup::Ipv4Route,
             MulticastGroup::Ipv6Route,
         ];
-        let (conn, _handle, events) = in_netns(netns, move || rtnetlink::new_multicast_connection(&groups))?;
-        tokio::spawn(conn);
-        Ok(events)
+        let (conn, _handle, rx) = in_netns(netns, move || rtnetlink::new_multicast_connection(&groups))?;
+        Ok(Events {
+            rx,
+            driver: Driver::spawn(conn, tasks),
+        })
     }
 
     fn err(op: &'static str, ifname: &str, e: rtnetlink::Error) -> NetError {
@@ -458,4 +552,61 @@ fn route_of(m: RouteMessage) -> Option<KernelRoute> {
         protocol: u8::from(m.header.protocol),
         msg: m,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Until the driver tasks `handles` have ended, let the runtime run the
+    /// aborted ones (a bounded number of turns: no clock).
+    async fn ended(handles: &[&AbortHandle]) -> bool {
+        for _ in 0..1000 {
+            if handles.iter().all(|h| h.is_finished()) {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    }
+
+    // A netlink socket in the test's own namespace needs no privilege.
+    #[tokio::test]
+    async fn dropping_a_connection_ends_its_driver_task() {
+        let tasks = TaskTracker::new();
+        let nl = match Netlink::open_in(None, &tasks) {
+            Ok(nl) => nl,
+            Err(e) => {
+                eprintln!("skipped: no netlink socket here: {e}");
+                return;
+            }
+        };
+        let events = Netlink::watch_in(None, &tasks).unwrap();
+        let (conn, watch) = (nl.driver(), events.driver());
+        assert_eq!(tasks.len(), 2, "both drivers run in the owner's tracker");
+
+        // A clone keeps the connection (and its driver) alive.
+        let clone = nl.clone();
+        drop(nl);
+        clone
+            .snapshot()
+            .await
+            .expect("the clone still talks to the kernel");
+        assert!(!conn.is_finished());
+
+        drop(events);
+        assert!(
+            ended(&[&watch]).await,
+            "the subscription's driver outlived its Events"
+        );
+        assert!(!conn.is_finished());
+        drop(clone);
+        assert!(
+            ended(&[&conn]).await,
+            "the connection's driver outlived the last Netlink"
+        );
+        tasks.close();
+        tasks.wait().await;
+        assert!(tasks.is_empty());
+    }
 }

@@ -8,7 +8,7 @@ use hostplane_proto::v1::{AgentMessage, CoordinatorMessage};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::config::{SessionConfig, TlsConfig};
+use super::{SessionConfig, TlsConfig};
 use crate::exec::BoxFuture;
 
 /// Messages from the coordinator on one stream.
@@ -67,7 +67,7 @@ impl GrpcConnector {
             };
             let t = tls
                 .ok_or_else(|| tls_err("https needs a tls section (ca_file, cert_file, key_file)".into()))?;
-            let files = t.load().map_err(|e| tls_err(e.to_string()))?;
+            let files = t.load().map_err(|e| tls_err(format!("invalid config: {e}")))?;
             // The server name checked against the coordinator's certificate is the URL's host.
             let cfg = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(&files.ca))

@@ -3,6 +3,9 @@
 //! start, cancel, re-send, ACK/NACK), heartbeats, progress, results and
 //! network reports; the journal that makes commands run at most once across
 //! restarts; the stored desired state whose networks are re-applied at start.
+//! The agent config's `session:` section ([`SessionConfig`]) and the
+//! coordinator connection's settings (`coordinator`, `insecure`, `tls:`:
+//! [`TlsConfig`], [`validate_connection`]) are defined and checked here.
 mod backoff;
 mod command;
 mod config;
@@ -13,6 +16,7 @@ pub mod network;
 mod owner;
 pub mod persist;
 pub mod power;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +31,7 @@ pub use journal::{Journal, JournalError};
 pub use network::{HostNetworks, NetSync};
 pub use persist::StateError;
 pub use power::PowerSession;
+pub use tls::{ConnectionConfigError, LoadedTls, TlsConfig, is_plaintext, validate_connection};
 
 use crate::config::Config;
 use crate::exec::Executor;
