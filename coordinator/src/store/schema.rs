@@ -51,6 +51,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
     INSERT INTO meta (key, value) VALUES ('history_floor',
         COALESCE((SELECT MIN(revision) - 1 FROM events), (SELECT value FROM meta WHERE key = 'revision')));
     "#,
+    // 3: the node a Device or Dpu is on, as an indexed column, so an agent's
+    // Hello reads its own rows instead of parsing every body's JSON
+    // (`Txn::list_on_node`). Written by every put; filled here once. NULL
+    // for other kinds and for an empty `spec.node`.
+    r#"
+    ALTER TABLE resources ADD COLUMN node TEXT;
+    UPDATE resources SET node = json_extract(body, '$.' || kind || '.spec.node')
+        WHERE kind IN ('device', 'dpu');
+    UPDATE resources SET node = NULL WHERE node = '';
+    CREATE INDEX resources_node ON resources (kind, node, name) WHERE node IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hostplane_proto::v1::{EventType, Kind, Resource};
 use prost::Message;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::{StoreError, Txn};
 
@@ -42,12 +42,8 @@ pub struct PageLimit {
 impl Txn<'_> {
     /// The revision after which every event is kept.
     pub fn history_floor(&self) -> Result<u64, StoreError> {
-        let v: Option<i64> = self
-            .tx
-            .query_row("SELECT value FROM meta WHERE key = 'history_floor'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let v: Option<i64> =
+            self.one_row("SELECT value FROM meta WHERE key = 'history_floor'", [], |r| r.get(0))?;
         Ok(v.unwrap_or(0).max(0) as u64)
     }
 
@@ -56,25 +52,19 @@ impl Txn<'_> {
     /// carries it as `prev_body`, so a snapshot from before the change can
     /// still read it.
     pub(super) fn prev_body_to_keep(&self, kind: Kind, name: &str) -> Result<Option<String>, StoreError> {
-        let kept: Option<i64> = self
-            .tx
-            .query_row(
-                "SELECT 1 FROM events WHERE kind = ?1 AND name = ?2 LIMIT 1",
-                params![kind.noun(), name],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let kept: Option<i64> = self.one_row(
+            "SELECT 1 FROM events WHERE kind = ?1 AND name = ?2 LIMIT 1",
+            params![kind.noun(), name],
+            |r| r.get(0),
+        )?;
         if kept.is_some() {
             return Ok(None);
         }
-        Ok(self
-            .tx
-            .query_row(
-                "SELECT body FROM resources WHERE kind = ?1 AND name = ?2",
-                params![kind.noun(), name],
-                |r| r.get(0),
-            )
-            .optional()?)
+        self.one_row(
+            "SELECT body FROM resources WHERE kind = ?1 AND name = ?2",
+            params![kind.noun(), name],
+            |r| r.get(0),
+        )
     }
 
     /// Drop the events at or before `through`. An object that keeps a later
@@ -84,23 +74,18 @@ impl Txn<'_> {
         if through <= self.history_floor()? {
             return Ok(());
         }
-        let mut stmt = self.tx.prepare_cached(
+        let dropped: Vec<(String, String, i64)> = self.all_rows(
             "SELECT kind, name, MAX(revision) FROM events WHERE revision <= ?1 GROUP BY kind, name",
+            params![through as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        let dropped: Vec<(String, String, i64)> = stmt
-            .query_map(params![through as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?;
-        drop(stmt);
         for (kind, name, last) in dropped {
-            let next: Option<(i64, i32, bool)> = self
-                .tx
-                .query_row(
-                    "SELECT revision, type, prev_body IS NULL FROM events
-                     WHERE kind = ?1 AND name = ?2 AND revision > ?3 ORDER BY revision LIMIT 1",
-                    params![kind, name, through as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
+            let next: Option<(i64, i32, bool)> = self.one_row(
+                "SELECT revision, type, prev_body IS NULL FROM events
+                 WHERE kind = ?1 AND name = ?2 AND revision > ?3 ORDER BY revision LIMIT 1",
+                params![kind, name, through as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
             let Some((next_rev, next_type, no_prev)) = next else {
                 continue;
             };
@@ -108,15 +93,14 @@ impl Txn<'_> {
             if next_type == EventType::Added as i32 || !no_prev {
                 continue;
             }
-            self.tx.execute(
+            self.exec(
                 "UPDATE events SET prev_body = (SELECT body FROM events WHERE revision = ?1 AND type != ?3)
                  WHERE revision = ?2",
                 params![last, next_rev, EventType::Deleted as i32],
             )?;
         }
-        self.tx
-            .execute("DELETE FROM events WHERE revision <= ?1", params![through as i64])?;
-        self.tx.execute(
+        self.exec("DELETE FROM events WHERE revision <= ?1", params![through as i64])?;
+        self.exec(
             "UPDATE meta SET value = ?1 WHERE key = 'history_floor'",
             params![through as i64],
         )?;
@@ -155,46 +139,52 @@ impl Txn<'_> {
                 None => None,
             })
         };
-        let mut row = next_row()?;
-        let mut page = Page {
-            items: Vec::new(),
-            more: false,
-        };
-        let mut bytes = 0;
-        loop {
-            // Merge the two name-ordered sources; a row that changed after
-            // `at` is replaced by its state from history (maybe none).
-            let item = match (&row, from_history.peek()) {
-                (None, None) => break,
-                (Some((rn, _)), Some((hn, _))) if *hn < rn.as_str() => {
-                    from_history.next().map(|(_, r)| r.clone())
-                }
-                (Some((rn, _)), _) if changed_names.contains(rn.as_str()) => {
-                    row = next_row()?;
+        let mut merge = move || -> Result<Page, StoreError> {
+            let mut row = next_row()?;
+            let mut page = Page {
+                items: Vec::new(),
+                more: false,
+            };
+            let mut bytes = 0;
+            loop {
+                // Merge the two name-ordered sources; a row that changed after
+                // `at` is replaced by its state from history (maybe none).
+                let item = match (&row, from_history.peek()) {
+                    (None, None) => break,
+                    (Some((rn, _)), Some((hn, _))) if *hn < rn.as_str() => {
+                        from_history.next().map(|(_, r)| r.clone())
+                    }
+                    (Some((rn, _)), _) if changed_names.contains(rn.as_str()) => {
+                        row = next_row()?;
+                        continue;
+                    }
+                    (Some(_), _) => {
+                        let (name, body) = row.take().unwrap_or_default();
+                        row = next_row()?;
+                        Some(Self::decode(kind, &name, &body)?)
+                    }
+                    (None, Some(_)) => from_history.next().map(|(_, r)| r.clone()),
+                };
+                let Some(item) = item else { break };
+                if !keep(&item) {
                     continue;
                 }
-                (Some(_), _) => {
-                    let (name, body) = row.take().unwrap_or_default();
-                    row = next_row()?;
-                    Some(Self::decode(kind, &name, &body)?)
+                let size = item.encoded_len();
+                let full =
+                    page.items.len() >= limit.items || (!page.items.is_empty() && bytes + size > limit.bytes);
+                if full {
+                    page.more = true;
+                    break;
                 }
-                (None, Some(_)) => from_history.next().map(|(_, r)| r.clone()),
-            };
-            let Some(item) = item else { break };
-            if !keep(&item) {
-                continue;
+                bytes += size;
+                page.items.push(item);
             }
-            let size = item.encoded_len();
-            let full =
-                page.items.len() >= limit.items || (!page.items.is_empty() && bytes + size > limit.bytes);
-            if full {
-                page.more = true;
-                break;
-            }
-            bytes += size;
-            page.items.push(item);
-        }
-        Ok(page)
+            Ok(page)
+        };
+        let page = merge();
+        drop(merge);
+        self.count(&stmt);
+        page
     }
 
     /// Every object of `kind` named after `after` with an event after `at`,
@@ -205,13 +195,11 @@ impl Txn<'_> {
         at: u64,
         after: &str,
     ) -> Result<BTreeMap<String, Option<Resource>>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(
+        let names: Vec<String> = self.all_rows(
             "SELECT DISTINCT name FROM events WHERE revision > ?1 AND kind = ?2 AND name > ?3",
+            params![at as i64, kind.noun(), after],
+            |r| r.get(0),
         )?;
-        let names: Vec<String> = stmt
-            .query_map(params![at as i64, kind.noun(), after], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        drop(stmt);
         let mut out = BTreeMap::new();
         for name in names {
             let state = self.state_at(kind, &name, at)?;
@@ -222,15 +210,12 @@ impl Txn<'_> {
 
     /// An object with an event after `at`, as it was at `at`.
     fn state_at(&self, kind: Kind, name: &str, at: u64) -> Result<Option<Resource>, StoreError> {
-        let before: Option<(i32, String)> = self
-            .tx
-            .query_row(
-                "SELECT type, body FROM events WHERE kind = ?1 AND name = ?2 AND revision <= ?3
-                 ORDER BY revision DESC LIMIT 1",
-                params![kind.noun(), name, at as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+        let before: Option<(i32, String)> = self.one_row(
+            "SELECT type, body FROM events WHERE kind = ?1 AND name = ?2 AND revision <= ?3
+             ORDER BY revision DESC LIMIT 1",
+            params![kind.noun(), name, at as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         if let Some((ty, body)) = before {
             return if ty == EventType::Deleted as i32 {
                 Ok(None)
@@ -238,12 +223,14 @@ impl Txn<'_> {
                 Self::decode(kind, name, &body).map(Some)
             };
         }
-        let (rev, ty, prev): (i64, i32, Option<String>) = self.tx.query_row(
-            "SELECT revision, type, prev_body FROM events WHERE kind = ?1 AND name = ?2 AND revision > ?3
-             ORDER BY revision LIMIT 1",
-            params![kind.noun(), name, at as i64],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        let (rev, ty, prev): (i64, i32, Option<String>) = self
+            .one_row(
+                "SELECT revision, type, prev_body FROM events WHERE kind = ?1 AND name = ?2 AND revision > ?3
+                 ORDER BY revision LIMIT 1",
+                params![kind.noun(), name, at as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .ok_or(StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))?;
         match prev {
             _ if ty == EventType::Added as i32 => Ok(None),
             Some(body) => Self::decode(kind, name, &body).map(Some),

@@ -1,6 +1,10 @@
 //! One store transaction: reads, writes, revisions and the events they make.
-use hostplane_proto::v1::{Command, CommandOutcome, CommandResult, EventType, Kind, Resource, WatchEvent};
-use rusqlite::{OptionalExtension, Transaction, params};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hostplane_proto::v1::{
+    Command, CommandOutcome, CommandResult, EventType, Kind, Resource, WatchEvent, resource,
+};
+use rusqlite::{OptionalExtension, Params, Row, Statement, StatementStatus, Transaction, params};
 
 use super::{DesiredChanged, StoreError, now_ms};
 
@@ -14,48 +18,176 @@ pub struct CommandRow {
     pub result: Option<CommandResult>,
 }
 
+/// A change to the commands table, as the view replays it.
+#[derive(Debug, Clone)]
+pub(super) enum CommandChange {
+    Insert(CommandRow),
+    Finish { id: String, result: CommandResult },
+    Prune(Vec<String>),
+}
+
+/// What a transaction (or one closure of a group commit) changed, in order:
+/// the view replays it and the events and desired changes are broadcast.
+#[derive(Debug, Default)]
+pub(super) struct Changes {
+    pub events: Vec<WatchEvent>,
+    pub desired: Vec<DesiredChanged>,
+    pub commands: Vec<CommandChange>,
+}
+
+impl Changes {
+    pub(super) fn append(&mut self, mut other: Changes) {
+        self.events.append(&mut other.events);
+        self.desired.append(&mut other.desired);
+        self.commands.append(&mut other.commands);
+    }
+}
+
+/// The store's work counters (see [`super::StoreStats`]).
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub transactions: AtomicU64,
+    pub rows_read: AtomicU64,
+}
+
 pub struct Txn<'a> {
     pub(super) tx: Transaction<'a>,
-    events: Vec<WatchEvent>,
-    desired: Vec<DesiredChanged>,
+    counters: &'a Counters,
+    /// The revision as of the newest change in this transaction; written to
+    /// `meta` once, at commit.
+    rev: u64,
+    start_rev: u64,
+    /// The changes of the closure running now (a group commit takes them
+    /// after each closure).
+    pub(super) changes: Changes,
 }
 
 fn kind_key(kind: Kind) -> &'static str {
     kind.noun()
 }
 
+/// The node a Device or Dpu is on (the indexed `resources.node` column):
+/// `None` for other kinds and for an empty `spec.node` (proto3 JSON leaves
+/// an empty string out, so `json_extract` found NULL there too).
+fn node_column(r: &Resource) -> Option<&str> {
+    let node = match &r.kind {
+        Some(resource::Kind::Device(d)) => d.spec.as_ref().map(|s| s.node.as_str()),
+        Some(resource::Kind::Dpu(d)) => d.spec.as_ref().map(|s| s.node.as_str()),
+        _ => None,
+    };
+    node.filter(|n| !n.is_empty())
+}
+
 impl<'a> Txn<'a> {
-    pub(super) fn new(tx: Transaction<'a>) -> Self {
-        Txn {
+    pub(super) fn new(tx: Transaction<'a>, counters: &'a Counters) -> Result<Self, StoreError> {
+        let mut t = Txn {
             tx,
-            events: Vec::new(),
-            desired: Vec::new(),
-        }
+            counters,
+            rev: 0,
+            start_rev: 0,
+            changes: Changes::default(),
+        };
+        let v: i64 = t
+            .one_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| r.get(0))?
+            .unwrap_or(0);
+        t.rev = v as u64;
+        t.start_rev = t.rev;
+        Ok(t)
     }
 
-    pub(super) fn commit(self, retention: u64) -> Result<(Vec<WatchEvent>, Vec<DesiredChanged>), StoreError> {
-        if !self.events.is_empty() {
-            let rev = self.revision()?;
-            if rev > retention {
-                self.prune_history(rev - retention)?;
-            }
+    /// Add the rows `stmt` stepped through since the last count to the store's counter.
+    pub(super) fn count(&self, stmt: &Statement<'_>) {
+        let steps = stmt.reset_status(StatementStatus::VmStep).max(0) as u64;
+        self.counters.rows_read.fetch_add(steps, Ordering::Relaxed);
+    }
+
+    /// Run a statement that returns no rows (cached, counted).
+    pub(super) fn exec<P: Params>(&self, sql: &str, p: P) -> Result<usize, StoreError> {
+        let mut stmt = self.tx.prepare_cached(sql)?;
+        let n = stmt.execute(p);
+        self.count(&stmt);
+        Ok(n?)
+    }
+
+    /// The first row of a query, if any (cached, counted).
+    pub(super) fn one_row<T, P: Params>(
+        &self,
+        sql: &str,
+        p: P,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(sql)?;
+        let out = stmt.query_row(p, f).optional();
+        self.count(&stmt);
+        Ok(out?)
+    }
+
+    /// Every row of a query (cached, counted).
+    pub(super) fn all_rows<T, P: Params>(
+        &self,
+        sql: &str,
+        p: P,
+        mut f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(sql)?;
+        let out = stmt
+            .query_map(p, |r| f(r))
+            .and_then(|rows| rows.collect::<Result<Vec<T>, _>>());
+        self.count(&stmt);
+        Ok(out?)
+    }
+
+    /// Start one closure of a group commit.
+    pub(super) fn savepoint(&mut self) -> Result<u64, StoreError> {
+        self.tx.execute_batch("SAVEPOINT job")?;
+        Ok(self.rev)
+    }
+
+    /// The closure succeeded: keep its work; returns its changes.
+    pub(super) fn release(&mut self) -> Result<Changes, StoreError> {
+        self.tx.execute_batch("RELEASE job")?;
+        Ok(std::mem::take(&mut self.changes))
+    }
+
+    /// The closure failed: undo its work and forget its changes.
+    pub(super) fn rollback_to(&mut self, rev: u64) -> Result<(), StoreError> {
+        self.tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+        self.rev = rev;
+        self.changes = Changes::default();
+        Ok(())
+    }
+
+    /// False when SQLite ended the transaction on its own (some errors roll
+    /// it back): nothing after that may be committed as part of it.
+    pub(super) fn in_transaction(&self) -> bool {
+        !self.tx.is_autocommit()
+    }
+
+    /// Write the revision, prune history when `prune`, commit. Returns the
+    /// store's revision after the commit.
+    pub(super) fn commit(self, retention: u64, prune: bool) -> Result<u64, StoreError> {
+        if self.rev != self.start_rev {
+            self.exec(
+                "UPDATE meta SET value = ?1 WHERE key = 'revision'",
+                params![self.rev as i64],
+            )?;
         }
+        if prune && self.rev > retention {
+            self.prune_history(self.rev - retention)?;
+        }
+        let rev = self.rev;
         self.tx.commit()?;
-        Ok((self.events, self.desired))
+        Ok(rev)
     }
 
     /// The store's current revision (the resource_version of the newest change).
     pub fn revision(&self) -> Result<u64, StoreError> {
-        let v: i64 = self
-            .tx
-            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| r.get(0))?;
-        Ok(v as u64)
+        Ok(self.rev)
     }
 
     fn next_revision(&mut self) -> Result<u64, StoreError> {
-        self.tx
-            .execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'", [])?;
-        self.revision()
+        self.rev += 1;
+        Ok(self.rev)
     }
 
     pub(super) fn decode(kind: Kind, name: &str, body: &str) -> Result<Resource, StoreError> {
@@ -67,31 +199,28 @@ impl<'a> Txn<'a> {
     }
 
     pub fn get(&self, kind: Kind, name: &str) -> Result<Option<Resource>, StoreError> {
-        let body: Option<String> = self
-            .tx
-            .query_row(
-                "SELECT body FROM resources WHERE kind = ?1 AND name = ?2",
-                params![kind_key(kind), name],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let body: Option<String> = self.one_row(
+            "SELECT body FROM resources WHERE kind = ?1 AND name = ?2",
+            params![kind_key(kind), name],
+            |r| r.get(0),
+        )?;
         body.map(|b| Self::decode(kind, name, &b)).transpose()
+    }
+
+    fn decode_rows(kind: Kind, rows: Vec<(String, String)>) -> Result<Vec<Resource>, StoreError> {
+        rows.into_iter()
+            .map(|(name, body)| Self::decode(kind, &name, &body))
+            .collect()
     }
 
     /// Every object of a kind, ordered by name.
     pub fn list(&self, kind: Kind) -> Result<Vec<Resource>, StoreError> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT name, body FROM resources WHERE kind = ?1 ORDER BY name")?;
-        let rows = stmt.query_map(params![kind_key(kind)], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, body) = row?;
-            out.push(Self::decode(kind, &name, &body)?);
-        }
-        Ok(out)
+        let rows = self.all_rows(
+            "SELECT name, body FROM resources WHERE kind = ?1 ORDER BY name",
+            params![kind_key(kind)],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )?;
+        Self::decode_rows(kind, rows)
     }
 
     fn put(&mut self, mut r: Resource, ty: EventType) -> Result<Resource, StoreError> {
@@ -118,15 +247,16 @@ impl<'a> Txn<'a> {
         } else {
             self.prev_body_to_keep(kind, &name)?
         };
+        let node = node_column(&r);
         if ty == EventType::Added {
-            self.tx.execute(
-                "INSERT INTO resources (kind, name, resource_version, body) VALUES (?1, ?2, ?3, ?4)",
-                params![kind_key(kind), name, rev as i64, body],
+            self.exec(
+                "INSERT INTO resources (kind, name, resource_version, body, node) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![kind_key(kind), name, rev as i64, body, node],
             )?;
         } else {
-            self.tx.execute(
-                "UPDATE resources SET resource_version = ?3, body = ?4 WHERE kind = ?1 AND name = ?2",
-                params![kind_key(kind), name, rev as i64, body],
+            self.exec(
+                "UPDATE resources SET resource_version = ?3, body = ?4, node = ?5 WHERE kind = ?1 AND name = ?2",
+                params![kind_key(kind), name, rev as i64, body, node],
             )?;
         }
         self.record_event(rev, kind, &name, ty, (&body, prev), &r)?;
@@ -144,11 +274,11 @@ impl<'a> Txn<'a> {
         (body, prev_body): (&str, Option<String>),
         r: &Resource,
     ) -> Result<(), StoreError> {
-        self.tx.execute(
+        self.exec(
             "INSERT INTO events (revision, kind, name, type, body, prev_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![rev as i64, kind_key(kind), name, ty as i32, body, prev_body],
         )?;
-        self.events.push(WatchEvent {
+        self.changes.events.push(WatchEvent {
             r#type: ty as i32,
             resource_version: rev,
             resource: Some(r.clone()),
@@ -175,7 +305,7 @@ impl<'a> Txn<'a> {
         };
         let rev = self.next_revision()?;
         let prev = self.prev_body_to_keep(kind, name)?;
-        self.tx.execute(
+        self.exec(
             "DELETE FROM resources WHERE kind = ?1 AND name = ?2",
             params![kind_key(kind), name],
         )?;
@@ -199,8 +329,8 @@ impl<'a> Txn<'a> {
         limit: usize,
     ) -> Result<Vec<WatchEvent>, StoreError> {
         let oldest: Option<i64> = self
-            .tx
-            .query_row("SELECT MIN(revision) FROM events", [], |r| r.get(0))?;
+            .one_row("SELECT MIN(revision) FROM events", [], |r| r.get(0))?
+            .flatten();
         let current = self.revision()?;
         if let Some(oldest) = oldest
             && from_version + 1 < oldest as u64
@@ -211,21 +341,21 @@ impl<'a> Txn<'a> {
                 oldest: oldest as u64 - 1,
             });
         }
-        let mut stmt = self.tx.prepare_cached(
+        let rows = self.all_rows(
             "SELECT revision, kind, name, type, body FROM events WHERE revision > ?1 ORDER BY revision LIMIT ?2",
+            params![from_version as i64, limit as i64],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i32>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            },
         )?;
-        let rows = stmt.query_map(params![from_version as i64, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i32>(3)?,
-                r.get::<_, String>(4)?,
-            ))
-        })?;
         let mut out = Vec::new();
-        for row in rows {
-            let (rev, kind_s, name, ty, body) = row?;
+        for (rev, kind_s, name, ty, body) in rows {
             let kind = Kind::from_noun(&kind_s).unwrap_or(Kind::Unspecified);
             if !kinds.is_empty() && !kinds.contains(&kind) {
                 continue;
@@ -244,13 +374,13 @@ impl<'a> Txn<'a> {
 
     fn bump_desired(&mut self, node: &str) -> Result<u64, StoreError> {
         let version = self.next_revision()?;
-        self.tx.execute(
+        self.exec(
             "INSERT INTO desired (node, version) VALUES (?1, ?2)
              ON CONFLICT (node) DO UPDATE SET version = excluded.version",
             params![node, version as i64],
         )?;
-        self.desired.retain(|d| d.node != node);
-        self.desired.push(DesiredChanged {
+        self.changes.desired.retain(|d| d.node != node);
+        self.changes.desired.push(DesiredChanged {
             node: node.into(),
             version,
         });
@@ -267,15 +397,19 @@ impl<'a> Txn<'a> {
 
     /// The version of a node's desired state (0 if it never had one).
     pub fn desired_version(&self, node: &str) -> Result<u64, StoreError> {
-        let v: Option<i64> = self
-            .tx
-            .query_row(
-                "SELECT version FROM desired WHERE node = ?1",
-                params![node],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let v: Option<i64> = self.one_row(
+            "SELECT version FROM desired WHERE node = ?1",
+            params![node],
+            |r| r.get(0),
+        )?;
         Ok(v.unwrap_or(0) as u64)
+    }
+
+    /// Every node's desired version (loading the view).
+    pub(super) fn all_desired(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.all_rows("SELECT node, version FROM desired", [], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
     }
 
     /// Add an open command to `node`'s desired state. Returns the new desired version.
@@ -285,34 +419,24 @@ impl<'a> Txn<'a> {
             name: command.id.clone(),
             source,
         })?;
-        self.tx.execute(
+        let created_ms = now_ms();
+        self.exec(
             "INSERT INTO commands (id, node, dpu, body, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![command.id, node, command.dpu, body, now_ms()],
+            params![command.id, node, command.dpu, body, created_ms],
         )?;
+        self.changes.commands.push(CommandChange::Insert(CommandRow {
+            command: command.clone(),
+            node: node.into(),
+            created_ms,
+            result: None,
+        }));
         self.bump_desired(node)
     }
 
-    pub fn command(&self, id: &str) -> Result<Option<CommandRow>, StoreError> {
-        let row = self
-            .tx
-            .query_row(
-                "SELECT node, body, created_ms, outcome, message, finished_ms FROM commands WHERE id = ?1",
-                params![id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Option<i32>>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, Option<i64>>(5)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let Some((node, body, created_ms, outcome, message, finished)) = row else {
-            return Ok(None);
-        };
+    fn command_row(
+        id: &str,
+        (node, body, created_ms, outcome, message, finished): CommandColumns,
+    ) -> Result<CommandRow, StoreError> {
         let command: Command = serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
             kind: "command",
             name: id.into(),
@@ -323,69 +447,102 @@ impl<'a> Txn<'a> {
             message: message.unwrap_or_default(),
             finished_at_ms: finished.unwrap_or(0),
         });
-        Ok(Some(CommandRow {
+        Ok(CommandRow {
             command,
             node,
             created_ms,
             result,
-        }))
+        })
+    }
+
+    fn command_columns(r: &Row<'_>, at: usize) -> rusqlite::Result<CommandColumns> {
+        Ok((
+            r.get(at)?,
+            r.get(at + 1)?,
+            r.get(at + 2)?,
+            r.get(at + 3)?,
+            r.get(at + 4)?,
+            r.get(at + 5)?,
+        ))
+    }
+
+    pub fn command(&self, id: &str) -> Result<Option<CommandRow>, StoreError> {
+        let row = self.one_row(
+            "SELECT node, body, created_ms, outcome, message, finished_ms FROM commands WHERE id = ?1",
+            params![id],
+            |r| Self::command_columns(r, 0),
+        )?;
+        row.map(|cols| Self::command_row(id, cols)).transpose()
+    }
+
+    /// Every command row, open and finished (loading the view).
+    pub(super) fn all_commands(&self) -> Result<Vec<CommandRow>, StoreError> {
+        let rows = self.all_rows(
+            "SELECT id, node, body, created_ms, outcome, message, finished_ms FROM commands",
+            [],
+            |r| Ok((r.get::<_, String>(0)?, Self::command_columns(r, 1)?)),
+        )?;
+        rows.into_iter()
+            .map(|(id, cols)| Self::command_row(&id, cols))
+            .collect()
     }
 
     /// The open commands of a node, oldest first: its desired state.
     pub fn open_commands(&self, node: &str) -> Result<Vec<Command>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(
+        let rows = self.all_rows(
             "SELECT id, body FROM commands WHERE node = ?1 AND outcome IS NULL ORDER BY created_ms, id",
+            params![node],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
         )?;
-        let rows = stmt.query_map(params![node], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, body) = row?;
-            out.push(serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
-                kind: "command",
-                name: id,
-                source,
-            })?);
-        }
-        Ok(out)
+        rows.into_iter()
+            .map(|(id, body)| {
+                serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
+                    kind: "command",
+                    name: id,
+                    source,
+                })
+            })
+            .collect()
     }
 
     /// Record a command's final result. Returns false (and changes nothing) if
     /// the command is unknown or already has a result: results are idempotent by id.
     /// A recorded result takes the command out of the node's desired state.
     pub fn finish_command(&mut self, id: &str, result: &CommandResult) -> Result<bool, StoreError> {
-        let node: Option<String> = self
-            .tx
-            .query_row(
-                "SELECT node FROM commands WHERE id = ?1 AND outcome IS NULL",
-                params![id],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let node: Option<String> = self.one_row(
+            "SELECT node FROM commands WHERE id = ?1 AND outcome IS NULL",
+            params![id],
+            |r| r.get(0),
+        )?;
         let Some(node) = node else { return Ok(false) };
         let finished = if result.finished_at_ms > 0 {
             result.finished_at_ms
         } else {
             now_ms()
         };
-        self.tx.execute(
+        self.exec(
             "UPDATE commands SET outcome = ?2, message = ?3, finished_ms = ?4 WHERE id = ?1",
             params![id, result.outcome, result.message, finished],
         )?;
+        self.changes.commands.push(CommandChange::Finish {
+            id: id.into(),
+            result: CommandResult {
+                outcome: result.outcome,
+                message: result.message.clone(),
+                finished_at_ms: finished,
+            },
+        });
         self.bump_desired(&node)?;
         Ok(true)
     }
 
     /// Withdraw every open command of a Dpu (the agent cancels them). Returns their ids.
     pub fn cancel_commands_for_dpu(&mut self, dpu: &str, why: &str) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT id FROM commands WHERE dpu = ?1 AND outcome IS NULL")?;
-        let ids: Vec<String> = stmt
-            .query_map(params![dpu], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        drop(stmt);
+        let ids: Vec<String> = self.all_rows(
+            "SELECT id FROM commands WHERE dpu = ?1 AND outcome IS NULL",
+            params![dpu],
+            |r| r.get(0),
+        )?;
         for id in &ids {
             let result = CommandResult {
                 outcome: CommandOutcome::Cancelled as i32,
@@ -399,30 +556,32 @@ impl<'a> Txn<'a> {
 
     /// Drop finished commands older than `before_ms` (history housekeeping).
     pub fn prune_commands(&mut self, before_ms: i64) -> Result<usize, StoreError> {
-        Ok(self.tx.execute(
-            "DELETE FROM commands WHERE outcome IS NOT NULL AND finished_ms < ?1",
+        let ids: Vec<String> = self.all_rows(
+            "DELETE FROM commands WHERE outcome IS NOT NULL AND finished_ms < ?1 RETURNING id",
             params![before_ms],
-        )?)
+            |r| r.get(0),
+        )?;
+        let n = ids.len();
+        if n > 0 {
+            self.changes.commands.push(CommandChange::Prune(ids));
+        }
+        Ok(n)
     }
 
-    /// Devices or Dpus whose `spec.node` is `node`, ordered by name (filtered in SQL,
-    /// so an agent's Hello does not decode every device of the fleet).
+    /// Devices or Dpus whose `spec.node` is `node`, ordered by name (an index
+    /// lookup on the `node` column, so an agent's Hello reads only its own rows).
     pub fn list_on_node(&self, kind: Kind, node: &str) -> Result<Vec<Resource>, StoreError> {
-        let path = format!("$.{}.spec.node", kind.noun());
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT name, body FROM resources WHERE kind = ?1 AND json_extract(body, ?2) = ?3 ORDER BY name",
+        let rows = self.all_rows(
+            "SELECT name, body FROM resources WHERE kind = ?1 AND node = ?2 ORDER BY name",
+            params![kind_key(kind), node],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
         )?;
-        let rows = stmt.query_map(params![kind_key(kind), path, node], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, body) = row?;
-            out.push(Self::decode(kind, &name, &body)?);
-        }
-        Ok(out)
+        Self::decode_rows(kind, rows)
     }
 }
+
+/// A command row's columns after its id.
+type CommandColumns = (String, String, i64, Option<i32>, Option<String>, Option<i64>);
 
 #[cfg(test)]
 impl Txn<'_> {

@@ -1,0 +1,1 @@
+//! View and group-commit tests.
