@@ -347,7 +347,7 @@ pub fn redfish(data: &[u8]) {
     }
     let _ = (parse::text(&v, "/Id"), parse::text(&v, "/ControlType"));
 
-    let err = |e: String| assert!(!e.is_empty(), "an empty error");
+    let err = |e: parse::ParseError| assert!(!e.to_string().is_empty(), "an empty error: {e:?}");
     match parse::environment_power(&v) {
         Ok((w, kwh)) => {
             finite(w, "environment_power");

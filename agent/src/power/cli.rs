@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::bmc::{BmcConfig, RedfishClient};
+use super::bmc::{BmcConfig, RedfishClient, RedfishError};
 use super::{Reading, Scope, Sources};
 
 #[derive(clap::Args, Debug)]
@@ -55,11 +55,35 @@ pub struct ReadArgs {
     pub bmc_chassis: Option<String>,
 }
 
+/// Why `power.bmc`, as the config file and the `--bmc-*` flags give it,
+/// cannot be used (`hostplane-agent power` exits 78).
+#[derive(Debug, thiserror::Error)]
+pub enum BmcConfigError {
+    /// The config file cannot be read.
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    /// The config file does not parse or validate.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A `power.bmc` key is wrong: the error names it (`power.bmc.url`).
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Why `power read` has no BMC to read: the client could not connect.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use the BMC at {url}: {error}")]
+pub struct BmcUnusable {
+    /// `power.bmc.url`.
+    pub url: String,
+    pub error: RedfishError,
+}
+
 impl ReadArgs {
     /// `power.bmc` from the config file (the global `--config`, whose
     /// `power.bmc` says which BMC to read [default: /etc/hostplane/agent.yaml,
     /// if it exists]), then the `--bmc-*` flags.
-    fn bmc_config(&self, config: Option<&Path>) -> Result<BmcConfig, String> {
+    fn bmc_config(&self, config: Option<&Path>) -> Result<BmcConfig, BmcConfigError> {
         let default = Path::new(crate::config::DEFAULT_CONFIG_PATH);
         let path = match config {
             Some(p) => Some(p),
@@ -67,12 +91,11 @@ impl ReadArgs {
         };
         let mut bmc = match path {
             Some(p) => {
-                let text =
-                    std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-                crate::config::Config::from_yaml(&text, p)
-                    .map_err(|e| e.to_string())?
-                    .power
-                    .bmc
+                let text = std::fs::read_to_string(p).map_err(|error| BmcConfigError::Read {
+                    path: p.to_path_buf(),
+                    error,
+                })?;
+                crate::config::Config::from_yaml(&text, p)?.power.bmc
             }
             None => BmcConfig::default(),
         };
@@ -93,7 +116,7 @@ impl ReadArgs {
         }
         bmc.insecure_tls |= self.bmc_insecure_tls;
         bmc.validate()
-            .map_err(|(field, reason)| format!("{field}: {reason}"))?;
+            .map_err(|(field, reason)| BmcConfigError::Invalid { field, reason })?;
         Ok(bmc)
     }
 }
@@ -209,7 +232,10 @@ fn absent_sources(sources: &Sources, sysfs_root: &Path) -> Vec<Unavailable> {
 /// The BMC's readings, or one saying why there are none. A chassis read for
 /// the first time has no energy yet (`energy_joules` null, not 0): energy is
 /// counted from a first read, so it needs two.
-async fn bmc_readings(client: &Result<RedfishClient, String>, seen: &mut HashSet<String>) -> Vec<Reading> {
+async fn bmc_readings(
+    client: &Result<RedfishClient, BmcUnusable>,
+    seen: &mut HashSet<String>,
+) -> Vec<Reading> {
     match client {
         Ok(c) => {
             let mut readings = c.sample().await;
@@ -225,7 +251,7 @@ async fn bmc_readings(client: &Result<RedfishClient, String>, seen: &mut HashSet
             "redfish",
             Scope::Node,
             "bmc".into(),
-            why.clone(),
+            why.to_string(),
         )],
     }
 }
@@ -259,7 +285,10 @@ pub async fn run_power_cli(args: PowerArgs, config: Option<PathBuf>) -> ExitCode
         Some(
             RedfishClient::connect(&bmc_cfg)
                 .await
-                .map_err(|e| format!("cannot use the BMC at {}: {e}", bmc_cfg.url)),
+                .map_err(|error| BmcUnusable {
+                    url: bmc_cfg.url.clone(),
+                    error,
+                }),
         )
     } else {
         absent.push(Unavailable {
@@ -285,7 +314,7 @@ pub async fn run_power_cli(args: PowerArgs, config: Option<PathBuf>) -> ExitCode
 async fn read_loop(
     a: &ReadArgs,
     mut sources: Sources,
-    bmc: Option<&Result<RedfishClient, String>>,
+    bmc: Option<&Result<RedfishClient, BmcUnusable>>,
     absent: &[Unavailable],
 ) -> ExitCode {
     let mut seen = HashSet::new();

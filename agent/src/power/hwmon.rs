@@ -102,9 +102,9 @@ impl Hwmon {
                     (Kind::Energy { energy }, Err(e)) => {
                         energy.reset();
                         r.method = Method::Integrated;
-                        r.error = Some(e);
+                        r.error = Some(e.to_string());
                     }
-                    (_, Err(e)) => r.error = Some(e),
+                    (_, Err(e)) => r.error = Some(e.to_string()),
                     (Kind::Power, Ok(uw)) => r.watts = Some(uw as f64 / 1e6),
                     (Kind::Energy { energy }, Ok(cur)) => {
                         r.method = Method::Integrated;

@@ -126,29 +126,76 @@ impl Counter {
     }
 
     /// Read the file's number (sysfs files are re-generated on every read at offset 0).
-    pub fn read_u64(&mut self) -> io::Result<u64> {
-        let n = self.file.read_at(&mut self.buf, 0)?;
-        let text =
-            std::str::from_utf8(&self.buf[..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        text.trim().parse().map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {:?} is not a number", self.path.display(), text.trim()),
-            )
-        })
+    pub fn read_u64(&mut self) -> Result<u64, ReadError> {
+        let n = self
+            .file
+            .read_at(&mut self.buf, 0)
+            .map_err(|e| ReadError::io(&self.path, &e))?;
+        parse_u64(&self.path, &self.buf[..n])
     }
 }
 
-/// Why a file cannot be read, in words an operator can act on.
-pub fn why(path: &Path, e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::PermissionDenied => format!(
-            "permission denied reading {} (since Linux 5.10 RAPL energy is root-only; run the agent as root or grant read access)",
-            path.display()
-        ),
-        io::ErrorKind::NotFound => format!("{} does not exist", path.display()),
-        _ => format!("{}: {e}", path.display()),
+/// The number a sysfs file holds (`123\n`), or why it is not one.
+pub fn parse_u64(path: &Path, bytes: &[u8]) -> Result<u64, ReadError> {
+    let text = String::from_utf8_lossy(bytes);
+    text.trim().parse().map_err(|_| ReadError::NotANumber {
+        path: path.to_path_buf(),
+        text: text.trim().to_string(),
+    })
+}
+
+/// Why a sysfs file gave no number, in words an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error(
+        "permission denied reading {} (since Linux 5.10 RAPL energy is root-only; run the agent as root or grant read access)",
+        path.display()
+    )]
+    PermissionDenied { path: PathBuf },
+    #[error("{} does not exist", path.display())]
+    NotFound { path: PathBuf },
+    /// The file was read but does not hold a number; `text` is what it holds.
+    #[error("{}: {text:?} is not a number", path.display())]
+    NotANumber { path: PathBuf, text: String },
+    /// Any other I/O error; `reason` is the system's words for it.
+    #[error("{}: {reason}", path.display())]
+    Io {
+        path: PathBuf,
+        kind: io::ErrorKind,
+        reason: String,
+    },
+}
+
+impl ReadError {
+    /// The error of an I/O failure on `path`.
+    pub fn io(path: &Path, e: &io::Error) -> ReadError {
+        let path = path.to_path_buf();
+        match e.kind() {
+            io::ErrorKind::PermissionDenied => ReadError::PermissionDenied { path },
+            io::ErrorKind::NotFound => ReadError::NotFound { path },
+            kind => ReadError::Io {
+                path,
+                kind,
+                reason: e.to_string(),
+            },
+        }
     }
+
+    /// The file that gave no number.
+    pub fn path(&self) -> &Path {
+        match self {
+            ReadError::PermissionDenied { path }
+            | ReadError::NotFound { path }
+            | ReadError::NotANumber { path, .. }
+            | ReadError::Io { path, .. } => path,
+        }
+    }
+}
+
+/// Why a file cannot be read, in words an operator can act on (the
+/// sentence of [`ReadError::io`]).
+pub fn why(path: &Path, e: &io::Error) -> String {
+    ReadError::io(path, e).to_string()
 }
 
 /// Energy delta between two readings of a counter that wraps at `max_range`
@@ -249,7 +296,7 @@ pub const REOPEN_EVERY: u32 = 30;
 #[derive(Debug)]
 pub struct ReopeningCounter {
     path: PathBuf,
-    counter: Result<Counter, String>,
+    counter: Result<Counter, ReadError>,
     /// Failed reads in a row (or since the last try to open).
     failures: u32,
 }
@@ -259,19 +306,19 @@ impl ReopeningCounter {
     pub fn open(path: &Path) -> ReopeningCounter {
         ReopeningCounter {
             path: path.to_path_buf(),
-            counter: Counter::open(path).map_err(|e| why(path, &e)),
+            counter: Counter::open(path).map_err(|e| ReadError::io(path, &e)),
             failures: 0,
         }
     }
 
     /// Read the number, or say why not.
-    pub fn read_u64(&mut self) -> Result<u64, String> {
+    pub fn read_u64(&mut self) -> Result<u64, ReadError> {
         if self.counter.is_err() && self.failures >= REOPEN_EVERY {
             self.failures = 0;
-            self.counter = Counter::open(&self.path).map_err(|e| why(&self.path, &e));
+            self.counter = Counter::open(&self.path).map_err(|e| ReadError::io(&self.path, &e));
         }
         let r = match &mut self.counter {
-            Ok(c) => c.read_u64().map_err(|e| why(&self.path, &e)),
+            Ok(c) => c.read_u64(),
             Err(e) => Err(e.clone()),
         };
         match &r {
@@ -488,7 +535,9 @@ mod tests {
         let p = d.path().join("energy_uj");
         let mut c = ReopeningCounter::open(&p);
         for _ in 0..REOPEN_EVERY {
-            assert!(c.read_u64().unwrap_err().contains("does not exist"));
+            let e = c.read_u64().unwrap_err();
+            assert_eq!(e, ReadError::NotFound { path: p.clone() });
+            assert_eq!(e.to_string(), format!("{} does not exist", p.display()));
         }
         std::fs::write(&p, "7\n").unwrap();
         assert_eq!(c.read_u64(), Ok(7), "opened again after REOPEN_EVERY failures");
@@ -499,7 +548,9 @@ mod tests {
         std::fs::create_dir(&q).unwrap();
         let mut c = ReopeningCounter::open(&q);
         for _ in 0..REOPEN_EVERY {
-            assert!(c.read_u64().is_err());
+            let e = c.read_u64().unwrap_err();
+            assert!(matches!(e, ReadError::Io { .. }), "{e:?}");
+            assert_eq!(e.path(), q);
         }
         std::fs::remove_dir(&q).unwrap();
         std::fs::write(&q, "9\n").unwrap();
@@ -554,8 +605,24 @@ mod tests {
             "the same handle sees the new value"
         );
         std::fs::write(&p, "x\n").unwrap();
-        assert!(c.read_u64().unwrap_err().to_string().contains("not a number"));
+        let e = c.read_u64().unwrap_err();
+        assert_eq!(
+            e,
+            ReadError::NotANumber {
+                path: p.clone(),
+                text: "x".into()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("{}: \"x\" is not a number", p.display()),
+            "the path once"
+        );
         let e = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            ReadError::io(&p, &e),
+            ReadError::PermissionDenied { path: p.clone() }
+        );
         assert!(why(&p, &e).contains("root-only"));
     }
 }

@@ -160,9 +160,13 @@ pub enum RedfishError {
         status: u16,
         message: String,
     },
-    /// A resource lacks what the client needs (`<url> has no PowerWatts`).
+    /// A resource lacks what the client needs (`<url> has no Chassis link`).
     #[error("{url} {what}")]
     Resource { url: String, what: String },
+    /// A property the client reads is missing or malformed
+    /// (`<url> has no PowerWatts.Reading`).
+    #[error("{url} {error}")]
+    Parse { url: String, error: parse::ParseError },
     /// A request refused before anything was sent.
     #[error("{0}")]
     Invalid(String),
@@ -368,12 +372,12 @@ impl RedfishClient {
     async fn get_with<T>(
         &self,
         path: &str,
-        f: impl Fn(&Value) -> Result<T, String>,
+        f: impl Fn(&Value) -> Result<T, parse::ParseError>,
     ) -> Result<T, RedfishError> {
         let v = self.t.call(Method::GET, path, None).await?;
-        f(&v).map_err(|what| RedfishError::Resource {
+        f(&v).map_err(|error| RedfishError::Parse {
             url: self.t.url(path),
-            what,
+            error,
         })
     }
 

@@ -1,8 +1,76 @@
 //! Reading Redfish resources: links, collections, and the power properties
 //! of `EnvironmentMetrics`, `Power` and `Control` (DSP0266, schema 2023.x).
-//! Pure functions over `serde_json::Value`; errors say what is missing or
-//! wrong in words that follow the resource's URL ("has no PowerWatts").
+//! Pure functions over `serde_json::Value`; errors ([`ParseError`]) say what
+//! is missing or wrong in words that follow the resource's URL ("has no
+//! PowerWatts.Reading").
 use serde_json::Value;
+
+/// What a resource lacks, or has wrong, for the value asked of it. Its
+/// `Display` is the end of a sentence that starts with the resource's URL
+/// (`<url> has no PowerWatts.Reading`). `property` is the property's path
+/// as the message names it: JSON pointer segments joined by dots, array
+/// items as `[n]` (`PowerControl[0].PowerLimit`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParseError {
+    /// The property is absent.
+    #[error("has no {property}")]
+    Missing { property: String },
+    /// The property is `null` where a reading must have a value.
+    #[error("reports no value ({property} is null)")]
+    Null { property: String },
+    /// The property is not a JSON number; `value` is it as JSON.
+    #[error("{property} is {value}, not a number")]
+    NotANumber { property: String, value: String },
+    /// A number that is not finite as an `f64`.
+    #[error("{property} is {value}, not a finite number")]
+    NotFinite { property: String, value: String },
+    /// The property is not an array; `value` is it as JSON.
+    #[error("{property} is {value}, not an array")]
+    NotAnArray { property: String, value: String },
+    /// The array is empty where its first item is needed.
+    #[error("has an empty {property} array")]
+    Empty { property: String },
+    /// A `Control` whose `ControlType` is not `Power`.
+    #[error("is a {control_type:?} control, not a Power control")]
+    NotAPowerControl { control_type: String },
+}
+
+impl ParseError {
+    /// The same error for a property read inside `parent` (`PowerLimitWatts`,
+    /// `PowerControl[0]`): its property becomes `<parent>.<property>`.
+    fn within(self, parent: &str) -> ParseError {
+        let join = |p: String| format!("{parent}.{p}");
+        match self {
+            ParseError::Missing { property } => ParseError::Missing {
+                property: join(property),
+            },
+            ParseError::Null { property } => ParseError::Null {
+                property: join(property),
+            },
+            ParseError::NotANumber { property, value } => ParseError::NotANumber {
+                property: join(property),
+                value,
+            },
+            ParseError::NotFinite { property, value } => ParseError::NotFinite {
+                property: join(property),
+                value,
+            },
+            ParseError::NotAnArray { property, value } => ParseError::NotAnArray {
+                property: join(property),
+                value,
+            },
+            ParseError::Empty { property } => ParseError::Empty {
+                property: join(property),
+            },
+            e @ ParseError::NotAPowerControl { .. } => e,
+        }
+    }
+}
+
+/// The name a message gives the property at JSON pointer `ptr`.
+fn property(ptr: &str) -> String {
+    ptr.trim_start_matches('/').replace('/', ".")
+}
 
 /// A resource's own `@odata.id`.
 pub fn odata_id(v: &Value) -> Option<&str> {
@@ -34,29 +102,38 @@ pub fn text<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
 
 /// The number at `ptr`: `Ok(None)` when it is `null` (Redfish's "no
 /// value"), an error naming the property when it is absent or not a number.
-pub fn number(v: &Value, ptr: &str) -> Result<Option<f64>, String> {
-    let name = ptr.trim_start_matches('/').replace('/', ".");
+pub fn number(v: &Value, ptr: &str) -> Result<Option<f64>, ParseError> {
     match v.pointer(ptr) {
-        None => Err(format!("has no {name}")),
+        None => Err(ParseError::Missing {
+            property: property(ptr),
+        }),
         Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .filter(|f| f.is_finite())
-            .map(Some)
-            .ok_or_else(|| format!("{name} is {n}, not a finite number")),
-        Some(other) => Err(format!("{name} is {other}, not a number")),
+        Some(Value::Number(n)) => {
+            n.as_f64()
+                .filter(|f| f.is_finite())
+                .map(Some)
+                .ok_or_else(|| ParseError::NotFinite {
+                    property: property(ptr),
+                    value: n.to_string(),
+                })
+        }
+        Some(other) => Err(ParseError::NotANumber {
+            property: property(ptr),
+            value: other.to_string(),
+        }),
     }
 }
 
 /// Like [`number`], but `null` is an error too (a reading must have a value).
-pub fn reading(v: &Value, ptr: &str) -> Result<f64, String> {
-    let name = ptr.trim_start_matches('/').replace('/', ".");
-    number(v, ptr)?.ok_or_else(|| format!("reports no value ({name} is null)"))
+pub fn reading(v: &Value, ptr: &str) -> Result<f64, ParseError> {
+    number(v, ptr)?.ok_or_else(|| ParseError::Null {
+        property: property(ptr),
+    })
 }
 
 /// A chassis's power now, in watts, and its cumulative energy in kWh when it
 /// says, from its `EnvironmentMetrics`.
-pub fn environment_power(v: &Value) -> Result<(f64, Option<f64>), String> {
+pub fn environment_power(v: &Value) -> Result<(f64, Option<f64>), ParseError> {
     let watts = reading(v, "/PowerWatts/Reading")?;
     let kwh = match v.pointer("/EnergykWh") {
         None => None,
@@ -67,16 +144,22 @@ pub fn environment_power(v: &Value) -> Result<(f64, Option<f64>), String> {
 
 /// The node's power now from the (deprecated, still common) `Power`
 /// resource: `PowerControl[0].PowerConsumedWatts`.
-pub fn power_consumed(v: &Value) -> Result<f64, String> {
+pub fn power_consumed(v: &Value) -> Result<f64, ParseError> {
     first_power_control(v)?;
     reading(v, "/PowerControl/0/PowerConsumedWatts")
 }
 
-fn first_power_control(v: &Value) -> Result<&Value, String> {
+fn first_power_control(v: &Value) -> Result<&Value, ParseError> {
+    let property = || "PowerControl".to_string();
     match v.get("PowerControl") {
-        None => Err("has no PowerControl".into()),
-        Some(Value::Array(a)) => a.first().ok_or_else(|| "has an empty PowerControl array".into()),
-        Some(other) => Err(format!("PowerControl is {other}, not an array")),
+        None => Err(ParseError::Missing { property: property() }),
+        Some(Value::Array(a)) => a
+            .first()
+            .ok_or_else(|| ParseError::Empty { property: property() }),
+        Some(other) => Err(ParseError::NotAnArray {
+            property: property(),
+            value: other.to_string(),
+        }),
     }
 }
 
@@ -92,11 +175,13 @@ pub struct Limit {
 
 /// The limit of a `Control` (`ControlType` "Power"): `SetPoint` while
 /// `ControlMode` is not "Disabled".
-pub fn control_limit(v: &Value) -> Result<Limit, String> {
+pub fn control_limit(v: &Value) -> Result<Limit, ParseError> {
     if let Some(t) = text(v, "/ControlType")
         && t != "Power"
     {
-        return Err(format!("is a {t:?} control, not a Power control"));
+        return Err(ParseError::NotAPowerControl {
+            control_type: t.to_string(),
+        });
     }
     let disabled = text(v, "/ControlMode") == Some("Disabled");
     let set_point = match v.get("SetPoint") {
@@ -112,35 +197,43 @@ pub fn control_limit(v: &Value) -> Result<Limit, String> {
 
 /// The limit shown in `EnvironmentMetrics.PowerLimitWatts` (a read-only
 /// view here: the client sets limits through `Controls` or `Power`).
-pub fn environment_limit(v: &Value) -> Result<Limit, String> {
-    let l = v.get("PowerLimitWatts").ok_or("has no PowerLimitWatts")?;
+pub fn environment_limit(v: &Value) -> Result<Limit, ParseError> {
+    const WITHIN: &str = "PowerLimitWatts";
+    let l = v.get(WITHIN).ok_or_else(|| ParseError::Missing {
+        property: WITHIN.into(),
+    })?;
     let disabled = text(l, "/ControlMode") == Some("Disabled");
-    let set_point = optional(l, "/SetPoint").map_err(|e| format!("PowerLimitWatts.{e}"))?;
+    let set_point = optional(l, "/SetPoint").map_err(|e| e.within(WITHIN))?;
     Ok(Limit {
         watts: if disabled { None } else { set_point },
-        min: optional(l, "/AllowableMin").map_err(|e| format!("PowerLimitWatts.{e}"))?,
-        max: optional(l, "/AllowableMax").map_err(|e| format!("PowerLimitWatts.{e}"))?,
+        min: optional(l, "/AllowableMin").map_err(|e| e.within(WITHIN))?,
+        max: optional(l, "/AllowableMax").map_err(|e| e.within(WITHIN))?,
     })
 }
 
 /// The limit of `Power.PowerControl[0].PowerLimit.LimitInWatts` (null: no
 /// limit); its maximum is `PowerCapacityWatts`. `Power` has no minimum.
-pub fn power_limit(v: &Value) -> Result<Limit, String> {
+pub fn power_limit(v: &Value) -> Result<Limit, ParseError> {
+    const WITHIN: &str = "PowerControl[0]";
     let pc = first_power_control(v)?;
     let watts = match pc.get("PowerLimit") {
-        None => return Err("has no PowerControl[0].PowerLimit".into()),
+        None => {
+            return Err(ParseError::Missing {
+                property: format!("{WITHIN}.PowerLimit"),
+            });
+        }
         Some(Value::Null) => None,
-        Some(_) => number(pc, "/PowerLimit/LimitInWatts").map_err(|e| format!("PowerControl[0].{e}"))?,
+        Some(_) => number(pc, "/PowerLimit/LimitInWatts").map_err(|e| e.within(WITHIN))?,
     };
     Ok(Limit {
         watts,
         min: None,
-        max: optional(pc, "/PowerCapacityWatts").map_err(|e| format!("PowerControl[0].{e}"))?,
+        max: optional(pc, "/PowerCapacityWatts").map_err(|e| e.within(WITHIN))?,
     })
 }
 
 /// A number that may be absent or null.
-fn optional(v: &Value, ptr: &str) -> Result<Option<f64>, String> {
+fn optional(v: &Value, ptr: &str) -> Result<Option<f64>, ParseError> {
     match v.pointer(ptr) {
         None => Ok(None),
         Some(_) => number(v, ptr),
@@ -182,6 +275,11 @@ mod tests {
 
     use super::*;
 
+    /// The sentence of an error.
+    fn said<T: std::fmt::Debug>(r: Result<T, ParseError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
     #[test]
     fn links_and_collections() {
         let root = json!({
@@ -212,18 +310,15 @@ mod tests {
         assert_eq!(environment_power(&no_energy), Ok((700.0, None)));
         let null = json!({"PowerWatts": {"Reading": null}});
         assert_eq!(
-            environment_power(&null),
-            Err("reports no value (PowerWatts.Reading is null)".into())
+            said(environment_power(&null)),
+            "reports no value (PowerWatts.Reading is null)"
         );
         let missing = json!({"TemperatureCelsius": {"Reading": 40}});
-        assert_eq!(
-            environment_power(&missing),
-            Err("has no PowerWatts.Reading".into())
-        );
+        assert_eq!(said(environment_power(&missing)), "has no PowerWatts.Reading");
         let text = json!({"PowerWatts": {"Reading": "700 W"}});
         assert_eq!(
-            environment_power(&text),
-            Err("PowerWatts.Reading is \"700 W\", not a number".into())
+            said(environment_power(&text)),
+            "PowerWatts.Reading is \"700 W\", not a number"
         );
     }
 
@@ -249,13 +344,70 @@ mod tests {
             json!({"PowerControl": [{"PowerConsumedWatts": 1.0, "PowerLimit": {"LimitInWatts": null}}]});
         assert_eq!(power_limit(&unlimited).unwrap().watts, None);
         assert_eq!(
-            power_consumed(&json!({"PowerControl": []})),
-            Err("has an empty PowerControl array".into())
+            said(power_consumed(&json!({"PowerControl": []}))),
+            "has an empty PowerControl array"
         );
-        assert_eq!(power_consumed(&json!({})), Err("has no PowerControl".into()));
+        assert_eq!(said(power_consumed(&json!({}))), "has no PowerControl");
         assert_eq!(
-            power_limit(&json!({"PowerControl": [{"PowerConsumedWatts": 1.0}]})),
-            Err("has no PowerControl[0].PowerLimit".into())
+            said(power_limit(
+                &json!({"PowerControl": [{"PowerConsumedWatts": 1.0}]})
+            )),
+            "has no PowerControl[0].PowerLimit"
+        );
+    }
+
+    #[test]
+    fn errors_say_which_property_and_what_is_wrong_with_it() {
+        assert_eq!(
+            reading(&json!({"PowerWatts": {"Reading": null}}), "/PowerWatts/Reading"),
+            Err(ParseError::Null {
+                property: "PowerWatts.Reading".into()
+            })
+        );
+        assert_eq!(
+            power_consumed(&json!({})),
+            Err(ParseError::Missing {
+                property: "PowerControl".into()
+            })
+        );
+        let object = json!({"PowerControl": {"PowerConsumedWatts": 1.0}});
+        assert!(
+            matches!(power_consumed(&object), Err(ParseError::NotAnArray { ref property, .. }) if property == "PowerControl"),
+            "{:?}",
+            power_consumed(&object)
+        );
+        assert_eq!(
+            said(power_consumed(&object)),
+            "PowerControl is {\"PowerConsumedWatts\":1.0}, not an array"
+        );
+        // A property inside another is named from the resource down.
+        let no_watts = json!({"PowerControl": [{"PowerLimit": {}}]});
+        assert_eq!(
+            power_limit(&no_watts),
+            Err(ParseError::Missing {
+                property: "PowerControl[0].PowerLimit.LimitInWatts".into()
+            })
+        );
+        assert_eq!(
+            said(power_limit(&no_watts)),
+            "has no PowerControl[0].PowerLimit.LimitInWatts"
+        );
+        let bad_max = json!({"PowerControl": [{"PowerLimit": null, "PowerCapacityWatts": "big"}]});
+        assert_eq!(
+            power_limit(&bad_max),
+            Err(ParseError::NotANumber {
+                property: "PowerControl[0].PowerCapacityWatts".into(),
+                value: "\"big\"".into()
+            })
+        );
+        let null_min = json!({"PowerLimitWatts": {"AllowableMin": null}});
+        assert_eq!(environment_limit(&null_min).unwrap().min, None);
+        assert_eq!(
+            control_limit(&json!({"ControlType": "Power", "SetPoint": []})),
+            Err(ParseError::NotANumber {
+                property: "SetPoint".into(),
+                value: "[]".into()
+            })
         );
     }
 
@@ -284,8 +436,8 @@ mod tests {
         assert_eq!(control_limit(&null).unwrap().watts, None);
         let temp = json!({"ControlType": "Temperature", "SetPoint": 60});
         assert_eq!(
-            control_limit(&temp),
-            Err("is a \"Temperature\" control, not a Power control".into())
+            said(control_limit(&temp)),
+            "is a \"Temperature\" control, not a Power control"
         );
     }
 
@@ -303,8 +455,8 @@ mod tests {
         );
         let bad = json!({"PowerLimitWatts": {"AllowableMax": "lots"}});
         assert_eq!(
-            environment_limit(&bad),
-            Err("PowerLimitWatts.AllowableMax is \"lots\", not a number".into())
+            said(environment_limit(&bad)),
+            "PowerLimitWatts.AllowableMax is \"lots\", not a number"
         );
     }
 

@@ -72,6 +72,9 @@ pub enum LimitError {
     NvmlNoPermission { gpu: u32 },
     #[error(transparent)]
     Redfish(#[from] super::bmc::RedfishError),
+    /// A sysfs file the limiter reads (RAPL's constraint) gave no number.
+    #[error(transparent)]
+    Read(#[from] super::ReadError),
     /// Any other failure of the device; the text names the file or GPU.
     #[error("{0}")]
     Device(String),
@@ -85,14 +88,9 @@ impl LimitError {
             LimitError::PermissionDenied { .. }
             | LimitError::NvmlNoPermission { .. }
             | LimitError::Redfish(_)
+            | LimitError::Read(_)
             | LimitError::Device(_) => false,
         }
-    }
-}
-
-impl From<String> for LimitError {
-    fn from(s: String) -> LimitError {
-        LimitError::Device(s)
     }
 }
 

@@ -45,12 +45,12 @@ async fn blocking<T: Send + 'static>(
 fn apply_blocking(nvml: &Nvml, i: u32, watts: Option<f64>) -> Result<Option<f64>, LimitError> {
     let mut d = nvml
         .device_by_index(i)
-        .map_err(|e| format!("NVML GPU {i}: {e}"))?;
+        .map_err(|e| LimitError::Device(format!("NVML GPU {i}: {e}")))?;
     let mw = match watts {
         Some(w) => (w * 1e3).round() as u32,
         None => d
             .power_management_limit_default()
-            .map_err(|e| format!("NVML default power limit of GPU {i}: {e}"))?,
+            .map_err(|e| LimitError::Device(format!("NVML default power limit of GPU {i}: {e}")))?,
     };
     d.set_power_management_limit(mw).map_err(|e| match e {
         nvml_wrapper::error::NvmlError::NoPermission => LimitError::NvmlNoPermission { gpu: i },
@@ -58,7 +58,7 @@ fn apply_blocking(nvml: &Nvml, i: u32, watts: Option<f64>) -> Result<Option<f64>
     })?;
     let now = d
         .enforced_power_limit()
-        .map_err(|e| format!("NVML enforced power limit of GPU {i}: {e}"))?;
+        .map_err(|e| LimitError::Device(format!("NVML enforced power limit of GPU {i}: {e}")))?;
     Ok(Some(f64::from(now) / 1e3))
 }
 

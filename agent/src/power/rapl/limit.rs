@@ -7,6 +7,7 @@ use futures::future::BoxFuture;
 use hostplane_proto::v1::PowerElement;
 
 use crate::power::caps::{LimitError, Limiter};
+use crate::power::{ReadError, parse_u64};
 
 /// A RAPL zone's long-term constraint (`constraint_0_power_limit_uw`): the
 /// CPU package cap, the DRAM cap, or (psys) the platform's — the node cap of
@@ -56,12 +57,11 @@ impl RaplLimiter {
     }
 }
 
-fn read_uw(dir: &Path, file: &str) -> Result<u64, String> {
+/// A powercap file's number (µW): blocking, call on a blocking thread.
+fn read_uw(dir: &Path, file: &str) -> Result<u64, ReadError> {
     let p = dir.join(file);
-    let s = std::fs::read_to_string(&p).map_err(|e| crate::power::why(&p, &e))?;
-    s.trim()
-        .parse()
-        .map_err(|_| format!("{}: {:?} is not a number", p.display(), s.trim()))
+    let bytes = std::fs::read(&p).map_err(|e| ReadError::io(&p, &e))?;
+    parse_u64(&p, &bytes)
 }
 
 /// Run sysfs I/O on a blocking thread, never on an async worker.

@@ -108,7 +108,7 @@ impl Rapl {
                     Err(e) => {
                         // Start over after an error: the next good read is a first sample again.
                         z.energy.reset();
-                        r.error = Some(e);
+                        r.error = Some(e.to_string());
                     }
                     Ok(cur) => z.energy.add(cur, now, &mut r),
                 }
