@@ -4,6 +4,7 @@
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod desired;
 pub mod fsm;
 pub mod metrics;
 pub mod power;

@@ -1,9 +1,11 @@
 //! The agent stream server (`hostplane.v1.AgentService/Session`), per
 //! docs/agent-protocol.md: Hello first, then the node's whole desired state
-//! (its open commands) with a version whenever it changes; ACK/NACK, command
-//! progress and results, heartbeats; host networks in the desired state and
-//! the agent's network reports as Dpu conditions ([`network`]). Leases live
-//! in memory; a lapsed lease marks the node Unreachable in the store.
+//! (composed by [`crate::desired`]) with a version whenever it changes;
+//! ACK/NACK, command progress and results, heartbeats; the agent's network
+//! reports as Dpu conditions ([`network`]). Each session registers with the
+//! [`Delivery`] map, so a change to one node's desired state wakes that
+//! node's session only. Leases live in memory; a lapsed lease marks the node
+//! Unreachable in the store.
 mod liveness;
 pub mod network;
 mod session;
@@ -24,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::audit::{Audit, Record};
+use crate::desired::{Delivery, Subscription};
 use crate::power::PowerHub;
 use crate::store::{Store, StoreError};
 
@@ -119,6 +122,9 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     stop: Mutex<CancellationToken>,
     expiry_started: AtomicBool,
+    /// Node -> the session its desired-state changes wake.
+    delivery: Delivery,
+    delivery_started: AtomicBool,
     /// Telemetry and cap reports go in, caps come out.
     power: Mutex<PowerHub>,
 }
@@ -144,13 +150,16 @@ impl Shared {
         self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Make a session the node's current one; the previous one is told to end.
+    /// Make a session the node's current one; the previous one is told to
+    /// end. The session's desired-state wakes start here: register before
+    /// composing the first desired state, so no change falls in between.
     fn register(
-        &self,
+        self: &Arc<Self>,
         node: &str,
         certs: Option<Arc<Vec<CertificateDer<'static>>>>,
-    ) -> (u64, CancellationToken) {
+    ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let desired = self.delivery.subscribe(node, id);
         let token = self.stop().child_token();
         let old = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
             node.to_string(),
@@ -174,7 +183,17 @@ impl Shared {
             );
             old_token.cancel();
         }
-        (id, token)
+        crate::metrics::hub().agents_connected.inc();
+        Registration {
+            id,
+            token,
+            desired,
+            guard: Connected {
+                shared: self.clone(),
+                node: node.to_string(),
+                id,
+            },
+        }
     }
 
     pub(crate) fn power(&self) -> PowerHub {
@@ -186,6 +205,30 @@ impl Shared {
         if m.get(node).is_some_and(|r| r.id == id) {
             m.remove(node);
         }
+    }
+}
+
+/// A session's place in the service: its id, the token that ends it, its
+/// desired-state wakes, and the guard that ends its registration.
+pub(crate) struct Registration {
+    id: u64,
+    token: CancellationToken,
+    desired: Subscription,
+    guard: Connected,
+}
+
+/// Dropping it (however the session ends: exactly once) unregisters the
+/// session and counts it out of `agents_connected`.
+pub(crate) struct Connected {
+    shared: Arc<Shared>,
+    node: String,
+    id: u64,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.shared.unregister(&self.node, self.id);
+        crate::metrics::hub().agents_connected.dec();
     }
 }
 
@@ -216,6 +259,8 @@ impl AgentStream {
             next_id: AtomicU64::new(0),
             stop: Mutex::new(CancellationToken::new()),
             expiry_started: AtomicBool::new(false),
+            delivery: Delivery::new(),
+            delivery_started: AtomicBool::new(false),
             power: Mutex::new(PowerHub::new()),
         });
         AgentStream {
@@ -317,6 +362,9 @@ impl AgentStream {
     }
 
     fn ensure_expiry_task(&self) {
+        if !self.shared.delivery_started.swap(true, Ordering::SeqCst) {
+            self.shared.delivery.start(&self.store, self.shared.stop());
+        }
         if self.shared.expiry_started.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -379,8 +427,6 @@ impl AgentService for AgentStream {
             return Err(e.into());
         }
         let node = hello.node_name.clone();
-        // Subscribe before reading the desired state, so no change falls in between.
-        let desired_rx = self.store.subscribe_desired();
         self.shared.live.touch(&node);
         let lease_ms = self.cfg.lease.as_millis() as i64;
         let h = hello.clone();
@@ -393,17 +439,16 @@ impl AgentService for AgentStream {
             self.shared.live.forget(&node);
             return Err(StreamError::UnknownNode { node }.into());
         }
-        let (id, token) = self.shared.register(&node, certs);
-        let span = tracing::info_span!("agent_session", node = %node, session = id);
+        let reg = self.shared.register(&node, certs);
+        let span = tracing::info_span!("agent_session", node = %node, session = reg.id);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let mut sess = session::Session::new(
             self.store.clone(),
             self.cfg.clone(),
             node.clone(),
-            id,
             self.shared.clone(),
+            reg,
             tx,
-            token,
         );
         sess.send_desired(true).instrument(span.clone()).await?;
         span.in_scope(|| {
@@ -415,10 +460,13 @@ impl AgentService for AgentStream {
                 "agent session opened"
             )
         });
-        tokio::spawn(sess.run(inbound, desired_rx).instrument(span));
+        tokio::spawn(sess.run(inbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
+
+#[cfg(test)]
+mod delivery_tests;
 
 #[cfg(test)]
 mod tests {

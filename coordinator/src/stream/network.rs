@@ -1,62 +1,22 @@
-//! Host networks on the agent stream: which Dpu networks a node's desired
-//! state carries, and how the agent's `NetworkReport`s become the Dpu
-//! condition `HostNetworkApplied`.
+//! Host networks on the agent stream: how the agent's `NetworkReport`s
+//! become the Dpu condition `HostNetworkApplied`. Which Dpu networks a
+//! node's desired state carries is [`crate::desired::networks`]'s to say.
 use std::time::{Duration, UNIX_EPOCH};
 
-use hostplane_proto::v1::{Dpu, DpuNetwork, HostNetwork, Kind, NetworkReport, Resource, resource};
+use hostplane_proto::v1::{DpuNetwork, Kind, NetworkReport, Resource, resource};
 
-use crate::fsm::util::{being_deleted, network_phase, set_condition};
+use crate::fsm::util::set_condition;
 use crate::store::{StoreError, Txn};
 
 pub const COND_HOST_NETWORK: &str = "HostNetworkApplied";
 /// At most this many objects are named in a condition message.
 const NAMED_OBJECTS: usize = 6;
 
-/// True when the host network has nothing in it (no VFs, bridges, SR-IOV or routes).
-pub fn is_empty(h: &HostNetwork) -> bool {
-    h.num_vfs == 0 && h.bridges.is_empty() && h.sriov.is_empty() && h.routes.is_empty()
-}
+pub use crate::desired::networks::{is_empty, wanted};
 
-/// True when the Dpu's host network belongs in its node's desired state now.
-pub fn wanted(d: &Dpu) -> bool {
-    network_phase(d) && !being_deleted(&d.metadata)
-}
-
-/// The host networks of a node's desired state: one per Dpu on the node that
-/// is [`wanted`] and whose Flavor has a non-empty host network, by Dpu name.
+/// The host networks of a node's desired state (see [`crate::desired::networks`]).
 pub fn desired_networks(t: &Txn<'_>, node: &str) -> Result<Vec<DpuNetwork>, StoreError> {
-    let mut out = Vec::new();
-    for r in t.list_on_node(Kind::Dpu, node)? {
-        let Some(resource::Kind::Dpu(d)) = r.kind else {
-            continue;
-        };
-        if !wanted(&d) {
-            continue;
-        }
-        let spec = d.spec.clone().unwrap_or_default();
-        let network = match t.get(Kind::Flavor, &spec.flavor)? {
-            Some(Resource {
-                kind: Some(resource::Kind::Flavor(f)),
-            }) => f.spec.and_then(|s| s.host_network).unwrap_or_default(),
-            // A Flavor in use cannot be deleted; if it is gone there is nothing to send.
-            _ => continue,
-        };
-        if is_empty(&network) {
-            continue;
-        }
-        let pf_pci_address = match t.get(Kind::Device, &spec.device)? {
-            Some(Resource {
-                kind: Some(resource::Kind::Device(dev)),
-            }) => dev.spec.map(|s| s.pci_address).unwrap_or_default(),
-            _ => String::new(),
-        };
-        out.push(DpuNetwork {
-            dpu: d.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
-            pf_pci_address,
-            network: Some(network),
-        });
-    }
-    Ok(out)
+    crate::desired::networks::networks(t, node)
 }
 
 /// Why a report was not recorded.
@@ -185,7 +145,9 @@ fn named(items: &[String], sep: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use hostplane_proto::v1::{Bridge, DpuPhase, DpuSpec, DpuStatus, NetworkObjectStatus, ObjectMeta};
+    use hostplane_proto::v1::{
+        Bridge, Dpu, DpuPhase, DpuSpec, DpuStatus, HostNetwork, NetworkObjectStatus, ObjectMeta,
+    };
 
     use super::*;
     use crate::fsm::testing::{self, get_dpu, seed};

@@ -5,11 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use hostplane_proto::v1::{
-    AgentMessage, CommandEvent, CommandResult, CoordinatorMessage, DesiredState, Hello, agent_message,
-    command_event, coordinator_message,
+    AgentMessage, CommandEvent, CommandResult, CoordinatorMessage, Hello, agent_message, command_event,
+    coordinator_message,
 };
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
@@ -17,12 +16,13 @@ use tonic::{Status, Streaming};
 use hostplane_proto::limits::{MAX_AGENT_MESSAGE_BYTES, MAX_NAME};
 use prost::Message as _;
 
-use crate::store::{DesiredChanged, Store, StoreError, now_ms};
+use crate::desired::Subscription;
+use crate::store::{Store, StoreError, now_ms};
 
 use super::liveness::write_reachable;
-use super::network::{self, Ignored};
+use super::network::Ignored;
 use super::status::{self, Pending};
-use super::{Shared, StreamConfig, StreamError};
+use super::{Connected, Registration, Shared, StreamConfig, StreamError};
 
 /// Wait for the session's first message, which must be a Hello.
 pub async fn read_hello(
@@ -68,6 +68,10 @@ pub struct Session {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
     token: CancellationToken,
+    /// Wakes when the node's desired state changes.
+    desired: Subscription,
+    /// Dropped when the session ends (unregisters it).
+    connected: Option<Connected>,
     last_sent: Option<u64>,
     /// Command id -> Dpu, from the desired states sent.
     cmd_dpu: HashMap<String, String>,
@@ -84,20 +88,21 @@ impl Session {
         store: Store,
         cfg: StreamConfig,
         node: String,
-        id: u64,
         shared: Arc<Shared>,
+        reg: Registration,
         tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
-        token: CancellationToken,
     ) -> Session {
         let now = Instant::now();
         Session {
             store,
             cfg,
             node,
-            id,
+            id: reg.id,
             shared,
             tx,
-            token,
+            token: reg.token,
+            desired: reg.desired,
+            connected: Some(reg.guard),
             last_sent: None,
             cmd_dpu: HashMap::new(),
             pending: Pending::default(),
@@ -116,30 +121,27 @@ impl Session {
     /// one sent (or always, with `force`). Err when the agent is gone.
     pub async fn send_desired(&mut self, force: bool) -> Result<(), StreamError> {
         let node = self.node.clone();
-        let (version, commands, networks) = self
+        let hub = self.shared.power();
+        let mut desired = self
             .store
             .read(move |t| {
-                Ok::<_, StoreError>((
-                    t.desired_version(&node)?,
-                    t.open_commands(&node)?,
-                    network::desired_networks(t, &node)?,
-                ))
+                let caps = hub.caps(&node);
+                crate::desired::compose(&*t, &node, caps)
             })
             .await?;
+        let version = desired.version;
         if !force && self.last_sent.is_some_and(|v| version <= v) {
             return Ok(());
         }
-        let ids: HashMap<String, String> = commands.iter().map(|c| (c.id.clone(), c.dpu.clone())).collect();
-        let (n, nets) = (commands.len(), networks.len());
+        desired.lease_seconds = self.lease_seconds();
+        let ids: HashMap<String, String> = desired
+            .commands
+            .iter()
+            .map(|c| (c.id.clone(), c.dpu.clone()))
+            .collect();
+        let (n, nets) = (desired.commands.len(), desired.networks.len());
         let msg = CoordinatorMessage {
-            msg: Some(coordinator_message::Msg::Desired(DesiredState {
-                version,
-                node: self.node.clone(),
-                commands,
-                lease_seconds: self.lease_seconds(),
-                networks,
-                power: self.shared.power().caps(&self.node),
-            })),
+            msg: Some(coordinator_message::Msg::Desired(desired)),
         };
         // Never send what the agent would refuse (its session would drop and
         // come back to the same message): say so on the Node instead.
@@ -170,6 +172,7 @@ impl Session {
         if self.tx.send(Ok(msg)).await.is_err() {
             return Err(StreamError::ShuttingDown);
         }
+        crate::metrics::hub().desired_states_sent.inc();
         tracing::debug!(version, commands = n, networks = nets, "desired state sent");
         self.last_sent = Some(version);
         self.pending.sent = Some(version);
@@ -228,12 +231,10 @@ impl Session {
         }
     }
 
-    pub async fn run(
-        mut self,
-        mut inbound: Streaming<AgentMessage>,
-        mut desired: broadcast::Receiver<DesiredChanged>,
-    ) {
+    pub async fn run(mut self, mut inbound: Streaming<AgentMessage>) {
         let closed = self.tx.clone();
+        // False once a newer session of the node took the wakes (its token ends this one).
+        let mut woken = true;
         let end: Option<StreamError> = loop {
             let flush_at = self.flush_at;
             tokio::select! {
@@ -265,13 +266,13 @@ impl Session {
                         break None;
                     }
                 },
-                d = desired.recv() => {
-                    let wanted = match d {
-                        Ok(d) => d.node == self.node && self.last_sent.is_none_or(|v| d.version > v),
-                        Err(RecvError::Lagged(_)) => true,
-                        Err(RecvError::Closed) => break Some(StreamError::ShuttingDown),
-                    };
-                    if wanted && let Err(e) = self.send_desired(false).await {
+                w = self.desired.changed(), if woken => {
+                    woken = w;
+                    // Compose, and send only if newer than what was sent: the
+                    // change may be in the state already sent (it was routed
+                    // after the session composed it), and a wake after a lag
+                    // names no version.
+                    if w && let Err(e) = self.send_desired(false).await {
                         break Some(e);
                     }
                 }
@@ -281,7 +282,7 @@ impl Session {
             }
         };
         self.flush().await;
-        self.shared.unregister(&self.node, self.id);
+        drop(self.connected.take());
         if let Some(e) = end {
             tracing::info!(reason = %e, "agent session ended");
             let _ = self.tx.send(Err(e.into())).await;
@@ -342,6 +343,7 @@ impl Session {
             }
             Some(agent_message::Msg::Nack(n)) => {
                 tracing::warn!(version = n.version, error = %n.error, "agent rejected the desired state");
+                crate::metrics::hub().nacks.inc();
                 let node = self.node.clone();
                 self.store
                     .write(move |t| status::record_nack(t, &node, n.version, &n.error))
