@@ -2,6 +2,8 @@
 //! actions in one store transaction. Each Dpu write re-checks the Dpu's
 //! resource_version, so a decision made on a stale view is skipped (and made
 //! again next pass) rather than written over someone else's change.
+use std::collections::{HashMap, HashSet};
+
 use hostplane_proto::v1::{Command, DeploymentStatus, Dpu, Kind, PhaseTransition, Resource, resource};
 
 use crate::store::{StoreError, Txn};
@@ -79,9 +81,86 @@ fn rv(d: &Dpu) -> u64 {
     d.metadata.as_ref().map(|m| m.resource_version).unwrap_or(0)
 }
 
+/// The current stored Dpu of each `UpdateDpu` (by action index) whose write goes ahead; the
+/// others are conflicts. An update is skipped when its resource_version changed under the pass,
+/// and so is every update whose Dpu would point at a command that a skipped update was to insert
+/// (the siblings that joined a node's RebootHost issued by a Dpu that changed meanwhile): a Dpu is
+/// never written pointing at a command that is not in the store, whatever the order of actions.
+/// A command id that no update of this pass inserts must already be stored.
+fn decide_updates(t: &Txn<'_>, actions: &[Action]) -> Result<HashMap<usize, Dpu>, StoreError> {
+    let mut go: HashMap<usize, Dpu> = HashMap::new();
+    let mut skipped: Vec<usize> = Vec::new();
+    for (i, a) in actions.iter().enumerate() {
+        let Action::UpdateDpu(u) = a else { continue };
+        match get_dpu(t, &name_of(&u.dpu))? {
+            Some(cur) if rv(&cur) == u.expected_rv => {
+                go.insert(i, cur);
+            }
+            _ => skipped.push(i),
+        }
+    }
+    let inserted_by = |i: &usize| -> Vec<&str> {
+        match &actions[*i] {
+            Action::UpdateDpu(u) => u.insert.iter().map(|c| c.id.as_str()).collect(),
+            _ => Vec::new(),
+        }
+    };
+    // Skipping an update withdraws the commands it inserts: repeat until nothing more is lost.
+    let mut lost: HashSet<&str> = skipped.iter().flat_map(inserted_by).collect();
+    loop {
+        let more: Vec<usize> = go
+            .iter()
+            .filter(|(i, cur)| {
+                let Action::UpdateDpu(u) = &actions[**i] else {
+                    return false;
+                };
+                let id = command_of(&u.dpu);
+                !id.is_empty()
+                    && id != command_of(cur)
+                    && !u.insert.iter().any(|c| c.id == id)
+                    && lost.contains(id)
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        for i in more {
+            go.remove(&i);
+            lost.extend(inserted_by(&i));
+        }
+    }
+    // A joined command that this pass does not insert was read from an older view: it must exist.
+    let inserted: HashSet<&str> = go.keys().flat_map(inserted_by).collect();
+    let mut missing = Vec::new();
+    for (i, cur) in &go {
+        let Action::UpdateDpu(u) = &actions[*i] else {
+            continue;
+        };
+        let id = command_of(&u.dpu);
+        if !id.is_empty() && id != command_of(cur) && !inserted.contains(id) && t.command(id)?.is_none() {
+            tracing::warn!(dpu = %name_of(&u.dpu), command = id, "not written: its command is not in the store");
+            missing.push(*i);
+        }
+    }
+    for i in missing {
+        go.remove(&i);
+    }
+    Ok(go)
+}
+
+fn name_of(d: &Dpu) -> String {
+    d.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
+}
+
+fn command_of(d: &Dpu) -> &str {
+    d.status.as_ref().map(|s| s.command_id.as_str()).unwrap_or("")
+}
+
 pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreError> {
     let mut out = Applied::default();
-    for a in actions {
+    let mut current = decide_updates(t, &actions)?;
+    for (i, a) in actions.into_iter().enumerate() {
         match a {
             Action::CreateDpu(d) => {
                 let name = d.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
@@ -94,18 +173,10 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                 out.writes += 1;
             }
             Action::UpdateDpu(u) => {
-                let name = u
-                    .dpu
-                    .metadata
-                    .as_ref()
-                    .map(|m| m.name.clone())
-                    .unwrap_or_default();
-                let cur = match get_dpu(t, &name)? {
-                    Some(cur) if rv(&cur) == u.expected_rv => cur,
-                    _ => {
-                        out.conflicts += 1;
-                        continue;
-                    }
+                let name = name_of(&u.dpu);
+                let Some(cur) = current.remove(&i) else {
+                    out.conflicts += 1;
+                    continue;
                 };
                 if network_phase(&cur) != network_phase(&u.dpu) {
                     // Its host network joins or leaves the node's desired state;
