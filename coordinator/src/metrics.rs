@@ -324,6 +324,38 @@ mod tests {
     }
 
     #[test]
+    fn every_hub_series_is_in_a_scrape_with_what_was_recorded() {
+        // The Hub is process-wide: other tests may record too, so counts are "at least".
+        hub().command_latency_seconds.observe(0.002);
+        hub().store_batch_writes.observe(3.0);
+        hub().desired_states_sent.inc();
+        let text = exposition::to_text_004(&Snapshot::default().render()).unwrap();
+        for series in [
+            "hostplane_coordinator_agents_connected ",
+            "hostplane_coordinator_watch_subscribers ",
+            "hostplane_coordinator_reconcile_pass_seconds_count ",
+            "hostplane_coordinator_store_write_seconds_count ",
+            "hostplane_coordinator_nacks_total ",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(series)),
+                "no {series:?} in {text}"
+            );
+        }
+        let at_least = |series: &str, min: f64| {
+            let v = value(&text, series).unwrap_or_else(|| panic!("no {series} in {text}"));
+            assert!(v >= min, "{series} = {v}, expected at least {min}");
+        };
+        at_least("hostplane_coordinator_command_latency_seconds_count", 1.0);
+        at_least(
+            "hostplane_coordinator_command_latency_seconds_bucket{le=\"0.0025\"}",
+            1.0,
+        );
+        at_least("hostplane_coordinator_store_batch_writes_sum", 3.0);
+        at_least("hostplane_coordinator_desired_states_sent_total", 1.0);
+    }
+
+    #[test]
     fn metrics_listen_is_read_checked_and_typos_are_refused() {
         use crate::config::Config;
         let origin = std::path::Path::new("coordinator.yaml");

@@ -6,22 +6,51 @@
 //! cargo build --release -p hostplane-coordinator
 //! cargo bench -p hostplane-tests --bench coordinator
 //! HOSTPLANE_BENCH_DPUS=100 cargo bench -p hostplane-tests --bench coordinator
-//! HOSTPLANE_BENCH_COORDINATOR=/path/to/hostplane-coordinator cargo bench ...   # another build
+//! HOSTPLANE_BENCH_DPUS=250,1000,2000 ...            # one run each, one table row each
+//! HOSTPLANE_BENCH_DPUS=10000 HOSTPLANE_BENCH_DPUS_PER_NODE=1 ...   # 10,000 agents
+//! HOSTPLANE_BENCH_COORDINATOR=/path/to/hostplane-coordinator HOSTPLANE_BENCH_LABEL=before ...
 //! ```
 //!
-//! The coordinator runs as a child process (`target/release/hostplane-coordinator`)
-//! on 127.0.0.1 with a fresh store file and the default `fsm:` and `agents:`
-//! settings (resync 5s, batch delay 10ms, lease 15s, status flush 1s); only
-//! `listen` and `store.path` are set. It logs at `info` (or `HOSTPLANE_LOG`) to
-//! a file, as in production.
+//! Settings (environment):
+//! - `HOSTPLANE_BENCH_DPUS`: Dpus, 1..=10000, or a comma list (one run each; 1,000).
+//! - `HOSTPLANE_BENCH_DPUS_PER_NODE`: 1..=4 (4); 1 makes as many agents as Dpus.
+//! - `HOSTPLANE_BENCH_WATCHERS`: Watches on every Dpu during the walk, or a
+//!   comma list (50 from 10,000 Dpus, else 0). `0,50` prints the walk with and without.
+//! - `HOSTPLANE_BENCH_IDLE_SECS`: the idle window after the walk (20; 0 = none).
+//! - `HOSTPLANE_BENCH_WALK_TIMEOUT`: seconds before the walk counts as failed (300).
+//! - `HOSTPLANE_BENCH_METRICS=0`: do not set `metrics.listen` (a build without it).
+//! - `HOSTPLANE_BENCH_PERF=1`: `perf record -g` the coordinator during the walk into
+//!   `target/bench-perf.data` and print the top 15 of `perf report --no-children --sort symbol`.
+//! - `HOSTPLANE_BENCH_COORDINATOR`: another coordinator binary (e.g. the build before a
+//!   change); `HOSTPLANE_BENCH_LABEL` names it in the table (default: its path).
+//!
+//! Three processes share the machine's CPUs, unpinned: the coordinator (a
+//! child), the simulated agents (a second child: this executable again, with
+//! `HOSTPLANE_BENCH_ROLE=agents`, see `coordinator/agents.rs`; it sends its
+//! latency samples over its stdout when told to stop) and this process (the
+//! admin client, the watchers, the readings). Each one's CPU over the walk is
+//! printed. The bench raises its RLIMIT_NOFILE soft limit to the hard limit
+//! before starting either child (both inherit it): each agent holds its own
+//! HTTP/2 connection, so 10,000 agents need 10,000 descriptors in each.
+//!
+//! The coordinator runs on 127.0.0.1 with a fresh store file and the default
+//! `fsm:` and `agents:` settings (resync 5s, batch delay 10ms, lease 15s,
+//! status flush 1s); only `listen`, `store.path`, `insecure` and
+//! `metrics.listen` are set. It logs at `info` (or `HOSTPLANE_LOG`) to a file,
+//! as in production.
 //!
 //! Setup (not timed as part of the walk): a Bfb, a Flavor, and one
-//! `CreateNodeWithDevices` per node with `reboot_method: AGENT`; then one agent
-//! task per node opens its own HTTP/2 connection and `Session`, sends Hello
-//! (its rshims as inventory) and waits. Then one Deployment (`node_effect:
+//! `CreateNodeWithDevices` per node with `reboot_method: AGENT` (16 at a
+//! time); then the agents' process opens one HTTP/2 connection and `Session`
+//! per node, sends Hello (its rshims as inventory) and waits. Then the
+//! watchers (if any) open their Watches, and one Deployment (`node_effect:
 //! AUTO`, `max_unavailable` = N) is created and the walk is timed until the
 //! Deployment's status says N Dpus Ready (one Watch on that Deployment, opened
-//! before it is created; then one List checks every Dpu's phase).
+//! before it is created). Then: every watcher must have seen every event in
+//! order and every Dpu's last phase be Ready; the coordinator's `/metrics` is
+//! scraped; one paginated List of every Dpu (page_size 500) is timed and must
+//! show them all Ready; the idle window measures the coordinator's CPU while
+//! every agent only heartbeats (lease/3).
 //!
 //! The simulated agent answers each new command of each DesiredState at once:
 //! InitializeInterface, ConfigFWParameters and DPUClusterConfig SKIPPED with a
@@ -38,38 +67,64 @@
 //! Command latency is the coordinator's reaction time as an agent sees it: from
 //! the moment the agent has queued a command's result on its stream until it
 //! receives the DesiredState that carries that Dpu's next command; after a
-//! reboot it is timed from the new session's Hello. Coordinator RSS comes from
-//! `/proc/<pid>/status` (VmRSS, VmHWM), its CPU from `/proc/<pid>/stat`
-//! (utime + stime, in clock ticks).
+//! reboot it is timed from the new session's Hello. The coordinator's own
+//! `hostplane_coordinator_command_latency_seconds` (result recorded → next
+//! command issued, without the streams) is printed beside it. Coordinator RSS
+//! comes from `/proc/<pid>/status` (VmRSS, VmHWM), its CPU from
+//! `/proc/<pid>/stat` (utime + stime, in clock ticks); the same for the
+//! agents' process.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use futures::StreamExt;
 use hostplane_proto::v1::{self, Kind, NodeEffect, RebootMethod};
 use hostplane_tests::{Admin, Proc, connect_admin, free_addr, meta, phase_of};
 use nix::unistd::{SysconfVar, sysconf};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 #[path = "coordinator/agent.rs"]
 mod agent;
+#[path = "coordinator/agents.rs"]
+mod agents;
 #[path = "coordinator/figures.rs"]
 mod figures;
+#[path = "coordinator/perf.rs"]
+mod perf;
+#[path = "coordinator/scrape.rs"]
+mod scrape;
+#[path = "coordinator/watchers.rs"]
+mod watchers;
 
-use agent::{Agent, AgentReport};
-use figures::{Figures, own_cpu, sample};
+use agent::{AgentReport, mono_ns};
+use agents::AgentsProc;
+use figures::{Cpu, Figures, Run, own_cpu, sample};
+use watchers::Watchers;
 
-const DPUS_PER_NODE: usize = 4;
+const MAX_DPUS_PER_NODE: usize = 4;
 const DEFAULT_DPUS: usize = 1000;
-/// The walk fails if the Dpus are not all Ready by then.
-const WALK_TIMEOUT: Duration = Duration::from_secs(300);
+/// Watchers by default from this many Dpus on (the issue's 10,000-Dpu goal).
+const WATCHERS_FROM: usize = 10_000;
+const DEFAULT_WATCHERS: usize = 50;
+const LIST_PAGE: i32 = 500;
+/// Admin calls in flight during the setup.
+const SETUP_CONCURRENCY: usize = 16;
+
+/// Everything the environment asks for.
+struct Settings {
+    runs: Vec<Run>,
+    walk_timeout: Duration,
+    metrics: bool,
+    perf: bool,
+}
 
 fn main() -> ExitCode {
-    let dpus = match dpus_from_env(std::env::var("HOSTPLANE_BENCH_DPUS").ok()) {
-        Ok(n) => n,
+    if std::env::var(agents::ROLE_ENV).as_deref() == Ok("agents") {
+        return agents::child_main();
+    }
+    let settings = match settings() {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("coordinator bench: {e:#}");
             return ExitCode::from(64);
@@ -82,6 +137,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let most_nodes = settings.runs.iter().map(|r| r.nodes).max().unwrap_or(0);
+    if let Err(e) = raise_nofile(most_nodes) {
+        eprintln!("coordinator bench: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -89,23 +149,125 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(dpus, &bin)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("coordinator bench: {e:#}");
-            ExitCode::FAILURE
+    let mut rows = Vec::new();
+    let mut failed = false;
+    for run in &settings.runs {
+        match rt.block_on(one_run(run, &settings, &bin)) {
+            Ok(row) => rows.push(row),
+            Err(e) => {
+                eprintln!("coordinator bench: {} {}: {e:#}", run.size(), run.label);
+                rows.push(format!(
+                    "| {} | {} | {} | fails: {} |",
+                    run.size(),
+                    run.label,
+                    run.watchers,
+                    format!("{e:#}").replace('|', "/")
+                ));
+                failed = true;
+            }
         }
+    }
+    println!();
+    println!("{}", figures::table_header());
+    for r in rows {
+        println!("{r}");
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
-/// `HOSTPLANE_BENCH_DPUS`: how many Dpus (1..=10000; default 1,000).
-fn dpus_from_env(v: Option<String>) -> Result<usize> {
-    let Some(v) = v else { return Ok(DEFAULT_DPUS) };
-    v.trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|n| (1..=10_000).contains(n))
-        .with_context(|| format!("HOSTPLANE_BENCH_DPUS={v:?}: expected 1..=10000"))
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A comma list of numbers in `range`.
+fn list(name: &str, v: &str, range: std::ops::RangeInclusive<usize>) -> Result<Vec<usize>> {
+    v.split(',')
+        .map(|x| {
+            x.trim()
+                .replace('_', "")
+                .parse::<usize>()
+                .ok()
+                .filter(|n| range.contains(n))
+                .with_context(|| format!("{name}={v:?}: expected numbers in {range:?}, comma-separated"))
+        })
+        .collect()
+}
+
+fn one(name: &str, default: usize, range: std::ops::RangeInclusive<usize>) -> Result<usize> {
+    match env(name) {
+        None => Ok(default),
+        Some(v) => match list(name, &v, range)?[..] {
+            [n] => Ok(n),
+            _ => bail!("{name}={v:?}: expected one number"),
+        },
+    }
+}
+
+fn settings() -> Result<Settings> {
+    let dpus = match env("HOSTPLANE_BENCH_DPUS") {
+        Some(v) => list("HOSTPLANE_BENCH_DPUS", &v, 1..=10_000)?,
+        None => vec![DEFAULT_DPUS],
+    };
+    let per_node = one(
+        "HOSTPLANE_BENCH_DPUS_PER_NODE",
+        MAX_DPUS_PER_NODE,
+        1..=MAX_DPUS_PER_NODE,
+    )?;
+    let watchers = env("HOSTPLANE_BENCH_WATCHERS")
+        .map(|v| list("HOSTPLANE_BENCH_WATCHERS", &v, 0..=1000))
+        .transpose()?;
+    let idle = Duration::from_secs(one("HOSTPLANE_BENCH_IDLE_SECS", 20, 0..=3600)? as u64);
+    let walk_timeout = Duration::from_secs(one("HOSTPLANE_BENCH_WALK_TIMEOUT", 300, 1..=86_400)? as u64);
+    let flag = |name: &str, default: bool| match env(name).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "yes") => Ok(true),
+        Some("0" | "false" | "no") => Ok(false),
+        Some(v) => bail!("{name}={v:?}: expected 0 or 1"),
+    };
+    let label = env("HOSTPLANE_BENCH_LABEL")
+        .or_else(|| env("HOSTPLANE_BENCH_COORDINATOR"))
+        .unwrap_or_else(|| "target/release".into());
+    let mut runs = Vec::new();
+    for &d in &dpus {
+        let default = vec![if d >= WATCHERS_FROM { DEFAULT_WATCHERS } else { 0 }];
+        for &w in watchers.as_ref().unwrap_or(&default) {
+            runs.push(Run {
+                dpus: d,
+                per_node,
+                nodes: d.div_ceil(per_node),
+                watchers: w,
+                idle,
+                label: label.clone(),
+            });
+        }
+    }
+    Ok(Settings {
+        runs,
+        walk_timeout,
+        metrics: flag("HOSTPLANE_BENCH_METRICS", true)?,
+        perf: flag("HOSTPLANE_BENCH_PERF", false)?,
+    })
+}
+
+/// Soft RLIMIT_NOFILE up to the hard limit (the children inherit it): each
+/// agent is one connection in the agents' process and one in the coordinator.
+fn raise_nofile(nodes: usize) -> Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(RLIMIT_NOFILE)")?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("setrlimit(RLIMIT_NOFILE)")?;
+    }
+    // Each agent's connection, a reconnect in flight, the store, the watchers.
+    let need = (nodes as u64) * 2 + 1_000;
+    ensure!(
+        hard >= need,
+        "RLIMIT_NOFILE hard limit {hard} < {need} descriptors for {nodes} agents: raise it (ulimit -Hn)"
+    );
+    Ok(())
 }
 
 /// The release coordinator next to this bench (`target/release/`), or
@@ -137,11 +299,12 @@ fn coordinator_bin() -> Result<PathBuf> {
     Ok(p)
 }
 
-async fn run(dpus: usize, bin: &Path) -> Result<()> {
+/// One run: its own coordinator, store and agents. Returns its table row.
+async fn one_run(run: &Run, settings: &Settings, bin: &Path) -> Result<String> {
     let tmp = tempfile::Builder::new()
         .prefix("hostplane-bench-coordinator-")
         .tempdir()?;
-    let r = bench(dpus, bin, tmp.path()).await;
+    let r = bench(run, settings, bin, tmp.path()).await;
     if r.is_err() {
         let kept = tmp.keep();
         eprintln!(
@@ -153,10 +316,10 @@ async fn run(dpus: usize, bin: &Path) -> Result<()> {
 }
 
 /// The fleet: node name -> rshim names of its devices.
-fn fleet(dpus: usize) -> Vec<(String, Vec<String>)> {
-    (0..dpus.div_ceil(DPUS_PER_NODE))
+pub fn fleet(dpus: usize, per_node: usize) -> Vec<(String, Vec<String>)> {
+    (0..dpus.div_ceil(per_node))
         .map(|n| {
-            let here = DPUS_PER_NODE.min(dpus - n * DPUS_PER_NODE);
+            let here = per_node.min(dpus - n * per_node);
             (
                 format!("node-{n:04}"),
                 (0..here).map(|d| format!("rshim{d}")).collect(),
@@ -165,19 +328,30 @@ fn fleet(dpus: usize) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-async fn bench(dpus: usize, bin: &Path, dir: &Path) -> Result<()> {
-    let fleet = fleet(dpus);
+fn clk_tck() -> u64 {
+    sysconf(SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)
+        .unwrap_or(100) as u64
+}
+
+async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result<String> {
+    let dpus = run.dpus;
+    let fleet = fleet(dpus, run.per_node);
     let addr = free_addr()?;
+    let metrics_addr = free_addr()?;
     let cfg = dir.join("coordinator.yaml");
     let store = dir.join("coordinator.db");
-    std::fs::write(
-        &cfg,
+    let mut yaml = format!(
         // Plain TCP: the bench measures the coordinator's own cost, as before mTLS.
-        format!(
-            "listen: {addr}\nstore:\n  path: {}\ninsecure: true\n",
-            store.display()
-        ),
-    )?;
+        "listen: {addr}\nstore:\n  path: {}\ninsecure: true\n",
+        store.display()
+    );
+    if settings.metrics {
+        yaml.push_str(&format!("metrics:\n  listen: {metrics_addr}\n"));
+    }
+    std::fs::write(&cfg, yaml)?;
     let cfg = cfg.to_str().context("temp dir path is not UTF-8")?;
     let mut coordinator = Proc::spawn(
         "coordinator",
@@ -187,38 +361,30 @@ async fn bench(dpus: usize, bin: &Path, dir: &Path) -> Result<()> {
     )?;
     let pid = coordinator.pid().context("the coordinator has no pid")?.as_raw();
     let mut admin = connect_admin(addr, Duration::from_secs(30)).await?;
-    let clk_tck = sysconf(SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|t| *t > 0)
-        .unwrap_or(100) as u64;
-    let at_start = sample(pid, clk_tck)?;
+    let tck = clk_tck();
+    let at_start = sample(pid, tck)?;
 
     let t = Instant::now();
-    create_inputs(&mut admin, &fleet).await?;
+    create_inputs(&admin, &fleet).await?;
     let created_in = t.elapsed();
 
-    let stop = CancellationToken::new();
-    let (hello_tx, mut hello_rx) = mpsc::unbounded_channel();
-    let mut agents = JoinSet::new();
     let t = Instant::now();
-    for (node, rshims) in &fleet {
-        let agent = Agent::new(node, rshims.clone(), format!("http://{addr}"));
-        agents.spawn(agent.run(hello_tx.clone(), stop.child_token()));
-    }
-    drop(hello_tx);
-    for _ in 0..fleet.len() {
-        match tokio::time::timeout(Duration::from_secs(60), hello_rx.recv()).await {
-            Ok(Some(())) => {}
-            _ => bail!("not every simulated agent got its first desired state within 60s"),
-        }
-    }
+    let agents = AgentsProc::start(&format!("http://{addr}"), fleet.len(), dpus, run.per_node).await?;
     let connected_in = t.elapsed();
-    let before = sample(pid, clk_tck)?;
-    let self_before = own_cpu()?;
+    let agents_pid = agents.pid().context("the agents process has no pid")?;
 
+    let (watchers, clock) = Watchers::open(addr, run.watchers, dpus).await?;
     let mut events = watch_deployment(&mut admin).await?;
-    let walk_start = Instant::now();
+    let before = sample(pid, tck)?;
+    let agents_before = sample(agents_pid, tck)?;
+    let self_before = own_cpu()?;
+    let recorder = match settings.perf {
+        true => Some(perf::Perf::record(pid).await?),
+        false => None,
+    };
+
+    let walk_start = clock.start();
+    let walk_start_ns = mono_ns();
     let deployment = v1::Deployment {
         metadata: meta("bench"),
         spec: Some(v1::DeploymentSpec {
@@ -236,55 +402,103 @@ async fn bench(dpus: usize, bin: &Path, dir: &Path) -> Result<()> {
         })
         .await
         .context("creating the deployment")?;
-    let walked = wait_ready(&mut events, dpus).await;
+    let walked = wait_ready(&mut events, dpus, settings.walk_timeout).await;
     let walk = walk_start.elapsed();
-    let after = sample(pid, clk_tck)?;
-    let self_cpu = own_cpu()?.saturating_sub(self_before);
-    stop.cancel();
-    let mut report = AgentReport::default();
-    while let Some(r) = agents.join_next().await {
-        report.merge(r.context("a simulated agent panicked")?);
-    }
+    let after = sample(pid, tck)?;
+    let agents_after = sample(agents_pid, tck)?;
+    let walk_cpu = Cpu {
+        coordinator: after.cpu_since(&before),
+        agents: agents_after.cpu_since(&agents_before),
+        bench: own_cpu()?.saturating_sub(self_before),
+    };
+    let perf_top = match recorder {
+        Some(p) => match p.report(15).await {
+            Ok(top) => top,
+            Err(e) => vec![format!("perf failed: {e:#}")],
+        },
+        None => Vec::new(),
+    };
     if let Err(e) = walked {
-        let phases = phase_counts(&mut admin).await.unwrap_or_default();
+        let report = agents.finish().await.unwrap_or_default();
+        let phases = list_dpus(&mut admin).await.map(|l| l.phases).unwrap_or_default();
         bail!(
             "{e:#}; Dpus by phase: {phases:?}; agent sessions that broke: {:?}",
             report.broken
         );
     }
-    let phases = phase_counts(&mut admin).await?;
+    // Every watcher has its events by now or soon: it is not part of the walk.
+    let watched = watchers.join(Duration::from_secs(60) + walk / 2).await?;
+
+    let metrics = match settings.metrics {
+        true => Some(scrape::scrape(metrics_addr).await.unwrap_or_else(|e| {
+            eprintln!("coordinator bench: {e:#} (figures from /metrics left out)");
+            scrape::Scrape::default()
+        })),
+        false => None,
+    };
+
+    let listed = list_dpus(&mut admin).await?;
     ensure!(
-        phases.get("Ready") == Some(&dpus) && phases.len() == 1,
-        "the Deployment says all Ready, but the Dpus are {phases:?}"
+        listed.phases.get("Ready") == Some(&dpus) && listed.phases.len() == 1,
+        "the Deployment says all Ready, but the Dpus are {:?}",
+        listed.phases
     );
+
+    let idle = if run.idle.is_zero() {
+        None
+    } else {
+        let c0 = sample(pid, tck)?;
+        let a0 = sample(agents_pid, tck)?;
+        let s0 = own_cpu()?;
+        let t = Instant::now();
+        tokio::time::sleep(run.idle).await;
+        let d = t.elapsed();
+        Some((
+            d,
+            Cpu {
+                coordinator: sample(pid, tck)?.cpu_since(&c0),
+                agents: sample(agents_pid, tck)?.cpu_since(&a0),
+                bench: own_cpu()?.saturating_sub(s0),
+            },
+        ))
+    };
+    let agents_last = sample(agents_pid, tck)?;
+    let report: AgentReport = agents.finish().await?;
     ensure!(
         report.broken.is_empty(),
         "agent sessions broke: {:?}",
         report.broken
     );
+    let last = sample(pid, tck)?;
     let store_bytes = ["", "-wal", "-shm"]
         .iter()
         .filter_map(|s| std::fs::metadata(format!("{}{s}", store.display())).ok())
         .map(|m| m.len())
         .sum::<u64>();
-    let exit = coordinator.stop(Duration::from_secs(20)).await;
+    let exit = coordinator.stop(Duration::from_secs(30)).await;
 
     let figures = Figures {
-        dpus,
-        nodes: fleet.len(),
+        run: run.clone(),
         created_in,
         connected_in,
         walk,
-        walk_start,
+        walk_start_ns,
         at_start,
         before,
         after,
-        self_cpu,
+        last,
+        agents_after: agents_last,
+        walk_cpu,
+        watched,
+        list: (listed.took, listed.pages),
+        idle,
+        metrics,
+        perf_top,
         store_bytes,
         exit,
     };
     figures.print(&report, bin);
-    Ok(())
+    Ok(figures.row(&report))
 }
 
 async fn create(admin: &mut Admin, r: v1::Resource) -> Result<()> {
@@ -296,8 +510,10 @@ async fn create(admin: &mut Admin, r: v1::Resource) -> Result<()> {
     Ok(())
 }
 
-/// The Bfb, the Flavor, and every node with its devices (one call per node).
-async fn create_inputs(admin: &mut Admin, fleet: &[(String, Vec<String>)]) -> Result<()> {
+/// The Bfb, the Flavor, and every node with its devices (one call per node,
+/// [`SETUP_CONCURRENCY`] at a time).
+async fn create_inputs(admin: &Admin, fleet: &[(String, Vec<String>)]) -> Result<()> {
+    let mut admin = admin.clone();
     let bfb = v1::Bfb {
         metadata: meta("bench-bfb"),
         spec: Some(v1::BfbSpec {
@@ -308,7 +524,7 @@ async fn create_inputs(admin: &mut Admin, fleet: &[(String, Vec<String>)]) -> Re
             size_bytes: 1_500_000_000,
         }),
     };
-    create(admin, bfb.into()).await?;
+    create(&mut admin, bfb.into()).await?;
     let s = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
     let flavor = v1::Flavor {
         metadata: meta("bench-flavor"),
@@ -332,9 +548,10 @@ async fn create_inputs(admin: &mut Admin, fleet: &[(String, Vec<String>)]) -> Re
             }),
         }),
     };
-    create(admin, flavor.into()).await?;
-    const PCI: [&str; DPUS_PER_NODE] = ["0000:04:00.0", "0000:21:00.0", "0000:81:00.0", "0000:c1:00.0"];
-    for (n, (node, rshims)) in fleet.iter().enumerate() {
+    create(&mut admin, flavor.into()).await?;
+    const PCI: [&str; MAX_DPUS_PER_NODE] = ["0000:04:00.0", "0000:21:00.0", "0000:81:00.0", "0000:c1:00.0"];
+    let calls = fleet.iter().enumerate().map(|(n, (node, rshims))| {
+        let mut admin = admin.clone();
         let devices = rshims
             .iter()
             .enumerate()
@@ -350,19 +567,26 @@ async fn create_inputs(admin: &mut Admin, fleet: &[(String, Vec<String>)]) -> Re
                 status: None,
             })
             .collect();
-        admin
-            .create_node_with_devices(v1::CreateNodeWithDevicesRequest {
-                node: Some(v1::Node {
-                    metadata: meta(node),
-                    spec: Some(v1::NodeSpec {
-                        reboot_method: RebootMethod::Agent as i32,
-                    }),
-                    status: None,
+        let req = v1::CreateNodeWithDevicesRequest {
+            node: Some(v1::Node {
+                metadata: meta(node),
+                spec: Some(v1::NodeSpec {
+                    reboot_method: RebootMethod::Agent as i32,
                 }),
-                devices,
-            })
-            .await
-            .with_context(|| format!("creating node {node} with its devices"))?;
+                status: None,
+            }),
+            devices,
+        };
+        async move {
+            admin
+                .create_node_with_devices(req)
+                .await
+                .with_context(|| format!("creating node {node} with its devices"))
+        }
+    });
+    let mut calls = futures::stream::iter(calls).buffer_unordered(SETUP_CONCURRENCY);
+    while let Some(r) = calls.next().await {
+        r?;
     }
     Ok(())
 }
@@ -381,7 +605,11 @@ async fn watch_deployment(admin: &mut Admin) -> Result<tonic::Streaming<v1::Watc
     Ok(w.into_inner())
 }
 
-async fn wait_ready(events: &mut tonic::Streaming<v1::WatchEvent>, dpus: usize) -> Result<()> {
+async fn wait_ready(
+    events: &mut tonic::Streaming<v1::WatchEvent>,
+    dpus: usize,
+    timeout: Duration,
+) -> Result<()> {
     let mut last = v1::DeploymentStatus::default();
     let follow = async {
         while let Some(ev) = events.message().await.context("deployment watch")? {
@@ -404,33 +632,48 @@ async fn wait_ready(events: &mut tonic::Streaming<v1::WatchEvent>, dpus: usize) 
         }
         bail!("the deployment watch ended")
     };
-    match tokio::time::timeout(WALK_TIMEOUT, follow).await {
+    match tokio::time::timeout(timeout, follow).await {
         Ok(r) => r,
-        Err(_) => bail!("only {} of {dpus} Dpus Ready after {WALK_TIMEOUT:?}", last.ready),
+        Err(_) => bail!("only {} of {dpus} Dpus Ready after {timeout:?}", last.ready),
     }
 }
 
-/// Dpus by phase name (one listing, page by page).
-async fn phase_counts(admin: &mut Admin) -> Result<BTreeMap<&'static str, usize>> {
-    let mut out = BTreeMap::new();
+/// One paginated List of every Dpu.
+struct Listed {
+    /// Dpus by phase name.
+    phases: BTreeMap<&'static str, usize>,
+    pages: usize,
+    took: Duration,
+}
+
+async fn list_dpus(admin: &mut Admin) -> Result<Listed> {
+    let t = Instant::now();
+    let mut phases = BTreeMap::new();
+    let mut pages = 0;
     let mut page_token = String::new();
     loop {
         let list = admin
             .list(v1::ListRequest {
                 kind: Kind::Dpu as i32,
+                page_size: LIST_PAGE,
                 page_token,
                 ..Default::default()
             })
             .await
             .context("listing dpus")?
             .into_inner();
+        pages += 1;
         for r in list.items {
             if let Some(v1::resource::Kind::Dpu(d)) = r.kind {
-                *out.entry(phase_of(&d).display_name()).or_default() += 1;
+                *phases.entry(phase_of(&d).display_name()).or_default() += 1;
             }
         }
         if list.next_page_token.is_empty() {
-            return Ok(out);
+            return Ok(Listed {
+                phases,
+                pages,
+                took: t.elapsed(),
+            });
         }
         page_token = list.next_page_token;
     }

@@ -58,6 +58,7 @@ impl AdminApi {
             filter,
             last: 0,
             tx: None,
+            _counted: Subscribed::new(),
         };
         // Errors (too old, ahead of the store) are the call's error, not the stream's.
         let start = if req.from_version == 0 {
@@ -91,6 +92,22 @@ struct Page {
     upto: u64,
 }
 
+/// Counts one running watch in the `watch_subscribers` gauge, until dropped.
+struct Subscribed;
+
+impl Subscribed {
+    fn new() -> Subscribed {
+        crate::metrics::hub().watch_subscribers.inc();
+        Subscribed
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        crate::metrics::hub().watch_subscribers.dec();
+    }
+}
+
 struct Watcher {
     store: Store,
     shutdown: CancellationToken,
@@ -98,6 +115,8 @@ struct Watcher {
     /// Revision of the newest event handled (sent or filtered out).
     last: u64,
     tx: Option<mpsc::Sender<Result<WatchEvent, Status>>>,
+    /// In `watch_subscribers` from the call until the watch ends.
+    _counted: Subscribed,
 }
 
 impl Watcher {

@@ -11,13 +11,14 @@ use hostplane_proto::v1::{
     FlashProgress, Heartbeat, Hello, Inventory, RshimInfo, agent_message, command, command_event,
     coordinator_message,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 /// What a command is, for latency pairs. `NewBoot` is the Hello after a reboot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Step {
     InitializeInterface,
     ConfigFwParameters,
@@ -75,13 +76,15 @@ impl Step {
     }
 }
 
-/// What one simulated agent saw.
-#[derive(Debug, Default)]
+/// What one simulated agent saw (sent to the bench as JSON: the agents run
+/// in their own process).
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct AgentReport {
     /// (what the agent did, the next command it received, how long that took).
     pub latencies: Vec<(Step, Step, Duration)>,
-    /// When each Dpu's first command arrived.
-    pub first_command_at: Vec<Instant>,
+    /// When each Dpu's first command arrived: CLOCK_MONOTONIC, in ns (the
+    /// same clock in the bench's process, see [`mono_ns`]).
+    pub first_command_at: Vec<u64>,
     pub commands: BTreeMap<Step, u64>,
     pub desired: u64,
     pub resent: u64,
@@ -131,6 +134,15 @@ pub struct Agent {
     /// Dpu -> its latest command.
     last: HashMap<String, Step>,
     report: AgentReport,
+}
+
+/// CLOCK_MONOTONIC in ns: one clock for every process on the machine
+/// (an `Instant` cannot cross a process boundary).
+pub fn mono_ns() -> u64 {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 fn msg(m: agent_message::Msg) -> AgentMessage {
@@ -279,7 +291,7 @@ impl Agent {
             let step = Step::of(&c).with_context(|| format!("command {} has no action", c.id))?;
             match self.trigger.remove(&c.dpu) {
                 Some((at, after)) => self.report.latencies.push((after, step, now - at)),
-                None if !self.last.contains_key(&c.dpu) => self.report.first_command_at.push(now),
+                None if !self.last.contains_key(&c.dpu) => self.report.first_command_at.push(mono_ns()),
                 None => {}
             }
             self.last.insert(c.dpu.clone(), step);
