@@ -155,10 +155,11 @@ pub fn main_with(argv: Vec<OsString>) -> ExitCode {
 pub async fn run_flash_cli(args: FlashArgs, prog: &str) -> ExitCode {
     let cancel = CancellationToken::new();
     let caught: Arc<Mutex<Option<&'static str>>> = Arc::default();
-    match Signals::new() {
+    // The signal watcher lives as long as the flash: aborted when it returns.
+    let watcher = match Signals::new() {
         Ok(mut signals) => {
             let (c, caught) = (cancel.clone(), caught.clone());
-            tokio::spawn(
+            Some(tokio::spawn(
                 async move {
                     loop {
                         match signals.recv().await {
@@ -179,14 +180,19 @@ pub async fn run_flash_cli(args: FlashArgs, prog: &str) -> ExitCode {
                     }
                 }
                 .instrument(tracing::info_span!("flash_cli_signals")),
-            );
+            ))
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot install signal handlers; SIGINT/SIGTERM end the flash at once")
+            tracing::warn!(error = %e, "cannot install signal handlers; SIGINT/SIGTERM end the flash at once");
+            None
         }
-    }
+    };
     let mut err = std::io::stderr();
     let code = run(args, prog, &mut std::io::stdout(), &mut err, cancel).await;
+    if let Some(w) = watcher {
+        w.abort();
+        let _ = w.await;
+    }
     let signal = *caught.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     match signal {
         // Interrupted: the flash reported where it stopped; say why and how it ended.

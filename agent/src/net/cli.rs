@@ -56,7 +56,7 @@ pub struct FileArgs {
 
 /// Read a desired-network file: a `HostNetwork`, or a list of `DpuNetwork`s
 /// (see [`file`](super::file)).
-pub use super::file::load;
+pub use super::file::{FileError, load};
 
 #[derive(Debug, Serialize)]
 struct ShownBridge {

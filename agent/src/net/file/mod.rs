@@ -9,7 +9,7 @@
 //! - Every error names the field path (`bridges[0].mtu`) and, where the
 //!   parser knows it, the line and column.
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hostplane_proto::v1::{DpuNetwork, HostNetwork};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -153,11 +153,27 @@ pub fn parse(name: &str, text: &str, dpu: &str) -> Result<Vec<DpuNetwork>, Strin
     })
 }
 
+/// Why a desired-network file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("reading {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// Not a desired network: `reason` is [`parse`]'s (the field path and the line).
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+}
+
 /// Read and parse a desired-network file (see [`parse`]).
-pub fn load(path: &Path, dpu: &str) -> Result<Vec<DpuNetwork>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+pub fn load(path: &Path, dpu: &str) -> Result<Vec<DpuNetwork>, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    parse(name, &text, dpu).map_err(|e| format!("{}: {e}", path.display()))
+    parse(name, &text, dpu).map_err(|reason| FileError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    })
 }
 
 #[cfg(test)]
@@ -347,5 +363,31 @@ mod tests {
             let e = err("n.json", &json);
             proptest::prop_assert!(e.contains(&format!("duplicate field `{key}`")), "{}", e);
         }
+    }
+
+    #[test]
+    fn load_errors_say_which_file_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.yaml");
+        let e = load(&missing, "d").unwrap_err();
+        assert!(
+            matches!(&e, FileError::Read { path, .. } if path == &missing),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("reading {}: ", missing.display())),
+            "{e}"
+        );
+
+        let bad = dir.path().join("n.yaml");
+        std::fs::write(&bad, "mtu: lots\n").unwrap();
+        let e = load(&bad, "d").unwrap_err();
+        let FileError::Invalid { path, reason } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(path, &bad);
+        assert_eq!(e.to_string(), format!("{}: {reason}", bad.display()));
+        assert!(reason.contains("mtu"), "{reason}");
     }
 }
