@@ -5,6 +5,7 @@
 //! cargo build --release -p hostplane-sim
 //! cargo bench -p hostplane-tests --bench flash
 //! HOSTPLANE_BENCH_SIZE=256MiB HOSTPLANE_BENCH_RUNS=5 cargo bench -p hostplane-tests --bench flash
+//! HOSTPLANE_BENCH_WRITE_KIB=1024 cargo bench -p hostplane-tests --bench flash   # another write bound
 //! ```
 //!
 //! The simulator runs as a separate process (`target/release/hostplane-sim`),
@@ -68,11 +69,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// What to run, from `HOSTPLANE_BENCH_SIZE` and `HOSTPLANE_BENCH_RUNS`.
+/// What to run, from `HOSTPLANE_BENCH_SIZE`, `HOSTPLANE_BENCH_RUNS` and
+/// `HOSTPLANE_BENCH_WRITE_KIB` (the agent's bytes per `write` to `boot`,
+/// [`FlashConfig::push_write_max`]; 256 by default, as in production).
 #[derive(Debug, Clone, Copy)]
 struct Settings {
     size: u64,
     runs: usize,
+    write_max: usize,
 }
 
 impl Settings {
@@ -94,7 +98,22 @@ impl Settings {
                 .with_context(|| format!("HOSTPLANE_BENCH_RUNS={s:?}: expected 1..=50"))?,
             None => 9,
         };
-        Ok(Settings { size, runs })
+        let write_max = match get("HOSTPLANE_BENCH_WRITE_KIB") {
+            Some(s) => {
+                s.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (4..=16384).contains(n))
+                    .with_context(|| format!("HOSTPLANE_BENCH_WRITE_KIB={s:?}: expected 4..=16384"))?
+                    << 10
+            }
+            None => FlashConfig::default().push_write_max,
+        };
+        Ok(Settings {
+            size,
+            runs,
+            write_max,
+        })
     }
 }
 
@@ -161,7 +180,7 @@ fn run(s: &Settings) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let _guard = rt.enter();
     let sim = start_sim(&sim_bin, dir.path())?;
-    let res = rounds(&rt, &sim, &image, bytes, dir.path(), s.runs);
+    let res = rounds(&rt, &sim, &image, bytes, dir.path(), (s.runs, s.write_max));
     if res.is_err() {
         eprintln!("flash bench: simulator log: {}", sim.log.display());
         eprintln!("{}", tail(&sim.log, 20));
@@ -199,7 +218,7 @@ fn rounds(
     image: &Path,
     bytes: u64,
     dir: &Path,
-    runs: usize,
+    (runs, write_max): (usize, usize),
 ) -> Result<(Vec<Sample>, Vec<Sample>)> {
     let cache = BfbCache::new(CacheConfig {
         dir: dir.join("cache"),
@@ -210,10 +229,12 @@ fn rounds(
         FlashConfig {
             dev_root: sim.root.clone(),
             run_dir: dir.join("run"),
+            push_write_max: write_max,
             ..FlashConfig::default()
         },
         Arc::new(cache),
     );
+    println!("agent writes at most {} KiB per write to boot", write_max >> 10);
     println!(
         "{:<6}{:<7}{:>9}{:>10}{:>9}{:>11}{:>10}  note",
         "round", "push", "wall s", "MiB/s", "cpu s", "cpu s/GiB", "sim cpu s"

@@ -96,8 +96,12 @@ pub struct FlashConfig {
     /// Where the per-rshim flash locks live (`<run_dir>/dev-rshim0.flash.lock`
     /// for `/dev/rshim0`), shared by the daemon and every CLI flash on the host.
     pub run_dir: PathBuf,
-    /// Bytes per read of the image (writes to `boot` are at most 256 KiB).
+    /// Bytes per read of the image.
     pub push_chunk: usize,
+    /// The most bytes one `write(2)` to `boot` carries (256 KiB): it bounds
+    /// how long one write can sit in the kernel, and how often the stall
+    /// timer sees progress. Not a config key; the flash bench varies it.
+    pub push_write_max: usize,
     pub stage_timeouts: StageTimeouts,
     /// How often `misc` is read while following the log.
     #[serde(with = "humantime_serde")]
@@ -113,6 +117,7 @@ impl Default for FlashConfig {
             dev_root: PathBuf::from("/dev"),
             run_dir: PathBuf::from(DEFAULT_RUN_DIR),
             push_chunk: 1 << 20,
+            push_write_max: push::MAX_WRITE,
             stage_timeouts: StageTimeouts::default(),
             poll_interval: Duration::from_secs(1),
             progress_interval: Duration::from_millis(250),

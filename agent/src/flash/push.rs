@@ -5,7 +5,8 @@
 //! (double buffering, no copies besides the read itself). The async side only
 //! watches counters; it never blocks on the device.
 //!
-//! One `write(2)` carries at most [`MAX_WRITE`] bytes, so the byte counter
+//! One `write(2)` carries at most [`PushJob::max_write`] bytes (default
+//! [`MAX_WRITE`]), so the byte counter
 //! (the stall timer's input) moves at least that often and a stop request is
 //! seen between writes. A write the device does not take blocks in the
 //! kernel, where no signal reaches it (the rshim driver is a FUSE/CUSE
@@ -24,8 +25,9 @@ use tokio::sync::oneshot;
 
 /// Buffers in flight between the two threads.
 const BUFFERS: usize = 3;
-/// The most bytes one `write(2)` to `boot` carries.
-pub(crate) const MAX_WRITE: usize = 256 << 10;
+/// The most bytes one `write(2)` to `boot` carries, by default
+/// ([`super::FlashConfig::push_write_max`]).
+pub const MAX_WRITE: usize = 256 << 10;
 
 /// Why a push stopped early.
 #[derive(Debug)]
@@ -96,6 +98,8 @@ pub(crate) struct PushJob {
     pub rootfs: Option<(PathBuf, u64)>,
     pub boot: PathBuf,
     pub chunk: usize,
+    /// The most bytes one `write(2)` carries (at least 4 KiB).
+    pub max_write: usize,
     pub rshim: String,
 }
 
@@ -116,6 +120,7 @@ impl PushJob {
         let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
         let (gate_tx, gate_rx) = sync_channel::<bool>(2);
         let chunk = self.chunk.max(64 << 10);
+        let max_write = self.max_write.max(4 << 10);
         for _ in 0..BUFFERS {
             empty_tx
                 .send(vec![0u8; chunk])
@@ -138,7 +143,15 @@ impl PushJob {
             .name(format!("push-write-{}", self.rshim))
             .spawn(move || {
                 let _enter = span.enter();
-                let res = match write_loop(&boot, &full_rx, &empty_tx, &b, &s, opened_tx, &gate_rx) {
+                let res = match write_loop(
+                    &boot,
+                    (&full_rx, &empty_tx),
+                    max_write,
+                    &b,
+                    &s,
+                    opened_tx,
+                    &gate_rx,
+                ) {
                     Err(PushFailure::Read { source, .. }) => Err(PushFailure::Read { path: image, source }),
                     other => other,
                 };
@@ -227,8 +240,8 @@ fn pump(
 
 fn write_loop(
     boot: &Path,
-    full: &Receiver<Chunk>,
-    empty: &SyncSender<Vec<u8>>,
+    (full, empty): (&Receiver<Chunk>, &SyncSender<Vec<u8>>),
+    max_write: usize,
     bytes: &AtomicU64,
     stop: &AtomicBool,
     opened: oneshot::Sender<()>,
@@ -257,7 +270,7 @@ fn write_loop(
         })?;
         let mut off = 0;
         while off < n {
-            let end = n.min(off + MAX_WRITE);
+            let end = n.min(off + max_write);
             match dev.write(&buf[off..end]) {
                 Ok(0) => return Err(PushFailure::Write(io::Error::from(io::ErrorKind::WriteZero))),
                 Ok(k) => {
@@ -300,6 +313,7 @@ mod tests {
             rootfs: None,
             boot,
             chunk,
+            max_write: MAX_WRITE,
             rshim: "rshim0".into(),
         }
     }

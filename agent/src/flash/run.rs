@@ -166,6 +166,7 @@ pub(crate) async fn flash(
         rootfs,
         boot: paths.boot.clone(),
         chunk: cfg.push_chunk,
+        max_write: cfg.push_write_max,
         rshim: rshim.clone(),
     };
     // The writer thread holds the slot too: it stays claimed until both this

@@ -60,6 +60,7 @@ fn rig() -> Rig {
         dev_root: dev,
         run_dir: dir.path().join("run"),
         push_chunk: 64 << 10,
+        push_write_max: 16 << 10,
         stage_timeouts: timeouts(),
         poll_interval: Duration::from_millis(50),
         progress_interval: Duration::from_millis(250),
