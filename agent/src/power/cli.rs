@@ -23,7 +23,7 @@ pub enum PowerCmd {
     Read(ReadArgs),
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct ReadArgs {
     #[arg(long)]
     pub watch: bool,
@@ -265,11 +265,20 @@ pub async fn run_power_cli(args: PowerArgs, config: Option<PathBuf>) -> ExitCode
         );
         return ExitCode::from(64);
     }
-    let bmc_cfg = match a.bmc_config(config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
+    // Reads the config file: a blocking thread, never an async worker.
+    let bmc_cfg = {
+        let a = a.clone();
+        tokio::task::spawn_blocking(move || a.bmc_config(config.as_deref())).await
+    };
+    let bmc_cfg = match bmc_cfg {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             eprintln!("hostplane-agent power: {e}");
             return ExitCode::from(78);
+        }
+        Err(e) => {
+            eprintln!("hostplane-agent power: {e}");
+            return ExitCode::FAILURE;
         }
     };
     let root = a.sysfs_root.clone();

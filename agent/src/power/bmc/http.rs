@@ -265,7 +265,7 @@ impl Transport {
             return Ok(());
         }
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let password = read_password(&self.password_file)?;
+        let password = read_password_blocking(self.password_file.clone()).await?;
         let auth = match sessions {
             None => Auth::Basic { password },
             Some(path) => self.create_session(&path, password).await?,
@@ -363,6 +363,19 @@ pub(super) fn read_password(path: &Path) -> Result<Secret, RedfishError> {
         });
     }
     Ok(Secret(p.to_string()))
+}
+
+/// [`read_password`] on a blocking thread: a file read never runs on an
+/// async worker.
+async fn read_password_blocking(path: PathBuf) -> Result<Secret, RedfishError> {
+    tokio::task::spawn_blocking(move || read_password(&path))
+        .await
+        .unwrap_or_else(|e| {
+            Err(RedfishError::Config {
+                field: "power.bmc.password_file",
+                reason: format!("the thread reading the BMC password failed: {e}"),
+            })
+        })
 }
 
 fn json_of(method: &Method, url: &str, a: Answer, password_file: &Path) -> Result<Value, RedfishError> {

@@ -243,9 +243,24 @@ impl RedfishClient {
             .map_err(|(field, reason)| RedfishError::Config { field, reason })?;
         let origin = origin(&cfg.url)?;
         let password_file = cfg.password_file.clone().unwrap_or_default();
-        warn_if_readable_by_others(&password_file);
+        // Both read files (the password file's mode, the CA bundle, the
+        // system's roots): a blocking thread, never an async worker.
+        let client = {
+            let (cfg, password_file) = (cfg.clone(), password_file.clone());
+            tokio::task::spawn_blocking(move || {
+                warn_if_readable_by_others(&password_file);
+                http_client(&cfg)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(RedfishError::Config {
+                    field: "power.bmc.url",
+                    reason: format!("the thread setting up the HTTP client failed: {e}"),
+                })
+            })?
+        };
         let t = http::Transport::new(
-            http_client(cfg)?,
+            client,
             origin,
             cfg.username.clone(),
             password_file,
