@@ -181,7 +181,7 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                 if network_phase(&cur) != network_phase(&u.dpu) {
                     // Its host network joins or leaves the node's desired state;
                     // a Ready Dpu that is deleted has no command to announce that.
-                    t.touch_desired(&u.node)?;
+                    crate::desired::touch(t, &u.node, crate::desired::Why::Network)?;
                 }
                 if let Some(why) = &u.cancel {
                     t.cancel_commands_for_dpu(&name, why)?;
@@ -205,7 +205,7 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                 if network_phase(&cur)
                     && let Some(node) = cur.spec.as_ref().map(|s| s.node.as_str())
                 {
-                    t.touch_desired(node)?;
+                    crate::desired::touch(t, node, crate::desired::Why::DpuRemoved)?;
                 }
                 t.cancel_commands_for_dpu(&name, &format!("dpu {name} was deleted"))?;
                 t.delete(Kind::Dpu, &name)?;
@@ -279,7 +279,7 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                 out.writes += 1;
             }
             Action::TouchDesired { node } => {
-                t.touch_desired(&node)?;
+                crate::desired::touch(t, &node, crate::desired::Why::Reconciler)?;
             }
             Action::RemoveDeployment { name } => {
                 let Some(dep) = t.get(Kind::Deployment, &name)? else {

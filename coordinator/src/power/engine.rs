@@ -335,7 +335,7 @@ impl Core {
             .store
             .write(move |t| {
                 for node in &owed {
-                    t.touch_desired(node)?;
+                    crate::desired::touch(t, node, crate::desired::Why::PowerCaps)?;
                 }
                 let mut written = Vec::new();
                 for (name, (generation, st)) in topo_writes {
