@@ -1,12 +1,15 @@
 //! Composing a node's desired state from what the store holds for it.
 use hostplane_proto::v1::{Command, DesiredState, Device, Dpu, Flavor, Kind, PowerCaps, Resource, resource};
 
-use crate::store::{StoreError, Txn};
+use crate::store::{StoreError, Txn, View};
 
 use super::networks::networks;
 
 /// What composing one node's desired state reads: the node's own rows only,
-/// each found by key or through a per-node index.
+/// each found by key or through a per-node index. The store's [`View`] is
+/// what sessions compose from (no SQL); a [`Txn`] composes what a
+/// transaction sees, its own writes included (node-local too, through the
+/// store's node index).
 pub trait Source {
     /// The node's desired-state version (0 when it never had one).
     fn desired_version(&self, node: &str) -> Result<u64, StoreError>;
@@ -30,6 +33,28 @@ pub fn compose(src: &impl Source, node: &str, caps: Option<PowerCaps>) -> Result
         networks: networks(src, node)?,
         power: caps,
     })
+}
+
+impl Source for View {
+    fn desired_version(&self, node: &str) -> Result<u64, StoreError> {
+        Ok(View::desired_version(self, node))
+    }
+
+    fn open_commands(&self, node: &str) -> Result<Vec<Command>, StoreError> {
+        Ok(View::open_commands(self, node).into_iter().cloned().collect())
+    }
+
+    fn dpus_on_node(&self, node: &str) -> Result<Vec<Dpu>, StoreError> {
+        Ok(View::dpus_on_node(self, node).cloned().collect())
+    }
+
+    fn flavor(&self, name: &str) -> Result<Option<Flavor>, StoreError> {
+        Ok(self.flavors.get(name).cloned())
+    }
+
+    fn device(&self, name: &str) -> Result<Option<Device>, StoreError> {
+        Ok(self.devices.get(name).cloned())
+    }
 }
 
 impl Source for Txn<'_> {

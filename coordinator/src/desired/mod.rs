@@ -66,3 +66,6 @@ pub fn touch(t: &mut Txn<'_>, node: &str, why: Why) -> Result<u64, StoreError> {
     tracing::debug!(node, version, why = why.as_str(), "desired state touched");
     Ok(version)
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -13,8 +13,13 @@ use super::*;
 use crate::desired::{self, Why};
 use crate::fsm::testing::{self, seed};
 
-/// The tests here read the process-wide `agents_connected` gauge: one at a time.
+/// The tests here read the process-wide `agents_connected` gauge: one at a
+/// time, each waiting at its end for its sessions to be counted out.
 static GAUGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn connected() -> i64 {
+    crate::metrics::hub().agents_connected.get()
+}
 
 struct Server {
     addr: SocketAddr,
@@ -127,6 +132,7 @@ async fn eventually(what: &str, f: impl Fn() -> bool) {
 #[tokio::test]
 async fn a_change_to_one_nodes_desired_state_wakes_only_its_session() {
     let _one = GAUGE.lock().await;
+    let base = connected();
     let s = serve(&["n1", "n2", "n3"]).await;
     let mut a = open(s.addr, "n1").await;
     let mut b = open(s.addr, "n2").await;
@@ -152,12 +158,14 @@ async fn a_change_to_one_nodes_desired_state_wakes_only_its_session() {
         (d.wakes("n1"), d.wakes("n2"), d.wakes("n3")),
         (Some(5), Some(1), Some(0))
     );
+    drop(s);
+    eventually("the sessions are counted out", || connected() == base).await;
 }
 
 #[tokio::test]
 async fn sessions_are_counted_in_and_out_once() {
     let _one = GAUGE.lock().await;
-    let g = || crate::metrics::hub().agents_connected.get();
+    let g = connected;
     let (base, sent, nacks) = (
         g(),
         crate::metrics::hub().desired_states_sent.get(),
@@ -198,4 +206,55 @@ async fn sessions_are_counted_in_and_out_once() {
     eventually("both sessions are counted out", || g() == base).await;
     assert!(s.stream.shared.delivery.is_empty());
     assert!(s.stream.shared.sessions.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn serving_a_hello_costs_the_same_for_100_and_2000_nodes() {
+    let _one = GAUGE.lock().await;
+    let base = connected();
+    let mut costs = Vec::new();
+    for nodes in [100, 2_000] {
+        let store = crate::desired::tests::fleet(nodes).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        // No flush and no lease lapses while the Hello is measured.
+        let cfg = StreamConfig {
+            lease: Duration::from_secs(3600),
+            status_flush: Duration::from_secs(3600),
+            last_seen_interval: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let svc = AgentStream::new(store.clone(), cfg)
+            .with_shutdown(&stop)
+            .into_server();
+        let s = stop.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    s.cancelled().await
+                }),
+        );
+        // A first session starts the service's tasks.
+        let mut warm = open(addr, &crate::desired::tests::node_name(0)).await;
+        warm.next().await;
+
+        let node = crate::desired::tests::node_name(42);
+        let before = store.stats();
+        let mut a = open(addr, &node).await;
+        let d = a.next().await;
+        let after = store.stats();
+        assert_eq!((d.commands.len(), d.networks.len()), (1, 1));
+        costs.push((
+            after.transactions - before.transactions,
+            after.rows_read - before.rows_read,
+        ));
+        stop.cancel();
+        eventually("the sessions are counted out", || connected() == base).await;
+    }
+    assert_eq!(
+        costs[0], costs[1],
+        "(transactions, rows read) at 100 and 2,000 nodes"
+    );
 }

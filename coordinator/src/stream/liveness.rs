@@ -151,17 +151,15 @@ pub async fn run_expiry(
 ) {
     // A restarted coordinator has no leases: the nodes the store shows
     // reachable get one lease to reconnect before they are marked Unreachable.
-    match store.read(|t| t.list(Kind::Node)).await {
-        Ok(nodes) => {
-            for r in nodes {
-                if let Some(resource::Kind::Node(n)) = &r.kind
-                    && n.status.as_ref().is_some_and(|s| s.reachable)
-                {
-                    live.adopt(r.name());
-                }
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot list nodes to adopt their leases"),
+    let reachable: Vec<String> = store
+        .view()
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.status.as_ref().is_some_and(|s| s.reachable))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in reachable {
+        live.adopt(&name);
     }
     let tick = (live.lease() / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {

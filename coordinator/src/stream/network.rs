@@ -3,7 +3,7 @@
 //! node's desired state carries is [`crate::desired::networks`]'s to say.
 use std::time::{Duration, UNIX_EPOCH};
 
-use hostplane_proto::v1::{DpuNetwork, Kind, NetworkReport, Resource, resource};
+use hostplane_proto::v1::{Kind, NetworkReport, Resource, resource};
 
 use crate::fsm::util::set_condition;
 use crate::store::{StoreError, Txn};
@@ -13,11 +13,6 @@ pub const COND_HOST_NETWORK: &str = "HostNetworkApplied";
 const NAMED_OBJECTS: usize = 6;
 
 pub use crate::desired::networks::{is_empty, wanted};
-
-/// The host networks of a node's desired state (see [`crate::desired::networks`]).
-pub fn desired_networks(t: &Txn<'_>, node: &str) -> Result<Vec<DpuNetwork>, StoreError> {
-    crate::desired::networks::networks(t, node)
-}
 
 /// Why a report was not recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +145,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::desired::networks::networks;
     use crate::fsm::testing::{self, get_dpu, seed};
     use crate::store::Store;
 
@@ -226,14 +222,14 @@ mod tests {
     #[tokio::test]
     async fn the_desired_networks_of_a_node() {
         let s = store().await;
-        let nets = s.read(|t| desired_networks(t, "n1")).await.unwrap();
+        let nets = networks(&*s.view(), "n1").unwrap();
         let got: Vec<(&str, &str)> = nets
             .iter()
             .map(|n| (n.dpu.as_str(), n.pf_pci_address.as_str()))
             .collect();
         assert_eq!(got, [("a-ready", "0000:04:00.0"), ("c-init", "0000:06:00.0")]);
         assert_eq!(nets[0].network.as_ref(), Some(&bridged()));
-        let other = s.read(|t| desired_networks(t, "n2")).await.unwrap();
+        let other = networks(&*s.view(), "n2").unwrap();
         assert_eq!(other.len(), 1);
     }
 

@@ -120,15 +120,9 @@ impl Session {
     /// Send the node's current desired state if it is newer than the last
     /// one sent (or always, with `force`). Err when the agent is gone.
     pub async fn send_desired(&mut self, force: bool) -> Result<(), StreamError> {
-        let node = self.node.clone();
-        let hub = self.shared.power();
-        let mut desired = self
-            .store
-            .read(move |t| {
-                let caps = hub.caps(&node);
-                crate::desired::compose(&*t, &node, caps)
-            })
-            .await?;
+        let caps = self.shared.power().caps(&self.node);
+        // From the view: no SQL, and only this node's rows.
+        let mut desired = crate::desired::compose(&*self.store.view(), &self.node, caps)?;
         let version = desired.version;
         if !force && self.last_sent.is_some_and(|v| version <= v) {
             return Ok(());
@@ -368,15 +362,12 @@ impl Session {
         if let Some(d) = self.cmd_dpu.get(id) {
             return Ok(Some(d.clone()));
         }
-        let id2 = id.to_string();
-        let row = self.store.read(move |t| t.command(&id2)).await?;
-        match row {
-            Some(row) if row.node == self.node => {
-                self.cmd_dpu.insert(id.to_string(), row.command.dpu.clone());
-                Ok(Some(row.command.dpu))
-            }
-            _ => Ok(None),
-        }
+        let dpu = match self.store.view().command(id) {
+            Some(row) if row.node == self.node => row.command.dpu.clone(),
+            _ => return Ok(None),
+        };
+        self.cmd_dpu.insert(id.to_string(), dpu.clone());
+        Ok(Some(dpu))
     }
 
     /// Record a command's final result; repeats are ignored (idempotent by id).
