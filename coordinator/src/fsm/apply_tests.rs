@@ -239,3 +239,134 @@ async fn siblings_never_point_at_a_reboot_whose_issuer_was_not_written() {
     }
     assert_eq!(reboots, 1, "one host reboot for the three");
 }
+
+/// Node n1 with d1 and d2 each waiting on its InitializeInterface command; returns the node's
+/// desired version (the state carrying both commands).
+async fn two_waiting(cfg: &FsmConfig) -> (Store, u64) {
+    let store = Store::in_memory().unwrap();
+    testing::seed(
+        &store,
+        vec![
+            testing::node("n1", RebootMethod::Agent),
+            testing::device("d1", "n1", "rshim0", &[]),
+            testing::device("d2", "n1", "rshim1", &[]),
+            testing::bfb("b1"),
+            testing::flavor("f1"),
+            testing::deployment("dep", "b1", "f1", &[], 2, NodeEffect::Auto),
+        ],
+    )
+    .await;
+    settle(&store, cfg).await;
+    for name in ["d1", "d2"] {
+        let d = get_dpu(&store, name).await.unwrap();
+        assert_eq!(phase(&d), DpuPhase::InitializeInterface, "{name}: {d:#?}");
+    }
+    let v = store.read(|t| t.desired_version("n1")).await.unwrap();
+    (store, v)
+}
+
+/// What the stream's `record_nack` writes (tests/fsm_nack.rs drives the real one through the
+/// agent stream): the refused version, its error, and the open commands it carried if the node's
+/// desired state is still that version.
+async fn nack(store: &Store, version: u64, error: &str) {
+    let error = error.to_string();
+    store
+        .write(move |t| {
+            let carried = if t.desired_version("n1")? == version {
+                t.open_commands("n1")?.into_iter().map(|c| c.id).collect()
+            } else {
+                Vec::new()
+            };
+            let Some(Resource {
+                kind: Some(resource::Kind::Node(mut n)),
+            }) = t.get(Kind::Node, "n1")?
+            else {
+                panic!("n1 exists")
+            };
+            let st = n.status.get_or_insert_default();
+            st.nack_error = error;
+            st.nacked_version = version;
+            st.nacked_commands = carried;
+            t.update(n.into())
+        })
+        .await
+        .unwrap();
+}
+
+const REFUSED: &str = "host network refused, nothing changed: ens1f0 has no VF 9";
+
+#[tokio::test]
+async fn a_nack_fails_the_dpus_waiting_on_the_refused_version() {
+    let cfg = FsmConfig::default();
+    let (store, v) = two_waiting(&cfg).await;
+    nack(&store, v, REFUSED).await;
+    settle(&store, &cfg).await;
+    for name in ["d1", "d2"] {
+        let d = get_dpu(&store, name).await.unwrap();
+        assert_eq!(phase(&d), DpuPhase::Error, "{name}: {d:#?}");
+        let tr = d.status.as_ref().unwrap().history.last().unwrap().clone();
+        assert_eq!(tr.reason, "Nacked");
+        assert_eq!(
+            tr.message,
+            format!(
+                "the agent on node n1 rejected desired state version {v}: {REFUSED}; fix it and reprovision"
+            )
+        );
+    }
+    let open = store.read(|t| t.open_commands("n1")).await.unwrap();
+    assert!(open.is_empty(), "their commands are withdrawn: {open:?}");
+}
+
+#[tokio::test]
+async fn a_nack_spares_later_commands_and_versions_the_agent_acked() {
+    let cfg = FsmConfig::default();
+
+    // The agent ACKed a later version after refusing this one: nothing fails.
+    let (store, v) = two_waiting(&cfg).await;
+    nack(&store, v, REFUSED).await;
+    modify(&store, Kind::Node, "n1", move |r| {
+        if let Some(resource::Kind::Node(n)) = &mut r.kind {
+            let st = n.status.get_or_insert_default();
+            st.acked_version = v + 1;
+            st.nack_error.clear();
+        }
+    })
+    .await;
+    settle(&store, &cfg).await;
+    for name in ["d1", "d2"] {
+        assert_eq!(
+            phase(&get_dpu(&store, name).await.unwrap()),
+            DpuPhase::InitializeInterface
+        );
+    }
+
+    // A refused version older than the node's desired state: the agent answers the newer one.
+    let (store, v) = two_waiting(&cfg).await;
+    answer(&store, "n1", |c| if c.dpu == "d1" { ok(c) } else { None }).await;
+    nack(&store, v, REFUSED).await;
+    settle(&store, &cfg).await;
+    assert_eq!(
+        phase(&get_dpu(&store, "d1").await.unwrap()),
+        DpuPhase::ConfigFwParameters,
+        "d1's next command came after the refused version"
+    );
+    assert_eq!(
+        phase(&get_dpu(&store, "d2").await.unwrap()),
+        DpuPhase::InitializeInterface
+    );
+
+    // A refused version fails only the commands it carried.
+    let newer = store.read(|t| t.desired_version("n1")).await.unwrap();
+    nack(&store, newer, REFUSED).await;
+    answer(&store, "n1", |c| if c.dpu == "d1" { ok(c) } else { None }).await;
+    settle(&store, &cfg).await;
+    let d1 = get_dpu(&store, "d1").await.unwrap();
+    assert_eq!(
+        phase(&d1),
+        DpuPhase::PrepareBfb,
+        "d1's ConfigFwParameters finished: {d1:#?}"
+    );
+    let d2 = get_dpu(&store, "d2").await.unwrap();
+    assert_eq!(phase(&d2), DpuPhase::Error);
+    assert_eq!(d2.status.unwrap().history.last().unwrap().reason, "Nacked");
+}

@@ -92,7 +92,9 @@ pub fn record_hello(t: &mut Txn<'_>, hello: &Hello, lease_ms: i64) -> Result<boo
     Ok(true)
 }
 
-/// Record a NACK at once.
+/// Record a NACK at once: the error, the refused version and, when the node's desired state is
+/// still that version, the open commands it carried (the Reconciler fails the Dpus waiting on
+/// them; when the state has moved on, the agent answers the newer version instead).
 pub fn record_nack(t: &mut Txn<'_>, node: &str, version: u64, error: &str) -> Result<(), StoreError> {
     let Some(Resource {
         kind: Some(resource::Kind::Node(mut n)),
@@ -100,8 +102,15 @@ pub fn record_nack(t: &mut Txn<'_>, node: &str, version: u64, error: &str) -> Re
     else {
         return Ok(());
     };
+    let carried = if t.desired_version(node)? == version {
+        t.open_commands(node)?.into_iter().map(|c| c.id).collect()
+    } else {
+        Vec::new()
+    };
     let st = n.status.get_or_insert_default();
     st.nack_error = error.to_string();
+    st.nacked_version = version;
+    st.nacked_commands = carried;
     let msg = format!("the agent rejected desired state version {version}: {error}");
     set_condition(
         &mut st.conditions,
@@ -190,7 +199,8 @@ pub fn flush(
                 .conditions
                 .iter()
                 .any(|c| c.r#type == COND_APPLIED && c.status == "False");
-            if !st.nack_error.is_empty() || not_applied {
+            // An ACK of a version older than the one refused (flushed after the NACK) clears nothing.
+            if v >= st.nacked_version && (!st.nack_error.is_empty() || not_applied) {
                 st.nack_error.clear();
                 let msg = format!("the agent applied desired state version {v}");
                 set_condition(&mut st.conditions, COND_APPLIED, "True", "Acked", &msg, now);

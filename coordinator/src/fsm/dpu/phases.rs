@@ -19,6 +19,27 @@ impl Stepper<'_> {
         }
     }
 
+    /// Error when the agent refused (NACK) the desired-state version that carried this Dpu's
+    /// open command, and no later version was ACKed: the agent keeps its old state, so the command
+    /// would never run.
+    pub(super) fn nacked(&self, ctx: &StepCtx<'_>) -> Option<Next> {
+        let id = &self.st().command_id;
+        let node = self.node();
+        let ns = ctx.cache.nodes.get(&node)?.status.as_ref()?;
+        let refused = !ns.nack_error.is_empty()
+            && ns.acked_version < ns.nacked_version
+            && ns.nacked_commands.iter().any(|c| c == id)
+            && matches!(ctx.cmds.get(id), Some(Some(row)) if row.result.is_none());
+        refused.then(|| Next::Go {
+            to: DpuPhase::Error,
+            reason: "Nacked",
+            message: format!(
+                "the agent on node {node} rejected desired state version {}: {}; fix it and reprovision",
+                ns.nacked_version, ns.nack_error
+            ),
+        })
+    }
+
     pub(super) fn command_phase(&mut self, phase: DpuPhase, ctx: &mut StepCtx<'_>) -> Next {
         let (node, rshim, pname) = (self.node(), self.rshim(ctx), phase.display_name());
         if self.st().command_id.is_empty() {
@@ -29,6 +50,9 @@ impl Stepper<'_> {
                 self.insert.push(cmd);
             }
             return Next::Stay;
+        }
+        if let Some(next) = self.nacked(ctx) {
+            return next;
         }
         let r = match self.result(ctx) {
             Ok(Some(r)) => r,
@@ -223,6 +247,9 @@ impl Stepper<'_> {
             if self.phase() != DpuPhase::Rebooting || self.st().command_id.is_empty() {
                 return Next::Stay;
             }
+        }
+        if let Some(next) = self.nacked(ctx) {
+            return next;
         }
         let r = match self.result(ctx) {
             Ok(Some(r)) => r,
