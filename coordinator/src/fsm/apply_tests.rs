@@ -9,33 +9,14 @@ use hostplane_proto::v1::{
 
 use super::FsmConfig;
 use super::apply::{self, Action, Applied};
-use super::cache::Cache;
 use super::plan::{self, Plan};
 use super::testing::{self, get_dpu, modify, phase};
 use crate::store::{Store, StoreError, now_ms};
 
 /// Plan one pass on the store as it is now.
 pub(super) async fn plan_pass(store: &Store, cfg: &FsmConfig) -> Plan {
-    let cache = store.read(Cache::load).await.expect("listing the store");
-    let ids: Vec<String> = cache
-        .dpus
-        .values()
-        .filter_map(|d| d.status.as_ref())
-        .map(|s| s.command_id.clone())
-        .filter(|id| !id.is_empty())
-        .collect();
-    let rows = store
-        .read(move |t| {
-            ids.into_iter()
-                .map(|id| Ok((t.command(&id)?, id)))
-                .collect::<Result<Vec<_>, StoreError>>()
-        })
-        .await
-        .expect("reading commands")
-        .into_iter()
-        .map(|(row, id)| (id, row))
-        .collect();
-    plan::plan(&cache, &rows, now_ms(), cfg)
+    let view = store.view();
+    plan::plan(&view, &*view, now_ms(), cfg)
 }
 
 pub(super) async fn apply_plan(store: &Store, plan: Plan) -> Applied {

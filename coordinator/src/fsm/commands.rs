@@ -7,10 +7,10 @@ use hostplane_proto::v1::{
 use hostplane_proto::v1::{Dpu, Flavor};
 use prost::Message as _;
 
-use super::cache::Cache;
+use crate::store::View;
 
-fn bfb_ref(cache: &Cache, name: &str, deployment: &str) -> Result<BfbRef, String> {
-    let b = cache.bfbs.get(name).ok_or_else(|| {
+fn bfb_ref(view: &View, name: &str, deployment: &str) -> Result<BfbRef, String> {
+    let b = view.bfbs.get(name).ok_or_else(|| {
         format!("bfb {name:?} does not exist; create it or point deployment {deployment} at another")
     })?;
     let spec = b.spec.clone().unwrap_or_default();
@@ -23,39 +23,38 @@ fn bfb_ref(cache: &Cache, name: &str, deployment: &str) -> Result<BfbRef, String
     })
 }
 
-fn flavor<'a>(cache: &'a Cache, name: &str, deployment: &str) -> Result<&'a Flavor, String> {
-    cache.flavors.get(name).ok_or_else(|| {
+fn flavor<'a>(view: &'a View, name: &str, deployment: &str) -> Result<&'a Flavor, String> {
+    view.flavors.get(name).ok_or_else(|| {
         format!("flavor {name:?} does not exist; create it or point deployment {deployment} at another")
     })
 }
 
 /// The rshim device of the Dpu's Device.
-pub fn rshim_of(cache: &Cache, dpu: &Dpu) -> Option<String> {
+pub fn rshim_of(view: &View, dpu: &Dpu) -> Option<String> {
     let device = &dpu.spec.as_ref()?.device;
-    Some(cache.devices.get(device)?.spec.as_ref()?.rshim.clone())
+    Some(view.devices.get(device)?.spec.as_ref()?.rshim.clone())
 }
 
 /// True when the Dpu's node reboots through its agent.
-pub fn agent_reboots(cache: &Cache, node: &str) -> bool {
-    cache
-        .nodes
+pub fn agent_reboots(view: &View, node: &str) -> bool {
+    view.nodes
         .get(node)
         .and_then(|n| n.spec.as_ref())
         .is_some_and(|s| s.reboot_method == RebootMethod::Agent as i32)
 }
 
 /// The command entering `phase` issues, if any. Err is a message for the Dpu's Error.
-pub fn command_for(phase: DpuPhase, dpu: &Dpu, cache: &Cache, id: String) -> Result<Option<Command>, String> {
+pub fn command_for(phase: DpuPhase, dpu: &Dpu, view: &View, id: String) -> Result<Option<Command>, String> {
     let spec = dpu.spec.clone().unwrap_or_default();
     let action = match phase {
         DpuPhase::InitializeInterface => {
-            let f = flavor(cache, &spec.flavor, &spec.deployment)?;
+            let f = flavor(view, &spec.flavor, &spec.deployment)?;
             command::Action::InitializeInterface(InitializeInterface {
                 host_network: f.spec.as_ref().and_then(|s| s.host_network.clone()),
             })
         }
         DpuPhase::ConfigFwParameters => {
-            let f = flavor(cache, &spec.flavor, &spec.deployment)?;
+            let f = flavor(view, &spec.flavor, &spec.deployment)?;
             command::Action::ConfigFwParameters(ConfigFwParameters {
                 nic_firmware: f
                     .spec
@@ -65,10 +64,10 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, cache: &Cache, id: String) -> Res
             })
         }
         DpuPhase::PrepareBfb => command::Action::PrepareBfb(PrepareBfb {
-            bfb: Some(bfb_ref(cache, &spec.bfb, &spec.deployment)?),
+            bfb: Some(bfb_ref(view, &spec.bfb, &spec.deployment)?),
         }),
         DpuPhase::OsInstalling => {
-            let f = flavor(cache, &spec.flavor, &spec.deployment)?;
+            let f = flavor(view, &spec.flavor, &spec.deployment)?;
             let bf_cfg = f.spec.as_ref().map(|s| s.bf_cfg.clone()).unwrap_or_default();
             // The API refuses such a flavor; one stored before it did is caught here.
             let rendered = limits::bf_cfg_rendered_len(&bf_cfg);
@@ -82,15 +81,15 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, cache: &Cache, id: String) -> Res
                 ));
             }
             command::Action::FlashBfb(FlashBfb {
-                bfb: Some(bfb_ref(cache, &spec.bfb, &spec.deployment)?),
+                bfb: Some(bfb_ref(view, &spec.bfb, &spec.deployment)?),
                 bf_cfg,
             })
         }
-        DpuPhase::Rebooting if agent_reboots(cache, &spec.node) => command::Action::RebootHost(RebootHost {}),
+        DpuPhase::Rebooting if agent_reboots(view, &spec.node) => command::Action::RebootHost(RebootHost {}),
         DpuPhase::DpuClusterConfig => command::Action::DpuClusterConfig(DpuClusterConfig {}),
         _ => return Ok(None),
     };
-    let rshim = rshim_of(cache, dpu).ok_or_else(|| {
+    let rshim = rshim_of(view, dpu).ok_or_else(|| {
         format!(
             "device {:?} of dpu {} is gone; recreate the device or delete the dpu",
             spec.device, spec.device
@@ -129,9 +128,9 @@ mod tests {
         })
     }
 
-    /// A cache with one Dpu on flavor `f1` as given (stored before the API bounded it).
-    fn cache_with(spec: FlavorSpec) -> (Cache, Dpu) {
-        let mut c = Cache::default();
+    /// A view with one Dpu on flavor `f1` as given (stored before the API bounded it).
+    fn cache_with(spec: FlavorSpec) -> (View, Dpu) {
+        let mut c = View::default();
         c.bfbs.insert(
             "b1".into(),
             Bfb {

@@ -8,7 +8,6 @@
 //! then write them in one transaction. Everything it knows is in the store, so
 //! a restarted Reconciler resumes each Dpu where it was.
 mod apply;
-mod cache;
 mod commands;
 mod config;
 mod dpu;
@@ -16,7 +15,7 @@ mod plan;
 pub mod testing;
 pub(crate) mod util;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::TryRecvError;
@@ -24,7 +23,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::store::{CommandRow, Store, StoreError, now_ms};
+use hostplane_proto::v1::{EventType, WatchEvent, resource};
+
+use crate::store::{Store, StoreError, View, now_ms};
 
 pub use config::{FsmConfig, PhaseTimeouts};
 pub use dpu::{
@@ -32,8 +33,7 @@ pub use dpu::{
 };
 pub use plan::{COND_CONFLICT, COND_ROLLOUT};
 
-use cache::Cache;
-use util::{is_command_phase, network_phase, phase_of};
+use util::{network_phase, phase_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsmError {
@@ -45,15 +45,6 @@ pub enum FsmError {
 pub struct Reconciler {
     store: Store,
     cfg: FsmConfig,
-}
-
-/// Command rows the reconciler has read; a finished row never changes, an
-/// open one is re-read when its node's desired state changes.
-#[derive(Default)]
-struct CommandView {
-    rows: HashMap<String, Option<CommandRow>>,
-    dirty_nodes: HashSet<String>,
-    refetch_all: bool,
 }
 
 struct PassOutcome {
@@ -73,92 +64,61 @@ impl Reconciler {
     }
 
     async fn run_inner(self, shutdown: CancellationToken) {
+        // Subscribe before reading the view: the view is updated before an event is broadcast,
+        // so nothing falls between the two.
         let mut events = self.store.subscribe();
         let mut desired = self.store.subscribe_desired();
-        let mut cache: Option<Cache> = None;
-        let mut cmds = CommandView {
-            refetch_all: true,
-            ..Default::default()
-        };
+        let mut pci = PciWatch::load(&self.store.view());
         let mut next_resync = Instant::now() + self.cfg.resync;
         tracing::info!(resync = ?self.cfg.resync, "reconciler started");
         loop {
             // Take in everything that happened since the last pass.
             loop {
                 match events.try_recv() {
-                    Ok(ev) => {
-                        if let Some(c) = cache.as_mut() {
-                            c.apply(ev)
-                        }
-                    }
+                    Ok(ev) => pci.event(&ev),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Lagged(n)) => {
-                        tracing::warn!(
-                            missed = n,
-                            "reconciler fell behind the store's events; listing again"
-                        );
-                        cache = None;
+                        tracing::warn!(missed = n, "reconciler fell behind the store's events; resyncing");
+                        pci = PciWatch::load(&self.store.view());
                     }
                     Err(TryRecvError::Closed) => return,
                 }
             }
             loop {
                 match desired.try_recv() {
-                    Ok(d) => {
-                        cmds.dirty_nodes.insert(d.node);
-                    }
+                    Ok(_) | Err(TryRecvError::Lagged(_)) => {}
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Lagged(_)) => cmds.refetch_all = true,
                     Err(TryRecvError::Closed) => return,
                 }
             }
             // The resync is due even when changes never stop coming.
             if Instant::now() >= next_resync {
                 next_resync = Instant::now() + self.cfg.resync;
-                cmds.refetch_all = true;
                 self.prune_commands().await;
             }
-            if cache.is_none() {
-                match self.store.read(Cache::load).await {
-                    Ok(c) => {
-                        cache = Some(c);
-                        cmds.refetch_all = true;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "reconciler cannot list the store; retrying in 1s");
-                        if sleep_or_shutdown(Duration::from_secs(1), &shutdown).await {
-                            break;
-                        }
-                        continue;
-                    }
-                }
+            let pci_changed = std::mem::take(&mut pci.changed);
+            let res = self.pass(&pci_changed).await;
+            if res.is_err() {
+                pci.changed.extend(pci_changed);
             }
-            let mut deadline = None;
-            if let Some(c) = cache.as_mut() {
-                let pci_changed = std::mem::take(&mut c.pci_changed);
-                let res = self.pass(c, &mut cmds, &pci_changed).await;
-                if res.is_err() {
-                    c.pci_changed.extend(pci_changed);
-                }
-                match res {
-                    Ok(out) if out.wrote => {
-                        // Our own writes come back as events: take them in and go again.
-                        tokio::task::yield_now().await;
-                        if shutdown.is_cancelled() {
-                            break;
-                        }
-                        continue;
+            let deadline = match res {
+                Ok(out) if out.wrote => {
+                    // Our own writes come back as events: take them in and go again.
+                    tokio::task::yield_now().await;
+                    if shutdown.is_cancelled() {
+                        break;
                     }
-                    Ok(out) => deadline = out.next_deadline_ms,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reconcile pass failed; retrying in 1s");
-                        if sleep_or_shutdown(Duration::from_secs(1), &shutdown).await {
-                            break;
-                        }
-                        continue;
-                    }
+                    continue;
                 }
-            }
+                Ok(out) => out.next_deadline_ms,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconcile pass failed; retrying in 1s");
+                    if sleep_or_shutdown(Duration::from_secs(1), &shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
             let mut wake = next_resync;
             if let Some(d) = deadline {
                 let wait = Duration::from_millis((d - now_ms()).max(0) as u64 + 1);
@@ -168,17 +128,17 @@ impl Reconciler {
                 _ = shutdown.cancelled() => break,
                 ev = events.recv() => {
                     match ev {
-                        Ok(ev) => if let Some(c) = cache.as_mut() { c.apply(ev) },
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => cache = None,
+                        Ok(ev) => pci.event(&ev),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            pci = PciWatch::load(&self.store.view());
+                        }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
                     if sleep_or_shutdown(self.cfg.batch_delay, &shutdown).await { break; }
                 }
                 d = desired.recv() => {
-                    match d {
-                        Ok(d) => { cmds.dirty_nodes.insert(d.node); }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => cmds.refetch_all = true,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = d {
+                        return;
                     }
                     if sleep_or_shutdown(self.cfg.batch_delay, &shutdown).await { break; }
                 }
@@ -200,66 +160,39 @@ impl Reconciler {
         }
     }
 
-    /// One pass: read the command rows it needs, plan, write.
-    async fn pass(
-        &self,
-        cache: &Cache,
-        cmds: &mut CommandView,
-        pci_changed: &BTreeSet<String>,
-    ) -> Result<PassOutcome, FsmError> {
-        let mut wanted: HashSet<String> = HashSet::new();
-        let mut fetch: Vec<String> = Vec::new();
-        for d in cache.dpus.values() {
-            let (Some(st), Some(sp)) = (d.status.as_ref(), d.spec.as_ref()) else {
-                continue;
-            };
-            let p = phase_of(st.phase);
-            if st.command_id.is_empty()
-                || !(is_command_phase(p) || p == hostplane_proto::v1::DpuPhase::Rebooting)
-            {
-                continue;
-            }
-            wanted.insert(st.command_id.clone());
-            let stale = match cmds.rows.get(&st.command_id) {
-                None => true,
-                Some(Some(row)) if row.result.is_some() => false,
-                Some(_) => cmds.refetch_all || cmds.dirty_nodes.contains(&sp.node),
-            };
-            if stale {
-                fetch.push(st.command_id.clone());
-            }
-        }
-        cmds.dirty_nodes.clear();
-        cmds.refetch_all = false;
-        cmds.rows.retain(|id, _| wanted.contains(id));
-        if !fetch.is_empty() {
-            let rows = self
-                .store
-                .read(move |t| {
-                    fetch
-                        .into_iter()
-                        .map(|id| Ok((t.command(&id)?, id)))
-                        .collect::<Result<Vec<_>, StoreError>>()
-                })
-                .await?;
-            for (row, id) in rows {
-                cmds.rows.insert(id, row);
-            }
-        }
+    /// One pass: plan on the store's view (under its read guard, never across an await), then
+    /// write the decisions in one transaction.
+    async fn pass(&self, pci_changed: &BTreeSet<String>) -> Result<PassOutcome, FsmError> {
+        let started = std::time::Instant::now();
+        let plan = {
+            let view = self.store.view();
+            let mut plan = plan::plan(&view, &*view, now_ms(), &self.cfg);
+            plan.actions.extend(
+                network_touches(&view, pci_changed)
+                    .into_iter()
+                    .map(|node| apply::Action::TouchDesired { node }),
+            );
+            plan
+        };
+        let out = self.write(plan).await;
+        crate::metrics::hub()
+            .reconcile_pass_seconds
+            .observe(started.elapsed().as_secs_f64());
+        out
+    }
 
-        let mut plan = plan::plan(cache, &cmds.rows, now_ms(), &self.cfg);
-        plan.actions.extend(
-            network_touches(cache, pci_changed)
-                .into_iter()
-                .map(|node| apply::Action::TouchDesired { node }),
-        );
+    async fn write(&self, plan: plan::Plan) -> Result<PassOutcome, FsmError> {
         if plan.actions.is_empty() {
             return Ok(PassOutcome {
                 wrote: false,
                 next_deadline_ms: plan.next_deadline_ms,
             });
         }
+        let latencies = plan.latencies;
         let applied = self.store.write(move |t| apply::apply(t, plan.actions)).await?;
+        for l in latencies {
+            crate::metrics::hub().command_latency_seconds.observe(l);
+        }
         for name in &applied.created {
             tracing::info!(dpu = %name, "dpu created");
         }
@@ -291,18 +224,62 @@ impl Reconciler {
 
 /// Nodes whose listed host networks name one of `devices`' PCI address: a
 /// Device edited under a Dpu whose network is in the desired state.
-fn network_touches(cache: &Cache, devices: &BTreeSet<String>) -> BTreeSet<String> {
+fn network_touches(view: &View, devices: &BTreeSet<String>) -> BTreeSet<String> {
     if devices.is_empty() {
         return BTreeSet::new();
     }
-    cache
-        .dpus
-        .values()
+    let nodes: BTreeSet<&str> = devices
+        .iter()
+        .filter_map(|name| view.devices.get(name))
+        .filter_map(|d| d.spec.as_ref().map(|s| s.node.as_str()))
+        .collect();
+    nodes
+        .into_iter()
+        .flat_map(|node| view.dpus_on_node(node))
         .filter(|d| network_phase(d) && !util::being_deleted(&d.metadata))
         .filter_map(|d| d.spec.as_ref())
         .filter(|s| devices.contains(&s.device))
         .map(|s| s.node.clone())
         .collect()
+}
+
+/// Devices' PCI addresses as last seen, to tell which changed: a listed host network carries it.
+struct PciWatch {
+    pci: HashMap<String, String>,
+    /// Devices whose `spec.pci_address` changed since the reconciler last took this set.
+    changed: BTreeSet<String>,
+}
+
+fn pci_of(d: &hostplane_proto::v1::Device) -> String {
+    d.spec.as_ref().map(|s| s.pci_address.clone()).unwrap_or_default()
+}
+
+impl PciWatch {
+    fn load(view: &View) -> PciWatch {
+        PciWatch {
+            pci: view.devices.iter().map(|(n, d)| (n.clone(), pci_of(d))).collect(),
+            changed: BTreeSet::new(),
+        }
+    }
+
+    fn event(&mut self, ev: &WatchEvent) {
+        let Some(r) = &ev.resource else { return };
+        let Some(resource::Kind::Device(d)) = &r.kind else {
+            return;
+        };
+        let name = r.name().to_string();
+        if ev.r#type == EventType::Deleted as i32 {
+            self.pci.remove(&name);
+            return;
+        }
+        let pci = pci_of(d);
+        match self.pci.insert(name.clone(), pci.clone()) {
+            Some(old) if old != pci => {
+                self.changed.insert(name);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Sleep; true when shutdown came first.

@@ -12,13 +12,13 @@ use crate::store::CommandRow;
 
 use super::FsmConfig;
 use super::apply::Action;
-use super::cache::Cache;
 use super::commands::agent_reboots;
 use super::dpu::{Mark, StepCtx, StepOut, step};
 use super::util::{
     being_deleted, condition, holds_slot, mid_install, needs_window, phase_of, selector_matches,
     set_condition,
 };
+use crate::store::View;
 
 pub const COND_CONFLICT: &str = "DeviceConflict";
 pub const COND_ROLLOUT: &str = "RolloutProgressing";
@@ -27,6 +27,8 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Earliest phase deadline among the Dpus (epoch ms).
     pub next_deadline_ms: Option<i64>,
+    /// Seconds from a command's result to the Dpu's next command, for each command issued.
+    pub latencies: Vec<f64>,
 }
 
 fn created(d: &Deployment) -> (i64, &str) {
@@ -52,8 +54,8 @@ struct Ownership<'a> {
     conflicts: HashMap<&'a str, Vec<(&'a str, &'a str)>>,
 }
 
-fn ownership(cache: &Cache) -> Ownership<'_> {
-    let mut deps: Vec<&Deployment> = cache
+fn ownership(view: &View) -> Ownership<'_> {
+    let mut deps: Vec<&Deployment> = view
         .deployments
         .values()
         .filter(|d| !being_deleted(&d.metadata))
@@ -63,12 +65,12 @@ fn ownership(cache: &Cache) -> Ownership<'_> {
         owner: BTreeMap::new(),
         conflicts: HashMap::new(),
     };
-    for (name, dev) in &cache.devices {
+    for (name, dev) in &view.devices {
         if being_deleted(&dev.metadata) {
             continue;
         }
         let node = dev.spec.as_ref().map(|s| s.node.as_str()).unwrap_or("");
-        if cache.nodes.get(node).is_none_or(|n| being_deleted(&n.metadata)) {
+        if view.nodes.get(node).is_none_or(|n| being_deleted(&n.metadata)) {
             continue;
         }
         let labels = dev.metadata.as_ref().map(|m| &m.labels);
@@ -131,7 +133,7 @@ fn new_dpu(device: &str, node: &str, dep: &Deployment, now: i64) -> Dpu {
 }
 
 /// Why a Dpu no longer belongs where it is, if it does not.
-fn orphan_reason(d: &Dpu, cache: &Cache, own: &Ownership<'_>) -> Option<Mark> {
+fn orphan_reason(d: &Dpu, view: &View, own: &Ownership<'_>) -> Option<Mark> {
     let sp = spec(d);
     let (reason, message) = match own.owner.get(sp.device.as_str()) {
         Some(o) if created(o).1 == sp.deployment => return None,
@@ -143,13 +145,13 @@ fn orphan_reason(d: &Dpu, cache: &Cache, own: &Ownership<'_>) -> Option<Mark> {
                 created(o).1
             ),
         ),
-        None => match cache.devices.get(&sp.device) {
+        None => match view.devices.get(&sp.device) {
             None => ("DeviceGone", format!("device {} no longer exists", sp.device)),
             Some(dev) if being_deleted(&dev.metadata) => {
                 ("DeviceDeleted", format!("device {} is being deleted", sp.device))
             }
             Some(dev)
-                if cache
+                if view
                     .nodes
                     .get(dev.spec.as_ref().map(|s| s.node.as_str()).unwrap_or(""))
                     .is_none_or(|n| being_deleted(&n.metadata)) =>
@@ -162,7 +164,7 @@ fn orphan_reason(d: &Dpu, cache: &Cache, own: &Ownership<'_>) -> Option<Mark> {
                     ),
                 )
             }
-            Some(_) => match cache.deployments.get(&sp.deployment) {
+            Some(_) => match view.deployments.get(&sp.deployment) {
                 Some(dep) if !being_deleted(&dep.metadata) => (
                     "NoLongerSelected",
                     format!(
@@ -189,19 +191,38 @@ struct Tally {
     failed_names: Vec<String>,
 }
 
-pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64, cfg: &FsmConfig) -> Plan {
-    let own = ownership(cache);
+/// Where a pass reads the agent command rows: the store's view (a test may give a map).
+pub trait CommandRows {
+    /// The row, None when the store does not hold it.
+    fn row(&self, id: &str) -> Option<&CommandRow>;
+}
+
+impl CommandRows for View {
+    fn row(&self, id: &str) -> Option<&CommandRow> {
+        self.command(id)
+    }
+}
+
+#[cfg(test)]
+impl CommandRows for HashMap<String, Option<CommandRow>> {
+    fn row(&self, id: &str) -> Option<&CommandRow> {
+        self.get(id).and_then(Option::as_ref)
+    }
+}
+
+pub fn plan<C: CommandRows>(view: &View, cmds: &C, now: i64, cfg: &FsmConfig) -> Plan {
+    let own = ownership(view);
     let mut actions = Vec::new();
     let mut marks: HashMap<&str, Mark> = HashMap::new();
     let mut specs: HashMap<&str, (&str, &str)> = HashMap::new();
 
     // Dpus that lost their Device or Deployment, or that have not started and
     // can take the Deployment's new spec in place.
-    for (name, d) in &cache.dpus {
+    for (name, d) in &view.dpus {
         if being_deleted(&d.metadata) {
             continue;
         }
-        if let Some(m) = orphan_reason(d, cache, &own) {
+        if let Some(m) = orphan_reason(d, view, &own) {
             marks.insert(name, m);
         } else if let (Some(dep), Some(sp)) = (own.owner.get(name.as_str()), d.spec.as_ref())
             && let Some(ds) = dep.spec.as_ref()
@@ -218,9 +239,9 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
     for (&device, &dep) in &own.owner {
         let dep_name = created(dep).1;
         let ds = dep.spec.clone().unwrap_or_default();
-        match cache.dpus.get(device) {
+        match view.dpus.get(device) {
             None => {
-                let node = cache.devices[device]
+                let node = view.devices[device]
                     .spec
                     .as_ref()
                     .map(|s| s.node.as_str())
@@ -242,7 +263,7 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
     }
     let mut blocked: HashMap<&str, bool> = HashMap::new();
     for (dep_name, names) in &outdated {
-        let dep = &cache.deployments[*dep_name];
+        let dep = &view.deployments[*dep_name];
         let ds = dep.spec.clone().unwrap_or_default();
         let max = ds.max_unavailable.max(1) as usize;
         let budget = max.saturating_sub(unavailable.get(dep_name).copied().unwrap_or(0));
@@ -264,7 +285,7 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
 
     // Step every Dpu.
     let mut ctx = StepCtx {
-        cache,
+        view,
         cmds,
         now,
         cfg,
@@ -275,8 +296,9 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
         rebooting: HashMap::new(),
         reboot_cmd: HashMap::new(),
         next_deadline: None,
+        issued: Default::default(),
     };
-    for d in cache.dpus.values() {
+    for d in view.dpus.values() {
         let (p, Some(sp)) = (phase(d), d.spec.as_ref()) else {
             continue;
         };
@@ -302,9 +324,10 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
             }
         }
     }
+    let mut latencies = Vec::new();
     let mut tallies: HashMap<String, Tally> = HashMap::new();
     let mut waiting: HashMap<String, bool> = HashMap::new();
-    for (name, d) in &cache.dpus {
+    for (name, d) in &view.dpus {
         let out = step(
             d,
             marks.get(name.as_str()),
@@ -324,7 +347,7 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
                 .unwrap_or(("", ""));
             // An external reboot is asked for only once no sibling is mid-install.
             if p == DpuPhase::Rebooting
-                && !agent_reboots(cache, node)
+                && !agent_reboots(view, node)
                 && ctx.installing.get(node).is_none_or(|s| s.is_empty())
             {
                 waiting.insert(node.to_string(), true);
@@ -336,19 +359,28 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
                 t.failed += 1;
                 t.failed_names.push(name.clone());
             }
-            if let (Some(ds), Some(st)) = (cache.deployments.get(dep).and_then(|x| x.spec.as_ref()), st) {
+            if let (Some(ds), Some(st)) = (view.deployments.get(dep).and_then(|x| x.spec.as_ref()), st) {
                 t.updated += u32::from(st.installed_bfb == ds.bfb && st.installed_flavor == ds.flavor);
             }
         }
         match out {
             StepOut::Nothing => {}
-            StepOut::Update(u) => actions.push(Action::UpdateDpu(u)),
+            StepOut::Update(u) => {
+                if !u.insert.is_empty()
+                    && let Some(prev) = d.status.as_ref().map(|s| s.command_id.as_str())
+                    && let Some(r) = cmds.row(prev).and_then(|row| row.result.as_ref())
+                    && r.finished_at_ms > 0
+                {
+                    latencies.push((now - r.finished_at_ms).max(0) as f64 / 1000.0);
+                }
+                actions.push(Action::UpdateDpu(u))
+            }
             StepOut::Remove { name, expected_rv } => actions.push(Action::RemoveDpu { name, expected_rv }),
         }
     }
 
     // Node flags.
-    for (name, n) in &cache.nodes {
+    for (name, n) in &view.nodes {
         let (approved, was_waiting) = n
             .status
             .as_ref()
@@ -366,7 +398,7 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
     }
 
     // Deployment status.
-    for (name, dep) in &cache.deployments {
+    for (name, dep) in &view.deployments {
         let old = dep.status.clone().unwrap_or_default();
         let t = tallies.remove(name).unwrap_or_default();
         let mut conds = old.conditions.clone();
@@ -451,14 +483,14 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
     }
 
     // Remove gracefully deleted objects whose dependents are gone.
-    for (name, dev) in &cache.devices {
-        if being_deleted(&dev.metadata) && !cache.dpus.contains_key(name) {
+    for (name, dev) in &view.devices {
+        if being_deleted(&dev.metadata) && !view.dpus.contains_key(name) {
             actions.push(Action::RemoveDevice { name: name.clone() });
         }
     }
-    for (name, n) in &cache.nodes {
+    for (name, n) in &view.nodes {
         if being_deleted(&n.metadata)
-            && !cache
+            && !view
                 .devices
                 .values()
                 .any(|d| d.spec.as_ref().is_some_and(|s| &s.node == name))
@@ -466,13 +498,14 @@ pub fn plan(cache: &Cache, cmds: &HashMap<String, Option<CommandRow>>, now: i64,
             actions.push(Action::RemoveNode { name: name.clone() });
         }
     }
-    for (name, dep) in &cache.deployments {
-        if being_deleted(&dep.metadata) && !cache.dpus.values().any(|d| &spec(d).deployment == name) {
+    for (name, dep) in &view.deployments {
+        if being_deleted(&dep.metadata) && !view.dpus.values().any(|d| &spec(d).deployment == name) {
             actions.push(Action::RemoveDeployment { name: name.clone() });
         }
     }
     Plan {
         actions,
         next_deadline_ms: ctx.next_deadline,
+        latencies,
     }
 }

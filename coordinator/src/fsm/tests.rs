@@ -2,30 +2,27 @@
 use std::collections::HashMap;
 
 use hostplane_proto::v1::{
-    Dpu, DpuPhase, DpuSpec, DpuStatus, EventType, NodeEffect, ObjectMeta, RebootMethod, Resource, WatchEvent,
+    Dpu, DpuPhase, DpuSpec, DpuStatus, NodeEffect, ObjectMeta, RebootMethod, Resource,
 };
 
 use super::apply::Action;
-use super::cache::Cache;
 use super::plan::plan;
 use super::testing;
 use super::{FsmConfig, util};
-use crate::store::CommandRow;
+use crate::store::{CommandRow, Store, StoreError, View};
 
-fn cache(objs: Vec<Resource>) -> Cache {
-    let mut c = Cache::default();
-    for (i, mut r) in objs.into_iter().enumerate() {
-        let rv = i as u64 + 1;
-        let m = r.metadata_mut().unwrap();
-        m.resource_version = rv;
-        m.created_at_ms = rv as i64;
-        c.apply(WatchEvent {
-            r#type: EventType::Added as i32,
-            resource_version: rv,
-            resource: Some(r),
-        });
-    }
-    c
+/// The store's view after inserting `objs` in order.
+fn cache(objs: Vec<Resource>) -> View {
+    let store = Store::in_memory().unwrap();
+    store
+        .write_sync(|t| {
+            for r in objs {
+                t.insert(r)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+    store.view().clone()
 }
 
 fn dpu(name: &str, node: &str, bfb: &str, phase: DpuPhase, command_id: &str) -> Resource {
@@ -230,4 +227,42 @@ fn rollout_budget_counts_dpus_already_unavailable() {
         up["a"].status.as_ref().unwrap().history.last().unwrap().reason,
         "Rollout"
     );
+}
+
+#[test]
+fn pci_address_changes_are_noted() {
+    use hostplane_proto::v1::{DeviceSpec, EventType, WatchEvent};
+    let device = |pci: &str, serial: &str| -> Resource {
+        hostplane_proto::v1::Device {
+            metadata: Some(ObjectMeta {
+                name: "d1".into(),
+                ..Default::default()
+            }),
+            spec: Some(DeviceSpec {
+                pci_address: pci.into(),
+                serial: serial.into(),
+                ..Default::default()
+            }),
+            status: None,
+        }
+        .into()
+    };
+    let ev = |ty: EventType, r: Resource| WatchEvent {
+        r#type: ty as i32,
+        resource_version: 0,
+        resource: Some(r),
+    };
+    let mut w = super::PciWatch::load(&View::default());
+    w.event(&ev(EventType::Added, device("0000:04:00.0", "a")));
+    w.event(&ev(EventType::Modified, device("0000:04:00.0", "b")));
+    assert!(
+        w.changed.is_empty(),
+        "a new device or another field is no PCI change"
+    );
+    w.event(&ev(EventType::Modified, device("0000:05:00.0", "b")));
+    assert_eq!(w.changed.iter().collect::<Vec<_>>(), ["d1"]);
+    w.changed.clear();
+    w.event(&ev(EventType::Deleted, device("0000:05:00.0", "b")));
+    w.event(&ev(EventType::Added, device("0000:09:00.0", "b")));
+    assert!(w.changed.is_empty(), "a device created again is new");
 }

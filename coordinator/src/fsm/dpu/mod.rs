@@ -9,16 +9,16 @@ use std::sync::LazyLock;
 
 use hostplane_proto::v1::{Dpu, DpuPhase, DpuStatus, NodeEffect, PhaseTransition};
 
-use crate::store::CommandRow;
+use super::plan::CommandRows;
 
 use super::FsmConfig;
 use super::apply::DpuUpdate;
-use super::cache::Cache;
 use super::commands::{command_for, rshim_of};
 use super::util::{
     being_deleted, condition, holds_slot, is_command_phase, mid_install, needs_window, phase_of,
     set_condition,
 };
+use crate::store::View;
 
 /// Marks the boot id in the history message of the transition into Rebooting.
 pub const BOOT_ID_MARK: &str = "boot_id before reboot: ";
@@ -37,9 +37,9 @@ static EMPTY_STATUS: LazyLock<DpuStatus> = LazyLock::new(DpuStatus::default);
 
 /// Shared state of one pass's Dpu steps.
 pub struct StepCtx<'a> {
-    pub cache: &'a Cache,
-    /// Command rows by id (None: the row does not exist).
-    pub cmds: &'a HashMap<String, Option<CommandRow>>,
+    pub view: &'a View,
+    /// The agent command rows the store holds.
+    pub cmds: &'a dyn CommandRows,
     pub now: i64,
     pub cfg: &'a FsmConfig,
     /// Deployment -> Dpus holding a rollout slot, kept current as Dpus move.
@@ -57,6 +57,8 @@ pub struct StepCtx<'a> {
     pub reboot_cmd: HashMap<String, String>,
     /// Earliest phase deadline among the Dpus that stay (epoch ms).
     pub next_deadline: Option<i64>,
+    /// Commands issued in this pass: not in the store yet, and without a result.
+    pub issued: HashSet<String>,
 }
 
 /// Why a controller wants a Dpu deleted.
@@ -196,7 +198,7 @@ impl<'a> Stepper<'a> {
             .unwrap_or_default()
     }
     fn rshim(&self, ctx: &StepCtx<'_>) -> String {
-        rshim_of(ctx.cache, self.cur()).unwrap_or_else(|| "unknown rshim".into())
+        rshim_of(ctx.view, self.cur()).unwrap_or_else(|| "unknown rshim".into())
     }
 
     /// Set a condition, cloning the Dpu only when it changes.
@@ -278,10 +280,11 @@ impl<'a> Stepper<'a> {
 
     /// Issue the command of phase `to` (if it has one) and record it on the Dpu.
     fn issue(&mut self, to: DpuPhase, ctx: &mut StepCtx<'_>) {
-        match command_for(to, self.cur(), ctx.cache, uuid::Uuid::new_v4().to_string()) {
+        match command_for(to, self.cur(), ctx.view, uuid::Uuid::new_v4().to_string()) {
             Ok(None) => {}
             Ok(Some(cmd)) => {
                 self.w().status.get_or_insert_default().command_id = cmd.id.clone();
+                ctx.issued.insert(cmd.id.clone());
                 self.insert.push(cmd);
             }
             Err(msg) => {
@@ -312,7 +315,7 @@ impl<'a> Stepper<'a> {
             };
         }
         let node_name = self.node();
-        let node = ctx.cache.nodes.get(&node_name);
+        let node = ctx.view.nodes.get(&node_name);
         let reachable = node.and_then(|n| n.status.as_ref()).is_some_and(|s| s.reachable);
         let seen = node
             .and_then(|n| n.status.as_ref())
@@ -378,7 +381,7 @@ impl<'a> Stepper<'a> {
 
     fn initializing(&mut self, ctx: &mut StepCtx<'_>) -> Next {
         let spec = self.cur().spec.clone().unwrap_or_default();
-        let c = ctx.cache;
+        let c = ctx.view;
         let missing = if !c.nodes.contains_key(&spec.node) {
             Some(format!("node {:?} does not exist", spec.node))
         } else if !c.devices.contains_key(&spec.device) {
@@ -429,7 +432,7 @@ impl<'a> Stepper<'a> {
         }
         let dep = self.deployment();
         let max = ctx
-            .cache
+            .view
             .deployments
             .get(&dep)
             .and_then(|d| d.spec.as_ref())
@@ -453,7 +456,7 @@ impl<'a> Stepper<'a> {
     fn node_effect(&mut self, ctx: &mut StepCtx<'_>) -> Next {
         let node_name = self.node();
         let auto = ctx
-            .cache
+            .view
             .deployments
             .get(&self.deployment())
             .and_then(|d| d.spec.as_ref())
@@ -471,7 +474,7 @@ impl<'a> Stepper<'a> {
         }
         let approved = !ctx.cleared.contains(&node_name)
             && ctx
-                .cache
+                .view
                 .nodes
                 .get(&node_name)
                 .and_then(|n| n.status.as_ref())

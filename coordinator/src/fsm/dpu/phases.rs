@@ -12,10 +12,10 @@ impl Stepper<'_> {
         ctx: &StepCtx<'_>,
     ) -> Result<Option<hostplane_proto::v1::CommandResult>, String> {
         let id = &self.st().command_id;
-        match ctx.cmds.get(id) {
-            None => Ok(None),
-            Some(None) => Err(format!("command {id} is missing from the store")),
-            Some(Some(row)) => Ok(row.result.clone()),
+        match ctx.cmds.row(id) {
+            None if ctx.issued.contains(id) => Ok(None),
+            None => Err(format!("command {id} is missing from the store")),
+            Some(row) => Ok(row.result.clone()),
         }
     }
 
@@ -25,11 +25,11 @@ impl Stepper<'_> {
     pub(super) fn nacked(&self, ctx: &StepCtx<'_>) -> Option<Next> {
         let id = &self.st().command_id;
         let node = self.node();
-        let ns = ctx.cache.nodes.get(&node)?.status.as_ref()?;
+        let ns = ctx.view.nodes.get(&node)?.status.as_ref()?;
         let refused = !ns.nack_error.is_empty()
             && ns.acked_version < ns.nacked_version
             && ns.nacked_commands.iter().any(|c| c == id)
-            && matches!(ctx.cmds.get(id), Some(Some(row)) if row.result.is_none());
+            && ctx.cmds.row(id).is_some_and(|row| row.result.is_none());
         refused.then(|| Next::Go {
             to: DpuPhase::Error,
             reason: "Nacked",
@@ -44,9 +44,10 @@ impl Stepper<'_> {
         let (node, rshim, pname) = (self.node(), self.rshim(ctx), phase.display_name());
         if self.st().command_id.is_empty() {
             // Entered without a command (cannot happen through `go`): issue it now, once.
-            if let Ok(Some(cmd)) = command_for(phase, self.cur(), ctx.cache, uuid::Uuid::new_v4().to_string())
+            if let Ok(Some(cmd)) = command_for(phase, self.cur(), ctx.view, uuid::Uuid::new_v4().to_string())
             {
                 self.w().status.get_or_insert_default().command_id = cmd.id.clone();
+                ctx.issued.insert(cmd.id.clone());
                 self.insert.push(cmd);
             }
             return Next::Stay;
@@ -153,9 +154,9 @@ impl Stepper<'_> {
     pub(super) fn rebooting_message(&self, ctx: &StepCtx<'_>) -> String {
         let node = self.node();
         let rshim = self.rshim(ctx);
-        if agent_reboots(ctx.cache, &node) {
+        if agent_reboots(ctx.view, &node) {
             let boot = ctx
-                .cache
+                .view
                 .nodes
                 .get(&node)
                 .and_then(|n| n.status.as_ref())
@@ -186,7 +187,7 @@ impl Stepper<'_> {
     pub(super) fn rebooting(&mut self, ctx: &mut StepCtx<'_>) -> Next {
         let node_name = self.node();
         let ns = ctx
-            .cache
+            .view
             .nodes
             .get(&node_name)
             .and_then(|n| n.status.clone())
@@ -207,14 +208,14 @@ impl Stepper<'_> {
         if condition(&self.st().conditions, COND_REBOOT_HELD).is_some_and(|c| c.status == "True") {
             let msg = format!("no other Dpu on node {node_name} is being installed");
             self.cond(COND_REBOOT_HELD, "False", "SiblingsDone", &msg, ctx.now);
-            let then = if agent_reboots(ctx.cache, &node_name) {
+            let then = if agent_reboots(ctx.view, &node_name) {
                 format!("the agent on node {node_name} reboots the host")
             } else {
                 format!("waiting for node {node_name} to be rebooted (reboot it, then MarkRebooted)")
             };
             self.set_message(format!("{msg}; {then}"));
         }
-        if !agent_reboots(ctx.cache, &node_name) {
+        if !agent_reboots(ctx.view, &node_name) {
             // External reboot: the upstream system calls MarkRebooted.
             if ns.rebooted_at_ms > entered {
                 let message = format!(
@@ -317,13 +318,13 @@ impl Stepper<'_> {
     /// True when the RebootHost this Dpu waits on was issued by a sibling now in Error.
     fn reboot_issuer_failed(&self, ctx: &StepCtx<'_>) -> bool {
         let id = &self.st().command_id;
-        let Some(Some(row)) = ctx.cmds.get(id) else {
+        let Some(row) = ctx.cmds.row(id) else {
             return false;
         };
         let issuer = &row.command.dpu;
         issuer != self.name()
             && ctx
-                .cache
+                .view
                 .dpus
                 .get(issuer)
                 .and_then(|d| d.status.as_ref())
@@ -333,12 +334,12 @@ impl Stepper<'_> {
     /// True when the RebootHost this Dpu waits on was issued by a sibling that no longer waits on it.
     fn reboot_issuer_left(&self, ctx: &StepCtx<'_>) -> bool {
         let id = &self.st().command_id;
-        let Some(Some(row)) = ctx.cmds.get(id) else {
+        let Some(row) = ctx.cmds.row(id) else {
             return false;
         };
         let issuer = &row.command.dpu;
         issuer != self.name()
-            && ctx.cache.dpus.get(issuer).is_none_or(|d| {
+            && ctx.view.dpus.get(issuer).is_none_or(|d| {
                 d.status
                     .as_ref()
                     .is_none_or(|s| s.phase != DpuPhase::Rebooting as i32 || &s.command_id != id)
