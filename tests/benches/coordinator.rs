@@ -150,10 +150,14 @@ fn main() -> ExitCode {
         }
     };
     let mut rows = Vec::new();
+    let mut walks = Vec::new();
     let mut failed = false;
     for run in &settings.runs {
         match rt.block_on(one_run(run, &settings, &bin)) {
-            Ok(row) => rows.push(row),
+            Ok((row, walk)) => {
+                rows.push(row);
+                walks.push((run, walk));
+            }
             Err(e) => {
                 eprintln!("coordinator bench: {} {}: {e:#}", run.size(), run.label);
                 rows.push(format!(
@@ -171,6 +175,23 @@ fn main() -> ExitCode {
     println!("{}", figures::table_header());
     for r in rows {
         println!("{r}");
+    }
+    // The walk with watchers against the same fleet without.
+    for (run, walk) in &walks {
+        let without = walks.iter().find(|(r, _)| {
+            r.watchers == 0 && r.dpus == run.dpus && r.per_node == run.per_node && r.label == run.label
+        });
+        if let (true, Some((_, base))) = (run.watchers > 0, without) {
+            println!(
+                "{} {}: walk with {} watchers {:.2} s, without {:.2} s (ratio {:.2})",
+                run.size(),
+                run.label,
+                run.watchers,
+                walk.as_secs_f64(),
+                base.as_secs_f64(),
+                walk.as_secs_f64() / base.as_secs_f64()
+            );
+        }
     }
     if failed {
         ExitCode::FAILURE
@@ -299,8 +320,8 @@ fn coordinator_bin() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// One run: its own coordinator, store and agents. Returns its table row.
-async fn one_run(run: &Run, settings: &Settings, bin: &Path) -> Result<String> {
+/// One run: its own coordinator, store and agents. Returns its table row and walk time.
+async fn one_run(run: &Run, settings: &Settings, bin: &Path) -> Result<(String, Duration)> {
     let tmp = tempfile::Builder::new()
         .prefix("hostplane-bench-coordinator-")
         .tempdir()?;
@@ -336,7 +357,7 @@ fn clk_tck() -> u64 {
         .unwrap_or(100) as u64
 }
 
-async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result<String> {
+async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result<(String, Duration)> {
     let dpus = run.dpus;
     let fleet = fleet(dpus, run.per_node);
     let addr = free_addr()?;
@@ -498,7 +519,7 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
         exit,
     };
     figures.print(&report, bin);
-    Ok(figures.row(&report))
+    Ok((figures.row(&report), walk))
 }
 
 async fn create(admin: &mut Admin, r: v1::Resource) -> Result<()> {

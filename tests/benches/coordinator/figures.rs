@@ -205,7 +205,7 @@ impl Figures {
         };
         let c = self.walk_cpu;
         format!(
-            "| {} | {} | {watch} | {:.2} s | {:.0} / {:.0} ms | {metrics} | {:.2} ms | {:.1} MiB | {:.2} s | {idle} | \
+            "| {} | {} | {watch} | {:.2} s | {:.0} / {:.0} ms | {metrics} | {:.2} ms | {:.1} MiB | {:.3} s | {idle} | \
              {:.2} / {:.2} / {:.2} s |",
             self.run.size(),
             self.run.label,
