@@ -1,12 +1,13 @@
 //! The DPU state machine and the controllers around it (Deployment -> Dpus,
 //! rollout, phase timeouts, graceful deletion). See docs/state-machine.md.
 //!
-//! One owner task, the [`Reconciler`], keeps an in-memory view of the store
-//! (listed once, then followed through the store's committed events), wakes on
-//! changes, on command results (announced as desired-state changes) and on the
-//! earliest phase deadline, and runs a pass: plan every decision on the view,
-//! then write them in one transaction. Everything it knows is in the store, so
-//! a restarted Reconciler resumes each Dpu where it was.
+//! One owner task, the [`Reconciler`], plans on the store's shared in-memory
+//! view (`Store::view`, current as of the last commit), wakes on the store's
+//! committed events, on command results (announced as desired-state changes)
+//! and on the earliest phase deadline, and runs a pass: plan every decision on
+//! the view (its read guard held only while planning), then write them in one
+//! transaction. Everything it knows is in the store, so a restarted Reconciler
+//! resumes each Dpu where it was.
 mod apply;
 mod commands;
 mod config;

@@ -1,7 +1,8 @@
 //! The policy engine: one task that turns the Topology budgets and the
 //! PowerPolicies into a cap per node and pushes the caps to the agents.
 //!
-//! It keeps a view of the store (see [`View`]) and recomputes
+//! It computes on the store's shared view, keeps only what tells a relevant
+//! change from the others ([`Changes`]), and recomputes
 //! - at once (after a short debounce) when a Topology or PowerPolicy spec, a
 //!   Deployment's policy, a Dpu's node or deployment, or the set of Nodes
 //!   changes;
@@ -27,16 +28,16 @@ use tracing::Instrument;
 use super::PowerHub;
 use crate::store::{Store, StoreError, now_ms};
 
+#[path = "engine_changes.rs"]
+mod changes;
 #[path = "engine_compute.rs"]
 mod compute;
-#[path = "engine_view.rs"]
-mod view;
 
+use changes::Changes;
 pub use compute::{
     COND_MISSING_NODES, COND_MISSING_TARGETS, COND_OVERSUBSCRIBED, COND_UNRESOLVED, COND_VALID,
     DEFAULT_LEASE_SECONDS,
 };
-use view::View;
 
 /// After a store change, wait this long for the rest of a burst (an import
 /// of many objects) before recomputing.
@@ -130,7 +131,8 @@ struct Core {
     store: Store,
     hub: PowerHub,
     cfg: PowerConfig,
-    view: Option<View>,
+    /// None until the first pass, and after the events lagged.
+    changes: Option<Changes>,
     /// What the hub holds: the caps of the last pass.
     published: HashMap<String, PowerCaps>,
     /// Nodes whose caps changed but whose desired version was not bumped yet.
@@ -147,7 +149,7 @@ impl PowerEngine {
                 store,
                 hub,
                 cfg,
-                view: None,
+                changes: None,
                 published: HashMap::new(),
                 owed: BTreeSet::new(),
                 dirty: true,
@@ -162,7 +164,7 @@ impl PowerEngine {
         self.core.pass().await
     }
 
-    /// Apply every event already received; a lag drops the view (listed again).
+    /// Apply every event already received; a lag drops the fingerprints (taken again).
     fn drain(&mut self) {
         loop {
             match self.events.try_recv() {
@@ -242,10 +244,18 @@ impl PowerEngine {
     }
 }
 
+/// What a recompute decided: the nodes whose caps changed, and the Topology and PowerPolicy
+/// statuses to write (by name: the generation they were computed for, the status).
+type Decided = (
+    Vec<String>,
+    BTreeMap<String, (u64, TopologyStatus)>,
+    BTreeMap<String, (u64, PowerPolicyStatus)>,
+);
+
 impl Core {
     fn take(&mut self, ev: WatchEvent) {
-        if let Some(v) = self.view.as_mut()
-            && v.apply(ev)
+        if let Some(c) = self.changes.as_mut()
+            && c.apply(&ev)
         {
             self.dirty = true;
         }
@@ -254,22 +264,22 @@ impl Core {
     fn lagged(&mut self, missed: u64) {
         tracing::warn!(
             missed,
-            "power engine fell behind the store's events; listing again"
+            "power engine fell behind the store's events; recomputing from the view"
         );
-        self.view = None;
+        self.changes = None;
         self.dirty = true;
     }
 
-    async fn pass(&mut self) -> Result<PassReport, StoreError> {
-        if self.view.is_none() {
-            self.view = Some(self.store.read(View::load).await?);
+    /// Compute and publish the caps, and the statuses to write, on the store's view (its read
+    /// guard held only here, never across an await).
+    fn decide(&mut self) -> Decided {
+        let view = self.store.view();
+        if self.changes.is_none() {
+            self.changes = Some(Changes::load(&view));
         }
-        let Some(view) = self.view.as_ref() else {
-            return Ok(PassReport::default());
-        };
         self.dirty = false;
         let now = now_ms();
-        let out = compute::compute(view, &self.hub.node_draws(), &self.published, now, &self.cfg);
+        let out = compute::compute(&view, &self.hub.node_draws(), &self.published, now, &self.cfg);
 
         for (node, new) in &out.caps {
             let old = self.published.get(node);
@@ -296,33 +306,39 @@ impl Core {
         let changed = self.hub.set_caps(out.caps.clone());
         self.hub.set_elements(out.elements);
         // Deleted nodes: their telemetry and cap reports go (a Node deletion
-        // marks the view dirty, so this runs soon after it).
+        // marks the engine dirty, so this runs soon after it).
         self.hub.retain_nodes(|n| view.nodes.contains_key(n));
         self.published = out.caps;
         self.owed.extend(changed.iter().cloned());
 
+        let generation = |m: &Option<hostplane_proto::v1::ObjectMeta>| m.as_ref().map_or(0, |m| m.generation);
         let refresh = self.cfg.status_refresh.as_millis() as i64;
         let mut topo_writes: BTreeMap<String, (u64, TopologyStatus)> = BTreeMap::new();
         for (name, st) in out.topologies {
             let Some(e) = view.topologies.get(&name) else {
                 continue;
             };
-            let old = e.value.status.clone().unwrap_or_default();
+            let old = e.status.clone().unwrap_or_default();
             if compute::topology_status_changed(&old, &st, refresh) {
-                topo_writes.insert(name, (e.generation, st));
+                topo_writes.insert(name, (generation(&e.metadata), st));
             }
         }
         let mut policy_writes: BTreeMap<String, (u64, PowerPolicyStatus)> = BTreeMap::new();
         for (name, st) in out.policies {
-            let Some(e) = view.policies.get(&name) else {
+            let Some(e) = view.power_policies.get(&name) else {
                 continue;
             };
-            let mut old = e.value.status.clone().unwrap_or_default();
+            let mut old = e.status.clone().unwrap_or_default();
             old.conditions.sort_by(|a, b| a.r#type.cmp(&b.r#type));
             if old != st {
-                policy_writes.insert(name, (e.generation, st));
+                policy_writes.insert(name, (generation(&e.metadata), st));
             }
         }
+        (changed, topo_writes, policy_writes)
+    }
+
+    async fn pass(&mut self) -> Result<PassReport, StoreError> {
+        let (changed, topo_writes, policy_writes) = self.decide();
         let mut report = PassReport {
             changed,
             statuses_written: Vec::new(),

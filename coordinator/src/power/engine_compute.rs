@@ -1,4 +1,4 @@
-//! One recompute on the engine's view: which policy wins on each node, the
+//! One recompute on the store's view: which policy wins on each node, the
 //! allocation of each topology, the caps, and the statuses to write. Pure:
 //! the clock, the draws and the previous caps come in as arguments.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -9,10 +9,10 @@ use hostplane_proto::v1::{
     TopologyLevel, TopologyStatus, power_limit,
 };
 
-use super::view::View;
 use crate::fsm::util::set_condition;
 use crate::power::PowerConfig;
 use crate::power::alloc::{self, Allocation, NodeInput, Params};
+use crate::store::View;
 
 /// Lease of the caps when the policy does not set one.
 pub const DEFAULT_LEASE_SECONDS: u32 = 60;
@@ -65,19 +65,21 @@ fn policy_name(p: &PowerPolicy) -> &str {
 /// sorts first. Nodes that do not exist are left out.
 fn resolve(view: &View) -> Resolution<'_> {
     let mut nodes_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for e in view.dpus.values() {
-        let (node, dep) = &e.value;
-        nodes_of.entry(dep.as_str()).or_default().insert(node.as_str());
+    for s in view.dpus.values().filter_map(|d| d.spec.as_ref()) {
+        nodes_of
+            .entry(s.deployment.as_str())
+            .or_default()
+            .insert(s.node.as_str());
     }
     let mut winner: BTreeMap<String, &PowerPolicy> = BTreeMap::new();
     // By name, so that a tie keeps the first.
-    for (name, e) in &view.policies {
-        let spec = e.value.spec.clone().unwrap_or_default();
+    for (name, e) in &view.power_policies {
+        let spec = e.spec.clone().unwrap_or_default();
         let mut deps: BTreeSet<&str> = spec.deployments.iter().map(String::as_str).collect();
         deps.extend(
             view.deployments
                 .iter()
-                .filter(|(_, d)| d.value == *name)
+                .filter(|(_, d)| d.spec.as_ref().is_some_and(|s| s.power_policy == *name))
                 .map(|(n, _)| n.as_str()),
         );
         let mut nodes: BTreeSet<String> = spec.nodes.iter().cloned().collect();
@@ -90,7 +92,7 @@ fn resolve(view: &View) -> Resolution<'_> {
                 .get(n)
                 .is_none_or(|w| spec.priority > w.spec.as_ref().map(|s| s.priority).unwrap_or_default());
             if better {
-                winner.insert(n.clone(), &e.value);
+                winner.insert(n.clone(), e);
             }
         }
     }
@@ -166,9 +168,9 @@ pub(super) fn compute(
     let mut unresolved: BTreeMap<String, Vec<String>> = BTreeMap::new();
 
     for (tname, e) in &view.topologies {
-        let old = e.value.status.clone().unwrap_or_default();
+        let old = e.status.clone().unwrap_or_default();
         let types = [COND_VALID, COND_OVERSUBSCRIBED, COND_MISSING_NODES];
-        let tree = match Tree::build("spec", &e.value.spec.clone().unwrap_or_default()) {
+        let tree = match Tree::build("spec", &e.spec.clone().unwrap_or_default()) {
             Ok(t) => t,
             Err(err) => {
                 // Stored before today's checks, or by hand: nothing is capped from it.
@@ -359,9 +361,9 @@ pub(super) fn compute(
         );
     }
 
-    for (pname, e) in &view.policies {
-        let spec = e.value.spec.clone().unwrap_or_default();
-        let old = e.value.status.clone().unwrap_or_default();
+    for (pname, e) in &view.power_policies {
+        let spec = e.spec.clone().unwrap_or_default();
+        let old = e.status.clone().unwrap_or_default();
         let wins: Vec<String> = res
             .winner
             .iter()

@@ -2,14 +2,37 @@ use hostplane_proto::v1::{
     ObjectMeta, PowerBundle, PowerPolicySpec, Topology, TopologyElement, TopologyLevel, TopologySpec,
 };
 
-use super::super::view::Entry;
+use hostplane_proto::v1::{Deployment, DeploymentSpec, Dpu, DpuSpec, Node};
+
 use super::*;
 
-fn entry<T>(value: T) -> Entry<T> {
-    Entry {
-        rv: 1,
-        generation: 1,
-        value,
+fn node(name: &str) -> Node {
+    Node {
+        metadata: meta(name),
+        ..Default::default()
+    }
+}
+
+fn deployment(name: &str, power_policy: &str) -> Deployment {
+    Deployment {
+        metadata: meta(name),
+        spec: Some(DeploymentSpec {
+            power_policy: power_policy.into(),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn dpu(name: &str, node: &str, deployment: &str) -> Dpu {
+    Dpu {
+        metadata: meta(name),
+        spec: Some(DpuSpec {
+            node: node.into(),
+            deployment: deployment.into(),
+            ..Default::default()
+        }),
+        status: None,
     }
 }
 
@@ -48,7 +71,7 @@ fn el(name: &str, level: TopologyLevel, parent: &str, budget: f64) -> TopologyEl
 fn view() -> View {
     let mut v = View::default();
     for n in ["n1", "n2", "n3", "n4"] {
-        v.nodes.insert(n.into(), entry(()));
+        v.nodes.insert(n.into(), node(n));
     }
     let t = Topology {
         metadata: meta("hall"),
@@ -62,7 +85,7 @@ fn view() -> View {
         }),
         status: None,
     };
-    v.topologies.insert("hall".into(), entry(t));
+    v.topologies.insert("hall".into(), t);
     v
 }
 
@@ -72,7 +95,7 @@ fn policy(v: &mut View, name: &str, spec: PowerPolicySpec) {
         spec: Some(spec),
         status: None,
     };
-    v.policies.insert(name.into(), entry(p));
+    v.power_policies.insert(name.into(), p);
 }
 
 fn run(v: &View) -> Outcome {
@@ -168,10 +191,11 @@ fn highest_priority_wins_and_ties_go_to_the_first_name() {
 #[test]
 fn deployments_reach_the_nodes_of_their_dpus() {
     let mut v = view();
-    v.deployments.insert("dep".into(), entry(String::new()));
-    v.deployments.insert("named".into(), entry("by-name".into()));
-    v.dpus.insert("d1".into(), entry(("n2".into(), "dep".into())));
-    v.dpus.insert("d2".into(), entry(("n4".into(), "named".into())));
+    v.deployments.insert("dep".into(), deployment("dep", ""));
+    v.deployments
+        .insert("named".into(), deployment("named", "by-name"));
+    v.dpus.insert("d1".into(), dpu("d1", "n2", "dep"));
+    v.dpus.insert("d2".into(), dpu("d2", "n4", "named"));
     policy(
         &mut v,
         "via-spec",
@@ -306,7 +330,7 @@ fn condition_times_move_only_when_the_status_flips() {
     let mut v = view();
     let first = run(&v);
     let hall = v.topologies.get_mut("hall").unwrap();
-    hall.value.status = Some(first.topologies["hall"].clone());
+    hall.status = Some(first.topologies["hall"].clone());
     let again = compute(
         &v,
         &HashMap::new(),
