@@ -78,7 +78,8 @@ impl Perf {
             .lines()
             .filter(|l| l.split_whitespace().next().is_some_and(|w| w.ends_with('%')))
             .take(n)
-            .map(|l| l.trim_end().to_string())
+            // The symbol column is padded and followed by empty columns ("-").
+            .map(|l| l.trim_end().trim_end_matches([' ', '-']).to_string())
             .collect())
     }
 }
