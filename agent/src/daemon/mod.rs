@@ -31,10 +31,7 @@ use crate::config::Config;
 use crate::exec::{HostExecutor, NETWORK_REPORT_WAIT};
 use crate::flash::Flasher;
 use crate::net::{self, NetError};
-use crate::power::bmc::BmcNodeLimiter;
-use crate::power::caps::{self, Limiter};
-use crate::power::nvml::NvmlLimiter;
-use crate::power::rapl::RaplLimiter;
+use crate::power::caps;
 use crate::power::{sampler, telemetry};
 use crate::session::{self, AgentError, BeforeClose, NetSync, PowerSession};
 
@@ -205,21 +202,7 @@ async fn start_power(cfg: &Config, registry: &mut Registry, subsystems: &Subsyst
     let bmc = sampler.bmc;
     // Discovery reads sysfs and NVML, and the state file: a blocking thread.
     let enforcer = tokio::task::spawn_blocking(move || {
-        let mut limiters: Vec<Box<dyn Limiter>> = Vec::new();
-        let has_bmc = bmc.is_some();
-        if let Some(link) = bmc {
-            limiters.push(Box::new(BmcNodeLimiter::new(link)));
-        }
-        for l in RaplLimiter::discover(&sysfs_root) {
-            // With a BMC the node cap is the BMC's; RAPL psys is the fallback.
-            if !(has_bmc && l.element() == hostplane_proto::v1::PowerElement::Node) {
-                limiters.push(Box::new(l));
-            }
-        }
-        for l in NvmlLimiter::discover() {
-            limiters.push(Box::new(l));
-        }
-        caps::Enforcer::new(limiters).with_state_file(state_file)
+        caps::Enforcer::new(caps::discover_limiters(&sysfs_root, bmc)).with_state_file(state_file)
     })
     .await;
     let enforcer = match enforcer {

@@ -133,6 +133,33 @@ pub struct Enforcer {
     retry_soon: std::sync::atomic::AtomicBool,
 }
 
+/// Every means this host has to enforce caps, best first: the BMC's node
+/// limit when there is a BMC (`bmc`), RAPL constraints (psys for the node
+/// only without a BMC: the BMC's node limit covers more than psys), NVML
+/// limits per GPU. Reads sysfs and NVML: blocking.
+pub fn discover_limiters(
+    sysfs_root: &std::path::Path,
+    bmc: Option<super::bmc::BmcLink>,
+) -> Vec<Box<dyn Limiter>> {
+    use super::bmc::BmcNodeLimiter;
+    use super::nvml::NvmlLimiter;
+    use super::rapl::RaplLimiter;
+    let mut limiters: Vec<Box<dyn Limiter>> = Vec::new();
+    let has_bmc = bmc.is_some();
+    if let Some(link) = bmc {
+        limiters.push(Box::new(BmcNodeLimiter::new(link)));
+    }
+    for l in RaplLimiter::discover(sysfs_root) {
+        if !(has_bmc && l.element() == PowerElement::Node) {
+            limiters.push(Box::new(l));
+        }
+    }
+    for l in NvmlLimiter::discover() {
+        limiters.push(Box::new(l));
+    }
+    limiters
+}
+
 impl Enforcer {
     pub fn new(limiters: Vec<Box<dyn Limiter>>) -> Enforcer {
         Enforcer {
