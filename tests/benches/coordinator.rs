@@ -154,9 +154,13 @@ fn main() -> ExitCode {
     let mut failed = false;
     for run in &settings.runs {
         match rt.block_on(one_run(run, &settings, &bin)) {
-            Ok((row, walk)) => {
+            Ok((row, walk, problems)) => {
                 rows.push(row);
                 walks.push((run, walk));
+                for p in &problems {
+                    eprintln!("coordinator bench: {} {}: {p}", run.size(), run.label);
+                }
+                failed |= !problems.is_empty();
             }
             Err(e) => {
                 eprintln!("coordinator bench: {} {}: {e:#}", run.size(), run.label);
@@ -282,8 +286,9 @@ fn raise_nofile(nodes: usize) -> Result<()> {
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("setrlimit(RLIMIT_NOFILE)")?;
     }
-    // Each agent's connection, a reconnect in flight, the store, the watchers.
-    let need = (nodes as u64) * 2 + 1_000;
+    // In each process: one connection per agent, plus the store, the watchers,
+    // reconnects in flight and the runtime's own.
+    let need = nodes as u64 + 1_000;
     ensure!(
         hard >= need,
         "RLIMIT_NOFILE hard limit {hard} < {need} descriptors for {nodes} agents: raise it (ulimit -Hn)"
@@ -320,8 +325,8 @@ fn coordinator_bin() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// One run: its own coordinator, store and agents. Returns its table row and walk time.
-async fn one_run(run: &Run, settings: &Settings, bin: &Path) -> Result<(String, Duration)> {
+/// One run: its own coordinator, store and agents.
+async fn one_run(run: &Run, settings: &Settings, bin: &Path) -> Result<Outcome> {
     let tmp = tempfile::Builder::new()
         .prefix("hostplane-bench-coordinator-")
         .tempdir()?;
@@ -357,7 +362,10 @@ fn clk_tck() -> u64 {
         .unwrap_or(100) as u64
 }
 
-async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result<(String, Duration)> {
+/// A run's table row, walk time and what failed without stopping it (watchers).
+type Outcome = (String, Duration, Vec<String>);
+
+async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result<Outcome> {
     let dpus = run.dpus;
     let fleet = fleet(dpus, run.per_node);
     let addr = free_addr()?;
@@ -395,7 +403,7 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
     let agents_pid = agents.pid().context("the agents process has no pid")?;
 
     let (watchers, clock) = Watchers::open(addr, run.watchers, dpus).await?;
-    let mut events = watch_deployment(&mut admin).await?;
+    let events = watch_deployment(&mut admin).await?;
     let before = sample(pid, tck)?;
     let agents_before = sample(agents_pid, tck)?;
     let self_before = own_cpu()?;
@@ -423,7 +431,7 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
         })
         .await
         .context("creating the deployment")?;
-    let walked = wait_ready(&mut events, dpus, settings.walk_timeout).await;
+    let walked = wait_ready(&mut admin, events, dpus, settings.walk_timeout).await;
     let walk = walk_start.elapsed();
     let after = sample(pid, tck)?;
     let agents_after = sample(agents_pid, tck)?;
@@ -439,16 +447,19 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
         },
         None => Vec::new(),
     };
-    if let Err(e) = walked {
-        let report = agents.finish().await.unwrap_or_default();
-        let phases = list_dpus(&mut admin).await.map(|l| l.phases).unwrap_or_default();
-        bail!(
-            "{e:#}; Dpus by phase: {phases:?}; agent sessions that broke: {:?}",
-            report.broken
-        );
-    }
+    let reopened = match walked {
+        Ok(r) => r,
+        Err(e) => {
+            let report = agents.finish().await.unwrap_or_default();
+            let phases = list_dpus(&mut admin).await.map(|l| l.phases).unwrap_or_default();
+            bail!(
+                "{e:#}; Dpus by phase: {phases:?}; agent sessions that broke: {:?}",
+                report.broken
+            );
+        }
+    };
     // Every watcher has its events by now or soon: it is not part of the walk.
-    let watched = watchers.join(Duration::from_secs(60) + walk / 2).await?;
+    let (watched, watch_failures) = watchers.join(Duration::from_secs(60) + walk / 2).await;
 
     let metrics = match settings.metrics {
         true => Some(scrape::scrape(metrics_addr).await.unwrap_or_else(|e| {
@@ -511,6 +522,8 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
         agents_after: agents_last,
         walk_cpu,
         watched,
+        watch_failures,
+        deployment_watch_reopened: reopened,
         list: (listed.took, listed.pages),
         idle,
         metrics,
@@ -519,7 +532,8 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
         exit,
     };
     figures.print(&report, bin);
-    Ok((figures.row(&report), walk))
+    let problems = figures.watch_failures.clone();
+    Ok((figures.row(&report), walk, problems))
 }
 
 async fn create(admin: &mut Admin, r: v1::Resource) -> Result<()> {
@@ -626,35 +640,55 @@ async fn watch_deployment(admin: &mut Admin) -> Result<tonic::Streaming<v1::Watc
     Ok(w.into_inner())
 }
 
+/// Follow the Deployment until its status says every Dpu is Ready. A watch
+/// that ends or fails (e.g. it fell behind and its history was pruned) is
+/// opened again, as the API asks ("list again and watch"): the snapshot
+/// carries the Deployment's current status. Returns how many times.
 async fn wait_ready(
-    events: &mut tonic::Streaming<v1::WatchEvent>,
+    admin: &mut Admin,
+    mut events: tonic::Streaming<v1::WatchEvent>,
     dpus: usize,
     timeout: Duration,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let mut last = v1::DeploymentStatus::default();
+    let mut reopened = Vec::new();
     let follow = async {
-        while let Some(ev) = events.message().await.context("deployment watch")? {
-            let Some(v1::Resource {
-                kind: Some(v1::resource::Kind::Deployment(d)),
-            }) = ev.resource
-            else {
-                continue;
+        loop {
+            let why = loop {
+                let ev = match events.message().await {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => break "the watch ended".to_string(),
+                    Err(s) => break format!("{:?}: {}", s.code(), s.message()),
+                };
+                let Some(v1::Resource {
+                    kind: Some(v1::resource::Kind::Deployment(d)),
+                }) = ev.resource
+                else {
+                    continue;
+                };
+                last = d.status.unwrap_or_default();
+                ensure!(
+                    last.failed == 0,
+                    "{} Dpus failed: {:?}",
+                    last.failed,
+                    last.conditions
+                );
+                if last.ready as usize == dpus {
+                    return Ok(());
+                }
             };
-            last = d.status.unwrap_or_default();
+            reopened.push(why);
             ensure!(
-                last.failed == 0,
-                "{} Dpus failed: {:?}",
-                last.failed,
-                last.conditions
+                reopened.len() <= 20,
+                "the deployment watch failed 20 times: {reopened:?}"
             );
-            if last.ready as usize == dpus {
-                return Ok(());
-            }
+            events = watch_deployment(admin).await?;
         }
-        bail!("the deployment watch ended")
     };
-    match tokio::time::timeout(timeout, follow).await {
-        Ok(r) => r,
+    let r = tokio::time::timeout(timeout, follow).await;
+    match r {
+        Ok(Ok(())) => Ok(reopened),
+        Ok(Err(e)) => Err(e),
         Err(_) => bail!("only {} of {dpus} Dpus Ready after {timeout:?}", last.ready),
     }
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::Code;
 use tonic::transport::Endpoint;
 
 /// What a command is, for latency pairs. `NewBoot` is the Hello after a reboot.
@@ -94,6 +95,10 @@ pub struct AgentReport {
     pub reboots_per_node: BTreeMap<u64, usize>,
     /// Sessions that ended other than by a reboot or the end of the bench.
     pub broken: Vec<String>,
+    /// Connections or sessions that could not be opened and were retried.
+    pub open_retries: u64,
+    /// The first few reasons for those.
+    pub open_failures: Vec<String>,
 }
 
 impl AgentReport {
@@ -111,12 +116,24 @@ impl AgentReport {
             *self.reboots_per_node.entry(k).or_default() += v;
         }
         self.broken.extend(o.broken);
+        self.open_retries += o.open_retries;
+        for f in o.open_failures {
+            if self.open_failures.len() < 5 {
+                self.open_failures.push(f);
+            }
+        }
     }
 }
+
+/// Opens that may fail in a row (0.5 s apart) before the agent counts as broken.
+const MAX_OPEN_RETRIES: u32 = 20;
 
 enum End {
     Stop,
     Reboot,
+    /// The connection or the session could not be opened (e.g. the
+    /// coordinator's listen backlog overflowed): retried, as a real agent does.
+    OpenFailed(String),
     Broken(String),
 }
 
@@ -166,15 +183,33 @@ impl Agent {
 
     pub async fn run(mut self, hello: mpsc::UnboundedSender<()>, stop: CancellationToken) -> AgentReport {
         let mut hello = Some(hello);
+        // Failed opens in a row: past MAX_OPEN_RETRIES the agent counts as broken.
+        let mut failed_opens = 0;
         loop {
             let why = match self.session(&mut hello, &stop).await {
                 Ok(End::Stop) => break,
                 Ok(End::Reboot) => {
+                    failed_opens = 0;
                     self.boot += 1;
                     self.report.reboots += 1;
                     continue;
                 }
                 _ if stop.is_cancelled() => break,
+                Ok(End::OpenFailed(why)) if failed_opens < MAX_OPEN_RETRIES => {
+                    failed_opens += 1;
+                    self.report.open_retries += 1;
+                    if self.report.open_failures.is_empty() {
+                        self.report.open_failures.push(format!("{}: {why}", self.node));
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    continue;
+                }
+                Ok(End::OpenFailed(why)) => {
+                    format!("{MAX_OPEN_RETRIES} opens in a row failed; the last: {why}")
+                }
                 Ok(End::Broken(why)) => why,
                 Err(e) => format!("{e:#}"),
             };
@@ -202,10 +237,10 @@ impl Agent {
         connected: &mut Option<mpsc::UnboundedSender<()>>,
         stop: &CancellationToken,
     ) -> Result<End> {
-        let channel = Endpoint::from_shared(self.url.clone())?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {}", self.url))?;
+        let channel = match Endpoint::from_shared(self.url.clone())?.connect().await {
+            Ok(c) => c,
+            Err(e) => return Ok(End::OpenFailed(format!("connecting to {}: {e:#}", self.url))),
+        };
         let mut client = AgentServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(64);
         let inventory = Inventory {
@@ -227,15 +262,23 @@ impl Agent {
         tx.send(msg(agent_message::Msg::Hello(hello))).await?;
         let hello_at = Instant::now();
         for (dpu, step) in &self.last {
-            if *step == Step::RebootHost {
+            // After a failed open, from the first Hello of this boot.
+            let retried = self.trigger.get(dpu).is_some_and(|t| t.1 == Step::NewBoot);
+            if *step == Step::RebootHost && !retried {
                 self.trigger.insert(dpu.clone(), (hello_at, Step::NewBoot));
             }
         }
-        let mut inbound = client
-            .session(ReceiverStream::new(rx))
-            .await
-            .context("opening the agent session")?
-            .into_inner();
+        let mut inbound = match client.session(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                let why = format!("opening the agent session: {:?}: {}", s.code(), s.message());
+                // A transport failure is retried; the coordinator's refusal is a break.
+                return Ok(match s.code() {
+                    Code::Unknown | Code::Unavailable | Code::Cancelled => End::OpenFailed(why),
+                    _ => End::Broken(why),
+                });
+            }
+        };
         self.report.sessions += 1;
         let mut lease = Duration::from_secs(15);
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);

@@ -149,6 +149,10 @@ pub struct Figures {
     pub agents_after: Sample,
     pub walk_cpu: Cpu,
     pub watched: Vec<Watched>,
+    /// Why each watcher that failed did (out of order, ended, too slow).
+    pub watch_failures: Vec<String>,
+    /// Why the bench's own watch on the Deployment had to be opened again.
+    pub deployment_watch_reopened: Vec<String>,
     /// The timed List of every Dpu: wall time and pages.
     pub list: (Duration, usize),
     /// The idle window: its length and the CPU spent in it.
@@ -191,13 +195,21 @@ impl Figures {
             Some((p50, p99)) => format!("{p50:.0} / {p99:.0} ms"),
             None => "—".into(),
         };
-        let watch = match self.watched.iter().map(|w| w.done_after).max() {
-            Some(last) if self.run.watchers > 0 => format!(
+        let last = self.watched.iter().map(|w| w.done_after).max();
+        let watch = match (self.watch_failures.first(), last) {
+            _ if self.run.watchers == 0 => "0".into(),
+            (None, Some(last)) => format!(
                 "{}: all in order, last Ready seen at {:.2} s",
                 self.run.watchers,
                 last.as_secs_f64()
             ),
-            _ => "0".into(),
+            (Some(e), _) => format!(
+                "{}: **{} failed** ({})",
+                self.run.watchers,
+                self.watch_failures.len(),
+                e.replace('|', "/")
+            ),
+            (None, None) => format!("{}: none finished", self.run.watchers),
         };
         let idle = match self.idle_pct() {
             Some(p) => format!("{p:.1} %"),
@@ -281,6 +293,20 @@ impl Figures {
             .map(|(times, nodes)| format!("{nodes} nodes x{times}"))
             .collect();
         println!("  host reboots per node                  {}", per_node.join(", "));
+        if r.open_retries > 0 {
+            println!(
+                "  connection or session opens retried    {:>8}  (e.g. {})",
+                r.open_retries,
+                r.open_failures.first().map_or("", String::as_str)
+            );
+        }
+        if !self.deployment_watch_reopened.is_empty() {
+            println!(
+                "  the bench's Deployment watch reopened  {:>8}  (first: {})",
+                self.deployment_watch_reopened.len(),
+                self.deployment_watch_reopened[0]
+            );
+        }
         println!("command latency (agent sends result -> receives the Dpu's next command)");
         println!(
             "  all                                    {}",
@@ -307,9 +333,17 @@ impl Figures {
                 self.run.watchers
             );
             println!(
-                "  events delivered                       {events:>8}  ({:.0} per watcher), every one in order",
+                "  events delivered                       {events:>8}  ({:.0} per watcher that finished)",
                 events as f64 / self.watched.len().max(1) as f64
             );
+            println!(
+                "  in order and every Dpu Ready seen      {:>8} of {}",
+                self.watched.len(),
+                self.run.watchers
+            );
+            for e in &self.watch_failures {
+                println!("  FAILED: {e}");
+            }
             println!(
                 "  Deployment created -> watcher saw all Ready  {}",
                 dist(self.watched.iter().map(|w| w.done_after).collect())

@@ -55,21 +55,28 @@ impl Watchers {
     }
 
     /// Wait (up to `wait`) for every watcher to have seen every Dpu Ready.
-    pub async fn join(mut self, wait: Duration) -> Result<Vec<Watched>> {
-        let mut out = Vec::new();
+    /// Returns what each saw, and why each that failed did.
+    pub async fn join(mut self, wait: Duration) -> (Vec<Watched>, Vec<String>) {
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
         while !self.set.is_empty() {
             match tokio::time::timeout_at(deadline, self.set.join_next()).await {
-                Ok(Some(r)) => out.push(r.context("a watcher panicked")??),
+                Ok(Some(Ok(Ok(w)))) => done.push(w),
+                Ok(Some(Ok(Err(e)))) => failed.push(format!("{e:#}")),
+                Ok(Some(Err(e))) => failed.push(format!("a watcher panicked: {e}")),
                 Ok(None) => break,
-                Err(_) => bail!(
-                    "{} of {} watchers had not seen every Dpu Ready {wait:?} after the walk",
-                    self.set.len(),
-                    self.count
-                ),
+                Err(_) => {
+                    failed.push(format!(
+                        "{} of {} watchers had not seen every Dpu Ready {wait:?} after the walk",
+                        self.set.len(),
+                        self.count
+                    ));
+                    break;
+                }
             }
         }
-        Ok(out)
+        (done, failed)
     }
 }
 
