@@ -35,8 +35,8 @@ use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
 pub use snapshot::{Page, PageLimit};
-pub use txn::{CommandRow, Txn};
 use txn::{Changes, Counters};
+pub use txn::{CommandRow, Txn};
 pub use view::View;
 
 /// Events kept for Watch resumption.
@@ -321,8 +321,11 @@ impl Store {
             let inner = self.inner.clone();
             tokio::task::spawn_blocking(move || Self::drain(&inner));
         }
-        rx.await
-            .map_err(|_| E::from(StoreError::Join("the store writer stopped before this write".into())))?
+        rx.await.map_err(|_| {
+            E::from(StoreError::Join(
+                "the store writer stopped before this write".into(),
+            ))
+        })?
     }
 
     /// The writer: commit the queued writes, a batch at a time, until none is left.
@@ -462,6 +465,10 @@ impl Store {
 
 pub use hostplane_common::time::now_ms;
 
+/// One closure of a test's group commit.
+#[cfg(test)]
+type TestWrite<'f> = Box<dyn FnOnce(&mut Txn<'_>) -> Result<(), StoreError> + 'f>;
+
 #[cfg(test)]
 impl Store {
     /// Writes waiting for the writer.
@@ -470,10 +477,7 @@ impl Store {
     }
 
     /// Run `fs` as one group commit, on this thread; each closure's outcome.
-    fn write_group_for_test<'f>(
-        &self,
-        fs: Vec<Box<dyn FnOnce(&mut Txn<'_>) -> Result<(), StoreError> + 'f>>,
-    ) -> Vec<Result<(), StoreError>> {
+    fn write_group_for_test<'f>(&self, fs: Vec<TestWrite<'f>>) -> Vec<Result<(), StoreError>> {
         let mut slots: Vec<_> = fs
             .into_iter()
             .map(|f| Slot {

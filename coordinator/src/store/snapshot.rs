@@ -42,8 +42,9 @@ pub struct PageLimit {
 impl Txn<'_> {
     /// The revision after which every event is kept.
     pub fn history_floor(&self) -> Result<u64, StoreError> {
-        let v: Option<i64> =
-            self.one_row("SELECT value FROM meta WHERE key = 'history_floor'", [], |r| r.get(0))?;
+        let v: Option<i64> = self.one_row("SELECT value FROM meta WHERE key = 'history_floor'", [], |r| {
+            r.get(0)
+        })?;
         Ok(v.unwrap_or(0).max(0) as u64)
     }
 

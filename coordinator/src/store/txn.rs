@@ -21,7 +21,7 @@ pub struct CommandRow {
 /// A change to the commands table, as the view replays it.
 #[derive(Debug, Clone)]
 pub(super) enum CommandChange {
-    Insert(CommandRow),
+    Insert(Box<CommandRow>),
     Finish { id: String, result: CommandResult },
     Prune(Vec<String>),
 }
@@ -424,12 +424,14 @@ impl<'a> Txn<'a> {
             "INSERT INTO commands (id, node, dpu, body, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![command.id, node, command.dpu, body, created_ms],
         )?;
-        self.changes.commands.push(CommandChange::Insert(CommandRow {
-            command: command.clone(),
-            node: node.into(),
-            created_ms,
-            result: None,
-        }));
+        self.changes
+            .commands
+            .push(CommandChange::Insert(Box::new(CommandRow {
+                command: command.clone(),
+                node: node.into(),
+                created_ms,
+                result: None,
+            })));
         self.bump_desired(node)
     }
 

@@ -7,7 +7,8 @@
 //! the events broadcast: whoever an event wakes finds at least that state
 //! in the view.
 //!
-//! Indexes hold names, never copies of objects: Devices and Dpus by node,
+//! Indexes hold names, never copies of objects: Devices and Dpus by node
+//! (not those with an empty `spec.node`),
 //! Dpus by Deployment and by phase, Dpu counts by (Deployment, phase), open
 //! commands by node (in desired-state order), desired versions by node.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -17,8 +18,8 @@ use hostplane_proto::v1::{
     Topology, resource,
 };
 
-use super::txn::{CommandChange, Changes, CommandRow, Txn};
 use super::StoreError;
+use super::txn::{Changes, CommandChange, CommandRow, Txn};
 
 /// The store as of its last commit. Read it through [`super::Store::view`].
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -112,7 +113,7 @@ impl View {
         }
         for c in &changes.commands {
             match c {
-                CommandChange::Insert(row) => self.add_command(row.clone()),
+                CommandChange::Insert(row) => self.add_command((**row).clone()),
                 CommandChange::Finish { id, result } => {
                     if let Some(row) = self.commands.get_mut(id) {
                         if row.result.is_none() {
@@ -160,7 +161,10 @@ impl View {
             resource::Kind::Device(x) => {
                 let name = name_of(&x.metadata);
                 self.unindex_device(&name);
-                index_add(&mut self.devices_by_node, device_node(&x).to_string(), &name);
+                let node = device_node(&x);
+                if !node.is_empty() {
+                    index_add(&mut self.devices_by_node, node.to_string(), &name);
+                }
                 self.devices.insert(name, x);
             }
             resource::Kind::Bfb(x) => {
@@ -176,7 +180,9 @@ impl View {
                 let name = name_of(&x.metadata);
                 self.unindex_dpu(&name);
                 let (node, deployment, phase) = dpu_keys(&x);
-                index_add(&mut self.dpus_by_node, node.to_string(), &name);
+                if !node.is_empty() {
+                    index_add(&mut self.dpus_by_node, node.to_string(), &name);
+                }
                 index_add(&mut self.dpus_by_deployment, deployment.to_string(), &name);
                 index_add(&mut self.dpus_by_phase, phase, &name);
                 *self
@@ -275,7 +281,8 @@ impl View {
         }
     }
 
-    /// The Devices whose `spec.node` is `node`, in name order.
+    /// The Devices whose `spec.node` is `node`, in name order (none for "",
+    /// as `Txn::list_on_node`).
     pub fn devices_on_node(&self, node: &str) -> impl Iterator<Item = &Device> {
         self.devices_by_node
             .get(node)
@@ -284,7 +291,8 @@ impl View {
             .filter_map(|n| self.devices.get(n))
     }
 
-    /// The Dpus whose `spec.node` is `node`, in name order.
+    /// The Dpus whose `spec.node` is `node`, in name order (none for "", as
+    /// `Txn::list_on_node`).
     pub fn dpus_on_node(&self, node: &str) -> impl Iterator<Item = &Dpu> {
         self.dpus_by_node
             .get(node)
@@ -293,7 +301,8 @@ impl View {
             .filter_map(|n| self.dpus.get(n))
     }
 
-    /// The Dpus whose `spec.deployment` is `deployment`, in name order.
+    /// The Dpus whose `spec.deployment` is `deployment`, in name order (""
+    /// gives those of no Deployment).
     pub fn dpus_of_deployment(&self, deployment: &str) -> impl Iterator<Item = &Dpu> {
         self.dpus_by_deployment
             .get(deployment)
