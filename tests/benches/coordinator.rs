@@ -19,8 +19,9 @@
 //! - `HOSTPLANE_BENCH_IDLE_SECS`: the idle window after the walk (20; 0 = none).
 //! - `HOSTPLANE_BENCH_WALK_TIMEOUT`: seconds before the walk counts as failed (300).
 //! - `HOSTPLANE_BENCH_METRICS=0`: do not set `metrics.listen` (a build without it).
-//! - `HOSTPLANE_BENCH_PERF=1`: `perf record -g` the coordinator during the walk into
-//!   `target/bench-perf.data` and print the top 15 of `perf report --no-children --sort symbol`.
+//! - `HOSTPLANE_BENCH_PERF=1` (or `walk`): `perf record -g` the coordinator during the walk into
+//!   `target/bench-perf.data` and print the top 15 of `perf report --no-children --sort symbol`;
+//!   `idle`: the same over the idle window instead.
 //! - `HOSTPLANE_BENCH_COORDINATOR`: another coordinator binary (e.g. the build before a
 //!   change); `HOSTPLANE_BENCH_LABEL` names it in the table (default: its path).
 //!
@@ -116,7 +117,14 @@ struct Settings {
     runs: Vec<Run>,
     walk_timeout: Duration,
     metrics: bool,
-    perf: bool,
+    perf: Option<PerfWindow>,
+}
+
+/// What `HOSTPLANE_BENCH_PERF` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PerfWindow {
+    Walk,
+    Idle,
 }
 
 fn main() -> ExitCode {
@@ -274,7 +282,12 @@ fn settings() -> Result<Settings> {
         runs,
         walk_timeout,
         metrics: flag("HOSTPLANE_BENCH_METRICS", true)?,
-        perf: flag("HOSTPLANE_BENCH_PERF", false)?,
+        perf: match env("HOSTPLANE_BENCH_PERF").as_deref() {
+            None | Some("0") => None,
+            Some("1" | "walk") => Some(PerfWindow::Walk),
+            Some("idle") => Some(PerfWindow::Idle),
+            Some(v) => bail!("HOSTPLANE_BENCH_PERF={v:?}: expected 0, 1 (= walk) or idle"),
+        },
     })
 }
 
@@ -408,8 +421,8 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
     let agents_before = sample(agents_pid, tck)?;
     let self_before = own_cpu()?;
     let recorder = match settings.perf {
-        true => Some(perf::Perf::record(pid).await?),
-        false => None,
+        Some(PerfWindow::Walk) => Some(perf::Perf::record(pid).await?),
+        _ => None,
     };
 
     let walk_start = clock.start();
@@ -440,13 +453,7 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
         agents: agents_after.cpu_since(&agents_before),
         bench: own_cpu()?.saturating_sub(self_before),
     };
-    let perf_top = match recorder {
-        Some(p) => match p.report(15).await {
-            Ok(top) => top,
-            Err(e) => vec![format!("perf failed: {e:#}")],
-        },
-        None => Vec::new(),
-    };
+    let mut perf_top = perf_report(recorder).await;
     let reopened = match walked {
         Ok(r) => r,
         Err(e) => {
@@ -479,20 +486,25 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
     let idle = if run.idle.is_zero() {
         None
     } else {
+        let recorder = match settings.perf {
+            Some(PerfWindow::Idle) => Some(perf::Perf::record(pid).await?),
+            _ => None,
+        };
         let c0 = sample(pid, tck)?;
         let a0 = sample(agents_pid, tck)?;
         let s0 = own_cpu()?;
         let t = Instant::now();
         tokio::time::sleep(run.idle).await;
         let d = t.elapsed();
-        Some((
-            d,
-            Cpu {
-                coordinator: sample(pid, tck)?.cpu_since(&c0),
-                agents: sample(agents_pid, tck)?.cpu_since(&a0),
-                bench: own_cpu()?.saturating_sub(s0),
-            },
-        ))
+        let cpu = Cpu {
+            coordinator: sample(pid, tck)?.cpu_since(&c0),
+            agents: sample(agents_pid, tck)?.cpu_since(&a0),
+            bench: own_cpu()?.saturating_sub(s0),
+        };
+        if recorder.is_some() {
+            perf_top = perf_report(recorder).await;
+        }
+        Some((d, cpu))
     };
     let agents_last = sample(agents_pid, tck)?;
     let report: AgentReport = agents.finish().await?;
@@ -528,12 +540,27 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
         idle,
         metrics,
         perf_top,
+        perf_window: match settings.perf {
+            Some(PerfWindow::Idle) => "the idle window",
+            _ => "the walk",
+        },
         store_bytes,
         exit,
     };
     figures.print(&report, bin);
     let problems = figures.watch_failures.clone();
     Ok((figures.row(&report), walk, problems))
+}
+
+/// The top of the profile, or why there is none.
+async fn perf_report(recorder: Option<perf::Perf>) -> Vec<String> {
+    match recorder {
+        Some(p) => match p.report(15).await {
+            Ok(top) => top,
+            Err(e) => vec![format!("perf failed: {e:#}")],
+        },
+        None => Vec::new(),
+    }
 }
 
 async fn create(admin: &mut Admin, r: v1::Resource) -> Result<()> {

@@ -159,6 +159,8 @@ pub struct Figures {
     pub idle: Option<(Duration, Cpu)>,
     pub metrics: Option<Scrape>,
     pub perf_top: Vec<String>,
+    /// What perf recorded: "the walk" or "the idle window".
+    pub perf_window: &'static str,
     pub store_bytes: u64,
     pub exit: Option<i32>,
 }
@@ -427,7 +429,8 @@ impl Figures {
         self.print_metrics();
         if !self.perf_top.is_empty() {
             println!(
-                "perf: the coordinator during the walk (perf report --no-children --sort symbol), top {}",
+                "perf: the coordinator during {} (perf report --no-children --sort symbol), top {}",
+                self.perf_window,
                 self.perf_top.len()
             );
             for l in &self.perf_top {
