@@ -6,6 +6,10 @@
 //! listen: 0.0.0.0:50051
 //! store:
 //!   path: /var/lib/hostplane-coordinator/coordinator.db
+//!   history:               # watch history: the last 50,000 revisions, and
+//!     min_revisions: 50000 # everything younger than 5m, at most 1,000,000
+//!     min_age: 5m
+//!     max_revisions: 1000000
 //! fsm:
 //!   resync: 5s
 //! agents:
@@ -160,12 +164,16 @@ impl Default for Config {
 pub struct StoreConfig {
     /// The SQLite file; its directory is created if missing.
     pub path: PathBuf,
+    /// Watch history kept for `Watch(from_version)`, watchers that fell
+    /// behind, and paged List snapshots.
+    pub history: crate::store::HistoryConfig,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: PathBuf::from(DEFAULT_STORE_PATH),
+            history: Default::default(),
         }
     }
 }
@@ -272,6 +280,15 @@ impl Config {
         }
         if self.store.path.is_dir() {
             return invalid("store.path", "is a directory; name the database file");
+        }
+        if self.store.history.min_revisions == 0 {
+            return invalid("store.history.min_revisions", "must be at least 1");
+        }
+        if self.store.history.max_revisions < self.store.history.min_revisions {
+            return invalid(
+                "store.history.max_revisions",
+                "must be at least store.history.min_revisions",
+            );
         }
         if self.fsm.resync.is_zero() {
             return invalid("fsm.resync", "must be greater than 0");
@@ -403,6 +420,7 @@ mod tests {
         assert_eq!(cfg.log.format, LogFormat::Json);
         assert_eq!(cfg.log.level, "info");
         assert_eq!(cfg.agents.lease, Duration::from_secs(30));
+        assert_eq!(cfg.store.history, crate::store::HistoryConfig::default());
         assert_eq!(cfg.fsm, FsmConfig::default());
         assert_eq!(cfg.power, PowerConfig::default());
     }
@@ -496,6 +514,14 @@ mod tests {
                 let d = dir.path().to_path_buf();
                 Box::new(move |c| c.store.path = d.clone())
             }),
+            (
+                "store.history.min_revisions: must be at least 1",
+                Box::new(|c| c.store.history.min_revisions = 0),
+            ),
+            (
+                "store.history.max_revisions: must be at least store.history.min_revisions",
+                Box::new(|c| c.store.history.max_revisions = 10),
+            ),
             (
                 "fsm.resync: must be greater than 0",
                 Box::new(|c| c.fsm.resync = Duration::ZERO),

@@ -39,7 +39,7 @@ use crate::audit::{Audit, AuditError};
 use crate::config::Config;
 use crate::fsm::Reconciler;
 use crate::power::{PowerEngine, PowerHub};
-use crate::store::{Store, StoreError};
+use crate::store::{HistoryConfig, Store, StoreError};
 use crate::stream::AgentStream;
 
 /// HTTP/2 PING interval on every connection (agents and admins): finds dead
@@ -116,13 +116,31 @@ pub async fn run_with_reload(
     serve_with(cfg, listener, shutdown, opts).await
 }
 
+/// Connections the kernel queues for `accept` on the gRPC port
+/// ([`listen_on`]); the kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(cfg: &Config) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: cfg.listen,
-            source,
-        })
+    listen_on(cfg.listen).map_err(|source| ServerError::Bind {
+        addr: cfg.listen,
+        source,
+    })
+}
+
+/// Bind `addr` with SO_REUSEADDR (as `TcpListener::bind` does) and a listen
+/// backlog of [`LISTEN_BACKLOG`] instead of tokio's 1024: a fleet of
+/// agents reconnecting at once (a coordinator restart) would overflow 1024
+/// and their SYNs be dropped, each costing a reconnect backoff.
+pub fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serve on an already-bound listener (tests bind 127.0.0.1:0).
@@ -136,8 +154,13 @@ pub async fn serve(
 
 /// Open the store (on a blocking thread: it may migrate the schema).
 pub async fn open_store(path: PathBuf) -> Result<Store, ServerError> {
+    open_store_with(path, HistoryConfig::default()).await
+}
+
+/// [`open_store`], keeping the watch history `history` says (`store.history`).
+pub async fn open_store_with(path: PathBuf, history: HistoryConfig) -> Result<Store, ServerError> {
     let p = path.clone();
-    match tokio::task::spawn_blocking(move || Store::open(&p)).await {
+    match tokio::task::spawn_blocking(move || Store::open_with(&p, history)).await {
         Ok(r) => r.map_err(|source| ServerError::Store { path, source }),
         Err(e) => Err(ServerError::Store {
             path,
@@ -162,7 +185,7 @@ pub async fn serve_with(
     let guard = Guard::from_config(&cfg.auth, tls.is_some(), audit.clone())?;
     let store = match opts.store {
         Some(s) => s,
-        None => open_store(cfg.store.path.clone()).await?,
+        None => open_store_with(cfg.store.path.clone(), cfg.store.history).await?,
     };
     // /metrics, bound now so that a bad metrics.listen fails the start.
     let metrics_listener = match cfg.metrics.listen {
@@ -444,5 +467,21 @@ async fn join_tasks(mut tasks: JoinSet<()>, mut names: HashMap<Id, &'static str>
         let left: Vec<&str> = names.values().copied().collect();
         tracing::warn!(tasks = ?left, "background tasks did not finish within the shutdown grace; aborting them");
         tasks.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn listen_on_accepts_and_refuses_a_port_in_use() {
+        let l = listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_s, peer) = l.accept().await.unwrap();
+        assert_eq!(peer, c.local_addr().unwrap());
+        let e = listen_on(addr).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
     }
 }

@@ -279,3 +279,101 @@ impl Watcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hostplane_proto::v1::{self, ObjectMeta, Resource};
+    use tokio_stream::StreamExt;
+
+    use super::*;
+    use crate::store::{HistoryConfig, StoreError};
+
+    fn node(name: &str) -> Resource {
+        v1::Node {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .into()
+    }
+
+    /// A store whose live feed holds 4 events, a Watch of everything from
+    /// now, then `n` commits of one event each on this thread: the watch's
+    /// task cannot run in between (a current-thread runtime), so it is
+    /// `n - 4` events behind the feed before it reads any, and history by
+    /// count alone keeps 8 revisions.
+    async fn behind(history: HistoryConfig, n: usize) -> (Vec<Result<WatchEvent, Status>>, u64) {
+        let store = Store::in_memory_for_test(history, 4).unwrap();
+        store.write_sync(|t| t.insert(node("n0"))).unwrap();
+        let api = AdminApi::new(store.clone(), CancellationToken::new());
+        let mut w = api
+            .watch_resources(WatchRequest {
+                kinds: vec![],
+                from_version: 0,
+                name: String::new(),
+            })
+            .await
+            .unwrap();
+        let from = store.view().revision();
+        for i in 1..=n {
+            store.write_sync(|t| t.insert(node(&format!("n{i}")))).unwrap();
+        }
+        let mut got = Vec::new();
+        // The snapshot's one object, then the n changes (or an error).
+        while got.len() < n + 1 {
+            let Some(item) = w.next().await else { break };
+            let end = item.is_err();
+            got.push(item);
+            if end {
+                break;
+            }
+        }
+        (got, from)
+    }
+
+    #[tokio::test]
+    async fn a_watcher_behind_the_feed_gets_every_event_in_order_from_history_kept_by_age() {
+        let history = HistoryConfig {
+            min_revisions: 8,
+            min_age: Duration::from_secs(3600),
+            max_revisions: 1_000_000,
+        };
+        let (got, from) = behind(history, 500).await;
+        assert_eq!(got.len(), 501);
+        let first = got[0].as_ref().unwrap();
+        assert_eq!(
+            (first.resource.as_ref().unwrap().name(), first.resource_version),
+            ("n0", from)
+        );
+        for (i, item) in got[1..].iter().enumerate() {
+            let ev = item.as_ref().unwrap();
+            assert_eq!(
+                ev.resource_version,
+                from + 1 + i as u64,
+                "event {i}: no gap, no repeat"
+            );
+            assert_eq!(ev.resource.as_ref().unwrap().name(), format!("n{}", i + 1));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_behind_pruned_history_gets_too_old() {
+        let (got, from) = behind(HistoryConfig::revisions(8), 500).await;
+        assert_eq!(got.len(), 2, "the snapshot, then the error: {got:?}");
+        assert_eq!(got[0].as_ref().unwrap().resource_version, from);
+        let e = got[1].as_ref().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::OutOfRange);
+        assert_eq!(
+            e.message(),
+            StoreError::TooOld {
+                requested: from,
+                oldest: from + 500 - 8,
+            }
+            .to_string()
+        );
+    }
+}

@@ -10,14 +10,16 @@
 //! [`View`] replays the changes (view.rs), then the events are broadcast to
 //! watchers and the nodes whose desired state changed are announced to the
 //! agent streams, and only then does each caller get its result. Watch
-//! history is kept in the `events` table (bounded) so a watcher can resume
-//! from a version after a disconnect or a coordinator restart, and so a
-//! paged List reads every page at its first page's revision (snapshot.rs).
+//! history is kept in the `events` table (bounded by count and by age,
+//! retention.rs) so a watcher can resume from a version after a disconnect,
+//! after falling behind the live feed or after a coordinator restart, and so
+//! a paged List reads every page at its first page's revision (snapshot.rs).
 //!
 //! Bodies are stored as proto3 JSON (pbjson), so `sqlite3 coordinator.db`
 //! shows readable rows; what must be looked up in SQL has an indexed column
 //! (a Device's or Dpu's node), never a `json_extract` scan.
 
+mod retention;
 mod schema;
 mod snapshot;
 mod txn;
@@ -34,13 +36,20 @@ use hostplane_proto::v1::{Kind, WatchEvent};
 use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
+pub use retention::HistoryConfig;
+use retention::Retention;
 pub use snapshot::{Page, PageLimit};
 use txn::{Changes, Counters};
 pub use txn::{CommandRow, Txn};
 pub use view::View;
 
-/// Events kept for Watch resumption.
+/// Revisions of watch history always kept (`store.history.min_revisions`);
+/// younger events are kept beyond it, see [`HistoryConfig`].
 pub const DEFAULT_EVENT_RETENTION: u64 = 50_000;
+
+/// Committed events the live feed buffers for each watcher; one that falls
+/// further behind reads the history instead.
+pub const LIVE_FEED_CAPACITY: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -113,7 +122,8 @@ struct Inner {
     counters: Counters,
     events: broadcast::Sender<WatchEvent>,
     desired: broadcast::Sender<DesiredChanged>,
-    retention: u64,
+    /// How far history is pruned after each commit (under the writer).
+    retention: Mutex<Retention>,
     path: PathBuf,
 }
 
@@ -218,6 +228,11 @@ pub struct Store {
 impl Store {
     /// Open (or create) the store at `path`, migrating the schema forward.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with(path, HistoryConfig::default())
+    }
+
+    /// [`Store::open`], keeping the watch history `history` says.
+    pub fn open_with(path: &Path, history: HistoryConfig) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -227,22 +242,46 @@ impl Store {
             path: path.into(),
             source,
         })?;
-        Self::from_connection(conn, path.to_path_buf(), DEFAULT_EVENT_RETENTION)
+        Self::from_connection(conn, path.to_path_buf(), history, LIVE_FEED_CAPACITY)
     }
 
     /// A store in memory (tests and benchmarks).
     pub fn in_memory() -> Result<Store, StoreError> {
-        Self::in_memory_with_retention(DEFAULT_EVENT_RETENTION)
+        let conn = Connection::open_in_memory()?;
+        Self::from_connection(
+            conn,
+            PathBuf::from(":memory:"),
+            HistoryConfig::default(),
+            LIVE_FEED_CAPACITY,
+        )
     }
 
     /// A store in memory that keeps the last `retention` revisions of
     /// history (tests of what happens when history runs out).
     pub fn in_memory_with_retention(retention: u64) -> Result<Store, StoreError> {
         let conn = Connection::open_in_memory()?;
-        Self::from_connection(conn, PathBuf::from(":memory:"), retention)
+        Self::from_connection(
+            conn,
+            PathBuf::from(":memory:"),
+            HistoryConfig::revisions(retention),
+            LIVE_FEED_CAPACITY,
+        )
     }
 
-    fn from_connection(mut conn: Connection, path: PathBuf, retention: u64) -> Result<Store, StoreError> {
+    /// A store in memory with `history` and a live feed of `feed` events
+    /// (tests of watchers that fall behind it).
+    #[cfg(test)]
+    pub(crate) fn in_memory_for_test(history: HistoryConfig, feed: usize) -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        Self::from_connection(conn, PathBuf::from(":memory:"), history, feed)
+    }
+
+    fn from_connection(
+        mut conn: Connection,
+        path: PathBuf,
+        history: HistoryConfig,
+        feed: usize,
+    ) -> Result<Store, StoreError> {
         conn.pragma_update(None, "journal_mode", "WAL").ok();
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -254,7 +293,8 @@ impl Store {
             let txn = Txn::new(conn.transaction()?, &counters)?;
             View::load(&txn)?
         };
-        let (events, _) = broadcast::channel(4096);
+        let retention = Retention::new(history, view.revision(), Instant::now());
+        let (events, _) = broadcast::channel(feed);
         let (desired, _) = broadcast::channel(4096);
         Ok(Store {
             inner: Arc::new(Inner {
@@ -264,7 +304,7 @@ impl Store {
                 counters,
                 events,
                 desired,
-                retention,
+                retention: Mutex::new(retention),
                 path,
             }),
         })
@@ -383,8 +423,13 @@ impl Store {
         if !any_ok {
             return Ok(());
         }
-        let prune = !kept.events.is_empty();
-        let revision = txn.commit(inner.retention, prune)?;
+        // Only commits with events have history to prune (and to age).
+        let prune_through = if kept.events.is_empty() {
+            0
+        } else {
+            lock(&inner.retention).commit(txn.revision()?, Instant::now())
+        };
+        let revision = txn.commit(prune_through)?;
         inner.counters.transactions.fetch_add(1, Ordering::Relaxed);
         let hub = crate::metrics::hub();
         hub.store_write_seconds.observe(started.elapsed().as_secs_f64());

@@ -163,17 +163,17 @@ impl<'a> Txn<'a> {
         !self.tx.is_autocommit()
     }
 
-    /// Write the revision, prune history when `prune`, commit. Returns the
-    /// store's revision after the commit.
-    pub(super) fn commit(self, retention: u64, prune: bool) -> Result<u64, StoreError> {
+    /// Write the revision, prune history through `prune_through` (0:
+    /// nothing), commit. Returns the store's revision after the commit.
+    pub(super) fn commit(self, prune_through: u64) -> Result<u64, StoreError> {
         if self.rev != self.start_rev {
             self.exec(
                 "UPDATE meta SET value = ?1 WHERE key = 'revision'",
                 params![self.rev as i64],
             )?;
         }
-        if prune && self.rev > retention {
-            self.prune_history(self.rev - retention)?;
+        if prune_through > 0 {
+            self.prune_history(prune_through)?;
         }
         let rev = self.rev;
         self.tx.commit()?;

@@ -46,12 +46,19 @@ impl Liveness {
     pub fn touch(&self, node: &str) -> bool {
         let expires = Instant::now() + self.lease;
         let mut m = self.lock();
-        let l = m.entry(node.to_string()).or_insert(Lease {
-            expires,
-            reachable: false,
-        });
-        l.expires = expires;
-        !std::mem::replace(&mut l.reachable, true)
+        // Every agent message comes here: no allocation for a known node.
+        if let Some(l) = m.get_mut(node) {
+            l.expires = expires;
+            return !std::mem::replace(&mut l.reachable, true);
+        }
+        m.insert(
+            node.to_string(),
+            Lease {
+                expires,
+                reachable: true,
+            },
+        );
+        true
     }
 
     /// Give nodes the store shows reachable one lease from now (after a coordinator restart).

@@ -48,7 +48,12 @@ pub struct StreamConfig {
     /// ACKed versions and command progress are written at most this often per session.
     #[serde(with = "humantime_serde")]
     pub status_flush: Duration,
-    /// `node.status.last_seen_ms` is written at most this often while an agent is quiet otherwise.
+    /// `node.status.last_seen_ms` (and `lease_expires_at_ms`) is written at
+    /// most this often while an agent is quiet otherwise. Liveness itself is
+    /// the in-memory lease: a lapse and a return are written at once, so this
+    /// only bounds how stale the recorded time may be. Each write is a Node
+    /// revision every watcher receives (1,000 a second at 10,000 nodes and
+    /// 10 s), hence a minute by default.
     #[serde(with = "humantime_serde")]
     pub last_seen_interval: Duration,
 }
@@ -59,7 +64,7 @@ impl Default for StreamConfig {
             lease: Duration::from_secs(15),
             hello_timeout: Duration::from_secs(30),
             status_flush: Duration::from_secs(1),
-            last_seen_interval: Duration::from_secs(10),
+            last_seen_interval: Duration::from_secs(60),
         }
     }
 }
