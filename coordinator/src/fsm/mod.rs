@@ -11,7 +11,9 @@
 mod apply;
 mod commands;
 mod config;
+mod dirty;
 mod dpu;
+mod incremental;
 mod plan;
 pub mod testing;
 pub(crate) mod util;
@@ -50,7 +52,7 @@ pub struct Reconciler {
 
 struct PassOutcome {
     wrote: bool,
-    next_deadline_ms: Option<i64>,
+    conflicts: usize,
 }
 
 impl Reconciler {
@@ -70,24 +72,31 @@ impl Reconciler {
         let mut events = self.store.subscribe();
         let mut desired = self.store.subscribe_desired();
         let mut pci = PciWatch::load(&self.store.view());
+        // What changed since the last pass (the first pass is full).
+        let mut tracker = dirty::Tracker::new();
         let mut next_resync = Instant::now() + self.cfg.resync;
         tracing::info!(resync = ?self.cfg.resync, "reconciler started");
         loop {
             // Take in everything that happened since the last pass.
             loop {
                 match events.try_recv() {
-                    Ok(ev) => pci.event(&ev),
+                    Ok(ev) => {
+                        pci.event(&ev);
+                        tracker.event(&ev);
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "reconciler fell behind the store's events; resyncing");
                         pci = PciWatch::load(&self.store.view());
+                        tracker.resync();
                     }
                     Err(TryRecvError::Closed) => return,
                 }
             }
             loop {
                 match desired.try_recv() {
-                    Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                    Ok(d) => tracker.desired(&d.node),
+                    Err(TryRecvError::Lagged(_)) => tracker.resync(),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Closed) => return,
                 }
@@ -96,11 +105,20 @@ impl Reconciler {
             if Instant::now() >= next_resync {
                 next_resync = Instant::now() + self.cfg.resync;
                 self.prune_commands().await;
+                // The safety net: every Dpu, every command result and every deadline re-read.
+                tracker.resync();
             }
             let pci_changed = std::mem::take(&mut pci.changed);
-            let res = self.pass(&pci_changed).await;
-            if res.is_err() {
-                pci.changed.extend(pci_changed);
+            let res = self.pass(&pci_changed, &mut tracker).await;
+            match &res {
+                Err(_) => {
+                    pci.changed.extend(pci_changed);
+                    tracker.resync();
+                }
+                // The objects changed under the pass: their events are on their way, but a full
+                // pass does not depend on it.
+                Ok(out) if out.conflicts > 0 => tracker.resync(),
+                Ok(_) => {}
             }
             let deadline = match res {
                 Ok(out) if out.wrote => {
@@ -111,7 +129,7 @@ impl Reconciler {
                     }
                     continue;
                 }
-                Ok(out) => out.next_deadline_ms,
+                Ok(_) => tracker.next_deadline(),
                 Err(e) => {
                     tracing::warn!(error = %e, "reconcile pass failed; retrying in 1s");
                     if sleep_or_shutdown(Duration::from_secs(1), &shutdown).await {
@@ -129,17 +147,23 @@ impl Reconciler {
                 _ = shutdown.cancelled() => break,
                 ev = events.recv() => {
                     match ev {
-                        Ok(ev) => pci.event(&ev),
+                        Ok(ev) => {
+                            pci.event(&ev);
+                            tracker.event(&ev);
+                        }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             pci = PciWatch::load(&self.store.view());
+                            tracker.resync();
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
                     if sleep_or_shutdown(self.cfg.batch_delay, &shutdown).await { break; }
                 }
                 d = desired.recv() => {
-                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = d {
-                        return;
+                    match d {
+                        Ok(d) => tracker.desired(&d.node),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => tracker.resync(),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
                     if sleep_or_shutdown(self.cfg.batch_delay, &shutdown).await { break; }
                 }
@@ -162,19 +186,44 @@ impl Reconciler {
     }
 
     /// One pass: plan on the store's view (under its read guard, never across an await), then
-    /// write the decisions in one transaction.
-    async fn pass(&self, pci_changed: &BTreeSet<String>) -> Result<PassOutcome, FsmError> {
+    /// write the decisions in one transaction. It plans what changed since the last pass
+    /// (`incremental`), or every Dpu when the tracker says so (`plan::plan`).
+    async fn pass(
+        &self,
+        pci_changed: &BTreeSet<String>,
+        tracker: &mut dirty::Tracker,
+    ) -> Result<PassOutcome, FsmError> {
         let started = std::time::Instant::now();
-        let plan = {
+        let (plan, full) = {
             let view = self.store.view();
-            let mut plan = plan::plan(&view, &*view, now_ms(), &self.cfg);
+            let now = now_ms();
+            let (mut plan, full) = match tracker.begin(&view, now) {
+                None => (plan::plan(&view, &*view, now, &self.cfg), true),
+                Some(work) if work.is_empty() && pci_changed.is_empty() => {
+                    return Ok(PassOutcome {
+                        wrote: false,
+                        conflicts: 0,
+                    });
+                }
+                Some(work) => (
+                    incremental::plan_changes(&view, &*view, now, &self.cfg, &work, tracker.aggregates()),
+                    false,
+                ),
+            };
             plan.actions.extend(
                 network_touches(&view, pci_changed)
                     .into_iter()
                     .map(|node| apply::Action::TouchDesired { node }),
             );
-            plan
+            (plan, full)
         };
+        tracker.end(&plan, full);
+        tracing::trace!(
+            full,
+            stepped = plan.stepped,
+            actions = plan.actions.len(),
+            "reconcile pass planned"
+        );
         let out = self.write(plan).await;
         crate::metrics::hub()
             .reconcile_pass_seconds
@@ -186,7 +235,7 @@ impl Reconciler {
         if plan.actions.is_empty() {
             return Ok(PassOutcome {
                 wrote: false,
-                next_deadline_ms: plan.next_deadline_ms,
+                conflicts: 0,
             });
         }
         let latencies = plan.latencies;
@@ -218,7 +267,7 @@ impl Reconciler {
         }
         Ok(PassOutcome {
             wrote: applied.writes > 0,
-            next_deadline_ms: plan.next_deadline_ms,
+            conflicts: applied.conflicts,
         })
     }
 }

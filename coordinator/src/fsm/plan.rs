@@ -25,10 +25,12 @@ pub const COND_ROLLOUT: &str = "RolloutProgressing";
 
 pub struct Plan {
     pub actions: Vec<Action>,
-    /// Earliest phase deadline among the Dpus (epoch ms).
-    pub next_deadline_ms: Option<i64>,
     /// Seconds from a command's result to the Dpu's next command, for each command issued.
     pub latencies: Vec<f64>,
+    /// Each stepped Dpu's phase deadline after the pass (None: none, or removed).
+    pub deadlines: Vec<(String, Option<i64>)>,
+    /// How many Dpus the pass stepped.
+    pub stepped: usize,
 }
 
 fn created(d: &Deployment) -> (i64, &str) {
@@ -54,53 +56,67 @@ struct Ownership<'a> {
     conflicts: HashMap<&'a str, Vec<(&'a str, &'a str)>>,
 }
 
-fn ownership(view: &View) -> Ownership<'_> {
+/// The live Deployments, oldest first: the first whose selector matches a Device owns it.
+pub(super) fn by_age(view: &View) -> Vec<&Deployment> {
     let mut deps: Vec<&Deployment> = view
         .deployments
         .values()
         .filter(|d| !being_deleted(&d.metadata))
         .collect();
     deps.sort_by(|a, b| created(a).cmp(&created(b)));
+    deps
+}
+
+/// The Deployments (of `deps`, oldest first) whose selector matches Device `name`, when the
+/// Device can be owned at all (it exists, is not being deleted, and neither is its node).
+pub(super) fn matching<'a>(view: &'a View, deps: &[&'a Deployment], name: &str) -> Vec<&'a Deployment> {
+    let Some(dev) = view.devices.get(name) else {
+        return Vec::new();
+    };
+    if being_deleted(&dev.metadata) {
+        return Vec::new();
+    }
+    let node = dev.spec.as_ref().map(|s| s.node.as_str()).unwrap_or("");
+    if view.nodes.get(node).is_none_or(|n| being_deleted(&n.metadata)) {
+        return Vec::new();
+    }
+    let labels = dev.metadata.as_ref().map(|m| &m.labels);
+    deps.iter()
+        .copied()
+        .filter(|dep| {
+            let sel = dep.spec.as_ref().map(|s| &s.device_selector);
+            match (sel, labels) {
+                (Some(sel), Some(labels)) => selector_matches(sel, labels),
+                (Some(sel), None) => sel.is_empty(),
+                (None, _) => true,
+            }
+        })
+        .collect()
+}
+
+fn ownership(view: &View) -> Ownership<'_> {
+    let deps = by_age(view);
     let mut own = Ownership {
         owner: BTreeMap::new(),
         conflicts: HashMap::new(),
     };
-    for (name, dev) in &view.devices {
-        if being_deleted(&dev.metadata) {
+    for name in view.devices.keys() {
+        let m = matching(view, &deps, name);
+        let Some((first, younger)) = m.split_first() else {
             continue;
-        }
-        let node = dev.spec.as_ref().map(|s| s.node.as_str()).unwrap_or("");
-        if view.nodes.get(node).is_none_or(|n| being_deleted(&n.metadata)) {
-            continue;
-        }
-        let labels = dev.metadata.as_ref().map(|m| &m.labels);
-        for dep in &deps {
-            let sel = dep.spec.as_ref().map(|s| &s.device_selector);
-            let matches = match (sel, labels) {
-                (Some(sel), Some(labels)) => selector_matches(sel, labels),
-                (Some(sel), None) => sel.is_empty(),
-                (None, _) => true,
-            };
-            if !matches {
-                continue;
-            }
-            match own.owner.get(name.as_str()) {
-                None => {
-                    own.owner.insert(name, dep);
-                }
-                Some(first) => {
-                    own.conflicts
-                        .entry(created(dep).1)
-                        .or_default()
-                        .push((name, created(first).1));
-                }
-            }
+        };
+        own.owner.insert(name, first);
+        for dep in younger {
+            own.conflicts
+                .entry(created(dep).1)
+                .or_default()
+                .push((name, created(first).1));
         }
     }
     own
 }
 
-fn new_dpu(device: &str, node: &str, dep: &Deployment, now: i64) -> Dpu {
+pub(super) fn new_dpu(device: &str, node: &str, dep: &Deployment, now: i64) -> Dpu {
     let ds = dep.spec.clone().unwrap_or_default();
     let dep_name = created(dep).1.to_string();
     let message = format!("created by deployment {dep_name} for device {device}");
@@ -133,9 +149,9 @@ fn new_dpu(device: &str, node: &str, dep: &Deployment, now: i64) -> Dpu {
 }
 
 /// Why a Dpu no longer belongs where it is, if it does not.
-fn orphan_reason(d: &Dpu, view: &View, own: &Ownership<'_>) -> Option<Mark> {
+pub(super) fn orphan_reason(d: &Dpu, view: &View, owner: Option<&Deployment>) -> Option<Mark> {
     let sp = spec(d);
-    let (reason, message) = match own.owner.get(sp.device.as_str()) {
+    let (reason, message) = match owner {
         Some(o) if created(o).1 == sp.deployment => return None,
         Some(o) => (
             "OwnerChanged",
@@ -183,12 +199,13 @@ fn orphan_reason(d: &Dpu, view: &View, own: &Ownership<'_>) -> Option<Mark> {
 }
 
 #[derive(Default)]
-struct Tally {
-    dpus: u32,
-    ready: u32,
-    updated: u32,
-    failed: u32,
-    failed_names: Vec<String>,
+pub(super) struct Tally {
+    pub dpus: i64,
+    pub ready: i64,
+    pub updated: i64,
+    pub failed: i64,
+    /// Its failed Dpus in name order (a full pass only).
+    pub failed_names: Vec<String>,
 }
 
 /// Where a pass reads the agent command rows: the store's view (a test may give a map).
@@ -222,7 +239,7 @@ pub fn plan<C: CommandRows>(view: &View, cmds: &C, now: i64, cfg: &FsmConfig) ->
         if being_deleted(&d.metadata) {
             continue;
         }
-        if let Some(m) = orphan_reason(d, view, &own) {
+        if let Some(m) = orphan_reason(d, view, own.owner.get(spec(d).device.as_str()).copied()) {
             marks.insert(name, m);
         } else if let (Some(dep), Some(sp)) = (own.owner.get(name.as_str()), d.spec.as_ref())
             && let Some(ds) = dep.spec.as_ref()
@@ -284,202 +301,38 @@ pub fn plan<C: CommandRows>(view: &View, cmds: &C, now: i64, cfg: &FsmConfig) ->
     }
 
     // Step every Dpu.
-    let mut ctx = StepCtx {
-        view,
-        cmds,
-        now,
-        cfg,
-        slots: HashMap::new(),
-        window: HashMap::new(),
-        cleared: Default::default(),
-        installing: HashMap::new(),
-        rebooting: HashMap::new(),
-        reboot_cmd: HashMap::new(),
-        next_deadline: None,
-        issued: Default::default(),
-    };
+    let mut ctx = new_ctx(view, cmds, now, cfg);
     for d in view.dpus.values() {
-        let (p, Some(sp)) = (phase(d), d.spec.as_ref()) else {
-            continue;
-        };
-        if holds_slot(p) {
-            *ctx.slots.entry(sp.deployment.clone()).or_default() += 1;
-        }
-        if needs_window(p) {
-            *ctx.window.entry(sp.node.clone()).or_default() += 1;
-        }
-        let name = || d.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        if mid_install(p) {
-            ctx.installing.entry(sp.node.clone()).or_default().insert(name());
-        }
-        if p == DpuPhase::Rebooting {
-            ctx.rebooting.entry(sp.node.clone()).or_default().insert(name());
-            // The node's RebootHost of this round (a Dpu released this pass joins it, even when it
-            // already failed: the Dpus waiting on a failed reboot go to Error together).
-            let id = d.status.as_ref().map(|s| s.command_id.as_str()).unwrap_or("");
-            if !id.is_empty() {
-                ctx.reboot_cmd
-                    .entry(sp.node.clone())
-                    .or_insert_with(|| id.to_string());
+        if let Some(sp) = d.spec.as_ref() {
+            if holds_slot(phase(d)) {
+                *ctx.slots.entry(sp.deployment.clone()).or_default() += 1;
             }
+            count_on_node(&mut ctx, d);
         }
     }
-    let mut latencies = Vec::new();
-    let mut tallies: HashMap<String, Tally> = HashMap::new();
-    let mut waiting: HashMap<String, bool> = HashMap::new();
+    let mut out = Stepped::default();
     for (name, d) in &view.dpus {
-        let out = step(
+        step_one(
             d,
             marks.get(name.as_str()),
             specs.get(name.as_str()).copied(),
             &mut ctx,
+            &mut out,
+            &mut actions,
         );
-        let after = match &out {
-            StepOut::Remove { .. } => None,
-            StepOut::Update(u) => Some(&u.dpu),
-            StepOut::Nothing => Some(d),
-        };
-        if let Some(after) = after {
-            let (p, sp) = (phase(after), after.spec.as_ref());
-            let st = after.status.as_ref();
-            let (node, dep) = sp
-                .map(|s| (s.node.as_str(), s.deployment.as_str()))
-                .unwrap_or(("", ""));
-            // An external reboot is asked for only once no sibling is mid-install.
-            if p == DpuPhase::Rebooting
-                && !agent_reboots(view, node)
-                && ctx.installing.get(node).is_none_or(|s| s.is_empty())
-            {
-                waiting.insert(node.to_string(), true);
-            }
-            let t = tallies.entry(dep.to_string()).or_default();
-            t.dpus += 1;
-            t.ready += u32::from(p == DpuPhase::Ready);
-            if p == DpuPhase::Error {
-                t.failed += 1;
-                t.failed_names.push(name.clone());
-            }
-            if let (Some(ds), Some(st)) = (view.deployments.get(dep).and_then(|x| x.spec.as_ref()), st) {
-                t.updated += u32::from(st.installed_bfb == ds.bfb && st.installed_flavor == ds.flavor);
-            }
-        }
-        match out {
-            StepOut::Nothing => {}
-            StepOut::Update(u) => {
-                if !u.insert.is_empty()
-                    && let Some(prev) = d.status.as_ref().map(|s| s.command_id.as_str())
-                    && let Some(r) = cmds.row(prev).and_then(|row| row.result.as_ref())
-                    && r.finished_at_ms > 0
-                {
-                    latencies.push((now - r.finished_at_ms).max(0) as f64 / 1000.0);
-                }
-                actions.push(Action::UpdateDpu(u))
-            }
-            StepOut::Remove { name, expected_rv } => actions.push(Action::RemoveDpu { name, expected_rv }),
-        }
     }
 
     // Node flags.
     for (name, n) in &view.nodes {
-        let (approved, was_waiting) = n
-            .status
-            .as_ref()
-            .map(|s| (s.maintenance_approved, s.waiting_for_reboot))
-            .unwrap_or_default();
-        let wait = waiting.get(name).copied().unwrap_or(false);
-        let clear = ctx.cleared.contains(name) && approved;
-        if clear || was_waiting != wait {
-            actions.push(Action::PatchNode {
-                name: name.clone(),
-                clear_maintenance: clear,
-                waiting_for_reboot: (was_waiting != wait).then_some(wait),
-            });
-        }
+        actions.extend(node_flags(name, n, &out, &ctx));
     }
 
     // Deployment status.
     for (name, dep) in &view.deployments {
-        let old = dep.status.clone().unwrap_or_default();
-        let t = tallies.remove(name).unwrap_or_default();
-        let mut conds = old.conditions.clone();
-        match own.conflicts.get(name.as_str()) {
-            Some(list) => {
-                let shown: Vec<String> = list
-                    .iter()
-                    .take(5)
-                    .map(|(dev, o)| format!("{dev} (owned by {o})"))
-                    .collect();
-                let more = if list.len() > 5 {
-                    format!(" and {} more", list.len() - 5)
-                } else {
-                    String::new()
-                };
-                let msg = format!(
-                    "devices also matched by an older deployment, which owns them: {}{more}; narrow device_selector",
-                    shown.join(", ")
-                );
-                set_condition(
-                    &mut conds,
-                    COND_CONFLICT,
-                    "True",
-                    "MatchedByOlderDeployment",
-                    &msg,
-                    now,
-                );
-            }
-            None if condition(&conds, COND_CONFLICT).is_some() => {
-                set_condition(
-                    &mut conds,
-                    COND_CONFLICT,
-                    "False",
-                    "NoConflict",
-                    "no device is contested",
-                    now,
-                );
-            }
-            None => {}
-        }
-        if blocked.get(name.as_str()).copied().unwrap_or(false) && t.failed > 0 {
-            let msg = format!(
-                "rollout paused: failed dpus count as unavailable ({}); reprovision or delete them",
-                t.failed_names
-                    .iter()
-                    .take(5)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            set_condition(
-                &mut conds,
-                COND_ROLLOUT,
-                "False",
-                "BlockedByFailedDpus",
-                &msg,
-                now,
-            );
-        } else if condition(&conds, COND_ROLLOUT).is_some() {
-            set_condition(
-                &mut conds,
-                COND_ROLLOUT,
-                "True",
-                "Progressing",
-                "rollout is not blocked",
-                now,
-            );
-        }
-        let status = DeploymentStatus {
-            dpus: t.dpus,
-            ready: t.ready,
-            updated: t.updated,
-            failed: t.failed,
-            conditions: conds,
-        };
-        if status != old {
-            actions.push(Action::DeploymentStatus {
-                name: name.clone(),
-                status,
-            });
-        }
+        let t = out.tallies.remove(name).unwrap_or_default();
+        let conflicts = Some(own.conflicts.get(name.as_str()));
+        let blocked = blocked.get(name.as_str()).copied().unwrap_or(false);
+        actions.extend(deployment_status(name, dep, &t, conflicts, blocked, now));
     }
 
     // Remove gracefully deleted objects whose dependents are gone.
@@ -505,7 +358,253 @@ pub fn plan<C: CommandRows>(view: &View, cmds: &C, now: i64, cfg: &FsmConfig) ->
     }
     Plan {
         actions,
-        next_deadline_ms: ctx.next_deadline,
-        latencies,
+        latencies: out.latencies,
+        deadlines: out.deadlines,
+        stepped: out.stepped,
     }
+}
+
+pub(super) fn new_ctx<'a>(
+    view: &'a View,
+    cmds: &'a dyn CommandRows,
+    now: i64,
+    cfg: &'a FsmConfig,
+) -> StepCtx<'a> {
+    StepCtx {
+        view,
+        cmds,
+        now,
+        cfg,
+        slots: HashMap::new(),
+        window: HashMap::new(),
+        cleared: Default::default(),
+        installing: HashMap::new(),
+        rebooting: HashMap::new(),
+        reboot_cmd: HashMap::new(),
+        step_deadline: None,
+        issued: Default::default(),
+    }
+}
+
+/// Count Dpu `d` (as stored, before the pass) in its node's entries of the pass's context.
+pub(super) fn count_on_node(ctx: &mut StepCtx<'_>, d: &Dpu) {
+    let (p, Some(sp)) = (phase(d), d.spec.as_ref()) else {
+        return;
+    };
+    if needs_window(p) {
+        *ctx.window.entry(sp.node.clone()).or_default() += 1;
+    }
+    let name = || d.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+    if mid_install(p) {
+        ctx.installing.entry(sp.node.clone()).or_default().insert(name());
+    }
+    if p == DpuPhase::Rebooting {
+        ctx.rebooting.entry(sp.node.clone()).or_default().insert(name());
+        // The node's RebootHost of this round (a Dpu released this pass joins it, even when it
+        // already failed: the Dpus waiting on a failed reboot go to Error together).
+        let id = d.status.as_ref().map(|s| s.command_id.as_str()).unwrap_or("");
+        if !id.is_empty() {
+            ctx.reboot_cmd
+                .entry(sp.node.clone())
+                .or_insert_with(|| id.to_string());
+        }
+    }
+}
+
+/// What the steps of a pass found, besides their actions.
+#[derive(Default)]
+pub(super) struct Stepped {
+    pub latencies: Vec<f64>,
+    /// Deployment -> its Dpus after the steps (those stepped, or all in a full pass).
+    pub tallies: HashMap<String, Tally>,
+    /// Nodes with a Dpu in Rebooting waiting for an external reboot.
+    pub waiting: HashMap<String, bool>,
+    pub deadlines: Vec<(String, Option<i64>)>,
+    pub stepped: usize,
+}
+
+/// Step one Dpu: its action, and what it adds to the tallies. Returns true when it changes.
+pub(super) fn step_one(
+    d: &Dpu,
+    mark: Option<&Mark>,
+    new_spec: Option<(&str, &str)>,
+    ctx: &mut StepCtx<'_>,
+    acc: &mut Stepped,
+    actions: &mut Vec<Action>,
+) -> bool {
+    let view = ctx.view;
+    let name = d.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+    let out = step(d, mark, new_spec, ctx);
+    acc.stepped += 1;
+    let after = match &out {
+        StepOut::Remove { .. } => None,
+        StepOut::Update(u) => Some(&u.dpu),
+        StepOut::Nothing => Some(d),
+    };
+    acc.deadlines
+        .push((name.to_string(), after.and(ctx.step_deadline)));
+    if let Some(after) = after {
+        let p = phase(after);
+        let node = after.spec.as_ref().map(|s| s.node.as_str()).unwrap_or("");
+        // An external reboot is asked for only once no sibling is mid-install.
+        if p == DpuPhase::Rebooting
+            && !agent_reboots(view, node)
+            && ctx.installing.get(node).is_none_or(|s| s.is_empty())
+        {
+            acc.waiting.insert(node.to_string(), true);
+        }
+        tally(&mut acc.tallies, view, name, after, 1);
+    }
+    match out {
+        StepOut::Nothing => false,
+        StepOut::Update(u) => {
+            if !u.insert.is_empty()
+                && let Some(prev) = d.status.as_ref().map(|s| s.command_id.as_str())
+                && let Some(r) = ctx.cmds.row(prev).and_then(|row| row.result.as_ref())
+                && r.finished_at_ms > 0
+            {
+                acc.latencies
+                    .push((ctx.now - r.finished_at_ms).max(0) as f64 / 1000.0);
+            }
+            actions.push(Action::UpdateDpu(u));
+            true
+        }
+        StepOut::Remove { name, expected_rv } => {
+            actions.push(Action::RemoveDpu { name, expected_rv });
+            true
+        }
+    }
+}
+
+/// Add (`sign` 1) or take away (-1) Dpu `d` from its Deployment's tally.
+pub(super) fn tally(tallies: &mut HashMap<String, Tally>, view: &View, name: &str, d: &Dpu, sign: i64) {
+    let p = phase(d);
+    let dep = d.spec.as_ref().map(|s| s.deployment.as_str()).unwrap_or("");
+    let t = tallies.entry(dep.to_string()).or_default();
+    t.dpus += sign;
+    t.ready += sign * i64::from(p == DpuPhase::Ready);
+    if p == DpuPhase::Error {
+        t.failed += sign;
+        if sign > 0 {
+            t.failed_names.push(name.to_string());
+        }
+    }
+    if let (Some(ds), Some(st)) = (
+        view.deployments.get(dep).and_then(|x| x.spec.as_ref()),
+        d.status.as_ref(),
+    ) {
+        t.updated += sign * i64::from(st.installed_bfb == ds.bfb && st.installed_flavor == ds.flavor);
+    }
+}
+
+/// The node's flags after the pass, when they change. All its Dpus must have been stepped.
+pub(super) fn node_flags(
+    name: &str,
+    n: &hostplane_proto::v1::Node,
+    acc: &Stepped,
+    ctx: &StepCtx<'_>,
+) -> Option<Action> {
+    let (approved, was_waiting) = n
+        .status
+        .as_ref()
+        .map(|s| (s.maintenance_approved, s.waiting_for_reboot))
+        .unwrap_or_default();
+    let wait = acc.waiting.get(name).copied().unwrap_or(false);
+    let clear = ctx.cleared.contains(name) && approved;
+    (clear || was_waiting != wait).then(|| Action::PatchNode {
+        name: name.to_string(),
+        clear_maintenance: clear,
+        waiting_for_reboot: (was_waiting != wait).then_some(wait),
+    })
+}
+
+/// The Deployment's status from its tally, when it changes. `conflicts`: the devices an older
+/// Deployment owns (None when the pass did not look: the condition stays as it is).
+pub(super) fn deployment_status(
+    name: &str,
+    dep: &Deployment,
+    t: &Tally,
+    conflicts: Option<Option<&Vec<(&str, &str)>>>,
+    blocked: bool,
+    now: i64,
+) -> Option<Action> {
+    let old = dep.status.clone().unwrap_or_default();
+    let mut conds = old.conditions.clone();
+    match conflicts {
+        Some(Some(list)) => {
+            let shown: Vec<String> = list
+                .iter()
+                .take(5)
+                .map(|(dev, o)| format!("{dev} (owned by {o})"))
+                .collect();
+            let more = if list.len() > 5 {
+                format!(" and {} more", list.len() - 5)
+            } else {
+                String::new()
+            };
+            let msg = format!(
+                "devices also matched by an older deployment, which owns them: {}{more}; narrow device_selector",
+                shown.join(", ")
+            );
+            set_condition(
+                &mut conds,
+                COND_CONFLICT,
+                "True",
+                "MatchedByOlderDeployment",
+                &msg,
+                now,
+            );
+        }
+        Some(None) if condition(&conds, COND_CONFLICT).is_some() => {
+            set_condition(
+                &mut conds,
+                COND_CONFLICT,
+                "False",
+                "NoConflict",
+                "no device is contested",
+                now,
+            );
+        }
+        _ => {}
+    }
+    if blocked && t.failed > 0 {
+        let msg = format!(
+            "rollout paused: failed dpus count as unavailable ({}); reprovision or delete them",
+            t.failed_names
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        set_condition(
+            &mut conds,
+            COND_ROLLOUT,
+            "False",
+            "BlockedByFailedDpus",
+            &msg,
+            now,
+        );
+    } else if condition(&conds, COND_ROLLOUT).is_some() {
+        set_condition(
+            &mut conds,
+            COND_ROLLOUT,
+            "True",
+            "Progressing",
+            "rollout is not blocked",
+            now,
+        );
+    }
+    let count = |n: i64| n.max(0) as u32;
+    let status = DeploymentStatus {
+        dpus: count(t.dpus),
+        ready: count(t.ready),
+        updated: count(t.updated),
+        failed: count(t.failed),
+        conditions: conds,
+    };
+    (status != old).then(|| Action::DeploymentStatus {
+        name: name.to_string(),
+        status,
+    })
 }

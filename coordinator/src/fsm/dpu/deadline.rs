@@ -37,7 +37,7 @@ impl Stepper<'_> {
             deadline = deadline.max(c.last_transition_time_ms + ctx.cfg.unreachable_grace.as_millis() as i64);
         }
         if ctx.now < deadline {
-            ctx.next_deadline = Some(ctx.next_deadline.map_or(deadline, |d| d.min(deadline)));
+            ctx.step_deadline = Some(deadline);
             return None;
         }
         Some(("Timeout", self.timeout_message(phase, limit, ctx)))

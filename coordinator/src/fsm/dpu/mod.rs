@@ -55,8 +55,9 @@ pub struct StepCtx<'a> {
     /// Node -> the id of its RebootHost command of this reboot round (open or succeeded; at most one
     /// per node): every Dpu of the node in Rebooting waits on it.
     pub reboot_cmd: HashMap<String, String>,
-    /// Earliest phase deadline among the Dpus that stay (epoch ms).
-    pub next_deadline: Option<i64>,
+    /// The phase deadline of the Dpu stepped last (None: it has none), for the reconciler's
+    /// deadline index.
+    pub step_deadline: Option<i64>,
     /// Commands issued in this pass: not in the store yet, and without a result.
     pub issued: HashSet<String>,
 }
@@ -117,6 +118,7 @@ pub fn step(orig: &Dpu, mark: Option<&Mark>, spec: Option<(&str, &str)>, ctx: &m
         transitions: Vec::new(),
         mark,
     };
+    ctx.step_deadline = None;
     if mark.is_some() && !being_deleted(&orig.metadata) {
         s.w().metadata.get_or_insert_default().deletion_requested_at_ms = ctx.now;
     }
