@@ -423,14 +423,27 @@ impl Scanner<'_> {
             Some(b'[') => {
                 // The old arithmetic form `$[...]`.
                 self.bump();
+                // Quotes and expansions inside it are the shell's, as in `${`.
                 let mut depth = 0usize;
                 loop {
-                    match self.bump() {
+                    match self.peek() {
                         None => return self.err(line, "unterminated `$[` opened here"),
-                        Some(b'[') => depth += 1,
-                        Some(b']') if depth == 0 => return Ok(()),
-                        Some(b']') => depth -= 1,
-                        Some(_) => {}
+                        Some(b'\'') => self.single_quoted()?,
+                        Some(b'"') => self.double_quoted()?,
+                        Some(b'$') => self.dollar()?,
+                        Some(b'\\') => {
+                            self.bump();
+                            self.bump();
+                        }
+                        Some(b) => {
+                            self.bump();
+                            match b {
+                                b'[' => depth += 1,
+                                b']' if depth == 0 => return Ok(()),
+                                b']' => depth -= 1,
+                                _ => {}
+                            }
+                        }
                     }
                 }
             }
