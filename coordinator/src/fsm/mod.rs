@@ -346,4 +346,6 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
 #[cfg(test)]
 mod apply_tests;
 #[cfg(test)]
+mod incremental_tests;
+#[cfg(test)]
 mod tests;
