@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FsmConfig {
-    /// Full resync period (changes are also acted on as they happen): every
-    /// command result is re-read and every phase deadline re-checked.
+    /// Full resync period: a pass over every Dpu, every command result
+    /// re-read and every phase deadline re-checked. Passes in between plan
+    /// only what changed (store events, command results, due deadlines), so
+    /// this is a safety net, not what moves Dpus on.
     #[serde(with = "humantime_serde")]
     pub resync: Duration,
     /// After a change wakes the reconciler, it waits this long to collect
@@ -32,7 +34,7 @@ pub struct FsmConfig {
 impl Default for FsmConfig {
     fn default() -> Self {
         FsmConfig {
-            resync: Duration::from_secs(5),
+            resync: Duration::from_secs(60),
             batch_delay: Duration::from_millis(10),
             phase_timeouts: PhaseTimeouts::default(),
             unreachable_grace: Duration::from_secs(10 * 60),
