@@ -162,3 +162,42 @@ mod tests {
         assert!(r.marks.len() <= 11, "{} marks", r.marks.len());
     }
 }
+
+#[cfg(test)]
+mod prune_tests {
+    use hostplane_proto::v1::{self, ObjectMeta, Resource};
+
+    use super::super::Store;
+
+    fn node(name: &str) -> Resource {
+        v1::Node {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .into()
+    }
+
+    /// Rows read by one commit of one change that prunes one event, in a
+    /// store that keeps `kept` revisions (and has them).
+    fn rows_to_prune_one(kept: u64) -> u64 {
+        let s = Store::in_memory_with_retention(kept).unwrap();
+        for i in 0..=kept {
+            s.write_sync(|t| t.insert(node(&format!("n{i}")))).unwrap();
+        }
+        let before = s.stats().rows_read;
+        s.write_sync(|t| t.insert(node("last"))).unwrap();
+        s.stats().rows_read - before
+    }
+
+    #[test]
+    fn pruning_reads_the_pruned_range_not_the_whole_history() {
+        let (small, large) = (rows_to_prune_one(100), rows_to_prune_one(5_000));
+        assert_eq!(
+            small, large,
+            "rows read to prune one event: {small} with 100 kept, {large} with 5,000"
+        );
+    }
+}

@@ -75,8 +75,10 @@ impl Txn<'_> {
         if through <= self.history_floor()? {
             return Ok(());
         }
+        // NOT INDEXED: else SQLite serves the GROUP BY from `events_object`,
+        // a scan of the whole history per prune, not of the pruned range.
         let dropped: Vec<(String, String, i64)> = self.all_rows(
-            "SELECT kind, name, MAX(revision) FROM events WHERE revision <= ?1 GROUP BY kind, name",
+            "SELECT kind, name, MAX(revision) FROM events NOT INDEXED WHERE revision <= ?1 GROUP BY kind, name",
             params![through as i64],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
