@@ -235,9 +235,12 @@ pub fn plan_changes<C: CommandRows>(
         let (mut mark, mut new_spec) = (None, None);
         if !being_deleted(&d.metadata) {
             let device = d.spec.as_ref().map(|s| s.device.as_str()).unwrap_or("");
-            mark = orphan_reason(d, view, owner(device));
+            let of_device = owner(device);
+            mark = orphan_reason(d, view, of_device);
+            // A full pass looks the Dpu's name up as a Device (the same one, for the Dpus it creates).
+            let of_name = if device == name { of_device } else { owner(name) };
             if mark.is_none()
-                && let (Some(o), Some(sp)) = (owner(name), d.spec.as_ref())
+                && let (Some(o), Some(sp)) = (of_name, d.spec.as_ref())
                 && let Some(ds) = o.spec.as_ref()
                 && matches!(phase(d), DpuPhase::Initializing | DpuPhase::Pending)
                 && (sp.bfb != ds.bfb || sp.flavor != ds.flavor)
