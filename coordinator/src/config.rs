@@ -11,7 +11,7 @@
 //!     min_age: 5m
 //!     max_revisions: 1000000
 //! fsm:
-//!   resync: 5s
+//!   resync: 60s
 //! agents:
 //!   lease: 15s
 //! log:

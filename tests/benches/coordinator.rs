@@ -35,7 +35,7 @@
 //! HTTP/2 connection, so 10,000 agents need 10,000 descriptors in each.
 //!
 //! The coordinator runs on 127.0.0.1 with a fresh store file and the default
-//! `fsm:` and `agents:` settings (resync 5s, batch delay 10ms, lease 15s,
+//! `fsm:` and `agents:` settings (resync 60s — 5s before issue 12 —, batch delay 10ms, lease 15s,
 //! status flush 1s); only `listen`, `store.path`, `insecure` and
 //! `metrics.listen` are set. It logs at `info` (or `HOSTPLANE_LOG`) to a file,
 //! as in production.
