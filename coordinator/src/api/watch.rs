@@ -2,9 +2,15 @@
 //!
 //! The broadcast is subscribed to *before* the snapshot or history is read,
 //! and events are deduplicated by revision, so nothing falls between the two.
-//! A watcher that falls behind the broadcast (`Lagged`) re-reads from the
-//! store's history instead of losing events. The work stops when the client
-//! goes away or the coordinator shuts down.
+//! The broadcast carries each event as one `Arc` that every watcher shares
+//! (and the store's watch cache too): the filter is checked on it and only a
+//! matching event is copied, once, to be sent. A watcher that falls behind
+//! the broadcast (`Lagged`) catches up from the store's watch cache in
+//! memory, and reads the store's history (SQLite) only when the cache no
+//! longer reaches back, instead of losing events. The work stops when the
+//! client goes away or the coordinator shuts down.
+use std::sync::Arc;
+
 use hostplane_proto::v1::{EventType, Kind, WatchEvent, WatchRequest};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -51,7 +57,7 @@ impl AdminApi {
             name: req.name,
         };
         // Subscribe first: whatever commits after this point reaches us.
-        let live = self.store.subscribe();
+        let live = self.store.subscribe_shared();
         let mut w = Watcher {
             store: self.store.clone(),
             shutdown: self.shutdown.clone(),
@@ -82,9 +88,9 @@ enum Start {
     History(Page),
 }
 
-/// Events after some revision, read in one transaction.
+/// Events after some revision, from the watch cache or read in one transaction.
 struct Page {
-    events: Vec<WatchEvent>,
+    events: Vec<Arc<WatchEvent>>,
     /// The page is full: there may be more after its last event.
     more: bool,
     /// The store's revision when the page was read: when `more` is false,
@@ -153,9 +159,15 @@ impl Watcher {
         Ok(events)
     }
 
-    /// The next page of history after `last`.
+    /// The next page of history after `last`: from the store's watch cache
+    /// when it reaches back that far (no store read), else from the
+    /// history, which also refuses a `last` too old or ahead of the store.
     async fn history_page(&mut self) -> Result<Page, ApiError> {
         let from = self.last;
+        if let Some((events, upto)) = self.store.recent_since(from, PAGE) {
+            let more = events.len() >= PAGE;
+            return Ok(Page { events, more, upto });
+        }
         let (rev, events) = self
             .store
             .read(move |t| {
@@ -171,14 +183,15 @@ impl Watcher {
             .await?;
         let more = events.len() >= PAGE;
         Ok(Page {
-            events,
+            events: events.into_iter().map(Arc::new).collect(),
             more,
             upto: rev,
         })
     }
 
-    /// Send one event unless it is a duplicate or filtered out. False when the client is gone.
-    async fn offer(&mut self, ev: WatchEvent) -> bool {
+    /// Send one event unless it is a duplicate or filtered out; only an
+    /// event sent is copied (when the Arc is shared). False when the client is gone.
+    async fn offer(&mut self, ev: Arc<WatchEvent>) -> bool {
         if ev.resource_version <= self.last {
             return true;
         }
@@ -186,7 +199,7 @@ impl Watcher {
         if !self.filter.matches(&ev) {
             return true;
         }
-        self.send(Ok(ev)).await
+        self.send(Ok(Arc::unwrap_or_clone(ev))).await
     }
 
     async fn send(&mut self, item: Result<WatchEvent, Status>) -> bool {
@@ -214,7 +227,7 @@ impl Watcher {
         }
     }
 
-    async fn run(mut self, start: Start, mut live: broadcast::Receiver<WatchEvent>) {
+    async fn run(mut self, start: Start, mut live: broadcast::Receiver<Arc<WatchEvent>>) {
         let caught_up = match start {
             Start::Snapshot(events) => {
                 let mut ok = true;
@@ -248,7 +261,7 @@ impl Watcher {
                     tracing::warn!(
                         missed,
                         version = self.last,
-                        "watch fell behind the live feed; reading history"
+                        "watch fell behind the live feed; catching up from the watch cache or history"
                     );
                     let r = match self.history_page().await {
                         Ok(page) => self.catch_up(page).await,

@@ -19,6 +19,7 @@
 //! shows readable rows; what must be looked up in SQL has an indexed column
 //! (a Device's or Dpu's node), never a `json_extract` scan.
 
+mod cache;
 mod retention;
 mod schema;
 mod snapshot;
@@ -36,6 +37,8 @@ use hostplane_proto::v1::{Kind, WatchEvent};
 use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
+pub use cache::WATCH_CACHE_CAPACITY;
+use cache::WatchCache;
 pub use retention::HistoryConfig;
 use retention::Retention;
 pub use snapshot::{Page, PageLimit};
@@ -121,6 +124,10 @@ struct Inner {
     view: RwLock<View>,
     counters: Counters,
     events: broadcast::Sender<WatchEvent>,
+    /// The live feed of watchers: the same events, shared (`Arc`).
+    shared: broadcast::Sender<Arc<WatchEvent>>,
+    /// The newest committed events (cache.rs), updated before the broadcasts.
+    cache: RwLock<WatchCache>,
     desired: broadcast::Sender<DesiredChanged>,
     /// How far history is pruned after each commit (under the writer).
     retention: Mutex<Retention>,
@@ -273,14 +280,42 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn in_memory_for_test(history: HistoryConfig, feed: usize) -> Result<Store, StoreError> {
         let conn = Connection::open_in_memory()?;
-        Self::from_connection(conn, PathBuf::from(":memory:"), history, feed)
+        Self::from_connection_cached(
+            conn,
+            PathBuf::from(":memory:"),
+            history,
+            feed,
+            WATCH_CACHE_CAPACITY,
+        )
+    }
+
+    /// [`Store::in_memory_for_test`] with a watch cache of `cache` events
+    /// (tests of watchers that fall behind it too).
+    #[cfg(test)]
+    pub(crate) fn in_memory_with_cache_for_test(
+        history: HistoryConfig,
+        feed: usize,
+        cache: usize,
+    ) -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        Self::from_connection_cached(conn, PathBuf::from(":memory:"), history, feed, cache)
     }
 
     fn from_connection(
+        conn: Connection,
+        path: PathBuf,
+        history: HistoryConfig,
+        feed: usize,
+    ) -> Result<Store, StoreError> {
+        Self::from_connection_cached(conn, path, history, feed, WATCH_CACHE_CAPACITY)
+    }
+
+    fn from_connection_cached(
         mut conn: Connection,
         path: PathBuf,
         history: HistoryConfig,
         feed: usize,
+        cache: usize,
     ) -> Result<Store, StoreError> {
         conn.pragma_update(None, "journal_mode", "WAL").ok();
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -294,7 +329,9 @@ impl Store {
             View::load(&txn)?
         };
         let retention = Retention::new(history, view.revision(), Instant::now());
+        let cache = WatchCache::new(cache, view.revision());
         let (events, _) = broadcast::channel(feed);
+        let (shared, _) = broadcast::channel(feed);
         let (desired, _) = broadcast::channel(4096);
         Ok(Store {
             inner: Arc::new(Inner {
@@ -303,6 +340,8 @@ impl Store {
                 view: RwLock::new(view),
                 counters,
                 events,
+                shared,
+                cache: RwLock::new(cache),
                 desired,
                 retention: Mutex::new(retention),
                 path,
@@ -442,8 +481,22 @@ impl Store {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .apply(&kept, revision);
-        for ev in kept.events {
-            let _ = inner.events.send(ev);
+        // The watch cache before the feeds, so a watcher that lags the feed
+        // finds every event it missed there. One Arc per event, shared by
+        // the cache and the watchers' feed; the FSM's and the power
+        // engine's feed of plain events gets a copy only when subscribed.
+        let shared: Vec<Arc<WatchEvent>> = kept.events.into_iter().map(Arc::new).collect();
+        inner
+            .cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .commit(&shared, revision, prune_through);
+        let plain = inner.events.receiver_count() > 0;
+        for ev in shared {
+            if plain {
+                let _ = inner.events.send(WatchEvent::clone(&ev));
+            }
+            let _ = inner.shared.send(ev);
         }
         for d in kept.desired {
             let _ = inner.desired.send(d);
@@ -488,6 +541,27 @@ impl Store {
     /// nothing falls between the two.
     pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// [`Store::subscribe`], each event shared (`Arc`): a receiver clones a
+    /// pointer, not the resource. Watchers use this with
+    /// [`Store::recent_since`] to catch up when they fall behind.
+    pub fn subscribe_shared(&self) -> broadcast::Receiver<Arc<WatchEvent>> {
+        self.inner.shared.subscribe()
+    }
+
+    /// The events after `rev` (exclusive) from the watch cache in memory,
+    /// oldest first, at most `limit`, with the store revision the cache is
+    /// at: when fewer than `limit` came back, every event up to that
+    /// revision was among them. No store read. `None` when the cache does
+    /// not reach back to `rev` (or `rev` is ahead of it): read
+    /// [`Store::events_since`], which also decides whether `rev` is too old.
+    pub fn recent_since(&self, rev: u64, limit: usize) -> Option<(Vec<Arc<WatchEvent>>, u64)> {
+        self.inner
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .since(rev, limit)
     }
 
     /// Subscribe to changes of nodes' desired states (agent streams use this).
