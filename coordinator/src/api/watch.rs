@@ -301,7 +301,7 @@ mod tests {
     use tokio_stream::StreamExt;
 
     use super::*;
-    use crate::store::{HistoryConfig, StoreError};
+    use crate::store::{HistoryConfig, StoreError, StoreStats};
 
     fn node(name: &str) -> Resource {
         v1::Node {
@@ -371,6 +371,89 @@ mod tests {
             );
             assert_eq!(ev.resource.as_ref().unwrap().name(), format!("n{}", i + 1));
         }
+    }
+
+    /// As [`behind`], with a watch cache of `cache` events; also the store's
+    /// work counters after the `n` commits and after the watcher's catch-up.
+    async fn behind_cache(
+        history: HistoryConfig,
+        cache: usize,
+        n: usize,
+    ) -> (Vec<Result<WatchEvent, Status>>, u64, StoreStats, StoreStats) {
+        let store = Store::in_memory_with_cache_for_test(history, 4, cache).unwrap();
+        store.write_sync(|t| t.insert(node("n0"))).unwrap();
+        let api = AdminApi::new(store.clone(), CancellationToken::new());
+        let mut w = api
+            .watch_resources(WatchRequest {
+                kinds: vec![],
+                from_version: 0,
+                name: String::new(),
+            })
+            .await
+            .unwrap();
+        let from = store.view().revision();
+        for i in 1..=n {
+            store.write_sync(|t| t.insert(node(&format!("n{i}")))).unwrap();
+        }
+        let written = store.stats();
+        let mut got = Vec::new();
+        while got.len() < n + 1 {
+            let Some(item) = w.next().await else { break };
+            let end = item.is_err();
+            got.push(item);
+            if end {
+                break;
+            }
+        }
+        (got, from, written, store.stats())
+    }
+
+    /// The snapshot's n0 at `from`, then n1..=n at from+1.. with no gap or repeat.
+    fn assert_in_order(got: &[Result<WatchEvent, Status>], from: u64, n: usize) {
+        assert_eq!(got.len(), n + 1, "{:?}", got.last());
+        let first = got[0].as_ref().unwrap();
+        assert_eq!(
+            (first.resource.as_ref().unwrap().name(), first.resource_version),
+            ("n0", from)
+        );
+        for (i, item) in got[1..].iter().enumerate() {
+            let ev = item.as_ref().unwrap();
+            assert_eq!(
+                ev.resource_version,
+                from + 1 + i as u64,
+                "event {i}: no gap, no repeat"
+            );
+            assert_eq!(ev.resource.as_ref().unwrap().name(), format!("n{}", i + 1));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_behind_the_feed_catches_up_from_the_watch_cache_without_reading_the_store() {
+        let history = HistoryConfig {
+            min_revisions: 8,
+            min_age: Duration::from_secs(3600),
+            max_revisions: 1_000_000,
+        };
+        // 496 events behind a feed of 4, within a cache of 1,000.
+        let (got, from, written, after) = behind_cache(history, 1_000, 500).await;
+        assert_in_order(&got, from, 500);
+        assert_eq!(written, after, "no store read to catch up");
+    }
+
+    #[tokio::test]
+    async fn a_watcher_behind_the_watch_cache_catches_up_from_history() {
+        let history = HistoryConfig {
+            min_revisions: 8,
+            min_age: Duration::from_secs(3600),
+            max_revisions: 1_000_000,
+        };
+        // The cache keeps the last 16 of 500: the history has the rest.
+        let (got, from, written, after) = behind_cache(history, 16, 500).await;
+        assert_in_order(&got, from, 500);
+        assert!(
+            after.transactions > written.transactions && after.rows_read > written.rows_read,
+            "read the history: {written:?} -> {after:?}"
+        );
     }
 
     #[tokio::test]
