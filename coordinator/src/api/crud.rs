@@ -3,7 +3,7 @@
 //! against stored objects run inside the one transaction that writes, so a
 //! refused call changes nothing.
 use hostplane_proto::v1::{
-    Bfb, CreateRequest, Deployment, DeploymentStatus, Device, DeviceStatus, Flavor, GetRequest, Node,
+    Bfb, CreateRequest, Deployment, DeploymentStatus, Device, DeviceStatus, Flavor, GetRequest, Kind, Node,
     NodeStatus, Resource, UpdateRequest, resource,
 };
 
@@ -151,7 +151,10 @@ fn check_device(t: &Txn<'_>, d: &Device, p: &str) -> Result<(), ApiError> {
             name: spec.node,
         });
     }
-    for other in typed::list::<Device>(t)? {
+    // Through indexes: the Devices with this serial, and the node's Devices.
+    let mut others = t.devices_with_serial(&spec.serial)?;
+    others.extend(t.list_on_node(Kind::Device, &spec.node)?);
+    for other in others.into_iter().filter_map(Device::from_resource) {
         if other.name() == d.name() {
             continue;
         }

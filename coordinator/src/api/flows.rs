@@ -2,8 +2,8 @@
 //! scheduler needs (DESIGN.md, "The upstream flows").
 use hostplane_proto::v1::{
     CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse, Deployment, Device, Dpu, DpuPhase,
-    DpuReadiness, DpuRef, Node, NodeRebootStatus, NodeRef, RebootMethod, Resource, SetDeploymentImageRequest,
-    resource,
+    DpuReadiness, DpuRef, Kind, Node, NodeRebootStatus, NodeRef, RebootMethod, Resource,
+    SetDeploymentImageRequest, resource,
 };
 
 use super::crud::{self, prepare_create};
@@ -211,9 +211,10 @@ fn reboot_method(node: &Node) -> RebootMethod {
 /// rebooted; empty while any Dpu of the node is still mid-install (the host
 /// must not be rebooted under a DPU being flashed).
 fn rebooting_dpus(t: &Txn<'_>, node: &str) -> Result<Vec<String>, ApiError> {
-    let on_node: Vec<Dpu> = typed::list::<Dpu>(t)?
+    let on_node: Vec<Dpu> = t
+        .list_on_node(Kind::Dpu, node)?
         .into_iter()
-        .filter(|d| d.spec.as_ref().is_some_and(|s| s.node == node))
+        .filter_map(Dpu::from_resource)
         .collect();
     // The same rule as the state machine's (docs/state-machine.md, Rebooting).
     let phase = |d: &Dpu| phase_of(d.status.as_ref().map(|s| s.phase).unwrap_or_default());

@@ -62,6 +62,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     UPDATE resources SET node = NULL WHERE node = '';
     CREATE INDEX resources_node ON resources (kind, node, name) WHERE node IS NOT NULL;
     "#,
+    // 4: Devices by serial (an index on the expression `Txn::devices_with_serial`
+    // queries, so creating a Device checks its serial without parsing every
+    // Device's JSON).
+    r#"
+    CREATE INDEX resources_device_serial ON resources (json_extract(body, '$.device.spec.serial'))
+        WHERE kind = 'device';
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -580,6 +580,18 @@ impl<'a> Txn<'a> {
         )?;
         Self::decode_rows(kind, rows)
     }
+
+    /// The Devices whose `spec.serial` is `serial`, ordered by name (through
+    /// the serial index of schema 4, not a scan).
+    pub fn devices_with_serial(&self, serial: &str) -> Result<Vec<Resource>, StoreError> {
+        let rows = self.all_rows(
+            "SELECT name, body FROM resources INDEXED BY resources_device_serial WHERE kind = 'device' \
+             AND json_extract(body, '$.device.spec.serial') = ?1 ORDER BY name",
+            params![serial],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )?;
+        Self::decode_rows(Kind::Device, rows)
+    }
 }
 
 /// A command row's columns after its id.
