@@ -71,7 +71,7 @@ impl AdminApi {
             Start::Snapshot(w.snapshot().await?)
         } else {
             w.last = req.from_version;
-            Start::History(w.history_page().await?)
+            Start::History(w.history_page(false).await?)
         };
         let (tx, rx) = mpsc::channel(BUFFER);
         w.tx = Some(tx);
@@ -159,12 +159,14 @@ impl Watcher {
         Ok(events)
     }
 
-    /// The next page of history after `last`: from the store's watch cache
-    /// when it reaches back that far (no store read), else from the
-    /// history, which also refuses a `last` too old or ahead of the store.
-    async fn history_page(&mut self) -> Result<Page, ApiError> {
+    /// The next page of history after `last`: with `cache`, from the
+    /// store's watch cache when it reaches back that far (no store read);
+    /// else from the history, which also refuses a `last` too old or ahead
+    /// of the store. A Watch's `from_version` is always judged by the
+    /// history; the pages after it and a lagging watcher's use the cache.
+    async fn history_page(&mut self, cache: bool) -> Result<Page, ApiError> {
         let from = self.last;
-        if let Some((events, upto)) = self.store.recent_since(from, PAGE) {
+        if cache && let Some((events, upto)) = self.store.recent_since(from, PAGE) {
             let more = events.len() >= PAGE;
             return Ok(Page { events, more, upto });
         }
@@ -223,7 +225,7 @@ impl Watcher {
                 self.last = self.last.max(page.upto);
                 return Ok(true);
             }
-            page = self.history_page().await?;
+            page = self.history_page(true).await?;
         }
     }
 
@@ -263,7 +265,7 @@ impl Watcher {
                         version = self.last,
                         "watch fell behind the live feed; catching up from the watch cache or history"
                     );
-                    let r = match self.history_page().await {
+                    let r = match self.history_page(true).await {
                         Ok(page) => self.catch_up(page).await,
                         Err(e) => Err(e),
                     };
