@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hostplane_coordinator::fsm::testing::{
-    self, Answer, FakeAgent, action_name, get_dpu, phase, result, seed, succeed_all, wait_phase,
+    Answer, FakeAgent, action_name, get_dpu, one_dpu, phase, result, seed, succeed_all, wait_phase,
 };
 use hostplane_coordinator::fsm::{FsmConfig, Reconciler};
 use hostplane_coordinator::store::Store;
@@ -27,17 +27,7 @@ async fn a_restarted_reconciler_resumes_mid_os_installing() {
 
     let flash_id = {
         let store = Store::open(&path).unwrap();
-        seed(
-            &store,
-            vec![
-                testing::node("n1", RebootMethod::Agent),
-                testing::device("d1", "n1", "rshim0", &[]),
-                testing::bfb("b1"),
-                testing::flavor("f1"),
-                testing::deployment("dep", "b1", "f1", &[], 1, NodeEffect::Auto),
-            ],
-        )
-        .await;
+        seed(&store, one_dpu(RebootMethod::Agent, "b1", NodeEffect::Auto)).await;
         let stop = CancellationToken::new();
         let no_flash: Answer = Arc::new(|c: &Command| {
             (action_name(c) != "flash_bfb").then(|| result(CommandOutcome::Succeeded, "ok"))

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hostplane_coordinator::fsm::testing::{
-    self, Answer, FakeAgent, action_name, get_dpu, modify, phase, result, seed, wait_dpu, wait_phase,
+    Answer, FakeAgent, action_name, get_dpu, modify, one_dpu, phase, result, seed, wait_dpu, wait_phase,
 };
 use hostplane_coordinator::fsm::{FsmConfig, PhaseTimeouts, Reconciler};
 use hostplane_coordinator::store::Store;
@@ -19,17 +19,7 @@ fn no_flash() -> Answer {
 
 async fn start(cfg: FsmConfig, bfb: &str, effect: NodeEffect, answer: Answer) -> (Store, CancellationToken) {
     let store = Store::in_memory().unwrap();
-    seed(
-        &store,
-        vec![
-            testing::node("n1", RebootMethod::External),
-            testing::device("d1", "n1", "rshim0", &[]),
-            testing::bfb("b1"),
-            testing::flavor("f1"),
-            testing::deployment("dep", bfb, "f1", &[], 1, effect),
-        ],
-    )
-    .await;
+    seed(&store, one_dpu(RebootMethod::External, bfb, effect)).await;
     let stop = CancellationToken::new();
     tokio::spawn(Reconciler::new(store.clone(), cfg).run(stop.clone()));
     FakeAgent::spawn(store.clone(), answer, stop.clone());
@@ -167,21 +157,11 @@ async fn an_unreachable_node_pauses_the_timeout_and_says_so() {
 #[tokio::test]
 async fn a_pending_dpu_waits_for_an_unreachable_node() {
     let store = Store::in_memory().unwrap();
-    let mut node = testing::node("n1", RebootMethod::External);
-    if let Some(resource::Kind::Node(n)) = &mut node.kind {
+    let mut fleet = one_dpu(RebootMethod::External, "b1", NodeEffect::Auto);
+    if let Some(resource::Kind::Node(n)) = &mut fleet[0].kind {
         n.status.get_or_insert_default().reachable = false;
     }
-    seed(
-        &store,
-        vec![
-            node,
-            testing::device("d1", "n1", "rshim0", &[]),
-            testing::bfb("b1"),
-            testing::flavor("f1"),
-            testing::deployment("dep", "b1", "f1", &[], 1, NodeEffect::Auto),
-        ],
-    )
-    .await;
+    seed(&store, fleet).await;
     let stop = CancellationToken::new();
     tokio::spawn(
         Reconciler::new(store.clone(), cfg(PhaseTimeouts::default(), Duration::ZERO)).run(stop.clone()),

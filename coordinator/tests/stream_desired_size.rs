@@ -3,44 +3,17 @@
 //! coordinator says so on the Node instead of sending a message the agent's
 //! gRPC client would refuse (which would drop its session, again and again).
 //! The client here has the agent's own limit (`limits::MAX_AGENT_MESSAGE_BYTES`).
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use hostplane_coordinator::fsm::testing::{self, get_node, seed};
 use hostplane_coordinator::store::Store;
-use hostplane_coordinator::stream::{AgentStream, StreamConfig};
+use hostplane_coordinator::stream::AgentStream;
 use hostplane_proto::limits::MAX_AGENT_MESSAGE_BYTES;
-use hostplane_proto::v1::agent_service_client::AgentServiceClient;
-use hostplane_proto::v1::{
-    Ack, AgentMessage, Command, CoordinatorMessage, DesiredState, FlashBfb, Hello, PrepareBfb, RebootMethod,
-    agent_message, command, coordinator_message,
-};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use hostplane_proto::v1::{Ack, Command, FlashBfb, Hello, PrepareBfb, RebootMethod, agent_message, command};
 use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
 
-async fn serve(store: Store, stop: &CancellationToken) -> SocketAddr {
-    let cfg = StreamConfig {
-        lease: Duration::from_secs(30),
-        hello_timeout: Duration::from_secs(5),
-        status_flush: Duration::from_millis(20),
-        last_seen_interval: Duration::from_millis(50),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let svc = AgentStream::new(store, cfg).with_shutdown(stop).into_server();
-    let s = stop.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                async move { s.cancelled().await },
-            ),
-    );
-    addr
-}
+mod stream_common;
+use stream_common::{msg, open, serve, session_cfg};
 
 fn small(id: &str) -> Command {
     Command {
@@ -65,18 +38,6 @@ fn flash(id: &str, dpu: &str, bytes: usize) -> Command {
     }
 }
 
-async fn next(rx: &mut Streaming<CoordinatorMessage>) -> DesiredState {
-    let m = tokio::time::timeout(Duration::from_secs(10), rx.message())
-        .await
-        .expect("a message from the coordinator")
-        .expect("a message the agent accepts")
-        .expect("the session is open");
-    match m.msg {
-        Some(coordinator_message::Msg::Desired(d)) => d,
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn a_desired_state_over_the_agents_limit_is_not_sent_and_the_node_says_why() {
     let store = Store::in_memory().unwrap();
@@ -89,33 +50,24 @@ async fn a_desired_state_over_the_agents_limit_is_not_sent_and_the_node_says_why
     )
     .await;
     let stop = CancellationToken::new();
-    let addr = serve(store.clone(), &stop).await;
+    let addr = serve(AgentStream::new(store.clone(), session_cfg()), &stop).await;
     let v0 = store
         .write(|t| t.insert_command("n1", &small("c0")))
         .await
         .unwrap();
 
-    let mut client = AgentServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-        .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES);
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Hello(Hello {
-            node_name: "n1".into(),
-            agent_version: "test".into(),
-            boot_id: "b".into(),
-            ..Default::default()
-        })),
-    })
-    .await
-    .unwrap();
-    let mut inbound = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(next(&mut inbound).await.version, v0);
+    // The session's client has the agent's own limit.
+    let hello = msg(agent_message::Msg::Hello(Hello {
+        node_name: "n1".into(),
+        agent_version: "test".into(),
+        boot_id: "b".into(),
+        ..Default::default()
+    }));
+    let mut agent = open(addr, hello).await.unwrap();
+    assert_eq!(
+        agent.next().await.expect("a message the agent accepts").version,
+        v0
+    );
 
     // Five flashes of 1 MiB each: every one alone fits, together they do not.
     let too_big = store
@@ -170,7 +122,7 @@ async fn a_desired_state_over_the_agents_limit_is_not_sent_and_the_node_says_why
         .await
         .unwrap();
     let d = loop {
-        let d = next(&mut inbound).await;
+        let d = agent.next().await.expect("a message the agent accepts");
         if d.version >= cleared {
             break d;
         }
@@ -179,11 +131,9 @@ async fn a_desired_state_over_the_agents_limit_is_not_sent_and_the_node_says_why
         d.commands.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         ["c0", "c1"]
     );
-    tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Ack(Ack { version: d.version })),
-    })
-    .await
-    .unwrap();
+    agent
+        .send(agent_message::Msg::Ack(Ack { version: d.version }))
+        .await;
     for _ in 0..500 {
         if condition().await.is_some_and(|c| c.status == "True") {
             stop.cancel();

@@ -5,56 +5,23 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hostplane_coordinator::fsm::testing::{self, seed, wait_phase};
+use hostplane_coordinator::fsm::testing::{self, one_dpu, seed, wait_phase};
 use hostplane_coordinator::fsm::{FsmConfig, Reconciler};
 use hostplane_coordinator::store::Store;
-use hostplane_coordinator::stream::{AgentStream, StreamConfig};
-use hostplane_proto::v1::agent_service_client::AgentServiceClient;
+use hostplane_coordinator::stream::AgentStream;
 use hostplane_proto::v1::{
-    Ack, AgentMessage, CommandEvent, CommandOutcome, CommandResult, CoordinatorMessage, DpuPhase,
-    FlashProgress, Hello, Inventory, Kind, NodeEffect, RebootMethod, RshimInfo, agent_message, command,
-    command_event, coordinator_message, resource,
+    Ack, CommandEvent, DpuPhase, FlashProgress, Kind, NodeEffect, RebootMethod, agent_message, command,
+    command_event, resource,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
+
+mod stream_common;
+use stream_common::{hello, open, quick_flush, serve, succeeded};
 
 /// One agent connection: answers until it is asked to reboot. Returns true on reboot.
 async fn agent_session(addr: SocketAddr, node: &str, boot: &str, done: &mut HashSet<String>) -> bool {
-    let mut client = AgentServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(64);
-    let hello = Hello {
-        node_name: node.into(),
-        agent_version: "e2e".into(),
-        boot_id: boot.into(),
-        inventory: Some(Inventory {
-            rshims: vec![RshimInfo {
-                name: "rshim0".into(),
-                ..Default::default()
-            }],
-        }),
-        last_applied_version: 0,
-    };
-    tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let mut inbound = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let send = |m: agent_message::Msg| {
-        let tx = tx.clone();
-        async move { tx.send(AgentMessage { msg: Some(m) }).await.is_ok() }
-    };
-    while let Ok(Some(CoordinatorMessage {
-        msg: Some(coordinator_message::Msg::Desired(d)),
-    })) = inbound.message().await
-    {
+    let mut agent = open(addr, hello(node, "e2e", boot)).await.unwrap();
+    while let Some(d) = agent.desired().await {
         for c in &d.commands {
             if !done.insert(c.id.clone()) {
                 continue;
@@ -68,23 +35,16 @@ async fn agent_session(addr: SocketAddr, node: &str, boot: &str, done: &mut Hash
                     command_id: c.id.clone(),
                     event: Some(command_event::Event::Progress(p)),
                 };
-                send(agent_message::Msg::Event(ev)).await;
+                agent.offer(agent_message::Msg::Event(ev)).await;
             }
-            let r = CommandResult {
-                outcome: CommandOutcome::Succeeded as i32,
-                message: "ok".into(),
-                finished_at_ms: 0,
-            };
-            let ev = CommandEvent {
-                command_id: c.id.clone(),
-                event: Some(command_event::Event::Result(r)),
-            };
-            send(agent_message::Msg::Event(ev)).await;
+            agent.offer(succeeded(&c.id)).await;
             if matches!(c.action, Some(command::Action::RebootHost(_))) {
                 return true;
             }
         }
-        send(agent_message::Msg::Ack(Ack { version: d.version })).await;
+        agent
+            .offer(agent_message::Msg::Ack(Ack { version: d.version }))
+            .await;
     }
     false
 }
@@ -92,45 +52,18 @@ async fn agent_session(addr: SocketAddr, node: &str, boot: &str, done: &mut Hash
 #[tokio::test]
 async fn a_dpu_walks_to_ready_through_the_agent_stream() {
     let store = Store::in_memory().unwrap();
-    let mut node = testing::node("n1", RebootMethod::Agent);
-    if let Some(resource::Kind::Node(n)) = &mut node.kind {
+    let mut fleet = one_dpu(RebootMethod::Agent, "b1", NodeEffect::Auto);
+    if let Some(resource::Kind::Node(n)) = &mut fleet[0].kind {
         n.status = None; // no agent yet
     }
-    seed(
-        &store,
-        vec![
-            node,
-            testing::device("d1", "n1", "rshim0", &[]),
-            testing::bfb("b1"),
-            testing::flavor("f1"),
-            testing::deployment("dep", "b1", "f1", &[], 1, NodeEffect::Auto),
-        ],
-    )
-    .await;
+    seed(&store, fleet).await;
     let stop = CancellationToken::new();
     let fsm = FsmConfig {
         resync: Duration::from_millis(500),
         ..Default::default()
     };
     tokio::spawn(Reconciler::new(store.clone(), fsm).run(stop.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cfg = StreamConfig {
-        status_flush: Duration::from_millis(20),
-        ..Default::default()
-    };
-    let svc = AgentStream::new(store.clone(), cfg)
-        .with_shutdown(&stop)
-        .into_server();
-    let s = stop.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                async move { s.cancelled().await },
-            ),
-    );
+    let addr = serve(AgentStream::new(store.clone(), quick_flush()), &stop).await;
 
     // Without an agent the Dpu waits in Pending (the node is not reachable).
     let d = testing::wait_dpu(&store, "d1", Duration::from_secs(10), |d| {

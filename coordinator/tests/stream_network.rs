@@ -8,17 +8,17 @@ use std::time::Duration;
 use hostplane_coordinator::fsm::testing::{self, modify, phase, seed, wait_dpu, wait_phase};
 use hostplane_coordinator::fsm::{FsmConfig, Reconciler};
 use hostplane_coordinator::store::{Store, now_ms};
-use hostplane_coordinator::stream::{AgentStream, COND_HOST_NETWORK, StreamConfig};
-use hostplane_proto::v1::agent_service_client::AgentServiceClient;
+use hostplane_coordinator::stream::{AgentStream, COND_HOST_NETWORK};
 use hostplane_proto::v1::{
-    Ack, AgentMessage, Bridge, CommandEvent, CommandOutcome, CommandResult, Condition, CoordinatorMessage,
-    DesiredState, Dpu, DpuPhase, Flavor, FlavorSpec, Hello, HostNetwork, Inventory, Kind,
-    NetworkObjectStatus, NetworkReport, NodeEffect, ObjectMeta, RebootMethod, RshimInfo, agent_message,
-    command, command_event, coordinator_message, resource,
+    Ack, Bridge, Condition, CoordinatorMessage, DesiredState, Dpu, DpuPhase, Flavor, FlavorSpec, HostNetwork,
+    Kind, NetworkObjectStatus, NetworkReport, NodeEffect, ObjectMeta, RebootMethod, agent_message, command,
+    coordinator_message, resource,
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
+
+mod stream_common;
+use stream_common::{Agent, hello, msg, open, quick_flush, serve, succeeded};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -88,24 +88,7 @@ async fn env() -> Env {
         ..Default::default()
     };
     tokio::spawn(Reconciler::new(store.clone(), fsm).run(stop.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cfg = StreamConfig {
-        status_flush: Duration::from_millis(20),
-        ..Default::default()
-    };
-    let svc = AgentStream::new(store.clone(), cfg)
-        .with_shutdown(&stop)
-        .into_server();
-    let s = stop.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                async move { s.cancelled().await },
-            ),
-    );
+    let addr = serve(AgentStream::new(store.clone(), quick_flush()), &stop).await;
     Env { store, addr, stop }
 }
 
@@ -143,28 +126,7 @@ struct FakeAgent {
 
 impl FakeAgent {
     async fn connect(addr: SocketAddr, stop: CancellationToken) -> FakeAgent {
-        let mut client = AgentServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        let (tx, rx) = mpsc::channel(64);
-        let hello = Hello {
-            node_name: "n1".into(),
-            agent_version: "network-test".into(),
-            boot_id: "boot-1".into(),
-            inventory: Some(Inventory {
-                rshims: vec![RshimInfo {
-                    name: "rshim0".into(),
-                    ..Default::default()
-                }],
-            }),
-            last_applied_version: 0,
-        };
-        tx.send(msg(agent_message::Msg::Hello(hello))).await.unwrap();
-        let mut inbound = client
-            .session(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let Agent { tx, rx: mut inbound } = open(addr, hello("n1", "network-test", "boot-1")).await.unwrap();
         let (desired_tx, desired) = mpsc::unbounded_channel();
         let (extra, mut extra_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -188,15 +150,7 @@ impl FakeAgent {
                         }
                         for c in &d.commands {
                             if done.insert(c.id.clone()) {
-                                let ev = CommandEvent {
-                                    command_id: c.id.clone(),
-                                    event: Some(command_event::Event::Result(CommandResult {
-                                        outcome: CommandOutcome::Succeeded as i32,
-                                        message: "ok".into(),
-                                        finished_at_ms: 0,
-                                    })),
-                                };
-                                let _ = tx.send(msg(agent_message::Msg::Event(ev))).await;
+                                let _ = tx.send(msg(succeeded(&c.id))).await;
                             }
                         }
                         let _ = tx.send(msg(agent_message::Msg::Ack(Ack { version: d.version }))).await;
@@ -232,10 +186,6 @@ impl FakeAgent {
     fn send(&self, m: agent_message::Msg) {
         self.extra.send(m).unwrap();
     }
-}
-
-fn msg(m: agent_message::Msg) -> AgentMessage {
-    AgentMessage { msg: Some(m) }
 }
 
 fn host_network_condition(d: &Dpu) -> Option<Condition> {

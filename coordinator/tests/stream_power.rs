@@ -9,20 +9,16 @@ use hostplane_coordinator::fsm::testing::{self, seed};
 use hostplane_coordinator::power::PowerHub;
 use hostplane_coordinator::store::Store;
 use hostplane_coordinator::stream::{AgentStream, StreamConfig};
-use hostplane_proto::v1::agent_service_client::AgentServiceClient;
 use hostplane_proto::v1::{
-    AgentMessage, CapStatus, CoordinatorMessage, Hello, PowerCapReport, PowerCaps, PowerElement, PowerSample,
-    PowerSummaryRequest, RebootMethod, TelemetryBatch, agent_message, coordinator_message,
+    CapStatus, Hello, PowerCapReport, PowerCaps, PowerElement, PowerSample, PowerSummaryRequest,
+    RebootMethod, TelemetryBatch, agent_message, coordinator_message,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 
-const PATIENCE: Duration = Duration::from_secs(15);
+mod stream_common;
+use stream_common::{msg, open, serve};
 
-fn msg(m: agent_message::Msg) -> AgentMessage {
-    AgentMessage { msg: Some(m) }
-}
+const PATIENCE: Duration = Duration::from_secs(15);
 
 fn batch(epoch: u64, seqs: std::ops::RangeInclusive<u64>) -> agent_message::Msg {
     agent_message::Msg::Telemetry(TelemetryBatch {
@@ -45,49 +41,17 @@ async fn telemetry_acks_caps_in_desired_state_and_cap_reports() {
     seed(&store, vec![testing::node("n1", RebootMethod::External)]).await;
     let hub = PowerHub::new();
     let stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let svc = AgentStream::new(store.clone(), StreamConfig::default())
-        .with_shutdown(&stop)
-        .with_power(hub.clone())
-        .into_server();
-    let s = stop.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                async move { s.cancelled().await },
-            ),
-    );
+    let stream = AgentStream::new(store.clone(), StreamConfig::default()).with_power(hub.clone());
+    let addr = serve(stream, &stop).await;
 
-    let mut client = AgentServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(msg(agent_message::Msg::Hello(Hello {
+    let hello = msg(agent_message::Msg::Hello(Hello {
         node_name: "n1".into(),
         agent_version: "power-test".into(),
         ..Default::default()
-    })))
-    .await
-    .unwrap();
-    let mut inbound = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut next = async || -> coordinator_message::Msg {
-        let m = tokio::time::timeout(PATIENCE, inbound.message())
-            .await
-            .expect("nothing from the coordinator")
-            .unwrap()
-            .expect("stream ended");
-        let CoordinatorMessage { msg: Some(m) } = m else {
-            panic!("empty message")
-        };
-        m
-    };
+    }));
+    let mut agent = open(addr, hello).await.unwrap();
+    let tx = agent.tx.clone();
+    let mut next = async || agent.next_message(PATIENCE).await;
     let coordinator_message::Msg::Desired(first) = next().await else {
         panic!("desired state first")
     };

@@ -6,25 +6,15 @@ use std::time::Duration;
 use hostplane_coordinator::fsm::testing::{self, get_dpu, get_node, seed};
 use hostplane_coordinator::store::Store;
 use hostplane_coordinator::stream::{AgentStream, StreamConfig};
-use hostplane_proto::v1::agent_service_client::AgentServiceClient;
 use hostplane_proto::v1::{
-    Ack, AgentMessage, Command, CommandEvent, CommandOutcome, CommandResult, CoordinatorMessage,
-    DesiredState, Dpu, DpuStatus, FlashProgress, Heartbeat, Hello, Inventory, Nack, ObjectMeta, PrepareBfb,
-    RebootMethod, RshimInfo, agent_message, command, command_event, coordinator_message,
+    Ack, AgentMessage, Command, CommandEvent, CommandOutcome, Dpu, DpuStatus, FlashProgress, Heartbeat, Nack,
+    ObjectMeta, PrepareBfb, RebootMethod, agent_message, command, command_event,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, Streaming};
+use tonic::Code;
 
-fn cfg() -> StreamConfig {
-    StreamConfig {
-        lease: Duration::from_secs(30),
-        hello_timeout: Duration::from_secs(5),
-        status_flush: Duration::from_millis(20),
-        last_seen_interval: Duration::from_millis(50),
-    }
-}
+mod stream_common;
+use stream_common::{open, session_cfg as cfg};
 
 struct Server {
     addr: SocketAddr,
@@ -59,88 +49,13 @@ async fn serve(cfg: StreamConfig) -> Server {
         })
         .await;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let svc = AgentStream::new(store.clone(), cfg)
-        .with_shutdown(&stop)
-        .into_server();
-    let s = stop.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                async move { s.cancelled().await },
-            ),
-    );
+    let addr = stream_common::serve(AgentStream::new(store.clone(), cfg), &stop).await;
     Server { addr, store, stop }
 }
 
-struct Agent {
-    tx: mpsc::Sender<AgentMessage>,
-    rx: Streaming<CoordinatorMessage>,
-}
-
 fn hello(node: &str, boot: &str) -> AgentMessage {
-    AgentMessage {
-        msg: Some(agent_message::Msg::Hello(Hello {
-            node_name: node.into(),
-            agent_version: "0.1.0-test".into(),
-            boot_id: boot.into(),
-            inventory: Some(Inventory {
-                rshims: vec![RshimInfo {
-                    name: "rshim0".into(),
-                    ..Default::default()
-                }],
-            }),
-            last_applied_version: 0,
-        })),
-    }
-}
-
-async fn open(addr: SocketAddr, first: AgentMessage) -> Result<Agent, Status> {
-    let mut client = AgentServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(first).await.unwrap();
-    let resp = client.session(ReceiverStream::new(rx)).await?;
-    Ok(Agent {
-        tx,
-        rx: resp.into_inner(),
-    })
-}
-
-impl Agent {
-    async fn send(&self, m: agent_message::Msg) {
-        self.tx.send(AgentMessage { msg: Some(m) }).await.unwrap();
-    }
-
-    async fn next(&mut self) -> Result<DesiredState, Status> {
-        let m = tokio::time::timeout(Duration::from_secs(10), self.rx.message())
-            .await
-            .expect("a message from the coordinator")?;
-        match m {
-            Some(CoordinatorMessage {
-                msg: Some(coordinator_message::Msg::Desired(d)),
-            }) => Ok(d),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    async fn result(&self, id: &str, outcome: CommandOutcome, msg: &str) {
-        let r = CommandResult {
-            outcome: outcome as i32,
-            message: msg.into(),
-            finished_at_ms: 0,
-        };
-        let ev = CommandEvent {
-            command_id: id.into(),
-            event: Some(command_event::Event::Result(r)),
-        };
-        self.send(agent_message::Msg::Event(ev)).await;
-    }
+    stream_common::hello(node, "0.1.0-test", boot)
 }
 
 fn cmd(id: &str, dpu: &str) -> Command {

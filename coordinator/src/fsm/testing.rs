@@ -111,6 +111,19 @@ pub fn deployment(
     .into()
 }
 
+/// One Dpu's walk: node n1 (`reboot`), device d1 on its rshim0, bfb b1,
+/// flavor f1, and deployment `dep` of `bfb` and f1 over every device (one
+/// unavailable at a time, `effect` on the node). In seeding order.
+pub fn one_dpu(reboot: RebootMethod, bfb: &str, effect: NodeEffect) -> Vec<Resource> {
+    vec![
+        node("n1", reboot),
+        device("d1", "n1", "rshim0", &[]),
+        self::bfb("b1"),
+        flavor("f1"),
+        deployment("dep", bfb, "f1", &[], 1, effect),
+    ]
+}
+
 /// Insert the objects in order.
 pub async fn seed(store: &Store, objects: Vec<Resource>) {
     store
