@@ -6,11 +6,11 @@ use hostplane_coordinator::fsm::testing::{get_node, one_dpu, seed, wait_phase};
 use hostplane_coordinator::fsm::{FsmConfig, Reconciler};
 use hostplane_coordinator::store::Store;
 use hostplane_coordinator::stream::AgentStream;
-use hostplane_proto::v1::{Ack, DpuPhase, Nack, NodeEffect, RebootMethod, agent_message, command};
+use hostplane_proto::v1::{DpuPhase, Nack, NodeEffect, RebootMethod, agent_message, command};
 use tokio_util::sync::CancellationToken;
 
 mod stream_common;
-use stream_common::{hello, open, quick_flush, serve, succeeded};
+use stream_common::{ack, hello, open, quick_flush, serve, succeeded};
 
 const REFUSED: &str = "command c (prepare_bfb, dpu d1): bfb \"b1\" has no url";
 
@@ -39,9 +39,7 @@ async fn agent(addr: std::net::SocketAddr) -> Vec<u64> {
             }
             agent.offer(succeeded(&c.id)).await;
         }
-        agent
-            .offer(agent_message::Msg::Ack(Ack { version: d.version }))
-            .await;
+        agent.offer(ack(d.version)).await;
     }
     refused
 }

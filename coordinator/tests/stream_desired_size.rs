@@ -9,11 +9,11 @@ use hostplane_coordinator::fsm::testing::{self, get_node, seed};
 use hostplane_coordinator::store::Store;
 use hostplane_coordinator::stream::AgentStream;
 use hostplane_proto::limits::MAX_AGENT_MESSAGE_BYTES;
-use hostplane_proto::v1::{Ack, Command, FlashBfb, Hello, PrepareBfb, RebootMethod, agent_message, command};
+use hostplane_proto::v1::{Command, FlashBfb, Hello, PrepareBfb, RebootMethod, agent_message, command};
 use tokio_util::sync::CancellationToken;
 
 mod stream_common;
-use stream_common::{msg, open, serve, session_cfg};
+use stream_common::{ack, msg, open, serve, session_cfg};
 
 fn small(id: &str) -> Command {
     Command {
@@ -131,9 +131,7 @@ async fn a_desired_state_over_the_agents_limit_is_not_sent_and_the_node_says_why
         d.commands.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         ["c0", "c1"]
     );
-    agent
-        .send(agent_message::Msg::Ack(Ack { version: d.version }))
-        .await;
+    agent.send(ack(d.version)).await;
     for _ in 0..500 {
         if condition().await.is_some_and(|c| c.status == "True") {
             stop.cancel();

@@ -10,13 +10,13 @@ use hostplane_coordinator::fsm::{FsmConfig, Reconciler};
 use hostplane_coordinator::store::Store;
 use hostplane_coordinator::stream::AgentStream;
 use hostplane_proto::v1::{
-    Ack, CommandEvent, DpuPhase, FlashProgress, Kind, NodeEffect, RebootMethod, agent_message, command,
+    CommandEvent, DpuPhase, FlashProgress, Kind, NodeEffect, RebootMethod, agent_message, command,
     command_event, resource,
 };
 use tokio_util::sync::CancellationToken;
 
 mod stream_common;
-use stream_common::{hello, open, quick_flush, serve, succeeded};
+use stream_common::{ack, hello, open, quick_flush, serve, succeeded};
 
 /// One agent connection: answers until it is asked to reboot. Returns true on reboot.
 async fn agent_session(addr: SocketAddr, node: &str, boot: &str, done: &mut HashSet<String>) -> bool {
@@ -42,9 +42,7 @@ async fn agent_session(addr: SocketAddr, node: &str, boot: &str, done: &mut Hash
                 return true;
             }
         }
-        agent
-            .offer(agent_message::Msg::Ack(Ack { version: d.version }))
-            .await;
+        agent.offer(ack(d.version)).await;
     }
     false
 }

@@ -10,7 +10,7 @@ use hostplane_coordinator::fsm::{FsmConfig, Reconciler};
 use hostplane_coordinator::store::{Store, now_ms};
 use hostplane_coordinator::stream::{AgentStream, COND_HOST_NETWORK};
 use hostplane_proto::v1::{
-    Ack, Bridge, Condition, CoordinatorMessage, DesiredState, Dpu, DpuPhase, Flavor, FlavorSpec, HostNetwork,
+    Bridge, Condition, CoordinatorMessage, DesiredState, Dpu, DpuPhase, Flavor, FlavorSpec, HostNetwork,
     Kind, NetworkObjectStatus, NetworkReport, NodeEffect, ObjectMeta, RebootMethod, agent_message, command,
     coordinator_message, resource,
 };
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 mod stream_common;
-use stream_common::{Agent, hello, msg, open, quick_flush, serve, succeeded};
+use stream_common::{Agent, ack, hello, msg, open, quick_flush, serve, succeeded};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -153,7 +153,7 @@ impl FakeAgent {
                                 let _ = tx.send(msg(succeeded(&c.id))).await;
                             }
                         }
-                        let _ = tx.send(msg(agent_message::Msg::Ack(Ack { version: d.version }))).await;
+                        let _ = tx.send(msg(ack(d.version))).await;
                         if desired_tx.send(d).is_err() {
                             return;
                         }

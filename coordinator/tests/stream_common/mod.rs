@@ -10,7 +10,7 @@ use hostplane_coordinator::stream::{AgentStream, StreamConfig};
 use hostplane_proto::limits::MAX_AGENT_MESSAGE_BYTES;
 use hostplane_proto::v1::agent_service_client::AgentServiceClient;
 use hostplane_proto::v1::{
-    AgentMessage, CommandEvent, CommandOutcome, CommandResult, CoordinatorMessage, DesiredState, Hello,
+    Ack, AgentMessage, CommandEvent, CommandOutcome, CommandResult, CoordinatorMessage, DesiredState, Hello,
     Inventory, RshimInfo, agent_message, command_event, coordinator_message,
 };
 use tokio::sync::mpsc;
@@ -91,6 +91,11 @@ pub fn result(id: &str, outcome: CommandOutcome, message: &str) -> agent_message
 /// The event that finishes command `id` SUCCEEDED ("ok").
 pub fn succeeded(id: &str) -> agent_message::Msg {
     result(id, CommandOutcome::Succeeded, "ok")
+}
+
+/// The ACK of desired state `version`.
+pub fn ack(version: u64) -> agent_message::Msg {
+    agent_message::Msg::Ack(Ack { version })
 }
 
 /// A fake agent's session: what it sends, what the coordinator sends it.
