@@ -47,6 +47,12 @@ enum Cmd {
     Run,
     /// Check the config and exit: 0 when valid, 78 when not.
     Validate,
+    /// Migrate the store's schema to this binary's version and exit,
+    /// printing the version before and after (starting the coordinator
+    /// migrates too). 0 when done or already current; 1 when the store
+    /// cannot be opened or is newer than this binary (left unchanged);
+    /// 78 on a config error. Reads only the config's store path.
+    Migrate,
     /// Print the version.
     Version,
     /// Ask a running coordinator's gRPC health service whether it serves:
@@ -99,6 +105,9 @@ fn main() -> ExitCode {
     }
     if let Some(Cmd::Health(args)) = &cli.cmd {
         return health(&cli, args);
+    }
+    if matches!(cli.cmd, Some(Cmd::Migrate)) {
+        return migrate(&cli);
     }
     // Loading the config logs nothing; logging starts right after, from the
     // config's `log` section with HOSTPLANE_LOG / HOSTPLANE_LOG_FORMAT applied.
@@ -168,6 +177,48 @@ fn log_from_env() -> LogConfig {
 
 fn init_tracing(log: &LogConfig) {
     hostplane_common::logging::init(&log.level, log.format);
+}
+
+/// `migrate`: the store's schema migrated forward, the versions printed.
+/// The config is read for the store path only (the TLS files and tokens a
+/// server needs are not checked: an upgrade step may run without them).
+fn migrate(cli: &Cli) -> ExitCode {
+    let cfg = Config::read(cli.config.as_deref()).and_then(|mut c| c.apply_env(&ProcessEnv).map(|()| c));
+    let (path, log) = match cfg {
+        Ok(c) => (cli.store.clone().unwrap_or(c.store.path), c.log),
+        Err(e) => {
+            eprintln!("hostplane-coordinator: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if path.as_os_str().is_empty() || path.is_dir() {
+        eprintln!(
+            "hostplane-coordinator: store.path {:?}: name the database file",
+            path.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    init_tracing(&log);
+    match hostplane_coordinator::store::migrate_file(&path) {
+        Ok(m) => {
+            let note = match (m.before, m.after) {
+                (0, _) => " (new store)",
+                (b, a) if b == a => " (already current)",
+                _ => "",
+            };
+            println!(
+                "store {}: schema version {} -> {}{note}",
+                path.display(),
+                m.before,
+                m.after
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hostplane-coordinator: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }
 
 /// `health`: one gRPC health Check; prints the status (or why there is none).

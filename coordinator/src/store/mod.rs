@@ -40,6 +40,7 @@ use tokio::sync::{broadcast, oneshot};
 pub use cache::WATCH_CACHE_CAPACITY;
 use cache::WatchCache;
 pub use retention::HistoryConfig;
+pub use schema::{Migrated, SCHEMA_VERSION, migrate_file};
 use retention::Retention;
 pub use snapshot::{Page, PageLimit};
 use txn::{Changes, Counters};

@@ -74,8 +74,45 @@ pub(super) const MIGRATIONS: &[&str] = &[
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// A store's schema version before and after [`migrate_file`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    /// 0 for a file that held no store yet.
+    pub before: i64,
+    pub after: i64,
+}
+
+/// Open (or create) the store file at `path` and migrate it to
+/// [`SCHEMA_VERSION`], as opening the store does, without loading it:
+/// `hostplane-coordinator migrate`. A store newer than this binary is
+/// refused ([`StoreError::SchemaTooNew`]) and left as it is.
+pub fn migrate_file(path: &Path) -> Result<Migrated, StoreError> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let open_err = |source| StoreError::Open {
+        path: path.into(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    // As the store opens it, so that a running coordinator's lock is waited for.
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let before = version(&conn).map_err(open_err)?;
+    migrate(&mut conn, path)?;
+    Ok(Migrated {
+        before,
+        after: version(&conn)?,
+    })
+}
+
+fn version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let current = version(conn)?;
     if current > SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew {
             path: path.into(),
