@@ -9,6 +9,8 @@ pub mod exposition;
 pub mod logging;
 pub mod notify;
 pub mod signals;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod tls;
 pub mod tokens;

@@ -1,0 +1,4 @@
+//! Fixtures for tests, compiled only with the `testing` feature (the test
+//! crates turn it on in their dev-dependencies; the daemons never carry it).
+
+pub mod pg;
