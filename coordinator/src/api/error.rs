@@ -100,7 +100,10 @@ fn store_code(e: &StoreError) -> Code {
         StoreError::TooOld { .. } => Code::OutOfRange,
         // A paged List whose snapshot the history no longer holds: list again.
         StoreError::SnapshotGone { .. } => Code::Aborted,
-        StoreError::Open { .. } | StoreError::SchemaTooNew { .. } | StoreError::Sql(_) => Code::Unavailable,
+        StoreError::Open { .. }
+        | StoreError::SchemaTooNew { .. }
+        | StoreError::Sql(_)
+        | StoreError::Pg(_) => Code::Unavailable,
         StoreError::Corrupt { .. } => Code::DataLoss,
         StoreError::Encode { .. } | StoreError::Join(_) => Code::Internal,
     }

@@ -20,6 +20,7 @@
 //! (a Device's or Dpu's node), never a `json_extract` scan.
 
 mod cache;
+mod pg_schema;
 mod retention;
 mod schema;
 mod snapshot;
@@ -39,6 +40,7 @@ use tokio::sync::{broadcast, oneshot};
 
 pub use cache::WATCH_CACHE_CAPACITY;
 use cache::WatchCache;
+pub use pg_schema::{MIGRATION_LOCK_KEY, PG_SCHEMA_VERSION, pg_migrate};
 pub use retention::HistoryConfig;
 pub use schema::{Migrated, SCHEMA_VERSION, migrate_file};
 use retention::Retention;
@@ -69,6 +71,8 @@ pub enum StoreError {
     },
     #[error("store query failed: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("PostgreSQL store query failed: {}", pg_schema::pg_message(.0))]
+    Pg(#[from] postgres::Error),
     #[error("stored {kind} {name:?} is not readable: {source}")]
     Corrupt {
         kind: &'static str,
