@@ -21,7 +21,7 @@ use crate::flash::FlashConfig;
 pub use crate::flash::FlashSettings;
 use crate::net::NetConfig;
 use crate::session::ConnectionConfigError;
-pub use crate::session::{LoadedTls, SessionConfig, TlsConfig};
+pub use crate::session::{CoordinatorUrls, LoadedTls, SessionConfig, TlsConfig};
 
 /// Where the agent looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostplane/agent.yaml";
@@ -48,6 +48,13 @@ pub enum ConfigError {
     Hostname { path: PathBuf, source: std::io::Error },
     #[error("invalid config: {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// One entry of a list-valued key (`coordinator[1]`).
+    #[error("invalid config: {field}[{index}]: {reason}")]
+    InvalidEntry {
+        field: &'static str,
+        index: usize,
+        reason: String,
+    },
     #[error("invalid config: {0}")]
     Tls(String),
 }
@@ -56,6 +63,9 @@ impl From<ConnectionConfigError> for ConfigError {
     fn from(e: ConnectionConfigError) -> ConfigError {
         match e {
             ConnectionConfigError::Invalid { field, reason } => ConfigError::Invalid { field, reason },
+            ConnectionConfigError::InvalidEntry { field, index, reason } => {
+                ConfigError::InvalidEntry { field, index, reason }
+            }
             ConnectionConfigError::File(e) => ConfigError::Tls(e.to_string()),
         }
     }
@@ -67,8 +77,9 @@ pub struct Config {
     /// This host's Node name; empty means the host name (`<procfs_root>/sys/kernel/hostname`).
     pub node_name: String,
     /// Coordinator agent-stream URL: `https://HOST:PORT` (mTLS, with `tls`), or
-    /// `http://HOST:PORT` only with `insecure: true` (logged as a warning).
-    pub coordinator: String,
+    /// `http://HOST:PORT` only with `insecure: true` (logged as a warning); or
+    /// a list of such URLs, one per replica (the agent rotates through them).
+    pub coordinator: CoordinatorUrls,
     /// mTLS to the coordinator: the CA that signed its certificate, and this
     /// node's client certificate (subject CN = `node_name`) and key.
     pub tls: Option<TlsConfig>,
@@ -112,7 +123,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             node_name: String::new(),
-            coordinator: "https://127.0.0.1:50051".to_string(),
+            coordinator: "https://127.0.0.1:50051".into(),
             tls: None,
             insecure: false,
             state_dir: PathBuf::from("/var/lib/hostplane-agent"),
@@ -192,7 +203,7 @@ impl Config {
             self.node_name = v;
         }
         if let Some(v) = env.get("HOSTPLANE_COORDINATOR") {
-            self.coordinator = v;
+            self.coordinator = CoordinatorUrls::parse_list(&v);
         }
         if let Some(v) = env.get("HOSTPLANE_INSECURE") {
             self.insecure = match v.to_ascii_lowercase().as_str() {
@@ -278,7 +289,7 @@ impl Config {
                 ),
             );
         }
-        crate::session::validate_connection(
+        crate::session::validate_coordinators(
             &self.coordinator,
             self.insecure,
             self.tls.as_ref(),
@@ -337,7 +348,7 @@ impl Config {
 
     /// True when the coordinator connection is plaintext.
     pub fn is_insecure(&self) -> bool {
-        crate::session::is_plaintext(&self.coordinator)
+        self.coordinator.is_plaintext()
     }
 }
 

@@ -284,3 +284,59 @@ fn tls_files_are_checked_and_must_name_this_node() {
         .unwrap_err();
     assert!(e.to_string().contains("HOSTPLANE_INSECURE"), "{e}");
 }
+
+#[test]
+fn coordinator_takes_a_list_from_yaml_or_env() {
+    let cfg = parse("node_name: n1\ninsecure: true\ncoordinator: [http://a:1, http://b:2]\n").unwrap();
+    assert_eq!(cfg.coordinator.as_slice(), ["http://a:1", "http://b:2"]);
+    cfg.validate().unwrap();
+    // One URL still reads and writes as a plain string.
+    let one = parse("coordinator: http://a:1\n").unwrap();
+    assert_eq!(one.coordinator.as_slice(), ["http://a:1"]);
+    assert_eq!(
+        serde_json::to_value(&one.coordinator).unwrap(),
+        serde_json::json!("http://a:1")
+    );
+    let mut env_cfg = valid();
+    env_cfg
+        .apply_env(&MapEnv::new([(
+            "HOSTPLANE_COORDINATOR",
+            "http://a:1, http://b:2",
+        )]))
+        .unwrap();
+    assert_eq!(env_cfg.coordinator, cfg.coordinator);
+    assert_eq!(env_cfg.coordinator.to_string(), "http://a:1,http://b:2");
+}
+
+#[test]
+fn every_coordinator_in_a_list_is_checked_naming_its_index() {
+    let check = |urls: &[&str], insecure: bool| {
+        let mut c = valid();
+        c.coordinator = CoordinatorUrls::new(urls.iter().map(|u| u.to_string()).collect());
+        c.insecure = insecure;
+        c.validate().unwrap_err().to_string()
+    };
+    assert_eq!(
+        check(&["http://a:1", "http://b:1/api"], true),
+        "invalid config: coordinator[1]: \"http://b:1/api\": must not have a path"
+    );
+    assert!(
+        check(&["http://a:1", "ftp://b:1"], true)
+            .starts_with("invalid config: coordinator[1]: \"ftp://b:1\""),
+    );
+    assert!(check(&["http://a:1", "https://b:1"], true).contains("coordinator[1]: \"https://b:1\" and"));
+    assert_eq!(
+        check(&["http://a:1", "http://b:1", "http://A:1/"], true),
+        "invalid config: coordinator[2]: \"http://A:1/\" repeats coordinator[0]"
+    );
+    // The scheme's own requirements hold for the list as for one URL.
+    assert!(
+        check(&["http://a:1", "http://b:1"], false)
+            .starts_with("invalid config: coordinator: \"http://a:1\" is plain http")
+    );
+    assert!(check(&["https://a:1", "https://b:1"], false).starts_with("invalid config: tls: required"));
+    assert_eq!(
+        check(&[], true),
+        "invalid config: coordinator: must name at least one URL"
+    );
+}

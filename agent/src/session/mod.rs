@@ -12,6 +12,7 @@ mod config;
 mod connector;
 mod desired;
 pub mod journal;
+mod multi;
 pub mod network;
 mod owner;
 pub mod persist;
@@ -28,10 +29,14 @@ pub use command::PROGRESS_INTERVAL;
 pub use config::SessionConfig;
 pub use connector::{ConnectError, Connector, GrpcConnector, Inbound};
 pub use journal::{Journal, JournalError};
+pub use multi::MultiConnector;
 pub use network::{HostNetworks, NetSync};
 pub use persist::StateError;
 pub use power::PowerSession;
-pub use tls::{ConnectionConfigError, LoadedTls, TlsConfig, is_plaintext, validate_connection};
+pub use tls::{
+    ConnectionConfigError, CoordinatorUrls, LoadedTls, TlsConfig, is_plaintext, validate_connection,
+    validate_coordinators,
+};
 
 use crate::config::Config;
 use crate::exec::Executor;
@@ -74,7 +79,23 @@ pub async fn run_draining(
     shutdown: CancellationToken,
     before_close: Option<BeforeClose>,
 ) -> Result<(), AgentError> {
-    let connector = GrpcConnector::new(&cfg.coordinator, &cfg.session, cfg.tls.as_ref())?;
+    let connector: Arc<dyn Connector> = match cfg.coordinator.as_slice() {
+        [] => {
+            return Err(ConnectError::Url {
+                url: String::new(),
+                detail: "no coordinator URL configured".into(),
+            }
+            .into());
+        }
+        [one] => Arc::new(GrpcConnector::new(one, &cfg.session, cfg.tls.as_ref())?),
+        many => {
+            let mut endpoints: Vec<Box<dyn Connector>> = Vec::with_capacity(many.len());
+            for url in many {
+                endpoints.push(Box::new(GrpcConnector::new(url, &cfg.session, cfg.tls.as_ref())?));
+            }
+            Arc::new(MultiConnector::new(endpoints))
+        }
+    };
     if cfg.is_insecure() {
         tracing::warn!(
             coordinator = %cfg.coordinator,
@@ -82,7 +103,6 @@ pub async fn run_draining(
              use it only on a trusted network (insecure: true)"
         );
     }
-    let connector: Arc<dyn Connector> = Arc::new(connector);
     start(cfg, executor, network, power, connector, shutdown, before_close).await
 }
 

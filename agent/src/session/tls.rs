@@ -45,6 +45,13 @@ pub enum ConnectionConfigError {
     /// A key's value: the key as the config names it, and why.
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// One entry of a list-valued key (`coordinator[1]`), and why.
+    #[error("{field}[{index}]: {reason}")]
+    InvalidEntry {
+        field: &'static str,
+        index: usize,
+        reason: String,
+    },
     /// A `tls:` file that cannot be read or is not what its key says.
     #[error(transparent)]
     File(#[from] TlsFileError),
@@ -120,6 +127,134 @@ pub fn validate_connection(
         );
     }
     Ok(())
+}
+
+/// The `coordinator:` setting: one URL (`coordinator: https://c:50051`) or
+/// several replicas' (a YAML sequence; `HOSTPLANE_COORDINATOR` takes them
+/// comma-separated). One URL serializes back as a plain string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "UrlsRepr", into = "UrlsRepr")]
+pub struct CoordinatorUrls(Vec<String>);
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum UrlsRepr {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<UrlsRepr> for CoordinatorUrls {
+    fn from(r: UrlsRepr) -> Self {
+        match r {
+            UrlsRepr::One(u) => CoordinatorUrls(vec![u]),
+            UrlsRepr::Many(v) => CoordinatorUrls(v),
+        }
+    }
+}
+
+impl From<CoordinatorUrls> for UrlsRepr {
+    fn from(c: CoordinatorUrls) -> Self {
+        match <[String; 1]>::try_from(c.0) {
+            Ok([one]) => UrlsRepr::One(one),
+            Err(v) => UrlsRepr::Many(v),
+        }
+    }
+}
+
+impl CoordinatorUrls {
+    pub fn new(urls: Vec<String>) -> Self {
+        CoordinatorUrls(urls)
+    }
+
+    /// `HOSTPLANE_COORDINATOR`'s form: URLs separated by commas (spaces around them ignored).
+    pub fn parse_list(s: &str) -> Self {
+        CoordinatorUrls(s.split(',').map(|u| u.trim().to_string()).collect())
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// True when the connection is plaintext (all URLs share the scheme once validated).
+    pub fn is_plaintext(&self) -> bool {
+        self.0.first().is_some_and(|u| is_plaintext(u))
+    }
+}
+
+impl From<&str> for CoordinatorUrls {
+    fn from(url: &str) -> Self {
+        CoordinatorUrls(vec![url.to_string()])
+    }
+}
+
+impl From<String> for CoordinatorUrls {
+    fn from(url: String) -> Self {
+        CoordinatorUrls(vec![url])
+    }
+}
+
+/// Equal to one URL when it is the only one.
+impl PartialEq<&str> for CoordinatorUrls {
+    fn eq(&self, other: &&str) -> bool {
+        matches!(self.0.as_slice(), [one] if one == other)
+    }
+}
+
+/// The URLs, comma-separated (the env var's form).
+impl std::fmt::Display for CoordinatorUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+/// Check every coordinator URL, then `insecure` and `tls` against them as
+/// [`validate_connection`] does for one. With several, errors about one URL
+/// name its index (`coordinator[1]: ...`); all must share the scheme (all
+/// `https://` with `tls`, or all `http://` with `insecure`) and none may repeat.
+pub fn validate_coordinators(
+    urls: &CoordinatorUrls,
+    insecure: bool,
+    tls: Option<&TlsConfig>,
+    node_name: &str,
+) -> Result<(), ConnectionConfigError> {
+    let urls = urls.as_slice();
+    let at = |index: usize, reason: String| {
+        Err(ConnectionConfigError::InvalidEntry {
+            field: "coordinator",
+            index,
+            reason,
+        })
+    };
+    let first = match urls {
+        [] => {
+            return Err(ConnectionConfigError::Invalid {
+                field: "coordinator",
+                reason: "must name at least one URL".into(),
+            });
+        }
+        [one] => return validate_connection(one, insecure, tls, node_name),
+        [first, ..] => first,
+    };
+    for (i, u) in urls.iter().enumerate() {
+        if let Err(reason) = check_coordinator_url(u) {
+            return at(i, reason);
+        }
+        if is_plaintext(u) != is_plaintext(first) {
+            return at(
+                i,
+                format!(
+                    "{u:?} and coordinator[0] {first:?} differ in scheme; all must be https:// (with tls) \
+                     or all http:// (with insecure: true)"
+                ),
+            );
+        }
+        let key = |s: &str| s.trim_end_matches('/').to_ascii_lowercase();
+        if let Some(j) = urls[..i].iter().position(|p| key(p) == key(u)) {
+            return at(i, format!("{u:?} repeats coordinator[{j}]"));
+        }
+    }
+    // The scheme's requirements (insecure, tls and its files) are the same for all.
+    validate_connection(first, insecure, tls, node_name)
 }
 
 /// An `http://` or `https://` URL with a host and no path.
