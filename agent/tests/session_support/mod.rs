@@ -92,7 +92,12 @@ pub struct FakeCoordinator {
 
 impl FakeCoordinator {
     pub async fn start() -> FakeCoordinator {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// One listening on `addr` (a port the test reserved).
+    pub async fn start_at(addr: SocketAddr) -> FakeCoordinator {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, from_agent) = mpsc::unbounded_channel();
         let conns = Arc::new(Mutex::new(Conns::default()));
