@@ -316,37 +316,10 @@ mod tests {
         .into()
     }
 
-    /// A store whose live feed holds 4 events, a Watch of everything from
-    /// now, then `n` commits of one event each on this thread: the watch's
-    /// task cannot run in between (a current-thread runtime), so it is
-    /// `n - 4` events behind the feed before it reads any, and history by
-    /// count alone keeps 8 revisions.
+    /// [`behind_cache`] with the store's own watch cache
+    /// ([`crate::store::WATCH_CACHE_CAPACITY`] events).
     async fn behind(history: HistoryConfig, n: usize) -> (Vec<Result<WatchEvent, Status>>, u64) {
-        let store = Store::in_memory_for_test(history, 4).unwrap();
-        store.write_sync(|t| t.insert(node("n0"))).unwrap();
-        let api = AdminApi::new(store.clone(), CancellationToken::new());
-        let mut w = api
-            .watch_resources(WatchRequest {
-                kinds: vec![],
-                from_version: 0,
-                name: String::new(),
-            })
-            .await
-            .unwrap();
-        let from = store.view().revision();
-        for i in 1..=n {
-            store.write_sync(|t| t.insert(node(&format!("n{i}")))).unwrap();
-        }
-        let mut got = Vec::new();
-        // The snapshot's one object, then the n changes (or an error).
-        while got.len() < n + 1 {
-            let Some(item) = w.next().await else { break };
-            let end = item.is_err();
-            got.push(item);
-            if end {
-                break;
-            }
-        }
+        let (got, from, _, _) = behind_cache(history, crate::store::WATCH_CACHE_CAPACITY, n).await;
         (got, from)
     }
 
@@ -358,25 +331,15 @@ mod tests {
             max_revisions: 1_000_000,
         };
         let (got, from) = behind(history, 500).await;
-        assert_eq!(got.len(), 501);
-        let first = got[0].as_ref().unwrap();
-        assert_eq!(
-            (first.resource.as_ref().unwrap().name(), first.resource_version),
-            ("n0", from)
-        );
-        for (i, item) in got[1..].iter().enumerate() {
-            let ev = item.as_ref().unwrap();
-            assert_eq!(
-                ev.resource_version,
-                from + 1 + i as u64,
-                "event {i}: no gap, no repeat"
-            );
-            assert_eq!(ev.resource.as_ref().unwrap().name(), format!("n{}", i + 1));
-        }
+        assert_in_order(&got, from, 500);
     }
 
-    /// As [`behind`], with a watch cache of `cache` events; also the store's
-    /// work counters after the `n` commits and after the watcher's catch-up.
+    /// A store whose live feed holds 4 events and whose watch cache holds
+    /// `cache`, a Watch of everything from now, then `n` commits of one event
+    /// each on this thread: the watch's task cannot run in between (a
+    /// current-thread runtime), so it is `n - 4` events behind the feed
+    /// before it reads any. Also the store's work counters after the `n`
+    /// commits and after the watcher's catch-up.
     async fn behind_cache(
         history: HistoryConfig,
         cache: usize,
