@@ -389,6 +389,35 @@ impl Scanner<'_> {
         self.dollar_in(false)
     }
 
+    /// The rest of `${...}` or `$[...]` up to its `close`: quotes and
+    /// expansions inside it are the shell's; with `nest`, that opener nests.
+    fn expansion(&mut self, line: usize, nest: Option<u8>, close: u8, unterminated: &str) -> Res<()> {
+        let mut depth = 0usize;
+        loop {
+            match self.peek() {
+                None => return self.err(line, unterminated),
+                Some(b'\'') => self.single_quoted()?,
+                Some(b'"') => self.double_quoted()?,
+                Some(b'$') => self.dollar()?,
+                Some(b'\\') => {
+                    self.bump();
+                    self.bump();
+                }
+                Some(b) => {
+                    self.bump();
+                    if Some(b) == nest {
+                        depth += 1;
+                    } else if b == close {
+                        if depth == 0 {
+                            return Ok(());
+                        }
+                        depth -= 1;
+                    }
+                }
+            }
+        }
+    }
+
     /// [`Scanner::dollar`]; inside double quotes `$'` is no quote.
     fn dollar_in(&mut self, in_double: bool) -> Res<()> {
         let line = self.line;
@@ -400,52 +429,12 @@ impl Scanner<'_> {
             }
             Some(b'{') => {
                 self.bump();
-                loop {
-                    match self.peek() {
-                        None => return self.err(line, "unterminated `${` opened here"),
-                        Some(b'}') => {
-                            self.bump();
-                            return Ok(());
-                        }
-                        Some(b'\'') => self.single_quoted()?,
-                        Some(b'"') => self.double_quoted()?,
-                        Some(b'$') => self.dollar()?,
-                        Some(b'\\') => {
-                            self.bump();
-                            self.bump();
-                        }
-                        Some(_) => {
-                            self.bump();
-                        }
-                    }
-                }
+                self.expansion(line, None, b'}', "unterminated `${` opened here")
             }
             Some(b'[') => {
-                // The old arithmetic form `$[...]`.
+                // The old arithmetic form `$[...]`; brackets inside it nest.
                 self.bump();
-                // Quotes and expansions inside it are the shell's, as in `${`.
-                let mut depth = 0usize;
-                loop {
-                    match self.peek() {
-                        None => return self.err(line, "unterminated `$[` opened here"),
-                        Some(b'\'') => self.single_quoted()?,
-                        Some(b'"') => self.double_quoted()?,
-                        Some(b'$') => self.dollar()?,
-                        Some(b'\\') => {
-                            self.bump();
-                            self.bump();
-                        }
-                        Some(b) => {
-                            self.bump();
-                            match b {
-                                b'[' => depth += 1,
-                                b']' if depth == 0 => return Ok(()),
-                                b']' => depth -= 1,
-                                _ => {}
-                            }
-                        }
-                    }
-                }
+                self.expansion(line, Some(b'['), b']', "unterminated `$[` opened here")
             }
             Some(b'\'') if !in_double => {
                 // ANSI-C quoting: backslash escapes a quote.
