@@ -280,22 +280,8 @@ impl Store {
         )
     }
 
-    /// A store in memory with `history` and a live feed of `feed` events
-    /// (tests of watchers that fall behind it).
-    #[cfg(test)]
-    pub(crate) fn in_memory_for_test(history: HistoryConfig, feed: usize) -> Result<Store, StoreError> {
-        let conn = Connection::open_in_memory()?;
-        Self::from_connection_cached(
-            conn,
-            PathBuf::from(":memory:"),
-            history,
-            feed,
-            WATCH_CACHE_CAPACITY,
-        )
-    }
-
-    /// [`Store::in_memory_for_test`] with a watch cache of `cache` events
-    /// (tests of watchers that fall behind it too).
+    /// A store in memory with `history`, a live feed of `feed` events and a
+    /// watch cache of `cache` events (tests of watchers that fall behind them).
     #[cfg(test)]
     pub(crate) fn in_memory_with_cache_for_test(
         history: HistoryConfig,
