@@ -91,11 +91,16 @@ fn a_version_2_store_is_migrated_and_keeps_its_objects() {
     let s = Store::open(&path).unwrap();
     s.write_sync(|t| t.insert(dpu("d1", "n1"))).unwrap();
     drop(s);
-    // Back to the version-2 layout: no node column (3), no serial index (4).
+    // Back to the version-2 layout: no node column (3), no serial index (4),
+    // none of step 5's columns, rows and tables.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP INDEX resources_device_serial; DROP INDEX resources_node;
-         ALTER TABLE resources DROP COLUMN node; PRAGMA user_version = 2;",
+         ALTER TABLE resources DROP COLUMN node;
+         DROP INDEX commands_changed; DROP INDEX commands_finished;
+         ALTER TABLE commands DROP COLUMN changed_rev; DROP TABLE power_caps;
+         DELETE FROM meta WHERE key = 'commands_pruned_before';
+         PRAGMA user_version = 2;",
     )
     .unwrap();
     drop(conn);

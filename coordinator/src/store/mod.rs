@@ -20,6 +20,7 @@
 //! (a Device's or Dpu's node), never a `json_extract` scan.
 
 mod cache;
+mod pg_conn;
 mod pg_schema;
 mod retention;
 mod schema;
@@ -40,6 +41,7 @@ use tokio::sync::{broadcast, oneshot};
 
 pub use cache::WATCH_CACHE_CAPACITY;
 use cache::WatchCache;
+pub use pg_conn::{PgOptions, SslMode, connect as pg_connect};
 pub use pg_schema::{MIGRATION_LOCK_KEY, PG_SCHEMA_VERSION, pg_migrate};
 pub use retention::HistoryConfig;
 use retention::Retention;

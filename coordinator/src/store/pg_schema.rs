@@ -72,6 +72,43 @@ const STEPS: &[Step] = &[
     CREATE TABLE desired (node TEXT PRIMARY KEY, version BIGINT NOT NULL);
     "#,
     },
+    // 5: SQLite's step 5 (commands followed by revision, pruning cut-off,
+    // power caps), and what only replicas need (docs/ha.md §3, §5, §6): the
+    // leader lease with its fencing epoch (one row; times are the
+    // database's own `now()`), each replica's heartbeat, and which replica
+    // serves each node's agent.
+    Step {
+        version: 5,
+        sql: r#"
+    ALTER TABLE commands ADD COLUMN changed_rev BIGINT NOT NULL DEFAULT 0;
+    UPDATE commands SET changed_rev =
+        COALESCE((SELECT version FROM desired WHERE desired.node = commands.node), 0);
+    CREATE INDEX commands_changed ON commands (changed_rev);
+    CREATE INDEX commands_finished ON commands (finished_ms) WHERE outcome IS NOT NULL;
+    INSERT INTO meta (key, value) VALUES ('commands_pruned_before', 0);
+    CREATE TABLE power_caps (node TEXT PRIMARY KEY, caps TEXT NOT NULL, revision BIGINT NOT NULL);
+    CREATE TABLE leader (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        holder TEXT NOT NULL DEFAULT '',
+        addr TEXT NOT NULL DEFAULT '',
+        epoch BIGINT NOT NULL DEFAULT 0,
+        expires_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity'
+    );
+    INSERT INTO leader (id) VALUES (1);
+    CREATE TABLE replicas (
+        name TEXT PRIMARY KEY,
+        addr TEXT NOT NULL,
+        version TEXT NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL,
+        seen_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE sessions (
+        node TEXT PRIMARY KEY,
+        replica TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    "#,
+    },
 ];
 
 /// The schema version this binary writes on PostgreSQL; always equal to

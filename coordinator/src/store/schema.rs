@@ -69,6 +69,23 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX resources_device_serial ON resources (json_extract(body, '$.device.spec.serial'))
         WHERE kind = 'device';
     "#,
+    // 5: what replicas on PostgreSQL follow (docs/ha.md §4), kept on SQLite
+    // too so that both layouts stay one. `commands.changed_rev` is the
+    // revision of a command's insert or finish (the desired version it
+    // bumped), so a replica reads the commands changed after its view;
+    // `commands_pruned_before` is the newest pruning's cut-off;
+    // `power_caps` holds the power engine's caps per node (written with the
+    // desired bump that announces them). Finished commands are pruned
+    // through an index on `finished_ms`.
+    r#"
+    ALTER TABLE commands ADD COLUMN changed_rev INTEGER NOT NULL DEFAULT 0;
+    UPDATE commands SET changed_rev =
+        COALESCE((SELECT version FROM desired WHERE desired.node = commands.node), 0);
+    CREATE INDEX commands_changed ON commands (changed_rev);
+    CREATE INDEX commands_finished ON commands (finished_ms) WHERE outcome IS NOT NULL;
+    INSERT INTO meta (key, value) VALUES ('commands_pruned_before', 0);
+    CREATE TABLE power_caps (node TEXT PRIMARY KEY, caps TEXT NOT NULL, revision INTEGER NOT NULL);
+    "#,
 ];
 
 /// The schema version this binary writes.
