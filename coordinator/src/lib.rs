@@ -6,6 +6,7 @@ pub mod audit;
 pub mod config;
 pub mod desired;
 pub mod fsm;
+pub mod ha;
 pub mod metrics;
 pub mod power;
 pub mod server;

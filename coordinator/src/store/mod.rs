@@ -259,6 +259,15 @@ impl Store {
         Self::from_connection(conn, path.to_path_buf(), history, LIVE_FEED_CAPACITY)
     }
 
+    /// Open the store on PostgreSQL (`store.backend: postgres`), migrating
+    /// the schema forward under the migration lock.
+    pub fn open_postgres(opts: &PgOptions, history: HistoryConfig) -> Result<Store, StoreError> {
+        let _ = (opts, history);
+        Err(StoreError::Join(
+            "the PostgreSQL store engine is not built yet (issue 13)".into(),
+        ))
+    }
+
     /// A store in memory (tests and benchmarks).
     pub fn in_memory() -> Result<Store, StoreError> {
         let conn = Connection::open_in_memory()?;
