@@ -10,6 +10,7 @@ pub mod ha;
 pub mod metrics;
 pub mod power;
 pub mod server;
+pub mod storeops;
 pub mod store;
 pub mod stream;
 pub mod tls;

@@ -1,0 +1,1 @@
+//! Store maintenance commands: `store copy` between engines and `store backup`.
