@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hostplane_common::exposition::{self, process::ProcessCollector};
 use hostplane_proto::v1::DpuPhase;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -55,6 +55,47 @@ pub struct Hub {
     pub desired_states_sent: Counter,
     /// Desired states agents refused (NACK).
     pub nacks: Counter,
+    /// 1 while this replica holds the leader lease (docs/ha.md §3), else 0.
+    pub leader: Gauge,
+    /// The leader's fencing epoch as this replica last knew it: its own
+    /// while it leads, the `leader` row's as a follower last read it.
+    pub leader_epoch: Gauge,
+    /// The leader's renewals of its lease, by result.
+    pub lease_renewals: Family<LeaseRenewalLabels, Counter>,
+}
+
+/// How one renewal of the leader lease ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LeaseRenewal {
+    /// Renewed.
+    Ok,
+    /// The lease was no longer this replica's: it stepped down.
+    Lost,
+    /// No answer (an error or no reply by the renew deadline).
+    Error,
+}
+
+impl EncodeLabelValue for LeaseRenewal {
+    fn encode(&self, out: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        out.write_str(match self {
+            LeaseRenewal::Ok => "ok",
+            LeaseRenewal::Lost => "lost",
+            LeaseRenewal::Error => "error",
+        })
+    }
+}
+
+/// `{result="ok|lost|error"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LeaseRenewalLabels {
+    pub result: LeaseRenewal,
+}
+
+impl From<LeaseRenewal> for LeaseRenewalLabels {
+    fn from(result: LeaseRenewal) -> LeaseRenewalLabels {
+        LeaseRenewalLabels { result }
+    }
 }
 
 impl Hub {
@@ -68,6 +109,16 @@ impl Hub {
             store_batch_writes: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             desired_states_sent: Counter::default(),
             nacks: Counter::default(),
+            leader: Gauge::default(),
+            leader_epoch: Gauge::default(),
+            lease_renewals: {
+                // Every result from the start, so that "no renewal lost" is a 0.
+                let f = Family::<LeaseRenewalLabels, Counter>::default();
+                for r in [LeaseRenewal::Ok, LeaseRenewal::Lost, LeaseRenewal::Error] {
+                    let _ = f.get_or_create(&r.into());
+                }
+                f
+            },
         }
     }
 
@@ -109,6 +160,21 @@ impl Hub {
             self.desired_states_sent.clone(),
         );
         sub.register("nacks", "Desired states agents refused", self.nacks.clone());
+        sub.register(
+            "leader",
+            "1 while this replica holds the leader lease, else 0",
+            self.leader.clone(),
+        );
+        sub.register(
+            "leader_epoch",
+            "The leader lease's fencing epoch as this replica last knew it",
+            self.leader_epoch.clone(),
+        );
+        sub.register(
+            "lease_renewals",
+            "Renewals of the leader lease by this replica, by result (ok, lost, error)",
+            self.lease_renewals.clone(),
+        );
     }
 }
 
