@@ -5,7 +5,15 @@
 //! ```yaml
 //! listen: 0.0.0.0:50051
 //! store:
-//!   path: /var/lib/hostplane-coordinator/coordinator.db
+//!   backend: sqlite        # sqlite | postgres (docs/postgres.md)
+//!   path: /var/lib/hostplane-coordinator/coordinator.db   # sqlite only
+//!   # postgres:           # with backend: postgres
+//!   #   url: postgres://hostplane@db.example:5432/hostplane   # no password here
+//!   #   password_file: /etc/hostplane/postgres/password
+//!   #   sslmode: verify-full   # disable | prefer | require | verify-ca | verify-full
+//!   #   ca_file: /etc/hostplane/postgres/ca.crt
+//!   #   pool: 8
+//!   #   connect_timeout: 5s
 //!   history:               # watch history: the last 50,000 revisions, and
 //!     min_revisions: 50000 # everything younger than 5m, at most 1,000,000
 //!     min_age: 5m
@@ -34,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsm::FsmConfig;
 use crate::power::PowerConfig;
+use crate::store::{PgOptions, SslMode};
 use crate::stream::StreamConfig;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostplane/coordinator.yaml";
@@ -43,6 +52,12 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
 /// Environment variables read by [`Config::apply_env`].
 pub const ENV_LISTEN: &str = "HOSTPLANE_LISTEN";
 pub const ENV_STORE_PATH: &str = "HOSTPLANE_STORE_PATH";
+/// `sqlite` or `postgres` (`store.backend`).
+pub const ENV_STORE_BACKEND: &str = "HOSTPLANE_STORE_BACKEND";
+/// `store.postgres.url` (no password in it).
+pub const ENV_STORE_POSTGRES_URL: &str = "HOSTPLANE_STORE_POSTGRES_URL";
+/// `store.postgres.password_file`.
+pub const ENV_STORE_POSTGRES_PASSWORD_FILE: &str = "HOSTPLANE_STORE_POSTGRES_PASSWORD_FILE";
 pub const ENV_LOG: &str = "HOSTPLANE_LOG";
 pub const ENV_LOG_FORMAT: &str = "HOSTPLANE_LOG_FORMAT";
 /// `1`/`true`/`yes`: serve plain TCP without TLS (trusted networks only).
@@ -162,20 +177,249 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The SQLite file; its directory is created if missing.
+    /// Where the store lives: one SQLite file (the default) or PostgreSQL.
+    pub backend: StoreBackend,
+    /// The SQLite file; its directory is created if missing. Unused on postgres.
     pub path: PathBuf,
     /// Watch history kept for `Watch(from_version)`, watchers that fell
     /// behind, and paged List snapshots.
     pub history: crate::store::HistoryConfig,
+    /// The PostgreSQL connection (`backend: postgres`; docs/postgres.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresConfig>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            backend: StoreBackend::default(),
             path: PathBuf::from(DEFAULT_STORE_PATH),
             history: Default::default(),
+            postgres: None,
         }
     }
+}
+
+/// `store.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// One SQLite file (`store.path`), one coordinator process.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (`store.postgres`), one or more replicas (docs/ha.md).
+    Postgres,
+}
+
+impl StoreBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreBackend::Sqlite => "sqlite",
+            StoreBackend::Postgres => "postgres",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for StoreBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sqlite" => Ok(StoreBackend::Sqlite),
+            "postgres" => Ok(StoreBackend::Postgres),
+            other => Err(format!(
+                "unknown store backend {other:?}: expected sqlite or postgres"
+            )),
+        }
+    }
+}
+
+/// Read connections each replica keeps besides its writer and listener.
+pub const DEFAULT_PG_POOL: usize = 8;
+/// How long opening one PostgreSQL connection may take.
+pub const DEFAULT_PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `store.postgres`: how to reach the database. The password is never in
+/// the file: `password_file` names a file holding it (its first line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://USER@HOST:PORT/DBNAME` (or libpq's `host=... user=...`), without a password.
+    pub url: String,
+    /// The password's file (its first line); unset when the server needs none (`cert`, `peer`).
+    pub password_file: Option<PathBuf>,
+    /// disable | prefer | require | verify-ca | verify-full (libpq's meanings).
+    pub sslmode: SslMode,
+    /// PEM CA certificate(s) that signed the server's certificate (verify-ca, verify-full).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for `cert` authentication (pg_hba.conf).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Read connections per replica (at least 1).
+    pub pool: usize,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: String::new(),
+            password_file: None,
+            sslmode: SslMode::default(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            pool: DEFAULT_PG_POOL,
+            connect_timeout: DEFAULT_PG_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl PostgresConfig {
+    /// The store's connection settings.
+    pub fn options(&self) -> PgOptions {
+        PgOptions {
+            url: self.url.clone(),
+            password_file: self.password_file.clone(),
+            sslmode: self.sslmode,
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            pool: self.pool,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The PostgreSQL settings (`store.postgres`, defaults when the section is absent).
+    pub fn postgres_options(&self) -> PgOptions {
+        self.postgres.clone().unwrap_or_default().options()
+    }
+
+    /// The store for messages: the SQLite file, or `postgres user@host:port/db`
+    /// (never the password).
+    pub fn describe(&self) -> String {
+        match self.backend {
+            StoreBackend::Sqlite => format!("sqlite {}", self.path.display()),
+            StoreBackend::Postgres => format!("postgres {}", self.postgres_options().describe()),
+        }
+    }
+
+    /// `store.*` checks, naming the field.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        match self.backend {
+            StoreBackend::Sqlite => {
+                if self.path.as_os_str().is_empty() {
+                    return Err(("store.path", "required".into()));
+                }
+                if self.path.is_dir() {
+                    return Err(("store.path", "is a directory; name the database file".into()));
+                }
+                if self.postgres.is_some() {
+                    return Err((
+                        "store.postgres",
+                        "set while store.backend is sqlite (the default); set store.backend: postgres, \
+                         or remove the section"
+                            .into(),
+                    ));
+                }
+            }
+            StoreBackend::Postgres => check_postgres(&self.postgres_options())?,
+        }
+        if self.history.min_revisions == 0 {
+            return Err(("store.history.min_revisions", "must be at least 1".into()));
+        }
+        if self.history.max_revisions < self.history.min_revisions {
+            return Err((
+                "store.history.max_revisions",
+                "must be at least store.history.min_revisions".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The checks `validate` runs on `store.postgres` without connecting: the URL
+/// parses and carries no password nor sslmode of its own, the files named
+/// exist, the modes have what they need. `Err((field, reason))`.
+fn check_postgres(opts: &PgOptions) -> Result<(), (&'static str, String)> {
+    if opts.url.trim().is_empty() {
+        return Err((
+            "store.postgres.url",
+            "required with store.backend postgres (e.g. postgres://hostplane@db.example:5432/hostplane)"
+                .into(),
+        ));
+    }
+    let cfg: postgres::Config = opts.url.parse().map_err(|e| {
+        (
+            "store.postgres.url",
+            format!("not a PostgreSQL connection URL: {e}"),
+        )
+    })?;
+    if cfg.get_password().is_some() {
+        return Err((
+            "store.postgres.url",
+            "carries a password; remove it and put the password in store.postgres.password_file".into(),
+        ));
+    }
+    if opts.url.contains("sslmode") {
+        return Err((
+            "store.postgres.url",
+            "sets sslmode; remove it and set store.postgres.sslmode (the URL's own only knows disable, prefer and require)"
+                .into(),
+        ));
+    }
+    if opts.pool == 0 {
+        return Err(("store.postgres.pool", "must be at least 1".into()));
+    }
+    if opts.connect_timeout.is_zero() {
+        return Err(("store.postgres.connect_timeout", "must be greater than 0".into()));
+    }
+    for (field, file) in [
+        ("store.postgres.password_file", &opts.password_file),
+        ("store.postgres.ca_file", &opts.ca_file),
+        ("store.postgres.cert_file", &opts.cert_file),
+        ("store.postgres.key_file", &opts.key_file),
+    ] {
+        if let Some(path) = file {
+            if path.as_os_str().is_empty() {
+                return Err((field, "empty; leave it out or name a file".into()));
+            }
+            if !path.is_file() {
+                return Err((field, format!("{}: no such file", path.display())));
+            }
+        }
+    }
+    if opts.sslmode.verifies() && opts.ca_file.is_none() {
+        return Err((
+            "store.postgres.ca_file",
+            format!(
+                "required with sslmode {} (the CA that signed the server's certificate)",
+                opts.sslmode
+            ),
+        ));
+    }
+    match (&opts.cert_file, &opts.key_file) {
+        (Some(_), None) => return Err(("store.postgres.key_file", "required with cert_file".into())),
+        (None, Some(_)) => return Err(("store.postgres.cert_file", "required with key_file".into())),
+        _ => {}
+    }
+    if opts.sslmode == SslMode::Disable && (opts.ca_file.is_some() || opts.cert_file.is_some()) {
+        return Err((
+            "store.postgres.sslmode",
+            "is disable, yet ca_file or cert_file is set; choose require, verify-ca or verify-full".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,7 +473,9 @@ impl Config {
         Ok(cfg)
     }
 
-    /// `HOSTPLANE_LISTEN`, `HOSTPLANE_STORE_PATH`, `HOSTPLANE_LOG`, `HOSTPLANE_LOG_FORMAT`.
+    /// `HOSTPLANE_LISTEN`, `HOSTPLANE_STORE_PATH`, `HOSTPLANE_STORE_BACKEND`,
+    /// `HOSTPLANE_STORE_POSTGRES_URL`, `HOSTPLANE_STORE_POSTGRES_PASSWORD_FILE`,
+    /// `HOSTPLANE_LOG`, `HOSTPLANE_LOG_FORMAT`, `HOSTPLANE_INSECURE`.
     pub fn apply_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
         let bad = |var, value: &str, reason: String| ConfigError::Env {
             var,
@@ -246,6 +492,29 @@ impl Config {
                 return Err(bad(ENV_STORE_PATH, &v, "must not be empty".into()));
             }
             self.store.path = PathBuf::from(v);
+        }
+        if let Some(v) = env.get(ENV_STORE_BACKEND) {
+            self.store.backend = v.parse().map_err(|reason| bad(ENV_STORE_BACKEND, &v, reason))?;
+        }
+        if let Some(v) = env.get(ENV_STORE_POSTGRES_URL) {
+            // The value is not echoed: a URL may (wrongly) carry a password.
+            if v.is_empty() {
+                return Err(bad(ENV_STORE_POSTGRES_URL, &v, "must not be empty".into()));
+            }
+            self.store.postgres.get_or_insert_with(Default::default).url = v;
+        }
+        if let Some(v) = env.get(ENV_STORE_POSTGRES_PASSWORD_FILE) {
+            if v.is_empty() {
+                return Err(bad(
+                    ENV_STORE_POSTGRES_PASSWORD_FILE,
+                    &v,
+                    "must not be empty".into(),
+                ));
+            }
+            self.store
+                .postgres
+                .get_or_insert_with(Default::default)
+                .password_file = Some(PathBuf::from(v));
         }
         if let Some(v) = env.get(ENV_LOG)
             && !v.is_empty()
@@ -275,20 +544,8 @@ impl Config {
                 reason: reason.into(),
             })
         };
-        if self.store.path.as_os_str().is_empty() {
-            return invalid("store.path", "required");
-        }
-        if self.store.path.is_dir() {
-            return invalid("store.path", "is a directory; name the database file");
-        }
-        if self.store.history.min_revisions == 0 {
-            return invalid("store.history.min_revisions", "must be at least 1");
-        }
-        if self.store.history.max_revisions < self.store.history.min_revisions {
-            return invalid(
-                "store.history.max_revisions",
-                "must be at least store.history.min_revisions",
-            );
+        if let Err((field, reason)) = self.store.validate() {
+            return invalid(field, &reason);
         }
         if self.fsm.resync.is_zero() {
             return invalid("fsm.resync", "must be greater than 0");
@@ -574,6 +831,268 @@ mod tests {
         let e = Config::load(Some(&missing), &env(&[])).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }), "{e}");
         assert!(e.to_string().contains("nope.yaml"), "{e}");
+    }
+
+    #[test]
+    fn store_backend_defaults_to_sqlite() {
+        let cfg = Config::default();
+        assert_eq!(cfg.store.backend, StoreBackend::Sqlite);
+        assert_eq!(cfg.store.postgres, None);
+        assert_eq!(
+            cfg.store.describe(),
+            "sqlite /var/lib/hostplane-coordinator/coordinator.db"
+        );
+        let cfg = Config::from_yaml(
+            "store:\n  backend: sqlite\n  path: /tmp/c.db\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.store.path, Path::new("/tmp/c.db"));
+        let e = Config::from_yaml("store:\n  backend: mysql\n", Path::new("c.yaml")).unwrap_err();
+        assert!(e.to_string().contains("mysql"), "{e}");
+    }
+
+    #[test]
+    fn postgres_section_becomes_pg_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in ["password", "ca.crt", "client.crt", "client.key"] {
+            std::fs::write(d.join(f), "x\n").unwrap();
+        }
+        let yaml = format!(
+            "insecure: true\nstore:\n  backend: postgres\n  postgres:\n    url: postgres://hostplane@db.example:6432/hp\n    \
+             password_file: {0}/password\n    sslmode: verify-full\n    ca_file: {0}/ca.crt\n    \
+             cert_file: {0}/client.crt\n    key_file: {0}/client.key\n    pool: 3\n    connect_timeout: 2s\n",
+            d.display()
+        );
+        let cfg = Config::from_yaml(&yaml, Path::new("c.yaml")).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.store.backend, StoreBackend::Postgres);
+        assert_eq!(
+            cfg.store.postgres_options(),
+            PgOptions {
+                url: "postgres://hostplane@db.example:6432/hp".into(),
+                password_file: Some(d.join("password")),
+                sslmode: SslMode::VerifyFull,
+                ca_file: Some(d.join("ca.crt")),
+                cert_file: Some(d.join("client.crt")),
+                key_file: Some(d.join("client.key")),
+                pool: 3,
+                connect_timeout: Duration::from_secs(2),
+            }
+        );
+        assert_eq!(cfg.store.describe(), "postgres hostplane@db.example:6432/hp");
+        // Only the url: every other key at its default.
+        let cfg = Config::from_yaml(
+            "store:\n  backend: postgres\n  postgres:\n    url: postgres://u@h/d\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        let o = cfg.store.postgres_options();
+        assert_eq!(
+            (o.sslmode, o.pool, o.connect_timeout, o.password_file),
+            (SslMode::Disable, 8, Duration::from_secs(5), None)
+        );
+        // The section's keys are checked like every other.
+        for (yaml, want) in [
+            ("store:\n  postgres:\n    uri: x\n", "uri"),
+            ("store:\n  postgres:\n    sslmode: verify_full\n", "verify_full"),
+            ("store:\n  postgres:\n    password: hunter2\n", "password"),
+            (
+                "store:\n  postgres:\n    connect_timeout: soon\n",
+                "connect_timeout",
+            ),
+        ] {
+            let e = Config::from_yaml(yaml, Path::new("c.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{yaml:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn postgres_validation_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let ca = d.join("ca.crt");
+        std::fs::write(&ca, "x").unwrap();
+        let pg = |url: &str| {
+            let mut c = Config {
+                insecure: true,
+                ..Config::default()
+            };
+            c.store.backend = StoreBackend::Postgres;
+            c.store.postgres = Some(PostgresConfig {
+                url: url.into(),
+                ..Default::default()
+            });
+            c
+        };
+        pg("postgres://u@h/d").validate().unwrap();
+        // The SQLite path is not looked at on postgres.
+        let mut c = pg("host=/run/postgresql user=u dbname=d");
+        c.store.path = d.clone();
+        c.validate().unwrap();
+        type Case = (&'static str, Config);
+        let with = |f: &dyn Fn(&mut PostgresConfig)| {
+            let mut c = pg("postgres://u@h/d");
+            f(c.store.postgres.as_mut().unwrap());
+            c
+        };
+        let cases: Vec<Case> = vec![
+            ("store.postgres.url: required with store.backend postgres", pg("")),
+            ("store.postgres.url: required with store.backend postgres", {
+                let mut c = pg("");
+                c.store.postgres = None;
+                c
+            }),
+            (
+                "store.postgres.url: carries a password; remove it and put the password in \
+                 store.postgres.password_file",
+                pg("postgres://u:hunter2@h/d"),
+            ),
+            (
+                "store.postgres.url: carries a password",
+                pg("host=h user=u password=hunter2 dbname=d"),
+            ),
+            (
+                "store.postgres.url: sets sslmode",
+                pg("postgres://u@h/d?sslmode=require"),
+            ),
+            (
+                "store.postgres.url: not a PostgreSQL connection URL",
+                pg("postgres://u@h/d?bogus=1"),
+            ),
+            ("store.postgres.pool: must be at least 1", with(&|p| p.pool = 0)),
+            (
+                "store.postgres.connect_timeout: must be greater than 0",
+                with(&|p| p.connect_timeout = Duration::ZERO),
+            ),
+            (
+                "store.postgres.password_file: ",
+                with(&|p| p.password_file = Some("/nonexistent/pw".into())),
+            ),
+            ("store.postgres.ca_file: ", {
+                let missing = d.join("missing-ca.crt");
+                with(&move |p| {
+                    p.sslmode = SslMode::VerifyCa;
+                    p.ca_file = Some(missing.clone());
+                })
+            }),
+            (
+                "store.postgres.ca_file: required with sslmode verify-full",
+                with(&|p| p.sslmode = SslMode::VerifyFull),
+            ),
+            (
+                "store.postgres.ca_file: required with sslmode verify-ca",
+                with(&|p| p.sslmode = SslMode::VerifyCa),
+            ),
+            ("store.postgres.key_file: required with cert_file", {
+                let ca = ca.clone();
+                with(&move |p| {
+                    p.sslmode = SslMode::Require;
+                    p.cert_file = Some(ca.clone());
+                })
+            }),
+            ("store.postgres.cert_file: required with key_file", {
+                let ca = ca.clone();
+                with(&move |p| {
+                    p.sslmode = SslMode::Require;
+                    p.key_file = Some(ca.clone());
+                })
+            }),
+            ("store.postgres.sslmode: is disable, yet ca_file", {
+                let ca = ca.clone();
+                with(&move |p| p.ca_file = Some(ca.clone()))
+            }),
+            ("store.postgres: set while store.backend is sqlite", {
+                let mut c = pg("postgres://u@h/d");
+                c.store.backend = StoreBackend::Sqlite;
+                c
+            }),
+        ];
+        for (want, cfg) in cases {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("config field {want}")),
+                "{e:?} does not start with {want:?}"
+            );
+            assert!(!e.contains("hunter2"), "the password is printed: {e}");
+        }
+        // A missing file is named.
+        let e = with(&|p| p.password_file = Some("/nonexistent/pw".into()))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/pw: no such file"), "{e}");
+    }
+
+    #[test]
+    fn postgres_env_overrides() {
+        let mut cfg = Config::default();
+        cfg.apply_env(&env(&[
+            (ENV_STORE_BACKEND, "postgres"),
+            (ENV_STORE_POSTGRES_URL, "postgres://hp@db/hp"),
+            (ENV_STORE_POSTGRES_PASSWORD_FILE, "/run/secrets/pg"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.store.backend, StoreBackend::Postgres);
+        let pg = cfg.store.postgres.clone().unwrap();
+        assert_eq!(pg.url, "postgres://hp@db/hp");
+        assert_eq!(pg.password_file, Some(PathBuf::from("/run/secrets/pg")));
+        assert_eq!(pg.pool, DEFAULT_PG_POOL, "the rest keeps its defaults");
+        // Over a file's section: only what the variables name changes.
+        let mut cfg = Config::from_yaml(
+            "store:\n  backend: postgres\n  postgres:\n    url: postgres://a@b/c\n    sslmode: require\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        cfg.apply_env(&env(&[(ENV_STORE_POSTGRES_URL, "postgres://x@y/z")]))
+            .unwrap();
+        let pg = cfg.store.postgres.clone().unwrap();
+        assert_eq!(
+            (pg.url.as_str(), pg.sslmode),
+            ("postgres://x@y/z", SslMode::Require)
+        );
+        cfg.apply_env(&env(&[(ENV_STORE_BACKEND, "sqlite")])).unwrap();
+        assert_eq!(cfg.store.backend, StoreBackend::Sqlite);
+        for (pairs, want) in [
+            (
+                &[(ENV_STORE_BACKEND, "oracle")][..],
+                "HOSTPLANE_STORE_BACKEND=\"oracle\": unknown store backend \"oracle\"",
+            ),
+            (
+                &[(ENV_STORE_POSTGRES_URL, "")][..],
+                "HOSTPLANE_STORE_POSTGRES_URL=\"\": must not be empty",
+            ),
+            (
+                &[(ENV_STORE_POSTGRES_PASSWORD_FILE, "")][..],
+                "HOSTPLANE_STORE_POSTGRES_PASSWORD_FILE=\"\": must not be empty",
+            ),
+        ] {
+            let e = Config::default().apply_env(&env(pairs)).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("environment variable {want}")),
+                "{e:?} does not start with {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_postgres_config_survives_a_yaml_round_trip() {
+        let mut cfg = Config::default();
+        cfg.store.backend = StoreBackend::Postgres;
+        cfg.store.postgres = Some(PostgresConfig {
+            url: "postgres://u@h/d".into(),
+            sslmode: SslMode::VerifyCa,
+            ca_file: Some("/etc/ca.crt".into()),
+            ..Default::default()
+        });
+        let yaml = serde_norway::to_string(&cfg).unwrap();
+        assert!(yaml.contains("sslmode: verify-ca"), "{yaml}");
+        assert_eq!(Config::from_yaml(&yaml, Path::new("c.yaml")).unwrap(), cfg);
+        let sqlite = serde_norway::to_string(&Config::default()).unwrap();
+        assert!(!sqlite.contains("postgres:"), "{sqlite}");
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hostplane_common::signals::{self, Signals};
-use hostplane_coordinator::config::{Config, ConfigError, LogConfig, ProcessEnv};
+use hostplane_coordinator::config::{Config, ConfigError, LogConfig, ProcessEnv, StoreBackend};
 use hostplane_coordinator::server;
+use hostplane_coordinator::store::{Migrated, Store, pg_connect, pg_migrate};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_RUNTIME: u8 = 1;
@@ -32,7 +33,7 @@ struct Cli {
     /// gRPC listen address (overrides the file and HOSTPLANE_LISTEN).
     #[arg(long, global = true, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Store file (overrides the file and HOSTPLANE_STORE_PATH).
+    /// Store file (overrides the file and HOSTPLANE_STORE_PATH; store.backend sqlite only).
     #[arg(long, global = true, value_name = "PATH")]
     store: Option<PathBuf>,
     /// Serve plain TCP without TLS: no encryption, no node identity (a trusted
@@ -51,7 +52,9 @@ enum Cmd {
     /// printing the version before and after (starting the coordinator
     /// migrates too). 0 when done or already current; 1 when the store
     /// cannot be opened or is newer than this binary (left unchanged);
-    /// 78 on a config error. Reads only the config's store path.
+    /// 78 on a config error. Reads only the config's `store` section: the
+    /// SQLite file, or on `store.backend: postgres` the database of
+    /// `store.postgres` (docs/postgres.md).
     Migrate,
     /// Print the version.
     Version,
@@ -126,11 +129,7 @@ fn main() -> ExitCode {
         }
     };
     if matches!(cli.cmd, Some(Cmd::Validate)) {
-        println!(
-            "config OK: listen {}, store {}",
-            cfg.listen,
-            cfg.store.path.display()
-        );
+        println!("config OK: listen {}, store {}", cfg.listen, cfg.store.describe());
         return ExitCode::SUCCESS;
     }
     match run(cfg) {
@@ -151,6 +150,7 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
         cfg.listen = addr;
     }
     if let Some(path) = &cli.store {
+        store_flag_is_sqlite(&cfg)?;
         cfg.store.path = path.clone();
     }
     if cli.insecure {
@@ -158,6 +158,18 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// `--store` names a SQLite file: refused on postgres rather than ignored.
+fn store_flag_is_sqlite(cfg: &Config) -> Result<(), ConfigError> {
+    match cfg.store.backend {
+        StoreBackend::Sqlite => Ok(()),
+        StoreBackend::Postgres => Err(ConfigError::Invalid {
+            field: "--store",
+            reason: "names a SQLite file, but store.backend is postgres (set store.postgres.url instead)"
+                .into(),
+        }),
+    }
 }
 
 /// Log settings when the config could not be loaded: the environment or the defaults.
@@ -180,17 +192,29 @@ fn init_tracing(log: &LogConfig) {
 }
 
 /// `migrate`: the store's schema migrated forward, the versions printed.
-/// The config is read for the store path only (the TLS files and tokens a
-/// server needs are not checked: an upgrade step may run without them).
+/// The config is read for the `store` section only (the TLS files and tokens
+/// a server needs are not checked: an upgrade step may run without them).
 fn migrate(cli: &Cli) -> ExitCode {
-    let cfg = Config::read(cli.config.as_deref()).and_then(|mut c| c.apply_env(&ProcessEnv).map(|()| c));
-    let (path, log) = match cfg {
-        Ok(c) => (cli.store.clone().unwrap_or(c.store.path), c.log),
+    let cfg = Config::read(cli.config.as_deref())
+        .and_then(|mut c| c.apply_env(&ProcessEnv).map(|()| c))
+        .and_then(|c| match cli.store {
+            Some(_) => store_flag_is_sqlite(&c).map(|()| c),
+            None => Ok(c),
+        });
+    let cfg = match cfg {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("hostplane-coordinator: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    match cfg.store.backend {
+        StoreBackend::Sqlite => migrate_sqlite(cli.store.clone().unwrap_or(cfg.store.path), &cfg.log),
+        StoreBackend::Postgres => migrate_postgres(&cfg),
+    }
+}
+
+fn migrate_sqlite(path: PathBuf, log: &LogConfig) -> ExitCode {
     if path.as_os_str().is_empty() || path.is_dir() {
         eprintln!(
             "hostplane-coordinator: store.path {:?}: name the database file",
@@ -198,20 +222,42 @@ fn migrate(cli: &Cli) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     }
-    init_tracing(&log);
-    match hostplane_coordinator::store::migrate_file(&path) {
+    init_tracing(log);
+    migrated(
+        &path.display().to_string(),
+        hostplane_coordinator::store::migrate_file(&path).map_err(|e| e.to_string()),
+    )
+}
+
+/// `migrate` on `store.backend: postgres`: one connection, [`pg_migrate`]
+/// (each step under the migration lock, so a replica starting meanwhile waits).
+fn migrate_postgres(cfg: &Config) -> ExitCode {
+    if let Err((field, reason)) = cfg.store.validate() {
+        eprintln!(
+            "hostplane-coordinator: {}",
+            ConfigError::Invalid { field, reason }
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    init_tracing(&cfg.log);
+    let opts = cfg.store.postgres_options();
+    let name = format!("postgres {}", opts.describe());
+    let result = pg_connect(&opts)
+        .and_then(|mut client| pg_migrate(&mut client))
+        .map_err(|e| format!("{name}: {e}"));
+    migrated(&name, result)
+}
+
+/// Prints `store NAME: schema version A -> B` and the exit code.
+fn migrated(name: &str, result: Result<Migrated, String>) -> ExitCode {
+    match result {
         Ok(m) => {
             let note = match (m.before, m.after) {
                 (0, _) => " (new store)",
                 (b, a) if b == a => " (already current)",
                 _ => "",
             };
-            println!(
-                "store {}: schema version {} -> {}{note}",
-                path.display(),
-                m.before,
-                m.after
-            );
+            println!("store {name}: schema version {} -> {}{note}", m.before, m.after);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -371,8 +417,42 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             Some(reload.clone()),
             EXIT_RUNTIME.into(),
         );
-        let result = server::run_with_reload(cfg, shutdown, reload).await;
+        let result = match cfg.store.backend {
+            StoreBackend::Sqlite => server::run_with_reload(cfg, shutdown, reload)
+                .await
+                .map_err(anyhow::Error::from),
+            StoreBackend::Postgres => run_postgres(cfg, shutdown, reload).await,
+        };
         watcher.abort();
-        result.map_err(anyhow::Error::from)
+        result
     })
+}
+
+/// `run` on `store.backend: postgres`: bind, open the store on PostgreSQL
+/// (migrating it, on a blocking thread), then serve it as `run_with_reload` does.
+async fn run_postgres(
+    cfg: Config,
+    shutdown: CancellationToken,
+    reload: std::sync::Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
+    let listener = server::listen_on(cfg.listen).map_err(|source| server::ServerError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let opts = cfg.store.postgres_options();
+    let name = format!("postgres {}", opts.describe());
+    tracing::info!(store = %name, sslmode = %opts.sslmode, "opening the store");
+    let history = cfg.store.history;
+    let store = tokio::task::spawn_blocking(move || Store::open_postgres(&opts, history))
+        .await
+        .map_err(|e| anyhow::anyhow!("store {name}: {e}"))?
+        .map_err(|e| anyhow::anyhow!("store {name}: {e}"))?;
+    let opts = server::ServeOptions {
+        store: Some(store),
+        reload: Some(reload),
+        ..server::ServeOptions::default()
+    };
+    server::serve_with(cfg, listener, shutdown, opts)
+        .await
+        .map_err(anyhow::Error::from)
 }

@@ -5,6 +5,10 @@
 //! it (an immediate shutdown, SIGKILL if that hangs), reaps it and removes the
 //! directory, also when the test panics.
 //!
+//! [`PgCluster::start_with`] can start it with TLS (`ssl = on`, the
+//! certificate and key the test made) and, optionally, client-certificate
+//! authentication for TCP connections over TLS (`hostssl ... cert`).
+//!
 //! The binaries are Debian's, in `/usr/lib/postgresql/<version>/bin` (the
 //! newest version there), or in `$HOSTPLANE_PG_BINDIR`; `scripts/setup`
 //! installs them. When they are missing [`PgCluster::start`] prints why and
@@ -59,6 +63,28 @@ pub fn bindir() -> Option<PathBuf> {
     found.pop().map(|(_, bin)| bin)
 }
 
+/// The server's TLS settings for [`PgCluster::start_with`], as PEM text.
+#[derive(Debug, Clone, Default)]
+pub struct ServerTls {
+    /// The server's certificate (chain).
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// CA certificate(s) the server accepts client certificates from (`ssl_ca_file`).
+    pub client_ca_pem: Option<String>,
+    /// TCP connections over TLS authenticate by client certificate alone
+    /// (`hostssl all all 127.0.0.1/32 cert`, before the password rule): the
+    /// certificate's CN is the user. Needs `client_ca_pem`.
+    pub client_cert_auth: bool,
+}
+
+/// How [`PgCluster::start_with`] sets the cluster up.
+#[derive(Debug, Clone, Default)]
+pub struct PgClusterOptions {
+    /// `ssl = on` with these files; `None`: TLS off (the server refuses it).
+    pub tls: Option<ServerTls>,
+}
+
 /// A running throwaway cluster; stopped and removed on drop.
 pub struct PgCluster {
     dir: tempfile::TempDir,
@@ -75,6 +101,11 @@ impl PgCluster {
     /// Starts a cluster. `Ok(None)` (with the reason on stderr) only when the
     /// PostgreSQL binaries are missing; any other failure is an error.
     pub fn start() -> io::Result<Option<PgCluster>> {
+        Self::start_with(PgClusterOptions::default())
+    }
+
+    /// [`PgCluster::start`] with `opts` (TLS).
+    pub fn start_with(opts: PgClusterOptions) -> io::Result<Option<PgCluster>> {
         let Some(bindir) = bindir() else {
             eprintln!(
                 "PostgreSQL binaries not found (no /usr/lib/postgresql/*/bin with initdb, postgres and createdb, \
@@ -106,6 +137,9 @@ impl PgCluster {
             server: None,
         };
         cluster.init()?;
+        if let Some(tls) = &opts.tls {
+            cluster.configure_tls(tls)?;
+        }
         cluster.launch()?;
         cluster.create_database()?;
         Ok(Some(cluster))
@@ -138,6 +172,48 @@ impl PgCluster {
             .output()?;
         check("initdb", &out)?;
         fs::remove_file(&pwfile)?;
+        Ok(())
+    }
+
+    /// Writes the TLS files into the data directory (the key 0600 and owned
+    /// by the server's user, which PostgreSQL insists on) and turns `ssl` on;
+    /// with `client_cert_auth`, TLS connections over TCP authenticate by
+    /// certificate.
+    fn configure_tls(&self, tls: &ServerTls) -> io::Result<()> {
+        let data = self.data_dir();
+        let mut files = vec![("server.crt", &tls.cert_pem), ("server.key", &tls.key_pem)];
+        if let Some(ca) = &tls.client_ca_pem {
+            files.push(("root.crt", ca));
+        }
+        for (name, pem) in files {
+            let path = data.join(name);
+            fs::write(&path, pem)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+            }
+        }
+        let mut conf = fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?;
+        writeln!(
+            conf,
+            "\n# hostplane PgCluster TLS\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+        )?;
+        if tls.client_ca_pem.is_some() {
+            writeln!(conf, "ssl_ca_file = 'root.crt'")?;
+        }
+        if tls.client_cert_auth {
+            if tls.client_ca_pem.is_none() {
+                return Err(io::Error::other(
+                    "ServerTls::client_cert_auth needs client_ca_pem (the CA of the client certificates)",
+                ));
+            }
+            // The first matching line wins: this one before initdb's password rules.
+            let hba = data.join("pg_hba.conf");
+            let rest = fs::read_to_string(&hba)?;
+            fs::write(&hba, format!("hostssl all all 127.0.0.1/32 cert\n{rest}"))?;
+        }
         Ok(())
     }
 
@@ -241,6 +317,28 @@ impl PgCluster {
             "postgres://{USER}:{}@127.0.0.1:{}/{DATABASE}",
             self.password, self.port
         )
+    }
+
+    /// [`PgCluster::url`] without the password (give it from a file), `host`
+    /// being the name the client connects to and checks the certificate
+    /// against; the address is always 127.0.0.1 (`hostaddr`).
+    pub fn url_for_host(&self, host: &str) -> String {
+        format!(
+            "postgres://{USER}@{host}:{}/{DATABASE}?hostaddr=127.0.0.1",
+            self.port
+        )
+    }
+
+    /// [`PgCluster::url`] without the password.
+    pub fn url_without_password(&self) -> String {
+        format!("postgres://{USER}@127.0.0.1:{}/{DATABASE}", self.port)
+    }
+
+    /// Writes the password into `path` (with a trailing newline, as an
+    /// operator's editor would), mode 0600.
+    pub fn write_password_file(&self, path: &Path) -> io::Result<()> {
+        fs::write(path, format!("{}\n", self.password))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
     }
 
     /// A libpq key-value connection string for [`DATABASE`] over the Unix socket.
