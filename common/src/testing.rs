@@ -2,3 +2,4 @@
 //! crates turn it on in their dev-dependencies; the daemons never carry it).
 
 pub mod pg;
+pub mod pg_shared;

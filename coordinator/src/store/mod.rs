@@ -28,7 +28,7 @@ mod snapshot;
 mod txn;
 mod view;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -47,7 +47,7 @@ pub use retention::HistoryConfig;
 use retention::Retention;
 pub use schema::{Migrated, SCHEMA_VERSION, migrate_file};
 pub use snapshot::{Page, PageLimit};
-use txn::{Changes, Counters};
+use txn::{Changes, Counters, PgStatements, Tx};
 pub use txn::{CommandRow, Txn};
 pub use view::View;
 
@@ -124,8 +124,80 @@ pub struct StoreStats {
     pub rows_read: u64,
 }
 
+/// The writer's connection: the engine the store runs on.
+enum Conn {
+    Lite(Connection),
+    Pg(PgWriter),
+}
+
+/// The PostgreSQL writer connection, reopened after it breaks (a restart
+/// of PostgreSQL, a network cut) at the next write.
+struct PgWriter {
+    opts: PgOptions,
+    client: Option<postgres::Client>,
+    /// Prepared statements of `client` (forgotten with it).
+    stmts: PgStatements,
+}
+
+impl Drop for PgWriter {
+    fn drop(&mut self) {
+        // Closing the synchronous client blocks on its own runtime, which
+        // may not happen on a thread that drives async tasks (the store's
+        // last clone may be dropped on one): close it on a thread of its own.
+        if let Some(client) = self.client.take() {
+            let _ = std::thread::Builder::new()
+                .name("pg-close".into())
+                .spawn(move || drop(client));
+        }
+    }
+}
+
+/// Run `f` on a thread that is not inside an async runtime: the synchronous
+/// PostgreSQL client blocks on a runtime of its own, which tokio refuses on
+/// a thread that drives async tasks.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(out) => out,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+impl Conn {
+    /// Begin a transaction. `lock`: it may write (on PostgreSQL it takes
+    /// the revision lock first, docs/ha.md §2).
+    fn begin<'c>(&'c mut self, counters: &'c Counters, lock: bool) -> Result<Txn<'c>, StoreError> {
+        match self {
+            Conn::Lite(conn) => Txn::new(Tx::Lite(conn.transaction()?), counters, lock),
+            Conn::Pg(w) => {
+                if w.client.as_ref().is_none_or(|c| c.is_closed()) {
+                    w.stmts.clear();
+                    w.client = None;
+                    w.client = Some(pg_conn::connect(&w.opts)?);
+                }
+                let client = w.client.as_mut().expect("connected above");
+                let tx = client.transaction()?;
+                Txn::new(
+                    Tx::Pg {
+                        tx: std::cell::RefCell::new(tx),
+                        stmts: std::cell::RefCell::new(&mut w.stmts),
+                    },
+                    counters,
+                    lock,
+                )
+            }
+        }
+    }
+
+    fn is_pg(&self) -> bool {
+        matches!(self, Conn::Pg(_))
+    }
+}
+
 struct Inner {
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
     /// Writes waiting for the writer, and whether a writer is draining them.
     queue: Mutex<Queue>,
     view: RwLock<View>,
@@ -260,12 +332,27 @@ impl Store {
     }
 
     /// Open the store on PostgreSQL (`store.backend: postgres`), migrating
-    /// the schema forward under the migration lock.
+    /// the schema forward under the migration lock (docs/ha.md §1).
     pub fn open_postgres(opts: &PgOptions, history: HistoryConfig) -> Result<Store, StoreError> {
-        let _ = (opts, history);
-        Err(StoreError::Join(
-            "the PostgreSQL store engine is not built yet (issue 13)".into(),
-        ))
+        Self::open_postgres_with(opts, history, LIVE_FEED_CAPACITY, WATCH_CACHE_CAPACITY)
+    }
+
+    fn open_postgres_with(
+        opts: &PgOptions,
+        history: HistoryConfig,
+        feed: usize,
+        cache: usize,
+    ) -> Result<Store, StoreError> {
+        off_runtime(|| {
+            let mut client = pg_conn::connect(opts)?;
+            pg_schema::pg_migrate(&mut client)?;
+            let conn = Conn::Pg(PgWriter {
+                opts: opts.clone(),
+                client: Some(client),
+                stmts: HashMap::new(),
+            });
+            Self::from_conn(conn, PathBuf::from("postgres"), history, feed, cache)
+        })
     }
 
     /// A store in memory (tests and benchmarks).
@@ -325,9 +412,19 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn, &path)?;
+        Self::from_conn(Conn::Lite(conn), path, history, feed, cache)
+    }
+
+    fn from_conn(
+        mut conn: Conn,
+        path: PathBuf,
+        history: HistoryConfig,
+        feed: usize,
+        cache: usize,
+    ) -> Result<Store, StoreError> {
         let counters = Counters::default();
         let view = {
-            let txn = Txn::new(conn.transaction()?, &counters)?;
+            let txn = conn.begin(&counters, false)?;
             View::load(&txn)?
         };
         let retention = Retention::new(history, view.revision(), Instant::now());
@@ -438,10 +535,12 @@ impl Store {
 
     /// Run `jobs` in one transaction (each in its own savepoint when there
     /// are several), commit, update the view and broadcast.
-    fn run_batch(inner: &Inner, conn: &mut Connection, jobs: &mut [&mut dyn Job]) -> Result<(), StoreError> {
+    fn run_batch(inner: &Inner, conn: &mut Conn, jobs: &mut [&mut dyn Job]) -> Result<(), StoreError> {
         let started = Instant::now();
-        let mut txn = Txn::new(conn.transaction()?, &inner.counters)?;
-        let grouped = jobs.len() > 1;
+        // On PostgreSQL every closure gets a savepoint: an error there
+        // aborts the whole transaction until it is rolled back to one.
+        let grouped = jobs.len() > 1 || conn.is_pg();
+        let mut txn = conn.begin(&inner.counters, true)?;
         let mut kept = Changes::default();
         let mut any_ok = false;
         for job in jobs.iter_mut() {
@@ -449,7 +548,7 @@ impl Store {
             let ok = job.run(&mut txn);
             if !txn.in_transaction() {
                 return Err(StoreError::Join(
-                    "SQLite rolled the store transaction back after an error".into(),
+                    "the store transaction was rolled back after an error".into(),
                 ));
             }
             match (ok, mark) {
@@ -507,7 +606,9 @@ impl Store {
     }
 
     /// Like [`Store::write`], but on the calling thread, in a transaction of
-    /// its own (for blocking contexts and tests).
+    /// its own (for blocking contexts and tests). On PostgreSQL the calling
+    /// thread must not be one that drives async tasks (the synchronous
+    /// client blocks on a runtime of its own): use [`Store::write`] there.
     pub fn write_sync<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Txn<'_>) -> Result<T, E>,
@@ -624,6 +725,8 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod test_backend;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

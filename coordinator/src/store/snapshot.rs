@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hostplane_proto::v1::{EventType, Kind, Resource};
 use prost::Message;
-use rusqlite::params;
 
+use super::txn::args;
 use super::{StoreError, Txn};
 
 /// One page of a snapshot read.
@@ -42,9 +42,11 @@ pub struct PageLimit {
 impl Txn<'_> {
     /// The revision after which every event is kept.
     pub fn history_floor(&self) -> Result<u64, StoreError> {
-        let v: Option<i64> = self.one_row("SELECT value FROM meta WHERE key = 'history_floor'", [], |r| {
-            r.get(0)
-        })?;
+        let v: Option<i64> = self.one_row(
+            "SELECT value FROM meta WHERE key = 'history_floor'",
+            args![],
+            |r| r.get(0),
+        )?;
         Ok(v.unwrap_or(0).max(0) as u64)
     }
 
@@ -53,9 +55,9 @@ impl Txn<'_> {
     /// carries it as `prev_body`, so a snapshot from before the change can
     /// still read it.
     pub(super) fn prev_body_to_keep(&self, kind: Kind, name: &str) -> Result<Option<String>, StoreError> {
-        let kept: Option<i64> = self.one_row(
+        let kept: Option<i32> = self.one_row(
             "SELECT 1 FROM events WHERE kind = ?1 AND name = ?2 LIMIT 1",
-            params![kind.noun(), name],
+            args![kind.noun(), name],
             |r| r.get(0),
         )?;
         if kept.is_some() {
@@ -63,7 +65,7 @@ impl Txn<'_> {
         }
         self.one_row(
             "SELECT body FROM resources WHERE kind = ?1 AND name = ?2",
-            params![kind.noun(), name],
+            args![kind.noun(), name],
             |r| r.get(0),
         )
     }
@@ -79,14 +81,14 @@ impl Txn<'_> {
         // a scan of the whole history per prune, not of the pruned range.
         let dropped: Vec<(String, String, i64)> = self.all_rows(
             "SELECT kind, name, MAX(revision) FROM events NOT INDEXED WHERE revision <= ?1 GROUP BY kind, name",
-            params![through as i64],
+            args![through as i64],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         for (kind, name, last) in dropped {
             let next: Option<(i64, i32, bool)> = self.one_row(
                 "SELECT revision, type, prev_body IS NULL FROM events
                  WHERE kind = ?1 AND name = ?2 AND revision > ?3 ORDER BY revision LIMIT 1",
-                params![kind, name, through as i64],
+                args![kind, name, through as i64],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
             let Some((next_rev, next_type, no_prev)) = next else {
@@ -99,13 +101,13 @@ impl Txn<'_> {
             self.exec(
                 "UPDATE events SET prev_body = (SELECT body FROM events WHERE revision = ?1 AND type != ?3)
                  WHERE revision = ?2",
-                params![last, next_rev, EventType::Deleted as i32],
+                args![last, next_rev, EventType::Deleted as i32],
             )?;
         }
-        self.exec("DELETE FROM events WHERE revision <= ?1", params![through as i64])?;
+        self.exec("DELETE FROM events WHERE revision <= ?1", args![through as i64])?;
         self.exec(
             "UPDATE meta SET value = ?1 WHERE key = 'history_floor'",
-            params![through as i64],
+            args![through as i64],
         )?;
         Ok(())
     }
@@ -132,62 +134,60 @@ impl Txn<'_> {
             .filter_map(|(n, r)| r.as_ref().map(|r| (n.as_str(), r)))
             .peekable();
 
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT name, body FROM resources WHERE kind = ?1 AND name > ?2 ORDER BY name")?;
-        let mut rows = stmt.query(params![kind.noun(), after])?;
-        let mut next_row = move || -> Result<Option<(String, String)>, StoreError> {
-            Ok(match rows.next()? {
-                Some(r) => Some((r.get(0)?, r.get(1)?)),
-                None => None,
-            })
+        let mut page = Page {
+            items: Vec::new(),
+            more: false,
         };
-        let mut merge = move || -> Result<Page, StoreError> {
-            let mut row = next_row()?;
-            let mut page = Page {
-                items: Vec::new(),
-                more: false,
-            };
-            let mut bytes = 0;
-            loop {
-                // Merge the two name-ordered sources; a row that changed after
-                // `at` is replaced by its state from history (maybe none).
-                let item = match (&row, from_history.peek()) {
-                    (None, None) => break,
-                    (Some((rn, _)), Some((hn, _))) if *hn < rn.as_str() => {
-                        from_history.next().map(|(_, r)| r.clone())
+        let mut bytes = 0;
+        // Add one object to the page; false once the page is full.
+        let mut push = |item: &Resource| -> bool {
+            if !keep(item) {
+                return true;
+            }
+            let size = item.encoded_len();
+            if page.items.len() >= limit.items || (!page.items.is_empty() && bytes + size > limit.bytes) {
+                page.more = true;
+                return false;
+            }
+            bytes += size;
+            page.items.push(item.clone());
+            true
+        };
+        // Merge the two name-ordered sources; a row that changed after `at`
+        // is replaced by its state from history (maybe none).
+        let mut full = false;
+        self.each_row(
+            "SELECT name, body FROM resources WHERE kind = ?1 AND name > ?2 ORDER BY name",
+            args![kind.noun(), after],
+            |r| {
+                let (name, body): (String, String) = (r.get(0)?, r.get(1)?);
+                while let Some((hn, _)) = from_history.peek()
+                    && *hn < name.as_str()
+                {
+                    let (_, h) = from_history.next().expect("peeked");
+                    if !push(h) {
+                        full = true;
+                        return Ok(false);
                     }
-                    (Some((rn, _)), _) if changed_names.contains(rn.as_str()) => {
-                        row = next_row()?;
-                        continue;
-                    }
-                    (Some(_), _) => {
-                        let (name, body) = row.take().unwrap_or_default();
-                        row = next_row()?;
-                        Some(Self::decode(kind, &name, &body)?)
-                    }
-                    (None, Some(_)) => from_history.next().map(|(_, r)| r.clone()),
-                };
-                let Some(item) = item else { break };
-                if !keep(&item) {
-                    continue;
                 }
-                let size = item.encoded_len();
-                let full =
-                    page.items.len() >= limit.items || (!page.items.is_empty() && bytes + size > limit.bytes);
-                if full {
-                    page.more = true;
+                if changed_names.contains(name.as_str()) {
+                    return Ok(true);
+                }
+                if !push(&Self::decode(kind, &name, &body)?) {
+                    full = true;
+                    return Ok(false);
+                }
+                Ok(true)
+            },
+        )?;
+        if !full {
+            for (_, h) in from_history {
+                if !push(h) {
                     break;
                 }
-                bytes += size;
-                page.items.push(item);
             }
-            Ok(page)
-        };
-        let page = merge();
-        drop(merge);
-        self.count(&stmt);
-        page
+        }
+        Ok(page)
     }
 
     /// Every object of `kind` named after `after` with an event after `at`,
@@ -200,7 +200,7 @@ impl Txn<'_> {
     ) -> Result<BTreeMap<String, Option<Resource>>, StoreError> {
         let names: Vec<String> = self.all_rows(
             "SELECT DISTINCT name FROM events WHERE revision > ?1 AND kind = ?2 AND name > ?3",
-            params![at as i64, kind.noun(), after],
+            args![at as i64, kind.noun(), after],
             |r| r.get(0),
         )?;
         let mut out = BTreeMap::new();
@@ -216,7 +216,7 @@ impl Txn<'_> {
         let before: Option<(i32, String)> = self.one_row(
             "SELECT type, body FROM events WHERE kind = ?1 AND name = ?2 AND revision <= ?3
              ORDER BY revision DESC LIMIT 1",
-            params![kind.noun(), name, at as i64],
+            args![kind.noun(), name, at as i64],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         if let Some((ty, body)) = before {
@@ -230,10 +230,15 @@ impl Txn<'_> {
             .one_row(
                 "SELECT revision, type, prev_body FROM events WHERE kind = ?1 AND name = ?2 AND revision > ?3
                  ORDER BY revision LIMIT 1",
-                params![kind.noun(), name, at as i64],
+                args![kind.noun(), name, at as i64],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?
-            .ok_or(StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))?;
+            .ok_or_else(|| {
+                StoreError::Join(format!(
+                    "{} {name:?} has no event after revision {at}",
+                    kind.noun()
+                ))
+            })?;
         match prev {
             _ if ty == EventType::Added as i32 => Ok(None),
             Some(body) => Self::decode(kind, name, &body).map(Some),

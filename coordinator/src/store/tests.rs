@@ -2,6 +2,7 @@ use hostplane_proto::v1::{
     self, Command, CommandOutcome, CommandResult, EventType, Kind, ObjectMeta, Resource,
 };
 
+use super::test_backend::backend_tests;
 use super::*;
 
 fn node(name: &str) -> Resource {
@@ -24,63 +25,82 @@ fn cmd(id: &str, dpu: &str) -> Command {
     }
 }
 
-#[tokio::test]
-async fn revisions_grow_and_events_follow() {
-    let s = Store::in_memory().unwrap();
-    let mut rx = s.subscribe();
-    let a = s.write(|t| t.insert(node("a"))).await.unwrap();
-    let b = s.write(|t| t.insert(node("b"))).await.unwrap();
-    assert!(b.resource_version() > a.resource_version());
-    assert_eq!(a.metadata().unwrap().generation, 1);
-    assert!(a.metadata().unwrap().created_at_ms > 0);
-    let ev = rx.recv().await.unwrap();
-    assert_eq!(ev.r#type, EventType::Added as i32);
-    assert_eq!(ev.resource.unwrap().name(), "a");
+backend_tests! {
+    async fn revisions_grow_and_events_follow(b) {
+        let s = b.open();
+        let mut rx = s.subscribe();
+        let a = s.write(|t| t.insert(node("a"))).await.unwrap();
+        let b = s.write(|t| t.insert(node("b"))).await.unwrap();
+        assert!(b.resource_version() > a.resource_version());
+        assert_eq!(a.metadata().unwrap().generation, 1);
+        assert!(a.metadata().unwrap().created_at_ms > 0);
+        let ev = rx.recv().await.unwrap();
+        assert_eq!(ev.r#type, EventType::Added as i32);
+        assert_eq!(ev.resource.unwrap().name(), "a");
 
-    let mut a2 = a.clone();
-    a2.metadata_mut().unwrap().labels.insert("x".into(), "y".into());
-    let a2 = s.write(move |t| t.update(a2)).await.unwrap();
-    assert!(a2.resource_version() > b.resource_version());
-    let gone = s.write(|t| t.delete(Kind::Node, "a")).await.unwrap().unwrap();
-    assert!(gone.resource_version() > a2.resource_version());
-    assert!(s.read(|t| t.get(Kind::Node, "a")).await.unwrap().is_none());
-    let names: Vec<String> = s
-        .read(|t| t.list(Kind::Node))
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.name().to_string())
-        .collect();
-    assert_eq!(names, ["b"]);
+        let mut a2 = a.clone();
+        a2.metadata_mut().unwrap().labels.insert("x".into(), "y".into());
+        let a2 = s.write(move |t| t.update(a2)).await.unwrap();
+        assert!(a2.resource_version() > b.resource_version());
+        let gone = s.write(|t| t.delete(Kind::Node, "a")).await.unwrap().unwrap();
+        assert!(gone.resource_version() > a2.resource_version());
+        assert!(s.read(|t| t.get(Kind::Node, "a")).await.unwrap().is_none());
+        let names: Vec<String> = s
+            .read(|t| t.list(Kind::Node))
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.name().to_string())
+            .collect();
+        assert_eq!(names, ["b"]);
 
-    let hist = s.events_since(a.resource_version(), vec![], 100).await.unwrap();
-    let types: Vec<i32> = hist.iter().map(|e| e.r#type).collect();
-    assert_eq!(
-        types,
-        [
-            EventType::Added as i32,
-            EventType::Modified as i32,
-            EventType::Deleted as i32
-        ]
-    );
-    let only_dpus = s.events_since(0, vec![Kind::Dpu], 100).await.unwrap();
-    assert!(only_dpus.is_empty());
+        let hist = s.events_since(a.resource_version(), vec![], 100).await.unwrap();
+        let types: Vec<i32> = hist.iter().map(|e| e.r#type).collect();
+        assert_eq!(
+            types,
+            [
+                EventType::Added as i32,
+                EventType::Modified as i32,
+                EventType::Deleted as i32
+            ]
+        );
+        let only_dpus = s.events_since(0, vec![Kind::Dpu], 100).await.unwrap();
+        assert!(only_dpus.is_empty());
+    }
 }
 
-#[tokio::test]
-async fn failed_transaction_changes_nothing_and_emits_nothing() {
-    let s = Store::in_memory().unwrap();
-    let mut rx = s.subscribe();
-    let r: Result<(), StoreError> = s
-        .write(|t| {
-            t.insert(node("a"))?;
-            Err(StoreError::Join("boom".into()))
-        })
-        .await;
-    assert!(r.is_err());
-    assert!(s.read(|t| t.get(Kind::Node, "a")).await.unwrap().is_none());
-    assert_eq!(s.read(|t| t.revision()).await.unwrap(), 0);
-    assert!(rx.try_recv().is_err());
+backend_tests! {
+    async fn failed_transaction_changes_nothing_and_emits_nothing(b) {
+        let s = b.open();
+        let mut rx = s.subscribe();
+        let r: Result<(), StoreError> = s
+            .write(|t| {
+                t.insert(node("a"))?;
+                Err(StoreError::Join("boom".into()))
+            })
+            .await;
+        assert!(r.is_err());
+        assert!(s.read(|t| t.get(Kind::Node, "a")).await.unwrap().is_none());
+        assert_eq!(s.read(|t| t.revision()).await.unwrap(), 0);
+        assert!(rx.try_recv().is_err());
+    }
+}
+
+backend_tests! {
+    fn a_reopened_store_has_what_was_committed(b) {
+        let (rev, view) = {
+            let s = b.open();
+            s.write_sync(|t| t.insert(node("n1"))).unwrap();
+            s.write_sync(|t| t.insert_command("n1", &cmd("c1", "d1"))).unwrap();
+            (s.write_sync(|t| t.revision()).unwrap(), s.view().clone())
+        };
+        let s = b.open();
+        assert_eq!(s.write_sync(|t| t.revision()).unwrap(), rev);
+        assert_eq!(*s.view(), view);
+        let n = s.write_sync(|t| t.get(Kind::Node, "n1")).unwrap().unwrap();
+        assert_eq!(n.name(), "n1");
+        assert_eq!(s.write_sync(|t| t.open_commands("n1")).unwrap().len(), 1);
+    }
 }
 
 #[test]
@@ -106,159 +126,163 @@ fn store_survives_reopen_and_refuses_newer_schema() {
     assert!(e.to_string().contains("upgrade the coordinator"));
 }
 
-#[tokio::test]
-async fn commands_make_the_desired_state() {
-    let s = Store::in_memory().unwrap();
-    let mut drx = s.subscribe_desired();
-    let v1 = s
-        .write(|t| t.insert_command("n1", &cmd("c1", "d1")))
-        .await
-        .unwrap();
-    let v2 = s
-        .write(|t| t.insert_command("n1", &cmd("c2", "d2")))
-        .await
-        .unwrap();
-    assert!(v2 > v1);
-    assert_eq!(
-        drx.recv().await.unwrap(),
-        DesiredChanged {
-            node: "n1".into(),
-            version: v1
-        }
-    );
-    assert_eq!(s.read(|t| t.desired_version("n1")).await.unwrap(), v2);
-    assert_eq!(s.read(|t| t.desired_version("other")).await.unwrap(), 0);
+backend_tests! {
+    async fn commands_make_the_desired_state(b) {
+        let s = b.open();
+        let mut drx = s.subscribe_desired();
+        let v1 = s
+            .write(|t| t.insert_command("n1", &cmd("c1", "d1")))
+            .await
+            .unwrap();
+        let v2 = s
+            .write(|t| t.insert_command("n1", &cmd("c2", "d2")))
+            .await
+            .unwrap();
+        assert!(v2 > v1);
+        assert_eq!(
+            drx.recv().await.unwrap(),
+            DesiredChanged {
+                node: "n1".into(),
+                version: v1
+            }
+        );
+        assert_eq!(s.read(|t| t.desired_version("n1")).await.unwrap(), v2);
+        assert_eq!(s.read(|t| t.desired_version("other")).await.unwrap(), 0);
 
-    let ok = CommandResult {
-        outcome: CommandOutcome::Succeeded as i32,
-        message: "done".into(),
-        finished_at_ms: 5,
-    };
-    let first = s.write(move |t| t.finish_command("c1", &ok)).await.unwrap();
-    assert!(first);
-    let again = CommandResult {
-        outcome: CommandOutcome::Failed as i32,
-        message: "late".into(),
-        finished_at_ms: 9,
-    };
-    let second = s.write(move |t| t.finish_command("c1", &again)).await.unwrap();
-    assert!(!second, "a repeated result is ignored");
-    let row = s.read(|t| t.command("c1")).await.unwrap().unwrap();
-    assert_eq!(row.result.unwrap().message, "done");
-    let open: Vec<String> = s
-        .read(|t| t.open_commands("n1"))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    assert_eq!(open, ["c2"]);
-    assert!(s.read(|t| t.desired_version("n1")).await.unwrap() > v2);
+        let ok = CommandResult {
+            outcome: CommandOutcome::Succeeded as i32,
+            message: "done".into(),
+            finished_at_ms: 5,
+        };
+        let first = s.write(move |t| t.finish_command("c1", &ok)).await.unwrap();
+        assert!(first);
+        let again = CommandResult {
+            outcome: CommandOutcome::Failed as i32,
+            message: "late".into(),
+            finished_at_ms: 9,
+        };
+        let second = s.write(move |t| t.finish_command("c1", &again)).await.unwrap();
+        assert!(!second, "a repeated result is ignored");
+        let row = s.read(|t| t.command("c1")).await.unwrap().unwrap();
+        assert_eq!(row.result.unwrap().message, "done");
+        let open: Vec<String> = s
+            .read(|t| t.open_commands("n1"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(open, ["c2"]);
+        assert!(s.read(|t| t.desired_version("n1")).await.unwrap() > v2);
 
-    let ids = s
-        .write(|t| t.cancel_commands_for_dpu("d2", "dpu deleted"))
-        .await
-        .unwrap();
-    assert_eq!(ids, ["c2"]);
-    assert!(s.read(|t| t.open_commands("n1")).await.unwrap().is_empty());
-    let row = s.read(|t| t.command("c2")).await.unwrap().unwrap();
-    assert_eq!(row.result.unwrap().outcome, CommandOutcome::Cancelled as i32);
+        let ids = s
+            .write(|t| t.cancel_commands_for_dpu("d2", "dpu deleted"))
+            .await
+            .unwrap();
+        assert_eq!(ids, ["c2"]);
+        assert!(s.read(|t| t.open_commands("n1")).await.unwrap().is_empty());
+        let row = s.read(|t| t.command("c2")).await.unwrap().unwrap();
+        assert_eq!(row.result.unwrap().outcome, CommandOutcome::Cancelled as i32);
+    }
 }
 
-#[tokio::test]
-async fn touching_the_desired_state_gives_a_new_version_without_commands() {
-    let s = Store::in_memory().unwrap();
-    let mut drx = s.subscribe_desired();
-    let v1 = s
-        .write(|t| t.insert_command("n1", &cmd("c1", "d1")))
-        .await
-        .unwrap();
-    let v2 = s.write(|t| t.touch_desired("n1")).await.unwrap();
-    assert!(v2 > v1);
-    assert_eq!(s.read(|t| t.desired_version("n1")).await.unwrap(), v2);
-    assert_eq!(drx.recv().await.unwrap().version, v1);
-    assert_eq!(
-        drx.recv().await.unwrap(),
-        DesiredChanged {
-            node: "n1".into(),
-            version: v2
+backend_tests! {
+    async fn touching_the_desired_state_gives_a_new_version_without_commands(b) {
+        let s = b.open();
+        let mut drx = s.subscribe_desired();
+        let v1 = s
+            .write(|t| t.insert_command("n1", &cmd("c1", "d1")))
+            .await
+            .unwrap();
+        let v2 = s.write(|t| t.touch_desired("n1")).await.unwrap();
+        assert!(v2 > v1);
+        assert_eq!(s.read(|t| t.desired_version("n1")).await.unwrap(), v2);
+        assert_eq!(drx.recv().await.unwrap().version, v1);
+        assert_eq!(
+            drx.recv().await.unwrap(),
+            DesiredChanged {
+                node: "n1".into(),
+                version: v2
+            }
+        );
+        let open = s.read(|t| t.open_commands("n1")).await.unwrap();
+        assert_eq!(open.len(), 1, "touching changes no command");
+        // Two touches in one transaction announce only the last version.
+        let v3 = s
+            .write(|t| {
+                t.touch_desired("n2")?;
+                t.touch_desired("n2")
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            drx.recv().await.unwrap(),
+            DesiredChanged {
+                node: "n2".into(),
+                version: v3
+            }
+        );
+        assert!(drx.try_recv().is_err());
+    }
+}
+
+backend_tests! {
+    async fn old_history_is_pruned_and_too_old_watch_is_refused(b) {
+        let s = b.open();
+        for i in 0..5 {
+            s.write(move |t| t.insert(node(&format!("n{i}")))).await.unwrap();
         }
-    );
-    let open = s.read(|t| t.open_commands("n1")).await.unwrap();
-    assert_eq!(open.len(), 1, "touching changes no command");
-    // Two touches in one transaction announce only the last version.
-    let v3 = s
-        .write(|t| {
-            t.touch_desired("n2")?;
-            t.touch_desired("n2")
+        // Prune by hand through a tiny retention.
+        s.write(|t| t.commit_retention_for_test(2)).await.unwrap();
+        let e = s.events_since(1, vec![], 10).await.unwrap_err();
+        assert!(matches!(e, StoreError::TooOld { requested: 1, .. }), "{e}");
+        assert_eq!(s.events_since(4, vec![], 10).await.unwrap().len(), 1);
+        // Watching from the current revision is always fine.
+        assert!(s.events_since(5, vec![], 10).await.unwrap().is_empty());
+    }
+}
+
+backend_tests! {
+    async fn list_on_node_filters_by_spec_node(b) {
+        let s = b.open();
+        let dev = |name: &str, node: &str| -> Resource {
+            v1::Device {
+                metadata: Some(ObjectMeta {
+                    name: name.into(),
+                    ..Default::default()
+                }),
+                spec: Some(v1::DeviceSpec {
+                    node: node.into(),
+                    ..Default::default()
+                }),
+                status: None,
+            }
+            .into()
+        };
+        s.write(move |t| {
+            t.insert(dev("b", "n1"))?;
+            t.insert(dev("a", "n1"))?;
+            t.insert(dev("c", "n2"))?;
+            t.insert(node("n1"))
         })
         .await
         .unwrap();
-    assert_eq!(
-        drx.recv().await.unwrap(),
-        DesiredChanged {
-            node: "n2".into(),
-            version: v3
-        }
-    );
-    assert!(drx.try_recv().is_err());
-}
-
-#[tokio::test]
-async fn old_history_is_pruned_and_too_old_watch_is_refused() {
-    let s = Store::in_memory().unwrap();
-    for i in 0..5 {
-        s.write(move |t| t.insert(node(&format!("n{i}")))).await.unwrap();
+        let names = |v: Vec<Resource>| v.iter().map(|r| r.name().to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(s.read(|t| t.list_on_node(Kind::Device, "n1")).await.unwrap()),
+            ["a", "b"]
+        );
+        assert_eq!(
+            names(s.read(|t| t.list_on_node(Kind::Device, "n2")).await.unwrap()),
+            ["c"]
+        );
+        assert!(
+            s.read(|t| t.list_on_node(Kind::Dpu, "n1"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
-    // Prune by hand through a tiny retention.
-    s.write_sync(|t| t.commit_retention_for_test(2)).unwrap();
-    let e = s.events_since(1, vec![], 10).await.unwrap_err();
-    assert!(matches!(e, StoreError::TooOld { requested: 1, .. }), "{e}");
-    assert_eq!(s.events_since(4, vec![], 10).await.unwrap().len(), 1);
-    // Watching from the current revision is always fine.
-    assert!(s.events_since(5, vec![], 10).await.unwrap().is_empty());
-}
-
-#[tokio::test]
-async fn list_on_node_filters_by_spec_node() {
-    let s = Store::in_memory().unwrap();
-    let dev = |name: &str, node: &str| -> Resource {
-        v1::Device {
-            metadata: Some(ObjectMeta {
-                name: name.into(),
-                ..Default::default()
-            }),
-            spec: Some(v1::DeviceSpec {
-                node: node.into(),
-                ..Default::default()
-            }),
-            status: None,
-        }
-        .into()
-    };
-    s.write(move |t| {
-        t.insert(dev("b", "n1"))?;
-        t.insert(dev("a", "n1"))?;
-        t.insert(dev("c", "n2"))?;
-        t.insert(node("n1"))
-    })
-    .await
-    .unwrap();
-    let names = |v: Vec<Resource>| v.iter().map(|r| r.name().to_string()).collect::<Vec<_>>();
-    assert_eq!(
-        names(s.read(|t| t.list_on_node(Kind::Device, "n1")).await.unwrap()),
-        ["a", "b"]
-    );
-    assert_eq!(
-        names(s.read(|t| t.list_on_node(Kind::Device, "n2")).await.unwrap()),
-        ["c"]
-    );
-    assert!(
-        s.read(|t| t.list_on_node(Kind::Dpu, "n1"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
 }
 
 /// A store written by schema 1 whose history was already pruned: after the

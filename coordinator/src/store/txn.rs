@@ -1,10 +1,19 @@
 //! One store transaction: reads, writes, revisions and the events they make.
+//!
+//! A transaction runs on either engine (docs/ha.md §1): SQLite's
+//! `rusqlite::Transaction` or PostgreSQL's `postgres::Transaction`. Every
+//! statement is written once, with SQLite's `?N` placeholders; on
+//! PostgreSQL it is rewritten once (`$N`, SQLite-only planner hints
+//! dropped) and prepared once per connection. Parameters are [`Arg`]s and
+//! rows are read through [`Row`], both of which speak to either engine.
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hostplane_proto::v1::{
     Command, CommandOutcome, CommandResult, EventType, Kind, Resource, WatchEvent, resource,
 };
-use rusqlite::{OptionalExtension, Params, Row, Statement, StatementStatus, Transaction, params};
+use rusqlite::{Statement, StatementStatus};
 
 use super::{DesiredChanged, StoreError, now_ms};
 
@@ -50,8 +59,65 @@ pub(super) struct Counters {
     pub rows_read: AtomicU64,
 }
 
+/// A statement parameter either engine can bind. Integers are bound as
+/// the column's type: `i64` for BIGINT columns (revisions, versions,
+/// milliseconds), `i32` for INTEGER ones (`events.type`,
+/// `commands.outcome`); PostgreSQL refuses a mismatch.
+pub(crate) trait Arg: rusqlite::ToSql + postgres::types::ToSql + Sync {}
+impl<T: rusqlite::ToSql + postgres::types::ToSql + Sync + ?Sized> Arg for T {}
+
+/// `args![a, b]`: a statement's parameters as a slice of [`Arg`]s.
+macro_rules! args {
+    () => {
+        &[] as &[&dyn $crate::store::txn::Arg]
+    };
+    ($($e:expr),+ $(,)?) => {
+        &[$(&$e as &dyn $crate::store::txn::Arg),+][..]
+    };
+}
+pub(crate) use args;
+
+/// A column value either engine can read.
+pub(crate) trait Col: rusqlite::types::FromSql + for<'b> postgres::types::FromSql<'b> {}
+impl<T: rusqlite::types::FromSql + for<'b> postgres::types::FromSql<'b>> Col for T {}
+
+/// One result row, from either engine.
+pub(crate) enum Row<'r, 's> {
+    Lite(&'r rusqlite::Row<'s>),
+    Pg(&'r postgres::Row),
+}
+
+impl Row<'_, '_> {
+    /// Column `i` (from 0).
+    pub(crate) fn get<T: Col>(&self, i: usize) -> Result<T, StoreError> {
+        match self {
+            Row::Lite(r) => Ok(r.get(i)?),
+            Row::Pg(r) => Ok(r.try_get(i)?),
+        }
+    }
+}
+
+/// A PostgreSQL connection's prepared statements, by their SQLite text.
+pub(super) type PgStatements = HashMap<String, postgres::Statement>;
+
+/// The engine's transaction under a [`Txn`].
+pub(super) enum Tx<'a> {
+    Lite(rusqlite::Transaction<'a>),
+    Pg {
+        tx: RefCell<postgres::Transaction<'a>>,
+        stmts: RefCell<&'a mut PgStatements>,
+    },
+}
+
+/// `sql` in PostgreSQL's dialect: `?N` placeholders become `$N` and
+/// SQLite's planner hints (`NOT INDEXED`) go. Statements never hold a `?`
+/// inside a string literal.
+pub(super) fn pg_sql(sql: &str) -> String {
+    sql.replace(" NOT INDEXED", "").replace('?', "$")
+}
+
 pub struct Txn<'a> {
-    pub(super) tx: Transaction<'a>,
+    pub(super) tx: Tx<'a>,
     counters: &'a Counters,
     /// The revision as of the newest change in this transaction; written to
     /// `meta` once, at commit.
@@ -78,8 +144,23 @@ fn node_column(r: &Resource) -> Option<&str> {
     node.filter(|n| !n.is_empty())
 }
 
+/// A Device's serial (PostgreSQL's indexed `resources.serial` column):
+/// `None` for other kinds and for an empty serial, as proto3 JSON leaves
+/// it out and SQLite's `json_extract` index finds NULL there.
+fn serial_column(r: &Resource) -> Option<&str> {
+    match &r.kind {
+        Some(resource::Kind::Device(d)) => d.spec.as_ref().map(|s| s.serial.as_str()),
+        _ => None,
+    }
+    .filter(|s| !s.is_empty())
+}
+
 impl<'a> Txn<'a> {
-    pub(super) fn new(tx: Transaction<'a>, counters: &'a Counters) -> Result<Self, StoreError> {
+    /// A transaction over `tx`. On PostgreSQL a writing transaction
+    /// (`lock`) first takes the revision row `FOR UPDATE`: that serialises
+    /// writers across replicas, so commits become visible in revision order
+    /// (docs/ha.md §2).
+    pub(super) fn new(tx: Tx<'a>, counters: &'a Counters, lock: bool) -> Result<Self, StoreError> {
         let mut t = Txn {
             tx,
             counters,
@@ -87,80 +168,176 @@ impl<'a> Txn<'a> {
             start_rev: 0,
             changes: Changes::default(),
         };
-        let v: i64 = t
-            .one_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| r.get(0))?
-            .unwrap_or(0);
+        let sql = if lock && t.is_pg() {
+            "SELECT value FROM meta WHERE key = 'revision' FOR UPDATE"
+        } else {
+            "SELECT value FROM meta WHERE key = 'revision'"
+        };
+        let v: i64 = t.one_row(sql, args![], |r| r.get(0))?.unwrap_or(0);
         t.rev = v as u64;
         t.start_rev = t.rev;
         Ok(t)
     }
 
+    /// Whether this transaction runs on PostgreSQL.
+    pub(super) fn is_pg(&self) -> bool {
+        matches!(self.tx, Tx::Pg { .. })
+    }
+
     /// Add the rows `stmt` stepped through since the last count to the store's counter.
-    pub(super) fn count(&self, stmt: &Statement<'_>) {
+    fn count(&self, stmt: &Statement<'_>) {
         let steps = stmt.reset_status(StatementStatus::VmStep).max(0) as u64;
         self.counters.rows_read.fetch_add(steps, Ordering::Relaxed);
     }
 
-    /// Run a statement that returns no rows (cached, counted).
-    pub(super) fn exec<P: Params>(&self, sql: &str, p: P) -> Result<usize, StoreError> {
-        let mut stmt = self.tx.prepare_cached(sql)?;
-        let n = stmt.execute(p);
-        self.count(&stmt);
-        Ok(n?)
+    /// The prepared PostgreSQL statement for `sql` (prepared once per connection).
+    fn pg_statement(
+        tx: &mut postgres::Transaction<'_>,
+        stmts: &mut PgStatements,
+        sql: &str,
+    ) -> Result<postgres::Statement, StoreError> {
+        if let Some(st) = stmts.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = tx.prepare(&pg_sql(sql))?;
+        stmts.insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+
+    /// Run a statement that returns no rows (cached, counted); the rows it changed.
+    pub(super) fn exec(&self, sql: &str, p: &[&dyn Arg]) -> Result<usize, StoreError> {
+        match &self.tx {
+            Tx::Lite(tx) => {
+                let mut stmt = tx.prepare_cached(sql)?;
+                let params: Vec<&dyn rusqlite::ToSql> =
+                    p.iter().map(|a| *a as &dyn rusqlite::ToSql).collect();
+                let n = stmt.execute(params.as_slice());
+                self.count(&stmt);
+                Ok(n?)
+            }
+            Tx::Pg { tx, stmts } => {
+                let mut tx = tx.borrow_mut();
+                let st = Self::pg_statement(&mut tx, &mut stmts.borrow_mut(), sql)?;
+                let params: Vec<&(dyn postgres::types::ToSql + Sync)> = p
+                    .iter()
+                    .map(|a| *a as &(dyn postgres::types::ToSql + Sync))
+                    .collect();
+                Ok(tx.execute(&st, &params)? as usize)
+            }
+        }
     }
 
     /// The first row of a query, if any (cached, counted).
-    pub(super) fn one_row<T, P: Params>(
+    pub(super) fn one_row<T>(
         &self,
         sql: &str,
-        p: P,
-        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+        p: &[&dyn Arg],
+        f: impl FnOnce(&Row<'_, '_>) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(sql)?;
-        let out = stmt.query_row(p, f).optional();
-        self.count(&stmt);
-        Ok(out?)
+        let mut f = Some(f);
+        let mut out = None;
+        self.each_row(sql, p, |r| {
+            if let Some(f) = f.take() {
+                out = Some(f(r)?);
+            }
+            Ok(false)
+        })?;
+        Ok(out)
     }
 
     /// Every row of a query (cached, counted).
-    pub(super) fn all_rows<T, P: Params>(
+    pub(super) fn all_rows<T>(
         &self,
         sql: &str,
-        p: P,
-        mut f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+        p: &[&dyn Arg],
+        mut f: impl FnMut(&Row<'_, '_>) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(sql)?;
-        let out = stmt
-            .query_map(p, |r| f(r))
-            .and_then(|rows| rows.collect::<Result<Vec<T>, _>>());
-        self.count(&stmt);
-        Ok(out?)
+        let mut out = Vec::new();
+        self.each_row(sql, p, |r| {
+            out.push(f(r)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// `f` over the rows of a query, in order, for as long as it returns
+    /// true (cached, counted). Rows are streamed on both engines.
+    pub(super) fn each_row(
+        &self,
+        sql: &str,
+        p: &[&dyn Arg],
+        mut f: impl FnMut(&Row<'_, '_>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        match &self.tx {
+            Tx::Lite(tx) => {
+                let mut stmt = tx.prepare_cached(sql)?;
+                let params: Vec<&dyn rusqlite::ToSql> =
+                    p.iter().map(|a| *a as &dyn rusqlite::ToSql).collect();
+                let res = (|| {
+                    let mut rows = stmt.query(params.as_slice())?;
+                    while let Some(r) = rows.next()? {
+                        if !f(&Row::Lite(r))? {
+                            break;
+                        }
+                    }
+                    Ok(())
+                })();
+                self.count(&stmt);
+                res
+            }
+            Tx::Pg { tx, stmts } => {
+                use postgres::fallible_iterator::FallibleIterator;
+                let mut tx = tx.borrow_mut();
+                let st = Self::pg_statement(&mut tx, &mut stmts.borrow_mut(), sql)?;
+                let mut rows = tx.query_raw(&st, p.iter().map(|a| *a as &dyn postgres::types::ToSql))?;
+                while let Some(r) = rows.next()? {
+                    if !f(&Row::Pg(&r))? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Run SQL without parameters or results (savepoints).
+    pub(super) fn batch(&self, sql: &str) -> Result<(), StoreError> {
+        match &self.tx {
+            Tx::Lite(tx) => Ok(tx.execute_batch(sql)?),
+            Tx::Pg { tx, .. } => Ok(tx.borrow_mut().batch_execute(sql)?),
+        }
     }
 
     /// Start one closure of a group commit.
     pub(super) fn savepoint(&mut self) -> Result<u64, StoreError> {
-        self.tx.execute_batch("SAVEPOINT job")?;
+        self.batch("SAVEPOINT job")?;
         Ok(self.rev)
     }
 
     /// The closure succeeded: keep its work; returns its changes.
     pub(super) fn release(&mut self) -> Result<Changes, StoreError> {
-        self.tx.execute_batch("RELEASE job")?;
+        self.batch("RELEASE job")?;
         Ok(std::mem::take(&mut self.changes))
     }
 
     /// The closure failed: undo its work and forget its changes.
     pub(super) fn rollback_to(&mut self, rev: u64) -> Result<(), StoreError> {
-        self.tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+        self.batch("ROLLBACK TO job; RELEASE job")?;
         self.rev = rev;
         self.changes = Changes::default();
         Ok(())
     }
 
     /// False when SQLite ended the transaction on its own (some errors roll
-    /// it back): nothing after that may be committed as part of it.
+    /// it back): nothing after that may be committed as part of it. On
+    /// PostgreSQL an error leaves the transaction aborted until its savepoint
+    /// is rolled back, which the writer always does (every closure runs in
+    /// one there).
     pub(super) fn in_transaction(&self) -> bool {
-        !self.tx.is_autocommit()
+        match &self.tx {
+            Tx::Lite(tx) => !tx.is_autocommit(),
+            Tx::Pg { .. } => true,
+        }
     }
 
     /// Write the revision, prune history through `prune_through` (0:
@@ -169,14 +346,22 @@ impl<'a> Txn<'a> {
         if self.rev != self.start_rev {
             self.exec(
                 "UPDATE meta SET value = ?1 WHERE key = 'revision'",
-                params![self.rev as i64],
+                args![self.rev as i64],
             )?;
+            if self.is_pg() {
+                // Delivered to every replica's change reader at commit, in
+                // commit order; the payload is only the revision.
+                self.exec("SELECT pg_notify('hostplane', ?1)", args![self.rev.to_string()])?;
+            }
         }
         if prune_through > 0 {
             self.prune_history(prune_through)?;
         }
         let rev = self.rev;
-        self.tx.commit()?;
+        match self.tx {
+            Tx::Lite(tx) => tx.commit()?,
+            Tx::Pg { tx, .. } => tx.into_inner().commit()?,
+        }
         Ok(rev)
     }
 
@@ -201,7 +386,7 @@ impl<'a> Txn<'a> {
     pub fn get(&self, kind: Kind, name: &str) -> Result<Option<Resource>, StoreError> {
         let body: Option<String> = self.one_row(
             "SELECT body FROM resources WHERE kind = ?1 AND name = ?2",
-            params![kind_key(kind), name],
+            args![kind_key(kind), name],
             |r| r.get(0),
         )?;
         body.map(|b| Self::decode(kind, name, &b)).transpose()
@@ -217,8 +402,8 @@ impl<'a> Txn<'a> {
     pub fn list(&self, kind: Kind) -> Result<Vec<Resource>, StoreError> {
         let rows = self.all_rows(
             "SELECT name, body FROM resources WHERE kind = ?1 ORDER BY name",
-            params![kind_key(kind)],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            args![kind_key(kind)],
+            |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
         )?;
         Self::decode_rows(kind, rows)
     }
@@ -248,15 +433,30 @@ impl<'a> Txn<'a> {
             self.prev_body_to_keep(kind, &name)?
         };
         let node = node_column(&r);
-        if ty == EventType::Added {
+        if self.is_pg() {
+            // PostgreSQL indexes a Device's serial as a plain column
+            // (SQLite indexes the JSON expression instead).
+            let serial = serial_column(&r);
+            if ty == EventType::Added {
+                self.exec(
+                    "INSERT INTO resources (kind, name, resource_version, body, node, serial) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    args![kind_key(kind), name, rev as i64, body, node, serial],
+                )?;
+            } else {
+                self.exec(
+                    "UPDATE resources SET resource_version = ?3, body = ?4, node = ?5, serial = ?6 WHERE kind = ?1 AND name = ?2",
+                    args![kind_key(kind), name, rev as i64, body, node, serial],
+                )?;
+            }
+        } else if ty == EventType::Added {
             self.exec(
                 "INSERT INTO resources (kind, name, resource_version, body, node) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![kind_key(kind), name, rev as i64, body, node],
+                args![kind_key(kind), name, rev as i64, body, node],
             )?;
         } else {
             self.exec(
                 "UPDATE resources SET resource_version = ?3, body = ?4, node = ?5 WHERE kind = ?1 AND name = ?2",
-                params![kind_key(kind), name, rev as i64, body, node],
+                args![kind_key(kind), name, rev as i64, body, node],
             )?;
         }
         self.record_event(rev, kind, &name, ty, (&body, prev), &r)?;
@@ -276,7 +476,7 @@ impl<'a> Txn<'a> {
     ) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO events (revision, kind, name, type, body, prev_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![rev as i64, kind_key(kind), name, ty as i32, body, prev_body],
+            args![rev as i64, kind_key(kind), name, ty as i32, body, prev_body],
         )?;
         self.changes.events.push(WatchEvent {
             r#type: ty as i32,
@@ -307,7 +507,7 @@ impl<'a> Txn<'a> {
         let prev = self.prev_body_to_keep(kind, name)?;
         self.exec(
             "DELETE FROM resources WHERE kind = ?1 AND name = ?2",
-            params![kind_key(kind), name],
+            args![kind_key(kind), name],
         )?;
         if let Some(m) = r.metadata_mut() {
             m.resource_version = rev;
@@ -329,7 +529,7 @@ impl<'a> Txn<'a> {
         limit: usize,
     ) -> Result<Vec<WatchEvent>, StoreError> {
         let oldest: Option<i64> = self
-            .one_row("SELECT MIN(revision) FROM events", [], |r| r.get(0))?
+            .one_row("SELECT MIN(revision) FROM events", args![], |r| r.get(0))?
             .flatten();
         let current = self.revision()?;
         if let Some(oldest) = oldest
@@ -343,14 +543,14 @@ impl<'a> Txn<'a> {
         }
         let rows = self.all_rows(
             "SELECT revision, kind, name, type, body FROM events WHERE revision > ?1 ORDER BY revision LIMIT ?2",
-            params![from_version as i64, limit as i64],
+            args![from_version as i64, limit as i64],
             |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i32>(3)?,
-                    r.get::<_, String>(4)?,
+                    r.get::<i64>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<i32>(3)?,
+                    r.get::<String>(4)?,
                 ))
             },
         )?;
@@ -377,7 +577,7 @@ impl<'a> Txn<'a> {
         self.exec(
             "INSERT INTO desired (node, version) VALUES (?1, ?2)
              ON CONFLICT (node) DO UPDATE SET version = excluded.version",
-            params![node, version as i64],
+            args![node, version as i64],
         )?;
         self.changes.desired.retain(|d| d.node != node);
         self.changes.desired.push(DesiredChanged {
@@ -397,18 +597,17 @@ impl<'a> Txn<'a> {
 
     /// The version of a node's desired state (0 if it never had one).
     pub fn desired_version(&self, node: &str) -> Result<u64, StoreError> {
-        let v: Option<i64> = self.one_row(
-            "SELECT version FROM desired WHERE node = ?1",
-            params![node],
-            |r| r.get(0),
-        )?;
+        let v: Option<i64> =
+            self.one_row("SELECT version FROM desired WHERE node = ?1", args![node], |r| {
+                r.get(0)
+            })?;
         Ok(v.unwrap_or(0) as u64)
     }
 
     /// Every node's desired version (loading the view).
     pub(super) fn all_desired(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.all_rows("SELECT node, version FROM desired", [], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        self.all_rows("SELECT node, version FROM desired", args![], |r| {
+            Ok((r.get::<String>(0)?, r.get::<i64>(1)? as u64))
         })
     }
 
@@ -420,9 +619,12 @@ impl<'a> Txn<'a> {
             source,
         })?;
         let created_ms = now_ms();
+        // The desired bump's revision is the row's `changed_rev`, which
+        // replicas follow (docs/ha.md §4).
+        let version = self.bump_desired(node)?;
         self.exec(
-            "INSERT INTO commands (id, node, dpu, body, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![command.id, node, command.dpu, body, created_ms],
+            "INSERT INTO commands (id, node, dpu, body, created_ms, changed_rev) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            args![command.id, node, command.dpu, body, created_ms, version as i64],
         )?;
         self.changes
             .commands
@@ -432,7 +634,7 @@ impl<'a> Txn<'a> {
                 created_ms,
                 result: None,
             })));
-        self.bump_desired(node)
+        Ok(version)
     }
 
     fn command_row(
@@ -457,7 +659,7 @@ impl<'a> Txn<'a> {
         })
     }
 
-    fn command_columns(r: &Row<'_>, at: usize) -> rusqlite::Result<CommandColumns> {
+    fn command_columns(r: &Row<'_, '_>, at: usize) -> Result<CommandColumns, StoreError> {
         Ok((
             r.get(at)?,
             r.get(at + 1)?,
@@ -471,7 +673,7 @@ impl<'a> Txn<'a> {
     pub fn command(&self, id: &str) -> Result<Option<CommandRow>, StoreError> {
         let row = self.one_row(
             "SELECT node, body, created_ms, outcome, message, finished_ms FROM commands WHERE id = ?1",
-            params![id],
+            args![id],
             |r| Self::command_columns(r, 0),
         )?;
         row.map(|cols| Self::command_row(id, cols)).transpose()
@@ -481,8 +683,8 @@ impl<'a> Txn<'a> {
     pub(super) fn all_commands(&self) -> Result<Vec<CommandRow>, StoreError> {
         let rows = self.all_rows(
             "SELECT id, node, body, created_ms, outcome, message, finished_ms FROM commands",
-            [],
-            |r| Ok((r.get::<_, String>(0)?, Self::command_columns(r, 1)?)),
+            args![],
+            |r| Ok((r.get::<String>(0)?, Self::command_columns(r, 1)?)),
         )?;
         rows.into_iter()
             .map(|(id, cols)| Self::command_row(&id, cols))
@@ -493,8 +695,8 @@ impl<'a> Txn<'a> {
     pub fn open_commands(&self, node: &str) -> Result<Vec<Command>, StoreError> {
         let rows = self.all_rows(
             "SELECT id, body FROM commands WHERE node = ?1 AND outcome IS NULL ORDER BY created_ms, id",
-            params![node],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            args![node],
+            |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
         )?;
         rows.into_iter()
             .map(|(id, body)| {
@@ -513,7 +715,7 @@ impl<'a> Txn<'a> {
     pub fn finish_command(&mut self, id: &str, result: &CommandResult) -> Result<bool, StoreError> {
         let node: Option<String> = self.one_row(
             "SELECT node FROM commands WHERE id = ?1 AND outcome IS NULL",
-            params![id],
+            args![id],
             |r| r.get(0),
         )?;
         let Some(node) = node else { return Ok(false) };
@@ -522,9 +724,10 @@ impl<'a> Txn<'a> {
         } else {
             now_ms()
         };
+        let version = self.bump_desired(&node)?;
         self.exec(
-            "UPDATE commands SET outcome = ?2, message = ?3, finished_ms = ?4 WHERE id = ?1",
-            params![id, result.outcome, result.message, finished],
+            "UPDATE commands SET outcome = ?2, message = ?3, finished_ms = ?4, changed_rev = ?5 WHERE id = ?1",
+            args![id, result.outcome, result.message, finished, version as i64],
         )?;
         self.changes.commands.push(CommandChange::Finish {
             id: id.into(),
@@ -534,7 +737,6 @@ impl<'a> Txn<'a> {
                 finished_at_ms: finished,
             },
         });
-        self.bump_desired(&node)?;
         Ok(true)
     }
 
@@ -542,7 +744,7 @@ impl<'a> Txn<'a> {
     pub fn cancel_commands_for_dpu(&mut self, dpu: &str, why: &str) -> Result<Vec<String>, StoreError> {
         let ids: Vec<String> = self.all_rows(
             "SELECT id FROM commands WHERE dpu = ?1 AND outcome IS NULL",
-            params![dpu],
+            args![dpu],
             |r| r.get(0),
         )?;
         for id in &ids {
@@ -560,12 +762,26 @@ impl<'a> Txn<'a> {
     pub fn prune_commands(&mut self, before_ms: i64) -> Result<usize, StoreError> {
         let ids: Vec<String> = self.all_rows(
             "DELETE FROM commands WHERE outcome IS NOT NULL AND finished_ms < ?1 RETURNING id",
-            params![before_ms],
+            args![before_ms],
             |r| r.get(0),
         )?;
         let n = ids.len();
         if n > 0 {
             self.changes.commands.push(CommandChange::Prune(ids));
+            // Replicas drop the same rows by this cut-off (docs/ha.md §4);
+            // a new revision tells them something changed.
+            let before: i64 = self
+                .one_row(
+                    "SELECT value FROM meta WHERE key = 'commands_pruned_before'",
+                    args![],
+                    |r| r.get(0),
+                )?
+                .unwrap_or(0);
+            self.exec(
+                "UPDATE meta SET value = ?1 WHERE key = 'commands_pruned_before'",
+                args![before.max(before_ms)],
+            )?;
+            self.next_revision()?;
         }
         Ok(n)
     }
@@ -575,8 +791,8 @@ impl<'a> Txn<'a> {
     pub fn list_on_node(&self, kind: Kind, node: &str) -> Result<Vec<Resource>, StoreError> {
         let rows = self.all_rows(
             "SELECT name, body FROM resources WHERE kind = ?1 AND node = ?2 ORDER BY name",
-            params![kind_key(kind), node],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            args![kind_key(kind), node],
+            |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
         )?;
         Self::decode_rows(kind, rows)
     }
@@ -584,12 +800,15 @@ impl<'a> Txn<'a> {
     /// The Devices whose `spec.serial` is `serial`, ordered by name (through
     /// the serial index of schema 4, not a scan).
     pub fn devices_with_serial(&self, serial: &str) -> Result<Vec<Resource>, StoreError> {
-        let rows = self.all_rows(
+        let sql = if self.is_pg() {
+            "SELECT name, body FROM resources WHERE kind = 'device' AND serial = ?1 ORDER BY name"
+        } else {
             "SELECT name, body FROM resources INDEXED BY resources_device_serial WHERE kind = 'device' \
-             AND json_extract(body, '$.device.spec.serial') = ?1 ORDER BY name",
-            params![serial],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-        )?;
+             AND json_extract(body, '$.device.spec.serial') = ?1 ORDER BY name"
+        };
+        let rows = self.all_rows(sql, args![serial], |r| {
+            Ok((r.get::<String>(0)?, r.get::<String>(1)?))
+        })?;
         Self::decode_rows(Kind::Device, rows)
     }
 }

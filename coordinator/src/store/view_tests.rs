@@ -414,7 +414,7 @@ fn a_failed_commit_fails_the_whole_batch() {
         Box::new(|t| t.insert(node("a", 1)).map(|_| ())),
         // A deferred foreign key violated: only COMMIT notices.
         Box::new(|t| {
-            t.tx.execute_batch(
+            t.batch(
                 "CREATE TEMP TABLE p (id INTEGER PRIMARY KEY);
                  CREATE TEMP TABLE c (x INTEGER REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED);
                  INSERT INTO c VALUES (1);",
