@@ -7,6 +7,7 @@ use hostplane_proto::v1::{
 };
 use proptest::prelude::*;
 
+use super::test_backend::{Backend, backend_tests};
 use super::*;
 
 fn meta(name: &str) -> Option<ObjectMeta> {
@@ -307,214 +308,241 @@ fn check(s: &Store) -> Result<(), TestCaseError> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
-    /// After any sequence of changes, committed alone or as group commits in
-    /// which some closures fail midway, the view is the store (every map,
-    /// index, command row and desired version); and a reopened store loads
-    /// the same view.
+    /// See [`view_is_store`].
     #[test]
-    fn the_view_is_the_store(
-        steps in proptest::collection::vec(
-            proptest::collection::vec(
-                (proptest::collection::vec(op(), 1..5), proptest::bool::weighted(0.25)),
-                1..4,
-            ),
-            1..25,
-        ),
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v.db");
-        let s = Store::open(&path).unwrap();
-        let ids = Ids::default();
-        for closures in &steps {
-            if let [one] = closures.as_slice() {
-                let r = s.write_sync(|t| run_closure(t, one, &ids));
-                prop_assert_eq!(r.is_err(), one.1);
-            } else {
-                let fs: Vec<TestWrite<'_>> = closures
-                    .iter()
-                    .map(|c| {
-                        let ids = &ids;
-                        Box::new(move |t: &mut Txn<'_>| run_closure(t, c, ids)) as Box<_>
-                    })
-                    .collect();
-                let out = s.write_group_for_test(fs);
-                for (r, c) in out.iter().zip(closures) {
-                    prop_assert_eq!(r.is_err(), c.1, "{:?}", r);
-                }
-            }
-            check(&s)?;
+    fn the_view_is_the_store(steps in steps()) {
+        view_is_store(&Backend::sqlite(), &steps)?;
+    }
+}
+
+proptest! {
+    // Fewer cases: each is a database, and every step reads the whole
+    // store back over the network.
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// The same on PostgreSQL (a fresh database per case).
+    #[test]
+    fn the_view_is_the_store_on_postgres(steps in steps()) {
+        if let Some(b) = Backend::postgres() {
+            view_is_store(&b, &steps)?;
         }
-        let before = s.view().clone();
-        drop(s);
-        let s = Store::open(&path).unwrap();
-        prop_assert_eq!(&*s.view(), &before);
+    }
+}
+
+type Steps = Vec<Vec<Closure>>;
+
+fn steps() -> impl Strategy<Value = Steps> {
+    proptest::collection::vec(
+        proptest::collection::vec(
+            (
+                proptest::collection::vec(op(), 1..5),
+                proptest::bool::weighted(0.25),
+            ),
+            1..4,
+        ),
+        1..25,
+    )
+}
+
+/// After any sequence of changes, committed alone or as group commits in
+/// which some closures fail midway, the view is the store (every map,
+/// index, command row and desired version); and a reopened store loads the
+/// same view.
+fn view_is_store(b: &Backend, steps: &Steps) -> Result<(), TestCaseError> {
+    let s = b.open();
+    let ids = Ids::default();
+    for closures in steps {
+        if let [one] = closures.as_slice() {
+            let r = s.write_sync(|t| run_closure(t, one, &ids));
+            prop_assert_eq!(r.is_err(), one.1);
+        } else {
+            let fs: Vec<TestWrite<'_>> = closures
+                .iter()
+                .map(|c| {
+                    let ids = &ids;
+                    Box::new(move |t: &mut Txn<'_>| run_closure(t, c, ids)) as Box<_>
+                })
+                .collect();
+            let out = s.write_group_for_test(fs);
+            for (r, c) in out.iter().zip(closures) {
+                prop_assert_eq!(r.is_err(), c.1, "{:?}", r);
+            }
+        }
         check(&s)?;
     }
+    let before = s.view().clone();
+    drop(s);
+    let s = b.open();
+    prop_assert_eq!(&*s.view(), &before);
+    check(&s)
 }
 
 /// Run the same changes one closure at a time and as one group commit with
 /// a failing closure in the middle: the group leaves what the successful
 /// closures alone leave, and emits their events only.
-#[test]
-fn a_failing_closure_in_a_group_changes_nothing() {
-    let s = Store::in_memory().unwrap();
-    let mut rx = s.subscribe();
-    let mut drx = s.subscribe_desired();
-    let fs: Vec<TestWrite<'static>> = vec![
-        Box::new(|t| t.insert(node("a", 1)).map(|_| ())),
-        Box::new(|t| {
-            t.insert(node("bad", 1))?;
-            t.insert_command("n1", &cmd("c-bad", "d1"))?;
-            Err(StoreError::Join("no".into()))
-        }),
-        Box::new(|t| {
-            t.insert(node("b", 1))?;
-            t.insert_command("n1", &cmd("c1", "d1")).map(|_| ())
-        }),
-    ];
-    let out = s.write_group_for_test(fs);
-    assert!(out[0].is_ok() && out[1].is_err() && out[2].is_ok(), "{out:?}");
-    let names: Vec<String> = s
-        .write_sync(|t| t.list(Kind::Node))
-        .unwrap()
-        .iter()
-        .map(|r| r.name().to_string())
-        .collect();
-    assert_eq!(names, ["a", "b"]);
-    assert!(s.write_sync(|t| t.command("c-bad")).unwrap().is_none());
-    // Revisions stay dense and in order: the failed closure's were reused.
-    let revs: Vec<(u64, String)> = std::iter::from_fn(|| rx.try_recv().ok())
-        .map(|e| (e.resource_version, e.resource.unwrap().name().to_string()))
-        .collect();
-    assert_eq!(revs, [(1, "a".to_string()), (2, "b".to_string())]);
-    assert_eq!(
-        drx.try_recv().unwrap(),
-        DesiredChanged {
-            node: "n1".into(),
-            version: 3
-        }
-    );
-    assert!(drx.try_recv().is_err());
-    assert_eq!(s.view().revision(), 3);
-    assert!(s.view().command("c-bad").is_none());
-    assert_eq!(s.view().open_commands("n1").len(), 1);
-    let fresh = s.write_sync(|t| View::load(t)).unwrap();
-    assert_eq!(*s.view(), fresh);
+backend_tests! {
+    fn a_failing_closure_in_a_group_changes_nothing(b) {
+        let s = b.open();
+        let mut rx = s.subscribe();
+        let mut drx = s.subscribe_desired();
+        let fs: Vec<TestWrite<'static>> = vec![
+            Box::new(|t| t.insert(node("a", 1)).map(|_| ())),
+            Box::new(|t| {
+                t.insert(node("bad", 1))?;
+                t.insert_command("n1", &cmd("c-bad", "d1"))?;
+                Err(StoreError::Join("no".into()))
+            }),
+            Box::new(|t| {
+                t.insert(node("b", 1))?;
+                t.insert_command("n1", &cmd("c1", "d1")).map(|_| ())
+            }),
+        ];
+        let out = s.write_group_for_test(fs);
+        assert!(out[0].is_ok() && out[1].is_err() && out[2].is_ok(), "{out:?}");
+        let names: Vec<String> = s
+            .write_sync(|t| t.list(Kind::Node))
+            .unwrap()
+            .iter()
+            .map(|r| r.name().to_string())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(s.write_sync(|t| t.command("c-bad")).unwrap().is_none());
+        // Revisions stay dense and in order: the failed closure's were reused.
+        let revs: Vec<(u64, String)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| (e.resource_version, e.resource.unwrap().name().to_string()))
+            .collect();
+        assert_eq!(revs, [(1, "a".to_string()), (2, "b".to_string())]);
+        assert_eq!(
+            drx.try_recv().unwrap(),
+            DesiredChanged {
+                node: "n1".into(),
+                version: 3
+            }
+        );
+        assert!(drx.try_recv().is_err());
+        assert_eq!(s.view().revision(), 3);
+        assert!(s.view().command("c-bad").is_none());
+        assert_eq!(s.view().open_commands("n1").len(), 1);
+        let fresh = s.write_sync(|t| View::load(t)).unwrap();
+        assert_eq!(*s.view(), fresh);
+    }
 }
 
 /// A commit that fails fails every caller of its batch: nothing is kept,
 /// nothing is announced.
-#[test]
-fn a_failed_commit_fails_the_whole_batch() {
-    let s = Store::in_memory().unwrap();
-    s.write_sync(|t| t.insert(node("before", 1))).unwrap();
-    let mut rx = s.subscribe();
-    let view_before = s.view().clone();
-    let fs: Vec<TestWrite<'static>> = vec![
-        Box::new(|t| t.insert(node("a", 1)).map(|_| ())),
-        // A deferred foreign key violated: only COMMIT notices.
-        Box::new(|t| {
-            t.batch(
-                "CREATE TEMP TABLE p (id INTEGER PRIMARY KEY);
-                 CREATE TEMP TABLE c (x INTEGER REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED);
-                 INSERT INTO c VALUES (1);",
-            )?;
-            Ok(())
-        }),
-        Box::new(|t| t.insert_command("n1", &cmd("c1", "d1")).map(|_| ())),
-    ];
-    let out = s.write_group_for_test(fs);
-    assert!(out.iter().all(|r| r.is_err()), "{out:?}");
-    assert!(s.write_sync(|t| t.get(Kind::Node, "a")).unwrap().is_none());
-    assert!(s.write_sync(|t| t.command("c1")).unwrap().is_none());
-    assert_eq!(s.write_sync(|t| t.revision()).unwrap(), 1);
-    assert!(rx.try_recv().is_err());
-    assert_eq!(*s.view(), view_before);
-    // The store goes on.
-    s.write_sync(|t| t.insert(node("after", 1))).unwrap();
-    assert_eq!(s.view().revision(), 2);
+backend_tests! {
+    fn a_failed_commit_fails_the_whole_batch(b) {
+        let s = b.open();
+        s.write_sync(|t| t.insert(node("before", 1))).unwrap();
+        let mut rx = s.subscribe();
+        let view_before = s.view().clone();
+        let fs: Vec<TestWrite<'static>> = vec![
+            Box::new(|t| t.insert(node("a", 1)).map(|_| ())),
+            // A deferred foreign key violated: only COMMIT notices.
+            Box::new(|t| {
+                t.batch(
+                    "CREATE TEMP TABLE p (id INTEGER PRIMARY KEY);
+                     CREATE TEMP TABLE c (x INTEGER REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED);
+                     INSERT INTO c VALUES (1);",
+                )?;
+                Ok(())
+            }),
+            Box::new(|t| t.insert_command("n1", &cmd("c1", "d1")).map(|_| ())),
+        ];
+        let out = s.write_group_for_test(fs);
+        assert!(out.iter().all(|r| r.is_err()), "{out:?}");
+        assert!(s.write_sync(|t| t.get(Kind::Node, "a")).unwrap().is_none());
+        assert!(s.write_sync(|t| t.command("c1")).unwrap().is_none());
+        assert_eq!(s.write_sync(|t| t.revision()).unwrap(), 1);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(*s.view(), view_before);
+        // The store goes on.
+        s.write_sync(|t| t.insert(node("after", 1))).unwrap();
+        assert_eq!(s.view().revision(), 2);
+    }
 }
 
 /// Writes queued while a transaction runs commit together, in one
 /// transaction; a failing or panicking one among them changes nothing and
 /// the others still commit, with their events in revision order.
-#[tokio::test]
-async fn queued_writes_commit_in_one_transaction() {
-    const N: usize = 20;
-    let s = Store::in_memory().unwrap();
-    let mut rx = s.subscribe();
-    // Hold the writer with a synchronous write on another thread.
-    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let holder = {
-        let s = s.clone();
-        std::thread::spawn(move || {
-            s.write_sync(|t| {
-                entered_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
-                t.insert(node("held", 0))
+backend_tests! {
+    async fn queued_writes_commit_in_one_transaction(b) {
+        let s = b.open();
+        const N: usize = 20;
+        let mut rx = s.subscribe();
+        // Hold the writer with a synchronous write on another thread.
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                s.write_sync(|t| {
+                    entered_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    t.insert(node("held", 0))
+                })
             })
-        })
-    };
-    entered_rx.recv().unwrap();
-    let before = s.stats();
-    let mut tasks = Vec::new();
-    for i in 0..N {
-        let s = s.clone();
-        tasks.push(tokio::spawn(async move {
-            s.write(move |t| -> Result<u64, StoreError> {
-                let r = t.insert(node(&format!("w{i:02}"), 0))?;
-                match i {
-                    3 => Err(StoreError::Join("refused".into())),
-                    7 => panic!("a bug in one write"),
-                    _ => Ok(r.resource_version()),
-                }
-            })
-            .await
-        }));
-    }
-    while s.queued_for_test() < N {
-        tokio::task::yield_now().await;
-    }
-    release_tx.send(()).unwrap();
-    holder.join().unwrap().unwrap();
-    let mut ok = Vec::new();
-    for (i, task) in tasks.into_iter().enumerate() {
-        match (i, task.await.unwrap()) {
-            (3, Err(e)) => assert!(e.to_string().contains("refused"), "{e}"),
-            (7, Err(e)) => assert!(e.to_string().contains("panicked"), "{e}"),
-            (i, Ok(rev)) => ok.push((i, rev)),
-            (i, r) => panic!("write {i}: {r:?}"),
+        };
+        entered_rx.recv().unwrap();
+        let before = s.stats();
+        let mut tasks = Vec::new();
+        for i in 0..N {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.write(move |t| -> Result<u64, StoreError> {
+                    let r = t.insert(node(&format!("w{i:02}"), 0))?;
+                    match i {
+                        3 => Err(StoreError::Join("refused".into())),
+                        7 => panic!("a bug in one write"),
+                        _ => Ok(r.resource_version()),
+                    }
+                })
+                .await
+            }));
         }
+        while s.queued_for_test() < N {
+            tokio::task::yield_now().await;
+        }
+        release_tx.send(()).unwrap();
+        holder.join().unwrap().unwrap();
+        let mut ok = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            match (i, task.await.unwrap()) {
+                (3, Err(e)) => assert!(e.to_string().contains("refused"), "{e}"),
+                (7, Err(e)) => assert!(e.to_string().contains("panicked"), "{e}"),
+                (i, Ok(rev)) => ok.push((i, rev)),
+                (i, r) => panic!("write {i}: {r:?}"),
+            }
+        }
+        assert_eq!(ok.len(), N - 2);
+        assert_eq!(
+            s.stats().transactions - before.transactions,
+            2,
+            "the held write and one batch of {N}"
+        );
+        // Queue order is revision order.
+        assert!(ok.windows(2).all(|w| w[0].1 < w[1].1), "{ok:?}");
+        let names: Vec<String> = s
+            .read(|t| t.list(Kind::Node))
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.name().to_string())
+            .collect();
+        assert!(!names.contains(&"w03".to_string()) && !names.contains(&"w07".to_string()));
+        assert_eq!(names.len(), N - 2 + 1);
+        let mut revs = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            assert_eq!(ev.r#type, EventType::Added as i32);
+            revs.push(ev.resource_version);
+        }
+        assert_eq!(revs.len(), N - 2 + 1);
+        assert!(revs.windows(2).all(|w| w[0] < w[1]), "{revs:?}");
+        assert_eq!(s.view().nodes.len(), N - 2 + 1);
+        // The writer is not stuck after the panic.
+        s.write(|t| t.insert(node("later", 0))).await.unwrap();
+        assert!(s.view().nodes.contains_key("later"));
     }
-    assert_eq!(ok.len(), N - 2);
-    assert_eq!(
-        s.stats().transactions - before.transactions,
-        2,
-        "the held write and one batch of {N}"
-    );
-    // Queue order is revision order.
-    assert!(ok.windows(2).all(|w| w[0].1 < w[1].1), "{ok:?}");
-    let names: Vec<String> = s
-        .read(|t| t.list(Kind::Node))
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.name().to_string())
-        .collect();
-    assert!(!names.contains(&"w03".to_string()) && !names.contains(&"w07".to_string()));
-    assert_eq!(names.len(), N - 2 + 1);
-    let mut revs = Vec::new();
-    while let Ok(ev) = rx.try_recv() {
-        assert_eq!(ev.r#type, EventType::Added as i32);
-        revs.push(ev.resource_version);
-    }
-    assert_eq!(revs.len(), N - 2 + 1);
-    assert!(revs.windows(2).all(|w| w[0] < w[1]), "{revs:?}");
-    assert_eq!(s.view().nodes.len(), N - 2 + 1);
-    // The writer is not stuck after the panic.
-    s.write(|t| t.insert(node("later", 0))).await.unwrap();
-    assert!(s.view().nodes.contains_key("later"));
 }
 
 /// A store of `nodes` nodes, each with 2 Devices and 2 Dpus.
