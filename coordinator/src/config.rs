@@ -399,6 +399,28 @@ fn check_postgres(opts: &PgOptions) -> Result<(), (&'static str, String)> {
             }
         }
     }
+    // The PEM files are read and checked now, as the tls section's are, so
+    // `validate` catches a key in the certificate's place or an expired one.
+    let pem =
+        |field: &'static str, path: &Option<PathBuf>, key: bool| -> Result<(), (&'static str, String)> {
+            let Some(path) = path else { return Ok(()) };
+            let loaded = if key {
+                hostplane_common::tls::load_key(field, path)
+            } else {
+                hostplane_common::tls::load_certs(field, path)
+            };
+            loaded.map(|_| ()).map_err(|e| match e {
+                hostplane_common::tls::TlsFileError::Read { path, source, .. } => {
+                    (field, format!("{}: cannot read: {source}", path.display()))
+                }
+                hostplane_common::tls::TlsFileError::Invalid { path, reason, .. } => {
+                    (field, format!("{}: {reason}", path.display()))
+                }
+            })
+        };
+    pem("store.postgres.ca_file", &opts.ca_file, false)?;
+    pem("store.postgres.cert_file", &opts.cert_file, false)?;
+    pem("store.postgres.key_file", &opts.key_file, true)?;
     if opts.sslmode.verifies() && opts.ca_file.is_none() {
         return Err((
             "store.postgres.ca_file",
@@ -833,6 +855,12 @@ mod tests {
         assert!(e.to_string().contains("nope.yaml"), "{e}");
     }
 
+    /// A self-signed certificate and its key, PEM.
+    fn test_pems() -> (String, String) {
+        let c = rcgen::generate_simple_self_signed(vec!["db.example".to_string()]).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    }
+
     #[test]
     fn store_backend_defaults_to_sqlite() {
         let cfg = Config::default();
@@ -856,9 +884,11 @@ mod tests {
     fn postgres_section_becomes_pg_options() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        for f in ["password", "ca.crt", "client.crt", "client.key"] {
-            std::fs::write(d.join(f), "x\n").unwrap();
-        }
+        let pems = test_pems();
+        std::fs::write(d.join("password"), "x\n").unwrap();
+        std::fs::write(d.join("ca.crt"), &pems.0).unwrap();
+        std::fs::write(d.join("client.crt"), &pems.0).unwrap();
+        std::fs::write(d.join("client.key"), &pems.1).unwrap();
         let yaml = format!(
             "insecure: true\nstore:\n  backend: postgres\n  postgres:\n    url: postgres://hostplane@db.example:6432/hp\n    \
              password_file: {0}/password\n    sslmode: verify-full\n    ca_file: {0}/ca.crt\n    \
@@ -914,8 +944,11 @@ mod tests {
     fn postgres_validation_names_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
+        let (cert_pem, key_pem) = test_pems();
         let ca = d.join("ca.crt");
-        std::fs::write(&ca, "x").unwrap();
+        std::fs::write(&ca, &cert_pem).unwrap();
+        let key = d.join("client.key");
+        std::fs::write(&key, &key_pem).unwrap();
         let pg = |url: &str| {
             let mut c = Config {
                 insecure: true,
@@ -995,9 +1028,25 @@ mod tests {
                 })
             }),
             ("store.postgres.cert_file: required with key_file", {
+                let key = key.clone();
+                with(&move |p| {
+                    p.sslmode = SslMode::Require;
+                    p.key_file = Some(key.clone());
+                })
+            }),
+            ("store.postgres.ca_file: ", {
+                // A key where the CA certificate should be.
+                let key = key.clone();
+                with(&move |p| {
+                    p.sslmode = SslMode::VerifyFull;
+                    p.ca_file = Some(key.clone());
+                })
+            }),
+            ("store.postgres.key_file: ", {
                 let ca = ca.clone();
                 with(&move |p| {
                     p.sslmode = SslMode::Require;
+                    p.cert_file = Some(ca.clone());
                     p.key_file = Some(ca.clone());
                 })
             }),
@@ -1025,6 +1074,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/nonexistent/pw: no such file"), "{e}");
+        let e = with(&|p| {
+            p.sslmode = SslMode::VerifyFull;
+            p.ca_file = Some(key.clone());
+        })
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(&format!("{}: no CERTIFICATE block", key.display())),
+            "{e}"
+        );
+        let e = with(&|p| {
+            p.sslmode = SslMode::Require;
+            p.cert_file = Some(ca.clone());
+            p.key_file = Some(ca.clone());
+        })
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no PEM private key"), "{e}");
     }
 
     #[test]
