@@ -164,3 +164,87 @@ fn migrate_on_postgres_reports_what_is_wrong() {
         "{stderr}"
     );
 }
+
+/// `run` on postgres: the coordinator opens the store on the throwaway
+/// cluster (migrating it), serves (gRPC health SERVING), stops on SIGTERM
+/// with exit 0, and its log names the database but never the password.
+#[test]
+fn run_serves_from_postgres() {
+    let Some(pg) = PgCluster::start().expect("start the throwaway PostgreSQL cluster") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    pg.write_password_file(&pw).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let path = dir.path().join("coordinator.yaml");
+    std::fs::write(
+        &path,
+        format!("listen: {addr}\n{}", config(&pg.url_without_password(), &pw)),
+    )
+    .unwrap();
+    let log = dir.path().join("coordinator.log");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env_remove("HOSTPLANE_STORE_BACKEND")
+        .env_remove("HOSTPLANE_STORE_POSTGRES_URL")
+        .env_remove("HOSTPLANE_STORE_POSTGRES_PASSWORD_FILE")
+        .env("HOSTPLANE_LOG", "info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let o = Command::new(BIN)
+            .args(["health", "--addr", &addr, "--timeout", "1s"])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the coordinator exited ({status}) before serving:\n{}{}",
+                std::fs::read_to_string(&log).unwrap_or_default(),
+                std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not SERVING within 60 s:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    let text =
+        std::fs::read_to_string(&log).unwrap() + &std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(status.success(), "{status}\n{text}");
+    assert!(
+        text.contains(&format!("postgres {USER}@127.0.0.1:{}/{DATABASE}", pg.port())),
+        "{text}"
+    );
+    assert!(
+        !text.contains(pg.password()),
+        "the password is in the log:\n{text}"
+    );
+    // The store it served is the migrated database.
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    let v: i64 = c
+        .query_one("SELECT value FROM meta WHERE key = 'schema_version'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, SCHEMA_VERSION);
+}
