@@ -18,7 +18,10 @@
 //!   CloudNativePG `Cluster` (checked against the operator's own schema in
 //!   `packaging/helm/schemas/`) whose Secrets the coordinator uses; values
 //!   that cannot work together (SQLite with several replicas, a password in
-//!   the URL, ...) are refused at render time, naming them.
+//!   the URL, ...) are refused at render time, naming them;
+//! - the coordinator.yaml it renders passes `hostplane-coordinator validate`
+//!   (the binary built by `cargo build --workspace --bins`, as the e2e
+//!   tests need) with the mounted files laid out under a temporary root.
 //!
 //! Without helm_python (or, for the schema test, `kubernetes-validate`) a
 //! test prints `SKIPPED: <why>` and returns.
@@ -1225,6 +1228,25 @@ fn values_that_cannot_work_together_are_refused_naming_them() {
         (
             vec![
                 "-f".into(),
+                pg(
+                    "      url: postgres://hp@db/hp?sslmode=disable\n      password: x\n      sslmode: require\n",
+                ),
+            ],
+            vec![
+                "coordinator.store.postgres.url sets sslmode",
+                "coordinator.store.postgres.sslmode",
+            ],
+        ),
+        (
+            vec![
+                "--set".into(),
+                "coordinator.config.store.postgres.connect_timeout=3s".into(),
+            ],
+            vec!["coordinator.config.store.postgres is set but coordinator.store.backend is sqlite"],
+        ),
+        (
+            vec![
+                "-f".into(),
                 pg("      url: mysql://hp@db/hp\n      password: x\n      sslmode: require\n"),
             ],
             vec!["\"mysql://hp@db/hp\" is not a postgres:// or postgresql:// URL"],
@@ -1283,4 +1305,122 @@ fn values_that_cannot_work_together_are_refused_naming_them() {
         }
         assert!(!err.contains("hunter2"), "the error repeats the password: {err}");
     }
+}
+
+/// Every path of a rendered coordinator.yaml that the pod mounts, moved under `root`.
+fn rebase(v: &mut Value, root: &Path) {
+    match v {
+        Value::String(s)
+            if s.starts_with("/etc/hostplane/") || s.starts_with("/var/lib/hostplane-coordinator/") =>
+        {
+            *s = format!("{}{s}", root.display());
+        }
+        Value::Mapping(m) => m.iter_mut().for_each(|(_, v)| rebase(v, root)),
+        Value::Sequence(l) => l.iter_mut().for_each(|v| rebase(v, root)),
+        _ => {}
+    }
+}
+
+/// The configs the chart renders are ones the coordinator accepts: each is
+/// run through `hostplane-coordinator validate` (which refuses an unknown
+/// key, reads the TLS and PostgreSQL certificate files and checks the
+/// store.postgres settings) with the files the pod would have mounted laid
+/// out under a temporary root.
+#[test]
+fn the_rendered_coordinator_configs_pass_the_coordinators_validate() {
+    if skip(helm_missing()) {
+        return;
+    }
+    let coordinator_bin = hostplane_tests::bin("hostplane-coordinator").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let lab = root.join("lab");
+    hostplane_ctl::certs::lab(&lab, &["hostplane-coordinator.hostplane.svc"], &["n1"]).unwrap();
+    // What the Secrets hold, where the Deployment mounts them.
+    let etc = root.join("etc/hostplane");
+    for (from, to) in [
+        ("server.crt", "tls/tls.crt"),
+        ("server.key", "tls/tls.key"),
+        ("ca.crt", "tls/ca.crt"),
+        (hostplane_ctl::certs::LAB_TOKENS, "auth/tokens.yaml"),
+        // The database's CA and a client certificate for it.
+        ("ca.crt", "postgres/ca.crt"),
+        ("agent-n1.crt", "postgres/tls.crt"),
+        ("agent-n1.key", "postgres/tls.key"),
+    ] {
+        let to = etc.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lab.join(from), &to).unwrap_or_else(|e| panic!("{from}: {e}"));
+    }
+    std::fs::write(etc.join("postgres/password"), "s3cret\n").unwrap();
+    std::fs::create_dir_all(root.join("var/lib/hostplane-coordinator")).unwrap();
+
+    let validate = |config: &Value| -> (Option<i32>, String) {
+        let file = root.join("coordinator.yaml");
+        std::fs::write(&file, serde_norway::to_string(config).unwrap()).unwrap();
+        let out = Command::new(&coordinator_bin)
+            .args(["validate", "--config"])
+            .arg(&file)
+            .env_remove("HOSTPLANE_INSECURE")
+            .env_remove("HOSTPLANE_STORE_BACKEND")
+            .env_remove("HOSTPLANE_STORE_PATH")
+            .env_remove("HOSTPLANE_STORE_POSTGRES_URL")
+            .env_remove("HOSTPLANE_STORE_POSTGRES_PASSWORD_FILE")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let existing = example("postgres-existing.yaml");
+    let cnpg = example("postgres-cloudnativepg.yaml");
+    let mut last = Value::Null;
+    for (name, args, store) in [
+        ("defaults", vec![], "store sqlite"),
+        (
+            "postgres-existing",
+            vec!["-f", existing.to_str().unwrap()],
+            "store postgres",
+        ),
+        (
+            "postgres-password-client-cert",
+            vec![
+                "--set",
+                "coordinator.store.backend=postgres,coordinator.store.postgres.url=postgres://hp@db:5432/hp,\
+                 coordinator.store.postgres.password=s3cret,coordinator.store.postgres.caSecret=db-ca,\
+                 coordinator.store.postgres.clientCertSecret=hp-client,\
+                 coordinator.config.store.postgres.connect_timeout=10s",
+            ],
+            "store postgres",
+        ),
+        (
+            "postgres-cloudnativepg",
+            vec!["-f", cnpg.to_str().unwrap()],
+            "store postgres",
+        ),
+    ] {
+        let mut config = coordinator_config(&rendered(&args), "hostplane");
+        rebase(&mut config, root);
+        let (code, out) = validate(&config);
+        assert_eq!(
+            code,
+            Some(0),
+            "{name}: the coordinator refuses the chart's config:\n{out}"
+        );
+        assert!(out.contains(store), "{name}: {store:?} not in {out}");
+        assert!(!out.contains("s3cret"), "{name}: the password printed: {out}");
+        last = config;
+    }
+    // Not a rubber stamp: a key the coordinator does not know is refused, by name.
+    let pg = last["store"]["postgres"].as_mapping_mut().unwrap();
+    let mode = pg.remove("sslmode").unwrap();
+    pg.insert("ssl_mode".into(), mode);
+    let (code, out) = validate(&last);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("ssl_mode"), "{out}");
 }

@@ -46,6 +46,9 @@ Values that cannot work together are refused at render time, naming them
 {{- if $pg.cloudnativepg.enabled -}}
 {{- fail "coordinator.store.postgres.cloudnativepg.enabled needs coordinator.store.backend=postgres: with sqlite nothing would use the Cluster" -}}
 {{- end -}}
+{{- if (.Values.coordinator.config.store | default dict).postgres -}}
+{{- fail "coordinator.config.store.postgres is set but coordinator.store.backend is sqlite: the coordinator refuses a postgres section on sqlite. Set coordinator.store.backend=postgres, or remove it" -}}
+{{- end -}}
 {{- else -}}
 {{- $sources := 0 -}}
 {{- if $pg.password }}{{ $sources = add1 $sources }}{{ end -}}
@@ -63,6 +66,9 @@ Values that cannot work together are refused at render time, naming them
 {{- end -}}
 {{- if regexMatch "^[a-zA-Z]+://[^/@?]*:[^/@?]*@|password=" $pg.url -}}
 {{- fail "coordinator.store.postgres.url carries a password: remove it and put it in coordinator.store.postgres.existingSecret (a Secret of yours) or coordinator.store.postgres.password" -}}
+{{- end -}}
+{{- if regexMatch "sslmode=" $pg.url -}}
+{{- fail "coordinator.store.postgres.url sets sslmode: remove it from the URL and set coordinator.store.postgres.sslmode (the chart writes store.postgres.sslmode)" -}}
 {{- end -}}
 {{- if not (regexMatch "^postgres(ql)?://" $pg.url) -}}
 {{- fail (printf "coordinator.store.postgres.url %q is not a postgres:// or postgresql:// URL" $pg.url) -}}
