@@ -67,7 +67,7 @@ Values that cannot work together are refused at render time, naming them
 {{- if regexMatch "^[a-zA-Z]+://[^/@?]*:[^/@?]*@|password=" $pg.url -}}
 {{- fail "coordinator.store.postgres.url carries a password: remove it and put it in coordinator.store.postgres.existingSecret (a Secret of yours) or coordinator.store.postgres.password" -}}
 {{- end -}}
-{{- if regexMatch "sslmode=" $pg.url -}}
+{{- if contains "sslmode" $pg.url -}}
 {{- fail "coordinator.store.postgres.url sets sslmode: remove it from the URL and set coordinator.store.postgres.sslmode (the chart writes store.postgres.sslmode)" -}}
 {{- end -}}
 {{- if not (regexMatch "^postgres(ql)?://" $pg.url) -}}
