@@ -37,7 +37,7 @@ struct Fixture {
     admin: Client,
 }
 
-/// A migrated store, the roles `elector_a` and `elector_b`, and a runtime
+/// A migrated store, the roles `elector_a`, `elector_b` and `elector_c`, and a runtime
 /// for the electors (the test's own SQL runs on the test thread: a
 /// synchronous postgres client must not run inside the runtime).
 fn setup() -> Option<Fixture> {
@@ -45,7 +45,7 @@ fn setup() -> Option<Fixture> {
     let mut admin = Client::connect(&pg.url(), NoTls)
         .unwrap_or_else(|e| panic!("connect to {}: {e}\n{}", pg.url(), pg.log()));
     pg_migrate(&mut admin).unwrap();
-    for role in ["elector_a", "elector_b"] {
+    for role in ["elector_a", "elector_b", "elector_c"] {
         admin
             .batch_execute(&format!(
                 "CREATE ROLE {role} LOGIN PASSWORD '{ROLE_PASSWORD}'; \
@@ -71,6 +71,10 @@ struct Running {
 impl Fixture {
     /// Starts an elector named `name` connecting as role `elector_<name>`.
     fn start(&self, name: &str) -> Running {
+        self.start_with(name, CFG)
+    }
+
+    fn start_with(&self, name: &str, cfg: LeaseConfig) -> Running {
         let url = format!(
             "postgres://elector_{name}:{ROLE_PASSWORD}@127.0.0.1:{}/{DATABASE}",
             self.pg.port()
@@ -81,7 +85,7 @@ impl Fixture {
         };
         let stop = CancellationToken::new();
         let _rt = self.rt.enter();
-        let elector = Elector::start(PgOptions::from_url(url), replica.clone(), CFG, stop.clone()).unwrap();
+        let elector = Elector::start(PgOptions::from_url(url), replica.clone(), cfg, stop.clone()).unwrap();
         Running {
             role: elector.role(),
             elector,
@@ -462,4 +466,106 @@ fn check_epoch_reads_the_leader_row() {
     tx.execute("DELETE FROM leader", &[]).unwrap();
     let e = check_epoch(&mut tx, 0).unwrap_err().to_string();
     assert!(e.contains("no leader row") && e.contains("migrate"), "{e}");
+}
+
+#[test]
+fn the_step_down_timer_fires_at_the_deadline_even_between_two_renewal_attempts() {
+    // Renewals 1 s apart, deadline 1.5 s, lease 1.8 s: once renewals fail,
+    // the deadline falls between two attempts. A leader that noticed it
+    // only at its next attempt (2 s after its last renewal) would still act
+    // after its lease had expired.
+    let sparse = LeaseConfig {
+        lease: Duration::from_millis(1800),
+        renew_every: Duration::from_secs(1),
+        renew_deadline: Duration::from_millis(1500),
+    };
+    let Some(mut fx) = setup() else { return };
+    let mut a = fx.start_with("a", sparse);
+    fx.wait(&mut a, Duration::from_secs(5), "leader with epoch 1", leads(1));
+    fx.admin
+        .batch_execute(
+            "ALTER ROLE elector_a CONNECTION LIMIT 0; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'elector_a';",
+        )
+        .unwrap();
+    fx.wait(&mut a, Duration::from_secs(4), "stepped down", |r| !r.is_leader());
+    let (live, epoch) = lease_live_now(&mut fx.admin);
+    assert!(
+        live,
+        "a stepped down only after its lease expired ({})",
+        fx.leader_row_text()
+    );
+    assert_eq!(epoch, 1);
+}
+
+#[test]
+fn a_takeover_waits_for_the_revision_lock_and_racing_takeovers_elect_one() {
+    let Some(mut fx) = setup() else { return };
+    // Hold the store's revision lock, as a store write in progress does.
+    let mut writer = Client::connect(&fx.pg.url(), NoTls).unwrap();
+    let mut write = writer.transaction().unwrap();
+    write
+        .query_one("SELECT value FROM meta WHERE key = 'revision' FOR UPDATE", &[])
+        .unwrap();
+    let mut electors: Vec<Running> = ["a", "b", "c"].iter().map(|n| fx.start(n)).collect();
+    // All three find the lease vacant and wait for the lock in their
+    // takeover transaction; none takes over meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let waiting: i64 = fx
+            .admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE usename LIKE 'elector_%' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if waiting == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} of 3 takeovers wait for the revision lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        leader_row(&mut fx.admin).1,
+        0,
+        "no takeover while a write holds the revision lock"
+    );
+    assert!(electors.iter().all(|e| !e.role.borrow().is_leader()));
+    write.commit().unwrap();
+
+    // They run one after the other: the first takes epoch 1, the others
+    // find the lease live and follow it.
+    let (holder, epoch, _) = loop {
+        let row = leader_row(&mut fx.admin);
+        if row.1 > 0 {
+            break row;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(epoch, 1);
+    let leader = electors
+        .iter()
+        .find(|e| e.replica.name == holder)
+        .unwrap()
+        .replica
+        .clone();
+    for e in &mut electors {
+        if e.replica.name == holder {
+            fx.wait(e, Duration::from_secs(3), "leader with epoch 1", leads(1));
+        } else {
+            fx.wait(
+                e,
+                Duration::from_secs(3),
+                "following the leader",
+                follows(&leader, 1),
+            );
+        }
+    }
+    std::thread::sleep(CFG.renew_every * 3);
+    assert_eq!(leader_row(&mut fx.admin).1, 1, "no second takeover");
 }

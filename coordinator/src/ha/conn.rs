@@ -31,8 +31,9 @@ pub(crate) struct Setup {
     pub opts: PgOptions,
     /// `application_name` of the session (shown in `pg_stat_activity`).
     pub app_name: String,
-    /// The session's `statement_timeout` and `lock_timeout`: a statement
-    /// this replica stopped waiting for ends on the server by then.
+    /// The session's `statement_timeout`, `lock_timeout` and
+    /// `idle_in_transaction_session_timeout`: a statement this replica
+    /// stopped waiting for ends on the server by then at the latest.
     pub statement_timeout: Duration,
 }
 

@@ -172,7 +172,11 @@ impl Elector {
         let setup = |what: &str| Setup {
             opts: opts.clone(),
             app_name: format!("hostplane-coordinator {what} {}", me.name),
-            statement_timeout: cfg.renew_deadline,
+            // The safety net for a statement this replica stopped waiting
+            // for and could not cancel: past the lease its outcome no longer
+            // matters. Never what makes the leader step down (the deadline
+            // timer does, sooner).
+            statement_timeout: cfg.lease,
         };
         let run = Run {
             conn: Conn::new(setup("lease"), "hostplane-lease"),
