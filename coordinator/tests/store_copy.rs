@@ -518,3 +518,54 @@ fn the_command_exits_0_when_copied_1_when_refused_and_64_on_usage_errors() {
     );
     assert!(!missing.exists(), "a missing source is not created");
 }
+
+#[test]
+fn a_postgres_database_whose_collation_is_not_byte_order_copies_and_verifies() {
+    let Some(pg) = Pg::start() else { return };
+    let mut c = pg.client();
+    if let Err(e) = c.batch_execute(
+        "CREATE DATABASE icu_store TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'",
+    ) {
+        eprintln!("this PostgreSQL cannot create an ICU database ({e}); skipped");
+        return;
+    }
+    let url = format!("postgres://{USER}@127.0.0.1:{}/icu_store", pg.cluster.port());
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let names = ["node-a", "Node-B", "node-c", "Zeta", "éclair"];
+    {
+        let s = Store::open(&a).unwrap();
+        for n in names {
+            s.write_sync(|t| t.insert(node(n))).unwrap();
+        }
+    }
+    // The database's own order is not SQLite's byte order: without the C
+    // collation the two sides would hash the same rows in different orders.
+    let mut icu = postgres::Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user={USER} password={} dbname=icu_store",
+            pg.cluster.port(),
+            pg.cluster.password()
+        ),
+        postgres::NoTls,
+    )
+    .unwrap();
+    let ordered: Vec<String> = icu
+        .query("SELECT n FROM unnest($1::text[]) AS n ORDER BY n", &[&&names[..]])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut bytewise: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    bytewise.sort();
+    assert_ne!(
+        ordered, bytewise,
+        "the ICU database orders like bytes; the test shows nothing"
+    );
+
+    let there = copy(&pg.options(sqlite(&a), Endpoint::Postgres(url.clone()))).unwrap();
+    assert_eq!(rows(&there.tables, "resources"), names.len() as u64);
+    let back = copy(&pg.options(Endpoint::Postgres(url.clone()), sqlite(&b))).unwrap();
+    assert_eq!(back.tables, there.tables);
+    verify(&sqlite(&a), &Endpoint::Postgres(url), &pg.settings).unwrap();
+}
