@@ -569,3 +569,98 @@ fn a_postgres_database_whose_collation_is_not_byte_order_copies_and_verifies() {
     assert_eq!(back.tables, there.tables);
     verify(&sqlite(&a), &Endpoint::Postgres(url), &pg.settings).unwrap();
 }
+
+/// A test CA (rcgen): its PEM and what it signs.
+struct Ca {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new(cn: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// `(cert, key)` PEM for `cn`, valid for the DNS names `sans`.
+    fn issue(&self, cn: &str, sans: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+#[test]
+fn the_tls_flags_reach_postgres_verify_full_with_a_client_certificate() {
+    use hostplane_common::testing::pg::{PgClusterOptions, ServerTls};
+    use hostplane_coordinator::store::SslMode;
+
+    let ca = Ca::new("hostplane test CA");
+    let (cert_pem, key_pem) = ca.issue("postgres", &["localhost"]);
+    // Over TLS the server authenticates by client certificate alone: the
+    // copy connects only if --cert-file/--key-file, --ca-file and
+    // --sslmode all reached the connection.
+    let Some(pg) = PgCluster::start_with(PgClusterOptions {
+        tls: Some(ServerTls {
+            cert_pem,
+            key_pem,
+            client_ca_pem: Some(ca.pem.clone()),
+            client_cert_auth: true,
+        }),
+    })
+    .expect("start the throwaway PostgreSQL cluster") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_file = file("ca.crt", &ca.pem);
+    let (cert, key) = ca.issue(USER, &[]);
+    let (cert_file, key_file) = (file("client.crt", &cert), file("client.key", &key));
+    let a = dir.path().join("a.db");
+    build_store(&a);
+    let to: Endpoint = format!("postgres:{}", pg.url_for_host("localhost"))
+        .parse()
+        .unwrap();
+    let tls_args = |ca_file: PathBuf| CopyArgs {
+        sslmode: SslMode::VerifyFull,
+        ca_file: Some(ca_file),
+        cert_file: Some(cert_file.clone()),
+        key_file: Some(key_file.clone()),
+        ..args(sqlite(&a), to.clone())
+    };
+
+    // A CA that did not sign the server's certificate: refused, exit 1.
+    let other = file("other-ca.crt", &Ca::new("another CA").pem);
+    assert_eq!(run_status(StoreCommand::Copy(tls_args(other))), 1);
+    // Without --ca-file verify-full is a usage error.
+    let mut no_ca = tls_args(ca_file.clone());
+    no_ca.ca_file = None;
+    assert_eq!(run_status(StoreCommand::Copy(no_ca)), 64);
+
+    assert_eq!(
+        run_status(StoreCommand::Copy(tls_args(ca_file))),
+        0,
+        "{}",
+        pg.log()
+    );
+    let resources: i64 = postgres::Client::connect(&pg.url(), postgres::NoTls)
+        .unwrap()
+        .query_one("SELECT count(*) FROM resources", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(resources, (NODES + 2 * DEVICES - 1) as i64);
+}
