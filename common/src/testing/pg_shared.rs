@@ -53,6 +53,9 @@ pub fn shared() -> Option<SharedPg> {
                 me = std::process::id(),
                 dir = cluster.socket_dir().display(),
             );
+            // Never waited for: it outlives this process by design (it then
+            // belongs to init, which reaps it).
+            #[allow(clippy::zombie_processes)]
             Command::new("sh")
                 .args(["-c", &script])
                 .stdin(Stdio::null())

@@ -22,6 +22,7 @@
 mod cache;
 mod pg_conn;
 mod pg_schema;
+mod reader;
 mod retention;
 mod schema;
 mod snapshot;
@@ -106,6 +107,10 @@ pub struct DesiredChanged {
     pub version: u64,
 }
 
+/// How often a replica on PostgreSQL reads others' commits when no
+/// notification came (one may be lost: docs/ha.md §4).
+pub const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The most closures one group commit runs in one transaction.
 pub const MAX_BATCH: usize = 256;
 
@@ -127,7 +132,7 @@ pub struct StoreStats {
 /// The writer's connection: the engine the store runs on.
 enum Conn {
     Lite(Connection),
-    Pg(PgWriter),
+    Pg(Box<PgWriter>),
 }
 
 /// The PostgreSQL writer connection, reopened after it breaks (a restart
@@ -210,7 +215,20 @@ struct Inner {
     desired: broadcast::Sender<DesiredChanged>,
     /// How far history is pruned after each commit (under the writer).
     retention: Mutex<Retention>,
+    /// Serialises whoever brings the view forward (the writer with its own
+    /// commits, the change reader with other replicas'), and what following
+    /// needs to remember.
+    follow: Mutex<Follow>,
+    /// The watch cache's capacity (a reload starts a new cache).
+    cache_capacity: usize,
     path: PathBuf,
+}
+
+/// The follower's memory (docs/ha.md §4).
+#[derive(Default)]
+struct Follow {
+    /// The command-pruning cut-off the view has applied.
+    commands_pruned_before: i64,
 }
 
 #[derive(Default)]
@@ -334,24 +352,32 @@ impl Store {
     /// Open the store on PostgreSQL (`store.backend: postgres`), migrating
     /// the schema forward under the migration lock (docs/ha.md §1).
     pub fn open_postgres(opts: &PgOptions, history: HistoryConfig) -> Result<Store, StoreError> {
-        Self::open_postgres_with(opts, history, LIVE_FEED_CAPACITY, WATCH_CACHE_CAPACITY)
+        Self::open_postgres_with(opts, history, WATCH_CACHE_CAPACITY, true)
     }
 
-    fn open_postgres_with(
+    /// [`Store::open_postgres`] with a watch cache of `cache` events; the
+    /// change reader only when `follow` (without it, the store follows
+    /// others' commits only when it writes: tests of a replica that fell behind).
+    pub(crate) fn open_postgres_with(
         opts: &PgOptions,
         history: HistoryConfig,
-        feed: usize,
         cache: usize,
+        follow: bool,
     ) -> Result<Store, StoreError> {
+        let feed = LIVE_FEED_CAPACITY;
         off_runtime(|| {
             let mut client = pg_conn::connect(opts)?;
             pg_schema::pg_migrate(&mut client)?;
-            let conn = Conn::Pg(PgWriter {
+            let conn = Conn::Pg(Box::new(PgWriter {
                 opts: opts.clone(),
                 client: Some(client),
                 stmts: HashMap::new(),
-            });
-            Self::from_conn(conn, PathBuf::from("postgres"), history, feed, cache)
+            }));
+            let store = Self::from_conn(conn, PathBuf::from("postgres"), history, feed, cache)?;
+            if follow {
+                reader::spawn(Arc::downgrade(&store.inner), opts.clone(), FOLLOW_POLL);
+            }
+            Ok(store)
         })
     }
 
@@ -423,12 +449,13 @@ impl Store {
         cache: usize,
     ) -> Result<Store, StoreError> {
         let counters = Counters::default();
-        let view = {
+        let (view, commands_pruned_before) = {
             let txn = conn.begin(&counters, false)?;
-            View::load(&txn)?
+            (View::load(&txn)?, txn.commands_pruned_before()?)
         };
         let retention = Retention::new(history, view.revision(), Instant::now());
-        let cache = WatchCache::new(cache, view.revision());
+        let cache_capacity = cache;
+        let cache = WatchCache::new(cache_capacity, view.revision());
         let (events, _) = broadcast::channel(feed);
         let (shared, _) = broadcast::channel(feed);
         let (desired, _) = broadcast::channel(4096);
@@ -443,6 +470,10 @@ impl Store {
                 cache: RwLock::new(cache),
                 desired,
                 retention: Mutex::new(retention),
+                follow: Mutex::new(Follow {
+                    commands_pruned_before,
+                }),
+                cache_capacity,
                 path,
             }),
         })
@@ -541,6 +572,12 @@ impl Store {
         // aborts the whole transaction until it is rolled back to one.
         let grouped = jobs.len() > 1 || conn.is_pg();
         let mut txn = conn.begin(&inner.counters, true)?;
+        // Another replica committed since the view was last brought forward:
+        // replay its commits first (the revision lock is held, so nothing
+        // else commits now), so that this batch's own changes apply on top.
+        if txn.is_pg() {
+            Self::follow(inner, &txn)?;
+        }
         let mut kept = Changes::default();
         let mut any_ok = false;
         for job in jobs.iter_mut() {
@@ -574,19 +611,31 @@ impl Store {
         let hub = crate::metrics::hub();
         hub.store_write_seconds.observe(started.elapsed().as_secs_f64());
         hub.store_batch_writes.observe(jobs.len() as f64);
-        // The view first, then the broadcasts (still holding the connection,
-        // so receivers see events in commit = revision order; watchers
-        // dedupe by revision). `send` never blocks; no receivers is fine.
-        inner
-            .view
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply(&kept, revision);
+        Self::publish(inner, &mut lock(&inner.follow), kept, revision, prune_through);
+        Ok(())
+    }
+
+    /// Bring the view, the watch cache and the feeds to `revision` with
+    /// `changes`, unless the view is there already (the change reader
+    /// replayed this commit from the database first). The caller holds
+    /// `follow` (passed in), so the writer and the change reader never
+    /// interleave.
+    fn publish(inner: &Inner, _follow: &mut Follow, changes: Changes, revision: u64, prune_through: u64) {
+        {
+            let mut view = inner.view.write().unwrap_or_else(|p| p.into_inner());
+            if view.revision() >= revision && revision > 0 {
+                return;
+            }
+            // The view first, then the broadcasts (the caller holds `follow`,
+            // so receivers see events in commit = revision order; watchers
+            // dedupe by revision). `send` never blocks; no receivers is fine.
+            view.apply(&changes, revision);
+        }
         // The watch cache before the feeds, so a watcher that lags the feed
         // finds every event it missed there. One Arc per event, shared by
         // the cache and the watchers' feed; the FSM's and the power
         // engine's feed of plain events gets a copy only when subscribed.
-        let shared: Vec<Arc<WatchEvent>> = kept.events.into_iter().map(Arc::new).collect();
+        let shared: Vec<Arc<WatchEvent>> = changes.events.into_iter().map(Arc::new).collect();
         inner
             .cache
             .write()
@@ -599,9 +648,55 @@ impl Store {
             }
             let _ = inner.shared.send(ev);
         }
-        for d in kept.desired {
+        for d in changes.desired {
             let _ = inner.desired.send(d);
         }
+    }
+
+    /// Replay what other replicas committed after the view's revision up to
+    /// `txn`'s (docs/ha.md §4). When the history no longer reaches back to
+    /// the view (a replica away longer than the history is kept), the view is
+    /// loaded afresh, the watch cache restarts (watchers behind it get
+    /// `TooOld` from the history) and every node's desired version is
+    /// announced.
+    fn follow(inner: &Inner, txn: &Txn<'_>) -> Result<(), StoreError> {
+        let mut f = lock(&inner.follow);
+        let to = txn.revision()?;
+        let from = inner.view.read().unwrap_or_else(|p| p.into_inner()).revision();
+        if to <= from {
+            return Ok(());
+        }
+        let floor = txn.history_floor()?;
+        if floor > from {
+            let view = View::load(txn)?;
+            f.commands_pruned_before = txn.commands_pruned_before()?;
+            let desired = txn.all_desired()?;
+            *inner.view.write().unwrap_or_else(|p| p.into_inner()) = view;
+            *inner.cache.write().unwrap_or_else(|p| p.into_inner()) =
+                WatchCache::new(inner.cache_capacity, to);
+            tracing::warn!(
+                from,
+                to,
+                floor,
+                "store history no longer reaches back to this replica's view: view reloaded"
+            );
+            for (node, version) in desired {
+                let _ = inner.desired.send(DesiredChanged { node, version });
+            }
+            return Ok(());
+        }
+        let (changes, cutoff) = {
+            let view = inner.view.read().unwrap_or_else(|p| p.into_inner());
+            txn.changes_between(
+                from,
+                to,
+                f.commands_pruned_before,
+                &|id| view.has_command(id),
+                &|ms| view.finished_before(ms),
+            )?
+        };
+        f.commands_pruned_before = cutoff;
+        Self::publish(inner, &mut f, changes, to, floor);
         Ok(())
     }
 
@@ -725,6 +820,8 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod follow_tests;
 #[cfg(test)]
 pub(crate) mod test_backend;
 #[cfg(test)]

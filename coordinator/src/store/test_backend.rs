@@ -40,10 +40,6 @@ impl Backend {
         Some(Backend::Postgres { url: pg.url(&db) })
     }
 
-    pub(crate) fn is_pg(&self) -> bool {
-        matches!(self, Backend::Postgres { .. })
-    }
-
     /// Open (or reopen) this backend's store.
     pub(crate) fn open(&self) -> Store {
         self.open_with(HistoryConfig::default())

@@ -570,6 +570,93 @@ impl<'a> Txn<'a> {
         Ok(out)
     }
 
+    // ------------------------------------------------- following (replicas)
+
+    /// What was committed after revision `from` up to `to`, as one
+    /// [`Changes`] the view, the watch cache and the feeds replay: the events
+    /// in that range, the commands inserted or finished in it (`known` says
+    /// which the view already holds: those are finishes), the finished
+    /// commands pruned since `pruned_before` (the cut-off the follower last
+    /// applied) and the nodes whose desired version moved. Returns the new
+    /// cut-off with it. A replica follows others' commits with it (docs/ha.md §4).
+    pub(super) fn changes_between(
+        &self,
+        from: u64,
+        to: u64,
+        pruned_before: i64,
+        known: &dyn Fn(&str) -> bool,
+        finished_before: &dyn Fn(i64) -> Vec<String>,
+    ) -> Result<(Changes, i64), StoreError> {
+        let mut out = Changes::default();
+        let rows = self.all_rows(
+            "SELECT revision, kind, name, type, body FROM events WHERE revision > ?1 AND revision <= ?2 ORDER BY revision",
+            args![from as i64, to as i64],
+            |r| {
+                Ok((
+                    r.get::<i64>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<i32>(3)?,
+                    r.get::<String>(4)?,
+                ))
+            },
+        )?;
+        for (rev, kind_s, name, ty, body) in rows {
+            let kind = Kind::from_noun(&kind_s).unwrap_or(Kind::Unspecified);
+            out.events.push(WatchEvent {
+                r#type: ty,
+                resource_version: rev as u64,
+                resource: Some(Self::decode(kind, &name, &body)?),
+            });
+        }
+        let cutoff = self.commands_pruned_before()?;
+        if cutoff > pruned_before {
+            let ids = finished_before(cutoff);
+            if !ids.is_empty() {
+                out.commands.push(CommandChange::Prune(ids));
+            }
+        }
+        let rows = self.all_rows(
+            "SELECT id, node, body, created_ms, outcome, message, finished_ms FROM commands \
+             WHERE changed_rev > ?1 AND changed_rev <= ?2 ORDER BY changed_rev",
+            args![from as i64, to as i64],
+            |r| Ok((r.get::<String>(0)?, Self::command_columns(r, 1)?)),
+        )?;
+        for (id, cols) in rows {
+            let row = Self::command_row(&id, cols)?;
+            match (&row.result, known(&id)) {
+                (Some(result), true) => out.commands.push(CommandChange::Finish {
+                    id,
+                    result: result.clone(),
+                }),
+                (None, true) => {}
+                (_, false) => out.commands.push(CommandChange::Insert(Box::new(row))),
+            }
+        }
+        out.desired = self.all_rows(
+            "SELECT node, version FROM desired WHERE version > ?1 AND version <= ?2 ORDER BY version",
+            args![from as i64, to as i64],
+            |r| {
+                Ok(DesiredChanged {
+                    node: r.get(0)?,
+                    version: r.get::<i64>(1)? as u64,
+                })
+            },
+        )?;
+        Ok((out, cutoff))
+    }
+
+    /// The newest pruning's cut-off (`meta.commands_pruned_before`).
+    pub(super) fn commands_pruned_before(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .one_row(
+                "SELECT value FROM meta WHERE key = 'commands_pruned_before'",
+                args![],
+                |r| r.get(0),
+            )?
+            .unwrap_or(0))
+    }
+
     // ------------------------------------------------------------ commands
 
     fn bump_desired(&mut self, node: &str) -> Result<u64, StoreError> {

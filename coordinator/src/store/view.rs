@@ -141,6 +141,21 @@ impl View {
         self.revision = self.revision.max(revision);
     }
 
+    /// The finished commands whose `finished_ms` is before `cutoff_ms`
+    /// (what a pruning with that cut-off deleted).
+    pub(super) fn finished_before(&self, cutoff_ms: i64) -> Vec<String> {
+        self.commands
+            .iter()
+            .filter(|(_, row)| row.result.as_ref().is_some_and(|r| r.finished_at_ms < cutoff_ms))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Whether the view holds command `id`.
+    pub(super) fn has_command(&self, id: &str) -> bool {
+        self.commands.contains_key(id)
+    }
+
     fn add_command(&mut self, row: CommandRow) {
         let id = row.command.id.clone();
         if row.result.is_none() {

@@ -377,10 +377,10 @@ fn view_is_store(b: &Backend, steps: &Steps) -> Result<(), TestCaseError> {
     check(&s)
 }
 
-/// Run the same changes one closure at a time and as one group commit with
-/// a failing closure in the middle: the group leaves what the successful
-/// closures alone leave, and emits their events only.
 backend_tests! {
+    /// Run the same changes one closure at a time and as one group commit with
+    /// a failing closure in the middle: the group leaves what the successful
+    /// closures alone leave, and emits their events only.
     fn a_failing_closure_in_a_group_changes_nothing(b) {
         let s = b.open();
         let mut rx = s.subscribe();
@@ -428,9 +428,9 @@ backend_tests! {
     }
 }
 
-/// A commit that fails fails every caller of its batch: nothing is kept,
-/// nothing is announced.
 backend_tests! {
+    /// A commit that fails fails every caller of its batch: nothing is kept,
+    /// nothing is announced.
     fn a_failed_commit_fails_the_whole_batch(b) {
         let s = b.open();
         s.write_sync(|t| t.insert(node("before", 1))).unwrap();
@@ -462,10 +462,10 @@ backend_tests! {
     }
 }
 
-/// Writes queued while a transaction runs commit together, in one
-/// transaction; a failing or panicking one among them changes nothing and
-/// the others still commit, with their events in revision order.
 backend_tests! {
+    /// Writes queued while a transaction runs commit together, in one
+    /// transaction; a failing or panicking one among them changes nothing and
+    /// the others still commit, with their events in revision order.
     async fn queued_writes_commit_in_one_transaction(b) {
         let s = b.open();
         const N: usize = 20;

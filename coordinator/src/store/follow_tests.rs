@@ -1,0 +1,204 @@
+//! Replicas on one PostgreSQL database following each other's commits
+//! (docs/ha.md §4): two `Store`s in one process, as two coordinators would
+//! hold them.
+use std::time::Duration;
+
+use hostplane_proto::v1::{
+    self, Command, CommandOutcome, CommandResult, EventType, Kind, ObjectMeta, Resource, WatchEvent,
+};
+
+use super::test_backend::Backend;
+use super::*;
+
+fn node(name: &str) -> Resource {
+    v1::Node {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .into()
+}
+
+fn cmd(id: &str) -> Command {
+    Command {
+        id: id.into(),
+        dpu: "d1".into(),
+        rshim: "rshim0".into(),
+        action: None,
+    }
+}
+
+fn url(b: &Backend) -> PgOptions {
+    match b {
+        Backend::Postgres { url } => PgOptions::from_url(url.clone()),
+        Backend::Sqlite { .. } => unreachable!("PostgreSQL only"),
+    }
+}
+
+/// Wait until `s`'s view reaches `rev` (the change reader runs on its own).
+async fn caught_up(s: &Store, rev: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.view().revision() < rev {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "view at {} never reached {rev}",
+            s.view().revision()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn recv(rx: &mut tokio::sync::broadcast::Receiver<Arc<WatchEvent>>) -> (u64, String, i32) {
+    let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an event")
+        .expect("no lag");
+    (
+        ev.resource_version,
+        ev.resource.as_ref().unwrap().name().to_string(),
+        ev.r#type,
+    )
+}
+
+/// Writes on either replica reach the other's view, watch feed, watch cache
+/// and desired feed, in revision order with no gap or repeat; each writes
+/// on top of what the other committed.
+#[tokio::test]
+async fn two_replicas_see_each_others_commits_in_order() {
+    let Some(b) = Backend::postgres() else { return };
+    let a = b.open();
+    let c = b.open();
+    let mut feed = c.subscribe_shared();
+    let mut desired = c.subscribe_desired();
+
+    a.write(|t| t.insert(node("n1"))).await.unwrap();
+    c.write(|t| t.insert(node("n2"))).await.unwrap();
+    let v = a.write(|t| t.insert_command("n1", &cmd("c1"))).await.unwrap();
+    let gone = a.write(|t| t.delete(Kind::Node, "n2")).await.unwrap().unwrap();
+    caught_up(&c, gone.resource_version()).await;
+
+    assert_eq!(recv(&mut feed).await, (1, "n1".into(), EventType::Added as i32));
+    assert_eq!(recv(&mut feed).await, (2, "n2".into(), EventType::Added as i32));
+    assert_eq!(recv(&mut feed).await, (4, "n2".into(), EventType::Deleted as i32));
+    let d = tokio::time::timeout(Duration::from_secs(10), desired.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        d,
+        DesiredChanged {
+            node: "n1".into(),
+            version: v
+        }
+    );
+
+    // The followers' view is what loading the store gives, on both.
+    for s in [&a, &c] {
+        caught_up(s, 4).await;
+        let fresh = s.read(|t| View::load(t)).await.unwrap();
+        assert_eq!(*s.view(), fresh);
+    }
+    assert_eq!(c.view().open_commands("n1").len(), 1);
+    let (events, head) = c.recent_since(0, 100).unwrap();
+    assert_eq!(head, 4);
+    assert_eq!(
+        events.iter().map(|e| e.resource_version).collect::<Vec<_>>(),
+        [1, 2, 4]
+    );
+
+    // A command finished on the follower leaves the leader's desired state.
+    let ok = CommandResult {
+        outcome: CommandOutcome::Succeeded as i32,
+        message: "done".into(),
+        finished_at_ms: 0,
+    };
+    let rev = c
+        .write(move |t| {
+            t.finish_command("c1", &ok)?;
+            t.revision()
+        })
+        .await
+        .unwrap();
+    caught_up(&a, rev).await;
+    assert!(a.view().open_commands("n1").is_empty());
+    assert_eq!(
+        a.view().command("c1").unwrap().result.as_ref().unwrap().message,
+        "done"
+    );
+    assert_eq!(a.view().desired_version("n1"), rev);
+}
+
+/// Pruned commands leave the followers' views by the pruning's cut-off.
+#[tokio::test]
+async fn pruned_commands_leave_the_followers_view() {
+    let Some(b) = Backend::postgres() else { return };
+    let a = b.open();
+    let c = b.open();
+    let finished = CommandResult {
+        outcome: CommandOutcome::Succeeded as i32,
+        message: String::new(),
+        finished_at_ms: 1_000,
+    };
+    a.write(move |t| {
+        t.insert_command("n1", &cmd("old"))?;
+        t.insert_command("n1", &cmd("open"))?;
+        t.finish_command("old", &finished)
+    })
+    .await
+    .unwrap();
+    let rev = a.read(|t| t.revision()).await.unwrap();
+    caught_up(&c, rev).await;
+    assert!(c.view().command("old").is_some());
+    let n = a.write(|t| t.prune_commands(2_000)).await.unwrap();
+    assert_eq!(n, 1);
+    let rev = a.read(|t| t.revision()).await.unwrap();
+    caught_up(&c, rev).await;
+    assert!(c.view().command("old").is_none());
+    assert!(c.view().command("open").is_some());
+    let fresh = c.read(|t| View::load(t)).await.unwrap();
+    assert_eq!(*c.view(), fresh);
+}
+
+/// A replica whose view is behind the kept history (it did not follow,
+/// and the other pruned) reloads the view when it next writes, and a
+/// watcher behind it is told its version is too old.
+#[tokio::test]
+async fn a_replica_behind_the_history_reloads_its_view() {
+    let Some(b) = Backend::postgres() else { return };
+    let opts = url(&b);
+    let a =
+        Store::open_postgres_with(&opts, HistoryConfig::revisions(3), WATCH_CACHE_CAPACITY, true).unwrap();
+    let c = Store::open_postgres_with(&opts, HistoryConfig::default(), WATCH_CACHE_CAPACITY, false).unwrap();
+    for i in 0..10 {
+        a.write(move |t| t.insert(node(&format!("n{i}")))).await.unwrap();
+    }
+    assert_eq!(c.view().revision(), 0, "c does not follow on its own");
+    c.write(|t| t.insert(node("mine"))).await.unwrap();
+    assert_eq!(c.view().revision(), 11);
+    assert_eq!(c.view().nodes.len(), 11);
+    let fresh = c.read(|t| View::load(t)).await.unwrap();
+    assert_eq!(*c.view(), fresh);
+    let e = c.events_since(0, vec![], 10).await.unwrap_err();
+    assert!(matches!(e, StoreError::TooOld { .. }), "{e}");
+    assert!(c.recent_since(0, 10).is_none());
+}
+
+/// Without the change reader, a replica still writes on top of the others:
+/// its writer replays their commits first (under the revision lock), so
+/// its own feed has every event in order.
+#[tokio::test]
+async fn a_writer_replays_others_commits_before_its_own() {
+    let Some(b) = Backend::postgres() else { return };
+    let opts = url(&b);
+    let a = b.open();
+    let c = Store::open_postgres_with(&opts, HistoryConfig::default(), WATCH_CACHE_CAPACITY, false).unwrap();
+    let mut feed = c.subscribe_shared();
+    a.write(|t| t.insert(node("a1"))).await.unwrap();
+    a.write(|t| t.insert(node("a2"))).await.unwrap();
+    c.write(|t| t.insert(node("c1"))).await.unwrap();
+    assert_eq!(recv(&mut feed).await.0, 1);
+    assert_eq!(recv(&mut feed).await.0, 2);
+    assert_eq!(recv(&mut feed).await, (3, "c1".into(), EventType::Added as i32));
+}
