@@ -664,3 +664,60 @@ fn the_tls_flags_reach_postgres_verify_full_with_a_client_certificate() {
         .get(0);
     assert_eq!(resources, (NODES + 2 * DEVICES - 1) as i64);
 }
+
+/// Every table and column of the schema is copied, or named as not copied:
+/// a later migration that adds one fails here until the copy learns it.
+#[test]
+fn the_copy_covers_every_table_and_column_of_the_schema() {
+    use hostplane_coordinator::storeops::copy::{PG_ONLY_COLUMNS, PG_ONLY_TABLES, copied_columns};
+    use std::collections::BTreeMap;
+
+    let want: BTreeMap<String, Vec<String>> = copied_columns()
+        .into_iter()
+        .map(|(t, cols)| (t.to_string(), cols.iter().map(|c| c.to_string()).collect()))
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.db");
+    Store::open(&a).unwrap();
+    let c = rusqlite::Connection::open(&a).unwrap();
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut sqlite_layout = BTreeMap::new();
+    for t in tables {
+        let cols: Vec<String> = c
+            .prepare(&format!("SELECT name FROM pragma_table_info('{t}') ORDER BY cid"))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        sqlite_layout.insert(t, cols);
+    }
+    assert_eq!(sqlite_layout, want, "SQLite's tables and columns");
+
+    let Some(pg) = Pg::start() else { return };
+    let mut client = pg.client();
+    hostplane_coordinator::store::pg_migrate(&mut client).unwrap();
+    let mut pg_layout: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in client
+        .query(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = 'public' ORDER BY table_name, ordinal_position",
+            &[],
+        )
+        .unwrap()
+    {
+        let (t, col): (String, String) = (r.get(0), r.get(1));
+        if PG_ONLY_TABLES.contains(&t.as_str()) || PG_ONLY_COLUMNS.contains(&(t.as_str(), col.as_str())) {
+            continue;
+        }
+        pg_layout.entry(t).or_default().push(col);
+    }
+    assert_eq!(pg_layout, want, "PostgreSQL's tables and columns");
+}

@@ -113,6 +113,16 @@ pub fn table_names() -> Vec<&'static str> {
     TABLES.iter().map(|t| t.name).collect()
 }
 
+/// Each copied table with the columns copied (those both engines have).
+pub fn copied_columns() -> Vec<(&'static str, &'static [&'static str])> {
+    TABLES.iter().map(|t| (t.name, t.columns)).collect()
+}
+
+/// What PostgreSQL holds that is not copied: `resources.serial` (filled from
+/// the body) and the tables only replicas use.
+pub const PG_ONLY_COLUMNS: &[(&str, &str)] = &[("resources", "serial")];
+pub const PG_ONLY_TABLES: &[&str] = &["leader", "replicas", "sessions"];
+
 impl Table {
     fn select(&self, pg: bool) -> String {
         let order: Vec<String> = self
