@@ -25,6 +25,7 @@ mod pg_schema;
 mod reader;
 mod retention;
 mod schema;
+mod sessions;
 mod snapshot;
 mod txn;
 mod view;

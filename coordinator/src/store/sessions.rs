@@ -1,0 +1,2 @@
+//! Which replica serves each node's agent (`sessions`, PostgreSQL only;
+//! docs/ha.md §5).
