@@ -428,6 +428,8 @@ mod tests {
             "hostplane_coordinator_reconcile_pass_seconds_count ",
             "hostplane_coordinator_store_write_seconds_count ",
             "hostplane_coordinator_nacks_total ",
+            "hostplane_coordinator_leader ",
+            "hostplane_coordinator_leader_epoch ",
         ] {
             assert!(
                 text.lines().any(|l| l.starts_with(series)),
@@ -445,6 +447,13 @@ mod tests {
         );
         at_least("hostplane_coordinator_store_batch_writes_sum", 3.0);
         at_least("hostplane_coordinator_desired_states_sent_total", 1.0);
+        // Every renewal result is a series from the start.
+        for result in ["ok", "lost", "error"] {
+            at_least(
+                &format!("hostplane_coordinator_lease_renewals_total{{result=\"{result}\"}}"),
+                0.0,
+            );
+        }
     }
 
     #[test]

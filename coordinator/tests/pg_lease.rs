@@ -569,3 +569,30 @@ fn a_takeover_waits_for_the_revision_lock_and_racing_takeovers_elect_one() {
     std::thread::sleep(CFG.renew_every * 3);
     assert_eq!(leader_row(&mut fx.admin).1, 1, "no second takeover");
 }
+
+#[test]
+fn a_replica_restarted_under_the_same_name_takes_its_live_lease_back_with_a_new_epoch() {
+    let Some(mut fx) = setup() else { return };
+    let mut a = fx.start("a");
+    fx.wait(&mut a, Duration::from_secs(5), "leader with epoch 1", leads(1));
+    a.elector.abort();
+    let (_, _, old_expiry) = leader_row(&mut fx.admin);
+    // The same replica again (a restart): it need not wait for its own
+    // lease to expire, and its new term has a new epoch, so writes of the
+    // old process's term are fenced.
+    let mut again = fx.start("a");
+    fx.wait(
+        &mut again,
+        Duration::from_secs(3),
+        "leader with epoch 2",
+        leads(2),
+    );
+    let (holder, epoch, new_expiry) = leader_row(&mut fx.admin);
+    assert_eq!((holder.as_str(), epoch), ("a", 2));
+    let took_over_at = new_expiry.unwrap() - LEASE_US;
+    assert!(
+        took_over_at < old_expiry.unwrap(),
+        "took back at {took_over_at} us, not before the old lease's expiry {} us",
+        old_expiry.unwrap()
+    );
+}
