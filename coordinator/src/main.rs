@@ -56,6 +56,12 @@ enum Cmd {
     /// SQLite file, or on `store.backend: postgres` the database of
     /// `store.postgres` (docs/postgres.md).
     Migrate,
+    /// Copy a store between SQLite and PostgreSQL, or back up a SQLite
+    /// store (docs/postgres.md).
+    Store {
+        #[command(subcommand)]
+        cmd: hostplane_coordinator::storeops::StoreCommand,
+    },
     /// Print the version.
     Version,
     /// Ask a running coordinator's gRPC health service whether it serves:
@@ -111,6 +117,9 @@ fn main() -> ExitCode {
     }
     if matches!(cli.cmd, Some(Cmd::Migrate)) {
         return migrate(&cli);
+    }
+    if let Some(Cmd::Store { cmd }) = cli.cmd {
+        return hostplane_coordinator::storeops::run(cmd);
     }
     // Loading the config logs nothing; logging starts right after, from the
     // config's `log` section with HOSTPLANE_LOG / HOSTPLANE_LOG_FORMAT applied.
