@@ -437,6 +437,20 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     })
 }
 
+/// The password file should be readable by the coordinator's user (and
+/// group) only; one every user can read is logged, not refused.
+fn warn_if_world_readable(file: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(file)
+        && meta.permissions().mode() & 0o004 != 0
+    {
+        tracing::warn!(
+            file = %file.display(),
+            "store.postgres.password_file is readable by every user; chmod o-r it (docs/postgres.md)"
+        );
+    }
+}
+
 /// `run` on `store.backend: postgres`: bind, open the store on PostgreSQL
 /// (migrating it, on a blocking thread), then serve it as `run_with_reload` does.
 async fn run_postgres(
@@ -451,6 +465,9 @@ async fn run_postgres(
     let opts = cfg.store.postgres_options();
     let name = format!("postgres {}", opts.describe());
     tracing::info!(store = %name, sslmode = %opts.sslmode, "opening the store");
+    if let Some(file) = &opts.password_file {
+        warn_if_world_readable(file);
+    }
     let history = cfg.store.history;
     let store = tokio::task::spawn_blocking(move || Store::open_postgres(&opts, history))
         .await

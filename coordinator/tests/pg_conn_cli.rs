@@ -176,6 +176,8 @@ fn run_serves_from_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("password");
     pg.write_password_file(&pw).unwrap();
+    // Readable by every user: served, with a warning.
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -239,6 +241,10 @@ fn run_serves_from_postgres() {
     assert!(
         !text.contains(pg.password()),
         "the password is in the log:\n{text}"
+    );
+    assert!(
+        text.contains("store.postgres.password_file is readable by every user"),
+        "{text}"
     );
     // The store it served is the migrated database.
     let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
