@@ -103,7 +103,9 @@ fn store_code(e: &StoreError) -> Code {
         StoreError::Open { .. }
         | StoreError::SchemaTooNew { .. }
         | StoreError::Sql(_)
-        | StoreError::Pg(_) => Code::Unavailable,
+        | StoreError::Pg(_)
+        // A deposed leader's write: the new leader redoes the work.
+        | StoreError::Fenced { .. } => Code::Unavailable,
         StoreError::Corrupt { .. } => Code::DataLoss,
         StoreError::Encode { .. } | StoreError::Join(_) => Code::Internal,
     }

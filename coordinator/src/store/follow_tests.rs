@@ -202,3 +202,45 @@ async fn a_writer_replays_others_commits_before_its_own() {
     assert_eq!(recv(&mut feed).await.0, 2);
     assert_eq!(recv(&mut feed).await, (3, "c1".into(), EventType::Added as i32));
 }
+
+/// A write fenced with an epoch that is no longer the `leader` row's is
+/// refused and changes nothing; the current epoch writes; unfenced writes
+/// (agents, admins) are never refused; in one batch only the stale write fails.
+#[test]
+fn a_write_fenced_with_an_old_epoch_is_refused() {
+    let Some(b) = Backend::postgres() else { return };
+    let s = b.open();
+    let mut c = postgres::Client::connect(&url(&b).url, postgres::NoTls).unwrap();
+    c.batch_execute("UPDATE leader SET epoch = 2 WHERE id = 1")
+        .unwrap();
+
+    let old = s.fenced(1);
+    let e = old.write_sync(|t| t.insert(node("late"))).unwrap_err();
+    assert!(matches!(e, StoreError::Fenced { mine: 1, current: 2 }), "{e}");
+    assert!(e.to_string().contains("epoch 1"), "{e}");
+    assert_eq!(s.write_sync(|t| t.revision()).unwrap(), 0);
+    assert!(s.view().nodes.is_empty());
+
+    s.fenced(2).write_sync(|t| t.insert(node("now"))).unwrap();
+    s.write_sync(|t| t.insert(node("admin"))).unwrap();
+    assert_eq!(s.write_sync(|t| t.revision()).unwrap(), 2);
+
+    // Queued together (one batch when the writer is busy), the stale write
+    // fails alone.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (a, b2) = rt.block_on(async {
+        let old = s.fenced(1);
+        let cur = s.fenced(2);
+        tokio::join!(
+            old.write(|t| t.insert(node("late2")).map(|_| ())),
+            cur.write(|t| t.insert(node("on-time")).map(|_| ()))
+        )
+    });
+    assert!(matches!(a, Err(StoreError::Fenced { .. })), "{a:?}");
+    b2.unwrap();
+    assert!(s.view().nodes.contains_key("on-time"));
+    assert!(!s.view().nodes.contains_key("late2"));
+}

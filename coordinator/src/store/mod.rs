@@ -96,6 +96,10 @@ pub enum StoreError {
     )]
     TooOld { requested: u64, oldest: u64 },
     #[error(
+        "write refused: this replica led with epoch {mine}, and the leadership has moved on (epoch {current})"
+    )]
+    Fenced { mine: i64, current: i64 },
+    #[error(
         "the listing's snapshot (store revision {at}) is no longer kept (history is kept after revision {floor}); list again from the first page"
     )]
     SnapshotGone { at: u64, floor: u64 },
@@ -241,6 +245,8 @@ struct Queue {
 
 /// One caller's closure in a group commit.
 trait Job {
+    /// The leader epoch this write is fenced with (docs/ha.md §3).
+    fn fence(&self) -> Option<i64>;
     /// Run the closure; true when it returned Ok.
     fn run(&mut self, txn: &mut Txn<'_>) -> bool;
     /// The transaction failed: the outcome becomes `e` (a closure's own
@@ -256,6 +262,7 @@ struct Slot<T, E, F> {
     reply: Option<oneshot::Sender<Result<T, E>>>,
     /// A panic becomes this caller's error instead of ending the batch.
     catch: bool,
+    fence: Option<i64>,
 }
 
 impl<T, E, F> Job for Slot<T, E, F>
@@ -263,6 +270,10 @@ where
     F: FnOnce(&mut Txn<'_>) -> Result<T, E>,
     E: From<StoreError>,
 {
+    fn fence(&self) -> Option<i64> {
+        self.fence
+    }
+
     fn run(&mut self, txn: &mut Txn<'_>) -> bool {
         let Some(f) = self.f.take() else { return false };
         let out = if self.catch {
@@ -328,6 +339,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// Writes through this handle are fenced with this leader epoch
+    /// ([`Store::fenced`]).
+    fence: Option<i64>,
 }
 
 impl Store {
@@ -461,6 +475,7 @@ impl Store {
         let (shared, _) = broadcast::channel(feed);
         let (desired, _) = broadcast::channel(4096);
         Ok(Store {
+            fence: None,
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 queue: Mutex::new(Queue::default()),
@@ -478,6 +493,24 @@ impl Store {
                 path,
             }),
         })
+    }
+
+    /// This store, every write through it fenced with leader `epoch`
+    /// (docs/ha.md §3): on PostgreSQL a write whose epoch is no longer the
+    /// `leader` row's fails with [`StoreError::Fenced`] and changes nothing,
+    /// so a deposed leader's late write cannot move a Dpu twice. The FSM and
+    /// the power engine write through it. SQLite has one replica and no
+    /// `leader` row: there the fence is not checked.
+    pub fn fenced(&self, epoch: i64) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            fence: Some(epoch),
+        }
+    }
+
+    /// Whether the store runs on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        lock(&self.inner.conn).is_pg()
     }
 
     pub fn path(&self) -> &Path {
@@ -521,6 +554,7 @@ impl Store {
             out: None,
             reply: Some(reply),
             catch: true,
+            fence: self.fence,
         });
         let start = {
             let mut q = lock(&self.inner.queue);
@@ -581,7 +615,20 @@ impl Store {
         }
         let mut kept = Changes::default();
         let mut any_ok = false;
+        // The leader epoch, read once per batch after the revision lock
+        // (a takeover takes that lock too, so it is current until commit).
+        let epoch = if txn.is_pg() && jobs.iter().any(|j| j.fence().is_some()) {
+            Some(txn.leader_epoch()?)
+        } else {
+            None
+        };
         for job in jobs.iter_mut() {
+            if let (Some(current), Some(mine)) = (epoch, job.fence())
+                && mine != current
+            {
+                job.fail(StoreError::Fenced { mine, current });
+                continue;
+            }
             let mark = if grouped { Some(txn.savepoint()?) } else { None };
             let ok = job.run(&mut txn);
             if !txn.in_transaction() {
@@ -715,6 +762,7 @@ impl Store {
             out: None,
             reply: None,
             catch: false,
+            fence: self.fence,
         };
         let mut conn = lock(&self.inner.conn);
         if let Err(e) = Self::run_batch(&self.inner, &mut conn, &mut [&mut slot]) {
@@ -803,6 +851,7 @@ impl Store {
                 out: None,
                 reply: None,
                 catch: false,
+                fence: self.fence,
             })
             .collect();
         let mut jobs: Vec<&mut dyn Job> = slots.iter_mut().map(|s| s as &mut dyn Job).collect();

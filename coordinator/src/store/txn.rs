@@ -646,6 +646,13 @@ impl<'a> Txn<'a> {
         Ok((out, cutoff))
     }
 
+    /// The epoch of the `leader` row (PostgreSQL only; docs/ha.md §3).
+    pub(super) fn leader_epoch(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .one_row("SELECT epoch FROM leader WHERE id = 1", args![], |r| r.get(0))?
+            .unwrap_or(0))
+    }
+
     /// The newest pruning's cut-off (`meta.commands_pruned_before`).
     pub(super) fn commands_pruned_before(&self) -> Result<i64, StoreError> {
         Ok(self
