@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/hostplane/v1/resources.proto",
         "proto/hostplane/v1/admin.proto",
         "proto/hostplane/v1/agent.proto",
+        // Between coordinator replicas (docs/ha.md §5); no pbjson (never stored or printed).
+        "proto/hostplane/internal/v1/peer.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

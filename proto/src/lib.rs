@@ -14,6 +14,15 @@ pub mod v1 {
         include_bytes!(concat!(env!("OUT_DIR"), "/hostplane_descriptor.bin"));
 }
 
+/// Calls between coordinator replicas, `hostplane.internal.v1` (docs/ha.md
+/// §5): not part of the public contract.
+#[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
+pub mod internal {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/hostplane.internal.v1.rs"));
+    }
+}
+
 /// `google.protobuf` types used by the contract (`FieldMask`), so callers
 /// need no dependency of their own.
 pub use pbjson_types;
