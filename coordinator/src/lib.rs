@@ -7,6 +7,7 @@ pub mod config;
 pub mod desired;
 pub mod fsm;
 pub mod ha;
+pub mod leadership;
 pub mod metrics;
 pub mod power;
 pub mod server;

@@ -37,8 +37,7 @@ use crate::api::AdminApi;
 use crate::api::auth::{AuthError, Guard, GuardedAdmin};
 use crate::audit::{Audit, AuditError};
 use crate::config::Config;
-use crate::fsm::Reconciler;
-use crate::power::{PowerEngine, PowerHub};
+use crate::power::PowerHub;
 use crate::store::{HistoryConfig, Store, StoreError};
 use crate::stream::AgentStream;
 
@@ -67,6 +66,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("leader election: {0}")]
+    Ha(String),
     #[error("serving gRPC on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -83,6 +84,19 @@ pub struct ServeOptions {
     pub run_reconciler: bool,
     /// Each notification reloads `auth.tokens_file` and the `tls:` files.
     pub reload: Option<Arc<Notify>>,
+    /// Elect a leader among the replicas on this PostgreSQL store
+    /// (docs/ha.md §3); without it the server leads alone (SQLite).
+    pub ha: Option<HaOptions>,
+}
+
+/// How a replica on PostgreSQL takes part in the election.
+#[derive(Debug, Clone)]
+pub struct HaOptions {
+    /// The connection settings of the store (the elector opens its own).
+    pub postgres: crate::store::PgOptions,
+    /// This replica's name and the address other replicas reach it at.
+    pub me: crate::ha::Replica,
+    pub lease: crate::ha::LeaseConfig,
 }
 
 impl Default for ServeOptions {
@@ -91,6 +105,7 @@ impl Default for ServeOptions {
             store: None,
             run_reconciler: true,
             reload: None,
+            ha: None,
         }
     }
 }
@@ -201,15 +216,24 @@ pub async fn serve_with(
     let tasks_token = shutdown.child_token();
     let mut tasks = JoinSet::new();
     let mut names: HashMap<Id, &'static str> = HashMap::new();
-    if opts.run_reconciler {
-        let reconciler = Reconciler::new(store.clone(), cfg.fsm.clone());
-        let h = tasks.spawn(
-            reconciler
-                .run(tasks_token.child_token())
-                .instrument(tracing::info_span!("reconciler")),
-        );
-        names.insert(h.id(), "reconciler");
-    }
+    // This replica's role: elected among the replicas on PostgreSQL, the
+    // sole leader otherwise.
+    let role = match &opts.ha {
+        Some(ha) => {
+            let elector = crate::ha::Elector::start(
+                ha.postgres.clone(),
+                ha.me.clone(),
+                ha.lease,
+                tasks_token.child_token(),
+            )
+            .map_err(|e| ServerError::Ha(e.to_string()))?;
+            let role = elector.role();
+            let h = tasks.spawn(elector.stopped().instrument(tracing::info_span!("election")));
+            names.insert(h.id(), "election");
+            role
+        }
+        None => crate::leadership::sole_leader(),
+    };
     if let Some(listener) = metrics_listener {
         let h = tasks.spawn(
             crate::metrics::serve(listener, store.clone(), tasks_token.child_token())
@@ -233,9 +257,19 @@ pub async fn serve_with(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let power = PowerHub::new();
     if opts.run_reconciler {
-        let engine = PowerEngine::new(store.clone(), power.clone(), cfg.power.clone());
-        let h = tasks.spawn(engine.run(tasks_token.child_token()));
-        names.insert(h.id(), "power engine");
+        // The reconciler and the power engine, while this replica leads.
+        let work = crate::leadership::LeaderWork {
+            store: store.clone(),
+            power: power.clone(),
+            fsm: cfg.fsm.clone(),
+            power_cfg: cfg.power.clone(),
+        };
+        let h = tasks.spawn(crate::leadership::run(
+            role.clone(),
+            work,
+            tasks_token.child_token(),
+        ));
+        names.insert(h.id(), "leadership");
     }
     // Agent sessions end with UNAVAILABLE on shutdown, so agents reconnect elsewhere.
     let agent_stream = AgentStream::new(store.clone(), cfg.agents.clone())

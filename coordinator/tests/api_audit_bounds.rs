@@ -62,6 +62,7 @@ async fn refusals_with_a_huge_field_grow_the_audit_file_by_a_bounded_amount() {
         store: Some(store),
         run_reconciler: false,
         reload: None,
+        ..ServeOptions::default()
     };
     let server = tokio::spawn(server::serve_with(cfg, listener, stop.clone(), opts));
     let mut c = AdminServiceClient::connect(format!("http://{addr}"))

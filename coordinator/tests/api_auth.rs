@@ -77,6 +77,7 @@ async fn tokens_roles_and_the_audit_log() {
         store: Some(store),
         run_reconciler: false,
         reload: Some(reload.clone()),
+        ..ServeOptions::default()
     };
     let srv = tokio::spawn(server::serve_with(cfg, listener, stop.clone(), opts));
     let mut c = loop {

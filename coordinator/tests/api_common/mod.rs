@@ -50,6 +50,7 @@ pub async fn start_with(path: &Path, run_reconciler: bool) -> TestServer {
         store: Some(store.clone()),
         run_reconciler,
         reload: None,
+        ..ServeOptions::default()
     };
     let handle = tokio::spawn(server::serve_with(cfg, listener, shutdown.clone(), opts));
     TestServer {
