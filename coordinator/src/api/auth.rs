@@ -20,10 +20,10 @@ use std::sync::Arc;
 
 use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use hostplane_proto::v1::{
-    CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse, CreateRequest, DeleteRequest,
-    DeleteResponse, Deployment, Dpu, DpuReadiness, DpuRef, GetRequest, Kind, ListRequest, ListResponse, Node,
-    NodeRebootStatus, NodeRef, PowerSummary, PowerSummaryRequest, Resource, SetDeploymentImageRequest,
-    UpdateRequest, WatchRequest,
+    ClusterStatus, ClusterStatusRequest, CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse,
+    CreateRequest, DeleteRequest, DeleteResponse, Deployment, Dpu, DpuReadiness, DpuRef, GetRequest, Kind,
+    ListRequest, ListResponse, Node, NodeRebootStatus, NodeRef, PowerSummary, PowerSummaryRequest, Resource,
+    SetDeploymentImageRequest, UpdateRequest, WatchRequest,
 };
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
@@ -472,6 +472,19 @@ impl AdminService for GuardedAdmin {
             t,
             false,
             get_power_summary
+        )
+    }
+
+    async fn get_cluster_status(&self, req: Request<ClusterStatusRequest>) -> Reply<ClusterStatus> {
+        let t = |_: &Request<ClusterStatusRequest>| String::new();
+        guarded!(
+            self,
+            req,
+            Role::Viewer,
+            "GetClusterStatus",
+            t,
+            false,
+            get_cluster_status
         )
     }
 }

@@ -7,6 +7,7 @@
 //! result.
 
 pub mod auth;
+pub mod cluster;
 mod crud;
 mod delete;
 pub mod error;
@@ -19,14 +20,15 @@ mod watch;
 
 use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use hostplane_proto::v1::{
-    CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse, CreateRequest, DeleteRequest,
-    DeleteResponse, Deployment, Dpu, DpuReadiness, DpuRef, GetRequest, ListRequest, ListResponse, Node,
-    NodeRebootStatus, NodeRef, PowerSummary, PowerSummaryRequest, Resource, SetDeploymentImageRequest,
-    UpdateRequest, WatchRequest,
+    ClusterStatus, ClusterStatusRequest, CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse,
+    CreateRequest, DeleteRequest, DeleteResponse, Deployment, Dpu, DpuReadiness, DpuRef, GetRequest,
+    ListRequest, ListResponse, Node, NodeRebootStatus, NodeRef, PowerSummary, PowerSummaryRequest, Resource,
+    SetDeploymentImageRequest, UpdateRequest, WatchRequest,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+pub use cluster::ClusterSource;
 pub use error::ApiError;
 pub use list::{DEFAULT_PAGE_SIZE, MAX_PAGE_BYTES, MAX_PAGE_SIZE, PageSizes};
 pub use mask::{MAX_PATH_LEN as MAX_MASK_PATH_LEN, MAX_PATHS as MAX_MASK_PATHS};
@@ -46,6 +48,8 @@ pub struct AdminApi {
     shutdown: CancellationToken,
     /// List page sizes.
     pages: PageSizes,
+    /// What GetClusterStatus reports (a lone SQLite coordinator unless `with_cluster`).
+    cluster: ClusterSource,
 }
 
 impl AdminApi {
@@ -55,6 +59,7 @@ impl AdminApi {
             power: PowerHub::new(),
             shutdown,
             pages: PageSizes::default(),
+            cluster: ClusterSource::sqlite(cluster::host_name(), ""),
         }
     }
 
@@ -67,6 +72,12 @@ impl AdminApi {
     /// Answer GetPowerSummary from `hub` (shared with the agent stream and the policy engine).
     pub fn with_power(mut self, hub: PowerHub) -> AdminApi {
         self.power = hub;
+        self
+    }
+
+    /// Answer GetClusterStatus from `source` (the backend, this replica and its role).
+    pub fn with_cluster(mut self, source: ClusterSource) -> AdminApi {
+        self.cluster = source;
         self
     }
 
@@ -160,5 +171,9 @@ impl AdminService for AdminApi {
             validate::name(&format!("nodes[{i}]"), n).map_err(Status::from)?;
         }
         Ok(Response::new(self.power.summary(&req)))
+    }
+
+    async fn get_cluster_status(&self, _req: Request<ClusterStatusRequest>) -> Reply<ClusterStatus> {
+        self.cluster.status(&self.store).await.map(Response::new)
     }
 }

@@ -37,6 +37,8 @@ pub struct State {
     pub abort_pages: u32,
     /// List requests answered (every page counts).
     pub list_calls: u32,
+    /// What GetClusterStatus answers; `None`: UNAVAILABLE (the store cannot be read).
+    pub cluster: Option<hostplane_proto::v1::ClusterStatus>,
 }
 
 #[derive(Clone, Default)]
@@ -348,6 +350,18 @@ impl AdminService for Fake {
         let mut s = st.power.clone();
         s.nodes.retain(|n| want.is_empty() || want.contains(&n.node));
         Ok(Response::new(s))
+    }
+
+    async fn get_cluster_status(
+        &self,
+        req: Request<hostplane_proto::v1::ClusterStatusRequest>,
+    ) -> Result<Response<hostplane_proto::v1::ClusterStatus>, Status> {
+        let st = self.seen(&req);
+        st.cluster.clone().map(Response::new).ok_or_else(|| {
+            Status::unavailable(
+                "cannot read the cluster status from PostgreSQL (hostplane@db:5432/hostplane): connection refused",
+            )
+        })
     }
 }
 
