@@ -12,7 +12,9 @@
 //! A recompute publishes the caps in the [`PowerHub`] (and makes it forget
 //! the telemetry and cap reports of nodes that no longer exist), then gives every node
 //! whose caps changed a new desired-state version in one store write (the
-//! agent streams send the caps with it), and writes Topology and PowerPolicy
+//! agent streams send the caps with it), records those caps in the store's
+//! `power_caps` with that version (where the agent streams of the other
+//! replicas read them, docs/ha.md §5), and writes Topology and PowerPolicy
 //! statuses only when they changed. A failed write is retried on the next
 //! pass: the nodes still owed a new version are remembered.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -346,12 +348,32 @@ impl Core {
         if self.owed.is_empty() && topo_writes.is_empty() && policy_writes.is_empty() {
             return Ok(report);
         }
-        let owed: Vec<String> = self.owed.iter().cloned().collect();
+        // Each owed node's caps (None: uncapped) go into `power_caps` with the
+        // version that announces them, for the other replicas' agents
+        // (docs/ha.md §5); a deleted node's row goes.
+        let owed: Vec<(String, Option<PowerCaps>, bool)> = {
+            let view = self.store.view();
+            self.owed
+                .iter()
+                .map(|n| {
+                    (
+                        n.clone(),
+                        self.published.get(n).cloned(),
+                        view.nodes.contains_key(n),
+                    )
+                })
+                .collect()
+        };
         let written = self
             .store
             .write(move |t| {
-                for node in &owed {
-                    crate::desired::touch(t, node, crate::desired::Why::PowerCaps)?;
+                for (node, caps, exists) in &owed {
+                    let version = crate::desired::touch(t, node, crate::desired::Why::PowerCaps)?;
+                    if *exists {
+                        t.put_power_caps(node, caps.as_ref(), version)?;
+                    } else {
+                        t.delete_power_caps(node)?;
+                    }
                 }
                 let mut written = Vec::new();
                 for (name, (generation, st)) in topo_writes {

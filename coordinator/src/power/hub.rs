@@ -8,14 +8,31 @@
 //!
 //! Nothing here is persisted: telemetry is live data, and the caps are
 //! recomputed from the stored Topology and PowerPolicy objects after a restart.
+//!
+//! With several replicas on PostgreSQL (docs/ha.md §5) only the leader runs
+//! the engine. A follower's hub hands every report it accepts to the
+//! forwarder ([`crate::peer`]), which sends it to the leader's hub; and its
+//! caps come from the store's `power_caps` rows ([`super::caps_feed`])
+//! rather than from an engine: [`PowerHub::caps_through`] says up to which
+//! store revision they are known, so a session waits for the caps of the
+//! desired-state version it is about to send ([`PowerHub::wait_caps_through`]).
+//! On SQLite, and on the leader, the caps are the engine's own and nothing
+//! waits.
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use hostplane_proto::internal::v1::{PowerReport, power_report};
 use hostplane_proto::v1::{
     CapStatus, ElementAllocation, GpuPower, NodePower, PowerCapReport, PowerCaps, PowerElement, PowerSample,
     PowerSummary, PowerSummaryRequest, TelemetryAck, TelemetryBatch,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+/// [`PowerHub::caps_through`] when the caps are this replica's engine's own
+/// (SQLite, the leader): current for every version.
+pub const CAPS_OWN: u64 = u64::MAX;
 
 /// The latest telemetry of one node.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +64,15 @@ pub struct PowerHub {
     inner: Arc<Mutex<Inner>>,
     /// Bumped whenever telemetry arrives (the engine recomputes on it).
     telemetry_tx: Arc<watch::Sender<u64>>,
+    /// A follower's forwarder: every report accepted goes there too.
+    forward: Arc<Mutex<Option<mpsc::Sender<PowerReport>>>>,
+    /// Reports the forwarder's full queue refused.
+    forward_dropped: Arc<AtomicU64>,
+    /// The store revision up to which `caps` hold the `power_caps` rows
+    /// ([`CAPS_OWN`]: the engine's own caps).
+    caps_through: Arc<watch::Sender<u64>>,
+    /// True while the caps come from the store (a follower).
+    store_fed: Arc<AtomicBool>,
 }
 
 impl Default for PowerHub {
@@ -60,6 +86,10 @@ impl PowerHub {
         PowerHub {
             inner: Arc::default(),
             telemetry_tx: Arc::new(watch::channel(0).0),
+            forward: Arc::default(),
+            forward_dropped: Arc::default(),
+            caps_through: Arc::new(watch::channel(CAPS_OWN).0),
+            store_fed: Arc::default(),
         }
     }
 
@@ -80,13 +110,19 @@ impl PowerHub {
                 ..Default::default()
             };
         }
+        let dropped_before = t.dropped;
         t.dropped = t.dropped.max(batch.dropped);
+        let forwarding = self.forwarding();
         let mut fresh = 0;
+        let mut forwarded = Vec::new();
         for s in batch.samples {
             if s.seq <= t.seq {
                 continue;
             }
             t.seq = s.seq;
+            if forwarding {
+                forwarded.push(s.clone());
+            }
             t.latest = Some(s);
             t.accepted += 1;
             fresh += 1;
@@ -95,11 +131,55 @@ impl PowerHub {
             epoch: t.epoch,
             seq: t.seq,
         };
+        let dropped = t.dropped;
         drop(inner);
         if fresh > 0 {
             self.telemetry_tx.send_modify(|n| *n += 1);
         }
+        if forwarding && (fresh > 0 || dropped > dropped_before) {
+            self.forward(PowerReport {
+                node: node.to_string(),
+                report: Some(power_report::Report::Telemetry(TelemetryBatch {
+                    epoch: ack.epoch,
+                    samples: forwarded,
+                    dropped,
+                })),
+            });
+        }
         ack
+    }
+
+    /// A follower's forwarder installs its queue here (None: not forwarding,
+    /// on the leader, on SQLite, between two leaders).
+    pub fn set_forward(&self, to: Option<mpsc::Sender<PowerReport>>) {
+        *self.forward.lock().unwrap_or_else(|p| p.into_inner()) = to;
+    }
+
+    fn forwarding(&self) -> bool {
+        self.forward.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Hand `r` to the forwarder; never waits (a full queue drops it: the
+    /// leader treats missing telemetry as stale, and the next report of the
+    /// node supersedes it).
+    fn forward(&self, r: PowerReport) {
+        let tx = self.forward.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(tx) = tx
+            && tx.try_send(r).is_err()
+        {
+            let n = self.forward_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    dropped = n,
+                    "power reports not forwarded to the leader: the forwarding queue is full or closed"
+                );
+            }
+        }
+    }
+
+    /// Reports dropped because the forwarding queue was full (since start).
+    pub fn forward_dropped(&self) -> u64 {
+        self.forward_dropped.load(Ordering::Relaxed)
     }
 
     pub fn telemetry(&self, node: &str) -> Option<NodeTelemetry> {
@@ -124,6 +204,12 @@ impl PowerHub {
     }
 
     pub fn record_cap_report(&self, node: &str, report: PowerCapReport) {
+        if self.forwarding() {
+            self.forward(PowerReport {
+                node: node.to_string(),
+                report: Some(power_report::Report::CapReport(report.clone())),
+            });
+        }
         self.lock().reports.insert(node.to_string(), report);
     }
 
@@ -149,6 +235,69 @@ impl PowerHub {
         changed.sort();
         inner.caps = caps;
         changed
+    }
+
+    /// From now on the caps come from the store (this replica follows):
+    /// until the first [`Self::apply_store_caps`], no version's caps are
+    /// known (sessions wait for them).
+    pub fn caps_from_store(&self) {
+        self.store_fed.store(true, Ordering::SeqCst);
+        self.caps_through.send_replace(0);
+    }
+
+    /// From now on the caps are the engine's (this replica leads, or runs
+    /// alone): current for every version. The caps read from the store stay
+    /// until the engine's first pass replaces them, so it announces only the
+    /// nodes whose caps it changes.
+    pub fn caps_from_engine(&self) {
+        self.store_fed.store(false, Ordering::SeqCst);
+        self.caps_through.send_replace(CAPS_OWN);
+    }
+
+    /// Whether the caps come from the store.
+    pub fn is_store_fed(&self) -> bool {
+        self.store_fed.load(Ordering::SeqCst)
+    }
+
+    /// Take in `power_caps` rows read at store revision `through` (every row
+    /// up to it included); `all`: they are the whole table, nodes not in it
+    /// have no caps. Ignored unless the caps come from the store.
+    pub fn apply_store_caps(
+        &self,
+        rows: impl IntoIterator<Item = (String, Option<PowerCaps>, u64)>,
+        through: u64,
+        all: bool,
+    ) {
+        if !self.is_store_fed() {
+            return;
+        }
+        let mut inner = self.lock();
+        if all {
+            inner.caps.clear();
+        }
+        for (node, caps, _) in rows {
+            match caps {
+                Some(c) => inner.caps.insert(node, c),
+                None => inner.caps.remove(&node),
+            };
+        }
+        drop(inner);
+        self.caps_through.send_modify(|r| *r = (*r).max(through));
+    }
+
+    /// The store revision through which the caps are known ([`CAPS_OWN`]:
+    /// the engine's own, always current).
+    pub fn caps_through(&self) -> u64 {
+        *self.caps_through.borrow()
+    }
+
+    /// Wait (at most `within`) until the caps are known through store
+    /// revision `version`, the desired-state version about to be sent with
+    /// them; false when they are not by then.
+    pub async fn wait_caps_through(&self, version: u64, within: Duration) -> bool {
+        let mut rx = self.caps_through.subscribe();
+        let reached = tokio::time::timeout(within, rx.wait_for(|r| *r >= version)).await;
+        matches!(reached, Ok(Ok(_)))
     }
 
     /// Forget the telemetry, cap reports and caps of every node `exists`

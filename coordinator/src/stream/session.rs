@@ -24,6 +24,10 @@ use super::network::Ignored;
 use super::status::{self, Pending};
 use super::{Connected, Registration, Shared, StreamConfig, StreamError};
 
+/// How long a session on a follower waits for the power caps of the
+/// version it is about to send to be read from the store.
+const CAPS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Wait for the session's first message, which must be a Hello.
 pub async fn read_hello(
     inbound: &mut Streaming<AgentMessage>,
@@ -120,9 +124,25 @@ impl Session {
     /// Send the node's current desired state if it is newer than the last
     /// one sent (or always, with `force`). Err when the agent is gone.
     pub async fn send_desired(&mut self, force: bool) -> Result<(), StreamError> {
-        let caps = self.shared.power().caps(&self.node);
-        // From the view: no SQL, and only this node's rows.
-        let mut desired = crate::desired::compose(&*self.store.view(), &self.node, caps)?;
+        let hub = self.shared.power();
+        let mut desired = loop {
+            let caps = hub.caps(&self.node);
+            // From the view: no SQL, and only this node's rows.
+            let desired = crate::desired::compose(&*self.store.view(), &self.node, caps)?;
+            // A follower's caps come from the store: send a version only with
+            // the caps known through it (docs/ha.md §5). Always so on SQLite.
+            if hub.caps_through() >= desired.version {
+                break desired;
+            }
+            if !hub.wait_caps_through(desired.version, CAPS_WAIT).await {
+                tracing::warn!(
+                    version = desired.version,
+                    caps_through = hub.caps_through(),
+                    "power caps not read from the store within {CAPS_WAIT:?}; sending the desired state with the caps known"
+                );
+                break desired;
+            }
+        };
         let version = desired.version;
         if !force && self.last_sent.is_some_and(|v| version <= v) {
             return Ok(());
