@@ -596,3 +596,45 @@ fn a_replica_restarted_under_the_same_name_takes_its_live_lease_back_with_a_new_
         old_expiry.unwrap()
     );
 }
+
+#[test]
+fn a_lease_taken_over_just_as_the_replica_stops_is_released() {
+    let Some(mut fx) = setup() else { return };
+    let mut writer = Client::connect(&fx.pg.url(), NoTls).unwrap();
+    let mut write = writer.transaction().unwrap();
+    write
+        .query_one("SELECT value FROM meta WHERE key = 'revision' FOR UPDATE", &[])
+        .unwrap();
+    let a = fx.start("a");
+    // a's takeover waits for the revision lock ...
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while fx
+        .admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'elector_a' AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a's takeover never waited for the lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ... when a is stopped; then the lock is free and the takeover commits.
+    a.stop.cancel();
+    std::thread::sleep(Duration::from_millis(100));
+    write.commit().unwrap();
+    let stopped = fx
+        .rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), a.elector.stopped()).await });
+    assert!(stopped.is_ok(), "the stopped elector's tasks end");
+    assert_eq!(
+        leader_row(&mut fx.admin),
+        ("a".to_string(), 1, None),
+        "the lease a took as it stopped is released (-infinity), not left to expire"
+    );
+}

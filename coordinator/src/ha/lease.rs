@@ -338,7 +338,11 @@ impl Run {
                         .run(sent + self.cfg.renew_deadline, move |c| poll(c, &me, lease));
                     let polled = tokio::select! {
                         r = op => r,
-                        () = self.stop.cancelled() => break,
+                        () = self.stop.cancelled() => {
+                            // The poll may have been a takeover that commits.
+                            self.release_if_taken().await;
+                            break;
+                        }
                     };
                     match polled {
                         Ok(Poll::Took(epoch)) => {
@@ -490,6 +494,37 @@ impl Run {
                 error = %e,
                 "releasing the leader lease failed; it expires on its own within lease"
             ),
+        }
+    }
+}
+
+impl Run {
+    /// Graceful stop during a poll: the poll still runs on the connection's
+    /// thread and may be a takeover that commits; this release runs after
+    /// it, on the same connection, so a lease taken just as the replica
+    /// stops does not keep the others waiting until it expires.
+    async fn release_if_taken(&mut self) {
+        let me = self.me.name.clone();
+        let deadline = Instant::now() + self.cfg.renew_deadline;
+        let released = self
+            .conn
+            .run(deadline, move |c| {
+                Ok(c.execute(
+                    "UPDATE leader SET expires_at = '-infinity' \
+                     WHERE id = 1 AND holder = $1 AND expires_at > now()",
+                    &[&me],
+                )?)
+            })
+            .await;
+        match released {
+            Ok(0) => {}
+            Ok(_) => tracing::info!(
+                replica = self.me.name,
+                "released the leader lease taken as it stopped"
+            ),
+            Err(e) => {
+                tracing::debug!(replica = self.me.name, error = %e, "releasing on stop during a poll failed")
+            }
         }
     }
 }
