@@ -9,6 +9,7 @@ pub mod fsm;
 pub mod ha;
 pub mod leadership;
 pub mod metrics;
+pub mod peer;
 pub mod power;
 pub mod server;
 pub mod storeops;
