@@ -3,16 +3,30 @@
 //! store. The store is written only on transitions, and each write re-checks
 //! the in-memory state inside its transaction, so a message racing an expiry
 //! cannot leave the store saying the opposite of the lease.
+//!
+//! With several replicas on PostgreSQL (docs/ha.md §5; [`Liveness::set_replica`])
+//! each replica still keeps the leases of its own agents in memory, and
+//! records in `sessions` which nodes it serves (renewed for all of them in
+//! one statement every `lease / 3`, and at the next tick for a node it newly
+//! serves). A lapsed lease is marked Unreachable only when no other replica
+//! holds a live session for the node, checked in the marking transaction;
+//! a follower marks only nodes whose agent it served, and the leader also
+//! watches every node the view shows reachable, so a node whose replica
+//! died (its `sessions` row expires) is marked Unreachable within about two
+//! leases. On SQLite, or without a replica, the task works as it always did.
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use hostplane_proto::v1::{Kind, Resource, resource};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::fsm::util::set_condition;
-use crate::store::{Store, StoreError, now_ms};
+use crate::ha::Role;
+use crate::store::{Store, StoreError, Txn, now_ms};
 
 pub const COND_REACHABLE: &str = "Reachable";
 
@@ -21,12 +35,26 @@ struct Lease {
     expires: Instant,
     /// What the store says (or is about to say) about the node.
     reachable: bool,
+    /// An agent on this replica was heard from since the node was adopted
+    /// (after a start, or as the leader watching a node another replica
+    /// serves). Only these are recorded in `sessions`.
+    held: bool,
+}
+
+/// This replica, when several share a PostgreSQL store.
+#[derive(Debug)]
+struct Replica {
+    name: String,
+    role: watch::Receiver<Role>,
 }
 
 #[derive(Debug)]
 pub struct Liveness {
     lease: Duration,
     nodes: Mutex<HashMap<String, Lease>>,
+    replica: OnceLock<Replica>,
+    /// A node became held since the last renewal of `sessions`.
+    newly_held: AtomicBool,
 }
 
 impl Liveness {
@@ -34,7 +62,29 @@ impl Liveness {
         Liveness {
             lease,
             nodes: Mutex::new(HashMap::new()),
+            replica: OnceLock::new(),
+            newly_held: AtomicBool::new(false),
         }
+    }
+
+    /// Run as replica `name` of several on PostgreSQL, leading while `role`
+    /// says so (docs/ha.md §5). Call before the expiry task starts; a second
+    /// call is refused (false). Without it, or on SQLite, this coordinator
+    /// is the only one: it adopts and marks every node, as it always did.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the server passes its replica through AgentStream (docs/ha.md §5)"
+        )
+    )]
+    pub fn set_replica(&self, name: String, role: watch::Receiver<Role>) -> bool {
+        self.replica.set(Replica { name, role }).is_ok()
+    }
+
+    /// This replica's name, when one was set.
+    pub fn replica_name(&self) -> Option<&str> {
+        self.replica.get().map(|r| r.name.as_str())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
@@ -49,6 +99,9 @@ impl Liveness {
         // Every agent message comes here: no allocation for a known node.
         if let Some(l) = m.get_mut(node) {
             l.expires = expires;
+            if !std::mem::replace(&mut l.held, true) {
+                self.newly_held.store(true, Ordering::Relaxed);
+            }
             return !std::mem::replace(&mut l.reachable, true);
         }
         m.insert(
@@ -56,8 +109,10 @@ impl Liveness {
             Lease {
                 expires,
                 reachable: true,
+                held: true,
             },
         );
+        self.newly_held.store(true, Ordering::Relaxed);
         true
     }
 
@@ -67,7 +122,60 @@ impl Liveness {
         self.lock().entry(node.to_string()).or_insert(Lease {
             expires,
             reachable: true,
+            held: false,
         });
+    }
+
+    /// Adopt each of `nodes` (reachable in the store) that this replica does
+    /// not watch yet, or has marked Unreachable since (another replica
+    /// brought it back): they get one lease from now. Returns how many.
+    fn adopt_all<'n>(&self, nodes: impl Iterator<Item = &'n str>) -> usize {
+        let expires = Instant::now() + self.lease;
+        let fresh = Lease {
+            expires,
+            reachable: true,
+            held: false,
+        };
+        let mut m = self.lock();
+        let mut n = 0;
+        for name in nodes {
+            match m.get_mut(name) {
+                Some(l) if l.reachable => {}
+                Some(l) => {
+                    *l = fresh;
+                    n += 1;
+                }
+                None => {
+                    m.insert(name.to_string(), fresh);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// A lapsed node another replica serves: the leader watches it one more
+    /// lease (unless its agent came back here meanwhile).
+    fn readopt(&self, node: &str) {
+        let expires = Instant::now() + self.lease;
+        if let Some(l) = self.lock().get_mut(node)
+            && !l.reachable
+        {
+            *l = Lease {
+                expires,
+                reachable: true,
+                held: false,
+            };
+        }
+    }
+
+    /// Drop a lapsed node this replica does not mark (unless its agent came
+    /// back here meanwhile).
+    fn drop_lapsed(&self, node: &str) {
+        let mut m = self.lock();
+        if m.get(node).is_some_and(|l| !l.reachable) {
+            m.remove(node);
+        }
     }
 
     /// Drop a node's lease (the node does not exist).
@@ -92,9 +200,37 @@ impl Liveness {
         self.lock().get(node).is_some_and(|l| l.reachable)
     }
 
+    /// Whether an agent on this replica was heard from since the node was adopted.
+    fn is_held(&self, node: &str) -> bool {
+        self.lock().get(node).is_some_and(|l| l.held)
+    }
+
+    /// The nodes whose agents this replica serves now (held, lease live), sorted.
+    fn held_nodes(&self, now: Instant) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, l)| l.held && l.reachable && l.expires > now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn lease(&self) -> Duration {
         self.lease
     }
+}
+
+/// Record in `sessions` that this replica serves `node` (PostgreSQL with a
+/// replica set; a no-op otherwise), in the caller's transaction: a write
+/// that says the node is reachable should also say who serves it, so a
+/// replica that marks lapsed leases in a later transaction sees the row.
+pub(crate) fn claim_session(t: &mut Txn<'_>, live: &Liveness, node: &str) -> Result<(), StoreError> {
+    if let Some(me) = live.replica_name() {
+        t.renew_sessions(me, &[node.to_string()], live.lease())?;
+    }
+    Ok(())
 }
 
 /// Write a node's reachability, if the lease still agrees. Only transitions are written.
@@ -106,6 +242,9 @@ pub fn write_reachable(
 ) -> Result<bool, StoreError> {
     if live.is_reachable(node) != reachable {
         return Ok(false);
+    }
+    if reachable {
+        claim_session(t, live, node)?;
     }
     let Some(Resource {
         kind: Some(resource::Kind::Node(mut n)),
@@ -156,6 +295,22 @@ pub async fn run_expiry(
     store: Store,
     stop: CancellationToken,
 ) {
+    expire_until(owner, live, store, stop).await
+}
+
+/// What one replicated expiry transaction decided about lapsed nodes.
+#[derive(Debug, Default)]
+struct Lapsed {
+    /// Marked Unreachable by this transaction.
+    written: Vec<String>,
+    /// Served by another replica (node, replica).
+    elsewhere: Vec<(String, String)>,
+    /// Neither held here nor ours to mark (a follower's adopted nodes).
+    not_ours: Vec<String>,
+}
+
+/// [`run_expiry`] for any owner (tests hold a plain `Arc`).
+async fn expire_until<O>(owner: Weak<O>, live: Arc<Liveness>, store: Store, stop: CancellationToken) {
     // A restarted coordinator has no leases: the nodes the store shows
     // reachable get one lease to reconnect before they are marked Unreachable.
     let reachable: Vec<String> = store
@@ -169,6 +324,11 @@ pub async fn run_expiry(
         live.adopt(&name);
     }
     let tick = (live.lease() / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let renew_every = live.lease() / 3;
+    // Whether the store shares sessions (PostgreSQL), once known; only asked
+    // when a replica was set.
+    let mut shared: Option<bool> = None;
+    let mut next_renew = Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -177,30 +337,169 @@ pub async fn run_expiry(
         if owner.upgrade().is_none() {
             return;
         }
-        let expired = live.expire(Instant::now());
-        if expired.is_empty() {
-            continue;
-        }
-        let l = live.clone();
-        let names = expired.clone();
-        let r = store
-            .write(move |t| {
-                let mut written = Vec::new();
-                for n in names {
-                    if write_reachable(t, &l, &n, false)? {
-                        written.push(n);
-                    }
+        let replica = match live.replica.get() {
+            Some(r) => {
+                if shared.is_none() {
+                    shared = probe_shared(&store).await;
                 }
-                Ok::<_, StoreError>(written)
-            })
-            .await;
-        match r {
-            Ok(written) => {
-                for node in written {
-                    tracing::warn!(node = %node, lease = ?live.lease(), "agent lease expired; node is Unreachable");
+                match shared {
+                    Some(true) => Some(r),
+                    Some(false) => None,
+                    // Not known yet: mark nothing rather than guess.
+                    None => continue,
                 }
             }
-            Err(e) => tracing::error!(error = %e, nodes = ?expired, "cannot mark nodes Unreachable"),
+            None => None,
+        };
+        let Some(replica) = replica else {
+            expire_alone(&live, &store).await;
+            continue;
+        };
+        let leader = replica.role.borrow().is_leader();
+        if leader {
+            watch_reachable(&live, &store);
+        }
+        let now = Instant::now();
+        if now >= next_renew || live.newly_held.load(Ordering::Relaxed) {
+            if renew(&live, &store, &replica.name).await {
+                next_renew = now + renew_every;
+            }
+        }
+        expire_replicated(&live, &store, &replica.name, leader).await;
+    }
+}
+
+/// Whether `store` runs on PostgreSQL; `None` when it cannot be asked now.
+async fn probe_shared(store: &Store) -> Option<bool> {
+    match store.read(|t| Ok::<_, StoreError>(t.shares_sessions())).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask the store whether replicas share agent sessions; retrying");
+            None
+        }
+    }
+}
+
+/// One coordinator (SQLite, or no replica set): every lapsed lease is marked.
+async fn expire_alone(live: &Arc<Liveness>, store: &Store) {
+    let expired = live.expire(Instant::now());
+    if expired.is_empty() {
+        return;
+    }
+    let l = live.clone();
+    let names = expired.clone();
+    let r = store
+        .write(move |t| {
+            let mut written = Vec::new();
+            for n in names {
+                if write_reachable(t, &l, &n, false)? {
+                    written.push(n);
+                }
+            }
+            Ok::<_, StoreError>(written)
+        })
+        .await;
+    match r {
+        Ok(written) => {
+            for node in written {
+                tracing::warn!(node = %node, lease = ?live.lease(), "agent lease expired; node is Unreachable");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, nodes = ?expired, "cannot mark nodes Unreachable"),
+    }
+}
+
+/// The leader watches every node the view shows reachable: one whose
+/// replica died is then marked when its lease here lapses and its
+/// `sessions` row has expired.
+fn watch_reachable(live: &Liveness, store: &Store) {
+    let view = store.view();
+    let n = live.adopt_all(
+        view.nodes
+            .iter()
+            .filter(|(_, n)| n.status.as_ref().is_some_and(|s| s.reachable))
+            .map(|(name, _)| name.as_str()),
+    );
+    drop(view);
+    if n > 0 {
+        tracing::debug!(nodes = n, "leader watches reachable nodes no lease here covered");
+    }
+}
+
+/// Renew `sessions` for every node this replica serves. False when the
+/// write failed (retried at the next tick).
+async fn renew(live: &Liveness, store: &Store, me: &str) -> bool {
+    live.newly_held.store(false, Ordering::Relaxed);
+    let nodes = live.held_nodes(Instant::now());
+    if nodes.is_empty() {
+        return true;
+    }
+    let (me, lease, count) = (me.to_string(), live.lease(), nodes.len());
+    match store.write(move |t| t.renew_sessions(&me, &nodes, lease)).await {
+        Ok(_) => true,
+        Err(e) => {
+            live.newly_held.store(true, Ordering::Relaxed);
+            tracing::error!(error = %e, nodes = count, "cannot renew this replica's agent sessions");
+            false
+        }
+    }
+}
+
+/// Lapsed leases with several replicas: in one transaction, skip the nodes
+/// another replica holds a live session for (the leader watches them one
+/// more lease, a follower lets them go), mark the rest Unreachable if this
+/// replica served them or leads, and end this replica's sessions of them.
+async fn expire_replicated(live: &Arc<Liveness>, store: &Store, me: &str, leader: bool) {
+    let expired = live.expire(Instant::now());
+    if expired.is_empty() {
+        return;
+    }
+    let (l, names, me_owned) = (live.clone(), expired.clone(), me.to_string());
+    let r = store
+        .write(move |t| {
+            let served = t.live_sessions(&names)?;
+            let mut out = Lapsed::default();
+            for n in names {
+                match served.get(&n) {
+                    Some(other) if *other != me_owned => {
+                        out.elsewhere.push((n, other.clone()));
+                        continue;
+                    }
+                    _ => {}
+                }
+                if !leader && !l.is_held(&n) {
+                    out.not_ours.push(n);
+                    continue;
+                }
+                if write_reachable(t, &l, &n, false)? {
+                    out.written.push(n.clone());
+                }
+                t.end_session(&me_owned, &n)?;
+            }
+            Ok::<_, StoreError>(out)
+        })
+        .await;
+    match r {
+        Ok(out) => {
+            for node in out.written {
+                tracing::warn!(node = %node, lease = ?live.lease(), "agent lease expired; node is Unreachable");
+            }
+            for (node, other) in out.elsewhere {
+                tracing::debug!(node = %node, replica = %other, "lease lapsed here; another replica serves the agent");
+                if leader {
+                    live.readopt(&node);
+                } else {
+                    live.drop_lapsed(&node);
+                }
+            }
+            for node in out.not_ours {
+                live.drop_lapsed(&node);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, nodes = ?expired, "cannot mark nodes Unreachable");
+            // The leader's watch of reachable nodes adopts them again, so
+            // the marks are retried one lease later.
         }
     }
 }
@@ -230,5 +529,262 @@ mod tests {
         l.adopt("n2");
         tokio::time::advance(Duration::from_secs(16)).await;
         assert_eq!(l.expire(Instant::now()), ["n1", "n2"]);
+    }
+
+    use hostplane_proto::v1::RebootMethod;
+
+    use crate::fsm::testing::node;
+    use crate::store::test_backend::Backend;
+
+    const LEASE: Duration = Duration::from_millis(300);
+
+    /// One replica's liveness task on `store`, leading or not.
+    struct Replica {
+        live: Arc<Liveness>,
+        role: watch::Sender<Role>,
+        _owner: Arc<()>,
+        stop: CancellationToken,
+    }
+
+    fn follower() -> Role {
+        Role::Follower { leader: None }
+    }
+
+    fn start(store: &Store, name: &str, role: Role) -> Replica {
+        let live = Arc::new(Liveness::new(LEASE));
+        let (tx, rx) = watch::channel(role);
+        assert!(live.set_replica(name.into(), rx));
+        assert!(
+            !live.set_replica(name.into(), tx.subscribe()),
+            "a second replica is refused"
+        );
+        let owner = Arc::new(());
+        let stop = CancellationToken::new();
+        tokio::spawn(expire_until(
+            Arc::downgrade(&owner),
+            live.clone(),
+            store.clone(),
+            stop.clone(),
+        ));
+        Replica {
+            live,
+            role: tx,
+            _owner: owner,
+            stop,
+        }
+    }
+
+    /// An agent of `node` connected to the replica of `live` on `store`: a
+    /// message every 50 ms, as the session does with each (session.rs).
+    fn agent(store: &Store, live: &Arc<Liveness>, node: &str) -> CancellationToken {
+        let (store, live, node) = (store.clone(), live.clone(), node.to_string());
+        let gone = CancellationToken::new();
+        let g = gone.clone();
+        tokio::spawn(async move {
+            while !g.is_cancelled() {
+                if live.touch(&node) {
+                    let (l, n) = (live.clone(), node.clone());
+                    store
+                        .write(move |t| write_reachable(t, &l, &n, true))
+                        .await
+                        .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        gone
+    }
+
+    /// What the database says (not a replica's view).
+    async fn reachable(s: &Store, n: &str) -> bool {
+        let n = n.to_string();
+        let r = s.read(move |t| t.get(Kind::Node, &n)).await.unwrap();
+        match r.and_then(|r| r.kind) {
+            Some(resource::Kind::Node(n)) => n.status.is_some_and(|s| s.reachable),
+            other => panic!("not a node: {other:?}"),
+        }
+    }
+
+    /// `n` stays reachable for `d`, checked every 25 ms.
+    async fn stays_reachable(s: &Store, n: &str, d: Duration, why: &str) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            assert!(reachable(s, n).await, "{n} was marked Unreachable: {why}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// How long until `n` is Unreachable (panics past `limit`).
+    async fn until_unreachable(s: &Store, n: &str, limit: Duration, why: &str) -> Duration {
+        let t0 = Instant::now();
+        while reachable(s, n).await {
+            assert!(t0.elapsed() < limit, "{n} still reachable after {limit:?}: {why}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        t0.elapsed()
+    }
+
+    async fn add_node(s: &Store, name: &str) {
+        let r = node(name, RebootMethod::Unspecified);
+        s.write(move |t| t.insert(r)).await.unwrap();
+    }
+
+    async fn session_of(s: &Store, n: &str) -> Option<String> {
+        let n = n.to_string();
+        s.read(move |t| t.live_sessions(std::slice::from_ref(&n)))
+            .await
+            .unwrap()
+            .into_values()
+            .next()
+    }
+
+    /// Two stores on one database are two replicas.
+    fn two_replicas() -> Option<(Backend, Store, Store)> {
+        let b = Backend::postgres()?;
+        let (sa, sb) = (b.open(), b.open());
+        Some((b, sa, sb))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_that_moved_is_not_marked_by_the_replica_it_left_and_a_dead_replicas_node_is() {
+        let Some((_b, sa, sb)) = two_replicas() else {
+            return;
+        };
+        add_node(&sa, "n1").await;
+        let a = start(&sa, "a", Role::Leader { epoch: 1 });
+        let b = start(&sb, "b", follower());
+
+        // The agent on the leader, then on the follower.
+        let on_a = agent(&sa, &a.live, "n1");
+        stays_reachable(&sa, "n1", 2 * LEASE, "the agent is connected to a").await;
+        assert_eq!(session_of(&sa, "n1").await.as_deref(), Some("a"));
+        on_a.cancel();
+        let on_b = agent(&sb, &b.live, "n1");
+        stays_reachable(
+            &sa,
+            "n1",
+            5 * LEASE,
+            "the agent moved to replica b, whose session the leader a must see",
+        )
+        .await;
+        assert_eq!(session_of(&sa, "n1").await.as_deref(), Some("b"));
+        assert!(a.live.is_reachable("n1"), "the leader watches n1 again");
+        assert!(!a.live.is_held("n1"), "but does not serve it");
+
+        // Replica b dies (no more renewals, no marks of its own) and its agent
+        // with it: the leader marks n1 once b's session row expired.
+        b.stop.cancel();
+        on_b.cancel();
+        tokio::time::sleep(LEASE / 2).await;
+        assert!(
+            reachable(&sa, "n1").await,
+            "b's session row is still live half a lease after its last renewal"
+        );
+        let took =
+            until_unreachable(&sa, "n1", 8 * LEASE, "the leader must mark a dead replica's node").await;
+        assert!(took <= 8 * LEASE, "{took:?}");
+        assert_eq!(session_of(&sa, "n1").await, None);
+        a.stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_replica_serving_a_node_marks_it_when_its_agent_goes() {
+        let Some((_b, sa, sb)) = two_replicas() else {
+            return;
+        };
+        add_node(&sa, "n1").await;
+        let a = start(&sa, "a", Role::Leader { epoch: 1 });
+        let b = start(&sb, "b", follower());
+        let on_b = agent(&sb, &b.live, "n1");
+        stays_reachable(&sa, "n1", 3 * LEASE, "the agent is connected to b").await;
+        on_b.cancel();
+        let took = until_unreachable(&sa, "n1", 8 * LEASE, "the agent is gone").await;
+        assert!(
+            took >= LEASE / 2,
+            "marked after {took:?}, before its lease could lapse"
+        );
+        // b ends its own session row as it marks (or a finds it expired).
+        let _ = until_none(&sa, "n1").await;
+        // It comes back on b: reachable again, b's session again.
+        let on_b = agent(&sb, &b.live, "n1");
+        let t0 = Instant::now();
+        while !reachable(&sa, "n1").await {
+            assert!(
+                t0.elapsed() < 4 * LEASE,
+                "the agent's first message marks n1 reachable"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stays_reachable(&sa, "n1", 3 * LEASE, "the agent is back on b").await;
+        assert_eq!(session_of(&sa, "n1").await.as_deref(), Some("b"));
+        on_b.cancel();
+        a.stop.cancel();
+        b.stop.cancel();
+    }
+
+    async fn until_none(s: &Store, n: &str) -> Duration {
+        let t0 = Instant::now();
+        while session_of(s, n).await.is_some() {
+            assert!(
+                t0.elapsed() < 4 * LEASE,
+                "the session row of {n} outlived its lease"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        t0.elapsed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_leader_marks_a_reachable_node_no_replica_serves() {
+        let Some((_b, sa, sb)) = two_replicas() else {
+            return;
+        };
+        // Both tasks start before the node exists: only the leader's watch
+        // of the view can pick it up (not the adoption at start).
+        let a = start(&sa, "a", Role::Leader { epoch: 1 });
+        let b = start(&sb, "b", follower());
+        tokio::time::sleep(LEASE / 2).await;
+        add_node(&sb, "orphan").await;
+        let took = until_unreachable(&sa, "orphan", 8 * LEASE, "no replica serves it").await;
+        assert!(took >= LEASE / 2, "marked after {took:?}: it must get one lease");
+        assert!(!b.live.is_held("orphan"));
+        a.stop.cancel();
+        b.stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_never_marks_a_node_it_never_held_until_it_leads() {
+        let Some((_b, sa, _sb)) = two_replicas() else {
+            return;
+        };
+        add_node(&sa, "n1").await;
+        // Adopted at start as every replica does, but never served here.
+        let f = start(&sa, "f", follower());
+        stays_reachable(&sa, "n1", 5 * LEASE, "a follower marked a node it never held").await;
+        assert!(
+            !f.live.is_reachable("n1") && !f.live.is_held("n1"),
+            "let go after the lapse"
+        );
+        // Leading now, it watches the node and marks it.
+        f.role.send_replace(Role::Leader { epoch: 2 });
+        until_unreachable(&sa, "n1", 8 * LEASE, "the new leader must mark an unserved node").await;
+        f.stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_sqlite_a_replica_marks_as_the_only_coordinator() {
+        let b = Backend::sqlite();
+        let s = b.open();
+        add_node(&s, "n1").await;
+        let before = s.stats().transactions;
+        // Even as a "follower": SQLite has one coordinator, which marks.
+        let f = start(&s, "f", follower());
+        let took = until_unreachable(&s, "n1", 8 * LEASE, "SQLite marks every lapsed lease").await;
+        assert!(took >= LEASE / 2, "{took:?}");
+        assert_eq!(session_of(&s, "n1").await, None);
+        // No renewals: at most the probe, the mark and this test's reads.
+        let writes = s.stats().transactions - before;
+        assert!(writes < 50, "{writes} transactions");
+        f.stop.cancel();
     }
 }
