@@ -22,6 +22,7 @@
 mod cache;
 mod pg_conn;
 mod pg_schema;
+mod power_caps;
 mod reader;
 mod retention;
 mod schema;
