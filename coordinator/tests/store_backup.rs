@@ -201,3 +201,93 @@ fn the_config_names_the_store_to_back_up() {
         1
     );
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_hostplane-coordinator");
+
+fn coordinator(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .env_remove("HOSTPLANE_STORE_PATH")
+        .env_remove("HOSTPLANE_STORE_BACKEND")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_binary_backs_up_by_config_and_refuses_postgres_and_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live.db");
+    Store::open(&live)
+        .unwrap()
+        .write_sync(|t| t.insert(node("n1")))
+        .unwrap();
+    let cfg = dir.path().join("coordinator.yaml");
+    std::fs::write(&cfg, format!("store:\n  path: {}\n", live.display())).unwrap();
+    let dest = dir.path().join("b.db");
+
+    // main.rs's global --config, given before the subcommand.
+    let out = coordinator(&[
+        "--config".as_ref(),
+        cfg.as_ref(),
+        "store".as_ref(),
+        "backup".as_ref(),
+        "--to".as_ref(),
+        dest.as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "written to {}: integrity ok, schema version {SCHEMA_VERSION}, revision 1, 1 objects",
+            dest.display()
+        )),
+        "{stdout}"
+    );
+
+    // Again to the same DEST: refused, exit 1.
+    let out = coordinator(&[
+        "store".as_ref(),
+        "backup".as_ref(),
+        "--store".as_ref(),
+        live.as_ref(),
+        "--to".as_ref(),
+        dest.as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{out:?}"
+    );
+
+    // A config on PostgreSQL: pointed to pg_dump, exit 64.
+    let pg_cfg = dir.path().join("pg.yaml");
+    std::fs::write(
+        &pg_cfg,
+        "store:\n  backend: postgres\n  postgres:\n    url: postgres://hostplane@db/hostplane\n",
+    )
+    .unwrap();
+    let other = dir.path().join("other.db");
+    let out = coordinator(&[
+        "store".as_ref(),
+        "backup".as_ref(),
+        "--config".as_ref(),
+        pg_cfg.as_ref(),
+        "--to".as_ref(),
+        other.as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pg_dump"),
+        "{out:?}"
+    );
+
+    // No --to: clap's usage error, exit 64.
+    let out = coordinator(&[
+        "store".as_ref(),
+        "backup".as_ref(),
+        "--store".as_ref(),
+        live.as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(!other.exists());
+}

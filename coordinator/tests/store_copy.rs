@@ -721,3 +721,43 @@ fn the_copy_covers_every_table_and_column_of_the_schema() {
     }
     assert_eq!(pg_layout, want, "PostgreSQL's tables and columns");
 }
+
+#[test]
+fn the_binary_copies_and_prints_each_tables_rows_and_checksum() {
+    let bin = env!("CARGO_BIN_EXE_hostplane-coordinator");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    build_store(&a);
+    let run = |extra: &[&str]| {
+        let from = format!("sqlite:{}", a.display());
+        let to = format!("sqlite:{}", b.display());
+        std::process::Command::new(bin)
+            .args(["store", "copy", "--from", &from, "--to", &to])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let sums = summarize(&sqlite(&b), &PgSettings::default()).unwrap();
+    for t in &sums {
+        assert!(
+            stdout.lines().any(
+                |l| l.split_whitespace().collect::<Vec<_>>() == [t.table, &t.rows.to_string(), &t.sha256]
+            ),
+            "{stdout} lacks {t:?}"
+        );
+    }
+    assert!(stdout.contains("verified"), "{stdout}");
+
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already holds store data"),
+        "{out:?}"
+    );
+    assert_eq!(run(&["--replace"]).status.code(), Some(0));
+    let out = run(&["--sslmode", "sometimes"]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+}
