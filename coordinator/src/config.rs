@@ -33,6 +33,12 @@
 //! power:
 //!   recompute_interval: 5s   # telemetry triggers a recompute at most this often
 //!   resync: 30s
+//! ha:                        # replicas on PostgreSQL only (docs/ha.md)
+//!   name: coordinator-0      # this replica (default: the host name)
+//!   addr: 10.0.0.5:50051     # where other replicas reach it (default: name + listen port)
+//!   lease: 15s               # leader lease; renewed every renew_every,
+//!   renew_every: 2s          # and the leader stops acting renew_deadline
+//!   renew_deadline: 10s      # after its last successful renewal was sent
 //! ```
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,6 +64,11 @@ pub const ENV_STORE_BACKEND: &str = "HOSTPLANE_STORE_BACKEND";
 pub const ENV_STORE_POSTGRES_URL: &str = "HOSTPLANE_STORE_POSTGRES_URL";
 /// `store.postgres.password_file`.
 pub const ENV_STORE_POSTGRES_PASSWORD_FILE: &str = "HOSTPLANE_STORE_POSTGRES_PASSWORD_FILE";
+/// `ha.name` (the Helm chart sets it to the pod's name).
+pub const ENV_REPLICA_NAME: &str = "HOSTPLANE_REPLICA_NAME";
+/// `ha.addr` (the Helm chart sets it to the pod's IP; the port of `listen`
+/// is added when it has none).
+pub const ENV_REPLICA_ADDR: &str = "HOSTPLANE_REPLICA_ADDR";
 pub const ENV_LOG: &str = "HOSTPLANE_LOG";
 pub const ENV_LOG_FORMAT: &str = "HOSTPLANE_LOG_FORMAT";
 /// `1`/`true`/`yes`: serve plain TCP without TLS (trusted networks only).
@@ -114,6 +125,75 @@ pub struct Config {
     pub auth: crate::api::auth::AuthConfig,
     /// Prometheus `/metrics` (off unless `metrics.listen` is set).
     pub metrics: crate::metrics::MetricsConfig,
+    /// Several replicas on PostgreSQL: this replica's identity and the
+    /// leader lease (docs/ha.md §3). Ignored on SQLite.
+    pub ha: HaConfig,
+}
+
+/// `ha:` — this replica and the leader lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaConfig {
+    /// This replica's name, unique among the replicas (default: the host name).
+    pub name: Option<String>,
+    /// `host:port` other replicas reach this one at (default: the name and
+    /// the port of `listen`); a host without a port gets `listen`'s port.
+    pub addr: Option<String>,
+    /// How long a takeover or renewal holds the lease.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often the leader renews and followers poll.
+    #[serde(with = "humantime_serde")]
+    pub renew_every: Duration,
+    /// The leader stops acting this long after it sent its last successful
+    /// renewal (shorter than `lease`).
+    #[serde(with = "humantime_serde")]
+    pub renew_deadline: Duration,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        let d = crate::ha::LeaseConfig::default();
+        HaConfig {
+            name: None,
+            addr: None,
+            lease: d.lease,
+            renew_every: d.renew_every,
+            renew_deadline: d.renew_deadline,
+        }
+    }
+}
+
+impl HaConfig {
+    /// The lease's timing.
+    pub fn lease_config(&self) -> crate::ha::LeaseConfig {
+        crate::ha::LeaseConfig {
+            lease: self.lease,
+            renew_every: self.renew_every,
+            renew_deadline: self.renew_deadline,
+        }
+    }
+
+    /// This replica as the election names it, with `listen`'s port where
+    /// `addr` has none.
+    pub fn replica(&self, listen: SocketAddr) -> crate::ha::Replica {
+        let name = self.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "coordinator".into())
+        });
+        let addr = match self.addr.as_deref().filter(|a| !a.is_empty()) {
+            Some(a) if a.parse::<SocketAddr>().is_ok() => a.to_string(),
+            // A bare IPv6 address, or a host name without a port.
+            Some(a) if a.parse::<std::net::Ipv6Addr>().is_ok() => format!("[{a}]:{}", listen.port()),
+            Some(a) if !a.contains(':') => format!("{a}:{}", listen.port()),
+            Some(a) => a.to_string(),
+            None => format!("{name}:{}", listen.port()),
+        };
+        crate::ha::Replica { name, addr }
+    }
 }
 
 /// The coordinator's certificate and the CA its clients' certificates must be signed by.
@@ -170,6 +250,7 @@ impl Default for Config {
             insecure: false,
             auth: Default::default(),
             metrics: Default::default(),
+            ha: HaConfig::default(),
         }
     }
 }
@@ -538,6 +619,16 @@ impl Config {
                 .get_or_insert_with(Default::default)
                 .password_file = Some(PathBuf::from(v));
         }
+        if let Some(v) = env.get(ENV_REPLICA_NAME)
+            && !v.is_empty()
+        {
+            self.ha.name = Some(v);
+        }
+        if let Some(v) = env.get(ENV_REPLICA_ADDR)
+            && !v.is_empty()
+        {
+            self.ha.addr = Some(v);
+        }
         if let Some(v) = env.get(ENV_LOG)
             && !v.is_empty()
         {
@@ -583,6 +674,20 @@ impl Config {
         }
         if let Err((field, reason)) = self.power.validate() {
             return invalid(field, reason);
+        }
+        if self.store.backend == StoreBackend::Postgres {
+            if let Err(e) = self.ha.lease_config().validate() {
+                return Err(ConfigError::Invalid {
+                    field: "ha",
+                    reason: e.to_string(),
+                });
+            }
+            if let Err(e) = self.ha.replica(self.listen).validate() {
+                return Err(ConfigError::Invalid {
+                    field: "ha",
+                    reason: e.to_string(),
+                });
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::Invalid {

@@ -469,6 +469,12 @@ async fn run_postgres(
         warn_if_world_readable(file);
     }
     let history = cfg.store.history;
+    let ha = server::HaOptions {
+        postgres: opts.clone(),
+        me: cfg.ha.replica(cfg.listen),
+        lease: cfg.ha.lease_config(),
+    };
+    tracing::info!(replica = %ha.me.name, addr = %ha.me.addr, "taking part in the leader election");
     let store = tokio::task::spawn_blocking(move || Store::open_postgres(&opts, history))
         .await
         .map_err(|e| anyhow::anyhow!("store {name}: {e}"))?
@@ -476,6 +482,7 @@ async fn run_postgres(
     let opts = server::ServeOptions {
         store: Some(store),
         reload: Some(reload),
+        ha: Some(ha),
         ..server::ServeOptions::default()
     };
     server::serve_with(cfg, listener, shutdown, opts)
