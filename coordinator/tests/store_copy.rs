@@ -160,6 +160,10 @@ fn contents(path: &Path) -> Contents {
         .query_row("SELECT MIN(revision) FROM events", [], |r| r.get(0))
         .unwrap();
     let s = Store::open_with(path, HistoryConfig::revisions(HISTORY)).unwrap();
+    contents_of(&s, oldest as u64)
+}
+
+fn contents_of(s: &Store, oldest: u64) -> Contents {
     s.write_sync(|t| {
         let mut objects = Vec::new();
         for kind in [Kind::Node, Kind::Device, Kind::Dpu] {
@@ -174,7 +178,7 @@ fn contents(path: &Path) -> Contents {
             desired: (0..NODES)
                 .map(|n| t.desired_version(&format!("node-{n}")))
                 .collect::<Result<_, _>>()?,
-            events: t.events_since(oldest as u64 - 1, &[], 1_000_000)?,
+            events: t.events_since(oldest - 1, &[], 1_000_000)?,
         })
     })
     .unwrap()
@@ -304,6 +308,24 @@ fn sqlite_to_postgres_to_sqlite_keeps_every_row_and_object() {
             ("schema_version".to_string(), SCHEMA_VERSION),
         ]
     );
+
+    // The PostgreSQL engine serves the copy: the same objects, commands,
+    // desired versions and history, and Devices found by serial through the
+    // filled column.
+    {
+        let Endpoint::Postgres(url) = pg.endpoint() else {
+            unreachable!()
+        };
+        let store = Store::open_postgres(&pg.settings.options(&url), HistoryConfig::revisions(HISTORY))
+            .unwrap_or_else(|e| panic!("open the copied store on PostgreSQL: {e}"));
+        let oldest: i64 = c
+            .query_one("SELECT MIN(revision) FROM events", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(contents_of(&store, oldest as u64), original);
+        let found = store.write_sync(|t| t.devices_with_serial("MT2203X03")).unwrap();
+        assert_eq!(found.iter().map(|r| r.name()).collect::<Vec<_>>(), ["dev-3"]);
+    }
 
     let back = copy(&pg.options(pg.endpoint(), sqlite(&b))).unwrap();
     assert_eq!(
