@@ -57,6 +57,9 @@ pub async fn run(mut role: watch::Receiver<Role>, work: LeaderWork, stop: Cancel
             }
         }
         tracing::info!(epoch, "leading: the reconciler and the power engine start");
+        if work.store.is_postgres() {
+            work.store.set_prunes_history(true);
+        }
         let term = stop.child_token();
         let fenced = work.store.fenced(epoch);
         let reconciler = tokio::spawn(
@@ -79,6 +82,9 @@ pub async fn run(mut role: watch::Receiver<Role>, work: LeaderWork, stop: Cancel
                     }
                 }
             }
+        }
+        if work.store.is_postgres() {
+            work.store.set_prunes_history(false);
         }
         term.cancel();
         let _ = reconciler.await;

@@ -104,6 +104,7 @@ fn store_code(e: &StoreError) -> Code {
         | StoreError::SchemaTooNew { .. }
         | StoreError::Sql(_)
         | StoreError::Pg(_)
+        | StoreError::Settings(_)
         // A deposed leader's write: the new leader redoes the work.
         | StoreError::Fenced { .. } => Code::Unavailable,
         StoreError::Corrupt { .. } => Code::DataLoss,

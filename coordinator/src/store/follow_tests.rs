@@ -162,7 +162,7 @@ async fn pruned_commands_leave_the_followers_view() {
 }
 
 /// A replica whose view is behind the kept history (it did not follow,
-/// and the other pruned) reloads the view when it next writes, and a
+/// and the leader pruned) reloads the view when it next writes, and a
 /// watcher behind it is told its version is too old.
 #[tokio::test]
 async fn a_replica_behind_the_history_reloads_its_view() {
@@ -171,6 +171,8 @@ async fn a_replica_behind_the_history_reloads_its_view() {
     let a =
         Store::open_postgres_with(&opts, HistoryConfig::revisions(3), WATCH_CACHE_CAPACITY, true).unwrap();
     let c = Store::open_postgres_with(&opts, HistoryConfig::default(), WATCH_CACHE_CAPACITY, false).unwrap();
+    // On PostgreSQL only the leader prunes; `a` leads here, `c` never prunes.
+    a.set_prunes_history(true);
     for i in 0..10 {
         a.write(move |t| t.insert(node(&format!("n{i}")))).await.unwrap();
     }
@@ -243,4 +245,25 @@ fn a_write_fenced_with_an_old_epoch_is_refused() {
     b2.unwrap();
     assert!(s.view().nodes.contains_key("on-time"));
     assert!(!s.view().nodes.contains_key("late2"));
+}
+
+/// On PostgreSQL only the replica that leads prunes the history; the others'
+/// commits never do, whatever their retention says.
+#[tokio::test]
+async fn only_the_leader_prunes_the_history() {
+    let Some(b) = Backend::postgres() else { return };
+    let opts = url(&b);
+    let follower =
+        Store::open_postgres_with(&opts, HistoryConfig::revisions(2), WATCH_CACHE_CAPACITY, true).unwrap();
+    for i in 0..6 {
+        follower
+            .write(move |t| t.insert(node(&format!("f{i}"))))
+            .await
+            .unwrap();
+    }
+    assert_eq!(follower.read(|t| t.history_floor()).await.unwrap(), 0);
+    assert_eq!(follower.events_since(0, vec![], 100).await.unwrap().len(), 6);
+    follower.set_prunes_history(true);
+    follower.write(|t| t.insert(node("led"))).await.unwrap();
+    assert_eq!(follower.read(|t| t.history_floor()).await.unwrap(), 5);
 }

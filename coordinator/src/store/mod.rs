@@ -92,6 +92,10 @@ pub enum StoreError {
     },
     #[error("store worker failed: {0}")]
     Join(String),
+    /// A connection setting that cannot work (a missing password file, a
+    /// certificate that does not parse); the message names it.
+    #[error("{0}")]
+    Settings(String),
     #[error(
         "watch from version {requested} is too old: history starts after version {oldest}; list again and watch from the list's version"
     )]
@@ -227,6 +231,9 @@ struct Inner {
     follow: Mutex<Follow>,
     /// The watch cache's capacity (a reload starts a new cache).
     cache_capacity: usize,
+    /// This store's commits prune the history: always on SQLite; on
+    /// PostgreSQL only the leader's (docs/ha.md §1), set by leadership.
+    prunes: std::sync::atomic::AtomicBool,
     path: PathBuf,
 }
 
@@ -465,6 +472,7 @@ impl Store {
         cache: usize,
     ) -> Result<Store, StoreError> {
         let counters = Counters::default();
+        let conn_is_pg = conn.is_pg();
         let (view, commands_pruned_before) = {
             let txn = conn.begin(&counters, false)?;
             (View::load(&txn)?, txn.commands_pruned_before()?)
@@ -491,6 +499,7 @@ impl Store {
                     commands_pruned_before,
                 }),
                 cache_capacity,
+                prunes: std::sync::atomic::AtomicBool::new(!conn_is_pg),
                 path,
             }),
         })
@@ -507,6 +516,13 @@ impl Store {
             inner: self.inner.clone(),
             fence: Some(epoch),
         }
+    }
+
+    /// Whether this store's commits prune the watch history. On PostgreSQL
+    /// only the leader's do (the others learn the floor as they follow);
+    /// SQLite's always do.
+    pub fn set_prunes_history(&self, prunes: bool) {
+        self.inner.prunes.store(prunes, Ordering::Relaxed);
     }
 
     /// Whether the store runs on PostgreSQL.
@@ -650,7 +666,7 @@ impl Store {
             return Ok(());
         }
         // Only commits with events have history to prune (and to age).
-        let prune_through = if kept.events.is_empty() {
+        let prune_through = if kept.events.is_empty() || !inner.prunes.load(Ordering::Relaxed) {
             0
         } else {
             lock(&inner.retention).commit(txn.revision()?, Instant::now())

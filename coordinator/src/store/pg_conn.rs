@@ -159,7 +159,7 @@ fn describe(cfg: &postgres::Config) -> String {
 
 /// A settings problem found before PostgreSQL was asked anything.
 fn settings(msg: String) -> StoreError {
-    StoreError::Join(msg)
+    StoreError::Settings(msg)
 }
 
 /// Open one client with `opts`: the password from `password_file`, TLS as
