@@ -198,9 +198,35 @@ pub async fn serve_with(
     };
     let audit = Audit::open(cfg.auth.audit_file.as_deref())?;
     let guard = Guard::from_config(&cfg.auth, tls.is_some(), audit.clone())?;
+    let on_postgres = cfg.store.backend == crate::config::StoreBackend::Postgres;
     let store = match opts.store {
         Some(s) => s,
+        None if on_postgres => {
+            let pg = cfg.store.postgres_options();
+            let history = cfg.store.history;
+            let name = PathBuf::from(format!("postgres {}", pg.describe()));
+            match tokio::task::spawn_blocking(move || Store::open_postgres(&pg, history)).await {
+                Ok(r) => r.map_err(|source| ServerError::Store { path: name, source })?,
+                Err(e) => {
+                    return Err(ServerError::Store {
+                        path: name,
+                        source: StoreError::Join(e.to_string()),
+                    });
+                }
+            }
+        }
         None => open_store_with(cfg.store.path.clone(), cfg.store.history).await?,
+    };
+    // On PostgreSQL the replica always takes part in the election (the
+    // caller may have given the options already).
+    let ha = match opts.ha.clone() {
+        Some(ha) => Some(ha),
+        None if on_postgres => Some(HaOptions {
+            postgres: cfg.store.postgres_options(),
+            me: cfg.ha.replica(cfg.listen),
+            lease: cfg.ha.lease_config(),
+        }),
+        None => None,
     };
     // /metrics, bound now so that a bad metrics.listen fails the start.
     let metrics_listener = match cfg.metrics.listen {
@@ -218,7 +244,7 @@ pub async fn serve_with(
     let mut names: HashMap<Id, &'static str> = HashMap::new();
     // This replica's role: elected among the replicas on PostgreSQL, the
     // sole leader otherwise.
-    let role = match &opts.ha {
+    let role = match &ha {
         Some(ha) => {
             let elector = crate::ha::Elector::start(
                 ha.postgres.clone(),
