@@ -42,7 +42,26 @@ struct Postgres {
     opts: PgOptions,
     /// The connection status calls share; `None` until the first call or
     /// after an error.
-    client: Arc<Mutex<Option<postgres::Client>>>,
+    client: Arc<Mutex<Cached>>,
+}
+
+/// The kept connection. Dropping a synchronous client blocks on its own
+/// runtime, which tokio refuses on a thread that drives async tasks (where
+/// the last `AdminApi` clone goes when the server stops): there it is
+/// dropped on a thread of its own.
+#[derive(Default)]
+struct Cached(Option<postgres::Client>);
+
+impl Drop for Cached {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let _ = std::thread::Builder::new()
+                .name("hostplane-status-close".into())
+                .spawn(move || drop(client));
+        }
+    }
 }
 
 impl ClusterSource {
@@ -72,7 +91,7 @@ impl ClusterSource {
             role,
             postgres: Some(Postgres {
                 opts,
-                client: Arc::new(Mutex::new(None)),
+                client: Arc::new(Mutex::new(Cached::default())),
             }),
             started_at_ms: crate::store::now_ms(),
         }
@@ -155,10 +174,10 @@ impl Postgres {
         let limit = opts.connect_timeout + 2 * STATEMENT_TIMEOUT + Duration::from_secs(1);
         let work = tokio::task::spawn_blocking(move || {
             let mut slot = client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let result = read_with(&mut slot, &opts);
+            let result = read_with(&mut slot.0, &opts);
             if result.is_err() {
                 // The next call reconnects (PostgreSQL may have restarted).
-                *slot = None;
+                slot.0 = None;
             }
             result
         });
@@ -176,19 +195,31 @@ impl Postgres {
     }
 }
 
+/// Reads on the kept connection; when that fails, once more on a new one
+/// (the kept one may have been cut while idle: PostgreSQL restarted, or
+/// its session was terminated), so only a database that cannot be read now
+/// is an error.
 fn read_with(
     slot: &mut Option<postgres::Client>,
     opts: &PgOptions,
 ) -> Result<(ha::ClusterStatus, i64), ha::HaError> {
-    if slot.as_ref().is_none_or(postgres::Client::is_closed) {
-        let mut c = pg_connect(opts)?;
-        c.batch_execute(&format!(
-            "SET application_name = 'hostplane-coordinator status'; SET statement_timeout = {}",
-            STATEMENT_TIMEOUT.as_millis()
-        ))?;
-        *slot = Some(c);
+    if let Some(c) = slot.as_mut().filter(|c| !c.is_closed())
+        && let Ok(out) = read_on(c)
+    {
+        return Ok(out);
     }
-    let c = slot.as_mut().expect("connected above");
+    *slot = None;
+    let mut c = pg_connect(opts)?;
+    c.batch_execute(&format!(
+        "SET application_name = 'hostplane-coordinator status'; SET statement_timeout = {}",
+        STATEMENT_TIMEOUT.as_millis()
+    ))?;
+    let out = read_on(&mut c)?;
+    *slot = Some(c);
+    Ok(out)
+}
+
+fn read_on(c: &mut postgres::Client) -> Result<(ha::ClusterStatus, i64), ha::HaError> {
     let cluster = ha::cluster_status(c)?;
     let schema: i64 = c
         .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])?

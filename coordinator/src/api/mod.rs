@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod health;
 mod crud;
 mod delete;
 pub mod error;
