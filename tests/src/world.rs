@@ -1,10 +1,12 @@
 //! A whole simulated site in a temp dir: the DPU simulator (FUSE), a
-//! coordinator on its embedded store, agents, and an HTTP server for images.
+//! coordinator on its embedded store (or, with [`WorldOpts::postgres`],
+//! several coordinator replicas on one PostgreSQL database: docs/ha.md),
+//! agents, and an HTTP server for images.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use hostplane_proto::v1::{self, RebootMethod};
 
 use crate::{Admin, Proc, bin, connect_admin_tls, free_addr, meta, serve_dir, wait_for, write_bfb};
@@ -23,6 +25,63 @@ pub struct WorldOpts {
     pub agent_yaml: String,
     /// Where to keep the files; a fresh temp dir when None.
     pub dir: Option<PathBuf>,
+    /// Run the coordinator as replicas on PostgreSQL instead of one process
+    /// on SQLite (docs/ha.md, docs/postgres.md).
+    pub postgres: Option<PgStore>,
+}
+
+/// Coordinator replicas on one PostgreSQL database (`store.backend:
+/// postgres` and `ha:` in each replica's config).
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    /// `store.postgres.url`, without the password (e.g. `PgCluster::url_without_password`).
+    pub url: String,
+    /// Written to a 0600 file in the world's dir, given as `store.postgres.password_file`.
+    pub password: String,
+    /// How many replicas (named `c0`, `c1`, ...), each its own process and port.
+    pub replicas: usize,
+    /// `ha.lease`, `ha.renew_every`, `ha.renew_deadline` (humantime).
+    pub lease: String,
+    pub renew_every: String,
+    pub renew_deadline: String,
+}
+
+impl PgStore {
+    /// `replicas` replicas with the short lease the HA tests use (3 s, renewed
+    /// every 500 ms, acting until 2 s after the last renewal sent).
+    pub fn new(url: String, password: String, replicas: usize) -> PgStore {
+        PgStore {
+            url,
+            password,
+            replicas,
+            lease: "3s".into(),
+            renew_every: "500ms".into(),
+            renew_deadline: "2s".into(),
+        }
+    }
+}
+
+/// One coordinator replica of a [`PgStore`] world.
+pub struct Replica {
+    /// Its `ha.name` (the `leader` row's holder while it leads).
+    pub name: String,
+    pub addr: SocketAddr,
+    /// `None` while it is stopped or killed.
+    pub proc: Option<Proc>,
+}
+
+/// One simulated DPU as the simulator's `.control` file reports it (docs/simulator.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimDpu {
+    /// `rshimN`.
+    pub name: String,
+    pub phase: String,
+    pub version: String,
+    /// Successful OS installs since the simulator started.
+    pub installs: u64,
+    /// Image streams pushed into `boot`.
+    pub pushes: u64,
+    pub boots: u64,
 }
 
 impl Default for WorldOpts {
@@ -34,6 +93,7 @@ impl Default for WorldOpts {
             coordinator_yaml: String::new(),
             agent_yaml: String::new(),
             dir: None,
+            postgres: None,
         }
     }
 }
@@ -44,11 +104,16 @@ pub struct World {
     pub dev_root: PathBuf,
     pub opts: WorldOpts,
     pub sim: Option<Proc>,
+    /// The SQLite coordinator (`None` in a [`PgStore`] world: see `replicas`).
     pub coordinator: Option<Proc>,
+    /// The SQLite coordinator's address, or replica 0's.
     pub coordinator_addr: SocketAddr,
+    /// A [`PgStore`] world's replicas, in order (`c0` first); empty on SQLite.
+    pub replicas: Vec<Replica>,
     /// The lab PKI (`hostplanectl certs`): ca.crt/.key, server.crt/.key,
     /// client-admin.crt/.key, and agent-NODE.crt/.key made as agents start.
     pub tls_dir: PathBuf,
+    /// The admin API of the coordinator (replica 0 in a [`PgStore`] world).
     pub admin: Admin,
     pub agents: Vec<(String, Proc)>,
     pub http_base: String,
@@ -73,12 +138,34 @@ impl World {
         std::fs::create_dir_all(dir.join("logs"))?;
         let sim = start_sim(&dir, &dev_root, &opts).await?;
         let (http_base, http) = serve_dir(dir.join("www")).await?;
-        let coordinator_addr = free_addr()?;
         // Everything runs over mTLS, as in production: a CA, the coordinator's
         // certificate (127.0.0.1, localhost) and an admin client certificate.
+        // Replicas share the server certificate.
         let tls_dir = dir.join("tls");
         hostplane_ctl::certs::lab(&tls_dir, &["localhost"], &[]).context("making the lab certificates")?;
-        let coordinator = start_coordinator(&dir, coordinator_addr, &opts.coordinator_yaml)?;
+        let (coordinator, replicas, coordinator_addr) = match &opts.postgres {
+            None => {
+                let addr = free_addr()?;
+                let c = start_coordinator(&dir, addr, &opts.coordinator_yaml)?;
+                (Some(c), Vec::new(), addr)
+            }
+            Some(pg) => {
+                write_password_file(&dir.join("pg-password"), &pg.password)?;
+                let mut replicas = Vec::with_capacity(pg.replicas);
+                for i in 0..pg.replicas.max(1) {
+                    let name = format!("c{i}");
+                    let addr = free_addr()?;
+                    let proc = start_replica(&dir, &name, addr, pg, &opts.coordinator_yaml)?;
+                    replicas.push(Replica {
+                        name,
+                        addr,
+                        proc: Some(proc),
+                    });
+                }
+                let addr = replicas[0].addr;
+                (None, replicas, addr)
+            }
+        };
         let admin = connect_admin_tls(coordinator_addr, &tls_dir, Duration::from_secs(20)).await?;
         Ok(World {
             _tmp: tmp,
@@ -86,8 +173,9 @@ impl World {
             dev_root,
             opts,
             sim: Some(sim),
-            coordinator: Some(coordinator),
+            coordinator,
             coordinator_addr,
+            replicas,
             tls_dir,
             admin,
             agents: Vec::new(),
@@ -100,8 +188,15 @@ impl World {
         self.dir.join("logs").join(format!("{name}.log"))
     }
 
-    /// Stop the coordinator (SIGTERM, or SIGKILL when `crash`) and start it again on the same store.
+    /// Stop the coordinator (SIGTERM, or SIGKILL when `crash`) and start it again on the same store
+    /// (replica 0 in a [`PgStore`] world).
     pub async fn restart_coordinator(&mut self, crash: bool) -> Result<()> {
+        if !self.replicas.is_empty() {
+            self.stop_replica(0, crash).await;
+            self.start_replica(0)?;
+            self.admin = self.replica_admin(0).await?;
+            return Ok(());
+        }
         if let Some(mut c) = self.coordinator.take() {
             if crash {
                 c.crash().await;
@@ -125,7 +220,30 @@ impl World {
 
     /// [`Self::start_agent`] with YAML of its own appended to the agent's config
     /// (after `WorldOpts::agent_yaml`; a section must not repeat one given there).
+    /// In a [`PgStore`] world the agent gets every replica's URL, `c0` first.
     pub fn start_agent_with(&mut self, node: &str, own_yaml: &str) -> Result<()> {
+        let endpoints: Vec<SocketAddr> = if self.replicas.is_empty() {
+            vec![self.coordinator_addr]
+        } else {
+            self.replicas.iter().map(|r| r.addr).collect()
+        };
+        self.start_agent_at(node, &endpoints, own_yaml)
+    }
+
+    /// Start an agent for `node` whose `coordinator:` is the list `endpoints`
+    /// (tried in that order, round robin: agent/src/session/multi.rs).
+    pub fn start_agent_at(&mut self, node: &str, endpoints: &[SocketAddr], own_yaml: &str) -> Result<()> {
+        anyhow::ensure!(
+            !endpoints.is_empty(),
+            "an agent needs at least one coordinator endpoint"
+        );
+        let coordinator = match endpoints {
+            [one] => format!("https://{one}"),
+            many => many
+                .iter()
+                .map(|a| format!("\n  - https://{a}"))
+                .collect::<String>(),
+        };
         let state = self.dir.join("agents").join(node);
         std::fs::create_dir_all(state.join("proc/sys/kernel/random"))?;
         let boot_id = state.join("proc/sys/kernel/random/boot_id");
@@ -141,7 +259,7 @@ impl World {
         }
         let cfg = format!(
             "node_name: {node}\n\
-             coordinator: https://{addr}\n\
+             coordinator: {coordinator}\n\
              tls:\n  ca_file: {tls}/ca.crt\n  cert_file: {tls}/{stem}.crt\n  key_file: {tls}/{stem}.key\n\
              state_dir: {state}\n\
              dev_root: {dev}\n\
@@ -149,7 +267,6 @@ impl World {
              cache:\n  dir: {state}/cache\n\
              {extra}\n\
              {own}\n",
-            addr = self.coordinator_addr,
             tls = self.tls_dir.display(),
             state = state.display(),
             dev = self.dev_root.display(),
@@ -308,6 +425,136 @@ impl World {
         );
     }
 
+    /// Every simulated DPU's state, from the simulator's `.control` file
+    /// (one `rshimN phase=... installs=N ...` line each; docs/simulator.md).
+    pub fn sim_dpus(&self) -> Result<Vec<SimDpu>> {
+        let path = self.dev_root.join(".control");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                parse_sim_line(line).with_context(|| format!("{}: bad line {line:?}", path.display()))
+            })
+            .collect()
+    }
+
+    /// The log file of replica `i`.
+    pub fn replica_log(&self, i: usize) -> PathBuf {
+        self.log_path(&format!("coordinator-{}", self.replicas[i].name))
+    }
+
+    /// The index of the replica named `name`.
+    pub fn replica_index(&self, name: &str) -> Option<usize> {
+        self.replicas.iter().position(|r| r.name == name)
+    }
+
+    /// A new admin client on replica `i` (retrying the connection for 20 s).
+    pub async fn replica_admin(&self, i: usize) -> Result<Admin> {
+        connect_admin_tls(self.replicas[i].addr, &self.tls_dir, Duration::from_secs(20)).await
+    }
+
+    /// Stop replica `i`: SIGKILL when `crash`, else SIGTERM (15 s grace).
+    pub async fn stop_replica(&mut self, i: usize, crash: bool) {
+        if let Some(mut p) = self.replicas[i].proc.take() {
+            if crash {
+                p.crash().await;
+            } else {
+                p.stop(Duration::from_secs(15)).await;
+            }
+        }
+    }
+
+    /// Start replica `i` again (same name, address and config), after
+    /// [`Self::stop_replica`]. Errors when it is running.
+    pub fn start_replica(&mut self, i: usize) -> Result<()> {
+        let pg = self
+            .opts
+            .postgres
+            .clone()
+            .context("start_replica: this world has no replicas (WorldOpts::postgres is None)")?;
+        let r = &mut self.replicas[i];
+        anyhow::ensure!(r.proc.is_none(), "replica {} is still running", r.name);
+        r.proc = Some(start_replica(
+            &self.dir,
+            &r.name,
+            r.addr,
+            &pg,
+            &self.opts.coordinator_yaml,
+        )?);
+        Ok(())
+    }
+
+    /// GetClusterStatus on replica `i` (a fresh connection).
+    pub async fn cluster_status(&self, i: usize) -> Result<v1::ClusterStatus> {
+        let mut admin = self.replica_admin(i).await?;
+        Ok(admin
+            .get_cluster_status(v1::ClusterStatusRequest {})
+            .await
+            .with_context(|| format!("GetClusterStatus on replica {}", self.replicas[i].name))?
+            .into_inner())
+    }
+
+    /// Waits until a running replica reports a live lease (a holder with
+    /// `expires_in_ms`) held by a running replica, with an epoch of at least
+    /// `min_epoch`, and that replica itself answers `role: leader`. Returns
+    /// the leader's index and its own answer.
+    pub async fn wait_leader(&self, min_epoch: i64, timeout: Duration) -> Result<(usize, v1::ClusterStatus)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::from("no answer yet");
+        loop {
+            for (i, r) in self.replicas.iter().enumerate() {
+                if r.proc.is_none() {
+                    continue;
+                }
+                let Ok(Ok(mut admin)) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    connect_admin_tls(r.addr, &self.tls_dir, Duration::from_secs(1)),
+                )
+                .await
+                else {
+                    last = format!("{} unreachable", r.name);
+                    continue;
+                };
+                let st = match admin.get_cluster_status(v1::ClusterStatusRequest {}).await {
+                    Ok(st) => st.into_inner(),
+                    Err(e) => {
+                        last = format!("{}: {e}", r.name);
+                        continue;
+                    }
+                };
+                let lease = st.leader.clone().unwrap_or_default();
+                last = format!("{} says: {lease:?}", r.name);
+                let holder = self
+                    .replica_index(&lease.holder)
+                    .filter(|h| self.replicas[*h].proc.is_some());
+                if let Some(h) = holder
+                    && lease.expires_in_ms.is_some()
+                    && lease.epoch >= min_epoch
+                {
+                    let own = if h == i {
+                        st
+                    } else {
+                        match self.cluster_status(h).await {
+                            Ok(own) => own,
+                            Err(e) => {
+                                last = format!("{e:#}");
+                                continue;
+                            }
+                        }
+                    };
+                    if own.role == "leader" && own.leader.as_ref().map(|l| l.epoch) == Some(lease.epoch) {
+                        return Ok((h, own));
+                    }
+                    last = format!("{} holds epoch {} but answers {own:?}", lease.holder, lease.epoch);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("no leader with epoch >= {min_epoch} after {timeout:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stop everything in order: agents, coordinator, simulator (unmount).
     pub async fn shutdown(mut self) -> Result<()> {
         for (_, mut a) in self.agents.drain(..) {
@@ -315,6 +562,11 @@ impl World {
         }
         if let Some(mut c) = self.coordinator.take() {
             c.stop(Duration::from_secs(15)).await;
+        }
+        for r in &mut self.replicas {
+            if let Some(mut p) = r.proc.take() {
+                p.stop(Duration::from_secs(15)).await;
+            }
         }
         if let Some(mut s) = self.sim.take() {
             s.stop(Duration::from_secs(10)).await;
@@ -347,6 +599,60 @@ async fn start_sim(dir: &Path, dev_root: &Path, opts: &WorldOpts) -> Result<Proc
     .await
     .with_context(|| format!("see {}", dir.join("logs/sim.log").display()))?;
     Ok(p)
+}
+
+/// One `.control` status line: `rshim0 phase=up version=4.9.0 installs=1 boots=2 pushes=1 ...`.
+fn parse_sim_line(line: &str) -> Result<SimDpu> {
+    let mut words = line.split_whitespace();
+    let name = words.next().context("no DPU name")?.to_string();
+    let fields: std::collections::HashMap<&str, &str> = words.filter_map(|w| w.split_once('=')).collect();
+    let get = |k: &str| fields.get(k).copied().with_context(|| format!("no {k}="));
+    let num = |k: &str| -> Result<u64> { get(k)?.parse().with_context(|| format!("{k}= is not a number")) };
+    Ok(SimDpu {
+        name,
+        phase: get("phase")?.to_string(),
+        version: get("version")?.to_string(),
+        installs: num("installs")?,
+        pushes: num("pushes")?,
+        boots: num("boots")?,
+    })
+}
+
+fn write_password_file(path: &Path, password: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("{password}\n")).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// Replica `name` of a [`PgStore`] world: its own config, audit file and log
+/// (`logs/coordinator-NAME.log`), the shared certificates and tokens.
+fn start_replica(dir: &Path, name: &str, addr: SocketAddr, pg: &PgStore, extra_yaml: &str) -> Result<Proc> {
+    let cfg = dir.join(format!("coordinator-{name}.yaml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: {addr}\n\
+             store:\n  backend: postgres\n  postgres:\n    url: {url}\n    password_file: {pw}\n    sslmode: disable\n\
+             ha:\n  name: {name}\n  addr: {addr}\n  lease: {lease}\n  renew_every: {renew}\n  renew_deadline: {deadline}\n\
+             tls:\n  cert_file: {tls}/server.crt\n  key_file: {tls}/server.key\n  client_ca_file: {tls}/ca.crt\n\
+             auth:\n  tokens_file: {tls}/tokens.yaml\n  audit_file: {audit}\n\
+             {extra_yaml}\n",
+            url = pg.url,
+            pw = dir.join("pg-password").display(),
+            lease = pg.lease,
+            renew = pg.renew_every,
+            deadline = pg.renew_deadline,
+            tls = dir.join("tls").display(),
+            audit = dir.join(format!("audit-{name}.jsonl")).display(),
+        ),
+    )?;
+    Proc::spawn(
+        &format!("coordinator-{name}"),
+        &bin("hostplane-coordinator")?,
+        &["run", "--config", cfg.to_str().context("utf-8 path")?],
+        &dir.join(format!("logs/coordinator-{name}.log")),
+    )
 }
 
 fn start_coordinator(dir: &Path, addr: SocketAddr, extra_yaml: &str) -> Result<Proc> {

@@ -411,6 +411,73 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Stops the server with a fast shutdown (SIGINT, what `pg_ctl stop -m
+    /// fast` sends: open sessions are ended, then a clean checkpoint) and
+    /// waits until the postmaster exited and was reaped; SIGKILL if that
+    /// takes over 30 s. The data directory and port stay, for
+    /// [`PgCluster::start_again`].
+    pub fn stop_fast(&mut self) -> io::Result<()> {
+        let Some(mut child) = self.server.take() else {
+            return Ok(());
+        };
+        let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
+        if child.try_wait()?.is_none() {
+            kill(pid, Signal::SIGINT).map_err(io::Error::from)?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait()?.is_none() {
+                if Instant::now() >= deadline {
+                    child.kill()?;
+                    child.wait()?;
+                    return Err(io::Error::other(
+                        "postgres did not finish a fast shutdown (SIGINT) in 30 s; killed",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the stopped server again on the same data directory, port and
+    /// socket (the configuration [`PgCluster::start`] wrote), as a child of
+    /// this process, and waits until it is ready. Errors when it is running,
+    /// or when it cannot start (the server log is in the message; the port
+    /// may have been taken while it was down).
+    pub fn start_again(&mut self) -> io::Result<()> {
+        if self.server.is_some() {
+            return Err(io::Error::other(
+                "start_again: the PostgreSQL server is still running",
+            ));
+        }
+        // Append: the server log keeps what came before the restart.
+        let log = fs::OpenOptions::new().append(true).open(self.log_path())?;
+        let child = self
+            .tool("postgres")
+            .arg("-D")
+            .arg(self.data_dir())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.server = Some(child);
+        if let Err(e) = self.wait_ready() {
+            self.kill_server();
+            return Err(io::Error::other(format!(
+                "{e} (restarting on port {})\nserver log:\n{}",
+                self.port,
+                self.log()
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`PgCluster::stop_fast`], then [`PgCluster::start_again`] (what `pg_ctl
+    /// restart -m fast` does).
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop_fast()?;
+        self.start_again()
+    }
+
     fn kill_server(&mut self) {
         if let Some(mut child) = self.server.take() {
             let _ = child.kill();
