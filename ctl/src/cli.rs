@@ -86,6 +86,9 @@ pub enum Command {
         #[command(subcommand)]
         cmd: PowerCmd,
     },
+    /// The coordinator cluster: the store backend and schema version, the leader and its epoch, every replica.
+    #[command(visible_alias = "cluster")]
+    Status,
     /// Create the resources in a file, of any kind (in dependency order).
     Create(FileArgs),
     /// Create or update the resources in a file, of any kind (in dependency order).

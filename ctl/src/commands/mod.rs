@@ -22,6 +22,7 @@ pub mod node;
 pub mod policy;
 pub mod power;
 pub mod resource;
+pub mod status;
 pub mod token;
 pub mod topology;
 pub mod watch;
@@ -105,6 +106,7 @@ async fn dispatch(conn: &Conn, ctx: &Ctx, cmd: Command, out: &mut Out) -> Result
         Command::Power { cmd } => power::run(conn, ctx, cmd, out).await,
         Command::Topology { cmd } => topology::run(conn, ctx, cmd, out).await,
         Command::Policy { cmd } => policy::run(conn, ctx, cmd, out).await,
+        Command::Status => status::run(conn, ctx, out).await,
         Command::Create(f) => {
             let items = resource::load(&f.file, None).await?;
             resource::create(&mut conn.client().await?, ctx, items, out).await
