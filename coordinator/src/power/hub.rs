@@ -426,6 +426,112 @@ mod tests {
     }
 
     #[test]
+    fn a_follower_forwards_only_what_it_accepted() {
+        let hub = PowerHub::new();
+        // Not forwarding: nothing queued anywhere.
+        hub.record_telemetry("n1", batch(7, vec![sample(1, 100.0)]));
+        let (tx, mut rx) = mpsc::channel(8);
+        hub.set_forward(Some(tx));
+        // A replay of 1 plus a new 2: only 2 goes on.
+        hub.record_telemetry("n1", batch(7, vec![sample(1, 100.0), sample(2, 200.0)]));
+        let r = rx.try_recv().unwrap();
+        let Some(power_report::Report::Telemetry(b)) = r.report else {
+            panic!("{r:?}")
+        };
+        assert_eq!((r.node.as_str(), b.epoch), ("n1", 7));
+        assert_eq!(b.samples.iter().map(|s| s.seq).collect::<Vec<_>>(), [2]);
+        // A pure replay forwards nothing; a higher drop count alone does.
+        hub.record_telemetry("n1", batch(7, vec![sample(2, 200.0)]));
+        assert!(rx.try_recv().is_err(), "a replay is not forwarded");
+        hub.record_telemetry(
+            "n1",
+            TelemetryBatch {
+                dropped: 3,
+                ..batch(7, vec![])
+            },
+        );
+        let Some(power_report::Report::Telemetry(b)) = rx.try_recv().unwrap().report else {
+            panic!()
+        };
+        assert_eq!((b.samples.len(), b.dropped), (0, 3));
+        hub.record_cap_report(
+            "n1",
+            PowerCapReport {
+                version: 9,
+                ..Default::default()
+            },
+        );
+        let Some(power_report::Report::CapReport(c)) = rx.try_recv().unwrap().report else {
+            panic!()
+        };
+        assert_eq!(c.version, 9);
+        // A full queue drops (and counts) instead of waiting.
+        for seq in 3..20 {
+            hub.record_telemetry("n1", batch(7, vec![sample(seq, 1.0)]));
+        }
+        assert_eq!(hub.forward_dropped(), 17 - 8);
+        hub.set_forward(None);
+        hub.record_telemetry("n1", batch(7, vec![sample(30, 1.0)]));
+        assert_eq!(hub.forward_dropped(), 9, "no queue, nothing dropped");
+    }
+
+    #[tokio::test]
+    async fn store_fed_caps_say_through_which_revision_they_are_known() {
+        let hub = PowerHub::new();
+        let cap = |w| PowerCaps {
+            node_watts: w,
+            ..Default::default()
+        };
+        assert_eq!(
+            hub.caps_through(),
+            CAPS_OWN,
+            "the engine's own caps: always current"
+        );
+        assert!(hub.wait_caps_through(1_000, Duration::ZERO).await);
+        hub.caps_from_store();
+        assert_eq!(hub.caps_through(), 0);
+        assert!(!hub.wait_caps_through(5, Duration::from_millis(20)).await);
+        let waiter = {
+            let hub = hub.clone();
+            tokio::spawn(async move { hub.wait_caps_through(5, Duration::from_secs(10)).await })
+        };
+        hub.apply_store_caps(
+            vec![("a".into(), Some(cap(1.0)), 3), ("b".into(), Some(cap(2.0)), 5)],
+            6,
+            true,
+        );
+        assert!(waiter.await.unwrap(), "the waiter wakes once revision 5 is read");
+        assert_eq!(hub.caps("b").unwrap().node_watts, 2.0);
+        // Later rows: b uncapped, c new; a kept.
+        hub.apply_store_caps(
+            vec![("b".into(), None, 7), ("c".into(), Some(cap(3.0)), 8)],
+            8,
+            false,
+        );
+        assert!(hub.caps("b").is_none());
+        assert_eq!(
+            (
+                hub.caps("a").unwrap().node_watts,
+                hub.caps("c").unwrap().node_watts
+            ),
+            (1.0, 3.0)
+        );
+        // A whole-table read replaces everything; the revision never goes back.
+        hub.apply_store_caps(vec![("c".into(), Some(cap(4.0)), 8)], 4, true);
+        assert!(hub.caps("a").is_none());
+        assert_eq!(hub.caps_through(), 8);
+        // Leading: the engine owns the caps, store rows are ignored.
+        hub.caps_from_engine();
+        hub.apply_store_caps(vec![("c".into(), None, 9)], 9, false);
+        assert_eq!(
+            hub.caps("c").unwrap().node_watts,
+            4.0,
+            "kept for the engine's first pass"
+        );
+        assert_eq!(hub.caps_through(), CAPS_OWN);
+    }
+
+    #[test]
     fn the_drop_count_is_the_largest_running_total_of_the_epoch() {
         let hub = PowerHub::new();
         let with = |epoch, samples, dropped| TelemetryBatch {

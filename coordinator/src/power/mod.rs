@@ -13,3 +13,6 @@ pub mod hub;
 pub use caps_feed::spawn_caps_feed;
 pub use engine::{PowerConfig, PowerEngine};
 pub use hub::PowerHub;
+
+#[cfg(test)]
+mod caps_tests;
