@@ -9,9 +9,12 @@
 //!   reaches the leader too, and `GetPowerSummary` on the follower answers
 //!   the leader's;
 //! - a leader change (the watch flipped) moves the forwarding to the new
-//!   leader, and the new leader's caps reach an agent on the old one.
+//!   leader, and the new leader's caps reach an agent on the old one;
+//! - over mTLS only the replicas' certificate may call the Peer service (no
+//!   PostgreSQL needed).
 //!
-//! Skipped, with the reason printed, where PostgreSQL is not installed.
+//! The PostgreSQL tests are skipped, with the reason printed, where
+//! PostgreSQL is not installed.
 mod stream_common;
 
 use std::net::SocketAddr;
@@ -434,5 +437,139 @@ fn a_leader_change_moves_the_forwarding_and_the_caps() {
         telemetry_reaches(&on_b, "n1", 120.0, &a.hub, 0).await;
         a.stop.cancel();
         b.stop.cancel();
+    });
+}
+
+/// A test CA (rcgen) and the certificates it signs.
+struct Ca {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "hostplane test CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// `(cert, key)` PEM named `cn` for `localhost`, for server and client
+    /// authentication (what a replica's certificate needs, docs/ha.md §5).
+    fn issue(&self, cn: &str) -> (Vec<u8>, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
+    }
+}
+
+/// Over mTLS the Peer service answers a caller presenting the replicas'
+/// certificate (the server's own) and refuses an agent's certificate and a
+/// caller without one (the server allows those for admins with
+/// `tls.client_auth_optional`). No PostgreSQL needed.
+#[test]
+fn over_tls_only_the_replicas_certificate_may_call_the_peer_service() {
+    use hostplane_coordinator::config::LoadedTls;
+    use hostplane_coordinator::tls::{TlsSettings, incoming};
+    use hostplane_proto::internal::v1::peer_client::PeerClient;
+    use std::sync::{Arc, RwLock};
+
+    let ca = Ca::new();
+    let (cert, key) = ca.issue("coordinator");
+    let (agent_cert, agent_key) = ca.issue("n1");
+    runtime().block_on(async move {
+        let hub = PowerHub::new();
+        hub.record_telemetry(
+            "n1",
+            TelemetryBatch {
+                epoch: 1,
+                samples: vec![PowerSample {
+                    seq: 1,
+                    at_ms: now_ms(),
+                    readings: vec![],
+                    node_watts: Some(640.0),
+                }],
+                dropped: 0,
+            },
+        );
+        let (_role, role_rx) = tokio::sync::watch::channel(Role::Leader { epoch: 1 });
+        let files = LoadedTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: ca.pem.clone().into_bytes(),
+        };
+        let settings = TlsSettings::new(&files, true).unwrap();
+        let auth = PeerAuth::same_certificate(&cert).unwrap();
+        let stop = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stream = incoming(
+            listener,
+            Arc::new(RwLock::new(Arc::new(settings))),
+            Default::default(),
+            stop.clone(),
+        );
+        let s = stop.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PeerService::new(hub, role_rx, auth).into_server())
+                .serve_with_incoming_shutdown(stream, async move { s.cancelled().await }),
+        );
+        let addr = format!("localhost:{port}");
+        let call = |connect: PeerConnect| {
+            let addr = addr.clone();
+            async move {
+                let ch = connect.connect(&addr).await.unwrap();
+                PeerClient::new(ch)
+                    .get_power_summary(PowerSummaryRequest::default())
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        };
+        let ca_pem = ca.pem.as_bytes();
+        let s = call(PeerConnect::tls(ca_pem, &cert, &key)).await.unwrap();
+        assert_eq!(
+            s.nodes[0].draw_watts,
+            Some(640.0),
+            "a replica gets the leader's summary"
+        );
+        let e = call(PeerConnect::tls(ca_pem, &agent_cert, &agent_key))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(
+            e.message().contains("\"n1\" is not a replica's"),
+            "{}",
+            e.message()
+        );
+        // No client certificate at all (allowed by the TLS layer for admins).
+        let bare = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(bare)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let e = PeerClient::new(ch)
+            .get_power_summary(PowerSummaryRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        stop.cancel();
     });
 }
