@@ -8,7 +8,10 @@
 //! each replica still keeps the leases of its own agents in memory, and
 //! records in `sessions` which nodes it serves (renewed for all of them in
 //! one statement every `lease / 3`, and at the next tick for a node it newly
-//! serves). A lapsed lease is marked Unreachable only when no other replica
+//! serves). A row lasts as long as the lease there plus one renewal period,
+//! and a replica takes another's row only with a later end, so when an
+//! agent moves, the replica it now talks to holds the row, not the one it
+//! left (store/sessions.rs). A lapsed lease is marked Unreachable only when no other replica
 //! holds a live session for the node, checked in the marking transaction;
 //! a follower marks only nodes whose agent it served, and the leader also
 //! watches every node the view shows reachable, so a node whose replica
@@ -205,16 +208,25 @@ impl Liveness {
         self.lock().get(node).is_some_and(|l| l.held)
     }
 
-    /// The nodes whose agents this replica serves now (held, lease live), sorted.
-    fn held_nodes(&self, now: Instant) -> Vec<String> {
-        let mut out: Vec<String> = self
+    /// The nodes whose agents this replica serves now (held, lease live),
+    /// sorted, each with how long its `sessions` row should last from now:
+    /// the rest of its lease plus one renewal period, so the row outlives
+    /// the lease between two renewals and ends after the agent's last
+    /// message by the same amount on every replica (sessions.rs).
+    fn held_nodes(&self, now: Instant) -> Vec<(String, Duration)> {
+        let mut out: Vec<(String, Duration)> = self
             .lock()
             .iter()
             .filter(|(_, l)| l.held && l.reachable && l.expires > now)
-            .map(|(n, _)| n.clone())
+            .map(|(n, l)| (n.clone(), self.session_for(l.expires - now)))
             .collect();
         out.sort();
         out
+    }
+
+    /// How long a `sessions` row lasts for a lease with `rest` left.
+    fn session_for(&self, rest: Duration) -> Duration {
+        rest + self.lease / 3
     }
 
     pub fn lease(&self) -> Duration {
@@ -228,7 +240,7 @@ impl Liveness {
 /// replica that marks lapsed leases in a later transaction sees the row.
 pub(crate) fn claim_session(t: &mut Txn<'_>, live: &Liveness, node: &str) -> Result<(), StoreError> {
     if let Some(me) = live.replica_name() {
-        t.renew_sessions(me, &[node.to_string()], live.lease())?;
+        t.renew_sessions(me, &[(node.to_string(), live.session_for(live.lease()))])?;
     }
     Ok(())
 }
@@ -434,8 +446,8 @@ async fn renew(live: &Liveness, store: &Store, me: &str) -> bool {
     if nodes.is_empty() {
         return true;
     }
-    let (me, lease, count) = (me.to_string(), live.lease(), nodes.len());
-    match store.write(move |t| t.renew_sessions(&me, &nodes, lease)).await {
+    let (me, count) = (me.to_string(), nodes.len());
+    match store.write(move |t| t.renew_sessions(&me, &nodes)).await {
         Ok(_) => true,
         Err(e) => {
             live.newly_held.store(true, Ordering::Relaxed);
@@ -668,8 +680,16 @@ mod tests {
         )
         .await;
         assert_eq!(session_of(&sa, "n1").await.as_deref(), Some("b"));
-        assert!(a.live.is_reachable("n1"), "the leader watches n1 again");
-        assert!(!a.live.is_held("n1"), "but does not serve it");
+        // The leader watches n1 again (between its lapses, each checked
+        // against b's session), but does not serve it.
+        let t0 = Instant::now();
+        while !(a.live.is_reachable("n1") && !a.live.is_held("n1")) {
+            assert!(
+                t0.elapsed() < LEASE,
+                "the leader neither watches n1 nor lets a serve it"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
 
         // Replica b dies (no more renewals, no marks of its own) and its agent
         // with it: the leader marks n1 once b's session row expired.
