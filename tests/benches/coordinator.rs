@@ -9,6 +9,8 @@
 //! HOSTPLANE_BENCH_DPUS=250,1000,2000 ...            # one run each, one table row each
 //! HOSTPLANE_BENCH_DPUS=10000 HOSTPLANE_BENCH_DPUS_PER_NODE=1 ...   # 10,000 agents
 //! HOSTPLANE_BENCH_COORDINATOR=/path/to/hostplane-coordinator HOSTPLANE_BENCH_LABEL=before ...
+//! # issue 13: 3 replicas on a throwaway PostgreSQL cluster, the leader SIGKILLed 20 times:
+//! HOSTPLANE_BENCH_BACKEND=postgres HOSTPLANE_BENCH_REPLICAS=3 HOSTPLANE_BENCH_KILLS=20 ...
 //! ```
 //!
 //! Settings (environment):
@@ -24,6 +26,35 @@
 //!   `idle`: the same over the idle window instead.
 //! - `HOSTPLANE_BENCH_COORDINATOR`: another coordinator binary (e.g. the build before a
 //!   change); `HOSTPLANE_BENCH_LABEL` names it in the table (default: its path).
+//! - `HOSTPLANE_BENCH_BACKEND`: `sqlite` (default: one coordinator on a fresh file) or
+//!   `postgres`: a throwaway PostgreSQL cluster (`hostplane_common::testing::pg`, the
+//!   tests' fixture: initdb in a temporary directory, fsync off) and
+//!   `HOSTPLANE_BENCH_REPLICAS` (1) coordinators on it (docs/ha.md), each with its own
+//!   listen and metrics port and `ha.name` (`replica-0`, ...). Simulated agent i starts on
+//!   replica i mod N and moves to the next one when its session breaks (counted as a
+//!   failover, not a broken session). `HOSTPLANE_BENCH_LEASE`, `_RENEW_EVERY`,
+//!   `_RENEW_DEADLINE` (humantime, e.g. `5s`) set `ha.lease`, `ha.renew_every`,
+//!   `ha.renew_deadline` (default: the coordinator's, 15s / 2s / 10s).
+//! - `HOSTPLANE_BENCH_KILLS`: SIGKILL the current leader (GetClusterStatus on a live
+//!   replica) this many times during the walk, each after a random pause of up to
+//!   `HOSTPLANE_BENCH_KILL_GAP_MS` (1000) counted from the previous kill's new leader
+//!   (seeded: `HOSTPLANE_BENCH_SEED`, printed); after each kill the bench waits until a
+//!   live replica reports another leader with a higher epoch and a live lease, then starts
+//!   the killed replica again under its name. See `coordinator/chaos.rs`.
+//! - `HOSTPLANE_BENCH_PHASE_WATCH`: 1 (the default with kills) opens one Watch of every Dpu
+//!   that follows the walk across replicas (reopened on the next replica from the last
+//!   revision it saw when its own goes) and checks every Dpu's transitions: none repeated,
+//!   none lost (a gap in the history, or a phase the watch saw that the final history
+//!   lacks), every Dpu on the path most took; each kill is timed to the first transition
+//!   made after it (the transitions' `at_ms`). Set it on the run without kills too, so
+//!   both carry the same load.
+//!
+//! Every run checks that each Dpu received exactly one FlashBFB command (the simulated
+//! agents count new FlashBFB command ids per Dpu). With PostgreSQL the bench also prints
+//! each replica's CPU over the walk (summed over its lives when it was killed and started
+//! again) and peak RSS, and PostgreSQL's CPU: the postmaster's own and reaped children's
+//! (`utime + stime + cutime + cstime`) plus every live child's, from `/proc`; then one
+//! row of a second table (replicas, kills, failover p50/p99, lost/repeated transitions).
 //!
 //! Three processes share the machine's CPUs, unpinned: the coordinator (a
 //! child), the simulated agents (a second child: this executable again, with
@@ -75,6 +106,7 @@
 //! `/proc/<pid>/stat` (utime + stime, in clock ticks); the same for the
 //! agents' process.
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -82,13 +114,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use futures::StreamExt;
 use hostplane_proto::v1::{self, Kind, NodeEffect, RebootMethod};
-use hostplane_tests::{Admin, Proc, connect_admin, free_addr, meta, phase_of};
+use hostplane_tests::{Admin, connect_admin, meta, phase_of};
 use nix::unistd::{SysconfVar, sysconf};
 
 #[path = "coordinator/agent.rs"]
 mod agent;
 #[path = "coordinator/agents.rs"]
 mod agents;
+#[path = "coordinator/chaos.rs"]
+mod chaos;
+#[path = "coordinator/cluster.rs"]
+mod cluster;
 #[path = "coordinator/figures.rs"]
 mod figures;
 #[path = "coordinator/perf.rs"]
@@ -100,7 +136,11 @@ mod watchers;
 
 use agent::{AgentReport, mono_ns};
 use agents::AgentsProc;
+use chaos::{Chaos, PhaseLog, PhaseWatch};
+use cluster::{Backend, Cluster, Lease};
 use figures::{Cpu, Figures, Run, own_cpu, sample};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use watchers::Watchers;
 
 const MAX_DPUS_PER_NODE: usize = 4;
@@ -118,6 +158,16 @@ struct Settings {
     walk_timeout: Duration,
     metrics: bool,
     perf: Option<PerfWindow>,
+    backend: Backend,
+    replicas: usize,
+    lease: Lease,
+    /// Leader kills during the walk (chaos).
+    kills: usize,
+    /// The longest random pause before each kill.
+    kill_gap: Duration,
+    seed: u64,
+    /// The phase watch (lost or repeated transitions, kill -> next transition).
+    phase_watch: bool,
 }
 
 /// What `HOSTPLANE_BENCH_PERF` records.
@@ -158,12 +208,19 @@ fn main() -> ExitCode {
         }
     };
     let mut rows = Vec::new();
+    let mut ha_rows = Vec::new();
     let mut walks = Vec::new();
     let mut failed = false;
     for run in &settings.runs {
         match rt.block_on(one_run(run, &settings, &bin)) {
-            Ok((row, walk, problems)) => {
+            Ok(Outcome {
+                row,
+                ha_row,
+                walk,
+                problems,
+            }) => {
                 rows.push(row);
+                ha_rows.extend(ha_row);
                 walks.push((run, walk));
                 for p in &problems {
                     eprintln!("coordinator bench: {} {}: {p}", run.size(), run.label);
@@ -187,6 +244,13 @@ fn main() -> ExitCode {
     println!("{}", figures::table_header());
     for r in rows {
         println!("{r}");
+    }
+    if !ha_rows.is_empty() {
+        println!();
+        println!("{}", figures::ha_table_header());
+        for r in ha_rows {
+            println!("{r}");
+        }
     }
     // The walk with watchers against the same fleet without.
     for (run, walk) in &walks {
@@ -254,16 +318,58 @@ fn settings() -> Result<Settings> {
         .map(|v| list("HOSTPLANE_BENCH_WATCHERS", &v, 0..=1000))
         .transpose()?;
     let idle = Duration::from_secs(one("HOSTPLANE_BENCH_IDLE_SECS", 20, 0..=3600)? as u64);
-    let walk_timeout = Duration::from_secs(one("HOSTPLANE_BENCH_WALK_TIMEOUT", 300, 1..=86_400)? as u64);
+    // Each kill stalls the walk for about a lease: room for that by default.
+    let walk_timeout = Duration::from_secs(one(
+        "HOSTPLANE_BENCH_WALK_TIMEOUT",
+        300 + 40
+            * env("HOSTPLANE_BENCH_KILLS")
+                .and_then(|k| k.parse::<usize>().ok())
+                .unwrap_or(0),
+        1..=86_400,
+    )? as u64);
     let flag = |name: &str, default: bool| match env(name).as_deref() {
         None => Ok(default),
         Some("1" | "true" | "yes") => Ok(true),
         Some("0" | "false" | "no") => Ok(false),
         Some(v) => bail!("{name}={v:?}: expected 0 or 1"),
     };
+    let backend = match env("HOSTPLANE_BENCH_BACKEND").as_deref() {
+        None | Some("sqlite") => Backend::Sqlite,
+        Some("postgres") => Backend::Postgres,
+        Some(v) => bail!("HOSTPLANE_BENCH_BACKEND={v:?}: expected sqlite or postgres"),
+    };
+    let replicas = one("HOSTPLANE_BENCH_REPLICAS", 1, 1..=9)?;
+    ensure!(
+        backend == Backend::Postgres || replicas == 1,
+        "HOSTPLANE_BENCH_REPLICAS={replicas} needs HOSTPLANE_BENCH_BACKEND=postgres (SQLite is one process)"
+    );
+    let kills = one("HOSTPLANE_BENCH_KILLS", 0, 0..=1000)?;
+    ensure!(
+        kills == 0 || replicas >= 2,
+        "HOSTPLANE_BENCH_KILLS={kills} needs HOSTPLANE_BENCH_REPLICAS of 2 or more (someone must take over)"
+    );
+    let lease = Lease {
+        lease: env("HOSTPLANE_BENCH_LEASE"),
+        renew_every: env("HOSTPLANE_BENCH_RENEW_EVERY"),
+        renew_deadline: env("HOSTPLANE_BENCH_RENEW_DEADLINE"),
+    };
+    let perf = match env("HOSTPLANE_BENCH_PERF").as_deref() {
+        None | Some("0") => None,
+        Some("1" | "walk") => Some(PerfWindow::Walk),
+        Some("idle") => Some(PerfWindow::Idle),
+        Some(v) => bail!("HOSTPLANE_BENCH_PERF={v:?}: expected 0, 1 (= walk) or idle"),
+    };
+    ensure!(
+        perf.is_none() || replicas == 1,
+        "HOSTPLANE_BENCH_PERF profiles one coordinator process: not with {replicas} replicas"
+    );
     let label = env("HOSTPLANE_BENCH_LABEL")
         .or_else(|| env("HOSTPLANE_BENCH_COORDINATOR"))
-        .unwrap_or_else(|| "target/release".into());
+        .unwrap_or_else(|| match backend {
+            Backend::Sqlite => "target/release".into(),
+            Backend::Postgres if kills > 0 => format!("postgres, {replicas} replicas, {kills} leader kills"),
+            Backend::Postgres => format!("postgres, {replicas} replicas"),
+        });
     let mut runs = Vec::new();
     for &d in &dpus {
         let default = vec![if d >= WATCHERS_FROM { DEFAULT_WATCHERS } else { 0 }];
@@ -278,16 +384,25 @@ fn settings() -> Result<Settings> {
             });
         }
     }
+    let seed = match env("HOSTPLANE_BENCH_SEED") {
+        Some(v) => v
+            .parse()
+            .ok()
+            .with_context(|| format!("HOSTPLANE_BENCH_SEED={v:?}: expected a number"))?,
+        None => rand::random::<u32>() as u64,
+    };
     Ok(Settings {
         runs,
         walk_timeout,
         metrics: flag("HOSTPLANE_BENCH_METRICS", true)?,
-        perf: match env("HOSTPLANE_BENCH_PERF").as_deref() {
-            None | Some("0") => None,
-            Some("1" | "walk") => Some(PerfWindow::Walk),
-            Some("idle") => Some(PerfWindow::Idle),
-            Some(v) => bail!("HOSTPLANE_BENCH_PERF={v:?}: expected 0, 1 (= walk) or idle"),
-        },
+        perf,
+        backend,
+        replicas,
+        lease,
+        kills,
+        kill_gap: Duration::from_millis(one("HOSTPLANE_BENCH_KILL_GAP_MS", 1000, 0..=600_000)? as u64),
+        seed,
+        phase_watch: flag("HOSTPLANE_BENCH_PHASE_WATCH", kills > 0)?,
     })
 }
 
@@ -375,49 +490,81 @@ fn clk_tck() -> u64 {
         .unwrap_or(100) as u64
 }
 
-/// A run's table row, walk time and what failed without stopping it (watchers).
-type Outcome = (String, Duration, Vec<String>);
+/// What one run gives back: its table row, the HA row (PostgreSQL), its walk
+/// time and what failed without stopping it (watchers, the chaos checks).
+struct Outcome {
+    row: String,
+    ha_row: Option<String>,
+    walk: Duration,
+    problems: Vec<String>,
+}
 
 async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result<Outcome> {
     let dpus = run.dpus;
     let fleet = fleet(dpus, run.per_node);
-    let addr = free_addr()?;
-    let metrics_addr = free_addr()?;
-    let cfg = dir.join("coordinator.yaml");
-    let store = dir.join("coordinator.db");
-    let mut yaml = format!(
-        // Plain TCP: the bench measures the coordinator's own cost, as before mTLS.
-        "listen: {addr}\nstore:\n  path: {}\ninsecure: true\n",
-        store.display()
+    ensure!(
+        run.watchers == 0 || settings.kills == 0,
+        "HOSTPLANE_BENCH_WATCHERS with HOSTPLANE_BENCH_KILLS: the watchers do not follow a killed replica \
+         (the phase watch does)"
     );
-    if settings.metrics {
-        yaml.push_str(&format!("metrics:\n  listen: {metrics_addr}\n"));
-    }
-    std::fs::write(&cfg, yaml)?;
-    let cfg = cfg.to_str().context("temp dir path is not UTF-8")?;
-    let mut coordinator = Proc::spawn(
-        "coordinator",
-        bin,
-        &["run", "--config", cfg],
-        &dir.join("coordinator.log"),
-    )?;
-    let pid = coordinator.pid().context("the coordinator has no pid")?.as_raw();
-    let mut admin = connect_admin(addr, Duration::from_secs(30)).await?;
     let tck = clk_tck();
-    let at_start = sample(pid, tck)?;
+    let cluster = Cluster::start(
+        bin,
+        dir,
+        settings.backend,
+        settings.replicas,
+        settings.metrics,
+        &settings.lease,
+        tck,
+    )
+    .await?;
+    let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
+    let r = bench_on(run, settings, bin, &fleet, tck, cluster.clone()).await;
+    if r.is_err() {
+        // PostgreSQL's log goes with its cluster: a copy beside the replicas' logs.
+        cluster.lock().await.save_pg_log(dir);
+    }
+    r
+}
+
+async fn bench_on(
+    run: &Run,
+    settings: &Settings,
+    bin: &Path,
+    fleet: &[(String, Vec<String>)],
+    tck: u64,
+    cluster: Arc<tokio::sync::Mutex<Cluster>>,
+) -> Result<Outcome> {
+    let dpus = run.dpus;
+    let (addrs, urls, pid) = {
+        let c = cluster.lock().await;
+        let addrs: Vec<_> = c.replicas.iter().map(|r| r.addr).collect();
+        (addrs, c.urls(), c.replicas[0].pid())
+    };
+    let addr = addrs[0];
+    let mut admin = connect_admin(addr, Duration::from_secs(30)).await?;
+    let at_start = cluster.lock().await.sample()?;
 
     let t = Instant::now();
-    create_inputs(&admin, &fleet).await?;
+    create_inputs(&admin, fleet).await?;
     let created_in = t.elapsed();
 
     let t = Instant::now();
-    let agents = AgentsProc::start(&format!("http://{addr}"), fleet.len(), dpus, run.per_node).await?;
+    let agents = AgentsProc::start(&urls, fleet.len(), dpus, run.per_node).await?;
     let connected_in = t.elapsed();
     let agents_pid = agents.pid().context("the agents process has no pid")?;
 
     let (watchers, clock) = Watchers::open(addr, run.watchers, dpus).await?;
+    // On the last replica: the agents' first is spread over all, the admin's is the first.
+    let phase_watch = match settings.phase_watch {
+        true => Some(PhaseWatch::open(addrs.clone(), addrs.len() - 1, dpus).await?),
+        false => None,
+    };
     let events = watch_deployment(&mut admin).await?;
-    let before = sample(pid, tck)?;
+    let (before, replicas_before, pg_before) = {
+        let c = cluster.lock().await;
+        (c.sample()?, c.readings()?, c.pg_cpu().transpose()?)
+    };
     let agents_before = sample(agents_pid, tck)?;
     let self_before = own_cpu()?;
     let recorder = match settings.perf {
@@ -427,6 +574,17 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
 
     let walk_start = clock.start();
     let walk_start_ns = mono_ns();
+    let walk_done = CancellationToken::new();
+    let killer = (settings.kills > 0).then(|| {
+        chaos::spawn_killer(
+            cluster.clone(),
+            settings.kills,
+            settings.kill_gap,
+            settings.seed,
+            Duration::from_secs(120),
+            walk_done.clone(),
+        )
+    });
     let deployment = v1::Deployment {
         metadata: meta("bench"),
         spec: Some(v1::DeploymentSpec {
@@ -444,9 +602,19 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
         })
         .await
         .context("creating the deployment")?;
-    let walked = wait_ready(&mut admin, events, dpus, settings.walk_timeout).await;
+    let max_reopen = 20 + 2 * settings.kills * addrs.len();
+    let walked = wait_ready(&addrs, events, dpus, settings.walk_timeout, max_reopen).await;
     let walk = walk_start.elapsed();
-    let after = sample(pid, tck)?;
+    walk_done.cancel();
+    // The kill in progress finishes (its new leader, the restart) before the readings.
+    let chaos: Option<Chaos> = match killer {
+        Some(k) => Some(k.await.context("the killer panicked")?),
+        None => None,
+    };
+    let (after, replicas_after, pg_after) = {
+        let c = cluster.lock().await;
+        (c.sample()?, c.readings()?, c.pg_cpu().transpose()?)
+    };
     let agents_after = sample(agents_pid, tck)?;
     let walk_cpu = Cpu {
         coordinator: after.cpu_since(&before),
@@ -458,16 +626,43 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
         Ok(r) => r,
         Err(e) => {
             let report = agents.finish().await.unwrap_or_default();
+            let mut admin = connect_admin(addr, Duration::from_secs(10)).await?;
             let phases = list_dpus(&mut admin).await.map(|l| l.phases).unwrap_or_default();
             bail!(
-                "{e:#}; Dpus by phase: {phases:?}; agent sessions that broke: {:?}",
-                report.broken
+                "{e:#}; Dpus by phase: {phases:?}; agent sessions that broke: {:?}; kills: {}",
+                report.broken,
+                chaos.map_or("none".into(), |c| format!("{} ({:?})", c.kills.len(), c.stopped))
             );
         }
     };
     // Every watcher has its events by now or soon: it is not part of the walk.
     let (watched, watch_failures) = watchers.join(Duration::from_secs(60) + walk / 2).await;
+    let mut problems = watch_failures.clone();
+    let phase_log: Option<PhaseLog> = match phase_watch {
+        Some(w) => match w.join(Duration::from_secs(60) + walk / 2).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                problems.push(format!("phase watch: {e:#}"));
+                None
+            }
+        },
+        None => None,
+    };
 
+    // The leader's /metrics (the reconciler's histograms are its own).
+    let leader_at = {
+        let c = cluster.lock().await;
+        match c.backend {
+            Backend::Sqlite => 0,
+            Backend::Postgres => c
+                .leader(0)
+                .await
+                .ok()
+                .and_then(|l| c.index_of(&l.holder))
+                .unwrap_or(0),
+        }
+    };
+    let metrics_addr = cluster.lock().await.replicas[leader_at].metrics;
     let metrics = match settings.metrics {
         true => Some(scrape::scrape(metrics_addr).await.unwrap_or_else(|e| {
             eprintln!("coordinator bench: {e:#} (figures from /metrics left out)");
@@ -476,6 +671,8 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
         false => None,
     };
 
+    // Replica 0 may have been killed and started again: a fresh connection.
+    let mut admin = connect_admin(addr, Duration::from_secs(60)).await?;
     let listed = list_dpus(&mut admin).await?;
     ensure!(
         listed.phases.get("Ready") == Some(&dpus) && listed.phases.len() == 1,
@@ -483,28 +680,39 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
         listed.phases
     );
 
-    let idle = if run.idle.is_zero() {
-        None
+    let (idle, pg_idle) = if run.idle.is_zero() {
+        (None, None)
     } else {
         let recorder = match settings.perf {
             Some(PerfWindow::Idle) => Some(perf::Perf::record(pid).await?),
             _ => None,
         };
-        let c0 = sample(pid, tck)?;
+        let (c0, p0) = {
+            let c = cluster.lock().await;
+            (c.sample()?, c.pg_cpu().transpose()?)
+        };
         let a0 = sample(agents_pid, tck)?;
         let s0 = own_cpu()?;
         let t = Instant::now();
         tokio::time::sleep(run.idle).await;
         let d = t.elapsed();
+        let (c1, p1) = {
+            let c = cluster.lock().await;
+            (c.sample()?, c.pg_cpu().transpose()?)
+        };
         let cpu = Cpu {
-            coordinator: sample(pid, tck)?.cpu_since(&c0),
+            coordinator: c1.cpu_since(&c0),
             agents: sample(agents_pid, tck)?.cpu_since(&a0),
             bench: own_cpu()?.saturating_sub(s0),
         };
         if recorder.is_some() {
             perf_top = perf_report(recorder).await;
         }
-        Some((d, cpu))
+        let pg = match (p0, p1) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        (Some((d, cpu)), pg)
     };
     let agents_last = sample(agents_pid, tck)?;
     let report: AgentReport = agents.finish().await?;
@@ -513,13 +721,13 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
         "agent sessions broke: {:?}",
         report.broken
     );
-    let last = sample(pid, tck)?;
-    let store_bytes = ["", "-wal", "-shm"]
-        .iter()
-        .filter_map(|s| std::fs::metadata(format!("{}{s}", store.display())).ok())
-        .map(|m| m.len())
-        .sum::<u64>();
-    let exit = coordinator.stop(Duration::from_secs(30)).await;
+    let mut c = cluster.lock().await;
+    let last = c.sample()?;
+    let replicas_last = c.readings()?;
+    let store_bytes = c.store_bytes();
+    let exits = c.stop().await;
+    // Every replica ends cleanly on SIGTERM (the first that did not, else 0).
+    let exit = exits.iter().copied().find(|e| *e != Some(0)).unwrap_or(Some(0));
 
     let figures = Figures {
         run: run.clone(),
@@ -548,8 +756,33 @@ async fn bench(run: &Run, settings: &Settings, bin: &Path, dir: &Path) -> Result
         exit,
     };
     figures.print(&report, bin);
-    let problems = figures.watch_failures.clone();
-    Ok((figures.row(&report), walk, problems))
+    let ha = figures::Ha {
+        backend: c.backend,
+        lease: settings.lease.describe(),
+        replicas_before,
+        replicas_after,
+        replicas_last,
+        exits,
+        pg_walk: match (pg_before, pg_after) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        },
+        pg_idle,
+        chaos,
+        kill_gap: settings.kill_gap,
+        phase_log,
+        dpus,
+    };
+    let ha_problems = ha.print(&report);
+    problems.extend(ha_problems);
+    let ha_row =
+        (settings.backend == Backend::Postgres || settings.phase_watch).then(|| ha.row(&figures, &report));
+    Ok(Outcome {
+        row: figures.row(&report),
+        ha_row,
+        walk,
+        problems,
+    })
 }
 
 /// The top of the profile, or why there is none.
@@ -672,10 +905,11 @@ async fn watch_deployment(admin: &mut Admin) -> Result<tonic::Streaming<v1::Watc
 /// opened again, as the API asks ("list again and watch"): the snapshot
 /// carries the Deployment's current status. Returns how many times.
 async fn wait_ready(
-    admin: &mut Admin,
+    addrs: &[SocketAddr],
     mut events: tonic::Streaming<v1::WatchEvent>,
     dpus: usize,
     timeout: Duration,
+    max_reopen: usize,
 ) -> Result<Vec<String>> {
     let mut last = v1::DeploymentStatus::default();
     let mut reopened = Vec::new();
@@ -706,10 +940,22 @@ async fn wait_ready(
             };
             reopened.push(why);
             ensure!(
-                reopened.len() <= 20,
-                "the deployment watch failed 20 times: {reopened:?}"
+                reopened.len() <= max_reopen,
+                "the deployment watch failed {max_reopen} times: {reopened:?}"
             );
-            events = watch_deployment(admin).await?;
+            // On the next replica that answers (its own may have been killed).
+            let mut at = reopened.len();
+            events = loop {
+                let addr = addrs[at % addrs.len()];
+                at += 1;
+                let Ok(mut admin) = connect_admin(addr, Duration::from_millis(500)).await else {
+                    continue;
+                };
+                match watch_deployment(&mut admin).await {
+                    Ok(w) => break w,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
         }
     };
     let r = tokio::time::timeout(timeout, follow).await;

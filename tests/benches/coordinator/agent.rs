@@ -99,6 +99,13 @@ pub struct AgentReport {
     pub open_retries: u64,
     /// The first few reasons for those.
     pub open_failures: Vec<String>,
+    /// Sessions that broke (the coordinator went away: a replica killed)
+    /// and were opened again on the next endpoint, as a real agent does.
+    pub failovers: u64,
+    /// The first few reasons for those.
+    pub failover_reasons: Vec<String>,
+    /// FlashBFB commands received (new command ids, not re-listed ones) per Dpu.
+    pub flashes: BTreeMap<String, u32>,
 }
 
 impl AgentReport {
@@ -122,11 +129,23 @@ impl AgentReport {
                 self.open_failures.push(f);
             }
         }
+        self.failovers += o.failovers;
+        for f in o.failover_reasons {
+            if self.failover_reasons.len() < 5 {
+                self.failover_reasons.push(f);
+            }
+        }
+        for (dpu, n) in o.flashes {
+            *self.flashes.entry(dpu).or_default() += n;
+        }
     }
 }
 
 /// Opens that may fail in a row (0.5 s apart) before the agent counts as broken.
 const MAX_OPEN_RETRIES: u32 = 20;
+/// Failovers one agent may make before it counts as broken (a coordinator
+/// that keeps closing its sessions, not a replica killed now and then).
+const MAX_FAILOVERS: u64 = 200;
 
 enum End {
     Stop,
@@ -134,6 +153,10 @@ enum End {
     /// The connection or the session could not be opened (e.g. the
     /// coordinator's listen backlog overflowed): retried, as a real agent does.
     OpenFailed(String),
+    /// The session ended the way a coordinator that goes away ends it (the
+    /// connection reset or closed, UNAVAILABLE): with several endpoints the
+    /// agent opens the next one; with one it is broken.
+    Lost(String),
     Broken(String),
 }
 
@@ -141,7 +164,9 @@ enum End {
 pub struct Agent {
     node: String,
     rshims: Vec<String>,
-    url: String,
+    /// The coordinator's endpoints (replicas), tried in turn from `next`.
+    urls: Vec<String>,
+    next: usize,
     boot: u64,
     last_applied: u64,
     /// Command id -> the result sent (re-sent while the command is listed).
@@ -167,11 +192,14 @@ fn msg(m: agent_message::Msg) -> AgentMessage {
 }
 
 impl Agent {
-    pub fn new(node: &str, rshims: Vec<String>, url: String) -> Agent {
+    /// `urls`: the replicas; the agent starts with `urls[first % len]`.
+    pub fn new(node: &str, rshims: Vec<String>, urls: Vec<String>, first: usize) -> Agent {
+        let next = first % urls.len().max(1);
         Agent {
             node: node.into(),
             rshims,
-            url,
+            urls,
+            next,
             boot: 1,
             last_applied: 0,
             journal: HashMap::new(),
@@ -195,8 +223,25 @@ impl Agent {
                     continue;
                 }
                 _ if stop.is_cancelled() => break,
+                Ok(End::Lost(why)) if self.urls.len() > 1 && self.report.failovers < MAX_FAILOVERS => {
+                    // The replica went away: the next one, after a short
+                    // jittered pause so that its agents do not all arrive at once.
+                    self.report.failovers += 1;
+                    if self.report.failover_reasons.is_empty() {
+                        self.report.failover_reasons.push(format!("{}: {why}", self.node));
+                    }
+                    self.next = (self.next + 1) % self.urls.len();
+                    let jitter = Duration::from_millis(rand::random_range(0..200));
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(jitter) => {}
+                    }
+                    continue;
+                }
                 Ok(End::OpenFailed(why)) if failed_opens < MAX_OPEN_RETRIES => {
                     failed_opens += 1;
+                    // A replica that is down: the next one.
+                    self.next = (self.next + 1) % self.urls.len().max(1);
                     self.report.open_retries += 1;
                     if self.report.open_failures.is_empty() {
                         self.report.open_failures.push(format!("{}: {why}", self.node));
@@ -210,7 +255,7 @@ impl Agent {
                 Ok(End::OpenFailed(why)) => {
                     format!("{MAX_OPEN_RETRIES} opens in a row failed; the last: {why}")
                 }
-                Ok(End::Broken(why)) => why,
+                Ok(End::Broken(why) | End::Lost(why)) => why,
                 Err(e) => format!("{e:#}"),
             };
             self.report.broken.push(format!("{}: {why}", self.node));
@@ -237,9 +282,10 @@ impl Agent {
         connected: &mut Option<mpsc::UnboundedSender<()>>,
         stop: &CancellationToken,
     ) -> Result<End> {
-        let channel = match Endpoint::from_shared(self.url.clone())?.connect().await {
+        let url = self.urls[self.next].clone();
+        let channel = match Endpoint::from_shared(url.clone())?.connect().await {
             Ok(c) => c,
-            Err(e) => return Ok(End::OpenFailed(format!("connecting to {}: {e:#}", self.url))),
+            Err(e) => return Ok(End::OpenFailed(format!("connecting to {url}: {e:#}"))),
         };
         let mut client = AgentServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(64);
@@ -287,14 +333,22 @@ impl Agent {
                 _ = stop.cancelled() => return Ok(End::Stop),
                 _ = heartbeat.tick() => {
                     let hb = Heartbeat { sent_at_ms: 0 };
-                    tx.send(msg(agent_message::Msg::Heartbeat(hb))).await?;
+                    if tx.send(msg(agent_message::Msg::Heartbeat(hb))).await.is_err() {
+                        return Ok(End::Lost(format!("the session on {url} closed its send side")));
+                    }
                 }
                 m = inbound.message() => {
                     let d = match m {
                         Ok(Some(CoordinatorMessage { msg: Some(coordinator_message::Msg::Desired(d)) })) => d,
                         Ok(Some(_)) => continue,
-                        Ok(None) => return Ok(End::Broken("the coordinator closed the session".into())),
-                        Err(s) => return Ok(End::Broken(format!("session ended: {:?}: {}", s.code(), s.message()))),
+                        Ok(None) => return Ok(End::Lost(format!("{url} closed the session"))),
+                        Err(s) => {
+                            let why = format!("session on {url} ended: {:?}: {}", s.code(), s.message());
+                            return Ok(match s.code() {
+                                Code::Unknown | Code::Unavailable | Code::Cancelled => End::Lost(why),
+                                _ => End::Broken(why),
+                            });
+                        }
                     };
                     if let Some(c) = connected.take() {
                         let _ = c.send(());
@@ -304,8 +358,12 @@ impl Agent {
                         lease = granted;
                         heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
                     }
-                    if self.apply(&tx, d).await? {
-                        return Ok(End::Reboot);
+                    match self.apply(&tx, d).await {
+                        Ok(true) => return Ok(End::Reboot),
+                        Ok(false) => {}
+                        // The stream went away under the answer (a replica killed).
+                        Err(e) if tx.is_closed() => return Ok(End::Lost(format!("{url}: {e:#}"))),
+                        Err(e) => return Err(e),
                     }
                 }
             }
@@ -339,6 +397,9 @@ impl Agent {
             }
             self.last.insert(c.dpu.clone(), step);
             *self.report.commands.entry(step).or_default() += 1;
+            if step == Step::FlashBfb {
+                *self.report.flashes.entry(c.dpu.clone()).or_default() += 1;
+            }
             if step == Step::FlashBfb {
                 let p = FlashProgress {
                     bytes_pushed: 1_500_000_000,

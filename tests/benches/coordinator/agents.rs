@@ -23,7 +23,9 @@ use crate::agent::{Agent, AgentReport};
 
 /// Selects the role of this executable.
 pub const ROLE_ENV: &str = "HOSTPLANE_BENCH_ROLE";
-/// What the agents child is to simulate: `url nodes dpus dpus_per_node`.
+/// What the agents child is to simulate: `urls nodes dpus dpus_per_node`,
+/// `urls` comma-separated (the replicas; agent i starts on the i-th modulo
+/// their number and fails over to the next).
 const FLEET_ENV: &str = "HOSTPLANE_BENCH_AGENTS_FLEET";
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -72,15 +74,16 @@ fn say(line: &Line) -> Result<()> {
 async fn child() -> Result<()> {
     let spec = std::env::var(FLEET_ENV).with_context(|| format!("{FLEET_ENV} is not set"))?;
     let f: Vec<&str> = spec.split_whitespace().collect();
-    let [url, _nodes, dpus, per_node] = f[..] else {
-        bail!("{FLEET_ENV}={spec:?}: expected 'url nodes dpus dpus_per_node'")
+    let [urls, _nodes, dpus, per_node] = f[..] else {
+        bail!("{FLEET_ENV}={spec:?}: expected 'urls nodes dpus dpus_per_node'")
     };
+    let urls: Vec<String> = urls.split(',').map(str::to_string).collect();
     let fleet = crate::fleet(dpus.parse()?, per_node.parse()?);
     let stop = CancellationToken::new();
     let (hello_tx, mut hello_rx) = mpsc::unbounded_channel();
     let mut agents = JoinSet::new();
-    for (node, rshims) in &fleet {
-        let agent = Agent::new(node, rshims.clone(), url.to_string());
+    for (i, (node, rshims)) in fleet.iter().enumerate() {
+        let agent = Agent::new(node, rshims.clone(), urls.clone(), i);
         agents.spawn(agent.run(hello_tx.clone(), stop.child_token()));
     }
     drop(hello_tx);
@@ -129,11 +132,12 @@ pub struct AgentsProc {
 
 impl AgentsProc {
     /// Start the child for this fleet and wait until every agent is connected.
-    pub async fn start(url: &str, nodes: usize, dpus: usize, per_node: usize) -> Result<AgentsProc> {
+    /// `urls`: the coordinator's replicas (agent i starts on `urls[i % len]`).
+    pub async fn start(urls: &[String], nodes: usize, dpus: usize, per_node: usize) -> Result<AgentsProc> {
         let exe: PathBuf = std::env::current_exe().context("locating the bench executable")?;
         let mut child = Command::new(exe)
             .env(ROLE_ENV, "agents")
-            .env(FLEET_ENV, format!("{url} {nodes} {dpus} {per_node}"))
+            .env(FLEET_ENV, format!("{} {nodes} {dpus} {per_node}", urls.join(",")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

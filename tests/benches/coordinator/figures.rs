@@ -15,16 +15,35 @@ const MIB: f64 = 1024.0;
 /// One reading of a process's memory and CPU.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
-    rss_kib: u64,
-    hwm_kib: u64,
-    cpu: Duration,
-    threads: u64,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    pub cpu: Duration,
+    pub threads: u64,
 }
 
 impl Sample {
     /// CPU time since `earlier`.
     pub fn cpu_since(&self, earlier: &Sample) -> Duration {
         self.cpu.saturating_sub(earlier.cpu)
+    }
+
+    /// This reading with another CPU total (a replica's, summed over its lives).
+    pub fn with_cpu(self, cpu: Duration) -> Sample {
+        Sample { cpu, ..self }
+    }
+
+    /// Several processes as one: CPU, RSS, peak RSS and threads summed.
+    pub fn sum(all: &[Sample]) -> Sample {
+        all.iter().fold(Sample::default(), |a, s| Sample {
+            rss_kib: a.rss_kib + s.rss_kib,
+            hwm_kib: a.hwm_kib + s.hwm_kib,
+            cpu: a.cpu + s.cpu,
+            threads: a.threads + s.threads,
+        })
+    }
+
+    pub fn rss_mib(&self) -> f64 {
+        self.rss_kib as f64 / MIB
     }
 }
 
@@ -169,7 +188,7 @@ pub struct Figures {
 const LATENCY: &str = "hostplane_coordinator_command_latency_seconds";
 
 impl Figures {
-    fn latencies(r: &AgentReport) -> Vec<Duration> {
+    pub fn latencies(r: &AgentReport) -> Vec<Duration> {
         let mut v: Vec<Duration> = r.latencies.iter().map(|l| l.2).collect();
         v.sort();
         v
@@ -506,5 +525,277 @@ pub fn table_header() -> String {
     "| Dpus (nodes × per node) | build | watchers | walk | latency p50 / p99 (agents) | \
      latency p50 / p99 (/metrics) | CPU per Dpu | peak RSS | List of all Dpus | idle CPU | \
      walk CPU: coordinator / agents / bench |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        .to_string()
+}
+
+/// The replicas, PostgreSQL and the chaos run (printed after [`Figures`]).
+pub struct Ha {
+    pub backend: crate::cluster::Backend,
+    pub lease: String,
+    pub replicas_before: Vec<crate::cluster::ReplicaReading>,
+    pub replicas_after: Vec<crate::cluster::ReplicaReading>,
+    pub replicas_last: Vec<crate::cluster::ReplicaReading>,
+    pub exits: Vec<Option<i32>>,
+    /// PostgreSQL's CPU over the walk and over the idle window.
+    pub pg_walk: Option<Duration>,
+    pub pg_idle: Option<Duration>,
+    pub chaos: Option<crate::chaos::Chaos>,
+    pub kill_gap: Duration,
+    pub phase_log: Option<crate::chaos::PhaseLog>,
+    pub dpus: usize,
+}
+
+fn p50_p99(v: &[Duration]) -> String {
+    let mut v = v.to_vec();
+    v.sort();
+    if v.is_empty() {
+        return "—".into();
+    }
+    format!(
+        "{:.0} / {:.0} ms",
+        pct(&v, 50.0).as_secs_f64() * 1e3,
+        pct(&v, 99.0).as_secs_f64() * 1e3
+    )
+}
+
+impl Ha {
+    /// Each replica's CPU over the walk (every life of it).
+    fn walk_cpu(&self) -> Vec<(String, Duration)> {
+        self.replicas_after
+            .iter()
+            .map(|a| {
+                let b = self.replicas_before.iter().find(|b| b.name == a.name);
+                (
+                    a.name.clone(),
+                    a.cpu.saturating_sub(b.map_or(Duration::ZERO, |b| b.cpu)),
+                )
+            })
+            .collect()
+    }
+
+    fn verdict(&self) -> Option<crate::chaos::Verdict> {
+        self.phase_log
+            .as_ref()
+            .map(|l| crate::chaos::Verdict::of(l, self.dpus))
+    }
+
+    /// Dpus flashed other than exactly once: (never, more than once).
+    fn flash_faults(&self, r: &AgentReport) -> (usize, Vec<String>) {
+        let never = self.dpus.saturating_sub(r.flashes.len());
+        let more = r
+            .flashes
+            .iter()
+            .filter(|(_, n)| **n != 1)
+            .map(|(d, n)| format!("{d} x{n}"))
+            .collect();
+        (never, more)
+    }
+
+    /// (kill -> new leader, kill -> next Dpu transition) of every kill.
+    fn failovers(&self, v: Option<&crate::chaos::Verdict>) -> (Vec<Duration>, Vec<Option<Duration>>) {
+        let Some(c) = &self.chaos else {
+            return (Vec::new(), Vec::new());
+        };
+        let leader = c.kills.iter().map(|k| k.to_new_leader).collect();
+        let next = match v {
+            Some(v) => v.next_transition_after(&c.kills),
+            None => vec![None; c.kills.len()],
+        };
+        (leader, next)
+    }
+
+    /// Print the section; returns what failed (lost or repeated transitions,
+    /// Dpus not flashed exactly once, fewer kills than asked).
+    pub fn print(&self, r: &AgentReport) -> Vec<String> {
+        let mut problems = Vec::new();
+        let secs = |d: Duration| d.as_secs_f64();
+        println!(
+            "replicas: {} on {} ({})",
+            self.replicas_last.len(),
+            self.backend.name(),
+            self.lease
+        );
+        let walk_cpu = self.walk_cpu();
+        for (i, last) in self.replicas_last.iter().enumerate() {
+            println!(
+                "  {:<12} CPU over the walk {:>7.2} s   RSS at end {:>7.1} MiB   peak RSS {:>7.1} MiB   lives {}   exit {}",
+                last.name,
+                secs(walk_cpu.get(i).map_or(Duration::ZERO, |c| c.1)),
+                last.now.rss_mib(),
+                last.hwm_kib as f64 / MIB,
+                last.lives,
+                match self.exits.get(i).copied().flatten() {
+                    Some(c) => c.to_string(),
+                    None => "killed".into(),
+                }
+            );
+        }
+        if let Some(pg) = self.pg_walk {
+            println!(
+                "PostgreSQL CPU (postmaster and children) over the walk {:>7.2} s",
+                secs(pg)
+            );
+        }
+        if let Some(pg) = self.pg_idle {
+            println!(
+                "PostgreSQL CPU over the idle window                    {:>7.3} s",
+                secs(pg)
+            );
+        }
+        println!(
+            "agents: failovers to another replica {} {}",
+            r.failovers,
+            r.failover_reasons
+                .first()
+                .map_or(String::new(), |f| format!("(e.g. {f})"))
+        );
+        let (never, more) = self.flash_faults(r);
+        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+        for n in r.flashes.values() {
+            *counts.entry(*n).or_default() += 1;
+        }
+        println!(
+            "FlashBFB commands per Dpu (count: Dpus): {counts:?}; never flashed {never}; more than once {}",
+            more.len()
+        );
+        if never > 0 || !more.is_empty() {
+            problems.push(format!(
+                "{never} Dpus never flashed, {} flashed more than once (e.g. {:?})",
+                more.len(),
+                more.iter().take(5).collect::<Vec<_>>()
+            ));
+        }
+        let verdict = self.verdict();
+        if let Some(c) = &self.chaos {
+            println!(
+                "chaos: {} of {} leader kills (seed {}, random pause up to {:?} before each)",
+                c.kills.len(),
+                c.planned,
+                c.seed,
+                self.kill_gap
+            );
+            if let Some(why) = &c.stopped {
+                println!("  STOPPED: {why}");
+                problems.push(format!("chaos: {why}"));
+            }
+            let (leader, next) = self.failovers(verdict.as_ref());
+            for (i, k) in c.kills.iter().enumerate() {
+                println!(
+                    "  kill {:>2}: {} (epoch {}) -> {} (epoch {}): new leader after {:>6.0} ms, next Dpu transition after {}, restart {:.0} ms",
+                    i + 1,
+                    k.victim,
+                    k.old_epoch,
+                    k.new_leader,
+                    k.new_epoch,
+                    secs(k.to_new_leader) * 1e3,
+                    next[i].map_or("none".to_string(), |d| format!("{:.0} ms", secs(d) * 1e3)),
+                    secs(k.restart) * 1e3
+                );
+            }
+            println!(
+                "  kill -> new leader (live lease, GetClusterStatus)  {}",
+                dist(leader)
+            );
+            println!(
+                "  kill -> next Dpu transition (its at_ms)            {}",
+                dist(next.iter().flatten().copied().collect())
+            );
+        }
+        if let (Some(l), Some(v)) = (&self.phase_log, &verdict) {
+            println!(
+                "phase watch: {} events, reopened {} times{}",
+                l.events,
+                l.reopened.len(),
+                l.reopened
+                    .first()
+                    .map_or(String::new(), |w| format!(" (first: {w})"))
+            );
+            println!(
+                "  path of {} of {} Dpus: {}",
+                v.modal_count,
+                self.dpus,
+                v.modal_text()
+            );
+            println!(
+                "  repeated transitions {}   lost transitions {}   other paths {}   Dpus never seen {}   events out of order {}",
+                v.repeated.len(),
+                v.lost.len(),
+                v.other.len(),
+                v.unseen,
+                l.out_of_order.len()
+            );
+            for (what, list) in [
+                ("repeated", &v.repeated),
+                ("lost", &v.lost),
+                ("other path", &v.other),
+                ("out of order", &l.out_of_order),
+            ] {
+                for e in list.iter().take(5) {
+                    println!("  {what}: {e}");
+                }
+                if !list.is_empty() {
+                    problems.push(format!(
+                        "{} Dpus with a {what} transition (e.g. {})",
+                        list.len(),
+                        list[0]
+                    ));
+                }
+            }
+            if v.unseen > 0 {
+                problems.push(format!("the phase watch never saw {} Dpus", v.unseen));
+            }
+        }
+        problems
+    }
+
+    /// One row of the HA table (see [`ha_table_header`]).
+    pub fn row(&self, f: &Figures, r: &AgentReport) -> String {
+        let lat = Figures::latencies(r);
+        let cpu: Vec<String> = self
+            .walk_cpu()
+            .iter()
+            .map(|(_, c)| format!("{:.1}", c.as_secs_f64()))
+            .collect();
+        let rss: Vec<String> = self
+            .replicas_last
+            .iter()
+            .map(|l| format!("{:.0}", l.hwm_kib as f64 / MIB))
+            .collect();
+        let verdict = self.verdict();
+        let (leader, next) = self.failovers(verdict.as_ref());
+        let next: Vec<Duration> = next.into_iter().flatten().collect();
+        let kills = match &self.chaos {
+            Some(c) => format!("{} of {}", c.kills.len(), c.planned),
+            None => "0".into(),
+        };
+        let checks = match &verdict {
+            Some(v) => format!("{} / {}", v.lost.len(), v.repeated.len() + v.other.len()),
+            None => "not watched".into(),
+        };
+        let (never, more) = self.flash_faults(r);
+        format!(
+            "| {} | {} | {:.2} s | {:.0} / {:.0} ms | {} s | {} MiB | {} | {kills} | {} | {} | {checks} | {} |",
+            f.run.size(),
+            f.run.label,
+            f.walk.as_secs_f64(),
+            pct(&lat, 50.0).as_secs_f64() * 1e3,
+            pct(&lat, 99.0).as_secs_f64() * 1e3,
+            cpu.join(" / "),
+            rss.join(" / "),
+            self.pg_walk
+                .map_or("—".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+            p50_p99(&leader),
+            p50_p99(&next),
+            never + more.len()
+        )
+    }
+}
+
+/// The HA table's header (docs/benchmarks.md, issue 13).
+pub fn ha_table_header() -> String {
+    "| Dpus (nodes × per node) | run | walk | latency p50 / p99 (agents) | walk CPU per replica | \
+     peak RSS per replica | PostgreSQL walk CPU | leader kills | kill → new leader p50 / p99 | \
+     kill → next transition p50 / p99 | lost / repeated transitions | Dpus not flashed exactly once |\n\
+     |---|---|---|---|---|---|---|---|---|---|---|---|"
         .to_string()
 }

@@ -1,0 +1,432 @@
+//! The coordinator under test: one process on a SQLite file (the default),
+//! or `HOSTPLANE_BENCH_REPLICAS` processes on one throwaway PostgreSQL
+//! cluster (`HOSTPLANE_BENCH_BACKEND=postgres`, docs/ha.md), each with its own
+//! listen and metrics port and its own `ha.name`. A replica can be SIGKILLed
+//! and started again under the same name and ports (the chaos run); its CPU
+//! is summed over its lives.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use hostplane_common::testing::pg::PgCluster;
+use hostplane_proto::v1;
+use hostplane_tests::{Admin, Proc, connect_admin, free_addr};
+
+use crate::figures::{Sample, sample};
+
+/// Where the store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The leader lease (`ha:`), as humantime text; `None`: the coordinator's default.
+#[derive(Debug, Clone, Default)]
+pub struct Lease {
+    pub lease: Option<String>,
+    pub renew_every: Option<String>,
+    pub renew_deadline: Option<String>,
+}
+
+impl Lease {
+    pub fn describe(&self) -> String {
+        let d = |v: &Option<String>, def: &str| v.clone().unwrap_or_else(|| format!("{def} (default)"));
+        format!(
+            "lease {}, renew every {}, renew deadline {}",
+            d(&self.lease, "15s"),
+            d(&self.renew_every, "2s"),
+            d(&self.renew_deadline, "10s")
+        )
+    }
+}
+
+/// One coordinator process (and the lives before it).
+pub struct Replica {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+    cfg: PathBuf,
+    pub log: PathBuf,
+    proc: Option<Proc>,
+    pid: i32,
+    /// CPU of its earlier lives (read just before each SIGKILL).
+    dead_cpu: Duration,
+    /// Peak RSS over its earlier lives.
+    dead_hwm_kib: u64,
+    pub lives: u32,
+}
+
+impl Replica {
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+}
+
+/// Per replica: its CPU over all lives, and its current reading.
+pub struct ReplicaReading {
+    pub name: String,
+    pub cpu: Duration,
+    pub now: Sample,
+    /// Peak RSS over all its lives.
+    pub hwm_kib: u64,
+    pub lives: u32,
+}
+
+pub struct Cluster {
+    pub backend: Backend,
+    bin: PathBuf,
+    pub replicas: Vec<Replica>,
+    /// `None` on SQLite.
+    pub pg: Option<PgCluster>,
+    /// The SQLite store file.
+    store: Option<PathBuf>,
+    tck: u64,
+}
+
+/// What GetClusterStatus said about the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    pub holder: String,
+    pub epoch: i64,
+    /// A live lease (`expires_in_ms` present).
+    pub live: bool,
+}
+
+impl Cluster {
+    /// Start the coordinator(s) and wait until each serves the admin API.
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        backend: Backend,
+        replicas: usize,
+        metrics: bool,
+        lease: &Lease,
+        tck: u64,
+    ) -> Result<Cluster> {
+        ensure!(
+            backend == Backend::Postgres || replicas == 1,
+            "{replicas} replicas need HOSTPLANE_BENCH_BACKEND=postgres (SQLite is one process)"
+        );
+        let (pg, store_yaml, store) = match backend {
+            Backend::Sqlite => {
+                let store = dir.join("coordinator.db");
+                let yaml = format!("store:\n  path: {}\n", store.display());
+                (None, yaml, Some(store))
+            }
+            Backend::Postgres => {
+                let pg = tokio::task::block_in_place(PgCluster::start)
+                    .context("starting the throwaway PostgreSQL cluster")?
+                    .context(
+                        "HOSTPLANE_BENCH_BACKEND=postgres: no PostgreSQL binaries (see above; scripts/setup installs them)",
+                    )?;
+                let pw = dir.join("pg-password");
+                pg.write_password_file(&pw)
+                    .with_context(|| format!("writing {}", pw.display()))?;
+                let yaml = format!(
+                    "store:\n  backend: postgres\n  postgres:\n    url: {}\n    password_file: {}\n    sslmode: disable\n",
+                    pg.url_without_password(),
+                    pw.display()
+                );
+                (Some(pg), yaml, None)
+            }
+        };
+        let mut list = Vec::new();
+        for i in 0..replicas {
+            let name = match backend {
+                Backend::Sqlite => "coordinator".to_string(),
+                Backend::Postgres => format!("replica-{i}"),
+            };
+            let addr = free_addr()?;
+            let metrics_addr = free_addr()?;
+            // Plain TCP: the bench measures the coordinator's own cost, as before mTLS.
+            let mut yaml = format!("listen: {addr}\ninsecure: true\n{store_yaml}");
+            if metrics {
+                yaml.push_str(&format!("metrics:\n  listen: {metrics_addr}\n"));
+            }
+            if backend == Backend::Postgres {
+                yaml.push_str(&format!("ha:\n  name: {name}\n  addr: {addr}\n"));
+                for (k, v) in [
+                    ("lease", &lease.lease),
+                    ("renew_every", &lease.renew_every),
+                    ("renew_deadline", &lease.renew_deadline),
+                ] {
+                    if let Some(v) = v {
+                        yaml.push_str(&format!("  {k}: {v}\n"));
+                    }
+                }
+            }
+            let cfg = dir.join(format!("{name}.yaml"));
+            std::fs::write(&cfg, yaml)?;
+            list.push(Replica {
+                log: dir.join(format!("{name}.log")),
+                name,
+                addr,
+                metrics: metrics_addr,
+                cfg,
+                proc: None,
+                pid: 0,
+                dead_cpu: Duration::ZERO,
+                dead_hwm_kib: 0,
+                lives: 0,
+            });
+        }
+        let mut cluster = Cluster {
+            backend,
+            bin: bin.to_path_buf(),
+            replicas: list,
+            pg,
+            store,
+            tck,
+        };
+        for i in 0..replicas {
+            cluster.spawn(i)?;
+        }
+        for r in &cluster.replicas {
+            connect_admin(r.addr, Duration::from_secs(60))
+                .await
+                .with_context(|| {
+                    format!("{} did not serve within 60 s (log: {})", r.name, r.log.display())
+                })?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let r = &mut self.replicas[i];
+        let cfg = r.cfg.to_str().context("temp dir path is not UTF-8")?;
+        let p = Proc::spawn(&r.name, &self.bin, &["run", "--config", cfg], &r.log)?;
+        r.pid = p.pid().context("the coordinator has no pid")?.as_raw();
+        r.proc = Some(p);
+        r.lives += 1;
+        Ok(())
+    }
+
+    /// `http://addr` of every replica, in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .map(|r| format!("http://{}", r.addr))
+            .collect()
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.replicas.iter().position(|r| r.name == name)
+    }
+
+    /// The replicas' readings: CPU summed over every life, RSS of the current one.
+    pub fn readings(&self) -> Result<Vec<ReplicaReading>> {
+        self.replicas
+            .iter()
+            .map(|r| {
+                let now = sample(r.pid, self.tck).with_context(|| format!("reading {}", r.name))?;
+                Ok(ReplicaReading {
+                    name: r.name.clone(),
+                    cpu: r.dead_cpu + now.cpu,
+                    hwm_kib: r.dead_hwm_kib.max(now.hwm_kib),
+                    now,
+                    lives: r.lives,
+                })
+            })
+            .collect()
+    }
+
+    /// The coordinator side as one reading: CPU over every replica and life,
+    /// RSS and peak RSS summed over the current processes (one process on SQLite).
+    pub fn sample(&self) -> Result<Sample> {
+        let mut all = Vec::new();
+        for r in self.readings()? {
+            all.push(r.now.with_cpu(r.cpu));
+        }
+        Ok(Sample::sum(&all))
+    }
+
+    /// The SQLite store's bytes (db + wal + shm); PostgreSQL's data directory.
+    pub fn store_bytes(&self) -> u64 {
+        match (&self.store, &self.pg) {
+            (Some(store), _) => ["", "-wal", "-shm"]
+                .iter()
+                .filter_map(|s| std::fs::metadata(format!("{}{s}", store.display())).ok())
+                .map(|m| m.len())
+                .sum(),
+            (None, Some(pg)) => dir_bytes(&pg.data_dir()),
+            _ => 0,
+        }
+    }
+
+    /// PostgreSQL's CPU so far: the postmaster (with its reaped children:
+    /// backends that ended) and every live child (backends, walwriter,
+    /// checkpointer, ...). `None` on SQLite.
+    pub fn pg_cpu(&self) -> Option<Result<Duration>> {
+        let pg = self.pg.as_ref()?;
+        Some((|| {
+            let pm = pg.postmaster_pid().context("PostgreSQL has no postmaster.pid")?;
+            let mut ticks = proc_ticks(pm, true)?.1;
+            for entry in std::fs::read_dir("/proc")? {
+                let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                    continue;
+                };
+                // A process that ended between the listing and the read is gone.
+                if let Ok((ppid, t)) = proc_ticks(pid, false)
+                    && ppid == pm
+                {
+                    ticks += t;
+                }
+            }
+            Ok(Duration::from_millis(ticks * 1000 / self.tck))
+        })())
+    }
+
+    /// GetClusterStatus from the first replica (from `from`) that answers.
+    pub async fn leader(&self, from: usize) -> Result<Leader> {
+        let mut errors = Vec::new();
+        for k in 0..self.replicas.len() {
+            let r = &self.replicas[(from + k) % self.replicas.len()];
+            match cluster_status(r.addr).await {
+                Ok(s) => {
+                    ensure!(
+                        s.backend == self.backend.name(),
+                        "GetClusterStatus on {} says backend {:?}, the bench runs {}: the server does not \
+                         report the cluster (AdminApi::with_cluster is not wired in coordinator/src/server.rs)",
+                        r.name,
+                        s.backend,
+                        self.backend.name()
+                    );
+                    let l = s.leader.unwrap_or_default();
+                    return Ok(Leader {
+                        holder: l.holder,
+                        epoch: l.epoch,
+                        live: l.expires_in_ms.is_some(),
+                    });
+                }
+                Err(e) => errors.push(format!("{}: {e:#}", r.name)),
+            }
+        }
+        bail!("no replica answered GetClusterStatus: {}", errors.join("; "))
+    }
+
+    /// Wait until a leader with a live lease other than `not` and an epoch
+    /// above `above` is visible; returns it.
+    pub async fn wait_new_leader(&self, not: &str, above: i64, timeout: Duration) -> Result<Leader> {
+        let t = Instant::now();
+        let mut last = None;
+        let mut from = 0;
+        while t.elapsed() < timeout {
+            match self.leader(from).await {
+                Ok(l) if l.live && l.holder != not && l.epoch > above && !l.holder.is_empty() => {
+                    return Ok(l);
+                }
+                Ok(l) => last = Some(format!("{l:?}")),
+                Err(e) => last = Some(format!("{e:#}")),
+            }
+            from += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!(
+            "no new leader (other than {not}, epoch > {above}) within {timeout:?}; last answer: {}",
+            last.unwrap_or_default()
+        )
+    }
+
+    /// SIGKILL replica `i` (its CPU and peak RSS read just before).
+    pub async fn kill(&mut self, i: usize) -> Result<()> {
+        let tck = self.tck;
+        let r = &mut self.replicas[i];
+        if let Ok(s) = sample(r.pid, tck) {
+            r.dead_cpu += s.cpu;
+            r.dead_hwm_kib = r.dead_hwm_kib.max(s.hwm_kib);
+        }
+        let mut p = r
+            .proc
+            .take()
+            .with_context(|| format!("{} is not running", r.name))?;
+        p.crash().await;
+        Ok(())
+    }
+
+    /// Start replica `i` again (same name, ports and config); returns once it serves.
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        self.spawn(i)?;
+        let r = &self.replicas[i];
+        connect_admin(r.addr, Duration::from_secs(60))
+            .await
+            .with_context(|| {
+                format!(
+                    "{} did not serve within 60 s of its restart (log: {})",
+                    r.name,
+                    r.log.display()
+                )
+            })?;
+        Ok(())
+    }
+
+    /// SIGTERM every replica; the exit status of each (`None`: killed after 30 s).
+    pub async fn stop(&mut self) -> Vec<Option<i32>> {
+        let mut out = Vec::new();
+        for r in &mut self.replicas {
+            out.push(match r.proc.as_mut() {
+                Some(p) => p.stop(Duration::from_secs(30)).await,
+                None => None,
+            });
+        }
+        out
+    }
+
+    /// Copy PostgreSQL's log into `dir` (the cluster's own directory goes with it).
+    pub fn save_pg_log(&self, dir: &Path) {
+        if let Some(pg) = &self.pg {
+            let _ = std::fs::write(dir.join("postgres.log"), pg.log());
+        }
+    }
+}
+
+async fn cluster_status(addr: SocketAddr) -> Result<v1::ClusterStatus> {
+    let mut admin: Admin = connect_admin(addr, Duration::from_millis(500)).await?;
+    let s = tokio::time::timeout(
+        Duration::from_secs(5),
+        admin.get_cluster_status(v1::ClusterStatusRequest {}),
+    )
+    .await
+    .context("GetClusterStatus took over 5 s")??;
+    Ok(s.into_inner())
+}
+
+/// (ppid, utime + stime [+ cutime + cstime]) in clock ticks, from /proc/<pid>/stat.
+fn proc_ticks(pid: i32, with_children: bool) -> Result<(i32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("no ')' in stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After `(comm)`: state is field 3; ppid 4; utime 14, stime 15, cutime 16, cstime 17.
+    let n = |i: usize| -> Result<u64> {
+        f.get(i - 3)
+            .and_then(|v| v.parse().ok())
+            .context("short /proc/<pid>/stat")
+    };
+    let mut t = n(14)? + n(15)?;
+    if with_children {
+        t += n(16)? + n(17)?;
+    }
+    Ok((n(4)? as i32, t))
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
