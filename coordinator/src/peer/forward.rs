@@ -38,14 +38,24 @@ pub fn spawn_forwarder(
     connect: PeerConnect,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
+    tokio::spawn(forwarder(hub, role, me, connect, stop))
+}
+
+/// [`spawn_forwarder`]'s task, for a caller's own `JoinSet`.
+pub async fn forwarder(
+    hub: PowerHub,
+    role: watch::Receiver<Role>,
+    me: String,
+    connect: PeerConnect,
+    stop: CancellationToken,
+) {
     let span = tracing::info_span!("power_forwarder");
-    tokio::spawn(
-        async move {
-            run(&hub, role, &me, &connect, &stop).await;
-            hub.set_forward(None);
-        }
-        .instrument(span),
-    )
+    async {
+        run(&hub, role, &me, &connect, &stop).await;
+        hub.set_forward(None);
+    }
+    .instrument(span)
+    .await
 }
 
 /// The leader to forward to, if this replica follows another one.

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Response, Status, Streaming};
 
-pub use forward::spawn_forwarder;
+pub use forward::{forwarder, spawn_forwarder};
 
 use crate::audit::{Audit, Record};
 use crate::ha::Role;

@@ -41,8 +41,13 @@ pub fn spawn_caps_feed(
     role: watch::Receiver<Role>,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
+    tokio::spawn(caps_feed(store, hub, role, stop))
+}
+
+/// [`spawn_caps_feed`]'s task, for a caller's own `JoinSet`.
+pub async fn caps_feed(store: Store, hub: PowerHub, role: watch::Receiver<Role>, stop: CancellationToken) {
     let span = tracing::info_span!("power_caps_feed");
-    tokio::spawn(run(store, hub, role, stop).instrument(span))
+    run(store, hub, role, stop).instrument(span).await
 }
 
 async fn run(store: Store, hub: PowerHub, mut role: watch::Receiver<Role>, stop: CancellationToken) {

@@ -10,7 +10,7 @@ pub mod caps_feed;
 pub mod engine;
 pub mod hub;
 
-pub use caps_feed::spawn_caps_feed;
+pub use caps_feed::{caps_feed, spawn_caps_feed};
 pub use engine::{PowerConfig, PowerEngine};
 pub use hub::PowerHub;
 
