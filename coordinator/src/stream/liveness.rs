@@ -4,19 +4,23 @@
 //! the in-memory state inside its transaction, so a message racing an expiry
 //! cannot leave the store saying the opposite of the lease.
 //!
-//! With several replicas on PostgreSQL (docs/ha.md §5; [`Liveness::set_replica`])
-//! each replica still keeps the leases of its own agents in memory, and
-//! records in `sessions` which nodes it serves (renewed for all of them in
-//! one statement every `lease / 3`, and at the next tick for a node it newly
-//! serves). A row lasts as long as the lease there plus one renewal period,
-//! and a replica takes another's row only with a later end, so when an
-//! agent moves, the replica it now talks to holds the row, not the one it
-//! left (store/sessions.rs). A lapsed lease is marked Unreachable only when no other replica
-//! holds a live session for the node, checked in the marking transaction;
-//! a follower marks only nodes whose agent it served, and the leader also
+//! With several replicas on PostgreSQL (docs/ha.md §5;
+//! [`Liveness::set_replica`]) each replica still keeps the leases of its own
+//! agents in memory, and records in `sessions` which nodes it serves
+//! (renewed for all of them in one statement every `lease / 3`, and at the
+//! next tick for a node it newly serves). A row lasts as long as the lease
+//! there plus one renewal period, and a replica takes another's row only
+//! with a later end, so when an agent moves, the replica it now talks to
+//! holds the row, not the one it left (store/sessions.rs).
+//!
+//! A lapsed lease is marked Unreachable only when no other replica holds a
+//! live session for the node, checked in the marking transaction; a
+//! follower marks only nodes whose agent it served, and the leader also
 //! watches every node the view shows reachable, so a node whose replica
 //! died (its `sessions` row expires) is marked Unreachable within about two
-//! leases. On SQLite, or without a replica, the task works as it always did.
+//! leases. A replica whose agent is connected marks its node reachable again
+//! if another's mark raced the session's start. On SQLite, or without a
+//! replica, the task works as it always did.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -371,11 +375,12 @@ async fn expire_until<O>(owner: Weak<O>, live: Arc<Liveness>, store: Store, stop
         if leader {
             watch_reachable(&live, &store);
         }
+        repair_held(&live, &store).await;
         let now = Instant::now();
-        if now >= next_renew || live.newly_held.load(Ordering::Relaxed) {
-            if renew(&live, &store, &replica.name).await {
-                next_renew = now + renew_every;
-            }
+        if (now >= next_renew || live.newly_held.load(Ordering::Relaxed))
+            && renew(&live, &store, &replica.name).await
+        {
+            next_renew = now + renew_every;
         }
         expire_replicated(&live, &store, &replica.name, leader).await;
     }
@@ -435,6 +440,51 @@ fn watch_reachable(live: &Liveness, store: &Store) {
     drop(view);
     if n > 0 {
         tracing::debug!(nodes = n, "leader watches reachable nodes no lease here covered");
+    }
+}
+
+/// Nodes whose agents this replica serves but the store shows Unreachable
+/// are marked reachable again. A mark can race a session's start: the
+/// leader's marking transaction may commit after the Hello that made the
+/// node reachable and before this replica's first renewal of its session,
+/// and no later message would write the node back (the lease here never
+/// lapsed). The view is in memory; the store is written only for such nodes.
+async fn repair_held(live: &Arc<Liveness>, store: &Store) {
+    let now = Instant::now();
+    let wrong: Vec<String> = {
+        let view = store.view();
+        live.held_nodes(now)
+            .into_iter()
+            .filter(|(n, _)| {
+                view.nodes
+                    .get(n)
+                    .is_some_and(|x| !x.status.as_ref().is_some_and(|s| s.reachable))
+            })
+            .map(|(n, _)| n)
+            .collect()
+    };
+    if wrong.is_empty() {
+        return;
+    }
+    let (l, names) = (live.clone(), wrong.clone());
+    let r = store
+        .write(move |t| {
+            let mut written = Vec::new();
+            for n in names {
+                if write_reachable(t, &l, &n, true)? {
+                    written.push(n);
+                }
+            }
+            Ok::<_, StoreError>(written)
+        })
+        .await;
+    match r {
+        Ok(written) => {
+            for node in written {
+                tracing::warn!(node = %node, "node was marked Unreachable while its agent is connected here; reachable again");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, nodes = ?wrong, "cannot mark nodes reachable again"),
     }
 }
 
@@ -683,7 +733,7 @@ mod tests {
         // The leader watches n1 again (between its lapses, each checked
         // against b's session), but does not serve it.
         let t0 = Instant::now();
-        while !(a.live.is_reachable("n1") && !a.live.is_held("n1")) {
+        while !a.live.is_reachable("n1") || a.live.is_held("n1") {
             assert!(
                 t0.elapsed() < LEASE,
                 "the leader neither watches n1 nor lets a serve it"
@@ -752,6 +802,41 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         t0.elapsed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_marked_unreachable_while_its_agent_is_connected_here_comes_back() {
+        let Some((_b, sa, sb)) = two_replicas() else {
+            return;
+        };
+        add_node(&sa, "n1").await;
+        let b = start(&sb, "b", follower());
+        let on_b = agent(&sb, &b.live, "n1");
+        stays_reachable(&sa, "n1", LEASE, "the agent is connected to b").await;
+        // Another replica's mark lands (a leader racing b's first renewal).
+        sa.write(|t| {
+            let Some(Resource {
+                kind: Some(resource::Kind::Node(mut n)),
+            }) = t.get(Kind::Node, "n1")?
+            else {
+                panic!("n1 is gone");
+            };
+            n.status.get_or_insert_default().reachable = false;
+            t.update(n.into())
+        })
+        .await
+        .unwrap();
+        assert!(b.live.is_reachable("n1"), "b's lease did not lapse");
+        let t0 = Instant::now();
+        while !reachable(&sa, "n1").await {
+            assert!(
+                t0.elapsed() < 2 * LEASE,
+                "b serves n1 but left it Unreachable in the store"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        on_b.cancel();
+        b.stop.cancel();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
