@@ -7,21 +7,23 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
+    let public = [
         "proto/hostplane/v1/power.proto",
         "proto/hostplane/v1/resources.proto",
         "proto/hostplane/v1/admin.proto",
         "proto/hostplane/v1/agent.proto",
-        // Between coordinator replicas (docs/ha.md §5); no pbjson (never stored or printed).
-        "proto/hostplane/internal/v1/peer.proto",
     ];
-    for f in &files {
+    // Between coordinator replicas (docs/ha.md §5): generated with the
+    // rest, but kept out of the descriptor set that reflection serves and of
+    // pbjson (never stored or printed).
+    let internal = ["proto/hostplane/internal/v1/peer.proto"];
+    for f in public.iter().chain(&internal) {
         println!("cargo:rerun-if-changed={f}");
     }
-    let fds = protox::compile(files, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out.join("hostplane_descriptor.bin");
-    std::fs::write(&descriptor_path, fds.encode_to_vec())?;
+    std::fs::write(&descriptor_path, protox::compile(public, ["proto"])?.encode_to_vec())?;
+    let fds = protox::compile(public.iter().chain(&internal), ["proto"])?;
 
     // google.protobuf.FieldMask comes from pbjson-types, which has its
     // proto3 JSON mapping (prost-types has no serde).
