@@ -41,6 +41,9 @@ use crate::power::PowerHub;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `GetPowerSummary` waits for the leader's answer.
 pub const SUMMARY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest power summary a follower takes from the leader (a fleet's
+/// worth of nodes and GPUs is several MiB, over tonic's 4 MiB default).
+pub const MAX_SUMMARY_BYTES: usize = 64 << 20;
 
 /// Who may call the Peer service.
 #[derive(Debug, Clone, Default)]
@@ -328,6 +331,7 @@ impl LeaderPower {
         let mut req = Request::new(req);
         req.set_timeout(SUMMARY_TIMEOUT);
         PeerClient::new(ch)
+            .max_decoding_message_size(MAX_SUMMARY_BYTES)
             .get_power_summary(req)
             .await
             .map(Response::into_inner)
