@@ -573,3 +573,94 @@ fn over_tls_only_the_replicas_certificate_may_call_the_peer_service() {
         stop.cancel();
     });
 }
+
+/// Only the leader takes forwarded reports: a follower refuses the stream
+/// naming the leader it knows, and a leader ends an open stream when it
+/// steps down (the follower then reconnects to the new one). No PostgreSQL
+/// needed.
+#[test]
+fn only_the_leader_takes_forwarded_reports() {
+    use hostplane_proto::internal::v1::peer_client::PeerClient;
+    use hostplane_proto::internal::v1::{PowerReport, power_report};
+
+    runtime().block_on(async {
+        let hub = PowerHub::new();
+        let (role, role_rx) = tokio::sync::watch::channel(Role::Follower {
+            leader: Some(LeaderInfo {
+                holder: "c-0".into(),
+                addr: "c-0.example:7443".into(),
+                epoch: 3,
+            }),
+        });
+        let stop = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let s = stop.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PeerService::new(hub.clone(), role_rx, PeerAuth::plain()).into_server())
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    s.cancelled().await
+                }),
+        );
+        let ch = PeerConnect::plain().connect(&addr.to_string()).await.unwrap();
+        let report = |seq: u64| PowerReport {
+            node: "n1".into(),
+            report: Some(power_report::Report::Telemetry(TelemetryBatch {
+                epoch: 1,
+                samples: vec![PowerSample {
+                    seq,
+                    at_ms: now_ms(),
+                    readings: vec![],
+                    node_watts: Some(10.0 * seq as f64),
+                }],
+                dropped: 0,
+            })),
+        };
+
+        let e = PeerClient::new(ch.clone())
+            .forward(tokio_stream::iter(vec![report(1)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message()
+                .contains("the leader is c-0 at c-0.example:7443 (epoch 3)"),
+            "{}",
+            e.message()
+        );
+        assert!(hub.telemetry("n1").is_none(), "a follower takes nothing");
+
+        role.send_replace(Role::Leader { epoch: 4 });
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let call = tokio::spawn({
+            let ch = ch.clone();
+            async move {
+                PeerClient::new(ch)
+                    .forward(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+            }
+        });
+        tx.send(report(1)).await.unwrap();
+        tx.send(report(2)).await.unwrap();
+        eventually("the leader never took the forwarded samples", || {
+            hub.telemetry("n1").is_some_and(|t| t.seq == 2)
+        })
+        .await;
+        // Stepping down ends the open stream; the sender sees why.
+        role.send_replace(Role::Follower { leader: None });
+        let e = tokio::time::timeout(PATIENCE, call)
+            .await
+            .expect("the stream ends when the leader steps down")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message().contains("no leader holds the lease"),
+            "{}",
+            e.message()
+        );
+        drop(tx);
+        stop.cancel();
+    });
+}
