@@ -223,9 +223,16 @@ impl PowerHub {
     }
 
     /// Replace every node's caps; returns the nodes whose caps changed
-    /// (their desired state must be re-sent).
+    /// (their desired state must be re-sent). While the caps come from the
+    /// store (this replica follows: an engine still finishing its last pass
+    /// after the replica stepped down), the hub keeps the store's caps: that
+    /// engine's write is fenced and will not announce its own.
     pub fn set_caps(&self, caps: HashMap<String, PowerCaps>) -> Vec<String> {
         let mut inner = self.lock();
+        if self.is_store_fed() {
+            tracing::debug!("caps of a deposed leader's engine not taken: this replica follows the store's");
+            return Vec::new();
+        }
         let mut changed: Vec<String> = caps
             .iter()
             .filter(|(n, c)| inner.caps.get(*n) != Some(*c))
@@ -520,6 +527,9 @@ mod tests {
         hub.apply_store_caps(vec![("c".into(), Some(cap(4.0)), 8)], 4, true);
         assert!(hub.caps("a").is_none());
         assert_eq!(hub.caps_through(), 8);
+        // An engine still finishing after the step-down does not replace them.
+        assert!(hub.set_caps(HashMap::from([("c".into(), cap(9.0))])).is_empty());
+        assert_eq!(hub.caps("c").unwrap().node_watts, 4.0);
         // Leading: the engine owns the caps, store rows are ignored.
         hub.caps_from_engine();
         hub.apply_store_caps(vec![("c".into(), None, 9)], 9, false);
