@@ -243,7 +243,10 @@ pub async fn serve_with(
     let mut tasks = JoinSet::new();
     let mut names: HashMap<Id, &'static str> = HashMap::new();
     // This replica's role: elected among the replicas on PostgreSQL, the
-    // sole leader otherwise.
+    // sole leader otherwise (and then said so in the metrics at once).
+    if ha.is_none() {
+        crate::metrics::hub().leader.set(1);
+    }
     let role = match &ha {
         Some(ha) => {
             let elector = crate::ha::Elector::start(
@@ -260,6 +263,12 @@ pub async fn serve_with(
         }
         None => crate::leadership::sole_leader(),
     };
+    let cluster = match &ha {
+        Some(ha) => {
+            crate::api::ClusterSource::postgres(ha.me.name.clone(), role.clone(), ha.postgres.clone())
+        }
+        None => crate::api::ClusterSource::sqlite(cfg.ha.replica(addr).name, addr.to_string()),
+    };
     if let Some(listener) = metrics_listener {
         let h = tasks.spawn(
             crate::metrics::serve(listener, store.clone(), tasks_token.child_token())
@@ -274,6 +283,17 @@ pub async fn serve_with(
     for name in ["", admin_name, agent_name] {
         health.set_service_status(name, ServingStatus::Serving).await;
     }
+    // NOT_SERVING while the store cannot be read (PostgreSQL down).
+    let h = tasks.spawn(
+        crate::api::health::watch_store(
+            store.clone(),
+            health.clone(),
+            ["", admin_name, agent_name].map(String::from).to_vec(),
+            tasks_token.child_token(),
+        )
+        .instrument(tracing::info_span!("store health")),
+    );
+    names.insert(h.id(), "store health");
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
@@ -282,6 +302,39 @@ pub async fn serve_with(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let power = PowerHub::new();
+    // Power across replicas (docs/ha.md §5): the Peer service on every
+    // replica; on PostgreSQL the caps feed and the forwarder follow the role.
+    let peer_files = match &cfg.tls {
+        Some(t) => Some(t.load().map_err(|e| ServerError::Tls(e.to_string()))?),
+        None => None,
+    };
+    let (peer_auth, peer_connect) = match &peer_files {
+        Some(f) => (
+            crate::peer::PeerAuth::same_certificate(&f.cert).map_err(ServerError::Tls)?,
+            crate::peer::PeerConnect::tls(&f.client_ca, &f.cert, &f.key),
+        ),
+        None => (crate::peer::PeerAuth::plain(), crate::peer::PeerConnect::plain()),
+    };
+    if let Some(ha) = &ha {
+        let h = tasks.spawn(crate::power::caps_feed(
+            store.clone(),
+            power.clone(),
+            role.clone(),
+            tasks_token.child_token(),
+        ));
+        names.insert(h.id(), "power caps feed");
+        let h = tasks.spawn(crate::peer::forwarder(
+            power.clone(),
+            role.clone(),
+            ha.me.name.clone(),
+            peer_connect.clone(),
+            tasks_token.child_token(),
+        ));
+        names.insert(h.id(), "power forwarder");
+    }
+    let peer = crate::peer::PeerService::new(power.clone(), role.clone(), peer_auth)
+        .with_audit(audit.clone())
+        .into_server();
     if opts.run_reconciler {
         // The reconciler and the power engine, while this replica leads.
         let work = crate::leadership::LeaderWork {
@@ -298,7 +351,11 @@ pub async fn serve_with(
         names.insert(h.id(), "leadership");
     }
     // Agent sessions end with UNAVAILABLE on shutdown, so agents reconnect elsewhere.
-    let agent_stream = AgentStream::new(store.clone(), cfg.agents.clone())
+    let mut agent_stream = AgentStream::new(store.clone(), cfg.agents.clone());
+    if let Some(ha) = &ha {
+        agent_stream = agent_stream.with_replica(ha.me.name.clone(), role.clone());
+    }
+    let agent_stream = agent_stream
         .with_shutdown(&tasks_token)
         .with_power(power.clone())
         .with_require_identity(tls.is_some())
@@ -320,7 +377,14 @@ pub async fn serve_with(
         names.insert(h.id(), "reload");
     }
     let admin = GuardedAdmin::new(
-        AdminApi::new(store.clone(), tasks_token.child_token()).with_power(power.clone()),
+        AdminApi::new(store.clone(), tasks_token.child_token())
+            .with_power(power.clone())
+            .with_cluster(cluster)
+            .with_leader_power(crate::peer::LeaderPower::new(
+                power.clone(),
+                role.clone(),
+                peer_connect,
+            )),
         guard,
     )
     .into_server()
@@ -345,7 +409,8 @@ pub async fn serve_with(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(admin)
-        .add_service(agents);
+        .add_service(agents)
+        .add_service(peer);
     let stop = shutdown.clone();
     let stopped = async move { stop.cancelled().await };
     let server: std::pin::Pin<

@@ -8,11 +8,11 @@
 
 pub mod auth;
 pub mod cluster;
-pub mod health;
 mod crud;
 mod delete;
 pub mod error;
 mod flows;
+pub mod health;
 mod list;
 mod mask;
 mod typed;
@@ -51,6 +51,8 @@ pub struct AdminApi {
     pages: PageSizes,
     /// What GetClusterStatus reports (a lone SQLite coordinator unless `with_cluster`).
     cluster: ClusterSource,
+    /// GetPowerSummary from the leader's engine (replicas on PostgreSQL).
+    leader_power: Option<crate::peer::LeaderPower>,
 }
 
 impl AdminApi {
@@ -61,7 +63,15 @@ impl AdminApi {
             shutdown,
             pages: PageSizes::default(),
             cluster: ClusterSource::sqlite(cluster::host_name(), ""),
+            leader_power: None,
         }
+    }
+
+    /// Answer GetPowerSummary with what the leader's engine knows (a
+    /// follower asks the leader; the leader answers from its own hub).
+    pub fn with_leader_power(mut self, lp: crate::peer::LeaderPower) -> AdminApi {
+        self.leader_power = Some(lp);
+        self
     }
 
     /// List pages of these sizes instead of the defaults (tests use small pages).
@@ -170,6 +180,9 @@ impl AdminService for AdminApi {
         let req = req.into_inner();
         for (i, n) in req.nodes.iter().enumerate() {
             validate::name(&format!("nodes[{i}]"), n).map_err(Status::from)?;
+        }
+        if let Some(lp) = &self.leader_power {
+            return lp.summary(req).await.map(Response::new);
         }
         Ok(Response::new(self.power.summary(&req)))
     }

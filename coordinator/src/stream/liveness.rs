@@ -78,8 +78,6 @@ impl Liveness {
     /// says so (docs/ha.md §5). Call before the expiry task starts; a second
     /// call is refused (false). Without it, or on SQLite, this coordinator
     /// is the only one: it adopts and marks every node, as it always did.
-    // Until the server passes its replica (AgentStream), only tests call it.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn set_replica(&self, name: String, role: watch::Receiver<Role>) -> bool {
         self.replica.set(Replica { name, role }).is_ok()
     }

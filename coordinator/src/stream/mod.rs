@@ -360,6 +360,21 @@ impl AgentStream {
         self
     }
 
+    /// Serve as replica `name` of several on PostgreSQL, leading while
+    /// `role` says so: agent liveness is then shared through the store's
+    /// `sessions` (docs/ha.md §5). Call before [`Self::into_server`]; on
+    /// SQLite do not call it.
+    pub fn with_replica(
+        self,
+        name: String,
+        role: tokio::sync::watch::Receiver<crate::ha::Role>,
+    ) -> AgentStream {
+        if !self.shared.live.set_replica(name, role) {
+            tracing::warn!("agent stream replica set twice; the first stays");
+        }
+        self
+    }
+
     /// The tonic service. Starts the lease-expiry task (needs a tokio runtime).
     pub fn into_server(self) -> AgentServiceServer<AgentStream> {
         self.ensure_expiry_task();
@@ -435,9 +450,18 @@ impl AgentService for AgentStream {
         self.shared.live.touch(&node);
         let lease_ms = self.cfg.lease.as_millis() as i64;
         let h = hello.clone();
+        let (live, n) = (self.shared.live.clone(), node.clone());
+        // The Hello claims the node's session row in the same transaction,
+        // so no other replica's expiry sees the node unserved meanwhile.
         let exists = self
             .store
-            .write(move |t| status::record_hello(t, &h, lease_ms))
+            .write(move |t| {
+                let exists = status::record_hello(t, &h, lease_ms)?;
+                if exists {
+                    liveness::claim_session(t, &live, &n)?;
+                }
+                Ok::<_, StoreError>(exists)
+            })
             .await
             .map_err(StreamError::from)?;
         if !exists {
