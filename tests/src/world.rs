@@ -494,6 +494,36 @@ impl World {
             .into_inner())
     }
 
+    /// Replica `i`'s gRPC health for the whole server, asked through
+    /// `hostplane-coordinator health` with its config and the admin client
+    /// certificate: `SERVING`, `NOT_SERVING` (or another status name), or an
+    /// error saying why there was no answer.
+    pub async fn replica_health(&self, i: usize) -> Result<String> {
+        let r = &self.replicas[i];
+        let cfg = self.dir.join(format!("coordinator-{}.yaml", r.name));
+        let out = tokio::process::Command::new(bin("hostplane-coordinator")?)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["health", "--timeout", "2s", "--cert-file"])
+            .arg(self.tls_dir.join("client-admin.crt"))
+            .arg("--key-file")
+            .arg(self.tls_dir.join("client-admin.key"))
+            .output()
+            .await
+            .context("running hostplane-coordinator health")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match stdout.trim().rsplit_once(": ") {
+            Some((_, status)) if !status.is_empty() => Ok(status.to_string()),
+            _ => bail!(
+                "{}: no health status ({}): {}{}",
+                r.name,
+                out.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        }
+    }
+
     /// Waits until a running replica reports a live lease (a holder with
     /// `expires_in_ms`) held by a running replica, with an epoch of at least
     /// `min_epoch`, and that replica itself answers `role: leader`. Returns

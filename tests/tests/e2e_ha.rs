@@ -11,7 +11,9 @@
 //!   within the lease with the next epoch, every Dpu walks to Ready once, no
 //!   transition lost or repeated, every simulated DPU installed exactly once;
 //! - PostgreSQL restarted (fast shutdown, same data and port) mid-rollout:
-//!   the replicas reconnect and the rollout ends the same way.
+//!   every replica's gRPC health goes NOT_SERVING and back to SERVING, the
+//!   replicas reconnect (each writes and sees the others' writes) and the
+//!   rollout ends the same way.
 //!
 //! Each test skips, printing why, only when FUSE or the PostgreSQL binaries
 //! are missing.
@@ -124,6 +126,28 @@ async fn assert_cluster_status(w: &World, holder: &str, epoch: i64) {
     // World::wait_leader, which finds the leader through GetClusterStatus alone, agrees.
     let (found, _) = w.wait_leader(epoch, Duration::from_secs(5)).await.unwrap();
     assert_eq!(w.replicas[found].name, holder, "World::wait_leader");
+}
+
+/// Waits until every running replica's gRPC health is `status`.
+async fn wait_health(w: &World, status: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut last = Vec::new();
+        for (i, r) in w.replicas.iter().enumerate() {
+            if r.proc.is_some() {
+                let h = w.replica_health(i).await.unwrap_or_else(|e| format!("{e:#}"));
+                last.push((r.name.clone(), h));
+            }
+        }
+        if last.iter().all(|(_, h)| h == status) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas' health is not {status} after {timeout:?}: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn ha_opts(pg: &PgCluster, replicas: usize, dpus: usize, faults: Vec<String>) -> WorldOpts {
@@ -773,10 +797,17 @@ async fn postgres_restarted_mid_rollout_the_replicas_reconnect_and_nothing_is_lo
     with_logs(replica_logs(&w), async {
         let flashing = rec.wait_flashing(T).await;
         pg.stop_fast().expect("stop PostgreSQL");
+        let stopped = Instant::now();
         eprintln!("PostgreSQL stopped while {flashing} was flashing");
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Without their database the replicas say so to load balancers and
+        // probes (docs/ha.md §4), and serve again once it is back.
+        wait_health(&w, "NOT_SERVING", Duration::from_secs(10)).await;
+        eprintln!("every replica NOT_SERVING {:?} after the stop", stopped.elapsed());
         pg.start_again().expect("start PostgreSQL again");
-        eprintln!("PostgreSQL started again");
+        let started = Instant::now();
+        eprintln!("PostgreSQL started again after {:?}", stopped.elapsed());
+        wait_health(&w, "SERVING", Duration::from_secs(15)).await;
+        eprintln!("every replica SERVING {:?} after the start", started.elapsed());
 
         rec.wait_all_ready(6, "bfb-1", T).await;
         rec.settle(Duration::from_secs(1)).await;
