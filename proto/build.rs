@@ -22,7 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out.join("hostplane_descriptor.bin");
-    std::fs::write(&descriptor_path, protox::compile(public, ["proto"])?.encode_to_vec())?;
+    std::fs::write(
+        &descriptor_path,
+        protox::compile(public, ["proto"])?.encode_to_vec(),
+    )?;
     let fds = protox::compile(public.iter().chain(&internal), ["proto"])?;
 
     // google.protobuf.FieldMask comes from pbjson-types, which has its

@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod peer;
 pub mod power;
 pub mod server;
-pub mod storeops;
 pub mod store;
+pub mod storeops;
 pub mod stream;
 pub mod tls;

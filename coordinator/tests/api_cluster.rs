@@ -348,7 +348,10 @@ fn two_postgres_replicas_show_each_other_and_the_leader() {
         )),
         "{err:?}"
     );
-    assert!(err.message().contains("is not currently accepting connections"), "{err:?}");
+    assert!(
+        err.message().contains("is not currently accepting connections"),
+        "{err:?}"
+    );
     // Back: the next call reconnects.
     fx.allow_connections();
     let back = fx.wait_status(&mut stays, Duration::from_secs(10), "answering again", |s| {
