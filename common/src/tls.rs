@@ -126,6 +126,18 @@ pub fn pem_cert_name(pem: &[u8]) -> Option<String> {
     cert_name(&der)
 }
 
+/// The first DNS Subject Alternative Name of the first certificate in a PEM
+/// file's bytes (what a TLS client can verify the certificate as).
+pub fn pem_first_dns_name(pem: &[u8]) -> Option<String> {
+    let der = CertificateDer::pem_slice_iter(pem).next()?.ok()?;
+    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+    let san = cert.subject_alternative_name().ok().flatten()?;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::DNSName(d) if !d.is_empty() => Some(d.to_string()),
+        _ => None,
+    })
+}
+
 /// When the first certificate in `pem` expires (for a log line at start).
 pub fn not_after(pem: &[u8]) -> Option<String> {
     let der = CertificateDer::pem_slice_iter(pem).next()?.ok()?;

@@ -242,17 +242,20 @@ impl PeerConnect {
 
     /// TLS (`https://`): the other replicas' server certificates are checked
     /// against `ca_pem` (the server's `tls.client_ca_file`: one CA signs the
-    /// replicas' certificates) and the name in their address; this replica
-    /// presents `cert_pem`/`key_pem` (its own server certificate, see
-    /// [`PeerAuth::same_certificate`]).
+    /// replicas' certificates); this replica presents `cert_pem`/`key_pem`
+    /// (its own server certificate, see [`PeerAuth::same_certificate`]).
+    /// The replicas share that certificate, so the leader's is verified as
+    /// the first DNS name in this replica's own, whatever host or IP the
+    /// leader's address names (a pod IP in Kubernetes); without a DNS name,
+    /// as the host of the address.
     pub fn tls(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> PeerConnect {
-        PeerConnect {
-            tls: Some(
-                ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(ca_pem))
-                    .identity(Identity::from_pem(cert_pem, key_pem)),
-            ),
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .identity(Identity::from_pem(cert_pem, key_pem));
+        if let Some(name) = hostplane_common::tls::pem_first_dns_name(cert_pem) {
+            tls = tls.domain_name(name);
         }
+        PeerConnect { tls: Some(tls) }
     }
 
     /// The URL of a replica at `addr` (`host:port`, as in the `leader` row).
