@@ -32,6 +32,7 @@ use tokio_stream::StreamExt;
 /// The lease the replicas run with (PgStore::new).
 const LEASE: Duration = Duration::from_secs(3);
 const RENEW_EVERY: Duration = Duration::from_millis(500);
+const RENEW_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a rollout may take.
 const T: Duration = Duration::from_secs(45);
 
@@ -803,6 +804,8 @@ async fn postgres_restarted_mid_rollout_the_replicas_reconnect_and_nothing_is_lo
         // probes (docs/ha.md §4), and serve again once it is back.
         wait_health(&w, "NOT_SERVING", Duration::from_secs(10)).await;
         eprintln!("every replica NOT_SERVING {:?} after the stop", stopped.elapsed());
+        // Down past renew_deadline: the leader cannot renew and must step down.
+        tokio::time::sleep(RENEW_DEADLINE + Duration::from_millis(500)).await;
         pg.start_again().expect("start PostgreSQL again");
         let started = Instant::now();
         eprintln!("PostgreSQL started again after {:?}", stopped.elapsed());
@@ -816,8 +819,11 @@ async fn postgres_restarted_mid_rollout_the_replicas_reconnect_and_nothing_is_lo
         let rshims: Vec<String> = (0..6).map(|n| format!("rshim{n}")).collect();
         assert_flashed_once(&w, &rshims, "4.9.0");
         // Every replica is back on the database: each answers with the leader row's holder.
+        // The first leader stepped down at its deadline, so leading again took
+        // one takeover (by it or another replica): epoch 2.
         let (holder, epoch) = wait_db_leader(&pg, 1, Duration::from_secs(15)).await;
         eprintln!("after the restart {holder} leads with epoch {epoch}");
+        assert_eq!(epoch, 2, "one takeover after the outage");
         assert_cluster_status(&w, &holder, epoch).await;
         // Each replica writes again (a flavor through each) and follows the
         // others' writes (each one's view holds all three).
