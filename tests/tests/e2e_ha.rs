@@ -375,6 +375,25 @@ async fn open_watch(admin: &mut Admin, from: u64) -> Result<tonic::Streaming<v1:
         .into_inner())
 }
 
+/// Every Dpu a List on `admin` returns, by name.
+async fn dpus_listed(admin: &mut Admin) -> BTreeMap<String, v1::Dpu> {
+    admin
+        .list(v1::ListRequest {
+            kind: Kind::Dpu as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("list dpus")
+        .into_inner()
+        .items
+        .into_iter()
+        .filter_map(|r| match r.kind {
+            Some(v1::resource::Kind::Dpu(d)) => Some((name_of(&d), d)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn dpu_of(e: &v1::WatchEvent) -> Option<&v1::Dpu> {
     match e.resource.as_ref()?.kind.as_ref()? {
         v1::resource::Kind::Dpu(d) => Some(d),
@@ -773,6 +792,34 @@ async fn the_leader_killed_mid_rollout_is_replaced_and_nothing_is_lost_or_flashe
             conns.len() > n1_before.len() && !conns.last().unwrap().contains(&dead),
             "n1's agent did not move off the killed leader: {conns:#?}"
         );
+
+        // The killed replica started again under its name joins as a follower:
+        // the new leader keeps its term, and the returning replica's view holds
+        // what happened while it was away.
+        w.start_replica(l).unwrap();
+        let mut back = w.replica_admin(l).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let listed = dpus_listed(&mut back).await;
+            if listed == rec.dpus() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{holder} restarted does not list the Dpus the others hold: {:?}",
+                listed
+                    .iter()
+                    .map(|(n, d)| (n.clone(), phase_of(d)))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            db_leader(&pg),
+            (new_holder.clone(), new_epoch, true),
+            "the returning replica took the lease"
+        );
+        assert_cluster_status(&w, &new_holder, new_epoch).await;
     })
     .await;
     reboots.abort();
