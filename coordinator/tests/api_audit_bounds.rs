@@ -2,6 +2,8 @@
 //! calls with a 1 MiB field add a bounded amount per call (fields cut to
 //! `audit::MAX_FIELD`), and refusals are recorded at most
 //! `audit::REFUSALS_PER_MINUTE` a minute per peer and identity.
+mod backend;
+
 use std::path::Path;
 
 use hostplane_coordinator::api::auth::{AuthConfig, hash_token};
@@ -54,7 +56,7 @@ async fn refusals_with_a_huge_field_grow_the_audit_file_by_a_bounded_amount() {
         audit_file: Some(audit.clone()),
         ..AuthConfig::default()
     };
-    let store = server::open_store(cfg.store.path.clone()).await.unwrap();
+    let store = backend::store_at(&cfg.store.path);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
@@ -62,7 +64,7 @@ async fn refusals_with_a_huge_field_grow_the_audit_file_by_a_bounded_amount() {
         store: Some(store),
         run_reconciler: false,
         reload: None,
-        ..ServeOptions::default()
+        ha: backend::ha_at(&cfg.store.path, addr),
     };
     let server = tokio::spawn(server::serve_with(cfg, listener, stop.clone(), opts));
     let mut c = AdminServiceClient::connect(format!("http://{addr}"))

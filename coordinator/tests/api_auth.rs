@@ -2,6 +2,8 @@
 //! a missing or unknown token is UNAUTHENTICATED, a viewer deleting or an
 //! operator creating is PERMISSION_DENIED — each changes nothing and is in
 //! the audit log; allowed mutating calls are audited with who, what, result.
+mod backend;
+
 use std::time::Duration;
 
 use hostplane_coordinator::api::auth::{AuthConfig, hash_token};
@@ -68,7 +70,7 @@ async fn tokens_roles_and_the_audit_log() {
         audit_file: Some(audit.clone()),
         ..AuthConfig::default()
     };
-    let store = server::open_store(cfg.store.path.clone()).await.unwrap();
+    let store = backend::store_at(&cfg.store.path);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
@@ -77,7 +79,7 @@ async fn tokens_roles_and_the_audit_log() {
         store: Some(store),
         run_reconciler: false,
         reload: Some(reload.clone()),
-        ..ServeOptions::default()
+        ha: backend::ha_at(&cfg.store.path, addr),
     };
     let srv = tokio::spawn(server::serve_with(cfg, listener, stop.clone(), opts));
     let mut c = loop {

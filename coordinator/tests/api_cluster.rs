@@ -14,6 +14,7 @@
 //!
 //! The PostgreSQL tests skip, printing why, only when the binaries are missing.
 mod api_common;
+mod backend;
 
 use std::time::Duration;
 
@@ -66,8 +67,11 @@ async fn status(c: &mut AdminServiceClient<Channel>) -> Result<ClusterStatus, to
 
 #[tokio::test]
 async fn sqlite_server_is_one_replica_leading_with_epoch_0() {
+    // About the SQLite coordinator itself (backend "sqlite", its schema
+    // version): SQLite whatever HOSTPLANE_TEST_STORE says; the PostgreSQL
+    // replicas are the tests below.
     let dir = tempfile::tempdir().unwrap();
-    let srv = api_common::start(&dir.path().join("c.db")).await;
+    let srv = api_common::start_sqlite(&dir.path().join("c.db")).await;
     let mut c = srv.client().await;
     c.create(node("n1")).await.unwrap();
     c.create(node("n2")).await.unwrap();
@@ -108,6 +112,8 @@ async fn a_viewer_may_read_the_cluster_status_an_unknown_token_may_not() {
         ..AuthConfig::default()
     };
     let guard = Guard::from_config(&cfg, false, Audit::default()).unwrap();
+    // The single SQLite coordinator's answer (ClusterSource::sqlite), so
+    // its store is SQLite whatever HOSTPLANE_TEST_STORE says.
     let store = Store::in_memory().unwrap();
     let api = AdminApi::new(store, CancellationToken::new())
         .with_cluster(ClusterSource::sqlite("solo", "solo:50051"));

@@ -1,5 +1,6 @@
 //! Create / Get / List / Update / Delete against a real server.
 mod api_common;
+mod backend;
 
 use api_common::*;
 use hostplane_proto::v1::{

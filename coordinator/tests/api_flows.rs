@@ -1,5 +1,6 @@
 //! The upstream flows, one call each.
 mod api_common;
+mod backend;
 
 use api_common::*;
 use hostplane_proto::v1::{

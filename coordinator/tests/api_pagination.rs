@@ -4,7 +4,10 @@
 //! first page (nothing that existed then is skipped or repeated, nothing
 //! created since shows up); bad tokens and sizes are INVALID_ARGUMENT, a
 //! snapshot the history no longer holds is ABORTED. The handler is called
-//! through its gRPC trait, in process.
+//! through its gRPC trait, in process, on the store engine
+//! `HOSTPLANE_TEST_STORE` picks (`tests/backend`).
+mod backend;
+
 use hostplane_coordinator::api::{AdminApi, MAX_PAGE_SIZE, PageSizes};
 use hostplane_coordinator::store::Store;
 use hostplane_proto::v1::admin_service_server::AdminService;
@@ -170,7 +173,7 @@ proptest! {
         selector in proptest::option::of(0u8..3),
     ) {
         runtime().block_on(async {
-            let a = api(Store::in_memory().unwrap(), small_pages(MAX_PAGE_SIZE));
+            let a = api(backend::store(), small_pages(MAX_PAGE_SIZE));
             for (n, rack) in &fleet {
                 create(&a, node(&format!("n{n:03}"), *rack)).await;
             }
@@ -211,7 +214,7 @@ proptest! {
         writes in proptest::collection::vec(proptest::collection::vec(write_strategy(), 0..5), 0..20),
     ) {
         runtime().block_on(async {
-            let a = api(Store::in_memory().unwrap(), small_pages(MAX_PAGE_SIZE));
+            let a = api(backend::store(), small_pages(MAX_PAGE_SIZE));
             for (n, rack) in &fleet {
                 create(&a, node(&format!("n{n:03}"), *rack)).await;
             }
@@ -242,7 +245,7 @@ proptest! {
 #[tokio::test]
 async fn page_size_zero_is_the_default_and_larger_is_the_maximum() {
     let a = api(
-        Store::in_memory().unwrap(),
+        backend::store(),
         PageSizes {
             default_items: 3,
             max_items: 5,
@@ -274,7 +277,7 @@ async fn page_size_zero_is_the_default_and_larger_is_the_maximum() {
 #[tokio::test]
 async fn a_page_stops_before_its_byte_budget_but_holds_at_least_one_object() {
     let a = api(
-        Store::in_memory().unwrap(),
+        backend::store(),
         PageSizes {
             max_bytes: 10_000,
             ..PageSizes::default()
@@ -317,7 +320,7 @@ async fn a_page_stops_before_its_byte_budget_but_holds_at_least_one_object() {
 
 #[tokio::test]
 async fn damaged_or_foreign_tokens_are_invalid_and_change_nothing() {
-    let a = api(Store::in_memory().unwrap(), small_pages(2));
+    let a = api(backend::store(), small_pages(2));
     for i in 0..5 {
         create(&a, node(&format!("n{i}"), i % 2)).await;
         let d = hostplane_proto::v1::Device {
@@ -399,7 +402,7 @@ async fn damaged_or_foreign_tokens_are_invalid_and_change_nothing() {
 #[tokio::test]
 async fn a_snapshot_the_history_no_longer_holds_is_aborted() {
     // History of 5 revisions: 20 writes between two pages outrun it.
-    let a = api(Store::in_memory_with_retention(5).unwrap(), small_pages(2));
+    let a = api(backend::store_with_retention(5), small_pages(2));
     for i in 0..6 {
         create(&a, node(&format!("n{i}"), 0)).await;
     }
@@ -423,7 +426,7 @@ async fn a_snapshot_the_history_no_longer_holds_is_aborted() {
 #[tokio::test]
 async fn a_token_from_the_future_is_invalid() {
     // A token minted by one store is ahead of a younger one.
-    let old = api(Store::in_memory().unwrap(), small_pages(1));
+    let old = api(backend::store(), small_pages(1));
     for i in 0..3 {
         create(&old, node(&format!("n{i}"), 0)).await;
     }
@@ -431,7 +434,7 @@ async fn a_token_from_the_future_is_invalid() {
         .await
         .unwrap()
         .next_page_token;
-    let young = api(Store::in_memory().unwrap(), small_pages(1));
+    let young = api(backend::store(), small_pages(1));
     create(&young, node("n0", 0)).await;
     let e = list(&young, nodes_req(1, token)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -445,7 +448,7 @@ async fn watch_from_the_listing_version_sees_the_writes_between_pages() {
     use hostplane_proto::v1::WatchRequest;
     use tokio_stream::StreamExt;
 
-    let a = api(Store::in_memory().unwrap(), small_pages(2));
+    let a = api(backend::store(), small_pages(2));
     for i in 0..5 {
         create(&a, node(&format!("n{i}"), 0)).await;
     }
@@ -485,6 +488,8 @@ fn a_python_client_built_from_reflection_pages_and_masks() {
         have,
         "python3 with grpcio and grpcio-reflection is needed: run scripts/setup"
     );
+    // The binary on its default engine, a SQLite file (`--store`): this is
+    // about the binary's interface; paging itself runs on both engines above.
     let dir = tempfile::tempdir().unwrap();
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

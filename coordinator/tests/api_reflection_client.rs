@@ -18,7 +18,9 @@ impl Drop for Coordinator {
     }
 }
 
-/// The coordinator's log goes to `dir/coordinator.log`.
+/// The coordinator's log goes to `dir/coordinator.log`. The binary runs on
+/// its default engine, a SQLite file (`--store`): this is about the gRPC
+/// surface a stock client sees, which the store engine does not change.
 fn start(dir: &std::path::Path) -> (Coordinator, SocketAddr) {
     let log = std::fs::File::create(dir.join("coordinator.log")).unwrap();
     // A free port: bind, note, release (the coordinator binds it next).

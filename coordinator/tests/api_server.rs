@@ -1,6 +1,7 @@
 //! The server around the API: health, reflection, restarts, and the binary
 //! (exit codes, config validation, SIGTERM).
 mod api_common;
+mod backend;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -224,6 +225,9 @@ async fn sigterm(mut child: Child) -> i32 {
 
 #[tokio::test]
 async fn the_binary_serves_stops_on_sigterm_and_keeps_its_store() {
+    // The binary on its default engine, a SQLite file (`store.path`): this
+    // is about the process (SIGTERM, restart); the in-process restart above
+    // runs on both engines.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.yaml");
     let store = dir.path().join("data/c.db");

@@ -1,10 +1,11 @@
 //! A NACK through the real agent stream: the Dpu waiting on the refused desired state goes to
 //! Error at once (reason Nacked, with the agent's error and the version), not at its timeout.
+mod backend;
+
 use std::time::Duration;
 
 use hostplane_coordinator::fsm::testing::{get_node, one_dpu, seed, wait_phase};
 use hostplane_coordinator::fsm::{FsmConfig, Reconciler};
-use hostplane_coordinator::store::Store;
 use hostplane_coordinator::stream::AgentStream;
 use hostplane_proto::v1::{DpuPhase, Nack, NodeEffect, RebootMethod, agent_message, command};
 use tokio_util::sync::CancellationToken;
@@ -46,7 +47,7 @@ async fn agent(addr: std::net::SocketAddr) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_nacked_desired_state_fails_the_dpu_waiting_on_it() {
-    let store = Store::in_memory().unwrap();
+    let store = backend::store();
     seed(&store, one_dpu(RebootMethod::Agent, "b1", NodeEffect::Auto)).await;
     let stop = CancellationToken::new();
     let fsm = FsmConfig {

@@ -1,4 +1,6 @@
 //! One host reboot per node, never while a sibling DPU is mid-install.
+mod backend;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -56,7 +58,7 @@ async fn env(reboot: RebootMethod) -> Env {
 }
 
 async fn env_with(o: Opts) -> Env {
-    let store = Store::in_memory().unwrap();
+    let store = backend::store();
     seed(
         &store,
         vec![

@@ -1,6 +1,8 @@
 //! A coordinator restart mid-OSInstalling: the Dpu stays where it was, its
 //! flash command stays open (the agent still runs it), and its result, when
 //! it comes, moves the Dpu on.
+mod backend;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +10,6 @@ use hostplane_coordinator::fsm::testing::{
     Answer, FakeAgent, action_name, get_dpu, one_dpu, phase, result, seed, succeed_all, wait_phase,
 };
 use hostplane_coordinator::fsm::{FsmConfig, Reconciler};
-use hostplane_coordinator::store::Store;
 use hostplane_proto::v1::{Command, CommandOutcome, DpuPhase, NodeEffect, RebootMethod, command};
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +27,7 @@ async fn a_restarted_reconciler_resumes_mid_os_installing() {
     let path = dir.path().join("coordinator.db");
 
     let flash_id = {
-        let store = Store::open(&path).unwrap();
+        let store = backend::store_at(&path);
         seed(&store, one_dpu(RebootMethod::Agent, "b1", NodeEffect::Auto)).await;
         let stop = CancellationToken::new();
         let no_flash: Answer = Arc::new(|c: &Command| {
@@ -41,8 +42,8 @@ async fn a_restarted_reconciler_resumes_mid_os_installing() {
         d.status.unwrap().command_id
     };
 
-    // A new process: same file, new store, new reconciler.
-    let store = Store::open(&path).unwrap();
+    // A new process: same file (or database), new store, new reconciler.
+    let store = backend::store_at(&path);
     let d = get_dpu(&store, "d1").await.unwrap();
     assert_eq!(phase(&d), DpuPhase::OsInstalling);
     assert_eq!(d.status.as_ref().unwrap().command_id, flash_id);

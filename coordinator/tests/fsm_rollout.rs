@@ -1,5 +1,7 @@
 //! Deployment controller: rollout within max_unavailable, reprovisioning,
 //! conflicts between Deployments, and graceful deletion.
+mod backend;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,7 +80,7 @@ fn replay(events: &[WatchEvent], names: &[&str], from_rev: u64) -> (usize, usize
 }
 
 async fn three_dpus(answer: Answer) -> (Store, CancellationToken, Arc<Mutex<Vec<WatchEvent>>>) {
-    let store = Store::in_memory().unwrap();
+    let store = backend::store();
     let stop = CancellationToken::new();
     let log = record(&store, stop.clone());
     seed(
@@ -297,7 +299,7 @@ async fn reprovision_deletes_and_recreates_the_dpu_which_walks_again() {
 
 #[tokio::test]
 async fn the_older_deployment_owns_a_contested_device() {
-    let store = Store::in_memory().unwrap();
+    let store = backend::store();
     seed(
         &store,
         vec![

@@ -1,16 +1,17 @@
 //! 1,000 Dpus through the whole machine with a fake agent (answers through the
 //! store). Checks that every Dpu gets there and reports how long it took; run
 //! with `cargo test -p hostplane-coordinator --release --test fsm_scale -- --ignored --nocapture`.
+mod backend;
+
 use std::time::{Duration, Instant};
 
 use hostplane_coordinator::fsm::testing::{self, FakeAgent, seed, succeed_all};
 use hostplane_coordinator::fsm::{FsmConfig, Reconciler};
-use hostplane_coordinator::store::Store;
 use hostplane_proto::v1::{DpuPhase, Kind, NodeEffect, RebootMethod, resource};
 use tokio_util::sync::CancellationToken;
 
 async fn run(nodes: usize, per_node: usize, max_unavailable: u32) -> Duration {
-    let store = Store::in_memory().unwrap();
+    let store = backend::store();
     let mut objs = vec![testing::bfb("b1"), testing::flavor("f1")];
     for n in 0..nodes {
         objs.push(testing::node(&format!("n{n}"), RebootMethod::Agent));

@@ -1,4 +1,6 @@
 //! Phase timeouts, and what an Unreachable node does to them.
+mod backend;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ fn no_flash() -> Answer {
 }
 
 async fn start(cfg: FsmConfig, bfb: &str, effect: NodeEffect, answer: Answer) -> (Store, CancellationToken) {
-    let store = Store::in_memory().unwrap();
+    let store = backend::store();
     seed(&store, one_dpu(RebootMethod::External, bfb, effect)).await;
     let stop = CancellationToken::new();
     tokio::spawn(Reconciler::new(store.clone(), cfg).run(stop.clone()));
@@ -156,7 +158,7 @@ async fn an_unreachable_node_pauses_the_timeout_and_says_so() {
 
 #[tokio::test]
 async fn a_pending_dpu_waits_for_an_unreachable_node() {
-    let store = Store::in_memory().unwrap();
+    let store = backend::store();
     let mut fleet = one_dpu(RebootMethod::External, "b1", NodeEffect::Auto);
     if let Some(resource::Kind::Node(n)) = &mut fleet[0].kind {
         n.status.get_or_insert_default().reachable = false;

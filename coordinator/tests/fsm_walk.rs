@@ -1,5 +1,7 @@
-//! The Dpu state machine end to end against an in-memory store, with a fake
+//! The Dpu state machine end to end against a fresh store (`tests/backend`), with a fake
 //! agent answering commands through the store.
+mod backend;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +37,7 @@ fn cfg() -> FsmConfig {
 
 /// One node n1 with one device d1 (rshim0), bfb b1, flavor f1, deployment dep.
 async fn env(reboot: RebootMethod, effect: NodeEffect, answer: Answer) -> Env {
-    let store = Store::in_memory().unwrap();
+    let store = backend::store();
     seed(
         &store,
         vec![
@@ -99,7 +101,7 @@ fn answer_except(except: &'static str, outcome: Option<(CommandOutcome, &'static
 
 #[tokio::test]
 async fn walks_to_ready_with_auto_and_issues_the_right_commands() {
-    let store = Store::in_memory().unwrap();
+    let store = backend::store();
     seed(
         &store,
         vec![

@@ -1,5 +1,7 @@
 //! Shared by the `api_*` integration tests: a real coordinator server on
-//! 127.0.0.1:0 over a tempdir store, a client, and fixtures.
+//! 127.0.0.1:0 over a store at a tempdir path (on the engine
+//! `HOSTPLANE_TEST_STORE` picks: `tests/backend`), a client, and fixtures.
+//! A test file using it declares `mod backend;` too.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -33,7 +35,23 @@ pub async fn start(path: &Path) -> TestServer {
     start_with(path, false).await
 }
 
+/// A server on the store at `path` (`backend::store_at`: the same path
+/// again is a restart on the same data, on either engine).
+/// On PostgreSQL the server is elected leader as a coordinator there is.
 pub async fn start_with(path: &Path, run_reconciler: bool) -> TestServer {
+    start_on(crate::backend::store_at(path), true, path, run_reconciler).await
+}
+
+/// A server on the SQLite file at `path` whatever the engine, for tests
+/// about the single SQLite coordinator itself.
+pub async fn start_sqlite(path: &Path) -> TestServer {
+    let store = server::open_store(path.to_path_buf()).await.expect("open store");
+    start_on(store, false, path, false).await
+}
+
+/// A server on `store`; `path` is the config's `store.path`; `elect`: on
+/// PostgreSQL, take part in the election (`backend::ha_at`).
+async fn start_on(store: Store, elect: bool, path: &Path, run_reconciler: bool) -> TestServer {
     // Logs show with the output of a failing test (or with --nocapture).
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -42,7 +60,6 @@ pub async fn start_with(path: &Path, run_reconciler: bool) -> TestServer {
     let mut cfg = Config::default();
     cfg.store.path = path.to_path_buf();
     cfg.shutdown_grace = Duration::from_secs(5);
-    let store = server::open_store(path.to_path_buf()).await.expect("open store");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -50,7 +67,11 @@ pub async fn start_with(path: &Path, run_reconciler: bool) -> TestServer {
         store: Some(store.clone()),
         run_reconciler,
         reload: None,
-        ..ServeOptions::default()
+        ha: if elect {
+            crate::backend::ha_at(path, addr)
+        } else {
+            None
+        },
     };
     let handle = tokio::spawn(server::serve_with(cfg, listener, shutdown.clone(), opts));
     TestServer {
