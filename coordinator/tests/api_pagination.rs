@@ -488,9 +488,10 @@ fn a_python_client_built_from_reflection_pages_and_masks() {
         have,
         "python3 with grpcio and grpcio-reflection is needed: run scripts/setup"
     );
-    // The binary on its default engine, a SQLite file (`--store`): this is
-    // about the binary's interface; paging itself runs on both engines above.
+    // The binary on the config's store (`tests/backend`).
     let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("coordinator.yaml");
+    std::fs::write(&config, backend::store_yaml(&dir.path().join("store.db"))).unwrap();
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -504,8 +505,8 @@ fn a_python_client_built_from_reflection_pages_and_masks() {
     }
     let _coordinator = Kill(
         Command::new(env!("CARGO_BIN_EXE_hostplane-coordinator"))
-            .args(["--listen", &addr.to_string(), "--insecure", "--store"])
-            .arg(dir.path().join("store.db"))
+            .args(["--listen", &addr.to_string(), "--insecure", "--config"])
+            .arg(&config)
             .env("HOSTPLANE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

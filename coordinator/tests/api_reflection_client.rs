@@ -5,6 +5,8 @@
 //! or label key, INVALID_ARGUMENT for bytes that are no message, and
 //! RESOURCE_EXHAUSTED for a request over the size limit
 //! (coordinator/testdata/reflection_client.py does the talking).
+mod backend;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,16 +20,17 @@ impl Drop for Coordinator {
     }
 }
 
-/// The coordinator's log goes to `dir/coordinator.log`. The binary runs on
-/// its default engine, a SQLite file (`--store`): this is about the gRPC
-/// surface a stock client sees, which the store engine does not change.
+/// The coordinator's log goes to `dir/coordinator.log`; its store is the
+/// config's (`tests/backend`: SQLite's file or a PostgreSQL database).
 fn start(dir: &std::path::Path) -> (Coordinator, SocketAddr) {
     let log = std::fs::File::create(dir.join("coordinator.log")).unwrap();
+    let config = dir.join("coordinator.yaml");
+    std::fs::write(&config, backend::store_yaml(&dir.join("store.db"))).unwrap();
     // A free port: bind, note, release (the coordinator binds it next).
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_hostplane-coordinator"))
-        .args(["--listen", &addr.to_string(), "--insecure", "--store"])
-        .arg(dir.join("store.db"))
+        .args(["--listen", &addr.to_string(), "--insecure", "--config"])
+        .arg(&config)
         .env("HOSTPLANE_LOG", "info")
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))

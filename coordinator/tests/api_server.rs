@@ -225,17 +225,17 @@ async fn sigterm(mut child: Child) -> i32 {
 
 #[tokio::test]
 async fn the_binary_serves_stops_on_sigterm_and_keeps_its_store() {
-    // The binary on its default engine, a SQLite file (`store.path`): this
-    // is about the process (SIGTERM, restart); the in-process restart above
-    // runs on both engines.
+    // The store in the config (`tests/backend`): SQLite's file, or the
+    // PostgreSQL database with its password file, where the restarted
+    // binary is elected again.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.yaml");
     let store = dir.path().join("data/c.db");
     std::fs::write(
         &config,
         format!(
-            "store:\n  path: {}\nshutdown_grace: 2s\ninsecure: true\n",
-            store.display()
+            "{}shutdown_grace: 2s\ninsecure: true\n",
+            backend::store_yaml(&store)
         ),
     )
     .unwrap();

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use hostplane_common::testing::pg::USER;
 use hostplane_common::testing::pg_shared::{self, SharedPg};
 use hostplane_coordinator::ha::{LeaseConfig, Replica};
 use hostplane_coordinator::server::HaOptions;
@@ -97,6 +98,32 @@ pub fn ha_at(path: &Path, listen: SocketAddr) -> Option<HaOptions> {
     }
 }
 
+/// The coordinator config's `store:` section for the store at `path`, for
+/// the binary: SQLite's `path`, or on PostgreSQL `backend: postgres` with
+/// the URL of `path`'s database (no password in it) and a password file
+/// written next to `path` (as an operator configures it: docs/postgres.md).
+pub fn store_yaml(path: &Path) -> String {
+    match engine() {
+        Engine::Sqlite => format!("store:\n  path: {}\n", path.display()),
+        Engine::Postgres => {
+            let pg = cluster();
+            let db = database_name_for(&pg, path);
+            let password_file = path.with_extension("password");
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+            }
+            std::fs::write(&password_file, format!("{}\n", pg.password))
+                .unwrap_or_else(|e| panic!("write {}: {e}", password_file.display()));
+            format!(
+                "store:\n  backend: postgres\n  postgres:\n    url: postgres://{USER}@127.0.0.1:{port}/{db}\n    \
+                 password_file: {pw}\n    sslmode: disable\n",
+                port = pg.port,
+                pw = password_file.display(),
+            )
+        }
+    }
+}
+
 /// Runs `sql` (one or more statements, in the engine's dialect) on the
 /// store at `path` outside the coordinator, as an operator's shell or a
 /// retention job would: `store_at`'s file or database.
@@ -140,8 +167,13 @@ fn cluster() -> SharedPg {
 
 /// A new empty database in the shared cluster; its URL.
 fn create_database() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
     let pg = cluster();
+    pg.url(&new_database(&pg))
+}
+
+/// A new empty database in `pg`; its name.
+fn new_database(pg: &SharedPg) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
     let db = format!(
         "api_{}_{}",
         std::process::id(),
@@ -155,17 +187,24 @@ fn create_database() -> String {
         c.batch_execute(&create)
             .unwrap_or_else(|e| panic!("{create}: {e}"));
     });
-    pg.url(&db)
+    db
 }
 
-/// The database standing for the file `path` (one per path per process).
+/// The URL of the database standing for the file `path`.
 fn database_for(path: &Path) -> String {
+    let pg = cluster();
+    pg.url(&database_name_for(&pg, path))
+}
+
+/// The database standing for the file `path` (one per path per process,
+/// created on first use); its name.
+fn database_name_for(pg: &SharedPg, path: &Path) -> String {
     static BY_PATH: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
     let mut by_path = BY_PATH.lock().unwrap_or_else(|p| p.into_inner());
     by_path
         .get_or_insert_with(HashMap::new)
         .entry(path.to_path_buf())
-        .or_insert_with(create_database)
+        .or_insert_with(|| new_database(pg))
         .clone()
 }
 
