@@ -3,7 +3,6 @@
 //! INVALID_ARGUMENT naming the field, with a short message (never the value
 //! itself), and change nothing in the store.
 mod api_common;
-mod backend;
 
 use std::collections::HashMap;
 

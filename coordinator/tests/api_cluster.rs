@@ -14,7 +14,6 @@
 //!
 //! The PostgreSQL tests skip, printing why, only when the binaries are missing.
 mod api_common;
-mod backend;
 
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
 //! Create / Get / List / Update / Delete against a real server.
 mod api_common;
-mod backend;
 
 use api_common::*;
 use hostplane_proto::v1::{

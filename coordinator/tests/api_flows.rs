@@ -1,6 +1,5 @@
 //! The upstream flows, one call each.
 mod api_common;
-mod backend;
 
 use api_common::*;
 use hostplane_proto::v1::{

@@ -1,7 +1,6 @@
 //! The server around the API: health, reflection, restarts, and the binary
 //! (exit codes, config validation, SIGTERM).
 mod api_common;
-mod backend;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -5,7 +5,6 @@
 //! as for a full replacement, which a mask-less Update still is. Over gRPC
 //! against the real server.
 mod api_common;
-mod backend;
 
 use api_common::*;
 use hostplane_proto::pbjson_types::FieldMask;

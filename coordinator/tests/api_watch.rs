@@ -1,7 +1,6 @@
 //! Watch: snapshot then live changes, resumption from a version, history
 //! limits, catching up after falling behind, and shutdown.
 mod api_common;
-mod backend;
 
 use std::time::Duration;
 

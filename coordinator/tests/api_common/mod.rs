@@ -1,8 +1,12 @@
 //! Shared by the `api_*` integration tests: a real coordinator server on
 //! 127.0.0.1:0 over a store at a tempdir path (on the engine
-//! `HOSTPLANE_TEST_STORE` picks: `tests/backend`), a client, and fixtures.
-//! A test file using it declares `mod backend;` too.
+//! `HOSTPLANE_TEST_STORE` picks: `tests/backend`, here as
+//! `api_common::backend`, so a test and its servers share one map of paths
+//! to databases), a client, and fixtures.
 #![allow(dead_code)]
+
+#[path = "../backend/mod.rs"]
+pub mod backend;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,7 +43,7 @@ pub async fn start(path: &Path) -> TestServer {
 /// again is a restart on the same data, on either engine).
 /// On PostgreSQL the server is elected leader as a coordinator there is.
 pub async fn start_with(path: &Path, run_reconciler: bool) -> TestServer {
-    start_on(crate::backend::store_at(path), true, path, run_reconciler).await
+    start_on(backend::store_at(path), true, path, run_reconciler).await
 }
 
 /// A server on the SQLite file at `path` whatever the engine, for tests
@@ -67,11 +71,7 @@ async fn start_on(store: Store, elect: bool, path: &Path, run_reconciler: bool) 
         store: Some(store.clone()),
         run_reconciler,
         reload: None,
-        ha: if elect {
-            crate::backend::ha_at(path, addr)
-        } else {
-            None
-        },
+        ha: if elect { backend::ha_at(path, addr) } else { None },
     };
     let handle = tokio::spawn(server::serve_with(cfg, listener, shutdown.clone(), opts));
     TestServer {
