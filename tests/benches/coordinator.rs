@@ -772,11 +772,15 @@ async fn bench_on(
         kill_gap: settings.kill_gap,
         phase_log,
         dpus,
+        leader_source: match c.leader_from_db() {
+            true => "the database's leader row: GetClusterStatus does not report the cluster",
+            false => "GetClusterStatus",
+        },
     };
     let ha_problems = ha.print(&report);
     problems.extend(ha_problems);
-    let ha_row =
-        (settings.backend == Backend::Postgres || settings.phase_watch).then(|| ha.row(&figures, &report));
+    // Also for SQLite: the same columns for the single coordinator to compare with.
+    let ha_row = Some(ha.row(&figures, &report));
     Ok(Outcome {
         row: figures.row(&report),
         ha_row,

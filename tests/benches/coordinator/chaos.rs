@@ -37,8 +37,9 @@ pub struct Kill {
     pub at_ms: i64,
     /// SIGKILL -> GetClusterStatus on a live replica shows a new leader with a live lease.
     pub to_new_leader: Duration,
-    /// The killed replica's restart until it served the admin API again.
-    pub restart: Duration,
+    /// The killed replica's restart until it served the admin API again
+    /// (`None`: not awaited, the walk ended first).
+    pub restart: Option<Duration>,
 }
 
 /// What the killer did.
@@ -52,8 +53,9 @@ pub struct Chaos {
 }
 
 /// Kill the leader `kills` times, each after a random pause of up to
-/// `gap_max` from the moment the previous kill's new leader was seen (and
-/// the killed replica was started again), until `done`.
+/// `gap_max` from the moment the previous kill's new leader was seen, until
+/// `done`. The killed replica is started again at once; the next kill waits
+/// until it serves (so at most one replica is down when the leader is killed).
 pub fn spawn_killer(
     cluster: Arc<Mutex<Cluster>>,
     kills: usize,
@@ -69,28 +71,56 @@ pub fn spawn_killer(
             seed,
             ..Chaos::default()
         };
+        // The replica killed last (started again) and when it was started.
+        let mut restarting: Option<(usize, Instant)> = None;
         for k in 0..kills {
             let pause = Duration::from_millis(rng.random_range(0..=gap_max.as_millis() as u64));
+            let t = Instant::now();
+            if let Some((i, started)) = restarting.take() {
+                if let Err(e) = cluster.lock().await.serving(i, Duration::from_secs(60)).await {
+                    out.stopped = Some(format!("before kill {}: {e:#}", k + 1));
+                    break;
+                }
+                if let Some(last) = out.kills.last_mut() {
+                    last.restart = Some(started.elapsed());
+                }
+            }
+            // The pause runs from the new leader, whatever the restart took.
             tokio::select! {
                 () = done.cancelled() => {
                     out.stopped = Some(format!("the walk ended after {k} of {kills} kills"));
                     break;
                 }
-                () = tokio::time::sleep(pause) => {}
+                () = tokio::time::sleep(pause.saturating_sub(t.elapsed())) => {}
             }
             match kill_once(&cluster, k, failover_timeout).await {
-                Ok(kill) => out.kills.push(kill),
+                Ok((kill, i)) => {
+                    out.kills.push(kill);
+                    restarting = Some((i, Instant::now()));
+                }
                 Err(e) => {
                     out.stopped = Some(format!("kill {}: {e:#}", k + 1));
                     break;
                 }
             }
         }
+        if let Some((i, started)) = restarting {
+            match cluster.lock().await.serving(i, Duration::from_secs(60)).await {
+                Ok(()) => {
+                    if let Some(last) = out.kills.last_mut() {
+                        last.restart = Some(started.elapsed());
+                    }
+                }
+                Err(e) => out.stopped = Some(format!("after the last kill: {e:#}")),
+            }
+        }
         out
     })
 }
 
-async fn kill_once(cluster: &Mutex<Cluster>, k: usize, failover_timeout: Duration) -> Result<Kill> {
+/// Kill the leader, wait for the next, start the killed one again (not
+/// waiting for it to serve); returns the kill and the killed replica's index.
+async fn kill_once(cluster: &Mutex<Cluster>, k: usize, failover_timeout: Duration) -> Result<(Kill, usize)> {
     let mut c = cluster.lock().await;
     let leader = c.leader(k).await?;
     if !leader.live || leader.holder.is_empty() {
@@ -106,17 +136,17 @@ async fn kill_once(cluster: &Mutex<Cluster>, k: usize, failover_timeout: Duratio
         .wait_new_leader(&leader.holder, leader.epoch, failover_timeout)
         .await?;
     let to_new_leader = t.elapsed();
-    let t = Instant::now();
-    c.restart(victim).await?;
-    Ok(Kill {
+    c.restart(victim)?;
+    let kill = Kill {
         victim: leader.holder,
         old_epoch: leader.epoch,
         new_leader: new.holder,
         new_epoch: new.epoch,
         at_ms,
         to_new_leader,
-        restart: t.elapsed(),
-    })
+        restart: None,
+    };
+    Ok((kill, victim))
 }
 
 /// What the phase watch saw of one Dpu.

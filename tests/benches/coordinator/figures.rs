@@ -543,6 +543,8 @@ pub struct Ha {
     pub kill_gap: Duration,
     pub phase_log: Option<crate::chaos::PhaseLog>,
     pub dpus: usize,
+    /// Where the leader was read: GetClusterStatus, or the database's row.
+    pub leader_source: &'static str,
 }
 
 fn p50_p99(v: &[Duration]) -> String {
@@ -609,12 +611,14 @@ impl Ha {
     pub fn print(&self, r: &AgentReport) -> Vec<String> {
         let mut problems = Vec::new();
         let secs = |d: Duration| d.as_secs_f64();
-        println!(
-            "replicas: {} on {} ({})",
-            self.replicas_last.len(),
-            self.backend.name(),
-            self.lease
-        );
+        match self.backend {
+            crate::cluster::Backend::Postgres => println!(
+                "replicas: {} on PostgreSQL ({})",
+                self.replicas_last.len(),
+                self.lease
+            ),
+            crate::cluster::Backend::Sqlite => println!("one coordinator on SQLite"),
+        }
         let walk_cpu = self.walk_cpu();
         for (i, last) in self.replicas_last.iter().enumerate() {
             println!(
@@ -681,7 +685,7 @@ impl Ha {
             let (leader, next) = self.failovers(verdict.as_ref());
             for (i, k) in c.kills.iter().enumerate() {
                 println!(
-                    "  kill {:>2}: {} (epoch {}) -> {} (epoch {}): new leader after {:>6.0} ms, next Dpu transition after {}, restart {:.0} ms",
+                    "  kill {:>2}: {} (epoch {}) -> {} (epoch {}): new leader after {:>6.0} ms, next Dpu transition after {}, the killed replica served again after {}",
                     i + 1,
                     k.victim,
                     k.old_epoch,
@@ -689,11 +693,15 @@ impl Ha {
                     k.new_epoch,
                     secs(k.to_new_leader) * 1e3,
                     next[i].map_or("none".to_string(), |d| format!("{:.0} ms", secs(d) * 1e3)),
-                    secs(k.restart) * 1e3
+                    k.restart.map_or("(not awaited)".to_string(), |d| format!(
+                        "{:.0} ms",
+                        secs(d) * 1e3
+                    ))
                 );
             }
             println!(
-                "  kill -> new leader (live lease, GetClusterStatus)  {}",
+                "  kill -> new leader with a live lease ({})  {}",
+                self.leader_source,
                 dist(leader)
             );
             println!(
