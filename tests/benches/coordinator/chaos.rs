@@ -54,8 +54,8 @@ pub struct Chaos {
 
 /// Kill the leader `kills` times, each after a random pause of up to
 /// `gap_max` from the moment the previous kill's new leader was seen, until
-/// `done`. The killed replica is started again at once; the next kill waits
-/// until it serves (so at most one replica is down when the leader is killed).
+/// `done`. The killed replica is started again at once (not awaited, except
+/// with 2 replicas: then the next kill waits until it answers).
 pub fn spawn_killer(
     cluster: Arc<Mutex<Cluster>>,
     kills: usize,
@@ -71,21 +71,23 @@ pub fn spawn_killer(
             seed,
             ..Chaos::default()
         };
-        // The replica killed last (started again) and when it was started.
-        let mut restarting: Option<(usize, Instant)> = None;
+        // Each restart is timed on its own (until it answers); the next kill
+        // waits for it only with 2 replicas (else none would be left to take over).
+        let mut restarts: tokio::task::JoinSet<(usize, Result<Duration>)> = tokio::task::JoinSet::new();
+        let replicas = cluster.lock().await.replicas.len();
         for k in 0..kills {
             let pause = Duration::from_millis(rng.random_range(0..=gap_max.as_millis() as u64));
             let t = Instant::now();
-            if let Some((i, started)) = restarting.take() {
-                if let Err(e) = cluster.lock().await.serving(i, Duration::from_secs(60)).await {
-                    out.stopped = Some(format!("before kill {}: {e:#}", k + 1));
-                    break;
-                }
-                if let Some(last) = out.kills.last_mut() {
-                    last.restart = Some(started.elapsed());
+            if replicas <= 2 {
+                while let Some(r) = restarts.join_next().await {
+                    if let Ok((i, Ok(d))) = r
+                        && let Some(kill) = out.kills.get_mut(i)
+                    {
+                        kill.restart = Some(d);
+                    }
                 }
             }
-            // The pause runs from the new leader, whatever the restart took.
+            // The pause runs from the new leader, whatever a restart took.
             tokio::select! {
                 () = done.cancelled() => {
                     out.stopped = Some(format!("the walk ended after {k} of {kills} kills"));
@@ -94,9 +96,13 @@ pub fn spawn_killer(
                 () = tokio::time::sleep(pause.saturating_sub(t.elapsed())) => {}
             }
             match kill_once(&cluster, k, failover_timeout).await {
-                Ok((kill, i)) => {
+                Ok((kill, addr)) => {
                     out.kills.push(kill);
-                    restarting = Some((i, Instant::now()));
+                    let started = Instant::now();
+                    restarts.spawn(async move {
+                        let r = crate::cluster::serving(addr, Duration::from_secs(120)).await;
+                        (k, r.map(|()| started.elapsed()))
+                    });
                 }
                 Err(e) => {
                     out.stopped = Some(format!("kill {}: {e:#}", k + 1));
@@ -104,14 +110,15 @@ pub fn spawn_killer(
                 }
             }
         }
-        if let Some((i, started)) = restarting {
-            match cluster.lock().await.serving(i, Duration::from_secs(60)).await {
-                Ok(()) => {
-                    if let Some(last) = out.kills.last_mut() {
-                        last.restart = Some(started.elapsed());
+        while let Some(r) = restarts.join_next().await {
+            match r {
+                Ok((i, Ok(d))) => {
+                    if let Some(kill) = out.kills.get_mut(i) {
+                        kill.restart = Some(d);
                     }
                 }
-                Err(e) => out.stopped = Some(format!("after the last kill: {e:#}")),
+                Ok((i, Err(e))) => out.stopped = Some(format!("the replica killed by kill {}: {e:#}", i + 1)),
+                Err(e) => out.stopped = Some(format!("a restart's wait panicked: {e}")),
             }
         }
         out
@@ -119,8 +126,12 @@ pub fn spawn_killer(
 }
 
 /// Kill the leader, wait for the next, start the killed one again (not
-/// waiting for it to serve); returns the kill and the killed replica's index.
-async fn kill_once(cluster: &Mutex<Cluster>, k: usize, failover_timeout: Duration) -> Result<(Kill, usize)> {
+/// waiting for it to serve); returns the kill and the killed replica's address.
+async fn kill_once(
+    cluster: &Mutex<Cluster>,
+    k: usize,
+    failover_timeout: Duration,
+) -> Result<(Kill, SocketAddr)> {
     let mut c = cluster.lock().await;
     let leader = c.leader(k).await?;
     if !leader.live || leader.holder.is_empty() {
@@ -146,7 +157,7 @@ async fn kill_once(cluster: &Mutex<Cluster>, k: usize, failover_timeout: Duratio
         to_new_leader,
         restart: None,
     };
-    Ok((kill, victim))
+    Ok((kill, c.replicas[victim].addr))
 }
 
 /// What the phase watch saw of one Dpu.

@@ -83,15 +83,11 @@ pub struct ReplicaReading {
     pub lives: u32,
 }
 
-/// A connection to the throwaway database for the leader row, opened on first use.
-type Db = std::sync::Arc<std::sync::Mutex<Option<postgres::Client>>>;
-
 pub struct Cluster {
     pub backend: Backend,
     /// Set once GetClusterStatus was found not to report the cluster: the
     /// leader is read from the `leader` row instead (said once on stderr).
     db_fallback: std::sync::atomic::AtomicBool,
-    db: Db,
     bin: PathBuf,
     pub replicas: Vec<Replica>,
     /// `None` on SQLite.
@@ -191,7 +187,6 @@ impl Cluster {
         let mut cluster = Cluster {
             backend,
             db_fallback: std::sync::atomic::AtomicBool::new(false),
-            db: Db::default(),
             bin: bin.to_path_buf(),
             replicas: list,
             pg,
@@ -201,12 +196,8 @@ impl Cluster {
         for i in 0..replicas {
             cluster.spawn(i)?;
         }
-        for r in &cluster.replicas {
-            connect_admin(r.addr, Duration::from_secs(60))
-                .await
-                .with_context(|| {
-                    format!("{} did not serve within 60 s (log: {})", r.name, r.log.display())
-                })?;
+        for i in 0..replicas {
+            cluster.serving(i, Duration::from_secs(60)).await?;
         }
         Ok(cluster)
     }
@@ -306,29 +297,17 @@ impl Cluster {
     /// says whether the lease is live).
     async fn leader_row(&self) -> Result<Leader> {
         let url = self.pg.as_ref().context("no PostgreSQL")?.url();
-        let db = self.db.clone();
+        // A connection per read, made and dropped on a blocking thread (the
+        // synchronous client must not be dropped where async tasks run).
         tokio::task::spawn_blocking(move || {
-            let mut g = db
-                .lock()
-                .map_err(|_| anyhow::anyhow!("the database connection's lock is poisoned"))?;
-            if g.is_none() {
-                *g = Some(
-                    postgres::Client::connect(&url, postgres::NoTls)
-                        .context("connecting to the bench's PostgreSQL")?,
-                );
-            }
-            let client = g.as_mut().context("no connection")?;
-            let r = client.query_one(
-                "SELECT holder, epoch, expires_at > now() FROM leader WHERE id = 1",
-                &[],
-            );
-            let row = match r {
-                Ok(row) => row,
-                Err(e) => {
-                    *g = None;
-                    return Err(e).context("reading the leader row");
-                }
-            };
+            let mut client = postgres::Client::connect(&url, postgres::NoTls)
+                .context("connecting to the bench's PostgreSQL")?;
+            let row = client
+                .query_one(
+                    "SELECT holder, epoch, expires_at > now() FROM leader WHERE id = 1",
+                    &[],
+                )
+                .context("reading the leader row")?;
             Ok(Leader {
                 holder: row.get(0),
                 epoch: row.get(1),
@@ -420,17 +399,16 @@ impl Cluster {
         self.spawn(i)
     }
 
-    /// Wait until replica `i` serves the admin API.
+    /// Wait until replica `i` answers an admin call (GetClusterStatus): its
+    /// port is bound before its store is open, so a connection alone says little.
     pub async fn serving(&self, i: usize, timeout: Duration) -> Result<()> {
-        let r = &self.replicas[i];
-        connect_admin(r.addr, timeout).await.with_context(|| {
+        serving(self.replicas[i].addr, timeout).await.with_context(|| {
             format!(
-                "{} did not serve within {timeout:?} of its start (log: {})",
-                r.name,
-                r.log.display()
+                "{} (log: {})",
+                self.replicas[i].name,
+                self.replicas[i].log.display()
             )
-        })?;
-        Ok(())
+        })
     }
 
     /// SIGTERM every replica; the exit status of each (`None`: killed after 30 s).
@@ -449,6 +427,18 @@ impl Cluster {
     pub fn save_pg_log(&self, dir: &Path) {
         if let Some(pg) = &self.pg {
             let _ = std::fs::write(dir.join("postgres.log"), pg.log());
+        }
+    }
+}
+
+/// Wait until the replica at `addr` answers GetClusterStatus.
+pub async fn serving(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        match cluster_status(addr).await {
+            Ok(_) => return Ok(()),
+            Err(e) if t.elapsed() > timeout => bail!("not serving {timeout:?} after its start: {e:#}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }

@@ -431,7 +431,7 @@ impl Figures {
             self.last.threads
         );
         println!(
-            "  store file (db + wal + shm)            {:>8.1} MiB",
+            "  store (db + wal + shm; PostgreSQL: its data directory) {:>8.1} MiB",
             self.store_bytes as f64 / (1024.0 * 1024.0)
         );
         println!(
