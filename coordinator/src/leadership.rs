@@ -49,7 +49,7 @@ pub async fn run(mut role: watch::Receiver<Role>, work: LeaderWork, stop: Cancel
         // goes through the writer) brings the view to every commit before
         // it, so the reconciler starts from the store as the last leader
         // left it.
-        if let Err(e) = work.store.read(|t| t.revision()).await {
+        if let Err(e) = work.store.catch_up().await {
             tracing::warn!(epoch, error = %e, "leading, but the store cannot be read yet; retrying");
             tokio::select! {
                 () = stop.cancelled() => return,

@@ -3,8 +3,10 @@
 //! balancer or a Kubernetes readiness probe sends clients and agents to
 //! another replica, and SERVING again once it can.
 //!
-//! [`watch_store`] reads the store's revision (`store.read(|t| t.revision())`,
-//! the path every API call takes) every second. A read that fails, or has
+//! [`watch_store`] reads the store's revision through its writer
+//! (`Store::catch_up`, the path every write takes: on PostgreSQL it waits
+//! for the revision lock, so a cluster whose writers are stuck shows) every
+//! second. A read that fails, or has
 //! not answered in 5 s, makes the listed services NOT_SERVING; the next read
 //! that succeeds makes them SERVING. One read runs at a time: a read stuck on
 //! an unreachable database is waited for, never stacked. Each change is
@@ -65,7 +67,7 @@ pub async fn watch_store_with(
     loop {
         let started = Instant::now();
         let s = store.clone();
-        let mut read = tokio::spawn(async move { s.read(|t| t.revision()).await });
+        let mut read = tokio::spawn(async move { s.catch_up().await });
         let answer = tokio::select! {
             r = &mut read => Some(r),
             () = tokio::time::sleep(probe.unavailable_after) => None,

@@ -671,12 +671,27 @@ impl Store {
         } else {
             lock(&inner.retention).commit(txn.revision()?, Instant::now())
         };
+        // This batch pruned commands: the view applies exactly the rows it
+        // deleted, and the cut-off is what a later catch-up compares with.
+        let pruned_cutoff = if kept
+            .commands
+            .iter()
+            .any(|c| matches!(c, txn::CommandChange::Prune(_)))
+        {
+            Some(txn.commands_pruned_before()?)
+        } else {
+            None
+        };
         let revision = txn.commit(prune_through)?;
         inner.counters.transactions.fetch_add(1, Ordering::Relaxed);
         let hub = crate::metrics::hub();
         hub.store_write_seconds.observe(started.elapsed().as_secs_f64());
         hub.store_batch_writes.observe(jobs.len() as f64);
-        Self::publish(inner, &mut lock(&inner.follow), kept, revision, prune_through);
+        let mut follow = lock(&inner.follow);
+        if let Some(cutoff) = pruned_cutoff {
+            follow.commands_pruned_before = follow.commands_pruned_before.max(cutoff);
+        }
+        Self::publish(inner, &mut follow, kept, revision, prune_through);
         Ok(())
     }
 
@@ -757,7 +772,7 @@ impl Store {
                 to,
                 f.commands_pruned_before,
                 &|id| view.has_command(id),
-                &|ms| view.finished_before(ms),
+                &|| view.command_ids(),
             )?
         };
         f.commands_pruned_before = cutoff;
@@ -791,6 +806,10 @@ impl Store {
     }
 
     /// Read-only access (runs in a transaction too, for a consistent view).
+    /// A read goes through the writer (a write that changes nothing), so it
+    /// also brings the view up to the store first; on PostgreSQL it takes
+    /// the revision lock like a write (a pool of read connections is not
+    /// built: docs/ha.md §4).
     pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Txn<'_>) -> Result<T, E> + Send + 'static,
@@ -799,6 +818,13 @@ impl Store {
     {
         // A read is a write that changes nothing; commit is then a no-op.
         self.write(f).await
+    }
+
+    /// Bring this replica's view up to every commit in the store (on
+    /// PostgreSQL: replay what the other replicas committed; on SQLite the
+    /// view is always current). Returns the store's revision.
+    pub async fn catch_up(&self) -> Result<u64, StoreError> {
+        self.write(|t| t.revision()).await
     }
 
     /// Subscribe to committed changes. Subscribe *before* reading history so

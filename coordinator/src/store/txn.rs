@@ -575,9 +575,10 @@ impl<'a> Txn<'a> {
     /// What was committed after revision `from` up to `to`, as one
     /// [`Changes`] the view, the watch cache and the feeds replay: the events
     /// in that range, the commands inserted or finished in it (`known` says
-    /// which the view already holds: those are finishes), the finished
-    /// commands pruned since `pruned_before` (the cut-off the follower last
-    /// applied) and the nodes whose desired version moved. Returns the new
+    /// which the view already holds: those are finishes), the commands
+    /// pruned since `pruned_before` (the cut-off the follower last applied;
+    /// `view_commands` lists the view's command ids) and the nodes whose
+    /// desired version moved. Returns the new
     /// cut-off with it. A replica follows others' commits with it (docs/ha.md §4).
     pub(super) fn changes_between(
         &self,
@@ -585,7 +586,7 @@ impl<'a> Txn<'a> {
         to: u64,
         pruned_before: i64,
         known: &dyn Fn(&str) -> bool,
-        finished_before: &dyn Fn(i64) -> Vec<String>,
+        view_commands: &dyn Fn() -> Vec<String>,
     ) -> Result<(Changes, i64), StoreError> {
         let mut out = Changes::default();
         let rows = self.all_rows(
@@ -610,9 +611,22 @@ impl<'a> Txn<'a> {
             });
         }
         let cutoff = self.commands_pruned_before()?;
+        let mut pruned = std::collections::HashSet::new();
         if cutoff > pruned_before {
-            let ids = finished_before(cutoff);
+            // A pruning ran: the view's commands the table no longer holds
+            // are the ones it deleted. (Not "finished before the cut-off" as
+            // the view knows them: a command finished and pruned within this
+            // range is still open in the view.)
+            let kept: std::collections::HashSet<String> = self
+                .all_rows("SELECT id FROM commands", args![], |r| r.get(0))?
+                .into_iter()
+                .collect();
+            let ids: Vec<String> = view_commands()
+                .into_iter()
+                .filter(|id| !kept.contains(id))
+                .collect();
             if !ids.is_empty() {
+                pruned.extend(ids.iter().cloned());
                 out.commands.push(CommandChange::Prune(ids));
             }
         }
@@ -624,7 +638,10 @@ impl<'a> Txn<'a> {
         )?;
         for (id, cols) in rows {
             let row = Self::command_row(&id, cols)?;
-            match (&row.result, known(&id)) {
+            // A row the pruning above drops from the view but the store
+            // kept (it finished after the pruning, with an older
+            // `finished_ms`) comes back whole.
+            match (&row.result, known(&id) && !pruned.contains(&id)) {
                 (Some(result), true) => out.commands.push(CommandChange::Finish {
                     id,
                     result: result.clone(),

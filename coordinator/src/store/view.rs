@@ -130,7 +130,19 @@ impl View {
                 }
                 CommandChange::Prune(ids) => {
                     for id in ids {
-                        self.commands.remove(id);
+                        // Still open here when a replica learns of its finish
+                        // and its pruning in one catch-up.
+                        if let Some(row) = self.commands.remove(id)
+                            && row.result.is_none()
+                        {
+                            let key = (row.created_ms, id.clone());
+                            if let Some(set) = self.open_by_node.get_mut(&row.node) {
+                                set.remove(&key);
+                                if set.is_empty() {
+                                    self.open_by_node.remove(&row.node);
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -141,14 +153,9 @@ impl View {
         self.revision = self.revision.max(revision);
     }
 
-    /// The finished commands whose `finished_ms` is before `cutoff_ms`
-    /// (what a pruning with that cut-off deleted).
-    pub(super) fn finished_before(&self, cutoff_ms: i64) -> Vec<String> {
-        self.commands
-            .iter()
-            .filter(|(_, row)| row.result.as_ref().is_some_and(|r| r.finished_at_ms < cutoff_ms))
-            .map(|(id, _)| id.clone())
-            .collect()
+    /// Every command id the view holds.
+    pub(super) fn command_ids(&self) -> Vec<String> {
+        self.commands.keys().cloned().collect()
     }
 
     /// Whether the view holds command `id`.
