@@ -29,7 +29,7 @@ impl AdminApi {
         let kind = validate::kind("kind", req.kind)?;
         validate::name("name", &req.name)?;
         self.store
-            .read(move |t| typed::fetch_any(t, kind, &req.name))
+            .read_snapshot(move |t| typed::fetch_any(t, kind, &req.name))
             .await
     }
 

@@ -117,7 +117,7 @@ impl AdminApi {
     pub(super) async fn node_reboot_status(&self, req: NodeRef) -> Result<NodeRebootStatus, ApiError> {
         validate::name("name", &req.name)?;
         self.store
-            .read(move |t| {
+            .read_snapshot(move |t| {
                 let node = typed::fetch::<Node>(t, &req.name)?;
                 let dpus = if reboot_method(&node) == RebootMethod::Agent {
                     Vec::new()
@@ -135,7 +135,7 @@ impl AdminApi {
     pub(super) async fn dpu_readiness(&self, req: DpuRef) -> Result<DpuReadiness, ApiError> {
         validate::name("name", &req.name)?;
         self.store
-            .read(move |t| {
+            .read_snapshot(move |t| {
                 let status = typed::fetch::<Dpu>(t, &req.name)?.status.unwrap_or_default();
                 Ok(DpuReadiness {
                     ready: status.phase == DpuPhase::Ready as i32,

@@ -182,7 +182,7 @@ impl AdminApi {
             Some(c)
         };
         self.store
-            .read(move |t| {
+            .read_snapshot(move |t| {
                 let current = t.revision()?;
                 let (at, after) = match cursor {
                     None => (current, String::new()),

@@ -132,7 +132,7 @@ impl Watcher {
         let filter = self.filter.clone();
         let (rev, events) = self
             .store
-            .read(move |t| {
+            .read_snapshot(move |t| {
                 let rev = t.revision()?;
                 let kinds = if filter.kinds.is_empty() {
                     Kind::ALL.to_vec()
@@ -172,7 +172,7 @@ impl Watcher {
         }
         let (rev, events) = self
             .store
-            .read(move |t| {
+            .read_snapshot(move |t| {
                 let rev = t.revision()?;
                 if from > rev {
                     return Err(ApiError::FromTheFuture {

@@ -267,3 +267,40 @@ async fn only_the_leader_prunes_the_history() {
     follower.write(|t| t.insert(node("led"))).await.unwrap();
     assert_eq!(follower.read(|t| t.history_floor()).await.unwrap(), 5);
 }
+
+/// The admin API's reads on PostgreSQL (`read_snapshot`) run on the read
+/// pool: they do not wait for the revision lock a writer holds, and they
+/// see another replica's commit before this replica's view does.
+#[tokio::test]
+async fn snapshot_reads_skip_the_revision_lock_and_see_others_commits() {
+    let Some(b) = Backend::postgres() else { return };
+    let opts = url(&b);
+    let a = b.open();
+    let c = Store::open_postgres_with(&opts, HistoryConfig::default(), WATCH_CACHE_CAPACITY, false).unwrap();
+    a.write(|t| t.insert(node("from-a"))).await.unwrap();
+    assert!(c.view().nodes.is_empty(), "c follows only when it writes");
+    let got = c.read_snapshot(|t| t.get(Kind::Node, "from-a")).await.unwrap();
+    assert!(got.is_some());
+
+    // Another session holds the revision lock: a snapshot read still answers.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let o = opts.clone();
+    let holder = std::thread::spawn(move || {
+        let mut cl = postgres::Client::connect(&o.url, postgres::NoTls).unwrap();
+        let mut tx = cl.transaction().unwrap();
+        tx.query("SELECT value FROM meta WHERE key = 'revision' FOR UPDATE", &[])
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        tx.rollback().unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read_snapshot(|t| t.list(Kind::Node)))
+        .await
+        .expect("a snapshot read does not wait for the revision lock")
+        .unwrap();
+    assert_eq!(n.len(), 1);
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+}

@@ -24,6 +24,7 @@ mod pg_conn;
 mod pg_schema;
 mod power_caps;
 mod reader;
+mod readers;
 mod retention;
 mod schema;
 mod sessions;
@@ -225,6 +226,8 @@ struct Inner {
     desired: broadcast::Sender<DesiredChanged>,
     /// How far history is pruned after each commit (under the writer).
     retention: Mutex<Retention>,
+    /// PostgreSQL's read connections (`None` on SQLite).
+    readers: Option<Arc<readers::Readers>>,
     /// Serialises whoever brings the view forward (the writer with its own
     /// commits, the change reader with other replicas'), and what following
     /// needs to remember.
@@ -396,7 +399,10 @@ impl Store {
                 client: Some(client),
                 stmts: HashMap::new(),
             }));
-            let store = Self::from_conn(conn, PathBuf::from("postgres"), history, feed, cache)?;
+            let mut store = Self::from_conn(conn, PathBuf::from("postgres"), history, feed, cache)?;
+            Arc::get_mut(&mut store.inner)
+                .expect("a store just opened has one handle")
+                .readers = Some(Arc::new(readers::Readers::new(opts.clone())));
             if follow {
                 reader::spawn(Arc::downgrade(&store.inner), opts.clone(), FOLLOW_POLL);
             }
@@ -499,6 +505,7 @@ impl Store {
                     commands_pruned_before,
                 }),
                 cache_capacity,
+                readers: None,
                 prunes: std::sync::atomic::AtomicBool::new(!conn_is_pg),
                 path,
             }),
@@ -808,8 +815,8 @@ impl Store {
     /// Read-only access (runs in a transaction too, for a consistent view).
     /// A read goes through the writer (a write that changes nothing), so it
     /// also brings the view up to the store first; on PostgreSQL it takes
-    /// the revision lock like a write (a pool of read connections is not
-    /// built: docs/ha.md §4).
+    /// the revision lock like a write (the admin API reads through
+    /// [`Store::read_snapshot`] instead).
     pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Txn<'_>) -> Result<T, E> + Send + 'static,
@@ -818,6 +825,28 @@ impl Store {
     {
         // A read is a write that changes nothing; commit is then a no-op.
         self.write(f).await
+    }
+
+    /// A read for the admin API: on PostgreSQL in a `REPEATABLE READ READ
+    /// ONLY` transaction on one of `store.postgres.pool` read connections,
+    /// without the revision lock (it sees every commit made before it
+    /// began, whatever this replica's view holds yet); on SQLite exactly
+    /// [`Store::read`]. The store's own parts use [`Store::read`], which
+    /// also brings the view up to date first.
+    pub async fn read_snapshot<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Txn<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let Some(readers) = self.inner.readers.clone() else {
+            return self.read(f).await;
+        };
+        let inner = self.inner.clone();
+        match tokio::task::spawn_blocking(move || readers.read(&inner.counters, f)).await {
+            Ok(out) => out,
+            Err(e) => Err(E::from(StoreError::Join(format!("store read failed: {e}")))),
+        }
     }
 
     /// Bring this replica's view up to every commit in the store (on
@@ -867,7 +896,7 @@ impl Store {
         kinds: Vec<Kind>,
         limit: usize,
     ) -> Result<Vec<WatchEvent>, StoreError> {
-        self.read(move |t| t.events_since(from_version, &kinds, limit))
+        self.read_snapshot(move |t| t.events_since(from_version, &kinds, limit))
             .await
     }
 }

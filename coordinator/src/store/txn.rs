@@ -54,7 +54,7 @@ impl Changes {
 
 /// The store's work counters (see [`super::StoreStats`]).
 #[derive(Debug, Default)]
-pub(super) struct Counters {
+pub(crate) struct Counters {
     pub transactions: AtomicU64,
     pub rows_read: AtomicU64,
 }
