@@ -417,15 +417,20 @@ impl Verdict {
         path_text(&self.modal_path)
     }
 
-    /// For each kill, the first transition made after it (ms).
+    /// For each kill, the first Dpu transition made after it by the leader
+    /// that followed, i.e. before the next kill (`None`: that leader made
+    /// none before it was killed in turn).
     pub fn next_transition_after(&self, kills: &[Kill]) -> Vec<Option<Duration>> {
         kills
             .iter()
-            .map(|k| {
+            .enumerate()
+            .map(|(n, k)| {
                 let i = self.transition_ms.partition_point(|t| *t <= k.at_ms);
-                self.transition_ms
-                    .get(i)
-                    .map(|t| Duration::from_millis((t - k.at_ms) as u64))
+                let t = *self.transition_ms.get(i)?;
+                if kills.get(n + 1).is_some_and(|next| t > next.at_ms) {
+                    return None;
+                }
+                Some(Duration::from_millis((t - k.at_ms) as u64))
             })
             .collect()
     }

@@ -88,6 +88,8 @@ pub struct Cluster {
     /// Set once GetClusterStatus was found not to report the cluster: the
     /// leader is read from the `leader` row instead (said once on stderr).
     db_fallback: std::sync::atomic::AtomicBool,
+    /// The thread that reads the leader row (started on first use).
+    db: std::sync::Mutex<Option<LeaderReader>>,
     bin: PathBuf,
     pub replicas: Vec<Replica>,
     /// `None` on SQLite.
@@ -187,6 +189,7 @@ impl Cluster {
         let mut cluster = Cluster {
             backend,
             db_fallback: std::sync::atomic::AtomicBool::new(false),
+            db: std::sync::Mutex::new(None),
             bin: bin.to_path_buf(),
             replicas: list,
             pg,
@@ -294,28 +297,21 @@ impl Cluster {
     }
 
     /// The `leader` row, read straight from the database (PostgreSQL's clock
-    /// says whether the lease is live).
+    /// says whether the lease is live), on one kept connection.
     async fn leader_row(&self) -> Result<Leader> {
         let url = self.pg.as_ref().context("no PostgreSQL")?.url();
-        // A connection per read, made and dropped on a blocking thread (the
-        // synchronous client must not be dropped where async tasks run).
-        tokio::task::spawn_blocking(move || {
-            let mut client = postgres::Client::connect(&url, postgres::NoTls)
-                .context("connecting to the bench's PostgreSQL")?;
-            let row = client
-                .query_one(
-                    "SELECT holder, epoch, expires_at > now() FROM leader WHERE id = 1",
-                    &[],
-                )
-                .context("reading the leader row")?;
-            Ok(Leader {
-                holder: row.get(0),
-                epoch: row.get(1),
-                live: row.get(2),
-            })
-        })
-        .await
-        .context("the leader row read panicked")?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut reader = self
+                .db
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the leader reader's lock is poisoned"))?;
+            let reader = reader.get_or_insert_with(|| leader_reader(url));
+            reader
+                .send(tx)
+                .map_err(|_| anyhow::anyhow!("the leader reader's thread is gone"))?;
+        }
+        rx.await.context("the leader reader's thread is gone")?
     }
 
     /// The leader as GetClusterStatus on the first replica (from `from`)
@@ -370,7 +366,7 @@ impl Cluster {
                 Err(e) => last = Some(format!("{e:#}")),
             }
             from += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!(
             "no new leader (other than {not}, epoch > {above}) within {timeout:?}; last answer: {}",
@@ -429,6 +425,51 @@ impl Cluster {
             let _ = std::fs::write(dir.join("postgres.log"), pg.log());
         }
     }
+}
+
+/// Asks the leader reader's thread for one read of the `leader` row.
+type LeaderReader = std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<Leader>>>;
+
+/// A thread that keeps one connection to the database (the synchronous
+/// client must not run or be dropped where async tasks run) and answers each
+/// request with the `leader` row; it ends (and closes the connection) when
+/// the sender is dropped with the [`Cluster`].
+fn leader_reader(url: String) -> LeaderReader {
+    let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<Leader>>>();
+    std::thread::spawn(move || {
+        let mut client: Option<postgres::Client> = None;
+        for reply in rx {
+            let r = (|| {
+                if client.is_none() {
+                    client = Some(
+                        postgres::Client::connect(&url, postgres::NoTls)
+                            .context("connecting to the bench's PostgreSQL")?,
+                    );
+                }
+                let c = client.as_mut().context("no connection")?;
+                let row = c
+                    .query_one(
+                        "SELECT holder, epoch, expires_at > now() FROM leader WHERE id = 1",
+                        &[],
+                    )
+                    .context("reading the leader row");
+                let row = match row {
+                    Ok(row) => row,
+                    Err(e) => {
+                        client = None;
+                        return Err(e);
+                    }
+                };
+                Ok(Leader {
+                    holder: row.get(0),
+                    epoch: row.get(1),
+                    live: row.get(2),
+                })
+            })();
+            let _ = reply.send(r);
+        }
+    });
+    tx
 }
 
 /// Wait until the replica at `addr` answers GetClusterStatus.

@@ -692,7 +692,10 @@ impl Ha {
                     k.new_leader,
                     k.new_epoch,
                     secs(k.to_new_leader) * 1e3,
-                    next[i].map_or("none".to_string(), |d| format!("{:.0} ms", secs(d) * 1e3)),
+                    next[i].map_or("none before the next kill".to_string(), |d| format!(
+                        "{:.0} ms",
+                        secs(d) * 1e3
+                    )),
                     k.restart.map_or("(not awaited)".to_string(), |d| format!(
                         "{:.0} ms",
                         secs(d) * 1e3
@@ -705,7 +708,9 @@ impl Ha {
                 dist(leader)
             );
             println!(
-                "  kill -> next Dpu transition (its at_ms)            {}",
+                "  kill -> the next leader's first Dpu transition (at_ms; {} of {} leaders made one before being killed)  {}",
+                next.iter().flatten().count(),
+                next.len(),
                 dist(next.iter().flatten().copied().collect())
             );
         }
@@ -771,7 +776,12 @@ impl Ha {
             .collect();
         let verdict = self.verdict();
         let (leader, next) = self.failovers(verdict.as_ref());
+        let terms = next.len();
         let next: Vec<Duration> = next.into_iter().flatten().collect();
+        let next_text = match terms {
+            0 => "—".to_string(),
+            _ => format!("{} ({} of {terms} leaders)", p50_p99(&next), next.len()),
+        };
         let kills = match &self.chaos {
             Some(c) => format!("{} of {}", c.kills.len(), c.planned),
             None => "0".into(),
@@ -793,7 +803,7 @@ impl Ha {
             self.pg_walk
                 .map_or("—".into(), |d| format!("{:.1} s", d.as_secs_f64())),
             p50_p99(&leader),
-            p50_p99(&next),
+            next_text,
             never + more.len()
         )
     }
@@ -803,7 +813,7 @@ impl Ha {
 pub fn ha_table_header() -> String {
     "| Dpus (nodes × per node) | run | walk | latency p50 / p99 (agents) | walk CPU per replica | \
      peak RSS per replica | PostgreSQL walk CPU | leader kills | kill → new leader p50 / p99 | \
-     kill → next transition p50 / p99 | lost / repeated transitions | Dpus not flashed exactly once |\n\
+     kill → the next leader's first transition p50 / p99 | lost / repeated transitions | Dpus not flashed exactly once |\n\
      |---|---|---|---|---|---|---|---|---|---|---|---|"
         .to_string()
 }
