@@ -99,7 +99,7 @@ fn a_version_2_store_is_migrated_and_keeps_its_objects() {
          ALTER TABLE resources DROP COLUMN node;
          DROP INDEX commands_changed; DROP INDEX commands_finished;
          ALTER TABLE commands DROP COLUMN changed_rev; DROP TABLE power_caps;
-         DELETE FROM meta WHERE key = 'commands_pruned_before';
+         DELETE FROM meta WHERE key = 'commands_pruned_at';
          PRAGMA user_version = 2;",
     )
     .unwrap();

@@ -81,7 +81,7 @@ fn a_fresh_database_gets_sqlites_layout_and_a_second_run_changes_nothing() {
     assert_eq!(
         meta(&mut c),
         [
-            ("commands_pruned_before".to_string(), 0),
+            ("commands_pruned_at".to_string(), 0),
             ("history_floor".to_string(), 0),
             ("revision".to_string(), 0),
             ("schema_version".to_string(), SCHEMA_VERSION),
@@ -218,7 +218,7 @@ fn a_fresh_database_gets_sqlites_layout_and_a_second_run_changes_nothing() {
     assert_eq!(
         meta(&mut c),
         [
-            ("commands_pruned_before".to_string(), 0),
+            ("commands_pruned_at".to_string(), 0),
             ("history_floor".to_string(), 0),
             ("revision".to_string(), 1),
             ("schema_version".to_string(), SCHEMA_VERSION),

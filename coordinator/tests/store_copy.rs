@@ -256,7 +256,7 @@ fn sqlite_to_postgres_to_sqlite_keeps_every_row_and_object() {
     assert_eq!(
         rows(&there.tables, "meta"),
         3,
-        "revision, history_floor, commands_pruned_before"
+        "revision, history_floor, commands_pruned_at"
     );
     assert_eq!(rows(&there.tables, "resources"), (NODES + 2 * DEVICES - 1) as u64);
     assert_eq!(rows(&there.tables, "events"), HISTORY);
@@ -302,7 +302,7 @@ fn sqlite_to_postgres_to_sqlite_keeps_every_row_and_object() {
     assert_eq!(
         pg_meta,
         [
-            ("commands_pruned_before".to_string(), 0),
+            ("commands_pruned_at".to_string(), 0),
             ("history_floor".to_string(), floor),
             ("revision".to_string(), original.revision as i64),
             ("schema_version".to_string(), SCHEMA_VERSION),

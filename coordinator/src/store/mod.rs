@@ -244,7 +244,7 @@ struct Inner {
 #[derive(Default)]
 struct Follow {
     /// The command-pruning cut-off the view has applied.
-    commands_pruned_before: i64,
+    commands_pruned_at: i64,
 }
 
 #[derive(Default)]
@@ -479,9 +479,9 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let counters = Counters::default();
         let conn_is_pg = conn.is_pg();
-        let (view, commands_pruned_before) = {
+        let (view, commands_pruned_at) = {
             let txn = conn.begin(&counters, false)?;
-            (View::load(&txn)?, txn.commands_pruned_before()?)
+            (View::load(&txn)?, txn.commands_pruned_at()?)
         };
         let retention = Retention::new(history, view.revision(), Instant::now());
         let cache_capacity = cache;
@@ -501,9 +501,7 @@ impl Store {
                 cache: RwLock::new(cache),
                 desired,
                 retention: Mutex::new(retention),
-                follow: Mutex::new(Follow {
-                    commands_pruned_before,
-                }),
+                follow: Mutex::new(Follow { commands_pruned_at }),
                 cache_capacity,
                 readers: None,
                 prunes: std::sync::atomic::AtomicBool::new(!conn_is_pg),
@@ -685,7 +683,7 @@ impl Store {
             .iter()
             .any(|c| matches!(c, txn::CommandChange::Prune(_)))
         {
-            Some(txn.commands_pruned_before()?)
+            Some(txn.commands_pruned_at()?)
         } else {
             None
         };
@@ -696,7 +694,7 @@ impl Store {
         hub.store_batch_writes.observe(jobs.len() as f64);
         let mut follow = lock(&inner.follow);
         if let Some(cutoff) = pruned_cutoff {
-            follow.commands_pruned_before = follow.commands_pruned_before.max(cutoff);
+            follow.commands_pruned_at = follow.commands_pruned_at.max(cutoff);
         }
         Self::publish(inner, &mut follow, kept, revision, prune_through);
         Ok(())
@@ -756,7 +754,7 @@ impl Store {
         let floor = txn.history_floor()?;
         if floor > from {
             let view = View::load(txn)?;
-            f.commands_pruned_before = txn.commands_pruned_before()?;
+            f.commands_pruned_at = txn.commands_pruned_at()?;
             let desired = txn.all_desired()?;
             *inner.view.write().unwrap_or_else(|p| p.into_inner()) = view;
             *inner.cache.write().unwrap_or_else(|p| p.into_inner()) =
@@ -777,12 +775,12 @@ impl Store {
             txn.changes_between(
                 from,
                 to,
-                f.commands_pruned_before,
+                f.commands_pruned_at,
                 &|id| view.has_command(id),
                 &|| view.command_ids(),
             )?
         };
-        f.commands_pruned_before = cutoff;
+        f.commands_pruned_at = cutoff;
         Self::publish(inner, &mut f, changes, to, floor);
         Ok(())
     }

@@ -72,7 +72,7 @@ const STEPS: &[Step] = &[
     CREATE TABLE desired (node TEXT PRIMARY KEY, version BIGINT NOT NULL);
     "#,
     },
-    // 5: SQLite's step 5 (commands followed by revision, pruning cut-off,
+    // 5: SQLite's step 5 (commands followed by revision, the newest pruning's revision,
     // power caps), and what only replicas need (docs/ha.md §3, §5, §6): the
     // leader lease with its fencing epoch (one row; times are the
     // database's own `now()`), each replica's heartbeat, and which replica
@@ -85,7 +85,7 @@ const STEPS: &[Step] = &[
         COALESCE((SELECT version FROM desired WHERE desired.node = commands.node), 0);
     CREATE INDEX commands_changed ON commands (changed_rev);
     CREATE INDEX commands_finished ON commands (finished_ms) WHERE outcome IS NOT NULL;
-    INSERT INTO meta (key, value) VALUES ('commands_pruned_before', 0);
+    INSERT INTO meta (key, value) VALUES ('commands_pruned_at', 0);
     CREATE TABLE power_caps (node TEXT PRIMARY KEY, caps TEXT NOT NULL, revision BIGINT NOT NULL);
     CREATE TABLE leader (
         id INTEGER PRIMARY KEY CHECK (id = 1),

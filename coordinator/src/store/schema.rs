@@ -73,7 +73,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // too so that both layouts stay one. `commands.changed_rev` is the
     // revision of a command's insert or finish (the desired version it
     // bumped), so a replica reads the commands changed after its view;
-    // `commands_pruned_before` is the newest pruning's cut-off;
+    // `commands_pruned_at` is the revision of the newest pruning that deleted commands;
     // `power_caps` holds the power engine's caps per node (written with the
     // desired bump that announces them). Finished commands are pruned
     // through an index on `finished_ms`.
@@ -83,7 +83,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         COALESCE((SELECT version FROM desired WHERE desired.node = commands.node), 0);
     CREATE INDEX commands_changed ON commands (changed_rev);
     CREATE INDEX commands_finished ON commands (finished_ms) WHERE outcome IS NOT NULL;
-    INSERT INTO meta (key, value) VALUES ('commands_pruned_before', 0);
+    INSERT INTO meta (key, value) VALUES ('commands_pruned_at', 0);
     CREATE TABLE power_caps (node TEXT PRIMARY KEY, caps TEXT NOT NULL, revision INTEGER NOT NULL);
     "#,
 ];

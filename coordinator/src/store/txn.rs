@@ -576,7 +576,8 @@ impl<'a> Txn<'a> {
     /// [`Changes`] the view, the watch cache and the feeds replay: the events
     /// in that range, the commands inserted or finished in it (`known` says
     /// which the view already holds: those are finishes), the commands
-    /// pruned since `pruned_before` (the cut-off the follower last applied;
+    /// pruned since the pruning at revision `pruned_at` (the last the view
+    /// applied;
     /// `view_commands` lists the view's command ids) and the nodes whose
     /// desired version moved. Returns the new
     /// cut-off with it. A replica follows others' commits with it (docs/ha.md §4).
@@ -584,7 +585,7 @@ impl<'a> Txn<'a> {
         &self,
         from: u64,
         to: u64,
-        pruned_before: i64,
+        pruned_at: i64,
         known: &dyn Fn(&str) -> bool,
         view_commands: &dyn Fn() -> Vec<String>,
     ) -> Result<(Changes, i64), StoreError> {
@@ -610,13 +611,14 @@ impl<'a> Txn<'a> {
                 resource: Some(Self::decode(kind, &name, &body)?),
             });
         }
-        let cutoff = self.commands_pruned_before()?;
+        let cutoff = self.commands_pruned_at()?;
         let mut pruned = std::collections::HashSet::new();
-        if cutoff > pruned_before {
+        if cutoff > pruned_at {
             // A pruning ran: the view's commands the table no longer holds
-            // are the ones it deleted. (Not "finished before the cut-off" as
+            // are the ones it deleted. (Not "finished before its cut-off" as
             // the view knows them: a command finished and pruned within this
-            // range is still open in the view.)
+            // range is still open in the view; and a later pruning with an
+            // earlier cut-off still deletes what finished since.)
             let kept: std::collections::HashSet<String> = self
                 .all_rows("SELECT id FROM commands", args![], |r| r.get(0))?
                 .into_iter()
@@ -670,11 +672,12 @@ impl<'a> Txn<'a> {
             .unwrap_or(0))
     }
 
-    /// The newest pruning's cut-off (`meta.commands_pruned_before`).
-    pub(super) fn commands_pruned_before(&self) -> Result<i64, StoreError> {
+    /// The revision of the newest pruning that deleted commands
+    /// (`meta.commands_pruned_at`, 0 before any).
+    pub(super) fn commands_pruned_at(&self) -> Result<i64, StoreError> {
         Ok(self
             .one_row(
-                "SELECT value FROM meta WHERE key = 'commands_pruned_before'",
+                "SELECT value FROM meta WHERE key = 'commands_pruned_at'",
                 args![],
                 |r| r.get(0),
             )?
@@ -879,20 +882,13 @@ impl<'a> Txn<'a> {
         let n = ids.len();
         if n > 0 {
             self.changes.commands.push(CommandChange::Prune(ids));
-            // Replicas drop the same rows by this cut-off (docs/ha.md §4);
-            // a new revision tells them something changed.
-            let before: i64 = self
-                .one_row(
-                    "SELECT value FROM meta WHERE key = 'commands_pruned_before'",
-                    args![],
-                    |r| r.get(0),
-                )?
-                .unwrap_or(0);
+            // Replicas learn that a pruning ran from the revision it got
+            // (docs/ha.md §4), and which rows went from the table itself.
+            let at = self.next_revision()?;
             self.exec(
-                "UPDATE meta SET value = ?1 WHERE key = 'commands_pruned_before'",
-                args![before.max(before_ms)],
+                "UPDATE meta SET value = ?1 WHERE key = 'commands_pruned_at'",
+                args![at as i64],
             )?;
-            self.next_revision()?;
         }
         Ok(n)
     }
