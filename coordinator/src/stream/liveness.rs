@@ -297,6 +297,28 @@ pub fn write_reachable(
     Ok(true)
 }
 
+/// Mark `nodes` reachable or Unreachable in one write; the nodes whose
+/// mark changed.
+async fn mark(
+    store: &Store,
+    live: &Arc<Liveness>,
+    nodes: Vec<String>,
+    reachable: bool,
+) -> Result<Vec<String>, StoreError> {
+    let l = live.clone();
+    store
+        .write(move |t| {
+            let mut written = Vec::new();
+            for n in nodes {
+                if write_reachable(t, &l, &n, reachable)? {
+                    written.push(n);
+                }
+            }
+            Ok::<_, StoreError>(written)
+        })
+        .await
+}
+
 /// Marks lapsed leases Unreachable until `stop`, or until the service is gone.
 pub async fn run_expiry(
     owner: Weak<super::Shared>,
@@ -396,20 +418,7 @@ async fn expire_alone(live: &Arc<Liveness>, store: &Store) {
     if expired.is_empty() {
         return;
     }
-    let l = live.clone();
-    let names = expired.clone();
-    let r = store
-        .write(move |t| {
-            let mut written = Vec::new();
-            for n in names {
-                if write_reachable(t, &l, &n, false)? {
-                    written.push(n);
-                }
-            }
-            Ok::<_, StoreError>(written)
-        })
-        .await;
-    match r {
+    match mark(store, live, expired.clone(), false).await {
         Ok(written) => {
             for node in written {
                 tracing::warn!(node = %node, lease = ?live.lease(), "agent lease expired; node is Unreachable");
@@ -459,19 +468,7 @@ async fn repair_held(live: &Arc<Liveness>, store: &Store) {
     if wrong.is_empty() {
         return;
     }
-    let (l, names) = (live.clone(), wrong.clone());
-    let r = store
-        .write(move |t| {
-            let mut written = Vec::new();
-            for n in names {
-                if write_reachable(t, &l, &n, true)? {
-                    written.push(n);
-                }
-            }
-            Ok::<_, StoreError>(written)
-        })
-        .await;
-    match r {
+    match mark(store, live, wrong.clone(), true).await {
         Ok(written) => {
             for node in written {
                 tracing::warn!(node = %node, "node was marked Unreachable while its agent is connected here; reachable again");
