@@ -35,7 +35,7 @@ enum Line {
     /// The agents cannot run (setup failed).
     Failed(String),
     /// Everything the agents saw, after `stop`.
-    Report(AgentReport),
+    Report(Box<AgentReport>),
 }
 
 /// How long to wait for every agent's first desired state.
@@ -120,7 +120,7 @@ async fn child() -> Result<()> {
     while let Some(r) = agents.join_next().await {
         report.merge(r.context("a simulated agent panicked")?);
     }
-    say(&Line::Report(report))
+    say(&Line::Report(Box::new(report)))
 }
 
 /// The bench's handle on the agents child.
@@ -186,7 +186,7 @@ impl AgentsProc {
             stdin.flush().await?;
         }
         let r = match tokio::time::timeout(Duration::from_secs(120), self.next()).await {
-            Ok(Ok(Line::Report(r))) => r,
+            Ok(Ok(Line::Report(r))) => *r,
             Ok(Ok(other)) => bail!("simulated agents: unexpected {other:?}"),
             Ok(Err(e)) => return Err(e),
             Err(_) => bail!("the agents process sent no report within 120 s of stop"),
