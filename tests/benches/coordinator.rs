@@ -572,6 +572,8 @@ async fn bench_on(
         _ => None,
     };
 
+    // PostgreSQL's backends sampled every 100 ms over the walk (the revision lock's wait).
+    let sampler = cluster::LockSampler::start(&*cluster.lock().await, Duration::from_millis(100));
     let walk_start = clock.start();
     let walk_start_ns = mono_ns();
     let walk_done = CancellationToken::new();
@@ -606,6 +608,10 @@ async fn bench_on(
     let walked = wait_ready(&addrs, events, dpus, settings.walk_timeout, max_reopen).await;
     let walk = walk_start.elapsed();
     walk_done.cancel();
+    let lock_waits = match sampler {
+        Some(s) => Some(s.finish().await),
+        None => None,
+    };
     // The kill in progress finishes (its new leader, the restart) before the readings.
     let chaos: Option<Chaos> = match killer {
         Some(k) => Some(k.await.context("the killer panicked")?),
@@ -771,6 +777,7 @@ async fn bench_on(
         chaos,
         kill_gap: settings.kill_gap,
         phase_log,
+        lock_waits,
         dpus,
         leader_source: match c.leader_from_db() {
             true => "the database's leader row: GetClusterStatus does not report the cluster",

@@ -524,3 +524,104 @@ fn dir_bytes(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// What the `pg_stat_activity` sampler saw (docs/ha.md §8: the revision lock's wait).
+#[derive(Debug, Default, Clone)]
+pub struct LockWaits {
+    pub samples: u64,
+    /// Sum over samples of the coordinators' backends waiting on a lock
+    /// (`wait_event_type = 'Lock'`: the revision row's `FOR UPDATE` waits for
+    /// its holder's transaction), and of those running a statement.
+    pub waiting: u64,
+    pub active: u64,
+    /// Samples with at least one backend waiting on a lock.
+    pub with_waiter: u64,
+    /// The wait events seen, with how many backend-samples each.
+    pub events: std::collections::BTreeMap<String, u64>,
+    pub error: Option<String>,
+}
+
+impl LockWaits {
+    pub fn mean_waiting(&self) -> f64 {
+        self.waiting as f64 / self.samples.max(1) as f64
+    }
+
+    pub fn mean_active(&self) -> f64 {
+        self.active as f64 / self.samples.max(1) as f64
+    }
+
+    pub fn share_with_waiter(&self) -> f64 {
+        self.with_waiter as f64 * 100.0 / self.samples.max(1) as f64
+    }
+}
+
+/// Samples `pg_stat_activity` every `every` on a connection of its own until stopped.
+pub struct LockSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<LockWaits>,
+}
+
+impl LockSampler {
+    pub fn start(cluster: &Cluster, every: Duration) -> Option<LockSampler> {
+        let url = cluster.pg.as_ref()?.url();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut out = LockWaits::default();
+            let mut client = match postgres::Client::connect(&url, postgres::NoTls) {
+                Ok(c) => c,
+                Err(e) => {
+                    out.error = Some(format!("connecting: {e}"));
+                    return out;
+                }
+            };
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let rows = client.query(
+                    "SELECT state, wait_event_type, wait_event FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                    &[],
+                );
+                match rows {
+                    Ok(rows) => {
+                        out.samples += 1;
+                        let mut waiting = 0;
+                        for r in rows {
+                            let state: Option<String> = r.get(0);
+                            let kind: Option<String> = r.get(1);
+                            let event: Option<String> = r.get(2);
+                            if state.as_deref() == Some("active") {
+                                out.active += 1;
+                            }
+                            if kind.as_deref() == Some("Lock") {
+                                waiting += 1;
+                            }
+                            if let (Some(k), Some(e)) = (kind, event)
+                                && state.as_deref() == Some("active")
+                            {
+                                *out.events.entry(format!("{k}:{e}")).or_default() += 1;
+                            }
+                        }
+                        out.waiting += waiting;
+                        out.with_waiter += u64::from(waiting > 0);
+                    }
+                    Err(e) => {
+                        out.error = Some(format!("sampling: {e}"));
+                        return out;
+                    }
+                }
+                std::thread::sleep(every);
+            }
+            out
+        });
+        Some(LockSampler { stop, thread })
+    }
+
+    /// Stop and return what it saw.
+    pub async fn finish(self) -> LockWaits {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join().unwrap_or_default())
+            .await
+            .unwrap_or_default()
+    }
+}

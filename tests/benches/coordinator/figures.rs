@@ -542,6 +542,8 @@ pub struct Ha {
     pub chaos: Option<crate::chaos::Chaos>,
     pub kill_gap: Duration,
     pub phase_log: Option<crate::chaos::PhaseLog>,
+    /// `pg_stat_activity` over the walk (PostgreSQL).
+    pub lock_waits: Option<crate::cluster::LockWaits>,
     pub dpus: usize,
     /// Where the leader was read: GetClusterStatus, or the database's row.
     pub leader_source: &'static str,
@@ -639,6 +641,26 @@ impl Ha {
                 "PostgreSQL CPU (postmaster and children) over the walk {:>7.2} s",
                 secs(pg)
             );
+        }
+        if let Some(w) = &self.lock_waits {
+            println!(
+                "PostgreSQL backends over the walk ({} samples, 100 ms apart): active {:.2}, waiting on a lock {:.2} \
+                 (mean per sample; at least one waiting in {:.0}% of samples)",
+                w.samples,
+                w.mean_active(),
+                w.mean_waiting(),
+                w.share_with_waiter()
+            );
+            let mut events: Vec<(&String, &u64)> = w.events.iter().collect();
+            events.sort_by(|a, b| b.1.cmp(a.1));
+            let top: Vec<String> = events.iter().take(6).map(|(k, v)| format!("{k} {v}")).collect();
+            println!(
+                "  wait events of active backends (backend-samples): {}",
+                top.join(", ")
+            );
+            if let Some(e) = &w.error {
+                println!("  sampler stopped: {e}");
+            }
         }
         if let Some(pg) = self.pg_idle {
             println!(
