@@ -16,6 +16,7 @@
 pub mod model;
 pub mod power;
 mod redfish;
+pub mod reset;
 mod telemetry;
 pub mod tls;
 pub mod workload;
@@ -31,6 +32,7 @@ use tokio::task::JoinHandle;
 pub use model::{Model, ModelSpec, UnknownModel};
 pub use power::{OutOfRange, PowerModel, PowerStats};
 pub use redfish::{BASE_MESSAGES, RegistryMessage, format_message};
+pub use reset::{PowerState, ResetType, SystemPower, UnknownResetType};
 pub use tls::LabCerts;
 pub use workload::{InvalidWorkload, Workload};
 
@@ -282,6 +284,33 @@ impl BmcHandle {
         self.bmc.power().workload()
     }
 
+    /// The system's `PowerState` now.
+    pub fn power_state(&self) -> PowerState {
+        self.bmc.lock().system.state()
+    }
+
+    /// How many `ComputerSystem.Reset` actions with `PowerCycle` were accepted.
+    pub fn power_cycles(&self) -> u64 {
+        self.bmc.lock().system.power_cycles()
+    }
+
+    /// How many `ComputerSystem.Reset` actions of type `reset` were accepted.
+    pub fn resets(&self, reset: ResetType) -> u64 {
+        self.bmc.lock().system.resets(reset)
+    }
+
+    /// How long a power cycle leaves the system Off (and a graceful shutdown
+    /// or restart keeps it PoweringOff): [`reset::DEFAULT_TRANSITION`] unless
+    /// set. Applies to resets from now on.
+    pub fn set_power_transition(&self, transition: Duration) {
+        self.bmc.lock().system.set_transition(transition);
+    }
+
+    /// Carry out a reset as `ComputerSystem.Reset` does, without HTTP.
+    pub fn reset(&self, reset: ResetType) {
+        self.bmc.reset(reset);
+    }
+
     /// Forget every session, as a BMC reboot or a session timeout does: their
     /// tokens get 401 from now on.
     pub fn drop_sessions(&self) {
@@ -336,6 +365,8 @@ pub(crate) struct Bmc {
 
 pub(crate) struct State {
     pub(crate) power: PowerModel,
+    /// The system's power state; the power model is powered unless it is Off.
+    pub(crate) system: SystemPower,
     pub(crate) sessions: Sessions,
 }
 
@@ -350,17 +381,44 @@ impl Bmc {
             start: Instant::now(),
             state: Mutex::new(State {
                 power: PowerModel::new(*opts.model.spec(), opts.workload),
+                system: SystemPower::default(),
                 sessions: Sessions::default(),
             }),
             telemetry: Telemetry::new(&opts.name),
         }
     }
 
-    /// The state, with the power model integrated up to now.
+    /// The state, with the power model integrated up to now and the power
+    /// states a reset queued entered at their times.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.power.advance(self.start.elapsed().as_secs_f64());
+        let now = self.start.elapsed().as_secs_f64();
+        while let Some(at) = s.system.next_at().filter(|at| *at <= now) {
+            s.power.advance(at);
+            if let Some(state) = s.system.fire() {
+                s.power.set_powered(state.powered());
+                tracing::info!(bmc = %self.name, power_state = %state, "system power state changed");
+            }
+        }
+        s.power.advance(now);
         s
+    }
+
+    /// Carry out `reset` now; the state it leaves the system in.
+    pub(crate) fn reset(&self, reset: ResetType) -> PowerState {
+        let mut s = self.lock();
+        self.reset_locked(&mut s, reset)
+    }
+
+    /// [`reset`](Self::reset) with the state already locked (and so up to date).
+    pub(crate) fn reset_locked(&self, s: &mut State, reset: ResetType) -> PowerState {
+        let now = s.power.time();
+        s.system.reset(reset, now);
+        self.telemetry.count_reset(reset);
+        let state = s.system.state();
+        s.power.set_powered(state.powered());
+        tracing::info!(bmc = %self.name, reset_type = %reset, power_state = %state, "system reset");
+        state
     }
 
     fn power(&self) -> PowerView<'_> {

@@ -48,6 +48,8 @@ pub struct PowerStats {
 pub struct PowerModel {
     spec: ModelSpec,
     workload: Workload,
+    /// Whether the node has power; without it every part draws nothing.
+    powered: bool,
     node_limit: Option<f64>,
     gpu_limits: Vec<Option<f64>>,
     /// Seconds since the start, up to which the state below is integrated.
@@ -66,6 +68,7 @@ impl PowerModel {
         let mut m = PowerModel {
             spec,
             workload,
+            powered: true,
             node_limit: None,
             gpu_limits: vec![None; spec.gpus],
             t: 0.0,
@@ -141,6 +144,9 @@ impl PowerModel {
     /// demand cut by the limits.
     pub fn targets(&self, t: f64) -> (Vec<f64>, f64) {
         let s = &self.spec;
+        if !self.powered {
+            return (vec![0.0; s.gpus], 0.0);
+        }
         let utils: Vec<f64> = (0..s.gpus).map(|g| self.workload.utilization(t, g)).collect();
         let mean = if utils.is_empty() {
             0.0
@@ -218,6 +224,23 @@ impl PowerModel {
     /// Takes effect from the model's current time; call [`advance`](Self::advance) first.
     pub fn set_workload(&mut self, workload: Workload) {
         self.workload = workload;
+    }
+
+    /// Whether the node has power.
+    pub fn powered(&self) -> bool {
+        self.powered
+    }
+
+    /// Remove or restore the node's power from the model's current time
+    /// (call [`advance`](Self::advance) first). Removing it drops every
+    /// draw to zero at once (a power cut, not a lag); restoring it lets the
+    /// draw rise to the demand with the usual lag. Limits are kept.
+    pub fn set_powered(&mut self, powered: bool) {
+        if !powered {
+            self.gpu_draw.iter_mut().for_each(|d| *d = 0.0);
+            self.rest_draw = 0.0;
+        }
+        self.powered = powered;
     }
 
     pub fn node_limit(&self) -> Option<f64> {
@@ -513,5 +536,36 @@ mod tests {
         assert_eq!(water_fill(&[10.0, 100.0, 100.0], 110.0), 50.0);
         assert_eq!(water_fill(&[10.0, 20.0], 100.0), f64::INFINITY);
         assert_eq!(water_fill(&[10.0], -1.0), 0.0);
+    }
+}
+
+#[cfg(test)]
+mod power_off_tests {
+    use super::*;
+    use crate::bmc::model::Model;
+
+    #[test]
+    fn without_power_nothing_is_drawn_and_limits_stay() {
+        let mut p = PowerModel::new(*Model::DgxH100.spec(), Workload::Constant(1.0));
+        p.set_node_limit(Some(8_000.0)).unwrap();
+        p.advance(5.0);
+        assert!(p.node_draw() > 7_000.0, "{}", p.node_draw());
+        let energy = p.node_energy_j();
+        p.set_powered(false);
+        assert!(!p.powered());
+        assert_eq!(p.node_draw(), 0.0);
+        p.advance(10.0);
+        assert_eq!(p.node_draw(), 0.0);
+        assert!(p.gpu_draws().iter().all(|w| *w == 0.0));
+        assert_eq!(p.node_energy_j(), energy, "nothing is used while off");
+        assert_eq!(p.node_limit(), Some(8_000.0));
+        p.set_gpu_limit(0, Some(300.0)).unwrap();
+        p.set_powered(true);
+        p.advance(10.0 + CORRECTION_S);
+        let (gpus, rest) = p.targets(p.time());
+        assert!((p.node_draw() - (rest + gpus.iter().sum::<f64>())).abs() < 1e-6);
+        assert!(p.node_draw() <= 8_000.0 + 1e-6, "{}", p.node_draw());
+        assert!(p.gpu_draws()[0] <= 300.0 + 1e-6);
+        assert!(p.node_energy_j() > energy);
     }
 }

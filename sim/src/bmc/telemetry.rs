@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::power::PowerModel;
+use super::reset::{ResetType, SystemPower};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BmcLabels {
@@ -25,6 +26,12 @@ struct GpuLabels {
     bmc: String,
     /// 1-based, as in the GPU's chassis id `HGX_GPU_SXM_<gpu>`.
     gpu: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResetLabels {
+    bmc: String,
+    reset_type: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -42,6 +49,8 @@ pub(crate) struct Telemetry {
     power: Family<BmcLabels, GaugeF>,
     limit: Family<BmcLabels, GaugeF>,
     gpu_power: Family<GpuLabels, GaugeF>,
+    powered: Family<BmcLabels, Gauge>,
+    resets: Family<ResetLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
 }
 
@@ -52,6 +61,15 @@ impl Telemetry {
         let limit = Family::<BmcLabels, GaugeF>::default();
         let gpu_power = Family::<GpuLabels, GaugeF>::default();
         let requests = Family::<RequestLabels, Counter>::default();
+        let powered = Family::<BmcLabels, Gauge>::default();
+        let resets = Family::<ResetLabels, Counter>::default();
+        for t in ResetType::ALL {
+            // Every type from the start, at 0, so a rate over the first one is right.
+            let _ = resets.get_or_create(&ResetLabels {
+                bmc: bmc.to_string(),
+                reset_type: t.name().to_string(),
+            });
+        }
         registry.register(
             "hostplane_sim_bmc_power_watts",
             "Modelled draw of the node, in watts",
@@ -68,6 +86,16 @@ impl Telemetry {
             gpu_power.clone(),
         );
         registry.register(
+            "hostplane_sim_bmc_system_powered",
+            "1 while the simulated system has power (PowerState other than Off), 0 while Off",
+            powered.clone(),
+        );
+        registry.register(
+            "hostplane_sim_bmc_system_resets",
+            "ComputerSystem.Reset actions accepted, by ResetType",
+            resets.clone(),
+        );
+        registry.register(
             "hostplane_sim_bmc_requests",
             "HTTP requests served, by method and status code",
             requests.clone(),
@@ -78,8 +106,19 @@ impl Telemetry {
             power,
             limit,
             gpu_power,
+            powered,
+            resets,
             requests,
         }
+    }
+
+    pub(crate) fn count_reset(&self, reset: ResetType) {
+        self.resets
+            .get_or_create(&ResetLabels {
+                bmc: self.bmc.clone(),
+                reset_type: reset.name().to_string(),
+            })
+            .inc();
     }
 
     pub(crate) fn count_request(&self, method: &str, code: u16) {
@@ -97,6 +136,7 @@ impl Telemetry {
     pub(crate) fn render(
         &self,
         power: &PowerModel,
+        system: &SystemPower,
         accept: Option<&HeaderValue>,
     ) -> (StatusCode, &'static str, String) {
         let node = BmcLabels {
@@ -118,6 +158,9 @@ impl Telemetry {
             };
             self.gpu_power.get_or_create(&labels).set(*w);
         }
+        self.powered
+            .get_or_create(&node)
+            .set(i64::from(system.state().powered()));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

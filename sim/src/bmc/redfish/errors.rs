@@ -162,6 +162,34 @@ pub const BASE_MESSAGES: &[RegistryMessage] = &[
         "Resubmit the request with a valid request header.",
         1,
     ),
+    msg(
+        "ActionParameterMissing",
+        "The action %1 requires the parameter %2 to be present in the request body.",
+        "Critical",
+        "Supply the action with the required parameter in the request body when the request is resubmitted.",
+        2,
+    ),
+    msg(
+        "ActionParameterValueNotInList",
+        "The value '%1' for the parameter %2 in the action %3 is not in the list of acceptable values.",
+        "Warning",
+        "Choose a value from the enumeration list that the implementation can support and resubmit the request if the operation failed.",
+        3,
+    ),
+    msg(
+        "ActionParameterValueTypeError",
+        "The value '%1' for the parameter %2 in the action %3 is not a type that the parameter can accept.",
+        "Warning",
+        "Correct the value for the parameter in the request body and resubmit the request if the operation failed.",
+        3,
+    ),
+    msg(
+        "ActionParameterUnknown",
+        "The action %1 was submitted with the invalid parameter %2.",
+        "Warning",
+        "Correct the invalid action parameter and resubmit the request if the operation failed.",
+        2,
+    ),
 ];
 
 /// The message `key` of [`BASE_MESSAGES`]; panics on a key not in the table
@@ -246,6 +274,14 @@ pub(super) enum RfError {
     HeaderPrecondition(String),
     /// A body whose `Content-Type` is not JSON (the whole header): 415.
     MediaType(String),
+    /// (action, parameter)
+    ActionParamMissing(String, String),
+    /// (value, parameter, action)
+    ActionParamNotInList(String, String, String),
+    /// (value, parameter, action)
+    ActionParamTypeError(String, String, String),
+    /// (action, parameter)
+    ActionParamUnknown(String, String),
 }
 
 impl RfError {
@@ -268,7 +304,11 @@ impl RfError {
             | RfError::Conflict(..)
             | RfError::OutOfRange(..)
             | RfError::ArrayTooLong(..)
-            | RfError::ArrayTooShort(..) => StatusCode::BAD_REQUEST,
+            | RfError::ArrayTooShort(..)
+            | RfError::ActionParamMissing(..)
+            | RfError::ActionParamNotInList(..)
+            | RfError::ActionParamTypeError(..)
+            | RfError::ActionParamUnknown(..) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -292,6 +332,16 @@ impl RfError {
             RfError::SessionLimit => ("SessionLimitExceeded", vec![]),
             RfError::TooLarge => ("PayloadTooLarge", vec![]),
             RfError::HeaderPrecondition(h) | RfError::MediaType(h) => ("HeaderInvalid", vec![h.clone()]),
+            RfError::ActionParamMissing(a, p) => ("ActionParameterMissing", vec![a.clone(), p.clone()]),
+            RfError::ActionParamNotInList(v, p, a) => (
+                "ActionParameterValueNotInList",
+                vec![v.clone(), p.clone(), a.clone()],
+            ),
+            RfError::ActionParamTypeError(v, p, a) => (
+                "ActionParameterValueTypeError",
+                vec![v.clone(), p.clone(), a.clone()],
+            ),
+            RfError::ActionParamUnknown(a, p) => ("ActionParameterUnknown", vec![a.clone(), p.clone()]),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! comes before "not found" under `/redfish/v1` (an unauthenticated client
 //! learns nothing about what exists) and every error has a Redfish body.
 
+mod action;
 mod auth;
 mod errors;
 mod patch;
@@ -21,6 +22,7 @@ use serde_json::json;
 
 use super::workload::Workload;
 use super::{Bmc, State as BmcState};
+use action::{RESET_ACTION, parse_reset};
 use auth::{authenticate, login};
 use errors::{RfError, json_response, method_not_allowed_text, text_response};
 use patch::{patch_control, patch_power};
@@ -35,6 +37,7 @@ const MAX_BODY: usize = 64 * 1024;
 const ROOT: &str = "/redfish/v1";
 const SYSTEMS: &str = "/redfish/v1/Systems";
 const SYSTEM: &str = "/redfish/v1/Systems/DGX";
+const SYSTEM_RESET: &str = "/redfish/v1/Systems/DGX/Actions/ComputerSystem.Reset";
 const CHASSIS: &str = "/redfish/v1/Chassis";
 const NODE_CHASSIS: &str = "/redfish/v1/Chassis/DGX";
 const MANAGERS: &str = "/redfish/v1/Managers";
@@ -107,6 +110,8 @@ enum Route {
     Metadata,
     Systems,
     System,
+    /// `Systems/DGX/Actions/ComputerSystem.Reset`: POST only.
+    SystemReset,
     ChassisCollection,
     Chassis(Ch),
     Power,
@@ -150,6 +155,7 @@ impl Route {
         Some(match segments.as_slice() {
             ["Systems"] => Route::Systems,
             ["Systems", "DGX"] => Route::System,
+            ["Systems", "DGX", "Actions", action] if *action == RESET_ACTION => Route::SystemReset,
             ["Chassis"] => Route::ChassisCollection,
             ["Chassis", id, tail @ ..] => {
                 let ch = Ch::parse(id, gpus)?;
@@ -184,14 +190,14 @@ impl Route {
         match self {
             Route::SimWorkload => &[Method::PUT],
             Route::Power | Route::PowerLimit(_) => &[Method::PATCH],
-            Route::Sessions | Route::SessionsMembers => &[Method::POST],
+            Route::Sessions | Route::SessionsMembers | Route::SystemReset => &[Method::POST],
             Route::Session(_) => &[Method::DELETE],
             _ => &[],
         }
     }
 
     fn readable(&self) -> bool {
-        *self != Route::SessionsMembers
+        !matches!(self, Route::SessionsMembers | Route::SystemReset)
     }
 
     fn allows(&self, m: &Method) -> bool {
@@ -288,6 +294,8 @@ fn kind_of(path: &str) -> &'static str {
         "Control"
     } else if p.contains("/Chassis/") {
         "Chassis"
+    } else if p.contains("/Actions/") {
+        "Action"
     } else if p.contains("/Systems/") {
         "ComputerSystem"
     } else if p.contains("/Managers/") {
@@ -303,7 +311,9 @@ fn dispatch(bmc: &Bmc, method: &Method, path: &str, headers: &HeaderMap, body: &
     match route {
         Some(Route::Metrics) if *method == Method::GET || *method == Method::HEAD => {
             let s = bmc.lock();
-            let (status, content_type, text) = bmc.telemetry.render(&s.power, headers.get(header::ACCEPT));
+            let (status, content_type, text) =
+                bmc.telemetry
+                    .render(&s.power, &s.system, headers.get(header::ACCEPT));
             drop(s);
             return text_response(status, content_type, text);
         }
@@ -385,7 +395,14 @@ fn dispatch(bmc: &Bmc, method: &Method, path: &str, headers: &HeaderMap, body: &
             "Computer System Collection",
             [SYSTEM.to_string()],
         )),
-        (Route::System, true) => ok(system(bmc)),
+        (Route::System, true) => ok(system(bmc, s.system.state())),
+        (Route::SystemReset, false) => match parse_reset(body) {
+            Ok(reset) => {
+                bmc.reset_locked(s, reset);
+                StatusCode::NO_CONTENT.into_response()
+            }
+            Err(e) => e.into_response(),
+        },
         (Route::ChassisCollection, true) => ok(collection(
             CHASSIS,
             "#ChassisCollection.ChassisCollection",
@@ -394,7 +411,7 @@ fn dispatch(bmc: &Bmc, method: &Method, path: &str, headers: &HeaderMap, body: &
                 .chain((0..gpus).map(Ch::Gpu))
                 .map(Ch::uri),
         )),
-        (Route::Chassis(ch), true) => ok(chassis(bmc, *ch)),
+        (Route::Chassis(ch), true) => ok(chassis(bmc, *ch, s.system.state())),
         (Route::Power, true) => ok(power(&s.power)),
         (Route::Power, false) => match patch_power(&mut s.power, body) {
             Ok(()) => {
@@ -512,6 +529,11 @@ mod tests {
             p("/redfish/v1/Chassis/HGX_GPU_SXM_1/Sensors/HGX_GPU_SXM_1_Power_0"),
             Some(Route::PowerSensor(Ch::Gpu(0)))
         );
+        assert_eq!(
+            p("/redfish/v1/Systems/DGX/Actions/ComputerSystem.Reset"),
+            Some(Route::SystemReset)
+        );
+        assert_eq!(p("/redfish/v1/Systems/DGX/Actions/ComputerSystem.Other"), None);
         assert_eq!(
             p("/redfish/v1/SessionService/Sessions/7"),
             Some(Route::Session("7".into()))

@@ -5,10 +5,11 @@ use serde_json::{Value, json};
 use super::auth::SESSION_TIMEOUT;
 use super::{
     ACCOUNT_SERVICE, CHASSIS, Ch, MANAGER, MANAGERS, NODE_CHASSIS, ROOT, SESSION_SERVICE, SESSIONS, SYSTEM,
-    SYSTEMS,
+    SYSTEM_RESET, SYSTEMS,
 };
 use crate::bmc::Bmc;
 use crate::bmc::power::{CORRECTION_S, PowerModel};
+use crate::bmc::reset::{PowerState, ResetType};
 
 pub(super) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
@@ -58,8 +59,9 @@ pub(super) fn collection(
     })
 }
 
-pub(super) fn system(bmc: &Bmc) -> Value {
+pub(super) fn system(bmc: &Bmc, power_state: PowerState) -> Value {
     let spec = bmc.model.spec();
+    let reset_types: Vec<&str> = ResetType::ALL.iter().map(|r| r.name()).collect();
     json!({
         "@odata.id": SYSTEM,
         "@odata.type": "#ComputerSystem.v1_20_0.ComputerSystem",
@@ -69,11 +71,17 @@ pub(super) fn system(bmc: &Bmc) -> Value {
         "Manufacturer": "NVIDIA",
         "Model": spec.display_name,
         "UUID": bmc.uuid,
-        "PowerState": "On",
+        "PowerState": power_state.name(),
         "Status": status_ok(),
         "Links": {
             "Chassis": [link(NODE_CHASSIS)],
             "ManagedBy": [link(MANAGER)],
+        },
+        "Actions": {
+            "#ComputerSystem.Reset": {
+                "target": SYSTEM_RESET,
+                "ResetType@Redfish.AllowableValues": reset_types,
+            },
         },
     })
 }
@@ -119,7 +127,8 @@ pub(super) fn session(id: &str, user: &str) -> Value {
     })
 }
 
-pub(super) fn chassis(bmc: &Bmc, ch: Ch) -> Value {
+/// A chassis: its `PowerState` is the system's (the GPUs have power when the node does).
+pub(super) fn chassis(bmc: &Bmc, ch: Ch, power_state: PowerState) -> Value {
     let spec = bmc.model.spec();
     let uri = ch.uri();
     let mut v = json!({
@@ -127,7 +136,7 @@ pub(super) fn chassis(bmc: &Bmc, ch: Ch) -> Value {
         "@odata.type": "#Chassis.v1_23_0.Chassis",
         "Id": ch.id(),
         "Manufacturer": "NVIDIA",
-        "PowerState": "On",
+        "PowerState": power_state.name(),
         "Status": status_ok(),
         "EnvironmentMetrics": link(&format!("{uri}/EnvironmentMetrics")),
         "Controls": link(&format!("{uri}/Controls")),
