@@ -257,6 +257,21 @@ async fn every_error_the_simulator_sends_is_the_registrys() {
     )
     .await;
     seen.insert(check(reg, &r, StatusCode::PRECONDITION_FAILED, "HeaderInvalid"));
+    let reset = format!("{base}/redfish/v1/Systems/DGX/Actions/ComputerSystem.Reset");
+    let act = |b: Value| call(&c, Method::POST, &reset, ADMIN, Some(b));
+    for (body, key) in [
+        (json!({}), "ActionParameterMissing"),
+        (json!({"ResetType": "Reboot"}), "ActionParameterValueNotInList"),
+        (json!({"ResetType": 1}), "ActionParameterValueTypeError"),
+        (json!({"ResetType": "On", "Delay": 1}), "ActionParameterUnknown"),
+    ] {
+        seen.insert(check(reg, &act(body).await, bad, key));
+    }
+    assert_eq!(
+        bmc.power_state(),
+        hostplane_sim::bmc::PowerState::On,
+        "a refused reset changed the power state"
+    );
     let r = call(
         &c,
         Method::POST,
