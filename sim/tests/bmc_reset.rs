@@ -13,7 +13,9 @@ use hostplane_sim::bmc::{Model, PowerState, ResetType, Workload};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
-const TRANSITION: Duration = Duration::from_millis(400);
+/// Long enough that the checks made while Off (or PoweringOff) finish
+/// inside it on a loaded machine.
+const TRANSITION: Duration = Duration::from_millis(1_500);
 
 fn urls(base: &str) -> (String, String) {
     (
@@ -193,7 +195,7 @@ async fn force_off_stays_off_with_limits_answering_until_on() {
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
     assert_eq!(power_state(&c, &system).await, "Off");
     // Off stays off, well past the transition.
-    tokio::time::sleep(TRANSITION * 2).await;
+    tokio::time::sleep(TRANSITION + Duration::from_millis(300)).await;
     assert_eq!(power_state(&c, &system).await, "Off");
     assert_eq!(bmc.draw_watts(), 0.0);
     // Power limits still answer and can be set while off.
