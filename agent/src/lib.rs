@@ -18,6 +18,7 @@ pub mod flash;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod nicfw;
 pub mod power;
 pub mod rshim;
 pub mod session;
