@@ -235,3 +235,20 @@ async fn missing_tool_names_it_and_the_mstflint_package() {
     assert!(err.contains("mstflint"), "{err}");
     assert!(matches!(outcome(&r, "PF_TOTAL_SF"), ParamOutcome::Failed(_)));
 }
+
+#[tokio::test]
+async fn a_hung_tool_is_killed_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("mstconfig");
+    std::fs::write(&program, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tool = Mstconfig::new(&program).with_timeout(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let r = apply(&tool, DEVICE, &params(&[("PF_TOTAL_SF", "20")])).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(r.overall(), Overall::Failed);
+    let err = r.error.as_deref().unwrap();
+    assert!(err.contains("did not finish within"), "{err}");
+    assert!(err.contains("-e query"), "{err}");
+}

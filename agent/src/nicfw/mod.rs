@@ -33,6 +33,12 @@ pub enum NicFwError {
     ToolMissing { program: String, source: std::io::Error },
     #[error("running {program:?}: {source}")]
     Spawn { program: String, source: std::io::Error },
+    #[error("{program} {args} did not finish within {after:?}; killed")]
+    Timeout {
+        program: String,
+        args: String,
+        after: std::time::Duration,
+    },
     /// The tool ran and refused; `message` is its own words (`-E-` lines).
     #[error("{program} {action} on {device} failed: {message}")]
     Tool {

@@ -26,6 +26,7 @@
 
 use std::path::PathBuf;
 use std::process::Output;
+use std::time::Duration;
 
 use super::{NicConfigTool, NicFwError, NvParam};
 
@@ -33,13 +34,12 @@ use super::{NicConfigTool, NicFwError, NvParam};
 #[derive(Debug, Clone)]
 pub struct Mstconfig {
     program: PathBuf,
+    timeout: Duration,
 }
 
 impl Default for Mstconfig {
     fn default() -> Self {
-        Self {
-            program: PathBuf::from("mstconfig"),
-        }
+        Self::new("mstconfig")
     }
 }
 
@@ -48,7 +48,17 @@ impl Mstconfig {
     pub fn new(program: impl Into<PathBuf>) -> Self {
         Self {
             program: program.into(),
+            timeout: Self::DEFAULT_TIMEOUT,
         }
+    }
+
+    /// How long one invocation may run before it is killed and reported as
+    /// hung (a query of every parameter takes a few seconds on a BlueField).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     fn name(&self) -> String {
@@ -56,12 +66,18 @@ impl Mstconfig {
     }
 
     async fn run(&self, args: &[&str]) -> Result<Output, NicFwError> {
-        tokio::process::Command::new(&self.program)
+        let output = tokio::process::Command::new(&self.program)
             .args(args)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
-            .output()
+            .output();
+        tokio::time::timeout(self.timeout, output)
             .await
+            .map_err(|_| NicFwError::Timeout {
+                program: self.name(),
+                args: args.join(" "),
+                after: self.timeout,
+            })?
             .map_err(|source| {
                 if source.kind() == std::io::ErrorKind::NotFound {
                     NicFwError::ToolMissing {
