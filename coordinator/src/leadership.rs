@@ -57,9 +57,7 @@ pub async fn run(mut role: watch::Receiver<Role>, work: LeaderWork, stop: Cancel
             }
         }
         tracing::info!(epoch, "leading: the reconciler and the power engine start");
-        if work.store.is_postgres() {
-            work.store.set_prunes_history(true);
-        }
+        work.store.set_prunes_history(true);
         let term = stop.child_token();
         let fenced = work.store.fenced(epoch);
         let reconciler = tokio::spawn(
@@ -83,9 +81,7 @@ pub async fn run(mut role: watch::Receiver<Role>, work: LeaderWork, stop: Cancel
                 }
             }
         }
-        if work.store.is_postgres() {
-            work.store.set_prunes_history(false);
-        }
+        work.store.set_prunes_history(false);
         term.cancel();
         let _ = reconciler.await;
         let _ = engine.await;

@@ -226,7 +226,8 @@ struct Inner {
     desired: broadcast::Sender<DesiredChanged>,
     /// How far history is pruned after each commit (under the writer).
     retention: Mutex<Retention>,
-    /// PostgreSQL's read connections (`None` on SQLite).
+    /// PostgreSQL's read connections (`None` on SQLite, so also what says
+    /// which engine the store runs on without taking the writer's lock).
     readers: Option<Arc<readers::Readers>>,
     /// Serialises whoever brings the view forward (the writer with its own
     /// commits, the change reader with other replicas'), and what following
@@ -243,7 +244,8 @@ struct Inner {
 /// The follower's memory (docs/ha.md §4).
 #[derive(Default)]
 struct Follow {
-    /// The command-pruning cut-off the view has applied.
+    /// The revision of the newest command pruning the view has applied
+    /// (`meta.commands_pruned_at`).
     commands_pruned_at: i64,
 }
 
@@ -525,14 +527,11 @@ impl Store {
 
     /// Whether this store's commits prune the watch history. On PostgreSQL
     /// only the leader's do (the others learn the floor as they follow);
-    /// SQLite's always do.
+    /// SQLite's always do, so there this changes nothing.
     pub fn set_prunes_history(&self, prunes: bool) {
-        self.inner.prunes.store(prunes, Ordering::Relaxed);
-    }
-
-    /// Whether the store runs on PostgreSQL.
-    pub fn is_postgres(&self) -> bool {
-        lock(&self.inner.conn).is_pg()
+        if self.inner.readers.is_some() {
+            self.inner.prunes.store(prunes, Ordering::Relaxed);
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -677,8 +676,9 @@ impl Store {
             lock(&inner.retention).commit(txn.revision()?, Instant::now())
         };
         // This batch pruned commands: the view applies exactly the rows it
-        // deleted, and the cut-off is what a later catch-up compares with.
-        let pruned_cutoff = if kept
+        // deleted, and the pruning's revision is what a later catch-up
+        // compares with.
+        let pruned_at = if kept
             .commands
             .iter()
             .any(|c| matches!(c, txn::CommandChange::Prune(_)))
@@ -693,8 +693,8 @@ impl Store {
         hub.store_write_seconds.observe(started.elapsed().as_secs_f64());
         hub.store_batch_writes.observe(jobs.len() as f64);
         let mut follow = lock(&inner.follow);
-        if let Some(cutoff) = pruned_cutoff {
-            follow.commands_pruned_at = follow.commands_pruned_at.max(cutoff);
+        if let Some(at) = pruned_at {
+            follow.commands_pruned_at = follow.commands_pruned_at.max(at);
         }
         Self::publish(inner, &mut follow, kept, revision, prune_through);
         Ok(())
@@ -770,7 +770,7 @@ impl Store {
             }
             return Ok(());
         }
-        let (changes, cutoff) = {
+        let (changes, pruned_at) = {
             let view = inner.view.read().unwrap_or_else(|p| p.into_inner());
             txn.changes_between(
                 from,
@@ -780,7 +780,7 @@ impl Store {
                 &|| view.command_ids(),
             )?
         };
-        f.commands_pruned_at = cutoff;
+        f.commands_pruned_at = pruned_at;
         Self::publish(inner, &mut f, changes, to, floor);
         Ok(())
     }

@@ -9,16 +9,14 @@
 //!
 //! The thread ends within one `poll` after the store's last clone is
 //! dropped. Connection failures are retried with a backoff up to 5 s.
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Weak;
 use std::time::Duration;
 
-use postgres::IsolationLevel;
 use postgres::fallible_iterator::FallibleIterator;
 
-use super::txn::{PgStatements, Tx};
-use super::{Inner, PgOptions, Store, StoreError, Txn, pg_conn};
+use super::txn::PgStatements;
+use super::{Inner, PgOptions, Store, StoreError, pg_conn, readers};
 
 /// The longest wait between two reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -84,20 +82,5 @@ fn catch_up(
     client: &mut postgres::Client,
     stmts: &mut PgStatements,
 ) -> Result<(), StoreError> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()?;
-    let txn = Txn::new(
-        Tx::Pg {
-            tx: RefCell::new(tx),
-            stmts: RefCell::new(stmts),
-        },
-        &inner.counters,
-        false,
-    )?;
-    Store::follow(inner, &txn)?;
-    txn.commit(0)?;
-    Ok(())
+    readers::in_snapshot(client, stmts, &inner.counters, |t| Store::follow(inner, t))
 }

@@ -85,39 +85,46 @@ impl Readers {
         E: From<StoreError>,
     {
         let mut c = self.checkout().map_err(E::from)?;
-        let mut healthy = true;
-        let out = (|| {
-            let Conn { client, stmts } = &mut c;
-            let tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(|e| E::from(StoreError::from(e)))?;
-            let mut txn = Txn::new(
-                Tx::Pg {
-                    tx: RefCell::new(tx),
-                    stmts: RefCell::new(stmts),
-                },
-                counters,
-                false,
-            )
-            .map_err(E::from)?;
-            let out = f(&mut txn);
-            // Ending a read-only transaction commits nothing; a failure here
-            // means the connection is gone.
-            if let Err(e) = txn.commit(0) {
-                healthy = false;
-                return Err(E::from(e));
-            }
-            out
-        })();
-        if out.is_err() && c.client.is_closed() {
-            healthy = false;
-        }
+        let out = in_snapshot(&mut c.client, &mut c.stmts, counters, f);
+        // A failure may mean the connection is gone: then it is not kept.
+        let healthy = out.is_ok() || !c.client.is_closed();
         self.checkin(c, healthy);
         out
     }
+}
+
+/// Run `f` on `client` in one `REPEATABLE READ READ ONLY` transaction
+/// (the read pool's reads, and the change reader's catch-up).
+pub(super) fn in_snapshot<T, E, F>(
+    client: &mut postgres::Client,
+    stmts: &mut PgStatements,
+    counters: &Counters,
+    f: F,
+) -> Result<T, E>
+where
+    F: FnOnce(&mut Txn<'_>) -> Result<T, E>,
+    E: From<StoreError>,
+{
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(|e| E::from(StoreError::from(e)))?;
+    let mut txn = Txn::new(
+        Tx::Pg {
+            tx: RefCell::new(tx),
+            stmts: RefCell::new(stmts),
+        },
+        counters,
+        false,
+    )
+    .map_err(E::from)?;
+    let out = f(&mut txn)?;
+    // Ending a read-only transaction commits nothing; a failure here means
+    // the connection is gone.
+    txn.commit(0).map_err(E::from)?;
+    Ok(out)
 }
 
 impl Drop for Readers {

@@ -77,6 +77,18 @@ macro_rules! args {
 }
 pub(crate) use args;
 
+/// `p` as SQLite binds it.
+fn lite_args<'p>(p: &'p [&'p dyn Arg]) -> Vec<&'p dyn rusqlite::ToSql> {
+    p.iter().map(|a| *a as &dyn rusqlite::ToSql).collect()
+}
+
+/// `p` as PostgreSQL binds it.
+fn pg_args<'p>(p: &'p [&'p dyn Arg]) -> Vec<&'p (dyn postgres::types::ToSql + Sync)> {
+    p.iter()
+        .map(|a| *a as &(dyn postgres::types::ToSql + Sync))
+        .collect()
+}
+
 /// A column value either engine can read.
 pub(crate) trait Col: rusqlite::types::FromSql + for<'b> postgres::types::FromSql<'b> {}
 impl<T: rusqlite::types::FromSql + for<'b> postgres::types::FromSql<'b>> Col for T {}
@@ -209,20 +221,14 @@ impl<'a> Txn<'a> {
         match &self.tx {
             Tx::Lite(tx) => {
                 let mut stmt = tx.prepare_cached(sql)?;
-                let params: Vec<&dyn rusqlite::ToSql> =
-                    p.iter().map(|a| *a as &dyn rusqlite::ToSql).collect();
-                let n = stmt.execute(params.as_slice());
+                let n = stmt.execute(lite_args(p).as_slice());
                 self.count(&stmt);
                 Ok(n?)
             }
             Tx::Pg { tx, stmts } => {
                 let mut tx = tx.borrow_mut();
                 let st = Self::pg_statement(&mut tx, &mut stmts.borrow_mut(), sql)?;
-                let params: Vec<&(dyn postgres::types::ToSql + Sync)> = p
-                    .iter()
-                    .map(|a| *a as &(dyn postgres::types::ToSql + Sync))
-                    .collect();
-                Ok(tx.execute(&st, &params)? as usize)
+                Ok(tx.execute(&st, &pg_args(p))? as usize)
             }
         }
     }
@@ -271,8 +277,7 @@ impl<'a> Txn<'a> {
         match &self.tx {
             Tx::Lite(tx) => {
                 let mut stmt = tx.prepare_cached(sql)?;
-                let params: Vec<&dyn rusqlite::ToSql> =
-                    p.iter().map(|a| *a as &dyn rusqlite::ToSql).collect();
+                let params = lite_args(p);
                 let res = (|| {
                     let mut rows = stmt.query(params.as_slice())?;
                     while let Some(r) = rows.next()? {
@@ -289,7 +294,7 @@ impl<'a> Txn<'a> {
                 use postgres::fallible_iterator::FallibleIterator;
                 let mut tx = tx.borrow_mut();
                 let st = Self::pg_statement(&mut tx, &mut stmts.borrow_mut(), sql)?;
-                let mut rows = tx.query_raw(&st, p.iter().map(|a| *a as &dyn postgres::types::ToSql))?;
+                let mut rows = tx.query_raw(&st, pg_args(p))?;
                 while let Some(r) = rows.next()? {
                     if !f(&Row::Pg(&r))? {
                         break;
@@ -611,9 +616,9 @@ impl<'a> Txn<'a> {
                 resource: Some(Self::decode(kind, &name, &body)?),
             });
         }
-        let cutoff = self.commands_pruned_at()?;
+        let newest_pruning = self.commands_pruned_at()?;
         let mut pruned = std::collections::HashSet::new();
-        if cutoff > pruned_at {
+        if newest_pruning > pruned_at {
             // A pruning ran: the view's commands the table no longer holds
             // are the ones it deleted. (Not "finished before its cut-off" as
             // the view knows them: a command finished and pruned within this
@@ -662,7 +667,7 @@ impl<'a> Txn<'a> {
                 })
             },
         )?;
-        Ok((out, cutoff))
+        Ok((out, newest_pruning))
     }
 
     /// The epoch of the `leader` row (PostgreSQL only; docs/ha.md §3).
