@@ -113,6 +113,11 @@ pub fn cert_name(der: &[u8]) -> Option<String> {
     {
         return Some(cn.to_string());
     }
+    first_dns_name(&cert)
+}
+
+/// A certificate's first non-empty DNS Subject Alternative Name.
+fn first_dns_name(cert: &X509Certificate<'_>) -> Option<String> {
     let san = cert.subject_alternative_name().ok().flatten()?;
     san.value.general_names.iter().find_map(|n| match n {
         GeneralName::DNSName(d) if !d.is_empty() => Some(d.to_string()),
@@ -131,11 +136,7 @@ pub fn pem_cert_name(pem: &[u8]) -> Option<String> {
 pub fn pem_first_dns_name(pem: &[u8]) -> Option<String> {
     let der = CertificateDer::pem_slice_iter(pem).next()?.ok()?;
     let (_, cert) = X509Certificate::from_der(&der).ok()?;
-    let san = cert.subject_alternative_name().ok().flatten()?;
-    san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::DNSName(d) if !d.is_empty() => Some(d.to_string()),
-        _ => None,
-    })
+    first_dns_name(&cert)
 }
 
 /// When the first certificate in `pem` expires (for a log line at start).
