@@ -34,6 +34,7 @@ fn flash(id: &str, dpu: &str, bytes: usize) -> Command {
         action: Some(command::Action::FlashBfb(FlashBfb {
             bfb: None,
             bf_cfg: [("BIG".to_string(), "x".repeat(bytes))].into(),
+            dpu_os: None,
         })),
     }
 }

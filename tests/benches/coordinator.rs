@@ -852,6 +852,7 @@ async fn create_inputs(admin: &Admin, fleet: &[(String, Vec<String>)]) -> Result
                 }],
                 ..Default::default()
             }),
+            ..Default::default()
         }),
     };
     create(&mut admin, flavor.into()).await?;

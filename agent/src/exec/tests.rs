@@ -111,7 +111,7 @@ async fn flash_actions_go_to_the_flash_path_with_their_parameters() {
     assert_eq!(o, CommandOutcome::Succeeded);
     assert!(m.contains("doca-2.9") && m.contains("/cache/ab12"), "{m}");
     let bf_cfg = HashMap::from([("UPDATE_DPU_OS".to_string(), "yes".to_string())]);
-    let (o, m) = exec(&ex, cmd(Some(Action::FlashBfb(FlashBfb { bfb: bfb(), bf_cfg })))).await;
+    let (o, m) = exec(&ex, cmd(Some(Action::FlashBfb(FlashBfb { bfb: bfb(), bf_cfg, dpu_os: None })))).await;
     assert_eq!(o, CommandOutcome::Succeeded);
     assert!(
         m.contains("rshim0 installed bfb doca-2.9") && m.contains("DPU is ready"),
@@ -214,7 +214,7 @@ async fn unsupported_jobs_are_skipped_saying_why() {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Some(Action::ConfigFwParameters(ConfigFwParameters { nic_firmware }))
+        Some(Action::ConfigFwParameters(ConfigFwParameters { nic_firmware, ..Default::default() }))
     };
     let cases = [
         (
@@ -250,7 +250,7 @@ async fn unsupported_jobs_are_skipped_saying_why() {
 #[tokio::test]
 async fn reboot_succeeds_when_the_command_does() {
     let (ex, _) = executor(&["true"]);
-    let (o, m) = exec(&ex, cmd(Some(Action::RebootHost(RebootHost {})))).await;
+    let (o, m) = exec(&ex, cmd(Some(Action::RebootHost(RebootHost::default())))).await;
     assert_eq!(o, CommandOutcome::Succeeded, "{m}");
     assert!(m.contains("reboot issued with `true`"), "{m}");
 }
@@ -258,12 +258,12 @@ async fn reboot_succeeds_when_the_command_does() {
 #[tokio::test]
 async fn reboot_failure_carries_stderr() {
     let (ex, _) = executor(&["sh", "-c", "echo 'Failed to reboot: access denied' >&2; exit 3"]);
-    let (o, m) = exec(&ex, cmd(Some(Action::RebootHost(RebootHost {})))).await;
+    let (o, m) = exec(&ex, cmd(Some(Action::RebootHost(RebootHost::default())))).await;
     assert_eq!(o, CommandOutcome::Failed);
     assert!(m.contains("access denied") && m.contains('3'), "{m}");
 
     let (ex, _) = executor(&["/nonexistent/reboot"]);
-    let (o, m) = exec(&ex, cmd(Some(Action::RebootHost(RebootHost {})))).await;
+    let (o, m) = exec(&ex, cmd(Some(Action::RebootHost(RebootHost::default())))).await;
     assert_eq!(o, CommandOutcome::Failed);
     assert!(
         m.contains("cannot run reboot command `/nonexistent/reboot`"),
@@ -276,7 +276,7 @@ async fn cancelled_reboot_reports_cancelled() {
     let (ex, _) = executor(&["sleep", "600"]);
     let cancel = CancellationToken::new();
     let (tx, _rx) = mpsc::channel(1);
-    let run = ex.execute(cmd(Some(Action::RebootHost(RebootHost {}))), tx, cancel.clone());
+    let run = ex.execute(cmd(Some(Action::RebootHost(RebootHost::default()))), tx, cancel.clone());
     let canceller = async {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         cancel.cancel();
@@ -286,7 +286,7 @@ async fn cancelled_reboot_reports_cancelled() {
 
     let (tx, _rx) = mpsc::channel(1);
     let r = ex
-        .execute(cmd(Some(Action::RebootHost(RebootHost {}))), tx, cancel)
+        .execute(cmd(Some(Action::RebootHost(RebootHost::default()))), tx, cancel)
         .await;
     assert_eq!(r.outcome(), CommandOutcome::Cancelled);
     assert!(r.message.contains("before it started"), "{}", r.message);

@@ -118,7 +118,7 @@ mod tests {
                     ..Default::default()
                 })),
             ),
-            cmd("c", "", Some(Action::RebootHost(RebootHost {}))),
+            cmd("c", "", Some(Action::RebootHost(RebootHost::default()))),
         ]);
         check(&ds, "n1").unwrap();
         check(&DesiredState::default(), "n1").unwrap();
@@ -145,7 +145,7 @@ mod tests {
             )
         };
         let prepare = |bfb| cmd("p", "", Some(Action::PrepareBfb(PrepareBfb { bfb })));
-        let reboot = |id: &str| cmd(id, "", Some(Action::RebootHost(RebootHost {})));
+        let reboot = |id: &str| cmd(id, "", Some(Action::RebootHost(RebootHost::default())));
         let cases = [
             (state(vec![reboot("")]), "has no id"),
             (state(vec![reboot("x"), reboot("x")]), "x is listed twice"),

@@ -79,7 +79,7 @@ mod tests {
                 id: "c1".into(),
                 dpu: "d1".into(),
                 rshim: "rshim0".into(),
-                action: Some(Action::RebootHost(RebootHost {})),
+                action: Some(Action::RebootHost(RebootHost::default())),
             }],
             lease_seconds: 15,
             networks: Vec::new(),

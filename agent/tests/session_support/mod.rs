@@ -274,7 +274,7 @@ pub fn reboot(id: &str) -> Command {
         id: id.into(),
         dpu: format!("dpu-{id}"),
         rshim: String::new(),
-        action: Some(Action::RebootHost(RebootHost {})),
+        action: Some(Action::RebootHost(RebootHost::default())),
     }
 }
 
@@ -292,6 +292,7 @@ pub fn flash(id: &str, rshim: &str) -> Command {
                 version: "2.9".into(),
             }),
             bf_cfg: HashMap::new(),
+            dpu_os: None,
         })),
     }
 }

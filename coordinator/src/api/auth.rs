@@ -22,7 +22,7 @@ use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer
 use hostplane_proto::v1::{
     ClusterStatus, ClusterStatusRequest, CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse,
     CreateRequest, DeleteRequest, DeleteResponse, Deployment, Dpu, DpuReadiness, DpuRef, GetRequest, Kind,
-    ListRequest, ListResponse, Node, NodeRebootStatus, NodeRef, PowerSummary, PowerSummaryRequest, Resource,
+    ListRequest, ListResponse, Node, MarkRebootedRequest, NodeRebootStatus, NodeRef, PowerSummary, PowerSummaryRequest, Resource,
     SetDeploymentImageRequest, UpdateRequest, WatchRequest,
 };
 use serde::{Deserialize, Serialize};
@@ -413,8 +413,8 @@ impl AdminService for GuardedAdmin {
         )
     }
 
-    async fn mark_rebooted(&self, req: Request<NodeRef>) -> Reply<Node> {
-        let t = |r: &Request<NodeRef>| format!("node/{}", r.get_ref().name);
+    async fn mark_rebooted(&self, req: Request<MarkRebootedRequest>) -> Reply<Node> {
+        let t = |r: &Request<MarkRebootedRequest>| format!("node/{}", r.get_ref().name);
         guarded!(self, req, Role::Operator, "MarkRebooted", t, true, mark_rebooted)
     }
 

@@ -2,7 +2,7 @@
 //! scheduler needs (DESIGN.md, "The upstream flows").
 use hostplane_proto::v1::{
     CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse, Deployment, Device, Dpu, DpuPhase,
-    DpuReadiness, DpuRef, Kind, Node, NodeRebootStatus, NodeRef, RebootMethod, Resource,
+    DpuReadiness, DpuRef, Kind, Node, MarkRebootedRequest, NodeRebootStatus, NodeRef, RebootMethod, Resource,
     SetDeploymentImageRequest, resource,
 };
 
@@ -69,7 +69,7 @@ impl AdminApi {
         res.map(|(n, _)| n)
     }
 
-    pub(super) async fn mark_node_rebooted(&self, req: NodeRef) -> Result<Node, ApiError> {
+    pub(super) async fn mark_node_rebooted(&self, req: MarkRebootedRequest) -> Result<Node, ApiError> {
         let name = req.name;
         validate::name("name", &name)?;
         let n = name.clone();
@@ -127,6 +127,7 @@ impl AdminApi {
                 Ok(NodeRebootStatus {
                     waiting_for_reboot: !dpus.is_empty(),
                     dpus,
+                    power_cycle_required: false,
                 })
             })
             .await

@@ -23,7 +23,7 @@ use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer
 use hostplane_proto::v1::{
     ClusterStatus, ClusterStatusRequest, CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse,
     CreateRequest, DeleteRequest, DeleteResponse, Deployment, Dpu, DpuReadiness, DpuRef, GetRequest,
-    ListRequest, ListResponse, Node, NodeRebootStatus, NodeRef, PowerSummary, PowerSummaryRequest, Resource,
+    ListRequest, ListResponse, Node, MarkRebootedRequest, NodeRebootStatus, NodeRef, PowerSummary, PowerSummaryRequest, Resource,
     SetDeploymentImageRequest, UpdateRequest, WatchRequest,
 };
 use tokio_util::sync::CancellationToken;
@@ -156,7 +156,7 @@ impl AdminService for AdminApi {
         reply(self.approve_node(req.into_inner()).await)
     }
 
-    async fn mark_rebooted(&self, req: Request<NodeRef>) -> Reply<Node> {
+    async fn mark_rebooted(&self, req: Request<MarkRebootedRequest>) -> Reply<Node> {
         reply(self.mark_node_rebooted(req.into_inner()).await)
     }
 

@@ -61,6 +61,8 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, view: &View, id: String) -> Resul
                     .as_ref()
                     .map(|s| s.nic_firmware.clone())
                     .unwrap_or_default(),
+                pci_address: String::new(),
+                host_power_cycle_required: false,
             })
         }
         DpuPhase::PrepareBfb => command::Action::PrepareBfb(PrepareBfb {
@@ -83,9 +85,10 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, view: &View, id: String) -> Resul
             command::Action::FlashBfb(FlashBfb {
                 bfb: Some(bfb_ref(view, &spec.bfb, &spec.deployment)?),
                 bf_cfg,
+                dpu_os: None,
             })
         }
-        DpuPhase::Rebooting if agent_reboots(view, &spec.node) => command::Action::RebootHost(RebootHost {}),
+        DpuPhase::Rebooting if agent_reboots(view, &spec.node) => command::Action::RebootHost(RebootHost { power_cycle: false }),
         DpuPhase::DpuClusterConfig => command::Action::DpuClusterConfig(DpuClusterConfig {}),
         _ => return Ok(None),
     };

@@ -80,6 +80,7 @@ pub fn flavor(name: &str) -> Resource {
                 mtu: 9000,
                 ..Default::default()
             }),
+            ..Default::default()
         }),
     }
     .into()

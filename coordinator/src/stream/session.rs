@@ -346,6 +346,10 @@ impl Session {
                 self.pending.reports.insert(r.dpu.clone(), r);
                 self.schedule_flush();
             }
+            Some(agent_message::Msg::Inventory(_)) => {
+                // Hot-plug inventory updates: not recorded yet (issue 14).
+                tracing::debug!("inventory update ignored");
+            }
             Some(agent_message::Msg::Hello(_)) => {
                 return Err(StreamError::SecondHello {
                     node: self.node.clone(),

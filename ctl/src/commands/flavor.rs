@@ -35,6 +35,7 @@ pub fn from_flags(args: &FlavorCreate) -> Resource {
             bf_cfg: label_map(&args.bf_cfg),
             nic_firmware: label_map(&args.nic_fw),
             host_network,
+            ..Default::default()
         }),
     }
     .into()

@@ -1,6 +1,6 @@
 //! `hostplanectl node ...`: nodes and the upstream flows on them.
 use hostplane_proto::v1::{
-    self, CreateNodeWithDevicesRequest, Kind, NodeRef, NodeSpec, RebootMethod, Resource,
+    self, CreateNodeWithDevicesRequest, Kind, MarkRebootedRequest, NodeRef, NodeSpec, RebootMethod, Resource,
 };
 
 use super::resource::{self, new_meta};
@@ -66,7 +66,7 @@ pub async fn approve(client: &mut Client, ctx: &Ctx, name: &str, out: &mut Out) 
 
 pub async fn rebooted(client: &mut Client, ctx: &Ctx, name: &str, out: &mut Out) -> Result<u8, Error> {
     let node = client
-        .mark_rebooted(NodeRef { name: name.into() })
+        .mark_rebooted(MarkRebootedRequest { name: name.into(), power_cycled: false })
         .await?
         .into_inner();
     emit(out, &output::action(&node.into(), "marked rebooted", ctx.format)?).await?;

@@ -72,6 +72,8 @@ fn flavor() -> Resource {
         spec: Some(FlavorSpec {
             bf_cfg: [("ENABLE_SFC_HBN".to_string(), "yes".to_string())].into(),
             nic_firmware: Default::default(),
+            nvconfig: vec![],
+            dpu_os: None,
             host_network: Some(HostNetwork {
                 num_vfs: 8,
                 mtu: 9000,

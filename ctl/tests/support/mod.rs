@@ -11,7 +11,7 @@ use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer
 use hostplane_proto::v1::{
     CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse, CreateRequest, DeleteRequest,
     DeleteResponse, Deployment, Dpu, DpuPhase, DpuReadiness, DpuRef, EventType, GetRequest, Kind,
-    ListRequest, ListResponse, Node, NodeRebootStatus, NodeRef, Resource, SetDeploymentImageRequest,
+    ListRequest, ListResponse, Node, MarkRebootedRequest, NodeRebootStatus, NodeRef, Resource, SetDeploymentImageRequest,
     UpdateRequest, WatchEvent, WatchRequest, resource,
 };
 use tokio::io::AsyncWriteExt;
@@ -258,7 +258,7 @@ impl AdminService for Fake {
         Ok(Response::new(node.clone()))
     }
 
-    async fn mark_rebooted(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
+    async fn mark_rebooted(&self, req: Request<MarkRebootedRequest>) -> Result<Response<Node>, Status> {
         let mut st = self.seen(&req);
         let name = req.into_inner().name;
         let Some(Resource {
@@ -296,6 +296,7 @@ impl AdminService for Fake {
             }) => Ok(Response::new(NodeRebootStatus {
                 waiting_for_reboot: n.status.as_ref().is_some_and(|s| s.waiting_for_reboot),
                 dpus: vec![],
+                power_cycle_required: n.status.as_ref().is_some_and(|s| s.power_cycle_required),
             })),
             _ => Err(not_found(Kind::Node, &name)),
         }

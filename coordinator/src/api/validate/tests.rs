@@ -52,6 +52,8 @@ fn good_flavor() -> Flavor {
         spec: Some(FlavorSpec {
             bf_cfg: [("UPDATE_DPU_OS".to_string(), "yes".to_string())].into(),
             nic_firmware: [("NUM_OF_VFS".to_string(), "8".to_string())].into(),
+            nvconfig: vec![],
+            dpu_os: None,
             host_network: Some(HostNetwork {
                 num_vfs: 8,
                 mtu: 9000,
