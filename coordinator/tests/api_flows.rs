@@ -3,8 +3,8 @@ mod api_common;
 
 use api_common::*;
 use hostplane_proto::v1::{
-    CreateNodeWithDevicesRequest, DpuPhase, DpuRef, GetRequest, Kind, MarkRebootedRequest, NodeRef, NodeSpec, RebootMethod,
-    Resource, SetDeploymentImageRequest, resource,
+    CreateNodeWithDevicesRequest, DpuPhase, DpuRef, GetRequest, Kind, MarkRebootedRequest, NodeRef, NodeSpec,
+    RebootMethod, Resource, SetDeploymentImageRequest, resource,
 };
 use tonic::Code;
 
@@ -155,7 +155,13 @@ async fn mark_rebooted_and_reboot_status() {
         .unwrap()
         .into_inner();
     assert!(!st.waiting_for_reboot && st.dpus.is_empty());
-    let e = c.mark_rebooted(MarkRebootedRequest { name: "n1".into(), power_cycled: false }).await.unwrap_err();
+    let e = c
+        .mark_rebooted(MarkRebootedRequest {
+            name: "n1".into(),
+            power_cycled: false,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(
         (e.code(), e.message()),
         (Code::FailedPrecondition, "node n1 is not waiting for a reboot")
@@ -171,7 +177,13 @@ async fn mark_rebooted_and_reboot_status() {
         .into_inner();
     assert!(!st.waiting_for_reboot && st.dpus.is_empty(), "{st:?}");
     assert_eq!(
-        c.mark_rebooted(MarkRebootedRequest { name: "n1".into(), power_cycled: false }).await.unwrap_err().code(),
+        c.mark_rebooted(MarkRebootedRequest {
+            name: "n1".into(),
+            power_cycled: false
+        })
+        .await
+        .unwrap_err()
+        .code(),
         Code::FailedPrecondition
     );
 
@@ -192,7 +204,14 @@ async fn mark_rebooted_and_reboot_status() {
         .into_inner();
     assert!(st.waiting_for_reboot);
     assert_eq!(st.dpus, ["d1", "d2"]);
-    let n = c.mark_rebooted(MarkRebootedRequest { name: "n1".into(), power_cycled: false }).await.unwrap().into_inner();
+    let n = c
+        .mark_rebooted(MarkRebootedRequest {
+            name: "n1".into(),
+            power_cycled: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(n.status.unwrap().rebooted_at_ms > 0);
 
     // An agent-rebooted node is not the upstream's to mark.
@@ -202,11 +221,23 @@ async fn mark_rebooted_and_reboot_status() {
         .unwrap()
         .into_inner();
     assert!(!st.waiting_for_reboot && st.dpus.is_empty());
-    let e = c.mark_rebooted(MarkRebootedRequest { name: "n2".into(), power_cycled: false }).await.unwrap_err();
+    let e = c
+        .mark_rebooted(MarkRebootedRequest {
+            name: "n2".into(),
+            power_cycled: false,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("reboot_method AGENT"), "{}", e.message());
     assert_eq!(
-        c.mark_rebooted(MarkRebootedRequest { name: "n9".into(), power_cycled: false }).await.unwrap_err().code(),
+        c.mark_rebooted(MarkRebootedRequest {
+            name: "n9".into(),
+            power_cycled: false
+        })
+        .await
+        .unwrap_err()
+        .code(),
         Code::NotFound
     );
     srv.stop().await;

@@ -127,7 +127,10 @@ async fn whole_flow_with_hold_and_external_reboot() {
     .await
     .unwrap();
     admin
-        .mark_rebooted(v1::MarkRebootedRequest { name: "n1".into(), power_cycled: false })
+        .mark_rebooted(v1::MarkRebootedRequest {
+            name: "n1".into(),
+            power_cycled: false,
+        })
         .await
         .unwrap();
 
@@ -275,7 +278,10 @@ async fn reprovision_walks_the_machine_again() {
     // dpu-a may be held until dpu-b is installed too (one reboot per node).
     wait_node_waiting(&w.admin).await;
     w.admin
-        .mark_rebooted(v1::MarkRebootedRequest { name: "n1".into(), power_cycled: false })
+        .mark_rebooted(v1::MarkRebootedRequest {
+            name: "n1".into(),
+            power_cycled: false,
+        })
         .await
         .unwrap();
     let first = wait_phase(&mut w.admin, "dpu-a", DpuPhase::Ready, T)
@@ -295,7 +301,10 @@ async fn reprovision_walks_the_machine_again() {
     // dpu-a may be held until dpu-b is installed too (one reboot per node).
     wait_node_waiting(&w.admin).await;
     w.admin
-        .mark_rebooted(v1::MarkRebootedRequest { name: "n1".into(), power_cycled: false })
+        .mark_rebooted(v1::MarkRebootedRequest {
+            name: "n1".into(),
+            power_cycled: false,
+        })
         .await
         .unwrap();
     wait_phase(&mut w.admin, "dpu-a", DpuPhase::Ready, T)

@@ -201,7 +201,12 @@ fn rebooter(admin: Admin, nodes: Vec<String>) -> tokio::task::JoinHandle<()> {
                     .await
                     && s.into_inner().waiting_for_reboot
                 {
-                    let _ = admin.mark_rebooted(v1::MarkRebootedRequest { name: n.clone(), power_cycled: false }).await;
+                    let _ = admin
+                        .mark_rebooted(v1::MarkRebootedRequest {
+                            name: n.clone(),
+                            power_cycled: false,
+                        })
+                        .await;
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -213,7 +213,10 @@ async fn a_dpu_is_ready_only_with_its_host_network_and_drift_is_repaired() {
         ns.links().await
     );
     w.admin
-        .mark_rebooted(v1::MarkRebootedRequest { name: "n1".into(), power_cycled: false })
+        .mark_rebooted(v1::MarkRebootedRequest {
+            name: "n1".into(),
+            power_cycled: false,
+        })
         .await
         .unwrap();
     let d = wait_phase(&mut w.admin, "dpu-a", DpuPhase::Ready, T)

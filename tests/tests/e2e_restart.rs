@@ -75,7 +75,12 @@ async fn bfb_upgrade_rolls_with_max_unavailable_one() {
                 .await
                 && s.into_inner().waiting_for_reboot
             {
-                let _ = admin.mark_rebooted(v1::MarkRebootedRequest { name: "n1".into(), power_cycled: false }).await;
+                let _ = admin
+                    .mark_rebooted(v1::MarkRebootedRequest {
+                        name: "n1".into(),
+                        power_cycled: false,
+                    })
+                    .await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -321,7 +326,10 @@ async fn bad_admin_input_is_rejected_and_changes_nothing() {
     assert_eq!(e.code(), tonic::Code::NotFound);
     let e = w
         .admin
-        .mark_rebooted(v1::MarkRebootedRequest { name: "n1".into(), power_cycled: false })
+        .mark_rebooted(v1::MarkRebootedRequest {
+            name: "n1".into(),
+            power_cycled: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());

@@ -412,7 +412,12 @@ async fn images_run_the_flow_on_a_private_network() {
         })
         .await
         .unwrap();
-        a.mark_rebooted(v1::MarkRebootedRequest { name: node.into(), power_cycled: false }).await.unwrap();
+        a.mark_rebooted(v1::MarkRebootedRequest {
+            name: node.into(),
+            power_cycled: false,
+        })
+        .await
+        .unwrap();
     }
     // Each DPU walked the whole machine: flashed (OSInstalling) by the agent in its container.
     for dpu in ["dpu-a", "dpu-b"] {

@@ -111,7 +111,15 @@ async fn flash_actions_go_to_the_flash_path_with_their_parameters() {
     assert_eq!(o, CommandOutcome::Succeeded);
     assert!(m.contains("doca-2.9") && m.contains("/cache/ab12"), "{m}");
     let bf_cfg = HashMap::from([("UPDATE_DPU_OS".to_string(), "yes".to_string())]);
-    let (o, m) = exec(&ex, cmd(Some(Action::FlashBfb(FlashBfb { bfb: bfb(), bf_cfg, dpu_os: None })))).await;
+    let (o, m) = exec(
+        &ex,
+        cmd(Some(Action::FlashBfb(FlashBfb {
+            bfb: bfb(),
+            bf_cfg,
+            dpu_os: None,
+        }))),
+    )
+    .await;
     assert_eq!(o, CommandOutcome::Succeeded);
     assert!(
         m.contains("rshim0 installed bfb doca-2.9") && m.contains("DPU is ready"),
@@ -214,7 +222,10 @@ async fn unsupported_jobs_are_skipped_saying_why() {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Some(Action::ConfigFwParameters(ConfigFwParameters { nic_firmware, ..Default::default() }))
+        Some(Action::ConfigFwParameters(ConfigFwParameters {
+            nic_firmware,
+            ..Default::default()
+        }))
     };
     let cases = [
         (
@@ -276,7 +287,11 @@ async fn cancelled_reboot_reports_cancelled() {
     let (ex, _) = executor(&["sleep", "600"]);
     let cancel = CancellationToken::new();
     let (tx, _rx) = mpsc::channel(1);
-    let run = ex.execute(cmd(Some(Action::RebootHost(RebootHost::default()))), tx, cancel.clone());
+    let run = ex.execute(
+        cmd(Some(Action::RebootHost(RebootHost::default()))),
+        tx,
+        cancel.clone(),
+    );
     let canceller = async {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         cancel.cancel();

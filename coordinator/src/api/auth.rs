@@ -22,8 +22,8 @@ use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer
 use hostplane_proto::v1::{
     ClusterStatus, ClusterStatusRequest, CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse,
     CreateRequest, DeleteRequest, DeleteResponse, Deployment, Dpu, DpuReadiness, DpuRef, GetRequest, Kind,
-    ListRequest, ListResponse, Node, MarkRebootedRequest, NodeRebootStatus, NodeRef, PowerSummary, PowerSummaryRequest, Resource,
-    SetDeploymentImageRequest, UpdateRequest, WatchRequest,
+    ListRequest, ListResponse, MarkRebootedRequest, Node, NodeRebootStatus, NodeRef, PowerSummary,
+    PowerSummaryRequest, Resource, SetDeploymentImageRequest, UpdateRequest, WatchRequest,
 };
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;

@@ -2,7 +2,7 @@
 //! scheduler needs (DESIGN.md, "The upstream flows").
 use hostplane_proto::v1::{
     CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse, Deployment, Device, Dpu, DpuPhase,
-    DpuReadiness, DpuRef, Kind, Node, MarkRebootedRequest, NodeRebootStatus, NodeRef, RebootMethod, Resource,
+    DpuReadiness, DpuRef, Kind, MarkRebootedRequest, Node, NodeRebootStatus, NodeRef, RebootMethod, Resource,
     SetDeploymentImageRequest, resource,
 };
 

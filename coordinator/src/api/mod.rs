@@ -23,8 +23,8 @@ use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer
 use hostplane_proto::v1::{
     ClusterStatus, ClusterStatusRequest, CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse,
     CreateRequest, DeleteRequest, DeleteResponse, Deployment, Dpu, DpuReadiness, DpuRef, GetRequest,
-    ListRequest, ListResponse, Node, MarkRebootedRequest, NodeRebootStatus, NodeRef, PowerSummary, PowerSummaryRequest, Resource,
-    SetDeploymentImageRequest, UpdateRequest, WatchRequest,
+    ListRequest, ListResponse, MarkRebootedRequest, Node, NodeRebootStatus, NodeRef, PowerSummary,
+    PowerSummaryRequest, Resource, SetDeploymentImageRequest, UpdateRequest, WatchRequest,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};

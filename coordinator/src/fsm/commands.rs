@@ -88,7 +88,9 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, view: &View, id: String) -> Resul
                 dpu_os: None,
             })
         }
-        DpuPhase::Rebooting if agent_reboots(view, &spec.node) => command::Action::RebootHost(RebootHost { power_cycle: false }),
+        DpuPhase::Rebooting if agent_reboots(view, &spec.node) => {
+            command::Action::RebootHost(RebootHost { power_cycle: false })
+        }
         DpuPhase::DpuClusterConfig => command::Action::DpuClusterConfig(DpuClusterConfig {}),
         _ => return Ok(None),
     };

@@ -66,7 +66,10 @@ pub async fn approve(client: &mut Client, ctx: &Ctx, name: &str, out: &mut Out) 
 
 pub async fn rebooted(client: &mut Client, ctx: &Ctx, name: &str, out: &mut Out) -> Result<u8, Error> {
     let node = client
-        .mark_rebooted(MarkRebootedRequest { name: name.into(), power_cycled: false })
+        .mark_rebooted(MarkRebootedRequest {
+            name: name.into(),
+            power_cycled: false,
+        })
         .await?
         .into_inner();
     emit(out, &output::action(&node.into(), "marked rebooted", ctx.format)?).await?;

@@ -11,8 +11,8 @@ use hostplane_proto::v1::admin_service_server::{AdminService, AdminServiceServer
 use hostplane_proto::v1::{
     CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse, CreateRequest, DeleteRequest,
     DeleteResponse, Deployment, Dpu, DpuPhase, DpuReadiness, DpuRef, EventType, GetRequest, Kind,
-    ListRequest, ListResponse, Node, MarkRebootedRequest, NodeRebootStatus, NodeRef, Resource, SetDeploymentImageRequest,
-    UpdateRequest, WatchEvent, WatchRequest, resource,
+    ListRequest, ListResponse, MarkRebootedRequest, Node, NodeRebootStatus, NodeRef, Resource,
+    SetDeploymentImageRequest, UpdateRequest, WatchEvent, WatchRequest, resource,
 };
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status};

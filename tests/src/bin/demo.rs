@@ -343,7 +343,12 @@ async fn provision(w: &mut World) -> Result<()> {
                     println!(
                         "{t:7.1}s  upstream: {NODE} waits for a reboot -> rebooting it, then MarkRebooted"
                     );
-                    admin.mark_rebooted(v1::MarkRebootedRequest { name: NODE.into(), power_cycled: false }).await?;
+                    admin
+                        .mark_rebooted(v1::MarkRebootedRequest {
+                            name: NODE.into(),
+                            power_cycled: false,
+                        })
+                        .await?;
                 }
             }
             _ => {}
