@@ -31,21 +31,49 @@ pub const SHA256_HEX_LEN: usize = 64;
 /// `bfb.spec.version`.
 pub const MAX_VERSION: usize = 128;
 
-/// The rendered bf.cfg (`KEY='value'` lines, see [`bf_cfg_rendered_len`]):
+/// The rendered bf.cfg (`KEY='value'` lines, see [`bf_cfg_rendered_len`], and the
+/// `bfb_modify_os` of the Flavor's `dpu_os`, see [`crate::dpu_os::rendered_len`]):
 /// the agent refuses a larger one, as DPF does.
 pub const MAX_BF_CFG_BYTES: usize = 128 * 1024;
 /// A bf.cfg or NIC firmware parameter name.
 pub const MAX_PARAM_KEY: usize = 128;
 /// A NIC firmware parameter value.
 pub const MAX_NIC_FW_VALUE: usize = 128;
-/// NIC firmware parameters in one Flavor.
+/// NIC firmware parameters in one Flavor (the `nic_firmware` map, or all
+/// `nvconfig` entries together).
 pub const MAX_NIC_FW_PARAMS: usize = 256;
+/// Entries in a Flavor's `nvconfig`.
+pub const MAX_NVCONFIG_ENTRIES: usize = 64;
+/// An `nvconfig` entry's device selector.
+pub const MAX_NVCONFIG_DEVICE: usize = 128;
+/// One `nvconfig` parameter, `NAME=VALUE` (NAME at most [`MAX_PARAM_KEY`]
+/// plus an array index, VALUE at most [`MAX_NIC_FW_VALUE`]).
+pub const MAX_NVCONFIG_PARAMETER: usize = MAX_PARAM_KEY + 16 + MAX_NIC_FW_VALUE;
 /// A Flavor's `host_network`, encoded (bounds the number of bridges, ports,
 /// addresses, PFs, VFs and routes together).
 pub const MAX_HOST_NETWORK_BYTES: usize = 64 * 1024;
 /// A string inside `host_network` (interface names are at most 15 bytes;
 /// ports, addresses, routes and MACs are shorter than this).
 pub const MAX_NETWORK_STRING: usize = 64;
+
+/// `dpu_os.grub.kernel_parameters`: entries, and bytes in one.
+pub const MAX_KERNEL_PARAMS: usize = 64;
+pub const MAX_KERNEL_PARAM: usize = 256;
+/// `dpu_os.sysctl.parameters`: entries, and bytes in one `key=value`.
+pub const MAX_SYSCTL_PARAMS: usize = 128;
+pub const MAX_SYSCTL_PARAM: usize = 1024;
+/// `dpu_os.config_files`: entries.
+pub const MAX_CONFIG_FILES: usize = 64;
+/// `dpu_os.config_files[].path` (Linux's PATH_MAX).
+pub const MAX_CONFIG_PATH: usize = 4096;
+/// `dpu_os.config_files[].raw` (the whole bf.cfg is bounded too, and base64 adds a third).
+pub const MAX_CONFIG_FILE_BYTES: usize = 64 * 1024;
+/// `dpu_os.config_files[].owner`: `user[:group]`, each name at most 32 bytes.
+pub const MAX_OWNER: usize = 65;
+/// `dpu_os.ovs.raw_config_script`.
+pub const MAX_OVS_SCRIPT: usize = 64 * 1024;
+/// `dpu_os.containerd_config.registry_endpoint` (a URL).
+pub const MAX_REGISTRY_ENDPOINT: usize = MAX_URL;
 
 /// The largest message the agent accepts from the coordinator (its gRPC
 /// max decoding size). No desired state the coordinator composes is larger.

@@ -145,6 +145,7 @@ fn flavor(p: &str, f: &Flavor) -> Result {
             lim::MAX_NIC_FW_VALUE,
         )?;
     }
+    super::nvconfig::bounds(p, &s.nvconfig)?;
     match &s.host_network {
         Some(h) => host_network(&format!("{p}.spec.host_network"), h),
         None => Ok(()),

@@ -306,6 +306,7 @@ pub fn flavor(p: &str, f: &Flavor) -> Result {
         }
         no_space(format!("{p}.spec.nic_firmware[{k:?}]"), v, lim::MAX_NIC_FW_VALUE)?;
     }
+    nvconfig::check(p, &spec)?;
     net::host_network(
         &format!("{p}.spec.host_network"),
         &spec.host_network.unwrap_or_default(),
@@ -341,6 +342,7 @@ pub fn deployment(p: &str, d: &Deployment) -> Result {
 
 mod bounds;
 mod net;
+pub(crate) mod nvconfig;
 pub(super) mod power;
 
 #[cfg(test)]
