@@ -27,6 +27,7 @@ pub mod internal {
 /// need no dependency of their own.
 pub use pbjson_types;
 
+pub mod dpu_os;
 mod helpers;
 pub mod limits;
 pub mod power;
