@@ -1,17 +1,31 @@
 //! NIC firmware (NV config) parameters, issue 14: the library half of the
-//! ConfigFWParameters phase. Not wired into the command path yet.
+//! ConfigFWParameters phase (the command path is `crate::exec`).
 //!
 //! [`NicConfigTool`] is the seam: [`Mstconfig`] drives the open-source
 //! `mstconfig` from Debian's `mstflint` package; tests drive the same code
 //! through a fake `mstconfig` that prints the real tool's formats.
 //! [`apply`] queries first, sets only what differs from the next-boot value,
-//! queries again to verify, and reports per parameter.
+//! queries again to verify, and reports per parameter. [`apply_with`] also
+//! prefers devlink ([`DevlinkParams`]) for the parameters the kernel exposes
+//! as devlink parameters ([`DEVLINK_NAMES`]), and stops between tool calls
+//! when cancelled.
 
+mod config;
+mod devlink;
 mod mstconfig;
 
+pub use config::{DevlinkMode, NicFwConfig};
+pub use devlink::{
+    DEVLINK_NAMES, Devlink, DevlinkKind, DevlinkParam, DevlinkParams, PERMANENT, devlink_name, devlink_value,
+    parse_show,
+};
 pub use mstconfig::{Mstconfig, parse_query};
 
 use std::fmt;
+
+use tokio_util::sync::CancellationToken;
+
+use devlink::DevlinkTool;
 
 /// One NV config parameter as `mstconfig -e query` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +45,8 @@ pub enum NicFwError {
         "NIC firmware tool {program:?} not found ({source}); install Debian's `mstflint` package, which provides `mstconfig`"
     )]
     ToolMissing { program: String, source: std::io::Error },
+    #[error("devlink tool {program:?} not found ({source}); install iproute2, which provides `devlink`")]
+    DevlinkMissing { program: String, source: std::io::Error },
     #[error("running {program:?}: {source}")]
     Spawn { program: String, source: std::io::Error },
     #[error("{program} {args} did not finish within {after:?}; killed")]
@@ -75,11 +91,20 @@ pub enum ParamOutcome {
     Failed(String),
 }
 
+/// Which tool read (and set) a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Mstconfig,
+    /// A devlink parameter in cmode permanent (see [`DEVLINK_NAMES`]).
+    Devlink,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamReport {
     pub name: String,
     pub desired: String,
     pub outcome: ParamOutcome,
+    pub via: Via,
 }
 
 /// The overall outcome of [`apply`].
@@ -92,6 +117,9 @@ pub enum Overall {
     /// At least one parameter failed (others may have been set: see the
     /// per-parameter outcomes); never reported as success.
     Failed,
+    /// Stopped between two tool calls because it was cancelled; what was
+    /// done before is in the per-parameter outcomes.
+    Cancelled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,11 +129,21 @@ pub struct ApplyReport {
     /// The query or verification itself failed (tool missing, device
     /// unreadable): the tool's words.
     pub error: Option<String>,
+    /// Stopped between tool calls because it was cancelled.
+    pub cancelled: bool,
+    /// How the parameters were routed, when that is worth saying (devlink
+    /// not usable, a mapped parameter devlink does not expose).
+    pub notes: Vec<String>,
+    /// The values set need a host power cycle, not a warm reboot (the
+    /// caller's knowledge: the Flavor says so).
+    pub power_cycle_required: bool,
 }
 
 impl ApplyReport {
     pub fn overall(&self) -> Overall {
-        if self.error.is_some()
+        if self.cancelled {
+            Overall::Cancelled
+        } else if self.error.is_some()
             || self
                 .params
                 .iter()
@@ -124,7 +162,15 @@ impl ApplyReport {
     }
 
     pub fn succeeded(&self) -> bool {
-        self.overall() != Overall::Failed
+        matches!(self.overall(), Overall::Unchanged | Overall::RebootRequired)
+    }
+
+    /// True when at least one parameter was set (so the values wait for a
+    /// reboot or a power cycle).
+    pub fn any_set(&self) -> bool {
+        self.params
+            .iter()
+            .any(|p| matches!(p.outcome, ParamOutcome::Set { .. }))
     }
 }
 
@@ -134,17 +180,35 @@ impl fmt::Display for ApplyReport {
         if let Some(e) = &self.error {
             write!(f, "{e}; ")?;
         }
-        let parts: Vec<String> = self
+        let mut parts: Vec<String> = self
             .params
             .iter()
-            .map(|p| match &p.outcome {
-                ParamOutcome::Unchanged => format!("{}={} unchanged", p.name, p.desired),
-                ParamOutcome::Set { from, to } => {
-                    format!("{} {from} -> {to} (takes effect at next reboot)", p.name)
+            .map(|p| {
+                let via = match (p.via, devlink_name(&p.name)) {
+                    (Via::Devlink, Some((dl, _))) => format!("via devlink ({dl}, cmode {PERMANENT})"),
+                    (Via::Devlink, None) => "via devlink".to_string(),
+                    (Via::Mstconfig, _) => "via mstconfig".to_string(),
+                };
+                match &p.outcome {
+                    ParamOutcome::Unchanged => format!("{}={} unchanged ({via})", p.name, p.desired),
+                    ParamOutcome::Set { from, to } => format!("{} {from} -> {to} {via}", p.name),
+                    ParamOutcome::Failed(why) => format!("{}={} failed {via}: {why}", p.name, p.desired),
                 }
-                ParamOutcome::Failed(why) => format!("{}={} failed: {why}", p.name, p.desired),
             })
             .collect();
+        parts.extend(self.notes.iter().cloned());
+        if self.any_set() {
+            parts.push(if self.power_cycle_required {
+                "the values set take effect only after a host power cycle (host_power_cycle_required; a warm \
+                 reboot is not enough)"
+                    .to_string()
+            } else {
+                "the values set take effect at the next reboot".to_string()
+            });
+        }
+        if self.cancelled {
+            parts.push("cancelled: the parameters after that were not applied".to_string());
+        }
         write!(f, "{}", parts.join("; "))
     }
 }
@@ -166,7 +230,7 @@ pub fn value_matches(shown: &str, desired: &str) -> bool {
 
 /// `True(1)` -> (Some("True"), Some(1)); `20` -> (None, Some(20));
 /// `0x1f` -> (None, Some(31)); `True` -> (Some("True"), None).
-fn split_value(v: &str) -> (Option<&str>, Option<u64>) {
+pub(crate) fn split_value(v: &str) -> (Option<&str>, Option<u64>) {
     let v = v.trim();
     if let Some(open) = v.find('(')
         && v.ends_with(')')
@@ -195,38 +259,180 @@ fn parse_num(s: &str) -> Option<u64> {
 /// refusal of one names that one and does not block the others), query again
 /// and verify each parameter that was set.
 pub async fn apply<T: NicConfigTool>(tool: &T, device: &str, desired: &[(String, String)]) -> ApplyReport {
+    apply_with(tool, device, desired, ApplyOptions::default()).await
+}
+
+/// What [`apply_with`] does besides [`apply`].
+#[derive(Clone, Copy, Default)]
+pub struct ApplyOptions<'a> {
+    /// Prefer devlink on this devlink handle (`pci/0000:03:00.0`) for the
+    /// parameters it exposes in cmode permanent ([`DEVLINK_NAMES`]).
+    pub devlink: Option<(&'a dyn DevlinkParams, &'a str)>,
+    /// Checked before every tool call; once cancelled nothing more runs.
+    pub cancel: Option<&'a CancellationToken>,
+    /// Recorded in the report (the values need a host power cycle).
+    pub power_cycle_required: bool,
+}
+
+/// [`apply`], with the parameters devlink exposes on the device set through
+/// devlink (one `devlink dev param show` first decides which), the rest
+/// through `tool`, and cancellation honoured between tool calls. The
+/// per-parameter reports come in `desired`'s order.
+pub async fn apply_with<T: NicConfigTool>(
+    tool: &T,
+    device: &str,
+    desired: &[(String, String)],
+    opts: ApplyOptions<'_>,
+) -> ApplyReport {
     let mut report = ApplyReport {
         device: device.to_string(),
         params: Vec::new(),
         error: None,
+        cancelled: false,
+        notes: Vec::new(),
+        power_cycle_required: opts.power_cycle_required,
     };
-    let before = match tool.query(device).await {
-        Ok(p) => p,
-        Err(e) => {
-            let why = e.to_string();
-            report.params = desired
+    let mut through_devlink: Vec<(String, String)> = Vec::new();
+    let mut devlink_before = None;
+    let mut phases = Vec::new();
+    if let Some((dl, handle)) = opts.devlink
+        && desired.iter().any(|(n, _)| devlink_name(n).is_some())
+    {
+        if is_cancelled(opts.cancel) {
+            phases.push(Phase::not_attempted(desired, Via::Mstconfig, "cancelled"));
+        } else {
+            match dl.show(handle).await {
+                Ok(params) => {
+                    let nv = DevlinkTool::nv_params(&params);
+                    for (name, value) in desired {
+                        let Some((dl_name, _)) = devlink_name(name) else {
+                            continue;
+                        };
+                        if nv.iter().any(|p| p.name == *name) {
+                            through_devlink.push((name.clone(), value.clone()));
+                        } else {
+                            report.notes.push(format!(
+                                "{name} through mstconfig: devlink shows no {dl_name} in cmode {PERMANENT} on {handle}"
+                            ));
+                        }
+                    }
+                    devlink_before = Some(nv);
+                }
+                Err(e) => report.notes.push(format!(
+                    "devlink not used ({e}); every parameter through mstconfig"
+                )),
+            }
+        }
+    }
+    if phases.is_empty() {
+        if let (Some((dl, handle)), false) = (opts.devlink, through_devlink.is_empty()) {
+            let tool = DevlinkTool { devlink: dl };
+            phases.push(
+                apply_phase(
+                    &tool,
+                    handle,
+                    &through_devlink,
+                    Via::Devlink,
+                    opts.cancel,
+                    devlink_before,
+                )
+                .await,
+            );
+        }
+        let rest: Vec<(String, String)> = desired
+            .iter()
+            .filter(|d| !through_devlink.contains(d))
+            .cloned()
+            .collect();
+        if !rest.is_empty() {
+            phases.push(apply_phase(tool, device, &rest, Via::Mstconfig, opts.cancel, None).await);
+        }
+    }
+    let mut errors = Vec::new();
+    for phase in phases {
+        report.params.extend(phase.params);
+        errors.extend(phase.error);
+        report.cancelled |= phase.cancelled;
+    }
+    if !errors.is_empty() {
+        report.error = Some(errors.join("; "));
+    }
+    let order = |name: &str| desired.iter().position(|(n, _)| n == name);
+    report.params.sort_by_key(|p| order(&p.name));
+    report
+}
+
+fn is_cancelled(cancel: Option<&CancellationToken>) -> bool {
+    cancel.is_some_and(CancellationToken::is_cancelled)
+}
+
+/// The outcome of one tool's share of the parameters.
+struct Phase {
+    params: Vec<ParamReport>,
+    error: Option<String>,
+    cancelled: bool,
+}
+
+impl Phase {
+    fn not_attempted(desired: &[(String, String)], via: Via, why: &str) -> Phase {
+        Phase {
+            params: desired
                 .iter()
                 .map(|(n, v)| ParamReport {
                     name: n.clone(),
                     desired: v.clone(),
                     outcome: ParamOutcome::Failed(format!("not attempted: {why}")),
+                    via,
                 })
-                .collect();
-            report.error = Some(why);
-            return report;
+                .collect(),
+            error: None,
+            cancelled: why == "cancelled",
         }
+    }
+}
+
+/// Query (unless `before` is that query's answer), set what differs, verify.
+async fn apply_phase<T: NicConfigTool>(
+    tool: &T,
+    device: &str,
+    desired: &[(String, String)],
+    via: Via,
+    cancel: Option<&CancellationToken>,
+    before: Option<Vec<NvParam>>,
+) -> Phase {
+    let before = match before {
+        Some(b) => b,
+        None if is_cancelled(cancel) => return Phase::not_attempted(desired, via, "cancelled"),
+        None => match tool.query(device).await {
+            Ok(p) => p,
+            Err(e) => {
+                let why = e.to_string();
+                let mut phase = Phase::not_attempted(desired, via, &why);
+                phase.error = Some(why);
+                return phase;
+            }
+        },
+    };
+    let mut phase = Phase {
+        params: Vec::new(),
+        error: None,
+        cancelled: false,
     };
     let mut to_verify = Vec::new();
     for (name, value) in desired {
         let existing = before.iter().find(|p| p.name == *name);
         let outcome = match existing {
             Some(p) if value_matches(&p.next_boot, value) => ParamOutcome::Unchanged,
+            _ if phase.cancelled || is_cancelled(cancel) => {
+                phase.cancelled = true;
+                ParamOutcome::Failed("not attempted: cancelled".into())
+            }
             _ => {
                 // Unknown names are sent too: the tool's refusal is the
                 // message the operator should see.
                 match tool.set(device, &[(name.clone(), value.clone())]).await {
                     Ok(()) => {
-                        to_verify.push(report.params.len());
+                        to_verify.push(phase.params.len());
                         ParamOutcome::Set {
                             from: existing
                                 .map(|p| p.next_boot.clone())
@@ -239,19 +445,28 @@ pub async fn apply<T: NicConfigTool>(tool: &T, device: &str, desired: &[(String,
                 }
             }
         };
-        report.params.push(ParamReport {
+        phase.params.push(ParamReport {
             name: name.clone(),
             desired: value.clone(),
             outcome,
+            via,
         });
     }
     if to_verify.is_empty() {
-        return report;
+        return phase;
+    }
+    if phase.cancelled || is_cancelled(cancel) {
+        phase.cancelled = true;
+        for i in to_verify {
+            phase.params[i].outcome =
+                ParamOutcome::Failed("set, but not verified: cancelled before the verifying query".into());
+        }
+        return phase;
     }
     match tool.query(device).await {
         Ok(after) => {
             for i in to_verify {
-                let p = &mut report.params[i];
+                let p = &mut phase.params[i];
                 match after.iter().find(|a| a.name == p.name) {
                     Some(a) if value_matches(&a.next_boot, &p.desired) => {
                         if let ParamOutcome::Set { to, .. } = &mut p.outcome {
@@ -276,12 +491,12 @@ pub async fn apply<T: NicConfigTool>(tool: &T, device: &str, desired: &[(String,
         Err(e) => {
             let why = format!("verifying query failed: {e}");
             for i in to_verify {
-                report.params[i].outcome = ParamOutcome::Failed(format!("set but not verified: {why}"));
+                phase.params[i].outcome = ParamOutcome::Failed(format!("set but not verified: {why}"));
             }
-            report.error = Some(why);
+            phase.error = Some(why);
         }
     }
-    report
+    phase
 }
 
 #[cfg(test)]

@@ -29,10 +29,12 @@ mod http;
 mod limit;
 pub mod parse;
 pub mod poll;
+mod reset;
 
 pub use http::{RequestCounts, RequestOutcome};
 pub use limit::BmcNodeLimiter;
 pub use poll::BmcLink;
+pub use reset::{BmcPowerCycle, PowerCycled};
 
 /// The `power.bmc` section of the agent config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
