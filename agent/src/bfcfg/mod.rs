@@ -22,6 +22,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use hostplane_proto::dpu_os;
+use hostplane_proto::v1::DpuOsConfig;
+
 /// DPF caps bf.cfg at 128 KiB; the coordinator checks Flavors against the same number.
 pub const MAX_BF_CFG_BYTES: usize = hostplane_proto::limits::MAX_BF_CFG_BYTES;
 
@@ -88,6 +91,12 @@ pub enum BfCfg {
     Params(BTreeMap<String, String>),
     /// A whole bf.cfg given by an operator (CLI `-c/--config`), checked by [`load_raw`].
     Raw(String),
+    /// A Flavor's parameters and its DPU OS settings: the `KEY='value'` lines,
+    /// then the `bfb_modify_os` hook of [`hostplane_proto::dpu_os`].
+    Flavor {
+        params: BTreeMap<String, String>,
+        os: DpuOsConfig,
+    },
 }
 
 impl From<HashMap<String, String>> for BfCfg {
@@ -97,6 +106,49 @@ impl From<HashMap<String, String>> for BfCfg {
         } else {
             BfCfg::Params(map.into_iter().collect())
         }
+    }
+}
+
+impl BfCfg {
+    /// What a FlashBfb command asks for: [`BfCfg::Flavor`] when the Flavor has
+    /// DPU OS settings, else as [`From<HashMap>`].
+    pub fn from_flavor(params: HashMap<String, String>, os: Option<DpuOsConfig>) -> BfCfg {
+        match os {
+            Some(os) if !dpu_os::is_empty(&os) => BfCfg::Flavor {
+                params: params.into_iter().collect(),
+                os,
+            },
+            _ => BfCfg::from(params),
+        }
+    }
+}
+
+/// The DPU OS settings without any content: section names, paths, sizes.
+struct OsSummary<'a>(&'a DpuOsConfig);
+
+impl fmt::Debug for OsSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let os = self.0;
+        let mut d = f.debug_struct("DpuOs");
+        if let Some(g) = &os.grub {
+            d.field("kernel_parameters", &g.kernel_parameters.len());
+        }
+        if let Some(s) = &os.sysctl {
+            d.field("sysctl", &s.parameters.len());
+        }
+        let files: Vec<String> = os
+            .config_files
+            .iter()
+            .map(|c| format!("{} ({} bytes)", c.path, c.raw.len()))
+            .collect();
+        d.field("config_files", &files);
+        if let Some(o) = &os.ovs {
+            d.field("ovs_script_bytes", &o.raw_config_script.len());
+        }
+        if let Some(c) = &os.containerd_config {
+            d.field("containerd_registry", &c.registry_endpoint);
+        }
+        d.finish()
     }
 }
 
@@ -112,6 +164,11 @@ impl fmt::Debug for BfCfg {
                 )
                 .finish(),
             BfCfg::Raw(text) => write!(f, "BfCfg::Raw({:?})", redact_text(text)),
+            BfCfg::Flavor { params, os } => f
+                .debug_struct("BfCfg::Flavor")
+                .field("params", &BfCfg::Params(params.clone()))
+                .field("os", &OsSummary(os))
+                .finish(),
         }
     }
 }
@@ -123,6 +180,7 @@ impl BfCfg {
             BfCfg::None => Ok(None),
             BfCfg::Params(p) if p.is_empty() => Ok(None),
             BfCfg::Params(p) => render(p).map(Some),
+            BfCfg::Flavor { params, os } => render_with_os(params, os).map(Some),
             BfCfg::Raw(text) => {
                 check_size(None, text.len())?;
                 if let Some(offset) = text.find('\0') {
@@ -217,6 +275,28 @@ pub fn render(params: &BTreeMap<String, String>) -> Result<RenderedBfCfg, BfCfgE
         text.push_str(&shell_quote(value));
         text.push('\n');
         check_size(None, text.len())?;
+    }
+    Ok(RenderedBfCfg { text })
+}
+
+/// Render parameters and DPU OS settings into one bf.cfg: the `KEY='value'`
+/// lines, then the `bfb_modify_os` hook ([`hostplane_proto::dpu_os`]). The
+/// result is checked as an operator's file would be ([`check_text`]).
+pub fn render_with_os(
+    params: &BTreeMap<String, String>,
+    os: &DpuOsConfig,
+) -> Result<RenderedBfCfg, BfCfgError> {
+    let mut text = render(params)?.text;
+    text.push_str(&dpu_os::bfb_modify_os(os));
+    check_size(None, text.len())?;
+    if let Some(offset) = text.find('\0') {
+        return Err(BfCfgError::NulInFile {
+            path: PathBuf::from("<rendered>"),
+            offset,
+        });
+    }
+    if !text.is_empty() {
+        check_text(None, &text)?;
     }
     Ok(RenderedBfCfg { text })
 }
@@ -327,6 +407,13 @@ fn redact_text(text: &str) -> String {
     let mut lines = text.split_inclusive('\n');
     while let Some(line) = lines.next() {
         let trimmed = line.trim_start();
+        if let Some(cut) = os_file_content(trimmed) {
+            let indent = &line[..line.len() - trimmed.len()];
+            let shown = &trimmed[..cut];
+            let b64 = trimmed[cut..].trim_end().trim_matches('\'');
+            out.push_str(&format!("{indent}{shown}'<{} bytes of base64>'\n", b64.len()));
+            continue;
+        }
         let assignment = trimmed.strip_prefix("export ").unwrap_or(trimmed);
         let Some((key, value)) = assignment.split_once('=') else {
             out.push_str(line);
@@ -355,6 +442,21 @@ fn redact_text(text: &str) -> String {
         }
     }
     out
+}
+
+/// For a `hostplane_os_file ... 'BASE64'` line (a DPU OS file, whose content
+/// may be secret), the offset of its last word, the content.
+fn os_file_content(line: &str) -> Option<usize> {
+    let rest = line.strip_prefix(dpu_os::WRITE_FN)?.strip_prefix(' ')?;
+    let body = line.trim_end();
+    if !body.ends_with('\'') || rest.trim_end().len() < 2 {
+        return None;
+    }
+    let start = body[..body.len() - 1].rfind('\'')?;
+    let b64 = &body[start + 1..body.len() - 1];
+    b64.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        .then_some(start)
 }
 
 /// Scan `s` starting inside (`in_quote`) or outside a `q`-quoted string;
@@ -581,6 +683,283 @@ mod tests {
         assert!(BfCfg::None.render().unwrap().is_none());
         let m: HashMap<String, String> = [("Z".to_string(), "1".to_string())].into();
         assert!(matches!(BfCfg::from(m), BfCfg::Params(p) if p.len() == 1));
+    }
+
+    use hostplane_proto::v1::{
+        ConfigFile, ConfigFileOperation, ContainerdConfig, GrubConfig, OvsConfig, SysctlConfig,
+    };
+
+    fn has_bash() -> bool {
+        std::process::Command::new("bash")
+            .arg("--version")
+            .output()
+            .is_ok()
+    }
+
+    fn file(path: &str, op: ConfigFileOperation, raw: &str, mode: &str, owner: &str) -> ConfigFile {
+        ConfigFile {
+            path: path.into(),
+            operation: op as i32,
+            raw: raw.into(),
+            permissions: mode.into(),
+            owner: owner.into(),
+        }
+    }
+
+    fn every_section() -> DpuOsConfig {
+        DpuOsConfig {
+            grub: Some(GrubConfig {
+                kernel_parameters: vec!["hugepages=3072".into(), "iommu=pt".into()],
+            }),
+            sysctl: Some(SysctlConfig {
+                parameters: vec!["net.ipv4.ip_forward=1".into(), "vm.swappiness=10".into()],
+            }),
+            config_files: vec![
+                file(
+                    "/etc/hostplane test/it's.conf",
+                    ConfigFileOperation::Override,
+                    "token='$(reboot)' `id`\nline2\n",
+                    "0600",
+                    "root:root",
+                ),
+                file("/etc/motd", ConfigFileOperation::Append, "welcome\n", "", ""),
+            ],
+            ovs: Some(OvsConfig {
+                raw_config_script: "ovs-vsctl set Open_vSwitch . other_config:hw-offload=true".into(),
+            }),
+            containerd_config: Some(ContainerdConfig {
+                registry_endpoint: "https://registry.lab:5000".into(),
+            }),
+        }
+    }
+
+    fn bash_n(text: &str) -> Result<(), String> {
+        use std::io::Write;
+        let mut child = std::process::Command::new("bash")
+            .arg("-n")
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    #[test]
+    fn flavor_with_dpu_os_renders_params_then_the_hook() {
+        let cfg = BfCfg::from_flavor(
+            [("UPDATE_DPU_OS".to_string(), "yes".to_string())].into(),
+            Some(every_section()),
+        );
+        assert!(matches!(cfg, BfCfg::Flavor { .. }));
+        let r = cfg.render().unwrap().unwrap();
+        let text = std::str::from_utf8(r.as_bytes()).unwrap();
+        assert!(text.starts_with("UPDATE_DPU_OS='yes'\n\n# hostplane:"), "{text}");
+        assert!(text.contains("\nbfb_modify_os()\n{\n"), "{text}");
+        check::check(text).unwrap();
+        // No DPU OS settings: the same as the parameters alone.
+        let plain = BfCfg::from_flavor(
+            [("A".to_string(), "1".to_string())].into(),
+            Some(DpuOsConfig::default()),
+        );
+        assert!(matches!(plain, BfCfg::Params(_)));
+        assert!(matches!(BfCfg::from_flavor(HashMap::new(), None), BfCfg::None));
+        // Only DPU OS settings: a bf.cfg with the hook alone.
+        let only = BfCfg::from_flavor(HashMap::new(), Some(every_section()))
+            .render()
+            .unwrap()
+            .unwrap();
+        assert!(
+            std::str::from_utf8(only.as_bytes())
+                .unwrap()
+                .starts_with("\n# hostplane:")
+        );
+    }
+
+    #[test]
+    fn dpu_os_contents_stay_out_of_debug_and_redacted_output() {
+        let mut os = every_section();
+        os.config_files[0].raw = "password=hunter2\n".into();
+        let cfg = BfCfg::from_flavor(
+            [("ubuntu_PASSWORD".to_string(), "s3cr3t".to_string())].into(),
+            Some(os),
+        );
+        let dbg = format!("{cfg:?}");
+        let r = cfg.render().unwrap().unwrap();
+        let real = std::str::from_utf8(r.as_bytes()).unwrap().to_string();
+        let line = real.lines().find(|l| l.contains("it'\\''s.conf")).unwrap();
+        let b64 = line.rsplit('\'').nth(1).unwrap().to_string();
+        assert!(b64.len() > 16, "{line}");
+        for shown in [dbg.clone(), r.redacted(), format!("{r:?}")] {
+            assert!(!shown.contains("hunter2") && !shown.contains("s3cr3t"), "{shown}");
+            assert!(!shown.contains(&b64), "base64 content leaked: {shown}");
+        }
+        assert!(dbg.contains("/etc/motd (8 bytes)"), "{dbg}");
+        let red = r.redacted();
+        assert!(
+            red.contains("hostplane_os_file '/etc/motd' '0644' 'root:root' append '<12 bytes of base64>'"),
+            "{red}"
+        );
+    }
+
+    #[test]
+    fn over_size_dpu_os_is_refused_naming_the_size() {
+        let mut os = every_section();
+        os.config_files[0].raw = "x".repeat(MAX_BF_CFG_BYTES);
+        let err = BfCfg::from_flavor(HashMap::new(), Some(os.clone()))
+            .render()
+            .unwrap_err();
+        assert!(matches!(err, BfCfgError::TooLarge { .. }), "{err}");
+        let want = hostplane_proto::dpu_os::rendered_len(&BTreeMap::new(), Some(&os));
+        assert!(err.to_string().contains(&format!("{want} bytes")), "{err}");
+    }
+
+    /// The hook run for real by bash, in a mount namespace of its own with a
+    /// tmpfs on /mnt (root only): each file has the Flavor's bytes and mode.
+    #[test]
+    fn the_hook_writes_each_file_under_mnt() {
+        if !has_bash() || !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipping: needs bash and root (a mount namespace)");
+            return;
+        }
+        let os = every_section();
+        let r = BfCfg::from_flavor([("A".into(), "1".into())].into(), Some(os.clone()))
+            .render()
+            .unwrap()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("bf.cfg");
+        std::fs::write(&cfg, r.as_bytes()).unwrap();
+        let out_dir = dir.path().join("out");
+        std::fs::create_dir(&out_dir).unwrap();
+        let script = format!(
+            "set -e; mount -t tmpfs hp /mnt; mkdir -p /mnt/etc; printf 'hello\\n' > /mnt/etc/motd; \
+             source {cfg}; bfb_modify_os; cp -a /mnt/. {out}/",
+            cfg = cfg.display(),
+            out = out_dir.display()
+        );
+        let st = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "bash", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        let read = |p: &str| std::fs::read_to_string(out_dir.join(p.trim_start_matches('/'))).unwrap();
+        let mode = |p: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(out_dir.join(p.trim_start_matches('/')))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(read("/etc/hostplane test/it's.conf"), os.config_files[0].raw);
+        assert_eq!(mode("/etc/hostplane test/it's.conf"), 0o600);
+        assert_eq!(
+            read("/etc/motd"),
+            "hello\nwelcome\n",
+            "append keeps what was there"
+        );
+        assert_eq!(mode("/etc/motd"), 0o644);
+        assert_eq!(
+            read(dpu_os::GRUB_FILE),
+            dpu_os::grub_file(&os.grub.as_ref().unwrap().kernel_parameters)
+        );
+        assert_eq!(
+            read(dpu_os::SYSCTL_FILE),
+            "# hostplane: the Flavor's sysctl settings\nnet.ipv4.ip_forward=1\nvm.swappiness=10\n"
+        );
+        assert!(read(dpu_os::OVS_SCRIPT).ends_with("other_config:hw-offload=true\n"));
+        assert_eq!(mode(dpu_os::OVS_SCRIPT), 0o755);
+        assert!(read(dpu_os::CONTAINERD_HOSTS).contains("[host.\"https://registry.lab:5000\"]"));
+        assert_eq!(read(dpu_os::FIRST_BOOT_SCRIPT), dpu_os::first_boot_script(&os));
+        let link = out_dir.join("etc/systemd/system/multi-user.target.wants/hostplane-dpu-os.service");
+        assert_eq!(
+            std::fs::read_link(link).unwrap(),
+            Path::new(dpu_os::FIRST_BOOT_UNIT)
+        );
+        // The first-boot script itself is shell.
+        bash_n(&read(dpu_os::FIRST_BOOT_SCRIPT)).unwrap();
+    }
+
+    fn any_os() -> impl proptest::strategy::Strategy<Value = DpuOsConfig> {
+        use proptest::prelude::*;
+        // Paths and contents with every character shell cares about; contents any text but NUL.
+        let path = "/[a-z '\"$`;&|<>(){}#\\*?!\n-]{1,20}(/[a-z '$`;.]{1,10}){0,2}";
+        let content = "[^\x00]{0,200}";
+        let cfile =
+            (path, content, "0[0-7]{3}", proptest::bool::ANY).prop_map(|(p, raw, mode, app)| ConfigFile {
+                path: p,
+                operation: if app {
+                    ConfigFileOperation::Append
+                } else {
+                    ConfigFileOperation::Override
+                } as i32,
+                raw,
+                permissions: mode,
+                owner: "root:root".into(),
+            });
+        (
+            proptest::collection::vec("[^\\x00\\s]{1,30}", 0..4),
+            proptest::collection::vec("[a-z.]{1,10}=[^\x00\n]{0,20}", 0..4),
+            proptest::collection::vec(cfile, 0..4),
+            content,
+            "[^\x00]{0,40}",
+        )
+            .prop_map(|(k, sys, files, ovs, reg)| DpuOsConfig {
+                grub: Some(GrubConfig { kernel_parameters: k }),
+                sysctl: Some(SysctlConfig { parameters: sys }),
+                config_files: files,
+                ovs: Some(OvsConfig {
+                    raw_config_script: ovs,
+                }),
+                containerd_config: Some(ContainerdConfig {
+                    registry_endpoint: reg,
+                }),
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever the Flavor holds, the rendered bf.cfg passes the agent's
+        /// own check and real `bash -n`, its size is the coordinator's
+        /// formula, and sourcing it runs nothing and defines the hook.
+        #[test]
+        fn any_dpu_os_renders_a_file_bash_accepts(
+            params in proptest::collection::btree_map("[A-Za-z_][A-Za-z0-9_]{0,8}", "[^\\x00]{0,20}", 0..4),
+            os in any_os(),
+        ) {
+            if dpu_os::is_empty(&os) {
+                return Ok(());
+            }
+            let r = render_with_os(&params, &os).unwrap();
+            let text = std::str::from_utf8(r.as_bytes()).unwrap();
+            proptest::prop_assert_eq!(r.len(), dpu_os::rendered_len(&params, Some(&os)));
+            proptest::prop_assert!(check::check(text).is_ok(), "{:?}", check::check(text));
+            if has_bash() {
+                proptest::prop_assert!(bash_n(text).is_ok(), "{:?}", bash_n(text));
+                let out = std::process::Command::new("bash")
+                    .arg("-c")
+                    .arg("source /dev/stdin; declare -F bfb_modify_os hostplane_os_file")
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .and_then(|mut c| {
+                        use std::io::Write;
+                        c.stdin.take().unwrap().write_all(text.as_bytes())?;
+                        c.wait_with_output()
+                    })
+                    .unwrap();
+                proptest::prop_assert_eq!(
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    "bfb_modify_os\nhostplane_os_file\n"
+                );
+            }
+        }
     }
 
     proptest::proptest! {

@@ -3,6 +3,7 @@
 //!
 //! Outcome messages are for people: they say what happened and, for SKIPPED,
 //! why there was nothing to do.
+mod nicfw;
 mod reboot;
 
 use std::future::Future;
@@ -22,7 +23,9 @@ use crate::bfb_cache::CacheError;
 use crate::bfcfg::BfCfg;
 use crate::flash::{FlashError, FlashReport, FlashRequest, Flasher, ImageSource};
 use crate::session::network::{self, NetSync, NoReport};
-use reboot::reboot;
+pub use nicfw::{NicFirmware, normalize_pci, pf0_of_rshim};
+pub use reboot::{HostPowerCycle, NO_BMC};
+use reboot::{power_cycle, reboot};
 
 /// The agent's version, as sent in Hello and named in messages.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -122,14 +125,19 @@ impl FlashJobs for Flasher {
 pub const NETWORK_REPORT_WAIT: Duration = Duration::from_secs(60);
 
 /// Production executor: BFB jobs and inventory through [`FlashJobs`], host
-/// networks through the session's [`NetSync`], host reboot through the
-/// configured command, the rest SKIPPED saying why.
+/// networks through the session's [`NetSync`], NIC firmware parameters
+/// through [`NicFirmware`], host reboot through the configured command (a
+/// power cycle through the BMC), the rest SKIPPED saying why.
 pub struct HostExecutor {
     flash: Arc<dyn FlashJobs>,
     reboot_command: Vec<String>,
     /// None: host networking is disabled.
     network: Option<NetSync>,
     network_wait: Duration,
+    /// None: NIC firmware configuration is disabled (`nic_firmware.enabled: false`).
+    nic_firmware: Option<NicFirmware>,
+    /// None: no BMC (`power.bmc.url` unset); power cycles are external.
+    bmc: Option<Arc<dyn HostPowerCycle>>,
 }
 
 impl HostExecutor {
@@ -139,7 +147,23 @@ impl HostExecutor {
             reboot_command,
             network: None,
             network_wait: NETWORK_REPORT_WAIT,
+            nic_firmware: None,
+            bmc: None,
         }
+    }
+
+    /// Apply `config_fw_parameters` with `nic` (without it they are SKIPPED,
+    /// saying NIC firmware configuration is disabled).
+    pub fn with_nic_firmware(mut self, nic: NicFirmware) -> HostExecutor {
+        self.nic_firmware = Some(nic);
+        self
+    }
+
+    /// Power-cycle through `bmc` for `reboot_host { power_cycle: true }`
+    /// (without it those are SKIPPED: the node needs an external power cycle).
+    pub fn with_bmc(mut self, bmc: Arc<dyn HostPowerCycle>) -> HostExecutor {
+        self.bmc = Some(bmc);
+        self
     }
 
     /// Answer `initialize_interface` from the host network the session applies
@@ -216,7 +240,20 @@ impl HostExecutor {
                 self.initialize_interface(&cmd.dpu, ii.host_network.as_ref(), &cancel)
                     .await
             }
-            Action::ConfigFwParameters(fw) => result(Skipped, fw_skip(&fw.nic_firmware)),
+            Action::ConfigFwParameters(fw) => match &self.nic_firmware {
+                Some(nic) if !fw.nic_firmware.is_empty() => {
+                    nicfw::config_fw(
+                        nic,
+                        &fw,
+                        &cmd.dpu,
+                        &cmd.rshim,
+                        self.flash.discover(),
+                        &cancel,
+                    )
+                    .await
+                }
+                _ => nicfw::skipped(&fw.nic_firmware),
+            },
             Action::DpuClusterConfig(_) => result(
                 Skipped,
                 format!(
@@ -252,7 +289,7 @@ impl HostExecutor {
                     let req = FlashRequest {
                         rshim: cmd.rshim.clone(),
                         image: ImageSource::Ref(bfb),
-                        bf_cfg: BfCfg::from(f.bf_cfg),
+                        bf_cfg: BfCfg::from_flavor(f.bf_cfg, f.dpu_os),
                     };
                     match self.flash.flash(req, progress, cancel).await {
                         Ok(r) => result(
@@ -266,6 +303,7 @@ impl HostExecutor {
                     }
                 }
             },
+            Action::RebootHost(r) if r.power_cycle => power_cycle(self.bmc.as_deref(), &cancel).await,
             Action::RebootHost(_) => reboot(&self.reboot_command, &cancel).await,
         }
     }
@@ -330,19 +368,6 @@ fn host_network_summary(net: Option<&HostNetwork>) -> String {
         }
     }
     parts.join("; ")
-}
-
-fn fw_skip(params: &std::collections::HashMap<String, String>) -> String {
-    if params.is_empty() {
-        return "no NIC firmware parameters; nothing to do".to_string();
-    }
-    let mut names: Vec<&str> = params.keys().map(String::as_str).collect();
-    names.sort_unstable();
-    format!(
-        "NIC firmware configuration is not implemented in this agent version (hostplane-agent {AGENT_VERSION}); \
-         not applied: {}",
-        names.join(", ")
-    )
 }
 
 #[cfg(test)]

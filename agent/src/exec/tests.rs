@@ -56,6 +56,7 @@ impl FlashJobs for RecordingFlash {
                 .join(","),
             BfCfg::None => "-".into(),
             BfCfg::Raw(_) => panic!("raw bf.cfg"),
+            BfCfg::Flavor { params, os } => format!("{params:?} {} config files", os.config_files.len()),
         };
         self.calls
             .lock()
