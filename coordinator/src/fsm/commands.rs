@@ -4,9 +4,10 @@ use hostplane_proto::v1::{
     BfbRef, Command, ConfigFwParameters, DpuClusterConfig, DpuPhase, FlashBfb, InitializeInterface,
     PrepareBfb, RebootHost, RebootMethod, command,
 };
-use hostplane_proto::v1::{Dpu, Flavor};
+use hostplane_proto::v1::{Dpu, DpuSpec, Flavor};
 use prost::Message as _;
 
+use super::nicfw;
 use crate::store::View;
 
 fn bfb_ref(view: &View, name: &str, deployment: &str) -> Result<BfbRef, String> {
@@ -27,6 +28,13 @@ fn flavor<'a>(view: &'a View, name: &str, deployment: &str) -> Result<&'a Flavor
     view.flavors.get(name).ok_or_else(|| {
         format!("flavor {name:?} does not exist; create it or point deployment {deployment} at another")
     })
+}
+
+fn gone(spec: &DpuSpec) -> String {
+    format!(
+        "device {:?} of dpu {} is gone; recreate the device or delete the dpu",
+        spec.device, spec.device
+    )
 }
 
 /// The rshim device of the Dpu's Device.
@@ -55,14 +63,18 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, view: &View, id: String) -> Resul
         }
         DpuPhase::ConfigFwParameters => {
             let f = flavor(view, &spec.flavor, &spec.deployment)?;
+            let device = view.devices.get(&spec.device).ok_or_else(|| gone(&spec))?;
+            let target = nicfw::target_of(&spec.device, device, view.nodes.get(&spec.node));
+            let r = nicfw::resolve(&f.spec.clone().unwrap_or_default(), &target).map_err(|e| {
+                format!(
+                    "flavor {} {e}; create a valid flavor and point deployment {} at it",
+                    spec.flavor, spec.deployment
+                )
+            })?;
             command::Action::ConfigFwParameters(ConfigFwParameters {
-                nic_firmware: f
-                    .spec
-                    .as_ref()
-                    .map(|s| s.nic_firmware.clone())
-                    .unwrap_or_default(),
-                pci_address: String::new(),
-                host_power_cycle_required: false,
+                nic_firmware: r.parameters.into_iter().collect(),
+                pci_address: target.pci_address.to_string(),
+                host_power_cycle_required: r.power_cycle,
             })
         }
         DpuPhase::PrepareBfb => command::Action::PrepareBfb(PrepareBfb {
@@ -89,17 +101,16 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, view: &View, id: String) -> Resul
             })
         }
         DpuPhase::Rebooting if agent_reboots(view, &spec.node) => {
-            command::Action::RebootHost(RebootHost { power_cycle: false })
+            // The Dpu that issues the node's reboot sets power_cycle for its siblings too
+            // (`dpu::phases`): one power cycle serves them all.
+            command::Action::RebootHost(RebootHost {
+                power_cycle: nicfw::power_cycle_required(view, dpu),
+            })
         }
         DpuPhase::DpuClusterConfig => command::Action::DpuClusterConfig(DpuClusterConfig {}),
         _ => return Ok(None),
     };
-    let rshim = rshim_of(view, dpu).ok_or_else(|| {
-        format!(
-            "device {:?} of dpu {} is gone; recreate the device or delete the dpu",
-            spec.device, spec.device
-        )
-    })?;
+    let rshim = rshim_of(view, dpu).ok_or_else(|| gone(&spec))?;
     let cmd = Command {
         id,
         dpu: dpu.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
@@ -194,6 +205,75 @@ mod tests {
             e.starts_with("the bf_cfg of flavor f1 renders to 131073 bytes, more than the 131072")
                 && e.contains("point deployment dep1 at it"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn config_fw_parameters_carries_the_matched_nvconfig_entries() {
+        use hostplane_proto::v1::{Inventory, NicFirmwareConfig, Node, NodeStatus, RshimInfo};
+        let e = |device: &str, p: &[&str], pc: bool| NicFirmwareConfig {
+            device: device.into(),
+            parameters: p.iter().map(|s| s.to_string()).collect(),
+            host_power_cycle_required: pc,
+        };
+        let (mut c, dpu) = cache_with(FlavorSpec {
+            nvconfig: vec![
+                e("*", &["PF_BAR2_ENABLE=0"], false),
+                e("BlueField-3", &["PF_TOTAL_SF=20"], true),
+                e("d9", &["LINK_TYPE_P1=IB"], true),
+            ],
+            ..Default::default()
+        });
+        c.devices
+            .get_mut("d1")
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap()
+            .pci_address = "0000:04:00.0".into();
+        let cfg = |c: &View| match command_for(DpuPhase::ConfigFwParameters, &dpu, c, "id".into())
+            .unwrap()
+            .unwrap()
+            .action
+        {
+            Some(command::Action::ConfigFwParameters(x)) => x,
+            other => panic!("{other:?}"),
+        };
+        // The model is unknown until the node reports its inventory: only "*" matches.
+        let x = cfg(&c);
+        assert_eq!(x.nic_firmware.len(), 1);
+        assert_eq!(x.pci_address, "0000:04:00.0");
+        assert!(!x.host_power_cycle_required);
+        c.nodes.insert(
+            "n1".into(),
+            Node {
+                status: Some(NodeStatus {
+                    inventory: Some(Inventory {
+                        rshims: vec![RshimInfo {
+                            name: "rshim0".into(),
+                            dev_info: "BlueField-3(Rev 1)".into(),
+                            ..Default::default()
+                        }],
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        let x = cfg(&c);
+        assert_eq!(x.nic_firmware["PF_TOTAL_SF"], "20");
+        assert_eq!(x.nic_firmware.len(), 2, "{:?}", x.nic_firmware);
+        assert!(x.host_power_cycle_required);
+        // The reboot step becomes a power cycle on an agent-rebooted node.
+        c.nodes.get_mut("n1").unwrap().spec = Some(hostplane_proto::v1::NodeSpec {
+            reboot_method: RebootMethod::Agent as i32,
+        });
+        let r = command_for(DpuPhase::Rebooting, &dpu, &c, "id".into())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r.action,
+            Some(command::Action::RebootHost(RebootHost { power_cycle: true }))
         );
     }
 

@@ -14,6 +14,7 @@ mod config;
 mod dirty;
 mod dpu;
 mod incremental;
+pub(crate) mod nicfw;
 mod plan;
 pub mod testing;
 pub(crate) mod util;

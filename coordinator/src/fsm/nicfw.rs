@@ -1,0 +1,308 @@
+//! Which of a Flavor's NIC firmware entries (`spec.nvconfig`, DPF's DPUFlavor
+//! spec.nvconfig) apply to one Dpu's Device, and what they add up to: the
+//! parameters of ConfigFWParameters and whether the node's reboot becomes a
+//! power cycle. The matching is pure; [`target`] gathers its inputs from the view.
+use std::collections::BTreeMap;
+
+use hostplane_proto::v1::{Device, Dpu, FlavorSpec, Node};
+
+use crate::api::validate::nvconfig::{is_wildcard, parse_parameter};
+use crate::store::View;
+
+/// What a device selector is compared with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// The Device's name.
+    pub name: &'a str,
+    /// `spec.serial`.
+    pub serial: &'a str,
+    /// `spec.pci_address`.
+    pub pci_address: &'a str,
+    /// The model the node's agent reports for the Device's rshim ("" when not reported).
+    pub model: &'a str,
+}
+
+/// The model in an rshim's DEV_INFO: the text before the first "(", trimmed
+/// (`"BlueField-3(Rev 1)"` -> `"BlueField-3"`).
+pub fn model_of(dev_info: &str) -> &str {
+    dev_info.split('(').next().unwrap_or("").trim()
+}
+
+/// The selector matches the target: "*" or "" every device; otherwise the
+/// Device's name, serial, PCI address or model, compared whole.
+pub fn selects(selector: &str, t: &Target<'_>) -> bool {
+    is_wildcard(selector)
+        || [t.name, t.serial, t.pci_address, t.model]
+            .iter()
+            .any(|x| !x.is_empty() && *x == selector)
+}
+
+/// The NIC firmware configuration of one DPU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// NAME -> VALUE, merged over the matched entries (a later entry wins; the API refuses
+    /// contradicting ones).
+    pub parameters: BTreeMap<String, String>,
+    /// A matched entry needs a host power cycle.
+    pub power_cycle: bool,
+}
+
+/// The entries of `spec` that match `t`, merged. The deprecated `nic_firmware`
+/// map counts as one "*" entry without a power cycle, before the others. Err
+/// names a parameter that is not `NAME=VALUE` (only a Flavor stored without
+/// the API's checks can hold one).
+pub fn resolve(spec: &FlavorSpec, t: &Target<'_>) -> Result<Resolved, String> {
+    let mut out = Resolved {
+        parameters: spec
+            .nic_firmware
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        power_cycle: false,
+    };
+    for (i, e) in spec.nvconfig.iter().enumerate() {
+        if !selects(&e.device, t) {
+            continue;
+        }
+        out.power_cycle |= e.host_power_cycle_required;
+        for (j, p) in e.parameters.iter().enumerate() {
+            let (name, value) =
+                parse_parameter(p).map_err(|why| format!("nvconfig[{i}].parameters[{j}]: {why}"))?;
+            out.parameters.insert(name, value.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Any entry that matches `t` needs a host power cycle.
+pub fn needs_power_cycle(spec: &FlavorSpec, t: &Target<'_>) -> bool {
+    spec.nvconfig
+        .iter()
+        .any(|e| e.host_power_cycle_required && selects(&e.device, t))
+}
+
+/// The target of a Device on its node (the node's reported inventory gives the model).
+pub fn target_of<'a>(device_name: &'a str, device: &'a Device, node: Option<&'a Node>) -> Target<'a> {
+    let spec = device.spec.as_ref();
+    let rshim = spec.map(|s| s.rshim.as_str()).unwrap_or("");
+    let model = node
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.inventory.as_ref())
+        .and_then(|inv| inv.rshims.iter().find(|r| !rshim.is_empty() && r.name == rshim))
+        .map(|r| model_of(&r.dev_info))
+        .unwrap_or("");
+    Target {
+        name: device_name,
+        serial: spec.map(|s| s.serial.as_str()).unwrap_or(""),
+        pci_address: spec.map(|s| s.pci_address.as_str()).unwrap_or(""),
+        model,
+    }
+}
+
+/// The Dpu's Device as a target, and its Flavor's spec; None when either is missing.
+pub fn target<'v>(view: &'v View, dpu: &Dpu) -> Option<(Target<'v>, &'v FlavorSpec)> {
+    let spec = dpu.spec.as_ref()?;
+    let (device_name, device) = view.devices.get_key_value(&spec.device)?;
+    let flavor = view.flavors.get(&spec.flavor)?.spec.as_ref()?;
+    let node = view.nodes.get(&spec.node);
+    Some((target_of(device_name, device, node), flavor))
+}
+
+/// The Dpu's Flavor has a matched entry with `host_power_cycle_required`.
+pub fn power_cycle_required(view: &View, dpu: &Dpu) -> bool {
+    target(view, dpu).is_some_and(|(t, f)| needs_power_cycle(f, &t))
+}
+
+#[cfg(test)]
+mod tests {
+    use hostplane_proto::v1::{DeviceSpec, Inventory, NicFirmwareConfig, NodeStatus, RshimInfo};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn entry(device: &str, params: &[&str], power_cycle: bool) -> NicFirmwareConfig {
+        NicFirmwareConfig {
+            device: device.into(),
+            parameters: params.iter().map(|s| s.to_string()).collect(),
+            host_power_cycle_required: power_cycle,
+        }
+    }
+
+    const T: Target<'static> = Target {
+        name: "d1",
+        serial: "MT2233X0001",
+        pci_address: "0000:04:00.0",
+        model: "BlueField-3",
+    };
+
+    #[test]
+    fn the_model_is_dev_info_before_the_parenthesis() {
+        assert_eq!(model_of("BlueField-3(Rev 1)"), "BlueField-3");
+        assert_eq!(model_of(" BlueField-2 (Rev 0)"), "BlueField-2");
+        assert_eq!(model_of("BlueField-3"), "BlueField-3");
+        assert_eq!(model_of(""), "");
+    }
+
+    #[test]
+    fn selectors_match_the_name_serial_pci_address_or_model() {
+        for s in ["*", "", "d1", "MT2233X0001", "0000:04:00.0", "BlueField-3"] {
+            assert!(selects(s, &T), "{s:?}");
+        }
+        for s in ["d2", "BlueField", "bluefield-3", "0000:04:00.1", "MT2233X000"] {
+            assert!(!selects(s, &T), "{s:?}");
+        }
+        // An unknown model matches no selector by accident.
+        let no_model = Target { model: "", ..T };
+        assert!(!selects("BlueField-3", &no_model));
+    }
+
+    #[test]
+    fn matched_entries_merge_and_decide_the_power_cycle() {
+        let spec = FlavorSpec {
+            nvconfig: vec![
+                entry("*", &["PF_BAR2_ENABLE=0", "PER_PF_NUM_SF=1"], false),
+                entry("BlueField-3", &["PF_TOTAL_SF=20"], true),
+                entry("d2", &["LINK_TYPE_P1=IB"], true),
+                entry("0000:04:00.0", &["ARR[02]=5"], false),
+            ],
+            ..Default::default()
+        };
+        let r = resolve(&spec, &T).unwrap();
+        let want: BTreeMap<String, String> = [
+            ("ARR[2]", "5"),
+            ("PER_PF_NUM_SF", "1"),
+            ("PF_BAR2_ENABLE", "0"),
+            ("PF_TOTAL_SF", "20"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(r.parameters, want);
+        assert!(r.power_cycle && needs_power_cycle(&spec, &T));
+        // A BlueField-2 named d3: only the "*" entry.
+        let other = Target {
+            name: "d3",
+            serial: "S3",
+            pci_address: "",
+            model: "BlueField-2",
+        };
+        let r = resolve(&spec, &other).unwrap();
+        assert_eq!(r.parameters.len(), 2);
+        assert!(!r.power_cycle && !needs_power_cycle(&spec, &other));
+    }
+
+    #[test]
+    fn the_deprecated_map_is_one_wildcard_entry_without_a_power_cycle() {
+        let spec = FlavorSpec {
+            nic_firmware: [("NUM_OF_VFS".to_string(), "8".to_string())].into(),
+            ..Default::default()
+        };
+        let r = resolve(&spec, &T).unwrap();
+        assert_eq!(r.parameters["NUM_OF_VFS"], "8");
+        assert!(!r.power_cycle);
+    }
+
+    #[test]
+    fn a_malformed_stored_parameter_is_named() {
+        let spec = FlavorSpec {
+            nvconfig: vec![entry("*", &["A=1"], false), entry("d1", &["B"], false)],
+            ..Default::default()
+        };
+        let e = resolve(&spec, &T).unwrap_err();
+        assert!(
+            e.starts_with("nvconfig[1].parameters[0]: \"B\" is not NAME=VALUE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_target_reads_the_model_from_the_nodes_inventory() {
+        let device = Device {
+            spec: Some(DeviceSpec {
+                node: "n1".into(),
+                serial: "S1".into(),
+                pci_address: "0000:04:00.0".into(),
+                rshim: "rshim1".into(),
+                bmc_address: String::new(),
+            }),
+            ..Default::default()
+        };
+        let rshim = |name: &str, info: &str| RshimInfo {
+            name: name.into(),
+            dev_info: info.into(),
+            ..Default::default()
+        };
+        let node = Node {
+            status: Some(NodeStatus {
+                inventory: Some(Inventory {
+                    rshims: vec![
+                        rshim("rshim0", "BlueField-2(Rev 1)"),
+                        rshim("rshim1", "BlueField-3(Rev 1)"),
+                    ],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = target_of("d1", &device, Some(&node));
+        assert_eq!(
+            t,
+            Target {
+                name: "d1",
+                serial: "S1",
+                pci_address: "0000:04:00.0",
+                model: "BlueField-3"
+            }
+        );
+        assert_eq!(target_of("d1", &device, None).model, "");
+    }
+
+    fn selector() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "*",
+            "",
+            "d1",
+            "d2",
+            "MT2233X0001",
+            "0000:04:00.0",
+            "BlueField-3",
+            "BlueField-2",
+        ])
+        .prop_map(str::to_string)
+    }
+
+    proptest! {
+        /// The merged parameters are exactly those of the matched entries (later ones winning),
+        /// the power cycle is needed exactly when a matched entry says so, and entries for other
+        /// devices change nothing.
+        #[test]
+        fn resolution_is_the_union_of_the_matched_entries(
+            entries in prop::collection::vec(
+                (selector(), prop::collection::btree_map("[A-Z][A-Z_]{0,4}", "[0-9]{1,2}", 0..4), any::<bool>()),
+                0..6,
+            ),
+        ) {
+            let spec = FlavorSpec {
+                nvconfig: entries.iter().map(|(d, m, pc)| NicFirmwareConfig {
+                    device: d.clone(),
+                    parameters: m.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                    host_power_cycle_required: *pc,
+                }).collect(),
+                ..Default::default()
+            };
+            let r = resolve(&spec, &T).unwrap();
+            let mut want = BTreeMap::new();
+            let mut pc = false;
+            for (d, m, p) in &entries {
+                let hit = matches!(d.as_str(), "*" | "" | "d1" | "MT2233X0001" | "0000:04:00.0" | "BlueField-3");
+                if hit {
+                    want.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    pc |= *p;
+                }
+            }
+            prop_assert_eq!(&r.parameters, &want);
+            prop_assert_eq!(r.power_cycle, pc);
+            prop_assert_eq!(needs_power_cycle(&spec, &T), pc);
+        }
+    }
+}
