@@ -240,6 +240,27 @@ pub enum FlashError {
         stage: Stage,
         pushed: u64,
     },
+    /// The device went away mid-flash: its `<dev_root>/rshim<N>` directory
+    /// is gone (a USB rshim unplugged, the DPU's PCIe function removed, the
+    /// rshim driver stopped). Reported at once, not after a stage timeout.
+    #[error(
+        "{rshim} disappeared during {} (device removed): {path} is gone, {pushed} bytes pushed",
+        during(*.stage)
+    )]
+    Removed {
+        rshim: String,
+        stage: Stage,
+        pushed: u64,
+        path: PathBuf,
+    },
+}
+
+/// "the push", "stage boot", ...
+fn during(stage: Stage) -> String {
+    match stage {
+        Stage::Push => "the push".to_string(),
+        s => format!("stage {s}"),
+    }
 }
 
 impl FlashError {
@@ -260,7 +281,8 @@ impl FlashError {
             | FlashError::NotInstalled { stage, .. }
             | FlashError::UnexpectedReset { stage, .. }
             | FlashError::Timeout { stage, .. }
-            | FlashError::Cancelled { stage, .. } => *stage,
+            | FlashError::Cancelled { stage, .. }
+            | FlashError::Removed { stage, .. } => *stage,
         }
     }
 

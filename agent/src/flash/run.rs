@@ -15,7 +15,10 @@ use super::verdict::{Stage, Step, Verdict};
 use super::watch::LogFollower;
 use super::{FlashError, FlashReport, FlashRequest, Flasher, ImageSource};
 use crate::bfb_cache::CacheError;
-use crate::rshim::{MiscClient, MiscSnapshot, RshimError, RshimPaths, describe_errno, pci_from_dev_name};
+use crate::rshim::{
+    MiscClient, MiscSnapshot, RshimError, RshimPaths, describe_errno, pci_from_dev_name,
+    usb_path_from_dev_name,
+};
 
 /// Consecutive failed `misc` reads tolerated while following the log.
 const MAX_MISC_ERRORS: u32 = 5;
@@ -177,6 +180,7 @@ pub(crate) async fn flash(
                 flasher,
                 rshim: &rshim,
                 boot: &paths.boot,
+                dir: &paths.dir,
                 verdict: Verdict::new(summary.is_installer()),
                 log: Vec::new(),
                 rep: &mut rep,
@@ -243,6 +247,10 @@ fn info_from(rshim: &str, snap: &MiscSnapshot) -> RshimInfo {
     RshimInfo {
         name: rshim.to_string(),
         pci_address: snap.dev_name().and_then(pci_from_dev_name).unwrap_or_default(),
+        usb_path: snap
+            .dev_name()
+            .and_then(usb_path_from_dev_name)
+            .unwrap_or_default(),
         dev_info: snap.dev_info().unwrap_or_default().to_string(),
         serial: snap.get("SERIAL_NUM").unwrap_or_default().to_string(),
         ..Default::default()
@@ -253,6 +261,9 @@ struct Follow<'a> {
     flasher: &'a Flasher,
     rshim: &'a str,
     boot: &'a Path,
+    /// `<dev_root>/rshim<N>`: checked every progress interval, so that a
+    /// device removed mid-flash fails the flash at once.
+    dir: &'a Path,
     verdict: Verdict,
     log: Vec<String>,
     rep: &'a mut Reporter,
@@ -289,6 +300,8 @@ impl Follow<'_> {
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(cfg.progress_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut presence = tokio::time::interval(cfg.progress_interval.min(cfg.poll_interval));
+        presence.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut opened = push.opened.take();
         let mut pushing = true;
         let mut push_started = Instant::now();
@@ -329,10 +342,24 @@ impl Follow<'_> {
                         self.rep.stage(Stage::Push);
                     }
                 }
+                _ = presence.tick() => {
+                    if !self.present().await {
+                        push.stop();
+                        let pushed = if pushing { wait_closed(&mut push).await } else { pushed };
+                        return Err(self.removed(self.stage(pushing), pushed));
+                    }
+                }
                 res = &mut push.done, if pushing => {
                     pushing = false;
                     opened = None;
-                    pushed = self.push_result(res, &push)?;
+                    pushed = match self.push_result(res, &push) {
+                        Ok(n) => n,
+                        // A write to a device that went away fails (ENODEV, ENOENT...): say what happened.
+                        Err(_) if !self.present().await => {
+                            return Err(self.removed(Stage::Push, push.bytes.load(Ordering::Relaxed)));
+                        }
+                        Err(e) => return Err(e),
+                    };
                     let rate = rate(pushed, push_started.elapsed());
                     self.rep.bytes(pushed, push.total, rate);
                     tracing::info!(rshim = %self.rshim, bytes = pushed, rate_mb_s = rate / 1e6, "push complete");
@@ -382,6 +409,11 @@ impl Follow<'_> {
                             }
                         }
                         Err(e) => {
+                            if !self.present().await {
+                                push.stop();
+                                let pushed = if pushing { wait_closed(&mut push).await } else { pushed };
+                                return Err(self.removed(self.stage(pushing), pushed));
+                            }
                             misc_errors += 1;
                             tracing::warn!(rshim = %self.rshim, error = %e, misc_errors, "reading misc failed");
                             if misc_errors >= MAX_MISC_ERRORS {
@@ -396,6 +428,29 @@ impl Follow<'_> {
                     return Err(FlashError::Timeout { rshim: self.rshim.into(), stage: self.verdict.waiting(), after, waiting_for });
                 }
             }
+        }
+    }
+
+    /// The device's directory is still there. An error other than "not
+    /// found" (a FUSE server that hangs, say) counts as present: the stage
+    /// timeouts handle that.
+    async fn present(&self) -> bool {
+        match tokio::fs::symlink_metadata(self.dir).await {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENODEV | libc::ENXIO | libc::ENOTCONN)
+            ),
+        }
+    }
+
+    fn removed(&self, stage: Stage, pushed: u64) -> FlashError {
+        tracing::warn!(rshim = %self.rshim, %stage, pushed, "the rshim device disappeared during the flash");
+        FlashError::Removed {
+            rshim: self.rshim.into(),
+            stage,
+            pushed,
+            path: self.dir.to_path_buf(),
         }
     }
 

@@ -22,6 +22,32 @@ pub fn pci_from_dev_name(dev_name: &str) -> Option<String> {
     ok.then(|| bdf.to_ascii_lowercase())
 }
 
+/// The USB device path of a USB rshim, as sysfs names the device under
+/// `/sys/bus/usb/devices/` (`<bus>-<port>.<port>...`), from the `DEV_NAME`
+/// the rshim driver shows in `misc`. The driver (rshim-user-space,
+/// `rshim_usb.c`) prints `usb-` then the bus number and each port number of
+/// the chain in hex, every port after a `-` except the last, after a `.`:
+/// bus 1 ports 1,4 is `usb-1-1.4`, bus 3 port 3 is `usb-3.3`; sysfs writes the
+/// same chain in decimal as `1-1.4` and `3-3`. None for anything that is not
+/// such a name (PCIe rshims: `pcie-...`).
+pub fn usb_path_from_dev_name(dev_name: &str) -> Option<String> {
+    let rest = dev_name.trim().strip_prefix("usb-")?;
+    let mut numbers = Vec::new();
+    for part in rest.split(['-', '.']) {
+        if part.is_empty() || part.len() > 2 {
+            return None;
+        }
+        numbers.push(u8::from_str_radix(part, 16).ok()?);
+    }
+    let (bus, ports) = numbers.split_first()?;
+    // USB 3 allows at most 7 tiers of ports (libusb_get_port_numbers' buffer is 8).
+    if ports.is_empty() || ports.len() > 7 || ports.contains(&0) {
+        return None;
+    }
+    let chain: Vec<String> = ports.iter().map(u8::to_string).collect();
+    Some(format!("{bus}-{}", chain.join(".")))
+}
+
 /// The host PF of an rshim function: same bus/device, function 0.
 pub fn pf_address(rshim_bdf: &str) -> Option<String> {
     let (prefix, _func) = rshim_bdf.rsplit_once('.')?;
@@ -114,7 +140,10 @@ fn inspect(dev_root: &Path, name: &str) -> RshimInfo {
             match snap.dev_name() {
                 Some(dev_name) => {
                     info.pci_address = pci_from_dev_name(dev_name).unwrap_or_default();
-                    if info.pci_address.is_empty() && dev_name.starts_with("pcie-") {
+                    info.usb_path = usb_path_from_dev_name(dev_name).unwrap_or_default();
+                    let unparsed = (dev_name.starts_with("pcie-") && info.pci_address.is_empty())
+                        || (dev_name.starts_with("usb-") && info.usb_path.is_empty());
+                    if unparsed {
                         problems.push(format!(
                             "{}: unparsable DEV_NAME {dev_name:?}",
                             paths.misc.display()
@@ -149,6 +178,50 @@ mod tests {
         assert_eq!(pf_address("0000:04:00.2").as_deref(), Some("0000:04:00.0"));
     }
 
+    #[test]
+    fn usb_dev_name_table() {
+        for (input, want) in [
+            // The driver's own examples (README, rshim.8, rshim.conf).
+            ("usb-3.3", Some("3-3")),
+            ("usb-1.1", Some("1-1")),
+            ("usb-2-1.7", Some("2-1.7")),
+            ("usb-1-1.4", Some("1-1.4")),
+            // Three tiers: ports 1, 1, 7 on bus 2.
+            ("usb-2-1-1.7", Some("2-1.1.7")),
+            // Hex in the driver's name, decimal in sysfs.
+            ("usb-a-1.b", Some("10-1.11")),
+            ("  usb-1-1.4\n", Some("1-1.4")),
+            ("usb-1-1", Some("1-1")),
+            ("usb-1", None),
+            ("usb-", None),
+            ("usb-1-.4", None),
+            ("usb-1-0.4", None),
+            ("usb-1-1.4x", None),
+            ("usb-1-1-1-1-1-1-1.1", Some("1-1.1.1.1.1.1.1")),
+            ("usb-1-1-1-1-1-1-1-1.1", None),
+            ("pcie-0000:04:00.2", None),
+            ("1-1.4", None),
+        ] {
+            assert_eq!(usb_path_from_dev_name(input).as_deref(), want, "{input:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any chain the driver can print (bus, 1..=7 ports, in its hex
+        /// format) comes back as sysfs' decimal name.
+        #[test]
+        fn usb_dev_names_round_trip(bus in 1u8..=255, ports in proptest::collection::vec(1u8..=255, 1..=7)) {
+            let mut name = format!("usb-{bus:x}");
+            for (i, p) in ports.iter().enumerate() {
+                let sep = if i == ports.len() - 1 { '.' } else { '-' };
+                name.push_str(&format!("{sep}{p:x}"));
+            }
+            let chain: Vec<String> = ports.iter().map(u8::to_string).collect();
+            let want = format!("{bus}-{}", chain.join("."));
+            proptest::prop_assert_eq!(usb_path_from_dev_name(&name), Some(want));
+        }
+    }
+
     fn device(root: &Path, name: &str, misc: Option<&str>, boot: bool) {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -180,12 +253,18 @@ mod tests {
         );
         device(r, "rshim3", None, true);
         device(r, "rshim4", Some("DEV_NAME        usb-1-1\n"), false);
+        device(
+            r,
+            "rshim5",
+            Some("DEV_NAME        usb-2-1.7\nDEV_INFO        BlueField-3(Rev 1)\n"),
+            true,
+        );
         device(r, "notrshim", Some("DEV_NAME        pcie-0000:05:00.2\n"), true);
         std::fs::write(r.join("rshim9"), "a file, not a device dir").unwrap();
 
         let found = discover(r).await;
         let names: Vec<&str> = found.iter().map(|i| i.name.as_str()).collect();
-        assert_eq!(names, ["rshim2", "rshim3", "rshim4", "rshim10"]);
+        assert_eq!(names, ["rshim2", "rshim3", "rshim4", "rshim5", "rshim10"]);
 
         assert_eq!(found[0].pci_address, "0000:04:00.2");
         assert_eq!(found[0].dev_info, "BlueField-2(Rev 1)");
@@ -197,8 +276,19 @@ mod tests {
             found[1].error
         );
         assert_eq!(found[2].pci_address, "");
+        assert_eq!(found[2].usb_path, "1-1");
         assert!(found[2].error.contains("boot"), "{}", found[2].error);
-        assert_eq!(found[3].pci_address, "0000:c1:00.2");
+        // A USB rshim: its USB path, no PCI address, nothing wrong.
+        assert_eq!(
+            (
+                found[3].usb_path.as_str(),
+                found[3].pci_address.as_str(),
+                found[3].error.as_str()
+            ),
+            ("2-1.7", "", "")
+        );
+        assert_eq!(found[4].pci_address, "0000:c1:00.2");
+        assert_eq!(found[4].usb_path, "");
     }
 
     #[tokio::test]

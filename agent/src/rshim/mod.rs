@@ -9,14 +9,17 @@
 mod discover;
 mod misc;
 pub mod testing;
+mod watch;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub use discover::{
     discover, discover_blocking, discover_blocking_except, discover_except, pci_from_dev_name, pf_address,
+    usb_path_from_dev_name,
 };
 pub use misc::{LogKind, MiscClient, MiscDevice, MiscFile, MiscSnapshot, classify_log_line};
+pub use watch::{RshimSet, RshimWatchConfig, watch, watch_with};
 
 /// Errors talking to an rshim device. Every variant names the device.
 #[derive(Debug, Clone, thiserror::Error)]
