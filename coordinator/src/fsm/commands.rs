@@ -83,11 +83,17 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, view: &View, id: String) -> Resul
         DpuPhase::OsInstalling => {
             let f = flavor(view, &spec.flavor, &spec.deployment)?;
             let bf_cfg = f.spec.as_ref().map(|s| s.bf_cfg.clone()).unwrap_or_default();
+            let dpu_os = f.spec.as_ref().and_then(|s| s.dpu_os.clone());
             // The API refuses such a flavor; one stored before it did is caught here.
-            let rendered = limits::bf_cfg_rendered_len(&bf_cfg);
+            let rendered = hostplane_proto::dpu_os::rendered_len(&bf_cfg, dpu_os.as_ref());
             if rendered > limits::MAX_BF_CFG_BYTES {
+                let what = if dpu_os.is_some() {
+                    "bf_cfg and dpu_os"
+                } else {
+                    "bf_cfg"
+                };
                 return Err(format!(
-                    "the bf_cfg of flavor {} renders to {rendered} bytes, more than the {} the agent \
+                    "the {what} of flavor {} renders to {rendered} bytes, more than the {} the agent \
                      accepts; create a smaller flavor and point deployment {} at it",
                     spec.flavor,
                     limits::MAX_BF_CFG_BYTES,
@@ -97,7 +103,7 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, view: &View, id: String) -> Resul
             command::Action::FlashBfb(FlashBfb {
                 bfb: Some(bfb_ref(view, &spec.bfb, &spec.deployment)?),
                 bf_cfg,
-                dpu_os: None,
+                dpu_os,
             })
         }
         DpuPhase::Rebooting if agent_reboots(view, &spec.node) => {
@@ -204,6 +210,41 @@ mod tests {
         assert!(
             e.starts_with("the bf_cfg of flavor f1 renders to 131073 bytes, more than the 131072")
                 && e.contains("point deployment dep1 at it"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn flash_bfb_carries_dpu_os_and_counts_it_in_the_size() {
+        use hostplane_proto::v1::{ConfigFile, DpuOsConfig};
+        let os = |raw: String| DpuOsConfig {
+            config_files: vec![ConfigFile {
+                path: "/etc/x.conf".into(),
+                raw,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (c, dpu) = cache_with(FlavorSpec {
+            bf_cfg: [("A".to_string(), "1".to_string())].into(),
+            dpu_os: Some(os("hello\n".into())),
+            ..Default::default()
+        });
+        let cmd = command_for(DpuPhase::OsInstalling, &dpu, &c, "id".into())
+            .unwrap()
+            .unwrap();
+        let Some(command::Action::FlashBfb(f)) = cmd.action else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(f.dpu_os, Some(os("hello\n".into())));
+        // Small bf_cfg, but the content (base64 adds a third) passes the limit.
+        let (c, dpu) = cache_with(FlavorSpec {
+            dpu_os: Some(os("x".repeat(limits::MAX_BF_CFG_BYTES * 3 / 4))),
+            ..Default::default()
+        });
+        let e = command_for(DpuPhase::OsInstalling, &dpu, &c, "id".into()).unwrap_err();
+        assert!(
+            e.starts_with("the bf_cfg and dpu_os of flavor f1 renders to "),
             "{e}"
         );
     }

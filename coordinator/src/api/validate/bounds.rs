@@ -146,6 +146,7 @@ fn flavor(p: &str, f: &Flavor) -> Result {
         )?;
     }
     super::nvconfig::bounds(p, &s.nvconfig)?;
+    super::os::bounds(p, s)?;
     match &s.host_network {
         Some(h) => host_network(&format!("{p}.spec.host_network"), h),
         None => Ok(()),

@@ -307,6 +307,7 @@ pub fn flavor(p: &str, f: &Flavor) -> Result {
         no_space(format!("{p}.spec.nic_firmware[{k:?}]"), v, lim::MAX_NIC_FW_VALUE)?;
     }
     nvconfig::check(p, &spec)?;
+    os::check(p, &spec)?;
     net::host_network(
         &format!("{p}.spec.host_network"),
         &spec.host_network.unwrap_or_default(),
@@ -343,6 +344,7 @@ pub fn deployment(p: &str, d: &Deployment) -> Result {
 mod bounds;
 mod net;
 pub(crate) mod nvconfig;
+mod os;
 pub(super) mod power;
 
 #[cfg(test)]
