@@ -738,3 +738,118 @@ async fn discover_does_not_read_a_device_another_process_is_flashing() {
         ("0000:04:00.2", "")
     );
 }
+
+/// Real time: the device goes away while the stream is being pushed (a
+/// slow reader on a FIFO stands in for it): the flash fails at once,
+/// naming the device and the stage, not after a stage timeout.
+#[tokio::test]
+async fn a_device_removed_mid_push_fails_the_flash_at_once() {
+    let r = rig();
+    let mut f = std::fs::File::create(&r.image).unwrap();
+    hostplane_bfb::write_test_bfb(&mut f, 8 << 20, "4.9.0", 9).unwrap();
+    let total = std::fs::metadata(&r.image).unwrap().len();
+    make_fifo(&r.boot);
+    let boot = r.boot.clone();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut f = std::fs::File::open(boot).unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut got = 0u64;
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got += n as u64,
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let (tx, mut rx) = mpsc::channel(1000);
+    let flasher = r.flasher.clone();
+    let req = r.request(BfCfg::None);
+    let run = tokio::spawn(async move { flasher.flash(req, tx, CancellationToken::new()).await });
+    while let Some(p) = rx.recv().await {
+        if p.bytes_pushed > 0 {
+            break;
+        }
+    }
+    let dir = r.boot.parent().unwrap().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let removed_at = std::time::Instant::now();
+    let err = run.await.unwrap().unwrap_err();
+    assert!(
+        removed_at.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        removed_at.elapsed()
+    );
+    let msg = err.to_string();
+    let FlashError::Removed {
+        rshim,
+        stage,
+        pushed,
+        path,
+    } = err
+    else {
+        panic!("{msg}")
+    };
+    assert_eq!((rshim.as_str(), stage, path), ("rshim0", Stage::Push, dir));
+    assert!(pushed > 0 && pushed < total, "{pushed} of {total}");
+    assert!(
+        msg.starts_with("rshim0 disappeared during the push (device removed)"),
+        "{msg}"
+    );
+    assert_eq!(
+        FlashError::Removed {
+            rshim,
+            stage,
+            pushed,
+            path: PathBuf::new()
+        }
+        .stage(),
+        Stage::Push
+    );
+    // The writer stopped and closed boot: the reader saw end-of-file early.
+    assert!(reader.join().unwrap() < total);
+    assert!(!r.flasher.is_flashing("rshim0"));
+}
+
+/// Real time: pushed, the DPU boots, then the device goes away while the
+/// agent follows the log (its misc still answers here): the flash fails
+/// at once in the stage it was in.
+#[tokio::test]
+async fn a_device_removed_while_the_dpu_boots_fails_the_flash_in_that_stage() {
+    let r = rig();
+    r.dpu(
+        &INSTALL[..3],
+        Duration::from_millis(10),
+        Duration::from_millis(10),
+    );
+    let boot = r.boot.clone();
+    let dir = boot.parent().unwrap().to_path_buf();
+    let d2 = dir.clone();
+    tokio::spawn(async move {
+        // The boot lines come 10 ms apart from the stream's first bytes and
+        // are read every 50 ms: after 500 ms the agent follows the boot.
+        wait_for_stream(&boot).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::fs::remove_dir_all(&d2).unwrap();
+    });
+    let started = std::time::Instant::now();
+    let (res, _) = r.flash(BfCfg::None).await;
+    let err = res.unwrap_err();
+    // Far below the boot/installer timeouts (60 s / 120 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let msg = err.to_string();
+    assert!(
+        matches!(err, FlashError::Removed { stage: Stage::Boot | Stage::Installer, ref path, .. } if *path == dir),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("rshim0 disappeared during stage") && msg.contains("(device removed)"),
+        "{msg}"
+    );
+    r.assert_restored();
+}
