@@ -170,6 +170,11 @@ pub struct BmcArgs {
     /// (change it at run time with PUT /sim/workload).
     #[arg(long, default_value = "training")]
     pub workload: Workload,
+    /// How long a PowerCycle keeps each System Off before it is On again
+    /// (and how long a graceful shutdown or restart stays PoweringOff), e.g.
+    /// 30s; 0 is back at once [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub power_transition: Option<Duration>,
     /// Username of every BMC.
     #[arg(long, default_value = "admin", env = "HOSTPLANE_SIM_BMC_USERNAME")]
     pub username: String,
@@ -312,7 +317,11 @@ pub fn run_bmc(args: &BmcArgs) -> Result<(), SimError> {
         let mut handles: Vec<BmcHandle> = Vec::new();
         for o in opts {
             // On an error the handles started so far are dropped, which stops them.
-            handles.push(BmcSim::spawn(o)?);
+            let h = BmcSim::spawn(o)?;
+            if let Some(t) = args.power_transition {
+                h.set_power_transition(t);
+            }
+            handles.push(h);
         }
         for h in &handles {
             println!("{} {} {}", h.name(), h.model(), h.url());
@@ -447,6 +456,7 @@ mod tests {
         assert!(opts.iter().all(|o| o.tls.is_none()));
         // HTTPS with a lab certificate unless asked otherwise.
         assert!(args.needs_lab_certs());
+        assert_eq!(args.power_transition, None, "the simulator's 1 s unless given");
         let http = |extra: &[&str]| {
             let mut a = vec!["bmc", "--bmc", "a=dgx-h100@0"];
             a.extend_from_slice(extra);
@@ -461,6 +471,11 @@ mod tests {
         assert!(!files.needs_lab_certs());
         assert!(files.to_options().unwrap()[0].tls.is_some());
         assert!(http(&["--cert-dir", "/d"]).unwrap().needs_lab_certs());
+        assert_eq!(
+            http(&["--power-transition", "250ms"]).unwrap().power_transition,
+            Some(Duration::from_millis(250))
+        );
+        assert!(http(&["--power-transition", "soon"]).is_err());
         for clash in [
             &["--http", "--tls-cert", "/c.pem", "--tls-key", "/k.pem"][..],
             &["--http", "--cert-dir", "/d"],
