@@ -7,8 +7,9 @@
 //! ([`CacheConfig`]), `session:` ([`SessionConfig`]), the coordinator
 //! connection — `coordinator`, `insecure`, `tls:` ([`TlsConfig`], checked by
 //! [`crate::session::validate_connection`]) — `flash:` ([`FlashSettings`]),
-//! `network:` ([`NetConfig`]) and `power:`
-//! ([`crate::power::sampler::PowerConfig`]). This root only assembles them,
+//! `network:` ([`NetConfig`]), `power:`
+//! ([`crate::power::sampler::PowerConfig`]) and `nic_firmware:`
+//! ([`crate::nicfw::NicFwConfig`]). This root only assembles them,
 //! applies the environment overrides, re-roots the host paths under
 //! `host_root`, checks its own keys and calls each section's `validate`.
 use std::path::{Path, PathBuf};
@@ -111,6 +112,8 @@ pub struct Config {
     pub metrics: crate::metrics::MetricsConfig,
     /// Local power telemetry (RAPL, hwmon) sampled onto `/metrics`.
     pub power: crate::power::sampler::PowerConfig,
+    /// NIC firmware parameters (ConfigFwParameters): mstconfig, devlink.
+    pub nic_firmware: crate::nicfw::NicFwConfig,
     /// Run for `reboot_host` commands (`reboot_method: agent`).
     pub reboot_command: Vec<String>,
     pub log_format: LogFormat,
@@ -137,6 +140,7 @@ impl Default for Config {
             network: NetConfig::default(),
             metrics: Default::default(),
             power: Default::default(),
+            nic_firmware: Default::default(),
             reboot_command: vec!["systemctl".to_string(), "reboot".to_string()],
             log_format: LogFormat::Plain,
             shutdown_grace: Duration::from_secs(10),
@@ -311,6 +315,7 @@ impl Config {
             self.flash.validate(),
             self.network.validate(),
             self.power.validate(),
+            self.nic_firmware.validate(),
         ];
         for r in sections {
             if let Err((field, reason)) = r {

@@ -123,7 +123,7 @@ fn bad_env_values_name_the_variable() {
 #[test]
 fn validate_names_the_field() {
     type Mutate = fn(&mut Config);
-    let cases: [(&str, Mutate); 27] = [
+    let cases: [(&str, Mutate); 31] = [
         ("node_name", |c| c.node_name.clear()),
         ("node_name", |c| c.node_name = "a b".into()),
         ("coordinator", |c| c.coordinator = "not a url".into()),
@@ -171,6 +171,18 @@ fn validate_names_the_field() {
             c.power.telemetry.buffer_samples = 0
         }),
         ("power.telemetry.max_batch", |c| c.power.telemetry.max_batch = 0),
+        ("nic_firmware.timeout", |c| {
+            c.nic_firmware.timeout = Duration::ZERO
+        }),
+        ("nic_firmware.mstconfig_path", |c| {
+            c.nic_firmware.mstconfig_path = "".into()
+        }),
+        ("nic_firmware.mstconfig_path", |c| {
+            c.nic_firmware.mstconfig_path = "  ".into()
+        }),
+        ("nic_firmware.mstconfig_path", |c| {
+            c.nic_firmware.mstconfig_path = "/usr/bin/mst\nconfig".into()
+        }),
     ];
     for (field, mutate) in cases {
         let mut cfg = valid();
@@ -339,4 +351,32 @@ fn every_coordinator_in_a_list_is_checked_naming_its_index() {
         check(&[], true),
         "invalid config: coordinator: must name at least one URL"
     );
+}
+
+#[test]
+fn nic_firmware_section_parses_with_defaults_and_names_bad_keys() {
+    use crate::nicfw::{DevlinkMode, NicFwConfig};
+    let d = parse("").unwrap().nic_firmware;
+    assert_eq!(d, NicFwConfig::default());
+    assert!(d.enabled);
+    assert_eq!(d.mstconfig_path, Path::new("mstconfig"));
+    assert_eq!(d.timeout, Duration::from_secs(120));
+    assert_eq!(d.devlink, DevlinkMode::Auto);
+    let c = parse(
+        "nic_firmware:\n  enabled: false\n  mstconfig_path: /opt/mft/bin/mstconfig\n  timeout: 30s\n  devlink: off\n",
+    )
+    .unwrap()
+    .nic_firmware;
+    assert!(!c.enabled);
+    assert_eq!(c.mstconfig_path, Path::new("/opt/mft/bin/mstconfig"));
+    assert_eq!(c.timeout, Duration::from_secs(30));
+    assert_eq!(c.devlink, DevlinkMode::Off);
+    let err = parse("nic_firmware:\n  devlink: sometimes\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sometimes") && err.contains("auto"), "{err}");
+    let err = parse("nic_firmware:\n  mstconfg_path: x\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mstconfg_path"), "{err}");
 }

@@ -28,9 +28,10 @@ pub use supervisor::Subsystem;
 
 use crate::bfb_cache::{BfbCache, CacheError};
 use crate::config::Config;
-use crate::exec::{HostExecutor, NETWORK_REPORT_WAIT};
+use crate::exec::{HostExecutor, NETWORK_REPORT_WAIT, NicFirmware};
 use crate::flash::Flasher;
 use crate::net::{self, NetError};
+use crate::power::bmc::{BmcLink, BmcPowerCycle};
 use crate::power::caps;
 use crate::power::{sampler, telemetry};
 use crate::session::{self, AgentError, BeforeClose, NetSync, PowerSession};
@@ -130,12 +131,22 @@ impl Daemon {
             tracing::info!("host networking is disabled (network.enabled: false)");
             None
         };
-        let power = if cfg.power.enabled {
+        let (power, bmc_link) = if cfg.power.enabled {
             start_power(&cfg, &mut registry, &subsystems).await
         } else {
             tracing::info!("power telemetry and caps are disabled (power.enabled: false)");
-            PowerSession::default()
+            (PowerSession::default(), None)
         };
+        // NIC firmware parameters (ConfigFwParameters) and power cycles
+        // through the BMC (RebootHost { power_cycle }).
+        match NicFirmware::from_config(&cfg.nic_firmware) {
+            Some(nic) => executor = executor.with_nic_firmware(nic),
+            None => tracing::info!("NIC firmware configuration is disabled (nic_firmware.enabled: false)"),
+        }
+        if cfg.power.bmc.enabled() {
+            // The poller's client when power is enabled; else one connected per power cycle.
+            executor = executor.with_bmc(Arc::new(BmcPowerCycle::new(cfg.power.bmc.clone(), bmc_link)));
+        }
         if let Some(listen) = cfg.metrics.listen {
             let s = &subsystems.metrics;
             crate::metrics::serve(listen, Arc::new(registry), s.tasks(), s.token())
@@ -178,9 +189,14 @@ impl Daemon {
     }
 }
 
-/// The sampler (metrics, and telemetry for the coordinator), its BMC poller,
-/// and the caps task with every enforcement means this host has.
-async fn start_power(cfg: &Config, registry: &mut Registry, subsystems: &Subsystems) -> PowerSession {
+/// The sampler (metrics, and telemetry for the coordinator), its BMC poller
+/// (returned too, for power cycles), and the caps task with every
+/// enforcement means this host has.
+async fn start_power(
+    cfg: &Config,
+    registry: &mut Registry,
+    subsystems: &Subsystems,
+) -> (PowerSession, Option<BmcLink>) {
     let metrics = sampler::PowerMetrics::default();
     metrics.register(registry.sub_registry_with_prefix("hostplane"));
     let tcfg = &cfg.power.telemetry;
@@ -200,6 +216,7 @@ async fn start_power(cfg: &Config, registry: &mut Registry, subsystems: &Subsyst
     let sysfs_root = cfg.power.sysfs_root.clone();
     let state_file = cfg.state_dir.join("power-caps.json");
     let bmc = sampler.bmc;
+    let link = bmc.clone();
     // Discovery reads sysfs and NVML, and the state file: a blocking thread.
     let enforcer = tokio::task::spawn_blocking(move || {
         caps::Enforcer::new(caps::discover_limiters(&sysfs_root, bmc)).with_state_file(state_file)
@@ -214,5 +231,8 @@ async fn start_power(cfg: &Config, registry: &mut Registry, subsystems: &Subsyst
     };
     let c = &subsystems.caps;
     let handle = caps::spawn(enforcer, cfg.power.caps.clone(), c.tasks(), c.token());
-    PowerSession::new(telemetry.map(|t| (t, tcfg.batch_interval)), Some(handle))
+    (
+        PowerSession::new(telemetry.map(|t| (t, tcfg.batch_interval)), Some(handle)),
+        link,
+    )
 }
