@@ -53,9 +53,17 @@ pub enum ApiError {
     #[error("node {node} is not waiting for a reboot")]
     NotWaitingForReboot { node: String },
     #[error(
-        "node {node} is rebooted by its agent (reboot_method AGENT); MarkRebooted is only for external reboots"
+        "node {node} is rebooted by its agent (reboot_method AGENT); MarkRebooted is only for external reboots \
+         (and for a power cycle its agent could not do)"
     )]
     AgentReboots { node: String },
+    /// MarkRebooted without power_cycled while a waiting Dpu needs a host power cycle.
+    #[error(
+        "node {node} must be power-cycled, not only rebooted: the NIC firmware of {dpus} takes effect only \
+         after a host power cycle; power-cycle it, then MarkRebooted with power_cycled \
+         (hostplanectl node mark-rebooted {node} --power-cycled)"
+    )]
+    PowerCycleRequired { node: String, dpus: String },
     #[error(
         "watch from version {requested} is ahead of the store (version {current}); list again and watch from the list's version"
     )]
@@ -87,7 +95,8 @@ impl ApiError {
             | ApiError::NodeInOtherTopology { .. }
             | ApiError::BeingDeleted { .. }
             | ApiError::NotWaitingForReboot { .. }
-            | ApiError::AgentReboots { .. } => Code::FailedPrecondition,
+            | ApiError::AgentReboots { .. }
+            | ApiError::PowerCycleRequired { .. } => Code::FailedPrecondition,
             ApiError::FromTheFuture { .. } => Code::OutOfRange,
             ApiError::ShuttingDown => Code::Unavailable,
             ApiError::Store(e) => store_code(e),
@@ -237,6 +246,14 @@ mod tests {
                 ApiError::AgentReboots { node: "n1".into() },
                 Code::FailedPrecondition,
                 "reboot_method AGENT",
+            ),
+            (
+                ApiError::PowerCycleRequired {
+                    node: "n1".into(),
+                    dpus: "d1 (flavor f1)".into(),
+                },
+                Code::FailedPrecondition,
+                "node n1 must be power-cycled, not only rebooted: the NIC firmware of d1 (flavor f1) takes effect",
             ),
             (
                 ApiError::FromTheFuture {

@@ -2,8 +2,8 @@
 //! scheduler needs (DESIGN.md, "The upstream flows").
 use hostplane_proto::v1::{
     CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse, Deployment, Device, Dpu, DpuPhase,
-    DpuReadiness, DpuRef, Kind, MarkRebootedRequest, Node, NodeRebootStatus, NodeRef, RebootMethod, Resource,
-    SetDeploymentImageRequest, resource,
+    DpuReadiness, DpuRef, Flavor, Kind, MarkRebootedRequest, Node, NodeRebootStatus, NodeRef, RebootKind,
+    RebootMethod, Resource, SetDeploymentImageRequest, resource,
 };
 
 use super::crud::{self, prepare_create};
@@ -11,6 +11,7 @@ use super::delete::mark;
 use super::error::ApiError;
 use super::typed::{self, Typed};
 use super::{AdminApi, audit, validate};
+use crate::fsm::nicfw;
 use crate::fsm::util::{mid_install, phase_of};
 use crate::store::{Txn, now_ms};
 
@@ -70,24 +71,45 @@ impl AdminApi {
     }
 
     pub(super) async fn mark_node_rebooted(&self, req: MarkRebootedRequest) -> Result<Node, ApiError> {
-        let name = req.name;
+        let (name, power_cycled) = (req.name, req.power_cycled);
         validate::name("name", &name)?;
         let n = name.clone();
         let res = self
             .store
             .write(move |t| {
                 let mut node = typed::fetch::<Node>(t, &n)?;
-                if reboot_method(&node) == RebootMethod::Agent {
-                    return Err(ApiError::AgentReboots { node: n });
-                }
-                if rebooting_dpus(t, &n)?.is_empty() {
+                let waiting = waiting_dpus(t, &node)?;
+                if waiting.is_empty() {
+                    // An agent-rebooted node is the upstream's to mark only after its agent could not
+                    // power-cycle it.
+                    if reboot_method(&node) == RebootMethod::Agent && !any_external_power_cycle(t, &n)? {
+                        return Err(ApiError::AgentReboots { node: n });
+                    }
                     return Err(ApiError::NotWaitingForReboot { node: n });
                 }
-                node.status.get_or_insert_default().rebooted_at_ms = now_ms();
+                let need = power_cycle_needed(t, &node, &waiting)?;
+                if !power_cycled && !need.is_empty() {
+                    return Err(ApiError::PowerCycleRequired {
+                        node: n,
+                        dpus: need.join(", "),
+                    });
+                }
+                let st = node.status.get_or_insert_default();
+                st.rebooted_at_ms = now_ms();
+                st.last_reboot_kind = if power_cycled {
+                    RebootKind::PowerCycle
+                } else {
+                    RebootKind::Reboot
+                } as i32;
                 store_typed(t, node)
             })
             .await;
-        audit("mark_rebooted", "node", &name, res.as_ref().map(|_| "marked"));
+        let done = if power_cycled {
+            "marked power-cycled"
+        } else {
+            "marked rebooted"
+        };
+        audit("mark_rebooted", "node", &name, res.as_ref().map(|_| done));
         res
     }
 
@@ -119,15 +141,12 @@ impl AdminApi {
         self.store
             .read_snapshot(move |t| {
                 let node = typed::fetch::<Node>(t, &req.name)?;
-                let dpus = if reboot_method(&node) == RebootMethod::Agent {
-                    Vec::new()
-                } else {
-                    rebooting_dpus(t, &req.name)?
-                };
+                let waiting = waiting_dpus(t, &node)?;
+                let power_cycle_required = !power_cycle_needed(t, &node, &waiting)?.is_empty();
                 Ok(NodeRebootStatus {
-                    waiting_for_reboot: !dpus.is_empty(),
-                    dpus,
-                    power_cycle_required: false,
+                    waiting_for_reboot: !waiting.is_empty(),
+                    dpus: waiting.iter().map(|d| d.name().to_string()).collect(),
+                    power_cycle_required,
                 })
             })
             .await
@@ -208,25 +227,59 @@ fn reboot_method(node: &Node) -> RebootMethod {
     }
 }
 
-/// Names of the node's Dpus that wait in Rebooting for the host to be
-/// rebooted; empty while any Dpu of the node is still mid-install (the host
-/// must not be rebooted under a DPU being flashed).
-fn rebooting_dpus(t: &Txn<'_>, node: &str) -> Result<Vec<String>, ApiError> {
-    let on_node: Vec<Dpu> = t
-        .list_on_node(Kind::Dpu, node)?
+fn dpus_on(t: &Txn<'_>, node: &str) -> Result<Vec<Dpu>, ApiError> {
+    Ok(t.list_on_node(Kind::Dpu, node)?
         .into_iter()
         .filter_map(Dpu::from_resource)
-        .collect();
-    // The same rule as the state machine's (docs/state-machine.md, Rebooting).
+        .collect())
+}
+
+/// The node's Dpus that wait in Rebooting for the upstream system to reboot
+/// (or power-cycle) the host: every one on an EXTERNAL node, and on an AGENT
+/// node those whose agent could not power-cycle it. Empty while any Dpu of the
+/// node is still mid-install (the host must not be rebooted under a DPU being
+/// flashed). The same rule as the state machine's (docs/state-machine.md, Rebooting).
+fn waiting_dpus(t: &Txn<'_>, node: &Node) -> Result<Vec<Dpu>, ApiError> {
+    let on_node = dpus_on(t, node.name())?;
     let phase = |d: &Dpu| phase_of(d.status.as_ref().map(|s| s.phase).unwrap_or_default());
     if on_node.iter().any(|d| mid_install(phase(d))) {
         return Ok(Vec::new());
     }
+    let external = reboot_method(node) != RebootMethod::Agent;
     Ok(on_node
-        .iter()
-        .filter(|d| phase(d) == DpuPhase::Rebooting)
-        .map(|d| d.name().to_string())
+        .into_iter()
+        .filter(|d| phase(d) == DpuPhase::Rebooting && (external || nicfw::external_power_cycle(d)))
         .collect())
+}
+
+/// A Dpu of the node waits for an external power cycle its agent could not do
+/// (it may be held for a sibling still installing).
+fn any_external_power_cycle(t: &Txn<'_>, node: &str) -> Result<bool, ApiError> {
+    Ok(dpus_on(t, node)?.iter().any(nicfw::external_power_cycle))
+}
+
+/// "d1 (flavor f1)" for each of `waiting` whose reboot must be a power cycle:
+/// its Flavor has a matched nvconfig entry with host_power_cycle_required (the
+/// state machine's rule, `fsm::nicfw`), or its agent could not power-cycle the host.
+fn power_cycle_needed(t: &Txn<'_>, node: &Node, waiting: &[Dpu]) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::new();
+    for d in waiting {
+        let spec = d.spec.clone().unwrap_or_default();
+        let needs = nicfw::external_power_cycle(d) || {
+            let flavor = typed::get::<Flavor>(t, &spec.flavor)?;
+            let device = typed::get::<Device>(t, &spec.device)?;
+            match (flavor.and_then(|f| f.spec), device) {
+                (Some(f), Some(dev)) => {
+                    nicfw::needs_power_cycle(&f, &nicfw::target_of(&spec.device, &dev, Some(node)))
+                }
+                _ => false,
+            }
+        };
+        if needs {
+            out.push(format!("{} (flavor {})", d.name(), spec.flavor));
+        }
+    }
+    Ok(out)
 }
 
 fn store_typed<T: Typed>(t: &mut Txn<'_>, x: T) -> Result<T, ApiError> {

@@ -36,6 +36,10 @@ pub enum Action {
         name: String,
         clear_maintenance: bool,
         waiting_for_reboot: Option<bool>,
+        power_cycle_required: Option<bool>,
+        /// The agent power-cycled the host (its RebootHost SUCCEEDED at this time): recorded as
+        /// the node's last reboot.
+        power_cycled_at_ms: Option<i64>,
     },
     DeploymentStatus {
         name: String,
@@ -216,6 +220,8 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                 name,
                 clear_maintenance,
                 waiting_for_reboot,
+                power_cycle_required,
+                power_cycled_at_ms,
             } => {
                 let Some(Resource {
                     kind: Some(resource::Kind::Node(mut n)),
@@ -231,6 +237,15 @@ pub fn apply(t: &mut Txn<'_>, actions: Vec<Action>) -> Result<Applied, StoreErro
                 }
                 if let Some(w) = waiting_for_reboot {
                     st.waiting_for_reboot = w;
+                }
+                if let Some(c) = power_cycle_required {
+                    st.power_cycle_required = c;
+                }
+                if let Some(at) = power_cycled_at_ms
+                    && st.rebooted_at_ms < at
+                {
+                    st.rebooted_at_ms = at;
+                    st.last_reboot_kind = hostplane_proto::v1::RebootKind::PowerCycle as i32;
                 }
                 if n.status != before {
                     t.update(n.into())?;

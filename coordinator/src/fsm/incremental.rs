@@ -22,9 +22,9 @@ use hostplane_proto::v1::{Dpu, DpuPhase};
 
 use super::FsmConfig;
 use super::apply::Action;
-use super::commands::agent_reboots;
 use super::dirty::{Aggregates, Work};
 use super::dpu::StepCtx;
+use super::nicfw::{needs_power_cycle_now, waits_for_mark_rebooted};
 use super::plan::{
     CommandRows, Plan, Stepped, Tally, by_age, count_on_node, deployment_status, matching, new_ctx, new_dpu,
     node_flags, orphan_reason, step_one, tally,
@@ -269,15 +269,16 @@ pub fn plan_changes<C: CommandRows>(
     for node in flag_nodes {
         let Some(n) = view.nodes.get(node) else { continue };
         lazy.node(&mut ctx, node);
-        if !acc.waiting.contains_key(node)
-            && lazy.none_installing.get(node).copied().unwrap_or(true)
-            && !agent_reboots(view, node)
-            && on_node(view, node).any(|d| {
-                phase(d) == DpuPhase::Rebooting
+        if lazy.none_installing.get(node).copied().unwrap_or(true) {
+            for d in on_node(view, node).filter(|d| {
+                waits_for_mark_rebooted(view, d)
                     && !stepped.contains(d.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or(""))
-            })
-        {
-            acc.waiting.insert(node.to_string(), true);
+            }) {
+                acc.waiting.insert(node.to_string(), true);
+                if needs_power_cycle_now(view, d) {
+                    acc.power_cycle.insert(node.to_string());
+                }
+            }
         }
         actions.extend(node_flags(node, n, &acc, &ctx));
     }

@@ -4,10 +4,40 @@
 //! power cycle. The matching is pure; [`target`] gathers its inputs from the view.
 use std::collections::BTreeMap;
 
-use hostplane_proto::v1::{Device, Dpu, FlavorSpec, Node};
+use hostplane_proto::v1::{Device, Dpu, DpuPhase, FlavorSpec, Node};
 
+use super::commands::agent_reboots;
+use super::util::condition;
 use crate::api::validate::nvconfig::{is_wildcard, parse_parameter};
 use crate::store::View;
+
+/// True on a Dpu in Rebooting whose node's agent could not power-cycle the
+/// host (it answered the power-cycle RebootHost SKIPPED, e.g. no BMC): the
+/// node waits for an external power cycle and MarkRebooted with power_cycled.
+pub const COND_EXTERNAL_POWER_CYCLE: &str = "ExternalPowerCycle";
+
+/// The Dpu waits for an external power cycle after its agent could not do it.
+pub fn external_power_cycle(d: &Dpu) -> bool {
+    d.status.as_ref().is_some_and(|s| {
+        s.phase == DpuPhase::Rebooting as i32
+            && condition(&s.conditions, COND_EXTERNAL_POWER_CYCLE).is_some_and(|c| c.status == "True")
+    })
+}
+
+/// The Dpu, in Rebooting, waits for the upstream system (MarkRebooted): its node
+/// reboots externally, or its agent could not power-cycle the host.
+pub fn waits_for_mark_rebooted(view: &View, d: &Dpu) -> bool {
+    let node = d.spec.as_ref().map(|s| s.node.as_str()).unwrap_or("");
+    d.status
+        .as_ref()
+        .is_some_and(|s| s.phase == DpuPhase::Rebooting as i32)
+        && (!agent_reboots(view, node) || external_power_cycle(d))
+}
+
+/// The reboot this Dpu waits for must be a power cycle.
+pub fn needs_power_cycle_now(view: &View, d: &Dpu) -> bool {
+    external_power_cycle(d) || power_cycle_required(view, d)
+}
 
 /// What a device selector is compared with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

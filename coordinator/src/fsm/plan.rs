@@ -2,7 +2,7 @@
 //! Device gets which Dpu), rollout, every Dpu's step, Deployment and Node
 //! status, and removal of gracefully deleted objects. Pure: it returns the
 //! actions; `apply` writes them.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use hostplane_proto::v1::{
     Deployment, DeploymentStatus, Dpu, DpuPhase, DpuSpec, DpuStatus, ObjectMeta, PhaseTransition,
@@ -12,8 +12,8 @@ use crate::store::CommandRow;
 
 use super::FsmConfig;
 use super::apply::Action;
-use super::commands::agent_reboots;
 use super::dpu::{Mark, StepCtx, StepOut, step};
+use super::nicfw::{needs_power_cycle_now, waits_for_mark_rebooted};
 use super::util::{
     being_deleted, condition, holds_slot, mid_install, needs_window, phase_of, selector_matches,
     set_condition,
@@ -381,6 +381,7 @@ pub(super) fn new_ctx<'a>(
         installing: HashMap::new(),
         rebooting: HashMap::new(),
         reboot_cmd: HashMap::new(),
+        power_cycled: HashMap::new(),
         step_deadline: None,
         issued: Default::default(),
     }
@@ -419,6 +420,8 @@ pub(super) struct Stepped {
     pub tallies: HashMap<String, Tally>,
     /// Nodes with a Dpu in Rebooting waiting for an external reboot.
     pub waiting: HashMap<String, bool>,
+    /// Nodes among `waiting` where a waiting Dpu needs a power cycle.
+    pub power_cycle: HashSet<String>,
     pub deadlines: Vec<(String, Option<i64>)>,
     pub stepped: usize,
 }
@@ -444,14 +447,13 @@ pub(super) fn step_one(
     acc.deadlines
         .push((name.to_string(), after.and(ctx.step_deadline)));
     if let Some(after) = after {
-        let p = phase(after);
         let node = after.spec.as_ref().map(|s| s.node.as_str()).unwrap_or("");
         // An external reboot is asked for only once no sibling is mid-install.
-        if p == DpuPhase::Rebooting
-            && !agent_reboots(view, node)
-            && ctx.installing.get(node).is_none_or(|s| s.is_empty())
-        {
+        if waits_for_mark_rebooted(view, after) && ctx.installing.get(node).is_none_or(|s| s.is_empty()) {
             acc.waiting.insert(node.to_string(), true);
+            if needs_power_cycle_now(view, after) {
+                acc.power_cycle.insert(node.to_string());
+            }
         }
         tally(&mut acc.tallies, view, name, after, 1);
     }
@@ -504,17 +506,29 @@ pub(super) fn node_flags(
     acc: &Stepped,
     ctx: &StepCtx<'_>,
 ) -> Option<Action> {
-    let (approved, was_waiting) = n
-        .status
-        .as_ref()
-        .map(|s| (s.maintenance_approved, s.waiting_for_reboot))
-        .unwrap_or_default();
+    let st = n.status.clone().unwrap_or_default();
+    let (approved, was_waiting, was_cycle) = (
+        st.maintenance_approved,
+        st.waiting_for_reboot,
+        st.power_cycle_required,
+    );
     let wait = acc.waiting.get(name).copied().unwrap_or(false);
+    let cycle = wait && acc.power_cycle.contains(name);
     let clear = ctx.cleared.contains(name) && approved;
-    (clear || was_waiting != wait).then(|| Action::PatchNode {
-        name: name.to_string(),
-        clear_maintenance: clear,
-        waiting_for_reboot: (was_waiting != wait).then_some(wait),
+    // A power cycle the agent reported, not recorded yet.
+    let power_cycled = ctx
+        .power_cycled
+        .get(name)
+        .copied()
+        .filter(|at| st.rebooted_at_ms < *at);
+    (clear || was_waiting != wait || was_cycle != cycle || power_cycled.is_some()).then(|| {
+        Action::PatchNode {
+            name: name.to_string(),
+            clear_maintenance: clear,
+            waiting_for_reboot: (was_waiting != wait).then_some(wait),
+            power_cycle_required: (was_cycle != cycle).then_some(cycle),
+            power_cycled_at_ms: power_cycled,
+        }
     })
 }
 

@@ -1,6 +1,7 @@
 //! Phase deadlines and the timeout message a person acts on.
 use hostplane_proto::v1::DpuPhase;
 
+use super::super::nicfw::{COND_EXTERNAL_POWER_CYCLE, external_power_cycle, power_cycle_required};
 use super::super::util::{condition, fmt_duration, is_command_phase};
 use super::{COND_REBOOT_HELD, COND_UNREACHABLE, StepCtx, Stepper};
 
@@ -25,6 +26,13 @@ impl Stepper<'_> {
             }
             if let Some(c) = condition(&self.st().conditions, COND_REBOOT_HELD)
                 && c.status == "False"
+            {
+                entered = entered.max(c.last_transition_time_ms);
+            }
+            // After the agent could not power-cycle the host, the wait for an external power cycle
+            // gets the whole timeout.
+            if let Some(c) = condition(&self.st().conditions, COND_EXTERNAL_POWER_CYCLE)
+                && c.status == "True"
             {
                 entered = entered.max(c.last_transition_time_ms);
             }
@@ -64,6 +72,13 @@ impl Stepper<'_> {
             }
             DpuPhase::NodeEffect => {
                 format!("maintenance was not approved; approve node {node}, then reprovision")
+            }
+            DpuPhase::Rebooting if external_power_cycle(self.cur()) => format!(
+                "node {node} was not marked power-cycled after its agent could not power-cycle it; power-cycle \
+                 it, MarkRebooted with power_cycled, and reprovision"
+            ),
+            DpuPhase::Rebooting if st.command_id.is_empty() && power_cycle_required(ctx.view, self.cur()) => {
+                format!("node {node} was not marked power-cycled; power-cycle it and reprovision")
             }
             DpuPhase::Rebooting if st.command_id.is_empty() => {
                 format!("node {node} was not marked rebooted; reboot it and reprovision")

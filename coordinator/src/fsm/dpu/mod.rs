@@ -55,6 +55,9 @@ pub struct StepCtx<'a> {
     /// Node -> the id of its RebootHost command of this reboot round (open or succeeded; at most one
     /// per node): every Dpu of the node in Rebooting waits on it.
     pub reboot_cmd: HashMap<String, String>,
+    /// Node -> when the agent reported its power-cycle RebootHost SUCCEEDED (the latest such
+    /// result a Dpu of the node waits on), to record on the node.
+    pub power_cycled: HashMap<String, i64>,
     /// The phase deadline of the Dpu stepped last (None: it has none), for the reconciler's
     /// deadline index.
     pub step_deadline: Option<i64>,
@@ -216,7 +219,9 @@ impl<'a> Stepper<'a> {
         let p = self.phase();
         is_command_phase(p)
             || p == DpuPhase::Pending
-            || (p == DpuPhase::Rebooting && !self.st().command_id.is_empty())
+            || (p == DpuPhase::Rebooting
+                && !self.st().command_id.is_empty()
+                && !super::nicfw::external_power_cycle(self.cur()))
     }
 
     fn go(&mut self, to: DpuPhase, reason: &'static str, message: String, ctx: &mut StepCtx<'_>) {

@@ -1,7 +1,8 @@
 //! The phases that wait on the agent: command phases and Rebooting.
-use hostplane_proto::v1::{CommandOutcome, DpuPhase};
+use hostplane_proto::v1::{Command, CommandOutcome, DpuPhase, RebootHost, RebootKind, command};
 
 use super::super::commands::{agent_reboots, command_for};
+use super::super::nicfw::{self, COND_EXTERNAL_POWER_CYCLE};
 use super::super::util::{condition, next_phase, skipped_condition};
 use super::{BOOT_ID_MARK, COND_REBOOT_HELD, Next, StepCtx, Stepper};
 
@@ -161,15 +162,53 @@ impl Stepper<'_> {
                 .get(&node)
                 .and_then(|n| n.status.as_ref())
                 .map(|s| s.boot_id.as_str());
+            let does = self.agent_reboot_does(ctx);
             format!(
-                "OS installed on {rshim}; the agent on node {node} reboots the host ({BOOT_ID_MARK}{})",
+                "OS installed on {rshim}; {does} ({BOOT_ID_MARK}{})",
                 boot.unwrap_or("")
             )
         } else {
-            format!(
-                "OS installed on {rshim}; waiting for node {node} to be rebooted (reboot it, then MarkRebooted)"
-            )
+            format!("OS installed on {rshim}; {}", self.external_wait(ctx))
         }
+    }
+
+    /// Why this Dpu's reboot must be a power cycle, or None when a warm reboot does.
+    fn power_cycle_why(&self, ctx: &StepCtx<'_>) -> Option<String> {
+        let flavor = self.cur().spec.as_ref().map(|s| s.flavor.as_str()).unwrap_or("");
+        nicfw::power_cycle_required(ctx.view, self.cur()).then(|| {
+            format!("flavor {flavor}'s NIC firmware parameters take effect only after a host power cycle")
+        })
+    }
+
+    /// What the agent does for the reboot step, for messages.
+    fn agent_reboot_does(&self, ctx: &StepCtx<'_>) -> String {
+        let node = self.node();
+        match self.power_cycle_why(ctx) {
+            Some(why) => format!("the agent on node {node} power-cycles the host through its BMC; {why}"),
+            None => format!("the agent on node {node} reboots the host"),
+        }
+    }
+
+    /// What an externally rebooted (or power-cycled) node waits for, for messages.
+    fn external_wait(&self, ctx: &StepCtx<'_>) -> String {
+        let node = self.node();
+        match self.power_cycle_why(ctx) {
+            Some(why) => format!(
+                "waiting for node {node} to be power-cycled, not only rebooted ({why}; power-cycle it, then \
+                 MarkRebooted with power_cycled)"
+            ),
+            None => format!("waiting for node {node} to be rebooted (reboot it, then MarkRebooted)"),
+        }
+    }
+
+    /// The RebootHost this Dpu waits on asked for a power cycle.
+    fn waits_on_power_cycle(&self, ctx: &StepCtx<'_>) -> bool {
+        ctx.cmds.row(&self.st().command_id).is_some_and(|row| {
+            matches!(
+                &row.command.action,
+                Some(command::Action::RebootHost(RebootHost { power_cycle: true }))
+            )
+        })
     }
 
     /// The boot id recorded when Rebooting was entered.
@@ -209,17 +248,29 @@ impl Stepper<'_> {
             let msg = format!("no other Dpu on node {node_name} is being installed");
             self.cond(COND_REBOOT_HELD, "False", "SiblingsDone", &msg, ctx.now);
             let then = if agent_reboots(ctx.view, &node_name) {
-                format!("the agent on node {node_name} reboots the host")
+                self.agent_reboot_does(ctx)
             } else {
-                format!("waiting for node {node_name} to be rebooted (reboot it, then MarkRebooted)")
+                self.external_wait(ctx)
             };
             self.set_message(format!("{msg}; {then}"));
         }
-        if !agent_reboots(ctx.view, &node_name) {
-            // External reboot: the upstream system calls MarkRebooted.
+        let fallback = nicfw::external_power_cycle(self.cur());
+        if !agent_reboots(ctx.view, &node_name) || fallback {
+            // External reboot: the upstream system calls MarkRebooted (with power_cycled when a power
+            // cycle is needed; the API refuses it without).
             if ns.rebooted_at_ms > entered {
+                let cycled = ns.last_reboot_kind == RebootKind::PowerCycle as i32;
+                if !cycled && (fallback || self.power_cycle_why(ctx).is_some()) {
+                    self.set_message(format!(
+                        "node {node_name} was marked rebooted at {} ms, but not power-cycled; {}",
+                        ns.rebooted_at_ms,
+                        self.external_wait(ctx)
+                    ));
+                    return Next::Stay;
+                }
+                let what = if cycled { "power-cycled" } else { "rebooted" };
                 let message = format!(
-                    "node {node_name} was rebooted (MarkRebooted at {} ms)",
+                    "node {node_name} was {what} (MarkRebooted at {} ms)",
                     ns.rebooted_at_ms
                 );
                 return Next::Go {
@@ -230,10 +281,22 @@ impl Stepper<'_> {
             }
             return Next::Stay;
         }
+        // A power cycle the agent did through the BMC is recorded on the node.
+        if let Some(Ok(Some(r))) = self.waits_on_power_cycle(ctx).then(|| self.result(ctx))
+            && r.outcome == CommandOutcome::Succeeded as i32
+        {
+            let at = ctx.power_cycled.entry(node_name.clone()).or_default();
+            *at = (*at).max(r.finished_at_ms);
+        }
         let before = self.boot_id_before().unwrap_or_default();
         if !ns.boot_id.is_empty() && ns.boot_id != before {
+            let how = if self.waits_on_power_cycle(ctx) {
+                " after a power cycle through its BMC"
+            } else {
+                ""
+            };
             let message = format!(
-                "node {node_name} came back with boot_id {} (was {before:?})",
+                "node {node_name} came back with boot_id {} (was {before:?}){how}",
                 ns.boot_id
             );
             return Next::Go {
@@ -267,6 +330,25 @@ impl Stepper<'_> {
         match CommandOutcome::try_from(r.outcome).unwrap_or(CommandOutcome::Unspecified) {
             // The reboot was issued; wait for the new boot id.
             CommandOutcome::Succeeded => Next::Stay,
+            // The agent cannot power-cycle the host (no BMC): the node falls back to the external
+            // flow, every Dpu waiting on this RebootHost with it.
+            CommandOutcome::Skipped if self.waits_on_power_cycle(ctx) => {
+                let msg = format!(
+                    "the agent on node {node_name} did not power-cycle the host ({}); power-cycle node \
+                     {node_name}, then MarkRebooted with power_cycled (`hostplanectl node mark-rebooted \
+                     {node_name} --power-cycled`)",
+                    r.message
+                );
+                self.cond(
+                    COND_EXTERNAL_POWER_CYCLE,
+                    "True",
+                    "AgentCannotPowerCycle",
+                    &msg,
+                    ctx.now,
+                );
+                self.set_message(msg);
+                Next::Stay
+            }
             // The sibling that issued it timed out in this round (its command was withdrawn when
             // it went to Error): the host did not come back for this Dpu either. Re-issuing would
             // reboot the host a second time; the round's clock is shared, so this Dpu's own
@@ -312,6 +394,25 @@ impl Stepper<'_> {
         let id = &self.st().command_id;
         if self.phase() == DpuPhase::Rebooting && !id.is_empty() {
             ctx.reboot_cmd.insert(node.to_string(), id.clone());
+            // One reboot serves every Dpu of the node in Rebooting: a power cycle when any needs one.
+            let sibling_needs = ctx.rebooting.get(node).is_some_and(|names| {
+                names.iter().any(|n| {
+                    n != self.name()
+                        && ctx
+                            .view
+                            .dpus
+                            .get(n)
+                            .is_some_and(|d| nicfw::power_cycle_required(ctx.view, d))
+                })
+            });
+            if sibling_needs
+                && let Some(Command {
+                    action: Some(command::Action::RebootHost(rh)),
+                    ..
+                }) = self.insert.last_mut()
+            {
+                rh.power_cycle = true;
+            }
         }
     }
 
