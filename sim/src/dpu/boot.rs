@@ -18,9 +18,10 @@ pub(crate) enum Effect {
     Phase(Phase),
     /// `Ubuntu installation started`: the `install-error` fault strikes here.
     InstallStarted,
-    /// The new OS is on eMMC.
+    /// The new OS is on eMMC (with what bf.cfg's `bfb_modify_os` wrote on it).
     Installed {
         version: Option<String>,
+        dpu_os: Option<bfcfg::DpuOsReport>,
     },
     /// The OS on eMMC is running.
     OsUp,
@@ -109,6 +110,7 @@ pub(crate) fn install_plan(t: &Timings, report: &StreamReport) -> VecDeque<Step>
             Effect::Phase(Phase::Installing),
         ));
     }
+    let mut dpu_os = None;
     if let Some(cfg) = &report.bf_cfg {
         let checked = if report.bf_cfg_len > bfcfg::BFCFG_MAX as u64 {
             Err(bfcfg::BfCfgError::TooLarge {
@@ -117,6 +119,24 @@ pub(crate) fn install_plan(t: &Timings, report: &StreamReport) -> VecDeque<Step>
         } else {
             bfcfg::check(cfg)
         };
+        if checked.is_ok() {
+            match bfcfg::parse_dpu_os(cfg) {
+                Ok(r) => dpu_os = r,
+                Err(e) => {
+                    steps.push(Step {
+                        stage: Stage::Installer,
+                        delay: t.stage,
+                        lines: vec![msg(
+                            Level::Err,
+                            Module::Misc,
+                            "bfb_modify_os: bad hostplane section",
+                        )],
+                        effect: Effect::Fail(format!("bfb_modify_os: {e}")),
+                    });
+                    return steps.into();
+                }
+            }
+        }
         match checked {
             Ok(()) => steps.push(step(
                 Stage::Installer,
@@ -143,15 +163,20 @@ pub(crate) fn install_plan(t: &Timings, report: &StreamReport) -> VecDeque<Step>
         "Ubuntu installation started",
         Effect::InstallStarted,
     ));
-    steps.push(step(
+    let mut installed = step(
         Stage::Installer,
         t.install,
         Module::Misc,
         "Ubuntu installation completed",
         Effect::Installed {
             version: report.version.clone(),
+            dpu_os: dpu_os.clone(),
         },
-    ));
+    );
+    if let Some(os) = &dpu_os {
+        installed.lines.extend(dpu_os_lines(os));
+    }
+    steps.push(installed);
     steps.push(step(
         Stage::Installer,
         t.stage,
@@ -161,6 +186,33 @@ pub(crate) fn install_plan(t: &Timings, report: &StreamReport) -> VecDeque<Step>
     ));
     steps.extend(reboot_steps(t));
     steps.into()
+}
+
+/// The log lines of hostplane's `bfb_modify_os`: the sections, then each
+/// config file's path (quoted, cut to 64 characters; a path that would read
+/// as a critical line to a log reader is not shown) and size.
+pub(crate) fn dpu_os_lines(os: &bfcfg::DpuOsReport) -> Vec<String> {
+    let mut lines = vec![msg(
+        Level::Info,
+        Module::Misc,
+        &format!("bfb_modify_os: {}", os.summary()),
+    )];
+    for f in &os.files {
+        let shown: String = format!("{:?}", f.path).chars().take(64).collect();
+        let upper = shown.to_ascii_uppercase();
+        let shown = if upper.contains("CRITICAL") || upper.contains("PANIC(") || shown.contains("Exception(")
+        {
+            "(path not shown)".to_string()
+        } else {
+            shown
+        };
+        lines.push(msg(
+            Level::Info,
+            Module::Misc,
+            &format!("bfb_modify_os: file {shown} {} bytes", f.content.len()),
+        ));
+    }
+    lines
 }
 
 /// A firmware-only ("flat") BFB was pushed: firmware boots, then the OS on eMMC.
@@ -293,8 +345,9 @@ fn apply(dpu: &Dpu, g: &mut Inner, effect: Effect, steps: &mut VecDeque<Step>) -
                 }
             }
         }
-        Effect::Installed { version } => {
+        Effect::Installed { version, dpu_os } => {
             g.os_version = Some(version.unwrap_or_else(|| "unknown".to_string()));
+            g.dpu_os = dpu_os;
             g.install_count += 1;
         }
         Effect::OsUp => {
@@ -364,6 +417,72 @@ mod tests {
         assert_eq!(last.lines, [" ERR[MISC]: bf.cfg syntax error"]);
         assert!(matches!(&last.effect, Effect::Fail(why) if why.contains("line 1")));
         assert!(!texts(&plan).iter().any(|l| l.contains("installation started")));
+    }
+
+    /// A bf.cfg as the agent renders a Flavor with DPU OS settings.
+    fn with_dpu_os() -> Vec<u8> {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        format!(
+            "A='1'\nbfb_modify_os()\n{{\n\
+             # hostplane dpu_os section: sysctl\n\
+             hostplane_os_file '/etc/sysctl.d/99-hostplane.conf' '0644' 'root:root' override '{}'\n\
+             # hostplane dpu_os section: config_file\n\
+             hostplane_os_file '/etc/CRITICAL ERROR' '0644' 'root:root' override '{}'\n\
+             # hostplane dpu_os section: config_file\n\
+             hostplane_os_file '/etc/app.conf' '0600' 'root' append '{}'\n}}\n",
+            b64("# x\nnet.core.somaxconn=4096\n"),
+            b64("x"),
+            b64("key=1\n"),
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn dpu_os_sections_are_logged_and_kept_with_the_install() {
+        let t = Timings::uniform(Duration::from_millis(1));
+        let plan = install_plan(&t, &report(Some(&with_dpu_os())));
+        let lines = texts(&plan);
+        let at = lines
+            .iter()
+            .position(|l| l == " INFO[MISC]: Ubuntu installation completed")
+            .unwrap();
+        assert_eq!(
+            lines[at + 1..at + 4],
+            [
+                " INFO[MISC]: bfb_modify_os: sysctl=1 files=2",
+                " INFO[MISC]: bfb_modify_os: file (path not shown) 1 bytes",
+                " INFO[MISC]: bfb_modify_os: file \"/etc/app.conf\" 6 bytes",
+            ]
+        );
+        assert_eq!(lines[at + 4], " INFO[MISC]: Installation finished");
+        let installed = plan
+            .iter()
+            .find_map(|s| match &s.effect {
+                Effect::Installed { dpu_os, .. } => Some(dpu_os.clone()),
+                _ => None,
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            installed.sysctl.as_deref(),
+            Some(&["net.core.somaxconn=4096".to_string()][..])
+        );
+        assert_eq!(installed.files[1].content, b"key=1\n");
+        // Without hostplane's hook: nothing more is logged.
+        let plain = texts(&install_plan(&t, &report(Some(b"A=1\n"))));
+        assert!(!plain.iter().any(|l| l.contains("bfb_modify_os")));
+        // A damaged section fails the install before it starts.
+        let bad = String::from_utf8(with_dpu_os())
+            .unwrap()
+            .replacen("' append '", "' append '!", 1);
+        let plan = install_plan(&t, &report(Some(bad.as_bytes())));
+        let last = plan.back().unwrap();
+        assert_eq!(last.lines, [" ERR[MISC]: bfb_modify_os: bad hostplane section"]);
+        assert!(
+            matches!(&last.effect, Effect::Fail(why) if why.contains("not base64")),
+            "{last:?}"
+        );
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct DpuState {
     pub fault: Fault,
     /// Why the last boot or install failed.
     pub last_error: Option<String>,
+    /// What hostplane's `bfb_modify_os` in the bf.cfg of the last install
+    /// wrote on the DPU OS (decoded); `None`: that bf.cfg had none (or no install yet).
+    pub dpu_os: Option<bfcfg::DpuOsReport>,
 }
 
 /// rshim's per-device settings, shown and changed through `misc`.
@@ -151,6 +154,7 @@ pub(crate) struct Inner {
     pub push_count: u64,
     pub last_push_bytes: u64,
     pub last_error: Option<String>,
+    pub dpu_os: Option<bfcfg::DpuOsReport>,
     pub reset_at: Instant,
     /// False once the simulator shuts down.
     pub alive: bool,
@@ -250,6 +254,7 @@ impl Dpu {
                 push_count: 0,
                 last_push_bytes: 0,
                 last_error: None,
+                dpu_os: None,
                 reset_at: Instant::now(),
                 alive: true,
             }),
@@ -279,6 +284,7 @@ impl Dpu {
             boot_open: g.boot_writer.is_some(),
             fault: g.fault,
             last_error: g.last_error.clone(),
+            dpu_os: g.dpu_os.clone(),
         }
     }
 

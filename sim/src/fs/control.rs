@@ -72,7 +72,7 @@ pub(crate) fn status(dpus: &[Arc<Dpu>]) -> String {
         let s = d.state();
         let _ = writeln!(
             out,
-            "{} phase={} version={} installs={} boots={} pushes={} fault={} serial={} dev={} last_error={:?}",
+            "{} phase={} version={} installs={} boots={} pushes={} fault={} serial={} dev={} last_error={:?} dpu_os={:?}",
             s.name,
             s.phase,
             s.installed_version.as_deref().unwrap_or("-"),
@@ -83,6 +83,13 @@ pub(crate) fn status(dpus: &[Arc<Dpu>]) -> String {
             s.serial,
             s.dev_name,
             s.last_error.as_deref().unwrap_or(""),
+            s.dpu_os
+                .as_ref()
+                .map(|o| {
+                    let paths: Vec<&str> = o.files.iter().map(|f| f.path.as_str()).collect();
+                    format!("{} paths={paths:?}", o.summary())
+                })
+                .unwrap_or_default(),
         );
     }
     out
