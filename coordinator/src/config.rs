@@ -22,6 +22,7 @@
 //!   resync: 60s
 //! agents:
 //!   lease: 15s
+//!   auto_register_devices: false  # true: a Device for each reported rshim that has none
 //! log:
 //!   level: info          # an EnvFilter directive, e.g. "info,hostplane_coordinator=debug"
 //!   format: plain        # plain | json
@@ -789,6 +790,18 @@ mod tests {
             cfg,
             "an empty file means defaults"
         );
+    }
+
+    #[test]
+    fn device_auto_registration_is_off_unless_asked_for() {
+        assert!(!Config::default().agents.auto_register_devices);
+        let cfg = Config::from_yaml("agents:\n  auto_register_devices: true\n", Path::new("c.yaml")).unwrap();
+        assert!(cfg.agents.auto_register_devices);
+        assert_eq!(cfg.agents.lease, StreamConfig::default().lease);
+        let err = Config::from_yaml("agents:\n  auto_register: true\n", Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auto_register"), "{err}");
     }
 
     #[test]

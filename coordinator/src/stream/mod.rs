@@ -32,7 +32,7 @@ use crate::store::{Store, StoreError};
 
 pub use liveness::COND_REACHABLE;
 pub use network::COND_HOST_NETWORK;
-pub use status::{COND_APPLIED, COND_PRESENT};
+pub use status::{AUTO_REGISTERED_LABEL, COND_APPLIED, COND_PRESENT};
 
 /// Agent stream settings (the `agents:` section of the coordinator config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +56,14 @@ pub struct StreamConfig {
     /// 10 s), hence a minute by default.
     #[serde(with = "humantime_serde")]
     pub last_seen_interval: Duration,
+    /// Auto-registration (off by default), as DPF's DPU discovery does: an
+    /// rshim an agent reports (in Hello or a hot-plug inventory update) on a
+    /// known Node with no Device for it gets one, named `<node>-<rshim>`,
+    /// with the serial and PCI address (PF0) from the report and the label
+    /// `hostplane.io/auto-registered: "true"`. An existing Device is never
+    /// overwritten; a report without a serial is not registered (logged).
+    /// Each creation is logged and audited.
+    pub auto_register_devices: bool,
 }
 
 impl Default for StreamConfig {
@@ -65,6 +73,7 @@ impl Default for StreamConfig {
             hello_timeout: Duration::from_secs(30),
             status_flush: Duration::from_secs(1),
             last_seen_interval: Duration::from_secs(60),
+            auto_register_devices: false,
         }
     }
 }
@@ -451,25 +460,27 @@ impl AgentService for AgentStream {
         let lease_ms = self.cfg.lease.as_millis() as i64;
         let h = hello.clone();
         let (live, n) = (self.shared.live.clone(), node.clone());
+        let auto_register = self.cfg.auto_register_devices;
         // The Hello claims the node's session row in the same transaction,
         // so no other replica's expiry sees the node unserved meanwhile.
-        let exists = self
+        let recorded = self
             .store
             .write(move |t| {
-                let exists = status::record_hello(t, &h, lease_ms)?;
-                if exists {
+                let recorded = status::record_hello(t, &h, lease_ms, auto_register)?;
+                if recorded.is_some() {
                     liveness::claim_session(t, &live, &n)?;
                 }
-                Ok::<_, StoreError>(exists)
+                Ok::<_, StoreError>(recorded)
             })
             .await
             .map_err(StreamError::from)?;
-        if !exists {
+        let Some(recorded) = recorded else {
             self.shared.live.forget(&node);
             return Err(StreamError::UnknownNode { node }.into());
-        }
+        };
         let reg = self.shared.register(&node, certs);
         let span = tracing::info_span!("agent_session", node = %node, session = reg.id);
+        span.in_scope(|| session::report_inventory(&self.audit, &node, reg.id, &recorded));
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let mut sess = session::Session::new(
             self.store.clone(),
@@ -478,7 +489,8 @@ impl AgentService for AgentStream {
             self.shared.clone(),
             reg,
             tx,
-        );
+        )
+        .with_audit(self.audit.clone());
         sess.send_desired(true).instrument(span.clone()).await?;
         span.in_scope(|| {
             tracing::info!(

@@ -16,12 +16,13 @@ use tonic::{Status, Streaming};
 use hostplane_proto::limits::{MAX_AGENT_MESSAGE_BYTES, MAX_NAME};
 use prost::Message as _;
 
+use crate::audit::{Audit, Record};
 use crate::desired::Subscription;
 use crate::store::{Store, StoreError, now_ms};
 
 use super::liveness::write_reachable;
 use super::network::Ignored;
-use super::status::{self, Pending};
+use super::status::{self, InventoryRecord, Pending};
 use super::{Connected, Registration, Shared, StreamConfig, StreamError};
 
 /// How long a session on a follower waits for the power caps of the
@@ -57,6 +58,30 @@ pub async fn read_hello(
     }
 }
 
+/// Log what recording an inventory changed; audit each auto-registered Device.
+pub(super) fn report_inventory(audit: &Audit, node: &str, session: u64, rec: &InventoryRecord) {
+    for d in &rec.gone {
+        tracing::warn!(device = %d, "device removed from the host: no longer in the agent's inventory");
+    }
+    for d in &rec.back {
+        tracing::info!(device = %d, "device back in the agent's inventory");
+    }
+    for (device, rshim, serial, place) in &rec.registered {
+        tracing::info!(%device, %rshim, %serial, at = %place, "device auto-registered for a reported rshim");
+        audit.record(Record {
+            who: node,
+            role: "agent",
+            method: "AgentService/Session",
+            target: &format!("device/{device}"),
+            result: &format!("created: auto-registered {rshim} of node {node} (serial {serial}, {place})"),
+            peer: &format!("session {session}"),
+        });
+    }
+    for (rshim, why) in &rec.not_registered {
+        tracing::warn!(%rshim, reason = %why, "reported rshim not auto-registered");
+    }
+}
+
 enum Finish {
     Recorded,
     Repeat,
@@ -85,6 +110,8 @@ pub struct Session {
     last_seen_written: Instant,
     /// Dpus whose ignored network report was logged at warn this session.
     ignored_reports: HashSet<String>,
+    /// Auto-registered Devices are written here.
+    audit: Audit,
 }
 
 impl Session {
@@ -114,7 +141,14 @@ impl Session {
             last_flush: now,
             last_seen_written: now,
             ignored_reports: HashSet::new(),
+            audit: Audit::default(),
         }
+    }
+
+    /// Write the Devices this session auto-registers to `audit`.
+    pub fn with_audit(mut self, audit: Audit) -> Session {
+        self.audit = audit;
+        self
     }
 
     fn lease_seconds(&self) -> u32 {
@@ -212,14 +246,18 @@ impl Session {
             self.last_seen_written = now;
         }
         let (node, lease_ms) = (self.node.clone(), self.cfg.lease.as_millis() as i64);
+        let auto_register = self.cfg.auto_register_devices;
         match self
             .store
-            .write(move |t| status::flush(t, &node, p, lease_ms))
+            .write(move |t| status::flush(t, &node, p, lease_ms, auto_register))
             .await
         {
-            Ok(ignored) => {
-                for (dpu, why) in ignored {
+            Ok(flushed) => {
+                for (dpu, why) in flushed.ignored {
                     self.log_ignored_report(&dpu, &why);
+                }
+                if let Some(rec) = flushed.inventory {
+                    report_inventory(&self.audit, &self.node, self.id, &rec);
                 }
             }
             Err(e) => {
@@ -346,9 +384,14 @@ impl Session {
                 self.pending.reports.insert(r.dpu.clone(), r);
                 self.schedule_flush();
             }
-            Some(agent_message::Msg::Inventory(_)) => {
-                // Hot-plug inventory updates: not recorded yet (issue 14).
-                tracing::debug!("inventory update ignored");
+            Some(agent_message::Msg::Inventory(inv)) => {
+                tracing::info!(
+                    rshims = ?inv.rshims.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                    "the agent's rshim devices changed"
+                );
+                // Coalesced: the latest inventory is written at the next flush.
+                self.pending.inventory = Some(inv);
+                self.schedule_flush();
             }
             Some(agent_message::Msg::Hello(_)) => {
                 return Err(StreamError::SecondHello {

@@ -1,9 +1,14 @@
 //! What an agent session writes to the store: the Node's status from Hello,
-//! Device presence from the inventory, ACK/NACK, and coalesced writes of
-//! acked versions, last-seen times and command progress.
-use std::collections::HashMap;
+//! Device presence from the inventory (Hello's, and the hot-plug updates
+//! the agent sends when rshim devices come or go), Devices auto-registered
+//! for reported rshims (`agents.auto_register_devices`), ACK/NACK, and
+//! coalesced writes of acked versions, last-seen times and command progress.
+use std::collections::{BTreeSet, HashMap};
 
-use hostplane_proto::v1::{FlashProgress, Hello, Kind, NetworkReport, Resource, resource};
+use hostplane_proto::v1::{
+    Device, DeviceSpec, FlashProgress, Hello, Inventory, Kind, NetworkReport, ObjectMeta, Resource,
+    RshimInfo, resource,
+};
 
 use crate::fsm::util::set_condition;
 use crate::store::{StoreError, Txn, now_ms};
@@ -13,16 +18,38 @@ use super::network::{self, Ignored};
 
 pub const COND_APPLIED: &str = "DesiredStateApplied";
 pub const COND_PRESENT: &str = "Present";
+/// The label on a Device the coordinator created for a reported rshim.
+pub const AUTO_REGISTERED_LABEL: &str = "hostplane.io/auto-registered";
+
+/// What recording an inventory changed, for the log and the audit.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct InventoryRecord {
+    /// Devices created for reported rshims: (device, rshim, serial, PCI address or USB path).
+    pub registered: Vec<(String, String, String, String)>,
+    /// Reported rshims with no Device that were not registered, and why
+    /// (only with auto-registration on).
+    pub not_registered: Vec<(String, String)>,
+    /// Devices whose rshim the inventory no longer has (present -> absent).
+    pub gone: Vec<String>,
+    /// Devices whose rshim is back (absent -> present).
+    pub back: Vec<String>,
+}
 
 /// Record a Hello: agent version, boot id, inventory, reachable, and each
-/// Device's presence. False when the node does not exist.
-pub fn record_hello(t: &mut Txn<'_>, hello: &Hello, lease_ms: i64) -> Result<bool, StoreError> {
+/// Device's presence (and, with `auto_register`, Devices for reported
+/// rshims that have none). None when the node does not exist.
+pub fn record_hello(
+    t: &mut Txn<'_>,
+    hello: &Hello,
+    lease_ms: i64,
+    auto_register: bool,
+) -> Result<Option<InventoryRecord>, StoreError> {
     let name = hello.node_name.as_str();
     let Some(Resource {
         kind: Some(resource::Kind::Node(mut n)),
     }) = t.get(Kind::Node, name)?
     else {
-        return Ok(false);
+        return Ok(None);
     };
     let now = now_ms();
     let st = n.status.get_or_insert_default();
@@ -52,28 +79,71 @@ pub fn record_hello(t: &mut Txn<'_>, hello: &Hello, lease_ms: i64) -> Result<boo
         now,
     );
     t.update(n.into())?;
+    let inventory = hello.inventory.clone().unwrap_or_default();
+    record_devices(t, name, &inventory, auto_register, now, false).map(Some)
+}
 
-    let rshims: Vec<&str> = hello
-        .inventory
-        .iter()
-        .flat_map(|i| i.rshims.iter())
-        .map(|r| r.name.as_str())
-        .collect();
-    for r in t.list_on_node(Kind::Device, name)? {
+/// Record an inventory update (hot-plug: the agent's rshim devices
+/// changed): the Node's status inventory, each Device's presence, and with
+/// `auto_register` the Devices for new rshims. Nothing when the node is gone.
+pub fn record_inventory(
+    t: &mut Txn<'_>,
+    node: &str,
+    inventory: &Inventory,
+    auto_register: bool,
+) -> Result<InventoryRecord, StoreError> {
+    let Some(Resource {
+        kind: Some(resource::Kind::Node(mut n)),
+    }) = t.get(Kind::Node, node)?
+    else {
+        return Ok(InventoryRecord::default());
+    };
+    let st = n.status.get_or_insert_default();
+    if st.inventory.as_ref() != Some(inventory) {
+        st.inventory = Some(inventory.clone());
+        t.update(n.into())?;
+    }
+    record_devices(t, node, inventory, auto_register, now_ms(), true)
+}
+
+/// Each Device of `node`: present when `inventory` reports its rshim (with
+/// the Present condition saying so); then, with `auto_register`, a Device
+/// for each reported rshim that has none. `update`: the inventory is a
+/// hot-plug update (a device that goes absent was removed from the host).
+fn record_devices(
+    t: &mut Txn<'_>,
+    node: &str,
+    inventory: &Inventory,
+    auto_register: bool,
+    now: i64,
+    update: bool,
+) -> Result<InventoryRecord, StoreError> {
+    let mut rec = InventoryRecord::default();
+    let rshims: BTreeSet<&str> = inventory.rshims.iter().map(|r| r.name.as_str()).collect();
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    for r in t.list_on_node(Kind::Device, node)? {
         let Some(resource::Kind::Device(mut d)) = r.kind else {
             continue;
         };
         let rshim = d.spec.as_ref().map(|s| s.rshim.clone()).unwrap_or_default();
-        let present = rshims.contains(&rshim.as_str());
+        let present = rshims.contains(rshim.as_str());
+        known.insert(rshim.clone());
         let before = d.status.clone();
+        let was = before.as_ref().is_some_and(|s| s.present);
         let ds = d.status.get_or_insert_default();
         ds.present = present;
         if present {
-            let msg = format!("the agent on node {name} reports {rshim}");
+            let msg = format!("the agent on node {node} reports {rshim}");
             set_condition(&mut ds.conditions, COND_PRESENT, "True", "InInventory", &msg, now);
+        } else if update && was {
+            let msg = format!(
+                "the agent on node {node} no longer reports {rshim}: the device was removed from the host (or \
+                 its rshim driver stopped); a flash running on it fails with the agent's result"
+            );
+            set_condition(&mut ds.conditions, COND_PRESENT, "False", "Removed", &msg, now);
         } else {
             let msg = format!(
-                "the agent on node {name} does not report {rshim}; check the rshim driver on the host and the \
+                "the agent on node {node} does not report {rshim}; check the rshim driver on the host and the \
                  device's spec.rshim"
             );
             set_condition(
@@ -86,10 +156,112 @@ pub fn record_hello(t: &mut Txn<'_>, hello: &Hello, lease_ms: i64) -> Result<boo
             );
         }
         if d.status != before {
+            let name = d.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+            match (was, present) {
+                (true, false) => rec.gone.push(name),
+                (false, true) => rec.back.push(name),
+                _ => {}
+            }
             t.update(d.into())?;
         }
     }
-    Ok(true)
+    if auto_register {
+        for info in inventory.rshims.iter().filter(|r| !known.contains(&r.name)) {
+            match auto_register_device(t, node, info, now)? {
+                Ok(reg) => rec.registered.push(reg),
+                Err(why) => rec.not_registered.push((info.name.clone(), why)),
+            }
+        }
+    }
+    Ok(rec)
+}
+
+/// Create the Device `<node>-<rshim>` for a reported rshim that has none
+/// (as DPF's DPU discovery does): serial and PCI address (PF0) from the
+/// report, labelled [`AUTO_REGISTERED_LABEL`]. Never overwrites: an
+/// existing Device of that name, a Device with that serial elsewhere, a
+/// report without a serial or with an error, or a node being deleted leave
+/// it unregistered, with the reason.
+fn auto_register_device(
+    t: &mut Txn<'_>,
+    node: &str,
+    info: &RshimInfo,
+    now: i64,
+) -> Result<Result<(String, String, String, String), String>, StoreError> {
+    let name = format!("{node}-{}", info.name);
+    if !info.error.is_empty() {
+        return Ok(Err(format!(
+            "the agent could not read the device: {}",
+            info.error
+        )));
+    }
+    if info.serial.is_empty() {
+        return Ok(Err(
+            "the report has no serial number (the rshim driver shows none in misc); create the Device by hand"
+                .into(),
+        ));
+    }
+    if let Some(Resource {
+        kind: Some(resource::Kind::Node(n)),
+    }) = t.get(Kind::Node, node)?
+        && n.metadata
+            .as_ref()
+            .is_some_and(|m| m.deletion_requested_at_ms != 0)
+    {
+        return Ok(Err(format!("node {node} is being deleted")));
+    }
+    if t.get(Kind::Device, &name)?.is_some() {
+        return Ok(Err(format!(
+            "a Device named {name} already exists for another rshim or node; it is not overwritten"
+        )));
+    }
+    if let Some(other) = t.devices_with_serial(&info.serial)?.first() {
+        return Ok(Err(format!(
+            "serial {} is already used by device {}",
+            info.serial,
+            other.name()
+        )));
+    }
+    let pci_address = pf0(&info.pci_address);
+    let device = Device {
+        metadata: Some(ObjectMeta {
+            name: name.clone(),
+            labels: [(AUTO_REGISTERED_LABEL.to_string(), "true".to_string())].into(),
+            ..Default::default()
+        }),
+        spec: Some(DeviceSpec {
+            node: node.to_string(),
+            serial: info.serial.clone(),
+            pci_address: pci_address.clone(),
+            rshim: info.name.clone(),
+            bmc_address: String::new(),
+        }),
+        status: None,
+    };
+    if let Err(e) = crate::api::validate::device("device", &device) {
+        return Ok(Err(format!("the Device it would be is not valid: {e}")));
+    }
+    let mut device = device;
+    let msg = format!("the agent on node {node} reports {}; auto-registered", info.name);
+    let ds = device.status.get_or_insert_default();
+    ds.present = true;
+    set_condition(&mut ds.conditions, COND_PRESENT, "True", "InInventory", &msg, now);
+    t.insert(device.into())?;
+    let place = if info.usb_path.is_empty() {
+        pci_address
+    } else {
+        format!("usb {}", info.usb_path)
+    };
+    Ok(Ok((name, info.name.clone(), info.serial.clone(), place)))
+}
+
+/// The PF0 address of an rshim's PCI function (`0000:04:00.2` ->
+/// `0000:04:00.0`, what DeviceSpec.pci_address holds); "" stays "".
+pub(crate) fn pf0(rshim_bdf: &str) -> String {
+    match rshim_bdf.rsplit_once('.') {
+        Some((prefix, _)) if !prefix.is_empty() => format!("{prefix}.0"),
+        _ => String::new(),
+    }
 }
 
 /// Record a NACK at once: the error, the refused version and, when the node's desired state is
@@ -161,6 +333,8 @@ pub struct Pending {
     pub progress: HashMap<String, (String, FlashProgress)>,
     /// Dpu -> the latest host network report.
     pub reports: HashMap<String, NetworkReport>,
+    /// The latest inventory update (hot-plug), if one came since the last flush.
+    pub inventory: Option<Inventory>,
 }
 
 impl Pending {
@@ -170,17 +344,32 @@ impl Pending {
             && self.seen.is_none()
             && self.progress.is_empty()
             && self.reports.is_empty()
+            && self.inventory.is_none()
     }
 }
 
-/// Flush coalesced writes in one transaction. Returns the network reports
-/// that were not recorded, and why (the caller logs them).
+/// What a flush did that the session logs.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// Network reports not recorded, and why.
+    pub ignored: Vec<(String, Ignored)>,
+    /// What the inventory update changed, when there was one.
+    pub inventory: Option<InventoryRecord>,
+}
+
+/// Flush coalesced writes in one transaction (`auto_register`: create
+/// Devices for new rshims of an inventory update).
 pub fn flush(
     t: &mut Txn<'_>,
     node: &str,
     p: Pending,
     lease_ms: i64,
-) -> Result<Vec<(String, Ignored)>, StoreError> {
+    auto_register: bool,
+) -> Result<Flushed, StoreError> {
+    let mut out = Flushed::default();
+    if let Some(inv) = &p.inventory {
+        out.inventory = Some(record_inventory(t, node, inv, auto_register)?);
+    }
     if (p.acked.is_some() || p.sent.is_some() || p.seen.is_some())
         && let Some(Resource {
             kind: Some(resource::Kind::Node(mut n)),
@@ -229,12 +418,11 @@ pub fn flush(
         st.progress = Some(progress);
         t.update(d.into())?;
     }
-    let mut ignored = Vec::new();
     let now = now_ms();
     for (dpu, report) in p.reports {
         if let Err(why) = network::record_report(t, node, &report, now)? {
-            ignored.push((dpu, why));
+            out.ignored.push((dpu, why));
         }
     }
-    Ok(ignored)
+    Ok(out)
 }

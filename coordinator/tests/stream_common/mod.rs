@@ -36,6 +36,7 @@ pub fn session_cfg() -> StreamConfig {
         hello_timeout: Duration::from_secs(5),
         status_flush: Duration::from_millis(20),
         last_seen_interval: Duration::from_millis(50),
+        ..Default::default()
     }
 }
 
