@@ -102,6 +102,9 @@ pub struct Config {
     pub deprecated: Vec<String>,
     /// Where `rshim<N>/` devices appear.
     pub dev_root: PathBuf,
+    /// Hot-plug: watch `dev_root` and re-send the inventory when rshim
+    /// devices come or go ([`crate::rshim::RshimWatchConfig`]).
+    pub rshim_watch: crate::rshim::RshimWatchConfig,
     /// Where `sys/kernel/random/boot_id` and `sys/kernel/hostname` are read.
     pub procfs_root: PathBuf,
     pub cache: CacheConfig,
@@ -133,6 +136,7 @@ impl Default for Config {
             host_root: PathBuf::from("/"),
             deprecated: Vec::new(),
             dev_root: PathBuf::from("/dev"),
+            rshim_watch: Default::default(),
             procfs_root: PathBuf::from("/proc"),
             cache: CacheConfig::default(),
             session: SessionConfig::default(),
@@ -313,6 +317,7 @@ impl Config {
             self.cache.validate(),
             self.session.validate(),
             self.flash.validate(),
+            self.rshim_watch.validate(),
             self.network.validate(),
             self.power.validate(),
             self.nic_firmware.validate(),

@@ -15,7 +15,7 @@ use hostplane_proto::v1::{
     command_event, coordinator_message,
 };
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,6 +31,7 @@ use super::power::{PowerEvent, PowerSession, cap_report};
 use super::{desired, persist};
 use crate::config::Config;
 use crate::exec::{AGENT_VERSION, Executor, action_name, now_ms, result};
+use crate::rshim::RshimSet;
 
 /// Messages queued for the coordinator per connection.
 const OUTBOUND_CAPACITY: usize = 256;
@@ -117,6 +118,10 @@ pub struct Owner {
     power: PowerSession,
     shutdown: CancellationToken,
     before_close: Option<BeforeClose>,
+    /// The rshim devices on the host, from the hot-plug watch (None: `rshim_watch.enabled: false`).
+    rshims: Option<watch::Receiver<RshimSet>>,
+    /// The rshim devices of the inventory the coordinator last got (in Hello or an update).
+    reported: RshimSet,
 }
 
 impl Owner {
@@ -152,6 +157,8 @@ impl Owner {
             power,
             shutdown,
             before_close: None,
+            rshims: None,
+            reported: RshimSet::new(),
             cfg,
         }
     }
@@ -175,11 +182,19 @@ impl Owner {
             self.stop(None).await;
             return;
         }
+        if self.cfg.rshim_watch.enabled {
+            self.rshims = Some(crate::rshim::watch(
+                self.cfg.dev_root.clone(),
+                &self.cfg.rshim_watch,
+                self.shutdown.child_token(),
+            ));
+        }
         loop {
             let executor = self.executor.clone();
             let Some(inventory) = self.drive(async move { executor.inventory().await }).await else {
                 break;
             };
+            self.reported = inventory.rshims.iter().map(|r| r.name.clone()).collect();
             let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
             let hello = self.hello(inventory);
             let _ = tx.try_send(hello);
@@ -283,6 +298,7 @@ impl Owner {
                 },
                 Some(ev) = self.events_rx.recv() => self.on_event(ev, Some(&mut link)).await,
                 r = next_report(&mut self.drift) => self.on_drift(r, Some(&mut link)).await,
+                now = next_rshims(&mut self.rshims) => self.on_rshims(now, &mut link).await,
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 ev = self.power.next() => match ev {
                     PowerEvent::BatchDue => {
@@ -302,6 +318,25 @@ impl Owner {
                 return End::Lost(reason);
             }
         }
+    }
+
+    /// The host's rshim devices changed (hot-plug): send the whole inventory
+    /// again, unless it already names exactly these devices. While
+    /// disconnected nothing is sent: the next Hello carries the inventory.
+    async fn on_rshims(&mut self, now: RshimSet, link: &mut Link) {
+        if now == self.reported {
+            return;
+        }
+        let inventory = self.executor.inventory().await;
+        let names: RshimSet = inventory.rshims.iter().map(|r| r.name.clone()).collect();
+        tracing::info!(
+            added = ?names.difference(&self.reported).collect::<Vec<_>>(),
+            removed = ?self.reported.difference(&names).collect::<Vec<_>>(),
+            rshims = ?names,
+            "rshim devices changed; sending the inventory"
+        );
+        self.reported = names;
+        link.send(msg(Msg::Inventory(inventory))).await;
     }
 
     fn hello(&self, inventory: hostplane_proto::v1::Inventory) -> AgentMessage {
@@ -596,6 +631,18 @@ fn progress_event(command_id: String, p: FlashProgress) -> AgentMessage {
         command_id,
         event: Some(command_event::Event::Progress(p)),
     }))
+}
+
+/// The next set of rshim devices from the hot-plug watch; pending forever
+/// without a watch (or once it ended, at shutdown).
+async fn next_rshims(rx: &mut Option<watch::Receiver<RshimSet>>) -> RshimSet {
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        return std::future::pending().await;
+    }
+    rx.borrow_and_update().clone()
 }
 
 fn lease_of(ds: Option<&DesiredState>, default: Duration) -> Duration {
