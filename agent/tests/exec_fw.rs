@@ -639,3 +639,46 @@ async fn no_bmc_means_skipped_for_an_external_power_cycle() {
     );
     assert_eq!(m, NO_BMC);
 }
+
+#[tokio::test]
+async fn a_power_cycle_goes_through_the_pollers_session_when_there_is_one() {
+    use hostplane_agent::power::bmc::{RequestCounts, RequestOutcome, poll};
+    let bmc = BmcSim::spawn(BmcOptions::new("node-3", Model::Gb200)).unwrap();
+    bmc.set_power_transition(Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "admin\n").unwrap();
+    let cfg = BmcConfig {
+        url: bmc.url(),
+        username: "admin".into(),
+        password_file: Some(pw),
+        // One read after connecting, then none while the test runs.
+        poll_interval: Duration::from_secs(3600),
+        min_request_interval: Duration::from_millis(5),
+        ..Default::default()
+    };
+    let counts = RequestCounts::default();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let stop = CancellationToken::new();
+    let link = poll::spawn(cfg.clone(), counts.clone(), &tasks, stop.clone());
+    link.wait_client().await.expect("the poller connects");
+    let start = std::time::Instant::now();
+    while link.readings(std::time::Instant::now()).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no first reading");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ok = || counts.get_or_create(&RequestOutcome { outcome: "ok" }).get();
+    let before = ok();
+    let ex = HostExecutor::new(Arc::new(Inventory), vec!["true".into()])
+        .with_bmc(Arc::new(BmcPowerCycle::new(cfg, Some(link))));
+    let (o, m) = run(&ex, reboot(true)).await;
+    assert_eq!(o, CommandOutcome::Succeeded, "{m}");
+    assert_eq!(bmc.power_cycles(), 1);
+    // The service root, the Systems collection, the System, the POST: on
+    // the poller's session (no login of its own).
+    assert_eq!(ok() - before, 4);
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    bmc.shutdown().await;
+}
