@@ -1,5 +1,6 @@
 //! The host's BMC over Redfish (DSP0266): the node's power and each GPU's,
-//! and the power limits the BMC enforces.
+//! the power limits the BMC enforces, and the host's power cycle
+//! (`ComputerSystem.Reset` `PowerCycle`, [`RedfishClient::power_cycle`]).
 //!
 //! Everything is found through links from the service root — the node
 //! chassis (the chassis of the first ComputerSystem, or `power.bmc.chassis`),
