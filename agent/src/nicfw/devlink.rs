@@ -208,40 +208,65 @@ fn shown(v: &Value) -> String {
     }
 }
 
+/// The `"param"` object of `devlink -j dev param show`, every entry kept:
+/// older iproute2 opens a new `"<handle>": [...]` per parameter, so one
+/// handle may be a key several times (a plain JSON map keeps only the last).
+struct Devices(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Devices {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Devices, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Devices;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of devlink handles")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Devices, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                    out.push((k, v));
+                }
+                Ok(Devices(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Show {
+    param: Devices,
+}
+
 /// Parses `devlink -j dev param show <handle>`: the parameters of `handle`.
 pub fn parse_show(text: &str, handle: &str) -> Result<Vec<DevlinkParam>, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let devices = v
-        .get("param")
-        .and_then(Value::as_object)
-        .ok_or("no \"param\" object")?;
-    let Some(list) = devices.get(handle) else {
-        // A device with no parameters is listed as nothing at all.
-        return Ok(Vec::new());
-    };
-    let list = list
-        .as_array()
-        .ok_or_else(|| format!("param.{handle:?} is not a list"))?;
-    let mut out = Vec::with_capacity(list.len());
-    for p in list {
-        let name = p
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("a parameter of {handle} without a name: {p}"))?;
-        let values = p
-            .get("values")
-            .and_then(Value::as_array)
-            .ok_or_else(|| format!("parameter {name} has no \"values\" list"))?
-            .iter()
-            .filter_map(|cv| {
-                let cmode = cv.get("cmode")?.as_str()?;
-                Some((cmode.to_string(), shown(cv.get("value")?)))
-            })
-            .collect();
-        out.push(DevlinkParam {
-            name: name.to_string(),
-            values,
-        });
+    let show: Show = serde_json::from_str(text).map_err(|e| format!("not the JSON of param show: {e}"))?;
+    let mut out = Vec::new();
+    // A device with no parameters is listed as nothing at all.
+    for (_, list) in show.param.0.iter().filter(|(h, _)| h == handle) {
+        let list = list
+            .as_array()
+            .ok_or_else(|| format!("param.{handle:?} is not a list"))?;
+        for p in list {
+            let name = p
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("a parameter of {handle} without a name: {p}"))?;
+            let values = p
+                .get("values")
+                .and_then(Value::as_array)
+                .ok_or_else(|| format!("parameter {name} has no \"values\" list"))?
+                .iter()
+                .filter_map(|cv| {
+                    let cmode = cv.get("cmode")?.as_str()?;
+                    Some((cmode.to_string(), shown(cv.get("value")?)))
+                })
+                .collect();
+            out.push(DevlinkParam {
+                name: name.to_string(),
+                values,
+            });
+        }
     }
     Ok(out)
 }
@@ -333,7 +358,16 @@ mod tests {
         );
         // Another device's parameters are not this one's.
         assert!(parse_show(text, "pci/0000:04:00.0").unwrap().is_empty());
+        // Older iproute2: one "<handle>": [...] per parameter, the key repeated.
+        let repeated = r#"{"param":{"pci/0000:03:00.0":[{"name":"enable_sriov","type":"generic","values":[{"cmode":"permanent","value":false}]}],
+            "pci/0000:03:00.0":[{"name":"total_vfs","type":"generic","values":[{"cmode":"permanent","value":4}]}]}}"#;
+        let p = parse_show(repeated, "pci/0000:03:00.0").unwrap();
+        let nv = DevlinkTool::nv_params(&p);
+        assert_eq!(nv.len(), 2, "{p:?}");
+        assert_eq!(nv[0].next_boot, "False(0)");
+        assert_eq!(nv[1].next_boot, "4");
         assert!(parse_show("[]", "x").is_err());
+        assert!(parse_show(r#"{"param":{"x":{}}}"#, "x").is_err());
         assert!(parse_show("nope", "x").is_err());
     }
 
