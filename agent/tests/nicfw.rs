@@ -356,3 +356,66 @@ async fn devlink_reads_and_sets_a_real_netdevsim_parameter() {
         .to_string();
     assert!(err.contains(&handle), "{err}");
 }
+
+/// Cancels its token after the first set it passes on.
+struct CancelAfterSet {
+    inner: Mstconfig,
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl NicConfigTool for CancelAfterSet {
+    async fn query(
+        &self,
+        device: &str,
+    ) -> Result<Vec<hostplane_agent::nicfw::NvParam>, hostplane_agent::nicfw::NicFwError> {
+        self.inner.query(device).await
+    }
+
+    async fn set(
+        &self,
+        device: &str,
+        params: &[(String, String)],
+    ) -> Result<(), hostplane_agent::nicfw::NicFwError> {
+        let r = self.inner.set(device, params).await;
+        self.cancel.cancel();
+        r
+    }
+}
+
+#[tokio::test]
+async fn cancelled_between_sets_stops_and_claims_nothing_unverified() {
+    use hostplane_agent::nicfw::{ApplyOptions, apply_with};
+    let fake = Fake::new("");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let tool = CancelAfterSet {
+        inner: fake.tool(),
+        cancel: cancel.clone(),
+    };
+    let desired = params(&[
+        ("PF_TOTAL_SF", "20"),
+        ("PF_BAR2_ENABLE", "1"),
+        ("PER_PF_NUM_SF", "0"),
+    ]);
+    let opts = ApplyOptions {
+        cancel: Some(&cancel),
+        ..Default::default()
+    };
+    let r = apply_with(&tool, DEVICE, &desired, opts).await;
+    assert_eq!(r.overall(), Overall::Cancelled, "{r}");
+    assert!(!r.succeeded());
+    // The first was set (the fake kept it) but not verified: not claimed.
+    match outcome(&r, "PF_TOTAL_SF") {
+        ParamOutcome::Failed(why) => assert!(why.contains("not verified"), "{why}"),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert_eq!(
+        outcome(&r, "PF_BAR2_ENABLE"),
+        &ParamOutcome::Failed("not attempted: cancelled".into())
+    );
+    // Already as asked: no tool call needed, so still Unchanged.
+    assert_eq!(outcome(&r, "PER_PF_NUM_SF"), &ParamOutcome::Unchanged);
+    // query, one set; no second set, no verifying query.
+    assert_eq!(fake.calls().len(), 2, "{:?}", fake.calls());
+    assert_eq!(fake.sets(), [format!("-d {DEVICE} -y set PF_TOTAL_SF=20")]);
+    assert!(r.to_string().contains("cancelled"), "{r}");
+}
