@@ -347,8 +347,10 @@ pub enum NodeCmd {
     Create(NodeCreate),
     /// Approve maintenance: Dpus held in NodeEffect on this node proceed.
     Approve(NameArg),
-    /// Tell the coordinator the node was rebooted (reboot method `external`).
-    Rebooted(NameArg),
+    /// Tell the coordinator the node was rebooted, or with --power-cycled power-cycled (reboot
+    /// method `external`, or an `agent` node whose agent could not power-cycle it).
+    #[command(alias = "rebooted")]
+    MarkRebooted(MarkRebootedArgs),
     /// Is the node waiting for a reboot?
     RebootStatus(CheckArgs),
     /// Create a node and its devices in one call, from a file.
@@ -459,6 +461,16 @@ pub struct DeleteArgs {
     /// Only delete if the object is still at this version.
     #[arg(long, value_name = "VERSION")]
     pub resource_version: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct MarkRebootedArgs {
+    /// Node name.
+    pub name: String,
+    /// The host was power-cycled (its power went off and on), not only rebooted: required
+    /// while `node reboot-status` says POWER-CYCLE true.
+    #[arg(long)]
+    pub power_cycled: bool,
 }
 
 #[derive(Debug, Args)]

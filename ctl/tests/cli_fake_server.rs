@@ -292,7 +292,10 @@ async fn reboot_status_check_and_usage_errors() {
     let r = ctl(&server, &["node", "reboot-status", "n1"]).await;
     assert_eq!(
         (r.code, r.stdout.as_str()),
-        (0, "NODE   WAITING-REBOOT   DPUS\nn1     false            -\n")
+        (
+            0,
+            "NODE   WAITING-REBOOT   POWER-CYCLE   DPUS\nn1     false            false         -\n"
+        )
     );
     assert_eq!(
         ctl(&server, &["node", "reboot-status", "n1", "--check"])

@@ -5,7 +5,7 @@ use hostplane_proto::v1::{
 
 use super::resource::{self, new_meta};
 use super::{Conn, Ctx, Out, emit};
-use crate::cli::{CheckArgs, NodeCmd, NodeCreate, RebootMethodArg};
+use crate::cli::{CheckArgs, MarkRebootedArgs, NodeCmd, NodeCreate, RebootMethodArg};
 use crate::client::Client;
 use crate::error::{Error, exit};
 use crate::input;
@@ -22,7 +22,7 @@ pub async fn run(conn: &Conn, ctx: &Ctx, cmd: NodeCmd, out: &mut Out) -> Result<
             resource::create(&mut conn.client().await?, ctx, items, out).await
         }
         NodeCmd::Approve(a) => approve(&mut conn.client().await?, ctx, &a.name, out).await,
-        NodeCmd::Rebooted(a) => rebooted(&mut conn.client().await?, ctx, &a.name, out).await,
+        NodeCmd::MarkRebooted(a) => rebooted(&mut conn.client().await?, ctx, &a, out).await,
         NodeCmd::RebootStatus(a) => reboot_status(&mut conn.client().await?, ctx, &a, out).await,
         NodeCmd::CreateWithDevices(f) => {
             let text = input::read(&f.file).await?;
@@ -64,15 +64,25 @@ pub async fn approve(client: &mut Client, ctx: &Ctx, name: &str, out: &mut Out) 
     Ok(0)
 }
 
-pub async fn rebooted(client: &mut Client, ctx: &Ctx, name: &str, out: &mut Out) -> Result<u8, Error> {
+pub async fn rebooted(
+    client: &mut Client,
+    ctx: &Ctx,
+    args: &MarkRebootedArgs,
+    out: &mut Out,
+) -> Result<u8, Error> {
     let node = client
         .mark_rebooted(MarkRebootedRequest {
-            name: name.into(),
-            power_cycled: false,
+            name: args.name.clone(),
+            power_cycled: args.power_cycled,
         })
         .await?
         .into_inner();
-    emit(out, &output::action(&node.into(), "marked rebooted", ctx.format)?).await?;
+    let done = if args.power_cycled {
+        "marked power-cycled"
+    } else {
+        "marked rebooted"
+    };
+    emit(out, &output::action(&node.into(), done, ctx.format)?).await?;
     Ok(0)
 }
 
@@ -91,13 +101,23 @@ pub async fn reboot_status(
         .into_inner();
     let text = match ctx.format {
         Format::Table => {
-            let mut t = TableWriter::new(vec!["NODE".into(), "WAITING-REBOOT".into(), "DPUS".into()]);
+            let mut t = TableWriter::new(vec![
+                "NODE".into(),
+                "WAITING-REBOOT".into(),
+                "POWER-CYCLE".into(),
+                "DPUS".into(),
+            ]);
             let dpus = if st.dpus.is_empty() {
                 "-".to_string()
             } else {
                 st.dpus.join(",")
             };
-            t.render(&[vec![args.name.clone(), st.waiting_for_reboot.to_string(), dpus]])
+            t.render(&[vec![
+                args.name.clone(),
+                st.waiting_for_reboot.to_string(),
+                st.power_cycle_required.to_string(),
+                dpus,
+            ]])
         }
         Format::Name => format!("node/{}\n", args.name),
         Format::Json | Format::Yaml => output::serialized(&st, ctx.format)?,
@@ -138,6 +158,25 @@ mod tests {
 
     use super::*;
     use crate::cli::{Cli, Command};
+
+    #[test]
+    fn mark_rebooted_takes_power_cycled_and_keeps_the_old_name() {
+        for (argv, cycled) in [
+            (vec!["node", "mark-rebooted", "n1", "--power-cycled"], true),
+            (vec!["node", "mark-rebooted", "n1"], false),
+            (vec!["node", "rebooted", "n1"], false),
+        ] {
+            let cli =
+                Cli::try_parse_from(std::iter::once("hostplanectl").chain(argv.iter().copied())).unwrap();
+            let Command::Node {
+                cmd: NodeCmd::MarkRebooted(a),
+            } = cli.command
+            else {
+                panic!("{argv:?}")
+            };
+            assert_eq!((a.name.as_str(), a.power_cycled), ("n1", cycled), "{argv:?}");
+        }
+    }
 
     #[test]
     fn node_from_flags() {

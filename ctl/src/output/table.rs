@@ -3,7 +3,7 @@ use std::collections::HashMap;
 
 use hostplane_proto::v1::{
     DeploymentStatus, DeviceStatus, DpuStatus, Kind, NodeEffect, NodeStatus, PowerElement, PowerLimit,
-    RebootMethod, Resource, TopologyLevel, power_limit, resource,
+    RebootKind, RebootMethod, Resource, TopologyLevel, power_limit, resource,
 };
 
 /// Column gap.
@@ -79,6 +79,8 @@ pub fn header(kind: Kind) -> &'static [&'static str] {
             "REACHABLE",
             "MAINTENANCE",
             "WAITING-REBOOT",
+            "POWER-CYCLE",
+            "LAST-REBOOT",
             "REBOOT-METHOD",
             "AGE",
         ],
@@ -127,11 +129,20 @@ pub fn row(r: &Resource, now_ms: i64) -> Vec<String> {
                 RebootMethod::External | RebootMethod::Unspecified => "external",
             };
             let maintenance = if st.maintenance_approved { "approved" } else { "-" };
+            // The wait needs a host power cycle, not a warm reboot.
+            let cycle = if st.power_cycle_required { "required" } else { "-" };
+            let last = match st.last_reboot_kind() {
+                RebootKind::Reboot => "reboot",
+                RebootKind::PowerCycle => "power-cycle",
+                RebootKind::Unspecified => "-",
+            };
             vec![
                 name,
                 st.reachable.to_string(),
                 maintenance.into(),
                 st.waiting_for_reboot.to_string(),
+                cycle.into(),
+                last.into(),
                 method.into(),
                 age,
             ]

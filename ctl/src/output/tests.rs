@@ -136,8 +136,8 @@ fn table_per_kind() {
     let cases = [
         (
             node(),
-            "NAME   REACHABLE   MAINTENANCE   WAITING-REBOOT   REBOOT-METHOD   AGE\n\
-             n1     true        approved      false            agent           5m\n",
+            "NAME   REACHABLE   MAINTENANCE   WAITING-REBOOT   POWER-CYCLE   LAST-REBOOT   REBOOT-METHOD   AGE\n\
+             n1     true        approved      false            -             -             agent           5m\n",
         ),
         (
             device(),
@@ -190,7 +190,33 @@ fn empty_status_and_spec_show_dashes() {
         ..Default::default()
     }
     .into();
-    assert_eq!(row(&bare, NOW), ["n", "false", "-", "false", "external", "-"]);
+    assert_eq!(
+        row(&bare, NOW),
+        ["n", "false", "-", "false", "-", "-", "external", "-"]
+    );
+    // A node waiting for a power cycle, last rebooted warm; then power-cycled.
+    let mut waiting = Node {
+        metadata: bare.metadata().cloned(),
+        spec: None,
+        status: Some(NodeStatus {
+            waiting_for_reboot: true,
+            power_cycle_required: true,
+            last_reboot_kind: hostplane_proto::v1::RebootKind::Reboot as i32,
+            ..Default::default()
+        }),
+    };
+    assert_eq!(
+        row(&waiting.clone().into(), NOW),
+        ["n", "false", "-", "true", "required", "reboot", "external", "-"]
+    );
+    waiting.status = Some(NodeStatus {
+        last_reboot_kind: hostplane_proto::v1::RebootKind::PowerCycle as i32,
+        ..Default::default()
+    });
+    assert_eq!(
+        row(&waiting.into(), NOW),
+        ["n", "false", "-", "false", "-", "power-cycle", "external", "-"]
+    );
     let bare: Resource = Deployment::default().into();
     assert_eq!(
         row(&bare, NOW),

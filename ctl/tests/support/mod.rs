@@ -260,14 +260,26 @@ impl AdminService for Fake {
 
     async fn mark_rebooted(&self, req: Request<MarkRebootedRequest>) -> Result<Response<Node>, Status> {
         let mut st = self.seen(&req);
-        let name = req.into_inner().name;
+        let MarkRebootedRequest { name, power_cycled } = req.into_inner();
         let Some(Resource {
             kind: Some(resource::Kind::Node(node)),
         }) = st.objects.get_mut(&key(Kind::Node, &name))
         else {
             return Err(not_found(Kind::Node, &name));
         };
-        node.status.get_or_insert_default().rebooted_at_ms = 1;
+        // As the coordinator: a warm reboot is refused while a power cycle is required.
+        let status = node.status.get_or_insert_default();
+        if status.power_cycle_required && !power_cycled {
+            return Err(Status::failed_precondition(format!(
+                "node {name} must be power-cycled, not only rebooted"
+            )));
+        }
+        status.rebooted_at_ms = 1;
+        status.last_reboot_kind = if power_cycled {
+            hostplane_proto::v1::RebootKind::PowerCycle
+        } else {
+            hostplane_proto::v1::RebootKind::Reboot
+        } as i32;
         Ok(Response::new(node.clone()))
     }
 
