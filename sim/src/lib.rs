@@ -28,10 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use config::{Fault, SimConfig, Stage, Timings};
-pub use dpu::{BootSource, DpuState, Phase};
+pub use dpu::{Attach, BootSource, DpuState, Phase};
 pub use mkbfb::{MkbfbReport, mkbfb};
 
 use dpu::Dpu;
+use fs::slots::Slots;
 use fuser::MountOption;
 
 /// The device every FUSE mount needs.
@@ -80,7 +81,8 @@ impl SimError {
 /// A mounted simulator. Dropping it stops the DPUs and unmounts.
 pub struct SimHandle {
     root: PathBuf,
-    dpus: Vec<Arc<Dpu>>,
+    /// The DPUs by index; DPUs may be added and removed at run time.
+    dpus: Arc<Slots>,
     session: Option<fuser::BackgroundSession>,
 }
 
@@ -104,7 +106,7 @@ pub fn mount(root: &Path, cfg: SimConfig) -> Result<SimHandle, SimError> {
         path: root.to_path_buf(),
         source,
     })?;
-    let dpus: Vec<Arc<Dpu>> = (0..cfg.dpus).map(|i| Arc::new(Dpu::new(i, &cfg))).collect();
+    let dpus = Arc::new(Slots::new(&cfg));
     let mount_err = |source| SimError::Mount {
         path: root.clone(),
         source,
@@ -134,6 +136,7 @@ pub fn mount(root: &Path, cfg: SimConfig) -> Result<SimHandle, SimError> {
         let fs = fs::SimFs::new(dpus.clone(), &root.display().to_string()).map_err(mount_err)?;
         fuser::spawn_mount2(fs, &root, &options).map_err(mount_err)?
     };
+    dpus.set_notifier(session.notifier());
     tracing::info!(root = %root.display(), dpus = cfg.dpus, "rshim simulator mounted");
     Ok(SimHandle {
         root,
@@ -153,34 +156,60 @@ impl SimHandle {
         self.root.join(format!("rshim{dpu}"))
     }
 
-    /// Number of simulated DPUs.
+    /// Number of simulated DPUs plugged in.
     pub fn dpus(&self) -> usize {
-        self.dpus.len()
+        self.dpus.present().len()
     }
 
-    /// Set (or clear, with [`Fault::None`]) the fault of a DPU. Panics if `dpu >= self.dpus()`.
+    fn dpu(&self, dpu: usize) -> Arc<Dpu> {
+        self.dpus
+            .get(dpu)
+            .unwrap_or_else(|| panic!("no DPU rshim{dpu} is plugged in"))
+    }
+
+    /// Set (or clear, with [`Fault::None`]) the fault of a DPU. Panics if
+    /// no DPU `dpu` is plugged in.
     pub fn set_fault(&self, dpu: usize, fault: Fault) {
-        self.dpus[dpu].set_fault(fault);
+        self.dpu(dpu).set_fault(fault);
     }
 
-    /// Panics if `dpu >= self.dpus()`.
+    /// Panics if no DPU `dpu` is plugged in.
     pub fn state(&self, dpu: usize) -> DpuState {
-        self.dpus[dpu].state()
+        self.dpu(dpu).state()
     }
 
+    /// Every DPU plugged in, by index.
     pub fn states(&self) -> Vec<DpuState> {
-        self.dpus.iter().map(|d| d.state()).collect()
+        self.dpus.present().iter().map(|d| d.state()).collect()
     }
 
     /// Every log line the DPU printed since the mount (not drained by reads
-    /// of `misc`). Panics if `dpu >= self.dpus()`.
+    /// of `misc`). Panics if no DPU `dpu` is plugged in.
     pub fn history(&self, dpu: usize) -> Vec<String> {
-        self.dpus[dpu].history()
+        self.dpu(dpu).history()
     }
 
-    /// Reset the DPU as `SW_RESET 1` does. Panics if `dpu >= self.dpus()`.
+    /// Reset the DPU as `SW_RESET 1` does. Panics if no DPU `dpu` is plugged in.
     pub fn reset(&self, dpu: usize) {
-        self.dpus[dpu].sw_reset();
+        self.dpu(dpu).sw_reset();
+    }
+
+    /// Hot-plug: a new DPU appears at the lowest free `rshim<N>` (its
+    /// directory shows up under the mount at once); returns N. `attach`
+    /// picks what its `DEV_NAME` says (PCIe or USB).
+    pub fn add_dpu(&self, attach: Attach) -> Result<usize, SimError> {
+        Ok(self.dpus.add(attach, None)?.index)
+    }
+
+    /// Hot-plug: DPU `dpu` goes away. Its directory disappears (the kernel
+    /// is told before this returns), opening its files fails, a push still
+    /// writing to its `boot` gets ENODEV, and its boot sequence stops.
+    pub fn remove_dpu(&self, dpu: usize) -> Result<(), SimError> {
+        let (_, told) = self.dpus.remove(dpu, fs::dir_ino(dpu))?;
+        if let Some(t) = told {
+            let _ = t.join();
+        }
+        Ok(())
     }
 
     /// Stop the DPUs and unmount (as dropping does).
@@ -189,7 +218,7 @@ impl SimHandle {
 
 impl Drop for SimHandle {
     fn drop(&mut self) {
-        for d in &self.dpus {
+        for d in self.dpus.present() {
             d.shutdown();
         }
         let Some(session) = self.session.take() else {

@@ -11,6 +11,7 @@ mod misc;
 pub mod stream;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -217,6 +218,38 @@ pub struct BootOpen {
     pub reset: bool,
 }
 
+/// How a simulated DPU's rshim reaches the host, which is what `DEV_NAME`
+/// in `misc` says (as NVIDIA's rshim driver names its backends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Attach {
+    /// PCIe: `pcie-0000:<04 + index>:00.2`.
+    #[default]
+    Pcie,
+    /// USB: `usb-1-1.<index + 1>` (bus 1, port 1, then port index + 1, in
+    /// the driver's hex), the device sysfs names `1-1.<index + 1>`.
+    Usb,
+}
+
+impl std::str::FromStr for Attach {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Attach, String> {
+        match s {
+            "pcie" => Ok(Attach::Pcie),
+            "usb" => Ok(Attach::Usb),
+            other => Err(format!("{other:?}: expected pcie or usb")),
+        }
+    }
+}
+
+/// The `DEV_NAME` of DPU `index` attached as `attach`.
+pub fn dev_name(index: usize, attach: Attach) -> String {
+    match attach {
+        Attach::Pcie => format!("pcie-0000:{:02x}:00.2", 0x04 + index),
+        Attach::Usb => format!("usb-1-1.{:x}", index + 1),
+    }
+}
+
 pub struct Dpu {
     pub index: usize,
     pub name: String,
@@ -224,17 +257,26 @@ pub struct Dpu {
     pub serial: String,
     pub timings: Timings,
     serial_in_misc: bool,
+    /// Unplugged: the device is gone from the host (see [`Dpu::unplug`]).
+    removed: AtomicBool,
     inner: Mutex<Inner>,
     cond: Condvar,
 }
 
 impl Dpu {
+    /// A DPU on PCIe.
     pub fn new(index: usize, cfg: &SimConfig) -> Dpu {
+        Dpu::attached(index, cfg, Attach::Pcie)
+    }
+
+    /// A DPU whose rshim is attached as `attach`.
+    pub fn attached(index: usize, cfg: &SimConfig, attach: Attach) -> Dpu {
         let up = cfg.preinstalled.is_some();
         Dpu {
             index,
             name: format!("rshim{index}"),
-            dev_name: format!("pcie-0000:{:02x}:00.2", 0x04 + index),
+            dev_name: dev_name(index, attach),
+            removed: AtomicBool::new(false),
             serial: format!("MT2342XSIM{index:02}"),
             timings: cfg.timings,
             serial_in_misc: cfg.serial_in_misc,
@@ -470,6 +512,20 @@ impl Dpu {
         drop(g);
         self.cond.notify_all();
         boot::spawn(Arc::clone(self), epoch, steps);
+    }
+
+    /// The DPU is unplugged (a USB cable pulled, the PCIe function gone):
+    /// its boot sequences stop, and the filesystem answers ENODEV to writes
+    /// on `boot` handles still open (as the driver does for a gone device).
+    pub fn unplug(&self) {
+        self.removed.store(true, Ordering::SeqCst);
+        tracing::info!(rshim = %self.name, dev_name = %self.dev_name, "DPU unplugged");
+        self.shutdown();
+    }
+
+    /// True once [`Dpu::unplug`] was called.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::SeqCst)
     }
 
     /// Stop all boot sequences (the simulator is going away).

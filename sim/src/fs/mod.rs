@@ -1,11 +1,16 @@
 //! The FUSE filesystem: `<root>/.control` and `<root>/rshim<N>/{boot,misc,console}`.
 //!
+//! DPUs come and go at run time ([`slots`]): a removed DPU's directory is
+//! gone at once (the kernel is told), opening its files fails with ENOENT,
+//! and a write on its `boot` handle still open fails with ENODEV.
+//!
 //! fuser runs one request thread. Handlers only take a DPU's lock briefly;
 //! replies that must wait (the reset delay on opening `boot`, the `slow`
 //! throttle) go to the [`delay::Delayer`], so other files stay responsive.
 
 pub(crate) mod control;
 mod delay;
+pub(crate) mod slots;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -17,11 +22,12 @@ use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow,
 };
-use libc::{EACCES, EBADF, EINVAL, EISDIR, ENOENT, ENOTDIR, ETIMEDOUT};
+use libc::{EACCES, EBADF, EINVAL, EISDIR, ENODEV, ENOENT, ENOTDIR, ETIMEDOUT};
 
 use crate::config::Fault;
 use crate::dpu::stream::BootStream;
 use crate::dpu::{BootOpen, Dpu};
+use slots::Slots;
 
 /// Largest write the kernel may send in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -35,6 +41,11 @@ const ROOT: u64 = fuser::FUSE_ROOT_ID;
 const CONTROL: u64 = 2;
 const DPU_BASE: u64 = 16;
 const CONTROL_NAME: &str = ".control";
+
+/// The inode of DPU slot `d`'s directory.
+pub(crate) fn dir_ino(d: usize) -> u64 {
+    Node::Dir(d).ino()
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Node {
@@ -59,13 +70,14 @@ impl Node {
         }
     }
 
-    fn from_ino(ino: u64, dpus: usize) -> Option<Node> {
+    /// The node of `ino`; `present` says whether slot `d` holds a DPU.
+    fn from_ino(ino: u64, present: impl Fn(usize) -> bool) -> Option<Node> {
         match ino {
             ROOT => Some(Node::Root),
             CONTROL => Some(Node::Control),
             i if i >= DPU_BASE => {
                 let d = ((i - DPU_BASE) / 4) as usize;
-                if d >= dpus {
+                if !present(d) {
                     return None;
                 }
                 Some(match (i - DPU_BASE) % 4 {
@@ -81,7 +93,8 @@ impl Node {
 }
 
 struct BootHandle {
-    dpu: usize,
+    /// The DPU itself, not its slot: the slot may hold another DPU later.
+    dpu: Arc<Dpu>,
     open: BootOpen,
     stream: BootStream,
     /// `slow` fault: when the link is free again.
@@ -95,7 +108,7 @@ enum Handle {
 }
 
 pub(crate) struct SimFs {
-    dpus: Vec<Arc<Dpu>>,
+    dpus: Arc<Slots>,
     handles: HashMap<u64, Handle>,
     next_fh: u64,
     delayer: delay::Delayer,
@@ -105,7 +118,7 @@ pub(crate) struct SimFs {
 }
 
 impl SimFs {
-    pub fn new(dpus: Vec<Arc<Dpu>>, name: &str) -> std::io::Result<SimFs> {
+    pub fn new(dpus: Arc<Slots>, name: &str) -> std::io::Result<SimFs> {
         Ok(SimFs {
             dpus,
             handles: HashMap::new(),
@@ -118,12 +131,25 @@ impl SimFs {
     }
 
     fn node(&self, ino: u64) -> Option<Node> {
-        Node::from_ino(ino, self.dpus.len())
+        Node::from_ino(ino, |d| self.dpus.get(d).is_some())
+    }
+
+    /// The DPU of slot `d` (None once it was removed).
+    fn dpu(&self, d: usize) -> Option<Arc<Dpu>> {
+        self.dpus.get(d)
+    }
+
+    /// The inode generation of `node` (a DPU's files: its slot's).
+    fn generation(&self, node: Node) -> u64 {
+        match node {
+            Node::Dir(d) | Node::Boot(d) | Node::Misc(d) | Node::Console(d) => self.dpus.generation(d),
+            Node::Root | Node::Control => 0,
+        }
     }
 
     fn attr(&self, node: Node) -> FileAttr {
         let (kind, perm, nlink) = match node {
-            Node::Root => (FileType::Directory, 0o755, 2 + self.dpus.len() as u32),
+            Node::Root => (FileType::Directory, 0o755, 2 + self.dpus.present().len() as u32),
             Node::Dir(_) => (FileType::Directory, 0o755, 2),
             Node::Control | Node::Misc(_) => (FileType::RegularFile, 0o644, 1),
             Node::Boot(_) => (FileType::RegularFile, 0o200, 1),
@@ -152,7 +178,12 @@ impl SimFs {
         match node {
             Node::Root => {
                 let mut v = vec![(Node::Control, CONTROL_NAME.to_string())];
-                v.extend((0..self.dpus.len()).map(|d| (Node::Dir(d), format!("rshim{d}"))));
+                v.extend(
+                    self.dpus
+                        .present()
+                        .iter()
+                        .map(|d| (Node::Dir(d.index), d.name.clone())),
+                );
                 v
             }
             Node::Dir(d) => vec![
@@ -171,8 +202,11 @@ impl SimFs {
     }
 
     fn open_boot(&mut self, d: usize, reply: ReplyOpen) {
+        let Some(dpu) = self.dpu(d) else {
+            reply.error(ENOENT);
+            return;
+        };
         let fh = self.new_fh();
-        let dpu = Arc::clone(&self.dpus[d]);
         let open = match dpu.open_boot(fh) {
             Ok(open) => open,
             Err(e) => {
@@ -184,7 +218,7 @@ impl SimFs {
         self.handles.insert(
             fh,
             Handle::Boot(Box::new(BootHandle {
-                dpu: d,
+                dpu: dpu.clone(),
                 open,
                 stream: BootStream::new(),
                 link_free_at: None,
@@ -210,7 +244,12 @@ impl SimFs {
             reply.error(EBADF);
             return;
         };
-        let dpu = &self.dpus[h.dpu];
+        let dpu = &h.dpu;
+        if dpu.is_removed() {
+            tracing::info!(rshim = %dpu.name, "boot write to an unplugged DPU: ENODEV");
+            reply.error(ENODEV);
+            return;
+        }
         let fault = dpu.fault();
         let n = data.len() as u32;
         let now = Instant::now();
@@ -259,7 +298,7 @@ impl Filesystem for SimFs {
             .into_iter()
             .find(|(_, n)| OsStr::new(n) == name)
         {
-            Some((node, _)) => reply.entry(&TTL, &self.attr(node), 0),
+            Some((node, _)) => reply.entry(&TTL, &self.attr(node), self.generation(node)),
             None => reply.error(ENOENT),
         }
     }
@@ -310,9 +349,15 @@ impl Filesystem for SimFs {
                 return self.open_boot(d, reply);
             }
             Some(Node::Console(_)) if writes => return reply.error(EACCES),
-            Some(Node::Console(d)) => self.dpus[d].console_snapshot(),
+            Some(Node::Console(d)) => match self.dpu(d) {
+                Some(dpu) => dpu.console_snapshot(),
+                None => return reply.error(ENOENT),
+            },
             // A writer of misc does not consume the log.
-            Some(Node::Misc(d)) if reads => self.dpus[d].misc_snapshot(),
+            Some(Node::Misc(d)) if reads => match self.dpu(d) {
+                Some(dpu) => dpu.misc_snapshot(),
+                None => return reply.error(ENOENT),
+            },
             Some(Node::Misc(_)) => Vec::new(),
             Some(Node::Control) => control::status(&self.dpus).into_bytes(),
         };
@@ -355,11 +400,16 @@ impl Filesystem for SimFs {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
+        // An open boot handle outlives its DPU's slot: the write gets ENODEV there.
+        if matches!(self.handles.get(&fh), Some(Handle::Boot(_))) {
+            return self.write_boot(fh, data, reply);
+        }
         match self.node(ino) {
             Some(Node::Boot(_)) => self.write_boot(fh, data, reply),
-            Some(Node::Misc(d)) => match self.dpus[d].misc_write(data) {
-                Ok(()) => reply.written(data.len() as u32),
-                Err(e) => {
+            Some(Node::Misc(d)) => match self.dpu(d).map(|dpu| dpu.misc_write(data)) {
+                None => reply.error(ENODEV),
+                Some(Ok(())) => reply.written(data.len() as u32),
+                Some(Err(e)) => {
                     tracing::info!(error = %e, "misc command rejected");
                     reply.error(e.errno());
                 }
@@ -394,7 +444,7 @@ impl Filesystem for SimFs {
             let BootHandle {
                 dpu, open, stream, ..
             } = *h;
-            self.dpus[dpu].close_boot(fh, open, stream.finish());
+            dpu.close_boot(fh, open, stream.finish());
         }
         reply.ok();
     }
@@ -458,9 +508,15 @@ mod tests {
             Node::Console(63),
         ];
         for n in nodes {
-            assert_eq!(Node::from_ino(n.ino(), 64), Some(n));
+            assert_eq!(Node::from_ino(n.ino(), |d| d < 64), Some(n));
         }
-        assert_eq!(Node::from_ino(Node::Dir(2).ino(), 2), None);
-        assert_eq!(Node::from_ino(3, 2), None);
+        assert_eq!(Node::from_ino(Node::Dir(2).ino(), |d| d < 2), None);
+        assert_eq!(Node::from_ino(3, |d| d < 2), None);
+        // A removed DPU's inodes resolve to nothing; its neighbours' still do.
+        assert_eq!(Node::from_ino(Node::Misc(1).ino(), |d| d != 1), None);
+        assert_eq!(
+            Node::from_ino(Node::Misc(2).ino(), |d| d != 1),
+            Some(Node::Misc(2))
+        );
     }
 }
