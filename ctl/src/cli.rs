@@ -605,6 +605,101 @@ pub struct FlavorCreate {
     /// MTU of the host network.
     #[arg(long, conflicts_with = "file")]
     pub mtu: Option<u32>,
+    /// NIC firmware parameters for some DPUs (repeatable): DEVICE is `*` (every DPU), a Device
+    /// name, serial, PCI address or model; `:power-cycle` when they need a host power cycle.
+    #[arg(long, value_name = "DEVICE:NAME=V[,NAME=V...][:power-cycle]", value_parser = parse_nvconfig, conflicts_with = "file")]
+    pub nvconfig: Vec<NvconfigFlag>,
+    /// DPU OS kernel parameter, written to grub (repeatable).
+    #[arg(long, value_name = "PARAM", conflicts_with = "file")]
+    pub kernel_param: Vec<String>,
+    /// DPU OS sysctl setting (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", conflicts_with = "file")]
+    pub sysctl: Vec<String>,
+    /// A file written on the DPU OS with LOCALFILE's content (repeatable); `PATH+=...` appends
+    /// instead of replacing; mode (octal) and owner (user[:group]) default to 0644 and root:root.
+    #[arg(long, value_name = "PATH=LOCALFILE[:MODE[:OWNER]]", value_parser = parse_config_file, conflicts_with = "file")]
+    pub config_file: Vec<ConfigFileFlag>,
+    /// A shell script (local file) the DPU OS runs once at first boot to configure OVS.
+    #[arg(long, value_name = "LOCALFILE", conflicts_with = "file")]
+    pub ovs_script: Option<String>,
+    /// A registry mirror for the DPU's containerd (an http(s) URL).
+    #[arg(long, value_name = "URL", conflicts_with = "file")]
+    pub containerd_registry: Option<String>,
+}
+
+/// One `--nvconfig`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NvconfigFlag {
+    pub device: String,
+    pub parameters: Vec<String>,
+    pub power_cycle: bool,
+}
+
+/// `DEVICE:NAME=V,NAME=V[:power-cycle]`; DEVICE may itself hold `:` (a PCI address).
+pub fn parse_nvconfig(s: &str) -> Result<NvconfigFlag, String> {
+    let (rest, power_cycle) = match s.strip_suffix(":power-cycle") {
+        Some(r) => (r, true),
+        None => (s, false),
+    };
+    let Some((device, params)) = rest.rsplit_once(':') else {
+        return Err(format!(
+            "expected DEVICE:NAME=VALUE[,NAME=VALUE...][:power-cycle] (`*` for every DPU), got {s:?}"
+        ));
+    };
+    let parameters: Vec<String> = params.split(',').map(str::to_string).collect();
+    if let Some(p) = parameters
+        .iter()
+        .find(|p| !matches!(p.split_once('='), Some((n, v)) if !n.is_empty() && !v.is_empty()))
+    {
+        return Err(format!("parameter {p:?} in {s:?} is not NAME=VALUE"));
+    }
+    Ok(NvconfigFlag {
+        device: device.to_string(),
+        parameters,
+        power_cycle,
+    })
+}
+
+/// One `--config-file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFileFlag {
+    pub path: String,
+    pub append: bool,
+    pub local: String,
+    pub mode: String,
+    pub owner: String,
+}
+
+/// `PATH=LOCALFILE[:MODE[:OWNER]]` or `PATH+=...` (append). LOCALFILE may not hold `:`.
+pub fn parse_config_file(s: &str) -> Result<ConfigFileFlag, String> {
+    let Some((path, rest)) = s.split_once('=') else {
+        return Err(format!("expected PATH=LOCALFILE[:MODE[:OWNER]], got {s:?}"));
+    };
+    let (path, append) = match path.strip_suffix('+') {
+        Some(p) => (p, true),
+        None => (path, false),
+    };
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} is not an absolute path on the DPU"));
+    }
+    let mut parts = rest.splitn(3, ':');
+    let local = parts.next().unwrap_or_default();
+    if local.is_empty() {
+        return Err(format!("no LOCALFILE in {s:?}"));
+    }
+    let mode = parts.next().unwrap_or_default();
+    if !mode.is_empty()
+        && !((3..=4).contains(&mode.len()) && mode.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+    {
+        return Err(format!("mode {mode:?} is not octal (e.g. 0644)"));
+    }
+    Ok(ConfigFileFlag {
+        path: path.to_string(),
+        append,
+        local: local.to_string(),
+        mode: mode.to_string(),
+        owner: parts.next().unwrap_or_default().to_string(),
+    })
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,32 @@ use hostplane_proto::v1::{
     RebootKind, RebootMethod, Resource, TopologyLevel, power_limit, resource,
 };
 
+/// A Flavor's DPU OS settings in a cell: `grub=2,sysctl=1,files=3,ovs,containerd` ("" for none).
+pub fn dpu_os_summary(os: Option<&hostplane_proto::v1::DpuOsConfig>) -> String {
+    let Some(os) = os else { return String::new() };
+    let mut parts = Vec::new();
+    if let Some(g) = os.grub.as_ref().filter(|g| !g.kernel_parameters.is_empty()) {
+        parts.push(format!("grub={}", g.kernel_parameters.len()));
+    }
+    if let Some(x) = os.sysctl.as_ref().filter(|x| !x.parameters.is_empty()) {
+        parts.push(format!("sysctl={}", x.parameters.len()));
+    }
+    if !os.config_files.is_empty() {
+        parts.push(format!("files={}", os.config_files.len()));
+    }
+    if os.ovs.as_ref().is_some_and(|o| !o.raw_config_script.is_empty()) {
+        parts.push("ovs".into());
+    }
+    if os
+        .containerd_config
+        .as_ref()
+        .is_some_and(|c| !c.registry_endpoint.is_empty())
+    {
+        parts.push("containerd".into());
+    }
+    parts.join(",")
+}
+
 /// Column gap.
 const GAP: &str = "   ";
 
@@ -86,7 +112,9 @@ pub fn header(kind: Kind) -> &'static [&'static str] {
         ],
         Kind::Device => &["NAME", "NODE", "RSHIM", "SERIAL", "PCI", "PRESENT", "AGE"],
         Kind::Bfb => &["NAME", "VERSION", "SIZE", "SHA256", "AGE", "URL"],
-        Kind::Flavor => &["NAME", "VFS", "MTU", "BRIDGES", "BF-CFG", "NIC-FW", "AGE"],
+        Kind::Flavor => &[
+            "NAME", "VFS", "MTU", "BRIDGES", "BF-CFG", "NIC-FW", "NVCONFIG", "DPU-OS", "AGE",
+        ],
         Kind::Deployment => &[
             "NAME",
             "BFB",
@@ -183,6 +211,8 @@ pub fn row(r: &Resource, now_ms: i64) -> Vec<String> {
                 dash(&bridges.join(",")),
                 spec.bf_cfg.len().to_string(),
                 spec.nic_firmware.len().to_string(),
+                spec.nvconfig.len().to_string(),
+                dash(&dpu_os_summary(spec.dpu_os.as_ref())),
                 age,
             ]
         }

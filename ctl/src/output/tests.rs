@@ -72,8 +72,22 @@ fn flavor() -> Resource {
         spec: Some(FlavorSpec {
             bf_cfg: [("ENABLE_SFC_HBN".to_string(), "yes".to_string())].into(),
             nic_firmware: Default::default(),
-            nvconfig: vec![],
-            dpu_os: None,
+            nvconfig: vec![hostplane_proto::v1::NicFirmwareConfig {
+                device: "*".into(),
+                parameters: vec!["PF_BAR2_ENABLE=0".into()],
+                host_power_cycle_required: false,
+            }],
+            dpu_os: Some(hostplane_proto::v1::DpuOsConfig {
+                grub: Some(hostplane_proto::v1::GrubConfig {
+                    kernel_parameters: vec!["iommu=pt".into()],
+                }),
+                config_files: vec![hostplane_proto::v1::ConfigFile {
+                    path: "/etc/motd".into(),
+                    raw: "hi\n".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
             host_network: Some(HostNetwork {
                 num_vfs: 8,
                 mtu: 9000,
@@ -151,8 +165,8 @@ fn table_per_kind() {
         ),
         (
             flavor(),
-            "NAME   VFS   MTU    BRIDGES   BF-CFG   NIC-FW   AGE\n\
-             f1     8     9000   br0       1        0        2h\n",
+            "NAME   VFS   MTU    BRIDGES   BF-CFG   NIC-FW   NVCONFIG   DPU-OS           AGE\n\
+             f1     8     9000   br0       1        0        1          grub=1,files=1   2h\n",
         ),
         (
             deployment(),
