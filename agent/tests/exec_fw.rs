@@ -440,7 +440,10 @@ async fn devlink_is_preferred_for_the_parameters_it_exposes() {
         m.contains("SRIOV_EN False(0) -> True(1) via devlink (enable_sriov, cmode permanent)"),
         "{m}"
     );
-    assert!(m.contains("NUM_OF_VFS=8 unchanged (via devlink"), "{m}");
+    assert!(
+        m.contains("NUM_OF_VFS=8 unchanged, via devlink (total_vfs"),
+        "{m}"
+    );
     assert!(m.contains("PF_TOTAL_SF 0 -> 20 via mstconfig"), "{m}");
     assert_eq!(
         *devlink.sets.lock().unwrap(),

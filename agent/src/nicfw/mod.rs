@@ -190,7 +190,7 @@ impl fmt::Display for ApplyReport {
                     (Via::Mstconfig, _) => "via mstconfig".to_string(),
                 };
                 match &p.outcome {
-                    ParamOutcome::Unchanged => format!("{}={} unchanged ({via})", p.name, p.desired),
+                    ParamOutcome::Unchanged => format!("{}={} unchanged, {via}", p.name, p.desired),
                     ParamOutcome::Set { from, to } => format!("{} {from} -> {to} {via}", p.name),
                     ParamOutcome::Failed(why) => format!("{}={} failed {via}: {why}", p.name, p.desired),
                 }
@@ -207,7 +207,7 @@ impl fmt::Display for ApplyReport {
             });
         }
         if self.cancelled {
-            parts.push("cancelled: the parameters after that were not applied".to_string());
+            parts.push("cancelled: the parameters not attempted were not applied".to_string());
         }
         write!(f, "{}", parts.join("; "))
     }
@@ -406,9 +406,9 @@ async fn apply_phase<T: NicConfigTool>(
         None => match tool.query(device).await {
             Ok(p) => p,
             Err(e) => {
-                let why = e.to_string();
-                let mut phase = Phase::not_attempted(desired, via, &why);
-                phase.error = Some(why);
+                // The why is the report's error, said once.
+                let mut phase = Phase::not_attempted(desired, via, "the query failed");
+                phase.error = Some(e.to_string());
                 return phase;
             }
         },
