@@ -688,9 +688,8 @@ pub fn parse_config_file(s: &str) -> Result<ConfigFileFlag, String> {
         return Err(format!("no LOCALFILE in {s:?}"));
     }
     let mode = parts.next().unwrap_or_default();
-    if !mode.is_empty()
-        && !((3..=4).contains(&mode.len()) && mode.bytes().all(|b| (b'0'..=b'7').contains(&b)))
-    {
+    let octal = (3..=4).contains(&mode.len()) && mode.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    if !mode.is_empty() && !octal {
         return Err(format!("mode {mode:?} is not octal (e.g. 0644)"));
     }
     Ok(ConfigFileFlag {
