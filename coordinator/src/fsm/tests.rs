@@ -266,3 +266,147 @@ fn pci_address_changes_are_noted() {
     w.event(&ev(EventType::Added, device("0000:09:00.0", "b")));
     assert!(w.changed.is_empty(), "a device created again is new");
 }
+
+/// Flavor f1 whose only nvconfig entry, for device `b`, needs a host power cycle.
+fn power_cycle_for_b(objs: &mut [Resource]) {
+    for o in objs {
+        if let Some(hostplane_proto::v1::resource::Kind::Flavor(f)) = &mut o.kind {
+            f.spec = Some(hostplane_proto::v1::FlavorSpec {
+                nvconfig: vec![hostplane_proto::v1::NicFirmwareConfig {
+                    device: "b".into(),
+                    parameters: vec!["PF_TOTAL_SF=20".into()],
+                    host_power_cycle_required: true,
+                }],
+                ..Default::default()
+            });
+        }
+    }
+}
+
+/// A Dpu in Rebooting on node n1 (boot id "boot-1" at entry), waiting on `command_id`.
+fn rebooting(name: &str, command_id: &str) -> Resource {
+    let mut r = dpu(name, "n1", "b2", DpuPhase::Rebooting, command_id);
+    if let Some(hostplane_proto::v1::resource::Kind::Dpu(d)) = &mut r.kind {
+        let st = d.status.as_mut().unwrap();
+        st.history.push(hostplane_proto::v1::PhaseTransition {
+            from: DpuPhase::OsInstalling as i32,
+            to: DpuPhase::Rebooting as i32,
+            reason: "OsInstalled".into(),
+            message: format!("OS installed on rshim0; ... ({}boot-1)", super::BOOT_ID_MARK),
+            at_ms: st.phase_entered_at_ms,
+        });
+    }
+    r
+}
+
+#[test]
+fn one_power_cycle_serves_the_round_and_a_skipped_one_waits_for_the_upstream() {
+    use hostplane_proto::v1::{CommandOutcome, RebootHost, command};
+    let cfg = FsmConfig::default();
+    let mut objs = base(2, &["a", "b"]);
+    power_cycle_for_b(&mut objs);
+    objs.push(rebooting("a", ""));
+    objs.push(rebooting("b", ""));
+    let p = plan(
+        &cache(objs.clone()),
+        &HashMap::new(),
+        crate::store::now_ms(),
+        &cfg,
+    );
+    // `a` is stepped first and issues the node's RebootHost; `b` needs the power cycle.
+    let issued: Vec<&hostplane_proto::v1::Command> = p
+        .actions
+        .iter()
+        .flat_map(|a| match a {
+            Action::UpdateDpu(u) => u.insert.iter().collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0].dpu, "a");
+    assert_eq!(
+        issued[0].action,
+        Some(command::Action::RebootHost(RebootHost { power_cycle: true }))
+    );
+    let up = updates(&p.actions);
+    let id = &issued[0].id;
+    assert_eq!(
+        &up["b"].status.as_ref().unwrap().command_id,
+        id,
+        "b joins the round"
+    );
+
+    // The agent has no BMC: both wait for the upstream system, and the node says power cycle.
+    let mut objs = base(2, &["a", "b"]);
+    power_cycle_for_b(&mut objs);
+    objs.push(rebooting("a", "cycle"));
+    objs.push(rebooting("b", "cycle"));
+    let row = |outcome: CommandOutcome| {
+        HashMap::from([(
+            "cycle".to_string(),
+            Some(CommandRow {
+                command: hostplane_proto::v1::Command {
+                    id: "cycle".into(),
+                    dpu: "a".into(),
+                    rshim: "rshim0".into(),
+                    action: Some(command::Action::RebootHost(RebootHost { power_cycle: true })),
+                },
+                node: "n1".into(),
+                created_ms: 0,
+                result: Some(hostplane_proto::v1::CommandResult {
+                    finished_at_ms: 1_000,
+                    ..testing::result(outcome, "no BMC is configured for this host")
+                }),
+            }),
+        )])
+    };
+    let view = cache(objs);
+    let p = plan(&view, &row(CommandOutcome::Skipped), crate::store::now_ms(), &cfg);
+    let up = updates(&p.actions);
+    for n in ["a", "b"] {
+        let st = up[n].status.as_ref().unwrap();
+        assert_eq!(phase_of(up[n]), DpuPhase::Rebooting, "{n}");
+        let c = util::condition(&st.conditions, "ExternalPowerCycle").expect(n);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "AgentCannotPowerCycle")
+        );
+        assert!(
+            st.message.contains("(no BMC is configured for this host)"),
+            "{}",
+            st.message
+        );
+    }
+    assert!(
+        p.actions.iter().any(|a| matches!(
+            a,
+            Action::PatchNode {
+                waiting_for_reboot: Some(true),
+                power_cycle_required: Some(true),
+                power_cycled_at_ms: None,
+                ..
+            }
+        )),
+        "{:#?}",
+        p.actions
+    );
+
+    // Had it SUCCEEDED, the node would record the power cycle at the result's time.
+    let p = plan(
+        &view,
+        &row(CommandOutcome::Succeeded),
+        crate::store::now_ms(),
+        &cfg,
+    );
+    let recorded: Vec<Option<i64>> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::PatchNode {
+                power_cycled_at_ms, ..
+            } => Some(*power_cycled_at_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recorded, [Some(1_000)], "{:#?}", p.actions);
+}
