@@ -259,6 +259,29 @@ async fn each_broken_field_is_refused_naming_it() {
             "ovs.raw_config_script: 65537 bytes",
         ),
         (
+            "long sysctl",
+            |o| o.sysctl.as_mut().unwrap().parameters[0] = format!("a={}", "v".repeat(lim::MAX_SYSCTL_PARAM)),
+            "sysctl.parameters[0]: 1026 bytes, more than the maximum of 1024",
+        ),
+        (
+            "long mode",
+            |o| o.config_files[0].permissions = "00644".into(),
+            "config_files[0].permissions: 5 bytes, more than the maximum of 4",
+        ),
+        (
+            "long owner",
+            |o| o.config_files[0].owner = "u".repeat(lim::MAX_OWNER + 1),
+            "config_files[0].owner: 66 bytes, more than the maximum of 65",
+        ),
+        (
+            "long registry",
+            |o| {
+                o.containerd_config.as_mut().unwrap().registry_endpoint =
+                    format!("https://{}", "r".repeat(lim::MAX_REGISTRY_ENDPOINT))
+            },
+            "containerd_config.registry_endpoint: 2056 bytes, more than the maximum of 2048",
+        ),
+        (
             "registry not a URL",
             |o| o.containerd_config.as_mut().unwrap().registry_endpoint = "registry.lab:5000".into(),
             "containerd_config.registry_endpoint: \"registry.lab:5000\" is not a URL",
