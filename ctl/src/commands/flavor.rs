@@ -227,4 +227,23 @@ mod tests {
             assert!(e.to_string().contains(want), "{flag} {value}: {e}");
         }
     }
+
+    #[test]
+    fn a_flavor_file_carries_dpu_os_and_nvconfig() {
+        let text = "flavor:\n  metadata: {name: f-os}\n  spec:\n    nvconfig:\n      - {device: '*', parameters: [PF_BAR2_ENABLE=0], hostPowerCycleRequired: true}\n    dpuOs:\n      grub: {kernelParameters: [iommu=pt]}\n      configFiles:\n        - path: /etc/a\n          operation: CONFIG_FILE_OPERATION_APPEND\n          raw: |\n            line: 'x'\n          permissions: '0600'\n";
+        let rs = crate::input::parse_resources("f.yaml", text).unwrap();
+        let Some(v1::resource::Kind::Flavor(f)) = &rs[0].kind else {
+            panic!("{rs:?}")
+        };
+        let spec = f.spec.as_ref().unwrap();
+        assert!(spec.nvconfig[0].host_power_cycle_required);
+        let os = spec.dpu_os.as_ref().unwrap();
+        assert_eq!(os.grub.as_ref().unwrap().kernel_parameters, ["iommu=pt"]);
+        let file = &os.config_files[0];
+        assert_eq!(file.operation(), ConfigFileOperation::Append);
+        assert_eq!(
+            (file.raw.as_str(), file.permissions.as_str()),
+            ("line: 'x'\n", "0600")
+        );
+    }
 }
