@@ -963,6 +963,57 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+        /// The hook run for real (root: a private mount namespace with a
+        /// tmpfs on /mnt) writes every generated file with exactly its
+        /// bytes and mode, whatever its path and content hold.
+        #[test]
+        fn the_hook_writes_generated_files_byte_for_byte(
+            files in proptest::collection::vec(
+                ("[a-z '\"$`;&|<>(){}#\\*?!-]{1,12}", "[^\x00]{0,120}", "0[0-7][0-7][0-7]"),
+                1..5,
+            ),
+        ) {
+            if !has_bash() || !nix::unistd::Uid::effective().is_root() {
+                return Ok(());
+            }
+            let os = DpuOsConfig {
+                config_files: files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (name, raw, mode))| {
+                        file(&format!("/etc/hp{i}/{name}"), ConfigFileOperation::Override, raw, mode, "root")
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            let r = render_with_os(&BTreeMap::new(), &os).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = dir.path().join("bf.cfg");
+            std::fs::write(&cfg, r.as_bytes()).unwrap();
+            let out_dir = dir.path().join("out");
+            std::fs::create_dir(&out_dir).unwrap();
+            let script = format!(
+                "set -e; mount -t tmpfs hp /mnt; source {}; bfb_modify_os; cp -a /mnt/. {}/",
+                cfg.display(),
+                out_dir.display()
+            );
+            let st = std::process::Command::new("unshare")
+                .args(["-m", "--propagation", "private", "bash", "-c", &script])
+                .output()
+                .unwrap();
+            proptest::prop_assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+            for f in &os.config_files {
+                use std::os::unix::fs::PermissionsExt;
+                let p = out_dir.join(f.path.trim_start_matches('/'));
+                proptest::prop_assert_eq!(std::fs::read(&p).unwrap(), f.raw.as_bytes());
+                let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+                proptest::prop_assert_eq!(format!("{mode:04o}"), f.permissions.clone());
+            }
+        }
+    }
+
+    proptest::proptest! {
         /// The coordinator refuses a Flavor by `limits::bf_cfg_rendered_len`;
         /// it must be the length this module renders, or the two sides disagree.
         #[test]
