@@ -151,7 +151,19 @@ impl Harness {
 }
 
 fn fleet(nodes: usize, devices_per_node: usize, max_unavailable: u32, effect: NodeEffect) -> Vec<Resource> {
-    let mut v = vec![testing::bfb("b1"), testing::flavor("f1")];
+    // Two devices' NIC firmware needs a host power cycle: their nodes' reboots become power cycles.
+    // (The entries repeat the flavor's one nic_firmware parameter: a command's parameters are a
+    // map, whose Debug order would differ between passes.)
+    let mut flavor = testing::flavor("f1");
+    if let Some(resource::Kind::Flavor(f)) = &mut flavor.kind {
+        let entry = |device: &str| hostplane_proto::v1::NicFirmwareConfig {
+            device: device.into(),
+            parameters: vec!["NUM_OF_VFS=8".into()],
+            host_power_cycle_required: true,
+        };
+        f.spec.get_or_insert_default().nvconfig = vec![entry("d00001-0"), entry("d00002-1")];
+    }
+    let mut v = vec![testing::bfb("b1"), flavor];
     for n in 0..nodes {
         let reboot = if n % 3 == 2 {
             RebootMethod::External
@@ -274,6 +286,15 @@ fn random_change(h: &Harness, rng: &mut Rng, now: &mut i64, nodes: usize) {
                 c.action,
                 Some(hostplane_proto::v1::command::Action::RebootHost(_))
             );
+            // An agent without a BMC skips a power cycle: the node waits for an external one.
+            let outcome = match &c.action {
+                Some(hostplane_proto::v1::command::Action::RebootHost(r))
+                    if r.power_cycle && rng.below(3) == 0 =>
+                {
+                    CommandOutcome::Skipped
+                }
+                _ => outcome,
+            };
             let boot = format!("boot-{}", rng.next());
             h.write(move |t| {
                 t.finish_command(&c.id, &done(outcome))?;
@@ -302,7 +323,15 @@ fn random_change(h: &Harness, rng: &mut Rng, now: &mut i64, nodes: usize) {
         }
         6 => {
             let at = *now + 1;
-            node_status(h, &node, move |s| s.rebooted_at_ms = at);
+            let kind = if rng.below(2) == 0 {
+                hostplane_proto::v1::RebootKind::Reboot
+            } else {
+                hostplane_proto::v1::RebootKind::PowerCycle
+            };
+            node_status(h, &node, move |s| {
+                s.rebooted_at_ms = at;
+                s.last_reboot_kind = kind as i32;
+            });
         }
         7 => {
             // Reprovision a Dpu.
@@ -340,6 +369,7 @@ fn incremental_passes_decide_what_full_passes_decide_after_random_changes() {
     };
     cfg.phase_timeouts.pending = Duration::ZERO;
     let mut checked = 0;
+    let (mut cycles, mut external) = (0, 0);
     for seed in 1..=40u64 {
         let nodes = 7;
         let effect = if seed % 2 == 0 {
@@ -357,8 +387,32 @@ fn incremental_passes_decide_what_full_passes_decide_after_random_changes() {
                 random_change(&h, &mut rng, &mut now, nodes);
             }
             h.settle(now, true);
+            // The power cycle paths were taken too.
+            cycles += h
+                .open_commands()
+                .iter()
+                .filter(|(_, c)| {
+                    matches!(
+                        c.action,
+                        Some(hostplane_proto::v1::command::Action::RebootHost(
+                            hostplane_proto::v1::RebootHost { power_cycle: true }
+                        ))
+                    )
+                })
+                .count();
+            external += h
+                .store
+                .view()
+                .dpus
+                .values()
+                .filter(|d| super::nicfw::external_power_cycle(d))
+                .count();
         }
         checked += h.checked;
     }
     assert!(checked > 2000, "only {checked} incremental passes were checked");
+    assert!(
+        cycles > 0 && external > 0,
+        "power cycles issued {cycles}, waiting for an external one {external}"
+    );
 }
