@@ -66,7 +66,13 @@ pub(super) fn report_inventory(audit: &Audit, node: &str, session: u64, rec: &In
     for d in &rec.back {
         tracing::info!(device = %d, "device back in the agent's inventory");
     }
-    for (device, rshim, serial, place) in &rec.registered {
+    for status::Registered {
+        device,
+        rshim,
+        serial,
+        place,
+    } in &rec.registered
+    {
         tracing::info!(%device, %rshim, %serial, at = %place, "device auto-registered for a reported rshim");
         audit.record(Record {
             who: node,

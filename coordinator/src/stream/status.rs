@@ -21,11 +21,21 @@ pub const COND_PRESENT: &str = "Present";
 /// The label on a Device the coordinator created for a reported rshim.
 pub const AUTO_REGISTERED_LABEL: &str = "hostplane.io/auto-registered";
 
+/// A Device created for a reported rshim.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Registered {
+    pub device: String,
+    pub rshim: String,
+    pub serial: String,
+    /// Where it is: its PF0 address, or `usb <path>`.
+    pub place: String,
+}
+
 /// What recording an inventory changed, for the log and the audit.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct InventoryRecord {
-    /// Devices created for reported rshims: (device, rshim, serial, PCI address or USB path).
-    pub registered: Vec<(String, String, String, String)>,
+    /// Devices created for reported rshims.
+    pub registered: Vec<Registered>,
     /// Reported rshims with no Device that were not registered, and why
     /// (only with auto-registration on).
     pub not_registered: Vec<(String, String)>,
@@ -187,7 +197,7 @@ fn auto_register_device(
     node: &str,
     info: &RshimInfo,
     now: i64,
-) -> Result<Result<(String, String, String, String), String>, StoreError> {
+) -> Result<Result<Registered, String>, StoreError> {
     let name = format!("{node}-{}", info.name);
     if !info.error.is_empty() {
         return Ok(Err(format!(
@@ -252,7 +262,12 @@ fn auto_register_device(
     } else {
         format!("usb {}", info.usb_path)
     };
-    Ok(Ok((name, info.name.clone(), info.serial.clone(), place)))
+    Ok(Ok(Registered {
+        device: name,
+        rshim: info.name.clone(),
+        serial: info.serial.clone(),
+        place,
+    }))
 }
 
 /// The PF0 address of an rshim's PCI function (`0000:04:00.2` ->
