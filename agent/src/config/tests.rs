@@ -380,3 +380,26 @@ fn nic_firmware_section_parses_with_defaults_and_names_bad_keys() {
         .to_string();
     assert!(err.contains("mstconfg_path"), "{err}");
 }
+
+#[test]
+fn rshim_watch_section_is_parsed_and_checked() {
+    let d = Config::default().rshim_watch;
+    assert!(d.enabled);
+    assert_eq!(
+        (d.rescan_interval, d.debounce),
+        (Duration::from_secs(30), Duration::from_millis(500))
+    );
+    let mut c = parse("rshim_watch:\n  enabled: false\n  rescan_interval: 2s\n").unwrap();
+    assert!(!c.rshim_watch.enabled);
+    assert_eq!(c.rshim_watch.rescan_interval, Duration::from_secs(2));
+    assert_eq!(c.rshim_watch.debounce, Duration::from_millis(500));
+    c.node_name = "host-1".into();
+    c.coordinator = "http://127.0.0.1:50051".into();
+    c.insecure = true;
+    c.validate().unwrap();
+    c.rshim_watch.rescan_interval = Duration::ZERO;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("rshim_watch.rescan_interval"), "{err}");
+    let err = parse("rshim_watch:\n  rescan: 2s\n").unwrap_err().to_string();
+    assert!(err.contains("rescan"), "{err}");
+}
