@@ -441,3 +441,137 @@ pub fn flush(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+
+    use hostplane_proto::v1::{Node, NodeSpec, RebootMethod};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::store::Store;
+
+    fn device(name: &str, node: &str, rshim: &str, serial: &str) -> Resource {
+        Device {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            }),
+            spec: Some(DeviceSpec {
+                node: node.into(),
+                rshim: rshim.into(),
+                serial: serial.into(),
+                ..Default::default()
+            }),
+            status: None,
+        }
+        .into()
+    }
+
+    fn devices(store: &Store) -> BTreeMap<String, Device> {
+        store
+            .write_sync(|t| {
+                let mut all = t.list_on_node(Kind::Device, "n1")?;
+                all.extend(t.list_on_node(Kind::Device, "n2")?);
+                Ok::<_, StoreError>(all)
+            })
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| match r.kind {
+                Some(resource::Kind::Device(d)) => Some((r_name(&d), d)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn r_name(d: &Device) -> String {
+        d.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever n1 has and whatever its agent reports: each of n1's
+        /// Devices is present exactly when its rshim is reported; with
+        /// auto-registration, every reported rshim without a Device gets
+        /// one unless it has no serial, its serial is taken, or its name
+        /// is; nothing that existed changes its spec.
+        #[test]
+        fn presence_and_auto_registration(
+            existing in proptest::collection::btree_set(0u8..6, 0..4),
+            // rshim index -> serial choice: 0 none, 1 its own, 2 the serial of n1's rshim0 Device.
+            reported in proptest::collection::btree_map(0u8..8, 0u8..3, 0..6),
+            taken_by_n2 in proptest::option::of(0u8..8),
+            auto in any::<bool>(),
+        ) {
+            let store = Store::in_memory().unwrap();
+            let mut seed: Vec<Resource> = vec![
+                Node { metadata: Some(ObjectMeta { name: "n1".into(), ..Default::default() }),
+                       spec: Some(NodeSpec { reboot_method: RebootMethod::External as i32 }), status: None }.into(),
+                Node { metadata: Some(ObjectMeta { name: "n2".into(), ..Default::default() }),
+                       spec: Some(NodeSpec { reboot_method: RebootMethod::External as i32 }), status: None }.into(),
+            ];
+            for i in &existing {
+                seed.push(device(&format!("d{i}"), "n1", &format!("rshim{i}"), &format!("S{i}")));
+            }
+            if let Some(j) = taken_by_n2 {
+                seed.push(device(&format!("n1-rshim{j}"), "n2", "rshim0", "N2"));
+            }
+            store.write_sync(|t| { for r in seed { t.insert(r)?; } Ok::<_, StoreError>(()) }).unwrap();
+            let before = devices(&store);
+            let inventory = Inventory {
+                rshims: reported.iter().map(|(i, s)| RshimInfo {
+                    name: format!("rshim{i}"),
+                    serial: match s { 0 => String::new(), 1 => format!("R{i}"), _ => "S0".into() },
+                    pci_address: format!("0000:{:02x}:00.2", 4 + i),
+                    ..Default::default()
+                }).collect(),
+            };
+            let rec = store.write_sync(|t| record_inventory(t, "n1", &inventory, auto)).unwrap();
+            let after = devices(&store);
+            let reported_names: HashSet<String> = inventory.rshims.iter().map(|r| r.name.clone()).collect();
+
+            for (name, d) in &before {
+                let now = &after[name];
+                prop_assert_eq!(&now.spec, &d.spec, "{} changed its spec", name);
+                let spec = d.spec.clone().unwrap();
+                if spec.node == "n1" {
+                    let present = now.status.as_ref().is_some_and(|s| s.present);
+                    prop_assert_eq!(present, reported_names.contains(&spec.rshim), "{}", name);
+                }
+            }
+            let known: HashSet<String> = existing.iter().map(|i| format!("rshim{i}")).collect();
+            let new: Vec<&RshimInfo> = inventory.rshims.iter().filter(|r| !known.contains(&r.name)).collect();
+            if !auto {
+                prop_assert_eq!(after.len(), before.len());
+                prop_assert!(rec.registered.is_empty() && rec.not_registered.is_empty());
+                return Ok(());
+            }
+            prop_assert_eq!(rec.registered.len() + rec.not_registered.len(), new.len());
+            prop_assert_eq!(after.len(), before.len() + rec.registered.len());
+            for r in new {
+                let name = format!("n1-{}", r.name);
+                let serial_taken = before.values().chain(after.values())
+                    .any(|d| r_name(d) != name && d.spec.as_ref().is_some_and(|s| s.serial == r.serial));
+                let should = !r.serial.is_empty() && !before.contains_key(&name) && !serial_taken;
+                let made = rec.registered.iter().any(|x| x.device == name);
+                prop_assert_eq!(made, should, "{} serial {:?}", name, r.serial);
+                if made {
+                    let d = &after[&name];
+                    let spec = d.spec.clone().unwrap();
+                    prop_assert_eq!((spec.node.as_str(), spec.rshim.as_str(), spec.serial.as_str()), ("n1", r.name.as_str(), r.serial.as_str()));
+                    prop_assert_eq!(spec.pci_address, pf0(&r.pci_address));
+                    prop_assert_eq!(d.metadata.as_ref().unwrap().labels.get(AUTO_REGISTERED_LABEL).map(String::as_str), Some("true"));
+                    prop_assert!(d.status.as_ref().is_some_and(|s| s.present));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pf0_of_an_rshim_function() {
+        assert_eq!(pf0("0000:04:00.2"), "0000:04:00.0");
+        assert_eq!(pf0(""), "");
+    }
+}
