@@ -194,8 +194,9 @@ impl SimHandle {
         self.dpu(dpu).sw_reset();
     }
 
-    /// Hot-plug: a new DPU appears at the lowest free `rshim<N>` (its
-    /// directory shows up under the mount at once); returns N. `attach`
+    /// Hot-plug: a new DPU appears at a never-used `rshim<N>` (else the
+    /// lowest freed one, as the rshim driver picks; its directory shows up
+    /// under the mount at once); returns N. `attach`
     /// picks what its `DEV_NAME` says (PCIe or USB).
     pub fn add_dpu(&self, attach: Attach) -> Result<usize, SimError> {
         Ok(self.dpus.add(attach, None)?.index)

@@ -2,8 +2,8 @@
 //! every DPU's state.
 //!
 //! Write one command per line: `rshim1 fault hang:installer`,
-//! `rshim0 fault none`, `rshim0 reset`; hot-plug: `add` (a PCIe DPU at the
-//! lowest free `rshim<N>`), `add usb` (a USB one), `add pcie serial-in-misc`
+//! `rshim0 fault none`, `rshim0 reset`; hot-plug: `add` (a PCIe DPU at a
+//! new `rshim<N>`, see [`Slots::add`]), `add usb` (a USB one), `add pcie serial-in-misc`
 //! (its serial shown in `misc` at `DISPLAY_LEVEL 1`), `rshim2 remove`.
 //! Read: one status line per DPU plugged in.
 
@@ -226,9 +226,10 @@ mod tests {
         let s = status(&d);
         assert!(!s.contains("rshim1 "), "{s}");
         assert!(s.contains("rshim2 ") && s.contains("dev=usb-1-1.3"), "{s}");
-        // The lowest free slot is reused, as the rshim driver does.
+        // A never-used index first, as the rshim driver does: rshim4, not rshim1.
         apply(&d, b"add").unwrap();
-        assert_eq!(dpu(&d, 1).dev_name, "pcie-0000:05:00.2");
+        assert!(d.get(1).is_none());
+        assert_eq!(dpu(&d, 4).dev_name, "pcie-0000:08:00.2");
         let err = apply(&d, b"rshim9 remove").unwrap_err().to_string();
         assert!(err.contains("no DPU rshim9"), "{err}");
     }

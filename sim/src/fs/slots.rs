@@ -78,17 +78,20 @@ impl Slots {
         self.read().iter().flatten().map(|s| s.dpu.clone()).collect()
     }
 
-    /// Plug in a new DPU at the lowest free index (as the rshim driver gives
-    /// a new device the first free `rshim<N>`). `serial_in_misc`: show its
-    /// serial in `misc` at `DISPLAY_LEVEL 1` (None: as the mount's config says).
+    /// Plug in a new DPU at a never-used index if there is one, else at the
+    /// lowest freed one, as the rshim driver picks a new device's
+    /// `rshim<N>` (`rshim_find_index`: never-used slots first, then unused
+    /// ones). `serial_in_misc`: show its serial in `misc` at
+    /// `DISPLAY_LEVEL 1` (None: as the mount's config says).
     pub fn add(&self, attach: Attach, serial_in_misc: Option<bool>) -> Result<Arc<Dpu>, SimError> {
         let mut slots = self.write();
-        let index = match slots.iter().position(Option::is_none) {
-            Some(i) => i,
-            None if slots.len() < MAX_DPUS => {
+        let freed = slots.iter().position(Option::is_none);
+        let index = match freed {
+            _ if slots.len() < MAX_DPUS => {
                 slots.push(None);
                 slots.len() - 1
             }
+            Some(i) => i,
             None => {
                 return Err(SimError::Config {
                     field: "dpus",
