@@ -158,6 +158,32 @@ async fn a_dpu_plugged_in_at_run_time_is_registered_and_provisioned() {
     );
     assert!(d.status.unwrap().present);
 
+    // A USB rshim reports its USB path (the sysfs name of the simulator's
+    // DEV_NAME usb-1-1.4), no PCI address; with no serial it is not registered.
+    control(&w, "add usb\n");
+    let usb = wait_for("rshim3 in n1's inventory", T, || {
+        let admin = admin.clone();
+        async move {
+            let n = node(&admin, "n1").await?;
+            n.status?
+                .inventory?
+                .rshims
+                .into_iter()
+                .find(|r| r.name == "rshim3")
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            usb.usb_path.as_str(),
+            usb.pci_address.as_str(),
+            usb.error.as_str()
+        ),
+        ("1-1.4", "", "")
+    );
+    assert!(device(&w.admin, "n1-rshim3").await.is_none());
+
     // Provisioned: flashed, then the node's reboot, then Ready.
     let mut a = w.admin.clone();
     wait_phase(&mut a, "n1-rshim2", DpuPhase::Rebooting, T)
