@@ -24,6 +24,8 @@ use crate::rshim::{
 const MAX_MISC_ERRORS: u32 = 5;
 /// How long a cancelled flash waits for the writer thread to close `boot`.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// How long a flash whose device disappeared waits for the writer thread.
+const REMOVED_GRACE: Duration = Duration::from_secs(1);
 /// How long a DPU failure line seen during the push waits for the push's
 /// own result (a failed push is the cause of the DPU's complaint).
 const PUSH_RESULT_GRACE: Duration = Duration::from_secs(1);
@@ -345,7 +347,7 @@ impl Follow<'_> {
                 _ = presence.tick() => {
                     if !self.present().await {
                         push.stop();
-                        let pushed = if pushing { wait_closed(&mut push).await } else { pushed };
+                        let pushed = if pushing { wait_gone(&mut push).await } else { pushed };
                         return Err(self.removed(self.stage(pushing), pushed));
                     }
                 }
@@ -411,7 +413,7 @@ impl Follow<'_> {
                         Err(e) => {
                             if !self.present().await {
                                 push.stop();
-                                let pushed = if pushing { wait_closed(&mut push).await } else { pushed };
+                                let pushed = if pushing { wait_gone(&mut push).await } else { pushed };
                                 return Err(self.removed(self.stage(pushing), pushed));
                             }
                             misc_errors += 1;
@@ -580,6 +582,15 @@ fn open_error(rshim: &str, boot: &Path, e: std::io::Error) -> FlashError {
 /// After a stop: wait (bounded) for the writer to close `boot`.
 async fn wait_closed(push: &mut PushHandle) -> u64 {
     let _ = tokio::time::timeout(CANCEL_GRACE, &mut push.done).await;
+    push.bytes.load(Ordering::Relaxed)
+}
+
+/// After a stop because the device is gone: the writer is told to stop,
+/// but a write into a vanished device may hang in the kernel, so the flash
+/// waits for it at most briefly. The rshim stays claimed until the writer
+/// thread ends.
+async fn wait_gone(push: &mut PushHandle) -> u64 {
+    let _ = tokio::time::timeout(REMOVED_GRACE, &mut push.done).await;
     push.bytes.load(Ordering::Relaxed)
 }
 

@@ -2,6 +2,7 @@
 //! file or FIFO as `boot`. Timer logic runs on paused time.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -852,4 +853,52 @@ async fn a_device_removed_while_the_dpu_boots_fails_the_flash_in_that_stage() {
         "{msg}"
     );
     r.assert_restored();
+}
+
+/// Real time: the device goes away while the writer is stuck in it (a FIFO
+/// nobody reads: opening `boot` blocks, as a vanished device may): the flash
+/// still fails at once; the rshim stays claimed until the writer is free.
+#[tokio::test]
+async fn a_device_removed_while_the_writer_is_stuck_fails_without_waiting_for_it() {
+    let r = rig();
+    make_fifo(&r.boot);
+    let (tx, _rx) = mpsc::channel(100);
+    let flasher = r.flasher.clone();
+    let req = r.request(BfCfg::None);
+    let run = tokio::spawn(async move { flasher.flash(req, tx, CancellationToken::new()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(r.flasher.is_flashing("rshim0"));
+    // Moved away, not deleted: the test can still free the writer afterwards.
+    let dir = r.boot.parent().unwrap().to_path_buf();
+    let moved = r.dir.path().join("gone-rshim0");
+    std::fs::rename(&dir, &moved).unwrap();
+    let removed_at = std::time::Instant::now();
+    let err = run.await.unwrap().unwrap_err();
+    assert!(
+        removed_at.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        removed_at.elapsed()
+    );
+    assert!(
+        matches!(err, FlashError::Removed { stage: Stage::Push, pushed: 0, ref path, .. } if *path == dir),
+        "{err}"
+    );
+    assert!(
+        r.flasher.is_flashing("rshim0"),
+        "the writer still holds the rshim"
+    );
+    // A reader frees the writer's open; it sees the stop and lets go.
+    let fifo = moved.join("boot");
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    for _ in 0..500 {
+        if !r.flasher.is_flashing("rshim0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!r.flasher.is_flashing("rshim0"));
 }
