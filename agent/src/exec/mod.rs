@@ -242,15 +242,7 @@ impl HostExecutor {
             }
             Action::ConfigFwParameters(fw) => match &self.nic_firmware {
                 Some(nic) if !fw.nic_firmware.is_empty() => {
-                    nicfw::config_fw(
-                        nic,
-                        &fw,
-                        &cmd.dpu,
-                        &cmd.rshim,
-                        self.flash.discover(),
-                        &cancel,
-                    )
-                    .await
+                    nicfw::config_fw(nic, &fw, &cmd.dpu, &cmd.rshim, self.flash.discover(), &cancel).await
                 }
                 _ => nicfw::skipped(&fw.nic_firmware),
             },

@@ -481,7 +481,8 @@ mod tests {
     #[test]
     fn a_damaged_section_is_refused_naming_the_line() {
         let good = rendered(&every_section());
-        let damage: [(&dyn Fn(&str) -> String, &str); 5] = [
+        type Damage<'a> = (&'a dyn Fn(&str) -> String, &'a str);
+        let damage: [Damage<'_>; 5] = [
             (&|t| t.replacen("override '", "override '!!", 1), "not base64"),
             (
                 &|t| t.replacen("' append '", "' prepend '", 1),
