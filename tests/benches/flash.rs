@@ -492,7 +492,11 @@ fn parse_status(text: &str) -> Option<DpuStatus> {
         phase: field("phase")?,
         installs: field("installs")?.parse().ok()?,
         pushes: field("pushes")?.parse().ok()?,
-        last_error: line.split_once("last_error=").map_or("", |(_, e)| e).to_string(),
+        // last_error is quoted and followed by the dpu_os fields.
+        last_error: line
+            .split_once("last_error=")
+            .map_or("", |(_, e)| e.split(" dpu_os=").next().unwrap_or(e))
+            .to_string(),
     })
 }
 
