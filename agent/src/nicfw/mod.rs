@@ -71,6 +71,39 @@ pub enum NicFwError {
     },
 }
 
+/// Runs `program args` (stdin closed, killed on drop) within `timeout`: a
+/// missing binary is `missing(program, error)`, a hung one `Timeout`.
+async fn run_tool(
+    program: &std::path::Path,
+    args: &[&str],
+    timeout: std::time::Duration,
+    missing: impl FnOnce(String, std::io::Error) -> NicFwError,
+) -> Result<std::process::Output, NicFwError> {
+    let name = || program.display().to_string();
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(timeout, output)
+        .await
+        .map_err(|_| NicFwError::Timeout {
+            program: name(),
+            args: args.join(" "),
+            after: timeout,
+        })?
+        .map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                missing(name(), source)
+            } else {
+                NicFwError::Spawn {
+                    program: name(),
+                    source,
+                }
+            }
+        })
+}
+
 /// A NIC firmware configuration tool.
 #[allow(async_fn_in_trait)]
 pub trait NicConfigTool {

@@ -66,31 +66,10 @@ impl Mstconfig {
     }
 
     async fn run(&self, args: &[&str]) -> Result<Output, NicFwError> {
-        let output = tokio::process::Command::new(&self.program)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        tokio::time::timeout(self.timeout, output)
-            .await
-            .map_err(|_| NicFwError::Timeout {
-                program: self.name(),
-                args: args.join(" "),
-                after: self.timeout,
-            })?
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::NotFound {
-                    NicFwError::ToolMissing {
-                        program: self.name(),
-                        source,
-                    }
-                } else {
-                    NicFwError::Spawn {
-                        program: self.name(),
-                        source,
-                    }
-                }
-            })
+        super::run_tool(&self.program, args, self.timeout, |program, source| {
+            NicFwError::ToolMissing { program, source }
+        })
+        .await
     }
 
     fn failure(&self, action: &'static str, device: &str, out: &Output) -> NicFwError {
