@@ -506,12 +506,19 @@ pub(super) fn node_flags(
     acc: &Stepped,
     ctx: &StepCtx<'_>,
 ) -> Option<Action> {
-    let st = n.status.clone().unwrap_or_default();
-    let (approved, was_waiting, was_cycle) = (
-        st.maintenance_approved,
-        st.waiting_for_reboot,
-        st.power_cycle_required,
-    );
+    // Read in place: a node's status holds its inventory and conditions, not worth a clone per pass.
+    let (approved, was_waiting, was_cycle, rebooted_at_ms) = n
+        .status
+        .as_ref()
+        .map(|s| {
+            (
+                s.maintenance_approved,
+                s.waiting_for_reboot,
+                s.power_cycle_required,
+                s.rebooted_at_ms,
+            )
+        })
+        .unwrap_or_default();
     let wait = acc.waiting.get(name).copied().unwrap_or(false);
     let cycle = wait && acc.power_cycle.contains(name);
     let clear = ctx.cleared.contains(name) && approved;
@@ -520,7 +527,7 @@ pub(super) fn node_flags(
         .power_cycled
         .get(name)
         .copied()
-        .filter(|at| st.rebooted_at_ms < *at);
+        .filter(|at| rebooted_at_ms < *at);
     (clear || was_waiting != wait || was_cycle != cycle || power_cycled.is_some()).then(|| {
         Action::PatchNode {
             name: name.to_string(),
