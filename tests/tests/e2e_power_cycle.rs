@@ -685,3 +685,137 @@ async fn refused_value(w: &mut World) -> Result<()> {
     assert!(!st.waiting_for_reboot && !st.power_cycle_required, "{st:?}");
     Ok(())
 }
+
+/// A plain-HTTP proxy in front of the BMC simulator that, when the
+/// `ComputerSystem.Reset` POST has reached the BMC, SIGKILLs the agent
+/// before the BMC's answer gets back: the host's power went off before the
+/// agent heard from its BMC. Returns the proxy's URL and a receiver that
+/// fires once the agent was killed.
+async fn killing_proxy(
+    bmc: &Bmc,
+    agent: std::sync::Arc<std::sync::Mutex<Option<nix::unistd::Pid>>>,
+) -> Result<(String, tokio::sync::oneshot::Receiver<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
+    let (upstream, http) = (bmc.url.clone(), bmc.http.clone());
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (upstream, http, agent, tx) = (upstream.clone(), http.clone(), agent.clone(), tx.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+            let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let mut rb = http.request(parts.method.clone(), format!("{upstream}{path}"));
+            for (k, v) in &parts.headers {
+                if !matches!(
+                    k.as_str(),
+                    "host" | "content-length" | "connection" | "transfer-encoding"
+                ) {
+                    rb = rb.header(k, v);
+                }
+            }
+            let resp = match rb.body(body).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    return axum::response::Response::builder()
+                        .status(502)
+                        .body(axum::body::Body::from(format!("proxy: {e}")))
+                        .unwrap();
+                }
+            };
+            if parts.method == axum::http::Method::POST && path.ends_with("/Actions/ComputerSystem.Reset") {
+                if let Some(pid) = agent.lock().unwrap().take() {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+            }
+            let mut out = axum::response::Response::builder().status(resp.status());
+            for (k, v) in resp.headers() {
+                if !matches!(k.as_str(), "content-length" | "connection" | "transfer-encoding") {
+                    out = out.header(k, v);
+                }
+            }
+            let bytes = resp.bytes().await.unwrap_or_default();
+            out.body(axum::body::Body::from(bytes)).unwrap()
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((format!("http://{addr}"), rx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_lost_before_the_bmc_answers_is_the_one_power_cycle_and_is_recorded() {
+    require_fuse!();
+    let mut w = World::start(opts()).await.unwrap();
+    let r = power_lost_before_the_bmc_answered(&mut w).await;
+    if r.is_err() {
+        dump_logs(&w);
+    }
+    r.unwrap();
+    w.shutdown().await.unwrap();
+}
+
+async fn power_lost_before_the_bmc_answered(w: &mut World) -> Result<()> {
+    let fake = FakeMstconfig::new(&w.dir)?;
+    let (reboot, marker) = reboot_marker_script(&w.dir)?;
+    let bmc = Bmc::start(w).await?;
+    let agent_pid = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (proxy, killed) = killing_proxy(&bmc, agent_pid.clone()).await?;
+    provision(w, RebootMethod::Agent, nvconfig(&["PF_TOTAL_SF=20"])).await?;
+    let via_proxy = format!(
+        "power:\n  bmc:\n    url: {proxy}\n    username: admin\n    password_file: {}\n    poll_interval: 1s\n",
+        bmc.password_file.display()
+    );
+    let own = agent_yaml(&fake, &reboot, &via_proxy);
+    w.start_agent_with("n1", &own)?;
+    *agent_pid.lock().unwrap() = w
+        .agents
+        .iter()
+        .find(|(n, _)| n == "n1")
+        .and_then(|(_, p)| p.pid());
+    tokio::time::timeout(T, killed)
+        .await
+        .context("the agent never asked its BMC for a power cycle")??;
+    assert_eq!(bmc.resets_metric("PowerCycle").await?, 1.0);
+
+    // The host comes back from the power cycle; the agent starts again.
+    w.crash_agent("n1").await;
+    std::fs::write(
+        w.dir.join("agents/n1/proc/sys/kernel/random/boot_id"),
+        format!("{BOOT_ID_AFTER}\n"),
+    )?;
+    w.start_agent_with("n1", &own)?;
+    let d = wait_phase(&mut w.admin, "d0", DpuPhase::Ready, T).await?;
+    let came_back = d
+        .status
+        .unwrap_or_default()
+        .history
+        .into_iter()
+        .find(|t| t.from() == DpuPhase::Rebooting)
+        .context("no transition out of Rebooting")?;
+    assert!(
+        came_back.message.contains("after a power cycle through its BMC")
+            && came_back.message.contains("INTERRUPTED"),
+        "{came_back:?}"
+    );
+    // The node records the power cycle the agent started, as the Dpu's history says.
+    let st = get_node(w, "n1").await?.status.unwrap_or_default();
+    assert_eq!(st.boot_id, BOOT_ID_AFTER);
+    assert_eq!(st.last_reboot_kind(), RebootKind::PowerCycle, "{st:?}");
+    assert!(
+        st.rebooted_at_ms >= came_back.at_ms - 60_000 && st.rebooted_at_ms <= came_back.at_ms,
+        "{st:?}"
+    );
+    assert_eq!(
+        bmc.resets_metric("PowerCycle").await?,
+        1.0,
+        "never power-cycled twice"
+    );
+    assert!(!marker.exists(), "the reboot command ran");
+    Ok(())
+}

@@ -290,11 +290,30 @@ impl Stepper<'_> {
         }
         let before = self.boot_id_before().unwrap_or_default();
         if !ns.boot_id.is_empty() && ns.boot_id != before {
-            let how = if self.waits_on_power_cycle(ctx) {
-                " after a power cycle through its BMC"
-            } else {
-                ""
-            };
+            let mut how = "";
+            if self.waits_on_power_cycle(ctx) {
+                how = " after a power cycle through its BMC";
+                match self.result(ctx) {
+                    // A power cut stops the agent before it can report: back at the new boot id it
+                    // reports the command (INTERRUPTED), or runs it now if it never started it
+                    // (the host came back some other way, and a warm reboot does not apply the
+                    // firmware). Wait for that word.
+                    Ok(None) => return Next::Stay,
+                    // The agent started the power cycle and lost power before the BMC's answer
+                    // reached it: that power cycle, recorded when the agent said so.
+                    Ok(Some(r)) if r.outcome == CommandOutcome::Interrupted as i32 => {
+                        how = " after a power cycle through its BMC (the agent lost power before it could confirm \
+                               it: INTERRUPTED)";
+                        let at = ctx.power_cycled.entry(node_name.clone()).or_default();
+                        *at = (*at).max(if r.finished_at_ms > 0 {
+                            r.finished_at_ms
+                        } else {
+                            ctx.now
+                        });
+                    }
+                    _ => {}
+                }
+            }
             let message = format!(
                 "node {node_name} came back with boot_id {} (was {before:?}){how}",
                 ns.boot_id
