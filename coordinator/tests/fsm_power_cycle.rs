@@ -432,3 +432,80 @@ async fn a_flavor_without_a_power_cycle_reboots_as_before() {
     assert_eq!(status(&n).last_reboot_kind, RebootKind::Unspecified as i32);
     e.stop().await;
 }
+
+#[tokio::test]
+async fn a_power_cycle_that_cuts_the_agent_off_waits_for_its_word_and_is_recorded_when_interrupted() {
+    // The agent never answers the RebootHost itself: the power went before it could.
+    let e = env(
+        RebootMethod::Agent,
+        &["d1"],
+        vec![entry("*", &["PF_TOTAL_SF=20"], true)],
+        |_| None,
+    )
+    .await;
+    wait_dpu(store(&e), "d1", T, |d| {
+        phase(d) == DpuPhase::Rebooting && !d.status.as_ref().unwrap().command_id.is_empty()
+    })
+    .await;
+    let reboots = seen(&e, "reboot_host");
+    assert_eq!(reboots.len(), 1, "{reboots:?}");
+    assert!(power_cycle_of(&reboots[0]));
+
+    // The host is back with a new boot id, but nothing is known of the power cycle yet: the Dpu
+    // waits for the agent's report instead of moving on.
+    testing::modify(store(&e), hostplane_proto::v1::Kind::Node, "n1", |r| {
+        if let Some(resource::Kind::Node(n)) = &mut r.kind {
+            n.status.get_or_insert_default().boot_id = "boot-after-power-cut".into();
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let d1 = get_dpu(store(&e), "d1").await.unwrap();
+    assert_eq!(phase(&d1), DpuPhase::Rebooting, "{:?}", d1.status);
+    assert_eq!(
+        status(&get_node(store(&e), "n1").await.unwrap()).last_reboot_kind,
+        RebootKind::Unspecified as i32
+    );
+
+    // Back up, the agent reports the command it had started as INTERRUPTED (its journal): that
+    // was the power cycle.
+    let (id, finished) = (reboots[0].id.clone(), 1_796_000_000_000);
+    store(&e)
+        .write(move |t| {
+            t.finish_command(
+                &id,
+                &hostplane_proto::v1::CommandResult {
+                    outcome: CommandOutcome::Interrupted as i32,
+                    message: "the agent restarted while it ran".into(),
+                    finished_at_ms: finished,
+                },
+            )
+        })
+        .await
+        .unwrap();
+    let d1 = wait_phase(store(&e), "d1", DpuPhase::Ready).await;
+    let out = d1
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .iter()
+        .find(|t| t.from == DpuPhase::Rebooting as i32)
+        .unwrap()
+        .clone();
+    assert!(
+        out.message.contains("boot-after-power-cut")
+            && out
+                .message
+                .ends_with("after a power cycle through its BMC (the agent lost power before it could confirm it: INTERRUPTED)"),
+        "{}",
+        out.message
+    );
+    let n = wait_node(&e, "recorded the power cycle", |n| {
+        status(n).last_reboot_kind == RebootKind::PowerCycle as i32
+    })
+    .await;
+    assert_eq!(status(&n).rebooted_at_ms, finished);
+    assert_eq!(seen(&e, "reboot_host").len(), 1, "not power-cycled twice");
+    e.stop().await;
+}
