@@ -114,6 +114,19 @@ fn seen(e: &Env, kind: &str) -> Vec<Command> {
     seen.iter().filter(|c| action_name(c) == kind).cloned().collect()
 }
 
+/// The commands of `kind` the fake agent has seen, once it has seen at least one (it reads them
+/// from the store on its own schedule, after the Dpu shows the command).
+async fn seen_some(e: &Env, kind: &str) -> Vec<Command> {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let s = seen(e, kind);
+        if !s.is_empty() || tokio::time::Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn power_cycle_of(c: &Command) -> bool {
     match &c.action {
         Some(command::Action::RebootHost(r)) => r.power_cycle,
@@ -192,7 +205,7 @@ async fn an_agent_node_power_cycles_through_its_bmc_for_every_dpu_of_the_round()
     assert!(!f2.host_power_cycle_required);
 
     // One RebootHost for the node, a power cycle (d1 needs it, whoever issued it).
-    let reboots = seen(&e, "reboot_host");
+    let reboots = seen_some(&e, "reboot_host").await;
     assert_eq!(reboots.len(), 1, "{reboots:?}");
     assert!(power_cycle_of(&reboots[0]), "{reboots:?}");
     let st = d1.status.as_ref().unwrap();
@@ -254,7 +267,7 @@ async fn without_a_bmc_the_node_waits_for_an_external_power_cycle() {
             && msg.contains("MarkRebooted with power_cycled"),
         "{msg}"
     );
-    let reboots = seen(&e, "reboot_host");
+    let reboots = seen_some(&e, "reboot_host").await;
     assert_eq!(reboots.len(), 1);
     assert!(power_cycle_of(&reboots[0]));
 
@@ -425,7 +438,7 @@ async fn a_flavor_without_a_power_cycle_reboots_as_before() {
     )
     .await;
     wait_phase(store(&e), "d1", DpuPhase::Ready).await;
-    let reboots = seen(&e, "reboot_host");
+    let reboots = seen_some(&e, "reboot_host").await;
     assert_eq!(reboots.len(), 1);
     assert!(!power_cycle_of(&reboots[0]));
     let n = get_node(store(&e), "n1").await.unwrap();
@@ -447,7 +460,7 @@ async fn a_power_cycle_that_cuts_the_agent_off_waits_for_its_word_and_is_recorde
         phase(d) == DpuPhase::Rebooting && !d.status.as_ref().unwrap().command_id.is_empty()
     })
     .await;
-    let reboots = seen(&e, "reboot_host");
+    let reboots = seen_some(&e, "reboot_host").await;
     assert_eq!(reboots.len(), 1, "{reboots:?}");
     assert!(power_cycle_of(&reboots[0]));
 
