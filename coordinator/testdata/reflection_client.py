@@ -94,6 +94,54 @@ def main():
     out["too_large"] = status_of(lambda: delete_raw(big, timeout=TIMEOUT))
     # The server still answers normally afterwards.
     out["after"] = status_of(lambda: delete(delete_req(kind=kind_node, name="n1"), timeout=TIMEOUT))
+
+    # Issue 14's fields, built from the reflected descriptors only: a Flavor
+    # with DPF-shaped nvconfig and DPU OS settings, read back with Get; one
+    # whose two "*" entries contradict; MarkRebooted's power_cycled.
+    kind_flavor = pool.FindEnumTypeByName("hostplane.v1.Kind").values_by_name["KIND_FLAVOR"].number
+    flavor = create_req()
+    f = flavor.resource.flavor
+    f.metadata.name = "f-py"
+    e = f.spec.nvconfig.add()
+    e.device = "*"
+    e.parameters.extend(["PF_TOTAL_SF=20", "PER_PF_NUM_SF=1"])
+    e.host_power_cycle_required = True
+    f.spec.dpu_os.grub.kernel_parameters.append("hugepages=3072")
+    cf = f.spec.dpu_os.config_files.add()
+    cf.path = "/etc/hp-py.conf"
+    cf.raw = "x=1\n"
+    cf.permissions = "0600"
+    out["flavor_create"] = status_of(lambda: create(flavor, timeout=TIMEOUT))
+    get_req, get, _ = method("Get")
+    try:
+        got = get(get_req(kind=kind_flavor, name="f-py"), timeout=TIMEOUT).flavor.spec
+        out["flavor_got"] = {
+            "nvconfig": [
+                {
+                    "device": x.device,
+                    "parameters": list(x.parameters),
+                    "power_cycle": x.host_power_cycle_required,
+                }
+                for x in got.nvconfig
+            ],
+            "kernel_parameters": list(got.dpu_os.grub.kernel_parameters),
+            "files": [[c.path, c.raw, c.permissions] for c in got.dpu_os.config_files],
+        }
+    except grpc.RpcError as err:
+        out["flavor_got"] = {"error": err.code().name, "message": err.details() or ""}
+    bad = create_req()
+    b = bad.resource.flavor
+    b.metadata.name = "f-py-bad"
+    for value in ["20", "4"]:
+        x = b.spec.nvconfig.add()
+        x.device = "*"
+        x.parameters.append("PF_TOTAL_SF=" + value)
+    out["flavor_contradicting"] = status_of(lambda: create(bad, timeout=TIMEOUT))
+    mark_req, mark, _ = method("MarkRebooted")
+    out["mark_rebooted_fields"] = sorted(x.name for x in mark_req.DESCRIPTOR.fields)
+    out["mark_rebooted_missing"] = status_of(
+        lambda: mark(mark_req(name="nope", power_cycled=True), timeout=TIMEOUT)
+    )
     print(json.dumps(out))
 
 

@@ -129,6 +129,37 @@ fn a_python_client_built_from_reflection_gets_the_standard_codes() {
     );
     assert_eq!(seen["after"]["code"], "NOT_FOUND", "{}", seen["after"]);
 
+    // Issue 14's fields through the reflected descriptors.
+    assert_eq!(seen["flavor_create"]["code"], "OK", "{}", seen["flavor_create"]);
+    assert_eq!(
+        seen["flavor_got"],
+        serde_json::json!({
+            "nvconfig": [{
+                "device": "*",
+                "parameters": ["PF_TOTAL_SF=20", "PER_PF_NUM_SF=1"],
+                "power_cycle": true,
+            }],
+            "kernel_parameters": ["hugepages=3072"],
+            "files": [["/etc/hp-py.conf", "x=1\n", "0600"]],
+        })
+    );
+    let bad = &seen["flavor_contradicting"];
+    assert_eq!(bad["code"], "INVALID_ARGUMENT", "{bad}");
+    let m = bad["message"].as_str().unwrap();
+    assert!(
+        m.contains("flavor.spec.nvconfig") && m.contains("PF_TOTAL_SF"),
+        "{m}"
+    );
+    assert_eq!(
+        seen["mark_rebooted_fields"],
+        serde_json::json!(["name", "power_cycled"])
+    );
+    assert_eq!(
+        seen["mark_rebooted_missing"]["code"], "NOT_FOUND",
+        "{}",
+        seen["mark_rebooted_missing"]
+    );
+
     // The log at info: each call's lines are bounded too (the 1 MiB name
     // and the 20 kB label key are cut to 512 bytes wherever they appear).
     let log = std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap();
