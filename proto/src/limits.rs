@@ -75,6 +75,18 @@ pub const MAX_OVS_SCRIPT: usize = 64 * 1024;
 /// `dpu_os.containerd_config.registry_endpoint` (a URL).
 pub const MAX_REGISTRY_ENDPOINT: usize = MAX_URL;
 
+/// An agent's rshim inventory (in Hello and in hot-plug updates): rshims in
+/// one inventory. Each one's `name` is at most [`MAX_RSHIM`], `serial`
+/// [`MAX_SERIAL`], `pci_address` [`PCI_ADDRESS_LEN`]. A Hello over any of
+/// these is refused; an update over them is ignored (logged).
+pub const MAX_INVENTORY_RSHIMS: usize = 64;
+/// An inventory rshim's `dev_info` (DEV_INFO, e.g. `BlueField-3(Rev 1)`).
+pub const MAX_RSHIM_DEV_INFO: usize = 256;
+/// An inventory rshim's `usb_path` (`1-1.4`).
+pub const MAX_RSHIM_USB_PATH: usize = 256;
+/// An inventory rshim's `error` (why the agent could not read the device).
+pub const MAX_RSHIM_ERROR: usize = 1024;
+
 /// The largest message the agent accepts from the coordinator (its gRPC
 /// max decoding size). No desired state the coordinator composes is larger.
 pub const MAX_AGENT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
