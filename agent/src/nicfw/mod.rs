@@ -109,8 +109,29 @@ async fn run_tool(
 pub trait NicConfigTool {
     /// Every parameter of `device` with its current and next-boot values.
     async fn query(&self, device: &str) -> Result<Vec<NvParam>, NicFwError>;
+    /// The parameters named in `names` (every one when empty). A tool that
+    /// reads some of them but not others says so in [`Queried::failed`]
+    /// instead of failing the whole query. By default, [`Self::query`].
+    async fn query_named(&self, device: &str, names: &[String]) -> Result<Queried, NicFwError> {
+        let _ = names;
+        Ok(Queried {
+            params: self.query(device).await?,
+            ..Queried::default()
+        })
+    }
     /// Sets `params` (`NAME`, `VALUE`) for the next boot of `device`.
     async fn set(&self, device: &str, params: &[(String, String)]) -> Result<(), NicFwError>;
+}
+
+/// The answer of [`NicConfigTool::query_named`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Queried {
+    pub params: Vec<NvParam>,
+    /// Named parameters the tool could not read, each with its words
+    /// (`Unknown Parameter FOO`, a TLV it failed to query).
+    pub failed: Vec<(String, String)>,
+    /// What the tool said besides the table (an error that cost no wanted row).
+    pub notes: Vec<String>,
 }
 
 /// What happened to one desired parameter.
@@ -385,6 +406,7 @@ pub async fn apply_with<T: NicConfigTool>(
     for phase in phases {
         report.params.extend(phase.params);
         errors.extend(phase.error);
+        report.notes.extend(phase.notes);
         report.cancelled |= phase.cancelled;
     }
     if !errors.is_empty() {
@@ -404,6 +426,7 @@ struct Phase {
     params: Vec<ParamReport>,
     error: Option<String>,
     cancelled: bool,
+    notes: Vec<String>,
 }
 
 impl Phase {
@@ -420,6 +443,7 @@ impl Phase {
                 .collect(),
             error: None,
             cancelled: why == "cancelled",
+            notes: Vec::new(),
         }
     }
 }
@@ -433,11 +457,15 @@ async fn apply_phase<T: NicConfigTool>(
     cancel: Option<&CancellationToken>,
     before: Option<Vec<NvParam>>,
 ) -> Phase {
+    let names: Vec<String> = desired.iter().map(|(n, _)| n.clone()).collect();
     let before = match before {
-        Some(b) => b,
+        Some(b) => Queried {
+            params: b,
+            ..Queried::default()
+        },
         None if is_cancelled(cancel) => return Phase::not_attempted(desired, via, "cancelled"),
-        None => match tool.query(device).await {
-            Ok(p) => p,
+        None => match tool.query_named(device, &names).await {
+            Ok(q) => q,
             Err(e) => {
                 // The why is the report's error, said once.
                 let mut phase = Phase::not_attempted(desired, via, "the query failed");
@@ -450,12 +478,17 @@ async fn apply_phase<T: NicConfigTool>(
         params: Vec::new(),
         error: None,
         cancelled: false,
+        notes: before.notes,
     };
     let mut to_verify = Vec::new();
     for (name, value) in desired {
-        let existing = before.iter().find(|p| p.name == *name);
+        let existing = before.params.iter().find(|p| p.name == *name);
+        let unreadable = before.failed.iter().find(|(n, _)| n == name);
         let outcome = match existing {
             Some(p) if value_matches(&p.next_boot, value) => ParamOutcome::Unchanged,
+            None if unreadable.is_some() => {
+                ParamOutcome::Failed(unreadable.map(|(_, why)| why.clone()).unwrap_or_default())
+            }
             _ if phase.cancelled || is_cancelled(cancel) => {
                 phase.cancelled = true;
                 ParamOutcome::Failed("not attempted: cancelled".into())
@@ -496,11 +529,13 @@ async fn apply_phase<T: NicConfigTool>(
         }
         return phase;
     }
-    match tool.query(device).await {
+    let set_names: Vec<String> = to_verify.iter().map(|&i| phase.params[i].name.clone()).collect();
+    match tool.query_named(device, &set_names).await {
         Ok(after) => {
             for i in to_verify {
                 let p = &mut phase.params[i];
-                match after.iter().find(|a| a.name == p.name) {
+                let unreadable = after.failed.iter().find(|(n, _)| *n == p.name);
+                match after.params.iter().find(|a| a.name == p.name) {
                     Some(a) if value_matches(&a.next_boot, &p.desired) => {
                         if let ParamOutcome::Set { to, .. } = &mut p.outcome {
                             *to = a.next_boot.clone();
@@ -513,10 +548,11 @@ async fn apply_phase<T: NicConfigTool>(
                         ));
                     }
                     None => {
-                        p.outcome = ParamOutcome::Failed(
-                            "the tool accepted the set but the parameter is absent from the verifying query"
+                        p.outcome = ParamOutcome::Failed(match unreadable {
+                            Some((_, why)) => format!("set but not verified: the verifying query: {why}"),
+                            None => "the tool accepted the set but the parameter is absent from the verifying query"
                                 .into(),
-                        );
+                        });
                     }
                 }
             }
