@@ -52,7 +52,18 @@ fn device(name: &str, node: &str, rshim: &str, serial: &str) -> hostplane_proto:
 /// n1 with d1 (rshim0, serial SN-D1) and d2 (rshim9); n2 with `n1-rshim4`
 /// (a Device whose name an auto-registration on n1 would take).
 async fn serve(auto_register: bool) -> Server {
-    let store = backend::store();
+    serve_with(
+        backend::store(),
+        StreamConfig {
+            auto_register_devices: auto_register,
+            ..session_cfg()
+        },
+    )
+    .await
+}
+
+/// [`serve`] on `store` with `cfg`.
+async fn serve_with(store: Store, cfg: StreamConfig) -> Server {
     seed(
         &store,
         vec![
@@ -67,10 +78,6 @@ async fn serve(auto_register: bool) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let audit_file = dir.path().join("audit.jsonl");
     let audit = Audit::open(Some(&audit_file)).unwrap();
-    let cfg = StreamConfig {
-        auto_register_devices: auto_register,
-        ..session_cfg()
-    };
     let stop = CancellationToken::new();
     let addr = stream_common::serve(AgentStream::new(store.clone(), cfg).with_audit(audit), &stop).await;
     Server {
@@ -304,4 +311,211 @@ async fn auto_registration_creates_missing_devices_and_never_overwrites() {
         created[1].contains("device/n1-rshim3") && created[1].contains("usb 1-1.4"),
         "{audit}"
     );
+}
+
+/// The rshim names of n1's recorded inventory.
+async fn node_rshims(store: &Store) -> Vec<String> {
+    let st = get_node(store, "n1").await.unwrap().status.unwrap_or_default();
+    st.inventory
+        .unwrap_or_default()
+        .rshims
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
+/// SQL (in the engine's dialect) that makes every write of a Device row
+/// fail, and the SQL that undoes it: a store whose writes fail for a while.
+fn refuse_device_writes() -> (&'static str, &'static str) {
+    match backend::engine() {
+        backend::Engine::Sqlite => (
+            "CREATE TRIGGER refuse_devices BEFORE UPDATE ON resources WHEN NEW.kind = 'device' \
+             BEGIN SELECT RAISE(ABORT, 'test: device writes refused'); END;",
+            "DROP TRIGGER refuse_devices;",
+        ),
+        backend::Engine::Postgres => (
+            "CREATE FUNCTION refuse_devices() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'test: device writes refused'; END $$; \
+             CREATE TRIGGER refuse_devices BEFORE UPDATE ON resources FOR EACH ROW \
+             WHEN (NEW.kind = 'device') EXECUTE FUNCTION refuse_devices();",
+            "DROP TRIGGER refuse_devices ON resources; DROP FUNCTION refuse_devices();",
+        ),
+    }
+}
+
+/// The agent sends its inventory only when it changes: an update whose
+/// write fails is kept and written once the store takes writes again.
+#[tokio::test]
+async fn an_inventory_update_whose_write_fails_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let s = serve_with(backend::store_at(&path), session_cfg()).await;
+    let mut a = open(s.addr, hello(vec![rshim("rshim0", "SN-D1", "0000:04:00.2")]))
+        .await
+        .unwrap();
+    a.next().await.unwrap();
+    assert!(presence(&s.store, "d1").await.0);
+    assert!(!presence(&s.store, "d2").await.0);
+
+    let (refuse, allow) = refuse_device_writes();
+    backend::execute_at(&path, refuse);
+    a.send(update(vec![
+        rshim("rshim0", "SN-D1", "0000:04:00.2"),
+        rshim("rshim9", "SN-D2", "0000:0d:00.2"),
+    ]))
+    .await;
+    // Several 20 ms flushes fail meanwhile; nothing of the update is written.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!presence(&s.store, "d2").await.0, "the store refused it");
+    assert_eq!(node_rshims(&s.store).await, ["rshim0"]);
+
+    // The store takes writes again; the agent sends nothing more.
+    backend::execute_at(&path, allow);
+    let store = s.store.clone();
+    eventually("d2 present after the retry", || {
+        let store = store.clone();
+        async move { presence(&store, "d2").await.0 }
+    })
+    .await;
+    assert_eq!(node_rshims(&s.store).await, ["rshim0", "rshim9"]);
+    assert!(presence(&s.store, "d1").await.0);
+}
+
+/// An update pending in a session that a reconnect replaces is not written
+/// over the newer Hello's inventory (the old session flushes as it ends).
+#[tokio::test]
+async fn a_replaced_session_does_not_overwrite_the_newer_hellos_inventory() {
+    // Long flushes: the old session's update is still pending when it is replaced.
+    let cfg = StreamConfig {
+        status_flush: Duration::from_secs(3),
+        last_seen_interval: Duration::from_secs(60),
+        ..session_cfg()
+    };
+    let s = serve_with(backend::store(), cfg).await;
+    let mut a = open(s.addr, hello(vec![rshim("rshim0", "SN-D1", "0000:04:00.2")]))
+        .await
+        .unwrap();
+    a.next().await.unwrap();
+    let first = get_node(&s.store, "n1").await.unwrap().status.unwrap();
+    a.send(update(vec![
+        rshim("rshim0", "SN-D1", "0000:04:00.2"),
+        rshim("rshim9", "SN-D2", "0000:0d:00.2"),
+    ]))
+    .await;
+    // The old session has read the update (coalesced, not yet written).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!presence(&s.store, "d2").await.0);
+
+    // The agent reconnects: rshim9 is gone again by its new Hello.
+    let mut b = open(s.addr, hello(vec![rshim("rshim0", "SN-D1", "0000:04:00.2")]))
+        .await
+        .unwrap();
+    b.next().await.unwrap();
+    // The old session's end comes after its last flush.
+    let end = loop {
+        match a.next().await {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(end.code(), tonic::Code::Aborted, "{end:?}");
+    assert_eq!(
+        node_rshims(&s.store).await,
+        ["rshim0"],
+        "the newer Hello's inventory stays"
+    );
+    let (present, reason, _) = presence(&s.store, "d2").await;
+    assert!(!present);
+    assert_eq!(reason, "NotInInventory", "never marked present, nor Removed");
+    let st = get_node(&s.store, "n1").await.unwrap().status.unwrap();
+    assert_eq!(st.agent_session, first.agent_session + 1);
+
+    // The current session's own update is written.
+    b.send(update(vec![
+        rshim("rshim0", "SN-D1", "0000:04:00.2"),
+        rshim("rshim9", "SN-D2", "0000:0d:00.2"),
+    ]))
+    .await;
+    let store = s.store.clone();
+    eventually("d2 present from the current session", || {
+        let store = store.clone();
+        async move { presence(&store, "d2").await.0 }
+    })
+    .await;
+    assert_eq!(node_rshims(&s.store).await, ["rshim0", "rshim9"]);
+}
+
+fn many(n: usize) -> Vec<RshimInfo> {
+    (0..n)
+        .map(|i| rshim(&format!("rshim{i}"), &format!("SN-M{i}"), ""))
+        .collect()
+}
+
+/// A Hello over the inventory limits is refused, naming the limit, and
+/// records nothing; an update over them is ignored and the session goes on.
+#[tokio::test]
+async fn inventory_over_the_limits_is_refused_in_hello_and_ignored_in_updates() {
+    let s = serve(true).await;
+    let before = devices(&s.store).await;
+    let e = open(s.addr, hello(many(65))).await.err().expect("refused");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "hello.inventory.rshims: 65 rshims, more than the maximum of 64"
+    );
+    let long = RshimInfo {
+        serial: "S".repeat(129),
+        ..rshim("rshim1", "", "")
+    };
+    let e = open(s.addr, hello(vec![rshim("rshim0", "SN-D1", ""), long]))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "hello.inventory.rshims[1].serial: 129 bytes, more than the maximum of 128"
+    );
+    let e = open(
+        s.addr,
+        hello(vec![RshimInfo {
+            dev_info: "x".repeat(257),
+            ..rshim("rshim0", "SN-D1", "")
+        }]),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(e.message().contains("rshims[0].dev_info: 257 bytes"), "{e:?}");
+    // Nothing recorded by the refused Hellos.
+    let st = get_node(&s.store, "n1").await.unwrap().status.unwrap_or_default();
+    assert_eq!((st.agent_session, st.inventory.is_none()), (0, true));
+    assert_eq!(devices(&s.store).await, before);
+
+    // Exactly at the limit is accepted (and auto-registered).
+    let mut a = open(s.addr, hello(many(64))).await.unwrap();
+    a.next().await.unwrap();
+    assert_eq!(node_rshims(&s.store).await.len(), 64);
+    let registered = devices(&s.store).await.len();
+    assert!(registered > before.len() + 60, "{registered}");
+
+    // Over the limit in an update: ignored, the session goes on.
+    a.send(update(many(65))).await;
+    a.send(update(vec![RshimInfo {
+        error: "e".repeat(1025),
+        ..rshim("rshim0", "SN-D1", "")
+    }]))
+    .await;
+    a.send(agent_message::Msg::Heartbeat(Default::default())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node_rshims(&s.store).await.len(), 64);
+    assert_eq!(devices(&s.store).await.len(), registered);
+    // A valid update after them is recorded.
+    a.send(update(vec![rshim("rshim0", "SN-D1", "")])).await;
+    let store = s.store.clone();
+    eventually("the valid update recorded", || {
+        let store = store.clone();
+        async move { node_rshims(&store).await == ["rshim0"] }
+    })
+    .await;
 }

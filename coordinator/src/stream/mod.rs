@@ -474,7 +474,7 @@ impl AgentService for AgentStream {
             })
             .await
             .map_err(StreamError::from)?;
-        let Some(recorded) = recorded else {
+        let Some((agent_session, recorded)) = recorded else {
             self.shared.live.forget(&node);
             return Err(StreamError::UnknownNode { node }.into());
         };
@@ -490,7 +490,8 @@ impl AgentService for AgentStream {
             reg,
             tx,
         )
-        .with_audit(self.audit.clone());
+        .with_audit(self.audit.clone())
+        .with_agent_session(agent_session);
         sess.send_desired(true).instrument(span.clone()).await?;
         span.in_scope(|| {
             tracing::info!(

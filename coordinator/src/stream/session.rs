@@ -29,6 +29,10 @@ use super::{Connected, Registration, Shared, StreamConfig, StreamError};
 /// version it is about to send to be read from the store.
 const CAPS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The longest a session waits between attempts to write its coalesced
+/// status after failed ones (the wait doubles from `status_flush`).
+const MAX_FLUSH_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Wait for the session's first message, which must be a Hello.
 pub async fn read_hello(
     inbound: &mut Streaming<AgentMessage>,
@@ -48,6 +52,13 @@ pub async fn read_hello(
                     "hello.node_name: {} bytes, more than the maximum of {MAX_NAME}",
                     h.node_name.len()
                 )));
+            }
+            // Bounded before anything is stored or auto-registered for it.
+            if let Some(inv) = &h.inventory
+                && let Err(why) = status::check_inventory("hello.inventory", inv)
+            {
+                tracing::warn!(node = %h.node_name, error = %why, "agent session refused: its Hello's inventory is over the limits");
+                return Err(Status::invalid_argument(why));
             }
             Ok(h)
         }
@@ -100,6 +111,9 @@ pub struct Session {
     cfg: StreamConfig,
     node: String,
     id: u64,
+    /// The node's `agent_session` count this session's Hello recorded: its
+    /// inventory updates are written only while the node's is still this.
+    agent_session: u64,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
     token: CancellationToken,
@@ -113,6 +127,8 @@ pub struct Session {
     pending: Pending,
     flush_at: Option<Instant>,
     last_flush: Instant,
+    /// Flushes that failed in a row (the next waits longer).
+    flush_failures: u32,
     last_seen_written: Instant,
     /// Dpus whose ignored network report was logged at warn this session.
     ignored_reports: HashSet<String>,
@@ -135,6 +151,7 @@ impl Session {
             cfg,
             node,
             id: reg.id,
+            agent_session: 0,
             shared,
             tx,
             token: reg.token,
@@ -145,6 +162,7 @@ impl Session {
             pending: Pending::default(),
             flush_at: None,
             last_flush: now,
+            flush_failures: 0,
             last_seen_written: now,
             ignored_reports: HashSet::new(),
             audit: Audit::default(),
@@ -154,6 +172,12 @@ impl Session {
     /// Write the Devices this session auto-registers to `audit`.
     pub fn with_audit(mut self, audit: Audit) -> Session {
         self.audit = audit;
+        self
+    }
+
+    /// The node's `agent_session` count that this session's Hello recorded.
+    pub fn with_agent_session(mut self, agent_session: u64) -> Session {
+        self.agent_session = agent_session;
         self
     }
 
@@ -253,23 +277,65 @@ impl Session {
         }
         let (node, lease_ms) = (self.node.clone(), self.cfg.lease.as_millis() as i64);
         let auto_register = self.cfg.auto_register_devices;
+        let session = self.agent_session;
+        // Kept to put back if the write fails: the agent sends its inventory
+        // only when it changes, so a lost update would leave presence wrong.
+        let (inventory, acked, sent, seen) = (p.inventory.clone(), p.acked, p.sent, p.seen);
         match self
             .store
-            .write(move |t| status::flush(t, &node, p, lease_ms, auto_register))
+            .write(move |t| status::flush(t, &node, session, p, lease_ms, auto_register))
             .await
         {
             Ok(flushed) => {
+                self.flush_failures = 0;
                 for (dpu, why) in flushed.ignored {
                     self.log_ignored_report(&dpu, &why);
                 }
                 if let Some(rec) = flushed.inventory {
                     report_inventory(&self.audit, &self.node, self.id, &rec);
                 }
+                if let Some(current) = flushed.stale_inventory {
+                    tracing::debug!(
+                        agent_session = session,
+                        current,
+                        "inventory update not written: a newer session of the node recorded its own"
+                    );
+                }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot record the agent's acks, progress and network reports")
+                self.flush_failures = self.flush_failures.saturating_add(1);
+                // Put back what a newer message has not replaced, and try again later.
+                if self.pending.inventory.is_none() {
+                    self.pending.inventory = inventory;
+                }
+                self.pending.acked = self.pending.acked.max(acked);
+                self.pending.sent = self.pending.sent.max(sent);
+                self.pending.seen = self.pending.seen.max(seen);
+                let retry_in = self.retry_delay();
+                if !self.pending.is_empty() {
+                    self.flush_at = Some(Instant::now() + retry_in);
+                }
+                tracing::warn!(
+                    error = %e,
+                    failures = self.flush_failures,
+                    ?retry_in,
+                    "cannot record the agent's acks, progress, network reports and inventory; the acks, \
+                     last-seen time and inventory are retried"
+                )
             }
         }
+    }
+
+    /// How long after a failed flush the next one is tried: `status_flush`,
+    /// doubling with each failure in a row, at most [`MAX_FLUSH_BACKOFF`]
+    /// (never less than `status_flush`).
+    fn retry_delay(&self) -> std::time::Duration {
+        let doublings = self.flush_failures.saturating_sub(1).min(16);
+        self.cfg
+            .status_flush
+            .saturating_mul(1 << doublings)
+            .min(MAX_FLUSH_BACKOFF)
+            .max(self.cfg.status_flush)
     }
 
     /// Once per Dpu and session at warn (the agent may repeat it on every reconcile), then at debug.
@@ -391,6 +457,14 @@ impl Session {
                 self.schedule_flush();
             }
             Some(agent_message::Msg::Inventory(inv)) => {
+                if let Err(why) = status::check_inventory("inventory", &inv) {
+                    tracing::warn!(
+                        error = %why,
+                        "inventory update ignored: over the limits (docs/agent-protocol.md); the node's \
+                         recorded inventory and its Devices' presence stay as they were"
+                    );
+                    return Ok(());
+                }
                 tracing::info!(
                     rshims = ?inv.rshims.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
                     "the agent's rshim devices changed"

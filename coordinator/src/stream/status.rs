@@ -5,6 +5,10 @@
 //! coalesced writes of acked versions, last-seen times and command progress.
 use std::collections::{BTreeSet, HashMap};
 
+use hostplane_proto::limits::{
+    MAX_INVENTORY_RSHIMS, MAX_RSHIM, MAX_RSHIM_DEV_INFO, MAX_RSHIM_ERROR, MAX_RSHIM_USB_PATH, MAX_SERIAL,
+    PCI_ADDRESS_LEN,
+};
 use hostplane_proto::v1::{
     Device, DeviceSpec, FlashProgress, Hello, Inventory, Kind, NetworkReport, ObjectMeta, Resource,
     RshimInfo, resource,
@@ -45,15 +49,49 @@ pub struct InventoryRecord {
     pub back: Vec<String>,
 }
 
+/// Check an agent's inventory (Hello's or a hot-plug update's) against the
+/// limits in `hostplane_proto::limits`: at most [`MAX_INVENTORY_RSHIMS`]
+/// rshims, each field within its length. The error names the first field
+/// over its limit, under `what` (`hello.inventory`, `inventory`).
+pub fn check_inventory(what: &str, inventory: &Inventory) -> Result<(), String> {
+    let n = inventory.rshims.len();
+    if n > MAX_INVENTORY_RSHIMS {
+        return Err(format!(
+            "{what}.rshims: {n} rshims, more than the maximum of {MAX_INVENTORY_RSHIMS}"
+        ));
+    }
+    for (i, r) in inventory.rshims.iter().enumerate() {
+        for (field, value, max) in [
+            ("name", &r.name, MAX_RSHIM),
+            ("serial", &r.serial, MAX_SERIAL),
+            ("pci_address", &r.pci_address, PCI_ADDRESS_LEN),
+            ("dev_info", &r.dev_info, MAX_RSHIM_DEV_INFO),
+            ("usb_path", &r.usb_path, MAX_RSHIM_USB_PATH),
+            ("error", &r.error, MAX_RSHIM_ERROR),
+        ] {
+            if value.len() > max {
+                return Err(format!(
+                    "{what}.rshims[{i}].{field}: {} bytes, more than the maximum of {max}",
+                    value.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Record a Hello: agent version, boot id, inventory, reachable, and each
 /// Device's presence (and, with `auto_register`, Devices for reported
-/// rshims that have none). None when the node does not exist.
+/// rshims that have none); the node's `agent_session` count goes up by one
+/// and is returned with what the inventory changed: the session this Hello
+/// opens writes inventory updates only while the count is still its own.
+/// None when the node does not exist.
 pub fn record_hello(
     t: &mut Txn<'_>,
     hello: &Hello,
     lease_ms: i64,
     auto_register: bool,
-) -> Result<Option<InventoryRecord>, StoreError> {
+) -> Result<Option<(u64, InventoryRecord)>, StoreError> {
     let name = hello.node_name.as_str();
     let Some(Resource {
         kind: Some(resource::Kind::Node(mut n)),
@@ -70,6 +108,8 @@ pub fn record_hello(
     st.reachable = true;
     st.last_seen_ms = now;
     st.lease_expires_at_ms = now + lease_ms;
+    st.agent_session += 1;
+    let session = st.agent_session;
     let msg = format!(
         "agent {} connected (boot_id {}{})",
         hello.agent_version,
@@ -90,7 +130,8 @@ pub fn record_hello(
     );
     t.update(n.into())?;
     let inventory = hello.inventory.clone().unwrap_or_default();
-    record_devices(t, name, &inventory, auto_register, now, false).map(Some)
+    let rec = record_devices(t, name, &inventory, auto_register, now, false)?;
+    Ok(Some((session, rec)))
 }
 
 /// Record an inventory update (hot-plug: the agent's rshim devices
@@ -370,20 +411,43 @@ pub struct Flushed {
     pub ignored: Vec<(String, Ignored)>,
     /// What the inventory update changed, when there was one.
     pub inventory: Option<InventoryRecord>,
+    /// The inventory update was not written: the node's `agent_session` is
+    /// this newer one (a newer Hello recorded its own inventory).
+    pub stale_inventory: Option<u64>,
+}
+
+/// The session `node`'s agent_session count names now (0: none recorded,
+/// or no such node).
+fn current_session(t: &mut Txn<'_>, node: &str) -> Result<u64, StoreError> {
+    Ok(match t.get(Kind::Node, node)? {
+        Some(Resource {
+            kind: Some(resource::Kind::Node(n)),
+        }) => n.status.map(|s| s.agent_session).unwrap_or(0),
+        _ => 0,
+    })
 }
 
 /// Flush coalesced writes in one transaction (`auto_register`: create
-/// Devices for new rshims of an inventory update).
+/// Devices for new rshims of an inventory update). `session` is the
+/// node's `agent_session` count the session's Hello recorded: the
+/// inventory update is written only while the node's count is still that
+/// (a newer session's Hello has the newer inventory).
 pub fn flush(
     t: &mut Txn<'_>,
     node: &str,
+    session: u64,
     p: Pending,
     lease_ms: i64,
     auto_register: bool,
 ) -> Result<Flushed, StoreError> {
     let mut out = Flushed::default();
     if let Some(inv) = &p.inventory {
-        out.inventory = Some(record_inventory(t, node, inv, auto_register)?);
+        let current = current_session(t, node)?;
+        if current == session {
+            out.inventory = Some(record_inventory(t, node, inv, auto_register)?);
+        } else {
+            out.stale_inventory = Some(current);
+        }
     }
     if (p.acked.is_some() || p.sent.is_some() || p.seen.is_some())
         && let Some(Resource {
