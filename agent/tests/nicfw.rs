@@ -18,11 +18,19 @@ impl Fake {
     /// A fake whose NV config is PF_BAR2_ENABLE=False, PER_PF_NUM_SF=False,
     /// PF_TOTAL_SF=0 (next boot), with `extra_env` set for the fake.
     fn new(extra_env: &str) -> Fake {
+        Self::with_params(extra_env, "")
+    }
+
+    /// [`Fake::new`] with `more` (state lines: `NAME TYPE DEF CUR NEXT`,
+    /// `NAME[i] ...` for an array's elements) after the three parameters.
+    fn with_params(extra_env: &str, more: &str) -> Fake {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("nvconfig");
         std::fs::write(
             &state,
-            format!("{DEVICE}\nPF_BAR2_ENABLE bool 0 0 0\nPER_PF_NUM_SF bool 0 0 0\nPF_TOTAL_SF num 0 0 0\n"),
+            format!(
+                "{DEVICE}\nPF_BAR2_ENABLE bool 0 0 0\nPER_PF_NUM_SF bool 0 0 0\nPF_TOTAL_SF num 0 0 0\n{more}"
+            ),
         )
         .unwrap();
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_mstconfig.sh");
@@ -418,4 +426,123 @@ async fn cancelled_between_sets_stops_and_claims_nothing_unverified() {
     assert_eq!(fake.calls().len(), 2, "{:?}", fake.calls());
     assert_eq!(fake.sets(), [format!("-d {DEVICE} -y set PF_TOTAL_SF=20")]);
     assert!(r.to_string().contains("cancelled"), "{r}");
+}
+
+/// MODULE_SPLIT_M0, an array of four, element 2 already 1 at the next boot.
+const ARRAY: &str = "MODULE_SPLIT_M0[0] num 0 0 0\nMODULE_SPLIT_M0[1] num 0 0 0\nMODULE_SPLIT_M0[2] num 0 0 1\nMODULE_SPLIT_M0[3] num 0 0 0\n";
+
+#[tokio::test]
+async fn an_indexed_parameter_is_queried_by_name_set_and_verified() {
+    let fake = Fake::with_params("", ARRAY);
+    // The whole table shows the array as one row, never NAME[i].
+    let all = fake.tool().query(DEVICE).await.unwrap();
+    let row = all.iter().find(|p| p.name == "MODULE_SPLIT_M0").unwrap();
+    assert_eq!(row.next_boot, "Array[0..3]");
+    assert!(!all.iter().any(|p| p.name.contains('[')), "{all:?}");
+
+    let desired = params(&[
+        ("MODULE_SPLIT_M0[1]", "5"),
+        ("MODULE_SPLIT_M0[2]", "1"),
+        ("PF_TOTAL_SF", "0"),
+    ]);
+    let r = apply(&fake.tool(), DEVICE, &desired).await;
+    assert_eq!(r.overall(), Overall::RebootRequired, "{r}");
+    assert_eq!(
+        outcome(&r, "MODULE_SPLIT_M0[1]"),
+        &ParamOutcome::Set {
+            from: "0".into(),
+            to: "5".into()
+        }
+    );
+    assert_eq!(outcome(&r, "MODULE_SPLIT_M0[2]"), &ParamOutcome::Unchanged);
+    assert_eq!(outcome(&r, "PF_TOTAL_SF"), &ParamOutcome::Unchanged);
+    assert!(
+        fake.state().contains("MODULE_SPLIT_M0[1] num 0 0 5"),
+        "{}",
+        fake.state()
+    );
+    let calls = fake.calls();
+    assert_eq!(
+        calls[1..],
+        [
+            format!("-d {DEVICE} -e query MODULE_SPLIT_M0[1] MODULE_SPLIT_M0[2] PF_TOTAL_SF"),
+            format!("-d {DEVICE} -y set MODULE_SPLIT_M0[1]=5"),
+            format!("-d {DEVICE} -e query MODULE_SPLIT_M0[1]"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_name_in_the_named_query_fails_alone_and_the_rest_is_applied() {
+    let fake = Fake::with_params("", ARRAY);
+    let desired = params(&[
+        ("PF_TOTAL_SF", "20"),
+        ("NO_SUCH[3]", "1"),
+        ("MODULE_SPLIT_M0[3]", "2"),
+    ]);
+    let r = apply(&fake.tool(), DEVICE, &desired).await;
+    assert_eq!(r.overall(), Overall::Failed, "{r}");
+    assert_eq!(
+        outcome(&r, "NO_SUCH[3]"),
+        &ParamOutcome::Failed("Unknown Parameter NO_SUCH".into())
+    );
+    assert!(
+        matches!(outcome(&r, "PF_TOTAL_SF"), ParamOutcome::Set { to, .. } if to == "20"),
+        "{r}"
+    );
+    assert!(
+        matches!(outcome(&r, "MODULE_SPLIT_M0[3]"), ParamOutcome::Set { to, .. } if to == "2"),
+        "{r}"
+    );
+    // The refused name is never sent to set; the others were queried again
+    // without it.
+    assert!(
+        !fake.sets().iter().any(|c| c.contains("NO_SUCH")),
+        "{:?}",
+        fake.calls()
+    );
+    assert!(
+        fake.calls()
+            .contains(&format!("-d {DEVICE} -e query PF_TOTAL_SF MODULE_SPLIT_M0[3]")),
+        "{:?}",
+        fake.calls()
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_parameter_fails_alone_with_the_tools_words() {
+    let fake = Fake::new("FAKE_MSTCONFIG_UNREADABLE=PF_BAR2_ENABLE");
+    let desired = params(&[("PF_BAR2_ENABLE", "1"), ("PER_PF_NUM_SF", "1")]);
+    let r = apply(&fake.tool(), DEVICE, &desired).await;
+    assert_eq!(r.overall(), Overall::Failed, "{r}");
+    assert_eq!(r.error, None, "{r}");
+    match outcome(&r, "PF_BAR2_ENABLE") {
+        ParamOutcome::Failed(why) => {
+            assert!(why.contains("Failed to query some of the TLVs"), "{why}");
+            assert!(why.contains("PF_BAR2_ENABLE"), "{why}");
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert!(
+        matches!(outcome(&r, "PER_PF_NUM_SF"), ParamOutcome::Set { .. }),
+        "{r}"
+    );
+    assert!(
+        !fake.sets().iter().any(|c| c.contains("PF_BAR2_ENABLE")),
+        "{:?}",
+        fake.calls()
+    );
+    assert!(fake.state().contains("PER_PF_NUM_SF bool 0 0 1"));
+}
+
+#[tokio::test]
+async fn a_whole_query_with_an_unreadable_tlv_keeps_its_rows_and_the_tools_words() {
+    use hostplane_agent::nicfw::NicConfigTool as _;
+    let fake = Fake::new("FAKE_MSTCONFIG_UNREADABLE=PF_TOTAL_SF");
+    let q = fake.tool().query_named(DEVICE, &[]).await.unwrap();
+    let names: Vec<&str> = q.params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["PF_BAR2_ENABLE", "PER_PF_NUM_SF"]);
+    assert_eq!(q.notes.len(), 1, "{q:?}");
+    assert!(q.notes[0].contains("Failed to query some of the TLVs"), "{q:?}");
+    assert!(q.notes[0].contains("PF_TOTAL_SF"), "{q:?}");
 }

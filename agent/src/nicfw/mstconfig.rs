@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use super::{NicConfigTool, NicFwError, NvParam};
+use super::{NicConfigTool, NicFwError, NvParam, Queried};
 
 /// Runs `mstconfig` (or the binary at `program`).
 #[derive(Debug, Clone)]
@@ -87,12 +87,25 @@ impl Mstconfig {
 fn tool_message(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let errors: Vec<&str> = stdout
-        .lines()
-        .chain(stderr.lines())
-        .filter_map(|l| l.trim().strip_prefix("-E-"))
-        .map(str::trim)
-        .collect();
+    // An -E- line and, when it ends in ':', the indented lines under it
+    // ("Failed to query some of the TLVs:" then the TLVs' names).
+    let mut errors: Vec<String> = Vec::new();
+    let mut in_error = false;
+    for l in stdout.lines().chain(stderr.lines()) {
+        if let Some(e) = l.trim().strip_prefix("-E-") {
+            errors.push(e.trim().to_string());
+            // Only a line that announces a list continues (not the usage
+            // text printed after a parse error).
+            in_error = e.trim_end().ends_with(':');
+        } else if in_error && l.starts_with(char::is_whitespace) && !l.trim().is_empty() {
+            if let Some(last) = errors.last_mut() {
+                last.push(' ');
+                last.push_str(l.trim());
+            }
+        } else {
+            in_error = false;
+        }
+    }
     if !errors.is_empty() {
         return errors.join("; ");
     }
@@ -155,17 +168,87 @@ pub fn parse_query(text: &str) -> Result<Vec<NvParam>, String> {
     Ok(params)
 }
 
+/// The name in the tool's `Unknown Parameter NAME` (the whole name, index
+/// included, as it was asked for), when `message` says that.
+fn unknown_parameter<'a>(message: &str, names: &'a [String]) -> Option<&'a String> {
+    message.split("; ").find_map(|m| {
+        let rest = m.trim().strip_prefix("Unknown Parameter")?;
+        let rest = rest.trim_start_matches(':').trim();
+        // The tool names an indexed parameter without its index.
+        names
+            .iter()
+            .find(|n| *n == rest)
+            .or_else(|| names.iter().find(|n| n.split('[').next() == Some(rest)))
+    })
+}
+
 impl NicConfigTool for Mstconfig {
     async fn query(&self, device: &str) -> Result<Vec<NvParam>, NicFwError> {
-        let out = self.run(&["-d", device, "-e", "query"]).await?;
-        if !out.status.success() {
-            return Err(self.failure("query", device, &out));
+        Ok(self.query_named(device, &[]).await?.params)
+    }
+
+    /// `mstconfig -d D -e query N1 N2[1] ...`: a query of every parameter
+    /// shows an array as one `NAME  Array[0..15]` row, a named query shows
+    /// the `NAME[i]` rows asked for. A name the tool does not know fails the
+    /// whole invocation (`-E- Unknown Parameter NAME`): that name is
+    /// reported with the tool's words and the others queried again without
+    /// it. A non-zero exit after rows were printed (a TLV it failed to read)
+    /// keeps the rows; the named parameters missing from them fail with the
+    /// tool's words, which are otherwise kept as a note.
+    async fn query_named(&self, device: &str, names: &[String]) -> Result<Queried, NicFwError> {
+        let mut wanted: Vec<String> = names.to_vec();
+        let mut failed: Vec<(String, String)> = Vec::new();
+        loop {
+            let mut args = vec!["-d", device, "-e", "query"];
+            args.extend(wanted.iter().map(String::as_str));
+            let out = self.run(&args).await?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let parsed = parse_query(&stdout);
+            if out.status.success() {
+                let params = parsed.map_err(|reason| NicFwError::Parse {
+                    program: self.name(),
+                    device: device.to_string(),
+                    reason,
+                })?;
+                return Ok(Queried {
+                    params,
+                    failed,
+                    notes: Vec::new(),
+                });
+            }
+            let message = tool_message(&out);
+            match parsed {
+                Ok(params) if !params.is_empty() => {
+                    let mut notes = Vec::new();
+                    let missing: Vec<&String> = wanted
+                        .iter()
+                        .filter(|n| !params.iter().any(|p| p.name == **n))
+                        .collect();
+                    if missing.is_empty() {
+                        notes.push(format!("{} query on {device}: {message}", self.name()));
+                    }
+                    failed.extend(missing.into_iter().map(|n| (n.clone(), message.clone())));
+                    return Ok(Queried {
+                        params,
+                        failed,
+                        notes,
+                    });
+                }
+                _ => {}
+            }
+            let Some(unknown) = unknown_parameter(&message, &wanted).cloned() else {
+                return Err(self.failure("query", device, &out));
+            };
+            failed.push((unknown.clone(), message));
+            wanted.retain(|n| *n != unknown);
+            if wanted.is_empty() {
+                return Ok(Queried {
+                    params: Vec::new(),
+                    failed,
+                    notes: Vec::new(),
+                });
+            }
         }
-        parse_query(&String::from_utf8_lossy(&out.stdout)).map_err(|reason| NicFwError::Parse {
-            program: self.name(),
-            device: device.to_string(),
-            reason,
-        })
     }
 
     async fn set(&self, device: &str, params: &[(String, String)]) -> Result<(), NicFwError> {
