@@ -204,7 +204,22 @@ async fn each_broken_field_is_refused_naming_it() {
         (
             "hostplane's own path",
             |o| o.config_files[0].path = dpu_os::SYSCTL_FILE.into(),
-            "is written by hostplane itself",
+            "which hostplane writes itself",
+        ),
+        (
+            "the first-boot marker",
+            |o| o.config_files[0].path = dpu_os::FIRST_BOOT_MARKER.into(),
+            "config_files[0].path: \"/var/lib/hostplane/dpu-os.done\" would clash with /var/lib/hostplane/dpu-os.done",
+        ),
+        (
+            "a file where hostplane needs a directory",
+            |o| o.config_files[0].path = "/etc/default/grub.d".into(),
+            "would clash with /etc/default/grub.d/99-hostplane.cfg",
+        ),
+        (
+            "inside hostplane's directory",
+            |o| o.config_files[1].path = "/opt/hostplane/mine.sh".into(),
+            "config_files[1].path: \"/opt/hostplane/mine.sh\" would clash with /opt/hostplane,",
         ),
         (
             "long path",

@@ -42,15 +42,38 @@ pub const CONTAINERD_HOSTS: &str = "/etc/containerd/certs.d/_default/hosts.toml"
 pub const FIRST_BOOT_SCRIPT: &str = "/opt/hostplane/dpu-os-first-boot.sh";
 /// The systemd unit that runs [`FIRST_BOOT_SCRIPT`].
 pub const FIRST_BOOT_UNIT: &str = "/etc/systemd/system/hostplane-dpu-os.service";
-/// Paths hostplane writes itself: a Flavor's config file may not name them.
-pub const RESERVED_PATHS: [&str; 6] = [
+/// The first-boot script's marker: present once it has run to the end.
+pub const FIRST_BOOT_MARKER: &str = "/var/lib/hostplane/dpu-os.done";
+/// The link that enables [`FIRST_BOOT_UNIT`].
+pub const FIRST_BOOT_WANTS: &str = "/etc/systemd/system/multi-user.target.wants/hostplane-dpu-os.service";
+/// Paths hostplane writes itself: a Flavor's config file may not name them,
+/// nor a directory above them (see [`reserved`]).
+pub const RESERVED_PATHS: [&str; 8] = [
     GRUB_FILE,
     SYSCTL_FILE,
     OVS_SCRIPT,
     CONTAINERD_HOSTS,
     FIRST_BOOT_SCRIPT,
     FIRST_BOOT_UNIT,
+    FIRST_BOOT_MARKER,
+    FIRST_BOOT_WANTS,
 ];
+/// Directories that are hostplane's own on the DPU OS: nothing of a Flavor's goes in them.
+pub const RESERVED_DIRS: [&str; 2] = ["/opt/hostplane", "/var/lib/hostplane"];
+
+/// Why a config file may not be written at `path` (absolute, normalized), or
+/// None: it is one of [`RESERVED_PATHS`], a directory above one of them (a
+/// file there would break hostplane's own writes), or inside [`RESERVED_DIRS`].
+pub fn reserved(path: &str) -> Option<&'static str> {
+    let below = |dir: &str, p: &str| p.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'));
+    if let Some(r) = RESERVED_PATHS.iter().find(|r| **r == path) {
+        return Some(r);
+    }
+    if let Some(d) = RESERVED_DIRS.iter().find(|d| **d == path || below(d, path)) {
+        return Some(d);
+    }
+    RESERVED_PATHS.iter().find(|r| below(path, r)).copied()
+}
 /// The helper each section calls.
 pub const WRITE_FN: &str = "hostplane_os_file";
 /// Each section starts with this comment and its name.
@@ -67,22 +90,34 @@ const PREAMBLE: &str = "\n\
 hostplane_os_file()\n\
 {\n\
 \tlocal dest=\"/mnt$1\"\n\
-\tmkdir -p \"$(dirname \"$dest\")\" || return 1\n\
+\tmkdir -p \"$(dirname \"$dest\")\" || { hostplane_os_fail \"$1\"; return 1; }\n\
 \tif [ \"$4\" = append ]; then\n\
-\t\tprintf '%s' \"$5\" | base64 -d >> \"$dest\" || return 1\n\
+\t\tprintf '%s' \"$5\" | base64 -d >> \"$dest\" || { hostplane_os_fail \"$1\"; return 1; }\n\
 \telse\n\
-\t\tprintf '%s' \"$5\" | base64 -d > \"$dest\" || return 1\n\
+\t\tprintf '%s' \"$5\" | base64 -d > \"$dest\" || { hostplane_os_fail \"$1\"; return 1; }\n\
 \tfi\n\
-\tchmod \"$2\" \"$dest\" || return 1\n\
-\tchroot /mnt chown \"$3\" \"$1\" 2>/dev/null || chown \"$3\" \"$dest\"\n\
+\t# chown first: it clears setuid/setgid bits that chmod sets.\n\
+\tchroot /mnt chown \"$3\" \"$1\" 2>/dev/null || chown \"$3\" \"$dest\" || { hostplane_os_fail \"$1\"; return 1; }\n\
+\tchmod \"$2\" \"$dest\" || { hostplane_os_fail \"$1\"; return 1; }\n\
+}\n\
+\n\
+# An ERR line where the installer's rshim log takes it (DOCA's install.sh\n\
+# defines bfrshlog), else on stderr.\n\
+hostplane_os_fail()\n\
+{\n\
+\techo \"ERROR: hostplane dpu_os: cannot write $1 on the DPU OS\" >&2\n\
+\tif command -v bfrshlog >/dev/null 2>&1; then bfrshlog \"ERR hostplane dpu_os: cannot write $1\"; fi\n\
 }\n\
 \n\
 bfb_modify_os()\n\
 {\n";
 
-const ENABLE_UNIT: &str = "mkdir -p /mnt/etc/systemd/system/multi-user.target.wants\n\
+const ENABLE_UNIT: &str = "mkdir -p /mnt/etc/systemd/system/multi-user.target.wants || return 1\n\
 ln -sf /etc/systemd/system/hostplane-dpu-os.service \
-/mnt/etc/systemd/system/multi-user.target.wants/hostplane-dpu-os.service\n";
+/mnt/etc/systemd/system/multi-user.target.wants/hostplane-dpu-os.service || return 1\n";
+
+/// After each write: stop the hook at the first file that could not be written.
+const CHECK_WRITE: &str = "[ \"$?\" = 0 ] || return 1\n";
 
 /// True when the Flavor sets no DPU OS setting (nothing is rendered).
 pub fn is_empty(os: &DpuOsConfig) -> bool {
@@ -152,11 +187,11 @@ pub fn first_boot_script(os: &DpuOsConfig) -> String {
     let mut s = String::from(
         "#!/bin/bash\n\
          # hostplane: the Flavor's DPU OS settings that need the running OS, once.\n\
-         set -eu\n\
-         marker=/var/lib/hostplane/dpu-os.done\n\
-         [ -e \"$marker\" ] && exit 0\n\
-         mkdir -p /var/lib/hostplane\n",
+         set -eu\n",
     );
+    s.push_str(&format!(
+        "marker={FIRST_BOOT_MARKER}\n[ -e \"$marker\" ] && exit 0\nmkdir -p /var/lib/hostplane\n"
+    ));
     if sysctl {
         s.push_str(&format!("sysctl -p {SYSCTL_FILE}\n"));
     }
@@ -172,9 +207,13 @@ pub fn first_boot_script(os: &DpuOsConfig) -> String {
              systemctl restart containerd\n",
         );
     }
+    // The marker only once every step, update-grub included, succeeded.
+    if grub {
+        s.push_str("update-grub\n");
+    }
     s.push_str("touch \"$marker\"\n");
     if grub {
-        s.push_str("update-grub\nreboot\n");
+        s.push_str("reboot\n");
     }
     s
 }
@@ -205,6 +244,7 @@ fn write_file(out: &mut String, path: &str, mode: &str, owner: &str, append: boo
     out.push_str(if append { " append '" } else { " override '" });
     out.push_str(&b64);
     out.push_str("'\n");
+    out.push_str(CHECK_WRITE);
 }
 
 /// The `bfb_modify_os` hook (with its helper) for these settings, to append
@@ -369,6 +409,56 @@ mod tests {
             !fb.contains("update-grub") && !fb.contains("ovs") && !fb.contains("sysctl"),
             "{fb}"
         );
+    }
+
+    #[test]
+    fn the_marker_follows_update_grub_and_precedes_the_reboot() {
+        let fb = first_boot_script(&full());
+        let at = |n: &str| fb.find(n).unwrap_or_else(|| panic!("{n} missing in {fb}"));
+        assert!(
+            at("update-grub") < at("touch \"$marker\"") && at("touch \"$marker\"") < at("reboot"),
+            "{fb}"
+        );
+        assert!(fb.contains(&format!("marker={FIRST_BOOT_MARKER}")), "{fb}");
+    }
+
+    #[test]
+    fn reserved_paths_their_parents_and_hostplanes_dirs() {
+        for p in [
+            FIRST_BOOT_MARKER,
+            GRUB_FILE,
+            "/etc/default/grub.d",
+            "/etc/default",
+            "/etc/systemd/system/multi-user.target.wants",
+            "/opt/hostplane",
+            "/opt/hostplane/other.sh",
+            "/var/lib/hostplane/x",
+        ] {
+            assert!(reserved(p).is_some(), "{p}");
+        }
+        for p in [
+            "/etc/hosts",
+            "/etc/default/grub",
+            "/opt/hostplane2",
+            "/var/lib/hostplanex/y",
+            "/etc/systemd/x",
+        ] {
+            assert_eq!(reserved(p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn every_write_is_checked() {
+        let text = bfb_modify_os(&full());
+        let lines: Vec<&str> = text.lines().collect();
+        let call = format!("{WRITE_FN} ");
+        let writes = lines.iter().filter(|l| l.starts_with(&call)).count();
+        assert!(writes >= 7, "{text}");
+        for (i, l) in lines.iter().enumerate() {
+            if l.starts_with(&call) {
+                assert_eq!(lines[i + 1], CHECK_WRITE.trim_end(), "after {l}");
+            }
+        }
     }
 
     #[test]

@@ -886,6 +886,73 @@ mod tests {
         bash_n(&read(dpu_os::FIRST_BOOT_SCRIPT)).unwrap();
     }
 
+    /// A config file the hook cannot write (its parent is a file) stops the
+    /// hook with an error naming it, before the files after it and the
+    /// first-boot unit; a setuid mode survives the chown (chown runs first).
+    #[test]
+    fn a_file_that_cannot_be_written_stops_the_hook_and_setuid_survives() {
+        if !has_bash() || !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipping: needs bash and root (a mount namespace)");
+            return;
+        }
+        let os = DpuOsConfig {
+            config_files: vec![
+                file(
+                    "/usr/local/bin/tool",
+                    ConfigFileOperation::Override,
+                    "#!/bin/sh\n",
+                    "4755",
+                    "root:root",
+                ),
+                file("/etc/motd/x", ConfigFileOperation::Override, "nope\n", "", ""),
+                file(
+                    "/etc/after.conf",
+                    ConfigFileOperation::Override,
+                    "later\n",
+                    "",
+                    "",
+                ),
+            ],
+            ..Default::default()
+        };
+        let r = BfCfg::from_flavor(HashMap::new(), Some(os))
+            .render()
+            .unwrap()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("bf.cfg");
+        std::fs::write(&cfg, r.as_bytes()).unwrap();
+        let out_dir = dir.path().join("out");
+        std::fs::create_dir(&out_dir).unwrap();
+        let script = format!(
+            "set -e; mount -t tmpfs hp /mnt; mkdir -p /mnt/etc; printf 'hello\\n' > /mnt/etc/motd; \
+             source {cfg}; if bfb_modify_os; then echo HOOK=ok; else echo HOOK=failed; fi; cp -a /mnt/. {out}/",
+            cfg = cfg.display(),
+            out = out_dir.display()
+        );
+        let st = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "bash", "-c", &script])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&st.stdout);
+        let stderr = String::from_utf8_lossy(&st.stderr);
+        assert!(st.status.success(), "{stderr}");
+        assert!(stdout.contains("HOOK=failed"), "{stdout}");
+        assert!(
+            stderr.contains("cannot write /etc/motd/x on the DPU OS"),
+            "{stderr}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let tool = std::fs::metadata(out_dir.join("usr/local/bin/tool")).unwrap();
+        assert_eq!(tool.permissions().mode() & 0o7777, 0o4755);
+        assert!(!out_dir.join("etc/after.conf").exists());
+        assert!(
+            !out_dir
+                .join(dpu_os::FIRST_BOOT_UNIT.trim_start_matches('/'))
+                .exists()
+        );
+    }
+
     fn any_os() -> impl proptest::strategy::Strategy<Value = DpuOsConfig> {
         use proptest::prelude::*;
         // Paths and contents with every character shell cares about; contents any text but NUL.

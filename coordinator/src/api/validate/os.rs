@@ -261,11 +261,12 @@ fn path(f: String, path: &str) -> Result {
             ),
         ));
     }
-    if dpu_os::RESERVED_PATHS.contains(&path) {
+    if let Some(r) = dpu_os::reserved(path) {
         return Err(invalid(
             f,
             format!(
-                "{} is written by hostplane itself (grub, sysctl, OVS, containerd or first boot)",
+                "{} would clash with {r}, which hostplane writes itself (grub, sysctl, OVS, containerd or \
+                 first boot; /opt/hostplane and /var/lib/hostplane are hostplane's)",
                 quote(path)
             ),
         ));
