@@ -491,6 +491,7 @@ async fn a_power_cycle_that_cuts_the_agent_off_waits_for_its_word_and_is_recorde
                     outcome: CommandOutcome::Interrupted as i32,
                     message: "the agent restarted while it ran".into(),
                     finished_at_ms: finished,
+                    power_cycle_required: false,
                 },
             )
         })

@@ -114,6 +114,7 @@ fn a_fresh_database_gets_sqlites_layout_and_a_second_run_changes_nothing() {
         col("commands", "message", "text", "YES"),
         col("commands", "finished_ms", "bigint", "YES"),
         col("commands", "changed_rev", "bigint", "NO"),
+        col("commands", "power_cycle_required", "integer", "NO"),
         col("power_caps", "node", "text", "NO"),
         col("power_caps", "caps", "text", "NO"),
         col("power_caps", "revision", "bigint", "NO"),

@@ -114,6 +114,7 @@ fn build_store(path: &Path) {
                 },
                 message: format!("flash {c}: état «ok» ✓"),
                 finished_at_ms: 0,
+                power_cycle_required: false,
             };
             assert!(s.write_sync(|t| t.finish_command(&id, &result)).unwrap());
         }

@@ -58,6 +58,7 @@ pub fn result(outcome: CommandOutcome, message: impl Into<String>) -> CommandRes
         outcome: outcome as i32,
         message: message.into(),
         finished_at_ms: now_ms(),
+        power_cycle_required: false,
     }
 }
 

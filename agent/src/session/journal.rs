@@ -272,6 +272,7 @@ mod tests {
             outcome: outcome as i32,
             message: "m".into(),
             finished_at_ms: at,
+            power_cycle_required: false,
         }
     }
 

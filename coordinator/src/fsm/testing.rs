@@ -211,6 +211,7 @@ pub fn result(outcome: CommandOutcome, message: &str) -> CommandResult {
         outcome: outcome as i32,
         message: message.into(),
         finished_at_ms: 0,
+        power_cycle_required: false,
     }
 }
 

@@ -113,6 +113,7 @@ async fn two_replicas_see_each_others_commits_in_order() {
         outcome: CommandOutcome::Succeeded as i32,
         message: "done".into(),
         finished_at_ms: 0,
+        power_cycle_required: false,
     };
     let rev = c
         .write(move |t| {
@@ -140,6 +141,7 @@ async fn pruned_commands_leave_the_followers_view() {
         outcome: CommandOutcome::Succeeded as i32,
         message: String::new(),
         finished_at_ms: 1_000,
+        power_cycle_required: false,
     };
     a.write(move |t| {
         t.insert_command("n1", &cmd("old"))?;

@@ -109,6 +109,13 @@ const STEPS: &[Step] = &[
     );
     "#,
     },
+    // 6: SQLite's step 6 (a finished command's `power_cycle_required`, 0 or 1).
+    Step {
+        version: 6,
+        sql: r#"
+    ALTER TABLE commands ADD COLUMN power_cycle_required INTEGER NOT NULL DEFAULT 0;
+    "#,
+    },
 ];
 
 /// The schema version this binary writes on PostgreSQL; always equal to

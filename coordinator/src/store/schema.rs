@@ -86,6 +86,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     INSERT INTO meta (key, value) VALUES ('commands_pruned_at', 0);
     CREATE TABLE power_caps (node TEXT PRIMARY KEY, caps TEXT NOT NULL, revision INTEGER NOT NULL);
     "#,
+    // 6: a finished config_fw_parameters command's `power_cycle_required`
+    // (CommandResult field 4: values that wait for a host power cycle), 0 or 1.
+    r#"
+    ALTER TABLE commands ADD COLUMN power_cycle_required INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -153,6 +153,7 @@ backend_tests! {
             outcome: CommandOutcome::Succeeded as i32,
             message: "done".into(),
             finished_at_ms: 5,
+            power_cycle_required: true,
         };
         let first = s.write(move |t| t.finish_command("c1", &ok)).await.unwrap();
         assert!(first);
@@ -160,11 +161,17 @@ backend_tests! {
             outcome: CommandOutcome::Failed as i32,
             message: "late".into(),
             finished_at_ms: 9,
+            power_cycle_required: false,
         };
         let second = s.write(move |t| t.finish_command("c1", &again)).await.unwrap();
         assert!(!second, "a repeated result is ignored");
         let row = s.read(|t| t.command("c1")).await.unwrap().unwrap();
-        assert_eq!(row.result.unwrap().message, "done");
+        let r = row.result.unwrap();
+        assert_eq!(r.message, "done");
+        assert!(r.power_cycle_required, "the result's power_cycle_required is kept");
+        let loaded = s.read(|t| t.all_commands()).await.unwrap();
+        let c1 = loaded.iter().find(|c| c.command.id == "c1").unwrap();
+        assert!(c1.result.as_ref().unwrap().power_cycle_required);
         let open: Vec<String> = s
             .read(|t| t.open_commands("n1"))
             .await

@@ -638,7 +638,7 @@ impl<'a> Txn<'a> {
             }
         }
         let rows = self.all_rows(
-            "SELECT id, node, body, created_ms, outcome, message, finished_ms FROM commands \
+            "SELECT id, node, body, created_ms, outcome, message, finished_ms, power_cycle_required FROM commands \
              WHERE changed_rev > ?1 AND changed_rev <= ?2 ORDER BY changed_rev",
             args![from as i64, to as i64],
             |r| Ok((r.get::<String>(0)?, Self::command_columns(r, 1)?)),
@@ -758,7 +758,7 @@ impl<'a> Txn<'a> {
 
     fn command_row(
         id: &str,
-        (node, body, created_ms, outcome, message, finished): CommandColumns,
+        (node, body, created_ms, outcome, message, finished, power_cycle_required): CommandColumns,
     ) -> Result<CommandRow, StoreError> {
         let command: Command = serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
             kind: "command",
@@ -769,6 +769,7 @@ impl<'a> Txn<'a> {
             outcome: o,
             message: message.unwrap_or_default(),
             finished_at_ms: finished.unwrap_or(0),
+            power_cycle_required: power_cycle_required != 0,
         });
         Ok(CommandRow {
             command,
@@ -786,12 +787,13 @@ impl<'a> Txn<'a> {
             r.get(at + 3)?,
             r.get(at + 4)?,
             r.get(at + 5)?,
+            r.get(at + 6)?,
         ))
     }
 
     pub fn command(&self, id: &str) -> Result<Option<CommandRow>, StoreError> {
         let row = self.one_row(
-            "SELECT node, body, created_ms, outcome, message, finished_ms FROM commands WHERE id = ?1",
+            "SELECT node, body, created_ms, outcome, message, finished_ms, power_cycle_required FROM commands WHERE id = ?1",
             args![id],
             |r| Self::command_columns(r, 0),
         )?;
@@ -801,7 +803,7 @@ impl<'a> Txn<'a> {
     /// Every command row, open and finished (loading the view).
     pub(super) fn all_commands(&self) -> Result<Vec<CommandRow>, StoreError> {
         let rows = self.all_rows(
-            "SELECT id, node, body, created_ms, outcome, message, finished_ms FROM commands",
+            "SELECT id, node, body, created_ms, outcome, message, finished_ms, power_cycle_required FROM commands",
             args![],
             |r| Ok((r.get::<String>(0)?, Self::command_columns(r, 1)?)),
         )?;
@@ -845,8 +847,16 @@ impl<'a> Txn<'a> {
         };
         let version = self.bump_desired(&node)?;
         self.exec(
-            "UPDATE commands SET outcome = ?2, message = ?3, finished_ms = ?4, changed_rev = ?5 WHERE id = ?1",
-            args![id, result.outcome, result.message, finished, version as i64],
+            "UPDATE commands SET outcome = ?2, message = ?3, finished_ms = ?4, changed_rev = ?5, \
+             power_cycle_required = ?6 WHERE id = ?1",
+            args![
+                id,
+                result.outcome,
+                result.message,
+                finished,
+                version as i64,
+                i32::from(result.power_cycle_required)
+            ],
         )?;
         self.changes.commands.push(CommandChange::Finish {
             id: id.into(),
@@ -854,6 +864,7 @@ impl<'a> Txn<'a> {
                 outcome: result.outcome,
                 message: result.message.clone(),
                 finished_at_ms: finished,
+                power_cycle_required: result.power_cycle_required,
             },
         });
         Ok(true)
@@ -871,6 +882,7 @@ impl<'a> Txn<'a> {
                 outcome: CommandOutcome::Cancelled as i32,
                 message: why.to_string(),
                 finished_at_ms: 0,
+                power_cycle_required: false,
             };
             self.finish_command(id, &result)?;
         }
@@ -926,7 +938,7 @@ impl<'a> Txn<'a> {
 }
 
 /// A command row's columns after its id.
-type CommandColumns = (String, String, i64, Option<i32>, Option<String>, Option<i64>);
+type CommandColumns = (String, String, i64, Option<i32>, Option<String>, Option<i64>, i32);
 
 #[cfg(test)]
 impl Txn<'_> {

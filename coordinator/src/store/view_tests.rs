@@ -199,6 +199,7 @@ fn run_op(t: &mut Txn<'_>, op: &Op, ids: &Ids) -> Result<(), StoreError> {
                 outcome: CommandOutcome::Succeeded as i32,
                 message: format!("done {pick}"),
                 finished_at_ms: *finished_ms,
+                power_cycle_required: false,
             };
             t.finish_command(&id, &result).map(|_| ())
         }

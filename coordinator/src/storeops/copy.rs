@@ -84,6 +84,7 @@ const TABLES: &[Table] = &[
             "message",
             "finished_ms",
             "changed_rev",
+            "power_cycle_required",
         ],
         key: &[("id", true)],
         filter: None,

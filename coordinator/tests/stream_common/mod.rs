@@ -85,6 +85,7 @@ pub fn result(id: &str, outcome: CommandOutcome, message: &str) -> agent_message
             outcome: outcome as i32,
             message: message.into(),
             finished_at_ms: 0,
+            power_cycle_required: false,
         })),
     })
 }

@@ -419,6 +419,7 @@ impl Agent {
                 outcome: outcome as i32,
                 message: message.into(),
                 finished_at_ms: 0,
+                power_cycle_required: false,
             };
             let ev = CommandEvent {
                 command_id: c.id.clone(),
