@@ -24,7 +24,7 @@ use crate::bfcfg::BfCfg;
 use crate::flash::{FlashError, FlashReport, FlashRequest, Flasher, ImageSource};
 use crate::session::network::{self, NetSync, NoReport};
 pub use nicfw::{NicFirmware, normalize_pci, pf0_of_rshim};
-pub use reboot::{HostPowerCycle, NO_BMC};
+pub use reboot::{HostPowerCycle, NO_BMC, PowerCycleFailure};
 use reboot::{power_cycle, reboot};
 
 /// The agent's version, as sent in Hello and named in messages.

@@ -1,5 +1,6 @@
 //! `reboot_host`: run the configured reboot command.
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hostplane_proto::v1::{CommandOutcome, CommandResult};
 use tokio_util::sync::CancellationToken;
@@ -66,8 +67,24 @@ pub(super) async fn reboot(argv: &[String], cancel: &CancellationToken) -> Comma
 pub trait HostPowerCycle: Send + Sync + 'static {
     /// The BMC as messages name it (its URL).
     fn bmc(&self) -> String;
-    /// Issue the power cycle: what was reset (the ComputerSystem), or why not.
-    fn power_cycle(&self) -> super::BoxFuture<'_, Result<String, String>>;
+    /// Issue the power cycle: what was reset (the ComputerSystem), or why
+    /// not. `sent` is set just before the request that resets the host goes
+    /// out; from then on the future is awaited to its end (not dropped on
+    /// cancel).
+    fn power_cycle<'a>(
+        &'a self,
+        sent: &'a AtomicBool,
+    ) -> super::BoxFuture<'a, Result<String, PowerCycleFailure>>;
+}
+
+/// Why a power cycle was not confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PowerCycleFailure {
+    /// The host was not power-cycled (nothing sent, or the BMC refused).
+    NotIssued(String),
+    /// The reset was sent but not confirmed (no answer, connection lost):
+    /// the BMC may be power-cycling the host.
+    MaybeIssued(String),
 }
 
 impl HostPowerCycle for crate::power::bmc::BmcPowerCycle {
@@ -75,12 +92,19 @@ impl HostPowerCycle for crate::power::bmc::BmcPowerCycle {
         self.url().to_string()
     }
 
-    fn power_cycle(&self) -> super::BoxFuture<'_, Result<String, String>> {
+    fn power_cycle<'a>(
+        &'a self,
+        sent: &'a AtomicBool,
+    ) -> super::BoxFuture<'a, Result<String, PowerCycleFailure>> {
+        use crate::power::bmc::PowerCycleError;
         Box::pin(async move {
-            crate::power::bmc::BmcPowerCycle::power_cycle(self)
+            crate::power::bmc::BmcPowerCycle::power_cycle(self, sent)
                 .await
                 .map(|done| format!("ComputerSystem {}, {}", done.system, done.target))
-                .map_err(|e| e.to_string())
+                .map_err(|e| match e {
+                    PowerCycleError::NotIssued(e) => PowerCycleFailure::NotIssued(e.to_string()),
+                    PowerCycleError::MaybeIssued(e) => PowerCycleFailure::MaybeIssued(e.to_string()),
+                })
         })
     }
 }
@@ -91,7 +115,13 @@ pub const NO_BMC: &str =
 
 /// Power-cycle the host through `bmc`. SUCCEEDED means the BMC accepted the
 /// reset; without a BMC, SKIPPED (the node waits for an external power
-/// cycle). Cancellation is honoured until the request is sent.
+/// cycle). Cancellation is honoured until the reset request is sent; after
+/// that the BMC has it and its answer is awaited. A reset sent but not
+/// answered (timeout, connection lost) is SUCCEEDED with "the power cycle
+/// may have been issued": the coordinator then waits for the node's new
+/// boot id (or its Rebooting timeout) as for any issued power cycle, where
+/// FAILED or INTERRUPTED at an unchanged boot id would put the Dpus in Error
+/// while the host may be going down.
 pub(super) async fn power_cycle(
     bmc: Option<&dyn HostPowerCycle>,
     cancel: &CancellationToken,
@@ -100,24 +130,40 @@ pub(super) async fn power_cycle(
         return result(CommandOutcome::Skipped, NO_BMC);
     };
     let url = bmc.bmc();
+    let sent = AtomicBool::new(false);
+    let mut cycle = bmc.power_cycle(&sent);
     let outcome = tokio::select! {
-        r = bmc.power_cycle() => r,
+        r = &mut cycle => r,
         _ = cancel.cancelled() => {
-            return result(
-                CommandOutcome::Cancelled,
-                format!("power cycle through the BMC at {url} cancelled before the BMC confirmed it"),
-            );
+            if sent.load(Ordering::SeqCst) {
+                tracing::warn!(bmc = %url, "cancelled after the power cycle was sent to the BMC; awaiting its answer");
+                cycle.await
+            } else {
+                return result(
+                    CommandOutcome::Cancelled,
+                    format!("power cycle through the BMC at {url} cancelled before the reset was sent"),
+                );
+            }
         }
     };
+    let now = || humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     match outcome {
         Ok(what) => result(
             CommandOutcome::Succeeded,
             format!(
                 "power cycle issued through the BMC at {url} ({what}) at {}",
-                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                now()
             ),
         ),
-        Err(why) => result(
+        Err(PowerCycleFailure::MaybeIssued(why)) => result(
+            CommandOutcome::Succeeded,
+            format!(
+                "the power cycle may have been issued: the reset was sent to the BMC at {url} at {} but not \
+                 confirmed: {why}; the node's new boot id will tell",
+                now()
+            ),
+        ),
+        Err(PowerCycleFailure::NotIssued(why)) => result(
             CommandOutcome::Failed,
             format!("power cycle through the BMC at {url} failed: {why}"),
         ),

@@ -150,6 +150,11 @@ impl Transport {
         Ok(url.to_string())
     }
 
+    /// `power.bmc.timeout`: how long a request waits for its answer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// "session" or "basic".
     pub fn auth_kind(&self) -> &'static str {
         match self.state().auth {
@@ -171,6 +176,7 @@ impl Transport {
         url: &str,
         auth: &Auth,
         body: Option<Vec<u8>>,
+        timeout: Duration,
     ) -> Result<Answer, RedfishError> {
         let mut last = self.gate.lock().await;
         if let Some(t) = *last {
@@ -179,6 +185,7 @@ impl Transport {
         let mut rb = self
             .http
             .request(method.clone(), url)
+            .timeout(timeout)
             .header(reqwest::header::ACCEPT, "application/json");
         match auth {
             Auth::None => {}
@@ -211,14 +218,16 @@ impl Transport {
         result.map_err(|e| RedfishError::Unreachable {
             method: method.to_string(),
             url: url.to_string(),
-            reason: transport_reason(&e, self.timeout),
+            reason: transport_reason(&e, timeout),
         })
     }
 
     /// GET without credentials (the service root).
     pub async fn get_anonymous(&self, path: &str) -> Result<Value, RedfishError> {
         let url = self.resolve(path)?;
-        let a = self.send(&Method::GET, &url, &Auth::None, None).await?;
+        let a = self
+            .send(&Method::GET, &url, &Auth::None, None, self.timeout)
+            .await?;
         json_of(&Method::GET, &url, a, &self.password_file)
     }
 
@@ -231,6 +240,19 @@ impl Transport {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, RedfishError> {
+        self.call_within(method, path, body, self.timeout).await
+    }
+
+    /// [`Transport::call`] with each request given `timeout` for its answer
+    /// instead of `power.bmc.timeout` (a BMC may answer a Reset only after
+    /// the power operation).
+    pub async fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Value, RedfishError> {
         let url = self.resolve(path)?;
         let bytes = body.map(|b| serde_json::to_vec(b).expect("a JSON value serializes"));
         let mut retried = false;
@@ -239,7 +261,7 @@ impl Transport {
                 let s = self.state();
                 (s.auth.clone(), s.generation)
             };
-            let a = self.send(&method, &url, &auth, bytes.clone()).await?;
+            let a = self.send(&method, &url, &auth, bytes.clone(), timeout).await?;
             if a.status == StatusCode::UNAUTHORIZED && !retried {
                 tracing::info!(%url, "the BMC refused the credentials (401); logging in again");
                 self.relogin(generation).await?;
@@ -280,7 +302,9 @@ impl Transport {
         let url = self.resolve(path)?;
         let body = serde_json::json!({"UserName": self.username, "Password": password.0});
         let body = serde_json::to_vec(&body).expect("a JSON value serializes");
-        let a = self.send(&Method::POST, &url, &Auth::None, Some(body)).await?;
+        let a = self
+            .send(&Method::POST, &url, &Auth::None, Some(body), self.timeout)
+            .await?;
         if !a.status.is_success() {
             return Err(status_error(&Method::POST, &url, &a, &self.password_file));
         }
@@ -337,7 +361,7 @@ impl Transport {
                 return;
             }
         };
-        match self.send(&Method::DELETE, &url, &auth, None).await {
+        match self.send(&Method::DELETE, &url, &auth, None, self.timeout).await {
             Ok(a) if a.status.is_success() => tracing::debug!(%url, "BMC session deleted"),
             Ok(a) => tracing::debug!(%url, status = %a.status, "BMC session not deleted"),
             Err(e) => tracing::debug!(error = %e, "BMC session not deleted"),

@@ -35,7 +35,7 @@ mod reset;
 pub use http::{RequestCounts, RequestOutcome};
 pub use limit::BmcNodeLimiter;
 pub use poll::BmcLink;
-pub use reset::{BmcPowerCycle, PowerCycled};
+pub use reset::{BmcPowerCycle, POWER_CYCLE_POST_TIMEOUT, PowerCycleError, PowerCycled};
 
 /// The `power.bmc` section of the agent config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

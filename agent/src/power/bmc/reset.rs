@@ -2,6 +2,9 @@
 //! `ComputerSystem.Reset` with `{"ResetType": "PowerCycle"}`, POSTed to the
 //! target the ComputerSystem resource names, after checking that
 //! `PowerCycle` is among the values it allows.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -16,13 +19,42 @@ pub struct PowerCycled {
     pub target: String,
 }
 
+/// How long the Reset POST may wait for the BMC's answer: at least this,
+/// or `power.bmc.timeout` when that is longer. Some BMCs answer a
+/// `PowerCycle` only after the power operation, well past the few seconds a
+/// read is given.
+pub const POWER_CYCLE_POST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a power cycle was not confirmed.
+#[derive(Debug, thiserror::Error)]
+pub enum PowerCycleError {
+    /// Nothing reached the BMC, or it refused the reset with a status: the
+    /// host was not power-cycled.
+    #[error(transparent)]
+    NotIssued(RedfishError),
+    /// The Reset POST was sent but no answer came back (timeout, connection
+    /// closed): the BMC may be power-cycling the host.
+    #[error("the power cycle may have been issued: {0}")]
+    MaybeIssued(RedfishError),
+}
+
+impl From<RedfishError> for PowerCycleError {
+    fn from(e: RedfishError) -> Self {
+        PowerCycleError::NotIssued(e)
+    }
+}
+
 impl RedfishClient {
     /// POST `{"ResetType": "PowerCycle"}` to the node's ComputerSystem's
     /// `#ComputerSystem.Reset` target. The System is the one whose
     /// `Links.Chassis` holds the node chassis, else the first. Refused
     /// (nothing sent) when the action's `ResetType@Redfish.AllowableValues`
     /// (or its `@Redfish.ActionInfo`) lists values without `PowerCycle`.
-    pub async fn power_cycle(&self) -> Result<PowerCycled, RedfishError> {
+    /// `sent` is set just before the POST goes out (from then on the caller
+    /// must not drop this future: the BMC may have the reset); the POST
+    /// waits [`POWER_CYCLE_POST_TIMEOUT`] (or `power.bmc.timeout` if longer)
+    /// for the answer, and no answer is [`PowerCycleError::MaybeIssued`].
+    pub async fn power_cycle(&self, sent: &AtomicBool) -> Result<PowerCycled, PowerCycleError> {
         let root = self.t.get_anonymous("/redfish/v1").await?;
         let systems = parse::link(&root, "/Systems").ok_or_else(|| RedfishError::Resource {
             url: self.t.url("/redfish/v1"),
@@ -34,7 +66,8 @@ impl RedfishClient {
             return Err(RedfishError::Resource {
                 url: self.t.url(systems),
                 what: "has no Members: the BMC lists no ComputerSystem".into(),
-            });
+            }
+            .into());
         }
         let mut chosen: Option<(String, Value)> = None;
         for m in &members {
@@ -86,12 +119,31 @@ impl RedfishClient {
                     "does not allow ResetType PowerCycle (it allows: {}); power-cycle the host another way",
                     allowed.join(", ")
                 ),
-            });
+            }
+            .into());
         }
         tracing::warn!(system = %system_id, target = %target, "power-cycling the host through its BMC");
-        self.t
-            .call(Method::POST, &target, Some(&json!({"ResetType": "PowerCycle"})))
-            .await?;
+        // A link that is not on the BMC is refused before anything is sent.
+        self.t.resolve(&target)?;
+        sent.store(true, Ordering::SeqCst);
+        let within = POWER_CYCLE_POST_TIMEOUT.max(self.t.timeout());
+        match self
+            .t
+            .call_within(
+                Method::POST,
+                &target,
+                Some(&json!({"ResetType": "PowerCycle"})),
+                within,
+            )
+            .await
+        {
+            Ok(_) => {}
+            // No answer to a request that was sent: the BMC may have it.
+            Err(e @ RedfishError::Unreachable { .. }) => return Err(PowerCycleError::MaybeIssued(e)),
+            // An answer refusing it (or a re-login that failed after a 401):
+            // the reset was not done.
+            Err(e) => return Err(PowerCycleError::NotIssued(e)),
+        }
         Ok(PowerCycled {
             system: system_id,
             target: self.t.url(&target),
@@ -141,12 +193,13 @@ impl BmcPowerCycle {
         &self.cfg.url
     }
 
-    pub async fn power_cycle(&self) -> Result<PowerCycled, RedfishError> {
+    /// See [`RedfishClient::power_cycle`].
+    pub async fn power_cycle(&self, sent: &AtomicBool) -> Result<PowerCycled, PowerCycleError> {
         if let Some(client) = self.link.as_ref().and_then(BmcLink::client) {
-            return client.power_cycle().await;
+            return client.power_cycle(sent).await;
         }
         let client = RedfishClient::connect(&self.cfg).await?;
-        let r = client.power_cycle().await;
+        let r = client.power_cycle(sent).await;
         client.logout().await;
         r
     }
