@@ -633,6 +633,55 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// An inventory passes exactly when it has at most
+        /// MAX_INVENTORY_RSHIMS rshims and every field is within its
+        /// limit; the refusal names the first field over (rshim order,
+        /// then field order) and its limit.
+        #[test]
+        fn inventory_limits(
+            count in 0usize..70,
+            // (rshim index, field index, bytes over the limit)
+            over in proptest::collection::vec((0usize..70, 0usize..6, 1usize..4), 0..3),
+        ) {
+            let max = [MAX_RSHIM, MAX_SERIAL, PCI_ADDRESS_LEN, MAX_RSHIM_DEV_INFO, MAX_RSHIM_USB_PATH, MAX_RSHIM_ERROR];
+            let names = ["name", "serial", "pci_address", "dev_info", "usb_path", "error"];
+            // Every field at its limit to start with: still valid.
+            let mut rshims: Vec<RshimInfo> = (0..count).map(|_| RshimInfo {
+                name: "r".repeat(max[0]),
+                serial: "s".repeat(max[1]),
+                pci_address: "p".repeat(max[2]),
+                dev_info: "d".repeat(max[3]),
+                usb_path: "u".repeat(max[4]),
+                error: "e".repeat(max[5]),
+            }).collect();
+            let mut first_over: Option<(usize, usize, usize)> = None;
+            for &(i, f, extra) in &over {
+                let Some(r) = rshims.get_mut(i) else { continue };
+                let field = match f {
+                    0 => &mut r.name, 1 => &mut r.serial, 2 => &mut r.pci_address,
+                    3 => &mut r.dev_info, 4 => &mut r.usb_path, _ => &mut r.error,
+                };
+                field.push_str(&"x".repeat(extra));
+                let len = field.len();
+                // The same field twice: its length is the latest.
+                if first_over.is_none_or(|(fi, ff, _)| (i, f) <= (fi, ff)) {
+                    first_over = Some((i, f, len));
+                }
+            }
+            let got = check_inventory("inv", &Inventory { rshims });
+            if count > MAX_INVENTORY_RSHIMS {
+                prop_assert_eq!(got, Err(format!("inv.rshims: {count} rshims, more than the maximum of {MAX_INVENTORY_RSHIMS}")));
+            } else if let Some((i, f, len)) = first_over {
+                prop_assert_eq!(got, Err(format!("inv.rshims[{i}].{}: {len} bytes, more than the maximum of {}", names[f], max[f])));
+            } else {
+                prop_assert_eq!(got, Ok(()));
+            }
+        }
+    }
+
     #[test]
     fn pf0_of_an_rshim_function() {
         assert_eq!(pf0("0000:04:00.2"), "0000:04:00.0");
