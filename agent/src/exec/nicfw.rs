@@ -71,7 +71,7 @@ pub(super) async fn config_fw(
     rshims: impl std::future::Future<Output = Vec<RshimInfo>>,
     cancel: &CancellationToken,
 ) -> CommandResult {
-    use CommandOutcome::{Cancelled, Failed, Succeeded};
+    use CommandOutcome::{Failed, Succeeded};
     if fw.nic_firmware.is_empty() {
         return skipped(&fw.nic_firmware);
     }
@@ -121,6 +121,15 @@ pub(super) async fn config_fw(
         power_cycle_required: fw.host_power_cycle_required,
     };
     let report = apply_with(&nic.mstconfig, &pci, &desired, opts).await;
+    let mut r = outcome_of(&report, dpu);
+    // Only a success can leave values waiting for a power cycle.
+    r.power_cycle_required = r.outcome == Succeeded as i32 && report.needs_power_cycle();
+    r
+}
+
+/// The command's result for `report` (power_cycle_required left false).
+fn outcome_of(report: &crate::nicfw::ApplyReport, dpu: &str) -> CommandResult {
+    use CommandOutcome::{Cancelled, Failed, Succeeded};
     match report.overall() {
         Overall::Unchanged => result(
             Succeeded,

@@ -32,6 +32,11 @@ use super::{NicConfigTool, NicFwError, NvParam};
 /// The cmode NV config parameters are set in.
 pub const PERMANENT: &str = "permanent";
 
+/// The cmodes whose value is the one the device runs with now, in the order
+/// they are looked for (a parameter listed only in `permanent` has no known
+/// running value).
+pub const RUNNING: &[&str] = &["runtime", "driverinit"];
+
 /// How a devlink parameter's value is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DevlinkKind {
@@ -280,7 +285,7 @@ impl DevlinkTool<'_> {
                 let p = params.iter().find(|p| p.name == *dl)?;
                 Some(NvParam {
                     name: nv.to_string(),
-                    current: None,
+                    current: RUNNING.iter().find_map(|c| p.value(c)).map(str::to_string),
                     next_boot: p.value(PERMANENT)?.to_string(),
                 })
             })
@@ -335,6 +340,16 @@ mod tests {
             (nv[1].name.as_str(), nv[1].next_boot.as_str()),
             ("NUM_OF_VFS", "16")
         );
+        // Only a permanent value is known: no running value.
+        assert_eq!(nv[0].current, None);
+        // A runtime (else driverinit) value is the running one.
+        let with_running = r#"{"param":{"pci/0000:03:00.0":[
+            {"name":"enable_sriov","type":"generic","values":[{"cmode":"runtime","value":false},{"cmode":"permanent","value":true}]},
+            {"name":"total_vfs","type":"generic","values":[{"cmode":"permanent","value":16},{"cmode":"driverinit","value":8}]}]}}"#;
+        let nv = DevlinkTool::nv_params(&parse_show(with_running, "pci/0000:03:00.0").unwrap());
+        assert_eq!(nv[0].current.as_deref(), Some("False(0)"));
+        assert_eq!(nv[0].next_boot, "True(1)");
+        assert_eq!(nv[1].current.as_deref(), Some("8"));
         // Another device's parameters are not this one's.
         assert!(parse_show(text, "pci/0000:04:00.0").unwrap().is_empty());
         // Older iproute2: one "<handle>": [...] per parameter, the key repeated.

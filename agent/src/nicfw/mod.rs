@@ -191,6 +191,12 @@ pub struct ApplyReport {
     /// The values set need a host power cycle, not a warm reboot (the
     /// caller's knowledge: the Flavor says so).
     pub power_cycle_required: bool,
+    /// The parameters (Unchanged or Set) whose current (running) value does
+    /// not match the desired one after the apply: set now or by an earlier
+    /// attempt, not in effect yet. A parameter without a known current value
+    /// (old firmware without the column; a devlink parameter with no
+    /// `runtime`/`driverinit` value) counts when it was set now.
+    pub pending: Vec<String>,
 }
 
 impl ApplyReport {
@@ -226,6 +232,13 @@ impl ApplyReport {
             .iter()
             .any(|p| matches!(p.outcome, ParamOutcome::Set { .. }))
     }
+
+    /// The host must be power-cycled for the values to take effect: the
+    /// caller said the parameters need one, the apply succeeded, and at least
+    /// one parameter's running value does not match yet ([`Self::pending`]).
+    pub fn needs_power_cycle(&self) -> bool {
+        self.power_cycle_required && self.succeeded() && !self.pending.is_empty()
+    }
 }
 
 impl fmt::Display for ApplyReport {
@@ -251,14 +264,16 @@ impl fmt::Display for ApplyReport {
             })
             .collect();
         parts.extend(self.notes.iter().cloned());
-        if self.any_set() {
-            parts.push(if self.power_cycle_required {
-                "the values set take effect only after a host power cycle (host_power_cycle_required; a warm \
-                 reboot is not enough)"
-                    .to_string()
-            } else {
-                "the values set take effect at the next reboot".to_string()
-            });
+        if self.needs_power_cycle() {
+            parts.push(format!(
+                "the running value of {} does not match yet: the values take effect only after a host power \
+                 cycle (host_power_cycle_required; a warm reboot is not enough)",
+                self.pending.join(", ")
+            ));
+        } else if self.power_cycle_required && self.succeeded() {
+            parts.push("every running value already matches: no host power cycle is needed".to_string());
+        } else if self.any_set() {
+            parts.push("the values set take effect at the next reboot".to_string());
         }
         if self.cancelled {
             parts.push("cancelled: the parameters not attempted were not applied".to_string());
@@ -345,6 +360,7 @@ pub async fn apply_with<T: NicConfigTool>(
         cancelled: false,
         notes: Vec::new(),
         power_cycle_required: opts.power_cycle_required,
+        pending: Vec::new(),
     };
     let mut through_devlink: Vec<(String, String)> = Vec::new();
     let mut devlink_before = None;
@@ -407,6 +423,7 @@ pub async fn apply_with<T: NicConfigTool>(
         report.params.extend(phase.params);
         errors.extend(phase.error);
         report.notes.extend(phase.notes);
+        report.pending.extend(phase.pending);
         report.cancelled |= phase.cancelled;
     }
     if !errors.is_empty() {
@@ -414,6 +431,7 @@ pub async fn apply_with<T: NicConfigTool>(
     }
     let order = |name: &str| desired.iter().position(|(n, _)| n == name);
     report.params.sort_by_key(|p| order(&p.name));
+    report.pending.sort_by_key(|n| order(n));
     report
 }
 
@@ -427,6 +445,8 @@ struct Phase {
     error: Option<String>,
     cancelled: bool,
     notes: Vec<String>,
+    /// See [`ApplyReport::pending`].
+    pending: Vec<String>,
 }
 
 impl Phase {
@@ -444,6 +464,7 @@ impl Phase {
             error: None,
             cancelled: why == "cancelled",
             notes: Vec::new(),
+            pending: Vec::new(),
         }
     }
 }
@@ -479,13 +500,20 @@ async fn apply_phase<T: NicConfigTool>(
         error: None,
         cancelled: false,
         notes: before.notes,
+        pending: Vec::new(),
     };
     let mut to_verify = Vec::new();
     for (name, value) in desired {
         let existing = before.params.iter().find(|p| p.name == *name);
         let unreadable = before.failed.iter().find(|(n, _)| n == name);
         let outcome = match existing {
-            Some(p) if value_matches(&p.next_boot, value) => ParamOutcome::Unchanged,
+            Some(p) if value_matches(&p.next_boot, value) => {
+                // Set by an earlier attempt and not in effect yet: still pending.
+                if p.current.as_deref().is_some_and(|c| !value_matches(c, value)) {
+                    phase.pending.push(name.clone());
+                }
+                ParamOutcome::Unchanged
+            }
             None if unreadable.is_some() => {
                 ParamOutcome::Failed(unreadable.map(|(_, why)| why.clone()).unwrap_or_default())
             }
@@ -539,6 +567,11 @@ async fn apply_phase<T: NicConfigTool>(
                     Some(a) if value_matches(&a.next_boot, &p.desired) => {
                         if let ParamOutcome::Set { to, .. } = &mut p.outcome {
                             *to = a.next_boot.clone();
+                        }
+                        // The running value changes only when the firmware reloads; unknown counts
+                        // as not yet.
+                        if a.current.as_deref().is_none_or(|c| !value_matches(c, &p.desired)) {
+                            phase.pending.push(p.name.clone());
                         }
                     }
                     Some(a) => {
