@@ -546,3 +546,88 @@ async fn a_whole_query_with_an_unreadable_tlv_keeps_its_rows_and_the_tools_words
     assert!(q.notes[0].contains("Failed to query some of the TLVs"), "{q:?}");
     assert!(q.notes[0].contains("PF_TOTAL_SF"), "{q:?}");
 }
+
+/// NV config in memory: each parameter's current and next-boot value, as numbers
+/// (`None` current: the tool does not show the column). A set changes only the
+/// next-boot value, as the firmware does until it reloads.
+struct InMemory(std::sync::Mutex<Vec<hostplane_agent::nicfw::NvParam>>);
+
+impl NicConfigTool for InMemory {
+    async fn query(
+        &self,
+        _device: &str,
+    ) -> Result<Vec<hostplane_agent::nicfw::NvParam>, hostplane_agent::nicfw::NicFwError> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+
+    async fn set(
+        &self,
+        _device: &str,
+        params: &[(String, String)],
+    ) -> Result<(), hostplane_agent::nicfw::NicFwError> {
+        let mut all = self.0.lock().unwrap();
+        for (name, value) in params {
+            if let Some(p) = all.iter_mut().find(|p| p.name == *name) {
+                p.next_boot = value.clone();
+            }
+        }
+        Ok(())
+    }
+}
+
+mod power_cycle_pending {
+    use hostplane_agent::nicfw::{ApplyOptions, NvParam, apply_with};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// With host_power_cycle_required, the parameters still waiting for a power cycle are
+        /// exactly those whose running value is not the one asked for (an unknown running value
+        /// counts when the parameter was set now); the report needs a power cycle exactly when
+        /// there is one, and never without host_power_cycle_required.
+        #[test]
+        fn pending_is_every_parameter_whose_running_value_differs(
+            rows in prop::collection::vec((prop::option::of(0u8..3), 0u8..3, 0u8..3), 1..6),
+            power_cycle in any::<bool>(),
+        ) {
+            let state: Vec<NvParam> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, (cur, next, _))| NvParam {
+                    name: format!("P{i}"),
+                    current: cur.map(|c| c.to_string()),
+                    next_boot: next.to_string(),
+                })
+                .collect();
+            let desired: Vec<(String, String)> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, (_, _, want))| (format!("P{i}"), want.to_string()))
+                .collect();
+            let tool = InMemory(std::sync::Mutex::new(state));
+            let opts = ApplyOptions { power_cycle_required: power_cycle, ..ApplyOptions::default() };
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let report = rt.block_on(apply_with(&tool, DEVICE, &desired, opts));
+            prop_assert!(report.succeeded(), "{report}");
+            let want: Vec<String> = rows
+                .iter()
+                .enumerate()
+                .filter(|(_, (cur, next, want))| match cur {
+                    Some(c) => c != want,
+                    None => next != want,
+                })
+                .map(|(i, _)| format!("P{i}"))
+                .collect();
+            prop_assert_eq!(&report.pending, &want);
+            prop_assert_eq!(report.needs_power_cycle(), power_cycle && !want.is_empty());
+            let text = report.to_string();
+            if report.needs_power_cycle() {
+                prop_assert!(text.contains("only after a host power cycle"), "{}", text);
+            } else {
+                prop_assert!(!text.contains("only after a host power cycle"), "{}", text);
+            }
+        }
+    }
+}
