@@ -242,9 +242,17 @@ async fn run(ex: &HostExecutor, c: Command) -> (CommandOutcome, String) {
 }
 
 async fn run_with(ex: &HostExecutor, c: Command, cancel: CancellationToken) -> (CommandOutcome, String) {
-    let (tx, _rx) = mpsc::channel(1);
-    let r = ex.execute(c, tx, cancel).await;
+    let r = run_result(ex, c, cancel).await;
     (r.outcome(), r.message)
+}
+
+async fn run_result(
+    ex: &HostExecutor,
+    c: Command,
+    cancel: CancellationToken,
+) -> hostplane_proto::v1::CommandResult {
+    let (tx, _rx) = mpsc::channel(1);
+    ex.execute(c, tx, cancel).await
 }
 
 #[tokio::test]
@@ -290,15 +298,120 @@ async fn sets_what_differs_on_the_rshims_pf0_and_says_it_takes_effect_at_the_nex
 #[tokio::test]
 async fn a_power_cycle_requirement_is_in_the_message() {
     let fake = Fake::new();
-    let (o, m) = run(
-        &fake.executor(None),
-        fw_cmd("rshim0", "", true, &[("PER_PF_NUM_SF", "1")]),
+    let ex = fake.executor(None);
+    let cmd = || fw_cmd("rshim0", "", true, &[("PER_PF_NUM_SF", "1")]);
+    let r = run_result(&ex, cmd(), CancellationToken::new()).await;
+    let m = &r.message;
+    assert_eq!(r.outcome(), CommandOutcome::Succeeded, "{m}");
+    assert!(m.contains("PER_PF_NUM_SF False(0) -> True(1)"), "{m}");
+    assert!(
+        m.contains("the running value of PER_PF_NUM_SF does not match yet")
+            && m.contains("only after a host power cycle"),
+        "{m}"
+    );
+    assert!(!m.contains("next reboot"), "{m}");
+    assert!(r.power_cycle_required, "{m}");
+    // The set changed the next-boot value only: the firmware runs the old one until it reloads.
+    assert!(
+        fake.state().contains("PER_PF_NUM_SF bool 0 0 1"),
+        "{}",
+        fake.state()
+    );
+
+    // Again before any power cycle: nothing to set, but the value set by the earlier attempt is
+    // still not in effect.
+    let r = run_result(&ex, cmd(), CancellationToken::new()).await;
+    let m = &r.message;
+    assert_eq!(r.outcome(), CommandOutcome::Succeeded, "{m}");
+    assert!(
+        m.contains("nothing changed") && m.contains("PER_PF_NUM_SF=1 unchanged"),
+        "{m}"
+    );
+    assert!(r.power_cycle_required, "{m}");
+
+    // After a power cycle the running value matches: nothing pending.
+    let state = fake
+        .state()
+        .replace("PER_PF_NUM_SF bool 0 0 1", "PER_PF_NUM_SF bool 0 1 1");
+    std::fs::write(&fake.state, state).unwrap();
+    let r = run_result(&ex, cmd(), CancellationToken::new()).await;
+    let m = &r.message;
+    assert_eq!(r.outcome(), CommandOutcome::Succeeded, "{m}");
+    assert!(!r.power_cycle_required, "{m}");
+    assert!(m.contains("no host power cycle is needed"), "{m}");
+}
+
+#[tokio::test]
+async fn power_cycle_required_only_with_the_flavors_word_and_on_success() {
+    // Values set without host_power_cycle_required: a reboot is enough.
+    let fake = Fake::new();
+    let ex = fake.executor(None);
+    let r = run_result(
+        &ex,
+        fw_cmd("rshim0", "", false, &[("PF_TOTAL_SF", "20")]),
+        CancellationToken::new(),
     )
     .await;
-    assert_eq!(o, CommandOutcome::Succeeded, "{m}");
-    assert!(m.contains("PER_PF_NUM_SF False(0) -> True(1)"), "{m}");
-    assert!(m.contains("host power cycle"), "{m}");
-    assert!(!m.contains("next reboot"), "{m}");
+    assert_eq!(r.outcome(), CommandOutcome::Succeeded, "{}", r.message);
+    assert!(!r.power_cycle_required, "{}", r.message);
+
+    // One value set, one refused: FAILED, and no power cycle is asked for.
+    let fake = Fake::new();
+    let r = run_result(
+        &fake.executor(None),
+        fw_cmd(
+            "rshim0",
+            "",
+            true,
+            &[("PF_TOTAL_SF", "20"), ("PF_BAR2_ENABLE", "maybe")],
+        ),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(r.outcome(), CommandOutcome::Failed, "{}", r.message);
+    assert!(!r.power_cycle_required, "{}", r.message);
+
+    // Disabled on this agent: SKIPPED, nothing pending.
+    let ex = HostExecutor::new(Arc::new(Inventory), vec!["true".into()]);
+    let r = run_result(
+        &ex,
+        fw_cmd("rshim0", "", true, &[("PF_TOTAL_SF", "20")]),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(r.outcome(), CommandOutcome::Skipped, "{}", r.message);
+    assert!(!r.power_cycle_required, "{}", r.message);
+}
+
+#[tokio::test]
+async fn a_devlink_parameter_set_without_a_running_value_is_pending() {
+    // enable_sriov is listed in cmode permanent only: its running value is unknown, and the set
+    // counts as pending; total_vfs is already 8 and unknown-running: not set, not pending.
+    let fake = Fake::new();
+    let devlink = Arc::new(FakeDevlink::new());
+    let ex = fake.executor(Some(devlink.clone()));
+    let r = run_result(
+        &ex,
+        fw_cmd("rshim0", "", true, &[("SRIOV_EN", "1"), ("NUM_OF_VFS", "8")]),
+        CancellationToken::new(),
+    )
+    .await;
+    let m = &r.message;
+    assert_eq!(r.outcome(), CommandOutcome::Succeeded, "{m}");
+    assert!(r.power_cycle_required, "{m}");
+    assert!(
+        m.contains("the running value of SRIOV_EN does not match yet"),
+        "{m}"
+    );
+    // Only NUM_OF_VFS, unchanged: nothing known to be pending.
+    let r = run_result(
+        &ex,
+        fw_cmd("rshim0", "", true, &[("NUM_OF_VFS", "8")]),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(r.outcome(), CommandOutcome::Succeeded, "{}", r.message);
+    assert!(!r.power_cycle_required, "{}", r.message);
 }
 
 #[tokio::test]
