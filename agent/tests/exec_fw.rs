@@ -278,9 +278,9 @@ async fn sets_what_differs_on_the_rshims_pf0_and_says_it_takes_effect_at_the_nex
     assert_eq!(
         fake.calls(),
         [
-            format!("-d {PF0} -e query"),
+            format!("-d {PF0} -e query PF_BAR2_ENABLE PF_TOTAL_SF"),
             format!("-d {PF0} -y set PF_TOTAL_SF=20"),
-            format!("-d {PF0} -e query"),
+            format!("-d {PF0} -e query PF_TOTAL_SF"),
         ]
     );
     assert!(fake.state().contains("PF_TOTAL_SF num 0 0 20"));
