@@ -92,8 +92,10 @@ pub fn list(dev_root: &Path) -> RshimSet {
 
 /// Watch `dev_root` until `cancel` (or until every receiver is gone). The
 /// receiver holds the current set of rshim devices, listed once before this
-/// returns, and is told when it changes (after the debounce); each device
-/// that came or went is logged.
+/// returns, and is told when it changes (after the debounce), and also when
+/// inotify saw an rshim device come or go though the names end up the same
+/// (a DPU replaced within the debounce: the receiver reads the devices
+/// again); each device that came or went is logged.
 pub fn watch(
     dev_root: PathBuf,
     cfg: &RshimWatchConfig,
@@ -155,22 +157,27 @@ impl Watcher {
         let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            // An inotify event on an rshim name: the device may have been
+            // replaced (removed and added within the debounce) even when the
+            // names end up the same.
+            let evented = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tx.closed() => return,
                 relevant = self.next_event() => {
                     if !relevant {
                         continue;
                     }
+                    true
                 }
                 _ = tick.tick() => {
                     if self.inotify.is_none() {
                         self.arm();
                     }
+                    false
                 }
-            }
+            };
             let now = self.list().await;
-            if now == *tx.borrow() {
+            if !evented && now == *tx.borrow() {
                 continue;
             }
             // Let the device's files appear (or the rest of a batch of
@@ -181,6 +188,12 @@ impl Watcher {
             let now = self.list().await;
             let before = tx.borrow().clone();
             if now == before {
+                if evented {
+                    // Same names: the receiver re-reads the devices and
+                    // compares what it finds with what it had.
+                    tracing::debug!(dev_root = %self.dev_root.display(), "rshim devices touched; names unchanged");
+                    tx.send_replace(now);
+                }
                 continue;
             }
             for name in now.difference(&before) {
@@ -398,6 +411,27 @@ mod tests {
             None,
             "one report"
         );
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_device_replaced_within_the_debounce_is_told_though_the_names_are_the_same() {
+        let root = tempfile::tempdir().unwrap();
+        add(root.path(), "rshim0");
+        let cancel = CancellationToken::new();
+        let c = RshimWatchConfig {
+            debounce: Duration::from_millis(300),
+            ..cfg(Duration::from_secs(3600))
+        };
+        let mut rx = watch(root.path().to_path_buf(), &c, cancel.clone());
+        assert_eq!(*rx.borrow_and_update(), set(&["rshim0"]));
+        std::fs::remove_dir_all(root.path().join("rshim0")).unwrap();
+        add(root.path(), "rshim0");
+        assert_eq!(
+            next(&mut rx, Duration::from_secs(5)).await,
+            Some(set(&["rshim0"]))
+        );
+        assert_eq!(next(&mut rx, Duration::from_millis(500)).await, None, "told once");
         cancel.cancel();
     }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use hostplane_proto::v1::{
     Ack, AgentMessage, Command, CommandEvent, CommandOutcome, CommandResult, CoordinatorMessage,
-    DesiredState, DpuNetwork, FlashProgress, Heartbeat, Hello, Nack, NetworkReport, agent_message::Msg,
-    command_event, coordinator_message,
+    DesiredState, DpuNetwork, FlashProgress, Heartbeat, Hello, Nack, NetworkReport, RshimInfo,
+    agent_message::Msg, command_event, coordinator_message,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -120,8 +120,9 @@ pub struct Owner {
     before_close: Option<BeforeClose>,
     /// The rshim devices on the host, from the hot-plug watch (None: `rshim_watch.enabled: false`).
     rshims: Option<watch::Receiver<RshimSet>>,
-    /// The rshim devices of the inventory the coordinator last got (in Hello or an update).
-    reported: RshimSet,
+    /// The rshim entries of the inventory the coordinator last got (in Hello or an update),
+    /// by name: a DPU swapped for another under the same rshim<N> differs here, not in the names.
+    reported: Vec<RshimInfo>,
 }
 
 impl Owner {
@@ -158,7 +159,7 @@ impl Owner {
             shutdown,
             before_close: None,
             rshims: None,
-            reported: RshimSet::new(),
+            reported: Vec::new(),
             cfg,
         }
     }
@@ -194,7 +195,7 @@ impl Owner {
             let Some(inventory) = self.drive(async move { executor.inventory().await }).await else {
                 break;
             };
-            self.reported = inventory.rshims.iter().map(|r| r.name.clone()).collect();
+            self.reported = by_name(&inventory.rshims);
             let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
             let hello = self.hello(inventory);
             let _ = tx.try_send(hello);
@@ -266,6 +267,14 @@ impl Owner {
     async fn serve(&mut self, mut link: Link, mut inbound: Inbound) -> End {
         let mut period = self.lease;
         let mut heartbeat = heartbeat_timer(period);
+        // The inventory is read again every rescan_interval while the watch is on and sent if
+        // any entry changed: an rshim whose misc could not be read (the driver was not ready), a
+        // DPU swapped under the same rshim<N> that no inotify event told of (a FUSE dev root).
+        let mut reread = tokio::time::interval_at(
+            Instant::now() + self.cfg.rshim_watch.rescan_interval,
+            self.cfg.rshim_watch.rescan_interval,
+        );
+        reread.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // What the coordinator may have missed while away (drift repairs, the start-up re-apply).
         for r in self.net.as_ref().map(NetSync::latest).unwrap_or_default() {
             link.send(network_report(r)).await;
@@ -298,7 +307,10 @@ impl Owner {
                 },
                 Some(ev) = self.events_rx.recv() => self.on_event(ev, Some(&mut link)).await,
                 r = next_report(&mut self.drift) => self.on_drift(r, Some(&mut link)).await,
-                now = next_rshims(&mut self.rshims) => self.on_rshims(now, &mut link).await,
+                () = next_rshims(&mut self.rshims) => self.on_rshims(&mut link).await,
+                _ = reread.tick(), if self.rshims.is_some() => {
+                    self.on_rshims(&mut link).await
+                }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 ev = self.power.next() => match ev {
                     PowerEvent::BatchDue => {
@@ -320,22 +332,33 @@ impl Owner {
         }
     }
 
-    /// The host's rshim devices changed (hot-plug): send the whole inventory
-    /// again, unless it already names exactly these devices. While
-    /// disconnected nothing is sent: the next Hello carries the inventory.
-    async fn on_rshims(&mut self, now: RshimSet, link: &mut Link) {
+    /// The host's rshim devices may have changed (hot-plug, or an rshim
+    /// that could not be read is due to be read again): read the inventory
+    /// and send it whole, unless every entry (name, serial, PCI address or
+    /// USB path, DEV_INFO, error) is what the coordinator already has: a
+    /// DPU swapped for another that got the same rshim<N> name is reported.
+    /// While disconnected nothing is sent: the next Hello carries the inventory.
+    async fn on_rshims(&mut self, link: &mut Link) {
+        let inventory = self.executor.inventory().await;
+        let now = by_name(&inventory.rshims);
         if now == self.reported {
             return;
         }
-        let inventory = self.executor.inventory().await;
-        let names: RshimSet = inventory.rshims.iter().map(|r| r.name.clone()).collect();
+        let names = |v: &[RshimInfo]| v.iter().map(|r| r.name.clone()).collect::<RshimSet>();
+        let (before, after) = (names(&self.reported), names(&now));
+        let changed: Vec<&str> = now
+            .iter()
+            .filter(|r| self.reported.iter().any(|o| o.name == r.name && o != *r))
+            .map(|r| r.name.as_str())
+            .collect();
         tracing::info!(
-            added = ?names.difference(&self.reported).collect::<Vec<_>>(),
-            removed = ?self.reported.difference(&names).collect::<Vec<_>>(),
-            rshims = ?names,
+            added = ?after.difference(&before).collect::<Vec<_>>(),
+            removed = ?before.difference(&after).collect::<Vec<_>>(),
+            changed = ?changed,
+            rshims = ?after,
             "rshim devices changed; sending the inventory"
         );
-        self.reported = names;
+        self.reported = now;
         link.send(msg(Msg::Inventory(inventory))).await;
     }
 
@@ -633,16 +656,24 @@ fn progress_event(command_id: String, p: FlashProgress) -> AgentMessage {
     }))
 }
 
-/// The next set of rshim devices from the hot-plug watch; pending forever
-/// without a watch (or once it ended, at shutdown).
-async fn next_rshims(rx: &mut Option<watch::Receiver<RshimSet>>) -> RshimSet {
+/// The next word from the hot-plug watch (the devices may have changed,
+/// names or not); pending forever without a watch (or once it ended, at
+/// shutdown).
+async fn next_rshims(rx: &mut Option<watch::Receiver<RshimSet>>) {
     let Some(rx) = rx else {
         return std::future::pending().await;
     };
     if rx.changed().await.is_err() {
         return std::future::pending().await;
     }
-    rx.borrow_and_update().clone()
+    rx.borrow_and_update();
+}
+
+/// Inventory entries in name order, for comparing two inventories.
+fn by_name(rshims: &[RshimInfo]) -> Vec<RshimInfo> {
+    let mut v = rshims.to_vec();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
 }
 
 fn lease_of(ds: Option<&DesiredState>, default: Duration) -> Duration {
