@@ -38,7 +38,8 @@ pub struct RshimWatchConfig {
     /// or go; false: the inventory is sent in Hello only (at each connect).
     pub enabled: bool,
     /// List the dev root this often whatever inotify says (the fallback
-    /// when inotify is unavailable or silent).
+    /// when inotify is unavailable or silent); the session also reads the
+    /// inventory again this often and sends it when an entry changed.
     #[serde(with = "humantime_serde")]
     pub rescan_interval: Duration,
     /// A change is reported once the dev root has been quiet this long.
