@@ -2,7 +2,7 @@
 //! scheduler needs (DESIGN.md, "The upstream flows").
 use hostplane_proto::v1::{
     CreateNodeWithDevicesRequest, CreateNodeWithDevicesResponse, Deployment, Device, Dpu, DpuPhase,
-    DpuReadiness, DpuRef, Flavor, Kind, MarkRebootedRequest, Node, NodeRebootStatus, NodeRef, RebootKind,
+    DpuReadiness, DpuRef, Kind, MarkRebootedRequest, Node, NodeRebootStatus, NodeRef, RebootKind,
     RebootMethod, Resource, SetDeploymentImageRequest, resource,
 };
 
@@ -87,7 +87,7 @@ impl AdminApi {
                     }
                     return Err(ApiError::NotWaitingForReboot { node: n });
                 }
-                let need = power_cycle_needed(t, &node, &waiting)?;
+                let need = power_cycle_needed(&waiting);
                 if !power_cycled && !need.is_empty() {
                     return Err(ApiError::PowerCycleRequired {
                         node: n,
@@ -142,7 +142,7 @@ impl AdminApi {
             .read_snapshot(move |t| {
                 let node = typed::fetch::<Node>(t, &req.name)?;
                 let waiting = waiting_dpus(t, &node)?;
-                let power_cycle_required = !power_cycle_needed(t, &node, &waiting)?.is_empty();
+                let power_cycle_required = !power_cycle_needed(&waiting).is_empty();
                 Ok(NodeRebootStatus {
                     waiting_for_reboot: !waiting.is_empty(),
                     dpus: waiting.iter().map(|d| d.name().to_string()).collect(),
@@ -259,27 +259,18 @@ fn any_external_power_cycle(t: &Txn<'_>, node: &str) -> Result<bool, ApiError> {
 }
 
 /// "d1 (flavor f1)" for each of `waiting` whose reboot must be a power cycle:
-/// its Flavor has a matched nvconfig entry with host_power_cycle_required (the
-/// state machine's rule, `fsm::nicfw`), or its agent could not power-cycle the host.
-fn power_cycle_needed(t: &Txn<'_>, node: &Node, waiting: &[Dpu]) -> Result<Vec<String>, ApiError> {
-    let mut out = Vec::new();
-    for d in waiting {
-        let spec = d.spec.clone().unwrap_or_default();
-        let needs = nicfw::external_power_cycle(d) || {
-            let flavor = typed::get::<Flavor>(t, &spec.flavor)?;
-            let device = typed::get::<Device>(t, &spec.device)?;
-            match (flavor.and_then(|f| f.spec), device) {
-                (Some(f), Some(dev)) => {
-                    nicfw::needs_power_cycle(&f, &nicfw::target_of(&spec.device, &dev, Some(node)))
-                }
-                _ => false,
-            }
-        };
-        if needs {
-            out.push(format!("{} (flavor {})", d.name(), spec.flavor));
-        }
-    }
-    Ok(out)
+/// its agent reported NIC firmware values pending one when it applied them
+/// (the state machine's rule, `fsm::nicfw::needs_power_cycle_now`), or its
+/// agent could not power-cycle the host.
+fn power_cycle_needed(waiting: &[Dpu]) -> Vec<String> {
+    waiting
+        .iter()
+        .filter(|d| nicfw::needs_power_cycle_now(d))
+        .map(|d| {
+            let flavor = d.spec.as_ref().map(|s| s.flavor.as_str()).unwrap_or("");
+            format!("{} (flavor {flavor})", d.name())
+        })
+        .collect()
 }
 
 fn store_typed<T: Typed>(t: &mut Txn<'_>, x: T) -> Result<T, ApiError> {

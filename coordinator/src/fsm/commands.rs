@@ -110,7 +110,7 @@ pub fn command_for(phase: DpuPhase, dpu: &Dpu, view: &View, id: String) -> Resul
             // The Dpu that issues the node's reboot sets power_cycle for its siblings too
             // (`dpu::phases`): one power cycle serves them all.
             command::Action::RebootHost(RebootHost {
-                power_cycle: nicfw::power_cycle_required(view, dpu),
+                power_cycle: nicfw::power_cycle_required(dpu),
             })
         }
         DpuPhase::DpuClusterConfig => command::Action::DpuClusterConfig(DpuClusterConfig {}),
@@ -305,17 +305,30 @@ mod tests {
         assert_eq!(x.nic_firmware["PF_TOTAL_SF"], "20");
         assert_eq!(x.nic_firmware.len(), 2, "{:?}", x.nic_firmware);
         assert!(x.host_power_cycle_required);
-        // The reboot step becomes a power cycle on an agent-rebooted node.
+        // The reboot step follows what the agent reported, not the Flavor: a plain reboot until
+        // its ConfigFWParameters result said values wait for a power cycle.
         c.nodes.get_mut("n1").unwrap().spec = Some(hostplane_proto::v1::NodeSpec {
             reboot_method: RebootMethod::Agent as i32,
         });
-        let r = command_for(DpuPhase::Rebooting, &dpu, &c, "id".into())
+        let reboot = |dpu: &Dpu| match command_for(DpuPhase::Rebooting, dpu, &c, "id".into())
             .unwrap()
-            .unwrap();
-        assert_eq!(
-            r.action,
-            Some(command::Action::RebootHost(RebootHost { power_cycle: true }))
+            .unwrap()
+            .action
+        {
+            Some(command::Action::RebootHost(r)) => r.power_cycle,
+            other => panic!("{other:?}"),
+        };
+        assert!(!reboot(&dpu));
+        let mut pending = dpu.clone();
+        crate::fsm::util::set_condition(
+            &mut pending.status.get_or_insert_default().conditions,
+            crate::fsm::nicfw::COND_POWER_CYCLE_REQUIRED,
+            "True",
+            "NicFirmwarePending",
+            "pending",
+            1,
         );
+        assert!(reboot(&pending));
     }
 
     #[test]

@@ -275,7 +275,7 @@ pub fn plan_changes<C: CommandRows>(
                     && !stepped.contains(d.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or(""))
             }) {
                 acc.waiting.insert(node.to_string(), true);
-                if needs_power_cycle_now(view, d) {
+                if needs_power_cycle_now(d) {
                     acc.power_cycle.insert(node.to_string());
                 }
             }

@@ -295,9 +295,21 @@ fn random_change(h: &Harness, rng: &mut Rng, now: &mut i64, nodes: usize) {
                 }
                 _ => outcome,
             };
+            // An agent that applied firmware needing a power cycle mostly reports values pending
+            // one (not when they were already in effect).
+            let pending = matches!(
+                &c.action,
+                Some(hostplane_proto::v1::command::Action::ConfigFwParameters(x))
+                    if x.host_power_cycle_required
+            ) && outcome == CommandOutcome::Succeeded
+                && rng.below(4) > 0;
+            let result = CommandResult {
+                power_cycle_required: pending,
+                ..done(outcome)
+            };
             let boot = format!("boot-{}", rng.next());
             h.write(move |t| {
-                t.finish_command(&c.id, &done(outcome))?;
+                t.finish_command(&c.id, &result)?;
                 if reboot
                     && outcome == CommandOutcome::Succeeded
                     && let Some(mut r) = t.get(Kind::Node, &node)?
@@ -312,7 +324,24 @@ fn random_change(h: &Harness, rng: &mut Rng, now: &mut i64, nodes: usize) {
         }
         4 => {
             let reachable = rng.below(3) > 0;
-            node_status(h, &node, move |s| s.reachable = reachable);
+            // A Hello may report no inventory, or another model: it changes no Dpu's power cycle.
+            let inventory = match rng.below(3) {
+                0 => Some(hostplane_proto::v1::Inventory::default()),
+                1 => Some(hostplane_proto::v1::Inventory {
+                    rshims: vec![hostplane_proto::v1::RshimInfo {
+                        name: "rshim0".into(),
+                        dev_info: "BlueField-3(Rev 1)".into(),
+                        ..Default::default()
+                    }],
+                }),
+                _ => None,
+            };
+            node_status(h, &node, move |s| {
+                s.reachable = reachable;
+                if let Some(inv) = inventory {
+                    s.inventory = Some(inv);
+                }
+            });
         }
         5 => {
             let at = *now;

@@ -1,7 +1,9 @@
 //! Which of a Flavor's NIC firmware entries (`spec.nvconfig`, DPF's DPUFlavor
 //! spec.nvconfig) apply to one Dpu's Device, and what they add up to: the
-//! parameters of ConfigFWParameters and whether the node's reboot becomes a
-//! power cycle. The matching is pure; [`target`] gathers its inputs from the view.
+//! parameters of ConfigFWParameters and whether they need a host power cycle.
+//! The matching is pure; [`target`] gathers its inputs from the view. Whether
+//! the node's reboot becomes a power cycle is what the agent reported when it
+//! applied them ([`COND_POWER_CYCLE_REQUIRED`]), not the Flavor.
 use std::collections::BTreeMap;
 
 use hostplane_proto::v1::{Device, Dpu, DpuPhase, FlavorSpec, Node};
@@ -10,6 +12,13 @@ use super::commands::agent_reboots;
 use super::util::condition;
 use crate::api::validate::nvconfig::{is_wildcard, parse_parameter};
 use crate::store::View;
+
+/// Set on a Dpu when its ConfigFWParameters result is recorded: True (reason
+/// `NicFirmwarePending`) when the agent reported values that take effect only
+/// after a host power cycle (`CommandResult.power_cycle_required`), False
+/// (`NotNeeded`) when it succeeded without or skipped. A Dpu without it (it
+/// has not passed ConfigFWParameters) needs no power cycle.
+pub const COND_POWER_CYCLE_REQUIRED: &str = "PowerCycleRequired";
 
 /// True on a Dpu in Rebooting whose node's agent could not power-cycle the
 /// host (it answered the power-cycle RebootHost SKIPPED, e.g. no BMC): the
@@ -35,8 +44,8 @@ pub fn waits_for_mark_rebooted(view: &View, d: &Dpu) -> bool {
 }
 
 /// The reboot this Dpu waits for must be a power cycle.
-pub fn needs_power_cycle_now(view: &View, d: &Dpu) -> bool {
-    external_power_cycle(d) || power_cycle_required(view, d)
+pub fn needs_power_cycle_now(d: &Dpu) -> bool {
+    external_power_cycle(d) || power_cycle_required(d)
 }
 
 /// What a device selector is compared with.
@@ -104,13 +113,6 @@ pub fn resolve(spec: &FlavorSpec, t: &Target<'_>) -> Result<Resolved, String> {
     Ok(out)
 }
 
-/// Any entry that matches `t` needs a host power cycle.
-pub fn needs_power_cycle(spec: &FlavorSpec, t: &Target<'_>) -> bool {
-    spec.nvconfig
-        .iter()
-        .any(|e| e.host_power_cycle_required && selects(&e.device, t))
-}
-
 /// The target of a Device on its node (the node's reported inventory gives the model).
 pub fn target_of<'a>(device_name: &'a str, device: &'a Device, node: Option<&'a Node>) -> Target<'a> {
     let spec = device.spec.as_ref();
@@ -129,18 +131,14 @@ pub fn target_of<'a>(device_name: &'a str, device: &'a Device, node: Option<&'a 
     }
 }
 
-/// The Dpu's Device as a target, and its Flavor's spec; None when either is missing.
-pub fn target<'v>(view: &'v View, dpu: &Dpu) -> Option<(Target<'v>, &'v FlavorSpec)> {
-    let spec = dpu.spec.as_ref()?;
-    let (device_name, device) = view.devices.get_key_value(&spec.device)?;
-    let flavor = view.flavors.get(&spec.flavor)?.spec.as_ref()?;
-    let node = view.nodes.get(&spec.node);
-    Some((target_of(device_name, device, node), flavor))
-}
-
-/// The Dpu's Flavor has a matched entry with `host_power_cycle_required`.
-pub fn power_cycle_required(view: &View, dpu: &Dpu) -> bool {
-    target(view, dpu).is_some_and(|(t, f)| needs_power_cycle(f, &t))
+/// The agent reported, in this Dpu's last ConfigFWParameters result, NIC
+/// firmware values that take effect only after a host power cycle
+/// ([`COND_POWER_CYCLE_REQUIRED`] True). Read from the Dpu alone: neither the
+/// Flavor nor the node's live inventory changes it afterwards.
+pub fn power_cycle_required(dpu: &Dpu) -> bool {
+    dpu.status.as_ref().is_some_and(|s| {
+        condition(&s.conditions, COND_POWER_CYCLE_REQUIRED).is_some_and(|c| c.status == "True")
+    })
 }
 
 #[cfg(test)]
@@ -208,7 +206,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         assert_eq!(r.parameters, want);
-        assert!(r.power_cycle && needs_power_cycle(&spec, &T));
+        assert!(r.power_cycle);
         // A BlueField-2 named d3: only the "*" entry.
         let other = Target {
             name: "d3",
@@ -218,7 +216,7 @@ mod tests {
         };
         let r = resolve(&spec, &other).unwrap();
         assert_eq!(r.parameters.len(), 2);
-        assert!(!r.power_cycle && !needs_power_cycle(&spec, &other));
+        assert!(!r.power_cycle);
     }
 
     #[test]
@@ -332,7 +330,6 @@ mod tests {
             }
             prop_assert_eq!(&r.parameters, &want);
             prop_assert_eq!(r.power_cycle, pc);
-            prop_assert_eq!(needs_power_cycle(&spec, &T), pc);
         }
     }
 }

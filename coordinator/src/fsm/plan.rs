@@ -451,7 +451,7 @@ pub(super) fn step_one(
         // An external reboot is asked for only once no sibling is mid-install.
         if waits_for_mark_rebooted(view, after) && ctx.installing.get(node).is_none_or(|s| s.is_empty()) {
             acc.waiting.insert(node.to_string(), true);
-            if needs_power_cycle_now(view, after) {
+            if needs_power_cycle_now(after) {
                 acc.power_cycle.insert(node.to_string());
             }
         }

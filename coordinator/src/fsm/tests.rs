@@ -267,9 +267,22 @@ fn pci_address_changes_are_noted() {
     assert!(w.changed.is_empty(), "a device created again is new");
 }
 
-/// Flavor f1 whose only nvconfig entry, for device `b`, needs a host power cycle.
+/// Flavor f1 whose only nvconfig entry, for device `b`, needs a host power cycle, and Dpu `b`'s
+/// agent reported values pending one (its ConfigFWParameters result).
 fn power_cycle_for_b(objs: &mut [Resource]) {
     for o in objs {
+        if let Some(hostplane_proto::v1::resource::Kind::Dpu(d)) = &mut o.kind
+            && d.metadata.as_ref().is_some_and(|m| m.name == "b")
+        {
+            util::set_condition(
+                &mut d.status.get_or_insert_default().conditions,
+                super::nicfw::COND_POWER_CYCLE_REQUIRED,
+                "True",
+                "NicFirmwarePending",
+                "flavor f1's NIC firmware parameters: pending",
+                1,
+            );
+        }
         if let Some(hostplane_proto::v1::resource::Kind::Flavor(f)) = &mut o.kind {
             f.spec = Some(hostplane_proto::v1::FlavorSpec {
                 nvconfig: vec![hostplane_proto::v1::NicFirmwareConfig {
@@ -304,9 +317,9 @@ fn one_power_cycle_serves_the_round_and_a_skipped_one_waits_for_the_upstream() {
     use hostplane_proto::v1::{CommandOutcome, RebootHost, command};
     let cfg = FsmConfig::default();
     let mut objs = base(2, &["a", "b"]);
-    power_cycle_for_b(&mut objs);
     objs.push(rebooting("a", ""));
     objs.push(rebooting("b", ""));
+    power_cycle_for_b(&mut objs);
     let p = plan(
         &cache(objs.clone()),
         &HashMap::new(),
@@ -338,9 +351,9 @@ fn one_power_cycle_serves_the_round_and_a_skipped_one_waits_for_the_upstream() {
 
     // The agent has no BMC: both wait for the upstream system, and the node says power cycle.
     let mut objs = base(2, &["a", "b"]);
-    power_cycle_for_b(&mut objs);
     objs.push(rebooting("a", "cycle"));
     objs.push(rebooting("b", "cycle"));
+    power_cycle_for_b(&mut objs);
     let row = |outcome: CommandOutcome| {
         HashMap::from([(
             "cycle".to_string(),
@@ -409,4 +422,86 @@ fn one_power_cycle_serves_the_round_and_a_skipped_one_waits_for_the_upstream() {
         })
         .collect();
     assert_eq!(recorded, [Some(1_000)], "{:#?}", p.actions);
+}
+
+/// ConfigFWParameters' result sets PowerCycleRequired: True only when the agent SUCCEEDED with
+/// values pending a power cycle, whatever the Flavor says; False when it succeeded without or
+/// skipped. A failure leaves the condition alone (the Dpu goes to Error).
+#[test]
+fn the_config_fw_result_decides_the_power_cycle_not_the_flavor() {
+    use hostplane_proto::v1::{CommandOutcome, CommandResult, ConfigFwParameters, command};
+    let cfg = FsmConfig::default();
+    // The Flavor asks for a power cycle for every device.
+    let mut objs = base(2, &["a"]);
+    for o in &mut objs {
+        if let Some(hostplane_proto::v1::resource::Kind::Flavor(f)) = &mut o.kind {
+            f.spec = Some(hostplane_proto::v1::FlavorSpec {
+                nvconfig: vec![hostplane_proto::v1::NicFirmwareConfig {
+                    device: "*".into(),
+                    parameters: vec!["PF_TOTAL_SF=20".into()],
+                    host_power_cycle_required: true,
+                }],
+                ..Default::default()
+            });
+        }
+    }
+    objs.push(dpu("a", "n1", "b1", DpuPhase::ConfigFwParameters, "fw"));
+    let view = cache(objs);
+    let row = |outcome: CommandOutcome, pc: bool| {
+        HashMap::from([(
+            "fw".to_string(),
+            Some(CommandRow {
+                command: hostplane_proto::v1::Command {
+                    id: "fw".into(),
+                    dpu: "a".into(),
+                    rshim: "rshim0".into(),
+                    action: Some(command::Action::ConfigFwParameters(ConfigFwParameters {
+                        nic_firmware: [("PF_TOTAL_SF".to_string(), "20".to_string())].into(),
+                        pci_address: String::new(),
+                        host_power_cycle_required: true,
+                    })),
+                },
+                node: "n1".into(),
+                created_ms: 0,
+                result: Some(CommandResult {
+                    power_cycle_required: pc,
+                    ..testing::result(outcome, "agent words")
+                }),
+            }),
+        )])
+    };
+    let cases = [
+        (
+            CommandOutcome::Succeeded,
+            true,
+            Some(("True", "NicFirmwarePending")),
+        ),
+        (CommandOutcome::Succeeded, false, Some(("False", "NotNeeded"))),
+        (CommandOutcome::Skipped, false, Some(("False", "NotNeeded"))),
+        // An agent that says so on a skip is not believed: nothing was applied.
+        (CommandOutcome::Skipped, true, Some(("False", "NotNeeded"))),
+        (CommandOutcome::Failed, true, None),
+    ];
+    for (outcome, pc, want) in cases {
+        let p = plan(&view, &row(outcome, pc), crate::store::now_ms(), &cfg);
+        let up = updates(&p.actions);
+        let d = up["a"];
+        let got = util::condition(&d.status.as_ref().unwrap().conditions, "PowerCycleRequired")
+            .map(|c| (c.status.as_str(), c.reason.as_str()));
+        assert_eq!(got, want, "{outcome:?} power_cycle_required={pc}");
+        assert_eq!(
+            super::nicfw::power_cycle_required(d),
+            want.is_some_and(|w| w.0 == "True"),
+            "{outcome:?} {pc}"
+        );
+        if let Some(c) = util::condition(&d.status.as_ref().unwrap().conditions, "PowerCycleRequired")
+            && c.status == "True"
+        {
+            assert!(
+                c.message.contains("flavor f1") && c.message.contains("pending a host power cycle"),
+                "{}",
+                c.message
+            );
+        }
+    }
 }

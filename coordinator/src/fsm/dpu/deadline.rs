@@ -77,7 +77,7 @@ impl Stepper<'_> {
                 "node {node} was not marked power-cycled after its agent could not power-cycle it; power-cycle \
                  it, MarkRebooted with power_cycled, and reprovision"
             ),
-            DpuPhase::Rebooting if st.command_id.is_empty() && power_cycle_required(ctx.view, self.cur()) => {
+            DpuPhase::Rebooting if st.command_id.is_empty() && power_cycle_required(self.cur()) => {
                 format!("node {node} was not marked power-cycled; power-cycle it and reprovision")
             }
             DpuPhase::Rebooting if st.command_id.is_empty() => {

@@ -68,6 +68,9 @@ impl Stepper<'_> {
                 };
             }
         };
+        if phase == DpuPhase::ConfigFwParameters {
+            self.record_power_cycle(&r, ctx.now);
+        }
         let agent_msg = r.message;
         let next = next_phase(phase);
         match CommandOutcome::try_from(r.outcome).unwrap_or(CommandOutcome::Unspecified) {
@@ -144,6 +147,48 @@ impl Stepper<'_> {
         }
     }
 
+    /// What the agent's ConfigFWParameters result says of a power cycle, as condition
+    /// PowerCycleRequired (read by `nicfw::power_cycle_required`): True when it SUCCEEDED with
+    /// values pending a host power cycle, False when it SUCCEEDED without or was SKIPPED. Other
+    /// outcomes move the Dpu to Error and leave it as it is.
+    fn record_power_cycle(&mut self, r: &hostplane_proto::v1::CommandResult, now: i64) {
+        let node = self.node();
+        let flavor = self
+            .cur()
+            .spec
+            .as_ref()
+            .map(|s| s.flavor.clone())
+            .unwrap_or_default();
+        let (status, reason, msg) = match CommandOutcome::try_from(r.outcome) {
+            Ok(CommandOutcome::Succeeded) if r.power_cycle_required => (
+                "True",
+                "NicFirmwarePending",
+                format!(
+                    "flavor {flavor}'s NIC firmware parameters: the agent on node {node} reported values \
+                     pending a host power cycle; the node's reboot is a power cycle"
+                ),
+            ),
+            Ok(CommandOutcome::Succeeded) => (
+                "False",
+                "NotNeeded",
+                format!(
+                    "flavor {flavor}'s NIC firmware parameters: the agent on node {node} reported no value \
+                     pending a host power cycle"
+                ),
+            ),
+            Ok(CommandOutcome::Skipped) => (
+                "False",
+                "NotNeeded",
+                format!(
+                    "flavor {flavor}'s NIC firmware parameters were not applied (the agent on node {node} \
+                     skipped ConfigFWParameters): no host power cycle is needed"
+                ),
+            ),
+            _ => return,
+        };
+        self.cond(nicfw::COND_POWER_CYCLE_REQUIRED, status, reason, &msg, now);
+    }
+
     /// The DPU now runs the Dpu's bfb and flavor.
     fn mark_installed(&mut self) {
         let spec = self.cur().spec.clone().unwrap_or_default();
@@ -162,37 +207,37 @@ impl Stepper<'_> {
                 .get(&node)
                 .and_then(|n| n.status.as_ref())
                 .map(|s| s.boot_id.as_str());
-            let does = self.agent_reboot_does(ctx);
+            let does = self.agent_reboot_does();
             format!(
                 "OS installed on {rshim}; {does} ({BOOT_ID_MARK}{})",
                 boot.unwrap_or("")
             )
         } else {
-            format!("OS installed on {rshim}; {}", self.external_wait(ctx))
+            format!("OS installed on {rshim}; {}", self.external_wait())
         }
     }
 
     /// Why this Dpu's reboot must be a power cycle, or None when a warm reboot does.
-    fn power_cycle_why(&self, ctx: &StepCtx<'_>) -> Option<String> {
+    fn power_cycle_why(&self) -> Option<String> {
         let flavor = self.cur().spec.as_ref().map(|s| s.flavor.as_str()).unwrap_or("");
-        nicfw::power_cycle_required(ctx.view, self.cur()).then(|| {
+        nicfw::power_cycle_required(self.cur()).then(|| {
             format!("flavor {flavor}'s NIC firmware parameters take effect only after a host power cycle")
         })
     }
 
     /// What the agent does for the reboot step, for messages.
-    fn agent_reboot_does(&self, ctx: &StepCtx<'_>) -> String {
+    fn agent_reboot_does(&self) -> String {
         let node = self.node();
-        match self.power_cycle_why(ctx) {
+        match self.power_cycle_why() {
             Some(why) => format!("the agent on node {node} power-cycles the host through its BMC; {why}"),
             None => format!("the agent on node {node} reboots the host"),
         }
     }
 
     /// What an externally rebooted (or power-cycled) node waits for, for messages.
-    fn external_wait(&self, ctx: &StepCtx<'_>) -> String {
+    fn external_wait(&self) -> String {
         let node = self.node();
-        match self.power_cycle_why(ctx) {
+        match self.power_cycle_why() {
             Some(why) => format!(
                 "waiting for node {node} to be power-cycled, not only rebooted ({why}; power-cycle it, then \
                  MarkRebooted with power_cycled)"
@@ -248,9 +293,9 @@ impl Stepper<'_> {
             let msg = format!("no other Dpu on node {node_name} is being installed");
             self.cond(COND_REBOOT_HELD, "False", "SiblingsDone", &msg, ctx.now);
             let then = if agent_reboots(ctx.view, &node_name) {
-                self.agent_reboot_does(ctx)
+                self.agent_reboot_does()
             } else {
-                self.external_wait(ctx)
+                self.external_wait()
             };
             self.set_message(format!("{msg}; {then}"));
         }
@@ -260,11 +305,11 @@ impl Stepper<'_> {
             // cycle is needed; the API refuses it without).
             if ns.rebooted_at_ms > entered {
                 let cycled = ns.last_reboot_kind == RebootKind::PowerCycle as i32;
-                if !cycled && (fallback || self.power_cycle_why(ctx).is_some()) {
+                if !cycled && (fallback || self.power_cycle_why().is_some()) {
                     self.set_message(format!(
                         "node {node_name} was marked rebooted at {} ms, but not power-cycled; {}",
                         ns.rebooted_at_ms,
-                        self.external_wait(ctx)
+                        self.external_wait()
                     ));
                     return Next::Stay;
                 }
@@ -416,12 +461,7 @@ impl Stepper<'_> {
             // One reboot serves every Dpu of the node in Rebooting: a power cycle when any needs one.
             let sibling_needs = ctx.rebooting.get(node).is_some_and(|names| {
                 names.iter().any(|n| {
-                    n != self.name()
-                        && ctx
-                            .view
-                            .dpus
-                            .get(n)
-                            .is_some_and(|d| nicfw::power_cycle_required(ctx.view, d))
+                    n != self.name() && ctx.view.dpus.get(n).is_some_and(nicfw::power_cycle_required)
                 })
             });
             if sibling_needs
