@@ -58,13 +58,36 @@ fn flavor(nvconfig: Vec<NicFirmwareConfig>) -> Resource {
     r
 }
 
+/// How the fake agent answers ConfigFWParameters.
+#[derive(Clone, Copy)]
+enum Fw {
+    /// SUCCEEDED, the values set pending a power cycle when the command asked for one (an agent
+    /// that set them through the fake mstconfig, whose running values change only at reboot).
+    AsAsked,
+    /// SUCCEEDED with nothing pending (the values were already in effect).
+    NothingPending,
+    /// SKIPPED (`nic_firmware.enabled: false`, or an agent without NIC firmware support).
+    Skipped,
+}
+
 /// Node n1 (`reboot`) reporting d1 (rshim0) as a BlueField-3 and d2 (rshim1) as a BlueField-2;
 /// `devices` of them in deployment dep (AUTO, all at once) of flavor f1 with `nvconfig`. The fake
-/// agent answers RebootHost with `reboot` and every other command SUCCEEDED.
+/// agent answers RebootHost with `reboot`, ConfigFWParameters as [`Fw::AsAsked`] and every other
+/// command SUCCEEDED.
 async fn env(
     method: RebootMethod,
     devices: &[&str],
     nvconfig: Vec<NicFirmwareConfig>,
+    reboot: impl Fn(&Command) -> Option<hostplane_proto::v1::CommandResult> + Send + Sync + 'static,
+) -> Env {
+    env_fw(method, devices, nvconfig, Fw::AsAsked, reboot).await
+}
+
+async fn env_fw(
+    method: RebootMethod,
+    devices: &[&str],
+    nvconfig: Vec<NicFirmwareConfig>,
+    fw: Fw,
     reboot: impl Fn(&Command) -> Option<hostplane_proto::v1::CommandResult> + Send + Sync + 'static,
 ) -> Env {
     let dir = tempfile::tempdir().unwrap();
@@ -95,8 +118,25 @@ async fn env(
     ]);
     seed(&srv.store, objs).await;
     let stop = CancellationToken::new();
-    let answer: Answer = Arc::new(move |c: &Command| match action_name(c) {
-        "reboot_host" => reboot(c),
+    let answer: Answer = Arc::new(move |c: &Command| match (action_name(c), &c.action) {
+        ("reboot_host", _) => reboot(c),
+        ("config_fw_parameters", Some(command::Action::ConfigFwParameters(x))) => Some(match fw {
+            Fw::AsAsked => hostplane_proto::v1::CommandResult {
+                power_cycle_required: x.host_power_cycle_required,
+                ..result(
+                    CommandOutcome::Succeeded,
+                    "NIC firmware parameters set and verified",
+                )
+            },
+            Fw::NothingPending => result(
+                CommandOutcome::Succeeded,
+                "NIC firmware already as asked, nothing changed; every running value already matches",
+            ),
+            Fw::Skipped => result(
+                CommandOutcome::Skipped,
+                "NIC firmware configuration is disabled on this agent (nic_firmware.enabled: false)",
+            ),
+        }),
         _ => Some(result(CommandOutcome::Succeeded, "done")),
     });
     let agent = FakeAgent::spawn(srv.store.clone(), answer, stop.clone());
@@ -521,5 +561,160 @@ async fn a_power_cycle_that_cuts_the_agent_off_waits_for_its_word_and_is_recorde
     .await;
     assert_eq!(status(&n).rebooted_at_ms, finished);
     assert_eq!(seen(&e, "reboot_host").len(), 1, "not power-cycled twice");
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn a_skipped_config_fw_with_a_power_cycle_flavor_reboots_plainly() {
+    // The Flavor asks for a power cycle, but the agent applied nothing: a warm reboot will do.
+    let e = env_fw(
+        RebootMethod::External,
+        &["d1"],
+        vec![entry("*", &["PF_TOTAL_SF=20"], true)],
+        Fw::Skipped,
+        |_| {
+            Some(result(
+                CommandOutcome::Failed,
+                "an external node gets no RebootHost",
+            ))
+        },
+    )
+    .await;
+    let mut c = e.c.clone();
+    let d1 = wait_phase(store(&e), "d1", DpuPhase::Rebooting).await;
+    let pc = cond(&d1, "PowerCycleRequired").expect("PowerCycleRequired is set");
+    assert_eq!(
+        (pc.status.as_str(), pc.reason.as_str()),
+        ("False", "NotNeeded"),
+        "{pc:?}"
+    );
+    assert!(pc.message.contains("flavor f1"), "{}", pc.message);
+    let msg = &d1.status.as_ref().unwrap().message;
+    assert!(
+        msg.ends_with("waiting for node n1 to be rebooted (reboot it, then MarkRebooted)"),
+        "{msg}"
+    );
+    wait_node(&e, "waiting", |n| status(n).waiting_for_reboot).await;
+    assert!(!status(&get_node(store(&e), "n1").await.unwrap()).power_cycle_required);
+    let rs = c
+        .get_node_reboot_status(NodeRef { name: "n1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(rs.waiting_for_reboot && !rs.power_cycle_required, "{rs:?}");
+    // A warm MarkRebooted is accepted and recorded as a reboot.
+    let n = c.mark_rebooted(mark(false)).await.unwrap().into_inner();
+    assert_eq!(status(&n).last_reboot_kind, RebootKind::Reboot as i32);
+    wait_phase(store(&e), "d1", DpuPhase::Ready).await;
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn a_config_fw_that_left_nothing_pending_reboots_plainly() {
+    // The agent node's values were already in effect: a plain RebootHost, not a power cycle.
+    let e = env_fw(
+        RebootMethod::Agent,
+        &["d1"],
+        vec![entry("BlueField-3", &["PF_TOTAL_SF=20"], true)],
+        Fw::NothingPending,
+        |_| Some(result(CommandOutcome::Succeeded, "rebooting")),
+    )
+    .await;
+    let d1 = wait_phase(store(&e), "d1", DpuPhase::Ready).await;
+    let fw = seen(&e, "config_fw_parameters");
+    assert!(
+        matches!(&fw[0].action, Some(command::Action::ConfigFwParameters(x)) if x.host_power_cycle_required),
+        "the command still tells the agent the Flavor's word: {fw:?}"
+    );
+    let pc = cond(&d1, "PowerCycleRequired").expect("PowerCycleRequired is set");
+    assert_eq!((pc.status.as_str(), pc.reason.as_str()), ("False", "NotNeeded"));
+    let reboots = seen_some(&e, "reboot_host").await;
+    assert_eq!(reboots.len(), 1, "{reboots:?}");
+    assert!(!power_cycle_of(&reboots[0]), "{reboots:?}");
+    let into = d1
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .iter()
+        .find(|t| t.to == DpuPhase::Rebooting as i32)
+        .unwrap()
+        .clone();
+    assert!(
+        into.message.contains("the agent on node n1 reboots the host"),
+        "{}",
+        into.message
+    );
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_inventory_hello_while_waiting_keeps_the_power_cycle() {
+    // The entry matches d1 by its model, which only the node's inventory tells.
+    let e = env(
+        RebootMethod::External,
+        &["d1"],
+        vec![entry("BlueField-3", &["PF_TOTAL_SF=20"], true)],
+        |_| {
+            Some(result(
+                CommandOutcome::Failed,
+                "an external node gets no RebootHost",
+            ))
+        },
+    )
+    .await;
+    let mut c = e.c.clone();
+    let d1 = wait_phase(store(&e), "d1", DpuPhase::Rebooting).await;
+    let pc = cond(&d1, "PowerCycleRequired").expect("PowerCycleRequired is set");
+    assert_eq!(
+        (pc.status.as_str(), pc.reason.as_str()),
+        ("True", "NicFirmwarePending")
+    );
+    assert!(
+        pc.message.contains("flavor f1") && pc.message.contains("pending a host power cycle"),
+        "{}",
+        pc.message
+    );
+    wait_node(&e, "asked for a power cycle", |n| {
+        status(n).waiting_for_reboot && status(n).power_cycle_required
+    })
+    .await;
+
+    // The agent says hello again with no rshim in its inventory (the driver is restarting).
+    testing::modify(store(&e), hostplane_proto::v1::Kind::Node, "n1", |r| {
+        if let Some(resource::Kind::Node(n)) = &mut r.kind {
+            n.status.get_or_insert_default().inventory = Some(Inventory::default());
+        }
+    })
+    .await;
+    // Passes run on the node's change; the node's flags and the Dpu stay as they were.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n = get_node(store(&e), "n1").await.unwrap();
+    assert!(
+        status(&n).inventory.as_ref().is_some_and(|i| i.rshims.is_empty()),
+        "{:?}",
+        status(&n).inventory
+    );
+    assert!(
+        status(&n).waiting_for_reboot && status(&n).power_cycle_required,
+        "{:?}",
+        n.status
+    );
+    let rs = c
+        .get_node_reboot_status(NodeRef { name: "n1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(rs.power_cycle_required, "{rs:?}");
+    let err = c.mark_rebooted(mark(false)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("d1 (flavor f1)"), "{}", err.message());
+    assert_eq!(
+        phase(&get_dpu(store(&e), "d1").await.unwrap()),
+        DpuPhase::Rebooting
+    );
+    let n = c.mark_rebooted(mark(true)).await.unwrap().into_inner();
+    assert_eq!(status(&n).last_reboot_kind, RebootKind::PowerCycle as i32);
+    wait_phase(store(&e), "d1", DpuPhase::Ready).await;
     e.stop().await;
 }
