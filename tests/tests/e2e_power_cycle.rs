@@ -412,6 +412,25 @@ async fn power_cycle_through_the_bmc(w: &mut World) -> Result<()> {
         "ConfigFWParameters names the parameters old -> new: {msgs}"
     );
     assert!(msgs.contains("PF_BAR2_ENABLE=0 unchanged"), "{msgs}");
+    // The agent reported the values pending a power cycle (the fake's running values stay until
+    // the firmware reloads), and that is what made the reboot a power cycle.
+    assert!(
+        msgs.contains("the running value of PER_PF_NUM_SF, PF_TOTAL_SF does not match yet"),
+        "{msgs}"
+    );
+    let pc = d
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "PowerCycleRequired")
+        .context("condition PowerCycleRequired")?;
+    assert_eq!(
+        (pc.status.as_str(), pc.reason.as_str()),
+        ("True", "NicFirmwarePending"),
+        "{pc:?}"
+    );
     let into_rebooting = d
         .status
         .as_ref()
