@@ -92,13 +92,14 @@ fn a_version_2_store_is_migrated_and_keeps_its_objects() {
     s.write_sync(|t| t.insert(dpu("d1", "n1"))).unwrap();
     drop(s);
     // Back to the version-2 layout: no node column (3), no serial index (4),
-    // none of step 5's columns, rows and tables.
+    // none of step 5's columns, rows and tables, no power_cycle_required (6).
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP INDEX resources_device_serial; DROP INDEX resources_node;
          ALTER TABLE resources DROP COLUMN node;
          DROP INDEX commands_changed; DROP INDEX commands_finished;
          ALTER TABLE commands DROP COLUMN changed_rev; DROP TABLE power_caps;
+         ALTER TABLE commands DROP COLUMN power_cycle_required;
          DELETE FROM meta WHERE key = 'commands_pruned_at';
          PRAGMA user_version = 2;",
     )
