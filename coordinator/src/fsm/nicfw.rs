@@ -79,8 +79,8 @@ pub fn selects(selector: &str, t: &Target<'_>) -> bool {
 /// The NIC firmware configuration of one DPU.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resolved {
-    /// NAME -> VALUE, merged over the matched entries (a later entry wins; the API refuses
-    /// contradicting ones).
+    /// NAME -> VALUE, merged over the matched entries (two that disagree are refused by
+    /// [`resolve`]).
     pub parameters: BTreeMap<String, String>,
     /// A matched entry needs a host power cycle.
     pub power_cycle: bool,
@@ -88,8 +88,9 @@ pub struct Resolved {
 
 /// The entries of `spec` that match `t`, merged. The deprecated `nic_firmware`
 /// map counts as one "*" entry without a power cycle, before the others. Err
-/// names a parameter that is not `NAME=VALUE` (only a Flavor stored without
-/// the API's checks can hold one).
+/// names two matched entries that give one NAME different values, or a
+/// parameter that is not `NAME=VALUE` (only a Flavor stored without the
+/// API's checks can hold one).
 pub fn resolve(spec: &FlavorSpec, t: &Target<'_>) -> Result<Resolved, String> {
     let mut out = Resolved {
         parameters: spec
@@ -99,6 +100,10 @@ pub fn resolve(spec: &FlavorSpec, t: &Target<'_>) -> Result<Resolved, String> {
             .collect(),
         power_cycle: false,
     };
+    // Which matched entry gave each name, to name both when two disagree: the API refuses
+    // contradictions only between selectors it can see overlap ("*", equal ones); a Device's
+    // name, serial, PCI address and model can all select it, so they are caught here.
+    let mut given: BTreeMap<String, usize> = BTreeMap::new();
     for (i, e) in spec.nvconfig.iter().enumerate() {
         if !selects(&e.device, t) {
             continue;
@@ -107,6 +112,26 @@ pub fn resolve(spec: &FlavorSpec, t: &Target<'_>) -> Result<Resolved, String> {
         for (j, p) in e.parameters.iter().enumerate() {
             let (name, value) =
                 parse_parameter(p).map_err(|why| format!("nvconfig[{i}].parameters[{j}]: {why}"))?;
+            if let (Some(&k), Some(before)) = (given.get(&name), out.parameters.get(&name))
+                && !before.eq_ignore_ascii_case(value)
+            {
+                let sel = |d: &str| {
+                    if is_wildcard(d) {
+                        "\"*\"".to_string()
+                    } else {
+                        format!("{d:?}")
+                    }
+                };
+                return Err(format!(
+                    "nvconfig[{k}] (device {}) and nvconfig[{i}] (device {}) both select device {} and set \
+                     {name} to {before} and {value}; make the selectors select different devices or the \
+                     values equal",
+                    sel(&spec.nvconfig[k].device),
+                    sel(&e.device),
+                    t.name
+                ));
+            }
+            given.insert(name.clone(), i);
             out.parameters.insert(name, value.to_string());
         }
     }
@@ -299,6 +324,33 @@ mod tests {
         .prop_map(str::to_string)
     }
 
+    #[test]
+    fn matched_entries_that_disagree_are_refused_naming_both() {
+        let spec = FlavorSpec {
+            nvconfig: vec![
+                entry("d1", &["PF_TOTAL_SF=20"], false),
+                entry("other", &["PF_TOTAL_SF=8"], false),
+                entry("BlueField-3", &["PF_TOTAL_SF=40"], true),
+            ],
+            ..Default::default()
+        };
+        let e = resolve(&spec, &T).unwrap_err();
+        assert_eq!(
+            e,
+            "nvconfig[0] (device \"d1\") and nvconfig[2] (device \"BlueField-3\") both select device d1 and set \
+             PF_TOTAL_SF to 20 and 40; make the selectors select different devices or the values equal"
+        );
+        // The same value twice, or in another case, is no contradiction.
+        let same = FlavorSpec {
+            nvconfig: vec![
+                entry("d1", &["SRIOV_EN=true"], false),
+                entry("*", &["SRIOV_EN=True"], false),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(resolve(&same, &T).unwrap().parameters["SRIOV_EN"], "True");
+    }
+
     proptest! {
         /// The merged parameters are exactly those of the matched entries (later ones winning),
         /// the power cycle is needed exactly when a matched entry says so, and entries for other
@@ -318,18 +370,34 @@ mod tests {
                 }).collect(),
                 ..Default::default()
             };
-            let r = resolve(&spec, &T).unwrap();
+            let r = resolve(&spec, &T);
             let mut want = BTreeMap::new();
             let mut pc = false;
+            let mut clash = None;
             for (d, m, p) in &entries {
                 let hit = matches!(d.as_str(), "*" | "" | "d1" | "MT2233X0001" | "0000:04:00.0" | "BlueField-3");
                 if hit {
-                    want.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    for (k, v) in m {
+                        if want.get(k).is_some_and(|w: &String| w != v) && clash.is_none() {
+                            clash = Some(k.clone());
+                        }
+                        want.insert(k.clone(), v.clone());
+                    }
                     pc |= *p;
                 }
             }
-            prop_assert_eq!(&r.parameters, &want);
-            prop_assert_eq!(r.power_cycle, pc);
+            match clash {
+                // Two matched entries disagree: refused, naming the parameter and the device.
+                Some(name) => {
+                    let e = r.unwrap_err();
+                    prop_assert!(e.contains(&format!(" {name} to ")) && e.contains("device d1"), "{}", e);
+                }
+                None => {
+                    let r = r.unwrap();
+                    prop_assert_eq!(&r.parameters, &want);
+                    prop_assert_eq!(r.power_cycle, pc);
+                }
+            }
         }
     }
 }
