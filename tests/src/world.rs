@@ -145,8 +145,7 @@ impl World {
         hostplane_ctl::certs::lab(&tls_dir, &["localhost"], &[]).context("making the lab certificates")?;
         let (coordinator, replicas, coordinator_addr) = match &opts.postgres {
             None => {
-                let addr = free_addr()?;
-                let c = start_coordinator(&dir, addr, &opts.coordinator_yaml)?;
+                let (c, addr) = start_coordinator_on_a_free_port(&dir, &opts.coordinator_yaml).await?;
                 (Some(c), Vec::new(), addr)
             }
             Some(pg) => {
@@ -683,6 +682,41 @@ fn start_replica(dir: &Path, name: &str, addr: SocketAddr, pg: &PgStore, extra_y
         &["run", "--config", cfg.to_str().context("utf-8 path")?],
         &dir.join(format!("logs/coordinator-{name}.log")),
     )
+}
+
+/// Start the coordinator on a port `free_addr` picked, and wait until it
+/// listens. A port found free can be taken by another test's process before
+/// the coordinator binds it (tests run in parallel): the coordinator then
+/// exits at once, and it is started again on another port (three tries).
+async fn start_coordinator_on_a_free_port(dir: &Path, extra_yaml: &str) -> Result<(Proc, SocketAddr)> {
+    let log = dir.join("logs/coordinator.log");
+    for attempt in 1..=3 {
+        let addr = free_addr()?;
+        let mut c = start_coordinator(dir, addr, extra_yaml)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok((c, addr));
+            }
+            if !c.running() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: String = text.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                if attempt < 3 && text.contains("in use") {
+                    eprintln!("coordinator could not bind {addr} (taken meanwhile); trying another port");
+                    break;
+                }
+                anyhow::bail!("the coordinator exited before listening on {addr}: {tail}");
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "the coordinator did not listen on {addr} within 20s (log: {})",
+                    log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    anyhow::bail!("the coordinator could not bind a free port in three tries")
 }
 
 fn start_coordinator(dir: &Path, addr: SocketAddr, extra_yaml: &str) -> Result<Proc> {
