@@ -30,4 +30,5 @@ pub use pbjson_types;
 pub mod dpu_os;
 mod helpers;
 pub mod limits;
+pub mod pci;
 pub mod power;

@@ -180,20 +180,7 @@ fn check_parameter(name: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `0000:04:00.2` (or `04:00.2`) -> `0000:04:00.2`, lower case; None when it is not a PCI address.
-pub fn normalize_pci(addr: &str) -> Option<String> {
-    let addr = addr.trim().to_ascii_lowercase();
-    let parts: Vec<&str> = addr.split(':').collect();
-    let (domain, bus, devfn) = match parts.as_slice() {
-        [d, b, df] => (d.to_string(), *b, *df),
-        [b, df] => ("0000".to_string(), *b, *df),
-        _ => return None,
-    };
-    let (dev, func) = devfn.split_once('.')?;
-    let hex = |s: &str, n: usize| s.len() == n && s.chars().all(|c| c.is_ascii_hexdigit());
-    let func_ok = func.len() == 1 && func.chars().all(|c| c.is_digit(8));
-    (hex(&domain, 4) && hex(bus, 2) && hex(dev, 2) && func_ok).then(|| format!("{domain}:{bus}:{dev}.{func}"))
-}
+pub use hostplane_proto::pci::normalize as normalize_pci;
 
 /// PF0 of the DPU behind `rshim`: the rshim's PCI function (`.2` on a
 /// BlueField) replaced by `.0`, same bus and device.
@@ -226,14 +213,12 @@ pub fn pf0_of_rshim(rshim: &str, rshims: &[RshimInfo]) -> Result<String, String>
              PCI address"
         ));
     }
-    let Some(pci) = normalize_pci(&info.pci_address) else {
-        return Err(format!(
+    hostplane_proto::pci::pf0(&info.pci_address).ok_or_else(|| {
+        format!(
             "no pci_address given and rshim device {rshim}'s PCI address {:?} is not DDDD:BB:DD.F",
             info.pci_address
-        ));
-    };
-    let (bus_dev, _func) = pci.rsplit_once('.').expect("normalized: has a function");
-    Ok(format!("{bus_dev}.0"))
+        )
+    })
 }
 
 #[cfg(test)]

@@ -312,12 +312,10 @@ fn auto_register_device(
 }
 
 /// The PF0 address of an rshim's PCI function (`0000:04:00.2` ->
-/// `0000:04:00.0`, what DeviceSpec.pci_address holds); "" stays "".
+/// `0000:04:00.0`, what DeviceSpec.pci_address holds), as the agent derives
+/// it; "" for no (or no valid) PCI address.
 pub(crate) fn pf0(rshim_bdf: &str) -> String {
-    match rshim_bdf.rsplit_once('.') {
-        Some((prefix, _)) if !prefix.is_empty() => format!("{prefix}.0"),
-        _ => String::new(),
-    }
+    hostplane_proto::pci::pf0(rshim_bdf).unwrap_or_default()
 }
 
 /// Record a NACK at once: the error, the refused version and, when the node's desired state is
